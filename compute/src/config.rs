@@ -1,0 +1,98 @@
+//! Model hyperparameters of a LLaMA-style decoder, named as Hugging Face's `LlamaConfig` names them.
+
+use crate::error::ComputeError;
+
+/// Shape and numerics of a decoder-only LLaMA-style model (Hugging Face `LlamaForCausalLM`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Vocabulary size (rows of the embedding, rows of the head).
+    pub vocab_size: usize,
+    /// Residual width `d`.
+    pub hidden_size: usize,
+    /// SwiGLU hidden width.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads per layer.
+    pub num_attention_heads: usize,
+    /// Key/value heads per layer (grouped-query attention).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base frequency.
+    pub rope_theta: f64,
+    /// Longest sequence the model is trained on.
+    pub max_position_embeddings: usize,
+}
+
+impl ModelConfig {
+    /// Query heads that share one key/value head.
+    pub fn group_size(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+
+    /// Width of the concatenated query heads.
+    pub fn q_width(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+
+    /// Width of the concatenated key (or value) heads.
+    pub fn kv_width(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+
+    /// Checks that the shape is internally consistent.
+    pub fn validate(&self) -> Result<(), ComputeError> {
+        let bad = |why: &str| Err(ComputeError::InvalidConfig(why.to_string()));
+        if self.vocab_size == 0
+            || self.hidden_size == 0
+            || self.intermediate_size == 0
+            || self.num_hidden_layers == 0
+            || self.num_attention_heads == 0
+            || self.num_key_value_heads == 0
+            || self.head_dim == 0
+        {
+            return bad("every size must be positive");
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return bad("num_attention_heads must be a multiple of num_key_value_heads");
+        }
+        if self.head_dim % 2 != 0 {
+            return bad("head_dim must be even for RoPE");
+        }
+        if self.vocab_size > u32::MAX as usize - 1 {
+            return bad("vocab_size must fit in u32");
+        }
+        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+            return bad("rms_norm_eps and rope_theta must be positive");
+        }
+        Ok(())
+    }
+
+    /// Total number of parameters (untied embedding and head, no biases).
+    pub fn parameter_count(&self) -> u64 {
+        let d = self.hidden_size as u64;
+        let attn = d * (self.q_width() as u64) * 2 + d * (self.kv_width() as u64) * 2;
+        let mlp = 3 * d * self.intermediate_size as u64;
+        let layer = attn + mlp + 2 * d;
+        2 * self.vocab_size as u64 * d + self.num_hidden_layers as u64 * layer + d
+    }
+
+    /// A tiny configuration used by tests and examples.
+    pub fn tiny() -> Self {
+        ModelConfig {
+            vocab_size: 67,
+            hidden_size: 24,
+            intermediate_size: 40,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 6,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            max_position_embeddings: 64,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Tessera compute: WGSL kernels for a LLaMA-style decoder, their dispatch on wgpu (native and
+//! wasm32), the forward and backward of each micro-shard kind, and a plain-Rust CPU reference.
+
+pub mod config;
+pub mod error;
+pub mod reference;
+pub mod rope_table;
+
+pub use config::ModelConfig;
+pub use error::ComputeError;
