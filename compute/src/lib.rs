@@ -8,3 +8,10 @@ pub mod rope_table;
 
 pub use config::ModelConfig;
 pub use error::ComputeError;
+pub mod gpu;
+pub mod kernels;
+pub mod shaders;
+pub mod tiles;
+
+pub use gpu::{AdapterSummary, Gpu, GpuOptions, Tensor};
+pub use tiles::{MatmulTiles, Tiles};
