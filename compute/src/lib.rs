@@ -10,7 +10,9 @@ pub use config::ModelConfig;
 pub use error::ComputeError;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod shaders;
+pub mod shard;
 pub mod tiles;
 
 pub use gpu::{AdapterSummary, Gpu, GpuOptions, Tensor};

@@ -7,22 +7,64 @@ pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// Every kernel file, by name (the file name without `.wgsl`).
 pub const KERNELS: &[(&str, &str)] = &[
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
-    ("rmsnorm_forward", include_str!("../../shaders/rmsnorm_forward.wgsl")),
-    ("rmsnorm_backward", include_str!("../../shaders/rmsnorm_backward.wgsl")),
-    ("rmsnorm_weight_grad", include_str!("../../shaders/rmsnorm_weight_grad.wgsl")),
+    (
+        "rmsnorm_forward",
+        include_str!("../../shaders/rmsnorm_forward.wgsl"),
+    ),
+    (
+        "rmsnorm_backward",
+        include_str!("../../shaders/rmsnorm_backward.wgsl"),
+    ),
+    (
+        "rmsnorm_weight_grad",
+        include_str!("../../shaders/rmsnorm_weight_grad.wgsl"),
+    ),
     ("rope", include_str!("../../shaders/rope.wgsl")),
-    ("attention_forward", include_str!("../../shaders/attention_forward.wgsl")),
-    ("attention_delta", include_str!("../../shaders/attention_delta.wgsl")),
-    ("attention_backward_dq", include_str!("../../shaders/attention_backward_dq.wgsl")),
-    ("attention_backward_dkv", include_str!("../../shaders/attention_backward_dkv.wgsl")),
-    ("swiglu_forward", include_str!("../../shaders/swiglu_forward.wgsl")),
-    ("swiglu_backward", include_str!("../../shaders/swiglu_backward.wgsl")),
-    ("embedding_forward", include_str!("../../shaders/embedding_forward.wgsl")),
-    ("embedding_backward", include_str!("../../shaders/embedding_backward.wgsl")),
-    ("cross_entropy_stats", include_str!("../../shaders/cross_entropy_stats.wgsl")),
-    ("cross_entropy_backward", include_str!("../../shaders/cross_entropy_backward.wgsl")),
+    (
+        "attention_forward",
+        include_str!("../../shaders/attention_forward.wgsl"),
+    ),
+    (
+        "attention_delta",
+        include_str!("../../shaders/attention_delta.wgsl"),
+    ),
+    (
+        "attention_backward_dq",
+        include_str!("../../shaders/attention_backward_dq.wgsl"),
+    ),
+    (
+        "attention_backward_dkv",
+        include_str!("../../shaders/attention_backward_dkv.wgsl"),
+    ),
+    (
+        "swiglu_forward",
+        include_str!("../../shaders/swiglu_forward.wgsl"),
+    ),
+    (
+        "swiglu_backward",
+        include_str!("../../shaders/swiglu_backward.wgsl"),
+    ),
+    (
+        "embedding_forward",
+        include_str!("../../shaders/embedding_forward.wgsl"),
+    ),
+    (
+        "embedding_backward",
+        include_str!("../../shaders/embedding_backward.wgsl"),
+    ),
+    (
+        "cross_entropy_stats",
+        include_str!("../../shaders/cross_entropy_stats.wgsl"),
+    ),
+    (
+        "cross_entropy_backward",
+        include_str!("../../shaders/cross_entropy_backward.wgsl"),
+    ),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
-    ("sum_squares", include_str!("../../shaders/sum_squares.wgsl")),
+    (
+        "sum_squares",
+        include_str!("../../shaders/sum_squares.wgsl"),
+    ),
     ("scale", include_str!("../../shaders/scale.wgsl")),
     ("add", include_str!("../../shaders/add.wgsl")),
 ];
@@ -65,7 +107,11 @@ pub fn example_constants(name: &str) -> Vec<Const> {
             Const::Bool("B_TRANS", true),
         ],
         "attention_forward" | "attention_backward_dq" | "attention_backward_dkv" => {
-            vec![Const::U32("HD", 128), Const::U32("BQ", 16), Const::U32("BKV", 8)]
+            vec![
+                Const::U32("HD", 128),
+                Const::U32("BQ", 16),
+                Const::U32("BKV", 8),
+            ]
         }
         "sum_squares" => vec![Const::U32("WG", 256), Const::U32("ITEMS", 8)],
         _ => vec![Const::U32("WG", 256)],

@@ -38,7 +38,13 @@ pub struct Tiles {
 impl Default for Tiles {
     fn default() -> Self {
         Tiles {
-            matmul: MatmulTiles { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+            matmul: MatmulTiles {
+                bm: 64,
+                bn: 64,
+                bk: 16,
+                tm: 4,
+                tn: 4,
+            },
             wg: 256,
             attn_rows: 64,
             attn_tile: 32,
@@ -52,25 +58,48 @@ impl Tiles {
     pub fn validate(&self, limits: &wgpu::Limits) -> Result<(), ComputeError> {
         let m = self.matmul;
         let bad = |why: String| Err(ComputeError::InvalidTiles(why));
-        if m.tm == 0 || m.tn == 0 || m.bk == 0 || m.bm % m.tm != 0 || m.bn % m.tn != 0 {
-            return bad(format!("matmul {m:?}: bm must be a multiple of tm, bn of tn"));
+        if m.tm == 0
+            || m.tn == 0
+            || m.bk == 0
+            || !m.bm.is_multiple_of(m.tm)
+            || !m.bn.is_multiple_of(m.tn)
+        {
+            return bad(format!(
+                "matmul {m:?}: bm must be a multiple of tm, bn of tn"
+            ));
         }
         let threads = (m.bm / m.tm) * (m.bn / m.tn);
         if threads > limits.max_compute_invocations_per_workgroup
             || m.bn / m.tn > limits.max_compute_workgroup_size_x
             || m.bm / m.tm > limits.max_compute_workgroup_size_y
         {
-            return bad(format!("matmul {m:?} needs {threads} invocations per workgroup"));
+            return bad(format!(
+                "matmul {m:?} needs {threads} invocations per workgroup"
+            ));
         }
         let shared = 4 * m.bk * (m.bm + m.bn);
         if shared > limits.max_compute_workgroup_storage_size {
-            return bad(format!("matmul {m:?} needs {shared} bytes of workgroup storage"));
+            return bad(format!(
+                "matmul {m:?} needs {shared} bytes of workgroup storage"
+            ));
         }
-        if !self.wg.is_power_of_two() || self.wg > limits.max_compute_invocations_per_workgroup || self.wg > limits.max_compute_workgroup_size_x {
-            return bad(format!("wg {} must be a power of two within the adapter's workgroup limits", self.wg));
+        if !self.wg.is_power_of_two()
+            || self.wg > limits.max_compute_invocations_per_workgroup
+            || self.wg > limits.max_compute_workgroup_size_x
+        {
+            return bad(format!(
+                "wg {} must be a power of two within the adapter's workgroup limits",
+                self.wg
+            ));
         }
-        if self.attn_rows == 0 || self.attn_rows > limits.max_compute_invocations_per_workgroup || self.attn_tile == 0 || self.reduce_items == 0 {
-            return bad("attention rows and tile must be positive and within the workgroup limit".into());
+        if self.attn_rows == 0
+            || self.attn_rows > limits.max_compute_invocations_per_workgroup
+            || self.attn_tile == 0
+            || self.reduce_items == 0
+        {
+            return bad(
+                "attention rows and tile must be positive and within the workgroup limit".into(),
+            );
         }
         Ok(())
     }
@@ -81,7 +110,9 @@ impl Tiles {
         let fit = storage / (4 * (2 * hd + 2));
         let t = self.attn_tile.min(fit);
         if t == 0 {
-            return Err(ComputeError::InvalidTiles(format!("head width {hd} does not fit {storage} bytes of workgroup storage")));
+            return Err(ComputeError::InvalidTiles(format!(
+                "head width {hd} does not fit {storage} bytes of workgroup storage"
+            )));
         }
         Ok(t)
     }

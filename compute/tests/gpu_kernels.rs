@@ -27,12 +27,28 @@ fn matmul_three_layouts_odd_shapes() {
         let tat = g.upload(&at, &[k, m]).unwrap();
         let c = g.zeros(&[m, n]).unwrap();
         g.matmul(Layout::NT, &ta, &tbt, &c, m, n, k, false).unwrap();
-        close(&format!("matmul NT {m}x{n}x{k}"), &read(&g, &c), &ops::matmul_nt(&a, &bt, m, n, k), 1e-5);
+        close(
+            &format!("matmul NT {m}x{n}x{k}"),
+            &read(&g, &c),
+            &ops::matmul_nt(&a, &bt, m, n, k),
+            1e-5,
+        );
         g.matmul(Layout::NN, &ta, &tbn, &c, m, n, k, false).unwrap();
-        close(&format!("matmul NN {m}x{n}x{k}"), &read(&g, &c), &ops::matmul_nn(&a, &bn, m, n, k), 1e-5);
-        g.matmul(Layout::TN, &tat, &tbn, &c, m, n, k, false).unwrap();
+        close(
+            &format!("matmul NN {m}x{n}x{k}"),
+            &read(&g, &c),
+            &ops::matmul_nn(&a, &bn, m, n, k),
+            1e-5,
+        );
+        g.matmul(Layout::TN, &tat, &tbn, &c, m, n, k, false)
+            .unwrap();
         let want = ops::matmul_tn(&at, &bn, m, n, k);
-        close(&format!("matmul TN {m}x{n}x{k}"), &read(&g, &c), &want, 1e-5);
+        close(
+            &format!("matmul TN {m}x{n}x{k}"),
+            &read(&g, &c),
+            &want,
+            1e-5,
+        );
         // Accumulate adds onto what is there.
         g.matmul(Layout::TN, &tat, &tbn, &c, m, n, k, true).unwrap();
         let twice: Vec<f32> = want.iter().map(|x| 2.0 * x).collect();
@@ -51,15 +67,50 @@ fn matmul_on_strided_views() {
     let ta = g.upload(&a, &[m, aw]).unwrap();
     let tb = g.upload(&b, &[n, k]).unwrap();
     let tc = g.zeros(&[m, cw]).unwrap();
-    g.matmul_view(Layout::NT, View::cols(&ta, aw, 2), View::full(&tb, k), View::cols(&tc, cw, 3), m, n, k, 0.5, false).unwrap();
-    let asub: Vec<f32> = (0..m).flat_map(|i| a[i * aw + 2..i * aw + 2 + k].to_vec()).collect();
+    g.matmul_view(
+        Layout::NT,
+        View::cols(&ta, aw, 2),
+        View::full(&tb, k),
+        View::cols(&tc, cw, 3),
+        m,
+        n,
+        k,
+        0.5,
+        false,
+    )
+    .unwrap();
+    let asub: Vec<f32> = (0..m)
+        .flat_map(|i| a[i * aw + 2..i * aw + 2 + k].to_vec())
+        .collect();
     let want = ops::matmul_nt(&asub, &b, m, n, k);
     let got = read(&g, &tc);
-    let gsub: Vec<f32> = (0..m).flat_map(|i| got[i * cw + 3..i * cw + 3 + n].to_vec()).collect();
-    close("matmul view", &gsub, &want.iter().map(|x| 0.5 * x).collect::<Vec<_>>(), 1e-5);
-    assert!((0..m).all(|i| got[i * cw..i * cw + 3].iter().all(|&x| x == 0.0)), "columns outside the view stay untouched");
+    let gsub: Vec<f32> = (0..m)
+        .flat_map(|i| got[i * cw + 3..i * cw + 3 + n].to_vec())
+        .collect();
+    close(
+        "matmul view",
+        &gsub,
+        &want.iter().map(|x| 0.5 * x).collect::<Vec<_>>(),
+        1e-5,
+    );
+    assert!(
+        (0..m).all(|i| got[i * cw..i * cw + 3].iter().all(|&x| x == 0.0)),
+        "columns outside the view stay untouched"
+    );
     // A view running past the tensor is an error, not a GPU fault.
-    assert!(g.matmul_view(Layout::NT, View::cols(&ta, aw, 8), View::full(&tb, k), View::full(&tc, cw), m, n, k, 1.0, false).is_err());
+    assert!(g
+        .matmul_view(
+            Layout::NT,
+            View::cols(&ta, aw, 8),
+            View::full(&tb, k),
+            View::full(&tc, cw),
+            m,
+            n,
+            k,
+            1.0,
+            false
+        )
+        .is_err());
 }
 
 #[test]
@@ -72,13 +123,24 @@ fn rmsnorm_forward_and_backward() {
     let dy: Vec<f32> = r.vec(rows * d, 1.0);
     let (y, rstd) = ops::rmsnorm(&x, &w, d, 1e-5);
     let (dx, dw) = ops::rmsnorm_backward(&x, &w, &rstd, &dy, d);
-    let (tx, tw, tdy) = (g.upload(&x, &[rows, d]).unwrap(), g.upload(&w, &[d]).unwrap(), g.upload(&dy, &[rows, d]).unwrap());
-    let (ty, tr, tdx, tdw) = (g.zeros(&[rows, d]).unwrap(), g.zeros(&[rows]).unwrap(), g.zeros(&[rows, d]).unwrap(), g.zeros(&[d]).unwrap());
+    let (tx, tw, tdy) = (
+        g.upload(&x, &[rows, d]).unwrap(),
+        g.upload(&w, &[d]).unwrap(),
+        g.upload(&dy, &[rows, d]).unwrap(),
+    );
+    let (ty, tr, tdx, tdw) = (
+        g.zeros(&[rows, d]).unwrap(),
+        g.zeros(&[rows]).unwrap(),
+        g.zeros(&[rows, d]).unwrap(),
+        g.zeros(&[d]).unwrap(),
+    );
     g.rmsnorm(&tx, &tw, &ty, &tr, rows, d, 1e-5).unwrap();
     close("rmsnorm y", &read(&g, &ty), &y, 1e-6);
     close("rmsnorm rstd", &read(&g, &tr), &rstd, 1e-6);
-    g.rmsnorm_backward(&tx, &tw, &tr, &tdy, &tdx, rows, d, false).unwrap();
-    g.rmsnorm_weight_grad(&tx, &tr, &tdy, &tdw, rows, d, false).unwrap();
+    g.rmsnorm_backward(&tx, &tw, &tr, &tdy, &tdx, rows, d, false)
+        .unwrap();
+    g.rmsnorm_weight_grad(&tx, &tr, &tdy, &tdw, rows, d, false)
+        .unwrap();
     close("rmsnorm dx", &read(&g, &tdx), &dx, 1e-5);
     close("rmsnorm dw", &read(&g, &tdw), &dw, 1e-5);
 }
@@ -94,7 +156,12 @@ fn rope_forward_and_inverse() {
     let t = g.upload(&x, &[rows, heads * hd]).unwrap();
     let gt = GpuRope::new(&g, &table).unwrap();
     g.rope(&t, &gt, rows, heads, hd, seq, false).unwrap();
-    close("rope forward", &read(&g, &t), &ops::rope(&x, heads, hd, seq, &table, false), 1e-6);
+    close(
+        "rope forward",
+        &read(&g, &t),
+        &ops::rope(&x, heads, hd, seq, &table, false),
+        1e-6,
+    );
     g.rope(&t, &gt, rows, heads, hd, seq, true).unwrap();
     close("rope inverse restores", &read(&g, &t), &x, 1e-6);
 }
@@ -103,7 +170,12 @@ fn attention_case(seq: usize, sequences: usize, heads: usize, kv_heads: usize, h
     let g = gpu();
     let mut r = SplitMix(14 + seq as u64);
     let rows = seq * sequences;
-    let s = AttnShape { seq, heads, kv_heads, head_dim: hd };
+    let s = AttnShape {
+        seq,
+        heads,
+        kv_heads,
+        head_dim: hd,
+    };
     let q: Vec<f32> = r.vec(rows * heads * hd, 1.5);
     let k: Vec<f32> = r.vec(rows * kv_heads * hd, 1.5);
     let v: Vec<f32> = r.vec(rows * kv_heads * hd, 1.0);
@@ -113,13 +185,32 @@ fn attention_case(seq: usize, sequences: usize, heads: usize, kv_heads: usize, h
     let up = |x: &[f32]| g.upload(x, &[x.len()]).unwrap();
     let (tq, tk, tv, tdo) = (up(&q), up(&k), up(&v), up(&d_o));
     let z = |n: usize| g.zeros(&[n]).unwrap();
-    let (to, tl, td, tdq, tdk, tdv) = (z(q.len()), z(rows * heads), z(rows * heads), z(q.len()), z(k.len()), z(v.len()));
-    let dims = AttnDims { seq, sequences, heads, kv_heads, hd };
+    let (to, tl, td, tdq, tdk, tdv) = (
+        z(q.len()),
+        z(rows * heads),
+        z(rows * heads),
+        z(q.len()),
+        z(k.len()),
+        z(v.len()),
+    );
+    let dims = AttnDims {
+        seq,
+        sequences,
+        heads,
+        kv_heads,
+        hd,
+    };
     g.attention(&tq, &tk, &tv, &to, &tl, dims).unwrap();
     let tag = format!("seq {seq} x{sequences} heads {heads}/{kv_heads} hd {hd}");
     close(&format!("attention o ({tag})"), &read(&g, &to), &o, 1e-5);
-    close(&format!("attention lse ({tag})"), &read(&g, &tl), &lse, 1e-6);
-    g.attention_backward(&tq, &tk, &tv, &to, &tl, &tdo, &td, &tdq, &tdk, &tdv, dims).unwrap();
+    close(
+        &format!("attention lse ({tag})"),
+        &read(&g, &tl),
+        &lse,
+        1e-6,
+    );
+    g.attention_backward(&tq, &tk, &tv, &to, &tl, &tdo, &td, &tdq, &tdk, &tdv, dims)
+        .unwrap();
     close(&format!("attention dq ({tag})"), &read(&g, &tdq), &dq, 1e-5);
     close(&format!("attention dk ({tag})"), &read(&g, &tdk), &dk, 1e-5);
     close(&format!("attention dv ({tag})"), &read(&g, &tdv), &dv, 1e-5);
@@ -147,8 +238,16 @@ fn swiglu_forward_and_backward() {
     let n = 1001;
     let (a, b, dh): (Vec<f32>, Vec<f32>, Vec<f32>) = (r.vec(n, 6.0), r.vec(n, 3.0), r.vec(n, 1.0));
     let (dg, du) = ops::swiglu_backward(&a, &b, &dh);
-    let (ta, tb, tdh) = (g.upload(&a, &[n]).unwrap(), g.upload(&b, &[n]).unwrap(), g.upload(&dh, &[n]).unwrap());
-    let (th, tdg, tdu) = (g.zeros(&[n]).unwrap(), g.zeros(&[n]).unwrap(), g.zeros(&[n]).unwrap());
+    let (ta, tb, tdh) = (
+        g.upload(&a, &[n]).unwrap(),
+        g.upload(&b, &[n]).unwrap(),
+        g.upload(&dh, &[n]).unwrap(),
+    );
+    let (th, tdg, tdu) = (
+        g.zeros(&[n]).unwrap(),
+        g.zeros(&[n]).unwrap(),
+        g.zeros(&[n]).unwrap(),
+    );
     g.swiglu(&ta, &tb, &th, n).unwrap();
     close("swiglu h", &read(&g, &th), &ops::swiglu(&a, &b), 1e-6);
     g.swiglu_backward(&ta, &tb, &tdh, &tdg, &tdu, n).unwrap();
@@ -167,14 +266,29 @@ fn embedding_gather_and_scatter() {
     let tids = g.upload_u32(&ids).unwrap();
     let tt = g.upload(&table, &[n, d]).unwrap();
     let out = g.zeros(&[ids.len(), d]).unwrap();
-    g.embedding(&tids, &tt, &out, ids.len(), lo, n, d, false).unwrap();
-    close("embedding gather", &read(&g, &out), &ops::embedding(&table, lo, &ids, d), 0.0);
+    g.embedding(&tids, &tt, &out, ids.len(), lo, n, d, false)
+        .unwrap();
+    close(
+        "embedding gather",
+        &read(&g, &out),
+        &ops::embedding(&table, lo, &ids, d),
+        0.0,
+    );
     let idx = RowIndex::new(&ids, lo, n);
-    let (ts, to) = (g.upload_u32(&idx.starts).unwrap(), g.upload_u32(&idx.order).unwrap());
+    let (ts, to) = (
+        g.upload_u32(&idx.starts).unwrap(),
+        g.upload_u32(&idx.order).unwrap(),
+    );
     let tdy = g.upload(&dy, &[ids.len(), d]).unwrap();
     let dt = g.zeros(&[n, d]).unwrap();
-    g.embedding_backward(&ts, &to, &tdy, &dt, ids.len(), n, d, false).unwrap();
-    close("embedding scatter-add", &read(&g, &dt), &ops::embedding_backward(&ids, &dy, lo, n, d), 1e-6);
+    g.embedding_backward(&ts, &to, &tdy, &dt, ids.len(), n, d, false)
+        .unwrap();
+    close(
+        "embedding scatter-add",
+        &read(&g, &dt),
+        &ops::embedding_backward(&ids, &dy, lo, n, d),
+        1e-6,
+    );
 }
 
 #[test]
@@ -183,33 +297,56 @@ fn cross_entropy_vocab_parallel() {
     let mut r = SplitMix(17);
     let (rows, vocab) = (19, 531);
     let logits: Vec<f32> = r.vec(rows * vocab, 8.0);
-    let mut targets: Vec<u32> = (0..rows).map(|_| (r.next_u64() % vocab as u64) as u32).collect();
+    let mut targets: Vec<u32> = (0..rows)
+        .map(|_| (r.next_u64() % vocab as u64) as u32)
+        .collect();
     targets[4] = IGNORE;
     let want = ops::logit_stats(&logits, &targets, 0, vocab);
     let (lse, loss, count) = ops::combine_stats(std::slice::from_ref(&want), &targets);
     // Two chunks (0..200, 200..531) merged on the GPU give the whole-vocabulary statistics.
-    let cols = |lo: usize, n: usize| -> Vec<f32> { (0..rows).flat_map(|t| logits[t * vocab + lo..t * vocab + lo + n].to_vec()).collect() };
+    let cols = |lo: usize, n: usize| -> Vec<f32> {
+        (0..rows)
+            .flat_map(|t| logits[t * vocab + lo..t * vocab + lo + n].to_vec())
+            .collect()
+    };
     let tt = g.upload_u32(&targets).unwrap();
     let stats = g.zeros(&[rows, 4]).unwrap();
     for (i, (lo, n)) in [(0, 200), (200, 331)].into_iter().enumerate() {
         let chunk = g.upload(&cols(lo, n), &[rows, n]).unwrap();
-        g.cross_entropy_stats(&chunk, &tt, &stats, rows, n, lo, i > 0).unwrap();
+        g.cross_entropy_stats(&chunk, &tt, &stats, rows, n, lo, i > 0)
+            .unwrap();
     }
     let st = read(&g, &stats);
     let gmax: Vec<f32> = (0..rows).map(|i| st[i * 4]).collect();
-    let gse: Vec<f32> = (0..rows).map(|i| st[i * 4 + 1] * (st[i * 4] as f64 - want.max[i]).exp() as f32).collect();
-    close("cross-entropy max", &gmax, &want.max.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1e-7);
-    close("cross-entropy sum-exp", &gse, &want.sum_exp.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1e-6);
+    let gse: Vec<f32> = (0..rows)
+        .map(|i| st[i * 4 + 1] * (st[i * 4] as f64 - want.max[i]).exp() as f32)
+        .collect();
+    close(
+        "cross-entropy max",
+        &gmax,
+        &want.max.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+        1e-7,
+    );
+    close(
+        "cross-entropy sum-exp",
+        &gse,
+        &want.sum_exp.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+        1e-6,
+    );
     for i in 0..rows {
         match want.target_logit[i] {
             Some(t) => assert!(st[i * 4 + 3] == 1.0 && (st[i * 4 + 2] as f64 - t).abs() < 1e-6),
             None => assert_eq!(st[i * 4 + 3], 0.0),
         }
     }
-    let tl = g.upload(&lse.iter().map(|&x| x as f32).collect::<Vec<_>>(), &[rows]).unwrap();
+    let tl = g
+        .upload(&lse.iter().map(|&x| x as f32).collect::<Vec<_>>(), &[rows])
+        .unwrap();
     let chunk = g.upload(&logits, &[rows, vocab]).unwrap();
-    g.cross_entropy_backward(&chunk, &tt, &tl, rows, vocab, 0, 1.0 / count as f32).unwrap();
-    let want_g: Vec<f32> = ops::cross_entropy_backward(&logits, &targets, &lse, 1.0 / count as f64, 0, vocab);
+    g.cross_entropy_backward(&chunk, &tt, &tl, rows, vocab, 0, 1.0 / count as f32)
+        .unwrap();
+    let want_g: Vec<f32> =
+        ops::cross_entropy_backward(&logits, &targets, &lse, 1.0 / count as f64, 0, vocab);
     close("cross-entropy dlogits", &read(&g, &chunk), &want_g, 1e-5);
     assert!(loss > 0.0);
 }
@@ -219,10 +356,20 @@ fn adamw_and_global_norm_clipping() {
     let g = gpu();
     let mut r = SplitMix(18);
     let n = 3001;
-    let h = ops::AdamW { lr: 0.01, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let h = ops::AdamW {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
     let mut p: Vec<f32> = r.vec(n, 1.0);
     let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
-    let (tp, tm, tv) = (g.upload(&p, &[n]).unwrap(), g.zeros(&[n]).unwrap(), g.zeros(&[n]).unwrap());
+    let (tp, tm, tv) = (
+        g.upload(&p, &[n]).unwrap(),
+        g.zeros(&[n]).unwrap(),
+        g.zeros(&[n]).unwrap(),
+    );
     for step in 1..=3 {
         let grad: Vec<f32> = r.vec(n, 1.0);
         let tg = g.upload(&grad, &[n]).unwrap();
@@ -233,7 +380,10 @@ fn adamw_and_global_norm_clipping() {
     close("adamw m", &read(&g, &tm), &m, 1e-6);
     let a: Vec<f32> = r.vec(70000, 1.0);
     let b: Vec<f32> = r.vec(17, 1.0);
-    let (ta, tb) = (g.upload(&a, &[a.len()]).unwrap(), g.upload(&b, &[b.len()]).unwrap());
+    let (ta, tb) = (
+        g.upload(&a, &[a.len()]).unwrap(),
+        g.upload(&b, &[b.len()]).unwrap(),
+    );
     let want = ops::global_norm::<f32>(&[&a, &b]);
     let norm = pollster::block_on(g.clip_global_norm(&[&ta, &tb], 1.0)).unwrap();
     println!("global norm: gpu {norm} cpu {want}");

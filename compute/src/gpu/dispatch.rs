@@ -27,7 +27,7 @@ impl Params {
     }
     fn bytes(&self) -> Vec<u8> {
         let mut w = self.0.clone();
-        while w.is_empty() || w.len() % 4 != 0 {
+        while w.is_empty() || !w.len().is_multiple_of(4) {
             w.push(0);
         }
         bytemuck::cast_slice(&w).to_vec()
@@ -42,7 +42,11 @@ impl Gpu {
         let x = groups.min(max);
         let y = groups.div_ceil(x);
         if y > max {
-            return Err(ComputeError::TooLarge { what: "dispatch".into(), bytes: groups, limit: max * max });
+            return Err(ComputeError::TooLarge {
+                what: "dispatch".into(),
+                bytes: groups,
+                limit: max * max,
+            });
         }
         Ok((x as u32, y as u32, 1))
     }
@@ -58,24 +62,35 @@ impl Gpu {
         grid: (u32, u32, u32),
     ) -> Result<(), ComputeError> {
         let pipeline = self.pipeline(name, consts)?;
-        let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: &params.bytes(),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let ubuf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: &params.bytes(),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
         let mut entries: Vec<wgpu::BindGroupEntry> = storage
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
             .collect();
-        entries.push(wgpu::BindGroupEntry { binding: storage.len() as u32, resource: ubuf.as_entire_binding() });
+        entries.push(wgpu::BindGroupEntry {
+            binding: storage.len() as u32,
+            resource: ubuf.as_entire_binding(),
+        });
         let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(name),
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
         self.with_encoder(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(name), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(name),
+                timestamp_writes: None,
+            });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind, &[]);
             pass.dispatch_workgroups(grid.0, grid.1, grid.2);
@@ -83,14 +98,28 @@ impl Gpu {
     }
 
     /// Runs `f` on the pending command encoder, submitting every few dozen dispatches.
-    pub(crate) fn with_encoder(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<(), ComputeError> {
+    pub(crate) fn with_encoder(
+        &self,
+        f: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<(), ComputeError> {
         {
-            let mut p = self.pending.lock().map_err(|_| ComputeError::Gpu("encoder poisoned".into()))?;
-            let enc = p.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tessera") }));
+            let mut p = self
+                .pending
+                .lock()
+                .map_err(|_| ComputeError::Gpu("encoder poisoned".into()))?;
+            let enc = p.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("tessera"),
+                    })
+            });
             f(enc);
         }
         let full = {
-            let mut n = self.pending_count.lock().map_err(|_| ComputeError::Gpu("counter poisoned".into()))?;
+            let mut n = self
+                .pending_count
+                .lock()
+                .map_err(|_| ComputeError::Gpu("counter poisoned".into()))?;
             *n += 1;
             *n >= DISPATCHES_PER_SUBMIT
         };

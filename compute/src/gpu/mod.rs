@@ -28,7 +28,11 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { limits: None, tiles: Tiles::default(), high_performance: true }
+        GpuOptions {
+            limits: None,
+            tiles: Tiles::default(),
+            high_performance: true,
+        }
     }
 }
 
@@ -80,7 +84,8 @@ pub(crate) const DISPATCHES_PER_SUBMIT: u32 = 64;
 impl Gpu {
     /// Opens the first suitable adapter. Fails with a clear error if there is none.
     pub async fn new(opts: GpuOptions) -> Result<Self, ComputeError> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: if opts.high_performance {
@@ -101,7 +106,9 @@ impl Gpu {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
         };
         let wanted = opts.limits.clone().unwrap_or_default();
         let supported = adapter.limits();
@@ -167,12 +174,17 @@ impl Gpu {
 
     /// Largest tensor, in bytes, that one binding may hold.
     pub fn max_binding_bytes(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Fails if the GPU reported an error or the device was lost since the last check.
     pub fn check(&self) -> Result<(), ComputeError> {
-        let mut s = self.errors.lock().map_err(|_| ComputeError::Gpu("error slot poisoned".into()))?;
+        let mut s = self
+            .errors
+            .lock()
+            .map_err(|_| ComputeError::Gpu("error slot poisoned".into()))?;
         if let Some(l) = &s.lost {
             return Err(ComputeError::DeviceLost(l.clone()));
         }
@@ -235,25 +247,37 @@ impl Gpu {
         }
     }
 
-    pub(crate) fn pipeline(&self, name: &str, consts: &[crate::shaders::Const]) -> Result<wgpu::ComputePipeline, ComputeError> {
+    pub(crate) fn pipeline(
+        &self,
+        name: &str,
+        consts: &[crate::shaders::Const],
+    ) -> Result<wgpu::ComputePipeline, ComputeError> {
         let key = format!("{name}{consts:?}");
-        let mut cache = self.pipelines.lock().map_err(|_| ComputeError::Gpu("pipeline cache poisoned".into()))?;
+        let mut cache = self
+            .pipelines
+            .lock()
+            .map_err(|_| ComputeError::Gpu("pipeline cache poisoned".into()))?;
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
-        let src = crate::shaders::source(name, consts).ok_or_else(|| ComputeError::Gpu(format!("unknown kernel {name}")))?;
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(name),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let src = crate::shaders::source(name, consts)
+            .ok_or_else(|| ComputeError::Gpu(format!("unknown kernel {name}")))?;
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
         self.check()?;
         cache.insert(key, pipeline.clone());
         Ok(pipeline)

@@ -40,7 +40,11 @@ impl Gpu {
         let bytes = (elems.max(1) * 4) as u64;
         let limit = self.max_binding_bytes();
         if bytes > limit {
-            return Err(ComputeError::TooLarge { what: what.to_string(), bytes, limit });
+            return Err(ComputeError::TooLarge {
+                what: what.to_string(),
+                bytes,
+                limit,
+            });
         }
         Ok(bytes)
     }
@@ -49,8 +53,16 @@ impl Gpu {
     pub fn zeros(&self, shape: &[usize]) -> Result<Tensor, ComputeError> {
         let n: usize = shape.iter().product();
         let size = self.check_size("tensor", n)?;
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage: USAGE, mapped_at_creation: false });
-        Ok(Tensor { buf, shape: shape.to_vec() })
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: USAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Tensor {
+            buf,
+            shape: shape.to_vec(),
+        })
     }
 
     /// Uploads `data` (row-major, `shape`).
@@ -66,29 +78,42 @@ impl Gpu {
     fn upload_words(&self, data: &[u32], shape: &[usize]) -> Result<Tensor, ComputeError> {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(ComputeError::Shape(format!("{} values for shape {shape:?}", data.len())));
+            return Err(ComputeError::Shape(format!(
+                "{} values for shape {shape:?}",
+                data.len()
+            )));
         }
         self.check_size("tensor", n)?;
         let mut words = data.to_vec();
         if words.is_empty() {
             words.push(0);
         }
-        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: bytemuck::cast_slice(&words),
-            usage: USAGE,
-        });
-        Ok(Tensor { buf, shape: shape.to_vec() })
+        let buf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&words),
+                usage: USAGE,
+            });
+        Ok(Tensor {
+            buf,
+            shape: shape.to_vec(),
+        })
     }
 
     /// Overwrites a tensor's contents (after everything recorded so far has been submitted).
     pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<(), ComputeError> {
         if data.len() != t.len() {
-            return Err(ComputeError::Shape(format!("{} values for shape {:?}", data.len(), t.shape)));
+            return Err(ComputeError::Shape(format!(
+                "{} values for shape {:?}",
+                data.len(),
+                t.shape
+            )));
         }
         self.flush();
         if !data.is_empty() {
-            self.queue.write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
+            self.queue
+                .write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
         }
         Ok(())
     }
@@ -101,7 +126,10 @@ impl Gpu {
     /// Records a copy of `src` into `dst` (same element count).
     pub fn copy(&self, src: &Tensor, dst: &Tensor) -> Result<(), ComputeError> {
         if src.len() != dst.len() {
-            return Err(ComputeError::Shape(format!("copy {:?} into {:?}", src.shape, dst.shape)));
+            return Err(ComputeError::Shape(format!(
+                "copy {:?} into {:?}",
+                src.shape, dst.shape
+            )));
         }
         let bytes = (src.len() * 4) as u64;
         if bytes == 0 {
@@ -124,7 +152,10 @@ impl Gpu {
         self.flush();
         self.map(&staging).await?;
         let out = {
-            let view = staging.slice(..).get_mapped_range().map_err(|e| ComputeError::Gpu(e.to_string()))?;
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| ComputeError::Gpu(e.to_string()))?;
             bytemuck::cast_slice::<u8, f32>(&view)[..n].to_vec()
         };
         staging.unmap();

@@ -26,8 +26,14 @@ impl AttnDims {
         self.seq * self.sequences
     }
     fn check(&self) -> Result<(), ComputeError> {
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 || self.seq == 0 || self.hd == 0 {
-            return Err(ComputeError::Shape(format!("attention {self:?}: heads must be a positive multiple of kv heads")));
+        if self.kv_heads == 0
+            || !self.heads.is_multiple_of(self.kv_heads)
+            || self.seq == 0
+            || self.hd == 0
+        {
+            return Err(ComputeError::Shape(format!(
+                "attention {self:?}: heads must be a positive multiple of kv heads"
+            )));
         }
         Ok(())
     }
@@ -43,12 +49,26 @@ impl AttnDims {
 impl Gpu {
     fn attn_consts(&self, hd: usize, rows_per_group: u32) -> Result<[Const; 3], ComputeError> {
         let hd32 = u32_of("head_dim", hd)?;
-        let tile = self.tiles().attn_tile_for(hd32, self.limits().max_compute_workgroup_storage_size)?;
-        Ok([Const::U32("HD", hd32), Const::U32("BQ", rows_per_group), Const::U32("BKV", tile)])
+        let tile = self
+            .tiles()
+            .attn_tile_for(hd32, self.limits().max_compute_workgroup_storage_size)?;
+        Ok([
+            Const::U32("HD", hd32),
+            Const::U32("BQ", rows_per_group),
+            Const::U32("BKV", tile),
+        ])
     }
 
     /// `o = softmax(q k^T * scale, causal) v` per head; `lse: [rows, heads]`.
-    pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, a: AttnDims) -> Result<(), ComputeError> {
+    pub fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        lse: &Tensor,
+        a: AttnDims,
+    ) -> Result<(), ComputeError> {
         a.check()?;
         let rows = a.rows();
         need("attention q", q, rows * a.heads * a.hd)?;
@@ -58,12 +78,21 @@ impl Gpu {
         need("attention lse", lse, rows * a.heads)?;
         let bq = self.tiles().attn_rows;
         let consts = self.attn_consts(a.hd, bq)?;
-        let grid = (u32_of("query blocks", a.seq.div_ceil(bq as usize))?, u32_of("heads", a.heads)?, u32_of("sequences", a.sequences)?);
-        self.dispatch("attention_forward", &consts, &[&q.buf, &k.buf, &v.buf, &o.buf, &lse.buf], a.params()?, grid)
+        let grid = (
+            u32_of("query blocks", a.seq.div_ceil(bq as usize))?,
+            u32_of("heads", a.heads)?,
+            u32_of("sequences", a.sequences)?,
+        );
+        self.dispatch(
+            "attention_forward",
+            &consts,
+            &[&q.buf, &k.buf, &v.buf, &o.buf, &lse.buf],
+            a.params()?,
+            grid,
+        )
     }
 
     /// Gradients of attention; `delta: [rows, heads]` is scratch.
-    #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(
         &self,
         q: &Tensor,
@@ -82,22 +111,70 @@ impl Gpu {
         let rows = a.rows();
         let qn = rows * a.heads * a.hd;
         let kn = rows * a.kv_heads * a.hd;
-        for (w, t, n) in [("q", q, qn), ("o", o, qn), ("dO", d_o, qn), ("dq", dq, qn), ("k", k, kn), ("v", v, kn), ("dk", dk, kn), ("dv", dv, kn), ("lse", lse, rows * a.heads), ("delta", delta, rows * a.heads)] {
+        for (w, t, n) in [
+            ("q", q, qn),
+            ("o", o, qn),
+            ("dO", d_o, qn),
+            ("dq", dq, qn),
+            ("k", k, kn),
+            ("v", v, kn),
+            ("dk", dk, kn),
+            ("dv", dv, kn),
+            ("lse", lse, rows * a.heads),
+            ("delta", delta, rows * a.heads),
+        ] {
             need(&format!("attention backward {w}"), t, n)?;
         }
-        let pd = Params::new().u(u32_of("rows", rows)?).u(u32_of("heads", a.heads)?).u(u32_of("hd", a.hd)?);
-        self.dispatch("attention_delta", &self.wg_consts(), &[&o.buf, &d_o.buf, &delta.buf], pd, self.elementwise_grid(rows * a.heads)?)?;
+        let pd = Params::new()
+            .u(u32_of("rows", rows)?)
+            .u(u32_of("heads", a.heads)?)
+            .u(u32_of("hd", a.hd)?);
+        self.dispatch(
+            "attention_delta",
+            &self.wg_consts(),
+            &[&o.buf, &d_o.buf, &delta.buf],
+            pd,
+            self.elementwise_grid(rows * a.heads)?,
+        )?;
         let bq = self.tiles().attn_rows;
         let consts = self.attn_consts(a.hd, bq)?;
-        let grid = (u32_of("query blocks", a.seq.div_ceil(bq as usize))?, u32_of("heads", a.heads)?, u32_of("sequences", a.sequences)?);
-        self.dispatch("attention_backward_dq", &consts, &[&q.buf, &k.buf, &v.buf, &d_o.buf, &lse.buf, &delta.buf, &dq.buf], a.params()?, grid)?;
+        let grid = (
+            u32_of("query blocks", a.seq.div_ceil(bq as usize))?,
+            u32_of("heads", a.heads)?,
+            u32_of("sequences", a.sequences)?,
+        );
+        self.dispatch(
+            "attention_backward_dq",
+            &consts,
+            &[
+                &q.buf, &k.buf, &v.buf, &d_o.buf, &lse.buf, &delta.buf, &dq.buf,
+            ],
+            a.params()?,
+            grid,
+        )?;
         // dk/dv: BKV (the invocations) are keys; BQ is the streamed query tile.
         let [hd_c, tile_q, tile_k] = consts;
         let (Const::U32(_, rows_per_group), Const::U32(_, qtile)) = (tile_q, tile_k) else {
             return Err(ComputeError::Gpu("attention constants".into()));
         };
-        let consts = [hd_c, Const::U32("BQ", qtile), Const::U32("BKV", rows_per_group)];
-        let grid = (u32_of("key blocks", a.seq.div_ceil(rows_per_group as usize))?, u32_of("kv heads", a.kv_heads)?, u32_of("sequences", a.sequences)?);
-        self.dispatch("attention_backward_dkv", &consts, &[&q.buf, &k.buf, &v.buf, &d_o.buf, &lse.buf, &delta.buf, &dk.buf, &dv.buf], a.params()?, grid)
+        let consts = [
+            hd_c,
+            Const::U32("BQ", qtile),
+            Const::U32("BKV", rows_per_group),
+        ];
+        let grid = (
+            u32_of("key blocks", a.seq.div_ceil(rows_per_group as usize))?,
+            u32_of("kv heads", a.kv_heads)?,
+            u32_of("sequences", a.sequences)?,
+        );
+        self.dispatch(
+            "attention_backward_dkv",
+            &consts,
+            &[
+                &q.buf, &k.buf, &v.buf, &d_o.buf, &lse.buf, &delta.buf, &dk.buf, &dv.buf,
+            ],
+            a.params()?,
+            grid,
+        )
     }
 }

@@ -11,16 +11,36 @@ impl Gpu {
             need(&format!("swiglu {w}"), t, n)?;
         }
         let p = Params::new().u(u32_of("n", n)?);
-        self.dispatch("swiglu_forward", &self.wg_consts(), &[&g.buf, &u.buf, &h.buf], p, self.elementwise_grid(n)?)
+        self.dispatch(
+            "swiglu_forward",
+            &self.wg_consts(),
+            &[&g.buf, &u.buf, &h.buf],
+            p,
+            self.elementwise_grid(n)?,
+        )
     }
 
     /// SwiGLU gradients `dg, du` from the output gradient `dh`.
-    pub fn swiglu_backward(&self, g: &Tensor, u: &Tensor, dh: &Tensor, dg: &Tensor, du: &Tensor, n: usize) -> Result<(), ComputeError> {
+    pub fn swiglu_backward(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        dh: &Tensor,
+        dg: &Tensor,
+        du: &Tensor,
+        n: usize,
+    ) -> Result<(), ComputeError> {
         for (w, t) in [("g", g), ("u", u), ("dh", dh), ("dg", dg), ("du", du)] {
             need(&format!("swiglu backward {w}"), t, n)?;
         }
         let p = Params::new().u(u32_of("n", n)?);
-        self.dispatch("swiglu_backward", &self.wg_consts(), &[&g.buf, &u.buf, &dh.buf, &dg.buf, &du.buf], p, self.elementwise_grid(n)?)
+        self.dispatch(
+            "swiglu_backward",
+            &self.wg_consts(),
+            &[&g.buf, &u.buf, &dh.buf, &dg.buf, &du.buf],
+            p,
+            self.elementwise_grid(n)?,
+        )
     }
 
     /// `y += x` over the first `n` elements (the residual add).
@@ -28,13 +48,25 @@ impl Gpu {
         need("add x", x, n)?;
         need("add y", y, n)?;
         let p = Params::new().u(u32_of("n", n)?);
-        self.dispatch("add", &self.wg_consts(), &[&x.buf, &y.buf], p, self.elementwise_grid(n)?)
+        self.dispatch(
+            "add",
+            &self.wg_consts(),
+            &[&x.buf, &y.buf],
+            p,
+            self.elementwise_grid(n)?,
+        )
     }
 
     /// `x *= factor` over the whole tensor.
     pub fn scale(&self, x: &Tensor, factor: f32) -> Result<(), ComputeError> {
         let n = x.len();
         let p = Params::new().u(u32_of("n", n)?).f(factor);
-        self.dispatch("scale", &self.wg_consts(), &[&x.buf], p, self.elementwise_grid(n)?)
+        self.dispatch(
+            "scale",
+            &self.wg_consts(),
+            &[&x.buf],
+            p,
+            self.elementwise_grid(n)?,
+        )
     }
 }

@@ -43,8 +43,17 @@ impl RowIndex {
 
 impl Gpu {
     /// `out[t] (+)= table[ids[t] - lo]` for ids in `lo..lo+n`, zero rows otherwise.
-    #[allow(clippy::too_many_arguments)]
-    pub fn embedding(&self, ids: &Tensor, table: &Tensor, out: &Tensor, tokens: usize, lo: usize, n: usize, d: usize, accumulate: bool) -> Result<(), ComputeError> {
+    pub fn embedding(
+        &self,
+        ids: &Tensor,
+        table: &Tensor,
+        out: &Tensor,
+        tokens: usize,
+        lo: usize,
+        n: usize,
+        d: usize,
+        accumulate: bool,
+    ) -> Result<(), ComputeError> {
         need("embedding ids", ids, tokens)?;
         need("embedding table", table, n * d)?;
         need("embedding out", out, tokens * d)?;
@@ -54,16 +63,40 @@ impl Gpu {
             .u(u32_of("lo", lo)?)
             .u(u32_of("n", n)?)
             .u(accumulate as u32);
-        self.dispatch("embedding_forward", &self.wg_consts(), &[&ids.buf, &table.buf, &out.buf], p, self.elementwise_grid(tokens * d)?)
+        self.dispatch(
+            "embedding_forward",
+            &self.wg_consts(),
+            &[&ids.buf, &table.buf, &out.buf],
+            p,
+            self.elementwise_grid(tokens * d)?,
+        )
     }
 
     /// `dtable (+)= scatter-add of dy rows` using an index built by [`RowIndex::new`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn embedding_backward(&self, starts: &Tensor, order: &Tensor, dy: &Tensor, dtable: &Tensor, tokens: usize, n: usize, d: usize, accumulate: bool) -> Result<(), ComputeError> {
+    pub fn embedding_backward(
+        &self,
+        starts: &Tensor,
+        order: &Tensor,
+        dy: &Tensor,
+        dtable: &Tensor,
+        tokens: usize,
+        n: usize,
+        d: usize,
+        accumulate: bool,
+    ) -> Result<(), ComputeError> {
         need("embedding starts", starts, n + 1)?;
         need("embedding dy", dy, tokens * d)?;
         need("embedding dtable", dtable, n * d)?;
-        let p = Params::new().u(u32_of("n", n)?).u(u32_of("d", d)?).u(accumulate as u32);
-        self.dispatch("embedding_backward", &self.wg_consts(), &[&starts.buf, &order.buf, &dy.buf, &dtable.buf], p, self.elementwise_grid(n * d)?)
+        let p = Params::new()
+            .u(u32_of("n", n)?)
+            .u(u32_of("d", d)?)
+            .u(accumulate as u32);
+        self.dispatch(
+            "embedding_backward",
+            &self.wg_consts(),
+            &[&starts.buf, &order.buf, &dy.buf, &dtable.buf],
+            p,
+            self.elementwise_grid(n * d)?,
+        )
     }
 }

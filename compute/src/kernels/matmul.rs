@@ -31,18 +31,29 @@ pub struct View<'a> {
 impl<'a> View<'a> {
     /// The whole tensor as a matrix with `cols` columns.
     pub fn full(t: &'a Tensor, cols: usize) -> Self {
-        View { t, off: 0, ld: cols }
+        View {
+            t,
+            off: 0,
+            ld: cols,
+        }
     }
     /// Columns `c0..` of a matrix with `cols` columns.
     pub fn cols(t: &'a Tensor, cols: usize, c0: usize) -> Self {
-        View { t, off: c0, ld: cols }
+        View {
+            t,
+            off: c0,
+            ld: cols,
+        }
     }
     fn check(&self, what: &str, rows: usize, cols: usize) -> Result<(), ComputeError> {
         if rows == 0 || cols == 0 {
             return Ok(());
         }
         if cols > self.ld {
-            return Err(ComputeError::Shape(format!("{what}: {cols} columns exceed the row stride {}", self.ld)));
+            return Err(ComputeError::Shape(format!(
+                "{what}: {cols} columns exceed the row stride {}",
+                self.ld
+            )));
         }
         need(what, self.t, self.off + (rows - 1) * self.ld + cols)
     }
@@ -50,26 +61,71 @@ impl<'a> View<'a> {
 
 impl Gpu {
     /// `C = A op B` (or `C += A op B` when `accumulate`), whole tensors.
-    #[allow(clippy::too_many_arguments)]
-    pub fn matmul(&self, layout: Layout, a: &Tensor, b: &Tensor, c: &Tensor, m: usize, n: usize, k: usize, accumulate: bool) -> Result<(), ComputeError> {
+    pub fn matmul(
+        &self,
+        layout: Layout,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<(), ComputeError> {
         let (lda, ldb) = match layout {
             Layout::NT => (k, k),
             Layout::NN => (k, n),
             Layout::TN => (m, n),
         };
-        self.matmul_view(layout, View { t: a, off: 0, ld: lda }, View { t: b, off: 0, ld: ldb }, View::full(c, n), m, n, k, 1.0, accumulate)
+        self.matmul_view(
+            layout,
+            View {
+                t: a,
+                off: 0,
+                ld: lda,
+            },
+            View {
+                t: b,
+                off: 0,
+                ld: ldb,
+            },
+            View::full(c, n),
+            m,
+            n,
+            k,
+            1.0,
+            accumulate,
+        )
     }
 
     /// `C = alpha * A op B (+ C)` on strided views.
-    #[allow(clippy::too_many_arguments)]
-    pub fn matmul_view(&self, layout: Layout, a: View, b: View, c: View, m: usize, n: usize, k: usize, alpha: f32, accumulate: bool) -> Result<(), ComputeError> {
+    pub fn matmul_view(
+        &self,
+        layout: Layout,
+        a: View,
+        b: View,
+        c: View,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        accumulate: bool,
+    ) -> Result<(), ComputeError> {
         let (a_trans, b_trans) = match layout {
             Layout::NT => (false, true),
             Layout::NN => (false, false),
             Layout::TN => (true, false),
         };
-        if a_trans { a.check("matmul A", k, m)? } else { a.check("matmul A", m, k)? }
-        if b_trans { b.check("matmul B", n, k)? } else { b.check("matmul B", k, n)? }
+        if a_trans {
+            a.check("matmul A", k, m)?
+        } else {
+            a.check("matmul A", m, k)?
+        }
+        if b_trans {
+            b.check("matmul B", n, k)?
+        } else {
+            b.check("matmul B", k, n)?
+        }
         c.check("matmul C", m, n)?;
         if m == 0 || n == 0 {
             return Ok(());
@@ -79,7 +135,9 @@ impl Gpu {
         let gy = m.div_ceil(t.bm as usize);
         let max = self.limits().max_compute_workgroups_per_dimension as usize;
         if gx > max || gy > max {
-            return Err(ComputeError::Shape(format!("matmul {m}x{n} needs a {gx}x{gy} grid, above {max} per dimension")));
+            return Err(ComputeError::Shape(format!(
+                "matmul {m}x{n} needs a {gx}x{gy} grid, above {max} per dimension"
+            )));
         }
         let consts = [
             Const::U32("BM", t.bm),
@@ -102,6 +160,12 @@ impl Gpu {
             .u(u32_of("c offset", c.off)?)
             .u(accumulate as u32)
             .f(alpha);
-        self.dispatch("matmul", &consts, &[&a.t.buf, &b.t.buf, &c.t.buf], p, (gx as u32, gy as u32, 1))
+        self.dispatch(
+            "matmul",
+            &consts,
+            &[&a.t.buf, &b.t.buf, &c.t.buf],
+            p,
+            (gx as u32, gy as u32, 1),
+        )
     }
 }

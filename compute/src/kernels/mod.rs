@@ -18,7 +18,10 @@ use crate::gpu::Tensor;
 /// Fails unless `t` holds at least `n` elements.
 pub(crate) fn need(what: &str, t: &Tensor, n: usize) -> Result<(), ComputeError> {
     if t.len() < n {
-        return Err(ComputeError::Shape(format!("{what}: needs {n} elements, tensor has {:?}", t.shape())));
+        return Err(ComputeError::Shape(format!(
+            "{what}: needs {n} elements, tensor has {:?}",
+            t.shape()
+        )));
     }
     Ok(())
 }

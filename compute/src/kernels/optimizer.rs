@@ -9,10 +9,22 @@ use crate::shaders::Const;
 
 impl Gpu {
     /// One AdamW step at 1-based `step` on `param` with `grad`, moments `m`, `v`.
-    pub fn adamw(&self, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: AdamW, step: u32) -> Result<(), ComputeError> {
+    pub fn adamw(
+        &self,
+        param: &Tensor,
+        grad: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        h: AdamW,
+        step: u32,
+    ) -> Result<(), ComputeError> {
         let n = param.len();
         if grad.len() != n || m.len() != n || v.len() != n {
-            return Err(ComputeError::Shape(format!("adamw on {:?} with grad {:?}", param.shape(), grad.shape())));
+            return Err(ComputeError::Shape(format!(
+                "adamw on {:?} with grad {:?}",
+                param.shape(),
+                grad.shape()
+            )));
         }
         if step == 0 {
             return Err(ComputeError::Shape("adamw step is 1-based".into()));
@@ -28,7 +40,13 @@ impl Gpu {
             .f(h.weight_decay as f32)
             .f(bc1 as f32)
             .f(bc2 as f32);
-        self.dispatch("adamw", &self.wg_consts(), &[&param.buf, &grad.buf, &m.buf, &v.buf], p, self.elementwise_grid(n)?)
+        self.dispatch(
+            "adamw",
+            &self.wg_consts(),
+            &[&param.buf, &grad.buf, &m.buf, &v.buf],
+            p,
+            self.elementwise_grid(n)?,
+        )
     }
 
     /// Sum of squares of a tensor, reduced on the GPU in a fixed order.
@@ -43,7 +61,13 @@ impl Gpu {
             let groups = n.div_ceil(per).max(1);
             let out = self.zeros(&[groups])?;
             let p = Params::new().u(u32_of("n", n)?).u(squares as u32);
-            self.dispatch("sum_squares", &consts, &[&cur.buf, &out.buf], p, self.grid(groups as u64)?)?;
+            self.dispatch(
+                "sum_squares",
+                &consts,
+                &[&cur.buf, &out.buf],
+                p,
+                self.grid(groups as u64)?,
+            )?;
             squares = false;
             cur = out;
             n = groups;
@@ -65,7 +89,11 @@ impl Gpu {
 
     /// Clips tensors to a global norm of at most `max_norm` (PyTorch `clip_grad_norm_`);
     /// returns the norm before clipping.
-    pub async fn clip_global_norm(&self, xs: &[&Tensor], max_norm: f64) -> Result<f64, ComputeError> {
+    pub async fn clip_global_norm(
+        &self,
+        xs: &[&Tensor],
+        max_norm: f64,
+    ) -> Result<f64, ComputeError> {
         let norm = self.global_norm(xs).await?;
         let c = crate::reference::ops::clip_coefficient(norm, max_norm);
         if c < 1.0 {

@@ -32,11 +32,23 @@ impl GpuRope {
 
 impl Gpu {
     /// Rotates `x: [rows, heads * hd]` in place; position `row % seq`. `inverse` is the backward.
-    #[allow(clippy::too_many_arguments)]
-    pub fn rope(&self, x: &Tensor, table: &GpuRope, rows: usize, heads: usize, hd: usize, seq: usize, inverse: bool) -> Result<(), ComputeError> {
+    pub fn rope(
+        &self,
+        x: &Tensor,
+        table: &GpuRope,
+        rows: usize,
+        heads: usize,
+        hd: usize,
+        seq: usize,
+        inverse: bool,
+    ) -> Result<(), ComputeError> {
         need("rope x", x, rows * heads * hd)?;
         if hd != 2 * table.half || seq > table.seq || seq == 0 {
-            return Err(ComputeError::Shape(format!("rope table for head width {} and {} positions, called with {hd} and {seq}", 2 * table.half, table.seq)));
+            return Err(ComputeError::Shape(format!(
+                "rope table for head width {} and {} positions, called with {hd} and {seq}",
+                2 * table.half,
+                table.seq
+            )));
         }
         let p = Params::new()
             .u(u32_of("rows", rows)?)
@@ -45,6 +57,12 @@ impl Gpu {
             .u(u32_of("seq", seq)?)
             .u(inverse as u32);
         let n = rows * heads * table.half;
-        self.dispatch("rope", &self.wg_consts(), &[&x.buf, &table.cos.buf, &table.sin.buf], p, self.elementwise_grid(n)?)
+        self.dispatch(
+            "rope",
+            &self.wg_consts(),
+            &[&x.buf, &table.cos.buf, &table.sin.buf],
+            p,
+            self.elementwise_grid(n)?,
+        )
     }
 }

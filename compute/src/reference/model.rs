@@ -138,6 +138,30 @@ impl<F: Float> ModelParams<F> {
         }
     }
 
+    /// All-zero parameters of the model's shape (a gradient accumulator).
+    pub fn zeros(cfg: &ModelConfig) -> Self {
+        let d = cfg.hidden_size;
+        let z = |n: usize| vec![F::zero(); n];
+        ModelParams {
+            embed: z(cfg.vocab_size * d),
+            layers: (0..cfg.num_hidden_layers)
+                .map(|_| LayerParams {
+                    input_norm: z(d),
+                    q: z(cfg.q_width() * d),
+                    k: z(cfg.kv_width() * d),
+                    v: z(cfg.kv_width() * d),
+                    o: z(d * cfg.q_width()),
+                    post_norm: z(d),
+                    gate: z(cfg.intermediate_size * d),
+                    up: z(cfg.intermediate_size * d),
+                    down: z(d * cfg.intermediate_size),
+                })
+                .collect(),
+            final_norm: z(d),
+            head: z(cfg.vocab_size * d),
+        }
+    }
+
     /// Zeros of the same shape (a gradient accumulator).
     pub fn zeros_like(&self) -> Self {
         self.map(|v| vec![F::zero(); v.len()])

@@ -193,7 +193,6 @@ pub fn attention<F: Float>(q: &[F], k: &[F], v: &[F], s: AttnShape) -> (Vec<F>, 
 }
 
 /// Causal GQA attention backward from the forward's `o` and `lse`. Returns `(dq, dk, dv)`.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward<F: Float>(
     q: &[F],
     k: &[F],
@@ -421,7 +420,7 @@ pub fn adamw_step<F: Float>(p: &mut [F], g: &[F], m: &mut [F], v: &mut [F], h: A
     let bc2 = 1.0 - h.beta2.powi(step as i32);
     let f = F::from_f64;
     for i in 0..p.len() {
-        p[i] = p[i] * f(1.0 - h.lr * h.weight_decay);
+        p[i] *= f(1.0 - h.lr * h.weight_decay);
         m[i] = f(h.beta1) * m[i] + f(1.0 - h.beta1) * g[i];
         v[i] = f(h.beta2) * v[i] + f(1.0 - h.beta2) * g[i] * g[i];
         let mh = m[i] / f(bc1);

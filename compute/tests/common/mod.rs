@@ -24,7 +24,11 @@ pub fn gpu_with(opts: GpuOptions) -> Gpu {
 /// ‖a−b‖/‖b‖ in f64.
 pub fn rel(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
 }
@@ -33,7 +37,10 @@ pub fn rel(a: &[f32], b: &[f32]) -> f64 {
 pub fn close(name: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
     let e = rel(gpu, cpu);
     println!("{name}: rel err {e:.2e}");
-    assert!(e <= tol, "{name}: GPU differs from the CPU reference, rel err {e:.3e} > {tol:.0e}");
+    assert!(
+        e <= tol,
+        "{name}: GPU differs from the CPU reference, rel err {e:.3e} > {tol:.0e}"
+    );
 }
 
 /// Reads a tensor back.

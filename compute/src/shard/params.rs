@@ -1,0 +1,450 @@
+//! A micro-shard's parameters: on the host as slices of the Hugging Face tensors, on the GPU as
+//! pieces within the binding limit with their gradients and AdamW moments.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use super::kind::MicroShard;
+use super::layout::{self, Axis, TensorLayout};
+use crate::config::ModelConfig;
+use crate::error::ComputeError;
+use crate::gpu::{Gpu, Tensor};
+use crate::kernels::rope::GpuRope;
+use crate::reference::ops::AdamW;
+use crate::reference::ModelParams;
+use crate::rope_table::RopeTable;
+
+/// One tensor of a shard on the host: the shard's slice of a Hugging Face tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardTensor {
+    /// Name of the full tensor.
+    pub name: String,
+    /// Rows and columns of the slice.
+    pub shape: [usize; 2],
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// Every tensor of a shard, in the order of the shard's layout (replicated norm first).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardTensors {
+    /// The shard.
+    pub shard: MicroShard,
+    /// Its tensors.
+    pub tensors: Vec<ShardTensor>,
+}
+
+fn index_of(params: &ModelParams<f32>) -> HashMap<String, usize> {
+    params
+        .named()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n, i))
+        .collect()
+}
+
+impl ShardTensors {
+    /// Cuts the shard's slices out of a whole model.
+    pub fn from_model(
+        cfg: &ModelConfig,
+        params: &ModelParams<f32>,
+        shard: &MicroShard,
+    ) -> Result<Self, ComputeError> {
+        shard.validate(cfg)?;
+        let idx = index_of(params);
+        let named = params.named();
+        let tensors = layout::tensors(cfg, shard)
+            .into_iter()
+            .map(|l| {
+                let i = *idx.get(&l.name).ok_or_else(|| {
+                    ComputeError::Shape(format!("model has no tensor {}", l.name))
+                })?;
+                let full = named[i].1;
+                if full.len() != l.full[0] * l.full[1] {
+                    return Err(ComputeError::Shape(format!(
+                        "{} has {} values, expected {:?}",
+                        l.name,
+                        full.len(),
+                        l.full
+                    )));
+                }
+                let units = shard.units();
+                Ok(ShardTensor {
+                    shape: l.shape(units.len()),
+                    data: layout::slice(full, &l, units),
+                    name: l.name,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ShardTensors {
+            shard: shard.clone(),
+            tensors,
+        })
+    }
+
+    /// Adds these slices into a whole-model accumulator (replicated norm slices add whole, so
+    /// partial norm gradients from several slices sum).
+    pub fn add_into(
+        &self,
+        cfg: &ModelConfig,
+        acc: &mut ModelParams<f32>,
+    ) -> Result<(), ComputeError> {
+        self.merge_into(cfg, acc, layout::add)
+    }
+
+    /// Writes these slices into a whole model (replicated tensors overwrite).
+    pub fn copy_into(
+        &self,
+        cfg: &ModelConfig,
+        model: &mut ModelParams<f32>,
+    ) -> Result<(), ComputeError> {
+        self.merge_into(cfg, model, layout::assign)
+    }
+
+    fn merge_into(
+        &self,
+        cfg: &ModelConfig,
+        acc: &mut ModelParams<f32>,
+        op: fn(&mut f32, f32),
+    ) -> Result<(), ComputeError> {
+        let idx = index_of(acc);
+        let layouts = layout::tensors(cfg, &self.shard);
+        let mut targets = acc.tensors_mut();
+        for (l, t) in layouts.iter().zip(&self.tensors) {
+            let i = *idx
+                .get(&l.name)
+                .ok_or_else(|| ComputeError::Shape(format!("model has no tensor {}", l.name)))?;
+            layout::merge_slice(targets[i], l, self.shard.units(), &t.data, op);
+        }
+        Ok(())
+    }
+
+    fn check(&self, cfg: &ModelConfig) -> Result<Vec<TensorLayout>, ComputeError> {
+        self.shard.validate(cfg)?;
+        let layouts = layout::tensors(cfg, &self.shard);
+        if layouts.len() != self.tensors.len() {
+            return Err(ComputeError::Shape(format!(
+                "{}: {} tensors, expected {}",
+                self.shard,
+                self.tensors.len(),
+                layouts.len()
+            )));
+        }
+        let units = self.shard.units().len();
+        for (l, t) in layouts.iter().zip(&self.tensors) {
+            let shape = l.shape(units);
+            if t.name != l.name || t.shape != shape || t.data.len() != shape[0] * shape[1] {
+                return Err(ComputeError::Shape(format!(
+                    "{}: tensor {} {:?} does not match {} {:?}",
+                    self.shard, t.name, t.shape, l.name, shape
+                )));
+            }
+            if t.data.iter().any(|x| !x.is_finite()) {
+                return Err(ComputeError::Shape(format!(
+                    "{}: tensor {} holds NaN or infinity",
+                    self.shard, t.name
+                )));
+            }
+        }
+        Ok(layouts)
+    }
+}
+
+/// A parameter on the GPU with its gradient and (after the first step) AdamW moments.
+pub(crate) struct Slot {
+    pub(crate) w: Tensor,
+    pub(crate) g: Tensor,
+    adam: Option<(Tensor, Tensor)>,
+}
+
+/// The tensors of a range of the shard's units, each within the binding limit.
+pub(crate) struct Piece {
+    /// Absolute units (vocabulary rows, groups, columns).
+    pub(crate) units: Range<usize>,
+    /// Sliced tensors in layout order (after the replicated ones).
+    pub(crate) slots: Vec<Slot>,
+}
+
+/// A micro-shard resident on the GPU.
+pub struct GpuShard {
+    pub(crate) cfg: ModelConfig,
+    pub(crate) shard: MicroShard,
+    layouts: Vec<TensorLayout>,
+    pub(crate) max_rows: usize,
+    pub(crate) replicated: Vec<Slot>,
+    pub(crate) pieces: Vec<Piece>,
+    pub(crate) rope: Option<GpuRope>,
+}
+
+/// Splits `units` into as few balanced pieces as the binding limit allows.
+fn plan_pieces(
+    cfg: &ModelConfig,
+    shard: &MicroShard,
+    layouts: &[TensorLayout],
+    max_rows: usize,
+    limit: u64,
+) -> Result<Vec<Range<usize>>, ComputeError> {
+    let act_row = (max_rows * cfg.hidden_size * 4) as u64;
+    if act_row > limit {
+        return Err(ComputeError::TooLarge {
+            what: format!("activations of {max_rows} rows x {}", cfg.hidden_size),
+            bytes: act_row,
+            limit,
+        });
+    }
+    let mut per_unit: Vec<(String, u64)> = layouts
+        .iter()
+        .filter(|l| l.axis != Axis::Replicated)
+        .map(|l| {
+            let other = if l.axis == Axis::Rows {
+                l.full[1]
+            } else {
+                l.full[0]
+            };
+            (l.name.clone(), (l.per_unit * other * 4) as u64)
+        })
+        .collect();
+    per_unit.push((
+        format!("activations of {shard}"),
+        (layout::activation_per_unit(cfg, shard) * max_rows * 4) as u64,
+    ));
+    let mut max_units = u64::MAX;
+    for (what, bytes) in &per_unit {
+        if *bytes > limit {
+            return Err(ComputeError::TooLarge {
+                what: format!("one unit of {what}"),
+                bytes: *bytes,
+                limit,
+            });
+        }
+        if *bytes > 0 {
+            max_units = max_units.min(limit / bytes);
+        }
+    }
+    let units = shard.units();
+    let n = units.len();
+    let pieces = n.div_ceil(max_units.min(n as u64) as usize);
+    let base = n / pieces;
+    let extra = n % pieces;
+    let mut out = Vec::with_capacity(pieces);
+    let mut start = units.start;
+    for i in 0..pieces {
+        let len = base + usize::from(i < extra);
+        out.push(start..start + len);
+        start += len;
+    }
+    Ok(out)
+}
+
+impl GpuShard {
+    /// Uploads a shard's parameters for calls of at most `max_rows` rows, with zero gradients.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        params: &ShardTensors,
+        max_rows: usize,
+    ) -> Result<Self, ComputeError> {
+        cfg.validate()?;
+        let layouts = params.check(cfg)?;
+        let shard = params.shard.clone();
+        let ranges = plan_pieces(
+            cfg,
+            &shard,
+            &layouts,
+            max_rows.max(1),
+            gpu.max_binding_bytes(),
+        )?;
+        let slot = |data: &[f32], shape: [usize; 2]| -> Result<Slot, ComputeError> {
+            Ok(Slot {
+                w: gpu.upload(data, &shape)?,
+                g: gpu.zeros(&shape)?,
+                adam: None,
+            })
+        };
+        let mut replicated = Vec::new();
+        let mut sliced = Vec::new();
+        for (l, t) in layouts.iter().zip(&params.tensors) {
+            if l.axis == Axis::Replicated {
+                replicated.push(slot(&t.data, t.shape)?);
+            } else {
+                sliced.push((l, t));
+            }
+        }
+        let s0 = shard.units().start;
+        let mut pieces = Vec::new();
+        for r in ranges {
+            let mut slots = Vec::new();
+            for (l, t) in &sliced {
+                // The shard's slice is the "full" tensor the piece is cut from.
+                let local = TensorLayout {
+                    full: t.shape,
+                    ..(*l).clone()
+                };
+                let data = layout::slice(&t.data, &local, r.start - s0..r.end - s0);
+                slots.push(slot(&data, l.shape(r.len()))?);
+            }
+            pieces.push(Piece { units: r, slots });
+        }
+        let rope = match shard {
+            MicroShard::Attn { .. } => Some(GpuRope::new(
+                gpu,
+                &RopeTable::new(max_rows.max(1), cfg.head_dim, cfg.rope_theta),
+            )?),
+            _ => None,
+        };
+        gpu.check()?;
+        Ok(GpuShard {
+            cfg: cfg.clone(),
+            shard,
+            layouts,
+            max_rows: max_rows.max(1),
+            replicated,
+            pieces,
+            rope,
+        })
+    }
+
+    /// The shard.
+    pub fn shard(&self) -> &MicroShard {
+        &self.shard
+    }
+
+    /// How many pieces the binding limit split it into.
+    pub fn piece_count(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// Every slot, replicated first, then piece by piece.
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.replicated
+            .iter()
+            .chain(self.pieces.iter().flat_map(|p| p.slots.iter()))
+    }
+
+    /// Every gradient tensor (for the global norm and clipping).
+    pub fn grads(&self) -> Vec<&Tensor> {
+        self.slots().map(|s| &s.g).collect()
+    }
+
+    /// Gradients of the replicated (norm) weights: partial when the stage is sliced.
+    pub fn replicated_grads(&self) -> Vec<&Tensor> {
+        self.replicated.iter().map(|s| &s.g).collect()
+    }
+
+    /// Gradients of the sliced weights.
+    pub fn sliced_grads(&self) -> Vec<&Tensor> {
+        self.pieces
+            .iter()
+            .flat_map(|p| p.slots.iter())
+            .map(|s| &s.g)
+            .collect()
+    }
+
+    /// Zeroes the gradients (start of a step).
+    pub fn zero_grads(&self, gpu: &Gpu) -> Result<(), ComputeError> {
+        for s in self.slots() {
+            gpu.clear(&s.g)?;
+        }
+        Ok(())
+    }
+
+    /// One AdamW step over every parameter with the accumulated gradients.
+    pub fn adamw_step(&mut self, gpu: &Gpu, h: AdamW, step: u32) -> Result<(), ComputeError> {
+        for s in self
+            .replicated
+            .iter_mut()
+            .chain(self.pieces.iter_mut().flat_map(|p| p.slots.iter_mut()))
+        {
+            if s.adam.is_none() {
+                s.adam = Some((gpu.zeros(s.w.shape())?, gpu.zeros(s.w.shape())?));
+            }
+            if let Some((m, v)) = &s.adam {
+                gpu.adamw(&s.w, &s.g, m, v, h, step)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_with(
+        &self,
+        gpu: &Gpu,
+        pick: impl Fn(&Slot) -> &Tensor,
+    ) -> Result<ShardTensors, ComputeError> {
+        let units = self.shard.units();
+        let mut tensors = Vec::new();
+        let mut rep = self.replicated.iter();
+        let mut sliced_index = 0;
+        for l in &self.layouts {
+            let shape = l.shape(units.len());
+            let data = if l.axis == Axis::Replicated {
+                let s = rep
+                    .next()
+                    .ok_or_else(|| ComputeError::Shape("replicated tensor missing".into()))?;
+                gpu.read(pick(s)).await?
+            } else {
+                let mut full = vec![0.0f32; shape[0] * shape[1]];
+                let local = TensorLayout {
+                    full: shape,
+                    ..l.clone()
+                };
+                for p in &self.pieces {
+                    let part = gpu.read(pick(&p.slots[sliced_index])).await?;
+                    layout::merge_slice(
+                        &mut full,
+                        &local,
+                        p.units.start - units.start..p.units.end - units.start,
+                        &part,
+                        layout::assign,
+                    );
+                }
+                sliced_index += 1;
+                full
+            };
+            tensors.push(ShardTensor {
+                name: l.name.clone(),
+                shape,
+                data,
+            });
+        }
+        Ok(ShardTensors {
+            shard: self.shard.clone(),
+            tensors,
+        })
+    }
+
+    /// Downloads the parameters.
+    pub async fn read_params(&self, gpu: &Gpu) -> Result<ShardTensors, ComputeError> {
+        self.read_with(gpu, |s| &s.w).await
+    }
+
+    /// Downloads the accumulated gradients.
+    pub async fn read_grads(&self, gpu: &Gpu) -> Result<ShardTensors, ComputeError> {
+        self.read_with(gpu, |s| &s.g).await
+    }
+
+    pub(crate) fn check_rows(&self, rows: super::Rows) -> Result<usize, ComputeError> {
+        let n = rows.count();
+        if n == 0 || n > self.max_rows {
+            return Err(ComputeError::Shape(format!(
+                "{}: {n} rows, this shard was sized for 1..={}",
+                self.shard, self.max_rows
+            )));
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn check_tokens(&self, ids: &[u32], allow_ignore: bool) -> Result<(), ComputeError> {
+        for (pos, &id) in ids.iter().enumerate() {
+            if (id as usize) >= self.cfg.vocab_size
+                && !(allow_ignore && id == crate::reference::ops::IGNORE)
+            {
+                return Err(ComputeError::TokenOutOfRange {
+                    id,
+                    pos,
+                    vocab: self.cfg.vocab_size,
+                });
+            }
+        }
+        Ok(())
+    }
+}
