@@ -1,15 +1,16 @@
+#![cfg(not(target_arch = "wasm32"))]
 //! Every kernel on a real wgpu adapter (lavapipe without a GPU) against the CPU reference, on
 //! shapes that are not multiples of the tile sizes, under the WebGPU default limits.
 
 mod common;
 
-use common::{close, gpu, read};
+use common::{checks, close, gpu, read, run_check};
 use tessera_compute::kernels::attention::AttnDims;
 use tessera_compute::kernels::embedding::RowIndex;
 use tessera_compute::kernels::rope::GpuRope;
 use tessera_compute::kernels::{Layout, View};
 use tessera_compute::reference::model::SplitMix;
-use tessera_compute::reference::ops::{self, AttnShape, IGNORE};
+use tessera_compute::reference::ops::{self, AttnShape};
 use tessera_compute::rope_table::RopeTable;
 
 #[test]
@@ -294,61 +295,9 @@ fn embedding_gather_and_scatter() {
 #[test]
 fn cross_entropy_vocab_parallel() {
     let g = gpu();
-    let mut r = SplitMix(17);
-    let (rows, vocab) = (19, 531);
-    let logits: Vec<f32> = r.vec(rows * vocab, 8.0);
-    let mut targets: Vec<u32> = (0..rows)
-        .map(|_| (r.next_u64() % vocab as u64) as u32)
-        .collect();
-    targets[4] = IGNORE;
-    let want = ops::logit_stats(&logits, &targets, 0, vocab);
-    let (lse, loss, count) = ops::combine_stats(std::slice::from_ref(&want), &targets);
-    // Two chunks (0..200, 200..531) merged on the GPU give the whole-vocabulary statistics.
-    let cols = |lo: usize, n: usize| -> Vec<f32> {
-        (0..rows)
-            .flat_map(|t| logits[t * vocab + lo..t * vocab + lo + n].to_vec())
-            .collect()
-    };
-    let tt = g.upload_u32(&targets).unwrap();
-    let stats = g.zeros(&[rows, 4]).unwrap();
-    for (i, (lo, n)) in [(0, 200), (200, 331)].into_iter().enumerate() {
-        let chunk = g.upload(&cols(lo, n), &[rows, n]).unwrap();
-        g.cross_entropy_stats(&chunk, &tt, &stats, rows, n, lo, i > 0)
-            .unwrap();
-    }
-    let st = read(&g, &stats);
-    let gmax: Vec<f32> = (0..rows).map(|i| st[i * 4]).collect();
-    let gse: Vec<f32> = (0..rows)
-        .map(|i| st[i * 4 + 1] * (st[i * 4] as f64 - want.max[i]).exp() as f32)
-        .collect();
-    close(
-        "cross-entropy max",
-        &gmax,
-        &want.max.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-        1e-7,
-    );
-    close(
-        "cross-entropy sum-exp",
-        &gse,
-        &want.sum_exp.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-        1e-6,
-    );
-    for i in 0..rows {
-        match want.target_logit[i] {
-            Some(t) => assert!(st[i * 4 + 3] == 1.0 && (st[i * 4 + 2] as f64 - t).abs() < 1e-6),
-            None => assert_eq!(st[i * 4 + 3], 0.0),
-        }
-    }
-    let tl = g
-        .upload(&lse.iter().map(|&x| x as f32).collect::<Vec<_>>(), &[rows])
-        .unwrap();
-    let chunk = g.upload(&logits, &[rows, vocab]).unwrap();
-    g.cross_entropy_backward(&chunk, &tt, &tl, rows, vocab, 0, 1.0 / count as f32)
-        .unwrap();
-    let want_g: Vec<f32> =
-        ops::cross_entropy_backward(&logits, &targets, &lse, 1.0 / count as f64, 0, vocab);
-    close("cross-entropy dlogits", &read(&g, &chunk), &want_g, 1e-5);
-    assert!(loss > 0.0);
+    run_check(pollster::block_on(checks::cross_entropy_matches_reference(
+        &g,
+    )));
 }
 
 #[test]

@@ -1,3 +1,4 @@
+#![cfg(not(target_arch = "wasm32"))]
 //! Micro-shard composition on a real adapter: a 2-layer model cut into ≥2 attention groups,
 //! ≥2 MLP column ranges and ≥2 head vocabulary slices gives the same loss and every gradient as
 //! the unsliced model, both match the CPU reference, and lowering the binding limit (so every
@@ -5,9 +6,9 @@
 
 mod common;
 
-use common::{gpu, gpu_with, rel};
+use common::{checks, gpu, gpu_with, run_check};
 use tessera_compute::model::{GpuModel, Slicing};
-use tessera_compute::reference::model::{self, SplitMix};
+use tessera_compute::reference::model;
 use tessera_compute::reference::ops::{self, AdamW};
 use tessera_compute::reference::scalar::convert;
 use tessera_compute::reference::{Batch, ModelParams};
@@ -15,29 +16,15 @@ use tessera_compute::shard::{GpuShard, MicroShard, ShardTensors};
 use tessera_compute::{ComputeError, Gpu, GpuOptions, ModelConfig};
 
 fn cfg() -> ModelConfig {
-    ModelConfig {
-        num_attention_heads: 6,
-        num_key_value_heads: 3,
-        head_dim: 8,
-        ..ModelConfig::tiny()
-    }
+    checks::test_config()
 }
 
 fn batch(cfg: &ModelConfig, seq: usize, sequences: usize, seed: u64) -> Batch {
-    let mut r = SplitMix(seed);
-    let toks: Vec<u32> = (0..seq * sequences)
-        .map(|_| (r.next_u64() % cfg.vocab_size as u64) as u32)
-        .collect();
-    Batch::from_sequences(&toks, seq)
+    checks::random_batch(cfg, seq, sequences, seed)
 }
 
 fn compare(what: &str, got: &ModelParams<f32>, want: &ModelParams<f32>, tol: f64) {
-    let mut worst = 0.0f64;
-    for ((name, a), (_, b)) in got.named().into_iter().zip(want.named()) {
-        let e = rel(a, b);
-        worst = worst.max(e);
-        assert!(e <= tol, "{what}: {name} rel err {e:.3e} > {tol:.0e}");
-    }
+    let worst = checks::compare_models(what, got, want, tol);
     println!("{what}: worst tensor rel err {worst:.2e}");
 }
 
@@ -84,6 +71,14 @@ fn sliced_model_equals_unsliced_and_reference() {
     println!("loss: sliced GPU {loss_sliced:.6}");
     assert!((loss_sliced - loss_whole).abs() / loss_whole < 1e-6);
     compare("sliced vs unsliced GPU", &grads_sliced, &grads_whole, 1e-4);
+}
+
+#[test]
+fn one_sliced_block_matches_reference() {
+    run_check(pollster::block_on(checks::sliced_blocks_match_reference(
+        &gpu(),
+        1,
+    )));
 }
 
 #[test]

@@ -1,3 +1,4 @@
+#![cfg(not(target_arch = "wasm32"))]
 //! Finite-difference checks of every backward of the f64 CPU reference, op by op and for the
 //! whole model. Shapes are small and odd so nothing lines up by accident.
 

@@ -1,3 +1,4 @@
+#![cfg(not(target_arch = "wasm32"))]
 //! Every `.wgsl` file under `shaders/` parses and validates with naga, under the WebGPU default
 //! of at most 8 storage buffers per stage.
 
