@@ -4,7 +4,6 @@
 
 pub mod checks;
 
-pub use checks::rel;
 use tessera_compute::{Gpu, GpuOptions};
 
 /// Opens the GPU with `wgpu::Limits::default()` and says which adapter runs the tests.
