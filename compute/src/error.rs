@@ -34,6 +34,9 @@ pub enum ComputeError {
     /// Tile sizes that the adapter cannot run.
     #[error("invalid tile sizes: {0}")]
     InvalidTiles(String),
+    /// A Hugging Face checkpoint or config that cannot be read.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A token id outside the vocabulary.
     #[error("token id {id} at position {pos} is outside the vocabulary of {vocab}")]
     TokenOutOfRange {

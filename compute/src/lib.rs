@@ -9,6 +9,7 @@ pub mod rope_table;
 pub use config::ModelConfig;
 pub use error::ComputeError;
 pub mod gpu;
+pub mod hf;
 pub mod kernels;
 pub mod model;
 pub mod shaders;

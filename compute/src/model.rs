@@ -145,26 +145,30 @@ impl GpuModel {
         Ok(acc)
     }
 
-    /// Forward and backward of one micro-batch: returns the mean loss and adds the gradients
-    /// into the shards' accumulators.
-    pub async fn loss_and_grads(&self, gpu: &Gpu, batch: &Batch) -> Result<f64, ComputeError> {
-        let n = batch.ids.len();
-        if batch.seq == 0 || n == 0 || !n.is_multiple_of(batch.seq) || batch.targets.len() != n {
+    fn rows_of(ids: usize, seq: usize) -> Result<Rows, ComputeError> {
+        if seq == 0 || ids == 0 || ids % seq != 0 {
             return Err(ComputeError::Shape(format!(
-                "batch of {n} ids, {} targets, seq {}",
-                batch.targets.len(),
-                batch.seq
+                "{ids} tokens do not make whole sequences of {seq}"
             )));
         }
-        let rows = Rows {
-            seq: batch.seq,
-            sequences: n / batch.seq,
-        };
+        Ok(Rows {
+            seq,
+            sequences: ids / seq,
+        })
+    }
+
+    /// Forward through embedding and every block: the final hidden state and each block
+    /// stage's input.
+    fn trunk(
+        &self,
+        gpu: &Gpu,
+        ids: &[u32],
+        rows: Rows,
+    ) -> Result<(Tensor, Vec<Tensor>), ComputeError> {
         let last = self.stages.len() - 1;
-        // Forward, keeping each stage's input.
         let embed: Vec<Tensor> = self.stages[0]
             .iter()
-            .map(|s| s.embed_forward(gpu, &batch.ids))
+            .map(|s| s.embed_forward(gpu, ids))
             .collect::<Result<_, _>>()?;
         let mut h = Self::sum(gpu, None, embed)?;
         let mut inputs = Vec::with_capacity(last);
@@ -176,6 +180,44 @@ impl GpuModel {
             let next = Self::sum(gpu, Some(&h), parts)?;
             inputs.push(std::mem::replace(&mut h, next));
         }
+        Ok((h, inputs))
+    }
+
+    /// Logits `[ids.len(), vocab]` for whole sequences of `seq` tokens.
+    pub async fn logits(
+        &self,
+        gpu: &Gpu,
+        ids: &[u32],
+        seq: usize,
+    ) -> Result<Vec<f32>, ComputeError> {
+        let rows = Self::rows_of(ids.len(), seq)?;
+        let (h, _) = self.trunk(gpu, ids, rows)?;
+        let v = self.cfg.vocab_size;
+        let mut out = vec![0.0f32; ids.len() * v];
+        for s in &self.stages[self.stages.len() - 1] {
+            let cols = s.shard().units();
+            let part = s.head_logits(gpu, &h, rows).await?;
+            for r in 0..ids.len() {
+                out[r * v + cols.start..r * v + cols.end]
+                    .copy_from_slice(&part[r * cols.len()..(r + 1) * cols.len()]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forward and backward of one micro-batch: returns the mean loss and adds the gradients
+    /// into the shards' accumulators.
+    pub async fn loss_and_grads(&self, gpu: &Gpu, batch: &Batch) -> Result<f64, ComputeError> {
+        let n = batch.ids.len();
+        if batch.targets.len() != n {
+            return Err(ComputeError::Shape(format!(
+                "batch of {n} ids and {} targets",
+                batch.targets.len()
+            )));
+        }
+        let rows = Self::rows_of(n, batch.seq)?;
+        let last = self.stages.len() - 1;
+        let (h, inputs) = self.trunk(gpu, &batch.ids, rows)?;
         let mut stats = Vec::new();
         for s in &self.stages[last] {
             stats.push(s.head_forward(gpu, &h, &batch.targets, rows).await?);

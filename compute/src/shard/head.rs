@@ -50,6 +50,37 @@ impl GpuShard {
         Ok(logits)
     }
 
+    /// The slice's logits `[rows, cols]` (row-major) for input `h`.
+    pub async fn head_logits(
+        &self,
+        gpu: &Gpu,
+        h: &Tensor,
+        rows: Rows,
+    ) -> Result<Vec<f32>, ComputeError> {
+        if !matches!(self.shard, MicroShard::Head { .. }) {
+            return Err(ComputeError::Shape(format!(
+                "{} is not a Head shard",
+                self.shard
+            )));
+        }
+        let n = self.check_rows(rows)?;
+        let (xn, _) = self.norm_forward(gpu, h, n)?;
+        let total = self.shard.units().len();
+        let start = self.shard.units().start;
+        let mut out = vec![0.0f32; n * total];
+        for p in &self.pieces {
+            let cols = p.units.len();
+            let part = gpu
+                .read(&self.piece_logits(gpu, &xn, &p.slots[0].w, n, cols)?)
+                .await?;
+            for r in 0..n {
+                let o = r * total + p.units.start - start;
+                out[o..o + cols].copy_from_slice(&part[r * cols..(r + 1) * cols]);
+            }
+        }
+        Ok(out)
+    }
+
     /// Pass 1: this slice's per-token max, sum-exp and (where it owns it) target logit.
     pub async fn head_forward(
         &self,
