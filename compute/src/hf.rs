@@ -84,7 +84,7 @@ impl ModelConfig {
             num_hidden_layers: need("num_hidden_layers")?,
             num_attention_heads: heads,
             num_key_value_heads: int("num_key_value_heads")?.unwrap_or(heads),
-            head_dim: int("head_dim")?.unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+            head_dim: int("head_dim")?.unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
             rms_norm_eps: v
                 .get("rms_norm_eps")
                 .and_then(Value::as_f64)

@@ -146,7 +146,7 @@ impl GpuModel {
     }
 
     fn rows_of(ids: usize, seq: usize) -> Result<Rows, ComputeError> {
-        if seq == 0 || ids == 0 || ids % seq != 0 {
+        if seq == 0 || ids == 0 || !ids.is_multiple_of(seq) {
             return Err(ComputeError::Shape(format!(
                 "{ids} tokens do not make whole sequences of {seq}"
             )));
