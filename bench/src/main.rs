@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p tessera-bench --features burn
-//! cargo run --release -p tessera-bench -- --sizes 512 --iters 2 --tiles 64,64,16,4,4
+//! cargo run --release -p tessera-bench -- --sizes 512 --iters 2 --matmul shared --tiles 64,64,16,4,4
 //! ```
 
 mod ours;
@@ -12,32 +12,68 @@ mod ours;
 mod peer_burn;
 
 use anyhow::{bail, Context, Result};
-use tessera_compute::MatmulTiles;
+use tessera_compute::{MatmulKernel, MatmulTiles};
 
 /// Command-line options.
 struct Opts {
     sizes: Vec<usize>,
     iters: usize,
     tiles: Option<MatmulTiles>,
+    kernel: Option<MatmulKernel>,
     model_iters: usize,
 }
 
 fn parse() -> Result<Opts> {
-    let mut o = Opts { sizes: vec![1024, 2048], iters: 3, tiles: None, model_iters: 3 };
+    let mut o = Opts {
+        sizes: vec![1024, 2048],
+        iters: 3,
+        tiles: None,
+        kernel: None,
+        model_iters: 3,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
-            "--sizes" => o.sizes = val()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().context("--sizes takes numbers like 1024,2048")?,
+            "--sizes" => {
+                o.sizes = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .context("--sizes takes numbers like 1024,2048")?
+            }
             "--iters" => o.iters = val()?.parse().context("--iters takes a number")?,
-            "--model-iters" => o.model_iters = val()?.parse().context("--model-iters takes a number")?,
+            "--model-iters" => {
+                o.model_iters = val()?.parse().context("--model-iters takes a number")?
+            }
             "--tiles" => {
-                let v: Vec<u32> = val()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().context("--tiles takes bm,bn,bk,tm,tn")?;
-                let [bm, bn, bk, tm, tn] = v[..] else { bail!("--tiles takes five numbers: bm,bn,bk,tm,tn") };
-                o.tiles = Some(MatmulTiles { bm, bn, bk, tm, tn });
+                let v: Vec<u32> = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .context("--tiles takes bm,bn,bk,tm,tn")?;
+                let [bm, bn, bk, tm, tn] = v[..] else {
+                    bail!("--tiles takes five numbers: bm,bn,bk,tm,tn")
+                };
+                o.tiles = Some(MatmulTiles {
+                    kernel: MatmulKernel::Shared,
+                    bm,
+                    bn,
+                    bk,
+                    tm,
+                    tn,
+                });
+            }
+            "--matmul" => {
+                o.kernel = Some(match val()?.as_str() {
+                    "shared" => MatmulKernel::Shared,
+                    "direct" => MatmulKernel::Direct,
+                    other => bail!("--matmul takes shared or direct, not {other}"),
+                })
             }
             "-h" | "--help" => {
-                println!("tessera-bench [--sizes 1024,2048] [--iters 3] [--model-iters 3] [--tiles bm,bn,bk,tm,tn]");
+                println!("tessera-bench [--sizes 1024,2048] [--iters 3] [--model-iters 3] [--matmul shared|direct] [--tiles bm,bn,bk,tm,tn]");
+                println!("Without --matmul and --tiles, the adapter type picks the defaults (direct on CPU adapters).");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (try --help)"),
@@ -51,7 +87,22 @@ fn parse() -> Result<Opts> {
 
 fn main() -> Result<()> {
     let o = parse()?;
-    let gpu = ours::open(o.tiles)?;
+    let tiles = match (o.kernel, o.tiles) {
+        (None, None) => None,
+        (k, t) => {
+            let kernel = k.unwrap_or(MatmulKernel::Shared);
+            let base = if kernel == MatmulKernel::Direct {
+                MatmulTiles::DIRECT
+            } else {
+                MatmulTiles::SHARED
+            };
+            Some(MatmulTiles {
+                kernel,
+                ..t.unwrap_or(base)
+            })
+        }
+    };
+    let gpu = ours::open(tiles)?;
     println!("adapter: {}", gpu.adapter());
     println!("tiles: {:?}", gpu.tiles().matmul);
     for &n in &o.sizes {
@@ -60,7 +111,10 @@ fn main() -> Result<()> {
         #[cfg(feature = "burn")]
         {
             let burn = peer_burn::matmul_gflops(n, o.iters)?;
-            print!(", burn {burn:.2} GFLOP/s, ratio tessera/burn {:.2}", tessera / burn);
+            print!(
+                ", burn {burn:.2} GFLOP/s, ratio tessera/burn {:.2}",
+                tessera / burn
+            );
         }
         #[cfg(not(feature = "burn"))]
         print!(" (burn peer not built: add --features burn)");

@@ -9,13 +9,18 @@ use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::{Batch, ModelParams};
 use tessera_compute::{Gpu, GpuOptions, MatmulTiles, ModelConfig, Tiles};
 
-/// Opens the adapter with the WebGPU default limits (what a browser grants).
+/// Opens the adapter with the WebGPU default limits (what a browser grants); `tiles` overrides
+/// the matmul defaults the adapter type picks.
 pub fn open(tiles: Option<MatmulTiles>) -> Result<Gpu> {
-    let mut t = Tiles::default();
-    if let Some(m) = tiles {
-        t.matmul = m;
-    }
-    pollster::block_on(Gpu::new(GpuOptions { tiles: t, ..Default::default() })).context("opening the GPU")
+    let t = tiles.map(|matmul| Tiles {
+        matmul,
+        ..Tiles::default()
+    });
+    pollster::block_on(Gpu::new(GpuOptions {
+        tiles: t,
+        ..Default::default()
+    }))
+    .context("opening the GPU")
 }
 
 /// GFLOP/s of `C = A B` at `n³`, after one warm-up run (pipeline compilation).

@@ -17,4 +17,4 @@ pub mod shard;
 pub mod tiles;
 
 pub use gpu::{AdapterSummary, Gpu, GpuOptions, Tensor};
-pub use tiles::{MatmulTiles, Tiles};
+pub use tiles::{MatmulKernel, MatmulTiles, Tiles};

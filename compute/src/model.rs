@@ -205,6 +205,24 @@ impl GpuModel {
         Ok(out)
     }
 
+    /// Forward only: the mean next-token loss of a batch (for held-out evaluation).
+    pub async fn loss(&self, gpu: &Gpu, batch: &Batch) -> Result<f64, ComputeError> {
+        if batch.targets.len() != batch.ids.len() {
+            return Err(ComputeError::Shape(format!(
+                "batch of {} ids and {} targets",
+                batch.ids.len(),
+                batch.targets.len()
+            )));
+        }
+        let rows = Self::rows_of(batch.ids.len(), batch.seq)?;
+        let (h, _) = self.trunk(gpu, &batch.ids, rows)?;
+        let mut stats = Vec::new();
+        for s in &self.stages[self.stages.len() - 1] {
+            stats.push(s.head_forward(gpu, &h, &batch.targets, rows).await?);
+        }
+        Ok(combine(&stats, &batch.targets).1)
+    }
+
     /// Forward and backward of one micro-batch: returns the mean loss and adds the gradients
     /// into the shards' accumulators.
     pub async fn loss_and_grads(&self, gpu: &Gpu, batch: &Batch) -> Result<f64, ComputeError> {

@@ -8,6 +8,10 @@ pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub const KERNELS: &[(&str, &str)] = &[
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     (
+        "matmul_direct",
+        include_str!("../../shaders/matmul_direct.wgsl"),
+    ),
+    (
         "rmsnorm_forward",
         include_str!("../../shaders/rmsnorm_forward.wgsl"),
     ),
@@ -105,6 +109,14 @@ pub fn example_constants(name: &str) -> Vec<Const> {
             Const::U32("TN", 4),
             Const::Bool("A_TRANS", false),
             Const::Bool("B_TRANS", true),
+        ],
+        "matmul_direct" => vec![
+            Const::U32("WX", 8),
+            Const::U32("WY", 8),
+            Const::U32("TM", 4),
+            Const::U32("TN", 4),
+            Const::Bool("A_TRANS", true),
+            Const::Bool("B_TRANS", false),
         ],
         "attention_forward" | "attention_backward_dq" | "attention_backward_dkv" => {
             vec![

@@ -3,10 +3,22 @@
 
 use crate::error::ComputeError;
 
+/// Which matmul kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulKernel {
+    /// `matmul.wgsl`: operands staged through workgroup memory in `bk` steps (GPUs).
+    Shared,
+    /// `matmul_direct.wgsl`: no workgroup memory and no barriers (CPU adapters such as lavapipe
+    /// and SwiftShader, where barriers are expensive).
+    Direct,
+}
+
 /// Register-blocked matmul tiling: a workgroup computes `bm x bn` of C, each invocation
-/// `tm x tn`, stepping `bk` along the reduction through workgroup memory.
+/// `tm x tn`, stepping `bk` along the reduction through workgroup memory (shared kernel only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MatmulTiles {
+    /// Kernel variant.
+    pub kernel: MatmulKernel,
     /// Workgroup tile rows.
     pub bm: u32,
     /// Workgroup tile columns.
@@ -38,13 +50,7 @@ pub struct Tiles {
 impl Default for Tiles {
     fn default() -> Self {
         Tiles {
-            matmul: MatmulTiles {
-                bm: 64,
-                bn: 64,
-                bk: 16,
-                tm: 4,
-                tn: 4,
-            },
+            matmul: MatmulTiles::SHARED,
             wg: 256,
             attn_rows: 64,
             attn_tile: 32,
@@ -53,7 +59,42 @@ impl Default for Tiles {
     }
 }
 
+impl MatmulTiles {
+    /// 64x64 workgroup tiles through workgroup memory, 4x4 per invocation (256 invocations).
+    pub const SHARED: MatmulTiles = MatmulTiles {
+        kernel: MatmulKernel::Shared,
+        bm: 64,
+        bn: 64,
+        bk: 16,
+        tm: 4,
+        tn: 4,
+    };
+    /// 32x32 workgroup tiles read directly, 4x4 per invocation (64 invocations).
+    pub const DIRECT: MatmulTiles = MatmulTiles {
+        kernel: MatmulKernel::Direct,
+        bm: 32,
+        bn: 32,
+        bk: 1,
+        tm: 4,
+        tn: 4,
+    };
+}
+
 impl Tiles {
+    /// Defaults for an adapter type: the barrier-free matmul on CPU adapters, the
+    /// workgroup-memory one elsewhere.
+    pub fn for_device_type(t: wgpu::DeviceType) -> Self {
+        let matmul = if t == wgpu::DeviceType::Cpu {
+            MatmulTiles::DIRECT
+        } else {
+            MatmulTiles::SHARED
+        };
+        Tiles {
+            matmul,
+            ..Tiles::default()
+        }
+    }
+
     /// Checks the sizes against `limits`.
     pub fn validate(&self, limits: &wgpu::Limits) -> Result<(), ComputeError> {
         let m = self.matmul;
@@ -77,7 +118,11 @@ impl Tiles {
                 "matmul {m:?} needs {threads} invocations per workgroup"
             ));
         }
-        let shared = 4 * m.bk * (m.bm + m.bn);
+        let shared = if m.kernel == MatmulKernel::Shared {
+            4 * m.bk * (m.bm + m.bn)
+        } else {
+            0
+        };
         if shared > limits.max_compute_workgroup_storage_size {
             return bad(format!(
                 "matmul {m:?} needs {shared} bytes of workgroup storage"

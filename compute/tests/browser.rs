@@ -7,13 +7,17 @@
 #[path = "common/checks.rs"]
 mod checks;
 
-use tessera_compute::{Gpu, GpuOptions};
+use tessera_compute::{Gpu, GpuOptions, MatmulTiles, Tiles};
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
 async fn gpu() -> Gpu {
-    match Gpu::new(GpuOptions::default()).await {
+    gpu_with(GpuOptions::default()).await
+}
+
+async fn gpu_with(opts: GpuOptions) -> Gpu {
+    match Gpu::new(opts).await {
         Ok(g) => {
             console_log!("adapter: {}", g.adapter());
             g
@@ -24,9 +28,20 @@ async fn gpu() -> Gpu {
 
 #[wasm_bindgen_test]
 async fn browser_block_forward_backward_matches_reference() {
-    let g = gpu().await;
-    for line in checks::sliced_blocks_match_reference(&g, 1).await {
-        console_log!("{line}");
+    // Both matmul kernels: browsers on GPUs take the workgroup-memory one.
+    for t in [MatmulTiles::SHARED, MatmulTiles::DIRECT] {
+        let g = gpu_with(GpuOptions {
+            tiles: Some(Tiles {
+                matmul: t,
+                ..Tiles::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+        console_log!("matmul {t:?}");
+        for line in checks::sliced_blocks_match_reference(&g, 1).await {
+            console_log!("{line}");
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{checks, gpu};
+use common::{checks, gpu_with};
 use safetensors::tensor::{Dtype, SafeTensors};
 use tessera_compute::hf::{
     decode_f32, params_from_safetensors, params_to_safetensors, tensor_shapes,
@@ -16,6 +16,7 @@ use tessera_compute::reference::model;
 use tessera_compute::reference::scalar::convert;
 use tessera_compute::reference::{Batch, ModelParams};
 use tessera_compute::ModelConfig;
+use tessera_compute::{GpuOptions, MatmulTiles, Tiles};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden");
 
@@ -155,8 +156,20 @@ fn cpu_reference_matches_transformers() {
 
 #[test]
 fn gpu_matches_transformers() {
+    for t in [MatmulTiles::SHARED, MatmulTiles::DIRECT] {
+        println!("matmul {t:?}");
+        gpu_case(&gpu_with(GpuOptions {
+            tiles: Some(Tiles {
+                matmul: t,
+                ..Tiles::default()
+            }),
+            ..Default::default()
+        }));
+    }
+}
+
+fn gpu_case(gpu: &tessera_compute::Gpu) {
     let g = load();
-    let gpu = gpu();
     let batch = Batch::from_sequences(&g.ids, g.seq);
     for slicing in [
         Slicing::whole(),
@@ -167,8 +180,8 @@ fn gpu_matches_transformers() {
             head: 2,
         },
     ] {
-        let m = GpuModel::new(&gpu, &g.cfg, &g.params, slicing, g.ids.len()).unwrap();
-        let logits = pollster::block_on(m.logits(&gpu, &g.ids, g.seq)).unwrap();
+        let m = GpuModel::new(gpu, &g.cfg, &g.params, slicing, g.ids.len()).unwrap();
+        let logits = pollster::block_on(m.logits(gpu, &g.ids, g.seq)).unwrap();
         println!(
             "{}",
             checks::close(
@@ -178,13 +191,13 @@ fn gpu_matches_transformers() {
                 1e-5
             )
         );
-        let loss = pollster::block_on(m.loss_and_grads(&gpu, &batch)).unwrap();
+        let loss = pollster::block_on(m.loss_and_grads(gpu, &batch)).unwrap();
         assert!(
             (loss - g.loss).abs() / g.loss < 1e-5,
             "loss {loss} vs {}",
             g.loss
         );
-        let grads = pollster::block_on(m.read_grads(&gpu)).unwrap();
+        let grads = pollster::block_on(m.read_grads(gpu)).unwrap();
         let worst = checks::compare_models("GPU grads vs transformers", &grads, &g.grads, 1e-4);
         println!("GPU ({slicing:?}): loss {loss:.7} (transformers {:.7}), worst grad rel err {worst:.2e}", g.loss);
     }

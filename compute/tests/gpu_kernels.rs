@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{checks, close, gpu, read, run_check};
+use common::{checks, close, gpu, gpu_with, read, run_check};
 use tessera_compute::kernels::attention::AttnDims;
 use tessera_compute::kernels::embedding::RowIndex;
 use tessera_compute::kernels::rope::GpuRope;
@@ -12,10 +12,37 @@ use tessera_compute::kernels::{Layout, View};
 use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::ops::{self, AttnShape};
 use tessera_compute::rope_table::RopeTable;
+use tessera_compute::{GpuOptions, MatmulTiles, Tiles};
+
+/// Opens the GPU with the given matmul kernel and tiles.
+fn gpu_matmul(t: MatmulTiles) -> tessera_compute::Gpu {
+    gpu_with(GpuOptions {
+        tiles: Some(Tiles {
+            matmul: t,
+            ..Tiles::default()
+        }),
+        ..Default::default()
+    })
+}
 
 #[test]
 fn matmul_three_layouts_odd_shapes() {
-    let g = gpu();
+    // Both kernels, and a non-square shared tiling, whatever the adapter would pick.
+    let odd = MatmulTiles {
+        bm: 32,
+        bn: 16,
+        bk: 8,
+        tm: 2,
+        tn: 4,
+        ..MatmulTiles::SHARED
+    };
+    for t in [MatmulTiles::SHARED, MatmulTiles::DIRECT, odd] {
+        println!("tiles {t:?}");
+        matmul_case(&gpu_matmul(t));
+    }
+}
+
+fn matmul_case(g: &tessera_compute::Gpu) {
     let mut r = SplitMix(10);
     for &(m, n, k) in &[(1, 1, 1), (67, 45, 93), (130, 7, 65), (5, 129, 200)] {
         let a: Vec<f32> = r.vec(m * k, 1.0);
@@ -30,30 +57,25 @@ fn matmul_three_layouts_odd_shapes() {
         g.matmul(Layout::NT, &ta, &tbt, &c, m, n, k, false).unwrap();
         close(
             &format!("matmul NT {m}x{n}x{k}"),
-            &read(&g, &c),
+            &read(g, &c),
             &ops::matmul_nt(&a, &bt, m, n, k),
             1e-5,
         );
         g.matmul(Layout::NN, &ta, &tbn, &c, m, n, k, false).unwrap();
         close(
             &format!("matmul NN {m}x{n}x{k}"),
-            &read(&g, &c),
+            &read(g, &c),
             &ops::matmul_nn(&a, &bn, m, n, k),
             1e-5,
         );
         g.matmul(Layout::TN, &tat, &tbn, &c, m, n, k, false)
             .unwrap();
         let want = ops::matmul_tn(&at, &bn, m, n, k);
-        close(
-            &format!("matmul TN {m}x{n}x{k}"),
-            &read(&g, &c),
-            &want,
-            1e-5,
-        );
+        close(&format!("matmul TN {m}x{n}x{k}"), &read(g, &c), &want, 1e-5);
         // Accumulate adds onto what is there.
         g.matmul(Layout::TN, &tat, &tbn, &c, m, n, k, true).unwrap();
         let twice: Vec<f32> = want.iter().map(|x| 2.0 * x).collect();
-        close("matmul accumulate", &read(&g, &c), &twice, 1e-5);
+        close("matmul accumulate", &read(g, &c), &twice, 1e-5);
     }
 }
 

@@ -20,8 +20,8 @@ pub struct GpuOptions {
     /// Limits to request. `None` means `wgpu::Limits::default()`: the WebGPU defaults that
     /// every browser grants (8 storage buffers per stage, 128 MiB per binding, 256 MiB buffers).
     pub limits: Option<wgpu::Limits>,
-    /// Tile and workgroup sizes.
-    pub tiles: Tiles,
+    /// Tile and workgroup sizes; `None` picks defaults for the adapter type.
+    pub tiles: Option<Tiles>,
     /// Prefer a discrete GPU.
     pub high_performance: bool,
 }
@@ -30,7 +30,7 @@ impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
             limits: None,
-            tiles: Tiles::default(),
+            tiles: None,
             high_performance: true,
         }
     }
@@ -118,7 +118,10 @@ impl Gpu {
                 wanted.max_storage_buffer_binding_size, supported.max_storage_buffer_binding_size
             )));
         }
-        opts.tiles.validate(&wanted)?;
+        let tiles = opts
+            .tiles
+            .unwrap_or_else(|| Tiles::for_device_type(info.device_type));
+        tiles.validate(&wanted)?;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("tessera"),
@@ -149,7 +152,7 @@ impl Gpu {
             queue,
             adapter: summary,
             limits: wanted,
-            tiles: opts.tiles,
+            tiles,
             pipelines: Mutex::new(HashMap::new()),
             errors,
             pending: Mutex::new(None),

@@ -5,6 +5,7 @@ use super::{need, u32_of};
 use crate::error::ComputeError;
 use crate::gpu::{Gpu, Params, Tensor};
 use crate::shaders::Const;
+use crate::tiles::MatmulKernel;
 
 /// Operand layouts of `C[m,n] = op(A) op(B)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,15 +140,31 @@ impl Gpu {
                 "matmul {m}x{n} needs a {gx}x{gy} grid, above {max} per dimension"
             )));
         }
-        let consts = [
-            Const::U32("BM", t.bm),
-            Const::U32("BN", t.bn),
-            Const::U32("BK", t.bk),
-            Const::U32("TM", t.tm),
-            Const::U32("TN", t.tn),
-            Const::Bool("A_TRANS", a_trans),
-            Const::Bool("B_TRANS", b_trans),
-        ];
+        let (kernel, consts) = match t.kernel {
+            MatmulKernel::Shared => (
+                "matmul",
+                vec![
+                    Const::U32("BM", t.bm),
+                    Const::U32("BN", t.bn),
+                    Const::U32("BK", t.bk),
+                    Const::U32("TM", t.tm),
+                    Const::U32("TN", t.tn),
+                    Const::Bool("A_TRANS", a_trans),
+                    Const::Bool("B_TRANS", b_trans),
+                ],
+            ),
+            MatmulKernel::Direct => (
+                "matmul_direct",
+                vec![
+                    Const::U32("WX", t.bn / t.tn),
+                    Const::U32("WY", t.bm / t.tm),
+                    Const::U32("TM", t.tm),
+                    Const::U32("TN", t.tn),
+                    Const::Bool("A_TRANS", a_trans),
+                    Const::Bool("B_TRANS", b_trans),
+                ],
+            ),
+        };
         let p = Params::new()
             .u(u32_of("m", m)?)
             .u(u32_of("n", n)?)
@@ -161,7 +178,7 @@ impl Gpu {
             .u(accumulate as u32)
             .f(alpha);
         self.dispatch(
-            "matmul",
+            kernel,
             &consts,
             &[&a.t.buf, &b.t.buf, &c.t.buf],
             p,
