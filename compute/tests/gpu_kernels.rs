@@ -362,3 +362,20 @@ fn adamw_and_global_norm_clipping() {
     let after = pollster::block_on(g.global_norm(&[&ta, &tb])).unwrap();
     assert!((after - 1.0).abs() < 1e-4, "clipped norm {after}");
 }
+
+/// Says which adapter runs the GPU tests, with the limits and tiles they run under
+/// (`scripts/test-all` prints this test's output).
+#[test]
+fn adapter_report() {
+    let g = gpu();
+    let l = g.limits();
+    println!(
+        "limits: {} storage buffers per stage, {} bytes per binding, {} bytes per buffer, {} bytes workgroup storage",
+        l.max_storage_buffers_per_shader_stage, l.max_storage_buffer_binding_size, l.max_buffer_size, l.max_compute_workgroup_storage_size
+    );
+    println!("tiles: {:?}", g.tiles());
+    assert_eq!(
+        l.max_storage_buffers_per_shader_stage,
+        wgpu::Limits::default().max_storage_buffers_per_shader_stage
+    );
+}
