@@ -68,11 +68,12 @@ fn parse() -> Result<Opts> {
                 o.kernel = Some(match val()?.as_str() {
                     "shared" => MatmulKernel::Shared,
                     "direct" => MatmulKernel::Direct,
-                    other => bail!("--matmul takes shared or direct, not {other}"),
+                    "vec4" => MatmulKernel::Vec4,
+                    other => bail!("--matmul takes shared, direct or vec4, not {other}"),
                 })
             }
             "-h" | "--help" => {
-                println!("tessera-bench [--sizes 1024,2048] [--iters 3] [--model-iters 3] [--matmul shared|direct] [--tiles bm,bn,bk,tm,tn]");
+                println!("tessera-bench [--sizes 1024,2048] [--iters 3] [--model-iters 3] [--matmul shared|direct|vec4] [--tiles bm,bn,bk,tm,tn]");
                 println!("Without --matmul and --tiles, the adapter type picks the defaults (direct on CPU adapters).");
                 std::process::exit(0);
             }
@@ -91,10 +92,10 @@ fn main() -> Result<()> {
         (None, None) => None,
         (k, t) => {
             let kernel = k.unwrap_or(MatmulKernel::Shared);
-            let base = if kernel == MatmulKernel::Direct {
-                MatmulTiles::DIRECT
-            } else {
-                MatmulTiles::SHARED
+            let base = match kernel {
+                MatmulKernel::Shared => MatmulTiles::SHARED,
+                MatmulKernel::Direct => MatmulTiles::DIRECT,
+                MatmulKernel::Vec4 => MatmulTiles::VEC4,
             };
             Some(MatmulTiles {
                 kernel,

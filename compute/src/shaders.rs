@@ -12,6 +12,10 @@ pub const KERNELS: &[(&str, &str)] = &[
         include_str!("../../shaders/matmul_direct.wgsl"),
     ),
     (
+        "matmul_vec4",
+        include_str!("../../shaders/matmul_vec4.wgsl"),
+    ),
+    (
         "rmsnorm_forward",
         include_str!("../../shaders/rmsnorm_forward.wgsl"),
     ),
@@ -107,6 +111,12 @@ pub fn example_constants(name: &str) -> Vec<Const> {
             Const::U32("BK", 8),
             Const::U32("TM", 4),
             Const::U32("TN", 4),
+            Const::Bool("A_TRANS", false),
+            Const::Bool("B_TRANS", true),
+        ],
+        "matmul_vec4" => vec![
+            Const::U32("WX", 8),
+            Const::U32("WY", 8),
             Const::Bool("A_TRANS", false),
             Const::Bool("B_TRANS", true),
         ],

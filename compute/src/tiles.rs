@@ -11,6 +11,10 @@ pub enum MatmulKernel {
     /// `matmul_direct.wgsl`: no workgroup memory and no barriers (CPU adapters such as lavapipe
     /// and SwiftShader, where barriers are expensive).
     Direct,
+    /// `matmul_vec4.wgsl`: like `Direct`, reading whole vec4s along each operand's contiguous
+    /// dimension, 4x4 per invocation; shapes whose contiguous dimensions are not multiples of 4
+    /// fall back to `Direct` with the same workgroup.
+    Vec4,
 }
 
 /// Register-blocked matmul tiling: a workgroup computes `bm x bn` of C, each invocation
@@ -69,6 +73,15 @@ impl MatmulTiles {
         tm: 4,
         tn: 4,
     };
+    /// 32x32 workgroup tiles read as vec4, 4x4 per invocation (64 invocations).
+    pub const VEC4: MatmulTiles = MatmulTiles {
+        kernel: MatmulKernel::Vec4,
+        bm: 32,
+        bn: 32,
+        bk: 1,
+        tm: 4,
+        tn: 4,
+    };
     /// 32x32 workgroup tiles read directly, 4x4 per invocation (64 invocations).
     pub const DIRECT: MatmulTiles = MatmulTiles {
         kernel: MatmulKernel::Direct,
@@ -85,7 +98,7 @@ impl Tiles {
     /// workgroup-memory one elsewhere.
     pub fn for_device_type(t: wgpu::DeviceType) -> Self {
         let matmul = if t == wgpu::DeviceType::Cpu {
-            MatmulTiles::DIRECT
+            MatmulTiles::VEC4
         } else {
             MatmulTiles::SHARED
         };
@@ -107,6 +120,11 @@ impl Tiles {
         {
             return bad(format!(
                 "matmul {m:?}: bm must be a multiple of tm, bn of tn"
+            ));
+        }
+        if m.kernel == MatmulKernel::Vec4 && (m.tm != 4 || m.tn != 4) {
+            return bad(format!(
+                "matmul {m:?}: the vec4 kernel computes 4x4 per invocation"
             ));
         }
         let threads = (m.bm / m.tm) * (m.bn / m.tn);

@@ -156,7 +156,7 @@ fn cpu_reference_matches_transformers() {
 
 #[test]
 fn gpu_matches_transformers() {
-    for t in [MatmulTiles::SHARED, MatmulTiles::DIRECT] {
+    for t in [MatmulTiles::SHARED, MatmulTiles::DIRECT, MatmulTiles::VEC4] {
         println!("matmul {t:?}");
         gpu_case(&gpu_with(GpuOptions {
             tiles: Some(Tiles {

@@ -36,7 +36,12 @@ fn matmul_three_layouts_odd_shapes() {
         tn: 4,
         ..MatmulTiles::SHARED
     };
-    for t in [MatmulTiles::SHARED, MatmulTiles::DIRECT, odd] {
+    for t in [
+        MatmulTiles::SHARED,
+        MatmulTiles::DIRECT,
+        MatmulTiles::VEC4,
+        odd,
+    ] {
         println!("tiles {t:?}");
         matmul_case(&gpu_matmul(t));
     }
@@ -44,7 +49,15 @@ fn matmul_three_layouts_odd_shapes() {
 
 fn matmul_case(g: &tessera_compute::Gpu) {
     let mut r = SplitMix(10);
-    for &(m, n, k) in &[(1, 1, 1), (67, 45, 93), (130, 7, 65), (5, 129, 200)] {
+    // Odd shapes, and shapes whose dimensions are multiples of 4 (the vec4 kernel's path).
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (67, 45, 93),
+        (130, 7, 65),
+        (5, 129, 200),
+        (68, 44, 36),
+        (12, 20, 8),
+    ] {
         let a: Vec<f32> = r.vec(m * k, 1.0);
         let bt: Vec<f32> = r.vec(n * k, 1.0);
         let bn: Vec<f32> = r.vec(k * n, 1.0);
@@ -81,10 +94,24 @@ fn matmul_case(g: &tessera_compute::Gpu) {
 
 #[test]
 fn matmul_on_strided_views() {
-    // C[:, 3..3+n] of a wider matrix = A[:, 2..2+k] * B^T.
-    let g = gpu();
+    // C[:, c0..c0+n] of a wider matrix = A[:, a0..a0+k] * B^T: unaligned, and aligned to 4 so
+    // the vec4 kernel reads the view.
+    for t in [MatmulTiles::SHARED, MatmulTiles::VEC4] {
+        let g = gpu_matmul(t);
+        strided_case(&g, 9, 5, 6, (11, 2), (13, 3));
+        strided_case(&g, 9, 5, 8, (12, 4), (13, 3));
+    }
+}
+
+fn strided_case(
+    g: &tessera_compute::Gpu,
+    m: usize,
+    n: usize,
+    k: usize,
+    (aw, a0): (usize, usize),
+    (cw, c0): (usize, usize),
+) {
     let mut r = SplitMix(11);
-    let (m, n, k, aw, cw) = (9, 5, 6, 11, 13);
     let a: Vec<f32> = r.vec(m * aw, 1.0);
     let b: Vec<f32> = r.vec(n * k, 1.0);
     let ta = g.upload(&a, &[m, aw]).unwrap();
@@ -92,9 +119,9 @@ fn matmul_on_strided_views() {
     let tc = g.zeros(&[m, cw]).unwrap();
     g.matmul_view(
         Layout::NT,
-        View::cols(&ta, aw, 2),
+        View::cols(&ta, aw, a0),
         View::full(&tb, k),
-        View::cols(&tc, cw, 3),
+        View::cols(&tc, cw, c0),
         m,
         n,
         k,
@@ -103,28 +130,28 @@ fn matmul_on_strided_views() {
     )
     .unwrap();
     let asub: Vec<f32> = (0..m)
-        .flat_map(|i| a[i * aw + 2..i * aw + 2 + k].to_vec())
+        .flat_map(|i| a[i * aw + a0..i * aw + a0 + k].to_vec())
         .collect();
     let want = ops::matmul_nt(&asub, &b, m, n, k);
-    let got = read(&g, &tc);
+    let got = read(g, &tc);
     let gsub: Vec<f32> = (0..m)
-        .flat_map(|i| got[i * cw + 3..i * cw + 3 + n].to_vec())
+        .flat_map(|i| got[i * cw + c0..i * cw + c0 + n].to_vec())
         .collect();
     close(
-        "matmul view",
+        &format!("matmul view A[:, {a0}..] of width {aw}"),
         &gsub,
         &want.iter().map(|x| 0.5 * x).collect::<Vec<_>>(),
         1e-5,
     );
     assert!(
-        (0..m).all(|i| got[i * cw..i * cw + 3].iter().all(|&x| x == 0.0)),
+        (0..m).all(|i| got[i * cw..i * cw + c0].iter().all(|&x| x == 0.0)),
         "columns outside the view stay untouched"
     );
     // A view running past the tensor is an error, not a GPU fault.
     assert!(g
         .matmul_view(
             Layout::NT,
-            View::cols(&ta, aw, 8),
+            View::cols(&ta, aw, aw - k + 1),
             View::full(&tb, k),
             View::full(&tc, cw),
             m,

@@ -36,8 +36,10 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST);
 
 impl Gpu {
+    /// Bytes a tensor of `elems` floats occupies: whole vec4s, so kernels may bind it as
+    /// `array<vec4<f32>>`.
     fn check_size(&self, what: &str, elems: usize) -> Result<u64, ComputeError> {
-        let bytes = (elems.max(1) * 4) as u64;
+        let bytes = (elems.max(1).next_multiple_of(4) * 4) as u64;
         let limit = self.max_binding_bytes();
         if bytes > limit {
             return Err(ComputeError::TooLarge {
@@ -83,11 +85,9 @@ impl Gpu {
                 data.len()
             )));
         }
-        self.check_size("tensor", n)?;
+        let bytes = self.check_size("tensor", n)?;
         let mut words = data.to_vec();
-        if words.is_empty() {
-            words.push(0);
-        }
+        words.resize(bytes as usize / 4, 0);
         let buf = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {

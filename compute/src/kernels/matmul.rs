@@ -140,7 +140,34 @@ impl Gpu {
                 "matmul {m}x{n} needs a {gx}x{gy} grid, above {max} per dimension"
             )));
         }
-        let (kernel, consts) = match t.kernel {
+        let aligned = |v: usize| v.is_multiple_of(4);
+        let vec4_ok = match layout {
+            Layout::NT => {
+                aligned(k) && aligned(a.ld) && aligned(b.ld) && aligned(a.off) && aligned(b.off)
+            }
+            Layout::NN => {
+                aligned(k)
+                    && aligned(n)
+                    && aligned(a.ld)
+                    && aligned(b.ld)
+                    && aligned(a.off)
+                    && aligned(b.off)
+            }
+            Layout::TN => {
+                aligned(m)
+                    && aligned(n)
+                    && aligned(a.ld)
+                    && aligned(b.ld)
+                    && aligned(a.off)
+                    && aligned(b.off)
+            }
+        };
+        let flags = [
+            Const::Bool("A_TRANS", a_trans),
+            Const::Bool("B_TRANS", b_trans),
+        ];
+        let workgroup = [Const::U32("WX", t.bn / t.tn), Const::U32("WY", t.bm / t.tm)];
+        let (kernel, consts, vec4) = match t.kernel {
             MatmulKernel::Shared => (
                 "matmul",
                 vec![
@@ -149,31 +176,34 @@ impl Gpu {
                     Const::U32("BK", t.bk),
                     Const::U32("TM", t.tm),
                     Const::U32("TN", t.tn),
-                    Const::Bool("A_TRANS", a_trans),
-                    Const::Bool("B_TRANS", b_trans),
+                    flags[0],
+                    flags[1],
                 ],
+                false,
             ),
-            MatmulKernel::Direct => (
+            MatmulKernel::Vec4 if vec4_ok => ("matmul_vec4", [workgroup, flags].concat(), true),
+            MatmulKernel::Direct | MatmulKernel::Vec4 => (
                 "matmul_direct",
-                vec![
-                    Const::U32("WX", t.bn / t.tn),
-                    Const::U32("WY", t.bm / t.tm),
-                    Const::U32("TM", t.tm),
-                    Const::U32("TN", t.tn),
-                    Const::Bool("A_TRANS", a_trans),
-                    Const::Bool("B_TRANS", b_trans),
-                ],
+                [
+                    workgroup.to_vec(),
+                    vec![Const::U32("TM", t.tm), Const::U32("TN", t.tn)],
+                    flags.to_vec(),
+                ]
+                .concat(),
+                false,
             ),
         };
+        // The vec4 kernel addresses A and B in vec4 units.
+        let q = if vec4 { 4 } else { 1 };
         let p = Params::new()
             .u(u32_of("m", m)?)
             .u(u32_of("n", n)?)
             .u(u32_of("k", k)?)
-            .u(u32_of("lda", a.ld)?)
-            .u(u32_of("ldb", b.ld)?)
+            .u(u32_of("lda", a.ld / q)?)
+            .u(u32_of("ldb", b.ld / q)?)
             .u(u32_of("ldc", c.ld)?)
-            .u(u32_of("a offset", a.off)?)
-            .u(u32_of("b offset", b.off)?)
+            .u(u32_of("a offset", a.off / q)?)
+            .u(u32_of("b offset", b.off / q)?)
             .u(u32_of("c offset", c.off)?)
             .u(accumulate as u32)
             .f(alpha);
