@@ -11,6 +11,9 @@ use tessera_compute::reference::ops::AdamW;
 use tessera_compute::reference::{Batch, ModelParams};
 use tessera_compute::{Gpu, GpuOptions, ModelConfig};
 
+use tessera_train::data::byte_tokens;
+use tessera_train::schedule::Schedule;
+
 use crate::corpus;
 
 /// Options of `train-local`.
@@ -62,16 +65,6 @@ fn parse_slices(s: &str) -> Result<Slicing> {
     })
 }
 
-/// Learning rate at 1-based `step`: linear warmup, then cosine decay to a tenth of the peak.
-fn schedule(peak: f64, step: u32, total: u32) -> f64 {
-    let warm = (total / 10).max(1);
-    if step <= warm {
-        return peak * step as f64 / warm as f64;
-    }
-    let t = (step - warm) as f64 / (total - warm).max(1) as f64;
-    peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
-}
-
 fn sample(tokens: &[u32], seq: usize, n: usize, rng: &mut SplitMix) -> Batch {
     let mut ids = Vec::with_capacity(n * seq);
     let mut targets = Vec::with_capacity(n * seq);
@@ -107,7 +100,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.steps == 0 || a.every == 0 || a.batch == 0 {
         bail!("--steps, --batch and --every must be positive");
     }
-    let tokens = corpus::bytes_to_tokens(corpus::BUILT_IN);
+    let tokens = byte_tokens(corpus::BUILT_IN);
     let split = tokens.len() * 9 / 10;
     let (train, held) = (&tokens[..split], &tokens[split..]);
     if held.len() <= a.seq || train.len() <= a.seq {
@@ -160,6 +153,12 @@ pub fn run(a: Args) -> Result<()> {
         "step 0 held-out loss {start_loss:.4} (uniform would be {:.4})",
         (256f64).ln()
     );
+    let schedule = Schedule {
+        peak: a.lr,
+        warmup: (a.steps as u64 / 10).max(1),
+        total: a.steps as u64,
+        floor: 0.1,
+    };
     let mut rng = SplitMix(a.seed ^ 0x5eed);
     let t0 = Instant::now();
     let mut last = start_loss;
@@ -167,7 +166,7 @@ pub fn run(a: Args) -> Result<()> {
         let b = sample(train, a.seq, a.batch, &mut rng);
         model.zero_grads(&gpu)?;
         let loss = pollster::block_on(model.loss_and_grads(&gpu, &b))?;
-        let lr = schedule(a.lr, step, a.steps);
+        let lr = schedule.at(step as u64);
         let norm = pollster::block_on(model.optimizer_step(
             &gpu,
             AdamW {

@@ -123,20 +123,24 @@ pub struct NamedTensor {
     pub tensor: TensorPayload,
 }
 
-/// A compressed tensor: per chunk of `chunk` elements, `k` positions, their 2-bit codes and one
-/// scale.
+/// A SparseLoCo-compressed tensor: the tensor is tiled into chunks (64 x 64 by default); per
+/// chunk, `k` positions, their 2-bit codes (sign and magnitude level) and two magnitude levels.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SparseTensor {
     /// Tensor name.
     pub name: String,
     /// Shape of the dense tensor.
     pub shape: Vec<u64>,
-    /// Positions within each chunk, `k` per chunk (u32 payload, each below the chunk size).
+    /// Chunk rows and columns.
+    pub chunk: [u32; 2],
+    /// Positions kept per chunk (fewer in chunks smaller than that).
+    pub k: u32,
+    /// Positions within each chunk, row-major in the chunk (u16 payload).
     pub indices: TensorPayload,
-    /// 2-bit codes, four per byte, `k` per chunk (u8 payload).
+    /// 2-bit codes, four per byte (u8 payload).
     pub codes: TensorPayload,
-    /// One f32 scale per chunk.
-    pub scales: TensorPayload,
+    /// Low and high magnitude level per chunk (f32 payload `[chunks, 2]`).
+    pub levels: TensorPayload,
 }
 
 /// Coordinator → contributor.

@@ -13,6 +13,8 @@ pub enum DType {
     BF16,
     /// 32-bit unsigned integer.
     U32,
+    /// 16-bit unsigned integer (positions within a chunk).
+    U16,
     /// Raw bytes (packed codes, e.g. 2-bit values).
     U8,
 }
@@ -22,7 +24,7 @@ impl DType {
     pub fn size(self) -> usize {
         match self {
             DType::F32 | DType::U32 => 4,
-            DType::BF16 => 2,
+            DType::BF16 | DType::U16 => 2,
             DType::U8 => 1,
         }
     }
@@ -56,6 +58,24 @@ impl TensorPayload {
             dtype: DType::U32,
             shape: shape.iter().map(|&s| s as u64).collect(),
             data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// A u16 tensor.
+    pub fn from_u16(shape: &[usize], values: &[u16]) -> Self {
+        TensorPayload {
+            dtype: DType::U16,
+            shape: shape.iter().map(|&s| s as u64).collect(),
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// A raw byte tensor.
+    pub fn from_u8(shape: &[usize], values: Vec<u8>) -> Self {
+        TensorPayload {
+            dtype: DType::U8,
+            shape: shape.iter().map(|&s| s as u64).collect(),
+            data: values,
         }
     }
 
@@ -146,6 +166,34 @@ impl TensorPayload {
             return Err(ProtocolError::BadTensor(format!("element {i} is {}", v[i])));
         }
         Ok(v)
+    }
+
+    /// Decodes to u16.
+    pub fn to_u16(&self) -> Result<Vec<u16>, ProtocolError> {
+        self.validate()?;
+        if self.dtype != DType::U16 {
+            return Err(ProtocolError::BadTensor(format!(
+                "{:?} is not u16",
+                self.dtype
+            )));
+        }
+        Ok(self
+            .data
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect())
+    }
+
+    /// The raw bytes of a u8 tensor.
+    pub fn to_u8(&self) -> Result<&[u8], ProtocolError> {
+        self.validate()?;
+        if self.dtype != DType::U8 {
+            return Err(ProtocolError::BadTensor(format!(
+                "{:?} is not u8",
+                self.dtype
+            )));
+        }
+        Ok(&self.data)
     }
 
     /// Decodes to u32.

@@ -1,0 +1,12 @@
+//! Training algorithms shared by the coordinator and contributors, with no I/O: SparseLoCo
+//! compression (chunked top-k, 2-bit values, error feedback) and aggregation (median-norm clip,
+//! mean, outer SGD), learning-rate schedules, and the deterministic assignment of samples to
+//! replicas and steps.
+
+pub mod data;
+pub mod error;
+pub mod outer;
+pub mod schedule;
+pub mod sparseloco;
+
+pub use error::TrainError;

@@ -1,0 +1,305 @@
+//! SparseLoCo compression of pseudo-gradients (as in Covenant-72B): the tensor is tiled into
+//! chunks (64 x 64 by default); per chunk the `k` entries of largest magnitude are kept, each
+//! sent as 2 bits (sign, and which of the chunk's two magnitude levels); what was not sent stays
+//! in an error-feedback buffer `e = beta * e + delta`, from which the sent part is subtracted.
+
+use serde::{Deserialize, Serialize};
+use tessera_protocol::messages::SparseTensor;
+use tessera_protocol::TensorPayload;
+
+use crate::error::TrainError;
+
+/// Compression parameters (Covenant-72B defaults: 64 x 64 chunks, k = 64, beta 0.95).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SparseConfig {
+    /// Chunk rows and columns.
+    pub chunk: [usize; 2],
+    /// Entries kept per chunk.
+    pub k: usize,
+    /// Error-feedback decay.
+    pub beta: f32,
+}
+
+impl Default for SparseConfig {
+    fn default() -> Self {
+        SparseConfig {
+            chunk: [64, 64],
+            k: 64,
+            beta: 0.95,
+        }
+    }
+}
+
+impl SparseConfig {
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let n = self.chunk[0] * self.chunk[1];
+        if n == 0 || n > u16::MAX as usize + 1 || self.k == 0 || self.k > n {
+            return Err(TrainError::Config(format!(
+                "chunk {:?} and k {} must satisfy 0 < k <= chunk size <= 65536",
+                self.chunk, self.k
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.beta) {
+            return Err(TrainError::Config(format!(
+                "beta {} must be within 0..=1",
+                self.beta
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One chunk of a `[rows, cols]` tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunk {
+    r0: usize,
+    c0: usize,
+    h: usize,
+    w: usize,
+}
+
+fn chunks(shape: [usize; 2], chunk: [usize; 2]) -> Vec<Chunk> {
+    let [rows, cols] = shape;
+    let mut out = Vec::new();
+    for r0 in (0..rows).step_by(chunk[0]) {
+        for c0 in (0..cols).step_by(chunk[1]) {
+            out.push(Chunk {
+                r0,
+                c0,
+                h: chunk[0].min(rows - r0),
+                w: chunk[1].min(cols - c0),
+            });
+        }
+    }
+    out
+}
+
+impl Chunk {
+    fn at(&self, cols: usize, i: usize) -> usize {
+        (self.r0 + i / self.w) * cols + self.c0 + i % self.w
+    }
+    fn len(&self) -> usize {
+        self.h * self.w
+    }
+}
+
+/// A compressed tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compressed {
+    /// Dense shape `[rows, cols]` (a vector is `[1, n]`).
+    pub shape: [usize; 2],
+    /// Chunk shape.
+    pub chunk: [usize; 2],
+    /// Entries per full chunk.
+    pub k: usize,
+    /// Positions within chunks, chunk after chunk.
+    pub indices: Vec<u16>,
+    /// 2-bit codes packed four per byte: bit 0 negative, bit 1 high level.
+    pub codes: Vec<u8>,
+    /// `(low, high)` magnitude level per chunk.
+    pub levels: Vec<[f32; 2]>,
+}
+
+fn kept(k: usize, c: &Chunk) -> usize {
+    k.min(c.len())
+}
+
+/// Top-k per chunk of `e` with 2-bit values.
+pub fn compress(e: &[f32], shape: [usize; 2], cfg: &SparseConfig) -> Compressed {
+    let cols = shape[1];
+    let mut out = Compressed {
+        shape,
+        chunk: cfg.chunk,
+        k: cfg.k,
+        indices: Vec::new(),
+        codes: Vec::new(),
+        levels: Vec::new(),
+    };
+    let mut entry = 0usize;
+    let mut order: Vec<usize> = Vec::with_capacity(cfg.chunk[0] * cfg.chunk[1]);
+    for c in chunks(shape, cfg.chunk) {
+        order.clear();
+        order.extend(0..c.len());
+        // Largest magnitude first; ties by position, so the choice is deterministic.
+        order.sort_by(|&a, &b| {
+            e[c.at(cols, b)]
+                .abs()
+                .total_cmp(&e[c.at(cols, a)].abs())
+                .then(a.cmp(&b))
+        });
+        let top = &order[..kept(cfg.k, &c)];
+        let mags: Vec<f32> = top.iter().map(|&i| e[c.at(cols, i)].abs()).collect();
+        let (lo_m, hi_m) = (
+            mags.iter().cloned().fold(f32::INFINITY, f32::min),
+            mags.iter().cloned().fold(0.0, f32::max),
+        );
+        let threshold = 0.5 * (lo_m + hi_m);
+        let mean = |hi: bool| {
+            let sel: Vec<f32> = mags
+                .iter()
+                .cloned()
+                .filter(|&m| (m >= threshold) == hi)
+                .collect();
+            (!sel.is_empty()).then(|| sel.iter().sum::<f32>() / sel.len() as f32)
+        };
+        let hi_level = mean(true).unwrap_or(0.0);
+        let lo_level = mean(false).unwrap_or(hi_level);
+        out.levels.push([lo_level, hi_level]);
+        for (&i, &m) in top.iter().zip(&mags) {
+            let v = e[c.at(cols, i)];
+            let code = u8::from(v < 0.0) | (u8::from(m >= threshold) << 1);
+            if entry.is_multiple_of(4) {
+                out.codes.push(0);
+            }
+            *out.codes.last_mut().expect("pushed above") |= code << (2 * (entry % 4));
+            out.indices.push(i as u16);
+            entry += 1;
+        }
+    }
+    out
+}
+
+impl Compressed {
+    /// Adds `scale` times the decompressed tensor into `out`.
+    pub fn add_into(&self, out: &mut [f32], scale: f32) {
+        let cols = self.shape[1];
+        let mut entry = 0usize;
+        for (ci, c) in chunks(self.shape, self.chunk).iter().enumerate() {
+            let [lo, hi] = self.levels[ci];
+            for _ in 0..kept(self.k, c) {
+                let code = (self.codes[entry / 4] >> (2 * (entry % 4))) & 3;
+                let mag = if code & 2 != 0 { hi } else { lo };
+                let v = if code & 1 != 0 { -mag } else { mag };
+                out[c.at(cols, self.indices[entry] as usize)] += scale * v;
+                entry += 1;
+            }
+        }
+    }
+
+    /// The dense tensor it stands for.
+    pub fn to_dense(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.shape[0] * self.shape[1]];
+        self.add_into(&mut out, 1.0);
+        out
+    }
+
+    /// Bytes on the wire (indices, codes, levels).
+    pub fn wire_bytes(&self) -> usize {
+        self.indices.len() * 2 + self.codes.len() + self.levels.len() * 8
+    }
+
+    /// The wire form.
+    pub fn to_wire(&self, name: &str) -> SparseTensor {
+        let levels: Vec<f32> = self.levels.iter().flat_map(|l| l.iter().copied()).collect();
+        SparseTensor {
+            name: name.to_string(),
+            shape: vec![self.shape[0] as u64, self.shape[1] as u64],
+            chunk: [self.chunk[0] as u32, self.chunk[1] as u32],
+            k: self.k as u32,
+            indices: TensorPayload::from_u16(&[self.indices.len()], &self.indices),
+            codes: TensorPayload::from_u8(&[self.codes.len()], self.codes.clone()),
+            levels: TensorPayload::from_f32(&[self.levels.len(), 2], &levels),
+        }
+    }
+
+    /// Reads and checks the wire form against the shape the receiver expects and the run's
+    /// compression parameters: every count, position and level must fit, positions must be
+    /// distinct within a chunk, levels finite and non-negative.
+    pub fn from_wire(
+        t: &SparseTensor,
+        shape: [usize; 2],
+        cfg: &SparseConfig,
+    ) -> Result<Self, TrainError> {
+        let bad = |why: String| TrainError::BadUpdate {
+            name: t.name.clone(),
+            why,
+        };
+        if t.shape != [shape[0] as u64, shape[1] as u64] {
+            return Err(bad(format!("shape {:?}, expected {shape:?}", t.shape)));
+        }
+        if t.chunk != [cfg.chunk[0] as u32, cfg.chunk[1] as u32] || t.k != cfg.k as u32 {
+            return Err(bad(format!(
+                "chunk {:?} k {}, the run uses {:?} k {}",
+                t.chunk, t.k, cfg.chunk, cfg.k
+            )));
+        }
+        let cs = chunks(shape, cfg.chunk);
+        let entries: usize = cs.iter().map(|c| kept(cfg.k, c)).sum();
+        let indices = t.indices.to_u16()?;
+        let codes = t.codes.to_u8()?.to_vec();
+        let flat = t.levels.to_f32()?;
+        if indices.len() != entries
+            || codes.len() != entries.div_ceil(4)
+            || flat.len() != 2 * cs.len()
+        {
+            return Err(bad(format!(
+                "{} positions, {} code bytes, {} levels for {entries} entries in {} chunks",
+                indices.len(),
+                codes.len(),
+                flat.len(),
+                cs.len()
+            )));
+        }
+        if flat.iter().any(|&l| l < 0.0) {
+            return Err(bad("negative magnitude level".into()));
+        }
+        let mut start = 0;
+        let mut seen = Vec::new();
+        for c in &cs {
+            let n = kept(cfg.k, c);
+            seen.clear();
+            seen.resize(c.len(), false);
+            for &i in &indices[start..start + n] {
+                let i = i as usize;
+                if i >= c.len() || std::mem::replace(&mut seen[i], true) {
+                    return Err(bad(format!(
+                        "position {i} is repeated or outside its chunk of {}",
+                        c.len()
+                    )));
+                }
+            }
+            start += n;
+        }
+        Ok(Compressed {
+            shape,
+            chunk: cfg.chunk,
+            k: cfg.k,
+            indices,
+            codes,
+            levels: flat.chunks_exact(2).map(|l| [l[0], l[1]]).collect(),
+        })
+    }
+}
+
+/// The error-feedback buffer of one tensor on one replica.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ErrorFeedback {
+    shape: [usize; 2],
+    e: Vec<f32>,
+}
+
+impl ErrorFeedback {
+    /// A zero buffer for a `[rows, cols]` tensor.
+    pub fn new(shape: [usize; 2]) -> Self {
+        ErrorFeedback {
+            shape,
+            e: vec![0.0; shape[0] * shape[1]],
+        }
+    }
+
+    /// `e = beta * e + delta`, compress, `e -= sent`; returns what to send.
+    pub fn step(&mut self, delta: &[f32], cfg: &SparseConfig) -> Compressed {
+        for (e, d) in self.e.iter_mut().zip(delta) {
+            *e = cfg.beta * *e + d;
+        }
+        let c = compress(&self.e, self.shape, cfg);
+        c.add_into(&mut self.e, -1.0);
+        c
+    }
+
+    /// The residual not yet sent.
+    pub fn residual(&self) -> &[f32] {
+        &self.e
+    }
+}

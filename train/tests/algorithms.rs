@@ -1,0 +1,267 @@
+//! SparseLoCo compression, error feedback, outer aggregation, schedules and data assignment.
+
+use tessera_compute::reference::model::{self, SplitMix};
+use tessera_compute::reference::{Batch, ModelParams};
+use tessera_compute::ModelConfig;
+use tessera_train::data::{draw_index, Sampler};
+use tessera_train::outer::{aggregate, apply, median};
+use tessera_train::schedule::Schedule;
+use tessera_train::sparseloco::{compress, Compressed, ErrorFeedback, SparseConfig};
+
+fn rand(n: usize, seed: u64) -> Vec<f32> {
+    SplitMix(seed).vec(n, 1.0)
+}
+
+#[test]
+fn schedule_warms_up_then_decays_to_floor() {
+    let s = Schedule {
+        peak: 1e-3,
+        warmup: 10,
+        total: 110,
+        floor: 0.1,
+    };
+    assert!((s.at(1) - 1e-4).abs() < 1e-12);
+    assert!((s.at(10) - 1e-3).abs() < 1e-12);
+    assert!(
+        (s.at(60) - 1e-3 * 0.55).abs() < 1e-12,
+        "half way down the cosine"
+    );
+    assert!((s.at(110) - 1e-4).abs() < 1e-12);
+    assert!((s.at(500) - 1e-4).abs() < 1e-12);
+    assert_eq!(Schedule::constant(0.5).at(77), 0.5);
+}
+
+#[test]
+fn top_k_per_chunk_with_two_bit_values() {
+    let cfg = SparseConfig::default();
+    let shape = [130, 70]; // partial chunks on both edges
+    let e = rand(shape[0] * shape[1], 1);
+    let c = compress(&e, shape, &cfg);
+    // 3 x 2 chunks: four full ones keep 64, the edge ones keep 64 too (each has >= 64 entries
+    // except the 2 x 6 corner, which keeps its 12).
+    assert_eq!(c.levels.len(), 6);
+    assert_eq!(c.indices.len(), 64 * 5 + 12);
+    let d = c.to_dense();
+    assert_eq!(d.iter().filter(|&&x| x != 0.0).count(), c.indices.len());
+    // Within the first chunk, every kept entry is at least as large as every dropped one, and
+    // keeps its sign.
+    let kept: Vec<(usize, usize)> = (0..64)
+        .flat_map(|r| (0..64).map(move |col| (r, col)))
+        .filter(|&(r, col)| d[r * 70 + col] != 0.0)
+        .collect();
+    let min_kept = kept
+        .iter()
+        .map(|&(r, col)| e[r * 70 + col].abs())
+        .fold(f32::INFINITY, f32::min);
+    for r in 0..64 {
+        for col in 0..64 {
+            let i = r * 70 + col;
+            if d[i] == 0.0 {
+                assert!(e[i].abs() <= min_kept);
+            } else {
+                assert_eq!(d[i].signum(), e[i].signum());
+                let [lo, hi] = c.levels[0];
+                assert!(d[i].abs() == lo || d[i].abs() == hi);
+            }
+        }
+    }
+    // Big tensors compress about 100x against dense f32.
+    let big = [1024, 512];
+    let cb = compress(&rand(big[0] * big[1], 2), big, &cfg);
+    let ratio = (big[0] * big[1] * 4) as f64 / cb.wire_bytes() as f64;
+    println!("compression ratio at 64x64, k=64: {ratio:.1}x");
+    assert!(ratio > 100.0);
+}
+
+#[test]
+fn error_feedback_keeps_what_was_not_sent() {
+    let shape = [40, 90];
+    let n = shape[0] * shape[1];
+    // beta = 1: nothing is forgotten, so sent + residual == sum of deltas.
+    let cfg = SparseConfig {
+        beta: 1.0,
+        ..SparseConfig::default()
+    };
+    let mut ef = ErrorFeedback::new(shape);
+    let mut sent = vec![0.0f64; n];
+    let mut total = vec![0.0f64; n];
+    for t in 0..20 {
+        let delta = rand(n, 100 + t);
+        let c = ef.step(&delta, &cfg);
+        for (s, v) in sent.iter_mut().zip(c.to_dense()) {
+            *s += v as f64;
+        }
+        for (a, &d) in total.iter_mut().zip(&delta) {
+            *a += d as f64;
+        }
+    }
+    let worst = (0..n)
+        .map(|i| (sent[i] + ef.residual()[i] as f64 - total[i]).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 1e-4,
+        "sent + residual differs from the sum of deltas by {worst}"
+    );
+    // beta < 1 decays the residual: e_t = beta e_{t-1} + delta - sent.
+    let cfg = SparseConfig::default();
+    let mut ef = ErrorFeedback::new(shape);
+    let d1 = rand(n, 7);
+    let c1 = ef.step(&d1, &cfg);
+    let e1 = ef.residual().to_vec();
+    let d2 = rand(n, 8);
+    let c2 = ef.step(&d2, &cfg);
+    let s2 = c2.to_dense();
+    for i in 0..n {
+        let want = cfg.beta * e1[i] + d2[i] - s2[i];
+        assert!((ef.residual()[i] - want).abs() < 1e-6);
+    }
+    assert_ne!(c1, c2);
+}
+
+#[test]
+fn wire_form_round_trips_and_bad_updates_are_refused() {
+    let cfg = SparseConfig::default();
+    let shape = [100, 130];
+    let c = compress(&rand(shape[0] * shape[1], 3), shape, &cfg);
+    let w = c.to_wire("model.layers.0.mlp.up_proj.weight");
+    assert_eq!(Compressed::from_wire(&w, shape, &cfg).unwrap(), c);
+    assert!(
+        Compressed::from_wire(&w, [100, 131], &cfg).is_err(),
+        "shape mismatch"
+    );
+    assert!(
+        Compressed::from_wire(&w, shape, &SparseConfig { k: 32, ..cfg }).is_err(),
+        "other k"
+    );
+    let mut dup = w.clone();
+    dup.indices.data.copy_within(0..2, 2);
+    assert!(Compressed::from_wire(&dup, shape, &cfg)
+        .unwrap_err()
+        .to_string()
+        .contains("repeated"));
+    let mut out = w.clone();
+    out.indices.data[0..2].copy_from_slice(&5000u16.to_le_bytes());
+    assert!(
+        Compressed::from_wire(&out, shape, &cfg).is_err(),
+        "position outside its chunk"
+    );
+    let mut short = w.clone();
+    short.codes.data.pop();
+    short.codes.shape[0] -= 1;
+    assert!(
+        Compressed::from_wire(&short, shape, &cfg).is_err(),
+        "missing codes"
+    );
+    let mut nan = w.clone();
+    nan.levels.data[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    assert!(
+        Compressed::from_wire(&nan, shape, &cfg).is_err(),
+        "NaN level"
+    );
+    let mut neg = w.clone();
+    neg.levels.data[0..4].copy_from_slice(&(-1.0f32).to_le_bytes());
+    assert!(
+        Compressed::from_wire(&neg, shape, &cfg).is_err(),
+        "negative level"
+    );
+    let mut lie = w;
+    lie.indices.shape[0] += 1;
+    assert!(
+        Compressed::from_wire(&lie, shape, &cfg).is_err(),
+        "payload shape disagrees with its bytes"
+    );
+}
+
+#[test]
+fn median_clip_and_mean() {
+    assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+    assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    let ups = vec![
+        vec![vec![3.0f32, 4.0]],
+        vec![vec![0.0, 1.0]],
+        vec![vec![30.0, 40.0]],
+    ];
+    let (mean, scales) = aggregate(&ups, true);
+    // Norms 5, 1, 50: median 5; the third is scaled to norm 5, the others untouched.
+    assert_eq!(scales[0], 1.0);
+    assert_eq!(scales[1], 1.0);
+    assert!((scales[2] - 0.1).abs() < 1e-12);
+    assert!((mean[0][0] - 2.0).abs() < 1e-6 && (mean[0][1] - 3.0).abs() < 1e-6);
+    let (plain, _) = aggregate(&ups, false);
+    assert!((plain[0][0] - 11.0).abs() < 1e-5);
+}
+
+/// The algebra behind the exactness check: with plain SGD, one inner step, equal tokens per
+/// replica, dense sync, no clipping and outer lr 1, the outer step equals SGD on the union.
+#[test]
+fn dense_outer_step_of_sgd_replicas_equals_sgd_on_the_union() {
+    let cfg = ModelConfig::tiny();
+    let p: ModelParams<f64> = ModelParams::random(&cfg, 5);
+    let lr = 0.1;
+    let mut r = SplitMix(6);
+    let seqs: Vec<Vec<u32>> = (0..3)
+        .map(|_| {
+            (0..8)
+                .map(|_| (r.next_u64() % cfg.vocab_size as u64) as u32)
+                .collect()
+        })
+        .collect();
+    let flat = |m: &ModelParams<f64>| -> Vec<Vec<f32>> {
+        m.named()
+            .into_iter()
+            .map(|(_, v)| v.iter().map(|&x| x as f32).collect())
+            .collect()
+    };
+    // Each replica: delta = theta_start - theta_after_one_sgd_step = lr * grad.
+    let deltas: Vec<Vec<Vec<f32>>> = seqs
+        .iter()
+        .map(|s| {
+            let (_, g) = model::loss_and_grads(&cfg, &p, &Batch::from_sequences(s, 8));
+            flat(&g.map(|v| v.iter().map(|x| lr * x).collect()))
+        })
+        .collect();
+    let (mean, _) = aggregate(&deltas, false);
+    let mut theta = flat(&p);
+    apply(&mut theta, &mean, 1.0);
+    let union: Vec<u32> = seqs.concat();
+    let (_, g) = model::loss_and_grads(&cfg, &p, &Batch::from_sequences(&union, 8));
+    let mut want = flat(&p);
+    apply(&mut want, &flat(&g), lr as f32);
+    for (a, b) in theta.iter().zip(&want) {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        assert!((num / den).sqrt() < 1e-6);
+    }
+}
+
+#[test]
+fn sampler_is_deterministic_and_visits_every_sample_each_epoch() {
+    let mut s = Sampler::new(42, 1001, 10);
+    assert_eq!(s.len(), 100);
+    let epoch0: Vec<usize> = (0..100).map(|n| s.sample(n)).collect();
+    let mut sorted = epoch0.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+    let epoch1: Vec<usize> = (100..200).map(|n| s.sample(n)).collect();
+    assert_ne!(epoch0, epoch1, "each epoch has its own order");
+    let mut again = Sampler::new(42, 1001, 10);
+    assert_eq!(
+        (0..100).map(|n| again.sample(n)).collect::<Vec<_>>(),
+        epoch0
+    );
+    assert_ne!(
+        (0..100)
+            .map(|n| Sampler::new(43, 1001, 10).sample(n))
+            .collect::<Vec<_>>(),
+        epoch0
+    );
+    assert_eq!(s.span(99), 990..1001);
+    // One round of 3 replicas x 4 steps x 2 micro-batches draws 24 distinct samples.
+    let draws: std::collections::BTreeSet<usize> = (0..3)
+        .flat_map(|rep| {
+            (0..4).flat_map(move |st| (0..2).map(move |b| draw_index(5, rep, 3, st, 4, b, 2)))
+        })
+        .map(|n| s.sample(n))
+        .collect();
+    assert_eq!(draws.len(), 24);
+}
