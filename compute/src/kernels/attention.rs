@@ -46,17 +46,53 @@ impl AttnDims {
     }
 }
 
+/// Generated constants and grid of one attention kernel launch.
+type Launch = ([Const; 3], (u32, u32, u32));
+
 impl Gpu {
-    fn attn_consts(&self, hd: usize, rows_per_group: u32) -> Result<[Const; 3], ComputeError> {
-        let hd32 = u32_of("head_dim", hd)?;
+    /// Constants and grid of the kernels with one invocation per (query, head): forward and dq.
+    fn query_kernels(&self, a: &AttnDims) -> Result<Launch, ComputeError> {
+        let hd = u32_of("head_dim", a.hd)?;
+        let rows = self.tiles().attn_rows;
         let tile = self
             .tiles()
-            .attn_tile_for(hd32, self.limits().max_compute_workgroup_storage_size)?;
-        Ok([
-            Const::U32("HD", hd32),
-            Const::U32("BQ", rows_per_group),
-            Const::U32("BKV", tile),
-        ])
+            .attn_tile_for(hd, self.limits().max_compute_workgroup_storage_size)?;
+        let grid = (
+            u32_of("query blocks", a.seq.div_ceil(rows as usize))?,
+            u32_of("heads", a.heads)?,
+            u32_of("sequences", a.sequences)?,
+        );
+        Ok((
+            [
+                Const::U32("HD", hd),
+                Const::U32("BQ", rows),
+                Const::U32("BKV", tile),
+            ],
+            grid,
+        ))
+    }
+
+    /// Constants and grid of the dk/dv kernel: one invocation per (key, kv head), BKV keys per
+    /// workgroup, queries streamed in tiles of BQ.
+    fn key_kernel(&self, a: &AttnDims) -> Result<Launch, ComputeError> {
+        let hd = u32_of("head_dim", a.hd)?;
+        let rows = self.tiles().attn_rows;
+        let tile = self
+            .tiles()
+            .attn_tile_for(hd, self.limits().max_compute_workgroup_storage_size)?;
+        let grid = (
+            u32_of("key blocks", a.seq.div_ceil(rows as usize))?,
+            u32_of("kv heads", a.kv_heads)?,
+            u32_of("sequences", a.sequences)?,
+        );
+        Ok((
+            [
+                Const::U32("HD", hd),
+                Const::U32("BQ", tile),
+                Const::U32("BKV", rows),
+            ],
+            grid,
+        ))
     }
 
     /// `o = softmax(q k^T * scale, causal) v` per head; `lse: [rows, heads]`.
@@ -76,13 +112,7 @@ impl Gpu {
         need("attention v", v, rows * a.kv_heads * a.hd)?;
         need("attention o", o, rows * a.heads * a.hd)?;
         need("attention lse", lse, rows * a.heads)?;
-        let bq = self.tiles().attn_rows;
-        let consts = self.attn_consts(a.hd, bq)?;
-        let grid = (
-            u32_of("query blocks", a.seq.div_ceil(bq as usize))?,
-            u32_of("heads", a.heads)?,
-            u32_of("sequences", a.sequences)?,
-        );
+        let (consts, grid) = self.query_kernels(&a)?;
         self.dispatch(
             "attention_forward",
             &consts,
@@ -136,13 +166,7 @@ impl Gpu {
             pd,
             self.elementwise_grid(rows * a.heads)?,
         )?;
-        let bq = self.tiles().attn_rows;
-        let consts = self.attn_consts(a.hd, bq)?;
-        let grid = (
-            u32_of("query blocks", a.seq.div_ceil(bq as usize))?,
-            u32_of("heads", a.heads)?,
-            u32_of("sequences", a.sequences)?,
-        );
+        let (consts, grid) = self.query_kernels(&a)?;
         self.dispatch(
             "attention_backward_dq",
             &consts,
@@ -152,21 +176,7 @@ impl Gpu {
             a.params()?,
             grid,
         )?;
-        // dk/dv: BKV (the invocations) are keys; BQ is the streamed query tile.
-        let [hd_c, tile_q, tile_k] = consts;
-        let (Const::U32(_, rows_per_group), Const::U32(_, qtile)) = (tile_q, tile_k) else {
-            return Err(ComputeError::Gpu("attention constants".into()));
-        };
-        let consts = [
-            hd_c,
-            Const::U32("BQ", qtile),
-            Const::U32("BKV", rows_per_group),
-        ];
-        let grid = (
-            u32_of("key blocks", a.seq.div_ceil(rows_per_group as usize))?,
-            u32_of("kv heads", a.kv_heads)?,
-            u32_of("sequences", a.sequences)?,
-        );
+        let (consts, grid) = self.key_kernel(&a)?;
         self.dispatch(
             "attention_backward_dkv",
             &consts,

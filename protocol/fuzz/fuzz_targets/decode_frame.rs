@@ -12,10 +12,16 @@ use tessera_protocol::{decode, encode, ToContributor, ToCoordinator, MAX_FRAME_B
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = decode::<ToCoordinator>(data, MAX_FRAME_BYTES) {
         let again = encode(&m).expect("a decoded message encodes");
-        assert_eq!(decode::<ToCoordinator>(&again, MAX_FRAME_BYTES).expect("re-decodes"), m);
+        assert_eq!(
+            decode::<ToCoordinator>(&again, MAX_FRAME_BYTES).expect("re-decodes"),
+            m
+        );
     }
     if let Ok(m) = decode::<ToContributor>(data, MAX_FRAME_BYTES) {
         let again = encode(&m).expect("a decoded message encodes");
-        assert_eq!(decode::<ToContributor>(&again, MAX_FRAME_BYTES).expect("re-decodes"), m);
+        assert_eq!(
+            decode::<ToContributor>(&again, MAX_FRAME_BYTES).expect("re-decodes"),
+            m
+        );
     }
 });
