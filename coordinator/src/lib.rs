@@ -1,1 +1,6 @@
-//! placeholder
+//! Tessera's coordinator. [`core`] is a pure, I/O-free state machine of a training run:
+//! inputs (connections, decoded messages, time) go in, actions (messages to send, connections to
+//! close, contributions and checkpoints to persist) come out. Transport, storage and HTTP wrap
+//! it; deterministic simulations drive it directly.
+
+pub mod core;

@@ -143,6 +143,135 @@ pub struct SparseTensor {
     pub levels: TensorPayload,
 }
 
+/// A micro-shard on the wire (see DESIGN.md): the kind and its half-open range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardSpec {
+    /// Embedding vocabulary rows.
+    Embed {
+        /// Rows `[start, end)`.
+        rows: [u64; 2],
+    },
+    /// Attention kv groups of a layer.
+    Attn {
+        /// Layer.
+        layer: u64,
+        /// Groups `[start, end)`.
+        groups: [u64; 2],
+    },
+    /// MLP hidden columns of a layer.
+    Mlp {
+        /// Layer.
+        layer: u64,
+        /// Columns `[start, end)`.
+        cols: [u64; 2],
+    },
+    /// LM head vocabulary columns.
+    Head {
+        /// Columns `[start, end)`.
+        cols: [u64; 2],
+    },
+}
+
+/// The inner optimizer a replica runs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum InnerOptimizer {
+    /// Plain SGD.
+    Sgd,
+    /// AdamW with decoupled weight decay.
+    AdamW {
+        /// First-moment decay.
+        beta1: f32,
+        /// Second-moment decay.
+        beta2: f32,
+        /// Denominator epsilon.
+        eps: f32,
+        /// Weight decay.
+        weight_decay: f32,
+    },
+}
+
+/// How a replica's pseudo-gradient travels.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SyncMode {
+    /// Whole f32 tensors.
+    Dense,
+    /// SparseLoCo: chunked top-k, 2-bit values, error feedback.
+    Sparse {
+        /// Chunk rows and columns.
+        chunk: [u32; 2],
+        /// Entries kept per chunk.
+        k: u32,
+        /// Error-feedback decay.
+        beta: f32,
+    },
+}
+
+/// What a lease holds and how to train it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Lease id.
+    pub lease: u64,
+    /// The model, as a Hugging Face `config.json`.
+    pub config_json: String,
+    /// The micro-shards held (a whole-model lease holds every one).
+    pub shards: Vec<ShardSpec>,
+    /// Inner optimizer.
+    pub optimizer: InnerOptimizer,
+    /// Global-norm clip of inner gradients, if any.
+    pub clip: Option<f32>,
+    /// Pseudo-gradient transport.
+    pub sync: SyncMode,
+    /// Weight version the following `Weights` frames carry.
+    pub version: u64,
+    /// How many `Weights` frames follow.
+    pub frames: u32,
+}
+
+/// A work unit for a whole-model replica: `steps` inner steps from the round's weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Work {
+    /// Unit id.
+    pub unit: u64,
+    /// The lease it runs under.
+    pub lease: u64,
+    /// The round (outer step).
+    pub round: u64,
+    /// The replica slot of the round; with the round and the run's seed it determines the
+    /// samples, so anyone can recompute what the unit trained on.
+    pub slot: u64,
+    /// Weight version it must start from.
+    pub weights: u64,
+    /// Token ids `[steps, batch, seq + 1]` (u32): each row's first `seq` are inputs, last `seq`
+    /// targets.
+    pub tokens: TensorPayload,
+    /// Learning rate of each inner step.
+    pub lrs: Vec<f32>,
+}
+
+/// The coordinator's verdict on a submission, signed with its key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The work unit.
+    pub unit: u64,
+    /// Who submitted.
+    pub contributor: PublicKey,
+    /// Sequence number of the submission.
+    pub seq: u64,
+    /// Accepted, or why not.
+    pub verdict: Verdict,
+    /// Log head after recording the verdict.
+    pub log_head: LogHead,
+}
+
+/// Accepted or rejected.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Accepted into the round.
+    Accepted,
+    /// Rejected, with the reason.
+    Rejected(String),
+}
+
 /// Coordinator → contributor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToContributor {
@@ -161,6 +290,48 @@ pub enum ToContributor {
         run: String,
         /// Latest log head.
         log_head: LogHead,
+    },
+    /// A lease; `frames` `Weights` messages follow.
+    Lease(Lease),
+    /// Part of a lease's weights: elements `offset..offset + len` of a tensor.
+    Weights {
+        /// The lease.
+        lease: u64,
+        /// Weight version.
+        version: u64,
+        /// Tensor name.
+        name: String,
+        /// Full tensor shape.
+        shape: Vec<u64>,
+        /// First element carried.
+        offset: u64,
+        /// The elements.
+        values: TensorPayload,
+    },
+    /// A work unit.
+    Work(Work),
+    /// The verdict on a submission, signed by the coordinator (domain `receipt`).
+    Receipt {
+        /// The verdict.
+        receipt: Receipt,
+        /// Coordinator signature over the postcard encoding of `receipt`.
+        signature: Signature,
+    },
+    /// The outer step of a round: every replica applies `theta -= lr * update`.
+    OuterStep {
+        /// The round it closes.
+        round: u64,
+        /// The weight version it produces.
+        version: u64,
+        /// Outer learning rate.
+        lr: f32,
+        /// The averaged pseudo-gradient.
+        update: Update,
+    },
+    /// Stop working on a unit (reassigned, or its round closed).
+    Cancel {
+        /// The unit.
+        unit: u64,
     },
     /// A refusal: the session ends when `fatal`.
     Error {

@@ -1,0 +1,354 @@
+//! The run state machine: `Core::tick(now, input) -> actions`, with no I/O, no clock and no
+//! randomness of its own (the transport passes nonces in), so a run can be simulated with
+//! thousands of fake contributors deterministically, and replayed.
+//!
+//! This first regime is whole-model leases: each round (outer step) has `replicas` slots; a slot
+//! is a work unit of `inner_steps` steps on deterministic samples, given to a leased, ready
+//! contributor, re-assigned when its contributor vanishes or misses the deadline; when every slot
+//! is accepted the round closes with the outer step. A unit names its round, slot and weight
+//! version, so pipeline units (micro-shard stages) can join the same tables later.
+
+mod rounds;
+mod sessions;
+pub mod spec;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tessera_compute::reference::ModelParams;
+use tessera_protocol::messages::{ContributorKind, Update};
+use tessera_protocol::{Identity, PublicKey, ToContributor, ToCoordinator};
+use tessera_train::data::Sampler;
+
+pub use spec::RunSpec;
+
+/// A transport connection.
+pub type ConnId = u64;
+
+/// What happens to the run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// A connection opened; `nonce` is fresh randomness for its handshake.
+    Connected {
+        /// Connection.
+        conn: ConnId,
+        /// Fresh random nonce.
+        nonce: [u8; 32],
+    },
+    /// A decoded message arrived.
+    Message {
+        /// Connection.
+        conn: ConnId,
+        /// The message.
+        msg: ToCoordinator,
+    },
+    /// A frame that did not decode (already answered by the transport); counts against the
+    /// sender.
+    BadFrame {
+        /// Connection.
+        conn: ConnId,
+        /// Why.
+        error: String,
+    },
+    /// The connection closed.
+    Disconnected {
+        /// Connection.
+        conn: ConnId,
+    },
+    /// Time passed.
+    Tick,
+}
+
+/// What the shell must do, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Send a message.
+    Send {
+        /// Connection.
+        conn: ConnId,
+        /// The message.
+        msg: ToContributor,
+    },
+    /// Close a connection.
+    Close {
+        /// Connection.
+        conn: ConnId,
+        /// Why.
+        reason: String,
+    },
+    /// Persist an accepted contribution (before the receipt that follows is sent).
+    Accepted(Contribution),
+    /// A round closed: persist the new weights and the snapshot.
+    RoundClosed(RoundSummary),
+    /// The run reached its last round.
+    Finished,
+}
+
+/// An accepted work unit's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contribution {
+    /// Round.
+    pub round: u64,
+    /// Replica slot.
+    pub slot: u64,
+    /// Unit id.
+    pub unit: u64,
+    /// Who did it.
+    pub contributor: PublicKey,
+    /// Tokens trained on.
+    pub tokens: u64,
+    /// Sum of token losses.
+    pub loss_sum: f64,
+    /// The update as received.
+    pub update: Update,
+}
+
+/// A closed round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundSummary {
+    /// The round that closed.
+    pub round: u64,
+    /// The weight version it produced.
+    pub version: u64,
+    /// Mean training loss over the round's tokens.
+    pub loss: f64,
+    /// Tokens trained.
+    pub tokens: u64,
+    /// Contributors whose units were accepted.
+    pub contributors: Vec<PublicKey>,
+    /// Scale each slot's pseudo-gradient got from the median clip.
+    pub clip_scales: Vec<f64>,
+}
+
+/// Run phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Training.
+    Training,
+    /// Every round done.
+    Finished,
+}
+
+/// Everything needed to resume a run after a crash, besides the accepted contributions of the
+/// open round (which the ledger holds).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// Current (open) round.
+    pub round: u64,
+    /// Weight version (rounds closed).
+    pub version: u64,
+    /// Weights at that version.
+    pub weights: ModelParams<f32>,
+    /// Loss of each closed round.
+    pub losses: Vec<f64>,
+    /// Next unit id.
+    pub next_unit: u64,
+    /// Next lease id.
+    pub next_lease: u64,
+}
+
+/// Per-identity record, kept across sessions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Native or browser (as last seen).
+    pub kind: Option<ContributorKind>,
+    /// Accepted units.
+    pub accepted: u64,
+    /// Rejected submissions.
+    pub rejected: u64,
+    /// Tokens in accepted units.
+    pub tokens: u64,
+}
+
+/// The run state machine.
+pub struct Core {
+    spec: RunSpec,
+    id: Identity,
+    now: u64,
+    phase: Phase,
+    weights: ModelParams<f32>,
+    version: u64,
+    losses: Vec<f64>,
+    sampler: Sampler,
+    sessions: BTreeMap<ConnId, sessions::Session>,
+    records: BTreeMap<PublicKey, Record>,
+    round: rounds::Round,
+    next_unit: u64,
+    next_lease: u64,
+    out: Vec<Action>,
+}
+
+impl Core {
+    /// A new run from initial weights.
+    pub fn new(spec: RunSpec, id: Identity, weights: ModelParams<f32>) -> Self {
+        let snap = Snapshot {
+            round: 0,
+            version: 0,
+            weights,
+            losses: Vec::new(),
+            next_unit: 1,
+            next_lease: 1,
+        };
+        Self::resume(spec, id, snap, Vec::new())
+    }
+
+    /// Resumes from a snapshot and the accepted contributions of its open round.
+    pub fn resume(
+        spec: RunSpec,
+        id: Identity,
+        snap: Snapshot,
+        accepted: Vec<Contribution>,
+    ) -> Self {
+        let sampler = Sampler::new(spec.seed, spec.tokens.len(), spec.seq as usize);
+        let phase = if snap.round >= spec.rounds {
+            Phase::Finished
+        } else {
+            Phase::Training
+        };
+        let round = rounds::Round::new(snap.round, spec.replicas);
+        let mut core = Core {
+            spec,
+            id,
+            now: 0,
+            phase,
+            weights: snap.weights,
+            version: snap.version,
+            losses: snap.losses,
+            sampler,
+            sessions: BTreeMap::new(),
+            records: BTreeMap::new(),
+            round,
+            next_unit: snap.next_unit,
+            next_lease: snap.next_lease,
+            out: Vec::new(),
+        };
+        for c in accepted {
+            core.restore_contribution(c);
+        }
+        core
+    }
+
+    /// Feeds one input at time `now` (ms, monotonic) and returns the actions, in order.
+    pub fn tick(&mut self, now: u64, input: Input) -> Vec<Action> {
+        self.now = self.now.max(now);
+        match input {
+            Input::Connected { conn, nonce } => self.connected(conn, nonce),
+            Input::Message { conn, msg } => self.message(conn, msg),
+            Input::BadFrame { conn, error } => {
+                self.fatal(conn, format!("malformed frame: {error}"))
+            }
+            Input::Disconnected { conn } => self.drop_session(conn, None),
+            Input::Tick => self.expire(),
+        }
+        self.schedule();
+        std::mem::take(&mut self.out)
+    }
+
+    /// The run's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The coordinator's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.id.public()
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The open round (equals the number of closed rounds).
+    pub fn round(&self) -> u64 {
+        self.round.number
+    }
+
+    /// Loss of each closed round.
+    pub fn losses(&self) -> &[f64] {
+        &self.losses
+    }
+
+    /// Current weights.
+    pub fn weights(&self) -> &ModelParams<f32> {
+        &self.weights
+    }
+
+    /// Per-identity records.
+    pub fn records(&self) -> &BTreeMap<PublicKey, Record> {
+        &self.records
+    }
+
+    /// The snapshot to persist at a round boundary.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            round: self.round.number,
+            version: self.version,
+            weights: self.weights.clone(),
+            losses: self.losses.clone(),
+            next_unit: self.next_unit,
+            next_lease: self.next_lease,
+        }
+    }
+
+    /// Active sessions: connection, identity, kind, lease and the unit it works on.
+    pub fn sessions(&self) -> Vec<SessionView> {
+        self.sessions
+            .iter()
+            .filter_map(|(&conn, s)| {
+                s.active().map(|key| SessionView {
+                    conn,
+                    key,
+                    kind: s.kind,
+                    lease: s.lease,
+                    unit: s.unit,
+                })
+            })
+            .collect()
+    }
+
+    /// Which slots of the open round are accepted.
+    pub fn accepted_slots(&self) -> Vec<u64> {
+        self.round.accepted_slots()
+    }
+
+    fn send(&mut self, conn: ConnId, msg: ToContributor) {
+        self.out.push(Action::Send { conn, msg });
+    }
+
+    /// Tells the peer why, closes the connection and forgets the session.
+    fn fatal(&mut self, conn: ConnId, why: String) {
+        if !self.sessions.contains_key(&conn) {
+            return;
+        }
+        tracing::info!(conn, "closing: {why}");
+        self.send(
+            conn,
+            ToContributor::Error {
+                message: why.clone(),
+                fatal: true,
+            },
+        );
+        self.out.push(Action::Close {
+            conn,
+            reason: why.clone(),
+        });
+        self.drop_session(conn, Some(why));
+    }
+}
+
+/// A session as seen from outside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    /// Connection.
+    pub conn: ConnId,
+    /// Identity.
+    pub key: PublicKey,
+    /// Native or browser.
+    pub kind: ContributorKind,
+    /// Lease held.
+    pub lease: Option<u64>,
+    /// Unit in progress.
+    pub unit: Option<u64>,
+}

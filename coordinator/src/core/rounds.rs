@@ -1,0 +1,344 @@
+//! Rounds: replica slots and the units that work on them, assignment to ready contributors,
+//! deadlines, submissions and receipts, and the outer step that closes a round.
+
+use std::collections::BTreeMap;
+
+use tessera_protocol::messages::{Receipt, Submission, Update, Verdict, Work};
+use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
+use tessera_train::data::draw_index;
+use tessera_train::outer;
+
+use super::{Action, ConnId, Contribution, Core, Phase, RoundSummary};
+
+/// Domain of receipt signatures.
+pub const RECEIPT: &str = "receipt";
+
+#[derive(Clone, Debug, PartialEq)]
+enum Slot {
+    /// Waiting for a contributor.
+    Open,
+    /// Being worked on by a unit.
+    Assigned(u64),
+    /// Accepted.
+    Done(Box<Contribution>, Vec<Vec<f32>>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Unit {
+    slot: u64,
+    conn: ConnId,
+    deadline: u64,
+}
+
+/// The open round.
+#[derive(Clone, Debug)]
+pub(super) struct Round {
+    pub(super) number: u64,
+    slots: Vec<Slot>,
+    units: BTreeMap<u64, Unit>,
+}
+
+impl Round {
+    pub(super) fn new(number: u64, replicas: u64) -> Self {
+        Round {
+            number,
+            slots: vec![Slot::Open; replicas as usize],
+            units: BTreeMap::new(),
+        }
+    }
+
+    /// Puts a unit's slot back in the queue (its contributor vanished or gave up).
+    pub(super) fn requeue(&mut self, unit: u64) {
+        if let Some(u) = self.units.remove(&unit) {
+            if self.slots[u.slot as usize] == Slot::Assigned(unit) {
+                self.slots[u.slot as usize] = Slot::Open;
+            }
+        }
+    }
+
+    /// Units past their deadline, requeued: `(connection, unit)`.
+    pub(super) fn expired(&mut self, now: u64) -> Vec<(ConnId, u64)> {
+        let late: Vec<(ConnId, u64)> = self
+            .units
+            .iter()
+            .filter(|(_, u)| u.deadline < now)
+            .map(|(&id, u)| (u.conn, id))
+            .collect();
+        for &(_, id) in &late {
+            self.requeue(id);
+        }
+        late
+    }
+
+    pub(super) fn accepted_slots(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Slot::Done(..)))
+            .map(|(i, _)| i as u64)
+            .collect()
+    }
+}
+
+impl Core {
+    /// Gives open slots to ready, idle, leased sessions (lowest connection first).
+    pub(super) fn schedule(&mut self) {
+        if self.phase != Phase::Training {
+            return;
+        }
+        for slot in 0..self.round.slots.len() {
+            if self.round.slots[slot] != Slot::Open {
+                continue;
+            }
+            let Some((&conn, _)) = self
+                .sessions
+                .iter()
+                .find(|(_, s)| s.ready && s.lease.is_some() && s.unit.is_none())
+            else {
+                return;
+            };
+            let unit = self.next_unit;
+            self.next_unit += 1;
+            let deadline = self.now + self.spec.unit_deadline_ms;
+            self.round.slots[slot] = Slot::Assigned(unit);
+            self.round.units.insert(
+                unit,
+                Unit {
+                    slot: slot as u64,
+                    conn,
+                    deadline,
+                },
+            );
+            let s = self.sessions.get_mut(&conn).expect("found above");
+            s.unit = Some(unit);
+            let lease = s.lease.expect("leased");
+            let work = self.work(unit, lease, slot as u64);
+            self.send(conn, ToContributor::Work(work));
+        }
+    }
+
+    /// The samples and learning rates of a slot, from the seed alone.
+    fn work(&mut self, unit: u64, lease: u64, slot: u64) -> Work {
+        let sp = &self.spec;
+        let (h, b, seq) = (sp.inner_steps, sp.batch, sp.seq as usize);
+        let mut tokens = Vec::with_capacity((h * b) as usize * (seq + 1));
+        for step in 0..h {
+            for mb in 0..b {
+                let n = draw_index(self.round.number, slot, sp.replicas, step, h, mb, b);
+                let s = self.sampler.sample(n);
+                tokens.extend_from_slice(&self.spec.tokens[self.sampler.span(s)]);
+            }
+        }
+        let sp = &self.spec;
+        let lrs = (0..h)
+            .map(|step| sp.inner_lr.at(self.round.number * h + step + 1) as f32)
+            .collect();
+        Work {
+            unit,
+            lease,
+            round: self.round.number,
+            slot,
+            weights: self.version,
+            tokens: TensorPayload::from_u32(&[h as usize, b as usize, seq + 1], &tokens),
+            lrs,
+        }
+    }
+
+    fn receipt(
+        &mut self,
+        conn: ConnId,
+        unit: u64,
+        contributor: PublicKey,
+        seq: u64,
+        verdict: Verdict,
+    ) {
+        let receipt = Receipt {
+            unit,
+            contributor,
+            seq,
+            verdict,
+            log_head: Default::default(),
+        };
+        let bytes = postcard::to_stdvec(&receipt).unwrap_or_default();
+        let signature = self.id.sign(RECEIPT, &bytes);
+        self.send(conn, ToContributor::Receipt { receipt, signature });
+    }
+
+    fn reject(&mut self, conn: ConnId, unit: u64, key: PublicKey, seq: u64, why: String) {
+        self.records.entry(key).or_default().rejected += 1;
+        self.receipt(conn, unit, key, seq, Verdict::Rejected(why));
+    }
+
+    /// A submission: checked, then accepted into its slot or rejected with the reason.
+    pub(super) fn submit(&mut self, conn: ConnId, key: PublicKey, seq: u64, sub: Submission) {
+        let unit = sub.unit;
+        let Some(u) = self.round.units.get(&unit).cloned() else {
+            return self.reject(
+                conn,
+                unit,
+                key,
+                seq,
+                format!("unit {unit} is not open (finished, reassigned or unknown)"),
+            );
+        };
+        if u.conn != conn {
+            return self.reject(
+                conn,
+                unit,
+                key,
+                seq,
+                format!("unit {unit} was assigned to someone else"),
+            );
+        }
+        let expected_tokens = self.spec.inner_steps * self.spec.batch * self.spec.seq;
+        let problem = if sub.weights != self.version {
+            Some(format!(
+                "computed on weights {} but the round uses {}",
+                sub.weights, self.version
+            ))
+        } else if sub.tokens != expected_tokens {
+            Some(format!(
+                "{} tokens, the unit has {expected_tokens}",
+                sub.tokens
+            ))
+        } else if !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
+            Some(format!(
+                "loss sum {} is not a finite non-negative number",
+                sub.loss_sum
+            ))
+        } else {
+            None
+        };
+        let dense = match problem {
+            Some(p) => Err(p),
+            None => self.dense_update(&sub.result).map_err(|e| e.to_string()),
+        };
+        // Either way the unit is over for this contributor.
+        self.round.units.remove(&unit);
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.unit = None;
+        }
+        let dense = match dense {
+            Ok(d) => d,
+            Err(why) => {
+                self.round.slots[u.slot as usize] = Slot::Open;
+                return self.reject(conn, unit, key, seq, why);
+            }
+        };
+        let c = Contribution {
+            round: self.round.number,
+            slot: u.slot,
+            unit,
+            contributor: key,
+            tokens: sub.tokens,
+            loss_sum: sub.loss_sum,
+            update: sub.result,
+        };
+        self.out.push(Action::Accepted(c.clone()));
+        let r = self.records.entry(key).or_default();
+        r.accepted += 1;
+        r.tokens += sub.tokens;
+        self.round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
+        self.receipt(conn, unit, key, seq, Verdict::Accepted);
+        if self.round.slots.iter().all(|s| matches!(s, Slot::Done(..))) {
+            self.close_round();
+        }
+    }
+
+    /// Puts an accepted contribution back after a restart.
+    pub(super) fn restore_contribution(&mut self, c: Contribution) {
+        if c.round != self.round.number || c.slot >= self.spec.replicas {
+            return;
+        }
+        if let Ok(dense) = self.dense_update(&c.update) {
+            let slot = c.slot as usize;
+            self.next_unit = self.next_unit.max(c.unit + 1);
+            self.round.slots[slot] = Slot::Done(Box::new(c), dense);
+        }
+        if self.round.slots.iter().all(|s| matches!(s, Slot::Done(..))) {
+            self.close_round();
+        }
+    }
+
+    /// The outer step: median clip, mean, `theta -= outer_lr * mean`; broadcast; next round.
+    fn close_round(&mut self) {
+        let slots = std::mem::take(&mut self.round.slots);
+        let mut updates = Vec::new();
+        let mut contributors = Vec::new();
+        let (mut tokens, mut loss_sum) = (0u64, 0.0f64);
+        for s in slots {
+            if let Slot::Done(c, d) = s {
+                tokens += c.tokens;
+                loss_sum += c.loss_sum;
+                contributors.push(c.contributor);
+                updates.push(d);
+            }
+        }
+        let (mean, clip_scales) = outer::aggregate(&updates, self.spec.clip_to_median);
+        let mut theta: Vec<Vec<f32>> = self
+            .weights
+            .named()
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect();
+        outer::apply(&mut theta, &mean, self.spec.outer_lr);
+        for (dst, src) in self.weights.tensors_mut().into_iter().zip(theta) {
+            *dst = src;
+        }
+        let closed = self.round.number;
+        self.version += 1;
+        let loss = if tokens > 0 {
+            loss_sum / tokens as f64
+        } else {
+            0.0
+        };
+        self.losses.push(loss);
+        let update = Update::Dense(
+            tessera_compute::hf::tensor_shapes(&self.spec.model)
+                .into_iter()
+                .zip(&mean)
+                .map(
+                    |((name, shape), v)| tessera_protocol::messages::NamedTensor {
+                        name,
+                        tensor: TensorPayload::from_f32(&shape, v),
+                    },
+                )
+                .collect(),
+        );
+        self.out.push(Action::RoundClosed(RoundSummary {
+            round: closed,
+            version: self.version,
+            loss,
+            tokens,
+            contributors,
+            clip_scales,
+        }));
+        let leased: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.lease.is_some() && s.active().is_some())
+            .map(|(&c, _)| c)
+            .collect();
+        for conn in leased {
+            let msg = ToContributor::OuterStep {
+                round: closed,
+                version: self.version,
+                lr: self.spec.outer_lr,
+                update: update.clone(),
+            };
+            self.send(conn, msg);
+        }
+        // Units still running on this round are void.
+        for (id, u) in std::mem::take(&mut self.round.units) {
+            if let Some(s) = self.sessions.get_mut(&u.conn) {
+                s.unit = None;
+            }
+            self.send(u.conn, ToContributor::Cancel { unit: id });
+        }
+        self.round = Round::new(closed + 1, self.spec.replicas);
+        if self.round.number >= self.spec.rounds {
+            self.phase = Phase::Finished;
+            self.out.push(Action::Finished);
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Sessions: the handshake (hello, challenge, proof), signed-message checks with replay
+//! protection, leases and weight transfer, and dropping a session (its unit goes back to the
+//! queue at once).
+
+use tessera_compute::hf::tensor_shapes;
+use tessera_protocol::identity::{handshake_message, HANDSHAKE};
+use tessera_protocol::messages::{
+    Capabilities, ContributorKind, Lease, LogHead, SessionMessage, ShardSpec,
+};
+use tessera_protocol::{PublicKey, ReplayGuard, TensorPayload, ToContributor, ToCoordinator};
+
+use super::{Action, ConnId, Core};
+
+/// Where a session is in its life.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Stage {
+    /// Waiting for `Hello`.
+    Hello,
+    /// Challenge sent, waiting for `Proof`.
+    Proof,
+    /// Handshake done.
+    Active,
+}
+
+/// One connection's state.
+#[derive(Clone, Debug)]
+pub(super) struct Session {
+    pub(super) nonce: [u8; 32],
+    pub(super) stage: Stage,
+    pub(super) key: Option<PublicKey>,
+    pub(super) kind: ContributorKind,
+    pub(super) caps: Option<Capabilities>,
+    pub(super) guard: ReplayGuard,
+    pub(super) last_seen: u64,
+    pub(super) lease: Option<u64>,
+    pub(super) ready: bool,
+    pub(super) unit: Option<u64>,
+}
+
+impl Session {
+    /// The identity, once the handshake is done.
+    pub(super) fn active(&self) -> Option<PublicKey> {
+        (self.stage == Stage::Active).then_some(self.key).flatten()
+    }
+}
+
+impl Core {
+    pub(super) fn connected(&mut self, conn: ConnId, nonce: [u8; 32]) {
+        let s = Session {
+            nonce,
+            stage: Stage::Hello,
+            key: None,
+            kind: ContributorKind::Native,
+            caps: None,
+            guard: ReplayGuard::default(),
+            last_seen: self.now,
+            lease: None,
+            ready: false,
+            unit: None,
+        };
+        self.sessions.insert(conn, s);
+    }
+
+    pub(super) fn message(&mut self, conn: ConnId, msg: ToCoordinator) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        s.last_seen = self.now;
+        match (s.stage.clone(), msg) {
+            (
+                Stage::Hello,
+                ToCoordinator::Hello {
+                    key,
+                    kind,
+                    software: _,
+                    capabilities,
+                },
+            ) => {
+                s.key = Some(key);
+                s.kind = kind;
+                s.caps = Some(capabilities);
+                s.stage = Stage::Proof;
+                let nonce = s.nonce;
+                let msg = ToContributor::Challenge {
+                    nonce,
+                    coordinator: self.id.public(),
+                    run: self.spec.name.clone(),
+                };
+                self.send(conn, msg);
+            }
+            (Stage::Proof, ToCoordinator::Proof { signature }) => {
+                let Some(key) = s.key else { return };
+                let nonce = s.nonce;
+                if let Err(e) = key.verify(
+                    HANDSHAKE,
+                    &handshake_message(&nonce, &self.id.public(), &key),
+                    &signature,
+                ) {
+                    return self.fatal(conn, format!("handshake failed: {e}"));
+                }
+                // One session per identity: a reconnect replaces the old session.
+                let old: Vec<ConnId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(&c, o)| c != conn && o.active() == Some(key))
+                    .map(|(&c, _)| c)
+                    .collect();
+                for c in old {
+                    self.out.push(Action::Close {
+                        conn: c,
+                        reason: "replaced by a newer session of the same identity".into(),
+                    });
+                    self.drop_session(c, Some("replaced".into()));
+                }
+                let kind = {
+                    let s = self.sessions.get_mut(&conn).expect("checked above");
+                    s.stage = Stage::Active;
+                    s.kind
+                };
+                self.records.entry(key).or_default().kind = Some(kind);
+                self.send(
+                    conn,
+                    ToContributor::Welcome {
+                        run: self.spec.name.clone(),
+                        log_head: LogHead::default(),
+                    },
+                );
+                self.offer_lease(conn);
+            }
+            (Stage::Active, ToCoordinator::Session(signed)) => {
+                let Some(key) = s.key else { return };
+                if let Err(e) = signed.verify(&s.nonce, &key) {
+                    return self.fatal(conn, format!("refused message: {e}"));
+                }
+                if let Err(e) = s.guard.accept(signed.seq) {
+                    return self.send(
+                        conn,
+                        ToContributor::Error {
+                            message: format!("ignored: {e}"),
+                            fatal: false,
+                        },
+                    );
+                }
+                let seq = signed.seq;
+                match signed.body {
+                    SessionMessage::Ready { lease, .. } => {
+                        if s.lease == Some(lease) {
+                            s.ready = true;
+                        } else {
+                            self.send(
+                                conn,
+                                ToContributor::Error {
+                                    message: format!("lease {lease} is not yours"),
+                                    fatal: false,
+                                },
+                            );
+                        }
+                    }
+                    SessionMessage::Heartbeat { .. } => {}
+                    SessionMessage::Submit(sub) => self.submit(conn, key, seq, sub),
+                    SessionMessage::Leave => {
+                        self.out.push(Action::Close {
+                            conn,
+                            reason: "left".into(),
+                        });
+                        self.drop_session(conn, Some("left".into()));
+                    }
+                }
+            }
+            (stage, msg) => {
+                let what = match msg {
+                    ToCoordinator::Hello { .. } => "Hello",
+                    ToCoordinator::Proof { .. } => "Proof",
+                    ToCoordinator::Session(_) => "a session message",
+                };
+                self.fatal(
+                    conn,
+                    format!("unexpected {what} while the session is at {stage:?}"),
+                );
+            }
+        }
+    }
+
+    /// Gives the session a whole-model lease if its budget allows, and sends the weights.
+    fn offer_lease(&mut self, conn: ConnId) {
+        let need = self.spec.replica_bytes();
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let budget = s.caps.as_ref().map_or(0, |c| c.memory_budget_bytes);
+        if budget < need {
+            let msg = format!("a replica of this run needs {need} bytes; your memory budget is {budget}. Raise it to take part");
+            return self.send(
+                conn,
+                ToContributor::Error {
+                    message: msg,
+                    fatal: false,
+                },
+            );
+        }
+        let lease = self.next_lease;
+        self.next_lease += 1;
+        s.lease = Some(lease);
+        s.ready = false;
+        let cfg = &self.spec.model;
+        let shards = vec![ShardSpec::Embed {
+            rows: [0, cfg.vocab_size as u64],
+        }]
+        .into_iter()
+        .chain((0..cfg.num_hidden_layers as u64).flat_map(|layer| {
+            [
+                ShardSpec::Attn {
+                    layer,
+                    groups: [0, cfg.num_key_value_heads as u64],
+                },
+                ShardSpec::Mlp {
+                    layer,
+                    cols: [0, cfg.intermediate_size as u64],
+                },
+            ]
+        }))
+        .chain([ShardSpec::Head {
+            cols: [0, cfg.vocab_size as u64],
+        }])
+        .collect();
+        let chunk = self.spec.weights_frame_elems.max(1);
+        let mut frames = Vec::new();
+        for ((name, shape), (_, values)) in tensor_shapes(cfg).into_iter().zip(self.weights.named())
+        {
+            for (i, part) in values.chunks(chunk).enumerate() {
+                frames.push(ToContributor::Weights {
+                    lease,
+                    version: self.version,
+                    name: name.clone(),
+                    shape: shape.iter().map(|&d| d as u64).collect(),
+                    offset: (i * chunk) as u64,
+                    values: TensorPayload::from_f32(&[part.len()], part),
+                });
+            }
+        }
+        let msg = ToContributor::Lease(Lease {
+            lease,
+            config_json: cfg.to_hf_json(),
+            shards,
+            optimizer: self.spec.optimizer,
+            clip: self.spec.inner_clip,
+            sync: self.spec.sync,
+            version: self.version,
+            frames: frames.len() as u32,
+        });
+        self.send(conn, msg);
+        for f in frames {
+            self.send(conn, f);
+        }
+    }
+
+    /// Forgets a session; its unit in progress goes back to the queue.
+    pub(super) fn drop_session(&mut self, conn: ConnId, _why: Option<String>) {
+        if let Some(s) = self.sessions.remove(&conn) {
+            if let Some(unit) = s.unit {
+                self.round.requeue(unit);
+            }
+        }
+    }
+
+    /// Re-queues units past their deadline and drops silent sessions.
+    pub(super) fn expire(&mut self) {
+        let now = self.now;
+        for (conn, unit) in self.round.expired(now) {
+            if let Some(s) = self.sessions.get_mut(&conn) {
+                if s.unit == Some(unit) {
+                    s.unit = None;
+                }
+            }
+            self.send(conn, ToContributor::Cancel { unit });
+        }
+        let silent: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.saturating_sub(s.last_seen) > self.spec.silence_ms)
+            .map(|(&c, _)| c)
+            .collect();
+        for c in silent {
+            self.out.push(Action::Close {
+                conn: c,
+                reason: "silent for too long".into(),
+            });
+            self.drop_session(c, Some("silent".into()));
+        }
+    }
+}

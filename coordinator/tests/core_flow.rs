@@ -1,0 +1,413 @@
+//! The run state machine message by message: handshake, leases, work, receipts, the exact outer
+//! step, re-assignment on disconnect and deadline, resume after a crash, and every kind of bad
+//! input answered with a clear error while nothing else in the run changes.
+
+mod common;
+
+use common::{core, spec, Client};
+use tessera_compute::hf::tensor_shapes;
+use tessera_coordinator::core::{Action, ConnId, Core, Input, Phase};
+use tessera_protocol::messages::{
+    LogHead, NamedTensor, SessionMessage, SyncMode, Update, Verdict, Work,
+};
+use tessera_protocol::{Signed, TensorPayload, ToContributor, ToCoordinator};
+
+struct Harness {
+    core: Core,
+    now: u64,
+    next: ConnId,
+}
+
+fn sends(actions: &[Action], conn: ConnId) -> Vec<ToContributor> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { conn: c, msg } if *c == conn => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn works(actions: &[Action]) -> Vec<(ConnId, Work)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                conn,
+                msg: ToContributor::Work(w),
+            } => Some((*conn, w.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closed(actions: &[Action], conn: ConnId) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Close { conn: c, .. } if *c == conn))
+}
+
+fn verdicts(actions: &[Action]) -> Vec<Verdict> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: ToContributor::Receipt { receipt, .. },
+                ..
+            } => Some(receipt.verdict.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Harness {
+    fn new(core: Core) -> Self {
+        Harness {
+            core,
+            now: 0,
+            next: 1,
+        }
+    }
+    fn tick(&mut self, input: Input) -> Vec<Action> {
+        self.core.tick(self.now, input)
+    }
+    /// Connects and completes the handshake; returns the connection and what the core said.
+    fn join(&mut self, cl: &mut Client, budget: u64) -> (ConnId, Vec<Action>) {
+        let conn = self.next;
+        self.next += 1;
+        let mut nonce = [0u8; 32];
+        nonce[0] = conn as u8;
+        nonce[1] = 0xaa;
+        assert!(self.tick(Input::Connected { conn, nonce }).is_empty());
+        let a = self.tick(Input::Message {
+            conn,
+            msg: cl.hello(budget),
+        });
+        let ToContributor::Challenge {
+            nonce, coordinator, ..
+        } = sends(&a, conn)[0].clone()
+        else {
+            panic!("no challenge")
+        };
+        let proof = cl.proof(nonce, &coordinator);
+        (conn, self.tick(Input::Message { conn, msg: proof }))
+    }
+    /// Joins and declares the lease's weights loaded; returns the work assigned, if any.
+    fn join_ready(&mut self, cl: &mut Client) -> (ConnId, Vec<Action>) {
+        let (conn, a) = self.join(cl, 1 << 30);
+        let lease = sends(&a, conn)
+            .iter()
+            .find_map(|m| match m {
+                ToContributor::Lease(l) => Some(l.lease),
+                _ => None,
+            })
+            .expect("a lease");
+        let msg = cl.signed(SessionMessage::Ready {
+            lease,
+            log_head: LogHead::default(),
+        });
+        (conn, self.tick(Input::Message { conn, msg }))
+    }
+    fn submit(
+        &mut self,
+        cl: &mut Client,
+        conn: ConnId,
+        sub: tessera_protocol::messages::Submission,
+    ) -> Vec<Action> {
+        let msg = cl.signed(SessionMessage::Submit(sub));
+        self.tick(Input::Message { conn, msg })
+    }
+}
+
+#[test]
+fn handshake_refuses_bad_proofs_and_small_budgets() {
+    let mut h = Harness::new(core(spec(2, 3, SyncMode::Dense)));
+    let mut alice = Client::new(1);
+    // A proof signed for another nonce.
+    h.tick(Input::Connected {
+        conn: 9,
+        nonce: [1; 32],
+    });
+    let a = h.tick(Input::Message {
+        conn: 9,
+        msg: alice.hello(1 << 30),
+    });
+    let ToContributor::Challenge { coordinator, .. } = sends(&a, 9)[0].clone() else {
+        panic!()
+    };
+    let bad = alice.proof([2; 32], &coordinator);
+    let a = h.tick(Input::Message { conn: 9, msg: bad });
+    assert!(
+        matches!(&sends(&a, 9)[0], ToContributor::Error { fatal: true, message } if message.contains("handshake failed"))
+    );
+    assert!(closed(&a, 9));
+    assert!(h.core.sessions().is_empty());
+    // A session message before the handshake.
+    h.tick(Input::Connected {
+        conn: 10,
+        nonce: [3; 32],
+    });
+    alice.nonce = Some([3; 32]);
+    let early = alice.signed(SessionMessage::Leave);
+    let a = h.tick(Input::Message {
+        conn: 10,
+        msg: early,
+    });
+    assert!(closed(&a, 10), "unexpected messages close the connection");
+    // Too small a budget: told why, no lease, not disconnected.
+    let (conn, a) = h.join(&mut alice, 1000);
+    let msgs = sends(&a, conn);
+    assert!(msgs.iter().any(|m| matches!(m, ToContributor::Error { fatal: false, message } if message.contains("memory budget"))));
+    assert!(!msgs.iter().any(|m| matches!(m, ToContributor::Lease(_))));
+    assert_eq!(h.core.sessions().len(), 1);
+}
+
+#[test]
+fn replays_and_forged_signatures_are_refused() {
+    let mut h = Harness::new(core(spec(2, 3, SyncMode::Dense)));
+    let mut alice = Client::new(1);
+    let (conn, _) = h.join_ready(&mut alice);
+    let beat = alice.signed(SessionMessage::Heartbeat {
+        log_head: LogHead::default(),
+    });
+    assert!(sends(
+        &h.tick(Input::Message {
+            conn,
+            msg: beat.clone()
+        }),
+        conn
+    )
+    .is_empty());
+    let a = h.tick(Input::Message { conn, msg: beat });
+    assert!(
+        matches!(&sends(&a, conn)[0], ToContributor::Error { fatal: false, message } if message.contains("replayed"))
+    );
+    // Mallory signs and claims to be alice on alice's connection.
+    let mallory = Client::new(2);
+    let forged = Signed::new(
+        &mallory.id,
+        &alice.nonce.unwrap(),
+        99,
+        SessionMessage::Leave,
+    )
+    .unwrap();
+    let mut forged_as_alice = forged.clone();
+    forged_as_alice.signer = alice.key();
+    for f in [forged, forged_as_alice] {
+        let mut h2 = Harness::new(core(spec(2, 3, SyncMode::Dense)));
+        let mut a2 = Client::new(1);
+        let (c2, _) = h2.join_ready(&mut a2);
+        let mut f = f;
+        f.seq = 50;
+        let _ = &mut f;
+        let a = h2.tick(Input::Message {
+            conn: c2,
+            msg: ToCoordinator::Session(f),
+        });
+        assert!(matches!(
+            &sends(&a, c2)[0],
+            ToContributor::Error { fatal: true, .. }
+        ));
+        assert!(closed(&a, c2));
+    }
+}
+
+#[test]
+fn bad_submissions_are_rejected_and_change_nothing() {
+    let sp = spec(2, 3, SyncMode::Dense);
+    let cfg = sp.model.clone();
+    let mut h = Harness::new(core(sp));
+    let (mut alice, mut bob) = (Client::new(1), Client::new(2));
+    let (ca, a) = h.join_ready(&mut alice);
+    let (cb, b) = h.join_ready(&mut bob);
+    let wa = works(&a)[0].1.clone();
+    let wb = works(&b)[0].1.clone();
+    let before = h.core.weights().clone();
+    type Spoil = Box<dyn Fn(&mut tessera_protocol::messages::Submission)>;
+    let dense = |f: fn(&mut Vec<NamedTensor>)| -> Spoil {
+        Box::new(move |s: &mut tessera_protocol::messages::Submission| {
+            if let Update::Dense(ts) = &mut s.result {
+                f(ts)
+            }
+        })
+    };
+    let other_unit = wb.unit;
+    let cases: Vec<(&str, Spoil)> = vec![
+        (
+            "shape",
+            dense(|ts| ts[1].tensor = TensorPayload::from_f32(&[3], &[0.0; 3])),
+        ),
+        (
+            "NaN",
+            dense(|ts| {
+                let mut v = vec![0.0; 16 * 8];
+                v[0] = f32::NAN;
+                ts[0].tensor = TensorPayload::from_f32(&[16, 8], &v);
+            }),
+        ),
+        ("expected", dense(|ts| ts.swap(0, 1))),
+        ("tokens", Box::new(|s| s.tokens += 1)),
+        ("weights", Box::new(|s| s.weights += 1)),
+        ("someone else", Box::new(move |s| s.unit = other_unit)),
+        (
+            "tensors",
+            Box::new(|s| {
+                s.result = Update::Dense(vec![NamedTensor {
+                    name: "x".into(),
+                    tensor: TensorPayload::from_f32(&[1], &[1.0]),
+                }])
+            }),
+        ),
+    ];
+    let mut current = wa.clone();
+    for (why, spoil) in cases {
+        let mut sub = alice.submission(&cfg, &current, 0.5);
+        spoil(&mut sub);
+        let a = h.submit(&mut alice, ca, sub);
+        match verdicts(&a).as_slice() {
+            [Verdict::Rejected(r)] => assert!(r.contains(why), "{why}: {r}"),
+            other => panic!("{why}: {other:?}"),
+        }
+        assert!(!a.iter().any(|x| matches!(x, Action::Accepted(_))));
+        assert_eq!(h.core.weights(), &before);
+        assert_eq!(h.core.accepted_slots(), Vec::<u64>::new());
+        // A rejected unit's slot goes back to the queue; alice, idle again, gets it with a new
+        // unit (except when she submitted someone else's unit and still holds her own).
+        if let Some((c, w)) = works(&a).first() {
+            assert_eq!((*c, w.slot), (ca, wa.slot));
+            current = w.clone();
+        }
+    }
+    assert_eq!(h.core.records()[&alice.key()].rejected, 7);
+    let _ = cb;
+}
+
+#[test]
+fn outer_step_is_exact_and_disconnects_and_deadlines_reassign() {
+    let mut sp = spec(2, 2, SyncMode::Dense);
+    sp.clip_to_median = false;
+    let cfg = sp.model.clone();
+    let mut h = Harness::new(core(sp));
+    let w0 = h.core.weights().clone();
+    let (mut alice, mut bob, mut carol) = (Client::new(1), Client::new(2), Client::new(3));
+    let (ca, a) = h.join_ready(&mut alice);
+    let (cb, b) = h.join_ready(&mut bob);
+    let (cc, c) = h.join_ready(&mut carol);
+    let wa = works(&a)[0].1.clone();
+    let wb = works(&b)[0].1.clone();
+    assert!(works(&c).is_empty(), "two slots, three contributors");
+    // Bob vanishes: his slot goes to carol at once, with the same samples.
+    h.now = 2_000;
+    let d = h.tick(Input::Disconnected { conn: cb });
+    let (to, wc) = works(&d)[0].clone();
+    assert_eq!((to, wc.slot, &wc.tokens), (cc, wb.slot, &wb.tokens));
+    // Alice misses the deadline: cancelled, and her slot waits for a free contributor.
+    h.now = 3_001;
+    let t = h.tick(Input::Tick);
+    assert!(sends(&t, ca).contains(&ToContributor::Cancel { unit: wa.unit }));
+    let reassigned = works(&t);
+    assert_eq!(reassigned.len(), 1);
+    assert_eq!(reassigned[0].1.slot, wa.slot);
+    let (ca2, wa2) = reassigned[0].clone();
+    assert_eq!(
+        ca2, ca,
+        "alice is idle again, so she gets it back with a new unit"
+    );
+    assert_ne!(wa2.unit, wa.unit);
+    // Her late submission of the old unit is rejected.
+    let late = alice.submission(&cfg, &wa, 1.0);
+    assert!(matches!(
+        verdicts(&h.submit(&mut alice, ca, late)).as_slice(),
+        [Verdict::Rejected(_)]
+    ));
+    // Both slots done: theta1 = theta0 - 1.0 * mean(0.25, 0.75) = theta0 - 0.5.
+    let sub = carol.submission(&cfg, &wc, 0.25);
+    let a = h.submit(&mut carol, cc, sub);
+    assert_eq!(verdicts(&a), vec![Verdict::Accepted]);
+    let sub = alice.submission(&cfg, &wa2, 0.75);
+    let a = h.submit(&mut alice, ca, sub);
+    assert_eq!(verdicts(&a), vec![Verdict::Accepted]);
+    let sum = a
+        .iter()
+        .find_map(|x| match x {
+            Action::RoundClosed(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("round closed");
+    assert_eq!((sum.round, sum.version), (0, 1));
+    assert!((sum.loss - 2.5).abs() < 1e-12);
+    for ((_, x), (_, y)) in h.core.weights().named().into_iter().zip(w0.named()) {
+        assert!(
+            x.iter().zip(y).all(|(p, q)| *p == *q - 0.5),
+            "outer step theta - lr * mean"
+        );
+    }
+    // Everyone leased hears the outer step.
+    for conn in [ca, cc] {
+        assert!(sends(&a, conn).iter().any(|m| matches!(
+            m,
+            ToContributor::OuterStep {
+                round: 0,
+                version: 1,
+                ..
+            }
+        )));
+    }
+    assert_eq!(h.core.round(), 1);
+    let _ = tensor_shapes(&cfg);
+}
+
+#[test]
+fn resumes_after_a_crash_without_losing_accepted_work() {
+    let sp = spec(3, 2, SyncMode::Dense);
+    let cfg = sp.model.clone();
+    let mut h = Harness::new(core(sp.clone()));
+    let mut clients: Vec<Client> = (1..=3).map(Client::new).collect();
+    let mut assigned = Vec::new();
+    for cl in clients.iter_mut() {
+        let (conn, a) = h.join_ready(cl);
+        assigned.push((conn, works(&a)[0].1.clone()));
+    }
+    // Two of three slots accepted, then the coordinator dies.
+    let mut ledger = Vec::new();
+    for i in 0..2 {
+        let (conn, w) = assigned[i].clone();
+        let sub = clients[i].submission(&cfg, &w, 0.1 * (i + 1) as f32);
+        let a = h.submit(&mut clients[i], conn, sub);
+        ledger.extend(a.into_iter().filter_map(|x| match x {
+            Action::Accepted(c) => Some(c),
+            _ => None,
+        }));
+    }
+    let snap = h.core.snapshot();
+    let crashed_weights = h.core.weights().clone();
+    drop(h);
+    let mut h = Harness::new(Core::resume(
+        sp.clone(),
+        tessera_protocol::Identity::from_seed([200; 32]),
+        snap,
+        ledger,
+    ));
+    assert_eq!(
+        h.core.accepted_slots(),
+        vec![0, 1],
+        "accepted work survived the crash"
+    );
+    assert_eq!(h.core.weights(), &crashed_weights);
+    // Contributors reconnect; only the missing slot is handed out.
+    let mut third = Client::new(3);
+    let (conn, a) = h.join_ready(&mut third);
+    let w = works(&a);
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].1.slot, 2);
+    assert_eq!(
+        w[0].1.tokens, assigned[2].1.tokens,
+        "the same samples as before the crash"
+    );
+    let sub = third.submission(&cfg, &w[0].1, 0.3);
+    let a = h.submit(&mut third, conn, sub);
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::RoundClosed(s) if s.round == 0)));
+    assert_eq!(h.core.phase(), Phase::Training);
+}
