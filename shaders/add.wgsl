@@ -1,7 +1,8 @@
-// Residual add, elementwise and in place: y += x.
+// Scaled add, elementwise and in place: y += alpha * x (the residual add with alpha = 1, SGD
+// with alpha = -lr).
 // Generated constants: WG.
 
-struct Params { n: u32, pad0: u32, pad1: u32, pad2: u32 }
+struct Params { n: u32, alpha: f32, pad1: u32, pad2: u32 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
@@ -11,5 +12,5 @@ struct Params { n: u32, pad0: u32, pad1: u32, pad2: u32 }
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg, WG);
     if (i >= p.n) { return; }
-    y[i] = y[i] + x[i];
+    y[i] = fma(p.alpha, x[i], y[i]);
 }

@@ -9,6 +9,7 @@ use tessera_compute::model::{GpuModel, Slicing};
 use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::ops::AdamW;
 use tessera_compute::reference::{Batch, ModelParams};
+use tessera_compute::shard::Optimizer;
 use tessera_compute::{Gpu, GpuOptions, ModelConfig};
 
 use tessera_train::data::byte_tokens;
@@ -169,11 +170,11 @@ pub fn run(a: Args) -> Result<()> {
         let lr = schedule.at(step as u64);
         let norm = pollster::block_on(model.optimizer_step(
             &gpu,
-            AdamW {
+            Optimizer::AdamW(AdamW {
                 lr,
                 weight_decay: 0.01,
                 ..AdamW::default()
-            },
+            }),
             step,
             Some(1.0),
         ))?;

@@ -9,9 +9,8 @@ use std::ops::Range;
 use crate::config::ModelConfig;
 use crate::error::ComputeError;
 use crate::gpu::{Gpu, Tensor};
-use crate::reference::ops::AdamW;
 use crate::reference::{Batch, ModelParams};
-use crate::shard::{combine, GpuShard, MicroShard, Rows, ShardTensors};
+use crate::shard::{combine, GpuShard, MicroShard, Optimizer, Rows, ShardTensors};
 
 /// How many slices each stage kind is cut into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +119,17 @@ impl GpuModel {
             cfg: cfg.clone(),
             stages,
         })
+    }
+
+    /// Overwrites every parameter (gradients and optimizer moments stay).
+    pub fn write_params(&self, gpu: &Gpu, params: &ModelParams<f32>) -> Result<(), ComputeError> {
+        for s in self.shards() {
+            s.write_params(
+                gpu,
+                &ShardTensors::from_model(&self.cfg, params, s.shard())?,
+            )?;
+        }
+        Ok(())
     }
 
     /// Every shard, stage by stage.
@@ -316,7 +326,7 @@ impl GpuModel {
     pub async fn optimizer_step(
         &mut self,
         gpu: &Gpu,
-        h: AdamW,
+        opt: Optimizer,
         step: u32,
         max_norm: Option<f64>,
     ) -> Result<Option<f64>, ComputeError> {
@@ -329,7 +339,7 @@ impl GpuModel {
         self.stages
             .iter_mut()
             .flatten()
-            .try_for_each(|s| s.adamw_step(gpu, h, step))?;
+            .try_for_each(|s| s.optimizer_step(gpu, opt, step))?;
         gpu.check()?;
         Ok(norm)
     }

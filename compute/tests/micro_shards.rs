@@ -12,7 +12,7 @@ use tessera_compute::reference::model;
 use tessera_compute::reference::ops::{self, AdamW};
 use tessera_compute::reference::scalar::convert;
 use tessera_compute::reference::{Batch, ModelParams};
-use tessera_compute::shard::{GpuShard, MicroShard, ShardTensors};
+use tessera_compute::shard::{GpuShard, MicroShard, Optimizer, ShardTensors};
 use tessera_compute::{ComputeError, Gpu, GpuOptions, ModelConfig};
 
 fn cfg() -> ModelConfig {
@@ -167,7 +167,7 @@ fn training_steps_match_unsliced_and_reference_adamw_with_global_clipping() {
             m.zero_grads(&g).unwrap();
             losses.push(pollster::block_on(m.loss_and_grads(&g, &b)).unwrap());
             norms.push(
-                pollster::block_on(m.optimizer_step(&g, h, step, Some(0.5)))
+                pollster::block_on(m.optimizer_step(&g, Optimizer::AdamW(h), step, Some(0.5)))
                     .unwrap()
                     .unwrap(),
             );
@@ -263,4 +263,26 @@ fn bad_inputs_are_errors() {
         GpuShard::new(&g, &cfg, &t, 8).is_err(),
         "wrong sizes are refused"
     );
+}
+
+/// SGD steps `p -= lr * g` on every slice, and writing parameters back replaces them exactly
+/// while the gradients stay.
+#[test]
+fn sgd_step_and_write_params() {
+    let cfg = cfg();
+    let p: ModelParams<f32> = ModelParams::random(&cfg, 27);
+    let b = batch(&cfg, 6, 2, 28);
+    let g = gpu();
+    let mut m = GpuModel::new(&g, &cfg, &p, Slicing { embed: 2, attn: 3, mlp: 2, head: 2 }, 12).unwrap();
+    pollster::block_on(m.loss_and_grads(&g, &b)).unwrap();
+    let grads = pollster::block_on(m.read_grads(&g)).unwrap();
+    pollster::block_on(m.optimizer_step(&g, Optimizer::Sgd { lr: 0.5 }, 1, None)).unwrap();
+    let got = pollster::block_on(m.read_params(&g)).unwrap();
+    let mut want = p.clone();
+    for (w, gr) in want.tensors_mut().into_iter().zip(grads.named()) {
+        w.iter_mut().zip(gr.1).for_each(|(a, b)| *a -= 0.5 * b);
+    }
+    compare("SGD step", &got, &want, 1e-6);
+    m.write_params(&g, &p).unwrap();
+    assert_eq!(pollster::block_on(m.read_params(&g)).unwrap(), p);
 }

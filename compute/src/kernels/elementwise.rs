@@ -45,9 +45,20 @@ impl Gpu {
 
     /// `y += x` over the first `n` elements (the residual add).
     pub fn add_assign(&self, y: &Tensor, x: &Tensor, n: usize) -> Result<(), ComputeError> {
+        self.add_scaled(y, x, 1.0, n)
+    }
+
+    /// `y += alpha * x` over the first `n` elements (SGD with `alpha = -lr`).
+    pub fn add_scaled(
+        &self,
+        y: &Tensor,
+        x: &Tensor,
+        alpha: f32,
+        n: usize,
+    ) -> Result<(), ComputeError> {
         need("add x", x, n)?;
         need("add y", y, n)?;
-        let p = Params::new().u(u32_of("n", n)?);
+        let p = Params::new().u(u32_of("n", n)?).f(alpha);
         self.dispatch(
             "add",
             &self.wg_consts(),

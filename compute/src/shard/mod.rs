@@ -17,4 +17,4 @@ mod pre_norm;
 pub use head::{combine, HeadStats};
 pub use kind::{MicroShard, Rows};
 pub use layout::{Axis, TensorLayout};
-pub use params::{GpuShard, ShardTensor, ShardTensors};
+pub use params::{GpuShard, Optimizer, ShardTensor, ShardTensors};

@@ -150,6 +150,18 @@ impl ShardTensors {
     }
 }
 
+/// The update rule of an optimizer step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    /// `p -= lr * g`.
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+    },
+    /// AdamW with decoupled weight decay.
+    AdamW(AdamW),
+}
+
 /// A parameter on the GPU with its gradient and (after the first step) AdamW moments.
 pub(crate) struct Slot {
     pub(crate) w: Tensor,
@@ -236,6 +248,46 @@ fn plan_pieces(
     Ok(out)
 }
 
+/// Values and shapes of a shard's tensors: the replicated ones, then per piece the sliced ones.
+type PieceValues = Vec<(Vec<f32>, [usize; 2])>;
+
+fn split_values(
+    params: &ShardTensors,
+    layouts: &[TensorLayout],
+    ranges: &[Range<usize>],
+) -> (PieceValues, Vec<PieceValues>) {
+    let s0 = params.shard.units().start;
+    let mut replicated = Vec::new();
+    let mut sliced = Vec::new();
+    for (l, t) in layouts.iter().zip(&params.tensors) {
+        if l.axis == Axis::Replicated {
+            replicated.push((t.data.clone(), t.shape));
+        } else {
+            sliced.push((l, t));
+        }
+    }
+    let pieces = ranges
+        .iter()
+        .map(|r| {
+            sliced
+                .iter()
+                .map(|(l, t)| {
+                    // The shard's slice is the "full" tensor the piece is cut from.
+                    let local = TensorLayout {
+                        full: t.shape,
+                        ..(*l).clone()
+                    };
+                    (
+                        layout::slice(&t.data, &local, r.start - s0..r.end - s0),
+                        l.shape(r.len()),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    (replicated, pieces)
+}
+
 impl GpuShard {
     /// Uploads a shard's parameters for calls of at most `max_rows` rows, with zero gradients.
     pub fn new(
@@ -254,6 +306,7 @@ impl GpuShard {
             max_rows.max(1),
             gpu.max_binding_bytes(),
         )?;
+        let (rep, per_piece) = split_values(params, &layouts, &ranges);
         let slot = |data: &[f32], shape: [usize; 2]| -> Result<Slot, ComputeError> {
             Ok(Slot {
                 w: gpu.upload(data, &shape)?,
@@ -261,30 +314,23 @@ impl GpuShard {
                 adam: None,
             })
         };
-        let mut replicated = Vec::new();
-        let mut sliced = Vec::new();
-        for (l, t) in layouts.iter().zip(&params.tensors) {
-            if l.axis == Axis::Replicated {
-                replicated.push(slot(&t.data, t.shape)?);
-            } else {
-                sliced.push((l, t));
-            }
-        }
-        let s0 = shard.units().start;
-        let mut pieces = Vec::new();
-        for r in ranges {
-            let mut slots = Vec::new();
-            for (l, t) in &sliced {
-                // The shard's slice is the "full" tensor the piece is cut from.
-                let local = TensorLayout {
-                    full: t.shape,
-                    ..(*l).clone()
-                };
-                let data = layout::slice(&t.data, &local, r.start - s0..r.end - s0);
-                slots.push(slot(&data, l.shape(r.len()))?);
-            }
-            pieces.push(Piece { units: r, slots });
-        }
+        let replicated = rep
+            .iter()
+            .map(|(d, shape)| slot(d, *shape))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pieces = ranges
+            .into_iter()
+            .zip(per_piece)
+            .map(|(units, vals)| {
+                Ok(Piece {
+                    units,
+                    slots: vals
+                        .iter()
+                        .map(|(d, shape)| slot(d, *shape))
+                        .collect::<Result<_, ComputeError>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, ComputeError>>()?;
         let rope = match shard {
             MicroShard::Attn { .. } => Some(GpuRope::new(
                 gpu,
@@ -302,6 +348,28 @@ impl GpuShard {
             pieces,
             rope,
         })
+    }
+
+    /// Overwrites the parameters (same shard); gradients and optimizer moments stay.
+    pub fn write_params(&self, gpu: &Gpu, params: &ShardTensors) -> Result<(), ComputeError> {
+        if params.shard != self.shard {
+            return Err(ComputeError::Shape(format!(
+                "parameters of {} written into {}",
+                params.shard, self.shard
+            )));
+        }
+        let layouts = params.check(&self.cfg)?;
+        let ranges: Vec<Range<usize>> = self.pieces.iter().map(|p| p.units.clone()).collect();
+        let (rep, per_piece) = split_values(params, &layouts, &ranges);
+        for (s, (d, _)) in self.replicated.iter().zip(&rep) {
+            gpu.write(&s.w, d)?;
+        }
+        for (p, vals) in self.pieces.iter().zip(&per_piece) {
+            for (s, (d, _)) in p.slots.iter().zip(vals) {
+                gpu.write(&s.w, d)?;
+            }
+        }
+        Ok(())
     }
 
     /// The shard.
@@ -348,8 +416,27 @@ impl GpuShard {
         Ok(())
     }
 
-    /// One AdamW step over every parameter with the accumulated gradients.
-    pub fn adamw_step(&mut self, gpu: &Gpu, h: AdamW, step: u32) -> Result<(), ComputeError> {
+    /// One optimizer step over every parameter with the accumulated gradients (`step` is
+    /// 1-based, for AdamW's bias correction).
+    pub fn optimizer_step(
+        &mut self,
+        gpu: &Gpu,
+        opt: Optimizer,
+        step: u32,
+    ) -> Result<(), ComputeError> {
+        let h = match opt {
+            Optimizer::Sgd { lr } => {
+                for s in self
+                    .replicated
+                    .iter()
+                    .chain(self.pieces.iter().flat_map(|p| p.slots.iter()))
+                {
+                    gpu.add_scaled(&s.w, &s.g, -lr, s.w.len())?;
+                }
+                return Ok(());
+            }
+            Optimizer::AdamW(h) => h,
+        };
         for s in self
             .replicated
             .iter_mut()
