@@ -10,6 +10,14 @@ use crate::identity::{Identity, PublicKey, Signature};
 /// Domain of signed session messages.
 pub const MESSAGE: &str = "message";
 
+/// Domain of the coordinator's receipts.
+pub const RECEIPT: &str = "receipt";
+
+/// The bytes a detached signature over `v` covers: its postcard encoding.
+pub fn signing_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, ProtocolError> {
+    postcard::to_stdvec(v).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
 /// A message signed by its sender.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Signed<T> {

@@ -4,14 +4,13 @@
 use std::collections::BTreeMap;
 
 use tessera_protocol::messages::{Receipt, Submission, Update, Verdict, Work};
+use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
 use tessera_train::data::draw_index;
 use tessera_train::outer;
 
 use super::{Action, ConnId, Contribution, Core, Phase, RoundSummary};
 
-/// Domain of receipt signatures.
-pub const RECEIPT: &str = "receipt";
 
 #[derive(Clone, Debug, PartialEq)]
 enum Slot {
@@ -159,7 +158,7 @@ impl Core {
             verdict,
             log_head: Default::default(),
         };
-        let bytes = postcard::to_stdvec(&receipt).unwrap_or_default();
+        let bytes = signing_bytes(&receipt).unwrap_or_default();
         let signature = self.id.sign(RECEIPT, &bytes);
         self.send(conn, ToContributor::Receipt { receipt, signature });
     }

@@ -1,0 +1,156 @@
+//! A whole-model replica on the GPU: inner steps on a work unit's samples, the pseudo-gradient
+//! (round-start weights minus trained weights, dense or SparseLoCo-compressed with error
+//! feedback), and the outer step every replica applies. Optimizer moments persist across rounds.
+
+use tessera_compute::hf::tensor_shapes;
+use tessera_compute::model::{GpuModel, Slicing};
+use tessera_compute::reference::ops::AdamW;
+use tessera_compute::reference::{Batch, ModelParams};
+use tessera_compute::shard::Optimizer;
+use tessera_compute::{Gpu, ModelConfig};
+use tessera_protocol::messages::{InnerOptimizer, Lease, NamedTensor, SyncMode, Update, Work};
+use tessera_protocol::TensorPayload;
+use tessera_train::sparseloco::{Compressed, ErrorFeedback, SparseConfig};
+
+use crate::error::WorkerError;
+
+/// What a finished unit produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnitResult {
+    /// The pseudo-gradient.
+    pub update: Update,
+    /// Tokens trained on.
+    pub tokens: u64,
+    /// Sum of the token losses.
+    pub loss_sum: f64,
+}
+
+/// A whole-model lease on the GPU.
+pub struct Replica {
+    cfg: ModelConfig,
+    lease: u64,
+    model: GpuModel,
+    start: ModelParams<f32>,
+    version: u64,
+    optimizer: InnerOptimizer,
+    clip: Option<f32>,
+    sparse: Option<(SparseConfig, Vec<ErrorFeedback>)>,
+    steps: u32,
+}
+
+fn two_d(shape: &[usize]) -> [usize; 2] {
+    if shape.len() == 2 {
+        [shape[0], shape[1]]
+    } else {
+        [1, shape.iter().product()]
+    }
+}
+
+impl Replica {
+    /// Uploads a lease's weights for micro-batches of at most `max_rows` tokens.
+    pub fn new(gpu: &Gpu, cfg: ModelConfig, lease: &Lease, weights: ModelParams<f32>, max_rows: usize) -> Result<Self, WorkerError> {
+        let model = GpuModel::new(gpu, &cfg, &weights, Slicing::whole(), max_rows)?;
+        let sparse = match lease.sync {
+            SyncMode::Dense => None,
+            SyncMode::Sparse { chunk, k, beta } => {
+                let sc = SparseConfig { chunk: [chunk[0] as usize, chunk[1] as usize], k: k as usize, beta };
+                sc.validate()?;
+                Some((sc, tensor_shapes(&cfg).iter().map(|(_, s)| ErrorFeedback::new(two_d(s))).collect()))
+            }
+        };
+        Ok(Replica { cfg, lease: lease.lease, model, start: weights, version: lease.version, optimizer: lease.optimizer, clip: lease.clip, sparse, steps: 0 })
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> u64 {
+        self.lease
+    }
+
+    /// Weight version the replica holds at round start.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Round-start weights.
+    pub fn weights(&self) -> &ModelParams<f32> {
+        &self.start
+    }
+
+    /// Runs a unit's inner steps from the round-start weights and returns the pseudo-gradient.
+    pub async fn work(&mut self, gpu: &Gpu, w: &Work) -> Result<UnitResult, WorkerError> {
+        if w.weights != self.version {
+            return Err(WorkerError::Coordinator(format!("unit {} needs weights {} but this replica holds {}", w.unit, w.weights, self.version)));
+        }
+        let shape = &w.tokens.shape;
+        let tokens = w.tokens.to_u32()?;
+        let [steps, batch, row] = shape[..] else {
+            return Err(WorkerError::Coordinator(format!("work tokens of shape {shape:?}, expected [steps, batch, seq + 1]")));
+        };
+        let (steps, batch, row) = (steps as usize, batch as usize, row as usize);
+        if row < 2 || w.lrs.len() != steps || tokens.iter().any(|&t| t as usize >= self.cfg.vocab_size) {
+            return Err(WorkerError::Coordinator(format!("unit {} is malformed: {} learning rates for {steps} steps, or token ids outside the vocabulary", w.unit, w.lrs.len())));
+        }
+        let seq = row - 1;
+        self.model.write_params(gpu, &self.start)?;
+        let mut loss_sum = 0.0;
+        for (h, &lr) in w.lrs.iter().enumerate() {
+            let mut ids = Vec::with_capacity(batch * seq);
+            let mut targets = Vec::with_capacity(batch * seq);
+            for b in 0..batch {
+                let r = &tokens[(h * batch + b) * row..(h * batch + b + 1) * row];
+                ids.extend_from_slice(&r[..seq]);
+                targets.extend_from_slice(&r[1..]);
+            }
+            let bt = Batch { ids, targets, seq };
+            self.model.zero_grads(gpu)?;
+            let loss = self.model.loss_and_grads(gpu, &bt).await?;
+            loss_sum += loss * bt.counted() as f64;
+            self.steps += 1;
+            let opt = match self.optimizer {
+                InnerOptimizer::Sgd => Optimizer::Sgd { lr },
+                InnerOptimizer::AdamW { beta1, beta2, eps, weight_decay } => Optimizer::AdamW(AdamW {
+                    lr: lr as f64,
+                    beta1: beta1 as f64,
+                    beta2: beta2 as f64,
+                    eps: eps as f64,
+                    weight_decay: weight_decay as f64,
+                }),
+            };
+            self.model.optimizer_step(gpu, opt, self.steps, self.clip.map(f64::from)).await?;
+        }
+        let end = self.model.read_params(gpu).await?;
+        let shapes = tensor_shapes(&self.cfg);
+        let deltas: Vec<Vec<f32>> = self.start.named().into_iter().zip(end.named()).map(|((_, s), (_, e))| s.iter().zip(e).map(|(a, b)| a - b).collect()).collect();
+        let update = match &mut self.sparse {
+            None => Update::Dense(shapes.iter().zip(&deltas).map(|((name, shape), d)| NamedTensor { name: name.clone(), tensor: TensorPayload::from_f32(shape, d) }).collect()),
+            Some((sc, feedback)) => Update::Sparse(shapes.iter().zip(&deltas).zip(feedback.iter_mut()).map(|(((name, _), d), ef)| ef.step(d, sc).to_wire(name)).collect()),
+        };
+        Ok(UnitResult { update, tokens: (steps * batch * seq) as u64, loss_sum })
+    }
+
+    /// Applies a round's outer step `theta -= lr * update` to the round-start weights.
+    pub fn outer_step(&mut self, gpu: &Gpu, version: u64, lr: f32, update: &Update) -> Result<(), WorkerError> {
+        let shapes = tensor_shapes(&self.cfg);
+        let dense: Vec<Vec<f32>> = match update {
+            Update::Dense(ts) => {
+                if ts.len() != shapes.len() {
+                    return Err(WorkerError::Coordinator(format!("outer step with {} tensors, the model has {}", ts.len(), shapes.len())));
+                }
+                ts.iter().zip(&shapes).map(|(t, (_, s))| {
+                    t.tensor.expect_shape(s)?;
+                    Ok(t.tensor.to_f32()?)
+                }).collect::<Result<_, WorkerError>>()?
+            }
+            Update::Sparse(ts) => {
+                let sc = self.sparse.as_ref().map(|(c, _)| *c).ok_or_else(|| WorkerError::Coordinator("sparse outer step in a dense run".into()))?;
+                ts.iter().zip(&shapes).map(|(t, (_, s))| Ok(Compressed::from_wire(t, two_d(s), &sc)?.to_dense())).collect::<Result<_, WorkerError>>()?
+            }
+        };
+        for (p, u) in self.start.tensors_mut().into_iter().zip(&dense) {
+            p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
+        }
+        self.model.write_params(gpu, &self.start)?;
+        self.version = version;
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! The contributor's side of the protocol, independent of transport: answers the challenge,
+//! assembles a lease's weights from `Weights` frames, runs work units on its replica, applies
+//! outer steps, and signs every message of the session with increasing sequence numbers.
+
+use tessera_compute::hf::tensor_shapes;
+use tessera_compute::reference::ModelParams;
+use tessera_compute::{Gpu, ModelConfig};
+use tessera_protocol::identity::{handshake_message, HANDSHAKE};
+use tessera_protocol::messages::{Capabilities, ContributorKind, Lease, LogHead, SessionMessage, Submission, Verdict};
+use tessera_protocol::signed::{signing_bytes, RECEIPT};
+use tessera_protocol::{Identity, PublicKey, Signed, ToContributor, ToCoordinator};
+
+use crate::error::WorkerError;
+use crate::replica::Replica;
+
+/// A lease whose weights are still arriving.
+struct Pending {
+    lease: Lease,
+    cfg: ModelConfig,
+    weights: ModelParams<f32>,
+    frames_left: u32,
+}
+
+/// Counters a user interface shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Weight frames received of the current download.
+    pub frames_received: u32,
+    /// Weight frames in the current download.
+    pub frames_total: u32,
+    /// Units finished and submitted.
+    pub submitted: u64,
+    /// Units accepted.
+    pub accepted: u64,
+    /// Units rejected.
+    pub rejected: u64,
+    /// Tokens trained.
+    pub tokens: u64,
+}
+
+/// One contributor's protocol state.
+pub struct Contributor {
+    id: Identity,
+    kind: ContributorKind,
+    caps: Capabilities,
+    nonce: Option<[u8; 32]>,
+    coordinator: Option<PublicKey>,
+    seq: u64,
+    log_head: LogHead,
+    pending: Option<Pending>,
+    replica: Option<Replica>,
+    stats: Stats,
+    last_error: Option<String>,
+}
+
+impl Contributor {
+    /// A contributor with identity `id`.
+    pub fn new(id: Identity, kind: ContributorKind, caps: Capabilities) -> Self {
+        Contributor { id, kind, caps, nonce: None, coordinator: None, seq: 0, log_head: LogHead::default(), pending: None, replica: None, stats: Stats::default(), last_error: None }
+    }
+
+    /// The public key.
+    pub fn key(&self) -> PublicKey {
+        self.id.public()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The replica, once a lease is loaded.
+    pub fn replica(&self) -> Option<&Replica> {
+        self.replica.as_ref()
+    }
+
+    /// The last non-fatal error the coordinator reported.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// The first message of a session. Any previous session state is forgotten (a reconnect
+    /// starts over: new challenge, new lease, weights downloaded again).
+    pub fn hello(&mut self) -> ToCoordinator {
+        self.nonce = None;
+        self.seq = 0;
+        self.pending = None;
+        self.replica = None;
+        ToCoordinator::Hello { key: self.id.public(), kind: self.kind, software: format!("tessera {}", env!("CARGO_PKG_VERSION")), capabilities: self.caps.clone() }
+    }
+
+    fn signed(&mut self, body: SessionMessage) -> Result<ToCoordinator, WorkerError> {
+        let nonce = self.nonce.ok_or_else(|| WorkerError::Coordinator("no session yet".into()))?;
+        self.seq += 1;
+        Ok(ToCoordinator::Session(Signed::new(&self.id, &nonce, self.seq, body)?))
+    }
+
+    /// A heartbeat, once the session is open.
+    pub fn heartbeat(&mut self) -> Result<ToCoordinator, WorkerError> {
+        let log_head = self.log_head;
+        self.signed(SessionMessage::Heartbeat { log_head })
+    }
+
+    /// A clean goodbye.
+    pub fn leave(&mut self) -> Result<ToCoordinator, WorkerError> {
+        self.signed(SessionMessage::Leave)
+    }
+
+    /// Handles one message; returns the replies to send, in order. Work units run on the GPU
+    /// here. A fatal error from the coordinator is returned as an error.
+    pub async fn handle(&mut self, gpu: &Gpu, msg: ToContributor, max_rows: usize) -> Result<Vec<ToCoordinator>, WorkerError> {
+        match msg {
+            ToContributor::Challenge { nonce, coordinator, .. } => {
+                self.nonce = Some(nonce);
+                self.coordinator = Some(coordinator);
+                let signature = self.id.sign(HANDSHAKE, &handshake_message(&nonce, &coordinator, &self.id.public()));
+                Ok(vec![ToCoordinator::Proof { signature }])
+            }
+            ToContributor::Welcome { log_head, .. } => {
+                self.log_head = log_head;
+                Ok(vec![])
+            }
+            ToContributor::Lease(lease) => {
+                let cfg = ModelConfig::from_hf_json(&lease.config_json)?;
+                self.stats.frames_received = 0;
+                self.stats.frames_total = lease.frames;
+                let frames_left = lease.frames;
+                self.replica = None;
+                self.pending = Some(Pending { weights: ModelParams::zeros(&cfg), cfg, lease, frames_left });
+                self.finish_download(gpu, max_rows)
+            }
+            ToContributor::Weights { lease, version, name, offset, values, .. } => {
+                let p = self.pending.as_mut().ok_or_else(|| WorkerError::Coordinator("weights without a lease".into()))?;
+                if p.lease.lease != lease || p.lease.version != version {
+                    return Err(WorkerError::Coordinator(format!("weights for lease {lease} v{version}, expected lease {} v{}", p.lease.lease, p.lease.version)));
+                }
+                let idx = tensor_shapes(&p.cfg).iter().position(|(n, _)| *n == name).ok_or_else(|| WorkerError::Coordinator(format!("unknown tensor {name}")))?;
+                let vals = values.to_f32()?;
+                let dst = &mut p.weights.tensors_mut()[idx];
+                let start = offset as usize;
+                let end = start.checked_add(vals.len()).filter(|&e| e <= dst.len()).ok_or_else(|| WorkerError::Coordinator(format!("{name}: elements {start}.. run past the tensor")))?;
+                dst[start..end].copy_from_slice(&vals);
+                p.frames_left = p.frames_left.saturating_sub(1);
+                self.stats.frames_received += 1;
+                self.finish_download(gpu, max_rows)
+            }
+            ToContributor::Work(w) => {
+                let replica = self.replica.as_mut().ok_or_else(|| WorkerError::Coordinator("work without a loaded lease".into()))?;
+                let r = replica.work(gpu, &w).await?;
+                self.stats.submitted += 1;
+                self.stats.tokens += r.tokens;
+                let sub = Submission { unit: w.unit, lease: w.lease, weights: w.weights, tokens: r.tokens, loss_sum: r.loss_sum, result: r.update, log_head: self.log_head };
+                Ok(vec![self.signed(SessionMessage::Submit(sub))?])
+            }
+            ToContributor::OuterStep { version, lr, update, .. } => {
+                if let Some(r) = self.replica.as_mut() {
+                    r.outer_step(gpu, version, lr, &update)?;
+                }
+                Ok(vec![])
+            }
+            ToContributor::Receipt { receipt, signature } => {
+                if let Some(c) = self.coordinator {
+                    c.verify(RECEIPT, &signing_bytes(&receipt)?, &signature)?;
+                }
+                self.log_head = receipt.log_head;
+                match receipt.verdict {
+                    Verdict::Accepted => self.stats.accepted += 1,
+                    Verdict::Rejected(why) => {
+                        self.stats.rejected += 1;
+                        self.last_error = Some(format!("unit {} rejected: {why}", receipt.unit));
+                    }
+                }
+                Ok(vec![])
+            }
+            ToContributor::Cancel { .. } => Ok(vec![]),
+            ToContributor::Error { message, fatal } => {
+                if fatal {
+                    return Err(WorkerError::Coordinator(message));
+                }
+                tracing::warn!("coordinator: {message}");
+                self.last_error = Some(message);
+                Ok(vec![])
+            }
+        }
+    }
+
+    fn finish_download(&mut self, gpu: &Gpu, max_rows: usize) -> Result<Vec<ToCoordinator>, WorkerError> {
+        if self.pending.as_ref().is_none_or(|p| p.frames_left > 0) {
+            return Ok(vec![]);
+        }
+        let p = self.pending.take().expect("checked above");
+        let lease = p.lease.lease;
+        self.replica = Some(Replica::new(gpu, p.cfg, &p.lease, p.weights, max_rows)?);
+        let log_head = self.log_head;
+        Ok(vec![self.signed(SessionMessage::Ready { lease, log_head })?])
+    }
+}
+
