@@ -273,7 +273,19 @@ fn sgd_step_and_write_params() {
     let p: ModelParams<f32> = ModelParams::random(&cfg, 27);
     let b = batch(&cfg, 6, 2, 28);
     let g = gpu();
-    let mut m = GpuModel::new(&g, &cfg, &p, Slicing { embed: 2, attn: 3, mlp: 2, head: 2 }, 12).unwrap();
+    let mut m = GpuModel::new(
+        &g,
+        &cfg,
+        &p,
+        Slicing {
+            embed: 2,
+            attn: 3,
+            mlp: 2,
+            head: 2,
+        },
+        12,
+    )
+    .unwrap();
     pollster::block_on(m.loss_and_grads(&g, &b)).unwrap();
     let grads = pollster::block_on(m.read_grads(&g)).unwrap();
     pollster::block_on(m.optimizer_step(&g, Optimizer::Sgd { lr: 0.5 }, 1, None)).unwrap();

@@ -48,17 +48,43 @@ fn two_d(shape: &[usize]) -> [usize; 2] {
 
 impl Replica {
     /// Uploads a lease's weights for micro-batches of at most `max_rows` tokens.
-    pub fn new(gpu: &Gpu, cfg: ModelConfig, lease: &Lease, weights: ModelParams<f32>, max_rows: usize) -> Result<Self, WorkerError> {
+    pub fn new(
+        gpu: &Gpu,
+        cfg: ModelConfig,
+        lease: &Lease,
+        weights: ModelParams<f32>,
+        max_rows: usize,
+    ) -> Result<Self, WorkerError> {
         let model = GpuModel::new(gpu, &cfg, &weights, Slicing::whole(), max_rows)?;
         let sparse = match lease.sync {
             SyncMode::Dense => None,
             SyncMode::Sparse { chunk, k, beta } => {
-                let sc = SparseConfig { chunk: [chunk[0] as usize, chunk[1] as usize], k: k as usize, beta };
+                let sc = SparseConfig {
+                    chunk: [chunk[0] as usize, chunk[1] as usize],
+                    k: k as usize,
+                    beta,
+                };
                 sc.validate()?;
-                Some((sc, tensor_shapes(&cfg).iter().map(|(_, s)| ErrorFeedback::new(two_d(s))).collect()))
+                Some((
+                    sc,
+                    tensor_shapes(&cfg)
+                        .iter()
+                        .map(|(_, s)| ErrorFeedback::new(two_d(s)))
+                        .collect(),
+                ))
             }
         };
-        Ok(Replica { cfg, lease: lease.lease, model, start: weights, version: lease.version, optimizer: lease.optimizer, clip: lease.clip, sparse, steps: 0 })
+        Ok(Replica {
+            cfg,
+            lease: lease.lease,
+            model,
+            start: weights,
+            version: lease.version,
+            optimizer: lease.optimizer,
+            clip: lease.clip,
+            sparse,
+            steps: 0,
+        })
     }
 
     /// The lease.
@@ -79,15 +105,23 @@ impl Replica {
     /// Runs a unit's inner steps from the round-start weights and returns the pseudo-gradient.
     pub async fn work(&mut self, gpu: &Gpu, w: &Work) -> Result<UnitResult, WorkerError> {
         if w.weights != self.version {
-            return Err(WorkerError::Coordinator(format!("unit {} needs weights {} but this replica holds {}", w.unit, w.weights, self.version)));
+            return Err(WorkerError::Coordinator(format!(
+                "unit {} needs weights {} but this replica holds {}",
+                w.unit, w.weights, self.version
+            )));
         }
         let shape = &w.tokens.shape;
         let tokens = w.tokens.to_u32()?;
         let [steps, batch, row] = shape[..] else {
-            return Err(WorkerError::Coordinator(format!("work tokens of shape {shape:?}, expected [steps, batch, seq + 1]")));
+            return Err(WorkerError::Coordinator(format!(
+                "work tokens of shape {shape:?}, expected [steps, batch, seq + 1]"
+            )));
         };
         let (steps, batch, row) = (steps as usize, batch as usize, row as usize);
-        if row < 2 || w.lrs.len() != steps || tokens.iter().any(|&t| t as usize >= self.cfg.vocab_size) {
+        if row < 2
+            || w.lrs.len() != steps
+            || tokens.iter().any(|&t| t as usize >= self.cfg.vocab_size)
+        {
             return Err(WorkerError::Coordinator(format!("unit {} is malformed: {} learning rates for {steps} steps, or token ids outside the vocabulary", w.unit, w.lrs.len())));
         }
         let seq = row - 1;
@@ -108,7 +142,12 @@ impl Replica {
             self.steps += 1;
             let opt = match self.optimizer {
                 InnerOptimizer::Sgd => Optimizer::Sgd { lr },
-                InnerOptimizer::AdamW { beta1, beta2, eps, weight_decay } => Optimizer::AdamW(AdamW {
+                InnerOptimizer::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => Optimizer::AdamW(AdamW {
                     lr: lr as f64,
                     beta1: beta1 as f64,
                     beta2: beta2 as f64,
@@ -116,34 +155,80 @@ impl Replica {
                     weight_decay: weight_decay as f64,
                 }),
             };
-            self.model.optimizer_step(gpu, opt, self.steps, self.clip.map(f64::from)).await?;
+            self.model
+                .optimizer_step(gpu, opt, self.steps, self.clip.map(f64::from))
+                .await?;
         }
         let end = self.model.read_params(gpu).await?;
         let shapes = tensor_shapes(&self.cfg);
-        let deltas: Vec<Vec<f32>> = self.start.named().into_iter().zip(end.named()).map(|((_, s), (_, e))| s.iter().zip(e).map(|(a, b)| a - b).collect()).collect();
+        let deltas: Vec<Vec<f32>> = self
+            .start
+            .named()
+            .into_iter()
+            .zip(end.named())
+            .map(|((_, s), (_, e))| s.iter().zip(e).map(|(a, b)| a - b).collect())
+            .collect();
         let update = match &mut self.sparse {
-            None => Update::Dense(shapes.iter().zip(&deltas).map(|((name, shape), d)| NamedTensor { name: name.clone(), tensor: TensorPayload::from_f32(shape, d) }).collect()),
-            Some((sc, feedback)) => Update::Sparse(shapes.iter().zip(&deltas).zip(feedback.iter_mut()).map(|(((name, _), d), ef)| ef.step(d, sc).to_wire(name)).collect()),
+            None => Update::Dense(
+                shapes
+                    .iter()
+                    .zip(&deltas)
+                    .map(|((name, shape), d)| NamedTensor {
+                        name: name.clone(),
+                        tensor: TensorPayload::from_f32(shape, d),
+                    })
+                    .collect(),
+            ),
+            Some((sc, feedback)) => Update::Sparse(
+                shapes
+                    .iter()
+                    .zip(&deltas)
+                    .zip(feedback.iter_mut())
+                    .map(|(((name, _), d), ef)| ef.step(d, sc).to_wire(name))
+                    .collect(),
+            ),
         };
-        Ok(UnitResult { update, tokens: (steps * batch * seq) as u64, loss_sum })
+        Ok(UnitResult {
+            update,
+            tokens: (steps * batch * seq) as u64,
+            loss_sum,
+        })
     }
 
     /// Applies a round's outer step `theta -= lr * update` to the round-start weights.
-    pub fn outer_step(&mut self, gpu: &Gpu, version: u64, lr: f32, update: &Update) -> Result<(), WorkerError> {
+    pub fn outer_step(
+        &mut self,
+        gpu: &Gpu,
+        version: u64,
+        lr: f32,
+        update: &Update,
+    ) -> Result<(), WorkerError> {
         let shapes = tensor_shapes(&self.cfg);
         let dense: Vec<Vec<f32>> = match update {
             Update::Dense(ts) => {
                 if ts.len() != shapes.len() {
-                    return Err(WorkerError::Coordinator(format!("outer step with {} tensors, the model has {}", ts.len(), shapes.len())));
+                    return Err(WorkerError::Coordinator(format!(
+                        "outer step with {} tensors, the model has {}",
+                        ts.len(),
+                        shapes.len()
+                    )));
                 }
-                ts.iter().zip(&shapes).map(|(t, (_, s))| {
-                    t.tensor.expect_shape(s)?;
-                    Ok(t.tensor.to_f32()?)
-                }).collect::<Result<_, WorkerError>>()?
+                ts.iter()
+                    .zip(&shapes)
+                    .map(|(t, (_, s))| {
+                        t.tensor.expect_shape(s)?;
+                        Ok(t.tensor.to_f32()?)
+                    })
+                    .collect::<Result<_, WorkerError>>()?
             }
             Update::Sparse(ts) => {
-                let sc = self.sparse.as_ref().map(|(c, _)| *c).ok_or_else(|| WorkerError::Coordinator("sparse outer step in a dense run".into()))?;
-                ts.iter().zip(&shapes).map(|(t, (_, s))| Ok(Compressed::from_wire(t, two_d(s), &sc)?.to_dense())).collect::<Result<_, WorkerError>>()?
+                let sc = self.sparse.as_ref().map(|(c, _)| *c).ok_or_else(|| {
+                    WorkerError::Coordinator("sparse outer step in a dense run".into())
+                })?;
+                ts.iter()
+                    .zip(&shapes)
+                    .map(|(t, (_, s))| Ok(Compressed::from_wire(t, two_d(s), &sc)?.to_dense()))
+                    .collect::<Result<_, WorkerError>>()?
             }
         };
         for (p, u) in self.start.tensors_mut().into_iter().zip(&dense) {

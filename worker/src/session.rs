@@ -6,7 +6,9 @@ use tessera_compute::hf::tensor_shapes;
 use tessera_compute::reference::ModelParams;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
-use tessera_protocol::messages::{Capabilities, ContributorKind, Lease, LogHead, SessionMessage, Submission, Verdict};
+use tessera_protocol::messages::{
+    Capabilities, ContributorKind, Lease, LogHead, SessionMessage, Submission, Verdict,
+};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{Identity, PublicKey, Signed, ToContributor, ToCoordinator};
 
@@ -56,7 +58,19 @@ pub struct Contributor {
 impl Contributor {
     /// A contributor with identity `id`.
     pub fn new(id: Identity, kind: ContributorKind, caps: Capabilities) -> Self {
-        Contributor { id, kind, caps, nonce: None, coordinator: None, seq: 0, log_head: LogHead::default(), pending: None, replica: None, stats: Stats::default(), last_error: None }
+        Contributor {
+            id,
+            kind,
+            caps,
+            nonce: None,
+            coordinator: None,
+            seq: 0,
+            log_head: LogHead::default(),
+            pending: None,
+            replica: None,
+            stats: Stats::default(),
+            last_error: None,
+        }
     }
 
     /// The public key.
@@ -86,13 +100,22 @@ impl Contributor {
         self.seq = 0;
         self.pending = None;
         self.replica = None;
-        ToCoordinator::Hello { key: self.id.public(), kind: self.kind, software: format!("tessera {}", env!("CARGO_PKG_VERSION")), capabilities: self.caps.clone() }
+        ToCoordinator::Hello {
+            key: self.id.public(),
+            kind: self.kind,
+            software: format!("tessera {}", env!("CARGO_PKG_VERSION")),
+            capabilities: self.caps.clone(),
+        }
     }
 
     fn signed(&mut self, body: SessionMessage) -> Result<ToCoordinator, WorkerError> {
-        let nonce = self.nonce.ok_or_else(|| WorkerError::Coordinator("no session yet".into()))?;
+        let nonce = self
+            .nonce
+            .ok_or_else(|| WorkerError::Coordinator("no session yet".into()))?;
         self.seq += 1;
-        Ok(ToCoordinator::Session(Signed::new(&self.id, &nonce, self.seq, body)?))
+        Ok(ToCoordinator::Session(Signed::new(
+            &self.id, &nonce, self.seq, body,
+        )?))
     }
 
     /// A heartbeat, once the session is open.
@@ -108,12 +131,22 @@ impl Contributor {
 
     /// Handles one message; returns the replies to send, in order. Work units run on the GPU
     /// here. A fatal error from the coordinator is returned as an error.
-    pub async fn handle(&mut self, gpu: &Gpu, msg: ToContributor, max_rows: usize) -> Result<Vec<ToCoordinator>, WorkerError> {
+    pub async fn handle(
+        &mut self,
+        gpu: &Gpu,
+        msg: ToContributor,
+        max_rows: usize,
+    ) -> Result<Vec<ToCoordinator>, WorkerError> {
         match msg {
-            ToContributor::Challenge { nonce, coordinator, .. } => {
+            ToContributor::Challenge {
+                nonce, coordinator, ..
+            } => {
                 self.nonce = Some(nonce);
                 self.coordinator = Some(coordinator);
-                let signature = self.id.sign(HANDSHAKE, &handshake_message(&nonce, &coordinator, &self.id.public()));
+                let signature = self.id.sign(
+                    HANDSHAKE,
+                    &handshake_message(&nonce, &coordinator, &self.id.public()),
+                );
                 Ok(vec![ToCoordinator::Proof { signature }])
             }
             ToContributor::Welcome { log_head, .. } => {
@@ -126,33 +159,76 @@ impl Contributor {
                 self.stats.frames_total = lease.frames;
                 let frames_left = lease.frames;
                 self.replica = None;
-                self.pending = Some(Pending { weights: ModelParams::zeros(&cfg), cfg, lease, frames_left });
+                self.pending = Some(Pending {
+                    weights: ModelParams::zeros(&cfg),
+                    cfg,
+                    lease,
+                    frames_left,
+                });
                 self.finish_download(gpu, max_rows)
             }
-            ToContributor::Weights { lease, version, name, offset, values, .. } => {
-                let p = self.pending.as_mut().ok_or_else(|| WorkerError::Coordinator("weights without a lease".into()))?;
+            ToContributor::Weights {
+                lease,
+                version,
+                name,
+                offset,
+                values,
+                ..
+            } => {
+                let p = self
+                    .pending
+                    .as_mut()
+                    .ok_or_else(|| WorkerError::Coordinator("weights without a lease".into()))?;
                 if p.lease.lease != lease || p.lease.version != version {
-                    return Err(WorkerError::Coordinator(format!("weights for lease {lease} v{version}, expected lease {} v{}", p.lease.lease, p.lease.version)));
+                    return Err(WorkerError::Coordinator(format!(
+                        "weights for lease {lease} v{version}, expected lease {} v{}",
+                        p.lease.lease, p.lease.version
+                    )));
                 }
-                let idx = tensor_shapes(&p.cfg).iter().position(|(n, _)| *n == name).ok_or_else(|| WorkerError::Coordinator(format!("unknown tensor {name}")))?;
+                let idx = tensor_shapes(&p.cfg)
+                    .iter()
+                    .position(|(n, _)| *n == name)
+                    .ok_or_else(|| WorkerError::Coordinator(format!("unknown tensor {name}")))?;
                 let vals = values.to_f32()?;
                 let dst = &mut p.weights.tensors_mut()[idx];
                 let start = offset as usize;
-                let end = start.checked_add(vals.len()).filter(|&e| e <= dst.len()).ok_or_else(|| WorkerError::Coordinator(format!("{name}: elements {start}.. run past the tensor")))?;
+                let end = start
+                    .checked_add(vals.len())
+                    .filter(|&e| e <= dst.len())
+                    .ok_or_else(|| {
+                        WorkerError::Coordinator(format!(
+                            "{name}: elements {start}.. run past the tensor"
+                        ))
+                    })?;
                 dst[start..end].copy_from_slice(&vals);
                 p.frames_left = p.frames_left.saturating_sub(1);
                 self.stats.frames_received += 1;
                 self.finish_download(gpu, max_rows)
             }
             ToContributor::Work(w) => {
-                let replica = self.replica.as_mut().ok_or_else(|| WorkerError::Coordinator("work without a loaded lease".into()))?;
+                let replica = self.replica.as_mut().ok_or_else(|| {
+                    WorkerError::Coordinator("work without a loaded lease".into())
+                })?;
                 let r = replica.work(gpu, &w).await?;
                 self.stats.submitted += 1;
                 self.stats.tokens += r.tokens;
-                let sub = Submission { unit: w.unit, lease: w.lease, weights: w.weights, tokens: r.tokens, loss_sum: r.loss_sum, result: r.update, log_head: self.log_head };
+                let sub = Submission {
+                    unit: w.unit,
+                    lease: w.lease,
+                    weights: w.weights,
+                    tokens: r.tokens,
+                    loss_sum: r.loss_sum,
+                    result: r.update,
+                    log_head: self.log_head,
+                };
                 Ok(vec![self.signed(SessionMessage::Submit(sub))?])
             }
-            ToContributor::OuterStep { version, lr, update, .. } => {
+            ToContributor::OuterStep {
+                version,
+                lr,
+                update,
+                ..
+            } => {
                 if let Some(r) = self.replica.as_mut() {
                     r.outer_step(gpu, version, lr, &update)?;
                 }
@@ -184,7 +260,11 @@ impl Contributor {
         }
     }
 
-    fn finish_download(&mut self, gpu: &Gpu, max_rows: usize) -> Result<Vec<ToCoordinator>, WorkerError> {
+    fn finish_download(
+        &mut self,
+        gpu: &Gpu,
+        max_rows: usize,
+    ) -> Result<Vec<ToCoordinator>, WorkerError> {
         if self.pending.as_ref().is_none_or(|p| p.frames_left > 0) {
             return Ok(vec![]);
         }
@@ -195,4 +275,3 @@ impl Contributor {
         Ok(vec![self.signed(SessionMessage::Ready { lease, log_head })?])
     }
 }
-

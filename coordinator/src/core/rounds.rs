@@ -11,7 +11,6 @@ use tessera_train::outer;
 
 use super::{Action, ConnId, Contribution, Core, Phase, RoundSummary};
 
-
 #[derive(Clone, Debug, PartialEq)]
 enum Slot {
     /// Waiting for a contributor.
