@@ -4,3 +4,5 @@
 //! it; deterministic simulations drive it directly.
 
 pub mod core;
+pub mod server;
+pub mod store;

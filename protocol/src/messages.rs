@@ -221,6 +221,8 @@ pub struct Lease {
     pub clip: Option<f32>,
     /// Pseudo-gradient transport.
     pub sync: SyncMode,
+    /// Tokens per micro-batch (sequences times sequence length) the replica must hold.
+    pub rows: u64,
     /// Weight version the following `Weights` frames carry.
     pub version: u64,
     /// How many `Weights` frames follow.

@@ -13,6 +13,11 @@ pub const MESSAGE: &str = "message";
 /// Domain of the coordinator's receipts.
 pub const RECEIPT: &str = "receipt";
 
+/// Decodes bytes written by [`signing_bytes`] (e.g. a ledger entry).
+pub fn from_signing_bytes<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ProtocolError> {
+    postcard::from_bytes(b).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
 /// The bytes a detached signature over `v` covers: its postcard encoding.
 pub fn signing_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, ProtocolError> {
     postcard::to_stdvec(v).map_err(|e| ProtocolError::Malformed(e.to_string()))

@@ -135,7 +135,6 @@ impl Contributor {
         &mut self,
         gpu: &Gpu,
         msg: ToContributor,
-        max_rows: usize,
     ) -> Result<Vec<ToCoordinator>, WorkerError> {
         match msg {
             ToContributor::Challenge {
@@ -165,7 +164,7 @@ impl Contributor {
                     lease,
                     frames_left,
                 });
-                self.finish_download(gpu, max_rows)
+                self.finish_download(gpu)
             }
             ToContributor::Weights {
                 lease,
@@ -203,7 +202,7 @@ impl Contributor {
                 dst[start..end].copy_from_slice(&vals);
                 p.frames_left = p.frames_left.saturating_sub(1);
                 self.stats.frames_received += 1;
-                self.finish_download(gpu, max_rows)
+                self.finish_download(gpu)
             }
             ToContributor::Work(w) => {
                 let replica = self.replica.as_mut().ok_or_else(|| {
@@ -260,17 +259,15 @@ impl Contributor {
         }
     }
 
-    fn finish_download(
-        &mut self,
-        gpu: &Gpu,
-        max_rows: usize,
-    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+    fn finish_download(&mut self, gpu: &Gpu) -> Result<Vec<ToCoordinator>, WorkerError> {
         if self.pending.as_ref().is_none_or(|p| p.frames_left > 0) {
             return Ok(vec![]);
         }
         let p = self.pending.take().expect("checked above");
         let lease = p.lease.lease;
-        self.replica = Some(Replica::new(gpu, p.cfg, &p.lease, p.weights, max_rows)?);
+        let rows = usize::try_from(p.lease.rows)
+            .map_err(|_| WorkerError::Coordinator("lease rows out of range".into()))?;
+        self.replica = Some(Replica::new(gpu, p.cfg, &p.lease, p.weights, rows)?);
         let log_head = self.log_head;
         Ok(vec![self.signed(SessionMessage::Ready { lease, log_head })?])
     }

@@ -109,7 +109,7 @@ fn run(
                 if let ToContributor::Work(w) = &msg {
                     works.push(w.clone());
                 }
-                let replies = pollster::block_on(clients[conn as usize - 1].handle(gpu, msg, 64))
+                let replies = pollster::block_on(clients[conn as usize - 1].handle(gpu, msg))
                     .expect("contributor handles the message");
                 queue.extend(replies.into_iter().map(|msg| Input::Message { conn, msg }));
             }

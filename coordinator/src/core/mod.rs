@@ -245,6 +245,11 @@ impl Core {
         std::mem::take(&mut self.out)
     }
 
+    /// The run.
+    pub fn spec(&self) -> &RunSpec {
+        &self.spec
+    }
+
     /// The run's name.
     pub fn name(&self) -> &str {
         &self.spec.name

@@ -245,6 +245,7 @@ impl Core {
             optimizer: self.spec.optimizer,
             clip: self.spec.inner_clip,
             sync: self.spec.sync,
+            rows: self.spec.batch * self.spec.seq,
             version: self.version,
             frames: frames.len() as u32,
         });

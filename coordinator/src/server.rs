@@ -1,0 +1,291 @@
+//! The coordinator's shell: one task owns the [`Core`] and feeds it inputs (WebSocket frames,
+//! connections, a clock tick); its actions become frames on sockets, durable records in the
+//! [`Store`], printed round lines and the JSON of `GET /api/status`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tessera_protocol::messages::ContributorKind;
+use tessera_protocol::{decode, encode, ToContributor, ToCoordinator, MAX_FRAME_BYTES};
+use tokio::sync::{mpsc, watch};
+
+use crate::core::{Action, ConnId, Core, Input, Phase, RoundSummary};
+use crate::store::Store;
+
+/// `GET /api/status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// Run name.
+    pub run: String,
+    /// `training` or `finished`.
+    pub phase: String,
+    /// Open round (= rounds closed).
+    pub round: u64,
+    /// Rounds the run will train.
+    pub rounds: u64,
+    /// Mean training loss of each closed round.
+    pub loss_history: Vec<f64>,
+    /// Connected contributors.
+    pub contributors: Vec<ContributorStatus>,
+}
+
+/// One contributor in the status.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContributorStatus {
+    /// Public key (hex).
+    pub key: String,
+    /// `native` or `browser`.
+    pub kind: String,
+    /// Lease held, with the shards it covers.
+    pub lease: Option<String>,
+    /// Unit in progress.
+    pub unit: Option<u64>,
+    /// Accepted units.
+    pub accepted: u64,
+    /// Rejected submissions.
+    pub rejected: u64,
+    /// Tokens in accepted units.
+    pub tokens: u64,
+}
+
+fn status_of(core: &Core) -> Status {
+    let contributors = core
+        .sessions()
+        .into_iter()
+        .map(|s| {
+            let r = core.records().get(&s.key).cloned().unwrap_or_default();
+            ContributorStatus {
+                key: s.key.to_string(),
+                kind: match s.kind {
+                    ContributorKind::Native => "native".into(),
+                    ContributorKind::Browser => "browser".into(),
+                },
+                lease: s.lease.map(|l| format!("lease {l}: whole model")),
+                unit: s.unit,
+                accepted: r.accepted,
+                rejected: r.rejected,
+                tokens: r.tokens,
+            }
+        })
+        .collect();
+    Status {
+        run: core.name().to_string(),
+        phase: match core.phase() {
+            Phase::Training => "training".into(),
+            Phase::Finished => "finished".into(),
+        },
+        round: core.round(),
+        rounds: core.spec().rounds,
+        loss_history: core.losses().to_vec(),
+        contributors,
+    }
+}
+
+enum Event {
+    Input(Input),
+    Register(ConnId, mpsc::UnboundedSender<Vec<u8>>),
+}
+
+#[derive(Clone)]
+struct Shared {
+    events: mpsc::UnboundedSender<Event>,
+    status: Arc<Mutex<Status>>,
+    next_conn: Arc<AtomicU64>,
+}
+
+/// A running coordinator.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Latest status.
+    pub status: Arc<Mutex<Status>>,
+    /// Becomes true when the run finishes.
+    pub finished: watch::Receiver<bool>,
+    /// Closed rounds, as they close.
+    pub rounds: mpsc::UnboundedReceiver<RoundSummary>,
+}
+
+/// Extra routes (e.g. the contributor page) merged into the server.
+pub type Extra = Router;
+
+/// Serves `core` on `listener`, persisting into `store`.
+pub async fn serve(
+    core: Core,
+    store: Store,
+    listener: tokio::net::TcpListener,
+    extra: Option<Extra>,
+) -> std::io::Result<Running> {
+    let addr = listener.local_addr()?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let status = Arc::new(Mutex::new(status_of(&core)));
+    let (fin_tx, fin_rx) = watch::channel(core.phase() == Phase::Finished);
+    let (round_tx, round_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run_core(core, store, rx, status.clone(), fin_tx, round_tx));
+    let shared = Shared {
+        events: tx,
+        status: status.clone(),
+        next_conn: Arc::new(AtomicU64::new(1)),
+    };
+    let mut app = Router::new()
+        .route("/ws", get(ws))
+        .route("/api/status", get(api_status))
+        .with_state(shared);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("server stopped: {e}");
+        }
+    });
+    Ok(Running {
+        addr,
+        status,
+        finished: fin_rx,
+        rounds: round_rx,
+    })
+}
+
+async fn api_status(State(s): State<Shared>) -> impl IntoResponse {
+    let st = s.status.lock().map(|g| g.clone()).unwrap_or_default();
+    Json(st)
+}
+
+async fn ws(State(s): State<Shared>, up: WebSocketUpgrade) -> impl IntoResponse {
+    up.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| connection(s, socket))
+}
+
+async fn connection(s: Shared, socket: WebSocket) {
+    let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut nonce = [0u8; 32];
+    if getrandom::fill(&mut nonce).is_err() {
+        return;
+    }
+    let _ = s.events.send(Event::Register(conn, out_tx));
+    let _ = s
+        .events
+        .send(Event::Input(Input::Connected { conn, nonce }));
+    let (mut sink, mut stream) = socket.split();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if sink.send(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    while let Some(Ok(msg)) = stream.next().await {
+        let input = match msg {
+            Message::Binary(b) => match decode::<ToCoordinator>(&b, MAX_FRAME_BYTES) {
+                Ok(msg) => Input::Message { conn, msg },
+                Err(e) => Input::BadFrame {
+                    conn,
+                    error: e.to_string(),
+                },
+            },
+            Message::Close(_) => break,
+            Message::Text(_) => Input::BadFrame {
+                conn,
+                error: "text frames are not part of the protocol".into(),
+            },
+            _ => continue,
+        };
+        let bad = matches!(input, Input::BadFrame { .. });
+        let _ = s.events.send(Event::Input(input));
+        if bad {
+            break;
+        }
+    }
+    let _ = s.events.send(Event::Input(Input::Disconnected { conn }));
+    let _ = writer.await;
+}
+
+async fn run_core(
+    mut core: Core,
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    status: Arc<Mutex<Status>>,
+    finished: watch::Sender<bool>,
+    rounds: mpsc::UnboundedSender<RoundSummary>,
+) {
+    let start = Instant::now();
+    let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        let input = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(Event::Register(c, tx)) => { conns.insert(c, tx); continue; }
+                Some(Event::Input(i)) => i,
+                None => break,
+            },
+            _ = tick.tick() => Input::Tick,
+        };
+        if let Input::Disconnected { conn } = input {
+            conns.remove(&conn);
+        }
+        let now = start.elapsed().as_millis() as u64;
+        for a in core.tick(now, input) {
+            match a {
+                Action::Send { conn, msg } => send(&conns, conn, &msg),
+                Action::Close { conn, reason } => {
+                    tracing::debug!(conn, "close: {reason}");
+                    conns.remove(&conn);
+                }
+                Action::Accepted(c) => {
+                    if let Err(e) = store.record(&c) {
+                        tracing::error!("ledger: {e}");
+                    }
+                }
+                Action::RoundClosed(sum) => {
+                    let snap = core.snapshot();
+                    match store.commit(core.name(), &core.spec().model, &snap) {
+                        Ok(ck) => println!(
+                            "round {} loss {:.4} tokens {} contributors {} checkpoint {}",
+                            sum.round,
+                            sum.loss,
+                            sum.tokens,
+                            sum.contributors.len(),
+                            ck.display()
+                        ),
+                        Err(e) => tracing::error!("checkpoint: {e}"),
+                    }
+                    let _ = rounds.send(sum);
+                }
+                Action::Finished => {
+                    let _ = finished.send(true);
+                }
+            }
+        }
+        if let Ok(mut s) = status.lock() {
+            *s = status_of(&core);
+        }
+    }
+}
+
+fn send(
+    conns: &HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
+    conn: ConnId,
+    msg: &ToContributor,
+) {
+    if let Some(tx) = conns.get(&conn) {
+        match encode(msg) {
+            Ok(f) => {
+                let _ = tx.send(f);
+            }
+            Err(e) => tracing::error!("encode: {e}"),
+        }
+    }
+}
