@@ -92,7 +92,7 @@ fn status_of(core: &Core) -> Status {
 }
 
 enum Event {
-    Input(Input),
+    Input(Box<Input>),
     Register(ConnId, mpsc::UnboundedSender<Vec<u8>>),
 }
 
@@ -204,12 +204,12 @@ async fn connection(s: Shared, socket: WebSocket) {
             _ => continue,
         };
         let bad = matches!(input, Input::BadFrame { .. });
-        let _ = s.events.send(Event::Input(input));
+        let _ = s.events.send(Event::Input(Box::new(input)));
         if bad {
             break;
         }
     }
-    let _ = s.events.send(Event::Input(Input::Disconnected { conn }));
+    let _ = s.events.send(Event::Input(Box::new(Input::Disconnected { conn })));
     let _ = writer.await;
 }
 
@@ -228,7 +228,7 @@ async fn run_core(
         let input = tokio::select! {
             ev = rx.recv() => match ev {
                 Some(Event::Register(c, tx)) => { conns.insert(c, tx); continue; }
-                Some(Event::Input(i)) => i,
+                Some(Event::Input(i)) => *i,
                 None => break,
             },
             _ = tick.tick() => Input::Tick,
