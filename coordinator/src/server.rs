@@ -177,7 +177,7 @@ async fn connection(s: Shared, socket: WebSocket) {
     let _ = s.events.send(Event::Register(conn, out_tx));
     let _ = s
         .events
-        .send(Event::Input(Input::Connected { conn, nonce }));
+        .send(Event::Input(Box::new(Input::Connected { conn, nonce })));
     let (mut sink, mut stream) = socket.split();
     let writer = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
@@ -209,7 +209,9 @@ async fn connection(s: Shared, socket: WebSocket) {
             break;
         }
     }
-    let _ = s.events.send(Event::Input(Box::new(Input::Disconnected { conn })));
+    let _ = s
+        .events
+        .send(Event::Input(Box::new(Input::Disconnected { conn })));
     let _ = writer.await;
 }
 
