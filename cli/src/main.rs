@@ -1,7 +1,11 @@
 //! `tessera`: the project's front door, one binary with subcommands.
 
-mod corpus;
+mod coordinator_cmd;
+mod demo;
+mod eval;
+mod keys;
 mod train_local;
+mod worker_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -16,9 +20,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a coordinator with embedded defaults and local native workers, and train the tiny
+    /// byte-level model on the built-in corpus; one line per round.
+    Demo(demo::Args),
+    /// Serve a run described by a TOML config; resumes from its data directory after a crash.
+    Coordinator(coordinator_cmd::Args),
+    /// Contribute this machine's GPU to a run.
+    Worker(worker_cmd::Args),
+    /// Mean next-token cross-entropy of a checkpoint on a text file.
+    Eval(eval::Args),
     /// Train a small model on the built-in corpus on this machine's GPU, cut into micro-shards
     /// exactly as contributors would hold them, printing the training and held-out loss.
     TrainLocal(train_local::Args),
+}
+
+fn multi_thread() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn main() -> Result<()> {
@@ -29,6 +48,14 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Demo(a) => multi_thread()?.block_on(demo::run(a)),
+        Command::Coordinator(a) => multi_thread()?.block_on(coordinator_cmd::run(a)),
+        // GPU work blocks its thread while the driver computes: one thread is enough.
+        Command::Worker(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(worker_cmd::run(a)),
+        Command::Eval(a) => pollster::block_on(eval::run(a)),
         Command::TrainLocal(a) => train_local::run(a),
     }
 }

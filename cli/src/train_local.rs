@@ -12,10 +12,8 @@ use tessera_compute::reference::{Batch, ModelParams};
 use tessera_compute::shard::Optimizer;
 use tessera_compute::{Gpu, GpuOptions, ModelConfig};
 
-use tessera_train::data::byte_tokens;
+use tessera_train::data::{byte_tokens, BUILT_IN_CORPUS};
 use tessera_train::schedule::Schedule;
-
-use crate::corpus;
 
 /// Options of `train-local`.
 #[derive(clap::Args, Debug)]
@@ -101,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.steps == 0 || a.every == 0 || a.batch == 0 {
         bail!("--steps, --batch and --every must be positive");
     }
-    let tokens = byte_tokens(corpus::BUILT_IN);
+    let tokens = byte_tokens(BUILT_IN_CORPUS);
     let split = tokens.len() * 9 / 10;
     let (train, held) = (&tokens[..split], &tokens[split..]);
     if held.len() <= a.seq || train.len() <= a.seq {

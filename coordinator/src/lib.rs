@@ -3,6 +3,7 @@
 //! close, contributions and checkpoints to persist) come out. Transport, storage and HTTP wrap
 //! it; deterministic simulations drive it directly.
 
+pub mod config;
 pub mod core;
 pub mod server;
 pub mod store;

@@ -5,6 +5,9 @@
 
 use tessera_compute::reference::model::SplitMix;
 
+/// The built-in corpus: original prose shipped with the binary, so demos need no download.
+pub const BUILT_IN_CORPUS: &str = include_str!("../corpus/built-in.txt");
+
 /// The byte-level tokenizer: a text's UTF-8 bytes are its token ids (vocabulary 256).
 pub fn byte_tokens(text: &str) -> Vec<u32> {
     text.bytes().map(u32::from).collect()

@@ -4,6 +4,8 @@
 //! WebSocket client; the browser client compiles the same code to wasm32.
 
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 pub mod replica;
 pub mod session;
 

@@ -1,0 +1,83 @@
+//! `tessera coordinator`: serves a run from a TOML config, resuming from its data directory
+//! when it holds one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use tessera_coordinator::config::RunConfig;
+use tessera_coordinator::core::Core;
+use tessera_coordinator::server::{self, Running};
+use tessera_coordinator::store::Store;
+
+use crate::keys;
+
+/// Options of `coordinator`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The run configuration (TOML).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Where the run's state, ledger and checkpoints live.
+    #[arg(long, default_value = "tessera-run")]
+    pub data_dir: PathBuf,
+}
+
+/// Opens (or resumes) the run in `data_dir` and starts serving it.
+pub async fn start(
+    cfg: &RunConfig,
+    base: &Path,
+    bind: SocketAddr,
+    data_dir: &Path,
+) -> Result<Running> {
+    let (spec, init) = cfg.resolve(base)?;
+    let store = Store::open(data_dir)?;
+    let id = keys::load_or_create(&data_dir.join("coordinator.key"))?;
+    let core = match store.load(&spec.model)? {
+        Some((snap, accepted)) => {
+            println!(
+                "resuming run {} at round {} ({} accepted contributions in the open round)",
+                spec.name,
+                snap.round,
+                accepted.len()
+            );
+            Core::resume(spec, id, snap, accepted)
+        }
+        None => {
+            let core = Core::new(spec, id, init);
+            let ck = store.write_checkpoint(&core.spec().model, &core.snapshot())?;
+            println!(
+                "new run {}: initial weights in {}",
+                core.name(),
+                ck.display()
+            );
+            core
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding {bind}"))?;
+    let running = server::serve(core, store, listener, None).await?;
+    println!(
+        "coordinator listening on http://{} (workers: ws://{}/ws, status: /api/status)",
+        running.addr, running.addr
+    );
+    Ok(running)
+}
+
+/// Runs until the run finishes or Ctrl-C.
+pub async fn run(a: Args) -> Result<()> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("reading {}", a.config.display()))?;
+    let cfg = RunConfig::from_toml(&text)?;
+    let base = a.config.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut running = start(&cfg, &base, a.bind, &a.data_dir).await?;
+    tokio::select! {
+        _ = running.finished.wait_for(|f| *f) => println!("run finished"),
+        _ = tokio::signal::ctrl_c() => println!("stopping (the run resumes from {} when restarted)", a.data_dir.display()),
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! `tessera demo`: a coordinator with embedded defaults (the tiny byte-level model, the
+//! built-in corpus, SparseLoCo) plus local native workers, until `--rounds` rounds are done.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result};
+use tessera_coordinator::config::RunConfig;
+
+use crate::coordinator_cmd;
+
+/// Options of `demo`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Rounds to train.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u64,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Local native workers to start.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// Run directory (default: a fresh one under the system temp directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The demo's run configuration.
+pub fn demo_config(rounds: u64) -> RunConfig {
+    let mut cfg = RunConfig::from_toml("name = \"demo\"").expect("the empty config parses");
+    cfg.rounds = rounds;
+    cfg
+}
+
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the demo.
+pub async fn run(a: Args) -> Result<()> {
+    let dir = a.data_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("tessera-demo-{}", std::process::id()))
+    });
+    let cfg = demo_config(a.rounds);
+    let mut running = coordinator_cmd::start(&cfg, &dir, a.bind, &dir).await?;
+    let exe = std::env::current_exe().context("locating the tessera binary")?;
+    let url = format!("ws://{}/ws", running.addr);
+    let mut workers = Workers(Vec::new());
+    for i in 0..a.workers {
+        let child = Command::new(&exe)
+            .args([
+                "worker",
+                "--coordinator",
+                &url,
+                "--memory-budget",
+                "1GiB",
+                "--quiet",
+                "--identity",
+            ])
+            .arg(dir.join(format!("worker-{i}.key")))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting a worker")?;
+        workers.0.push(child);
+    }
+    println!(
+        "started {} local workers; the run lives in {}",
+        a.workers,
+        dir.display()
+    );
+    tokio::select! {
+        _ = running.finished.wait_for(|f| *f) => {}
+        _ = tokio::signal::ctrl_c() => println!("stopped"),
+    }
+    drop(workers);
+    let status = running.status.lock().map(|s| s.clone()).unwrap_or_default();
+    if let (Some(first), Some(last)) = (status.loss_history.first(), status.loss_history.last()) {
+        println!(
+            "demo done: {} rounds, training loss {first:.4} -> {last:.4}; checkpoints in {}",
+            status.loss_history.len(),
+            dir.join("checkpoints").display()
+        );
+    }
+    Ok(())
+}

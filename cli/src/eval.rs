@@ -1,0 +1,67 @@
+//! `tessera eval`: the mean next-token cross-entropy of a checkpoint on a text file
+//! (byte-level: the file's UTF-8 bytes are the token ids), over non-overlapping sequences of
+//! the model's context length, the remainder dropped. The last line printed is the number.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use tessera_compute::hf::params_from_safetensors;
+use tessera_compute::model::{GpuModel, Slicing};
+use tessera_compute::reference::Batch;
+use tessera_compute::{Gpu, GpuOptions, ModelConfig};
+
+/// Options of `eval`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint directory (`config.json` + `model.safetensors`).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Text file to evaluate on.
+    #[arg(long)]
+    pub data: PathBuf,
+}
+
+/// Mean loss over all predicted positions.
+pub async fn evaluate(checkpoint: &std::path::Path, text: &[u8]) -> Result<(f64, usize)> {
+    let cfg_text = std::fs::read_to_string(checkpoint.join("config.json"))
+        .with_context(|| format!("reading {}/config.json", checkpoint.display()))?;
+    let cfg = ModelConfig::from_hf_json(&cfg_text)?;
+    let bytes = std::fs::read(checkpoint.join("model.safetensors"))
+        .with_context(|| format!("reading {}/model.safetensors", checkpoint.display()))?;
+    let params = params_from_safetensors(&cfg, &bytes)?;
+    let seq = cfg.max_position_embeddings;
+    let tokens: Vec<u32> = text.iter().map(|&b| b as u32).collect();
+    if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+        bail!(
+            "token {t} is outside the model's vocabulary of {}",
+            cfg.vocab_size
+        );
+    }
+    let n = tokens.len() / seq;
+    if n == 0 || seq < 2 {
+        bail!(
+            "the data holds {} tokens, fewer than one sequence of {seq}",
+            tokens.len()
+        );
+    }
+    let gpu = Gpu::new(GpuOptions::default()).await?;
+    let per = (2048 / seq).max(1);
+    let model = GpuModel::new(&gpu, &cfg, &params, Slicing::whole(), per * seq)?;
+    let (mut total, mut count) = (0.0, 0usize);
+    for chunk in tokens[..n * seq].chunks(per * seq) {
+        let b = Batch::from_sequences(chunk, seq);
+        let c = b.counted();
+        total += model.loss(&gpu, &b).await? * c as f64;
+        count += c;
+    }
+    Ok((total / count as f64, count))
+}
+
+/// Runs `eval`.
+pub async fn run(a: Args) -> Result<()> {
+    let text = std::fs::read(&a.data).with_context(|| format!("reading {}", a.data.display()))?;
+    let (loss, count) = evaluate(&a.checkpoint, &text).await?;
+    println!("mean next-token cross-entropy over {count} predicted positions (nats):");
+    println!("{loss:.6}");
+    Ok(())
+}

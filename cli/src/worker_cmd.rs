@@ -1,0 +1,113 @@
+//! `tessera worker`: contributes this machine's GPU to a run.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_compute::{Gpu, GpuOptions};
+use tessera_protocol::messages::{Capabilities, ContributorKind};
+use tessera_worker::session::Contributor;
+use tokio::sync::watch;
+
+use crate::keys;
+
+/// Options of `worker`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The coordinator's WebSocket address.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub coordinator: String,
+    /// Memory a lease may use, e.g. `2GiB`, `512MiB`.
+    #[arg(long, default_value = "2GiB")]
+    pub memory_budget: String,
+    /// Identity file (created on first use).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Parses `2GiB`, `512MiB`, `1500000` (bytes).
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n.trim(), *m)))
+    .unwrap_or((s, 1));
+    let v: f64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size like 2GiB"))?;
+    if !(v.is_finite() && v > 0.0) {
+        bail!("{s:?} must be a positive size");
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+/// Runs until Ctrl-C.
+pub async fn run(a: Args) -> Result<()> {
+    let budget = parse_bytes(&a.memory_budget)?;
+    let path = match a.identity {
+        Some(p) => p,
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".tessera")
+            .join("worker.key"),
+    };
+    let id = keys::load_or_create(&path)?;
+    let gpu = Gpu::new(GpuOptions::default()).await?;
+    println!("worker {} on {}", id.public().fingerprint(), gpu.adapter());
+    let caps = Capabilities {
+        adapter: gpu.adapter().name.clone(),
+        backend: gpu.adapter().backend.clone(),
+        max_binding_bytes: gpu.max_binding_bytes(),
+        memory_budget_bytes: budget,
+    };
+    let contributor = Contributor::new(id, ContributorKind::Native, caps);
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = tx.send(true);
+        }
+    });
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} weight frames")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("downloading weights");
+    let mut last = (0u64, 0u64);
+    let c = tessera_worker::native::run(&a.coordinator, &gpu, contributor, rx, |s| {
+        if s.frames_total > 0 {
+            bar.set_length(s.frames_total as u64);
+            bar.set_position(s.frames_received as u64);
+        }
+        if (s.submitted, s.accepted) != last {
+            last = (s.submitted, s.accepted);
+            bar.println(format!(
+                "units submitted {} accepted {} rejected {} tokens {}",
+                s.submitted, s.accepted, s.rejected, s.tokens
+            ));
+        }
+    })
+    .await?;
+    bar.finish_and_clear();
+    let s = c.stats();
+    println!(
+        "worker stopped: {} units accepted, {} tokens",
+        s.accepted, s.tokens
+    );
+    Ok(())
+}

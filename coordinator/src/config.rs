@@ -1,0 +1,361 @@
+//! The run configuration file (TOML) and its resolution into a [`RunSpec`] and initial weights:
+//! the model from a preset, a transformers `config.json`, or a checkpoint (`init_from`); the
+//! data from the built-in corpus or a text file (byte-level tokens).
+//!
+//! ```toml
+//! name = "demo"
+//! seed = 1
+//! rounds = 20
+//! [model]
+//! preset = "tiny-byte"        # or: config = "config.json", or: init_from = "checkpoint-dir"
+//! [data]
+//! builtin = true              # or: path = "corpus.txt"
+//! [train]
+//! replicas = 3
+//! inner_steps = 4
+//! sync = "sparse"             # or "dense"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tessera_compute::hf::params_from_safetensors;
+use tessera_compute::reference::ModelParams;
+use tessera_compute::ModelConfig;
+use tessera_protocol::messages::{InnerOptimizer, SyncMode};
+use tessera_train::data::{byte_tokens, BUILT_IN_CORPUS};
+use tessera_train::schedule::Schedule;
+
+use crate::core::RunSpec;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not valid TOML or wrong fields.
+    #[error("run config: {0}")]
+    Parse(String),
+    /// A value that cannot work.
+    #[error("run config: {0}")]
+    Invalid(String),
+    /// A file it names cannot be read.
+    #[error("{path}: {why}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run name.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Seed of weights and data order.
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// Rounds to train.
+    #[serde(default = "default_rounds")]
+    pub rounds: u64,
+    /// The model.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// The data.
+    #[serde(default)]
+    pub data: DataSection,
+    /// Training.
+    #[serde(default)]
+    pub train: TrainSection,
+}
+
+/// `[model]`: exactly one of `preset`, `config`, `init_from`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// `tiny-byte` (d 64, 2 layers) or `small-byte` (d 128, 4 layers); byte-level vocabulary.
+    pub preset: Option<String>,
+    /// A transformers `config.json`; weights start random.
+    pub config: Option<PathBuf>,
+    /// A checkpoint directory (`config.json` + `model.safetensors`) to start from.
+    pub init_from: Option<PathBuf>,
+}
+
+/// `[data]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Use the built-in corpus.
+    #[serde(default = "yes")]
+    pub builtin: bool,
+    /// A UTF-8 text file, tokenized byte-level.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            builtin: true,
+            path: None,
+        }
+    }
+}
+
+/// `[train]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Replica slots per round.
+    pub replicas: u64,
+    /// Inner steps per replica per round.
+    pub inner_steps: u64,
+    /// Sequences per inner step.
+    pub batch: u64,
+    /// Tokens per sequence.
+    pub seq: u64,
+    /// `adamw` or `sgd`.
+    pub optimizer: String,
+    /// Peak inner learning rate.
+    pub lr: f64,
+    /// Inner warmup steps.
+    pub warmup: u64,
+    /// Floor of the cosine, as a fraction of the peak.
+    pub lr_floor: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f32,
+    /// Global-norm clip of inner gradients (0 = off).
+    pub clip: f32,
+    /// Outer SGD learning rate.
+    pub outer_lr: f32,
+    /// `sparse` (SparseLoCo) or `dense`.
+    pub sync: String,
+    /// SparseLoCo chunk side.
+    pub chunk: u32,
+    /// SparseLoCo entries per chunk.
+    pub k: u32,
+    /// SparseLoCo error-feedback decay.
+    pub beta: f32,
+    /// Clip replicas' pseudo-gradients to the median norm.
+    pub clip_to_median: bool,
+    /// Seconds before an unfinished unit is re-assigned.
+    pub unit_deadline_secs: u64,
+    /// Seconds of silence before a contributor is dropped.
+    pub silence_secs: u64,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            replicas: 3,
+            inner_steps: 4,
+            batch: 4,
+            seq: 64,
+            optimizer: "adamw".into(),
+            lr: 3e-3,
+            warmup: 8,
+            lr_floor: 0.1,
+            weight_decay: 0.01,
+            clip: 1.0,
+            outer_lr: 1.0,
+            sync: "sparse".into(),
+            chunk: 64,
+            k: 64,
+            beta: 0.95,
+            clip_to_median: true,
+            unit_deadline_secs: 120,
+            silence_secs: 60,
+        }
+    }
+}
+
+fn default_name() -> String {
+    "tessera".into()
+}
+fn one() -> u64 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_rounds() -> u64 {
+    20
+}
+
+/// A byte-level model preset.
+pub fn preset(name: &str) -> Option<ModelConfig> {
+    let (d, layers) = match name {
+        "tiny-byte" => (64, 2),
+        "small-byte" => (128, 4),
+        _ => return None,
+    };
+    let heads = d / 16;
+    Some(ModelConfig {
+        vocab_size: 256,
+        hidden_size: d,
+        intermediate_size: (d * 8 / 3).div_ceil(8) * 8,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: heads / 2,
+        head_dim: 16,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        max_position_embeddings: 64,
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })
+}
+
+impl RunConfig {
+    /// Parses the TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// The model, the data and the initial weights; relative paths resolve against `base`.
+    pub fn resolve(&self, base: &Path) -> Result<(RunSpec, ModelParams<f32>), ConfigError> {
+        let m = &self.model;
+        let given = [
+            m.preset.is_some(),
+            m.config.is_some(),
+            m.init_from.is_some(),
+        ]
+        .iter()
+        .filter(|&&b| b)
+        .count();
+        if given > 1 {
+            return Err(ConfigError::Invalid(
+                "[model] takes one of preset, config, init_from".into(),
+            ));
+        }
+        let (model, weights) = if let Some(dir) = &m.init_from {
+            let dir = base.join(dir);
+            let cfg_text = String::from_utf8(read(&dir.join("config.json"))?)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let cfg = ModelConfig::from_hf_json(&cfg_text)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let w = params_from_safetensors(&cfg, &read(&dir.join("model.safetensors"))?)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            (cfg, w)
+        } else {
+            let cfg = match (&m.config, &m.preset) {
+                (Some(p), _) => {
+                    let text = String::from_utf8(read(&base.join(p))?)
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                    ModelConfig::from_hf_json(&text)
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?
+                }
+                (None, p) => {
+                    let name = p.as_deref().unwrap_or("tiny-byte");
+                    preset(name).ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "unknown preset {name:?} (tiny-byte, small-byte)"
+                        ))
+                    })?
+                }
+            };
+            let w = ModelParams::random(&cfg, self.seed);
+            (cfg, w)
+        };
+        let text = match (&self.data.path, self.data.builtin) {
+            (Some(p), _) => String::from_utf8_lossy(&read(&base.join(p))?).into_owned(),
+            (None, true) => BUILT_IN_CORPUS.to_string(),
+            (None, false) => {
+                return Err(ConfigError::Invalid(
+                    "[data] needs path = \"...\" when builtin = false".into(),
+                ))
+            }
+        };
+        let tokens = byte_tokens(&text);
+        if model.vocab_size < 256 {
+            return Err(ConfigError::Invalid(format!(
+                "byte-level data needs a vocabulary of at least 256, the model has {}",
+                model.vocab_size
+            )));
+        }
+        let t = &self.train;
+        if t.replicas == 0 || t.inner_steps == 0 || t.batch == 0 || t.seq == 0 || self.rounds == 0 {
+            return Err(ConfigError::Invalid(
+                "rounds, replicas, inner_steps, batch and seq must be positive".into(),
+            ));
+        }
+        if (tokens.len() as u64) <= t.seq * t.batch {
+            return Err(ConfigError::Invalid(format!(
+                "{} tokens of data are too few for batches of {} x {}",
+                tokens.len(),
+                t.batch,
+                t.seq
+            )));
+        }
+        let optimizer = match t.optimizer.as_str() {
+            "sgd" => InnerOptimizer::Sgd,
+            "adamw" => InnerOptimizer::AdamW {
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: t.weight_decay,
+            },
+            o => {
+                return Err(ConfigError::Invalid(format!(
+                    "optimizer {o:?} is not adamw or sgd"
+                )))
+            }
+        };
+        let sync = match t.sync.as_str() {
+            "dense" => SyncMode::Dense,
+            "sparse" => SyncMode::Sparse {
+                chunk: [t.chunk, t.chunk],
+                k: t.k,
+                beta: t.beta,
+            },
+            s => {
+                return Err(ConfigError::Invalid(format!(
+                    "sync {s:?} is not sparse or dense"
+                )))
+            }
+        };
+        if let SyncMode::Sparse { chunk, k, beta } = sync {
+            tessera_train::sparseloco::SparseConfig {
+                chunk: [chunk[0] as usize, chunk[1] as usize],
+                k: k as usize,
+                beta,
+            }
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        let total = self.rounds * t.inner_steps;
+        let spec = RunSpec {
+            name: self.name.clone(),
+            model,
+            tokens: Arc::from(tokens),
+            seed: self.seed,
+            rounds: self.rounds,
+            replicas: t.replicas,
+            inner_steps: t.inner_steps,
+            batch: t.batch,
+            seq: t.seq,
+            optimizer,
+            inner_lr: Schedule {
+                peak: t.lr,
+                warmup: t.warmup.min(total),
+                total,
+                floor: t.lr_floor,
+            },
+            inner_clip: (t.clip > 0.0).then_some(t.clip),
+            outer_lr: t.outer_lr,
+            clip_to_median: t.clip_to_median,
+            sync,
+            unit_deadline_ms: t.unit_deadline_secs * 1000,
+            silence_ms: t.silence_secs * 1000,
+            weights_frame_elems: 4 << 20,
+        };
+        Ok((spec, weights))
+    }
+}

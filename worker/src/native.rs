@@ -1,0 +1,141 @@
+//! The native worker's transport: a WebSocket client around [`Contributor`] that reconnects
+//! with exponential backoff, sends heartbeats while idle, and leaves cleanly on shutdown.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tessera_compute::Gpu;
+use tessera_protocol::{decode, encode, Identity, ToContributor, ToCoordinator, MAX_FRAME_BYTES};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::error::WorkerError;
+use crate::session::{Contributor, Stats};
+
+/// Draws a new identity from the operating system's randomness.
+pub fn new_identity() -> Result<Identity, WorkerError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| WorkerError::Coordinator(format!("no randomness for a key: {e}")))?;
+    Ok(Identity::from_seed(seed))
+}
+
+/// How one session ended.
+enum End {
+    /// Shutdown requested; left cleanly.
+    Shutdown,
+    /// Connection lost or refused; try again.
+    Retry(String),
+}
+
+/// Runs until `shutdown` turns true: connects to `url` (`ws://host:port/ws`), contributes, and
+/// reconnects with backoff (0.5 s doubling to 30 s) whenever the connection drops. `progress`
+/// sees the counters after every message.
+pub async fn run(
+    url: &str,
+    gpu: &Gpu,
+    mut contributor: Contributor,
+    mut shutdown: watch::Receiver<bool>,
+    mut progress: impl FnMut(&Stats),
+) -> Result<Contributor, WorkerError> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(contributor);
+        }
+        match session(url, gpu, &mut contributor, &mut shutdown, &mut progress).await {
+            End::Shutdown => return Ok(contributor),
+            End::Retry(why) => {
+                tracing::warn!("{why}; reconnecting in {:.1} s", backoff.as_secs_f64());
+                eprintln!(
+                    "worker: {why}; reconnecting in {:.1} s",
+                    backoff.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return Ok(contributor),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn session(
+    url: &str,
+    gpu: &Gpu,
+    c: &mut Contributor,
+    shutdown: &mut watch::Receiver<bool>,
+    progress: &mut impl FnMut(&Stats),
+) -> End {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
+    let (ws, _) = match tokio_tungstenite::connect_async_with_config(url, Some(config), true).await
+    {
+        Ok(x) => x,
+        Err(e) => return End::Retry(format!("cannot reach the coordinator at {url}: {e}")),
+    };
+    let (mut sink, mut stream) = ws.split();
+    let send = |m: &ToCoordinator| encode(m).map(|f| Message::Binary(f.into()));
+    let hello = match send(&c.hello()) {
+        Ok(m) => m,
+        Err(e) => return End::Retry(e.to_string()),
+    };
+    if let Err(e) = sink.send(hello).await {
+        return End::Retry(format!("connection lost: {e}"));
+    }
+    let mut beat = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = beat.tick() => {
+                if let Ok(hb) = c.heartbeat() {
+                    if let Ok(m) = send(&hb) {
+                        if sink.send(m).await.is_err() {
+                            return End::Retry("connection lost".into());
+                        }
+                    }
+                }
+                continue;
+            }
+            _ = shutdown.changed() => {
+                if let Ok(bye) = c.leave() {
+                    if let Ok(m) = send(&bye) {
+                        let _ = sink.send(m).await;
+                    }
+                }
+                let _ = sink.close().await;
+                return End::Shutdown;
+            }
+        };
+        let frame = match msg {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Close(_))) | None => {
+                return End::Retry("the coordinator closed the connection".into())
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return End::Retry(format!("connection lost: {e}")),
+        };
+        let incoming: ToContributor = match decode(&frame, MAX_FRAME_BYTES) {
+            Ok(m) => m,
+            Err(e) => return End::Retry(format!("undecodable frame from the coordinator: {e}")),
+        };
+        let replies = match c.handle(gpu, incoming).await {
+            Ok(r) => r,
+            Err(e) => return End::Retry(e.to_string()),
+        };
+        progress(&c.stats());
+        for r in replies {
+            match send(&r) {
+                Ok(m) => {
+                    if let Err(e) = sink.send(m).await {
+                        return End::Retry(format!("connection lost: {e}"));
+                    }
+                }
+                Err(e) => return End::Retry(e.to_string()),
+            }
+        }
+    }
+}
