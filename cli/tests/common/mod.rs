@@ -1,0 +1,165 @@
+//! Helpers for tests that run the real `tessera` binary as separate processes: free ports,
+//! child processes killed on drop, `GET /api/status` over a plain TCP socket.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_tessera")
+}
+
+/// The repository's `tests/data` folder.
+pub fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data")
+        .join(name)
+}
+
+/// A fresh directory under the system temp folder.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tessera-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Waits for the process to exit by itself, failing after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.0.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The committed state of a run directory (`state.json`).
+pub fn state(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("state.json")).expect("state.json"))
+        .expect("state.json parses")
+}
+
+/// Starts `tessera coordinator`.
+pub fn coordinator(config: &Path, port: u16, dir: &Path) -> Proc {
+    let log = std::fs::File::create(dir.with_extension("coordinator.log")).expect("log file");
+    let child = Command::new(exe())
+        .args(["coordinator", "--config"])
+        .arg(config)
+        .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .stdout(log)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the coordinator");
+    Proc(child)
+}
+
+/// Starts `tessera worker`.
+pub fn worker(port: u16, key: &Path) -> Proc {
+    let child = Command::new(exe())
+        .args([
+            "worker",
+            "--coordinator",
+            &format!("ws://127.0.0.1:{port}/ws"),
+            "--memory-budget",
+            "1GiB",
+            "--quiet",
+            "--identity",
+        ])
+        .arg(key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a worker");
+    Proc(child)
+}
+
+/// `GET /api/status`, or `None` while nothing answers.
+pub fn status(port: u16) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let body = buf.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str(body).ok()
+}
+
+/// Polls the status until `done` holds, failing after `limit`.
+pub fn wait_for(
+    port: u16,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = status(port) {
+            if done(&s) {
+                return s;
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `tessera eval` on a checkpoint; the printed loss.
+pub fn eval(checkpoint: &Path, data: &Path) -> f64 {
+    let out = Command::new(exe())
+        .args(["eval", "--checkpoint"])
+        .arg(checkpoint)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("run eval");
+    assert!(
+        out.status.success(),
+        "eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no loss in {text:?}"))
+}
