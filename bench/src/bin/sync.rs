@@ -1,0 +1,132 @@
+//! `sync`: SparseLoCo against dense synchronisation on the same run (the tiny byte-level model,
+//! the built-in corpus, 3 replicas, the demo's settings), in process on this machine's adapter.
+//! Prints the bytes each replica uploads per round in both modes (and their ratio), and the
+//! final held-out loss of each.
+//!
+//! ```text
+//! cargo run --release -p tessera-bench --bin sync -- --rounds 12
+//! ```
+
+use std::collections::VecDeque;
+
+use anyhow::{bail, Context, Result};
+use tessera_compute::model::{GpuModel, Slicing};
+use tessera_compute::reference::Batch;
+use tessera_compute::{Gpu, GpuOptions};
+use tessera_coordinator::config::RunConfig;
+use tessera_coordinator::core::{Action, Core, Input, Phase};
+use tessera_protocol::messages::{Capabilities, ContributorKind, SessionMessage};
+use tessera_protocol::{encode, Identity, ToCoordinator};
+use tessera_worker::session::Contributor;
+
+const HELD_OUT: &str = include_str!("../../../tests/data/held-out.txt");
+
+struct Outcome {
+    upload_per_replica_round: f64,
+    held_out: f64,
+    train_loss: f64,
+}
+
+fn run(gpu: &Gpu, sync: &str, rounds: u64) -> Result<Outcome> {
+    let mut cfg = RunConfig::from_toml(&format!(
+        "name = \"bench\"\nrounds = {rounds}\n[train]\nsync = \"{sync}\""
+    ))?;
+    cfg.seed = 5;
+    let (spec, init) = cfg.resolve(std::path::Path::new("."))?;
+    let model_cfg = spec.model.clone();
+    let replicas = spec.replicas as usize;
+    let mut core = Core::new(spec, Identity::from_seed([7; 32]), init);
+    let caps = Capabilities {
+        adapter: gpu.adapter().name.clone(),
+        backend: gpu.adapter().backend.clone(),
+        max_binding_bytes: gpu.max_binding_bytes(),
+        memory_budget_bytes: 1 << 30,
+    };
+    let mut clients: Vec<Contributor> = (0..replicas)
+        .map(|i| {
+            Contributor::new(
+                Identity::from_seed([i as u8 + 1; 32]),
+                ContributorKind::Native,
+                caps.clone(),
+            )
+        })
+        .collect();
+    let mut queue: VecDeque<Input> = VecDeque::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let conn = i as u64 + 1;
+        queue.push_back(Input::Connected {
+            conn,
+            nonce: [conn as u8; 32],
+        });
+        queue.push_back(Input::Message {
+            conn,
+            msg: c.hello(),
+        });
+    }
+    let (mut upload, mut submissions) = (0usize, 0usize);
+    while let Some(input) = queue.pop_front() {
+        if let Input::Message {
+            msg: ToCoordinator::Session(s),
+            ..
+        } = &input
+        {
+            if let SessionMessage::Submit(sub) = &s.body {
+                upload += encode(&sub.result)?.len();
+                submissions += 1;
+            }
+        }
+        for a in core.tick(0, input) {
+            if let Action::Send { conn, msg } = a {
+                let replies = pollster::block_on(clients[conn as usize - 1].handle(gpu, msg))
+                    .context("contributor")?;
+                queue.extend(replies.into_iter().map(|msg| Input::Message { conn, msg }));
+            }
+        }
+    }
+    if core.phase() != Phase::Finished {
+        bail!("the {sync} run did not finish");
+    }
+    let seq = model_cfg.max_position_embeddings;
+    let toks: Vec<u32> = HELD_OUT.bytes().map(u32::from).collect();
+    let n = toks.len() / seq;
+    let model = GpuModel::new(gpu, &model_cfg, core.weights(), Slicing::whole(), n * seq)?;
+    let held_out =
+        pollster::block_on(model.loss(gpu, &Batch::from_sequences(&toks[..n * seq], seq)))?;
+    Ok(Outcome {
+        upload_per_replica_round: upload as f64 / submissions as f64,
+        held_out,
+        train_loss: *core.losses().last().unwrap_or(&f64::NAN),
+    })
+}
+
+fn main() -> Result<()> {
+    let mut rounds = 12;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .context("--rounds needs a number")?
+                    .parse()
+                    .context("--rounds takes a number")?
+            }
+            "-h" | "--help" => {
+                println!("sync [--rounds 12]: SparseLoCo vs dense on the demo run");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let gpu = pollster::block_on(Gpu::new(GpuOptions::default()))?;
+    println!("adapter: {}", gpu.adapter());
+    let dense = run(&gpu, "dense", rounds)?;
+    let sparse = run(&gpu, "sparse", rounds)?;
+    println!("upload per replica per round: dense {:.0} bytes, sparseloco {:.0} bytes, ratio dense/sparse {:.1}x", dense.upload_per_replica_round, sparse.upload_per_replica_round, dense.upload_per_replica_round / sparse.upload_per_replica_round);
+    println!(
+        "final training loss: dense {:.4}, sparseloco {:.4}",
+        dense.train_loss, sparse.train_loss
+    );
+    println!("final held-out loss after {rounds} rounds: dense {:.4}, sparseloco {:.4}, difference (sparse - dense) {:+.4} nats", dense.held_out, sparse.held_out, sparse.held_out - dense.held_out);
+    Ok(())
+}
