@@ -13,11 +13,18 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn start() -> (server::Running, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("tessera-transport-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "tessera-transport-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     let store = Store::open(&dir).unwrap();
     let core = common::core(common::spec(2, 3, SyncMode::Dense));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    (server::serve(core, store, listener, None).await.unwrap(), dir)
+    (
+        server::serve(core, store, listener, None).await.unwrap(),
+        dir,
+    )
 }
 
 fn rand_suffix() -> u64 {
@@ -25,11 +32,17 @@ fn rand_suffix() -> u64 {
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(addr: std::net::SocketAddr) -> Ws {
-    let cfg = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
-    tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), Some(cfg), true).await.unwrap().0
+    let cfg = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), Some(cfg), true)
+        .await
+        .unwrap()
+        .0
 }
 
 /// Sends one frame; returns the error message the coordinator answered with (if any) and
@@ -56,26 +69,55 @@ async fn probe(addr: std::net::SocketAddr, frame: Message) -> (Option<String>, b
 async fn bad_frames_are_refused_and_change_nothing() {
     let (running, dir) = start().await;
     let addr = running.addr;
-    let (e, closed) = probe(addr, Message::Binary(vec![1, 2, 3, 4, 5, 6, 7, 8, 9].into())).await;
-    assert!(closed && e.as_deref().is_some_and(|m| m.contains("not a Tessera frame")), "{e:?}");
+    let (e, closed) = probe(
+        addr,
+        Message::Binary(vec![1, 2, 3, 4, 5, 6, 7, 8, 9].into()),
+    )
+    .await;
+    assert!(
+        closed
+            && e.as_deref()
+                .is_some_and(|m| m.contains("not a Tessera frame")),
+        "{e:?}"
+    );
     let mut v2 = encode(&common::Client::new(1).hello(1 << 30)).unwrap();
     v2[4..8].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
     let (e, closed) = probe(addr, Message::Binary(v2.into())).await;
-    assert!(closed && e.as_deref().is_some_and(|m| m.contains("protocol version")), "{e:?}");
+    assert!(
+        closed && e.as_deref().is_some_and(|m| m.contains("protocol version")),
+        "{e:?}"
+    );
     let mut cut = encode(&common::Client::new(1).hello(1 << 30)).unwrap();
     cut.truncate(cut.len() - 5);
     let (e, closed) = probe(addr, Message::Binary(cut.into())).await;
-    assert!(closed && e.as_deref().is_some_and(|m| m.contains("malformed")), "{e:?}");
+    assert!(
+        closed && e.as_deref().is_some_and(|m| m.contains("malformed")),
+        "{e:?}"
+    );
     let (e, closed) = probe(addr, Message::Text("hello".into())).await;
-    assert!(closed && e.as_deref().is_some_and(|m| m.contains("text frames")), "{e:?}");
+    assert!(
+        closed && e.as_deref().is_some_and(|m| m.contains("text frames")),
+        "{e:?}"
+    );
     let (_, closed) = probe(addr, Message::Binary(vec![0u8; MAX_FRAME_BYTES + 1].into())).await;
     assert!(closed, "an oversized frame closes the connection");
     // Nothing changed: no sessions, round 0; an honest peer still gets its challenge.
     let st = running.status.lock().unwrap().clone();
     assert_eq!((st.round, st.contributors.len()), (0, 0));
     let mut ws = connect(addr).await;
-    ws.send(Message::Binary(encode(&common::Client::new(2).hello(1 << 30)).unwrap().into())).await.unwrap();
-    let Some(Ok(Message::Binary(b))) = ws.next().await else { panic!("no answer") };
-    assert!(matches!(decode::<ToContributor>(&b, MAX_FRAME_BYTES), Ok(ToContributor::Challenge { .. })));
+    ws.send(Message::Binary(
+        encode(&common::Client::new(2).hello(1 << 30))
+            .unwrap()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let Some(Ok(Message::Binary(b))) = ws.next().await else {
+        panic!("no answer")
+    };
+    assert!(matches!(
+        decode::<ToContributor>(&b, MAX_FRAME_BYTES),
+        Ok(ToContributor::Challenge { .. })
+    ));
     let _ = std::fs::remove_dir_all(dir);
 }
