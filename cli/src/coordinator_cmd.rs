@@ -24,6 +24,9 @@ pub struct Args {
     /// Where the run's state, ledger and checkpoints live.
     #[arg(long, default_value = "tessera-run")]
     pub data_dir: PathBuf,
+    /// The run's database (default: SQLite at DATA_DIR/run.db), e.g. `postgres://user@host/db`.
+    #[arg(long)]
+    pub database: Option<String>,
 }
 
 /// Opens (or resumes) the run in `data_dir` and starts serving it.
@@ -32,11 +35,12 @@ pub async fn start(
     base: &Path,
     bind: SocketAddr,
     data_dir: &Path,
+    database: Option<&str>,
 ) -> Result<Running> {
     let (spec, init) = cfg.resolve(base)?;
-    let store = Store::open(data_dir)?;
+    let store = Store::open(data_dir, database).await?;
     let id = keys::load_or_create(&data_dir.join("coordinator.key"))?;
-    let core = match store.load(&spec.model)? {
+    let core = match store.load(&spec.model).await? {
         Some((snap, accepted)) => {
             println!(
                 "resuming run {} at round {} ({} accepted contributions in the open round)",
@@ -48,7 +52,9 @@ pub async fn start(
         }
         None => {
             let core = Core::new(spec, id, init);
-            let ck = store.write_checkpoint(&core.spec().model, &core.snapshot())?;
+            let ck = store
+                .write_checkpoint(&core.spec().model, &core.snapshot())
+                .await?;
             println!(
                 "new run {}: initial weights in {}",
                 core.name(),
@@ -74,7 +80,7 @@ pub async fn run(a: Args) -> Result<()> {
         .with_context(|| format!("reading {}", a.config.display()))?;
     let cfg = RunConfig::from_toml(&text)?;
     let base = a.config.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut running = start(&cfg, &base, a.bind, &a.data_dir).await?;
+    let mut running = start(&cfg, &base, a.bind, &a.data_dir, a.database.as_deref()).await?;
     tokio::select! {
         _ = running.finished.wait_for(|f| *f) => println!("run finished"),
         _ = tokio::signal::ctrl_c() => println!("stopping (the run resumes from {} when restarted)", a.data_dir.display()),

@@ -51,7 +51,7 @@ pub async fn run(a: Args) -> Result<()> {
         std::env::temp_dir().join(format!("tessera-demo-{}", std::process::id()))
     });
     let cfg = demo_config(a.rounds);
-    let mut running = coordinator_cmd::start(&cfg, &dir, a.bind, &dir).await?;
+    let mut running = coordinator_cmd::start(&cfg, &dir, a.bind, &dir, None).await?;
     let exe = std::env::current_exe().context("locating the tessera binary")?;
     let url = format!("ws://{}/ws", running.addr);
     let mut workers = Workers(Vec::new());

@@ -8,23 +8,39 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{coordinator, data, eval, free_port, scratch, state, status, wait_for, worker};
+use common::{coordinator, data, eval, free_port, scratch, status, wait_for, worker};
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
-/// Durable ledger entries (`.bin`; a `.tmp` is a write in progress).
-fn ledger_entries(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir.join("ledger"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "bin"))
-                .count()
-        })
-        .unwrap_or(0)
+/// Accepted contributions of the open round that the run's store holds durably.
+fn durable_accepted(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> usize {
+    let cfg = tessera_coordinator::config::preset("tiny-byte").expect("preset");
+    rt.block_on(async {
+        let store = tessera_coordinator::store::Store::open(dir, None)
+            .await
+            .expect("open the run's store");
+        store
+            .load(&cfg)
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |(_, accepted)| accepted.len())
+    })
 }
 
+/// Rounds committed: the highest `checkpoints/round-N` holding a model.
 fn rounds_done(dir: &std::path::Path) -> Option<usize> {
-    state(dir)["losses"].as_array().map(|l| l.len())
+    std::fs::read_dir(dir.join("checkpoints"))
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("model.safetensors").exists())
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("round-")
+                .and_then(|n| n.parse().ok())
+        })
+        .max()
 }
 
 #[test]
@@ -114,8 +130,9 @@ fn a_coordinator_killed_and_restarted_resumes_without_losing_work() {
         s["round"].as_u64() >= Some(3)
     });
     // Kill as soon as the open round holds an accepted contribution.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
     let start = Instant::now();
-    while ledger_entries(&dir) == 0 {
+    while durable_accepted(&rt, &dir) == 0 {
         assert!(
             start.elapsed() < FIVE_MINUTES,
             "no contribution was ever recorded"
@@ -123,7 +140,7 @@ fn a_coordinator_killed_and_restarted_resumes_without_losing_work() {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(c); // SIGKILL
-    let durable = ledger_entries(&dir);
+    let durable = durable_accepted(&rt, &dir);
     assert!(status(port).is_none(), "the coordinator is gone");
     let mut c2 = coordinator(&data("e2e.toml"), port, &dir);
     assert!(c2

@@ -247,13 +247,13 @@ async fn run_core(
                     conns.remove(&conn);
                 }
                 Action::Accepted(c) => {
-                    if let Err(e) = store.record(&c) {
+                    if let Err(e) = store.record(&c).await {
                         tracing::error!("ledger: {e}");
                     }
                 }
                 Action::RoundClosed(sum) => {
                     let snap = core.snapshot();
-                    match store.commit(core.name(), &core.spec().model, &snap) {
+                    match store.commit(core.name(), &core.spec().model, &snap).await {
                         Ok(ck) => println!(
                             "round {} loss {:.4} tokens {} contributors {} checkpoint {}",
                             sum.round,

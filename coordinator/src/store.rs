@@ -1,21 +1,35 @@
-//! Durable run state in a directory: the latest committed snapshot (`state.json`, replaced
-//! atomically), a Hugging Face checkpoint per closed round (`checkpoints/round-N/` with
-//! `model.safetensors` and `config.json`, loadable by transformers), and a ledger of accepted
-//! contributions of the open round (`ledger/`), so a coordinator killed mid-round resumes
-//! without losing accepted work.
+//! Durable run state. The run's state row and a permanent ledger of accepted contributions live
+//! in SQL (SQLite file in the run directory by default, PostgreSQL by URL, through sqlx); the
+//! blobs (each contribution's update until its round commits, and a Hugging Face checkpoint per
+//! closed round: `checkpoints/round-N/model.safetensors` + `config.json`) live in an object
+//! store (the run directory by default, via `object_store`). A coordinator killed mid-round
+//! resumes from the last committed round plus the open round's accepted contributions.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use futures_util::StreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
 use tessera_compute::hf::{params_from_safetensors, params_to_safetensors};
 use tessera_compute::ModelConfig;
+use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
 
 use crate::core::{Contribution, Snapshot};
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The file system.
+    /// The database.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The object store.
+    #[error("object store: {0}")]
+    Objects(#[from] object_store::Error),
+    /// A local directory.
     #[error("{path}: {source}")]
     Io {
         /// Where.
@@ -23,194 +37,229 @@ pub enum StoreError {
         /// What.
         source: std::io::Error,
     },
-    /// A file that does not parse.
-    #[error("{path}: {why}")]
+    /// Stored data that does not parse.
+    #[error("{what}: {why}")]
     Corrupt {
-        /// Where.
-        path: PathBuf,
         /// What.
+        what: String,
+        /// Why.
         why: String,
     },
 }
 
-/// The committed state besides the weights.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct State {
-    run: String,
-    round: u64,
-    version: u64,
-    losses: Vec<f64>,
-    next_unit: u64,
-    next_lease: u64,
-    checkpoint: String,
+fn corrupt(what: impl Into<String>, why: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what: what.into(),
+        why: why.to_string(),
+    }
 }
 
-/// A run's directory.
+/// A run's storage.
 #[derive(Clone, Debug)]
 pub struct Store {
+    db: AnyPool,
+    objects: Arc<dyn ObjectStore>,
     dir: PathBuf,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+const SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS run_state (
+        id INTEGER PRIMARY KEY,
+        run TEXT NOT NULL,
+        round BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        losses TEXT NOT NULL,
+        next_unit BIGINT NOT NULL,
+        next_lease BIGINT NOT NULL,
+        checkpoint TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger (
+        round BIGINT NOT NULL,
+        slot BIGINT NOT NULL,
+        unit BIGINT NOT NULL,
+        contributor TEXT NOT NULL,
+        tokens BIGINT NOT NULL,
+        loss_sum DOUBLE PRECISION NOT NULL,
+        blob TEXT NOT NULL,
+        PRIMARY KEY (round, slot))",
+];
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    let f = std::fs::File::open(&tmp).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+fn blob_path(round: u64, slot: u64) -> String {
+    format!("ledger/round-{round}-slot-{slot}.bin")
 }
 
 impl Store {
-    /// Opens (creating) a run directory.
-    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let dir = dir.into();
-        for d in [dir.clone(), dir.join("checkpoints"), dir.join("ledger")] {
-            std::fs::create_dir_all(&d).map_err(io(&d))?;
+    /// Opens (creating) the storage of a run in `dir`: SQLite at `dir/run.db` unless
+    /// `database_url` names another database (e.g. `postgres://...`), objects under `dir`.
+    pub async fn open(dir: &Path, database_url: Option<&str>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let dir = dir.canonicalize().map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        sqlx::any::install_default_drivers();
+        let url = match database_url {
+            Some(u) => u.to_string(),
+            None => format!("sqlite://{}?mode=rwc", dir.join("run.db").display()),
+        };
+        let db = AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await?;
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&db).await?;
         }
-        Ok(Store { dir })
+        let objects: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&dir)?);
+        Ok(Store { db, objects, dir })
     }
 
-    /// The directory.
+    /// The run directory (where local objects, and checkpoints, are).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Writes a Hugging Face checkpoint; returns its directory.
-    pub fn write_checkpoint(
+    async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.objects
+            .put(&ObjPath::from(path), PutPayload::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    async fn get(&self, path: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .objects
+            .get(&ObjPath::from(path))
+            .await?
+            .bytes()
+            .await?
+            .to_vec())
+    }
+
+    /// Writes the Hugging Face checkpoint of a snapshot; returns its directory.
+    pub async fn write_checkpoint(
         &self,
         cfg: &ModelConfig,
         snap: &Snapshot,
     ) -> Result<PathBuf, StoreError> {
-        let d = self
-            .dir
-            .join("checkpoints")
-            .join(format!("round-{}", snap.version));
-        std::fs::create_dir_all(&d).map_err(io(&d))?;
-        let st = params_to_safetensors(cfg, &snap.weights).map_err(|e| StoreError::Corrupt {
-            path: d.clone(),
-            why: e.to_string(),
-        })?;
-        write_atomic(&d.join("model.safetensors"), &st)?;
-        write_atomic(&d.join("config.json"), cfg.to_hf_json().as_bytes())?;
-        Ok(d)
+        let base = format!("checkpoints/round-{}", snap.version);
+        let st = params_to_safetensors(cfg, &snap.weights).map_err(|e| corrupt(&base, e))?;
+        self.put(&format!("{base}/model.safetensors"), st).await?;
+        self.put(
+            &format!("{base}/config.json"),
+            cfg.to_hf_json().into_bytes(),
+        )
+        .await?;
+        Ok(self.dir.join(base))
     }
 
-    /// Commits a round boundary: checkpoint, then the state pointing at it, then drops the
-    /// closed round's ledger.
-    pub fn commit(
+    /// Commits a round boundary: the checkpoint, then (atomically) the state row pointing at
+    /// it; then the closed rounds' update blobs are dropped (their ledger rows stay).
+    pub async fn commit(
         &self,
         run: &str,
         cfg: &ModelConfig,
         snap: &Snapshot,
     ) -> Result<PathBuf, StoreError> {
-        let ck = self.write_checkpoint(cfg, snap)?;
-        let state = State {
-            run: run.to_string(),
-            round: snap.round,
-            version: snap.version,
-            losses: snap.losses.clone(),
-            next_unit: snap.next_unit,
-            next_lease: snap.next_lease,
-            checkpoint: ck
-                .strip_prefix(&self.dir)
-                .unwrap_or(&ck)
-                .to_string_lossy()
-                .into_owned(),
-        };
-        let json = serde_json::to_vec_pretty(&state).map_err(|e| StoreError::Corrupt {
-            path: self.dir.join("state.json"),
-            why: e.to_string(),
-        })?;
-        write_atomic(&self.dir.join("state.json"), &json)?;
-        self.prune_ledger(snap.round)?;
-        Ok(ck)
-    }
-
-    /// Records an accepted contribution durably (before its receipt is sent).
-    pub fn record(&self, c: &Contribution) -> Result<(), StoreError> {
-        let path = self
-            .dir
-            .join("ledger")
-            .join(format!("round-{}-slot-{}.bin", c.round, c.slot));
-        let bytes =
-            tessera_protocol::signed::signing_bytes(c).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                why: e.to_string(),
-            })?;
-        write_atomic(&path, &bytes)
-    }
-
-    fn prune_ledger(&self, open_round: u64) -> Result<(), StoreError> {
-        let d = self.dir.join("ledger");
-        for e in std::fs::read_dir(&d).map_err(io(&d))?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
+        let ck = self.write_checkpoint(cfg, snap).await?;
+        let losses = serde_json::to_string(&snap.losses).map_err(|e| corrupt("losses", e))?;
+        sqlx::query(
+            "INSERT INTO run_state (id, run, round, version, losses, next_unit, next_lease, checkpoint)
+             VALUES (1, $1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET run = excluded.run, round = excluded.round, version = excluded.version,
+               losses = excluded.losses, next_unit = excluded.next_unit, next_lease = excluded.next_lease,
+               checkpoint = excluded.checkpoint",
+        )
+        .bind(run)
+        .bind(snap.round as i64)
+        .bind(snap.version as i64)
+        .bind(losses)
+        .bind(snap.next_unit as i64)
+        .bind(snap.next_lease as i64)
+        .bind(format!("checkpoints/round-{}", snap.version))
+        .execute(&self.db)
+        .await?;
+        let mut old = self.objects.list(Some(&ObjPath::from("ledger")));
+        while let Some(meta) = old.next().await {
+            let meta = meta?;
+            let name = meta.location.filename().unwrap_or_default().to_string();
             let round = name
                 .strip_prefix("round-")
                 .and_then(|r| r.split('-').next())
                 .and_then(|r| r.parse::<u64>().ok());
-            if round.is_some_and(|r| r < open_round) {
-                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            if round.is_some_and(|r| r < snap.round) {
+                self.objects.delete(&meta.location).await?;
             }
         }
+        Ok(ck)
+    }
+
+    /// Records an accepted contribution durably (before its receipt is sent): its update as a
+    /// blob, then its ledger row.
+    pub async fn record(&self, c: &Contribution) -> Result<(), StoreError> {
+        let path = blob_path(c.round, c.slot);
+        self.put(&path, signing_bytes(c).map_err(|e| corrupt(&path, e))?)
+            .await?;
+        sqlx::query("INSERT INTO ledger (round, slot, unit, contributor, tokens, loss_sum, blob) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(c.round as i64)
+            .bind(c.slot as i64)
+            .bind(c.unit as i64)
+            .bind(c.contributor.to_string())
+            .bind(c.tokens as i64)
+            .bind(c.loss_sum)
+            .bind(path)
+            .execute(&self.db)
+            .await?;
         Ok(())
     }
 
-    /// The last committed snapshot and the open round's accepted contributions, if the
-    /// directory holds a run.
-    pub fn load(
+    /// Accepted units per contributor (hex key), from the permanent ledger.
+    pub async fn accepted_per_contributor(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT contributor, COUNT(*) AS n FROM ledger GROUP BY contributor ORDER BY contributor").fetch_all(&self.db).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("contributor")?,
+                    r.try_get::<i64, _>("n")? as u64,
+                ))
+            })
+            .collect()
+    }
+
+    /// The last committed snapshot and the open round's accepted contributions, if the run has
+    /// committed anything.
+    pub async fn load(
         &self,
         cfg: &ModelConfig,
     ) -> Result<Option<(Snapshot, Vec<Contribution>)>, StoreError> {
-        let sp = self.dir.join("state.json");
-        if !sp.exists() {
+        let Some(row) = sqlx::query("SELECT round, version, losses, next_unit, next_lease, checkpoint FROM run_state WHERE id = 1").fetch_optional(&self.db).await? else {
             return Ok(None);
-        }
-        let text = std::fs::read(&sp).map_err(io(&sp))?;
-        let st: State = serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
-            path: sp.clone(),
-            why: e.to_string(),
-        })?;
-        let mp = self.dir.join(&st.checkpoint).join("model.safetensors");
-        let bytes = std::fs::read(&mp).map_err(io(&mp))?;
-        let weights = params_from_safetensors(cfg, &bytes).map_err(|e| StoreError::Corrupt {
-            path: mp.clone(),
-            why: e.to_string(),
-        })?;
+        };
+        let round = row.try_get::<i64, _>("round")? as u64;
+        let checkpoint: String = row.try_get("checkpoint")?;
+        let losses: Vec<f64> = serde_json::from_str(&row.try_get::<String, _>("losses")?)
+            .map_err(|e| corrupt("losses", e))?;
+        let bytes = self.get(&format!("{checkpoint}/model.safetensors")).await?;
+        let weights = params_from_safetensors(cfg, &bytes).map_err(|e| corrupt(&checkpoint, e))?;
+        let rows = sqlx::query("SELECT blob FROM ledger WHERE round = $1 ORDER BY slot")
+            .bind(round as i64)
+            .fetch_all(&self.db)
+            .await?;
         let mut accepted = Vec::new();
-        let d = self.dir.join("ledger");
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&d)
-            .map_err(io(&d))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "bin"))
-            .collect();
-        entries.sort();
-        for p in entries {
-            let b = std::fs::read(&p).map_err(io(&p))?;
+        for r in rows {
+            let path: String = r.try_get("blob")?;
             let c: Contribution =
-                tessera_protocol::signed::from_signing_bytes(&b).map_err(|e| {
-                    StoreError::Corrupt {
-                        path: p.clone(),
-                        why: e.to_string(),
-                    }
-                })?;
-            if c.round == st.round {
-                accepted.push(c);
-            }
+                from_signing_bytes(&self.get(&path).await?).map_err(|e| corrupt(&path, e))?;
+            accepted.push(c);
         }
         let snap = Snapshot {
-            round: st.round,
-            version: st.version,
+            round,
+            version: row.try_get::<i64, _>("version")? as u64,
             weights,
-            losses: st.losses,
-            next_unit: st.next_unit,
-            next_lease: st.next_lease,
+            losses,
+            next_unit: row.try_get::<i64, _>("next_unit")? as u64,
+            next_lease: row.try_get::<i64, _>("next_lease")? as u64,
         };
         Ok(Some((snap, accepted)))
     }

@@ -18,7 +18,7 @@ async fn start() -> (server::Running, std::path::PathBuf) {
         std::process::id(),
         rand_suffix()
     ));
-    let store = Store::open(&dir).unwrap();
+    let store = Store::open(&dir, None).await.unwrap();
     let core = common::core(common::spec(2, 3, SyncMode::Dense));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     (

@@ -65,12 +65,6 @@ impl Proc {
     }
 }
 
-/// The committed state of a run directory (`state.json`).
-pub fn state(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("state.json")).expect("state.json"))
-        .expect("state.json parses")
-}
-
 /// Starts `tessera coordinator`.
 pub fn coordinator(config: &Path, port: u16, dir: &Path) -> Proc {
     let log = std::fs::File::create(dir.with_extension("coordinator.log")).expect("log file");

@@ -1,0 +1,72 @@
+//! The run's storage: a commit, accepted contributions of the open round, and a reload that
+//! gives back exactly the committed snapshot and the open round's contributions; the ledger
+//! keeps every accepted contribution.
+
+mod common;
+
+use tessera_coordinator::core::{Contribution, Snapshot};
+use tessera_coordinator::store::Store;
+use tessera_protocol::messages::{NamedTensor, Update};
+use tessera_protocol::TensorPayload;
+
+fn contribution(round: u64, slot: u64, who: u8) -> Contribution {
+    Contribution {
+        round,
+        slot,
+        unit: round * 10 + slot,
+        contributor: tessera_protocol::Identity::from_seed([who; 32]).public(),
+        tokens: 512,
+        loss_sum: 1000.0 + slot as f64,
+        update: Update::Dense(vec![NamedTensor {
+            name: "x".into(),
+            tensor: TensorPayload::from_f32(&[2], &[1.0, slot as f32]),
+        }]),
+    }
+}
+
+#[tokio::test]
+async fn commit_record_and_reload() {
+    let dir = std::env::temp_dir().join(format!("tessera-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = common::tiny_model();
+    let store = Store::open(&dir, None).await.unwrap();
+    assert!(
+        store.load(&cfg).await.unwrap().is_none(),
+        "a fresh store holds no run"
+    );
+    let weights = tessera_compute::reference::ModelParams::random(&cfg, 4);
+    let snap = Snapshot {
+        round: 2,
+        version: 2,
+        weights: weights.clone(),
+        losses: vec![5.0, 4.0],
+        next_unit: 9,
+        next_lease: 4,
+    };
+    // Round 1's contribution, then the commit of round 2, then two of round 2.
+    store.record(&contribution(1, 0, 1)).await.unwrap();
+    let ck = store.commit("t", &cfg, &snap).await.unwrap();
+    assert!(ck.join("model.safetensors").exists() && ck.join("config.json").exists());
+    store.record(&contribution(2, 1, 2)).await.unwrap();
+    store.record(&contribution(2, 0, 3)).await.unwrap();
+    assert!(
+        store.record(&contribution(2, 0, 3)).await.is_err(),
+        "a slot is accepted once"
+    );
+    drop(store);
+    let store = Store::open(&dir, None).await.unwrap();
+    let (got, accepted) = store.load(&cfg).await.unwrap().expect("a committed run");
+    assert_eq!(got, snap);
+    assert_eq!(accepted, vec![contribution(2, 0, 3), contribution(2, 1, 2)]);
+    let per = store.accepted_per_contributor().await.unwrap();
+    assert_eq!(
+        per.iter().map(|(_, n)| n).sum::<u64>(),
+        3,
+        "the ledger keeps closed rounds' rows"
+    );
+    assert!(
+        !dir.join("ledger/round-1-slot-0.bin").exists(),
+        "closed rounds' blobs are dropped"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
