@@ -9,7 +9,9 @@
 //! [model]
 //! preset = "tiny-byte"        # or: config = "config.json", or: init_from = "checkpoint-dir"
 //! [data]
-//! builtin = true              # or: path = "corpus.txt"
+//! builtin = true              # or: path = "corpus.txt" / "data.jsonl" / "data.parquet"
+//! field = "text"              # JSON Lines / Parquet text field
+//! tokenizer = "tokenizer.json" # optional; byte-level by default
 //! [train]
 //! replicas = 3
 //! inner_steps = 4
@@ -24,7 +26,9 @@ use tessera_compute::hf::params_from_safetensors;
 use tessera_compute::reference::ModelParams;
 use tessera_compute::ModelConfig;
 use tessera_protocol::messages::{InnerOptimizer, SyncMode};
-use tessera_train::data::{byte_tokens, BUILT_IN_CORPUS};
+use tessera_train::data::BUILT_IN_CORPUS;
+
+use crate::data::{documents, Format, Tokenizer};
 use tessera_train::schedule::Schedule;
 
 use crate::core::RunSpec;
@@ -91,8 +95,19 @@ pub struct DataSection {
     /// Use the built-in corpus.
     #[serde(default = "yes")]
     pub builtin: bool,
-    /// A UTF-8 text file, tokenized byte-level.
+    /// A data file: text, JSON Lines or Parquet.
     pub path: Option<PathBuf>,
+    /// `text`, `jsonl` or `parquet` (default: from the extension).
+    pub format: Option<String>,
+    /// The text field of JSON Lines records or Parquet rows.
+    #[serde(default = "text_field")]
+    pub field: String,
+    /// A Hugging Face `tokenizer.json` (default: byte-level).
+    pub tokenizer: Option<PathBuf>,
+}
+
+fn text_field() -> String {
+    "text".into()
 }
 
 impl Default for DataSection {
@@ -100,6 +115,9 @@ impl Default for DataSection {
         DataSection {
             builtin: true,
             path: None,
+            format: None,
+            field: text_field(),
+            tokenizer: None,
         }
     }
 }
@@ -264,21 +282,37 @@ impl RunConfig {
             let w = ModelParams::random(&cfg, self.seed);
             (cfg, w)
         };
-        let text = match (&self.data.path, self.data.builtin) {
-            (Some(p), _) => String::from_utf8_lossy(&read(&base.join(p))?).into_owned(),
-            (None, true) => BUILT_IN_CORPUS.to_string(),
+        let d = &self.data;
+        let tokenizer = match &d.tokenizer {
+            Some(p) => Tokenizer::from_file(&base.join(p))
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            None => Tokenizer::Bytes,
+        };
+        let docs = match (&d.path, d.builtin) {
+            (Some(p), _) => {
+                let p = base.join(p);
+                let format = Format::pick(d.format.as_deref(), &p)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                documents(&p, format, &d.field).map_err(|e| ConfigError::Invalid(e.to_string()))?
+            }
+            (None, true) => vec![BUILT_IN_CORPUS.to_string()],
             (None, false) => {
                 return Err(ConfigError::Invalid(
                     "[data] needs path = \"...\" when builtin = false".into(),
                 ))
             }
         };
-        let tokens = byte_tokens(&text);
-        if model.vocab_size < 256 {
-            return Err(ConfigError::Invalid(format!(
-                "byte-level data needs a vocabulary of at least 256, the model has {}",
-                model.vocab_size
-            )));
+        let tokens = tokenizer
+            .encode(&docs)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(&max) = tokens.iter().max() {
+            if max as usize >= model.vocab_size {
+                return Err(ConfigError::Invalid(format!(
+                    "token id {max} from the tokenizer (vocabulary {}) is outside the model's vocabulary of {}",
+                    tokenizer.vocab_size(),
+                    model.vocab_size
+                )));
+            }
         }
         let t = &self.train;
         if t.replicas == 0 || t.inner_steps == 0 || t.batch == 0 || t.seq == 0 || self.rounds == 0 {

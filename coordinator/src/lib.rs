@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod core;
+pub mod data;
 pub mod server;
 pub mod store;
