@@ -139,8 +139,7 @@ fn hugging_face_tokenizer_json() {
     let e = RunConfig::from_toml(bytes)
         .unwrap()
         .resolve(&d)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("outside the model's vocabulary"), "{e}");
     assert!(
