@@ -147,3 +147,41 @@ fn hugging_face_tokenizer_json() {
         "unknown fields are errors"
     );
 }
+
+/// `init_from` starts a run from a checkpoint transformers wrote (the golden fixture), reading
+/// its transformers-5 `config.json`.
+#[test]
+fn init_from_a_transformers_checkpoint() {
+    let d = dir();
+    let golden =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../compute/tests/fixtures/golden");
+    let vocab: HashMap<String, u32> = [("[UNK]", 0), ("a", 1)]
+        .iter()
+        .map(|(w, i)| (w.to_string(), *i))
+        .collect();
+    let model = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("[UNK]".into())
+        .build()
+        .unwrap();
+    let mut t = tokenizers::Tokenizer::new(model);
+    t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    t.save(d.join("tok2.json"), false).unwrap();
+    std::fs::write(d.join("a.txt"), "a ".repeat(500)).unwrap();
+    let toml = format!("[model]\ninit_from = {:?}\n[data]\npath = \"a.txt\"\ntokenizer = \"tok2.json\"\n[train]\nseq = 8\n", golden.display().to_string());
+    let (spec, weights) = RunConfig::from_toml(&toml).unwrap().resolve(&d).unwrap();
+    assert_eq!(
+        (spec.model.vocab_size, spec.model.num_key_value_heads),
+        (67, 3)
+    );
+    let st = std::fs::read(golden.join("model.safetensors")).unwrap();
+    assert_eq!(
+        weights,
+        tessera_compute::hf::params_from_safetensors(&spec.model, &st).unwrap()
+    );
+    let both = "[model]\npreset = \"tiny-byte\"\ninit_from = \"x\"\n";
+    assert!(
+        RunConfig::from_toml(both).unwrap().resolve(&d).is_err(),
+        "one model source only"
+    );
+}
