@@ -147,10 +147,10 @@ fn mutated_frames_never_panic() {
         }
         if let Ok(m) = decode::<ToCoordinator>(&f, MAX_FRAME_BYTES) {
             decoded += 1;
-            assert_eq!(
-                decode::<ToCoordinator>(&encode(&m).unwrap(), MAX_FRAME_BYTES).unwrap(),
-                m
-            );
+            // Compared as bytes: a decoded float may be NaN.
+            let again = encode(&m).unwrap();
+            let back: ToCoordinator = decode(&again, MAX_FRAME_BYTES).unwrap();
+            assert_eq!(encode(&back).unwrap(), again);
         }
     }
     println!("{decoded} of 20000 mutated frames still decoded");
