@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tessera_coordinator::config::RunConfig;
 use tessera_coordinator::core::Core;
-use tessera_coordinator::server::{self, Running};
+use tessera_coordinator::server::{self, Outcome, Running};
 use tessera_coordinator::store::Store;
 
 use crate::keys;
@@ -82,7 +82,10 @@ pub async fn run(a: Args) -> Result<()> {
     let base = a.config.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut running = start(&cfg, &base, a.bind, &a.data_dir, a.database.as_deref()).await?;
     tokio::select! {
-        _ = running.finished.wait_for(|f| *f) => println!("run finished"),
+        r = running.finished.wait_for(|f| *f != Outcome::Running) => match r.map(|o| o.clone()) {
+            Ok(Outcome::Failed(why)) => anyhow::bail!("{why}"),
+            _ => println!("run finished"),
+        },
         _ = tokio::signal::ctrl_c() => println!("stopping (the run resumes from {} when restarted)", a.data_dir.display()),
     }
     Ok(())

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
 use tessera_coordinator::config::RunConfig;
+use tessera_coordinator::server::Outcome;
 
 use crate::coordinator_cmd;
 
@@ -78,7 +79,11 @@ pub async fn run(a: Args) -> Result<()> {
         dir.display()
     );
     tokio::select! {
-        _ = running.finished.wait_for(|f| *f) => {}
+        r = running.finished.wait_for(|f| *f != Outcome::Running) => {
+            if let Ok(Outcome::Failed(why)) = r.map(|o| o.clone()) {
+                anyhow::bail!("{why}");
+            }
+        }
         _ = tokio::signal::ctrl_c() => println!("stopped"),
     }
     drop(workers);

@@ -109,10 +109,23 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Latest status.
     pub status: Arc<Mutex<Status>>,
-    /// Becomes true when the run finishes.
-    pub finished: watch::Receiver<bool>,
+    /// Where the run stands: becomes `Finished`, or `Failed` when durable storage failed (the
+    /// core then stops before any receipt for unrecorded work goes out; a restart resumes from
+    /// what was recorded).
+    pub finished: watch::Receiver<Outcome>,
     /// Closed rounds, as they close.
     pub rounds: mpsc::UnboundedReceiver<RoundSummary>,
+}
+
+/// How the run stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Still training.
+    Running,
+    /// Every round done.
+    Finished,
+    /// Stopped: storage failed.
+    Failed(String),
 }
 
 /// Extra routes (e.g. the contributor page) merged into the server.
@@ -128,7 +141,11 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let status = Arc::new(Mutex::new(status_of(&core)));
-    let (fin_tx, fin_rx) = watch::channel(core.phase() == Phase::Finished);
+    let (fin_tx, fin_rx) = watch::channel(if core.phase() == Phase::Finished {
+        Outcome::Finished
+    } else {
+        Outcome::Running
+    });
     let (round_tx, round_rx) = mpsc::unbounded_channel();
     tokio::spawn(run_core(core, store, rx, status.clone(), fin_tx, round_tx));
     let shared = Shared {
@@ -220,9 +237,14 @@ async fn run_core(
     store: Store,
     mut rx: mpsc::UnboundedReceiver<Event>,
     status: Arc<Mutex<Status>>,
-    finished: watch::Sender<bool>,
+    finished: watch::Sender<Outcome>,
     rounds: mpsc::UnboundedSender<RoundSummary>,
 ) {
+    let fail = |what: &str, e: crate::store::StoreError| {
+        let why = format!("{what}: {e}; stopping so that a restart resumes from what was recorded");
+        tracing::error!("{why}");
+        let _ = finished.send(Outcome::Failed(why));
+    };
     let start = Instant::now();
     let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -248,7 +270,8 @@ async fn run_core(
                 }
                 Action::Accepted(c) => {
                     if let Err(e) = store.record(&c).await {
-                        tracing::error!("ledger: {e}");
+                        // The receipt that follows must not go out for work that is not durable.
+                        return fail("recording a contribution", e);
                     }
                 }
                 Action::RoundClosed(sum) => {
@@ -262,12 +285,12 @@ async fn run_core(
                             sum.contributors.len(),
                             ck.display()
                         ),
-                        Err(e) => tracing::error!("checkpoint: {e}"),
+                        Err(e) => return fail("committing the round", e),
                     }
                     let _ = rounds.send(sum);
                 }
                 Action::Finished => {
-                    let _ = finished.send(true);
+                    let _ = finished.send(Outcome::Finished);
                 }
             }
         }

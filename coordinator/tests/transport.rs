@@ -121,3 +121,58 @@ async fn bad_frames_are_refused_and_change_nothing() {
     ));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// When the ledger cannot be written, no receipt goes out for the unrecorded contribution and
+/// the coordinator stops (a restart resumes from what was recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_ledger_write_sends_no_receipt_and_stops() {
+    let (mut running, dir) = start().await;
+    // Make the ledger unwritable in a way that holds even for root: a file where the folder was.
+    let _ = std::fs::remove_dir_all(dir.join("ledger"));
+    std::fs::write(dir.join("ledger"), b"not a folder").unwrap();
+    let mut ws = connect(running.addr).await;
+    let mut client = common::Client::new(5);
+    let cfg = common::tiny_model();
+    let send = |m: &tessera_protocol::ToCoordinator| Message::Binary(encode(m).unwrap().into());
+    ws.send(send(&client.hello(1 << 30))).await.unwrap();
+    let mut receipts = 0;
+    loop {
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            r = running.finished.wait_for(|o| *o != server::Outcome::Running) => {
+                assert!(matches!(&*r.unwrap(), server::Outcome::Failed(why) if why.contains("recording a contribution")));
+                break;
+            }
+        };
+        let Some(Ok(Message::Binary(b))) = msg else {
+            continue;
+        };
+        match decode::<ToContributor>(&b, MAX_FRAME_BYTES).unwrap() {
+            ToContributor::Challenge {
+                nonce, coordinator, ..
+            } => ws
+                .send(send(&client.proof(nonce, &coordinator)))
+                .await
+                .unwrap(),
+            ToContributor::Lease(l) => {
+                let ready = client.signed(tessera_protocol::messages::SessionMessage::Ready {
+                    lease: l.lease,
+                    log_head: Default::default(),
+                });
+                ws.send(send(&ready)).await.unwrap();
+            }
+            ToContributor::Work(w) => {
+                let sub = client.submission(&cfg, &w, 0.1);
+                ws.send(send(&client.signed(
+                    tessera_protocol::messages::SessionMessage::Submit(sub),
+                )))
+                .await
+                .unwrap();
+            }
+            ToContributor::Receipt { .. } => receipts += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(receipts, 0, "no receipt for work that is not recorded");
+    let _ = std::fs::remove_dir_all(dir);
+}
