@@ -25,11 +25,38 @@ fn contribution(round: u64, slot: u64, who: u8) -> Contribution {
 }
 
 #[tokio::test]
-async fn commit_record_and_reload() {
-    let dir = std::env::temp_dir().join(format!("tessera-store-{}", std::process::id()));
+async fn commit_record_and_reload_sqlite() {
+    exercise("sqlite", None).await;
+}
+
+/// The same against PostgreSQL; `scripts/test-all` starts a server and sets
+/// `TESSERA_TEST_POSTGRES_URL`, so CI always runs it.
+#[tokio::test]
+async fn commit_record_and_reload_postgres() {
+    let Ok(url) = std::env::var("TESSERA_TEST_POSTGRES_URL") else {
+        println!("TESSERA_TEST_POSTGRES_URL is not set: PostgreSQL not exercised here");
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url)
+        .await
+        .expect("connect to the test database");
+    sqlx::query("DROP TABLE IF EXISTS run_state")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE IF EXISTS ledger")
+        .execute(&pool)
+        .await
+        .unwrap();
+    exercise("postgres", Some(&url)).await;
+}
+
+async fn exercise(name: &str, url: Option<&str>) {
+    let dir = std::env::temp_dir().join(format!("tessera-store-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = common::tiny_model();
-    let store = Store::open(&dir, None).await.unwrap();
+    let store = Store::open(&dir, url).await.unwrap();
     assert!(
         store.load(&cfg).await.unwrap().is_none(),
         "a fresh store holds no run"
@@ -54,7 +81,7 @@ async fn commit_record_and_reload() {
         "a slot is accepted once"
     );
     drop(store);
-    let store = Store::open(&dir, None).await.unwrap();
+    let store = Store::open(&dir, url).await.unwrap();
     let (got, accepted) = store.load(&cfg).await.unwrap().expect("a committed run");
     assert_eq!(got, snap);
     assert_eq!(accepted, vec![contribution(2, 0, 3), contribution(2, 1, 2)]);
