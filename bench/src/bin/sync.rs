@@ -7,17 +7,14 @@
 //! cargo run --release -p tessera-bench --bin sync -- --rounds 12
 //! ```
 
-use std::collections::VecDeque;
-
 use anyhow::{bail, Context, Result};
 use tessera_compute::model::{GpuModel, Slicing};
 use tessera_compute::reference::Batch;
 use tessera_compute::{Gpu, GpuOptions};
 use tessera_coordinator::config::RunConfig;
-use tessera_coordinator::core::{Action, Core, Input, Phase};
-use tessera_protocol::messages::{Capabilities, ContributorKind, SessionMessage};
+use tessera_coordinator::core::{Core, Phase};
+use tessera_protocol::messages::SessionMessage;
 use tessera_protocol::{encode, Identity, ToCoordinator};
-use tessera_worker::session::Contributor;
 
 const HELD_OUT: &str = include_str!("../../../tests/data/held-out.txt");
 
@@ -36,53 +33,17 @@ fn run(gpu: &Gpu, sync: &str, rounds: u64) -> Result<Outcome> {
     let model_cfg = spec.model.clone();
     let replicas = spec.replicas as usize;
     let mut core = Core::new(spec, Identity::from_seed([7; 32]), init);
-    let caps = Capabilities {
-        adapter: gpu.adapter().name.clone(),
-        backend: gpu.adapter().backend.clone(),
-        max_binding_bytes: gpu.max_binding_bytes(),
-        memory_budget_bytes: 1 << 30,
-    };
-    let mut clients: Vec<Contributor> = (0..replicas)
-        .map(|i| {
-            Contributor::new(
-                Identity::from_seed([i as u8 + 1; 32]),
-                ContributorKind::Native,
-                caps.clone(),
-            )
-        })
-        .collect();
-    let mut queue: VecDeque<Input> = VecDeque::new();
-    for (i, c) in clients.iter_mut().enumerate() {
-        let conn = i as u64 + 1;
-        queue.push_back(Input::Connected {
-            conn,
-            nonce: [conn as u8; 32],
-        });
-        queue.push_back(Input::Message {
-            conn,
-            msg: c.hello(),
-        });
-    }
+    let mut clients = tessera_e2e::contributors(gpu, replicas);
     let (mut upload, mut submissions) = (0usize, 0usize);
-    while let Some(input) = queue.pop_front() {
-        if let Input::Message {
-            msg: ToCoordinator::Session(s),
-            ..
-        } = &input
-        {
+    tessera_e2e::run(gpu, &mut core, &mut clients, |m| {
+        if let tessera_e2e::Message::Up(ToCoordinator::Session(s)) = m {
             if let SessionMessage::Submit(sub) = &s.body {
-                upload += encode(&sub.result)?.len();
+                upload += encode(&sub.result).map(|f| f.len()).unwrap_or(0);
                 submissions += 1;
             }
         }
-        for a in core.tick(0, input) {
-            if let Action::Send { conn, msg } = a {
-                let replies = pollster::block_on(clients[conn as usize - 1].handle(gpu, msg))
-                    .context("contributor")?;
-                queue.extend(replies.into_iter().map(|msg| Input::Message { conn, msg }));
-            }
-        }
-    }
+    })
+    .context("contributor")?;
     if core.phase() != Phase::Finished {
         bail!("the {sync} run did not finish");
     }

@@ -6,7 +6,6 @@
 //!     weights as single-device AdamW over the same steps (its Adam state persists across
 //!     rounds). Per tensor ‖a−b‖/‖b‖ ≤ 1e-5 over 3 rounds.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tessera_compute::model::{GpuModel, Slicing};
@@ -15,8 +14,8 @@ use tessera_compute::reference::ops::AdamW;
 use tessera_compute::reference::{Batch, ModelParams};
 use tessera_compute::shard::Optimizer;
 use tessera_compute::{Gpu, ModelConfig};
-use tessera_coordinator::core::{Action, Core, Input, Phase, RunSpec};
-use tessera_protocol::messages::{Capabilities, ContributorKind, InnerOptimizer, SyncMode, Work};
+use tessera_coordinator::core::{Core, Phase, RunSpec};
+use tessera_protocol::messages::{InnerOptimizer, SyncMode, Work};
 use tessera_protocol::{Identity, ToContributor};
 use tessera_train::schedule::Schedule;
 use tessera_worker::session::Contributor;
@@ -67,7 +66,8 @@ fn gpu() -> Gpu {
     g
 }
 
-/// Runs the whole run in process; returns the coordinator and every unit handed out.
+/// Runs the whole run in process; returns the coordinator, the contributors and every unit
+/// handed out.
 fn run(
     gpu: &Gpu,
     spec: RunSpec,
@@ -75,46 +75,14 @@ fn run(
     init: &ModelParams<f32>,
 ) -> (Core, Vec<Contributor>, Vec<Work>) {
     let mut core = Core::new(spec, Identity::from_seed([9; 32]), init.clone());
-    let caps = Capabilities {
-        adapter: "test".into(),
-        backend: "test".into(),
-        max_binding_bytes: 1 << 27,
-        memory_budget_bytes: 1 << 30,
-    };
-    let mut clients: Vec<Contributor> = (0..contributors)
-        .map(|i| {
-            Contributor::new(
-                Identity::from_seed([i as u8 + 1; 32]),
-                ContributorKind::Native,
-                caps.clone(),
-            )
-        })
-        .collect();
-    let mut queue: VecDeque<Input> = VecDeque::new();
-    for (i, c) in clients.iter_mut().enumerate() {
-        let conn = i as u64 + 1;
-        queue.push_back(Input::Connected {
-            conn,
-            nonce: [conn as u8; 32],
-        });
-        queue.push_back(Input::Message {
-            conn,
-            msg: c.hello(),
-        });
-    }
+    let mut clients = tessera_e2e::contributors(gpu, contributors);
     let mut works = Vec::new();
-    while let Some(input) = queue.pop_front() {
-        for a in core.tick(0, input) {
-            if let Action::Send { conn, msg } = a {
-                if let ToContributor::Work(w) = &msg {
-                    works.push(w.clone());
-                }
-                let replies = pollster::block_on(clients[conn as usize - 1].handle(gpu, msg))
-                    .expect("contributor handles the message");
-                queue.extend(replies.into_iter().map(|msg| Input::Message { conn, msg }));
-            }
+    tessera_e2e::run(gpu, &mut core, &mut clients, |m| {
+        if let tessera_e2e::Message::Down(ToContributor::Work(w)) = m {
+            works.push(w.clone());
         }
-    }
+    })
+    .expect("contributors handle every message");
     assert_eq!(core.phase(), Phase::Finished, "the run finished");
     (core, clients, works)
 }
