@@ -8,5 +8,6 @@ pub mod error;
 pub mod outer;
 pub mod schedule;
 pub mod sparseloco;
+pub mod update;
 
 pub use error::TrainError;

@@ -10,7 +10,8 @@ use tessera_compute::shard::Optimizer;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_protocol::messages::{InnerOptimizer, Lease, NamedTensor, SyncMode, Update, Work};
 use tessera_protocol::TensorPayload;
-use tessera_train::sparseloco::{Compressed, ErrorFeedback, SparseConfig};
+use tessera_train::sparseloco::{ErrorFeedback, SparseConfig};
+use tessera_train::update::{to_dense, two_d};
 
 use crate::error::WorkerError;
 
@@ -36,14 +37,6 @@ pub struct Replica {
     clip: Option<f32>,
     sparse: Option<(SparseConfig, Vec<ErrorFeedback>)>,
     steps: u32,
-}
-
-fn two_d(shape: &[usize]) -> [usize; 2] {
-    if shape.len() == 2 {
-        [shape[0], shape[1]]
-    } else {
-        [1, shape.iter().product()]
-    }
 }
 
 impl Replica {
@@ -203,34 +196,11 @@ impl Replica {
         lr: f32,
         update: &Update,
     ) -> Result<(), WorkerError> {
-        let shapes = tensor_shapes(&self.cfg);
-        let dense: Vec<Vec<f32>> = match update {
-            Update::Dense(ts) => {
-                if ts.len() != shapes.len() {
-                    return Err(WorkerError::Coordinator(format!(
-                        "outer step with {} tensors, the model has {}",
-                        ts.len(),
-                        shapes.len()
-                    )));
-                }
-                ts.iter()
-                    .zip(&shapes)
-                    .map(|(t, (_, s))| {
-                        t.tensor.expect_shape(s)?;
-                        Ok(t.tensor.to_f32()?)
-                    })
-                    .collect::<Result<_, WorkerError>>()?
-            }
-            Update::Sparse(ts) => {
-                let sc = self.sparse.as_ref().map(|(c, _)| *c).ok_or_else(|| {
-                    WorkerError::Coordinator("sparse outer step in a dense run".into())
-                })?;
-                ts.iter()
-                    .zip(&shapes)
-                    .map(|(t, (_, s))| Ok(Compressed::from_wire(t, two_d(s), &sc)?.to_dense()))
-                    .collect::<Result<_, WorkerError>>()?
-            }
-        };
+        let dense = to_dense(
+            update,
+            &tensor_shapes(&self.cfg),
+            self.sparse.as_ref().map(|(c, _)| c),
+        )?;
         for (p, u) in self.start.tensors_mut().into_iter().zip(&dense) {
             p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
         }
