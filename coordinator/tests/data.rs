@@ -45,6 +45,23 @@ fn write_parquet(path: &std::path::Path, docs: &[&str]) {
     w.close().unwrap();
 }
 
+/// Saves a word-level `tokenizer.json` with whitespace pre-tokenization; word i gets id i.
+fn word_level(path: &std::path::Path, words: &[&str]) {
+    let vocab: HashMap<String, u32> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i as u32))
+        .collect();
+    let model = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("[UNK]".into())
+        .build()
+        .unwrap();
+    let mut t = tokenizers::Tokenizer::new(model);
+    t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    t.save(path, false).unwrap();
+}
+
 #[test]
 fn text_jsonl_and_parquet_documents() {
     let d = dir();
@@ -95,19 +112,10 @@ fn text_jsonl_and_parquet_documents() {
 #[test]
 fn hugging_face_tokenizer_json() {
     let d = dir();
-    let vocab: HashMap<String, u32> = ["[UNK]", "the", "lamp", "was", "lit"]
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.to_string(), i as u32))
-        .collect();
-    let model = tokenizers::models::wordlevel::WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token("[UNK]".into())
-        .build()
-        .unwrap();
-    let mut t = tokenizers::Tokenizer::new(model);
-    t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    t.save(d.join("tokenizer.json"), false).unwrap();
+    word_level(
+        &d.join("tokenizer.json"),
+        &["[UNK]", "the", "lamp", "was", "lit"],
+    );
     let tok = Tokenizer::from_file(&d.join("tokenizer.json")).unwrap();
     assert_eq!(tok.vocab_size(), 5);
     assert_eq!(
@@ -155,18 +163,7 @@ fn init_from_a_transformers_checkpoint() {
     let d = dir();
     let golden =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../compute/tests/fixtures/golden");
-    let vocab: HashMap<String, u32> = [("[UNK]", 0), ("a", 1)]
-        .iter()
-        .map(|(w, i)| (w.to_string(), *i))
-        .collect();
-    let model = tokenizers::models::wordlevel::WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token("[UNK]".into())
-        .build()
-        .unwrap();
-    let mut t = tokenizers::Tokenizer::new(model);
-    t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    t.save(d.join("tok2.json"), false).unwrap();
+    word_level(&d.join("tok2.json"), &["[UNK]", "a"]);
     std::fs::write(d.join("a.txt"), "a ".repeat(500)).unwrap();
     let toml = format!("[model]\ninit_from = {:?}\n[data]\npath = \"a.txt\"\ntokenizer = \"tok2.json\"\n[train]\nseq = 8\n", golden.display().to_string());
     let (spec, weights) = RunConfig::from_toml(&toml).unwrap().resolve(&d).unwrap();
