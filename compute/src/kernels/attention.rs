@@ -50,46 +50,31 @@ impl AttnDims {
 type Launch = ([Const; 3], (u32, u32, u32));
 
 impl Gpu {
-    /// Constants and grid of the kernels with one invocation per (query, head): forward and dq.
-    fn query_kernels(&self, a: &AttnDims) -> Result<Launch, ComputeError> {
+    /// Constants and grid of an attention kernel. Forward and dq run one invocation per
+    /// (query, head), `attn_rows` queries per workgroup, keys streamed in tiles (`by_key`
+    /// false); dk/dv runs one per (key, kv head), `attn_rows` keys per workgroup, queries
+    /// streamed in tiles (`by_key` true).
+    fn launch(&self, a: &AttnDims, by_key: bool) -> Result<Launch, ComputeError> {
         let hd = u32_of("head_dim", a.hd)?;
         let rows = self.tiles().attn_rows;
         let tile = self
             .tiles()
             .attn_tile_for(hd, self.limits().max_compute_workgroup_storage_size)?;
+        let (heads, bq, bkv) = if by_key {
+            (a.kv_heads, tile, rows)
+        } else {
+            (a.heads, rows, tile)
+        };
         let grid = (
-            u32_of("query blocks", a.seq.div_ceil(rows as usize))?,
-            u32_of("heads", a.heads)?,
+            u32_of("row blocks", a.seq.div_ceil(rows as usize))?,
+            u32_of("heads", heads)?,
             u32_of("sequences", a.sequences)?,
         );
         Ok((
             [
                 Const::U32("HD", hd),
-                Const::U32("BQ", rows),
-                Const::U32("BKV", tile),
-            ],
-            grid,
-        ))
-    }
-
-    /// Constants and grid of the dk/dv kernel: one invocation per (key, kv head), BKV keys per
-    /// workgroup, queries streamed in tiles of BQ.
-    fn key_kernel(&self, a: &AttnDims) -> Result<Launch, ComputeError> {
-        let hd = u32_of("head_dim", a.hd)?;
-        let rows = self.tiles().attn_rows;
-        let tile = self
-            .tiles()
-            .attn_tile_for(hd, self.limits().max_compute_workgroup_storage_size)?;
-        let grid = (
-            u32_of("key blocks", a.seq.div_ceil(rows as usize))?,
-            u32_of("kv heads", a.kv_heads)?,
-            u32_of("sequences", a.sequences)?,
-        );
-        Ok((
-            [
-                Const::U32("HD", hd),
-                Const::U32("BQ", tile),
-                Const::U32("BKV", rows),
+                Const::U32("BQ", bq),
+                Const::U32("BKV", bkv),
             ],
             grid,
         ))
@@ -112,7 +97,7 @@ impl Gpu {
         need("attention v", v, rows * a.kv_heads * a.hd)?;
         need("attention o", o, rows * a.heads * a.hd)?;
         need("attention lse", lse, rows * a.heads)?;
-        let (consts, grid) = self.query_kernels(&a)?;
+        let (consts, grid) = self.launch(&a, false)?;
         self.dispatch(
             "attention_forward",
             &consts,
@@ -166,7 +151,7 @@ impl Gpu {
             pd,
             self.elementwise_grid(rows * a.heads)?,
         )?;
-        let (consts, grid) = self.query_kernels(&a)?;
+        let (consts, grid) = self.launch(&a, false)?;
         self.dispatch(
             "attention_backward_dq",
             &consts,
@@ -176,7 +161,7 @@ impl Gpu {
             a.params()?,
             grid,
         )?;
-        let (consts, grid) = self.key_kernel(&a)?;
+        let (consts, grid) = self.launch(&a, true)?;
         self.dispatch(
             "attention_backward_dkv",
             &consts,
