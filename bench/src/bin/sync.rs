@@ -24,9 +24,9 @@ struct Outcome {
     train_loss: f64,
 }
 
-fn run(gpu: &Gpu, sync: &str, rounds: u64) -> Result<Outcome> {
+fn run(gpu: &Gpu, sync: &str, rounds: u64, extra: &str) -> Result<Outcome> {
     let mut cfg = RunConfig::from_toml(&format!(
-        "name = \"bench\"\nrounds = {rounds}\n[train]\nsync = \"{sync}\""
+        "name = \"bench\"\nrounds = {rounds}\n[train]\nsync = \"{sync}\"\n{extra}"
     ))?;
     cfg.seed = 5;
     let (spec, init) = cfg.resolve(std::path::Path::new("."))?;
@@ -62,6 +62,7 @@ fn run(gpu: &Gpu, sync: &str, rounds: u64) -> Result<Outcome> {
 
 fn main() -> Result<()> {
     let mut rounds = 12;
+    let mut extra = String::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -72,8 +73,16 @@ fn main() -> Result<()> {
                     .parse()
                     .context("--rounds takes a number")?
             }
+            "--set" => {
+                extra.push_str(
+                    &args
+                        .next()
+                        .context("--set needs key=value (a [train] setting)")?,
+                );
+                extra.push('\n');
+            }
             "-h" | "--help" => {
-                println!("sync [--rounds 12]: SparseLoCo vs dense on the demo run");
+                println!("sync [--rounds 12] [--set key=value ...]: SparseLoCo vs dense on the demo run ([train] settings, e.g. --set k=256)");
                 return Ok(());
             }
             other => bail!("unknown argument {other}"),
@@ -81,8 +90,8 @@ fn main() -> Result<()> {
     }
     let gpu = pollster::block_on(Gpu::new(GpuOptions::default()))?;
     println!("adapter: {}", gpu.adapter());
-    let dense = run(&gpu, "dense", rounds)?;
-    let sparse = run(&gpu, "sparse", rounds)?;
+    let dense = run(&gpu, "dense", rounds, &extra)?;
+    let sparse = run(&gpu, "sparse", rounds, &extra)?;
     println!("upload per replica per round: dense {:.0} bytes, sparseloco {:.0} bytes, ratio dense/sparse {:.1}x", dense.upload_per_replica_round, sparse.upload_per_replica_round, dense.upload_per_replica_round / sparse.upload_per_replica_round);
     println!(
         "final training loss: dense {:.4}, sparseloco {:.4}",
