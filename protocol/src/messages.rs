@@ -112,6 +112,22 @@ pub enum Update {
     Dense(Vec<NamedTensor>),
     /// Chunked top-k with 2-bit values, by name.
     Sparse(Vec<SparseTensor>),
+    /// Explicit nonzero entries, by name: how the coordinator publishes the mean of sparse
+    /// updates.
+    Indexed(Vec<IndexedTensor>),
+}
+
+/// A tensor given by its nonzero entries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexedTensor {
+    /// Tensor name.
+    pub name: String,
+    /// Shape of the dense tensor.
+    pub shape: Vec<u64>,
+    /// Flat positions, strictly increasing (u32 payload).
+    pub indices: TensorPayload,
+    /// The values at those positions (f32 payload).
+    pub values: TensorPayload,
 }
 
 /// A tensor with its Hugging Face name.

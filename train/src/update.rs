@@ -3,7 +3,8 @@
 //! against the run's compression parameters. Used by the coordinator on submissions and by
 //! replicas on outer steps.
 
-use tessera_protocol::messages::Update;
+use tessera_protocol::messages::{IndexedTensor, Update};
+use tessera_protocol::TensorPayload;
 
 use crate::error::TrainError;
 use crate::sparseloco::{Compressed, SparseConfig};
@@ -14,6 +15,22 @@ pub fn two_d(shape: &[usize]) -> [usize; 2] {
         [shape[0], shape[1]]
     } else {
         [1, shape.iter().product()]
+    }
+}
+
+/// A dense tensor as its nonzero entries.
+pub fn to_indexed(name: &str, shape: &[usize], values: &[f32]) -> IndexedTensor {
+    let (idx, vals): (Vec<u32>, Vec<f32>) = values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v != 0.0)
+        .map(|(i, v)| (i as u32, *v))
+        .unzip();
+    IndexedTensor {
+        name: name.to_string(),
+        shape: shape.iter().map(|&d| d as u64).collect(),
+        indices: TensorPayload::from_u32(&[idx.len()], &idx),
+        values: TensorPayload::from_f32(&[vals.len()], &vals),
     }
 }
 
@@ -31,6 +48,7 @@ pub fn to_dense(
     let count = match u {
         Update::Dense(ts) => ts.len(),
         Update::Sparse(ts) => ts.len(),
+        Update::Indexed(ts) => ts.len(),
     };
     if count != shapes.len() {
         return Err(bad(
@@ -53,6 +71,39 @@ pub fn to_dense(
                 check_name(&t.name, name)?;
                 t.tensor.expect_shape(shape)?;
                 Ok(t.tensor.to_f32()?)
+            })
+            .collect(),
+        Update::Indexed(ts) => ts
+            .iter()
+            .zip(shapes)
+            .map(|(t, (name, shape))| {
+                check_name(&t.name, name)?;
+                let n: usize = shape.iter().product();
+                if t.shape.len() != shape.len()
+                    || t.shape.iter().zip(shape).any(|(&a, &b)| a != b as u64)
+                {
+                    return Err(bad(
+                        &t.name,
+                        format!("shape {:?}, expected {shape:?}", t.shape),
+                    ));
+                }
+                let idx = t.indices.to_u32()?;
+                let vals = t.values.to_f32()?;
+                if idx.len() != vals.len()
+                    || idx.windows(2).any(|w| w[0] >= w[1])
+                    || idx.last().is_some_and(|&i| i as usize >= n)
+                {
+                    return Err(bad(
+                        &t.name,
+                        "positions must be strictly increasing, within the tensor, one per value"
+                            .into(),
+                    ));
+                }
+                let mut d = vec![0.0f32; n];
+                for (&i, &v) in idx.iter().zip(&vals) {
+                    d[i as usize] = v;
+                }
+                Ok(d)
             })
             .collect(),
         Update::Sparse(ts) => {

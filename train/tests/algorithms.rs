@@ -265,3 +265,62 @@ fn sampler_is_deterministic_and_visits_every_sample_each_epoch() {
         .collect();
     assert_eq!(draws.len(), 24);
 }
+
+#[test]
+fn indexed_updates_round_trip_and_are_checked() {
+    use tessera_protocol::messages::Update;
+    use tessera_train::update::{to_dense, to_indexed};
+    let shapes = vec![("a".to_string(), vec![2, 3]), ("b".to_string(), vec![4])];
+    let a = vec![0.0, 1.5, 0.0, 0.0, -2.0, 0.0];
+    let b = vec![0.0; 4];
+    let u = Update::Indexed(vec![
+        to_indexed("a", &[2, 3], &a),
+        to_indexed("b", &[4], &b),
+    ]);
+    assert_eq!(
+        to_dense(&u, &shapes, None).unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    let mut bad = to_indexed("a", &[2, 3], &a);
+    bad.indices = tessera_protocol::TensorPayload::from_u32(&[2], &[4, 1]);
+    assert!(
+        to_dense(
+            &Update::Indexed(vec![bad, to_indexed("b", &[4], &b)]),
+            &shapes,
+            None
+        )
+        .is_err(),
+        "positions out of order"
+    );
+    let mut far = to_indexed("a", &[2, 3], &a);
+    far.indices = tessera_protocol::TensorPayload::from_u32(&[2], &[1, 6]);
+    assert!(
+        to_dense(
+            &Update::Indexed(vec![far, to_indexed("b", &[4], &b)]),
+            &shapes,
+            None
+        )
+        .is_err(),
+        "position outside the tensor"
+    );
+    let nan = to_indexed("a", &[2, 3], &[0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0]);
+    assert!(
+        to_dense(
+            &Update::Indexed(vec![nan, to_indexed("b", &[4], &b)]),
+            &shapes,
+            None
+        )
+        .is_err(),
+        "NaN value"
+    );
+    let wrong = to_indexed("a", &[3, 2], &a);
+    assert!(
+        to_dense(
+            &Update::Indexed(vec![wrong, to_indexed("b", &[4], &b)]),
+            &shapes,
+            None
+        )
+        .is_err(),
+        "shape"
+    );
+}

@@ -14,12 +14,13 @@ use tessera_compute::{Gpu, GpuOptions};
 use tessera_coordinator::config::RunConfig;
 use tessera_coordinator::core::{Core, Phase};
 use tessera_protocol::messages::SessionMessage;
-use tessera_protocol::{encode, Identity, ToCoordinator};
+use tessera_protocol::{encode, Identity, ToContributor, ToCoordinator};
 
 const HELD_OUT: &str = include_str!("../../../tests/data/held-out.txt");
 
 struct Outcome {
     upload_per_replica_round: f64,
+    download_per_replica_round: f64,
     held_out: f64,
     train_loss: f64,
 }
@@ -35,7 +36,12 @@ fn run(gpu: &Gpu, sync: &str, rounds: u64, extra: &str) -> Result<Outcome> {
     let mut core = Core::new(spec, Identity::from_seed([7; 32]), init);
     let mut clients = tessera_e2e::contributors(gpu, replicas);
     let (mut upload, mut submissions) = (0usize, 0usize);
+    let (mut download, mut steps) = (0usize, 0usize);
     tessera_e2e::run(gpu, &mut core, &mut clients, |m| {
+        if let tessera_e2e::Message::Down(ToContributor::OuterStep { update, .. }) = m {
+            download += encode(update).map(|f| f.len()).unwrap_or(0);
+            steps += 1;
+        }
         if let tessera_e2e::Message::Up(ToCoordinator::Session(s)) = m {
             if let SessionMessage::Submit(sub) = &s.body {
                 upload += encode(&sub.result).map(|f| f.len()).unwrap_or(0);
@@ -55,6 +61,7 @@ fn run(gpu: &Gpu, sync: &str, rounds: u64, extra: &str) -> Result<Outcome> {
         pollster::block_on(model.loss(gpu, &Batch::from_sequences(&toks[..n * seq], seq)))?;
     Ok(Outcome {
         upload_per_replica_round: upload as f64 / submissions as f64,
+        download_per_replica_round: download as f64 / steps.max(1) as f64,
         held_out,
         train_loss: *core.losses().last().unwrap_or(&f64::NAN),
     })
@@ -93,6 +100,12 @@ fn main() -> Result<()> {
     let dense = run(&gpu, "dense", rounds, &extra)?;
     let sparse = run(&gpu, "sparse", rounds, &extra)?;
     println!("upload per replica per round: dense {:.0} bytes, sparseloco {:.0} bytes, ratio dense/sparse {:.1}x", dense.upload_per_replica_round, sparse.upload_per_replica_round, dense.upload_per_replica_round / sparse.upload_per_replica_round);
+    println!(
+        "outer step download per replica per round: dense {:.0} bytes, sparseloco {:.0} bytes, ratio {:.1}x",
+        dense.download_per_replica_round,
+        sparse.download_per_replica_round,
+        dense.download_per_replica_round / sparse.download_per_replica_round
+    );
     println!(
         "final training loss: dense {:.4}, sparseloco {:.4}",
         dense.train_loss, sparse.train_loss

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use tessera_protocol::messages::{Receipt, Submission, Update, Verdict, Work};
+use tessera_protocol::messages::{NamedTensor, Receipt, Submission, Update, Verdict, Work};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
 use tessera_train::data::draw_index;
 use tessera_train::outer;
+use tessera_train::update::to_indexed;
 
 use super::{Action, ConnId, Contribution, Core, Phase, RoundSummary};
 
@@ -291,18 +292,29 @@ impl Core {
             0.0
         };
         self.losses.push(loss);
-        let update = Update::Dense(
-            tessera_compute::hf::tensor_shapes(&self.spec.model)
-                .into_iter()
-                .zip(&mean)
-                .map(
-                    |((name, shape), v)| tessera_protocol::messages::NamedTensor {
-                        name,
-                        tensor: TensorPayload::from_f32(&shape, v),
-                    },
-                )
-                .collect(),
-        );
+        // Dense runs publish the dense mean; SparseLoCo runs publish its nonzero entries (the
+        // union of the replicas' top-k positions).
+        let shapes = tessera_compute::hf::tensor_shapes(&self.spec.model);
+        let update = if self.spec.sparse().is_some() {
+            Update::Indexed(
+                shapes
+                    .iter()
+                    .zip(&mean)
+                    .map(|((name, shape), v)| to_indexed(name, shape, v))
+                    .collect(),
+            )
+        } else {
+            Update::Dense(
+                shapes
+                    .iter()
+                    .zip(&mean)
+                    .map(|((name, shape), v)| NamedTensor {
+                        name: name.clone(),
+                        tensor: TensorPayload::from_f32(shape, v),
+                    })
+                    .collect(),
+            )
+        };
         self.out.push(Action::RoundClosed(RoundSummary {
             round: closed,
             version: self.version,
