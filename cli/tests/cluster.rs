@@ -161,3 +161,30 @@ fn a_coordinator_killed_and_restarted_resumes_without_losing_work() {
     );
     assert!(durable >= 1);
 }
+
+#[test]
+fn a_worker_interrupted_with_ctrl_c_leaves_cleanly() {
+    let dir = scratch("ctrl-c");
+    let port = free_port();
+    let _c = coordinator(&data("e2e.toml"), port, &dir);
+    let mut w = worker(port, &dir.join("w.key"));
+    wait_for(port, FIVE_MINUTES, "the worker to hold a lease", |s| {
+        s["contributors"]
+            .as_array()
+            .is_some_and(|c| c.len() == 1 && c[0]["lease"].is_string())
+    });
+    let pid = w.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let st = w.wait_exit(Duration::from_secs(120), "the worker to exit after Ctrl-C");
+    assert!(st.success(), "Ctrl-C is a clean exit, got {st}");
+    wait_for(
+        port,
+        Duration::from_secs(30),
+        "the coordinator to see it leave",
+        |s| s["contributors"].as_array().is_some_and(|c| c.is_empty()),
+    );
+}
