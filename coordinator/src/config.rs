@@ -358,14 +358,9 @@ impl RunConfig {
                 )))
             }
         };
-        if let SyncMode::Sparse { chunk, k, beta } = sync {
-            tessera_train::sparseloco::SparseConfig {
-                chunk: [chunk[0] as usize, chunk[1] as usize],
-                k: k as usize,
-                beta,
-            }
-            .validate()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(sc) = tessera_train::sparseloco::SparseConfig::from_sync(&sync) {
+            sc.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         let total = self.rounds * t.inner_steps;
         let spec = RunSpec {

@@ -4,7 +4,7 @@
 //! in an error-feedback buffer `e = beta * e + delta`, from which the sent part is subtracted.
 
 use serde::{Deserialize, Serialize};
-use tessera_protocol::messages::SparseTensor;
+use tessera_protocol::messages::{SparseTensor, SyncMode};
 use tessera_protocol::TensorPayload;
 
 use crate::error::TrainError;
@@ -31,6 +31,18 @@ impl Default for SparseConfig {
 }
 
 impl SparseConfig {
+    /// The compression of a run's sync mode (`None` for dense).
+    pub fn from_sync(sync: &SyncMode) -> Option<Self> {
+        match *sync {
+            SyncMode::Dense => None,
+            SyncMode::Sparse { chunk, k, beta } => Some(SparseConfig {
+                chunk: [chunk[0] as usize, chunk[1] as usize],
+                k: k as usize,
+                beta,
+            }),
+        }
+    }
+
     /// Checks the parameters.
     pub fn validate(&self) -> Result<(), TrainError> {
         let n = self.chunk[0] * self.chunk[1];

@@ -8,7 +8,7 @@ use tessera_compute::reference::ops::AdamW;
 use tessera_compute::reference::{Batch, ModelParams};
 use tessera_compute::shard::Optimizer;
 use tessera_compute::{Gpu, ModelConfig};
-use tessera_protocol::messages::{InnerOptimizer, Lease, NamedTensor, SyncMode, Update, Work};
+use tessera_protocol::messages::{InnerOptimizer, Lease, NamedTensor, Update, Work};
 use tessera_protocol::TensorPayload;
 use tessera_train::sparseloco::{ErrorFeedback, SparseConfig};
 use tessera_train::update::{to_dense, two_d};
@@ -49,14 +49,9 @@ impl Replica {
         max_rows: usize,
     ) -> Result<Self, WorkerError> {
         let model = GpuModel::new(gpu, &cfg, &weights, Slicing::whole(), max_rows)?;
-        let sparse = match lease.sync {
-            SyncMode::Dense => None,
-            SyncMode::Sparse { chunk, k, beta } => {
-                let sc = SparseConfig {
-                    chunk: [chunk[0] as usize, chunk[1] as usize],
-                    k: k as usize,
-                    beta,
-                };
+        let sparse = match SparseConfig::from_sync(&lease.sync) {
+            None => None,
+            Some(sc) => {
                 sc.validate()?;
                 Some((
                     sc,

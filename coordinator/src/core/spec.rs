@@ -51,14 +51,7 @@ pub struct RunSpec {
 impl RunSpec {
     /// The sparse configuration, when syncing sparsely.
     pub fn sparse(&self) -> Option<SparseConfig> {
-        match self.sync {
-            SyncMode::Dense => None,
-            SyncMode::Sparse { chunk, k, beta } => Some(SparseConfig {
-                chunk: [chunk[0] as usize, chunk[1] as usize],
-                k: k as usize,
-                beta,
-            }),
-        }
+        SparseConfig::from_sync(&self.sync)
     }
 
     /// Bytes a whole-model replica needs: weights, gradients, optimizer moments and a copy of
