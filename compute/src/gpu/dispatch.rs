@@ -51,6 +51,16 @@ impl Gpu {
         Ok((x as u32, y as u32, 1))
     }
 
+    /// A grid with one invocation per element of `n`, in workgroups of the elementwise size.
+    pub(crate) fn elementwise_grid(&self, n: usize) -> Result<(u32, u32, u32), ComputeError> {
+        self.grid(n.div_ceil(self.tiles().wg as usize) as u64)
+    }
+
+    /// The `WG` constant of elementwise kernels and row reductions.
+    pub(crate) fn wg_consts(&self) -> [Const; 1] {
+        [Const::U32("WG", self.tiles().wg)]
+    }
+
     /// Records one dispatch of kernel `name` compiled with `consts`: storage buffers bound at
     /// 0.., the uniform parameters after them.
     pub(crate) fn dispatch(

@@ -3,13 +3,8 @@
 use super::{need, u32_of};
 use crate::error::ComputeError;
 use crate::gpu::{Gpu, Params, Tensor};
-use crate::shaders::Const;
 
 impl Gpu {
-    fn wg(&self) -> [Const; 1] {
-        [Const::U32("WG", self.tiles().wg)]
-    }
-
     /// `y = rmsnorm(x) * w` over rows of width `d`; writes per-row `rstd`.
     pub fn rmsnorm(
         &self,
@@ -31,7 +26,7 @@ impl Gpu {
             .f(eps as f32);
         self.dispatch(
             "rmsnorm_forward",
-            &self.wg(),
+            &self.wg_consts(),
             &[&x.buf, &w.buf, &y.buf, &rstd.buf],
             p,
             self.grid(rows as u64)?,
@@ -61,7 +56,7 @@ impl Gpu {
             .u(accumulate as u32);
         self.dispatch(
             "rmsnorm_backward",
-            &self.wg(),
+            &self.wg_consts(),
             &[&x.buf, &w.buf, &rstd.buf, &dy.buf, &dx.buf],
             p,
             self.grid(rows as u64)?,
@@ -90,18 +85,10 @@ impl Gpu {
         let groups = d.div_ceil(self.tiles().wg as usize) as u64;
         self.dispatch(
             "rmsnorm_weight_grad",
-            &self.wg(),
+            &self.wg_consts(),
             &[&x.buf, &rstd.buf, &dy.buf, &dw.buf],
             p,
             self.grid(groups)?,
         )
-    }
-
-    pub(crate) fn elementwise_grid(&self, n: usize) -> Result<(u32, u32, u32), ComputeError> {
-        self.grid(n.div_ceil(self.tiles().wg as usize) as u64)
-    }
-
-    pub(crate) fn wg_consts(&self) -> [Const; 1] {
-        self.wg()
     }
 }
