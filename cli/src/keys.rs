@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use tessera_protocol::identity::{hex, parse_hex32};
 use tessera_protocol::Identity;
 
 /// Loads the identity at `path`, creating it if absent.
@@ -10,18 +11,12 @@ pub fn load_or_create(path: &Path) -> Result<Identity> {
     if path.exists() {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading identity {}", path.display()))?;
-        let t = text.trim();
-        if t.len() != 64 {
-            bail!(
+        let seed = parse_hex32(&text).with_context(|| {
+            format!(
                 "{} is not an identity file (64 hex characters)",
                 path.display()
-            );
-        }
-        let mut seed = [0u8; 32];
-        for (i, b) in seed.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16)
-                .with_context(|| format!("{} is not hex", path.display()))?;
-        }
+            )
+        })?;
         return Ok(Identity::from_seed(seed));
     }
     let mut seed = [0u8; 32];
@@ -29,8 +24,7 @@ pub fn load_or_create(path: &Path) -> Result<Identity> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(path, hex + "\n")
+    std::fs::write(path, hex(&seed) + "\n")
         .with_context(|| format!("writing identity {}", path.display()))?;
     #[cfg(unix)]
     {

@@ -35,8 +35,22 @@ impl fmt::Debug for Signature {
     }
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex of bytes.
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Parses exactly 64 hex characters (surrounding whitespace ignored) into 32 bytes.
+pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 fn domain_message(domain: &str, msg: &[u8]) -> Vec<u8> {
@@ -56,19 +70,9 @@ impl PublicKey {
 
     /// Parses 64 hex characters.
     pub fn from_hex(s: &str) -> Result<Self, ProtocolError> {
-        let s = s.trim();
-        if s.len() != 64 || !s.is_ascii() {
-            return Err(ProtocolError::BadSignature(
-                "a public key is 64 hex characters".into(),
-            ));
-        }
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| {
-                ProtocolError::BadSignature("a public key is 64 hex characters".into())
-            })?;
-        }
-        Ok(PublicKey(out))
+        parse_hex32(s)
+            .map(PublicKey)
+            .ok_or_else(|| ProtocolError::BadSignature("a public key is 64 hex characters".into()))
     }
 
     /// Verifies `sig` over `msg` in `domain` (strict ed25519: no malleable signatures, no weak
