@@ -389,6 +389,7 @@ impl RunConfig {
             unit_deadline_ms: t.unit_deadline_secs * 1000,
             silence_ms: t.silence_secs * 1000,
             weights_frame_elems: 4 << 20,
+            pipeline: None,
         };
         Ok((spec, weights))
     }

@@ -6,13 +6,16 @@
 //! This crate does no I/O and draws no randomness: callers pass nonces and key seeds in, so it
 //! builds unchanged for native and wasm32.
 
+pub mod activation;
 pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod messages;
+pub mod pipeline;
 pub mod signed;
 pub mod tensor;
 
+pub use activation::{ActEncoding, Activation};
 pub use error::ProtocolError;
 pub use frame::{decode, encode, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 pub use identity::{Identity, PublicKey, Signature};

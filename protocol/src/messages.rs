@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::activation::ActEncoding;
 use crate::identity::{PublicKey, Signature};
+use crate::pipeline::{PipeWork, StepGrads, UnitOutput};
 use crate::signed::Signed;
 use crate::tensor::TensorPayload;
 
@@ -77,6 +79,10 @@ pub enum SessionMessage {
     },
     /// A finished work unit.
     Submit(Submission),
+    /// A finished pipeline unit.
+    Output(UnitOutput),
+    /// A lease's gradient sums for a step.
+    Grads(StepGrads),
     /// Still alive.
     Heartbeat {
         /// Latest log head seen.
@@ -243,6 +249,8 @@ pub struct Lease {
     pub version: u64,
     /// How many `Weights` frames follow.
     pub frames: u32,
+    /// `None` for a whole-model replica; for a pipeline lease, how activations travel.
+    pub activations: Option<ActEncoding>,
 }
 
 /// A work unit for a whole-model replica: `steps` inner steps from the round's weights.
@@ -317,9 +325,11 @@ pub enum ToContributor {
         lease: u64,
         /// Weight version.
         version: u64,
+        /// Index of the micro-shard in the lease (0 for a whole-model lease).
+        shard: u32,
         /// Tensor name.
         name: String,
-        /// Full tensor shape.
+        /// Full tensor shape (of the micro-shard's slice, for a pipeline lease).
         shape: Vec<u64>,
         /// First element carried.
         offset: u64,
@@ -328,6 +338,28 @@ pub enum ToContributor {
     },
     /// A work unit.
     Work(Work),
+    /// A pipeline work unit.
+    Unit(PipeWork),
+    /// End of a step's computation: send the lease's gradient sums ([`StepGrads`]).
+    Collect {
+        /// Id of this request (the receipt names it).
+        unit: u64,
+        /// The lease.
+        lease: u64,
+        /// The step.
+        step: u64,
+    },
+    /// A step closed: the lease's new weights follow in `frames` `Weights` messages.
+    StepWeights {
+        /// The lease.
+        lease: u64,
+        /// The step that closed.
+        step: u64,
+        /// The weight version the frames carry.
+        version: u64,
+        /// How many `Weights` frames follow.
+        frames: u32,
+    },
     /// The verdict on a submission, signed by the coordinator (domain `receipt`).
     Receipt {
         /// The verdict.

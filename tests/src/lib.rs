@@ -13,18 +13,25 @@ use tessera_worker::WorkerError;
 
 /// `n` native contributors on `gpu` with distinct fixed identities and a 1 GiB budget.
 pub fn contributors(gpu: &Gpu, n: usize) -> Vec<Contributor> {
-    let caps = Capabilities {
-        adapter: gpu.adapter().name.clone(),
-        backend: gpu.adapter().backend.clone(),
-        max_binding_bytes: gpu.max_binding_bytes(),
-        memory_budget_bytes: 1 << 30,
-    };
-    (0..n)
-        .map(|i| {
+    with_budgets(gpu, &vec![1 << 30; n])
+}
+
+/// Native contributors on `gpu` with distinct fixed identities, one per memory budget.
+pub fn with_budgets(gpu: &Gpu, budgets: &[u64]) -> Vec<Contributor> {
+    budgets
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let caps = Capabilities {
+                adapter: gpu.adapter().name.clone(),
+                backend: gpu.adapter().backend.clone(),
+                max_binding_bytes: gpu.max_binding_bytes(),
+                memory_budget_bytes: b,
+            };
             Contributor::new(
                 Identity::from_seed([i as u8 + 1; 32]),
                 ContributorKind::Native,
-                caps.clone(),
+                caps,
             )
         })
         .collect()
@@ -38,6 +45,32 @@ pub fn run(
     clients: &mut [Contributor],
     mut watch: impl FnMut(&Message),
 ) -> Result<(), WorkerError> {
+    run_with(gpu, core, clients, |m, _| {
+        watch(m);
+        Control::Go
+    })
+}
+
+/// What the driver does after a message is seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Deliver it and go on.
+    Go,
+    /// Kill this contributor (0-based) now, as if its process died: the message is not
+    /// delivered, nothing more reaches or leaves it, and the coordinator sees its connection
+    /// close.
+    Kill(usize),
+}
+
+/// Like [`run`], but `watch` also learns which contributor (0-based) a message is to or from,
+/// and may kill contributors.
+pub fn run_with(
+    gpu: &Gpu,
+    core: &mut Core,
+    clients: &mut [Contributor],
+    mut watch: impl FnMut(&Message, usize) -> Control,
+) -> Result<(), WorkerError> {
+    let mut dead = vec![false; clients.len()];
     let mut queue: VecDeque<Input> = VecDeque::new();
     for (i, c) in clients.iter_mut().enumerate() {
         let conn = i as u64 + 1;
@@ -50,14 +83,37 @@ pub fn run(
             msg: c.hello(),
         });
     }
+    let kill = |k: usize, dead: &mut Vec<bool>, queue: &mut VecDeque<Input>| {
+        if !dead[k] {
+            dead[k] = true;
+            let conn = k as u64 + 1;
+            queue.retain(|i| !matches!(i, Input::Message { conn: c, .. } if *c == conn));
+            queue.push_back(Input::Disconnected { conn });
+        }
+    };
     while let Some(input) = queue.pop_front() {
-        if let Input::Message { msg, .. } = &input {
-            watch(&Message::Up(msg));
+        if let Input::Message { msg, conn } = &input {
+            let k = *conn as usize - 1;
+            if let Control::Kill(x) = watch(&Message::Up(msg), k) {
+                kill(x, &mut dead, &mut queue);
+                if x == k {
+                    continue;
+                }
+            }
         }
         for a in core.tick(0, input) {
             if let Action::Send { conn, msg } = a {
-                watch(&Message::Down(&msg));
-                let replies = pollster::block_on(clients[conn as usize - 1].handle(gpu, msg))?;
+                let k = conn as usize - 1;
+                if dead[k] {
+                    continue;
+                }
+                if let Control::Kill(x) = watch(&Message::Down(&msg), k) {
+                    kill(x, &mut dead, &mut queue);
+                    if x == k {
+                        continue;
+                    }
+                }
+                let replies = pollster::block_on(clients[k].handle(gpu, msg))?;
                 queue.extend(replies.into_iter().map(|msg| Input::Message { conn, msg }));
             }
         }

@@ -7,6 +7,7 @@ pub mod data;
 pub mod error;
 pub mod outer;
 pub mod schedule;
+pub mod shards;
 pub mod sparseloco;
 pub mod update;
 

@@ -6,6 +6,7 @@
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+pub mod pipeline;
 pub mod replica;
 pub mod session;
 

@@ -9,18 +9,43 @@ use tessera_protocol::identity::{handshake_message, HANDSHAKE};
 use tessera_protocol::messages::{
     Capabilities, ContributorKind, Lease, LogHead, SessionMessage, Submission, Verdict,
 };
+use tessera_protocol::pipeline::{Pass, PipeWork, StepGrads, UnitOutput};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
+use tessera_compute::shard::ShardTensors;
+use tessera_train::shards::{from_wire, to_wire};
 use tessera_protocol::{Identity, PublicKey, Signed, ToContributor, ToCoordinator};
 
 use crate::error::WorkerError;
+use crate::pipeline::PipeReplica;
 use crate::replica::Replica;
 
-/// A lease whose weights are still arriving.
+/// Tokens a pipeline unit covers (counted once, at the embedding's forward).
+fn self_tokens(w: &PipeWork) -> u64 {
+    if w.stage == 0 && w.pass == Pass::Forward {
+        w.tokens.as_ref().map_or(0, |t| t.shape.iter().product())
+    } else {
+        0
+    }
+}
+
+fn pipe_cfg(p: &PipeReplica) -> Result<ModelConfig, WorkerError> {
+    Ok(p.config().clone())
+}
+
+/// Weights still arriving: a whole model, or a pipeline lease's micro-shards.
+enum Download {
+    Whole(ModelParams<f32>),
+    Shards(Vec<ShardTensors>),
+}
+
+/// A lease (or a step's new weights) whose frames are still arriving.
 struct Pending {
     lease: Lease,
     cfg: ModelConfig,
-    weights: ModelParams<f32>,
+    weights: Download,
     frames_left: u32,
+    /// A step's new weights for the loaded pipeline lease, rather than a new lease.
+    update: bool,
 }
 
 /// Counters a user interface shows.
@@ -51,6 +76,7 @@ pub struct Contributor {
     log_head: LogHead,
     pending: Option<Pending>,
     replica: Option<Replica>,
+    pipe: Option<PipeReplica>,
     stats: Stats,
     last_error: Option<String>,
 }
@@ -68,6 +94,7 @@ impl Contributor {
             log_head: LogHead::default(),
             pending: None,
             replica: None,
+            pipe: None,
             stats: Stats::default(),
             last_error: None,
         }
@@ -88,6 +115,11 @@ impl Contributor {
         self.replica.as_ref()
     }
 
+    /// The pipeline lease, once loaded.
+    pub fn pipeline(&self) -> Option<&PipeReplica> {
+        self.pipe.as_ref()
+    }
+
     /// The last non-fatal error the coordinator reported.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
@@ -100,6 +132,7 @@ impl Contributor {
         self.seq = 0;
         self.pending = None;
         self.replica = None;
+        self.pipe = None;
         ToCoordinator::Hello {
             key: self.id.public(),
             kind: self.kind,
@@ -158,17 +191,75 @@ impl Contributor {
                 self.stats.frames_total = lease.frames;
                 let frames_left = lease.frames;
                 self.replica = None;
+                self.pipe = None;
+                let weights = if lease.activations.is_some() {
+                    Download::Shards(
+                        lease
+                            .shards
+                            .iter()
+                            .map(|s| Ok(ShardTensors::zeros(&cfg, &from_wire(s, &cfg)?)?))
+                            .collect::<Result<_, WorkerError>>()?,
+                    )
+                } else {
+                    Download::Whole(ModelParams::zeros(&cfg))
+                };
                 self.pending = Some(Pending {
-                    weights: ModelParams::zeros(&cfg),
+                    weights,
                     cfg,
                     lease,
                     frames_left,
+                    update: false,
+                });
+                self.finish_download(gpu)
+            }
+            ToContributor::StepWeights {
+                lease,
+                version,
+                frames,
+                ..
+            } => {
+                let pipe = self.pipe.as_ref().ok_or_else(|| {
+                    WorkerError::Coordinator("step weights without a pipeline lease".into())
+                })?;
+                if pipe.lease() != lease {
+                    return Err(WorkerError::Coordinator(format!(
+                        "step weights for lease {lease}, this contributor holds {}",
+                        pipe.lease()
+                    )));
+                }
+                let cfg = pipe_cfg(pipe)?;
+                let shards = pipe.shards();
+                self.stats.frames_received = 0;
+                self.stats.frames_total = frames;
+                self.pending = Some(Pending {
+                    weights: Download::Shards(
+                        shards
+                            .iter()
+                            .map(|s| ShardTensors::zeros(&cfg, s))
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    lease: Lease {
+                        lease,
+                        config_json: String::new(),
+                        shards: shards.iter().map(to_wire).collect(),
+                        optimizer: tessera_protocol::messages::InnerOptimizer::Sgd,
+                        clip: None,
+                        sync: tessera_protocol::messages::SyncMode::Dense,
+                        rows: 0,
+                        version,
+                        frames,
+                        activations: None,
+                    },
+                    cfg,
+                    frames_left: frames,
+                    update: true,
                 });
                 self.finish_download(gpu)
             }
             ToContributor::Weights {
                 lease,
                 version,
+                shard,
                 name,
                 offset,
                 values,
@@ -184,12 +275,29 @@ impl Contributor {
                         p.lease.lease, p.lease.version
                     )));
                 }
-                let idx = tensor_shapes(&p.cfg)
-                    .iter()
-                    .position(|(n, _)| *n == name)
-                    .ok_or_else(|| WorkerError::Coordinator(format!("unknown tensor {name}")))?;
                 let vals = values.to_f32()?;
-                let dst = &mut p.weights.tensors_mut()[idx];
+                let dst: &mut Vec<f32> = match &mut p.weights {
+                    Download::Whole(w) => {
+                        let idx = tensor_shapes(&p.cfg)
+                            .iter()
+                            .position(|(n, _)| *n == name)
+                            .ok_or_else(|| {
+                                WorkerError::Coordinator(format!("unknown tensor {name}"))
+                            })?;
+                        w.tensors_mut().into_iter().nth(idx).ok_or_else(|| {
+                            WorkerError::Coordinator(format!("unknown tensor {name}"))
+                        })?
+                    }
+                    Download::Shards(ts) => ts
+                        .get_mut(shard as usize)
+                        .and_then(|t| t.tensors.iter_mut().find(|x| x.name == name))
+                        .map(|x| &mut x.data)
+                        .ok_or_else(|| {
+                            WorkerError::Coordinator(format!(
+                                "no tensor {name} in micro-shard {shard} of the lease"
+                            ))
+                        })?,
+                };
                 let start = offset as usize;
                 let end = start
                     .checked_add(vals.len())
@@ -221,6 +329,37 @@ impl Contributor {
                     log_head: self.log_head,
                 };
                 Ok(vec![self.signed(SessionMessage::Submit(sub))?])
+            }
+            ToContributor::Unit(w) => {
+                let pipe = self.pipe.as_mut().ok_or_else(|| {
+                    WorkerError::Coordinator("a pipeline unit without a loaded lease".into())
+                })?;
+                let result = pipe.work(gpu, &w).await?;
+                self.stats.submitted += 1;
+                self.stats.tokens += self_tokens(&w);
+                let out = UnitOutput {
+                    unit: w.unit,
+                    lease: w.lease,
+                    weights: w.weights,
+                    result,
+                    log_head: self.log_head,
+                };
+                Ok(vec![self.signed(SessionMessage::Output(out))?])
+            }
+            ToContributor::Collect { unit, lease, step } => {
+                let pipe = self.pipe.as_mut().ok_or_else(|| {
+                    WorkerError::Coordinator("a collect request without a pipeline lease".into())
+                })?;
+                let (units, shards) = pipe.take_grads(gpu).await?;
+                let g = StepGrads {
+                    unit,
+                    lease,
+                    step,
+                    units,
+                    shards,
+                    log_head: self.log_head,
+                };
+                Ok(vec![self.signed(SessionMessage::Grads(g))?])
             }
             ToContributor::OuterStep {
                 version,
@@ -267,7 +406,27 @@ impl Contributor {
         let lease = p.lease.lease;
         let rows = usize::try_from(p.lease.rows)
             .map_err(|_| WorkerError::Coordinator("lease rows out of range".into()))?;
-        self.replica = Some(Replica::new(gpu, p.cfg, &p.lease, p.weights, rows)?);
+        match p.weights {
+            Download::Whole(w) => {
+                self.replica = Some(Replica::new(gpu, p.cfg, &p.lease, w, rows)?);
+            }
+            Download::Shards(ts) if p.update => {
+                if let Some(pipe) = self.pipe.as_mut() {
+                    pipe.set_weights(gpu, p.lease.version, &ts)?;
+                }
+                return Ok(vec![]);
+            }
+            Download::Shards(ts) => {
+                self.pipe = Some(PipeReplica::new(
+                    gpu,
+                    p.cfg,
+                    lease,
+                    p.lease.version,
+                    rows,
+                    &ts,
+                )?);
+            }
+        }
         let log_head = self.log_head;
         Ok(vec![self.signed(SessionMessage::Ready { lease, log_head })?])
     }

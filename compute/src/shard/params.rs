@@ -82,6 +82,33 @@ impl ShardTensors {
         })
     }
 
+    /// The shard's tensors with the right names and shapes, all zero.
+    pub fn zeros(cfg: &ModelConfig, shard: &MicroShard) -> Result<Self, ComputeError> {
+        shard.validate(cfg)?;
+        let units = shard.units().len();
+        let tensors = layout::tensors(cfg, shard)
+            .into_iter()
+            .map(|l| {
+                let shape = l.shape(units);
+                ShardTensor {
+                    data: vec![0.0; shape[0] * shape[1]],
+                    shape,
+                    name: l.name,
+                }
+            })
+            .collect();
+        Ok(ShardTensors {
+            shard: shard.clone(),
+            tensors,
+        })
+    }
+
+    /// Checks names, shapes and lengths against the shard's layout, and that every value is
+    /// finite: what must hold before slices from an untrusted peer touch a model.
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<(), ComputeError> {
+        self.check(cfg).map(|_| ())
+    }
+
     /// Adds these slices into a whole-model accumulator (replicated norm slices add whole, so
     /// partial norm gradients from several slices sum).
     pub fn add_into(
@@ -107,8 +134,8 @@ impl ShardTensors {
         acc: &mut ModelParams<f32>,
         op: fn(&mut f32, f32),
     ) -> Result<(), ComputeError> {
+        let layouts = self.check(cfg)?;
         let idx = index_of(acc);
-        let layouts = layout::tensors(cfg, &self.shard);
         let mut targets = acc.tensors_mut();
         for (l, t) in layouts.iter().zip(&self.tensors) {
             let i = *idx

@@ -8,6 +8,7 @@
 //! is accepted the round closes with the outer step. A unit names its round, slot and weight
 //! version, so pipeline units (micro-shard stages) can join the same tables later.
 
+mod pipeline;
 mod rounds;
 mod sessions;
 pub mod spec;
@@ -174,6 +175,7 @@ pub struct Core {
     sessions: BTreeMap<ConnId, sessions::Session>,
     records: BTreeMap<PublicKey, Record>,
     round: rounds::Round,
+    pipe: Option<pipeline::Pipe>,
     next_unit: u64,
     next_lease: u64,
     out: Vec<Action>,
@@ -219,12 +221,18 @@ impl Core {
             sessions: BTreeMap::new(),
             records: BTreeMap::new(),
             round,
+            pipe: None,
             next_unit: snap.next_unit,
             next_lease: snap.next_lease,
             out: Vec::new(),
         };
-        for c in accepted {
-            core.restore_contribution(c);
+        if let Some(ps) = core.spec.pipeline.clone() {
+            let step = core.new_step(snap.round);
+            core.pipe = Some(pipeline::Pipe::new(ps.stages, step));
+        } else {
+            for c in accepted {
+                core.restore_contribution(c);
+            }
         }
         core
     }
@@ -239,9 +247,16 @@ impl Core {
                 self.fatal(conn, format!("malformed frame: {error}"))
             }
             Input::Disconnected { conn } => self.drop_session(conn, None),
-            Input::Tick => self.expire(),
+            Input::Tick => {
+                self.expire();
+                self.expire_pipeline();
+            }
         }
-        self.schedule();
+        if self.pipe.is_some() {
+            self.schedule_pipeline();
+        } else {
+            self.schedule();
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -308,9 +323,30 @@ impl Core {
                     kind: s.kind,
                     lease: s.lease,
                     unit: s.unit,
+                    shards: self.lease_shards(s.lease),
                 })
             })
             .collect()
+    }
+
+    /// The micro-shards a lease holds, by name.
+    fn lease_shards(&self, lease: Option<u64>) -> Vec<String> {
+        let Some(lease) = lease else {
+            return Vec::new();
+        };
+        match self.pipe.as_ref() {
+            Some(p) => p
+                .holdings
+                .get(&lease)
+                .map(|h| {
+                    h.shards
+                        .iter()
+                        .map(|&(s, i)| p.stages[s][i].to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => vec!["whole model".into()],
+        }
     }
 
     /// Which slots of the open round are accepted.
@@ -356,4 +392,6 @@ pub struct SessionView {
     pub lease: Option<u64>,
     /// Unit in progress.
     pub unit: Option<u64>,
+    /// The micro-shards of its lease (every one for a whole-model lease).
+    pub shards: Vec<String>,
 }

@@ -157,7 +157,25 @@ impl Core {
                         }
                     }
                     SessionMessage::Heartbeat { .. } => {}
-                    SessionMessage::Submit(sub) => self.submit(conn, key, seq, sub),
+                    SessionMessage::Submit(sub) if self.pipe.is_none() => {
+                        self.submit(conn, key, seq, sub)
+                    }
+                    SessionMessage::Output(o) if self.pipe.is_some() => {
+                        self.output(conn, key, seq, o)
+                    }
+                    SessionMessage::Grads(g) if self.pipe.is_some() => {
+                        self.grads(conn, key, seq, g)
+                    }
+                    SessionMessage::Submit(_)
+                    | SessionMessage::Output(_)
+                    | SessionMessage::Grads(_) => self.send(
+                        conn,
+                        ToContributor::Error {
+                            message: "that kind of result does not belong to this run's regime"
+                                .into(),
+                            fatal: false,
+                        },
+                    ),
                     SessionMessage::Leave => {
                         self.out.push(Action::Close {
                             conn,
@@ -183,6 +201,9 @@ impl Core {
 
     /// Gives the session a whole-model lease if its budget allows, and sends the weights.
     fn offer_lease(&mut self, conn: ConnId) {
+        if self.pipe.is_some() {
+            return self.offer_pipeline_lease(conn);
+        }
         let need = self.spec.replica_bytes();
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
@@ -230,6 +251,7 @@ impl Core {
             for (i, part) in values.chunks(chunk).enumerate() {
                 frames.push(ToContributor::Weights {
                     lease,
+                    shard: 0,
                     version: self.version,
                     name: name.clone(),
                     shape: shape.iter().map(|&d| d as u64).collect(),
@@ -248,6 +270,7 @@ impl Core {
             rows: self.spec.batch * self.spec.seq,
             version: self.version,
             frames: frames.len() as u32,
+            activations: None,
         });
         self.send(conn, msg);
         for f in frames {
@@ -258,7 +281,11 @@ impl Core {
     /// Forgets a session; its unit in progress goes back to the queue.
     pub(super) fn drop_session(&mut self, conn: ConnId, _why: Option<String>) {
         if let Some(s) = self.sessions.remove(&conn) {
-            if let Some(unit) = s.unit {
+            if self.pipe.is_some() {
+                if let Some(lease) = s.lease {
+                    self.pipeline_lease_lost(lease);
+                }
+            } else if let Some(unit) = s.unit {
                 self.round.requeue(unit);
             }
         }

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use tessera_compute::shard::MicroShard;
 use tessera_compute::ModelConfig;
 use tessera_protocol::messages::{InnerOptimizer, SyncMode};
+use tessera_protocol::ActEncoding;
 use tessera_train::schedule::Schedule;
 use tessera_train::sparseloco::SparseConfig;
 
@@ -46,6 +48,92 @@ pub struct RunSpec {
     pub silence_ms: u64,
     /// Largest frame payload for weights, in f32 elements.
     pub weights_frame_elems: usize,
+    /// `None`: whole-model leases (rounds of replicas). `Some`: micro-shard leases in a
+    /// pipeline; then `rounds` counts optimizer steps, `optimizer`, `inner_lr` and `inner_clip`
+    /// are the step's optimizer, and `replicas`, `inner_steps`, `batch`, `outer_lr`,
+    /// `clip_to_median` and `sync` are unused.
+    pub pipeline: Option<PipelineSpec>,
+}
+
+/// A pipeline of micro-shard pools (see DESIGN.md, "Pipeline leases").
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineSpec {
+    /// The plan's stages in order: embed, then attention and MLP per layer, then head; each
+    /// stage's micro-shards partition it.
+    pub stages: Vec<Vec<MicroShard>>,
+    /// Bytes a replica keeps resident per micro-shard (weights and gradient sums), shaped like
+    /// `stages`.
+    pub state_bytes: Vec<Vec<u64>>,
+    /// Working memory of one forward and backward of one sequence per micro-shard, shaped like
+    /// `stages`.
+    pub work_bytes: Vec<Vec<u64>>,
+    /// Micro-batches (sequences of `seq` tokens) per optimizer step.
+    pub micro_batches: u64,
+    /// How activations travel.
+    pub activations: ActEncoding,
+}
+
+impl PipelineSpec {
+    /// Memory a lease holding `shards` (`(stage, index)`) needs: their resident bytes plus the
+    /// largest working memory (a lease runs one micro-shard at a time).
+    pub fn lease_bytes(&self, shards: &[(usize, usize)]) -> u64 {
+        let resident: u64 = shards.iter().map(|&(s, i)| self.state_bytes[s][i]).sum();
+        let work = shards
+            .iter()
+            .map(|&(s, i)| self.work_bytes[s][i])
+            .max()
+            .unwrap_or(0);
+        resident + work
+    }
+
+    /// Checks the stages against the model: each stage's micro-shards are of one kind and
+    /// partition its range, the cost tables have the stages' shape, and there is at least one
+    /// micro-batch.
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<(), String> {
+        let want = 2 + 2 * cfg.num_hidden_layers;
+        if self.stages.len() != want {
+            return Err(format!(
+                "{} stages; the model has {want} (embed, attention and MLP per layer, head)",
+                self.stages.len()
+            ));
+        }
+        if self.micro_batches == 0 {
+            return Err("a step needs at least one micro-batch".into());
+        }
+        for (k, stage) in self.stages.iter().enumerate() {
+            if self.state_bytes.get(k).map(Vec::len) != Some(stage.len())
+                || self.work_bytes.get(k).map(Vec::len) != Some(stage.len())
+            {
+                return Err(format!("stage {k}: cost tables do not match its micro-shards"));
+            }
+            let layer = (k.max(1) - 1) / 2;
+            let total = if k == 0 || k == want - 1 {
+                cfg.vocab_size
+            } else if k % 2 == 1 {
+                cfg.num_key_value_heads
+            } else {
+                cfg.intermediate_size
+            };
+            let mut next = 0;
+            for s in stage {
+                s.validate(cfg).map_err(|e| e.to_string())?;
+                let ok = match s {
+                    MicroShard::Embed { .. } => k == 0,
+                    MicroShard::Head { .. } => k == want - 1,
+                    MicroShard::Attn { layer: l, .. } => k % 2 == 1 && k < want - 1 && *l == layer,
+                    MicroShard::Mlp { layer: l, .. } => k % 2 == 0 && k > 0 && *l == layer,
+                };
+                if !ok || s.units().start != next {
+                    return Err(format!("stage {k}: {s} is out of place"));
+                }
+                next = s.units().end;
+            }
+            if stage.is_empty() || next != total {
+                return Err(format!("stage {k}: micro-shards do not cover 0..{total}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl RunSpec {

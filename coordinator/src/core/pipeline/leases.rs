@@ -1,0 +1,181 @@
+//! Pipeline leases: which micro-shards a new contributor gets for its memory budget, the
+//! weight frames of a lease, and what happens when a lease is lost (its running units and its
+//! uncollected backward units are run again elsewhere).
+
+use tessera_compute::shard::ShardTensors;
+use tessera_protocol::messages::Lease;
+use tessera_protocol::{TensorPayload, ToContributor};
+use tessera_train::shards::to_wire;
+
+use super::{Holding, Pipe, ShardId, ShardState};
+use crate::core::{ConnId, Core};
+
+impl Pipe {
+    /// The micro-shards a lease of `budget` bytes should hold, or `None` when not even one fits.
+    ///
+    /// It starts at the first micro-shard (in pipeline order) with the fewest replicas. If that
+    /// micro-shard's whole stage fits the budget it takes whole stages, extending over following
+    /// stages while they fit and are as short of replicas; otherwise it takes consecutive
+    /// micro-shards of that stage while they fit. A big budget so gets a heavy lease (fewer hops,
+    /// no fan-out), a small one a single micro-shard.
+    pub(super) fn pick(
+        &self,
+        budget: u64,
+        bytes: impl Fn(&[ShardId]) -> u64,
+    ) -> Option<Vec<ShardId>> {
+        let reps = self.replicas();
+        let least = reps.iter().flatten().copied().min()?;
+        let (stage, first) = reps.iter().enumerate().find_map(|(s, r)| {
+            r.iter()
+                .position(|&n| n == least)
+                .map(|i| (s, i))
+        })?;
+        let whole = |s: usize| -> Vec<ShardId> { (0..self.stages[s].len()).map(|i| (s, i)).collect() };
+        if bytes(&whole(stage)) <= budget {
+            let mut take = whole(stage);
+            for s in stage + 1..self.stages.len() {
+                if reps[s].iter().any(|&n| n != least) {
+                    break;
+                }
+                let mut more = take.clone();
+                more.extend(whole(s));
+                if bytes(&more) > budget {
+                    break;
+                }
+                take = more;
+            }
+            return Some(take);
+        }
+        let mut take = Vec::new();
+        for i in first..self.stages[stage].len() {
+            if reps[stage][i] != least {
+                break;
+            }
+            let mut more = take.clone();
+            more.push((stage, i));
+            if bytes(&more) > budget {
+                break;
+            }
+            take = more;
+        }
+        (!take.is_empty()).then_some(take)
+    }
+}
+
+impl Core {
+    /// Gives the session a pipeline lease sized to its budget and sends its weights.
+    pub(in crate::core) fn offer_pipeline_lease(&mut self, conn: ConnId) {
+        let (Some(pipe), Some(ps)) = (self.pipe.as_ref(), self.spec.pipeline.as_ref()) else {
+            return;
+        };
+        let Some(s) = self.sessions.get(&conn) else {
+            return;
+        };
+        let budget = s.caps.as_ref().map_or(0, |c| c.memory_budget_bytes);
+        let Some(shards) = pipe.pick(budget, |x| ps.lease_bytes(x)) else {
+            let need = ps
+                .state_bytes
+                .iter()
+                .zip(&ps.work_bytes)
+                .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| x + y))
+                .min()
+                .unwrap_or(0);
+            let msg = format!("the smallest micro-shard of this run needs {need} bytes; your memory budget is {budget}. Raise it to take part");
+            return self.send(
+                conn,
+                ToContributor::Error {
+                    message: msg,
+                    fatal: false,
+                },
+            );
+        };
+        let lease = self.next_lease;
+        self.next_lease += 1;
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.lease = Some(lease);
+            s.ready = false;
+        }
+        let frames = self.weight_frames(lease, &shards);
+        let cfg = &self.spec.model;
+        let msg = ToContributor::Lease(Lease {
+            lease,
+            config_json: cfg.to_hf_json(),
+            shards: shards
+                .iter()
+                .map(|&(s, i)| to_wire(&ps.stages[s][i]))
+                .collect(),
+            optimizer: self.spec.optimizer,
+            clip: self.spec.inner_clip,
+            sync: self.spec.sync,
+            rows: self.spec.seq,
+            version: self.version,
+            frames: frames.len() as u32,
+            activations: Some(ps.activations),
+        });
+        tracing::info!(conn, lease, shards = shards.len(), "pipeline lease");
+        if let Some(p) = self.pipe.as_mut() {
+            p.holdings.insert(lease, Holding { conn, shards });
+        }
+        self.send(conn, msg);
+        for f in frames {
+            self.send(conn, f);
+        }
+    }
+
+    /// The `Weights` frames of a lease's micro-shards at the current version.
+    pub(super) fn weight_frames(&self, lease: u64, shards: &[ShardId]) -> Vec<ToContributor> {
+        let Some(pipe) = self.pipe.as_ref() else {
+            return Vec::new();
+        };
+        let chunk = self.spec.weights_frame_elems.max(1);
+        let mut frames = Vec::new();
+        for (k, &(s, i)) in shards.iter().enumerate() {
+            let Ok(t) = ShardTensors::from_model(&self.spec.model, &self.weights, &pipe.stages[s][i])
+            else {
+                continue;
+            };
+            for x in &t.tensors {
+                for (j, part) in x.data.chunks(chunk).enumerate() {
+                    frames.push(ToContributor::Weights {
+                        lease,
+                        version: self.version,
+                        shard: k as u32,
+                        name: x.name.clone(),
+                        shape: x.shape.iter().map(|&d| d as u64).collect(),
+                        offset: (j * chunk) as u64,
+                        values: TensorPayload::from_f32(&[part.len()], part),
+                    });
+                }
+            }
+        }
+        frames
+    }
+
+    /// A pipeline lease is gone: its running units reopen, and so do the backward units whose
+    /// gradient sums it had not yet delivered.
+    pub(in crate::core) fn pipeline_lease_lost(&mut self, lease: u64) {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
+        pipe.holdings.remove(&lease);
+        let step = &mut pipe.step;
+        let lost: Vec<u64> = step
+            .units
+            .iter()
+            .filter(|(_, u)| u.lease == lease)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in lost {
+            step.reopen(id);
+        }
+        step.collecting.remove(&lease);
+        for o in step.owed.remove(&lease).unwrap_or_default() {
+            let cover = &mut step.mbs[o.mb].bwd[o.stage];
+            for i in o.shards {
+                if cover.shards[i] == ShardState::Done(lease) {
+                    cover.shards[i] = ShardState::Open;
+                }
+            }
+        }
+    }
+}

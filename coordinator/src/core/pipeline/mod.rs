@@ -1,0 +1,157 @@
+//! The pipeline regime: micro-shard leases, micro-batches flowing through the stages, and one
+//! optimizer step per run step (see DESIGN.md, "Pipeline leases").
+//!
+//! Per micro-batch the coordinator keeps each stage's input and output gradient (the relay:
+//! every activation passes through it), and per stage and pass which micro-shards are done.
+//! A stage's forward is complete when every micro-shard's partial output has arrived; their sum
+//! (plus the residual) is the next stage's input. The head runs the three passes of the
+//! vocab-parallel loss. When every backward is done the coordinator collects each lease's
+//! gradient sums, applies the optimizer (it holds the one authoritative AdamW state), and sends
+//! each lease its new weights: the pipeline drains at every step boundary.
+
+mod leases;
+mod step;
+mod units;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_compute::reference::ModelParams;
+use tessera_compute::shard::{HeadStats, MicroShard};
+use tessera_protocol::pipeline::Pass;
+
+use super::ConnId;
+
+/// A micro-shard's place: `(stage, index within the stage)`.
+pub(crate) type ShardId = (usize, usize);
+
+/// What a micro-shard of one stage and pass of one micro-batch is at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ShardState {
+    /// Needs running.
+    Open,
+    /// A unit is running it.
+    Pending(u64),
+    /// Done under this lease.
+    Done(u64),
+}
+
+/// One stage and pass of one micro-batch.
+#[derive(Clone, Debug)]
+pub(super) struct Cover {
+    pub(super) shards: Vec<ShardState>,
+    /// Sum of the partial results so far.
+    pub(super) acc: Option<Vec<f32>>,
+    /// Every micro-shard reported and the result passed on; later re-runs (of a lost lease's
+    /// backward units) only restore gradient sums.
+    pub(super) complete: bool,
+}
+
+impl Cover {
+    fn new(n: usize) -> Self {
+        Cover {
+            shards: vec![ShardState::Open; n],
+            acc: None,
+            complete: false,
+        }
+    }
+
+    pub(super) fn all_done(&self) -> bool {
+        self.shards.iter().all(|s| matches!(s, ShardState::Done(_)))
+    }
+}
+
+/// A micro-batch of the open step.
+#[derive(Clone, Debug)]
+pub(super) struct MicroBatch {
+    pub(super) ids: Vec<u32>,
+    pub(super) targets: Vec<u32>,
+    /// Input of each stage (`None` for the embedding and until computed).
+    pub(super) input: Vec<Option<Vec<f32>>>,
+    /// Gradient of each stage's output (the head's is implicit in the loss).
+    pub(super) dout: Vec<Option<Vec<f32>>>,
+    pub(super) fwd: Vec<Cover>,
+    pub(super) bwd: Vec<Cover>,
+    /// Head statistics per head micro-shard.
+    pub(super) head: Vec<Option<HeadStats>>,
+    /// Per-token log-sum-exp, once every head slice reported.
+    pub(super) lse: Option<Vec<f32>>,
+    /// Sum of token losses.
+    pub(super) loss_sum: f64,
+}
+
+/// A pipeline unit in flight.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct PipeUnit {
+    pub(super) conn: ConnId,
+    pub(super) lease: u64,
+    pub(super) mb: usize,
+    pub(super) stage: usize,
+    pub(super) pass: Pass,
+    /// Indices within the stage.
+    pub(super) shards: Vec<usize>,
+    pub(super) deadline: u64,
+}
+
+/// A backward unit accepted from a lease whose gradient sums are not yet collected.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Owed {
+    pub(super) unit: u64,
+    pub(super) mb: usize,
+    pub(super) stage: usize,
+    pub(super) shards: Vec<usize>,
+}
+
+/// A collect request in flight.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Collecting {
+    pub(super) unit: u64,
+    pub(super) conn: ConnId,
+    pub(super) deadline: u64,
+}
+
+/// A pipeline lease.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Holding {
+    pub(super) conn: ConnId,
+    pub(super) shards: Vec<ShardId>,
+}
+
+/// The open step.
+#[derive(Clone, Debug)]
+pub(super) struct Step {
+    pub(super) number: u64,
+    pub(super) mbs: Vec<MicroBatch>,
+    pub(super) units: BTreeMap<u64, PipeUnit>,
+    /// Per lease, backward units whose gradient sums are still to be collected.
+    pub(super) owed: BTreeMap<u64, Vec<Owed>>,
+    /// Per lease, the collect request in flight.
+    pub(super) collecting: BTreeMap<u64, Collecting>,
+    /// Gradient sums collected so far, as whole tensors.
+    pub(super) grads: ModelParams<f32>,
+    /// Tokens counted in the step's loss.
+    pub(super) count: usize,
+    /// Contributors whose units were accepted.
+    pub(super) contributors: BTreeSet<tessera_protocol::PublicKey>,
+}
+
+/// The pipeline's state.
+pub(super) struct Pipe {
+    pub(super) stages: Vec<Vec<MicroShard>>,
+    pub(super) holdings: BTreeMap<u64, Holding>,
+    pub(super) step: Step,
+    /// AdamW moments (first, second), once a step was taken.
+    pub(super) moments: Option<(ModelParams<f32>, ModelParams<f32>)>,
+}
+
+impl Pipe {
+    /// How many leases hold each micro-shard.
+    pub(super) fn replicas(&self) -> Vec<Vec<usize>> {
+        let mut n: Vec<Vec<usize>> = self.stages.iter().map(|s| vec![0; s.len()]).collect();
+        for h in self.holdings.values() {
+            for &(s, i) in &h.shards {
+                n[s][i] += 1;
+            }
+        }
+        n
+    }
+}

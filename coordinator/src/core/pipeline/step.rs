@@ -1,0 +1,324 @@
+//! A step of the pipeline: its micro-batches drawn from the seed, the collection of every
+//! lease's gradient sums once all backward units are done, and the optimizer step (global-norm
+//! clip, AdamW or SGD on the authoritative state) that closes it and sends each lease its new
+//! weights.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_compute::reference::ops::{adamw_step, clip_coefficient, global_norm, AdamW};
+use tessera_compute::reference::ops::IGNORE;
+use tessera_compute::reference::ModelParams;
+use tessera_protocol::messages::{InnerOptimizer, Verdict};
+use tessera_protocol::pipeline::StepGrads;
+use tessera_protocol::{PublicKey, ToContributor};
+use tessera_train::data::draw_index;
+use tessera_train::shards::grads_from_wire;
+
+use super::{Collecting, Cover, MicroBatch, Pipe, ShardState, Step};
+use crate::core::{Action, ConnId, Core, Phase, RoundSummary};
+
+impl Step {
+    /// Puts a running unit's micro-shards back in the queue.
+    pub(super) fn reopen(&mut self, unit: u64) {
+        if let Some(u) = self.units.remove(&unit) {
+            let mb = &mut self.mbs[u.mb];
+            let cover = match u.pass {
+                tessera_protocol::pipeline::Pass::Forward => &mut mb.fwd[u.stage],
+                tessera_protocol::pipeline::Pass::Backward => &mut mb.bwd[u.stage],
+            };
+            for i in u.shards {
+                if cover.shards[i] == ShardState::Pending(unit) {
+                    cover.shards[i] = ShardState::Open;
+                }
+            }
+        }
+    }
+
+    /// Every backward of every micro-batch is done and nothing is running.
+    fn drained(&self) -> bool {
+        self.units.is_empty()
+            && self
+                .mbs
+                .iter()
+                .all(|m| m.bwd.iter().all(|c| c.complete && c.all_done()))
+    }
+}
+
+impl Core {
+    /// The micro-batches of step `number`, from the seed alone.
+    pub(in crate::core) fn new_step(&mut self, number: u64) -> Step {
+        let sp = &self.spec;
+        let stages: Vec<usize> = sp
+            .pipeline
+            .as_ref()
+            .map(|p| p.stages.iter().map(Vec::len).collect())
+            .unwrap_or_default();
+        let m = sp.pipeline.as_ref().map_or(0, |p| p.micro_batches);
+        let seq = sp.seq as usize;
+        let mut mbs = Vec::new();
+        let mut count = 0;
+        for mb in 0..m {
+            let n = draw_index(number, 0, 1, 0, 1, mb, m);
+            let s = self.sampler.sample(n);
+            let row = &self.spec.tokens[self.sampler.span(s)];
+            let (ids, targets) = (row[..seq].to_vec(), row[1..].to_vec());
+            count += targets.iter().filter(|&&t| t != IGNORE).count();
+            let head = stages.last().copied().unwrap_or(0);
+            mbs.push(MicroBatch {
+                ids,
+                targets,
+                input: vec![None; stages.len()],
+                dout: vec![None; stages.len()],
+                fwd: stages.iter().map(|&n| Cover::new(n)).collect(),
+                bwd: stages.iter().map(|&n| Cover::new(n)).collect(),
+                head: vec![None; head],
+                lse: None,
+                loss_sum: 0.0,
+            });
+        }
+        Step {
+            number,
+            mbs,
+            units: BTreeMap::new(),
+            owed: BTreeMap::new(),
+            collecting: BTreeMap::new(),
+            grads: ModelParams::zeros(&self.spec.model),
+            count,
+            contributors: BTreeSet::new(),
+        }
+    }
+
+    /// Once the step drained: asks every lease that owes gradient sums for them; once all are in,
+    /// closes the step.
+    pub(super) fn collect_or_close(&mut self) {
+        let Some(pipe) = self.pipe.as_ref() else {
+            return;
+        };
+        if self.phase != Phase::Training || !pipe.step.drained() {
+            return;
+        }
+        let ask: Vec<(u64, ConnId)> = pipe
+            .step
+            .owed
+            .iter()
+            .filter(|(l, o)| !o.is_empty() && !pipe.step.collecting.contains_key(l))
+            .filter_map(|(&l, _)| pipe.holdings.get(&l).map(|h| (l, h.conn)))
+            .collect();
+        let step = pipe.step.number;
+        for (lease, conn) in ask {
+            let unit = self.next_unit;
+            self.next_unit += 1;
+            let deadline = self.now + self.spec.unit_deadline_ms;
+            if let Some(p) = self.pipe.as_mut() {
+                p.step.collecting.insert(
+                    lease,
+                    Collecting {
+                        unit,
+                        conn,
+                        deadline,
+                    },
+                );
+            }
+            self.send(conn, ToContributor::Collect { unit, lease, step });
+        }
+        let done = self
+            .pipe
+            .as_ref()
+            .is_some_and(|p| p.step.collecting.is_empty() && p.step.owed.values().all(Vec::is_empty));
+        if done {
+            self.close_step();
+        }
+    }
+
+    /// A lease's gradient sums: checked against what it owes, then added to the step's sums.
+    pub(in crate::core) fn grads(&mut self, conn: ConnId, key: PublicKey, seq: u64, g: StepGrads) {
+        let unit = g.unit;
+        match self.check_grads(conn, &g) {
+            Ok(sums) => {
+                if let Some(p) = self.pipe.as_mut() {
+                    for t in &sums {
+                        // Checked above: cannot fail.
+                        let _ = t.add_into(&self.spec.model, &mut p.step.grads);
+                    }
+                    p.step.owed.remove(&g.lease);
+                    p.step.collecting.remove(&g.lease);
+                }
+                self.receipt(conn, unit, key, seq, Verdict::Accepted);
+                self.collect_or_close();
+            }
+            Err(why) => {
+                self.reject(conn, unit, key, seq, why.clone());
+                // Its backward units' sums are lost: drop the lease so they run again.
+                self.fatal(conn, format!("gradient sums refused: {why}"));
+            }
+        }
+    }
+
+    fn check_grads(
+        &self,
+        conn: ConnId,
+        g: &StepGrads,
+    ) -> Result<Vec<tessera_compute::shard::ShardTensors>, String> {
+        let pipe = self.pipe.as_ref().ok_or("this run has no pipeline")?;
+        let c = pipe
+            .step
+            .collecting
+            .get(&g.lease)
+            .filter(|c| c.unit == g.unit && c.conn == conn)
+            .ok_or_else(|| format!("no gradient sums were asked of lease {} as {}", g.lease, g.unit))?;
+        let _ = c;
+        if g.step != pipe.step.number {
+            return Err(format!("sums for step {}, the open step is {}", g.step, pipe.step.number));
+        }
+        let owed: BTreeSet<u64> = pipe
+            .step
+            .owed
+            .get(&g.lease)
+            .map(|o| o.iter().map(|o| o.unit).collect())
+            .unwrap_or_default();
+        let listed: BTreeSet<u64> = g.units.iter().copied().collect();
+        if listed != owed || listed.len() != g.units.len() {
+            return Err(format!(
+                "the sums list units {:?}; the lease's accepted backward units are {:?}",
+                g.units, owed
+            ));
+        }
+        let held: Vec<_> = pipe
+            .holdings
+            .get(&g.lease)
+            .map(|h| h.shards.iter().map(|&(s, i)| &pipe.stages[s][i]).collect())
+            .unwrap_or_default();
+        if g.shards.len() != held.len() {
+            return Err(format!(
+                "sums for {} micro-shards, the lease holds {}",
+                g.shards.len(),
+                held.len()
+            ));
+        }
+        let mut out = Vec::new();
+        for sg in &g.shards {
+            let t = grads_from_wire(sg, &self.spec.model).map_err(|e| e.to_string())?;
+            if !held.contains(&&t.shard) || out.iter().any(|o: &tessera_compute::shard::ShardTensors| o.shard == t.shard) {
+                return Err(format!("{} is not held by the lease, or listed twice", t.shard));
+            }
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    /// The optimizer step: global-norm clip, AdamW (or SGD) on the authoritative state, new
+    /// weights to every lease, next step.
+    fn close_step(&mut self) {
+        let Some(mut pipe) = self.pipe.take() else {
+            return;
+        };
+        let number = pipe.step.number;
+        let mut grads = std::mem::replace(&mut pipe.step.grads, ModelParams::zeros(&self.spec.model));
+        let norm = {
+            let views: Vec<&[f32]> = grads.named().into_iter().map(|(_, v)| v.as_slice()).collect();
+            global_norm(&views)
+        };
+        let scale = match self.spec.inner_clip {
+            Some(max) => clip_coefficient(norm, max as f64),
+            None => 1.0,
+        };
+        if scale < 1.0 {
+            for t in grads.tensors_mut() {
+                t.iter_mut().for_each(|x| *x *= scale as f32);
+            }
+        }
+        let lr = self.spec.inner_lr.at(number + 1);
+        match self.spec.optimizer {
+            InnerOptimizer::Sgd => {
+                for (p, g) in self.weights.tensors_mut().into_iter().zip(grads.named()) {
+                    p.iter_mut().zip(g.1).for_each(|(a, b)| *a -= lr as f32 * b);
+                }
+            }
+            InnerOptimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                let h = AdamW {
+                    lr,
+                    beta1: beta1 as f64,
+                    beta2: beta2 as f64,
+                    eps: eps as f64,
+                    weight_decay: weight_decay as f64,
+                };
+                let (m, v) = pipe.moments.get_or_insert_with(|| {
+                    (
+                        ModelParams::zeros(&self.spec.model),
+                        ModelParams::zeros(&self.spec.model),
+                    )
+                });
+                for (((p, g), m), v) in self
+                    .weights
+                    .tensors_mut()
+                    .into_iter()
+                    .zip(grads.named())
+                    .zip(m.tensors_mut())
+                    .zip(v.tensors_mut())
+                {
+                    adamw_step(p, g.1, m, v, h, number as u32 + 1);
+                }
+            }
+        }
+        self.version += 1;
+        let loss_sum: f64 = pipe.step.mbs.iter().map(|m| m.loss_sum).sum();
+        let count = pipe.step.count;
+        let loss = if count > 0 { loss_sum / count as f64 } else { 0.0 };
+        self.losses.push(loss);
+        self.out.push(Action::RoundClosed(RoundSummary {
+            round: number,
+            version: self.version,
+            loss,
+            tokens: count as u64,
+            contributors: pipe.step.contributors.iter().copied().collect(),
+            clip_scales: vec![scale],
+        }));
+        let holdings: Vec<(u64, ConnId, Vec<_>)> = pipe
+            .holdings
+            .iter()
+            .map(|(&l, h)| (l, h.conn, h.shards.clone()))
+            .collect();
+        self.pipe = Some(pipe);
+        for (lease, conn, shards) in holdings {
+            let frames = self.weight_frames(lease, &shards);
+            self.send(
+                conn,
+                ToContributor::StepWeights {
+                    lease,
+                    step: number,
+                    version: self.version,
+                    frames: frames.len() as u32,
+                },
+            );
+            for f in frames {
+                self.send(conn, f);
+            }
+        }
+        let next = self.new_step(number + 1);
+        if let Some(p) = self.pipe.as_mut() {
+            p.step = next;
+        }
+        self.round = crate::core::rounds::Round::new(number + 1, 0);
+        if number + 1 >= self.spec.rounds {
+            self.phase = Phase::Finished;
+            self.out.push(Action::Finished);
+        }
+    }
+}
+
+impl Pipe {
+    /// A new pipeline at `step`.
+    pub(in crate::core) fn new(stages: Vec<Vec<tessera_compute::shard::MicroShard>>, step: Step) -> Self {
+        Pipe {
+            stages,
+            holdings: BTreeMap::new(),
+            step,
+            moments: None,
+        }
+    }
+}

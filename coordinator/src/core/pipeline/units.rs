@@ -1,0 +1,394 @@
+//! Pipeline units: which task an idle lease gets (backward before forward, earlier micro-batches
+//! first), the unit's inputs, and checking and folding in its output: partial sums, the residual,
+//! and the three passes of the vocab-sliced head.
+
+use tessera_compute::shard::{combine, HeadStats, MicroShard};
+use tessera_protocol::messages::Verdict;
+use tessera_protocol::pipeline::{HeadBackward, Pass, PipeResult, PipeWork, UnitOutput};
+use tessera_protocol::{Activation, PublicKey, TensorPayload, ToContributor};
+use tessera_train::shards::{from_wire, to_wire};
+
+use super::{MicroBatch, Owed, PipeUnit, ShardState};
+use crate::core::{ConnId, Core, Phase};
+
+/// What a unit's output decodes to.
+enum Folded {
+    Sum(Vec<f32>),
+    Stats(Vec<(usize, HeadStats)>),
+    Nothing,
+}
+
+fn available(mb: &MicroBatch, stage: usize, pass: Pass, last: usize) -> bool {
+    match pass {
+        Pass::Forward => stage == 0 || mb.input[stage].is_some(),
+        Pass::Backward if stage == last => mb.lse.is_some(),
+        Pass::Backward => mb.dout[stage].is_some(),
+    }
+}
+
+impl Core {
+    /// Gives every idle, ready pipeline lease a unit, then collects or closes the step when it
+    /// drained.
+    pub(in crate::core) fn schedule_pipeline(&mut self) {
+        if self.phase != Phase::Training {
+            return;
+        }
+        let idle: Vec<(ConnId, u64)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.ready && s.unit.is_none() && s.active().is_some())
+            .filter_map(|(&c, s)| s.lease.map(|l| (c, l)))
+            .collect();
+        for (conn, lease) in idle {
+            if let Some((mb, stage, pass, shards)) = self.pick_task(lease) {
+                self.assign(conn, lease, mb, stage, pass, shards);
+            }
+        }
+        self.collect_or_close();
+    }
+
+    fn pick_task(&self, lease: u64) -> Option<(usize, usize, Pass, Vec<usize>)> {
+        let pipe = self.pipe.as_ref()?;
+        let held = &pipe.holdings.get(&lease)?.shards;
+        let last = pipe.stages.len() - 1;
+        let open = |mb: &MicroBatch, stage: usize, pass: Pass| -> Vec<usize> {
+            let cover = match pass {
+                Pass::Forward => &mb.fwd[stage],
+                Pass::Backward => &mb.bwd[stage],
+            };
+            held.iter()
+                .filter(|&&(s, i)| s == stage && cover.shards[i] == ShardState::Open)
+                .map(|&(_, i)| i)
+                .collect()
+        };
+        let stages: Vec<usize> = {
+            let mut v: Vec<usize> = held.iter().map(|&(s, _)| s).collect();
+            v.dedup();
+            v
+        };
+        for pass in [Pass::Backward, Pass::Forward] {
+            for (m, mb) in pipe.step.mbs.iter().enumerate() {
+                let order: Box<dyn Iterator<Item = &usize>> = match pass {
+                    Pass::Backward => Box::new(stages.iter().rev()),
+                    Pass::Forward => Box::new(stages.iter()),
+                };
+                for &stage in order {
+                    if !available(mb, stage, pass, last) {
+                        continue;
+                    }
+                    let shards = open(mb, stage, pass);
+                    if !shards.is_empty() {
+                        return Some((m, stage, pass, shards));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn assign(
+        &mut self,
+        conn: ConnId,
+        lease: u64,
+        m: usize,
+        stage: usize,
+        pass: Pass,
+        shards: Vec<usize>,
+    ) {
+        let unit = self.next_unit;
+        self.next_unit += 1;
+        let deadline = self.now + self.spec.unit_deadline_ms;
+        let (Some(pipe), Some(ps)) = (self.pipe.as_mut(), self.spec.pipeline.as_ref()) else {
+            return;
+        };
+        let (seq, d) = (self.spec.seq as usize, self.spec.model.hidden_size);
+        let last = pipe.stages.len() - 1;
+        let enc = ps.activations;
+        let step_number = pipe.step.number;
+        let inv = if pipe.step.count > 0 {
+            1.0 / pipe.step.count as f32
+        } else {
+            0.0
+        };
+        let mb = &mut pipe.step.mbs[m];
+        let cover = match pass {
+            Pass::Forward => &mut mb.fwd[stage],
+            Pass::Backward => &mut mb.bwd[stage],
+        };
+        for &i in &shards {
+            cover.shards[i] = ShardState::Pending(unit);
+        }
+        let tokens = if stage == 0 {
+            Some(TensorPayload::from_u32(&[seq], &mb.ids))
+        } else if stage == last {
+            Some(TensorPayload::from_u32(&[seq], &mb.targets))
+        } else {
+            None
+        };
+        let input = mb.input[stage]
+            .as_ref()
+            .map(|x| Activation::encode(&[seq, d], x, enc));
+        let grad = match pass {
+            Pass::Backward if stage < last => mb.dout[stage]
+                .as_ref()
+                .map(|x| Activation::encode(&[seq, d], x, enc)),
+            _ => None,
+        };
+        let head = match (pass, stage == last, mb.lse.as_ref()) {
+            (Pass::Backward, true, Some(lse)) => Some(HeadBackward {
+                lse: TensorPayload::from_f32(&[seq], lse),
+                inv_count: inv,
+            }),
+            _ => None,
+        };
+        let work = PipeWork {
+            unit,
+            lease,
+            step: step_number,
+            micro_batch: m as u64,
+            stage: stage as u64,
+            shards: shards.iter().map(|&i| to_wire(&pipe.stages[stage][i])).collect(),
+            pass,
+            weights: self.version,
+            tokens,
+            input,
+            grad,
+            head,
+            output: enc,
+        };
+        pipe.step.units.insert(
+            unit,
+            PipeUnit {
+                conn,
+                lease,
+                mb: m,
+                stage,
+                pass,
+                shards,
+                deadline,
+            },
+        );
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.unit = Some(unit);
+        }
+        self.send(conn, ToContributor::Unit(work));
+    }
+
+    /// A pipeline unit's output: checked, then folded into its micro-batch, or rejected (its
+    /// micro-shards go back to the queue).
+    pub(in crate::core) fn output(&mut self, conn: ConnId, key: PublicKey, seq: u64, o: UnitOutput) {
+        let unit = o.unit;
+        let Some(u) = self
+            .pipe
+            .as_ref()
+            .and_then(|p| p.step.units.get(&unit))
+            .cloned()
+        else {
+            return self.reject(
+                conn,
+                unit,
+                key,
+                seq,
+                format!("unit {unit} is not open (finished, reassigned or unknown)"),
+            );
+        };
+        if u.conn != conn || u.lease != o.lease {
+            return self.reject(conn, unit, key, seq, format!("unit {unit} was assigned to someone else"));
+        }
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.unit = None;
+        }
+        let folded = if o.weights != self.version {
+            Err(format!(
+                "computed on weights {} but the step uses {}",
+                o.weights, self.version
+            ))
+        } else {
+            self.decode_output(&u, &o.result)
+        };
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
+        let folded = match folded {
+            Ok(f) => f,
+            Err(why) => {
+                pipe.step.reopen(unit);
+                return self.reject(conn, unit, key, seq, why);
+            }
+        };
+        pipe.step.units.remove(&unit);
+        pipe.step.contributors.insert(key);
+        let last = pipe.stages.len() - 1;
+        let mb = &mut pipe.step.mbs[u.mb];
+        let cover = match u.pass {
+            Pass::Forward => &mut mb.fwd[u.stage],
+            Pass::Backward => &mut mb.bwd[u.stage],
+        };
+        for &i in &u.shards {
+            cover.shards[i] = ShardState::Done(u.lease);
+        }
+        if !cover.complete {
+            match folded {
+                Folded::Sum(v) => match cover.acc.as_mut() {
+                    Some(acc) => acc.iter_mut().zip(&v).for_each(|(a, b)| *a += b),
+                    None => cover.acc = Some(v),
+                },
+                Folded::Stats(stats) => {
+                    for (i, s) in stats {
+                        mb.head[i] = Some(s);
+                    }
+                }
+                Folded::Nothing => {}
+            }
+        }
+        if u.pass == Pass::Backward {
+            pipe.step.owed.entry(u.lease).or_default().push(Owed {
+                unit,
+                mb: u.mb,
+                stage: u.stage,
+                shards: u.shards.clone(),
+            });
+        }
+        Self::propagate(mb, u.stage, u.pass, last);
+        let r = self.records.entry(key).or_default();
+        r.accepted += 1;
+        r.tokens += self.spec.seq;
+        self.receipt(conn, unit, key, seq, Verdict::Accepted);
+    }
+
+    /// When a stage and pass of a micro-batch has every micro-shard's result, passes the sum on.
+    fn propagate(mb: &mut MicroBatch, stage: usize, pass: Pass, last: usize) {
+        let cover = match pass {
+            Pass::Forward => &mut mb.fwd[stage],
+            Pass::Backward => &mut mb.bwd[stage],
+        };
+        if cover.complete || !cover.all_done() {
+            return;
+        }
+        cover.complete = true;
+        let acc = cover.acc.take();
+        match (pass, stage) {
+            (Pass::Forward, s) if s == last => {
+                let stats: Option<Vec<HeadStats>> = mb.head.iter().cloned().collect();
+                if let Some(stats) = stats {
+                    let (lse, loss, count) = combine(&stats, &mb.targets);
+                    mb.lse = Some(lse.iter().map(|&x| x as f32).collect());
+                    mb.loss_sum = loss * count as f64;
+                }
+            }
+            (Pass::Forward, 0) => mb.input[1] = acc,
+            (Pass::Forward, s) => {
+                mb.input[s + 1] = match (acc, mb.input[s].as_ref()) {
+                    (Some(mut a), Some(x)) => {
+                        a.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+                        Some(a)
+                    }
+                    _ => None,
+                }
+            }
+            (Pass::Backward, 0) => {}
+            (Pass::Backward, s) if s == last => mb.dout[s - 1] = acc,
+            (Pass::Backward, s) => {
+                mb.dout[s - 1] = match (acc, mb.dout[s].as_ref()) {
+                    (Some(mut a), Some(x)) => {
+                        a.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+                        Some(a)
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn decode_output(&self, u: &PipeUnit, r: &PipeResult) -> Result<Folded, String> {
+        let pipe = self.pipe.as_ref().ok_or("no pipeline")?;
+        let last = pipe.stages.len() - 1;
+        let (seq, d) = (self.spec.seq as usize, self.spec.model.hidden_size);
+        match (u.pass, u.stage, r) {
+            (Pass::Backward, 0, PipeResult::Accumulated) => Ok(Folded::Nothing),
+            (Pass::Forward, s, PipeResult::HeadStats(slices)) if s == last => {
+                if slices.len() != u.shards.len() {
+                    return Err(format!(
+                        "{} head slices for {} micro-shards",
+                        slices.len(),
+                        u.shards.len()
+                    ));
+                }
+                let targets = &pipe.step.mbs[u.mb].targets;
+                let mut out = Vec::new();
+                for (slice, &i) in slices.iter().zip(&u.shards) {
+                    let shard = from_wire(&slice.shard, &self.spec.model).map_err(|e| e.to_string())?;
+                    if shard != pipe.stages[s][i] {
+                        return Err(format!("statistics of {shard}, expected {}", pipe.stages[s][i]));
+                    }
+                    let MicroShard::Head { cols } = &shard else {
+                        return Err(format!("{shard} is not a head slice"));
+                    };
+                    slice.stats.expect_shape(&[seq, 3]).map_err(|e| e.to_string())?;
+                    let st = slice.stats.to_f32().map_err(|e| e.to_string())?;
+                    slice.owned.expect_shape(&[seq]).map_err(|e| e.to_string())?;
+                    let owned = slice.owned.to_u8().map_err(|e| e.to_string())?;
+                    let mut h = HeadStats::default();
+                    for r in 0..seq {
+                        let own = cols.contains(&(targets[r] as usize));
+                        if owned[r] != u8::from(own) {
+                            return Err(format!("token {r}: target ownership is wrong"));
+                        }
+                        if st[r * 3 + 1] < 0.999 {
+                            return Err(format!("token {r}: sum-exp {} below 1", st[r * 3 + 1]));
+                        }
+                        h.max.push(st[r * 3] as f64);
+                        h.sum_exp.push(st[r * 3 + 1] as f64);
+                        h.target_logit.push(own.then_some(st[r * 3 + 2] as f64));
+                    }
+                    out.push((i, h));
+                }
+                Ok(Folded::Stats(out))
+            }
+            (Pass::Forward, s, PipeResult::Activation(a)) if s < last => {
+                Ok(Folded::Sum(a.decode_shaped(&[seq, d]).map_err(|e| e.to_string())?))
+            }
+            (Pass::Backward, s, PipeResult::Activation(a)) if s > 0 => {
+                Ok(Folded::Sum(a.decode_shaped(&[seq, d]).map_err(|e| e.to_string())?))
+            }
+            (pass, s, _) => Err(format!("wrong kind of result for a {pass:?} unit of stage {s}")),
+        }
+    }
+
+    /// Re-queues pipeline units and collect requests past their deadline; a lease that misses
+    /// a collect deadline is dropped (its units run again elsewhere).
+    pub(in crate::core) fn expire_pipeline(&mut self) {
+        let now = self.now;
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
+        let late: Vec<(u64, ConnId)> = pipe
+            .step
+            .units
+            .iter()
+            .filter(|(_, u)| u.deadline < now)
+            .map(|(&id, u)| (id, u.conn))
+            .collect();
+        for &(id, _) in &late {
+            pipe.step.reopen(id);
+        }
+        let slow: Vec<ConnId> = pipe
+            .step
+            .collecting
+            .values()
+            .filter(|c| c.deadline < now)
+            .map(|c| c.conn)
+            .collect();
+        for (id, conn) in late {
+            if let Some(s) = self.sessions.get_mut(&conn) {
+                if s.unit == Some(id) {
+                    s.unit = None;
+                }
+            }
+            self.send(conn, ToContributor::Cancel { unit: id });
+        }
+        for conn in slow {
+            self.fatal(conn, "gradient sums not delivered in time".into());
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Exactness of pipeline training end to end through the real coordinator state machine and
+//! real GPU contributors holding micro-shards (in process, no network): with fp32 activations
+//! and no compression, the coordinator's weights after each step equal single-device AdamW on
+//! the same data order (per tensor ‖a−b‖/‖b‖ ≤ 1e-5), gradient clipping by the global norm
+//! across micro-shards included. Every stage is tensor-sliced in two, so partial sums, the
+//! summed norm-weight gradients and the three-pass head are all exercised. Also: a contributor
+//! killed mid-step (its units re-run elsewhere, nothing double-counted or dropped), several
+//! replicas per micro-shard, and a heavy lease for a big budget.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tessera_compute::model::{shards, GpuModel, Slicing};
+use tessera_compute::reference::model::SplitMix;
+use tessera_compute::reference::ops::AdamW;
+use tessera_compute::reference::{Batch, ModelParams};
+use tessera_compute::shard::{Optimizer, ShardTensors};
+use tessera_compute::{Gpu, ModelConfig};
+use tessera_coordinator::core::spec::PipelineSpec;
+use tessera_coordinator::core::{Core, Phase, RunSpec};
+use tessera_e2e::{Control, Message};
+use tessera_protocol::messages::{InnerOptimizer, SessionMessage, SyncMode};
+use tessera_protocol::pipeline::Pass;
+use tessera_protocol::{ActEncoding, Identity, ToContributor, ToCoordinator};
+use tessera_train::schedule::Schedule;
+
+const SEQ: usize = 8;
+const MICRO: u64 = 3;
+const STEPS: u64 = 4;
+
+fn model() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 96,
+        hidden_size: 16,
+        intermediate_size: 24,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 4,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        max_position_embeddings: 8,
+    }
+}
+
+fn slicing() -> Slicing {
+    Slicing {
+        embed: 2,
+        attn: 2,
+        mlp: 2,
+        head: 2,
+    }
+}
+
+/// Resident bytes of a micro-shard as these tests count them: f32 weights and gradients.
+fn state_bytes(cfg: &ModelConfig, s: &tessera_compute::shard::MicroShard) -> u64 {
+    let t = ShardTensors::zeros(cfg, s).unwrap();
+    t.tensors.iter().map(|x| x.data.len() as u64 * 8).sum()
+}
+
+fn pipeline(cfg: &ModelConfig) -> PipelineSpec {
+    let stages = shards(cfg, slicing()).unwrap();
+    let state_bytes = stages
+        .iter()
+        .map(|st| st.iter().map(|s| state_bytes(cfg, s)).collect())
+        .collect();
+    let work_bytes = stages.iter().map(|st| vec![0; st.len()]).collect();
+    PipelineSpec {
+        stages,
+        state_bytes,
+        work_bytes,
+        micro_batches: MICRO,
+        activations: ActEncoding::F32,
+    }
+}
+
+fn adamw() -> InnerOptimizer {
+    InnerOptimizer::AdamW {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    }
+}
+
+fn lr() -> Schedule {
+    Schedule {
+        peak: 1e-2,
+        warmup: 2,
+        total: STEPS,
+        floor: 0.1,
+    }
+}
+
+fn spec(clip: Option<f32>) -> RunSpec {
+    let cfg = model();
+    let mut r = SplitMix(5);
+    let tokens: Vec<u32> = (0..3000).map(|_| (r.next_u64() % 96) as u32).collect();
+    RunSpec {
+        name: "pipeline-exact".into(),
+        pipeline: Some(pipeline(&cfg)),
+        model: cfg,
+        tokens: Arc::from(tokens),
+        seed: 11,
+        rounds: STEPS,
+        replicas: 1,
+        inner_steps: 1,
+        batch: 1,
+        seq: SEQ as u64,
+        optimizer: adamw(),
+        inner_lr: lr(),
+        inner_clip: clip,
+        outer_lr: 1.0,
+        clip_to_median: false,
+        sync: SyncMode::Dense,
+        unit_deadline_ms: 600_000,
+        silence_ms: 600_000,
+        weights_frame_elems: 100,
+    }
+}
+
+fn gpu() -> Gpu {
+    let g = pollster::block_on(Gpu::new(Default::default())).expect("a GPU adapter");
+    println!("adapter: {}", g.adapter());
+    g
+}
+
+/// What the run handed out, for the reference to replay.
+#[derive(Default)]
+struct Seen {
+    /// (step, micro-batch) → ids, targets.
+    data: BTreeMap<(u64, u64), (Vec<u32>, Vec<u32>)>,
+    /// Units handed out: (step, stage, pass, shards in the unit).
+    units: Vec<(u64, u64, Pass, usize)>,
+    /// Backward units handed out: (contributor, step, micro-batch, stage, micro-shard).
+    backward: Vec<(usize, u64, u64, u64, String)>,
+    /// Units handed out per contributor.
+    per: BTreeMap<usize, usize>,
+}
+
+fn watch(seen: &mut Seen, m: &Message, k: usize) {
+    if let Message::Down(ToContributor::Unit(w)) = m {
+        let t = w.tokens.as_ref().map(|t| t.to_u32().unwrap());
+        let e = seen.data.entry((w.step, w.micro_batch)).or_default();
+        if w.stage == 0 {
+            e.0 = t.unwrap();
+        } else if let Some(t) = t {
+            e.1 = t;
+        }
+        seen.units.push((w.step, w.stage, w.pass, w.shards.len()));
+        if w.pass == Pass::Backward {
+            for sh in &w.shards {
+                seen
+                    .backward
+                    .push((k, w.step, w.micro_batch, w.stage, format!("{sh:?}")));
+            }
+        }
+        *seen.per.entry(k).or_default() += 1;
+    }
+}
+
+/// Single-device AdamW on the same data order, with the same kernels, unsliced.
+fn reference(g: &Gpu, init: &ModelParams<f32>, seen: &Seen, clip: Option<f32>) -> ModelParams<f32> {
+    let cfg = model();
+    let mut m = GpuModel::new(g, &cfg, init, Slicing::whole(), SEQ * MICRO as usize).unwrap();
+    for step in 0..STEPS {
+        let mut ids = Vec::new();
+        let mut targets = Vec::new();
+        for mb in 0..MICRO {
+            let (i, t) = &seen.data[&(step, mb)];
+            assert_eq!((i.len(), t.len()), (SEQ, SEQ));
+            ids.extend_from_slice(i);
+            targets.extend_from_slice(t);
+        }
+        m.zero_grads(g).unwrap();
+        pollster::block_on(m.loss_and_grads(g, &Batch { ids, targets, seq: SEQ })).unwrap();
+        let h = AdamW {
+            lr: lr().at(step + 1),
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        pollster::block_on(m.optimizer_step(
+            g,
+            Optimizer::AdamW(h),
+            step as u32 + 1,
+            clip.map(f64::from),
+        ))
+        .unwrap();
+    }
+    pollster::block_on(m.read_params(g)).unwrap()
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn compare(what: &str, got: &ModelParams<f32>, want: &ModelParams<f32>) {
+    let mut worst = 0.0f64;
+    for ((name, a), (_, b)) in got.named().into_iter().zip(want.named()) {
+        let e = rel(a, b);
+        worst = worst.max(e);
+        assert!(e <= 1e-5, "{what}: {name} differs by {e:.3e}");
+    }
+    println!("{what}: worst tensor rel err {worst:.2e}");
+}
+
+/// Budget that fits the largest single micro-shard of the plan but no stage of two.
+fn small_budget(cfg: &ModelConfig) -> u64 {
+    let p = pipeline(cfg);
+    let largest = p.state_bytes.iter().flatten().copied().max().unwrap();
+    let smallest_pair = p
+        .state_bytes
+        .iter()
+        .map(|s| s.iter().sum::<u64>())
+        .min()
+        .unwrap();
+    assert!(largest < smallest_pair, "each small lease holds one micro-shard");
+    largest
+}
+
+#[test]
+fn one_replica_per_micro_shard_equals_single_device_adamw_with_clipping() {
+    let g = gpu();
+    let cfg = model();
+    let init: ModelParams<f32> = ModelParams::random(&cfg, 23);
+    let clip = Some(0.5f32);
+    let mut core = Core::new(spec(clip), Identity::from_seed([9; 32]), init.clone());
+    let n = pipeline(&cfg).stages.iter().map(Vec::len).sum::<usize>();
+    assert_eq!(n, 12, "six stages, each cut in two");
+    let mut clients = tessera_e2e::with_budgets(&g, &vec![small_budget(&cfg); n]);
+    let mut seen = Seen::default();
+    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
+        watch(&mut seen, m, k);
+        Control::Go
+    })
+    .unwrap();
+    assert_eq!(core.phase(), Phase::Finished);
+    for s in core.sessions() {
+        assert_eq!(s.shards.len(), 1, "a small budget holds one micro-shard: {:?}", s.shards);
+    }
+    assert!(
+        seen.units.iter().all(|u| u.3 == 1),
+        "every stage fans out to two leases"
+    );
+    let want = reference(&g, &init, &seen, clip);
+    compare("pipeline, 12 leases, clip 0.5", core.weights(), &want);
+    // The clip must have been active: the first step's gradient norm exceeds 0.5.
+    let cfg2 = model();
+    let mut m = GpuModel::new(&g, &cfg2, &init, Slicing::whole(), SEQ * MICRO as usize).unwrap();
+    let (mut ids, mut targets) = (Vec::new(), Vec::new());
+    for mb in 0..MICRO {
+        let (i, t) = &seen.data[&(0, mb)];
+        ids.extend_from_slice(i);
+        targets.extend_from_slice(t);
+    }
+    pollster::block_on(m.loss_and_grads(&g, &Batch { ids, targets, seq: SEQ })).unwrap();
+    let norm = pollster::block_on(m.optimizer_step(&g, Optimizer::Sgd { lr: 0.0 }, 1, Some(1e9)))
+        .unwrap()
+        .unwrap();
+    assert!(norm > 0.5, "gradient norm {norm} should exceed the clip");
+    println!("step losses: {:?}", core.losses());
+    // Every replica holds the coordinator's weights.
+    for c in &clients {
+        let p = c.pipeline().expect("a pipeline lease");
+        assert_eq!(p.version(), STEPS);
+    }
+}
+
+#[test]
+fn replicas_a_heavy_lease_and_a_worker_killed_mid_step_still_equal_adamw() {
+    let g = gpu();
+    let cfg = model();
+    let init: ModelParams<f32> = ModelParams::random(&cfg, 24);
+    let mut core = Core::new(spec(None), Identity::from_seed([9; 32]), init.clone());
+    let small = small_budget(&cfg);
+    // 12 small leases (one micro-shard each), then a second replica of each via 12 more, and a
+    // heavy lease that fits the whole model.
+    let mut budgets = vec![small; 24];
+    budgets.push(1 << 30);
+    let mut clients = tessera_e2e::with_budgets(&g, &budgets);
+    let mut seen = Seen::default();
+    let mut killed = None;
+    let mut owed_at_kill = 0;
+    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
+        watch(&mut seen, m, k);
+        // Kill a small worker when the coordinator asks it for its gradient sums: its backward
+        // units are done and accepted, but their sums exist only on it.
+        if killed.is_none() && k < 24 {
+            if let Message::Down(ToContributor::Collect { step, .. }) = m {
+                killed = Some((k, *step));
+                owed_at_kill = seen.backward.len();
+                return Control::Kill(k);
+            }
+        }
+        Control::Go
+    })
+    .unwrap();
+    assert_eq!(core.phase(), Phase::Finished);
+    let (k, step) = killed.expect("a worker was killed mid-step");
+    println!(
+        "killed contributor {k} in step {step} after {owed_at_kill} backward micro-shard runs"
+    );
+    // Everything the killed contributor ran backward in that step ran again on someone else.
+    let lost: Vec<_> = seen.backward[..owed_at_kill]
+        .iter()
+        .filter(|b| b.0 == k && b.1 == step)
+        .collect();
+    assert!(!lost.is_empty());
+    for b in &lost {
+        assert!(
+            seen.backward[owed_at_kill..]
+                .iter()
+                .any(|a| a.0 != k && (a.1, a.2, a.3, &a.4) == (b.1, b.2, b.3, &b.4)),
+            "{b:?} was re-run elsewhere"
+        );
+    }
+    let heavy = core
+        .sessions()
+        .into_iter()
+        .map(|s| s.shards.len())
+        .max()
+        .unwrap();
+    assert!(heavy > 2, "the big budget holds whole stages ({heavy} micro-shards)");
+    let want = reference(&g, &init, &seen, None);
+    compare("pipeline with replicas, a heavy lease and a kill", core.weights(), &want);
+}

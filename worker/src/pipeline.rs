@@ -1,0 +1,276 @@
+//! A pipeline lease on the GPU: the lease's micro-shards, the forward and backward of a unit
+//! (one micro-batch through some micro-shards of one stage, the backward recomputing its
+//! forward), gradient sums accumulated across the step's backward units, and new weights after
+//! each step.
+
+use tessera_compute::shard::{GpuShard, MicroShard, Rows, ShardTensors};
+use tessera_compute::{Gpu, ModelConfig, Tensor};
+use tessera_protocol::pipeline::{HeadSlice, Pass, PipeResult, PipeWork, ShardGrads};
+use tessera_protocol::{ActEncoding, Activation, TensorPayload};
+use tessera_train::shards::{from_wire, grads_to_wire, to_wire};
+
+use crate::error::WorkerError;
+
+/// A pipeline lease's micro-shards resident on the GPU.
+pub struct PipeReplica {
+    cfg: ModelConfig,
+    lease: u64,
+    seq: usize,
+    version: u64,
+    shards: Vec<GpuShard>,
+    /// Backward units whose gradients are in the accumulators and not yet sent.
+    owed: Vec<u64>,
+}
+
+/// Micro-shards of one stage share this key.
+fn stage_key(s: &MicroShard) -> (u8, usize) {
+    match s {
+        MicroShard::Embed { .. } => (0, 0),
+        MicroShard::Attn { layer, .. } => (1, *layer),
+        MicroShard::Mlp { layer, .. } => (2, *layer),
+        MicroShard::Head { .. } => (3, 0),
+    }
+}
+
+fn bad(msg: String) -> WorkerError {
+    WorkerError::Coordinator(msg)
+}
+
+impl PipeReplica {
+    /// Uploads the lease's micro-shards, sized for one sequence of `seq` tokens.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: ModelConfig,
+        lease: u64,
+        version: u64,
+        seq: usize,
+        weights: &[ShardTensors],
+    ) -> Result<Self, WorkerError> {
+        let shards = weights
+            .iter()
+            .map(|w| GpuShard::new(gpu, &cfg, w, seq))
+            .collect::<Result<_, _>>()?;
+        Ok(PipeReplica {
+            cfg,
+            lease,
+            seq,
+            version,
+            shards,
+            owed: Vec::new(),
+        })
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> u64 {
+        self.lease
+    }
+
+    /// The model.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Weight version held.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The micro-shards held.
+    pub fn shards(&self) -> Vec<MicroShard> {
+        self.shards.iter().map(|s| s.shard().clone()).collect()
+    }
+
+    /// Overwrites the weights with a new version (gradient sums stay).
+    pub fn set_weights(
+        &mut self,
+        gpu: &Gpu,
+        version: u64,
+        weights: &[ShardTensors],
+    ) -> Result<(), WorkerError> {
+        if weights.len() != self.shards.len() {
+            return Err(bad(format!(
+                "{} micro-shards of weights for a lease of {}",
+                weights.len(),
+                self.shards.len()
+            )));
+        }
+        for (s, w) in self.shards.iter().zip(weights) {
+            s.write_params(gpu, w)?;
+        }
+        self.version = version;
+        Ok(())
+    }
+
+    fn activation(&self, a: Option<&Activation>, what: &str) -> Result<Vec<f32>, WorkerError> {
+        let a = a.ok_or_else(|| bad(format!("the unit carries no {what}")))?;
+        Ok(a.decode_shaped(&[self.seq, self.cfg.hidden_size])?)
+    }
+
+    fn tokens(&self, t: Option<&TensorPayload>) -> Result<Vec<u32>, WorkerError> {
+        let t = t.ok_or_else(|| bad("the unit carries no tokens".into()))?;
+        t.expect_shape(&[self.seq])?;
+        let ids = t.to_u32()?;
+        if ids.iter().any(|&x| x as usize >= self.cfg.vocab_size) {
+            return Err(bad("token id outside the vocabulary".into()));
+        }
+        Ok(ids)
+    }
+
+    fn sum(gpu: &Gpu, parts: Vec<Tensor>) -> Result<Tensor, WorkerError> {
+        let mut parts = parts.into_iter();
+        let acc = parts
+            .next()
+            .ok_or_else(|| bad("a unit with no micro-shards".into()))?;
+        for p in parts {
+            gpu.add_assign(&acc, &p, p.len())?;
+        }
+        Ok(acc)
+    }
+
+    async fn encode(
+        &self,
+        gpu: &Gpu,
+        t: &Tensor,
+        enc: ActEncoding,
+    ) -> Result<PipeResult, WorkerError> {
+        let v = gpu.read(t).await?;
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(WorkerError::Compute(tessera_compute::ComputeError::Shape(
+                "the unit's result holds NaN or infinity".into(),
+            )));
+        }
+        Ok(PipeResult::Activation(Activation::encode(
+            &[self.seq, self.cfg.hidden_size],
+            &v,
+            enc,
+        )))
+    }
+
+    /// Runs a unit and returns its result.
+    pub async fn work(&mut self, gpu: &Gpu, w: &PipeWork) -> Result<PipeResult, WorkerError> {
+        if w.weights != self.version || w.lease != self.lease {
+            return Err(bad(format!(
+                "unit {} needs lease {} weights {}; this replica holds lease {} weights {}",
+                w.unit, w.lease, w.weights, self.lease, self.version
+            )));
+        }
+        let mut idx = Vec::with_capacity(w.shards.len());
+        for spec in &w.shards {
+            let s = from_wire(spec, &self.cfg)?;
+            let i = self
+                .shards
+                .iter()
+                .position(|g| *g.shard() == s)
+                .ok_or_else(|| bad(format!("unit {} names {s}, which this lease does not hold", w.unit)))?;
+            idx.push(i);
+        }
+        let first = idx
+            .first()
+            .map(|&i| self.shards[i].shard().clone())
+            .ok_or_else(|| bad(format!("unit {} names no micro-shard", w.unit)))?;
+        let rows = Rows {
+            seq: self.seq,
+            sequences: 1,
+        };
+        let (seq, d) = (self.seq, self.cfg.hidden_size);
+        let shards: Vec<&GpuShard> = idx.iter().map(|&i| &self.shards[i]).collect();
+        if shards
+            .iter()
+            .any(|s| stage_key(s.shard()) != stage_key(&first))
+        {
+            return Err(bad(format!("unit {} mixes micro-shards of different stages", w.unit)));
+        }
+        let result = match (&first, w.pass) {
+            (MicroShard::Embed { .. }, Pass::Forward) => {
+                let ids = self.tokens(w.tokens.as_ref())?;
+                let parts = shards
+                    .iter()
+                    .map(|s| s.embed_forward(gpu, &ids))
+                    .collect::<Result<_, _>>()?;
+                let out = Self::sum(gpu, parts)?;
+                self.encode(gpu, &out, w.output).await?
+            }
+            (MicroShard::Embed { .. }, Pass::Backward) => {
+                let ids = self.tokens(w.tokens.as_ref())?;
+                let g = gpu.upload(&self.activation(w.grad.as_ref(), "output gradient")?, &[seq, d])?;
+                for s in &shards {
+                    s.embed_backward(gpu, &ids, &g)?;
+                }
+                gpu.check()?;
+                PipeResult::Accumulated
+            }
+            (MicroShard::Attn { .. } | MicroShard::Mlp { .. }, Pass::Forward) => {
+                let h = gpu.upload(&self.activation(w.input.as_ref(), "input")?, &[seq, d])?;
+                let parts = shards
+                    .iter()
+                    .map(|s| s.block_forward(gpu, &h, rows))
+                    .collect::<Result<_, _>>()?;
+                let out = Self::sum(gpu, parts)?;
+                self.encode(gpu, &out, w.output).await?
+            }
+            (MicroShard::Attn { .. } | MicroShard::Mlp { .. }, Pass::Backward) => {
+                let h = gpu.upload(&self.activation(w.input.as_ref(), "input")?, &[seq, d])?;
+                let g = gpu.upload(&self.activation(w.grad.as_ref(), "output gradient")?, &[seq, d])?;
+                let parts = shards
+                    .iter()
+                    .map(|s| s.block_backward(gpu, &h, &g, rows))
+                    .collect::<Result<_, _>>()?;
+                let out = Self::sum(gpu, parts)?;
+                self.encode(gpu, &out, w.output).await?
+            }
+            (MicroShard::Head { .. }, Pass::Forward) => {
+                let targets = self.tokens(w.tokens.as_ref())?;
+                let h = gpu.upload(&self.activation(w.input.as_ref(), "input")?, &[seq, d])?;
+                let mut slices = Vec::new();
+                for s in &shards {
+                    let st = s.head_forward(gpu, &h, &targets, rows).await?;
+                    let mut stats = Vec::with_capacity(seq * 3);
+                    let mut owned = Vec::with_capacity(seq);
+                    for r in 0..seq {
+                        stats.push(st.max[r] as f32);
+                        stats.push(st.sum_exp[r] as f32);
+                        stats.push(st.target_logit[r].unwrap_or(0.0) as f32);
+                        owned.push(u8::from(st.target_logit[r].is_some()));
+                    }
+                    slices.push(HeadSlice {
+                        shard: to_wire(s.shard()),
+                        stats: TensorPayload::from_f32(&[seq, 3], &stats),
+                        owned: TensorPayload::from_u8(&[seq], owned),
+                    });
+                }
+                PipeResult::HeadStats(slices)
+            }
+            (MicroShard::Head { .. }, Pass::Backward) => {
+                let targets = self.tokens(w.tokens.as_ref())?;
+                let h = gpu.upload(&self.activation(w.input.as_ref(), "input")?, &[seq, d])?;
+                let hb = w
+                    .head
+                    .as_ref()
+                    .ok_or_else(|| bad("head backward without log-sum-exp".into()))?;
+                hb.lse.expect_shape(&[seq])?;
+                let lse = hb.lse.to_f32()?;
+                let parts = shards
+                    .iter()
+                    .map(|s| s.head_backward(gpu, &h, &targets, &lse, hb.inv_count, rows))
+                    .collect::<Result<_, _>>()?;
+                let out = Self::sum(gpu, parts)?;
+                self.encode(gpu, &out, w.output).await?
+            }
+        };
+        if w.pass == Pass::Backward {
+            self.owed.push(w.unit);
+        }
+        Ok(result)
+    }
+
+    /// The gradient sums of every micro-shard and the backward units they cover; the
+    /// accumulators start again from zero.
+    pub async fn take_grads(&mut self, gpu: &Gpu) -> Result<(Vec<u64>, Vec<ShardGrads>), WorkerError> {
+        let mut out = Vec::with_capacity(self.shards.len());
+        for s in &self.shards {
+            out.push(grads_to_wire(&s.read_grads(gpu).await?));
+            s.zero_grads(gpu)?;
+        }
+        Ok((std::mem::take(&mut self.owed), out))
+    }
+}
