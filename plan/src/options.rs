@@ -89,7 +89,10 @@ impl PlanOptions {
             }
         }
         if self.micro_batches == 0 {
-            return bad("micro_batches", "a step needs at least one micro-batch".into());
+            return bad(
+                "micro_batches",
+                "a step needs at least one micro-batch".into(),
+            );
         }
         Ok(())
     }

@@ -100,7 +100,12 @@ impl Plan {
             .map(|l| {
                 let (first, last) = match (l.costs.first(), l.costs.last()) {
                     (Some(f), Some(t)) => (&f.shard, &t.shard),
-                    _ => return LeaseLoad { wire_bytes: 0, flops: 0 },
+                    _ => {
+                        return LeaseLoad {
+                            wire_bytes: 0,
+                            flops: 0,
+                        }
+                    }
                 };
                 let (fwd, bwd) = wire_bytes(&self.model, o, first, last);
                 LeaseLoad {

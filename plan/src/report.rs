@@ -13,7 +13,7 @@ use crate::units::{bandwidth, bytes, count, flop, flop_rate, rate, seconds, traf
 use crate::{Plan, PlanError};
 
 /// Leases listed one by one when there are at most this many.
-const LIST_LEASES: usize = 24;
+const LIST_LEASES: usize = 40;
 
 /// A plan's report for a set of lease budgets; print it with `Display`.
 pub struct Report<'a> {
@@ -41,12 +41,13 @@ impl<'a> Report<'a> {
     }
 }
 
-/// `a` or `a–b` when they differ.
-fn range<T: PartialEq>(lo: T, hi: T, show: impl Fn(T) -> String) -> String {
+/// `a`, or `a-b` when they read differently.
+fn range<T>(lo: T, hi: T, show: impl Fn(T) -> String) -> String {
+    let (lo, hi) = (show(lo), show(hi));
     if lo == hi {
-        show(lo)
+        lo
     } else {
-        format!("{}-{}", show(lo), show(hi))
+        format!("{lo}-{hi}")
     }
 }
 
@@ -61,10 +62,7 @@ fn span<I: Clone, T: PartialOrd + Copy>(
         return "-".into();
     };
     let (lo, hi) = it.fold((first, first), |(lo, hi), x| {
-        (
-            if x < lo { x } else { lo },
-            if x > hi { x } else { hi },
-        )
+        (if x < lo { x } else { lo }, if x > hi { x } else { hi })
     });
     range(lo, hi, show)
 }
@@ -149,19 +147,30 @@ impl Report<'_> {
         )?;
         writeln!(
             f,
-            "  {:<6} {:>6} {:>7}  {:<22} {:<13} {:<19} {:<19} {}",
-            "kind", "stages", "shards", "units per shard", "params each", "resident each", "working each", "alone"
+            "  {:<6} {:>6} {:>7}  {:<25} {:<12} {:<14} {:<14} alone",
+            "kind",
+            "stages",
+            "shards",
+            "units per shard",
+            "params each",
+            "resident each",
+            "working each",
         )?;
         for (kind, cs) in self.by_kind() {
-            let stages = p.stages.iter().filter(|s| s.first().map(|c| c.kind()) == Some(kind)).count();
+            let stages = p
+                .stages
+                .iter()
+                .filter(|s| s.first().map(|c| c.kind()) == Some(kind))
+                .count();
             let units = span(&cs, |c| c.shard.units().len(), |u| u.to_string());
+            let plural = if units == "1" { "" } else { "s" };
             writeln!(
                 f,
-                "  {:<6} {:>6} {:>7}  {:<22} {:<13} {:<19} {:<19} {}",
+                "  {:<6} {:>6} {:>7}  {:<25} {:<12} {:<14} {:<14} {}",
                 kind.to_string(),
                 stages,
                 cs.len(),
-                format!("{units} {}s", kind.unit()),
+                format!("{units} {}{plural}", kind.unit()),
                 span(&cs, |c| c.params, count),
                 span(&cs, |c| c.state_bytes, bytes),
                 span(&cs, |c| c.work_bytes, bytes),
@@ -175,7 +184,11 @@ impl Report<'_> {
                 bytes(big.largest_tensor),
                 big.shard,
                 bytes(p.options.max_binding),
-                if big.largest_tensor <= p.options.max_binding { "fits" } else { "OVER" }
+                if big.largest_tensor <= p.options.max_binding {
+                    "fits"
+                } else {
+                    "OVER"
+                }
             )?;
         }
         Ok(())
@@ -194,7 +207,10 @@ impl Report<'_> {
             "kind", "fwd FLOP", "bwd FLOP", "fwd wire", "bwd wire", "compute", "transfer"
         )?;
         for (kind, cs) in self.by_kind() {
-            let Some(c) = cs.iter().max_by_key(|c| c.fwd_flops + c.bwd_flops + c.fwd_bytes) else {
+            let Some(c) = cs
+                .iter()
+                .max_by_key(|c| c.fwd_flops + c.bwd_flops + c.fwd_bytes)
+            else {
                 continue;
             };
             let wire = (c.fwd_bytes + c.bwd_bytes) as f64;
@@ -227,11 +243,19 @@ impl Report<'_> {
     ) -> fmt::Result {
         let (p, o) = (self.plan, &self.plan.options);
         let seq = o.seq as f64;
-        writeln!(f, "\nLeases for a {} budget: {} leases, {} pipeline hops", bytes(budget), leases.len(), t.hops)?;
         writeln!(
             f,
-            "  {:>6} {:>13} {:>7} {:<21} {:<19} {}",
-            "leases", "micro-shards", "stages", "memory each", "wire/token each", "whole stages"
+            "\nLeases for a {} budget: {} lease{}, {} pipeline hop{}",
+            bytes(budget),
+            leases.len(),
+            if leases.len() == 1 { "" } else { "s" },
+            t.hops,
+            if t.hops == 1 { "" } else { "s" },
+        )?;
+        writeln!(
+            f,
+            "  {:>6} {:>13} {:>7}  {:<20} {:<17} whole stages",
+            "leases", "micro-shards", "stages", "memory each", "wire/token each",
         )?;
         // Group by (micro-shards, stages, whole stages).
         let mut shapes: BTreeMap<(usize, usize, bool), Vec<usize>> = BTreeMap::new();
@@ -244,7 +268,7 @@ impl Report<'_> {
         for ((n, s, whole), idx) in &shapes {
             writeln!(
                 f,
-                "  {:>6} {:>13} {:>7} {:<21} {:<19} {}",
+                "  {:>6} {:>13} {:>7}  {:<20} {:<17} {}",
                 idx.len(),
                 n,
                 s,
@@ -258,11 +282,18 @@ impl Report<'_> {
                 let (Some(a), Some(b)) = (l.costs.first(), l.costs.last()) else {
                     continue;
                 };
+                let (first, last) = (stage_name(&a.shard), stage_name(&b.shard));
+                let stages = if first == last {
+                    first
+                } else {
+                    format!("{first}..{last}")
+                };
                 writeln!(
                     f,
-                    "    {:<17} {:>4} micro-shards  {:>10}  {:>9}/token",
-                    format!("{}..{}", stage_name(&a.shard), stage_name(&b.shard)),
+                    "    {:<17} {:>4} micro-shard{}  {:>10}  {:>9}/token",
+                    stages,
                     l.costs.len(),
+                    if l.costs.len() == 1 { " " } else { "s" },
                     bytes(Plan::lease_bytes(&l.costs)),
                     traffic(load.wire_bytes as f64 / seq)
                 )?;
@@ -296,7 +327,7 @@ impl Report<'_> {
         writeln!(f, "  binding limit: {limit} ({} tokens/s)", rate(tps))?;
         writeln!(
             f,
-            "  step latency: {} for {} micro-batches x {} tokens (one micro-batch through {} hops, relayed, plus {} x the slowest hop): {} tokens/s",
+            "  step latency: {} for {} micro-batches x {} tokens (one micro-batch through {} hop(s), relayed, plus {} x the slowest hop): {} tokens/s",
             seconds(t.step_seconds),
             o.micro_batches,
             o.seq,

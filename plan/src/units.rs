@@ -57,8 +57,8 @@ pub fn parse_bytes(text: &str) -> Result<u64, PlanError> {
                 what: WHAT,
                 text: text.to_string(),
                 why: format!(
-                    "unknown unit {unit:?}; use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB (e.g. 0.6GiB)"
-                ),
+                "unknown unit {unit:?}; use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB (e.g. 0.6GiB)"
+            ),
             })
         }
     };
@@ -161,8 +161,10 @@ pub fn seconds(s: f64) -> String {
         format!("{} min", sig3(s / 60.0))
     } else if s >= 1.0 {
         format!("{} s", sig3(s))
-    } else {
+    } else if s >= 1e-3 || s == 0.0 {
         format!("{} ms", sig3(s * 1e3))
+    } else {
+        format!("{} µs", sig3(s * 1e6))
     }
 }
 
@@ -230,7 +232,16 @@ mod tests {
 
     #[test]
     fn bad_memory_sizes_say_why() {
-        for bad in ["", "GiB", "-1GiB", "0", "1.5 parsecs", "nanGiB", "0.1B", "1e30GiB"] {
+        for bad in [
+            "",
+            "GiB",
+            "-1GiB",
+            "0",
+            "1.5 parsecs",
+            "nanGiB",
+            "0.1B",
+            "1e30GiB",
+        ] {
             let e = parse_bytes(bad).expect_err(bad).to_string();
             assert!(e.contains("memory size"), "{bad}: {e}");
         }
@@ -270,6 +281,7 @@ mod tests {
         assert_eq!(bandwidth(12.5e6), "100 Mbit/s");
         assert_eq!(rate(0.06171), "0.0617");
         assert_eq!(seconds(0.31), "310 ms");
+        assert_eq!(seconds(3.39e-6), "3.39 µs");
         assert_eq!(count(72_747_327_488), "72.7B");
         assert_eq!(count(18_878_464), "18.9M");
     }

@@ -31,7 +31,12 @@ fn every_micro_shard_fits_the_budget_and_the_binding_limit() {
     for c in p.shards() {
         let alone = Plan::lease_bytes(&[c]);
         assert!(alone <= p.options.budget, "{} needs {alone}", c.shard);
-        assert!(c.largest_tensor <= 128 * MIB, "{}: {}", c.shard, c.largest_tensor);
+        assert!(
+            c.largest_tensor <= 128 * MIB,
+            "{}: {}",
+            c.shard,
+            c.largest_tensor
+        );
         assert!(c.params > 0 && c.work_bytes > 0 && c.state_bytes >= 8 * c.params);
     }
 }
@@ -68,7 +73,10 @@ fn stages_are_in_pipeline_order_and_partition_their_units() {
         // Balanced: slice sizes differ by at most one unit.
         let lens: Vec<usize> = stage.iter().map(|c| c.shard.units().len()).collect();
         let (lo, hi) = (lens.iter().min(), lens.iter().max());
-        assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "stage {i}: {lens:?}");
+        assert!(
+            hi.zip(lo).is_some_and(|(h, l)| h - l <= 1),
+            "stage {i}: {lens:?}"
+        );
     }
 }
 
@@ -89,7 +97,10 @@ fn the_cut_is_the_fewest_slices_that_fit() {
         2,
         &p.options,
     );
-    assert!(coarser.bytes() > p.options.budget, "{widest} columns per shard is not the widest");
+    assert!(
+        coarser.bytes() > p.options.budget,
+        "{widest} columns per shard is not the widest"
+    );
 }
 
 #[test]
@@ -98,12 +109,13 @@ fn leases_fit_their_budgets() {
     for budget in [GIB * 6 / 10, 24 * GIB] {
         let leases = p.pack(budget).expect("packing");
         let held: usize = leases.iter().map(|l| l.shards.len()).sum();
-        assert_eq!(held, p.shard_count(), "every micro-shard in exactly one lease");
+        assert_eq!(
+            held,
+            p.shard_count(),
+            "every micro-shard in exactly one lease"
+        );
         for l in &leases {
-            let costs: Vec<_> = p
-                .shards()
-                .filter(|c| l.shards.contains(&c.shard))
-                .collect();
+            let costs: Vec<_> = p.shards().filter(|c| l.shards.contains(&c.shard)).collect();
             assert_eq!(costs.len(), l.shards.len());
             assert_eq!(Plan::lease_bytes(&costs), l.bytes);
             assert!(l.bytes <= budget, "{} > {budget}", l.bytes);
@@ -121,8 +133,17 @@ fn native_leases_take_several_whole_stages() {
         assert_eq!(l.stages.start, next, "leases follow pipeline order");
         next = l.stages.end;
         let whole: usize = p.stages[l.stages.clone()].iter().map(Vec::len).sum();
-        assert_eq!(whole, l.shards.len(), "lease over {:?} holds whole stages", l.stages);
-        assert!(l.stages.len() > 1, "lease over {:?} spans one stage", l.stages);
+        assert_eq!(
+            whole,
+            l.shards.len(),
+            "lease over {:?} holds whole stages",
+            l.stages
+        );
+        assert!(
+            l.stages.len() > 1,
+            "lease over {:?} spans one stage",
+            l.stages
+        );
     }
     assert_eq!(next, p.stages.len());
 }

@@ -18,12 +18,20 @@ fn parameters_sum_to_the_model_for_any_cut() {
     let cfg = ModelConfig::tiny();
     for budget in [40_000, 60_000, 200_000, 1 << 30] {
         let plan = Plan::new(&cfg, options(budget)).expect("tiny plan");
-        assert_eq!(plan.total_params(), cfg.parameter_count(), "budget {budget}");
+        assert_eq!(
+            plan.total_params(),
+            cfg.parameter_count(),
+            "budget {budget}"
+        );
         let sum: u64 = plan.shards().map(|c| c.params).sum();
         assert_eq!(sum, cfg.parameter_count());
     }
     let whole = Plan::new(&cfg, options(1 << 30)).expect("tiny plan");
-    assert_eq!(whole.shard_count(), 2 + 2 * cfg.num_hidden_layers, "one slice per stage");
+    assert_eq!(
+        whole.shard_count(),
+        2 + 2 * cfg.num_hidden_layers,
+        "one slice per stage"
+    );
     let cut = Plan::new(&cfg, options(40_000)).expect("tiny plan");
     assert!(cut.shard_count() > whole.shard_count());
 }
@@ -33,7 +41,15 @@ fn mlp_costs_match_a_hand_computation() {
     let cfg = ModelConfig::tiny();
     let o = options(1 << 30);
     let (n, d, f) = (16u64, 24u64, 10u64);
-    let c = ShardCost::new(&cfg, &MicroShard::Mlp { layer: 1, cols: 10..20 }, 4, &o);
+    let c = ShardCost::new(
+        &cfg,
+        &MicroShard::Mlp {
+            layer: 1,
+            cols: 10..20,
+        },
+        4,
+        &o,
+    );
     // Forward: gate, up and down products. Backward: gate and up again, then the weight and
     // input gradients of all three.
     assert_eq!(c.fwd_flops, 3 * 2 * n * d * f);
@@ -46,7 +62,15 @@ fn mlp_costs_match_a_hand_computation() {
     assert_eq!(c.bwd_bytes, 3 * n * d * 4);
     // h, dout, xn, dxn, dh and rstd; gate, up, act and their gradients.
     assert_eq!(c.work_bytes, 4 * n * (5 * d + 1 + 6 * f));
-    let first = ShardCost::new(&cfg, &MicroShard::Mlp { layer: 1, cols: 0..10 }, 4, &o);
+    let first = ShardCost::new(
+        &cfg,
+        &MicroShard::Mlp {
+            layer: 1,
+            cols: 0..10,
+        },
+        4,
+        &o,
+    );
     assert_eq!(first.params, 3 * d * f + d);
 }
 
@@ -72,7 +96,11 @@ fn too_small_a_budget_names_the_shard_and_its_bytes() {
     let cfg = ModelConfig::tiny();
     let err = Plan::new(&cfg, options(1000)).expect_err("1000 bytes cannot hold anything");
     match &err {
-        PlanError::ShardTooLarge { shard, bytes, budget } => {
+        PlanError::ShardTooLarge {
+            shard,
+            bytes,
+            budget,
+        } => {
             assert_eq!(shard, "Embed(0..1)");
             assert!(*bytes > 1000);
             assert_eq!(*budget, 1000);
@@ -80,7 +108,10 @@ fn too_small_a_budget_names_the_shard_and_its_bytes() {
         other => panic!("unexpected error {other}"),
     }
     let text = err.to_string();
-    assert!(text.contains("Embed(0..1)") && text.contains("budget"), "{text}");
+    assert!(
+        text.contains("Embed(0..1)") && text.contains("budget"),
+        "{text}"
+    );
     // A budget the plan fits but a packing does not.
     let plan = Plan::new(&cfg, options(40_000)).expect("tiny plan");
     assert!(matches!(
@@ -104,13 +135,34 @@ fn a_tiny_binding_limit_is_an_error() {
 fn bad_options_are_refused() {
     let cfg = ModelConfig::tiny();
     let cases = [
-        PlanOptions { seq: 0, ..options(1 << 20) },
-        PlanOptions { seq: 65, ..options(1 << 20) },
-        PlanOptions { budget: 0, ..options(1 << 20) },
-        PlanOptions { act_bytes: 3, ..options(1 << 20) },
-        PlanOptions { bandwidth: 0.0, ..options(1 << 20) },
-        PlanOptions { flops: f64::NAN, ..options(1 << 20) },
-        PlanOptions { micro_batches: 0, ..options(1 << 20) },
+        PlanOptions {
+            seq: 0,
+            ..options(1 << 20)
+        },
+        PlanOptions {
+            seq: 65,
+            ..options(1 << 20)
+        },
+        PlanOptions {
+            budget: 0,
+            ..options(1 << 20)
+        },
+        PlanOptions {
+            act_bytes: 3,
+            ..options(1 << 20)
+        },
+        PlanOptions {
+            bandwidth: 0.0,
+            ..options(1 << 20)
+        },
+        PlanOptions {
+            flops: f64::NAN,
+            ..options(1 << 20)
+        },
+        PlanOptions {
+            micro_batches: 0,
+            ..options(1 << 20)
+        },
     ];
     for o in cases {
         let err = Plan::new(&cfg, o.clone()).expect_err("invalid options");
