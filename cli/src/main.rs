@@ -4,6 +4,7 @@ mod coordinator_cmd;
 mod demo;
 mod eval;
 mod keys;
+mod plan_cmd;
 mod train_local;
 mod worker_cmd;
 
@@ -32,6 +33,8 @@ enum Command {
     /// Train a small model on the built-in corpus on this machine's GPU, cut into micro-shards
     /// exactly as contributors would hold them, printing the training and held-out loss.
     TrainLocal(train_local::Args),
+    /// Split a model into micro-shards and leases for given memory budgets, and print its costs.
+    Plan(plan_cmd::Args),
 }
 
 fn multi_thread() -> Result<tokio::runtime::Runtime> {
@@ -57,5 +60,6 @@ fn main() -> Result<()> {
             .block_on(worker_cmd::run(a)),
         Command::Eval(a) => pollster::block_on(eval::run(a)),
         Command::TrainLocal(a) => train_local::run(a),
+        Command::Plan(a) => plan_cmd::run(a),
     }
 }

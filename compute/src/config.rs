@@ -87,6 +87,24 @@ impl ModelConfig {
         2 * self.vocab_size as u64 * d + self.num_hidden_layers as u64 * layer + d
     }
 
+    /// The Covenant-72B shape (DESIGN.md, "The 72B plan on paper"): 80 layers, d=8192, 64
+    /// query heads over 8 key/value heads of width 128, SwiGLU width 28672, vocabulary 262144,
+    /// untied embedding and head; 72.75B parameters.
+    pub fn covenant_72b() -> Self {
+        ModelConfig {
+            vocab_size: 262_144,
+            hidden_size: 8192,
+            intermediate_size: 28_672,
+            num_hidden_layers: 80,
+            num_attention_heads: 64,
+            num_key_value_heads: 8,
+            head_dim: 128,
+            rms_norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            max_position_embeddings: 2048,
+        }
+    }
+
     /// A tiny configuration used by tests and examples.
     pub fn tiny() -> Self {
         ModelConfig {
@@ -101,5 +119,19 @@ impl ModelConfig {
             rope_theta: 10000.0,
             max_position_embeddings: 64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ModelConfig;
+
+    #[test]
+    fn covenant_72b_has_72_75b_parameters() {
+        let cfg = ModelConfig::covenant_72b();
+        cfg.validate().expect("valid shape");
+        assert_eq!(cfg.parameter_count(), 72_747_327_488);
+        let rel = (cfg.parameter_count() as f64 - 72.75e9).abs() / 72.75e9;
+        assert!(rel < 1e-3, "{} is not ~72.75B", cfg.parameter_count());
     }
 }
