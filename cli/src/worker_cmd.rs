@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_compute::{Gpu, GpuOptions};
 use tessera_protocol::messages::{Capabilities, ContributorKind};
@@ -28,32 +28,9 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// Parses `2GiB`, `512MiB`, `1500000` (bytes).
-pub fn parse_bytes(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (num, mult) = [
-        ("GiB", 1u64 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-        ("GB", 1_000_000_000),
-        ("MB", 1_000_000),
-        ("B", 1),
-    ]
-    .iter()
-    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n.trim(), *m)))
-    .unwrap_or((s, 1));
-    let v: f64 = num
-        .parse()
-        .with_context(|| format!("{s:?} is not a size like 2GiB"))?;
-    if !(v.is_finite() && v > 0.0) {
-        bail!("{s:?} must be a positive size");
-    }
-    Ok((v * mult as f64) as u64)
-}
-
 /// Runs until Ctrl-C.
 pub async fn run(a: Args) -> Result<()> {
-    let budget = parse_bytes(&a.memory_budget)?;
+    let budget = tessera_plan::units::parse_bytes(&a.memory_budget)?;
     let path = match a.identity {
         Some(p) => p,
         None => std::env::var_os("HOME")

@@ -17,6 +17,18 @@
 //! inner_steps = 4
 //! sync = "sparse"             # or "dense"
 //! ```
+//!
+//! With a `[pipeline]` section the run trains micro-shard leases instead of whole-model
+//! replicas: the planner cuts the model so that each micro-shard fits `budget`, `rounds` counts
+//! optimizer steps of `micro_batches` sequences of `[train] seq` tokens, and `[train]` gives
+//! the optimizer, learning rate, warmup (in steps) and clip:
+//!
+//! ```toml
+//! [pipeline]
+//! budget = "2MiB"             # the smallest contributor's lease
+//! micro_batches = 8
+//! activations = "bf16"        # or "f32", "int8"
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +43,11 @@ use tessera_train::data::BUILT_IN_CORPUS;
 use crate::data::{documents, Format, Tokenizer};
 use tessera_train::schedule::Schedule;
 
+use crate::core::spec::PipelineSpec;
 use crate::core::RunSpec;
+use tessera_plan::units::parse_bytes;
+use tessera_plan::{Plan, PlanOptions};
+use tessera_protocol::ActEncoding;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +90,30 @@ pub struct RunConfig {
     /// Training.
     #[serde(default)]
     pub train: TrainSection,
+    /// Micro-shard pipeline instead of whole-model replicas.
+    pub pipeline: Option<PipelineSection>,
+}
+
+/// `[pipeline]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// The smallest contributor's lease budget (`"2MiB"`, `"0.6GiB"`, bytes): sizes the
+    /// micro-shards.
+    pub budget: String,
+    /// Sequences per optimizer step.
+    #[serde(default = "default_micro_batches")]
+    pub micro_batches: u64,
+    /// `f32`, `bf16` or `int8`.
+    #[serde(default = "default_activations")]
+    pub activations: String,
+}
+
+fn default_micro_batches() -> u64 {
+    8
+}
+fn default_activations() -> String {
+    "bf16".into()
 }
 
 /// `[model]`: exactly one of `preset`, `config`, `init_from`.
@@ -205,26 +245,37 @@ fn default_rounds() -> u64 {
     20
 }
 
-/// A byte-level model preset.
+/// A byte-level model preset: `tiny-byte` (d 64, 2 layers) or `small-byte` (d 128, 4 layers).
 pub fn preset(name: &str) -> Option<ModelConfig> {
-    let (d, layers) = match name {
-        "tiny-byte" => (64, 2),
-        "small-byte" => (128, 4),
-        _ => return None,
+    match name {
+        "tiny-byte" | "small-byte" => tessera_plan::preset(name),
+        _ => None,
+    }
+}
+
+/// The planner's micro-shards for the `[pipeline]` section.
+fn pipeline_spec(
+    p: &PipelineSection,
+    model: &ModelConfig,
+    seq: u64,
+) -> Result<PipelineSpec, ConfigError> {
+    let bad = |e: String| ConfigError::Invalid(format!("[pipeline] {e}"));
+    let activations = ActEncoding::parse(&p.activations).map_err(bad)?;
+    if p.micro_batches == 0 {
+        return Err(bad("micro_batches must be positive".into()));
+    }
+    let budget = parse_bytes(&p.budget).map_err(|e| bad(e.to_string()))?;
+    let options = PlanOptions {
+        seq: seq as usize,
+        budget,
+        act_bytes: activations.bytes() as u64,
+        micro_batches: p.micro_batches as usize,
+        ..PlanOptions::default()
     };
-    let heads = d / 16;
-    Some(ModelConfig {
-        vocab_size: 256,
-        hidden_size: d,
-        intermediate_size: (d * 8 / 3).div_ceil(8) * 8,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: heads / 2,
-        head_dim: 16,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        max_position_embeddings: 64,
-    })
+    let plan = Plan::new(model, options).map_err(|e| bad(e.to_string()))?;
+    let spec = PipelineSpec::from_plan(&plan, p.micro_batches, activations);
+    spec.validate(model).map_err(bad)?;
+    Ok(spec)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -362,7 +413,15 @@ impl RunConfig {
             sc.validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
-        let total = self.rounds * t.inner_steps;
+        let pipeline = match &self.pipeline {
+            Some(p) => Some(pipeline_spec(p, &model, t.seq)?),
+            None => None,
+        };
+        let total = if pipeline.is_some() {
+            self.rounds
+        } else {
+            self.rounds * t.inner_steps
+        };
         let spec = RunSpec {
             name: self.name.clone(),
             model,
@@ -389,7 +448,7 @@ impl RunConfig {
             unit_deadline_ms: t.unit_deadline_secs * 1000,
             silence_ms: t.silence_secs * 1000,
             weights_frame_elems: 4 << 20,
-            pipeline: None,
+            pipeline,
         };
         Ok((spec, weights))
     }

@@ -48,6 +48,8 @@ pub struct ContributorStatus {
     pub kind: String,
     /// Lease held, with the shards it covers.
     pub lease: Option<String>,
+    /// The micro-shards of the lease (`["whole model"]` for a whole-model replica).
+    pub shards: Vec<String>,
     /// Unit in progress.
     pub unit: Option<u64>,
     /// Accepted units.
@@ -70,7 +72,10 @@ fn status_of(core: &Core) -> Status {
                     ContributorKind::Native => "native".into(),
                     ContributorKind::Browser => "browser".into(),
                 },
-                lease: s.lease.map(|l| format!("lease {l}: whole model")),
+                lease: s
+                    .lease
+                    .map(|l| format!("lease {l}: {}", s.shards.join(", "))),
+                shards: s.shards.clone(),
                 unit: s.unit,
                 accepted: r.accepted,
                 rejected: r.rejected,

@@ -150,8 +150,7 @@ fn watch(seen: &mut Seen, m: &Message, k: usize) {
         seen.units.push((w.step, w.stage, w.pass, w.shards.len()));
         if w.pass == Pass::Backward {
             for sh in &w.shards {
-                seen
-                    .backward
+                seen.backward
                     .push((k, w.step, w.micro_batch, w.stage, format!("{sh:?}")));
             }
         }
@@ -173,7 +172,15 @@ fn reference(g: &Gpu, init: &ModelParams<f32>, seen: &Seen, clip: Option<f32>) -
             targets.extend_from_slice(t);
         }
         m.zero_grads(g).unwrap();
-        pollster::block_on(m.loss_and_grads(g, &Batch { ids, targets, seq: SEQ })).unwrap();
+        pollster::block_on(m.loss_and_grads(
+            g,
+            &Batch {
+                ids,
+                targets,
+                seq: SEQ,
+            },
+        ))
+        .unwrap();
         let h = AdamW {
             lr: lr().at(step + 1),
             beta1: 0.9,
@@ -218,7 +225,10 @@ fn small_budget(cfg: &ModelConfig) -> u64 {
         .map(|s| s.iter().sum::<u64>())
         .min()
         .unwrap();
-    assert!(largest < smallest_pair, "each small lease holds one micro-shard");
+    assert!(
+        largest < smallest_pair,
+        "each small lease holds one micro-shard"
+    );
     largest
 }
 
@@ -240,7 +250,12 @@ fn one_replica_per_micro_shard_equals_single_device_adamw_with_clipping() {
     .unwrap();
     assert_eq!(core.phase(), Phase::Finished);
     for s in core.sessions() {
-        assert_eq!(s.shards.len(), 1, "a small budget holds one micro-shard: {:?}", s.shards);
+        assert_eq!(
+            s.shards.len(),
+            1,
+            "a small budget holds one micro-shard: {:?}",
+            s.shards
+        );
     }
     assert!(
         seen.units.iter().all(|u| u.3 == 1),
@@ -257,7 +272,15 @@ fn one_replica_per_micro_shard_equals_single_device_adamw_with_clipping() {
         ids.extend_from_slice(i);
         targets.extend_from_slice(t);
     }
-    pollster::block_on(m.loss_and_grads(&g, &Batch { ids, targets, seq: SEQ })).unwrap();
+    pollster::block_on(m.loss_and_grads(
+        &g,
+        &Batch {
+            ids,
+            targets,
+            seq: SEQ,
+        },
+    ))
+    .unwrap();
     let norm = pollster::block_on(m.optimizer_step(&g, Optimizer::Sgd { lr: 0.0 }, 1, Some(1e9)))
         .unwrap()
         .unwrap();
@@ -324,7 +347,14 @@ fn replicas_a_heavy_lease_and_a_worker_killed_mid_step_still_equal_adamw() {
         .map(|s| s.shards.len())
         .max()
         .unwrap();
-    assert!(heavy > 2, "the big budget holds whole stages ({heavy} micro-shards)");
+    assert!(
+        heavy > 2,
+        "the big budget holds whole stages ({heavy} micro-shards)"
+    );
     let want = reference(&g, &init, &seen, None);
-    compare("pipeline with replicas, a heavy lease and a kill", core.weights(), &want);
+    compare(
+        "pipeline with replicas, a heavy lease and a kill",
+        core.weights(),
+        &want,
+    );
 }

@@ -161,7 +161,12 @@ impl PipeReplica {
                 .shards
                 .iter()
                 .position(|g| *g.shard() == s)
-                .ok_or_else(|| bad(format!("unit {} names {s}, which this lease does not hold", w.unit)))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "unit {} names {s}, which this lease does not hold",
+                        w.unit
+                    ))
+                })?;
             idx.push(i);
         }
         let first = idx
@@ -178,7 +183,10 @@ impl PipeReplica {
             .iter()
             .any(|s| stage_key(s.shard()) != stage_key(&first))
         {
-            return Err(bad(format!("unit {} mixes micro-shards of different stages", w.unit)));
+            return Err(bad(format!(
+                "unit {} mixes micro-shards of different stages",
+                w.unit
+            )));
         }
         let result = match (&first, w.pass) {
             (MicroShard::Embed { .. }, Pass::Forward) => {
@@ -192,7 +200,10 @@ impl PipeReplica {
             }
             (MicroShard::Embed { .. }, Pass::Backward) => {
                 let ids = self.tokens(w.tokens.as_ref())?;
-                let g = gpu.upload(&self.activation(w.grad.as_ref(), "output gradient")?, &[seq, d])?;
+                let g = gpu.upload(
+                    &self.activation(w.grad.as_ref(), "output gradient")?,
+                    &[seq, d],
+                )?;
                 for s in &shards {
                     s.embed_backward(gpu, &ids, &g)?;
                 }
@@ -210,7 +221,10 @@ impl PipeReplica {
             }
             (MicroShard::Attn { .. } | MicroShard::Mlp { .. }, Pass::Backward) => {
                 let h = gpu.upload(&self.activation(w.input.as_ref(), "input")?, &[seq, d])?;
-                let g = gpu.upload(&self.activation(w.grad.as_ref(), "output gradient")?, &[seq, d])?;
+                let g = gpu.upload(
+                    &self.activation(w.grad.as_ref(), "output gradient")?,
+                    &[seq, d],
+                )?;
                 let parts = shards
                     .iter()
                     .map(|s| s.block_backward(gpu, &h, &g, rows))
@@ -265,7 +279,10 @@ impl PipeReplica {
 
     /// The gradient sums of every micro-shard and the backward units they cover; the
     /// accumulators start again from zero.
-    pub async fn take_grads(&mut self, gpu: &Gpu) -> Result<(Vec<u64>, Vec<ShardGrads>), WorkerError> {
+    pub async fn take_grads(
+        &mut self,
+        gpu: &Gpu,
+    ) -> Result<(Vec<u64>, Vec<ShardGrads>), WorkerError> {
         let mut out = Vec::with_capacity(self.shards.len());
         for s in &self.shards {
             out.push(grads_to_wire(&s.read_grads(gpu).await?));

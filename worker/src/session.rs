@@ -4,6 +4,7 @@
 
 use tessera_compute::hf::tensor_shapes;
 use tessera_compute::reference::ModelParams;
+use tessera_compute::shard::ShardTensors;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
 use tessera_protocol::messages::{
@@ -11,9 +12,8 @@ use tessera_protocol::messages::{
 };
 use tessera_protocol::pipeline::{Pass, PipeWork, StepGrads, UnitOutput};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
-use tessera_compute::shard::ShardTensors;
-use tessera_train::shards::{from_wire, to_wire};
 use tessera_protocol::{Identity, PublicKey, Signed, ToContributor, ToCoordinator};
+use tessera_train::shards::{from_wire, to_wire};
 
 use crate::error::WorkerError;
 use crate::pipeline::PipeReplica;

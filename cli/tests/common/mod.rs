@@ -82,13 +82,18 @@ pub fn coordinator(config: &Path, port: u16, dir: &Path) -> Proc {
 
 /// Starts `tessera worker`.
 pub fn worker(port: u16, key: &Path) -> Proc {
+    worker_with_budget(port, key, "1GiB")
+}
+
+/// A `tessera worker` with identity file `key` and memory budget `budget`.
+pub fn worker_with_budget(port: u16, key: &Path, budget: &str) -> Proc {
     let child = Command::new(exe())
         .args([
             "worker",
             "--coordinator",
             &format!("ws://127.0.0.1:{port}/ws"),
             "--memory-budget",
-            "1GiB",
+            budget,
             "--quiet",
             "--identity",
         ])

@@ -163,7 +163,14 @@ impl Core {
         self.send(conn, ToContributor::Receipt { receipt, signature });
     }
 
-    pub(super) fn reject(&mut self, conn: ConnId, unit: u64, key: PublicKey, seq: u64, why: String) {
+    pub(super) fn reject(
+        &mut self,
+        conn: ConnId,
+        unit: u64,
+        key: PublicKey,
+        seq: u64,
+        why: String,
+    ) {
         self.records.entry(key).or_default().rejected += 1;
         self.receipt(conn, unit, key, seq, Verdict::Rejected(why));
     }

@@ -74,6 +74,31 @@ pub struct PipelineSpec {
 }
 
 impl PipelineSpec {
+    /// The planner's stages and costs.
+    pub fn from_plan(
+        plan: &tessera_plan::Plan,
+        micro_batches: u64,
+        activations: ActEncoding,
+    ) -> Self {
+        let col = |f: fn(&tessera_plan::ShardCost) -> u64| -> Vec<Vec<u64>> {
+            plan.stages
+                .iter()
+                .map(|s| s.iter().map(f).collect())
+                .collect()
+        };
+        PipelineSpec {
+            stages: plan
+                .stages
+                .iter()
+                .map(|s| s.iter().map(|c| c.shard.clone()).collect())
+                .collect(),
+            state_bytes: col(|c| c.state_bytes),
+            work_bytes: col(|c| c.work_bytes),
+            micro_batches,
+            activations,
+        }
+    }
+
     /// Memory a lease holding `shards` (`(stage, index)`) needs: their resident bytes plus the
     /// largest working memory (a lease runs one micro-shard at a time).
     pub fn lease_bytes(&self, shards: &[(usize, usize)]) -> u64 {
@@ -104,7 +129,9 @@ impl PipelineSpec {
             if self.state_bytes.get(k).map(Vec::len) != Some(stage.len())
                 || self.work_bytes.get(k).map(Vec::len) != Some(stage.len())
             {
-                return Err(format!("stage {k}: cost tables do not match its micro-shards"));
+                return Err(format!(
+                    "stage {k}: cost tables do not match its micro-shards"
+                ));
             }
             let layer = (k.max(1) - 1) / 2;
             let total = if k == 0 || k == want - 1 {

@@ -13,52 +13,56 @@ use crate::core::{ConnId, Core};
 impl Pipe {
     /// The micro-shards a lease of `budget` bytes should hold, or `None` when not even one fits.
     ///
-    /// It starts at the first micro-shard (in pipeline order) with the fewest replicas. If that
-    /// micro-shard's whole stage fits the budget it takes whole stages, extending over following
-    /// stages while they fit and are as short of replicas; otherwise it takes consecutive
-    /// micro-shards of that stage while they fit. A big budget so gets a heavy lease (fewer hops,
-    /// no fan-out), a small one a single micro-shard.
+    /// It looks at micro-shards with the fewest replicas first, in pipeline order, and starts at
+    /// the first one it can hold. If that micro-shard's whole stage fits the budget it takes
+    /// whole stages, extending over following stages while they fit and are as short of
+    /// replicas; otherwise it takes consecutive micro-shards of that stage while they fit. A big
+    /// budget so gets a heavy lease (fewer hops, no fan-out), a small one a single micro-shard.
     pub(super) fn pick(
         &self,
         budget: u64,
         bytes: impl Fn(&[ShardId]) -> u64,
     ) -> Option<Vec<ShardId>> {
         let reps = self.replicas();
-        let least = reps.iter().flatten().copied().min()?;
-        let (stage, first) = reps.iter().enumerate().find_map(|(s, r)| {
-            r.iter()
-                .position(|&n| n == least)
-                .map(|i| (s, i))
-        })?;
-        let whole = |s: usize| -> Vec<ShardId> { (0..self.stages[s].len()).map(|i| (s, i)).collect() };
-        if bytes(&whole(stage)) <= budget {
-            let mut take = whole(stage);
-            for s in stage + 1..self.stages.len() {
-                if reps[s].iter().any(|&n| n != least) {
-                    break;
+        let mut levels: Vec<usize> = reps.iter().flatten().copied().collect();
+        levels.sort_unstable();
+        levels.dedup();
+        let whole =
+            |s: usize| -> Vec<ShardId> { (0..self.stages[s].len()).map(|i| (s, i)).collect() };
+        for level in levels {
+            for (stage, r) in reps.iter().enumerate() {
+                if r.iter().all(|&n| n == level) && bytes(&whole(stage)) <= budget {
+                    let mut take = whole(stage);
+                    for s in stage + 1..self.stages.len() {
+                        if reps[s].iter().any(|&n| n != level) {
+                            break;
+                        }
+                        let mut more = take.clone();
+                        more.extend(whole(s));
+                        if bytes(&more) > budget {
+                            break;
+                        }
+                        take = more;
+                    }
+                    return Some(take);
                 }
-                let mut more = take.clone();
-                more.extend(whole(s));
-                if bytes(&more) > budget {
-                    break;
+                for first in (0..r.len()).filter(|&i| r[i] == level) {
+                    let mut take = Vec::new();
+                    for i in first..r.len() {
+                        let mut more = take.clone();
+                        more.push((stage, i));
+                        if r[i] != level || bytes(&more) > budget {
+                            break;
+                        }
+                        take = more;
+                    }
+                    if !take.is_empty() {
+                        return Some(take);
+                    }
                 }
-                take = more;
             }
-            return Some(take);
         }
-        let mut take = Vec::new();
-        for i in first..self.stages[stage].len() {
-            if reps[stage][i] != least {
-                break;
-            }
-            let mut more = take.clone();
-            more.push((stage, i));
-            if bytes(&more) > budget {
-                break;
-            }
-            take = more;
-        }
-        (!take.is_empty()).then_some(take)
+        None
     }
 }
 
@@ -130,7 +134,8 @@ impl Core {
         let chunk = self.spec.weights_frame_elems.max(1);
         let mut frames = Vec::new();
         for (k, &(s, i)) in shards.iter().enumerate() {
-            let Ok(t) = ShardTensors::from_model(&self.spec.model, &self.weights, &pipe.stages[s][i])
+            let Ok(t) =
+                ShardTensors::from_model(&self.spec.model, &self.weights, &pipe.stages[s][i])
             else {
                 continue;
             };

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tessera_compute::reference::ops::{adamw_step, clip_coefficient, global_norm, AdamW};
 use tessera_compute::reference::ops::IGNORE;
+use tessera_compute::reference::ops::{adamw_step, clip_coefficient, global_norm, AdamW};
 use tessera_compute::reference::ModelParams;
 use tessera_protocol::messages::{InnerOptimizer, Verdict};
 use tessera_protocol::pipeline::StepGrads;
@@ -121,10 +121,9 @@ impl Core {
             }
             self.send(conn, ToContributor::Collect { unit, lease, step });
         }
-        let done = self
-            .pipe
-            .as_ref()
-            .is_some_and(|p| p.step.collecting.is_empty() && p.step.owed.values().all(Vec::is_empty));
+        let done = self.pipe.as_ref().is_some_and(|p| {
+            p.step.collecting.is_empty() && p.step.owed.values().all(Vec::is_empty)
+        });
         if done {
             self.close_step();
         }
@@ -165,10 +164,18 @@ impl Core {
             .collecting
             .get(&g.lease)
             .filter(|c| c.unit == g.unit && c.conn == conn)
-            .ok_or_else(|| format!("no gradient sums were asked of lease {} as {}", g.lease, g.unit))?;
+            .ok_or_else(|| {
+                format!(
+                    "no gradient sums were asked of lease {} as {}",
+                    g.lease, g.unit
+                )
+            })?;
         let _ = c;
         if g.step != pipe.step.number {
-            return Err(format!("sums for step {}, the open step is {}", g.step, pipe.step.number));
+            return Err(format!(
+                "sums for step {}, the open step is {}",
+                g.step, pipe.step.number
+            ));
         }
         let owed: BTreeSet<u64> = pipe
             .step
@@ -198,8 +205,15 @@ impl Core {
         let mut out = Vec::new();
         for sg in &g.shards {
             let t = grads_from_wire(sg, &self.spec.model).map_err(|e| e.to_string())?;
-            if !held.contains(&&t.shard) || out.iter().any(|o: &tessera_compute::shard::ShardTensors| o.shard == t.shard) {
-                return Err(format!("{} is not held by the lease, or listed twice", t.shard));
+            if !held.contains(&&t.shard)
+                || out
+                    .iter()
+                    .any(|o: &tessera_compute::shard::ShardTensors| o.shard == t.shard)
+            {
+                return Err(format!(
+                    "{} is not held by the lease, or listed twice",
+                    t.shard
+                ));
             }
             out.push(t);
         }
@@ -213,9 +227,14 @@ impl Core {
             return;
         };
         let number = pipe.step.number;
-        let mut grads = std::mem::replace(&mut pipe.step.grads, ModelParams::zeros(&self.spec.model));
+        let mut grads =
+            std::mem::replace(&mut pipe.step.grads, ModelParams::zeros(&self.spec.model));
         let norm = {
-            let views: Vec<&[f32]> = grads.named().into_iter().map(|(_, v)| v.as_slice()).collect();
+            let views: Vec<&[f32]> = grads
+                .named()
+                .into_iter()
+                .map(|(_, v)| v.as_slice())
+                .collect();
             global_norm(&views)
         };
         let scale = match self.spec.inner_clip {
@@ -268,7 +287,11 @@ impl Core {
         self.version += 1;
         let loss_sum: f64 = pipe.step.mbs.iter().map(|m| m.loss_sum).sum();
         let count = pipe.step.count;
-        let loss = if count > 0 { loss_sum / count as f64 } else { 0.0 };
+        let loss = if count > 0 {
+            loss_sum / count as f64
+        } else {
+            0.0
+        };
         self.losses.push(loss);
         self.out.push(Action::RoundClosed(RoundSummary {
             round: number,
@@ -313,7 +336,10 @@ impl Core {
 
 impl Pipe {
     /// A new pipeline at `step`.
-    pub(in crate::core) fn new(stages: Vec<Vec<tessera_compute::shard::MicroShard>>, step: Step) -> Self {
+    pub(in crate::core) fn new(
+        stages: Vec<Vec<tessera_compute::shard::MicroShard>>,
+        step: Step,
+    ) -> Self {
         Pipe {
             stages,
             holdings: BTreeMap::new(),

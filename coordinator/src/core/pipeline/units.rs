@@ -147,7 +147,10 @@ impl Core {
             step: step_number,
             micro_batch: m as u64,
             stage: stage as u64,
-            shards: shards.iter().map(|&i| to_wire(&pipe.stages[stage][i])).collect(),
+            shards: shards
+                .iter()
+                .map(|&i| to_wire(&pipe.stages[stage][i]))
+                .collect(),
             pass,
             weights: self.version,
             tokens,
@@ -176,7 +179,13 @@ impl Core {
 
     /// A pipeline unit's output: checked, then folded into its micro-batch, or rejected (its
     /// micro-shards go back to the queue).
-    pub(in crate::core) fn output(&mut self, conn: ConnId, key: PublicKey, seq: u64, o: UnitOutput) {
+    pub(in crate::core) fn output(
+        &mut self,
+        conn: ConnId,
+        key: PublicKey,
+        seq: u64,
+        o: UnitOutput,
+    ) {
         let unit = o.unit;
         let Some(u) = self
             .pipe
@@ -193,7 +202,13 @@ impl Core {
             );
         };
         if u.conn != conn || u.lease != o.lease {
-            return self.reject(conn, unit, key, seq, format!("unit {unit} was assigned to someone else"));
+            return self.reject(
+                conn,
+                unit,
+                key,
+                seq,
+                format!("unit {unit} was assigned to someone else"),
+            );
         }
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.unit = None;
@@ -317,16 +332,26 @@ impl Core {
                 let targets = &pipe.step.mbs[u.mb].targets;
                 let mut out = Vec::new();
                 for (slice, &i) in slices.iter().zip(&u.shards) {
-                    let shard = from_wire(&slice.shard, &self.spec.model).map_err(|e| e.to_string())?;
+                    let shard =
+                        from_wire(&slice.shard, &self.spec.model).map_err(|e| e.to_string())?;
                     if shard != pipe.stages[s][i] {
-                        return Err(format!("statistics of {shard}, expected {}", pipe.stages[s][i]));
+                        return Err(format!(
+                            "statistics of {shard}, expected {}",
+                            pipe.stages[s][i]
+                        ));
                     }
                     let MicroShard::Head { cols } = &shard else {
                         return Err(format!("{shard} is not a head slice"));
                     };
-                    slice.stats.expect_shape(&[seq, 3]).map_err(|e| e.to_string())?;
+                    slice
+                        .stats
+                        .expect_shape(&[seq, 3])
+                        .map_err(|e| e.to_string())?;
                     let st = slice.stats.to_f32().map_err(|e| e.to_string())?;
-                    slice.owned.expect_shape(&[seq]).map_err(|e| e.to_string())?;
+                    slice
+                        .owned
+                        .expect_shape(&[seq])
+                        .map_err(|e| e.to_string())?;
                     let owned = slice.owned.to_u8().map_err(|e| e.to_string())?;
                     let mut h = HeadStats::default();
                     for r in 0..seq {
@@ -345,13 +370,15 @@ impl Core {
                 }
                 Ok(Folded::Stats(out))
             }
-            (Pass::Forward, s, PipeResult::Activation(a)) if s < last => {
-                Ok(Folded::Sum(a.decode_shaped(&[seq, d]).map_err(|e| e.to_string())?))
-            }
-            (Pass::Backward, s, PipeResult::Activation(a)) if s > 0 => {
-                Ok(Folded::Sum(a.decode_shaped(&[seq, d]).map_err(|e| e.to_string())?))
-            }
-            (pass, s, _) => Err(format!("wrong kind of result for a {pass:?} unit of stage {s}")),
+            (Pass::Forward, s, PipeResult::Activation(a)) if s < last => Ok(Folded::Sum(
+                a.decode_shaped(&[seq, d]).map_err(|e| e.to_string())?,
+            )),
+            (Pass::Backward, s, PipeResult::Activation(a)) if s > 0 => Ok(Folded::Sum(
+                a.decode_shaped(&[seq, d]).map_err(|e| e.to_string())?,
+            )),
+            (pass, s, _) => Err(format!(
+                "wrong kind of result for a {pass:?} unit of stage {s}"
+            )),
         }
     }
 

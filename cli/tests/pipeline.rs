@@ -1,0 +1,89 @@
+//! End to end with real processes: a pipeline run of the tiny byte-level model cut into 15
+//! micro-shards in 6 stages (2 attention groups and 4 MLP column ranges per layer, 2 head
+//! vocabulary slices), trained by `tessera worker` processes with mixed memory budgets: one big
+//! budget that takes a heavy lease (the embedding and the first layer and a half: several whole
+//! stages), and six small ones that each hold one micro-shard of the last MLP stage or of the
+//! head. Activations travel as bf16. The held-out loss must fall at least a nat within 5
+//! minutes, and `/api/status` must show the heavy lease.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{coordinator, data, eval, free_port, scratch, wait_for, worker_with_budget};
+
+const FIVE_MINUTES: Duration = Duration::from_secs(300);
+
+fn shards(c: &serde_json::Value) -> Vec<String> {
+    c["shards"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn mixed_budget_workers_train_a_sliced_pipeline() {
+    let dir = scratch("pipeline");
+    let port = free_port();
+    let start = Instant::now();
+    let mut c = coordinator(&data("pipeline.toml"), port, &dir);
+    let _big = worker_with_budget(port, &dir.join("big.key"), "900KiB");
+    let first = wait_for(port, FIVE_MINUTES, "the big worker's lease", |s| {
+        s["contributors"]
+            .as_array()
+            .is_some_and(|cs| cs.len() == 1 && shards(&cs[0]).len() > 4)
+    });
+    println!("heavy lease: {}", first["contributors"][0]["lease"]);
+    let _small: Vec<_> = (0..6)
+        .map(|i| worker_with_budget(port, &dir.join(format!("s{i}.key")), "220KiB"))
+        .collect();
+    let mid = wait_for(
+        port,
+        FIVE_MINUTES,
+        "seven contributors with accepted work",
+        |s| {
+            let cs = s["contributors"].as_array().cloned().unwrap_or_default();
+            cs.len() == 7 && cs.iter().all(|c| c["accepted"].as_u64() > Some(0))
+        },
+    );
+    let cs = mid["contributors"].as_array().cloned().unwrap_or_default();
+    let mut held: Vec<Vec<String>> = cs.iter().map(shards).collect();
+    held.sort_by_key(|h| std::cmp::Reverse(h.len()));
+    for h in &held {
+        println!("lease: {}", h.join(", "));
+    }
+    assert_eq!(held[0].len(), 9, "the big budget holds stages 0..4 whole");
+    assert!(
+        held[1..].iter().all(|h| h.len() == 1),
+        "small budgets hold one micro-shard each"
+    );
+    let all: Vec<&String> = held.iter().flatten().collect();
+    for name in [
+        "Attn(0, 0..1)",
+        "Attn(0, 1..2)",
+        "Mlp(1, 0..44)",
+        "Mlp(1, 132..176)",
+        "Head(0..128)",
+        "Head(128..256)",
+    ] {
+        assert!(all.iter().any(|s| *s == name), "{name} is held");
+    }
+    assert!(c.wait_exit(FIVE_MINUTES, "the run to finish").success());
+    let held_out = data("held-out.txt");
+    let before = eval(&dir.join("checkpoints/round-0"), &held_out);
+    let after = eval(&dir.join("checkpoints/round-24"), &held_out);
+    println!(
+        "held-out loss {before:.4} -> {after:.4} in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(
+        before - after >= 1.0,
+        "held-out loss fell by only {:.3} nats",
+        before - after
+    );
+    assert!(start.elapsed() < FIVE_MINUTES);
+}
