@@ -339,7 +339,7 @@ pub enum ToContributor {
     /// A work unit.
     Work(Work),
     /// A pipeline work unit.
-    Unit(PipeWork),
+    Unit(Box<PipeWork>),
     /// End of a step's computation: send the lease's gradient sums ([`StepGrads`]).
     Collect {
         /// Id of this request (the receipt names it).

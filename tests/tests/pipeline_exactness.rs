@@ -19,9 +19,9 @@ use tessera_compute::{Gpu, ModelConfig};
 use tessera_coordinator::core::spec::PipelineSpec;
 use tessera_coordinator::core::{Core, Phase, RunSpec};
 use tessera_e2e::{Control, Message};
-use tessera_protocol::messages::{InnerOptimizer, SessionMessage, SyncMode};
+use tessera_protocol::messages::{InnerOptimizer, SyncMode};
 use tessera_protocol::pipeline::Pass;
-use tessera_protocol::{ActEncoding, Identity, ToContributor, ToCoordinator};
+use tessera_protocol::{ActEncoding, Identity, ToContributor};
 use tessera_train::schedule::Schedule;
 
 const SEQ: usize = 8;

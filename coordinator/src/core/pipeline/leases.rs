@@ -33,8 +33,8 @@ impl Pipe {
             for (stage, r) in reps.iter().enumerate() {
                 if r.iter().all(|&n| n == level) && bytes(&whole(stage)) <= budget {
                     let mut take = whole(stage);
-                    for s in stage + 1..self.stages.len() {
-                        if reps[s].iter().any(|&n| n != level) {
+                    for (s, rs) in reps.iter().enumerate().skip(stage + 1) {
+                        if rs.iter().any(|&n| n != level) {
                             break;
                         }
                         let mut more = take.clone();
@@ -48,10 +48,10 @@ impl Pipe {
                 }
                 for first in (0..r.len()).filter(|&i| r[i] == level) {
                     let mut take = Vec::new();
-                    for i in first..r.len() {
+                    for (i, &n) in r.iter().enumerate().skip(first) {
                         let mut more = take.clone();
                         more.push((stage, i));
-                        if r[i] != level || bytes(&more) > budget {
+                        if n != level || bytes(&more) > budget {
                             break;
                         }
                         take = more;

@@ -174,7 +174,7 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.unit = Some(unit);
         }
-        self.send(conn, ToContributor::Unit(work));
+        self.send(conn, ToContributor::Unit(Box::new(work)));
     }
 
     /// A pipeline unit's output: checked, then folded into its micro-batch, or rejected (its

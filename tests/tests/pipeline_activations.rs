@@ -1,0 +1,133 @@
+//! The error bf16 and 8-bit activations on the wire add, measured against f32: one SGD step of
+//! the same pipeline run with each encoding, so the weight change is the learning rate times the
+//! step's gradient and its relative difference is the gradient's relative error.
+
+use std::sync::Arc;
+
+use tessera_compute::model::{shards, Slicing};
+use tessera_compute::reference::model::SplitMix;
+use tessera_compute::reference::ModelParams;
+use tessera_compute::shard::ShardTensors;
+use tessera_compute::{Gpu, ModelConfig};
+use tessera_coordinator::core::spec::PipelineSpec;
+use tessera_coordinator::core::{Core, Phase, RunSpec};
+use tessera_protocol::messages::{InnerOptimizer, SyncMode};
+use tessera_protocol::{ActEncoding, Identity};
+use tessera_train::schedule::Schedule;
+
+fn model() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 96,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        max_position_embeddings: 16,
+    }
+}
+
+fn spec(enc: ActEncoding) -> RunSpec {
+    let cfg = model();
+    let stages = shards(
+        &cfg,
+        Slicing {
+            embed: 2,
+            attn: 2,
+            mlp: 2,
+            head: 2,
+        },
+    )
+    .unwrap();
+    let state_bytes = stages
+        .iter()
+        .map(|st| {
+            st.iter()
+                .map(|s| {
+                    let t = ShardTensors::zeros(&cfg, s).unwrap();
+                    t.tensors.iter().map(|x| x.data.len() as u64 * 8).sum()
+                })
+                .collect()
+        })
+        .collect();
+    let work_bytes = stages.iter().map(|st| vec![0; st.len()]).collect();
+    let mut r = SplitMix(8);
+    let tokens: Vec<u32> = (0..4000).map(|_| (r.next_u64() % 96) as u32).collect();
+    RunSpec {
+        name: "activations".into(),
+        pipeline: Some(PipelineSpec {
+            stages,
+            state_bytes,
+            work_bytes,
+            micro_batches: 4,
+            activations: enc,
+        }),
+        model: cfg,
+        tokens: Arc::from(tokens),
+        seed: 3,
+        rounds: 1,
+        replicas: 1,
+        inner_steps: 1,
+        batch: 1,
+        seq: 16,
+        optimizer: InnerOptimizer::Sgd,
+        inner_lr: Schedule::constant(1.0),
+        inner_clip: None,
+        outer_lr: 1.0,
+        clip_to_median: false,
+        sync: SyncMode::Dense,
+        unit_deadline_ms: 600_000,
+        silence_ms: 600_000,
+        weights_frame_elems: 1000,
+    }
+}
+
+/// The weight change of one SGD step at lr 1 (minus the gradient) with activations `enc`.
+fn step(g: &Gpu, init: &ModelParams<f32>, enc: ActEncoding) -> Vec<f32> {
+    let mut core = Core::new(spec(enc), Identity::from_seed([4; 32]), init.clone());
+    let mut clients = tessera_e2e::with_budgets(g, &[1 << 30; 3]);
+    tessera_e2e::run(g, &mut core, &mut clients, |_| {}).unwrap();
+    assert_eq!(core.phase(), Phase::Finished);
+    core.weights()
+        .named()
+        .into_iter()
+        .zip(init.named())
+        .flat_map(|((_, a), (_, b))| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>())
+        .collect()
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+#[test]
+fn bf16_and_int8_activations_add_a_bounded_gradient_error() {
+    let g = pollster::block_on(Gpu::new(Default::default())).expect("a GPU adapter");
+    let init = ModelParams::random(&model(), 31);
+    let exact = step(&g, &init, ActEncoding::F32);
+    assert!(
+        exact.iter().any(|&x| x != 0.0),
+        "the step changed the weights"
+    );
+    let again = step(&g, &init, ActEncoding::F32);
+    let bf16 = rel(&step(&g, &init, ActEncoding::Bf16), &exact);
+    let int8 = rel(&step(&g, &init, ActEncoding::Int8), &exact);
+    println!(
+        "gradient rel err against f32 activations: f32 again {:.1e}, bf16 {bf16:.2e}, int8 {int8:.2e}",
+        rel(&again, &exact)
+    );
+    assert!(rel(&again, &exact) < 1e-6, "f32 runs repeat");
+    assert!(
+        bf16 > 1e-5 && bf16 < 2e-2,
+        "bf16 adds a small error: {bf16}"
+    );
+    assert!(
+        int8 > bf16 && int8 < 1e-1,
+        "int8 adds more, still bounded: {int8}"
+    );
+}
