@@ -15,6 +15,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 use tessera_compute::hf::{params_from_safetensors, params_to_safetensors};
+use tessera_compute::reference::ModelParams;
 use tessera_compute::ModelConfig;
 use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
 
@@ -163,6 +164,13 @@ impl Store {
         snap: &Snapshot,
     ) -> Result<PathBuf, StoreError> {
         let ck = self.write_checkpoint(cfg, snap).await?;
+        if let Some((m, v)) = &snap.moments {
+            for (name, t) in [("adam_m", m), ("adam_v", v)] {
+                let path = format!("checkpoints/round-{}/{name}.safetensors", snap.version);
+                let st = params_to_safetensors(cfg, t).map_err(|e| corrupt(&path, e))?;
+                self.put(&path, st).await?;
+            }
+        }
         let losses = serde_json::to_string(&snap.losses).map_err(|e| corrupt("losses", e))?;
         sqlx::query(
             "INSERT INTO run_state (id, run, round, version, losses, next_unit, next_lease, checkpoint)
@@ -253,7 +261,30 @@ impl Store {
                 from_signing_bytes(&self.get(&path).await?).map_err(|e| corrupt(&path, e))?;
             accepted.push(c);
         }
+        let mut moments = Vec::new();
+        for name in ["adam_m", "adam_v"] {
+            let path = format!("{checkpoint}/{name}.safetensors");
+            match self.objects.get(&ObjPath::from(path.as_str())).await {
+                Ok(r) => moments.push(
+                    params_from_safetensors(cfg, &r.bytes().await?)
+                        .map_err(|e| corrupt(&path, e))?,
+                ),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let moments = match <[ModelParams<f32>; 2]>::try_from(moments) {
+            Ok([m, v]) => Some((m, v)),
+            Err(v) if v.is_empty() => None,
+            Err(_) => {
+                return Err(corrupt(
+                    checkpoint.as_str(),
+                    "one of the two AdamW moment files is missing",
+                ))
+            }
+        };
         let snap = Snapshot {
+            moments,
             round,
             version: row.try_get::<i64, _>("version")? as u64,
             weights,

@@ -63,6 +63,7 @@ async fn exercise(name: &str, url: Option<&str>) {
     );
     let weights = tessera_compute::reference::ModelParams::random(&cfg, 4);
     let snap = Snapshot {
+        moments: None,
         round: 2,
         version: 2,
         weights: weights.clone(),
@@ -94,6 +95,23 @@ async fn exercise(name: &str, url: Option<&str>) {
     assert!(
         !dir.join("ledger/round-1-slot-0.bin").exists(),
         "closed rounds' blobs are dropped"
+    );
+    // A pipeline run's snapshot carries the AdamW moments; they come back with it.
+    let piped = Snapshot {
+        round: 3,
+        version: 3,
+        moments: Some((
+            tessera_compute::reference::ModelParams::random(&cfg, 5),
+            tessera_compute::reference::ModelParams::random(&cfg, 6),
+        )),
+        ..snap.clone()
+    };
+    let ck = store.commit("t", &cfg, &piped).await.unwrap();
+    assert_eq!(store.load(&cfg).await.unwrap().expect("committed").0, piped);
+    std::fs::remove_file(ck.join("adam_v.safetensors")).unwrap();
+    assert!(
+        store.load(&cfg).await.is_err(),
+        "half a pair of moments is refused, not silently reset"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -60,6 +60,9 @@ pub enum Control {
     /// delivered, nothing more reaches or leaves it, and the coordinator sees its connection
     /// close.
     Kill(usize),
+    /// Stop the run here, as if the coordinator died: the message is not delivered and
+    /// [`run_with`] returns.
+    Stop,
 }
 
 /// Like [`run`], but `watch` also learns which contributor (0-based) a message is to or from,
@@ -94,11 +97,15 @@ pub fn run_with(
     while let Some(input) = queue.pop_front() {
         if let Input::Message { msg, conn } = &input {
             let k = *conn as usize - 1;
-            if let Control::Kill(x) = watch(&Message::Up(msg), k) {
-                kill(x, &mut dead, &mut queue);
-                if x == k {
-                    continue;
+            match watch(&Message::Up(msg), k) {
+                Control::Stop => return Ok(()),
+                Control::Kill(x) => {
+                    kill(x, &mut dead, &mut queue);
+                    if x == k {
+                        continue;
+                    }
                 }
+                Control::Go => {}
             }
         }
         for a in core.tick(0, input) {
@@ -107,11 +114,15 @@ pub fn run_with(
                 if dead[k] {
                     continue;
                 }
-                if let Control::Kill(x) = watch(&Message::Down(&msg), k) {
-                    kill(x, &mut dead, &mut queue);
-                    if x == k {
-                        continue;
+                match watch(&Message::Down(&msg), k) {
+                    Control::Stop => return Ok(()),
+                    Control::Kill(x) => {
+                        kill(x, &mut dead, &mut queue);
+                        if x == k {
+                            continue;
+                        }
                     }
+                    Control::Go => {}
                 }
                 let replies = pollster::block_on(clients[k].handle(gpu, msg))?;
                 queue.extend(replies.into_iter().map(|msg| Input::Message { conn, msg }));

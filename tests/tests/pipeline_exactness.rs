@@ -358,3 +358,44 @@ fn replicas_a_heavy_lease_and_a_worker_killed_mid_step_still_equal_adamw() {
         &want,
     );
 }
+
+#[test]
+fn a_coordinator_restarted_between_steps_resumes_with_its_adamw_state() {
+    let g = gpu();
+    let cfg = model();
+    let init: ModelParams<f32> = ModelParams::random(&cfg, 25);
+    let mut core = Core::new(spec(Some(0.5)), Identity::from_seed([9; 32]), init.clone());
+    let n = 12;
+    let mut clients = tessera_e2e::with_budgets(&g, &vec![small_budget(&cfg); n]);
+    let mut seen = Seen::default();
+    // Step 1 closed: the coordinator dies as it sends the new weights.
+    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
+        watch(&mut seen, m, k);
+        match m {
+            Message::Down(ToContributor::StepWeights { step: 1, .. }) => Control::Stop,
+            _ => Control::Go,
+        }
+    })
+    .unwrap();
+    let snap = core.snapshot();
+    assert_eq!((snap.round, snap.version), (2, 2));
+    assert!(
+        snap.moments.is_some(),
+        "the snapshot carries the AdamW moments"
+    );
+    let mut core = Core::resume(
+        spec(Some(0.5)),
+        Identity::from_seed([9; 32]),
+        snap,
+        Vec::new(),
+    );
+    let mut clients = tessera_e2e::with_budgets(&g, &vec![small_budget(&cfg); n]);
+    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
+        watch(&mut seen, m, k);
+        Control::Go
+    })
+    .unwrap();
+    assert_eq!(core.phase(), Phase::Finished);
+    let want = reference(&g, &init, &seen, Some(0.5));
+    compare("pipeline restarted after step 1", core.weights(), &want);
+}

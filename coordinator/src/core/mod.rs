@@ -147,6 +147,9 @@ pub struct Snapshot {
     pub next_unit: u64,
     /// Next lease id.
     pub next_lease: u64,
+    /// Pipeline runs: the authoritative AdamW moments (first, second) at that version, once a
+    /// step was taken.
+    pub moments: Option<(ModelParams<f32>, ModelParams<f32>)>,
 }
 
 /// Per-identity record, kept across sessions.
@@ -191,6 +194,7 @@ impl Core {
             losses: Vec::new(),
             next_unit: 1,
             next_lease: 1,
+            moments: None,
         };
         Self::resume(spec, id, snap, Vec::new())
     }
@@ -228,7 +232,9 @@ impl Core {
         };
         if let Some(ps) = core.spec.pipeline.clone() {
             let step = core.new_step(snap.round);
-            core.pipe = Some(pipeline::Pipe::new(ps.stages, step));
+            let mut pipe = pipeline::Pipe::new(ps.stages, step);
+            pipe.moments = snap.moments;
+            core.pipe = Some(pipe);
         } else {
             for c in accepted {
                 core.restore_contribution(c);
@@ -309,6 +315,7 @@ impl Core {
             losses: self.losses.clone(),
             next_unit: self.next_unit,
             next_lease: self.next_lease,
+            moments: self.pipe.as_ref().and_then(|p| p.moments.clone()),
         }
     }
 
