@@ -28,6 +28,7 @@
 //! budget = "2MiB"             # the smallest contributor's lease
 //! micro_batches = 8
 //! activations = "bf16"        # or "f32", "int8"
+//! grads = "dense"             # or "sparse": SparseLoCo-compressed gradient sums
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -107,6 +108,14 @@ pub struct PipelineSection {
     /// `f32`, `bf16` or `int8`.
     #[serde(default = "default_activations")]
     pub activations: String,
+    /// How leases send their gradient sums: `dense` (default) or `sparse` (SparseLoCo with the
+    /// `[train]` chunk, k and beta, error feedback on the contributor).
+    #[serde(default = "default_grads")]
+    pub grads: String,
+}
+
+fn default_grads() -> String {
+    "dense".into()
 }
 
 fn default_micro_batches() -> u64 {
@@ -258,6 +267,7 @@ fn pipeline_spec(
     p: &PipelineSection,
     model: &ModelConfig,
     seq: u64,
+    grads: SyncMode,
 ) -> Result<PipelineSpec, ConfigError> {
     let bad = |e: String| ConfigError::Invalid(format!("[pipeline] {e}"));
     let activations = ActEncoding::parse(&p.activations).map_err(bad)?;
@@ -273,7 +283,10 @@ fn pipeline_spec(
         ..PlanOptions::default()
     };
     let plan = Plan::new(model, options).map_err(|e| bad(e.to_string()))?;
-    let spec = PipelineSpec::from_plan(&plan, p.micro_batches, activations);
+    if let Some(sc) = tessera_train::sparseloco::SparseConfig::from_sync(&grads) {
+        sc.validate().map_err(|e| bad(e.to_string()))?;
+    }
+    let spec = PipelineSpec::from_plan(&plan, p.micro_batches, activations, grads);
     spec.validate(model).map_err(bad)?;
     Ok(spec)
 }
@@ -414,7 +427,22 @@ impl RunConfig {
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         let pipeline = match &self.pipeline {
-            Some(p) => Some(pipeline_spec(p, &model, t.seq)?),
+            Some(p) => {
+                let grads = match p.grads.as_str() {
+                    "dense" => SyncMode::Dense,
+                    "sparse" => SyncMode::Sparse {
+                        chunk: [t.chunk, t.chunk],
+                        k: t.k,
+                        beta: t.beta,
+                    },
+                    g => {
+                        return Err(ConfigError::Invalid(format!(
+                            "[pipeline] grads {g:?} is not dense or sparse"
+                        )))
+                    }
+                };
+                Some(pipeline_spec(p, &model, t.seq, grads)?)
+            }
             None => None,
         };
         let total = if pipeline.is_some() {

@@ -17,7 +17,7 @@ use tessera_compute::reference::ModelParams;
 use tessera_compute::shard::{MicroShard, ShardTensors};
 use tessera_coordinator::core::spec::PipelineSpec;
 use tessera_coordinator::core::{Action, ConnId, Core, Input, Phase, RunSpec};
-use tessera_protocol::messages::{LogHead, SessionMessage, Verdict};
+use tessera_protocol::messages::{LogHead, SessionMessage, Update, Verdict};
 use tessera_protocol::pipeline::{HeadSlice, Pass, PipeResult, PipeWork, StepGrads, UnitOutput};
 use tessera_protocol::{ActEncoding, Activation, Identity, TensorPayload, ToContributor};
 use tessera_train::schedule::Schedule;
@@ -47,6 +47,7 @@ fn spec() -> RunSpec {
         stages,
         micro_batches: MICRO,
         activations: ActEncoding::Bf16,
+        grads: tessera_protocol::messages::SyncMode::Dense,
     });
     sp.inner_lr = Schedule::constant(1.0);
     sp.unit_deadline_ms = 2_000;
@@ -274,7 +275,9 @@ impl Run {
                     units.push(12345);
                     g.units = units;
                 } else if self.trick(Trick::BadGradients) {
-                    g.shards[0].tensors[0].tensor = TensorPayload::from_f32(&[1], &[f32::INFINITY]);
+                    if let Update::Dense(ts) = &mut g.shards[0].tensors {
+                        ts[0].tensor = TensorPayload::from_f32(&[1], &[f32::INFINITY]);
+                    }
                 } else {
                     s.owed.clear();
                 }

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::activation::{ActEncoding, Activation};
-use crate::messages::{LogHead, NamedTensor, ShardSpec};
+use crate::messages::{LogHead, ShardSpec, Update};
 use crate::tensor::TensorPayload;
 
 /// Direction of a pipeline unit.
@@ -107,8 +107,9 @@ pub struct UnitOutput {
 pub struct ShardGrads {
     /// The micro-shard.
     pub shard: ShardSpec,
-    /// Its tensors' gradients (slices of the named Hugging Face tensors, f32).
-    pub tensors: Vec<NamedTensor>,
+    /// Its tensors' gradients (slices of the named Hugging Face tensors, in layout order):
+    /// dense f32, or SparseLoCo-compressed with error feedback when the lease says so.
+    pub tensors: Update,
 }
 
 /// A lease's gradient sums for a step, already weighted by tokens (each backward unit used

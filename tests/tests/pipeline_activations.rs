@@ -64,6 +64,7 @@ fn spec(enc: ActEncoding) -> RunSpec {
             work_bytes,
             micro_batches: 4,
             activations: enc,
+            grads: SyncMode::Dense,
         }),
         model: cfg,
         tokens: Arc::from(tokens),
@@ -130,4 +131,47 @@ fn bf16_and_int8_activations_add_a_bounded_gradient_error() {
         int8 > bf16 && int8 < 1e-1,
         "int8 adds more, still bounded: {int8}"
     );
+}
+
+/// One pipeline run of the tiny byte-level model on the built-in corpus with gradient sums sent
+/// as `grads`: the training losses and the bytes of every gradient-sum message.
+fn byte_run(g: &Gpu, grads: &str) -> (Vec<f64>, usize) {
+    let cfg = tessera_coordinator::config::RunConfig::from_toml(&format!(
+        "name = \"grads\"\nseed = 2\nrounds = 10\n[model]\npreset = \"tiny-byte\"\n[train]\nseq = 64\nlr = 1e-2\nwarmup = 1\nchunk = 16\nk = 16\n[pipeline]\nbudget = \"250KiB\"\nmicro_batches = 4\ngrads = \"{grads}\"\n"
+    ))
+    .unwrap();
+    let (spec, init) = cfg.resolve(std::path::Path::new(".")).unwrap();
+    let mut core = Core::new(spec, Identity::from_seed([5; 32]), init);
+    let mut clients = tessera_e2e::with_budgets(g, &[1 << 30]);
+    let mut bytes = 0;
+    tessera_e2e::run(g, &mut core, &mut clients, |m| {
+        if let tessera_e2e::Message::Up(tessera_protocol::ToCoordinator::Session(s)) = m {
+            if let tessera_protocol::messages::SessionMessage::Grads(gr) = &s.body {
+                bytes += tessera_protocol::encode(gr).unwrap().len();
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(core.phase(), Phase::Finished);
+    (core.losses().to_vec(), bytes)
+}
+
+#[test]
+fn compressed_gradient_sums_train_and_send_fewer_bytes() {
+    let g = pollster::block_on(Gpu::new(Default::default())).expect("a GPU adapter");
+    let (dense, dense_bytes) = byte_run(&g, "dense");
+    let (sparse, sparse_bytes) = byte_run(&g, "sparse");
+    println!(
+        "gradient sums: dense {dense_bytes} bytes, SparseLoCo {sparse_bytes} bytes ({:.1}x less); last loss dense {:.3}, sparse {:.3}",
+        dense_bytes as f64 / sparse_bytes as f64,
+        dense.last().unwrap(),
+        sparse.last().unwrap()
+    );
+    assert!(sparse_bytes * 3 < dense_bytes, "compression pays");
+    for l in [&dense, &sparse] {
+        assert!(
+            l.first().unwrap() - l.last().unwrap() > 1.0,
+            "training loss falls: {l:?}"
+        );
+    }
 }

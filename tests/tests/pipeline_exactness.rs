@@ -71,6 +71,7 @@ fn pipeline(cfg: &ModelConfig) -> PipelineSpec {
         work_bytes,
         micro_batches: MICRO,
         activations: ActEncoding::F32,
+        grads: SyncMode::Dense,
     }
 }
 

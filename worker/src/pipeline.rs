@@ -5,9 +5,11 @@
 
 use tessera_compute::shard::{GpuShard, MicroShard, Rows, ShardTensors};
 use tessera_compute::{Gpu, ModelConfig, Tensor};
+use tessera_protocol::messages::SyncMode;
 use tessera_protocol::pipeline::{HeadSlice, Pass, PipeResult, PipeWork, ShardGrads};
 use tessera_protocol::{ActEncoding, Activation, TensorPayload};
-use tessera_train::shards::{from_wire, grads_to_wire, to_wire};
+use tessera_train::shards::{from_wire, grads_to_wire, to_wire, GradFeedback};
+use tessera_train::sparseloco::SparseConfig;
 
 use crate::error::WorkerError;
 
@@ -20,6 +22,8 @@ pub struct PipeReplica {
     shards: Vec<GpuShard>,
     /// Backward units whose gradients are in the accumulators and not yet sent.
     owed: Vec<u64>,
+    /// Error feedback per micro-shard when gradient sums travel compressed.
+    feedback: Option<Vec<GradFeedback>>,
 }
 
 /// Micro-shards of one stage share this key.
@@ -45,11 +49,19 @@ impl PipeReplica {
         version: u64,
         seq: usize,
         weights: &[ShardTensors],
+        grads: &SyncMode,
     ) -> Result<Self, WorkerError> {
         let shards = weights
             .iter()
             .map(|w| GpuShard::new(gpu, &cfg, w, seq))
             .collect::<Result<_, _>>()?;
+        let feedback = match SparseConfig::from_sync(grads) {
+            Some(sc) => {
+                sc.validate()?;
+                Some(weights.iter().map(|w| GradFeedback::new(w, sc)).collect())
+            }
+            None => None,
+        };
         Ok(PipeReplica {
             cfg,
             lease,
@@ -57,6 +69,7 @@ impl PipeReplica {
             version,
             shards,
             owed: Vec::new(),
+            feedback,
         })
     }
 
@@ -284,8 +297,12 @@ impl PipeReplica {
         gpu: &Gpu,
     ) -> Result<(Vec<u64>, Vec<ShardGrads>), WorkerError> {
         let mut out = Vec::with_capacity(self.shards.len());
-        for s in &self.shards {
-            out.push(grads_to_wire(&s.read_grads(gpu).await?));
+        for (i, s) in self.shards.iter().enumerate() {
+            let sums = s.read_grads(gpu).await?;
+            out.push(match self.feedback.as_mut().and_then(|f| f.get_mut(i)) {
+                Some(fb) => fb.compress(&sums),
+                None => grads_to_wire(&sums),
+            });
             s.zero_grads(gpu)?;
         }
         Ok((std::mem::take(&mut self.owed), out))

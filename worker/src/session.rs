@@ -424,6 +424,7 @@ impl Contributor {
                     p.lease.version,
                     rows,
                     &ts,
+                    &p.lease.sync,
                 )?);
             }
         }

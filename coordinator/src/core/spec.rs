@@ -71,6 +71,9 @@ pub struct PipelineSpec {
     pub micro_batches: u64,
     /// How activations travel.
     pub activations: ActEncoding,
+    /// How leases send their gradient sums: dense, or SparseLoCo-compressed with error
+    /// feedback on the contributor.
+    pub grads: SyncMode,
 }
 
 impl PipelineSpec {
@@ -79,6 +82,7 @@ impl PipelineSpec {
         plan: &tessera_plan::Plan,
         micro_batches: u64,
         activations: ActEncoding,
+        grads: SyncMode,
     ) -> Self {
         let col = |f: fn(&tessera_plan::ShardCost) -> u64| -> Vec<Vec<u64>> {
             plan.stages
@@ -96,6 +100,7 @@ impl PipelineSpec {
             work_bytes: col(|c| c.work_bytes),
             micro_batches,
             activations,
+            grads,
         }
     }
 

@@ -110,7 +110,7 @@ impl Core {
                 .collect(),
             optimizer: self.spec.optimizer,
             clip: self.spec.inner_clip,
-            sync: self.spec.sync,
+            sync: ps.grads,
             rows: self.spec.seq,
             version: self.version,
             frames: frames.len() as u32,

@@ -13,6 +13,7 @@ use tessera_protocol::pipeline::StepGrads;
 use tessera_protocol::{PublicKey, ToContributor};
 use tessera_train::data::draw_index;
 use tessera_train::shards::grads_from_wire;
+use tessera_train::sparseloco::SparseConfig;
 
 use super::{Collecting, Cover, MicroBatch, Pipe, ShardState, Step};
 use crate::core::{Action, ConnId, Core, Phase, RoundSummary};
@@ -204,7 +205,13 @@ impl Core {
         }
         let mut out = Vec::new();
         for sg in &g.shards {
-            let t = grads_from_wire(sg, &self.spec.model).map_err(|e| e.to_string())?;
+            let sparse = self
+                .spec
+                .pipeline
+                .as_ref()
+                .and_then(|p| SparseConfig::from_sync(&p.grads));
+            let t = grads_from_wire(sg, &self.spec.model, sparse.as_ref())
+                .map_err(|e| e.to_string())?;
             if !held.contains(&&t.shard)
                 || out
                     .iter()
