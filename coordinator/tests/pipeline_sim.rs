@@ -154,7 +154,7 @@ impl Run {
 
     fn trick(&mut self, name: Trick) -> bool {
         // One result in 12 is a trick.
-        if self.rng.next_u64() % 12 == 0 {
+        if self.rng.next_u64().is_multiple_of(12) {
             *self.tricks.entry(format!("{name:?}")).or_default() += 1;
             true
         } else {
@@ -362,7 +362,7 @@ fn churn_and_hostile_results_neither_drop_nor_double_count_gradients() {
             }
         }
         // Now and then a contributor crashes (whatever it owes is lost with it).
-        if run.rng.next_u64() % 40 == 0 {
+        if run.rng.next_u64().is_multiple_of(40) {
             let k = (run.rng.next_u64() % sims.len() as u64) as usize;
             if let Some(conn) = sims[k].conn.take() {
                 run.crashes += 1;
