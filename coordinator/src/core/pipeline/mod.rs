@@ -10,6 +10,7 @@
 //! each lease its new weights: the pipeline drains at every step boundary.
 
 mod leases;
+mod route;
 mod step;
 mod units;
 
@@ -39,8 +40,6 @@ pub(super) enum ShardState {
 #[derive(Clone, Debug)]
 pub(super) struct Cover {
     pub(super) shards: Vec<ShardState>,
-    /// Sum of the partial results so far.
-    pub(super) acc: Option<Vec<f32>>,
     /// Every micro-shard reported and the result passed on; later re-runs (of a lost lease's
     /// backward units) only restore gradient sums.
     pub(super) complete: bool,
@@ -50,7 +49,6 @@ impl Cover {
     fn new(n: usize) -> Self {
         Cover {
             shards: vec![ShardState::Open; n],
-            acc: None,
             complete: false,
         }
     }
@@ -65,10 +63,8 @@ impl Cover {
 pub(super) struct MicroBatch {
     pub(super) ids: Vec<u32>,
     pub(super) targets: Vec<u32>,
-    /// Input of each stage (`None` for the embedding and until computed).
-    pub(super) input: Vec<Option<Vec<f32>>>,
-    /// Gradient of each stage's output (the head's is implicit in the loss).
-    pub(super) dout: Vec<Option<Vec<f32>>>,
+    /// Its activations and gradients between stages.
+    pub(super) route: route::Relay,
     pub(super) fwd: Vec<Cover>,
     pub(super) bwd: Vec<Cover>,
     /// Head statistics per head micro-shard.

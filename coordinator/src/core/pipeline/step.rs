@@ -15,6 +15,7 @@ use tessera_train::data::draw_index;
 use tessera_train::shards::grads_from_wire;
 use tessera_train::sparseloco::SparseConfig;
 
+use super::route::Relay;
 use super::{Collecting, Cover, MicroBatch, Pipe, ShardState, Step};
 use crate::core::{Action, ConnId, Core, Phase, RoundSummary};
 
@@ -56,6 +57,11 @@ impl Core {
             .unwrap_or_default();
         let m = sp.pipeline.as_ref().map_or(0, |p| p.micro_batches);
         let seq = sp.seq as usize;
+        let d = sp.model.hidden_size;
+        let enc = sp
+            .pipeline
+            .as_ref()
+            .map_or(Default::default(), |p| p.activations);
         let mut mbs = Vec::new();
         let mut count = 0;
         for mb in 0..m {
@@ -68,8 +74,7 @@ impl Core {
             mbs.push(MicroBatch {
                 ids,
                 targets,
-                input: vec![None; stages.len()],
-                dout: vec![None; stages.len()],
+                route: Relay::new(stages.len(), [seq, d], enc),
                 fwd: stages.iter().map(|&n| Cover::new(n)).collect(),
                 bwd: stages.iter().map(|&n| Cover::new(n)).collect(),
                 head: vec![None; head],

@@ -5,9 +5,10 @@
 use tessera_compute::shard::{combine, HeadStats, MicroShard};
 use tessera_protocol::messages::Verdict;
 use tessera_protocol::pipeline::{HeadBackward, Pass, PipeResult, PipeWork, UnitOutput};
-use tessera_protocol::{Activation, PublicKey, TensorPayload, ToContributor};
+use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
 use tessera_train::shards::{from_wire, to_wire};
 
+use super::route::Route;
 use super::{MicroBatch, Owed, PipeUnit, ShardState};
 use crate::core::{ConnId, Core, Phase};
 
@@ -20,9 +21,8 @@ enum Folded {
 
 fn available(mb: &MicroBatch, stage: usize, pass: Pass, last: usize) -> bool {
     match pass {
-        Pass::Forward => stage == 0 || mb.input[stage].is_some(),
         Pass::Backward if stage == last => mb.lse.is_some(),
-        Pass::Backward => mb.dout[stage].is_some(),
+        _ => mb.route.ready(stage, pass, last),
     }
 }
 
@@ -101,7 +101,7 @@ impl Core {
         let (Some(pipe), Some(ps)) = (self.pipe.as_mut(), self.spec.pipeline.as_ref()) else {
             return;
         };
-        let (seq, d) = (self.spec.seq as usize, self.spec.model.hidden_size);
+        let seq = self.spec.seq as usize;
         let last = pipe.stages.len() - 1;
         let enc = ps.activations;
         let step_number = pipe.step.number;
@@ -125,15 +125,6 @@ impl Core {
         } else {
             None
         };
-        let input = mb.input[stage]
-            .as_ref()
-            .map(|x| Activation::encode(&[seq, d], x, enc));
-        let grad = match pass {
-            Pass::Backward if stage < last => mb.dout[stage]
-                .as_ref()
-                .map(|x| Activation::encode(&[seq, d], x, enc)),
-            _ => None,
-        };
         let head = match (pass, stage == last, mb.lse.as_ref()) {
             (Pass::Backward, true, Some(lse)) => Some(HeadBackward {
                 lse: TensorPayload::from_f32(&[seq], lse),
@@ -141,7 +132,7 @@ impl Core {
             }),
             _ => None,
         };
-        let work = PipeWork {
+        let mut work = PipeWork {
             unit,
             lease,
             step: step_number,
@@ -154,11 +145,12 @@ impl Core {
             pass,
             weights: self.version,
             tokens,
-            input,
-            grad,
+            input: None,
+            grad: None,
             head,
             output: enc,
         };
+        mb.route.attach(&mut work, stage, pass, last);
         pipe.step.units.insert(
             unit,
             PipeUnit {
@@ -244,10 +236,7 @@ impl Core {
         }
         if !cover.complete {
             match folded {
-                Folded::Sum(v) => match cover.acc.as_mut() {
-                    Some(acc) => acc.iter_mut().zip(&v).for_each(|(a, b)| *a += b),
-                    None => cover.acc = Some(v),
-                },
+                Folded::Sum(v) => mb.route.add(u.stage, u.pass, v),
                 Folded::Stats(stats) => {
                     for (i, s) in stats {
                         mb.head[i] = Some(s);
@@ -281,38 +270,15 @@ impl Core {
             return;
         }
         cover.complete = true;
-        let acc = cover.acc.take();
-        match (pass, stage) {
-            (Pass::Forward, s) if s == last => {
-                let stats: Option<Vec<HeadStats>> = mb.head.iter().cloned().collect();
-                if let Some(stats) = stats {
-                    let (lse, loss, count) = combine(&stats, &mb.targets);
-                    mb.lse = Some(lse.iter().map(|&x| x as f32).collect());
-                    mb.loss_sum = loss * count as f64;
-                }
-            }
-            (Pass::Forward, 0) => mb.input[1] = acc,
-            (Pass::Forward, s) => {
-                mb.input[s + 1] = match (acc, mb.input[s].as_ref()) {
-                    (Some(mut a), Some(x)) => {
-                        a.iter_mut().zip(x).for_each(|(a, b)| *a += b);
-                        Some(a)
-                    }
-                    _ => None,
-                }
-            }
-            (Pass::Backward, 0) => {}
-            (Pass::Backward, s) if s == last => mb.dout[s - 1] = acc,
-            (Pass::Backward, s) => {
-                mb.dout[s - 1] = match (acc, mb.dout[s].as_ref()) {
-                    (Some(mut a), Some(x)) => {
-                        a.iter_mut().zip(x).for_each(|(a, b)| *a += b);
-                        Some(a)
-                    }
-                    _ => None,
-                }
+        if let (Pass::Forward, true) = (pass, stage == last) {
+            let stats: Option<Vec<HeadStats>> = mb.head.iter().cloned().collect();
+            if let Some(stats) = stats {
+                let (lse, loss, count) = combine(&stats, &mb.targets);
+                mb.lse = Some(lse.iter().map(|&x| x as f32).collect());
+                mb.loss_sum = loss * count as f64;
             }
         }
+        mb.route.complete(stage, pass, last);
     }
 
     fn decode_output(&self, u: &PipeUnit, r: &PipeResult) -> Result<Folded, String> {
