@@ -1,5 +1,7 @@
 //! `tessera demo`: a coordinator with embedded defaults (the tiny byte-level model, the
 //! built-in corpus, SparseLoCo) plus local native workers, until `--rounds` rounds are done.
+//! With `--pipeline`, the same model cut into 15 micro-shards trained by workers of mixed
+//! memory budgets: one heavy lease of whole stages and six single micro-shards.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +28,27 @@ pub struct Args {
     /// Run directory (default: a fresh one under the system temp directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Train micro-shard leases in a pipeline instead of whole-model replicas (`--workers` is
+    /// then ignored: one 900 KiB worker and six 220 KiB workers start).
+    #[arg(long)]
+    pub pipeline: bool,
 }
+
+/// The pipeline demo's run: the tiny byte-level model cut for 250 KiB leases, four 64-token
+/// sequences per step, bf16 activations.
+pub const PIPELINE_DEMO: &str = r#"
+name = "pipeline-demo"
+[model]
+preset = "tiny-byte"
+[train]
+seq = 64
+lr = 1e-2
+warmup = 2
+[pipeline]
+budget = "250KiB"
+micro_batches = 4
+activations = "bf16"
+"#;
 
 /// The demo's run configuration.
 pub fn demo_config(rounds: u64) -> RunConfig {
@@ -51,19 +73,32 @@ pub async fn run(a: Args) -> Result<()> {
     let dir = a.data_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("tessera-demo-{}", std::process::id()))
     });
-    let cfg = demo_config(a.rounds);
+    let cfg = if a.pipeline {
+        let mut c = RunConfig::from_toml(PIPELINE_DEMO)?;
+        c.rounds = a.rounds;
+        c
+    } else {
+        demo_config(a.rounds)
+    };
     let mut running = coordinator_cmd::start(&cfg, &dir, a.bind, &dir, None).await?;
     let exe = std::env::current_exe().context("locating the tessera binary")?;
     let url = format!("ws://{}/ws", running.addr);
+    let budgets: Vec<&str> = if a.pipeline {
+        std::iter::once("900KiB")
+            .chain(std::iter::repeat_n("220KiB", 6))
+            .collect()
+    } else {
+        vec!["1GiB"; a.workers]
+    };
     let mut workers = Workers(Vec::new());
-    for i in 0..a.workers {
+    for (i, budget) in budgets.iter().enumerate() {
         let child = Command::new(&exe)
             .args([
                 "worker",
                 "--coordinator",
                 &url,
                 "--memory-budget",
-                "1GiB",
+                budget,
                 "--quiet",
                 "--identity",
             ])
@@ -72,10 +107,25 @@ pub async fn run(a: Args) -> Result<()> {
             .spawn()
             .context("starting a worker")?;
         workers.0.push(child);
+        if a.pipeline && i == 0 {
+            // The heavy lease goes to whoever asks first: let the big worker join alone.
+            let start = std::time::Instant::now();
+            while running
+                .status
+                .lock()
+                .map(|s| s.contributors.iter().all(|c| c.lease.is_none()))
+                .unwrap_or(true)
+            {
+                if start.elapsed() > std::time::Duration::from_secs(60) {
+                    anyhow::bail!("the first worker did not get a lease within a minute");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
     }
     println!(
         "started {} local workers; the run lives in {}",
-        a.workers,
+        budgets.len(),
         dir.display()
     );
     tokio::select! {
@@ -90,8 +140,9 @@ pub async fn run(a: Args) -> Result<()> {
     let status = running.status.lock().map(|s| s.clone()).unwrap_or_default();
     if let (Some(first), Some(last)) = (status.loss_history.first(), status.loss_history.last()) {
         println!(
-            "demo done: {} rounds, training loss {first:.4} -> {last:.4}; checkpoints in {}",
+            "demo done: {} {}, training loss {first:.4} -> {last:.4}; checkpoints in {}",
             status.loss_history.len(),
+            if a.pipeline { "steps" } else { "rounds" },
             dir.join("checkpoints").display()
         );
     }

@@ -46,7 +46,8 @@ fn multi_thread() -> Result<tokio::runtime::Runtime> {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,wgpu_hal::gles=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -283,7 +283,12 @@ async fn run_core(
                     let snap = core.snapshot();
                     match store.commit(core.name(), &core.spec().model, &snap).await {
                         Ok(ck) => println!(
-                            "round {} loss {:.4} tokens {} contributors {} checkpoint {}",
+                            "{} {} loss {:.4} tokens {} contributors {} checkpoint {}",
+                            if core.spec().pipeline.is_some() {
+                                "step"
+                            } else {
+                                "round"
+                            },
                             sum.round,
                             sum.loss,
                             sum.tokens,
