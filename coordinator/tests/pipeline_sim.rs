@@ -83,7 +83,7 @@ fn zeros(w: &PipeWork, d: usize, seq: usize) -> PipeResult {
 /// The honest result of a unit (its values do not matter to the invariant).
 fn honest(w: &PipeWork, d: usize, seq: usize) -> PipeResult {
     let cfg = tiny_model();
-    match (w.stage, w.pass) {
+    match (w.stages[0], w.pass) {
         (0, Pass::Backward) => PipeResult::Accumulated,
         (HEAD, Pass::Forward) => {
             let targets = w.tokens.as_ref().unwrap().to_u32().unwrap();
@@ -222,8 +222,8 @@ impl Run {
                     let real = self.finish(s, &w, d, seq);
                     return vec![bogus, real];
                 }
-                let is_head_fwd = w.pass == Pass::Forward && w.stage == HEAD;
-                let is_embed_bwd = w.pass == Pass::Backward && w.stage == 0;
+                let is_head_fwd = w.pass == Pass::Forward && w.stages[0] == HEAD;
+                let is_embed_bwd = w.pass == Pass::Backward && w.stages[0] == 0;
                 if !is_head_fwd && !is_embed_bwd && self.trick(Trick::WrongShape) {
                     let r = PipeResult::Activation(Activation::encode(
                         &[seq - 1, d],

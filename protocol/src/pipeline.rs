@@ -32,7 +32,8 @@ pub struct HeadBackward {
     pub inv_count: f32,
 }
 
-/// A pipeline work unit: one micro-batch through the named micro-shards of one stage.
+/// A pipeline work unit: one micro-batch through the named micro-shards of one stage, or
+/// through several whole consecutive stages held by one lease (a span: fewer hops).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PipeWork {
     /// Unit id.
@@ -43,9 +44,11 @@ pub struct PipeWork {
     pub step: u64,
     /// Micro-batch within the step.
     pub micro_batch: u64,
-    /// Stage index in pipeline order.
-    pub stage: u64,
-    /// The micro-shards to run (all held by the lease, all of this stage).
+    /// Stages `[first, end)` in pipeline order: one stage, or a span of whole stages (never
+    /// the head).
+    pub stages: [u64; 2],
+    /// The micro-shards to run, all held by the lease: some of one stage, or every micro-shard
+    /// of each stage of a span.
     pub shards: Vec<ShardSpec>,
     /// Forward or backward.
     pub pass: Pass,
@@ -53,9 +56,10 @@ pub struct PipeWork {
     pub weights: u64,
     /// Token ids (Embed) or targets (Head), u32 `[seq]`.
     pub tokens: Option<TensorPayload>,
-    /// The stage's input `[seq, hidden]` (block and head stages).
+    /// The (first) stage's input `[seq, hidden]` (block and head stages).
     pub input: Option<Activation>,
-    /// Gradient of the stage's output `[seq, hidden]` (backward of embed and block stages).
+    /// Gradient of the (last) stage's output `[seq, hidden]` (backward of embed and block
+    /// stages).
     pub grad: Option<Activation>,
     /// Head backward only.
     pub head: Option<HeadBackward>,
@@ -85,6 +89,10 @@ pub enum PipeResult {
     HeadStats(Vec<HeadSlice>),
     /// Embedding backward: gradients accumulated, nothing to pass on.
     Accumulated,
+    /// A span of whole stages: forward, the residual stream after each stage of the span, in
+    /// order; backward, the gradient of each stage's input in stage order (none for the
+    /// embedding). The coordinator keeps them so that any stage can be re-run elsewhere.
+    Span(Vec<Activation>),
 }
 
 /// A finished pipeline unit.

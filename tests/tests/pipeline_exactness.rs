@@ -133,6 +133,8 @@ struct Seen {
     data: BTreeMap<(u64, u64), (Vec<u32>, Vec<u32>)>,
     /// Units handed out: (step, stage, pass, shards in the unit).
     units: Vec<(u64, u64, Pass, usize)>,
+    /// Units that span several whole stages.
+    spans: usize,
     /// Backward units handed out: (contributor, step, micro-batch, stage, micro-shard).
     backward: Vec<(usize, u64, u64, u64, String)>,
     /// Units handed out per contributor.
@@ -143,16 +145,20 @@ fn watch(seen: &mut Seen, m: &Message, k: usize) {
     if let Message::Down(ToContributor::Unit(w)) = m {
         let t = w.tokens.as_ref().map(|t| t.to_u32().unwrap());
         let e = seen.data.entry((w.step, w.micro_batch)).or_default();
-        if w.stage == 0 {
+        if w.stages[0] == 0 {
             e.0 = t.unwrap();
         } else if let Some(t) = t {
             e.1 = t;
         }
-        seen.units.push((w.step, w.stage, w.pass, w.shards.len()));
+        seen.units
+            .push((w.step, w.stages[0], w.pass, w.shards.len()));
+        if w.stages[1] - w.stages[0] > 1 {
+            seen.spans += 1;
+        }
         if w.pass == Pass::Backward {
             for sh in &w.shards {
                 seen.backward
-                    .push((k, w.step, w.micro_batch, w.stage, format!("{sh:?}")));
+                    .push((k, w.step, w.micro_batch, w.stages[0], format!("{sh:?}")));
             }
         }
         *seen.per.entry(k).or_default() += 1;
@@ -353,6 +359,7 @@ fn replicas_a_heavy_lease_and_a_worker_killed_mid_step_still_equal_adamw() {
         "the big budget holds whole stages ({heavy} micro-shards)"
     );
     let want = reference(&g, &init, &seen, None);
+    println!("{} span units among {}", seen.spans, seen.units.len());
     compare(
         "pipeline with replicas, a heavy lease and a kill",
         core.weights(),
@@ -399,4 +406,79 @@ fn a_coordinator_restarted_between_steps_resumes_with_its_adamw_state() {
     assert_eq!(core.phase(), Phase::Finished);
     let want = reference(&g, &init, &seen, Some(0.5));
     compare("pipeline restarted after step 1", core.weights(), &want);
+}
+
+#[test]
+fn a_heavy_lease_runs_spans_of_whole_stages_with_fewer_hops() {
+    let g = gpu();
+    let cfg = model();
+    let init: ModelParams<f32> = ModelParams::random(&cfg, 26);
+    let mut core = Core::new(spec(Some(0.5)), Identity::from_seed([9; 32]), init.clone());
+    let mut clients = tessera_e2e::with_budgets(&g, &[1 << 30]);
+    let mut seen = Seen::default();
+    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
+        watch(&mut seen, m, k);
+        Control::Go
+    })
+    .unwrap();
+    assert_eq!(core.phase(), Phase::Finished);
+    // Per micro-batch: one forward span (embedding through the last MLP), the head's forward
+    // and backward, one backward span.
+    assert_eq!(
+        seen.units.len() as u64,
+        STEPS * MICRO * 4,
+        "{:?}",
+        seen.units
+    );
+    assert_eq!(seen.spans as u64, STEPS * MICRO * 2);
+    let want = reference(&g, &init, &seen, Some(0.5));
+    compare("one heavy lease running spans", core.weights(), &want);
+}
+
+#[test]
+fn a_heavy_lease_lost_after_its_spans_has_them_re_run_stage_by_stage() {
+    let g = gpu();
+    let cfg = model();
+    let init: ModelParams<f32> = ModelParams::random(&cfg, 27);
+    let mut core = Core::new(spec(None), Identity::from_seed([9; 32]), init.clone());
+    // The heavy lease joins first, so it is offered work first and runs spans; twelve small
+    // leases hold one micro-shard each.
+    let mut budgets = vec![1 << 30];
+    budgets.extend(vec![small_budget(&cfg); 12]);
+    let mut clients = tessera_e2e::with_budgets(&g, &budgets);
+    let mut seen = Seen::default();
+    let mut killed = false;
+    let mut spans_before_kill = 0;
+    let mut backward_before_kill = 0;
+    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
+        watch(&mut seen, m, k);
+        if !killed && k == 0 {
+            if let Message::Down(ToContributor::Collect { .. }) = m {
+                killed = true;
+                spans_before_kill = seen.spans;
+                backward_before_kill = seen.backward.len();
+                return Control::Kill(0);
+            }
+        }
+        Control::Go
+    })
+    .unwrap();
+    assert_eq!(core.phase(), Phase::Finished);
+    assert!(
+        killed && spans_before_kill > 0,
+        "the heavy lease ran spans, then died"
+    );
+    let rerun = seen.backward[backward_before_kill..]
+        .iter()
+        .filter(|b| b.1 == 0)
+        .count();
+    println!(
+        "{spans_before_kill} spans before the kill; {rerun} micro-shard backward runs of step 0 after it"
+    );
+    assert!(
+        rerun > 0,
+        "its backward units ran again on the small leases"
+    );
+    let want = reference(&g, &init, &seen, None);
+    compare("heavy lease lost after its spans", core.weights(), &want);
 }

@@ -26,13 +26,14 @@ pub struct PipeReplica {
     feedback: Option<Vec<GradFeedback>>,
 }
 
-/// Micro-shards of one stage share this key.
-fn stage_key(s: &MicroShard) -> (u8, usize) {
+/// The stage of a micro-shard in pipeline order: embed, then attention and MLP per layer, then
+/// the head.
+fn stage_of(s: &MicroShard, layers: usize) -> usize {
     match s {
-        MicroShard::Embed { .. } => (0, 0),
-        MicroShard::Attn { layer, .. } => (1, *layer),
-        MicroShard::Mlp { layer, .. } => (2, *layer),
-        MicroShard::Head { .. } => (3, 0),
+        MicroShard::Embed { .. } => 0,
+        MicroShard::Attn { layer, .. } => 1 + 2 * layer,
+        MicroShard::Mlp { layer, .. } => 2 + 2 * layer,
+        MicroShard::Head { .. } => 1 + 2 * layers,
     }
 }
 
@@ -186,21 +187,35 @@ impl PipeReplica {
             .first()
             .map(|&i| self.shards[i].shard().clone())
             .ok_or_else(|| bad(format!("unit {} names no micro-shard", w.unit)))?;
+        let layers = self.cfg.num_hidden_layers;
+        let [a, b] = w.stages;
+        let (a, b) = (a as usize, b as usize);
+        if a >= b
+            || b > 2 + 2 * layers
+            || idx
+                .iter()
+                .any(|&i| !(a..b).contains(&stage_of(self.shards[i].shard(), layers)))
+        {
+            return Err(bad(format!(
+                "unit {} names micro-shards outside its stages {a}..{b}",
+                w.unit
+            )));
+        }
+        if b - a > 1 {
+            if b == 2 + 2 * layers {
+                return Err(bad(format!(
+                    "unit {}: a span never includes the head",
+                    w.unit
+                )));
+            }
+            return self.span(gpu, w, &idx, a..b).await;
+        }
         let rows = Rows {
             seq: self.seq,
             sequences: 1,
         };
         let (seq, d) = (self.seq, self.cfg.hidden_size);
         let shards: Vec<&GpuShard> = idx.iter().map(|&i| &self.shards[i]).collect();
-        if shards
-            .iter()
-            .any(|s| stage_key(s.shard()) != stage_key(&first))
-        {
-            return Err(bad(format!(
-                "unit {} mixes micro-shards of different stages",
-                w.unit
-            )));
-        }
         let result = match (&first, w.pass) {
             (MicroShard::Embed { .. }, Pass::Forward) => {
                 let ids = self.tokens(w.tokens.as_ref())?;
@@ -288,6 +303,123 @@ impl PipeReplica {
             self.owed.push(w.unit);
         }
         Ok(result)
+    }
+
+    /// The forward or backward of a span of whole stages `stages`: forward returns the residual
+    /// after each stage; backward recomputes the forward from the span's input, then returns the
+    /// gradient of each stage's input (the embedding's backward only accumulates).
+    async fn span(
+        &mut self,
+        gpu: &Gpu,
+        w: &PipeWork,
+        idx: &[usize],
+        stages: std::ops::Range<usize>,
+    ) -> Result<PipeResult, WorkerError> {
+        let (seq, d) = (self.seq, self.cfg.hidden_size);
+        let rows = Rows { seq, sequences: 1 };
+        let layers = self.cfg.num_hidden_layers;
+        let of = |k: usize| -> Vec<&GpuShard> {
+            idx.iter()
+                .map(|&i| &self.shards[i])
+                .filter(|s| stage_of(s.shard(), layers) == k)
+                .collect()
+        };
+        if stages.clone().any(|k| of(k).is_empty()) {
+            return Err(bad(format!(
+                "unit {} has a stage with no micro-shard",
+                w.unit
+            )));
+        }
+        let ids = if stages.start == 0 {
+            Some(self.tokens(w.tokens.as_ref())?)
+        } else {
+            None
+        };
+        // Forward through the span, keeping each stage's input.
+        let mut h = match &ids {
+            Some(_) => None,
+            None => Some(gpu.upload(&self.activation(w.input.as_ref(), "input")?, &[seq, d])?),
+        };
+        let mut inputs = Vec::new();
+        let mut outs = Vec::new();
+        for k in stages.clone() {
+            let next = match (&ids, k) {
+                (Some(ids), 0) => {
+                    let parts = of(0)
+                        .iter()
+                        .map(|s| s.embed_forward(gpu, ids))
+                        .collect::<Result<_, _>>()?;
+                    Self::sum(gpu, parts)?
+                }
+                _ => {
+                    let x = h
+                        .as_ref()
+                        .ok_or_else(|| bad("a span with no input".into()))?;
+                    let parts: Vec<Tensor> = of(k)
+                        .iter()
+                        .map(|s| s.block_forward(gpu, x, rows))
+                        .collect::<Result<_, _>>()?;
+                    let acc = gpu.zeros(&[seq, d])?;
+                    gpu.copy(x, &acc)?;
+                    for p in &parts {
+                        gpu.add_assign(&acc, p, p.len())?;
+                    }
+                    acc
+                }
+            };
+            inputs.push(h.replace(next));
+        }
+        if w.pass == Pass::Forward {
+            // The residual after each stage: the inputs of the following stages and the end.
+            let mut after: Vec<&Tensor> = inputs.iter().skip(1).flatten().collect();
+            let end = h.as_ref().ok_or_else(|| bad("an empty span".into()))?;
+            after.push(end);
+            for t in after {
+                outs.push(self.read_activation(gpu, t, w.output).await?);
+            }
+            return Ok(PipeResult::Span(outs));
+        }
+        // Backward from the gradient of the span's output, stage by stage.
+        let dh = gpu.upload(
+            &self.activation(w.grad.as_ref(), "output gradient")?,
+            &[seq, d],
+        )?;
+        for (k, input) in stages.clone().zip(inputs).rev() {
+            match (&ids, k) {
+                (Some(ids), 0) => {
+                    for s in of(0) {
+                        s.embed_backward(gpu, ids, &dh)?;
+                    }
+                }
+                _ => {
+                    let x = input.ok_or_else(|| bad("a span with no input".into()))?;
+                    let parts: Vec<Tensor> = of(k)
+                        .iter()
+                        .map(|s| s.block_backward(gpu, &x, &dh, rows))
+                        .collect::<Result<_, _>>()?;
+                    for p in &parts {
+                        gpu.add_assign(&dh, p, p.len())?;
+                    }
+                    outs.push(self.read_activation(gpu, &dh, w.output).await?);
+                }
+            }
+        }
+        gpu.check()?;
+        outs.reverse();
+        self.owed.push(w.unit);
+        Ok(PipeResult::Span(outs))
+    }
+
+    async fn read_activation(
+        &self,
+        gpu: &Gpu,
+        t: &Tensor,
+        enc: ActEncoding,
+    ) -> Result<Activation, WorkerError> {
+        match self.encode(gpu, t, enc).await? {
+            PipeResult::Activation(a) => Ok(a),
+            _ => Err(bad("an activation was expected".into())),
+        }
     }
 
     /// The gradient sums of every micro-shard and the backward units they cover; the

@@ -21,7 +21,7 @@ use crate::replica::Replica;
 
 /// Tokens a pipeline unit covers (counted once, at the embedding's forward).
 fn self_tokens(w: &PipeWork) -> u64 {
-    if w.stage == 0 && w.pass == Pass::Forward {
+    if w.stages[0] == 0 && w.pass == Pass::Forward {
         w.tokens.as_ref().map_or(0, |t| t.shape.iter().product())
     } else {
         0

@@ -76,7 +76,7 @@ fn sharded(gpu: &Gpu, o: &Options, activations: &str) -> Result<Sharded> {
                 act += w.grad.as_ref().map_or(0, |a| a.wire_bytes());
                 let e = &mut data[w.step as usize][w.micro_batch as usize];
                 if let Some(t) = w.tokens.as_ref().and_then(|t| t.to_u32().ok()) {
-                    if w.stage == 0 {
+                    if w.stages[0] == 0 {
                         e.0 = t;
                     } else {
                         e.1 = t;

@@ -175,8 +175,8 @@ impl Core {
         }
         step.collecting.remove(&lease);
         for o in step.owed.remove(&lease).unwrap_or_default() {
-            let cover = &mut step.mbs[o.mb].bwd[o.stage];
-            for i in o.shards {
+            for (s, i) in o.cells {
+                let cover = &mut step.mbs[o.mb].bwd[s];
                 if cover.shards[i] == ShardState::Done(lease) {
                     cover.shards[i] = ShardState::Open;
                 }

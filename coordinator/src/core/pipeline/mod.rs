@@ -75,16 +75,27 @@ pub(super) struct MicroBatch {
     pub(super) loss_sum: f64,
 }
 
+impl MicroBatch {
+    /// The cover of `stage` for `pass`.
+    pub(super) fn cover(&mut self, stage: usize, pass: Pass) -> &mut Cover {
+        match pass {
+            Pass::Forward => &mut self.fwd[stage],
+            Pass::Backward => &mut self.bwd[stage],
+        }
+    }
+}
+
 /// A pipeline unit in flight.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct PipeUnit {
     pub(super) conn: ConnId,
     pub(super) lease: u64,
     pub(super) mb: usize,
-    pub(super) stage: usize,
+    /// The stages it covers: one, or a span of whole stages.
+    pub(super) stages: std::ops::Range<usize>,
     pub(super) pass: Pass,
-    /// Indices within the stage.
-    pub(super) shards: Vec<usize>,
+    /// The micro-shards it runs.
+    pub(super) cells: Vec<ShardId>,
     pub(super) deadline: u64,
 }
 
@@ -93,8 +104,8 @@ pub(super) struct PipeUnit {
 pub(super) struct Owed {
     pub(super) unit: u64,
     pub(super) mb: usize,
-    pub(super) stage: usize,
-    pub(super) shards: Vec<usize>,
+    /// The micro-shards it ran.
+    pub(super) cells: Vec<ShardId>,
 }
 
 /// A collect request in flight.

@@ -9,6 +9,8 @@
 //! leases of consecutive stages to exchange the tensors directly (DESIGN.md, "The 72B plan on
 //! paper").
 
+use std::ops::Range;
+
 use tessera_protocol::pipeline::{Pass, PipeWork};
 use tessera_protocol::{ActEncoding, Activation};
 
@@ -18,13 +20,17 @@ pub(in crate::core) trait Route {
     /// a forward, the output gradient for a backward (the head's backward needs no tensor
     /// gradient; its log-sum-exp is the loss's, kept by the caller).
     fn ready(&self, stage: usize, pass: Pass, last: usize) -> bool;
-    /// Attaches the stage's input and, for a backward below the head, its output gradient.
-    fn attach(&self, work: &mut PipeWork, stage: usize, pass: Pass, last: usize);
+    /// Attaches the input of the first of `stages` and, for a backward below the head, the
+    /// output gradient of the last.
+    fn attach(&self, work: &mut PipeWork, stages: Range<usize>, pass: Pass, last: usize);
     /// Adds a unit's partial result (partial output, or partial input gradient).
     fn add(&mut self, stage: usize, pass: Pass, part: Vec<f32>);
     /// Every micro-shard of `stage` reported for `pass`: passes the sum on (the next stage's
     /// input, or the previous stage's output gradient).
     fn complete(&mut self, stage: usize, pass: Pass, last: usize);
+    /// A whole stage's result from a span unit: forward, the residual stream after `stage`;
+    /// backward, the gradient of `stage`'s input.
+    fn put(&mut self, stage: usize, pass: Pass, full: Vec<f32>);
 }
 
 /// The coordinator relay for one micro-batch.
@@ -73,12 +79,21 @@ impl Route for Relay {
         }
     }
 
-    fn attach(&self, work: &mut PipeWork, stage: usize, pass: Pass, last: usize) {
-        work.input = self.input[stage].as_deref().map(|x| self.encode(x));
+    fn attach(&self, work: &mut PipeWork, stages: Range<usize>, pass: Pass, last: usize) {
+        let top = stages.end - 1;
+        work.input = self.input[stages.start].as_deref().map(|x| self.encode(x));
         work.grad = match pass {
-            Pass::Backward if stage < last => self.dout[stage].as_deref().map(|x| self.encode(x)),
+            Pass::Backward if top < last => self.dout[top].as_deref().map(|x| self.encode(x)),
             _ => None,
         };
+    }
+
+    fn put(&mut self, stage: usize, pass: Pass, full: Vec<f32>) {
+        match pass {
+            Pass::Forward => self.input[stage + 1] = Some(full),
+            Pass::Backward if stage > 0 => self.dout[stage - 1] = Some(full),
+            Pass::Backward => {}
+        }
     }
 
     fn add(&mut self, stage: usize, pass: Pass, part: Vec<f32>) {

@@ -24,11 +24,8 @@ impl Step {
     pub(super) fn reopen(&mut self, unit: u64) {
         if let Some(u) = self.units.remove(&unit) {
             let mb = &mut self.mbs[u.mb];
-            let cover = match u.pass {
-                tessera_protocol::pipeline::Pass::Forward => &mut mb.fwd[u.stage],
-                tessera_protocol::pipeline::Pass::Backward => &mut mb.bwd[u.stage],
-            };
-            for i in u.shards {
+            for (s, i) in u.cells {
+                let cover = mb.cover(s, u.pass);
                 if cover.shards[i] == ShardState::Pending(unit) {
                     cover.shards[i] = ShardState::Open;
                 }

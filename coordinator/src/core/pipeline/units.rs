@@ -9,14 +9,17 @@ use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
 use tessera_train::shards::{from_wire, to_wire};
 
 use super::route::Route;
-use super::{MicroBatch, Owed, PipeUnit, ShardState};
+use super::{MicroBatch, Owed, PipeUnit, ShardId, ShardState};
 use crate::core::{ConnId, Core, Phase};
+use std::ops::Range;
 
 /// What a unit's output decodes to.
 enum Folded {
     Sum(Vec<f32>),
     Stats(Vec<(usize, HeadStats)>),
     Nothing,
+    /// A span's whole-stage results, one per stage of the span that has one.
+    Span(Vec<(usize, Vec<f32>)>),
 }
 
 fn available(mb: &MicroBatch, stage: usize, pass: Pass, last: usize) -> bool {
@@ -40,14 +43,17 @@ impl Core {
             .filter_map(|(&c, s)| s.lease.map(|l| (c, l)))
             .collect();
         for (conn, lease) in idle {
-            if let Some((mb, stage, pass, shards)) = self.pick_task(lease) {
-                self.assign(conn, lease, mb, stage, pass, shards);
+            if let Some((mb, stages, pass, cells)) = self.pick_task(lease) {
+                self.assign(conn, lease, mb, stages, pass, cells);
             }
         }
         self.collect_or_close();
     }
 
-    fn pick_task(&self, lease: u64) -> Option<(usize, usize, Pass, Vec<usize>)> {
+    /// The task for an idle lease: backward before forward, earlier micro-batches first; where
+    /// the lease holds every micro-shard of consecutive open stages (never the head), one span
+    /// unit covers them all.
+    fn pick_task(&self, lease: u64) -> Option<(usize, Range<usize>, Pass, Vec<ShardId>)> {
         let pipe = self.pipe.as_ref()?;
         let held = &pipe.holdings.get(&lease)?.shards;
         let last = pipe.stages.len() - 1;
@@ -60,6 +66,10 @@ impl Core {
                 .filter(|&&(s, i)| s == stage && cover.shards[i] == ShardState::Open)
                 .map(|&(_, i)| i)
                 .collect()
+        };
+        // A stage the lease can run whole: it holds every micro-shard and all are open.
+        let whole = |mb: &MicroBatch, stage: usize, pass: Pass| -> bool {
+            stage != last && open(mb, stage, pass).len() == pipe.stages[stage].len()
         };
         let stages: Vec<usize> = {
             let mut v: Vec<usize> = held.iter().map(|&(s, _)| s).collect();
@@ -77,9 +87,32 @@ impl Core {
                         continue;
                     }
                     let shards = open(mb, stage, pass);
-                    if !shards.is_empty() {
-                        return Some((m, stage, pass, shards));
+                    if shards.is_empty() {
+                        continue;
                     }
+                    let mut span = stage..stage + 1;
+                    if whole(mb, stage, pass) {
+                        match pass {
+                            Pass::Forward => {
+                                while whole(mb, span.end, pass) {
+                                    span.end += 1;
+                                }
+                            }
+                            Pass::Backward => {
+                                while span.start > 0 && whole(mb, span.start - 1, pass) {
+                                    span.start -= 1;
+                                }
+                            }
+                        }
+                    }
+                    let cells = if span.len() == 1 {
+                        shards.iter().map(|&i| (stage, i)).collect()
+                    } else {
+                        span.clone()
+                            .flat_map(|s| (0..pipe.stages[s].len()).map(move |i| (s, i)))
+                            .collect()
+                    };
+                    return Some((m, span, pass, cells));
                 }
             }
         }
@@ -91,9 +124,9 @@ impl Core {
         conn: ConnId,
         lease: u64,
         m: usize,
-        stage: usize,
+        stages: Range<usize>,
         pass: Pass,
-        shards: Vec<usize>,
+        cells: Vec<ShardId>,
     ) {
         let unit = self.next_unit;
         self.next_unit += 1;
@@ -111,21 +144,17 @@ impl Core {
             0.0
         };
         let mb = &mut pipe.step.mbs[m];
-        let cover = match pass {
-            Pass::Forward => &mut mb.fwd[stage],
-            Pass::Backward => &mut mb.bwd[stage],
-        };
-        for &i in &shards {
-            cover.shards[i] = ShardState::Pending(unit);
+        for &(s, i) in &cells {
+            mb.cover(s, pass).shards[i] = ShardState::Pending(unit);
         }
-        let tokens = if stage == 0 {
+        let tokens = if stages.start == 0 {
             Some(TensorPayload::from_u32(&[seq], &mb.ids))
-        } else if stage == last {
+        } else if stages.start == last {
             Some(TensorPayload::from_u32(&[seq], &mb.targets))
         } else {
             None
         };
-        let head = match (pass, stage == last, mb.lse.as_ref()) {
+        let head = match (pass, stages.start == last, mb.lse.as_ref()) {
             (Pass::Backward, true, Some(lse)) => Some(HeadBackward {
                 lse: TensorPayload::from_f32(&[seq], lse),
                 inv_count: inv,
@@ -137,10 +166,10 @@ impl Core {
             lease,
             step: step_number,
             micro_batch: m as u64,
-            stage: stage as u64,
-            shards: shards
+            stages: [stages.start as u64, stages.end as u64],
+            shards: cells
                 .iter()
-                .map(|&i| to_wire(&pipe.stages[stage][i]))
+                .map(|&(s, i)| to_wire(&pipe.stages[s][i]))
                 .collect(),
             pass,
             weights: self.version,
@@ -150,16 +179,16 @@ impl Core {
             head,
             output: enc,
         };
-        mb.route.attach(&mut work, stage, pass, last);
+        mb.route.attach(&mut work, stages.clone(), pass, last);
         pipe.step.units.insert(
             unit,
             PipeUnit {
                 conn,
                 lease,
                 mb: m,
-                stage,
+                stages,
                 pass,
-                shards,
+                cells,
                 deadline,
             },
         );
@@ -227,33 +256,41 @@ impl Core {
         pipe.step.contributors.insert(key);
         let last = pipe.stages.len() - 1;
         let mb = &mut pipe.step.mbs[u.mb];
-        let cover = match u.pass {
-            Pass::Forward => &mut mb.fwd[u.stage],
-            Pass::Backward => &mut mb.bwd[u.stage],
-        };
-        for &i in &u.shards {
-            cover.shards[i] = ShardState::Done(u.lease);
+        for &(s, i) in &u.cells {
+            mb.cover(s, u.pass).shards[i] = ShardState::Done(u.lease);
         }
-        if !cover.complete {
-            match folded {
-                Folded::Sum(v) => mb.route.add(u.stage, u.pass, v),
-                Folded::Stats(stats) => {
-                    for (i, s) in stats {
-                        mb.head[i] = Some(s);
+        let first = u.stages.start;
+        match folded {
+            Folded::Sum(v) if !mb.cover(first, u.pass).complete => mb.route.add(first, u.pass, v),
+            Folded::Stats(stats) if !mb.cover(first, u.pass).complete => {
+                for (i, s) in stats {
+                    mb.head[i] = Some(s);
+                }
+            }
+            Folded::Span(parts) => {
+                // Whole-stage results: the first to arrive for a stage is passed on; a re-run
+                // (of a lost lease's backward) only restores gradient sums.
+                for (stage, full) in parts {
+                    if !mb.cover(stage, u.pass).complete {
+                        mb.route.put(stage, u.pass, full);
                     }
                 }
-                Folded::Nothing => {}
+                for stage in u.stages.clone() {
+                    mb.cover(stage, u.pass).complete = true;
+                }
             }
+            _ => {}
         }
         if u.pass == Pass::Backward {
             pipe.step.owed.entry(u.lease).or_default().push(Owed {
                 unit,
                 mb: u.mb,
-                stage: u.stage,
-                shards: u.shards.clone(),
+                cells: u.cells.clone(),
             });
         }
-        Self::propagate(mb, u.stage, u.pass, last);
+        if u.stages.len() == 1 {
+            Self::propagate(mb, first, u.pass, last);
+        }
         let r = self.records.entry(key).or_default();
         r.accepted += 1;
         r.tokens += self.spec.seq;
@@ -285,19 +322,51 @@ impl Core {
         let pipe = self.pipe.as_ref().ok_or("no pipeline")?;
         let last = pipe.stages.len() - 1;
         let (seq, d) = (self.spec.seq as usize, self.spec.model.hidden_size);
-        match (u.pass, u.stage, r) {
+        if u.stages.len() > 1 {
+            let PipeResult::Span(parts) = r else {
+                return Err(format!(
+                    "a span of stages {:?} answers with one result per stage",
+                    u.stages
+                ));
+            };
+            // Forward: the residual after each stage; backward: the gradient of each stage's
+            // input but the embedding's.
+            let stages: Vec<usize> = match u.pass {
+                Pass::Forward => u.stages.clone().collect(),
+                Pass::Backward => u.stages.clone().filter(|&s| s > 0).collect(),
+            };
+            if parts.len() != stages.len() {
+                return Err(format!(
+                    "{} results for a span with {} of them",
+                    parts.len(),
+                    stages.len()
+                ));
+            }
+            return stages
+                .into_iter()
+                .zip(parts)
+                .map(|(s, a)| {
+                    a.decode_shaped(&[seq, d])
+                        .map(|v| (s, v))
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<_, _>>()
+                .map(Folded::Span);
+        }
+        let shards: Vec<usize> = u.cells.iter().map(|&(_, i)| i).collect();
+        match (u.pass, u.stages.start, r) {
             (Pass::Backward, 0, PipeResult::Accumulated) => Ok(Folded::Nothing),
             (Pass::Forward, s, PipeResult::HeadStats(slices)) if s == last => {
-                if slices.len() != u.shards.len() {
+                if slices.len() != shards.len() {
                     return Err(format!(
                         "{} head slices for {} micro-shards",
                         slices.len(),
-                        u.shards.len()
+                        shards.len()
                     ));
                 }
                 let targets = &pipe.step.mbs[u.mb].targets;
                 let mut out = Vec::new();
-                for (slice, &i) in slices.iter().zip(&u.shards) {
+                for (slice, &i) in slices.iter().zip(&shards) {
                     let shard =
                         from_wire(&slice.shard, &self.spec.model).map_err(|e| e.to_string())?;
                     if shard != pipe.stages[s][i] {
