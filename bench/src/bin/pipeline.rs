@@ -57,13 +57,26 @@ fn config(o: &Options, activations: &str) -> Result<(RunSpec, ModelParams<f32>)>
     Ok(cfg.resolve(std::path::Path::new("."))?)
 }
 
-fn sharded(gpu: &Gpu, o: &Options, activations: &str) -> Result<Sharded> {
+/// Contributors of the sharded run.
+#[derive(Clone, Copy)]
+enum Leases {
+    /// One per micro-shard, each with the plan's budget.
+    Small,
+    /// A single contributor holding every stage (it runs spans of whole stages).
+    Heavy,
+}
+
+fn sharded(gpu: &Gpu, o: &Options, activations: &str, leases: Leases) -> Result<Sharded> {
     let (spec, init) = config(o, activations)?;
     let pipe = spec.pipeline.clone().context("a pipeline run")?;
     let micro_shards: usize = pipe.stages.iter().map(Vec::len).sum();
     let budget = tessera_plan::units::parse_bytes(&o.budget)?;
     let mut core = Core::new(spec, Identity::from_seed([7; 32]), init);
-    let mut clients = tessera_e2e::with_budgets(gpu, &vec![budget; micro_shards]);
+    let budgets = match leases {
+        Leases::Small => vec![budget; micro_shards],
+        Leases::Heavy => vec![u64::MAX / 2],
+    };
+    let mut clients = tessera_e2e::with_budgets(gpu, &budgets);
     let (mut wire, mut act) = (0usize, 0usize);
     let mut data = vec![vec![(Vec::new(), Vec::new()); o.micro_batches as usize]; o.steps as usize];
     let mut first_unit: Option<Instant> = None;
@@ -197,7 +210,8 @@ fn main() -> Result<()> {
     }
     let gpu = pollster::block_on(Gpu::new(GpuOptions::default()))?;
     println!("adapter: {}", gpu.adapter());
-    let f32_run = sharded(&gpu, &o, "f32")?;
+    let f32_run = sharded(&gpu, &o, "f32", Leases::Small)?;
+    let heavy = sharded(&gpu, &o, "f32", Leases::Heavy)?;
     let single_tps = single(&gpu, &o, &f32_run.data)?;
     println!(
         "model {}, {} steps of {} x {} tokens; {} micro-shards for a {} budget, {} leases",
@@ -208,6 +222,12 @@ fn main() -> Result<()> {
         f32_run.tokens_per_s,
         single_tps,
         f32_run.tokens_per_s / single_tps
+    );
+    println!(
+        "tokens/s: one heavy lease holding every stage (spans) {:.1}, ratio heavy/single {:.3}, wire bytes/token {:.0}",
+        heavy.tokens_per_s,
+        heavy.tokens_per_s / single_tps,
+        heavy.wire_per_token
     );
     println!("activations | wire bytes/token (units and results) | activation bytes/token | weights vs f32 run: rel err (worst tensor) | last step loss");
     let report = |name: &str, r: &Sharded| {
@@ -221,7 +241,7 @@ fn main() -> Result<()> {
     };
     report("f32", &f32_run);
     for enc in ["bf16", "int8"] {
-        let r = sharded(&gpu, &o, enc)?;
+        let r = sharded(&gpu, &o, enc, Leases::Small)?;
         report(enc, &r);
     }
     Ok(())
