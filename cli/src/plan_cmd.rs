@@ -21,7 +21,7 @@ pub enum Act {
 /// Options of `plan`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// `covenant-72b`, `tiny`, or the path of a Hugging Face `config.json`.
+    /// `covenant-72b`, `tiny-byte`, `small-byte`, `tiny`, or the path of a Hugging Face `config.json`.
     #[arg(long, default_value = "covenant-72b")]
     pub model: String,
     /// A contributor's lease memory budget, e.g. `0.6GiB`, `512MiB`, `24GiB`, `1.5GB` or bytes;
