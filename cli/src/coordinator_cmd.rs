@@ -9,6 +9,7 @@ use tessera_coordinator::config::RunConfig;
 use tessera_coordinator::core::Core;
 use tessera_coordinator::server::{self, Outcome, Running};
 use tessera_coordinator::store::Store;
+use tessera_coordinator::web;
 
 use crate::keys;
 
@@ -27,6 +28,25 @@ pub struct Args {
     /// The run's database (default: SQLite at DATA_DIR/run.db), e.g. `postgres://user@host/db`.
     #[arg(long)]
     pub database: Option<String>,
+    /// Serve the contributor page from this directory (what `scripts/build-web` writes; default:
+    /// `target/web-dist` when it holds a built page).
+    #[arg(long)]
+    pub web: Option<PathBuf>,
+}
+
+/// The page directory to serve: the one given, else `target/web-dist` when built.
+pub fn web_dir(given: Option<&Path>) -> Result<Option<PathBuf>> {
+    match given {
+        Some(d) if web::is_built(d) => Ok(Some(d.to_path_buf())),
+        Some(d) => anyhow::bail!(
+            "{} does not hold a built contributor page: run scripts/build-web",
+            d.display()
+        ),
+        None => {
+            let d = PathBuf::from("target/web-dist");
+            Ok(web::is_built(&d).then_some(d))
+        }
+    }
 }
 
 /// Opens (or resumes) the run in `data_dir` and starts serving it.
@@ -36,6 +56,7 @@ pub async fn start(
     bind: SocketAddr,
     data_dir: &Path,
     database: Option<&str>,
+    page: Option<PathBuf>,
 ) -> Result<Running> {
     let (spec, init) = cfg.resolve(base)?;
     let store = Store::open(data_dir, database).await?;
@@ -66,11 +87,18 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding {bind}"))?;
-    let running = server::serve(core, store, listener, None).await?;
+    let served = page.is_some();
+    let running = server::serve(core, store, listener, page.map(web::page)).await?;
     println!(
         "coordinator listening on http://{} (workers: ws://{}/ws, status: /api/status)",
         running.addr, running.addr
     );
+    if served {
+        println!(
+            "contributor page: http://{} (open it in a browser with WebGPU)",
+            running.addr
+        );
+    }
     Ok(running)
 }
 
@@ -80,7 +108,16 @@ pub async fn run(a: Args) -> Result<()> {
         .with_context(|| format!("reading {}", a.config.display()))?;
     let cfg = RunConfig::from_toml(&text)?;
     let base = a.config.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut running = start(&cfg, &base, a.bind, &a.data_dir, a.database.as_deref()).await?;
+    let page = web_dir(a.web.as_deref())?;
+    let mut running = start(
+        &cfg,
+        &base,
+        a.bind,
+        &a.data_dir,
+        a.database.as_deref(),
+        page,
+    )
+    .await?;
     tokio::select! {
         r = running.finished.wait_for(|f| *f != Outcome::Running) => match r.map(|o| o.clone()) {
             Ok(Outcome::Failed(why)) => anyhow::bail!("{why}"),

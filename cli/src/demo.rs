@@ -80,7 +80,8 @@ pub async fn run(a: Args) -> Result<()> {
     } else {
         demo_config(a.rounds)
     };
-    let mut running = coordinator_cmd::start(&cfg, &dir, a.bind, &dir, None).await?;
+    let page = coordinator_cmd::web_dir(None)?;
+    let mut running = coordinator_cmd::start(&cfg, &dir, a.bind, &dir, None, page).await?;
     let exe = std::env::current_exe().context("locating the tessera binary")?;
     let url = format!("ws://{}/ws", running.addr);
     let budgets: Vec<&str> = if a.pipeline {

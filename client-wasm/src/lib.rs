@@ -1,3 +1,16 @@
-//! The browser contributor: the worker crate's protocol session and GPU replica compiled to
-//! wasm32, running in a dedicated Web Worker. Its transport and page come with the browser
-//! client; the compute it will run is already tested in Chromium (`compute/tests/browser.rs`).
+//! The browser contributor: the worker crate's protocol session ([`Contributor`]) and GPU
+//! replicas compiled to wasm32, running in a dedicated Web Worker so the page stays responsive,
+//! speaking the same protocol as the native worker over the browser's WebSocket.
+//!
+//! The page's worker script (`web/worker.js`) keeps the identity seed in IndexedDB and calls
+//! [`run`]; the client reports to the page with `postMessage` (see [`report`]) and takes
+//! `pause`, `resume` and budget changes from it ([`Control`]).
+
+#[cfg(target_arch = "wasm32")]
+mod client;
+pub mod report;
+#[cfg(target_arch = "wasm32")]
+mod socket;
+
+#[cfg(target_arch = "wasm32")]
+pub use client::{pause, resume, run, set_gpu_share, Control};

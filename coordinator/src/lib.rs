@@ -8,3 +8,4 @@ pub mod core;
 pub mod data;
 pub mod server;
 pub mod store;
+pub mod web;

@@ -13,6 +13,14 @@ use tessera_train::sparseloco::SparseConfig;
 
 use crate::error::WorkerError;
 
+/// A micro-shard from the wire, checked against the model (for reports by clients).
+pub fn shard_from_wire(
+    s: &tessera_protocol::messages::ShardSpec,
+    cfg: &ModelConfig,
+) -> Result<MicroShard, WorkerError> {
+    Ok(from_wire(s, cfg)?)
+}
+
 /// A pipeline lease's micro-shards resident on the GPU.
 pub struct PipeReplica {
     cfg: ModelConfig,

@@ -19,13 +19,21 @@ use crate::error::WorkerError;
 use crate::pipeline::PipeReplica;
 use crate::replica::Replica;
 
-/// Tokens a pipeline unit covers (counted once, at the embedding's forward).
+/// Tokens a pipeline unit processed: a forward unit's sequence length (backward units redo the
+/// same tokens and are not counted again).
 fn self_tokens(w: &PipeWork) -> u64 {
-    if w.stages[0] == 0 && w.pass == Pass::Forward {
-        w.tokens.as_ref().map_or(0, |t| t.shape.iter().product())
-    } else {
-        0
+    if w.pass != Pass::Forward {
+        return 0;
     }
+    w.tokens
+        .as_ref()
+        .map(|t| t.shape.iter().product())
+        .or_else(|| {
+            w.input
+                .as_ref()
+                .and_then(|a| a.tensor.shape.first().copied())
+        })
+        .unwrap_or(0)
 }
 
 fn pipe_cfg(p: &PipeReplica) -> Result<ModelConfig, WorkerError> {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -67,12 +69,21 @@ impl Proc {
 
 /// Starts `tessera coordinator`.
 pub fn coordinator(config: &Path, port: u16, dir: &Path) -> Proc {
+    coordinator_with_page(config, port, dir, None)
+}
+
+/// Starts `tessera coordinator`, serving the contributor page from `web` when given.
+pub fn coordinator_with_page(config: &Path, port: u16, dir: &Path, web: Option<&Path>) -> Proc {
     let log = std::fs::File::create(dir.with_extension("coordinator.log")).expect("log file");
-    let child = Command::new(exe())
-        .args(["coordinator", "--config"])
+    let mut cmd = Command::new(exe());
+    cmd.args(["coordinator", "--config"])
         .arg(config)
         .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
+        .arg(dir);
+    if let Some(w) = web {
+        cmd.arg("--web").arg(w);
+    }
+    let child = cmd
         .stdout(log)
         .stderr(Stdio::inherit())
         .spawn()

@@ -1,0 +1,93 @@
+//! What the client tells the page: one JSON object per event, posted from the Web Worker.
+
+use serde::Serialize;
+
+/// An event for the page.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Report {
+    /// The GPU: the adapter's name and the limits that size the lease.
+    Adapter {
+        /// Name as the browser reports it (may be empty: browsers hide it).
+        name: String,
+        /// Backend.
+        backend: String,
+        /// Largest storage binding, bytes.
+        max_binding_bytes: u64,
+        /// Largest buffer, bytes.
+        max_buffer_bytes: u64,
+    },
+    /// The contributor's public key (hex): how the run's status and log name it.
+    Identity {
+        /// The key.
+        key: String,
+    },
+    /// No usable GPU: why, for people.
+    NoGpu {
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// Where the connection stands.
+    Connection {
+        /// `connecting`, `connected`, `reconnecting` or `paused`.
+        state: String,
+        /// Details for people.
+        detail: String,
+    },
+    /// The run joined and the micro-shards leased.
+    Lease {
+        /// Run name.
+        run: String,
+        /// The micro-shards held.
+        shards: Vec<String>,
+    },
+    /// Counters.
+    Stats {
+        /// Weight frames received of the current download.
+        frames_received: u32,
+        /// Weight frames in the current download.
+        frames_total: u32,
+        /// Units finished and submitted.
+        units: u64,
+        /// Units accepted.
+        accepted: u64,
+        /// Units rejected.
+        rejected: u64,
+        /// Tokens trained.
+        tokens: u64,
+        /// Estimated GFLOP/s of the last unit.
+        gflops: f64,
+        /// Share of wall time the GPU was busy.
+        busy: f64,
+    },
+    /// A message from the coordinator or the client for people.
+    Note {
+        /// The text.
+        text: String,
+    },
+}
+
+impl Report {
+    /// The JSON the page receives.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"type\":\"note\",\"text\":\"{e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_tagged_json() {
+        let r = Report::Connection {
+            state: "connecting".into(),
+            detail: "ws://x/ws".into(),
+        };
+        assert_eq!(
+            r.to_json(),
+            r#"{"type":"connection","state":"connecting","detail":"ws://x/ws"}"#
+        );
+    }
+}
