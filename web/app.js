@@ -6,7 +6,12 @@ const wsUrl = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.h
 document.querySelectorAll('.ws-url').forEach((e) => { e.textContent = wsUrl; });
 
 const state = { worker: null, running: false, key: null, losses: [] };
-window.tessera = { state, reports: [] }; // for tests and the curious
+// For tests and the curious: the reports so far, and a way to check recovery from a lost GPU.
+window.tessera = {
+  state,
+  reports: [],
+  loseDevice: () => state.worker && state.worker.postMessage({ cmd: 'lose-device' }),
+};
 
 function log(text) {
   const li = document.createElement('li');

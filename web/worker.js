@@ -44,5 +44,7 @@ self.onmessage = async (e) => {
     wasm_bindgen.pause();
   } else if (m.cmd === 'share') {
     wasm_bindgen.set_gpu_share(m.value);
+  } else if (m.cmd === 'lose-device') {
+    wasm_bindgen.lose_device();
   }
 };

@@ -122,3 +122,180 @@ fn the_page_explains_what_to_do_without_webgpu() {
     assert!(text.as_str().unwrap().contains("WebGPU"));
     b.screenshot(&target_dir().join("screenshots/no-webgpu.png"));
 }
+
+/// A long run (it is stopped by the test) with two native workers that can hold the whole model
+/// between them, so leases cover every micro-shard in any join order; the browser joins third.
+struct Long {
+    dir: std::path::PathBuf,
+    port: u16,
+    page: std::path::PathBuf,
+    config: std::path::PathBuf,
+    coordinator: Option<common::Proc>,
+    _natives: Vec<common::Proc>,
+}
+
+fn long_run(name: &str) -> Long {
+    let page = build_page();
+    let dir = scratch(name);
+    let port = free_port();
+    let text = std::fs::read_to_string(data("browser.toml"))
+        .expect("browser.toml")
+        .replace("rounds = 30", "rounds = 100000");
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, text).expect("write the run file");
+    let coordinator = Some(coordinator_with_page(&config, port, &dir, Some(&page)));
+    let mut natives = Vec::new();
+    for i in 0..2 {
+        natives.push(worker_with_budget(
+            port,
+            &dir.join(format!("n{i}.key")),
+            "900KiB",
+        ));
+        wait_for(port, FIVE_MINUTES, "a native lease", |s| {
+            s["contributors"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().filter(|c| c["lease"].is_string()).count() == i + 1)
+        });
+    }
+    Long {
+        dir,
+        port,
+        page,
+        config,
+        coordinator,
+        _natives: natives,
+    }
+}
+
+/// Opens the page in a fresh headless Chromium and starts contributing with a small budget;
+/// returns once the browser has accepted work.
+fn join(l: &Long) -> Browser {
+    let b = Browser::start(&WEBGPU_FLAGS, &l.dir.join("chromium-profile"));
+    b.open(&format!("http://127.0.0.1:{}/", l.port));
+    b.wait(
+        "WebGPU detected",
+        Duration::from_secs(30),
+        "return window.tessera && window.tessera.webGpu === true;",
+    );
+    b.eval("document.getElementById('budget').value = String(215 / 1024); document.getElementById('start').click(); return true;");
+    wait_for(l.port, FIVE_MINUTES, "the browser's accepted work", |s| {
+        browser_contributors(s)
+            .iter()
+            .any(|c| c["lease"].is_string() && c["accepted"].as_u64() > Some(0))
+    });
+    b
+}
+
+fn accepted(port: u16) -> u64 {
+    common::status(port)
+        .map(|s| {
+            browser_contributors(&s)
+                .iter()
+                .filter_map(|c| c["accepted"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_page_rejoins_when_the_coordinator_restarts_under_it() {
+    let mut l = long_run("browser-restart");
+    let b = join(&l);
+    // SIGKILL the coordinator, then start it again on the same port and data.
+    drop(l.coordinator.take());
+    assert!(common::status(l.port).is_none(), "the coordinator is gone");
+    let t = Instant::now();
+    l.coordinator = Some(coordinator_with_page(
+        &l.config,
+        l.port,
+        &l.dir,
+        Some(&l.page),
+    ));
+    wait_for(
+        l.port,
+        FIVE_MINUTES,
+        "the browser's work after the restart",
+        |s| {
+            browser_contributors(s)
+                .iter()
+                .any(|c| c["lease"].is_string() && c["accepted"].as_u64() > Some(0))
+        },
+    );
+    println!(
+        "the page re-joined and had work accepted {:.1} s after the restart",
+        t.elapsed().as_secs_f64()
+    );
+    b.wait(
+        "the page to show it reconnected",
+        Duration::from_secs(30),
+        "return window.tessera.reports.some(r => r.type === 'connection' && r.state === 'reconnecting') && document.getElementById('connection').textContent === 'connected';",
+    );
+    b.screenshot(&target_dir().join("screenshots/after-coordinator-restart.png"));
+}
+
+#[test]
+fn the_page_recovers_from_a_lost_gpu_device() {
+    let l = long_run("browser-device-lost");
+    let b = join(&l);
+    let before = accepted(l.port);
+    b.eval("window.tessera.loseDevice(); return true;");
+    b.wait(
+        "the page to re-acquire the GPU",
+        Duration::from_secs(60),
+        "return window.tessera.reports.some(r => r.type === 'note' && r.text.includes('GPU was lost')) && window.tessera.reports.filter(r => r.type === 'adapter').length >= 2;",
+    );
+    let start = Instant::now();
+    while accepted(l.port) <= before + 2 {
+        assert!(
+            start.elapsed() < FIVE_MINUTES,
+            "no work accepted after the device was lost"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "accepted {before} before the device was lost, {} after re-acquiring it",
+        accepted(l.port)
+    );
+    b.screenshot(&target_dir().join("screenshots/after-device-lost.png"));
+}
+
+#[test]
+fn closing_the_page_mid_unit_frees_its_work_at_once() {
+    let l = long_run("browser-closed");
+    let b = join(&l);
+    // Close while the browser holds a unit.
+    let start = Instant::now();
+    loop {
+        let busy = common::status(l.port).is_some_and(|s| {
+            browser_contributors(&s)
+                .iter()
+                .any(|c| c["unit"].as_u64().is_some())
+        });
+        if busy {
+            break;
+        }
+        assert!(
+            start.elapsed() < FIVE_MINUTES,
+            "the browser never held a unit"
+        );
+    }
+    let step = common::status(l.port)
+        .and_then(|s| s["round"].as_u64())
+        .unwrap_or(0);
+    drop(b);
+    let t = Instant::now();
+    wait_for(
+        l.port,
+        Duration::from_secs(10),
+        "the browser's session to end",
+        |s| browser_contributors(s).is_empty(),
+    );
+    println!(
+        "the coordinator dropped the closed page after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    // Its work ran elsewhere: the run goes on past the step it was in.
+    wait_for(l.port, Duration::from_secs(60), "the run to go on", |s| {
+        s["round"].as_u64() > Some(step + 1)
+    });
+}

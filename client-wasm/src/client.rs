@@ -49,7 +49,15 @@ pub fn set_gpu_share(share: f64) {
     control(Event::GpuShare(share));
 }
 
-/// Page-side controls, for documentation: [`pause`], [`resume`], [`set_gpu_share`].
+/// Destroys the GPU device as a lost GPU (driver reset, sleep, another tab's crash) would, to
+/// check recovery: the client re-acquires the adapter, rebuilds its lease and re-joins.
+#[wasm_bindgen]
+pub fn lose_device() {
+    control(Event::LoseDevice);
+}
+
+/// Page-side controls, for documentation: [`pause`], [`resume`], [`set_gpu_share`],
+/// [`lose_device`].
 pub struct Control;
 
 fn post(r: &Report) {
@@ -109,6 +117,31 @@ fn tessera_train_shard(
     Some(t.tensors.iter().map(|x| x.data.len()).sum())
 }
 
+/// Opens the GPU and reports its adapter and limits.
+async fn acquire() -> Result<Gpu, String> {
+    let gpu = Gpu::new(GpuOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    post(&Report::Adapter {
+        name: gpu.adapter().name.clone(),
+        backend: gpu.adapter().backend.clone(),
+        max_binding_bytes: gpu.max_binding_bytes(),
+        max_buffer_bytes: gpu.limits().max_buffer_size,
+    });
+    Ok(gpu)
+}
+
+/// Whether the GPU device is gone (lost, or destroyed) rather than the session.
+fn lost(gpu: &Gpu, e: &tessera_worker::WorkerError) -> bool {
+    matches!(
+        e,
+        tessera_worker::WorkerError::Compute(tessera_compute::ComputeError::DeviceLost(_))
+    ) || matches!(
+        gpu.check(),
+        Err(tessera_compute::ComputeError::DeviceLost(_))
+    )
+}
+
 struct Session {
     socket: Socket,
     generation: u64,
@@ -129,22 +162,13 @@ pub async fn run(
         .as_slice()
         .try_into()
         .map_err(|_| JsValue::from_str("the identity seed must be 32 bytes"))?;
-    let gpu = match Gpu::new(GpuOptions::default()).await {
+    let mut gpu = match acquire().await {
         Ok(g) => g,
         Err(e) => {
-            post(&Report::NoGpu {
-                message: e.to_string(),
-            });
-            return Err(JsValue::from_str(&e.to_string()));
+            post(&Report::NoGpu { message: e.clone() });
+            return Err(JsValue::from_str(&e));
         }
     };
-    let limits = gpu.limits();
-    post(&Report::Adapter {
-        name: gpu.adapter().name.clone(),
-        backend: gpu.adapter().backend.clone(),
-        max_binding_bytes: gpu.max_binding_bytes(),
-        max_buffer_bytes: limits.max_buffer_size,
-    });
     let caps = Capabilities {
         adapter: gpu.adapter().name.clone(),
         backend: gpu.adapter().backend.clone(),
@@ -264,10 +288,28 @@ pub async fn run(
                         }
                     }
                     Err(e) => {
-                        post(&Report::Note {
-                            text: format!("session ended: {e}"),
-                        });
                         s.socket.close();
+                        if lost(&gpu, &e) {
+                            post(&Report::Note {
+                                text: format!("the GPU was lost ({e}); acquiring it again"),
+                            });
+                            // Keep trying: a lost device may take a moment to come back.
+                            gpu = loop {
+                                match acquire().await {
+                                    Ok(g) => break g,
+                                    Err(why) => {
+                                        post(&Report::Note {
+                                            text: format!("no GPU yet ({why}); retrying"),
+                                        });
+                                        sleep(2000.0).await;
+                                    }
+                                }
+                            };
+                        } else {
+                            post(&Report::Note {
+                                text: format!("session ended: {e}"),
+                            });
+                        }
                         let _ = tx.unbounded_send(Event::Closed(g, e.to_string()));
                     }
                 }
@@ -341,6 +383,12 @@ pub async fn run(
                 }
             }
             Event::GpuShare(x) => share = x.clamp(0.05, 1.0),
+            Event::LoseDevice => {
+                post(&Report::Note {
+                    text: "destroying the GPU device (recovery check)".into(),
+                });
+                gpu.destroy();
+            }
         }
     }
     Ok(())

@@ -13,4 +13,4 @@ pub mod report;
 mod socket;
 
 #[cfg(target_arch = "wasm32")]
-pub use client::{pause, resume, run, set_gpu_share, Control};
+pub use client::{lose_device, pause, resume, run, set_gpu_share, Control};

@@ -22,6 +22,8 @@ pub enum Event {
     Resume,
     /// The page changed the share of time the GPU may be busy.
     GpuShare(f64),
+    /// Destroy the GPU device (a recovery check).
+    LoseDevice,
 }
 
 /// An open (or opening) WebSocket whose events go to the client's queue.
