@@ -3,13 +3,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tessera_coordinator::config::RunConfig;
 use tessera_coordinator::core::Core;
 use tessera_coordinator::server::{self, Outcome, Running};
 use tessera_coordinator::store::Store;
-use tessera_coordinator::web;
+use tessera_coordinator::{tls, web};
+use tokio_rustls::rustls::ServerConfig;
 
 use crate::keys;
 
@@ -32,6 +34,13 @@ pub struct Args {
     /// `target/web-dist` when it holds a built page).
     #[arg(long)]
     pub web: Option<PathBuf>,
+    /// Serve HTTPS and WSS with this certificate chain (PEM); needs `--tls-key`. Browsers only
+    /// offer WebGPU to secure contexts, so any coordinator reached beyond localhost needs it.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The page directory to serve: the one given, else `target/web-dist` when built.
@@ -57,6 +66,7 @@ pub async fn start(
     data_dir: &Path,
     database: Option<&str>,
     page: Option<PathBuf>,
+    tls: Option<Arc<ServerConfig>>,
 ) -> Result<Running> {
     let (spec, init) = cfg.resolve(base)?;
     let store = Store::open(data_dir, database).await?;
@@ -88,14 +98,19 @@ pub async fn start(
         .await
         .with_context(|| format!("binding {bind}"))?;
     let served = page.is_some();
-    let running = server::serve(core, store, listener, page.map(web::page)).await?;
+    let (http, ws) = if tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    let running = server::serve_with(core, store, listener, page.map(web::page), tls).await?;
     println!(
-        "coordinator listening on http://{} (workers: ws://{}/ws, status: /api/status)",
+        "coordinator listening on {http}://{} (workers: {ws}://{}/ws, status: /api/status)",
         running.addr, running.addr
     );
     if served {
         println!(
-            "contributor page: http://{} (open it in a browser with WebGPU)",
+            "contributor page: {http}://{} (open it in a browser with WebGPU)",
             running.addr
         );
     }
@@ -109,6 +124,10 @@ pub async fn run(a: Args) -> Result<()> {
     let cfg = RunConfig::from_toml(&text)?;
     let base = a.config.parent().map(Path::to_path_buf).unwrap_or_default();
     let page = web_dir(a.web.as_deref())?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(tls::server_config(c, k)?),
+        _ => None,
+    };
     let mut running = start(
         &cfg,
         &base,
@@ -116,6 +135,7 @@ pub async fn run(a: Args) -> Result<()> {
         &a.data_dir,
         a.database.as_deref(),
         page,
+        tls,
     )
     .await?;
     tokio::select! {

@@ -26,6 +26,10 @@ pub struct Args {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Also trust the certificates in this PEM file for `wss://` (e.g. a coordinator's
+    /// self-signed certificate); the public web's roots are always trusted.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
 }
 
 /// Runs until Ctrl-C.
@@ -66,7 +70,11 @@ pub async fn run(a: Args) -> Result<()> {
     );
     bar.set_message("downloading weights");
     let mut last = (0u64, 0u64);
-    let c = tessera_worker::native::run(&a.coordinator, &gpu, contributor, rx, |s| {
+    let tls = match &a.ca {
+        Some(ca) => Some(tessera_worker::native::tls_config(Some(ca))?),
+        None => None,
+    };
+    let c = tessera_worker::native::run(&a.coordinator, tls, &gpu, contributor, rx, |s| {
         if s.frames_total > 0 {
             bar.set_length(s.frames_total as u64);
             bar.set_position(s.frames_received as u64);

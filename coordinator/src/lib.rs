@@ -8,4 +8,5 @@ pub mod core;
 pub mod data;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod web;

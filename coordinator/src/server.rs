@@ -143,6 +143,17 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     extra: Option<Extra>,
 ) -> std::io::Result<Running> {
+    serve_with(core, store, listener, extra, None).await
+}
+
+/// Like [`serve`], over HTTPS and WSS when `tls` is given.
+pub async fn serve_with(
+    core: Core,
+    store: Store,
+    listener: tokio::net::TcpListener,
+    extra: Option<Extra>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let status = Arc::new(Mutex::new(status_of(&core)));
@@ -165,11 +176,23 @@ pub async fn serve(
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("server stopped: {e}");
+    match tls {
+        Some(cfg) => {
+            let tls = crate::tls::TlsListener::new(listener, cfg)?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(tls, app).await {
+                    tracing::error!("server stopped: {e}");
+                }
+            });
         }
-    });
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("server stopped: {e}");
+                }
+            });
+        }
+    }
     Ok(Running {
         addr,
         status,

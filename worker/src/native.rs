@@ -1,17 +1,50 @@
-//! The native worker's transport: a WebSocket client around [`Contributor`] that reconnects
-//! with exponential backoff, sends heartbeats while idle, and leaves cleanly on shutdown.
+//! The native worker's transport: a WebSocket client (`ws://`, or `wss://` over rustls) around
+//! [`Contributor`] that reconnects with exponential backoff, sends heartbeats while idle, and
+//! leaves cleanly on shutdown.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tessera_compute::Gpu;
 use tessera_protocol::{decode, encode, Identity, ToContributor, ToCoordinator, MAX_FRAME_BYTES};
 use tokio::sync::watch;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
 
 use crate::error::WorkerError;
 use crate::session::{Contributor, Stats};
+
+/// A TLS client configuration trusting the public web's roots and, when given, the
+/// certificates in the PEM file `extra_ca` (e.g. a coordinator's self-signed certificate).
+pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, WorkerError> {
+    let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let bad = |why: String| WorkerError::Coordinator(format!("{}: {why}", path.display()));
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no certificate in the file".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| WorkerError::Coordinator(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
 
 /// Draws a new identity from the operating system's randomness.
 pub fn new_identity() -> Result<Identity, WorkerError> {
@@ -34,17 +67,32 @@ enum End {
 /// sees the counters after every message.
 pub async fn run(
     url: &str,
+    tls: Option<Arc<ClientConfig>>,
     gpu: &Gpu,
     mut contributor: Contributor,
     mut shutdown: watch::Receiver<bool>,
     mut progress: impl FnMut(&Stats),
 ) -> Result<Contributor, WorkerError> {
+    let tls = match (tls, url.starts_with("wss://")) {
+        (Some(t), _) => Some(t),
+        (None, true) => Some(tls_config(None)?),
+        (None, false) => None,
+    };
     let mut backoff = Duration::from_millis(500);
     loop {
         if *shutdown.borrow() {
             return Ok(contributor);
         }
-        match session(url, gpu, &mut contributor, &mut shutdown, &mut progress).await {
+        match session(
+            url,
+            tls.clone(),
+            gpu,
+            &mut contributor,
+            &mut shutdown,
+            &mut progress,
+        )
+        .await
+        {
             End::Shutdown => return Ok(contributor),
             End::Retry(why) => {
                 tracing::warn!("{why}; reconnecting in {:.1} s", backoff.as_secs_f64());
@@ -64,6 +112,7 @@ pub async fn run(
 
 async fn session(
     url: &str,
+    tls: Option<Arc<ClientConfig>>,
     gpu: &Gpu,
     c: &mut Contributor,
     shutdown: &mut watch::Receiver<bool>,
@@ -72,11 +121,14 @@ async fn session(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
-    let (ws, _) = match tokio_tungstenite::connect_async_with_config(url, Some(config), true).await
-    {
-        Ok(x) => x,
-        Err(e) => return End::Retry(format!("cannot reach the coordinator at {url}: {e}")),
-    };
+    let connector = tls.map(Connector::Rustls);
+    let (ws, _) =
+        match tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => return End::Retry(format!("cannot reach the coordinator at {url}: {e}")),
+        };
     let (mut sink, mut stream) = ws.split();
     let send = |m: &ToCoordinator| encode(m).map(|f| Message::Binary(f.into()));
     let hello = match send(&c.hello()) {

@@ -74,6 +74,17 @@ pub fn coordinator(config: &Path, port: u16, dir: &Path) -> Proc {
 
 /// Starts `tessera coordinator`, serving the contributor page from `web` when given.
 pub fn coordinator_with_page(config: &Path, port: u16, dir: &Path, web: Option<&Path>) -> Proc {
+    coordinator_with(config, port, dir, web, &[])
+}
+
+/// Starts `tessera coordinator` with the page from `web` and `extra` arguments.
+pub fn coordinator_with(
+    config: &Path,
+    port: u16,
+    dir: &Path,
+    web: Option<&Path>,
+    extra: &[&std::ffi::OsStr],
+) -> Proc {
     let log = std::fs::File::create(dir.with_extension("coordinator.log")).expect("log file");
     let mut cmd = Command::new(exe());
     cmd.args(["coordinator", "--config"])
@@ -83,6 +94,7 @@ pub fn coordinator_with_page(config: &Path, port: u16, dir: &Path, web: Option<&
     if let Some(w) = web {
         cmd.arg("--web").arg(w);
     }
+    cmd.args(extra);
     let child = cmd
         .stdout(log)
         .stderr(Stdio::inherit())
@@ -98,17 +110,23 @@ pub fn worker(port: u16, key: &Path) -> Proc {
 
 /// A `tessera worker` with identity file `key` and memory budget `budget`.
 pub fn worker_with_budget(port: u16, key: &Path, budget: &str) -> Proc {
+    worker_at(&format!("ws://127.0.0.1:{port}/ws"), key, budget, &[])
+}
+
+/// A `tessera worker` for the coordinator at `url` with `extra` arguments.
+pub fn worker_at(url: &str, key: &Path, budget: &str, extra: &[&std::ffi::OsStr]) -> Proc {
     let child = Command::new(exe())
         .args([
             "worker",
             "--coordinator",
-            &format!("ws://127.0.0.1:{port}/ws"),
+            url,
             "--memory-budget",
             budget,
             "--quiet",
             "--identity",
         ])
         .arg(key)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
