@@ -1,0 +1,63 @@
+//! A browser's results equal a native worker's for the same work units: the worker crate's
+//! pipeline code in a dedicated Web Worker in headless Chromium (WebGPU on SwiftShader) runs the
+//! units of `tests/fixtures/pipeline-unit.bin` (forward and backward of an embedding slice, an
+//! attention group, MLP columns and a head slice) and matches the native results stored there
+//! (computed on lavapipe) within 1e-4 of each result's largest value, gradient sums included.
+//! Different GPUs do not agree bit for bit; this is the tolerance the pipeline accepts between
+//! them.
+
+#![cfg(target_arch = "wasm32")]
+
+mod common;
+
+use common::unit_fixture::{grad_values, rel, result_error, weights, Fixture};
+use tessera_compute::{Gpu, ModelConfig};
+use tessera_protocol::decode;
+use tessera_protocol::messages::SyncMode;
+use tessera_worker::pipeline::PipeReplica;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+const TOLERANCE: f64 = 1e-4;
+
+#[wasm_bindgen_test]
+async fn browser_units_match_native_units() {
+    let f: Fixture = decode(
+        include_bytes!("../../tests/fixtures/pipeline-unit.bin"),
+        usize::MAX,
+    )
+    .expect("the fixture");
+    let cfg = ModelConfig::from_hf_json(&f.config_json).expect("config");
+    let gpu = Gpu::new(Default::default()).await.expect("WebGPU");
+    console_log!("adapter: {}", gpu.adapter());
+    let mut replica = PipeReplica::new(
+        &gpu,
+        cfg.clone(),
+        1,
+        0,
+        f.seq as usize,
+        &weights(&f, &cfg),
+        &SyncMode::Dense,
+    )
+    .expect("the lease on WebGPU");
+    let mut worst = 0f64;
+    for (w, want) in f.units.iter().zip(&f.outputs) {
+        let got = replica.work(&gpu, w).await.expect("the unit runs");
+        let e = result_error(&got, want)
+            .unwrap_or_else(|| panic!("unit {}: a different kind of result", w.unit));
+        console_log!(
+            "unit {} ({:?} stage {}): {e:.2e}",
+            w.unit,
+            w.pass,
+            w.stages[0]
+        );
+        assert!(e <= TOLERANCE, "unit {}: {e:.2e}", w.unit);
+        worst = worst.max(e);
+    }
+    let (units, grads) = replica.take_grads(&gpu).await.expect("gradient sums");
+    assert_eq!(units, vec![5, 6, 7, 8]);
+    let e = rel(&grad_values(&grads), &grad_values(&f.grads)).expect("same shapes");
+    console_log!("gradient sums: {e:.2e}; worst unit {worst:.2e}");
+    assert!(e <= TOLERANCE, "gradient sums: {e:.2e}");
+}
