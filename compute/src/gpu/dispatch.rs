@@ -1,7 +1,7 @@
 //! Recording kernel dispatches: uniform parameters, bind groups, grids within the per-dimension
 //! workgroup limit, and batching into command buffers.
 
-use super::{Gpu, DISPATCHES_PER_SUBMIT};
+use super::Gpu;
 use crate::error::ComputeError;
 use crate::shaders::Const;
 use wgpu::util::DeviceExt;
@@ -131,7 +131,7 @@ impl Gpu {
                 .lock()
                 .map_err(|_| ComputeError::Gpu("counter poisoned".into()))?;
             *n += 1;
-            *n >= DISPATCHES_PER_SUBMIT
+            *n >= self.dispatches_per_submit()
         };
         if full {
             self.flush();

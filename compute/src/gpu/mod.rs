@@ -3,6 +3,7 @@
 //! (the browser's WebGPU).
 
 mod dispatch;
+mod pacing;
 mod tensor;
 
 pub use dispatch::Params;
@@ -24,6 +25,9 @@ pub struct GpuOptions {
     pub tiles: Option<Tiles>,
     /// Prefer a discrete GPU.
     pub high_performance: bool,
+    /// Longest a command buffer should take, ms: the number of dispatches per submission adapts
+    /// to it (see [`Gpu::dispatches_per_submit`]).
+    pub submit_budget_ms: f64,
 }
 
 impl Default for GpuOptions {
@@ -32,6 +36,7 @@ impl Default for GpuOptions {
             limits: None,
             tiles: None,
             high_performance: true,
+            submit_budget_ms: 50.0,
         }
     }
 }
@@ -76,10 +81,8 @@ pub struct Gpu {
     errors: Arc<Mutex<ErrorSlot>>,
     pending: Mutex<Option<wgpu::CommandEncoder>>,
     pending_count: Mutex<u32>,
+    pacing: Arc<Mutex<pacing::Pacing>>,
 }
-
-/// Dispatches recorded before an automatic submit.
-pub(crate) const DISPATCHES_PER_SUBMIT: u32 = 64;
 
 impl Gpu {
     /// Opens the first suitable adapter. Fails with a clear error if there is none.
@@ -157,6 +160,7 @@ impl Gpu {
             errors,
             pending: Mutex::new(None),
             pending_count: Mutex::new(0),
+            pacing: pacing::Pacing::new(opts.submit_budget_ms),
         })
     }
 
@@ -205,12 +209,32 @@ impl Gpu {
     /// Submits everything recorded so far.
     pub fn flush(&self) {
         let enc = self.pending.lock().ok().and_then(|mut p| p.take());
+        let dispatches = self
+            .pending_count
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or(0);
         if let Some(enc) = enc {
             self.queue.submit([enc.finish()]);
+            // Learn how long a batch takes from submission to completion.
+            let (pacing, t0) = (self.pacing.clone(), pacing::now_ms());
+            self.queue.on_submitted_work_done(move || {
+                if let Ok(mut p) = pacing.lock() {
+                    p.observe(dispatches, pacing::now_ms() - t0);
+                }
+            });
         }
-        if let Ok(mut n) = self.pending_count.lock() {
-            *n = 0;
-        }
+    }
+
+    /// Dispatches recorded before a submission, adapted so that one takes at most the
+    /// submission budget ([`GpuOptions::submit_budget_ms`]).
+    pub fn dispatches_per_submit(&self) -> u32 {
+        self.pacing.lock().map_or(pacing::START, |p| p.batch)
+    }
+
+    /// The longest a submission took so far, ms.
+    pub fn longest_submit_ms(&self) -> f64 {
+        self.pacing.lock().map_or(0.0, |p| p.longest_ms)
     }
 
     /// Waits until the GPU has finished everything submitted (native); on the web this only
