@@ -87,6 +87,7 @@ function onReport(r) {
       $('accepted').textContent = r.accepted;
       $('gflops').textContent = r.gflops ? r.gflops.toFixed(2) : '–';
       $('busy').textContent = Math.round(100 * r.busy) + '%';
+      $('submit').textContent = r.longest_submit_ms.toFixed(1) + ' ms (' + r.dispatches_per_submit + ' dispatches per submission)';
       break;
     case 'note':
       log(r.text);

@@ -328,6 +328,8 @@ pub async fn run(
                     tokens: st.tokens,
                     gflops,
                     busy: busy_ms / wall,
+                    longest_submit_ms: gpu.longest_submit_ms(),
+                    dispatches_per_submit: gpu.dispatches_per_submit(),
                 });
                 if wall > 60_000.0 {
                     (busy_ms, start_ms) = (0.0, now_ms());

@@ -59,6 +59,10 @@ pub enum Report {
         gflops: f64,
         /// Share of wall time the GPU was busy.
         busy: f64,
+        /// The longest a GPU submission took, ms (kept near 50 ms or less).
+        longest_submit_ms: f64,
+        /// Dispatches per submission now.
+        dispatches_per_submit: u32,
     },
     /// A message from the coordinator or the client for people.
     Note {
