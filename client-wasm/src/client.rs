@@ -119,9 +119,12 @@ fn tessera_train_shard(
 
 /// Opens the GPU and reports its adapter and limits.
 async fn acquire() -> Result<Gpu, String> {
-    let gpu = Gpu::new(GpuOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    let gpu = Gpu::new(GpuOptions {
+        raise_limits: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     post(&Report::Adapter {
         name: gpu.adapter().name.clone(),
         backend: gpu.adapter().backend.clone(),

@@ -1,6 +1,7 @@
 //! Command buffers stay within the submission budget: on a real adapter, a device whose
 //! submissions overrun a (tiny) budget cuts its batches down to single dispatches, and one whose
-//! submissions finish well within a (huge) budget grows them to the maximum.
+//! submissions finish well within a (huge) budget grows them to the maximum. Also: limits are
+//! raised only as far as the adapter allows.
 
 use tessera_compute::{Gpu, GpuOptions};
 
@@ -29,4 +30,22 @@ fn batches_shrink_under_a_tight_budget_and_grow_under_a_loose_one() {
     let (loose, longest) = run(1e9);
     println!("budget of 10^9 ms: {loose} dispatches per submission (longest {longest:.2} ms)");
     assert_eq!(loose, 256);
+}
+
+#[test]
+fn raised_limits_never_exceed_the_adapter() {
+    let plain = pollster::block_on(Gpu::new(GpuOptions::default())).expect("a GPU adapter");
+    let raised = pollster::block_on(Gpu::new(GpuOptions {
+        raise_limits: true,
+        ..Default::default()
+    }))
+    .expect("a GPU adapter");
+    println!(
+        "binding limit: WebGPU default {} bytes, raised {} bytes",
+        plain.max_binding_bytes(),
+        raised.max_binding_bytes()
+    );
+    assert_eq!(plain.max_binding_bytes(), 128 << 20);
+    assert!(raised.max_binding_bytes() >= plain.max_binding_bytes());
+    assert!(raised.max_binding_bytes() <= 1 << 30);
 }

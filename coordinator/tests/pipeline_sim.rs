@@ -418,3 +418,73 @@ fn churn_and_hostile_results_neither_drop_nor_double_count_gradients() {
         }
     }
 }
+
+#[test]
+fn a_lease_is_refused_when_the_adapter_cannot_bind_an_activation() {
+    use tessera_protocol::messages::{Capabilities, ContributorKind};
+    use tessera_protocol::ToCoordinator;
+    let mut core = Core::new(
+        spec(),
+        Identity::from_seed([200; 32]),
+        ModelParams::random(&tiny_model(), 3),
+    );
+    let mut client = Client::new(1);
+    let hello = ToCoordinator::Hello {
+        key: client.key(),
+        kind: ContributorKind::Browser,
+        software: "test".into(),
+        capabilities: Capabilities {
+            adapter: "tiny".into(),
+            backend: "none".into(),
+            max_binding_bytes: 64,
+            memory_budget_bytes: 1 << 30,
+        },
+    };
+    core.tick(
+        0,
+        Input::Connected {
+            conn: 1,
+            nonce: [1; 32],
+        },
+    );
+    let mut challenge = None;
+    for a in core.tick(
+        0,
+        Input::Message {
+            conn: 1,
+            msg: hello,
+        },
+    ) {
+        if let Action::Send {
+            msg: ToContributor::Challenge {
+                nonce, coordinator, ..
+            },
+            ..
+        } = a
+        {
+            challenge = Some((nonce, coordinator));
+        }
+    }
+    let (nonce, coordinator) = challenge.expect("a challenge");
+    let proof = client.proof(nonce, &coordinator);
+    let said: Vec<ToContributor> = core
+        .tick(
+            0,
+            Input::Message {
+                conn: 1,
+                msg: proof,
+            },
+        )
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send { msg, .. } => Some(msg),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        said.iter().any(|m| matches!(m, ToContributor::Error { message, fatal: false } if message.contains("largest binding"))),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|m| matches!(m, ToContributor::Lease(_))));
+    assert!(core.sessions()[0].lease.is_none());
+}

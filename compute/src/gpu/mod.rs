@@ -28,6 +28,9 @@ pub struct GpuOptions {
     /// Longest a command buffer should take, ms: the number of dispatches per submission adapts
     /// to it (see [`Gpu::dispatches_per_submit`]).
     pub submit_budget_ms: f64,
+    /// With `limits` unset: start from the WebGPU defaults and raise the binding and buffer
+    /// sizes to what the adapter supports (up to 1 GiB), never beyond it.
+    pub raise_limits: bool,
 }
 
 impl Default for GpuOptions {
@@ -37,6 +40,7 @@ impl Default for GpuOptions {
             tiles: None,
             high_performance: true,
             submit_budget_ms: 50.0,
+            raise_limits: false,
         }
     }
 }
@@ -113,8 +117,21 @@ impl Gpu {
                 .trim()
                 .to_string(),
         };
-        let wanted = opts.limits.clone().unwrap_or_default();
         let supported = adapter.limits();
+        let wanted = match (&opts.limits, opts.raise_limits) {
+            (Some(l), _) => l.clone(),
+            (None, false) => wgpu::Limits::default(),
+            (None, true) => {
+                let d = wgpu::Limits::default();
+                wgpu::Limits {
+                    max_storage_buffer_binding_size: supported
+                        .max_storage_buffer_binding_size
+                        .min(1 << 30),
+                    max_buffer_size: supported.max_buffer_size.min(1 << 30),
+                    ..d
+                }
+            }
+        };
         if !wanted.check_limits(&supported) {
             return Err(ComputeError::Device(format!(
                 "adapter {summary} does not support the requested limits (max binding {} bytes, adapter {})",

@@ -76,6 +76,18 @@ impl Core {
             return;
         };
         let budget = s.caps.as_ref().map_or(0, |c| c.memory_budget_bytes);
+        let binding = s.caps.as_ref().map_or(0, |c| c.max_binding_bytes);
+        let activation = self.spec.seq * self.spec.model.hidden_size as u64 * 4;
+        if binding < activation {
+            let msg = format!("a micro-batch's activation of this run is {activation} bytes, more than your adapter's largest binding of {binding} bytes");
+            return self.send(
+                conn,
+                ToContributor::Error {
+                    message: msg,
+                    fatal: false,
+                },
+            );
+        }
         let Some(shards) = pipe.pick(budget, |x| ps.lease_bytes(x)) else {
             let need = ps
                 .state_bytes
