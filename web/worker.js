@@ -1,8 +1,8 @@
 // The contributor's Web Worker: keeps the identity seed in IndexedDB (so credits follow the
-// contributor across visits), loads the wasm client (client.js + client_bg.wasm, built by
+// contributor across visits), loads the wasm client (tessera-client-wasm.js and its _bg.wasm, built by
 // scripts/build-web or `trunk serve`) and runs it; the client posts JSON reports to the page.
 /* global wasm_bindgen, importScripts */
-importScripts('client.js');
+importScripts('tessera-client-wasm.js');
 
 function identitySeed() {
   return new Promise((resolve, reject) => {
@@ -34,7 +34,7 @@ self.onmessage = async (e) => {
     }
     started = true;
     try {
-      await wasm_bindgen('client_bg.wasm');
+      await wasm_bindgen('tessera-client-wasm_bg.wasm');
       const seed = await identitySeed();
       await wasm_bindgen.run(m.url, seed, m.budget, m.share);
     } catch (err) {

@@ -15,8 +15,8 @@ const FILES: [(&str, &str); 6] = [
     ("index.html", "text/html; charset=utf-8"),
     ("app.js", "text/javascript; charset=utf-8"),
     ("worker.js", "text/javascript; charset=utf-8"),
-    ("client.js", "text/javascript; charset=utf-8"),
-    ("client_bg.wasm", "application/wasm"),
+    ("tessera-client-wasm.js", "text/javascript; charset=utf-8"),
+    ("tessera-client-wasm_bg.wasm", "application/wasm"),
     ("style.css", "text/css; charset=utf-8"),
 ];
 
