@@ -45,6 +45,7 @@ fn a_browser_tab_trains_a_micro_shard_beside_native_workers() {
             .is_some_and(|cs| cs.iter().filter(|c| c["lease"].is_string()).count() == 6)
     });
     let b = Browser::start(&WEBGPU_FLAGS, &dir.join("chromium-profile"));
+    let opened = Instant::now();
     b.open(&format!("http://127.0.0.1:{port}/"));
     b.wait(
         "WebGPU detected",
@@ -53,6 +54,20 @@ fn a_browser_tab_trains_a_micro_shard_beside_native_workers() {
     );
     // A 215 KiB budget holds one head slice and nothing more.
     b.eval("document.getElementById('budget').value = String(215 / 1024); document.getElementById('start').click(); return true;");
+    wait_for(
+        port,
+        FIVE_MINUTES,
+        "the browser's first accepted unit",
+        |s| {
+            browser_contributors(s)
+                .iter()
+                .any(|c| c["accepted"].as_u64() > Some(0))
+        },
+    );
+    println!(
+        "page open to first accepted work unit: {:.2} s (localhost, headless Chromium, SwiftShader)",
+        opened.elapsed().as_secs_f64()
+    );
     let mid = wait_for(port, FIVE_MINUTES, "the browser's accepted work", |s| {
         browser_contributors(s)
             .iter()
