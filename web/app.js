@@ -157,7 +157,7 @@ async function poll() {
     drawLoss(s.loss_history);
     const me = state.key && s.contributors.find((c) => c.key === state.key);
     if (me && me.credits !== undefined) {
-      $('credits').textContent = me.credits;
+      $('credits').textContent = me.credits.toFixed(2);
     }
   } catch (err) {
     // The coordinator may be restarting; the worker reconnects on its own.

@@ -81,6 +81,10 @@ fn a_browser_tab_trains_a_micro_shard_beside_native_workers() {
         .iter()
         .map(|s| s.as_str().unwrap().to_string())
         .collect();
+    assert!(
+        me["credits"].as_f64() > Some(0.0),
+        "accepted work earns credits"
+    );
     assert_eq!(
         shards,
         vec!["Head(128..256)".to_string()],
@@ -313,4 +317,46 @@ fn closing_the_page_mid_unit_frees_its_work_at_once() {
     wait_for(l.port, Duration::from_secs(60), "the run to go on", |s| {
         s["round"].as_u64() > Some(step + 1)
     });
+}
+
+#[test]
+fn the_identity_key_stays_across_visits() {
+    let page = build_page();
+    let dir = scratch("browser-identity");
+    let port = free_port();
+    let _c = coordinator_with_page(&data("browser.toml"), port, &dir, Some(&page));
+    wait_for(port, Duration::from_secs(60), "the coordinator", |_| true);
+    let key = |b: &Browser| -> String {
+        b.open(&format!("http://127.0.0.1:{port}/"));
+        b.wait(
+            "WebGPU detected",
+            Duration::from_secs(30),
+            "return window.tessera && window.tessera.webGpu === true;",
+        );
+        b.eval("document.getElementById('start').click(); return true;");
+        b.wait(
+            "the identity",
+            Duration::from_secs(30),
+            "return window.tessera.state.key !== null;",
+        );
+        b.eval("return window.tessera.state.key;")
+            .as_str()
+            .expect("a key")
+            .to_string()
+    };
+    let profile = dir.join("chromium-profile");
+    let first = {
+        let b = Browser::start(&WEBGPU_FLAGS, &profile);
+        let k = key(&b);
+        // A reload in the same browser keeps it.
+        assert_eq!(key(&b), k, "the same key after a reload");
+        k
+    };
+    // The browser closed and opened again on the same profile: still the same key.
+    let again = key(&Browser::start(&WEBGPU_FLAGS, &profile));
+    assert_eq!(again, first, "the key is kept in IndexedDB across visits");
+    // Another browser profile is another contributor.
+    let other = key(&Browser::start(&WEBGPU_FLAGS, &dir.join("other-profile")));
+    assert_ne!(other, first);
+    println!("identity {first} kept across visits; another profile got {other}");
 }

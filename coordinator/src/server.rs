@@ -58,6 +58,8 @@ pub struct ContributorStatus {
     pub rejected: u64,
     /// Tokens in accepted units.
     pub tokens: u64,
+    /// Credits: GFLOP of accepted work (estimated from the model shape).
+    pub credits: f64,
 }
 
 fn status_of(core: &Core) -> Status {
@@ -80,6 +82,7 @@ fn status_of(core: &Core) -> Status {
                 accepted: r.accepted,
                 rejected: r.rejected,
                 tokens: r.tokens,
+                credits: r.flops / 1e9,
             }
         })
         .collect();

@@ -163,6 +163,9 @@ pub struct Record {
     pub rejected: u64,
     /// Tokens in accepted units.
     pub tokens: u64,
+    /// Credits: floating-point operations of the accepted units (estimated from the model
+    /// shape: two per parameter per token forward, six forward and backward).
+    pub flops: f64,
 }
 
 /// The run state machine.
@@ -232,7 +235,7 @@ impl Core {
         };
         if let Some(ps) = core.spec.pipeline.clone() {
             let step = core.new_step(snap.round);
-            let mut pipe = pipeline::Pipe::new(ps.stages, step);
+            let mut pipe = pipeline::Pipe::new(&core.spec.model, ps.stages, step);
             pipe.moments = snap.moments;
             core.pipe = Some(pipe);
         } else {

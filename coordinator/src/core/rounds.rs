@@ -244,6 +244,7 @@ impl Core {
         let r = self.records.entry(key).or_default();
         r.accepted += 1;
         r.tokens += sub.tokens;
+        r.flops += 6.0 * self.spec.model.parameter_count() as f64 * sub.tokens as f64;
         self.round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
         self.receipt(conn, unit, key, seq, Verdict::Accepted);
         if self.round.slots.iter().all(|s| matches!(s, Slot::Done(..))) {

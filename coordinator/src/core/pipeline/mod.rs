@@ -144,6 +144,8 @@ pub(super) struct Step {
 /// The pipeline's state.
 pub(super) struct Pipe {
     pub(super) stages: Vec<Vec<MicroShard>>,
+    /// Parameters of each micro-shard (for credits).
+    pub(super) params: Vec<Vec<u64>>,
     pub(super) holdings: BTreeMap<u64, Holding>,
     pub(super) step: Step,
     /// AdamW moments (first, second), once a step was taken.

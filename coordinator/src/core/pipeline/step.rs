@@ -344,13 +344,26 @@ impl Core {
 }
 
 impl Pipe {
-    /// A new pipeline at `step`.
+    /// A new pipeline of `cfg` at `step`.
     pub(in crate::core) fn new(
+        cfg: &tessera_compute::ModelConfig,
         stages: Vec<Vec<tessera_compute::shard::MicroShard>>,
         step: Step,
     ) -> Self {
+        let params = stages
+            .iter()
+            .map(|st| {
+                st.iter()
+                    .map(|s| {
+                        tessera_compute::shard::ShardTensors::zeros(cfg, s)
+                            .map_or(0, |t| t.tensors.iter().map(|x| x.data.len() as u64).sum())
+                    })
+                    .collect()
+            })
+            .collect();
         Pipe {
             stages,
+            params,
             holdings: BTreeMap::new(),
             step,
             moments: None,

@@ -291,7 +291,17 @@ impl Core {
         if u.stages.len() == 1 {
             Self::propagate(mb, first, u.pass, last);
         }
+        let per_token = match u.pass {
+            Pass::Forward => 2.0,
+            Pass::Backward => 6.0,
+        };
+        let params: u64 = u
+            .cells
+            .iter()
+            .map(|&(s, i)| self.pipe.as_ref().map_or(0, |p| p.params[s][i]))
+            .sum();
         let r = self.records.entry(key).or_default();
+        r.flops += per_token * params as f64 * self.spec.seq as f64;
         r.accepted += 1;
         r.tokens += self.spec.seq;
         self.receipt(conn, unit, key, seq, Verdict::Accepted);
