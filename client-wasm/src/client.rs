@@ -56,10 +56,6 @@ pub fn lose_device() {
     control(Event::LoseDevice);
 }
 
-/// Page-side controls, for documentation: [`pause`], [`resume`], [`set_gpu_share`],
-/// [`lose_device`].
-pub struct Control;
-
 fn post(r: &Report) {
     if let Ok(scope) = js_sys::global().dyn_into::<web_sys::DedicatedWorkerGlobalScope>() {
         let _ = scope.post_message(&JsValue::from_str(&r.to_json()));
@@ -85,11 +81,7 @@ async fn sleep(ms: f64) {
 /// FLOPs of a pipeline unit, roughly: two per parameter per token forward, six with the
 /// backward (which recomputes the forward).
 fn unit_flops(cfg: &ModelConfig, w: &tessera_protocol::pipeline::PipeWork) -> f64 {
-    let params: usize = w
-        .shards
-        .iter()
-        .filter_map(|s| tessera_train_shard(cfg, s))
-        .sum();
+    let params: usize = w.shards.iter().filter_map(|s| shard_params(cfg, s)).sum();
     let tokens = w
         .tokens
         .as_ref()
@@ -108,10 +100,8 @@ fn unit_flops(cfg: &ModelConfig, w: &tessera_protocol::pipeline::PipeWork) -> f6
     per * params as f64 * tokens
 }
 
-fn tessera_train_shard(
-    cfg: &ModelConfig,
-    s: &tessera_protocol::messages::ShardSpec,
-) -> Option<usize> {
+/// Parameters of a micro-shard from the wire.
+fn shard_params(cfg: &ModelConfig, s: &tessera_protocol::messages::ShardSpec) -> Option<usize> {
     let shard = tessera_worker::pipeline::shard_from_wire(s, cfg).ok()?;
     let t = ShardTensors::zeros(cfg, &shard).ok()?;
     Some(t.tensors.iter().map(|x| x.data.len()).sum())

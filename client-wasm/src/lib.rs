@@ -3,8 +3,8 @@
 //! speaking the same protocol as the native worker over the browser's WebSocket.
 //!
 //! The page's worker script (`web/worker.js`) keeps the identity seed in IndexedDB and calls
-//! [`run`]; the client reports to the page with `postMessage` (see [`report`]) and takes
-//! `pause`, `resume` and budget changes from it ([`Control`]).
+//! `run`; the client reports to the page with `postMessage` (see [`report`]) and takes
+//! `pause`, `resume`, `set_gpu_share` and `lose_device` from it.
 
 #[cfg(target_arch = "wasm32")]
 mod client;
@@ -13,4 +13,4 @@ pub mod report;
 mod socket;
 
 #[cfg(target_arch = "wasm32")]
-pub use client::{lose_device, pause, resume, run, set_gpu_share, Control};
+pub use client::{lose_device, pause, resume, run, set_gpu_share};
