@@ -482,3 +482,51 @@ fn a_heavy_lease_lost_after_its_spans_has_them_re_run_stage_by_stage() {
     let want = reference(&g, &init, &seen, None);
     compare("heavy lease lost after its spans", core.weights(), &want);
 }
+
+#[test]
+fn a_spare_replica_moves_onto_a_micro_shard_whose_only_holder_died() {
+    let g = gpu();
+    let cfg = model();
+    let init: ModelParams<f32> = ModelParams::random(&cfg, 28);
+    let mut core = Core::new(spec(None), Identity::from_seed([9; 32]), init.clone());
+    // Twelve leases of one micro-shard each, and a thirteenth: a second replica of one of them.
+    let mut clients = tessera_e2e::with_budgets(&g, &[small_budget(&cfg); 13]);
+    let mut seen = Seen::default();
+    let mut killed = false;
+    let mut leases_after_kill = 0;
+    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
+        watch(&mut seen, m, k);
+        if let Message::Down(ToContributor::Lease(l)) = m {
+            if killed {
+                println!("after the kill, lease {} to {k}: {:?}", l.lease, l.shards);
+                leases_after_kill += 1;
+            }
+        }
+        // Contributor 5 is the only holder of its micro-shard: kill it as it is asked for its
+        // gradient sums. Nobody new joins.
+        if !killed && k == 5 {
+            if let Message::Down(ToContributor::Collect { .. }) = m {
+                killed = true;
+                return Control::Kill(5);
+            }
+        }
+        Control::Go
+    })
+    .unwrap();
+    assert!(killed);
+    assert_eq!(
+        core.phase(),
+        Phase::Finished,
+        "the run finished without a newcomer"
+    );
+    assert_eq!(
+        leases_after_kill, 1,
+        "one of the two replicas of Embed(0..48) was moved, once"
+    );
+    let want = reference(&g, &init, &seen, None);
+    compare(
+        "spare replica moved onto an orphaned micro-shard",
+        core.weights(),
+        &want,
+    );
+}

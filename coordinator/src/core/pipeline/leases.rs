@@ -168,6 +168,58 @@ impl Core {
         frames
     }
 
+    /// When a micro-shard has no holder left (its leases vanished and nobody new joined), moves
+    /// an idle lease whose micro-shards all have other replicas onto it, so the step can go on.
+    /// Only a lease that owes nothing for the open step moves: no gradient sum is lost.
+    pub(in crate::core) fn rebalance(&mut self) {
+        let Some(pipe) = self.pipe.as_ref() else {
+            return;
+        };
+        let reps = pipe.replicas();
+        if reps.iter().flatten().all(|&n| n > 0) {
+            return;
+        }
+        let Some(ps) = self.spec.pipeline.as_ref() else {
+            return;
+        };
+        let orphans: Vec<ShardId> = reps
+            .iter()
+            .enumerate()
+            .flat_map(|(s, r)| {
+                r.iter()
+                    .enumerate()
+                    .filter(|(_, &n)| n == 0)
+                    .map(move |(i, _)| (s, i))
+            })
+            .collect();
+        let spare = pipe.holdings.iter().find(|(lease, h)| {
+            let session = self
+                .sessions
+                .get(&h.conn)
+                .filter(|s| s.ready && s.unit.is_none() && s.lease == Some(**lease));
+            let budget = session
+                .and_then(|s| s.caps.as_ref())
+                .map_or(0, |c| c.memory_budget_bytes);
+            let fits = orphans.iter().any(|&o| ps.lease_bytes(&[o]) <= budget);
+            let owes = pipe.step.owed.get(lease).is_some_and(|o| !o.is_empty())
+                || pipe.step.collecting.contains_key(lease);
+            session.is_some() && fits && !owes && h.shards.iter().all(|&(s, i)| reps[s][i] >= 2)
+        });
+        let Some((&lease, h)) = spare else {
+            return;
+        };
+        let conn = h.conn;
+        tracing::info!(
+            conn,
+            lease,
+            "re-leasing a spare replica onto an uncovered micro-shard"
+        );
+        if let Some(p) = self.pipe.as_mut() {
+            p.holdings.remove(&lease);
+        }
+        self.offer_pipeline_lease(conn);
+    }
+
     /// A pipeline lease is gone: its running units reopen, and so do the backward units whose
     /// gradient sums it had not yet delivered.
     pub(in crate::core) fn pipeline_lease_lost(&mut self, lease: u64) {

@@ -36,6 +36,7 @@ impl Core {
         if self.phase != Phase::Training {
             return;
         }
+        self.rebalance();
         let idle: Vec<(ConnId, u64)> = self
             .sessions
             .iter()
