@@ -10,6 +10,7 @@ pub mod activation;
 pub mod error;
 pub mod frame;
 pub mod identity;
+pub mod log;
 pub mod messages;
 pub mod pipeline;
 pub mod signed;

@@ -1,0 +1,325 @@
+//! The run log: every decision of the coordinator as a hash-chained, signed entry, so anyone
+//! holding the log and the coordinator's public key can check that nothing was altered,
+//! removed or reordered ([`verify_chain`]), and a contributor holding a receipt's log head can
+//! prove what the coordinator recorded at that point.
+//!
+//! Entry `i` carries the hash of entry `i - 1` (zero for the first); its own hash is SHA-256
+//! over a domain tag and its postcard encoding; the coordinator signs that hash.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::identity::{Identity, PublicKey, Signature};
+use crate::messages::{ContributorKind, LogHead, ShardSpec};
+
+/// Domain of log entry hashes and signatures.
+pub const LOG: &str = "log";
+
+/// A decision of the coordinator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LogEvent {
+    /// The run began: its name, the coordinator's key and a hash of the run's configuration.
+    Started {
+        /// Run name.
+        run: String,
+        /// The coordinator's key, which signs every entry.
+        coordinator: PublicKey,
+        /// SHA-256 of the run's configuration.
+        config: [u8; 32],
+    },
+    /// A contributor joined.
+    Joined {
+        /// Who.
+        key: PublicKey,
+        /// Native or browser.
+        kind: ContributorKind,
+    },
+    /// A contributor left or was dropped, and why.
+    Left {
+        /// Who.
+        key: PublicKey,
+        /// Why.
+        reason: String,
+    },
+    /// A lease was given.
+    Leased {
+        /// To whom.
+        key: PublicKey,
+        /// Lease id.
+        lease: u64,
+        /// Its micro-shards.
+        shards: Vec<ShardSpec>,
+    },
+    /// A result was accepted.
+    Accepted {
+        /// From whom.
+        key: PublicKey,
+        /// The unit.
+        unit: u64,
+        /// The submission's sequence number.
+        seq: u64,
+        /// SHA-256 of the result as received.
+        result: [u8; 32],
+    },
+    /// A result was rejected, and why.
+    Rejected {
+        /// From whom.
+        key: PublicKey,
+        /// The unit.
+        unit: u64,
+        /// The submission's sequence number.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A round or step closed: the weights it produced.
+    Closed {
+        /// Round or step.
+        round: u64,
+        /// Weight version produced.
+        version: u64,
+        /// SHA-256 of the checkpoint's weights.
+        weights: [u8; 32],
+    },
+    /// An administrator acted, and why.
+    Admin {
+        /// What was done.
+        action: String,
+        /// The reason given.
+        reason: String,
+    },
+}
+
+/// One entry of the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Position, from 0.
+    pub index: u64,
+    /// Hash of the previous entry (zero for the first).
+    pub prev: [u8; 32],
+    /// Milliseconds since the run's coordinator started (its monotonic clock).
+    pub time_ms: u64,
+    /// The decision.
+    pub event: LogEvent,
+}
+
+impl LogEntry {
+    /// SHA-256 over the domain tag and the postcard encoding of the entry.
+    pub fn hash(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(LOG.as_bytes());
+        h.update([0u8]);
+        // Encoding an owned, plain value cannot fail.
+        h.update(postcard::to_stdvec(self).unwrap_or_default());
+        h.finalize().into()
+    }
+}
+
+/// An entry with its hash and the coordinator's signature over the hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignedEntry {
+    /// The entry.
+    pub entry: LogEntry,
+    /// Its hash.
+    pub hash: [u8; 32],
+    /// The coordinator's signature over `hash` (domain [`LOG`]).
+    pub signature: Signature,
+}
+
+impl SignedEntry {
+    /// Hashes and signs `entry`.
+    pub fn seal(entry: LogEntry, id: &Identity) -> Self {
+        let hash = entry.hash();
+        SignedEntry {
+            signature: id.sign(LOG, &hash),
+            entry,
+            hash,
+        }
+    }
+
+    /// The head this entry makes.
+    pub fn head(&self) -> LogHead {
+        LogHead {
+            index: self.entry.index,
+            hash: self.hash,
+        }
+    }
+}
+
+/// Why a log does not verify: the first bad entry and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("log entry {index}: {why}")]
+pub struct LogError {
+    /// Index of the first bad entry (its position in the log).
+    pub index: u64,
+    /// What is wrong.
+    pub why: String,
+}
+
+/// Appends entries: the coordinator's side.
+#[derive(Clone, Debug, Default)]
+pub struct LogWriter {
+    head: Option<LogHead>,
+}
+
+impl LogWriter {
+    /// A writer continuing after `head` (`None` for an empty log).
+    pub fn after(head: Option<LogHead>) -> Self {
+        LogWriter { head }
+    }
+
+    /// The latest head (index and hash), or the zero head for an empty log.
+    pub fn head(&self) -> LogHead {
+        self.head.unwrap_or_default()
+    }
+
+    /// Seals the next entry.
+    pub fn append(&mut self, id: &Identity, time_ms: u64, event: LogEvent) -> SignedEntry {
+        let (index, prev) = match self.head {
+            Some(h) => (h.index + 1, h.hash),
+            None => (0, [0; 32]),
+        };
+        let e = SignedEntry::seal(
+            LogEntry {
+                index,
+                prev,
+                time_ms,
+                event,
+            },
+            id,
+        );
+        self.head = Some(e.head());
+        e
+    }
+}
+
+/// Checks that `entries` continue the log after `after` (`None`: they start it), each linked
+/// to the one before, hashed right and signed by `coordinator`. Returns the last head.
+pub fn verify_chain(
+    entries: &[SignedEntry],
+    coordinator: &PublicKey,
+    after: Option<LogHead>,
+) -> Result<Option<LogHead>, LogError> {
+    let mut head = after;
+    for (pos, e) in entries.iter().enumerate() {
+        let bad = |why: String| LogError {
+            index: e.entry.index,
+            why,
+        };
+        let (want_index, want_prev) = match head {
+            Some(h) => (h.index + 1, h.hash),
+            None => (0, [0; 32]),
+        };
+        if e.entry.index != want_index {
+            return Err(LogError {
+                index: want_index,
+                why: format!(
+                    "position {pos} holds entry {}, expected {want_index} (an entry is missing or out of order)",
+                    e.entry.index
+                ),
+            });
+        }
+        if e.entry.prev != want_prev {
+            return Err(bad("does not link to the entry before it".into()));
+        }
+        if e.entry.hash() != e.hash {
+            return Err(bad("its contents do not match its hash (altered)".into()));
+        }
+        coordinator
+            .verify(LOG, &e.hash, &e.signature)
+            .map_err(|err| bad(format!("signature: {err}")))?;
+        head = Some(e.head());
+    }
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(n: usize) -> (Identity, Vec<SignedEntry>) {
+        let id = Identity::from_seed([3; 32]);
+        let someone = Identity::from_seed([4; 32]).public();
+        let mut w = LogWriter::default();
+        let mut out = vec![w.append(
+            &id,
+            0,
+            LogEvent::Started {
+                run: "t".into(),
+                coordinator: id.public(),
+                config: [1; 32],
+            },
+        )];
+        for i in 1..n as u64 {
+            out.push(w.append(
+                &id,
+                i,
+                LogEvent::Accepted {
+                    key: someone,
+                    unit: i,
+                    seq: i,
+                    result: [i as u8; 32],
+                },
+            ));
+        }
+        (id, out)
+    }
+
+    #[test]
+    fn an_honest_log_verifies_in_one_go_and_in_pages() {
+        let (id, entries) = log(6);
+        let head = verify_chain(&entries, &id.public(), None).unwrap();
+        assert_eq!(head, Some(entries[5].head()));
+        let first = verify_chain(&entries[..3], &id.public(), None).unwrap();
+        assert_eq!(
+            verify_chain(&entries[3..], &id.public(), first).unwrap(),
+            head
+        );
+    }
+
+    #[test]
+    fn any_alteration_names_the_first_bad_entry() {
+        let (id, entries) = log(6);
+        let key = id.public();
+        // Altered contents.
+        let mut e = entries.clone();
+        if let LogEvent::Accepted { unit, .. } = &mut e[3].entry.event {
+            *unit = 99;
+        }
+        assert_eq!(verify_chain(&e, &key, None).unwrap_err().index, 3);
+        // Contents and hash both rewritten: the signature no longer matches.
+        let mut e = entries.clone();
+        e[2].entry.time_ms = 77;
+        e[2].hash = e[2].entry.hash();
+        let err = verify_chain(&e, &key, None).unwrap_err();
+        assert_eq!(err.index, 2);
+        assert!(err.why.contains("signature"), "{err}");
+        // Re-signed by another key.
+        let mut e = entries.clone();
+        e[4] = SignedEntry::seal(e[4].entry.clone(), &Identity::from_seed([9; 32]));
+        assert_eq!(verify_chain(&e, &key, None).unwrap_err().index, 4);
+        // A removed entry.
+        let mut e = entries.clone();
+        e.remove(2);
+        assert_eq!(verify_chain(&e, &key, None).unwrap_err().index, 2);
+        // A forked history: a different entry 3 sealed properly, then the old 4.
+        let mut e = entries.clone();
+        let mut w = LogWriter::after(Some(e[2].head()));
+        e[3] = w.append(
+            &id,
+            3,
+            LogEvent::Admin {
+                action: "nothing".into(),
+                reason: "test".into(),
+            },
+        );
+        assert_eq!(verify_chain(&e, &key, None).unwrap_err().index, 4);
+        // A flipped signature byte.
+        let mut e = entries;
+        let mut bytes = postcard::to_stdvec(&e[1].signature).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        e[1].signature = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(verify_chain(&e, &key, None).unwrap_err().index, 1);
+    }
+}
