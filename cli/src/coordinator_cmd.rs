@@ -79,7 +79,9 @@ pub async fn start(
                 snap.round,
                 accepted.len()
             );
-            Core::resume(spec, id, snap, accepted)
+            let mut core = Core::resume(spec, id, snap, accepted);
+            core.continue_log(store.log_head().await?);
+            core
         }
         None => {
             let core = Core::new(spec, id, init);

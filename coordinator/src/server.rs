@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tessera_protocol::messages::ContributorKind;
 use tessera_protocol::{decode, encode, ToContributor, ToCoordinator, MAX_FRAME_BYTES};
 use tokio::sync::{mpsc, watch};
@@ -109,6 +109,8 @@ struct Shared {
     events: mpsc::UnboundedSender<Event>,
     status: Arc<Mutex<Status>>,
     next_conn: Arc<AtomicU64>,
+    store: Store,
+    coordinator: String,
 }
 
 /// A running coordinator.
@@ -166,15 +168,26 @@ pub async fn serve_with(
         Outcome::Running
     });
     let (round_tx, round_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run_core(core, store, rx, status.clone(), fin_tx, round_tx));
+    let coordinator = core.public_key().to_string();
+    tokio::spawn(run_core(
+        core,
+        store.clone(),
+        rx,
+        status.clone(),
+        fin_tx,
+        round_tx,
+    ));
     let shared = Shared {
         events: tx,
         status: status.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
+        store,
+        coordinator,
     };
     let mut app = Router::new()
         .route("/ws", get(ws))
         .route("/api/status", get(api_status))
+        .route("/api/log", get(api_log))
         .with_state(shared);
     if let Some(extra) = extra {
         app = app.merge(extra);
@@ -202,6 +215,73 @@ pub async fn serve_with(
         finished: fin_rx,
         rounds: round_rx,
     })
+}
+
+/// `GET /api/log?from=N&limit=M` (at most 1000 entries a page).
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<u64>,
+}
+
+/// A page of the run log: each entry as hex of its postcard encoding (what `verify_chain`
+/// checks), with its index, hash and a readable form.
+#[derive(Debug, Serialize)]
+pub struct LogPage {
+    /// The coordinator's key (hex), which signs every entry.
+    pub coordinator: String,
+    /// The entries.
+    pub entries: Vec<LogLine>,
+    /// Where the next page starts, when there may be one.
+    pub next: Option<u64>,
+}
+
+/// One entry in a [`LogPage`].
+#[derive(Debug, Serialize)]
+pub struct LogLine {
+    /// Index.
+    pub index: u64,
+    /// Hash (hex).
+    pub hash: String,
+    /// The decision, for people.
+    pub event: String,
+    /// The signed entry, hex of its postcard encoding.
+    pub signed: String,
+}
+
+async fn api_log(
+    State(s): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<LogQuery>,
+) -> axum::response::Response {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 1000);
+    match s.store.read_log(q.from, limit).await {
+        Ok(entries) => {
+            let next = (entries.len() as u64 == limit).then(|| q.from + limit);
+            let entries = entries
+                .iter()
+                .map(|e| LogLine {
+                    index: e.entry.index,
+                    hash: tessera_protocol::identity::hex(&e.hash),
+                    event: format!("{:?}", e.entry.event),
+                    signed: tessera_protocol::identity::hex(
+                        &tessera_protocol::signed::signing_bytes(e).unwrap_or_default(),
+                    ),
+                })
+                .collect();
+            Json(LogPage {
+                coordinator: s.coordinator.clone(),
+                entries,
+                next,
+            })
+            .into_response()
+        }
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the log: {e}"),
+        )
+            .into_response(),
+    }
 }
 
 async fn api_status(State(s): State<Shared>) -> impl IntoResponse {
@@ -294,6 +374,12 @@ async fn run_core(
         let now = start.elapsed().as_millis() as u64;
         for a in core.tick(now, input) {
             match a {
+                Action::Logged(e) => {
+                    // Durable before any message that carries its head goes out.
+                    if let Err(e) = store.append_log(&e).await {
+                        return fail("appending to the run log", e);
+                    }
+                }
                 Action::Send { conn, msg } => send(&conns, conn, &msg),
                 Action::Close { conn, reason } => {
                     tracing::debug!(conn, "close: {reason}");

@@ -17,6 +17,8 @@ use sqlx::{AnyPool, Row};
 use tessera_compute::hf::{params_from_safetensors, params_to_safetensors};
 use tessera_compute::reference::ModelParams;
 use tessera_compute::ModelConfig;
+use tessera_protocol::log::SignedEntry;
+use tessera_protocol::messages::LogHead;
 use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
 
 use crate::core::{Contribution, Snapshot};
@@ -63,7 +65,7 @@ pub struct Store {
     dir: PathBuf,
 }
 
-const SCHEMA: [&str; 2] = [
+const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS run_state (
         id INTEGER PRIMARY KEY,
         run TEXT NOT NULL,
@@ -73,6 +75,9 @@ const SCHEMA: [&str; 2] = [
         next_unit BIGINT NOT NULL,
         next_lease BIGINT NOT NULL,
         checkpoint TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS run_log (
+        idx BIGINT PRIMARY KEY,
+        entry TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ledger (
         round BIGINT NOT NULL,
         slot BIGINT NOT NULL,
@@ -220,6 +225,48 @@ impl Store {
             .execute(&self.db)
             .await?;
         Ok(())
+    }
+
+    /// Appends a run-log entry (hex of its postcard encoding); an index is written once.
+    pub async fn append_log(&self, e: &SignedEntry) -> Result<(), StoreError> {
+        let bytes = signing_bytes(e).map_err(|err| corrupt("log entry", err))?;
+        sqlx::query("INSERT INTO run_log (idx, entry) VALUES ($1, $2)")
+            .bind(e.entry.index as i64)
+            .bind(tessera_protocol::identity::hex(&bytes))
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Run-log entries from index `from`, at most `limit`, in order.
+    pub async fn read_log(&self, from: u64, limit: u64) -> Result<Vec<SignedEntry>, StoreError> {
+        let rows = sqlx::query("SELECT entry FROM run_log WHERE idx >= $1 ORDER BY idx LIMIT $2")
+            .bind(from.min(i64::MAX as u64) as i64)
+            .bind(limit.min(i64::MAX as u64) as i64)
+            .fetch_all(&self.db)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("entry")?;
+                let bytes = tessera_protocol::identity::unhex(&text)
+                    .map_err(|e| corrupt("log entry", e))?;
+                from_signing_bytes(&bytes).map_err(|e| corrupt("log entry", e))
+            })
+            .collect()
+    }
+
+    /// The last run-log entry's head, if the log has any.
+    pub async fn log_head(&self) -> Result<Option<LogHead>, StoreError> {
+        let Some(row) = sqlx::query("SELECT MAX(idx) AS last FROM run_log")
+            .fetch_optional(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let last: Option<i64> = row.try_get("last")?;
+        let Some(last) = last else { return Ok(None) };
+        let e = self.read_log(last as u64, 1).await?;
+        Ok(e.first().map(SignedEntry::head))
     }
 
     /// Accepted units per contributor (hex key), from the permanent ledger.

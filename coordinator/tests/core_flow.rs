@@ -78,7 +78,11 @@ impl Harness {
         let mut nonce = [0u8; 32];
         nonce[0] = conn as u8;
         nonce[1] = 0xaa;
-        assert!(self.tick(Input::Connected { conn, nonce }).is_empty());
+        // A connection alone changes nothing (the new run's first tick also logs its start).
+        assert!(self
+            .tick(Input::Connected { conn, nonce })
+            .iter()
+            .all(|a| matches!(a, Action::Logged(_))));
         let a = self.tick(Input::Message {
             conn,
             msg: cl.hello(budget),

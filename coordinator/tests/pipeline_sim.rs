@@ -121,6 +121,8 @@ struct Run {
     tricks: BTreeMap<String, usize>,
     rejected: usize,
     crashes: usize,
+    log: Vec<tessera_protocol::log::SignedEntry>,
+    receipts: Vec<tessera_protocol::messages::Receipt>,
 }
 
 impl Run {
@@ -138,6 +140,7 @@ impl Run {
                             }
                         }
                     }
+                    Action::Logged(e) => self.log.push(e),
                     Action::Close { conn, .. } => {
                         if let Some(s) = sims.iter_mut().find(|s| s.conn == Some(conn)) {
                             s.conn = None;
@@ -287,6 +290,7 @@ impl Run {
                 if let Verdict::Rejected(_) = receipt.verdict {
                     self.rejected += 1;
                 }
+                self.receipts.push(receipt);
                 vec![]
             }
             _ => vec![],
@@ -332,6 +336,8 @@ fn churn_and_hostile_results_neither_drop_nor_double_count_gradients() {
         tricks: BTreeMap::new(),
         rejected: 0,
         crashes: 0,
+        log: Vec::new(),
+        receipts: Vec::new(),
     };
     let mut sims: Vec<Sim> = (0..16)
         .map(|i| Sim {
@@ -393,6 +399,41 @@ fn churn_and_hostile_results_neither_drop_nor_double_count_gradients() {
         assert!(run.tricks.get(t).copied().unwrap_or(0) > 0, "{t} was tried");
     }
     assert!(run.crashes > 0 && run.rejected > 0);
+    // The run log: every decision, chained and signed; each receipt names the entry that
+    // records its verdict.
+    let key = run.core.public_key();
+    let head = tessera_protocol::log::verify_chain(&run.log, &key, None).expect("an intact log");
+    assert_eq!(head, Some(run.core.log_head()));
+    assert!(matches!(
+        run.log[0].entry.event,
+        tessera_protocol::log::LogEvent::Started { .. }
+    ));
+    for r in &run.receipts {
+        let e = &run.log[r.log_head.index as usize];
+        assert_eq!(e.hash, r.log_head.hash);
+        let (unit, accepted) = match &e.entry.event {
+            tessera_protocol::log::LogEvent::Accepted { unit, .. } => (*unit, true),
+            tessera_protocol::log::LogEvent::Rejected { unit, .. } => (*unit, false),
+            other => panic!("a receipt points at {other:?}"),
+        };
+        assert_eq!(unit, r.unit);
+        assert_eq!(accepted, r.verdict == Verdict::Accepted);
+    }
+    let count = |f: fn(&tessera_protocol::log::LogEvent) -> bool| {
+        run.log.iter().filter(|e| f(&e.entry.event)).count()
+    };
+    println!(
+        "log: {} entries ({} joins, {} leaves, {} leases, {} closed steps)",
+        run.log.len(),
+        count(|e| matches!(e, tessera_protocol::log::LogEvent::Joined { .. })),
+        count(|e| matches!(e, tessera_protocol::log::LogEvent::Left { .. })),
+        count(|e| matches!(e, tessera_protocol::log::LogEvent::Leased { .. })),
+        count(|e| matches!(e, tessera_protocol::log::LogEvent::Closed { .. })),
+    );
+    assert_eq!(
+        count(|e| matches!(e, tessera_protocol::log::LogEvent::Closed { .. })),
+        STEPS as usize
+    );
     // Every micro-shard's gradient per step is exactly the number of micro-batches; a norm
     // weight replicated in k slices of its stage gets k times that.
     let mut expected = ModelParams::<f32>::zeros(&cfg);

@@ -40,17 +40,23 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Parses hex (surrounding whitespace ignored) into bytes.
+pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    let s = s.trim();
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        return Err("hex must be an even number of ASCII digits".into());
+    }
+    (0..s.len() / 2)
+        .map(|i| {
+            u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+                .map_err(|_| format!("{:?} is not a hex byte", &s[2 * i..2 * i + 2]))
+        })
+        .collect()
+}
+
 /// Parses exactly 64 hex characters (surrounding whitespace ignored) into 32 bytes.
 pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    unhex(s).ok()?.try_into().ok()
 }
 
 fn domain_message(domain: &str, msg: &[u8]) -> Vec<u8> {

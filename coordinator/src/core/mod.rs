@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tessera_compute::reference::ModelParams;
-use tessera_protocol::messages::{ContributorKind, Update};
+use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
+use tessera_protocol::messages::{ContributorKind, LogHead, Update};
 use tessera_protocol::{Identity, PublicKey, ToContributor, ToCoordinator};
 use tessera_train::data::Sampler;
 
@@ -26,6 +27,24 @@ pub use spec::RunSpec;
 
 /// A transport connection.
 pub type ConnId = u64;
+
+/// SHA-256 of a value's postcard encoding (results and configurations named in the log).
+pub(crate) fn digest<T: Serialize>(v: &T) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(postcard::to_stdvec(v).unwrap_or_default()).into()
+}
+
+/// SHA-256 of weights as little-endian f32, tensor by tensor in model order.
+pub(crate) fn weights_digest(w: &ModelParams<f32>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (_, t) in w.named() {
+        for x in t {
+            h.update(x.to_le_bytes());
+        }
+    }
+    h.finalize().into()
+}
 
 /// What happens to the run.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +103,8 @@ pub enum Action {
     RoundClosed(RoundSummary),
     /// The run reached its last round.
     Finished,
+    /// A run-log entry: persist it (before the messages that follow, which may carry its head).
+    Logged(SignedEntry),
 }
 
 /// An accepted work unit's result.
@@ -182,13 +203,15 @@ pub struct Core {
     records: BTreeMap<PublicKey, Record>,
     round: rounds::Round,
     pipe: Option<pipeline::Pipe>,
+    log: LogWriter,
     next_unit: u64,
     next_lease: u64,
     out: Vec<Action>,
 }
 
 impl Core {
-    /// A new run from initial weights.
+    /// A new run from initial weights. Its log starts with the run's `Started` entry (the first
+    /// tick's actions carry it).
     pub fn new(spec: RunSpec, id: Identity, weights: ModelParams<f32>) -> Self {
         let snap = Snapshot {
             round: 0,
@@ -199,7 +222,39 @@ impl Core {
             next_lease: 1,
             moments: None,
         };
-        Self::resume(spec, id, snap, Vec::new())
+        let mut core = Self::resume(spec, id, snap, Vec::new());
+        core.continue_log(None);
+        core
+    }
+
+    /// Continues the run log after `head` (the last entry persisted before a restart); with no
+    /// head the log starts, with the run's `Started` entry.
+    pub fn continue_log(&mut self, head: Option<LogHead>) {
+        self.log = LogWriter::after(head);
+        if head.is_none() {
+            let config = digest(&(
+                &self.spec.name,
+                self.spec.model.to_hf_json(),
+                self.spec.seed,
+                self.spec.rounds,
+            ));
+            self.log(LogEvent::Started {
+                run: self.spec.name.clone(),
+                coordinator: self.id.public(),
+                config,
+            });
+        }
+    }
+
+    /// The latest run-log head.
+    pub fn log_head(&self) -> LogHead {
+        self.log.head()
+    }
+
+    /// Appends a decision to the run log.
+    fn log(&mut self, event: LogEvent) {
+        let entry = self.log.append(&self.id, self.now, event);
+        self.out.push(Action::Logged(entry));
     }
 
     /// Resumes from a snapshot and the accepted contributions of its open round.
@@ -229,6 +284,7 @@ impl Core {
             records: BTreeMap::new(),
             round,
             pipe: None,
+            log: LogWriter::default(),
             next_unit: snap.next_unit,
             next_lease: snap.next_lease,
             out: Vec::new(),

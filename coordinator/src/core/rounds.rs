@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use tessera_protocol::log::LogEvent;
 use tessera_protocol::messages::{NamedTensor, Receipt, Submission, Update, Verdict, Work};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
@@ -150,13 +151,29 @@ impl Core {
         contributor: PublicKey,
         seq: u64,
         verdict: Verdict,
+        result: [u8; 32],
     ) {
+        let event = match &verdict {
+            Verdict::Accepted => LogEvent::Accepted {
+                key: contributor,
+                unit,
+                seq,
+                result,
+            },
+            Verdict::Rejected(reason) => LogEvent::Rejected {
+                key: contributor,
+                unit,
+                seq,
+                reason: reason.clone(),
+            },
+        };
+        self.log(event);
         let receipt = Receipt {
             unit,
             contributor,
             seq,
             verdict,
-            log_head: Default::default(),
+            log_head: self.log.head(),
         };
         let bytes = signing_bytes(&receipt).unwrap_or_default();
         let signature = self.id.sign(RECEIPT, &bytes);
@@ -172,7 +189,7 @@ impl Core {
         why: String,
     ) {
         self.records.entry(key).or_default().rejected += 1;
-        self.receipt(conn, unit, key, seq, Verdict::Rejected(why));
+        self.receipt(conn, unit, key, seq, Verdict::Rejected(why), [0; 32]);
     }
 
     /// A submission: checked, then accepted into its slot or rejected with the reason.
@@ -231,6 +248,7 @@ impl Core {
                 return self.reject(conn, unit, key, seq, why);
             }
         };
+        let result_digest = super::digest(&sub.result);
         let c = Contribution {
             round: self.round.number,
             slot: u.slot,
@@ -246,7 +264,7 @@ impl Core {
         r.tokens += sub.tokens;
         r.flops += 6.0 * self.spec.model.parameter_count() as f64 * sub.tokens as f64;
         self.round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
-        self.receipt(conn, unit, key, seq, Verdict::Accepted);
+        self.receipt(conn, unit, key, seq, Verdict::Accepted, result_digest);
         if self.round.slots.iter().all(|s| matches!(s, Slot::Done(..))) {
             self.close_round();
         }
@@ -323,6 +341,11 @@ impl Core {
                     .collect(),
             )
         };
+        self.log(LogEvent::Closed {
+            round: closed,
+            version: self.version,
+            weights: super::weights_digest(&self.weights),
+        });
         self.out.push(Action::RoundClosed(RoundSummary {
             round: closed,
             version: self.version,

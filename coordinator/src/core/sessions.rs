@@ -4,9 +4,8 @@
 
 use tessera_compute::hf::tensor_shapes;
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
-use tessera_protocol::messages::{
-    Capabilities, ContributorKind, Lease, LogHead, SessionMessage, ShardSpec,
-};
+use tessera_protocol::log::LogEvent;
+use tessera_protocol::messages::{Capabilities, ContributorKind, Lease, SessionMessage, ShardSpec};
 use tessera_protocol::{PublicKey, ReplayGuard, TensorPayload, ToContributor, ToCoordinator};
 
 use super::{Action, ConnId, Core};
@@ -118,11 +117,12 @@ impl Core {
                     s.kind
                 };
                 self.records.entry(key).or_default().kind = Some(kind);
+                self.log(LogEvent::Joined { key, kind });
                 self.send(
                     conn,
                     ToContributor::Welcome {
                         run: self.spec.name.clone(),
-                        log_head: LogHead::default(),
+                        log_head: self.log_head(),
                     },
                 );
                 self.offer_lease(conn);
@@ -224,7 +224,7 @@ impl Core {
         s.lease = Some(lease);
         s.ready = false;
         let cfg = &self.spec.model;
-        let shards = vec![ShardSpec::Embed {
+        let shards: Vec<ShardSpec> = vec![ShardSpec::Embed {
             rows: [0, cfg.vocab_size as u64],
         }]
         .into_iter()
@@ -260,6 +260,14 @@ impl Core {
                 });
             }
         }
+        if let Some(key) = self.sessions.get(&conn).and_then(|s| s.active()) {
+            self.log(LogEvent::Leased {
+                key,
+                lease,
+                shards: shards.clone(),
+            });
+        }
+        let cfg = &self.spec.model;
         let msg = ToContributor::Lease(Lease {
             lease,
             config_json: cfg.to_hf_json(),
@@ -279,8 +287,14 @@ impl Core {
     }
 
     /// Forgets a session; its unit in progress goes back to the queue.
-    pub(super) fn drop_session(&mut self, conn: ConnId, _why: Option<String>) {
+    pub(super) fn drop_session(&mut self, conn: ConnId, why: Option<String>) {
         if let Some(s) = self.sessions.remove(&conn) {
+            if let Some(key) = s.active() {
+                self.log(LogEvent::Left {
+                    key,
+                    reason: why.unwrap_or_else(|| "disconnected".into()),
+                });
+            }
             if self.pipe.is_some() {
                 if let Some(lease) = s.lease {
                     self.pipeline_lease_lost(lease);

@@ -129,6 +129,16 @@ impl Core {
             activations: Some(ps.activations),
         });
         tracing::info!(conn, lease, shards = shards.len(), "pipeline lease");
+        if let (Some(key), ToContributor::Lease(l)) =
+            (self.sessions.get(&conn).and_then(|s| s.active()), &msg)
+        {
+            let event = tessera_protocol::log::LogEvent::Leased {
+                key,
+                lease,
+                shards: l.shards.clone(),
+            };
+            self.log(event);
+        }
         if let Some(p) = self.pipe.as_mut() {
             p.holdings.insert(lease, Holding { conn, shards });
         }

@@ -145,7 +145,8 @@ impl Core {
                     p.step.owed.remove(&g.lease);
                     p.step.collecting.remove(&g.lease);
                 }
-                self.receipt(conn, unit, key, seq, Verdict::Accepted);
+                let d = crate::core::digest(&g.shards);
+                self.receipt(conn, unit, key, seq, Verdict::Accepted, d);
                 self.collect_or_close();
             }
             Err(why) => {
@@ -302,6 +303,12 @@ impl Core {
             0.0
         };
         self.losses.push(loss);
+        let weights = crate::core::weights_digest(&self.weights);
+        self.log(tessera_protocol::log::LogEvent::Closed {
+            round: number,
+            version: self.version,
+            weights,
+        });
         self.out.push(Action::RoundClosed(RoundSummary {
             round: number,
             version: self.version,

@@ -235,6 +235,7 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.unit = None;
         }
+        let result_digest = crate::core::digest(&o.result);
         let folded = if o.weights != self.version {
             Err(format!(
                 "computed on weights {} but the step uses {}",
@@ -305,7 +306,7 @@ impl Core {
         r.flops += per_token * params as f64 * self.spec.seq as f64;
         r.accepted += 1;
         r.tokens += self.spec.seq;
-        self.receipt(conn, unit, key, seq, Verdict::Accepted);
+        self.receipt(conn, unit, key, seq, Verdict::Accepted, result_digest);
     }
 
     /// When a stage and pass of a micro-batch has every micro-shard's result, passes the sum on.
