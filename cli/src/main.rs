@@ -6,6 +6,7 @@ mod eval;
 mod keys;
 mod plan_cmd;
 mod train_local;
+mod verify_cmd;
 mod worker_cmd;
 
 use anyhow::Result;
@@ -30,6 +31,9 @@ enum Command {
     Worker(worker_cmd::Args),
     /// Mean next-token cross-entropy of a checkpoint on a text file.
     Eval(eval::Args),
+    /// Check a run's log (chain, hashes, the coordinator's signatures) and its checkpoints
+    /// against it; names the first bad entry.
+    Verify(verify_cmd::Args),
     /// Train a small model on the built-in corpus on this machine's GPU, cut into micro-shards
     /// exactly as contributors would hold them, printing the training and held-out loss.
     TrainLocal(train_local::Args),
@@ -61,6 +65,7 @@ fn main() -> Result<()> {
             .block_on(worker_cmd::run(a)),
         Command::Eval(a) => pollster::block_on(eval::run(a)),
         Command::TrainLocal(a) => train_local::run(a),
+        Command::Verify(a) => multi_thread()?.block_on(verify_cmd::run(a)),
         Command::Plan(a) => plan_cmd::run(a),
     }
 }

@@ -35,7 +35,7 @@ pub(crate) fn digest<T: Serialize>(v: &T) -> [u8; 32] {
 }
 
 /// SHA-256 of weights as little-endian f32, tensor by tensor in model order.
-pub(crate) fn weights_digest(w: &ModelParams<f32>) -> [u8; 32] {
+pub fn weights_digest(w: &ModelParams<f32>) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for (_, t) in w.named() {

@@ -1,0 +1,239 @@
+//! `tessera verify`: checks a run's log — every entry linked to the one before, hashed right and
+//! signed by the coordinator — and, given the checkpoints, that each closed round's or step's
+//! checkpoint holds exactly the weights the log recorded. Names the first bad entry.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tessera_compute::hf::params_from_safetensors;
+use tessera_compute::ModelConfig;
+use tessera_coordinator::core::weights_digest;
+use tessera_coordinator::store::Store;
+use tessera_protocol::identity::{hex, unhex};
+use tessera_protocol::log::{verify_chain, LogError, LogEvent, SignedEntry};
+use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
+use tessera_protocol::PublicKey;
+
+/// Options of `verify`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The log: a coordinator (`http://host:port` or `https://...`, read page by page from
+    /// `/api/log`), a run's data directory, or a file written with `--save`.
+    #[arg(long)]
+    pub log: String,
+    /// Check each closed round's checkpoint in this directory (`round-N/`) against the weights
+    /// the log recorded (default: `checkpoints/` of a data directory given as `--log`).
+    #[arg(long)]
+    pub checkpoints: Option<PathBuf>,
+    /// The coordinator's public key (hex) to hold the log to (default: the key its first entry
+    /// names).
+    #[arg(long)]
+    pub coordinator_key: Option<String>,
+    /// Also write the log to this file (JSON), to verify later or elsewhere.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+}
+
+/// The log as a file: the coordinator's key and every signed entry (hex of its encoding).
+#[derive(Debug, Serialize, Deserialize)]
+struct LogFile {
+    coordinator: String,
+    entries: Vec<Line>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    index: u64,
+    signed: String,
+}
+
+fn fetch(base: &str) -> Result<LogFile> {
+    let mut out = LogFile {
+        coordinator: String::new(),
+        entries: Vec::new(),
+    };
+    let mut from = 0u64;
+    loop {
+        let url = format!(
+            "{}/api/log?from={from}&limit=1000",
+            base.trim_end_matches('/')
+        );
+        let page: serde_json::Value = ureq::get(&url)
+            .call()
+            .with_context(|| format!("fetching {url}"))?
+            .into_json()
+            .with_context(|| format!("reading {url}"))?;
+        out.coordinator = page["coordinator"].as_str().unwrap_or_default().to_string();
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        for e in &entries {
+            out.entries.push(Line {
+                index: e["index"].as_u64().unwrap_or(u64::MAX),
+                signed: e["signed"].as_str().unwrap_or_default().to_string(),
+            });
+        }
+        match page["next"].as_u64() {
+            Some(n) if !entries.is_empty() => from = n,
+            _ => return Ok(out),
+        }
+    }
+}
+
+async fn from_store(dir: &Path) -> Result<LogFile> {
+    let store = Store::open(dir, None).await?;
+    let mut entries = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = store.read_log(from, 1000).await?;
+        if page.is_empty() {
+            break;
+        }
+        from += page.len() as u64;
+        entries.extend(page);
+    }
+    let coordinator = entries
+        .first()
+        .and_then(|e| match &e.entry.event {
+            LogEvent::Started { coordinator, .. } => Some(coordinator.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    Ok(LogFile {
+        coordinator,
+        entries: entries
+            .iter()
+            .map(|e| Line {
+                index: e.entry.index,
+                signed: hex(&signing_bytes(e).unwrap_or_default()),
+            })
+            .collect(),
+    })
+}
+
+fn decode(file: &LogFile) -> Result<Vec<SignedEntry>, LogError> {
+    file.entries
+        .iter()
+        .map(|l| {
+            let bad = |why: String| LogError {
+                index: l.index,
+                why,
+            };
+            let bytes = unhex(&l.signed).map_err(bad)?;
+            from_signing_bytes(&bytes).map_err(|e| bad(format!("does not decode: {e}")))
+        })
+        .collect()
+}
+
+/// Each version's checkpoint against the last `Closed` entry for it (a coordinator that crashed
+/// after logging a close but before committing its checkpoint redoes that round).
+fn check_checkpoints(entries: &[SignedEntry], dir: &Path) -> Result<usize> {
+    let mut last = std::collections::BTreeMap::new();
+    for e in entries {
+        if let LogEvent::Closed { version, .. } = &e.entry.event {
+            last.insert(*version, e);
+        }
+    }
+    let mut checked = 0;
+    for e in last.values() {
+        let LogEvent::Closed {
+            version, weights, ..
+        } = &e.entry.event
+        else {
+            continue;
+        };
+        let ck = dir.join(format!("round-{version}"));
+        let cfg_text = std::fs::read_to_string(ck.join("config.json")).with_context(|| {
+            format!(
+                "log entry {}: reading {}/config.json",
+                e.entry.index,
+                ck.display()
+            )
+        })?;
+        let cfg = ModelConfig::from_hf_json(&cfg_text)?;
+        let bytes = std::fs::read(ck.join("model.safetensors")).with_context(|| {
+            format!(
+                "log entry {}: reading {}/model.safetensors",
+                e.entry.index,
+                ck.display()
+            )
+        })?;
+        let got = match params_from_safetensors(&cfg, &bytes) {
+            Ok(p) => weights_digest(&p),
+            Err(err) => bail!(
+                "log entry {}: checkpoint {} does not load: {err}",
+                e.entry.index,
+                ck.display()
+            ),
+        };
+        if &got != weights {
+            bail!(
+                "log entry {}: checkpoint {} does not hold the weights the log recorded for version {version}",
+                e.entry.index,
+                ck.display()
+            );
+        }
+        checked += 1;
+    }
+    Ok(checked)
+}
+
+/// Runs the check; an error names the first bad entry.
+pub async fn run(a: Args) -> Result<()> {
+    let (file, data_dir) = if a.log.starts_with("http://") || a.log.starts_with("https://") {
+        (fetch(&a.log)?, None)
+    } else if Path::new(&a.log).is_dir() {
+        (
+            from_store(Path::new(&a.log)).await?,
+            Some(PathBuf::from(&a.log)),
+        )
+    } else {
+        let text = std::fs::read_to_string(&a.log).with_context(|| format!("reading {}", a.log))?;
+        (
+            serde_json::from_str(&text).with_context(|| format!("{} is not a saved log", a.log))?,
+            None,
+        )
+    };
+    if let Some(path) = &a.save {
+        std::fs::write(path, serde_json::to_string_pretty(&file)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let key_hex = a
+        .coordinator_key
+        .clone()
+        .unwrap_or_else(|| file.coordinator.clone());
+    let key = PublicKey::from_hex(&key_hex)
+        .with_context(|| format!("{key_hex:?} is not a coordinator key"))?;
+    let entries = decode(&file)?;
+    let head = verify_chain(&entries, &key, None)?;
+    if let Some(first) = entries.first() {
+        match &first.entry.event {
+            LogEvent::Started { coordinator, .. } if *coordinator == key => {}
+            _ => bail!(
+                "log entry 0: the log does not start with the run's start by this coordinator"
+            ),
+        }
+    }
+    let checkpoints = a
+        .checkpoints
+        .clone()
+        .or_else(|| data_dir.map(|d| d.join("checkpoints")));
+    let checked = match &checkpoints {
+        Some(dir) => check_checkpoints(&entries, dir)?,
+        None => 0,
+    };
+    let closed = entries
+        .iter()
+        .filter(|e| matches!(e.entry.event, LogEvent::Closed { .. }))
+        .count();
+    match head {
+        Some(h) => println!(
+            "log verified: {} entries signed by {}, {closed} closed rounds ({checked} checkpoints checked); head {} {}",
+            entries.len(),
+            key,
+            h.index,
+            hex(&h.hash)
+        ),
+        None => println!("log verified: empty"),
+    }
+    Ok(())
+}
