@@ -424,6 +424,17 @@ impl Core {
         self.out.push(Action::Send { conn, msg });
     }
 
+    /// Tells the peer why something was refused; the session goes on.
+    fn refuse(&mut self, conn: ConnId, message: String) {
+        self.send(
+            conn,
+            ToContributor::Error {
+                message,
+                fatal: false,
+            },
+        );
+    }
+
     /// Tells the peer why, closes the connection and forgets the session.
     fn fatal(&mut self, conn: ConnId, why: String) {
         if !self.sessions.contains_key(&conn) {

@@ -133,13 +133,7 @@ impl Core {
                     return self.fatal(conn, format!("refused message: {e}"));
                 }
                 if let Err(e) = s.guard.accept(signed.seq) {
-                    return self.send(
-                        conn,
-                        ToContributor::Error {
-                            message: format!("ignored: {e}"),
-                            fatal: false,
-                        },
-                    );
+                    return self.refuse(conn, format!("ignored: {e}"));
                 }
                 let seq = signed.seq;
                 match signed.body {
@@ -147,13 +141,7 @@ impl Core {
                         if s.lease == Some(lease) {
                             s.ready = true;
                         } else {
-                            self.send(
-                                conn,
-                                ToContributor::Error {
-                                    message: format!("lease {lease} is not yours"),
-                                    fatal: false,
-                                },
-                            );
+                            self.refuse(conn, format!("lease {lease} is not yours"));
                         }
                     }
                     SessionMessage::Heartbeat { .. } => {}
@@ -168,13 +156,9 @@ impl Core {
                     }
                     SessionMessage::Submit(_)
                     | SessionMessage::Output(_)
-                    | SessionMessage::Grads(_) => self.send(
+                    | SessionMessage::Grads(_) => self.refuse(
                         conn,
-                        ToContributor::Error {
-                            message: "that kind of result does not belong to this run's regime"
-                                .into(),
-                            fatal: false,
-                        },
+                        "that kind of result does not belong to this run's regime".into(),
                     ),
                     SessionMessage::Leave => {
                         self.out.push(Action::Close {
@@ -211,13 +195,7 @@ impl Core {
         let budget = s.caps.as_ref().map_or(0, |c| c.memory_budget_bytes);
         if budget < need {
             let msg = format!("a replica of this run needs {need} bytes; your memory budget is {budget}. Raise it to take part");
-            return self.send(
-                conn,
-                ToContributor::Error {
-                    message: msg,
-                    fatal: false,
-                },
-            );
+            return self.refuse(conn, msg);
         }
         let lease = self.next_lease;
         self.next_lease += 1;

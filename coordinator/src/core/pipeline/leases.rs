@@ -80,13 +80,7 @@ impl Core {
         let activation = self.spec.seq * self.spec.model.hidden_size as u64 * 4;
         if binding < activation {
             let msg = format!("a micro-batch's activation of this run is {activation} bytes, more than your adapter's largest binding of {binding} bytes");
-            return self.send(
-                conn,
-                ToContributor::Error {
-                    message: msg,
-                    fatal: false,
-                },
-            );
+            return self.refuse(conn, msg);
         }
         let Some(shards) = pipe.pick(budget, |x| ps.lease_bytes(x)) else {
             let need = ps
@@ -97,13 +91,7 @@ impl Core {
                 .min()
                 .unwrap_or(0);
             let msg = format!("the smallest micro-shard of this run needs {need} bytes; your memory budget is {budget}. Raise it to take part");
-            return self.send(
-                conn,
-                ToContributor::Error {
-                    message: msg,
-                    fatal: false,
-                },
-            );
+            return self.refuse(conn, msg);
         };
         let lease = self.next_lease;
         self.next_lease += 1;
