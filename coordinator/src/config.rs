@@ -262,6 +262,29 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
     }
 }
 
+/// `dense`, or `sparse` (SparseLoCo with the `[train]` chunk, k and beta, checked); `what` names
+/// the setting in errors.
+fn sync_mode(name: &str, t: &TrainSection, what: &str) -> Result<SyncMode, ConfigError> {
+    let mode = match name {
+        "dense" => SyncMode::Dense,
+        "sparse" => SyncMode::Sparse {
+            chunk: [t.chunk, t.chunk],
+            k: t.k,
+            beta: t.beta,
+        },
+        s => {
+            return Err(ConfigError::Invalid(format!(
+                "{what} {s:?} is not sparse or dense"
+            )))
+        }
+    };
+    if let Some(sc) = tessera_train::sparseloco::SparseConfig::from_sync(&mode) {
+        sc.validate()
+            .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?;
+    }
+    Ok(mode)
+}
+
 /// The planner's micro-shards for the `[pipeline]` section.
 fn pipeline_spec(
     p: &PipelineSection,
@@ -283,9 +306,6 @@ fn pipeline_spec(
         ..PlanOptions::default()
     };
     let plan = Plan::new(model, options).map_err(|e| bad(e.to_string()))?;
-    if let Some(sc) = tessera_train::sparseloco::SparseConfig::from_sync(&grads) {
-        sc.validate().map_err(|e| bad(e.to_string()))?;
-    }
     let spec = PipelineSpec::from_plan(&plan, p.micro_batches, activations, grads);
     spec.validate(model).map_err(bad)?;
     Ok(spec)
@@ -409,40 +429,14 @@ impl RunConfig {
                 )))
             }
         };
-        let sync = match t.sync.as_str() {
-            "dense" => SyncMode::Dense,
-            "sparse" => SyncMode::Sparse {
-                chunk: [t.chunk, t.chunk],
-                k: t.k,
-                beta: t.beta,
-            },
-            s => {
-                return Err(ConfigError::Invalid(format!(
-                    "sync {s:?} is not sparse or dense"
-                )))
-            }
-        };
-        if let Some(sc) = tessera_train::sparseloco::SparseConfig::from_sync(&sync) {
-            sc.validate()
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        }
+        let sync = sync_mode(&t.sync, t, "sync")?;
         let pipeline = match &self.pipeline {
-            Some(p) => {
-                let grads = match p.grads.as_str() {
-                    "dense" => SyncMode::Dense,
-                    "sparse" => SyncMode::Sparse {
-                        chunk: [t.chunk, t.chunk],
-                        k: t.k,
-                        beta: t.beta,
-                    },
-                    g => {
-                        return Err(ConfigError::Invalid(format!(
-                            "[pipeline] grads {g:?} is not dense or sparse"
-                        )))
-                    }
-                };
-                Some(pipeline_spec(p, &model, t.seq, grads)?)
-            }
+            Some(p) => Some(pipeline_spec(
+                p,
+                &model,
+                t.seq,
+                sync_mode(&p.grads, t, "[pipeline] grads")?,
+            )?),
             None => None,
         };
         let total = if pipeline.is_some() {
