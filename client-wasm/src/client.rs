@@ -6,7 +6,6 @@ use std::cell::RefCell;
 
 use futures_channel::mpsc::{unbounded, UnboundedSender};
 use futures_util::StreamExt;
-use tessera_compute::shard::ShardTensors;
 use tessera_compute::{Gpu, GpuOptions, ModelConfig};
 use tessera_protocol::messages::{Capabilities, ContributorKind};
 use tessera_protocol::{decode, encode, Identity, ToContributor, ToCoordinator, MAX_FRAME_BYTES};
@@ -103,8 +102,7 @@ fn unit_flops(cfg: &ModelConfig, w: &tessera_protocol::pipeline::PipeWork) -> f6
 /// Parameters of a micro-shard from the wire.
 fn shard_params(cfg: &ModelConfig, s: &tessera_protocol::messages::ShardSpec) -> Option<usize> {
     let shard = tessera_worker::pipeline::shard_from_wire(s, cfg).ok()?;
-    let t = ShardTensors::zeros(cfg, &shard).ok()?;
-    Some(t.tensors.iter().map(|x| x.data.len()).sum())
+    Some(shard.parameters(cfg))
 }
 
 /// Opens the GPU and reports its adapter and limits.

@@ -4,12 +4,39 @@
 
 use std::collections::VecDeque;
 
+use tessera_compute::reference::ModelParams;
 use tessera_compute::Gpu;
 use tessera_coordinator::core::{Action, Core, Input};
 use tessera_protocol::messages::{Capabilities, ContributorKind};
 use tessera_protocol::{Identity, ToContributor, ToCoordinator};
 use tessera_worker::session::Contributor;
 use tessera_worker::WorkerError;
+
+/// The first adapter, named on stdout.
+pub fn gpu() -> Gpu {
+    let g = pollster::block_on(Gpu::new(Default::default())).expect("a GPU adapter");
+    println!("adapter: {}", g.adapter());
+    g
+}
+
+/// ‖a − b‖ / ‖b‖.
+pub fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Asserts every tensor of `got` is within 1e-5 of `want` (per tensor ‖a−b‖/‖b‖), and prints
+/// the worst.
+pub fn compare(what: &str, got: &ModelParams<f32>, want: &ModelParams<f32>) {
+    let mut worst = 0.0f64;
+    for ((name, a), (_, b)) in got.named().into_iter().zip(want.named()) {
+        let e = rel(a, b);
+        worst = worst.max(e);
+        assert!(e <= 1e-5, "{what}: {name} differs by {e:.3e}");
+    }
+    println!("{what}: worst tensor rel err {worst:.2e}");
+}
 
 /// `n` native contributors on `gpu` with distinct fixed identities and a 1 GiB budget.
 pub fn contributors(gpu: &Gpu, n: usize) -> Vec<Contributor> {

@@ -15,6 +15,7 @@ use tessera_compute::reference::{Batch, ModelParams};
 use tessera_compute::shard::Optimizer;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_coordinator::core::{Core, Phase, RunSpec};
+use tessera_e2e::{compare, gpu};
 use tessera_protocol::messages::{InnerOptimizer, SyncMode, Work};
 use tessera_protocol::{Identity, ToContributor};
 use tessera_train::schedule::Schedule;
@@ -61,12 +62,6 @@ fn spec(replicas: u64, inner_steps: u64, optimizer: InnerOptimizer, lr: Schedule
     }
 }
 
-fn gpu() -> Gpu {
-    let g = pollster::block_on(Gpu::new(Default::default())).expect("a GPU adapter");
-    println!("adapter: {}", g.adapter());
-    g
-}
-
 /// Runs the whole run in process; returns the coordinator, the contributors and every unit
 /// handed out.
 fn run(
@@ -104,22 +99,6 @@ fn batch_of(works: &[&Work]) -> Batch {
         targets,
         seq: 8,
     }
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
-}
-
-fn compare(what: &str, got: &ModelParams<f32>, want: &ModelParams<f32>) {
-    let mut worst = 0.0f64;
-    for ((name, a), (_, b)) in got.named().into_iter().zip(want.named()) {
-        let e = rel(a, b);
-        worst = worst.max(e);
-        assert!(e <= 1e-5, "{what}: {name} differs by {e:.3e}");
-    }
-    println!("{what}: worst tensor rel err {worst:.2e}");
 }
 
 #[test]

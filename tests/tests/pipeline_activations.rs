@@ -7,10 +7,10 @@ use std::sync::Arc;
 use tessera_compute::model::{shards, Slicing};
 use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::ModelParams;
-use tessera_compute::shard::ShardTensors;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_coordinator::core::spec::PipelineSpec;
 use tessera_coordinator::core::{Core, Phase, RunSpec};
+use tessera_e2e::rel;
 use tessera_protocol::messages::{InnerOptimizer, SyncMode};
 use tessera_protocol::{ActEncoding, Identity};
 use tessera_train::schedule::Schedule;
@@ -44,14 +44,7 @@ fn spec(enc: ActEncoding) -> RunSpec {
     .unwrap();
     let state_bytes = stages
         .iter()
-        .map(|st| {
-            st.iter()
-                .map(|s| {
-                    let t = ShardTensors::zeros(&cfg, s).unwrap();
-                    t.tensors.iter().map(|x| x.data.len() as u64 * 8).sum()
-                })
-                .collect()
-        })
+        .map(|st| st.iter().map(|s| s.parameters(&cfg) as u64 * 8).collect())
         .collect();
     let work_bytes = stages.iter().map(|st| vec![0; st.len()]).collect();
     let mut r = SplitMix(8);
@@ -98,12 +91,6 @@ fn step(g: &Gpu, init: &ModelParams<f32>, enc: ActEncoding) -> Vec<f32> {
         .zip(init.named())
         .flat_map(|((_, a), (_, b))| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>())
         .collect()
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
 }
 
 #[test]

@@ -14,10 +14,11 @@ use tessera_compute::model::{shards, GpuModel, Slicing};
 use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::ops::AdamW;
 use tessera_compute::reference::{Batch, ModelParams};
-use tessera_compute::shard::{Optimizer, ShardTensors};
+use tessera_compute::shard::Optimizer;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_coordinator::core::spec::PipelineSpec;
 use tessera_coordinator::core::{Core, Phase, RunSpec};
+use tessera_e2e::{compare, gpu};
 use tessera_e2e::{Control, Message};
 use tessera_protocol::messages::{InnerOptimizer, SyncMode};
 use tessera_protocol::pipeline::Pass;
@@ -54,8 +55,7 @@ fn slicing() -> Slicing {
 
 /// Resident bytes of a micro-shard as these tests count them: f32 weights and gradients.
 fn state_bytes(cfg: &ModelConfig, s: &tessera_compute::shard::MicroShard) -> u64 {
-    let t = ShardTensors::zeros(cfg, s).unwrap();
-    t.tensors.iter().map(|x| x.data.len() as u64 * 8).sum()
+    s.parameters(cfg) as u64 * 8
 }
 
 fn pipeline(cfg: &ModelConfig) -> PipelineSpec {
@@ -118,12 +118,6 @@ fn spec(clip: Option<f32>) -> RunSpec {
         silence_ms: 600_000,
         weights_frame_elems: 100,
     }
-}
-
-fn gpu() -> Gpu {
-    let g = pollster::block_on(Gpu::new(Default::default())).expect("a GPU adapter");
-    println!("adapter: {}", g.adapter());
-    g
 }
 
 /// What the run handed out, for the reference to replay.
@@ -204,22 +198,6 @@ fn reference(g: &Gpu, init: &ModelParams<f32>, seen: &Seen, clip: Option<f32>) -
         .unwrap();
     }
     pollster::block_on(m.read_params(g)).unwrap()
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
-}
-
-fn compare(what: &str, got: &ModelParams<f32>, want: &ModelParams<f32>) {
-    let mut worst = 0.0f64;
-    for ((name, a), (_, b)) in got.named().into_iter().zip(want.named()) {
-        let e = rel(a, b);
-        worst = worst.max(e);
-        assert!(e <= 1e-5, "{what}: {name} differs by {e:.3e}");
-    }
-    println!("{what}: worst tensor rel err {worst:.2e}");
 }
 
 /// Budget that fits the largest single micro-shard of the plan but no stage of two.

@@ -562,3 +562,22 @@ impl GpuShard {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_count_what_the_tensors_hold() {
+        let cfg = ModelConfig::tiny();
+        let whole = crate::model::shards(&cfg, crate::model::Slicing::whole()).unwrap();
+        let mut total = 0;
+        for s in whole.iter().flatten() {
+            let t = ShardTensors::zeros(&cfg, s).unwrap();
+            let held: usize = t.tensors.iter().map(|x| x.data.len()).sum();
+            assert_eq!(s.parameters(&cfg), held, "{s}");
+            total += held;
+        }
+        assert_eq!(total as u64, cfg.parameter_count());
+    }
+}

@@ -359,14 +359,7 @@ impl Pipe {
     ) -> Self {
         let params = stages
             .iter()
-            .map(|st| {
-                st.iter()
-                    .map(|s| {
-                        tessera_compute::shard::ShardTensors::zeros(cfg, s)
-                            .map_or(0, |t| t.tensors.iter().map(|x| x.data.len() as u64).sum())
-                    })
-                    .collect()
-            })
+            .map(|st| st.iter().map(|s| s.parameters(cfg) as u64).collect())
             .collect();
         Pipe {
             stages,
