@@ -1,5 +1,6 @@
 //! `tessera`: the project's front door, one binary with subcommands.
 
+mod calibrate_cmd;
 mod coordinator_cmd;
 mod demo;
 mod eval;
@@ -39,6 +40,9 @@ enum Command {
     TrainLocal(train_local::Args),
     /// Split a model into micro-shards and leases for given memory budgets, and print its costs.
     Plan(plan_cmd::Args),
+    /// Measure how far this GPU drifts from another on the same work, to set the tolerance of
+    /// the coordinator's checks.
+    Calibrate(calibrate_cmd::Args),
 }
 
 fn multi_thread() -> Result<tokio::runtime::Runtime> {
@@ -67,5 +71,6 @@ fn main() -> Result<()> {
         Command::TrainLocal(a) => train_local::run(a),
         Command::Verify(a) => multi_thread()?.block_on(verify_cmd::run(a)),
         Command::Plan(a) => plan_cmd::run(a),
+        Command::Calibrate(a) => calibrate_cmd::run(a),
     }
 }

@@ -64,7 +64,7 @@ fn flops(s: &str) -> Result<f64, String> {
 }
 
 /// The model named by `--model`.
-fn model(name: &str) -> Result<ModelConfig> {
+pub(crate) fn model(name: &str) -> Result<ModelConfig> {
     if let Some(cfg) = preset(name) {
         return Ok(cfg);
     }

@@ -4,6 +4,7 @@
 //! replicas and steps.
 
 pub mod data;
+pub mod drift;
 pub mod error;
 pub mod outer;
 pub mod schedule;

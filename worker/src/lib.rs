@@ -3,6 +3,7 @@
 //! [`replica::Replica`] trains a whole-model lease on the GPU. The native worker wraps them in a
 //! WebSocket client; the browser client compiles the same code to wasm32.
 
+pub mod calibrate;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;

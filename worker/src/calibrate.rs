@@ -1,0 +1,397 @@
+//! Calibration of the check tolerance: a fixed, seeded set of work run on this machine's
+//! adapter, whose outputs another adapter's run is compared with. Honest GPUs do not agree bit
+//! for bit (WGSL allows ULP-level error in `exp` and `inverseSqrt`, and fused multiply-add), so
+//! the coordinator compares duplicated work within a tolerance; `tessera calibrate` measures how
+//! far two honest adapters drift on the same work and suggests that tolerance.
+//!
+//! The work is what contributors run: one micro-batch forward and backward through a layer's
+//! micro-shards as pipeline units (embedding, attention, MLP, head, each as its own unit, the
+//! activations chained as the coordinator chains them) with the step's gradient sums, and one
+//! whole-model replica round of AdamW inner steps with its pseudo-gradient.
+
+use serde::{Deserialize, Serialize};
+use tessera_compute::hf::tensor_shapes;
+use tessera_compute::reference::model::SplitMix;
+use tessera_compute::reference::ModelParams;
+use tessera_compute::shard::{MicroShard, ShardTensors};
+use tessera_compute::{Gpu, ModelConfig};
+use tessera_protocol::messages::{InnerOptimizer, Lease, SyncMode, Update, Work};
+use tessera_protocol::pipeline::{HeadBackward, Pass, PipeResult, PipeWork};
+use tessera_protocol::{ActEncoding, Activation, TensorPayload};
+use tessera_train::drift::{rel_l2, rel_max};
+use tessera_train::shards::to_wire;
+
+use crate::error::WorkerError;
+use crate::pipeline::PipeReplica;
+use crate::replica::Replica;
+
+/// The shape of the calibration work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationSpec {
+    /// The model (`config.json`).
+    pub config_json: String,
+    /// Tokens per pipeline micro-batch and per replica sequence.
+    pub seq: u64,
+    /// Sequences per inner step of the replica round.
+    pub batch: u64,
+    /// Inner steps of the replica round.
+    pub steps: u64,
+    /// Seed of the weights and tokens.
+    pub seed: u64,
+}
+
+/// One named output, as f32 values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    /// What it is (`pipeline/forward/attn`, `replica/pseudo-gradient`, ...).
+    pub name: String,
+    /// Its values.
+    pub values: TensorPayload,
+}
+
+/// The outputs of the calibration work on one adapter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// The work.
+    pub spec: CalibrationSpec,
+    /// The adapter that ran it (name, backend, driver).
+    pub adapter: String,
+    /// Outputs in a fixed order.
+    pub outputs: Vec<Output>,
+}
+
+/// How two adapters differ on one output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Drift {
+    /// The output.
+    pub name: String,
+    /// `|a - b|₂ / |b|₂`: the measure the coordinator's checks use.
+    pub rel_l2: f64,
+    /// Largest elementwise difference over the largest magnitude of `b`.
+    pub rel_max: f64,
+}
+
+fn tokens(r: &mut SplitMix, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| (r.next_u64() % vocab as u64) as u32)
+        .collect()
+}
+
+fn values(name: &str, v: &[f32]) -> Output {
+    Output {
+        name: name.to_string(),
+        values: TensorPayload::from_f32(&[v.len()], v),
+    }
+}
+
+fn activation(r: &PipeResult, name: &str) -> Result<Vec<f32>, WorkerError> {
+    match r {
+        PipeResult::Activation(a) => Ok(a.decode()?),
+        other => Err(WorkerError::Coordinator(format!(
+            "calibration unit {name} returned {other:?} instead of an activation"
+        ))),
+    }
+}
+
+fn dense(u: &Update) -> Result<Vec<f32>, WorkerError> {
+    match u {
+        Update::Dense(ts) => {
+            let mut out = Vec::new();
+            for t in ts {
+                out.extend(t.tensor.to_f32()?);
+            }
+            Ok(out)
+        }
+        _ => Err(WorkerError::Coordinator(
+            "calibration expects dense tensors".into(),
+        )),
+    }
+}
+
+/// Runs the calibration work on `gpu`; `progress` is told the name of each output as it is
+/// produced.
+pub async fn calibrate(
+    gpu: &Gpu,
+    spec: &CalibrationSpec,
+    mut progress: impl FnMut(&str),
+) -> Result<Calibration, WorkerError> {
+    let cfg = ModelConfig::from_hf_json(&spec.config_json)
+        .map_err(|e| WorkerError::Coordinator(format!("calibration model: {e}")))?;
+    let seq = spec.seq as usize;
+    if seq == 0 || seq > cfg.max_position_embeddings || spec.batch == 0 || spec.steps == 0 {
+        return Err(WorkerError::Coordinator(format!(
+            "calibration needs 1..={} tokens per sequence, at least one sequence and one step",
+            cfg.max_position_embeddings
+        )));
+    }
+    let params = ModelParams::random(&cfg, spec.seed);
+    let mut outputs = Vec::new();
+    let mut r = SplitMix(spec.seed ^ 0x9e37_79b9_7f4a_7c15);
+
+    // Pipeline units through layer 0, each micro-shard its own unit.
+    let d = cfg.hidden_size;
+    let shards = [
+        MicroShard::Embed {
+            rows: 0..cfg.vocab_size,
+        },
+        MicroShard::Attn {
+            layer: 0,
+            groups: 0..cfg.num_key_value_heads,
+        },
+        MicroShard::Mlp {
+            layer: 0,
+            cols: 0..cfg.intermediate_size,
+        },
+        MicroShard::Head {
+            cols: 0..cfg.vocab_size,
+        },
+    ];
+    let tensors = shards
+        .iter()
+        .map(|s| ShardTensors::from_model(&cfg, &params, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut replica = PipeReplica::new(gpu, cfg.clone(), 1, 0, seq, &tensors, &SyncMode::Dense)?;
+    let ids = tokens(&mut r, seq, cfg.vocab_size);
+    let targets = tokens(&mut r, seq, cfg.vocab_size);
+    let act = |v: &[f32]| Activation::encode(&[seq, d], v, ActEncoding::F32);
+    let stage = [0u64, 1, 2, 1 + 2 * cfg.num_hidden_layers as u64];
+    let mut n = 0u64;
+    let mut unit = |s: usize, pass: Pass| {
+        n += 1;
+        PipeWork {
+            unit: n,
+            lease: 1,
+            step: 0,
+            micro_batch: 0,
+            stages: [stage[s], stage[s] + 1],
+            shards: vec![to_wire(&shards[s])],
+            pass,
+            weights: 0,
+            tokens: None,
+            input: None,
+            grad: None,
+            head: None,
+            output: ActEncoding::F32,
+        }
+    };
+    let add = |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
+
+    let name = "pipeline/forward/embed".to_string();
+    let res = replica
+        .work(
+            gpu,
+            &PipeWork {
+                tokens: Some(TensorPayload::from_u32(&[seq], &ids)),
+                ..unit(0, Pass::Forward)
+            },
+        )
+        .await;
+    let h1 = activation(&res?, &name)?;
+    outputs.push(values(&name, &h1));
+    progress(&name);
+    let name = "pipeline/forward/attn".to_string();
+    let res = replica
+        .work(
+            gpu,
+            &PipeWork {
+                input: Some(act(&h1)),
+                ..unit(1, Pass::Forward)
+            },
+        )
+        .await;
+    let a = activation(&res?, &name)?;
+    outputs.push(values(&name, &a));
+    progress(&name);
+    let h2 = add(&h1, &a);
+    let name = "pipeline/forward/mlp".to_string();
+    let res = replica
+        .work(
+            gpu,
+            &PipeWork {
+                input: Some(act(&h2)),
+                ..unit(2, Pass::Forward)
+            },
+        )
+        .await;
+    let m = activation(&res?, &name)?;
+    outputs.push(values(&name, &m));
+    progress(&name);
+    let h3 = add(&h2, &m);
+    let tg = TensorPayload::from_u32(&[seq], &targets);
+    let name = "pipeline/forward/head".to_string();
+    let res = replica
+        .work(
+            gpu,
+            &PipeWork {
+                input: Some(act(&h3)),
+                tokens: Some(tg.clone()),
+                ..unit(3, Pass::Forward)
+            },
+        )
+        .await;
+    let stats = match res? {
+        PipeResult::HeadStats(s) if s.len() == 1 => s[0].stats.to_f32()?,
+        other => {
+            return Err(WorkerError::Coordinator(format!(
+                "the head unit returned {other:?} instead of one slice's statistics"
+            )))
+        }
+    };
+    if stats.len() != 3 * seq {
+        return Err(WorkerError::Coordinator(format!(
+            "{} head statistics for {seq} tokens",
+            stats.len()
+        )));
+    }
+    let lse: Vec<f32> = stats
+        .chunks(3)
+        .map(|s| s[0] + s[1].max(f32::MIN_POSITIVE).ln())
+        .collect();
+    outputs.push(values(&name, &lse));
+    progress(&name);
+    let name = "pipeline/backward/head".to_string();
+    let res = replica
+        .work(
+            gpu,
+            &PipeWork {
+                input: Some(act(&h3)),
+                tokens: Some(tg),
+                head: Some(HeadBackward {
+                    lse: TensorPayload::from_f32(&[seq], &lse),
+                    inv_count: 1.0 / seq as f32,
+                }),
+                ..unit(3, Pass::Backward)
+            },
+        )
+        .await;
+    let g3 = activation(&res?, &name)?;
+    outputs.push(values(&name, &g3));
+    progress(&name);
+    let name = "pipeline/backward/mlp".to_string();
+    let res = replica
+        .work(
+            gpu,
+            &PipeWork {
+                input: Some(act(&h2)),
+                grad: Some(act(&g3)),
+                ..unit(2, Pass::Backward)
+            },
+        )
+        .await;
+    let dm = activation(&res?, &name)?;
+    outputs.push(values(&name, &dm));
+    progress(&name);
+    let g2 = add(&g3, &dm);
+    let name = "pipeline/backward/attn".to_string();
+    let res = replica
+        .work(
+            gpu,
+            &PipeWork {
+                input: Some(act(&h1)),
+                grad: Some(act(&g2)),
+                ..unit(1, Pass::Backward)
+            },
+        )
+        .await;
+    let da = activation(&res?, &name)?;
+    outputs.push(values(&name, &da));
+    progress(&name);
+    let g1 = add(&g2, &da);
+    let res = replica
+        .work(
+            gpu,
+            &PipeWork {
+                tokens: Some(TensorPayload::from_u32(&[seq], &ids)),
+                grad: Some(act(&g1)),
+                ..unit(0, Pass::Backward)
+            },
+        )
+        .await;
+    res?;
+    let (_, grads) = replica.take_grads(gpu).await?;
+    for (s, g) in shards.iter().zip(&grads) {
+        let name = format!("pipeline/gradient-sums/{s}");
+        outputs.push(values(&name, &dense(&g.tensors)?));
+        progress(&name);
+    }
+    drop(replica);
+
+    // One whole-model replica round.
+    let (steps, batch) = (spec.steps as usize, spec.batch as usize);
+    let lease = Lease {
+        lease: 2,
+        config_json: spec.config_json.clone(),
+        shards: Vec::new(),
+        optimizer: InnerOptimizer::AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        },
+        clip: Some(1.0),
+        sync: SyncMode::Dense,
+        rows: (batch * seq) as u64,
+        version: 0,
+        frames: 0,
+        activations: None,
+    };
+    let mut whole = Replica::new(gpu, cfg.clone(), &lease, params, batch * seq)?;
+    let work = Work {
+        unit: 1,
+        lease: 2,
+        round: 0,
+        slot: 0,
+        weights: 0,
+        tokens: TensorPayload::from_u32(
+            &[steps, batch, seq + 1],
+            &tokens(&mut r, steps * batch * (seq + 1), cfg.vocab_size),
+        ),
+        lrs: vec![1e-3; steps],
+    };
+    let done = whole.work(gpu, &work).await?;
+    let pg = dense(&done.update)?;
+    let name = "replica/pseudo-gradient".to_string();
+    debug_assert_eq!(
+        pg.len(),
+        tensor_shapes(&cfg)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum::<usize>()
+    );
+    outputs.push(values(&name, &pg));
+    progress(&name);
+    outputs.push(values("replica/loss-sum", &[done.loss_sum as f32]));
+    let a = gpu.adapter();
+    Ok(Calibration {
+        spec: spec.clone(),
+        adapter: format!("{} ({}, {})", a.name, a.backend, a.driver),
+        outputs,
+    })
+}
+
+/// How `a` differs from `b`, output by output; an error when they ran different work.
+pub fn compare(a: &Calibration, b: &Calibration) -> Result<Vec<Drift>, WorkerError> {
+    if a.spec != b.spec || a.outputs.len() != b.outputs.len() {
+        return Err(WorkerError::Coordinator(
+            "the two calibrations ran different work (model, sizes or seed differ)".into(),
+        ));
+    }
+    a.outputs
+        .iter()
+        .zip(&b.outputs)
+        .map(|(x, y)| {
+            let (u, v) = (x.values.to_f32()?, y.values.to_f32()?);
+            if x.name != y.name || u.len() != v.len() {
+                return Err(WorkerError::Coordinator(format!(
+                    "output {} against {}: different outputs",
+                    x.name, y.name
+                )));
+            }
+            Ok(Drift {
+                name: x.name.clone(),
+                rel_l2: rel_l2(&u, &v),
+                rel_max: rel_max(&u, &v),
+            })
+        })
+        .collect()
+}
