@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tessera_coordinator::config::RunConfig;
 use tessera_coordinator::core::Core;
-use tessera_coordinator::server::{self, Outcome, Running};
+use tessera_coordinator::server::{self, AdminToken, Outcome, Running, ServeOptions};
 use tessera_coordinator::store::Store;
 use tessera_coordinator::{tls, web};
 use tokio_rustls::rustls::ServerConfig;
@@ -41,6 +41,29 @@ pub struct Args {
     /// The certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Accept administrators' requests (`tessera admin`, `POST /api/admin`) bearing the token
+    /// in this file (its first line, at least 16 characters). The environment variable
+    /// `TESSERA_ADMIN_TOKEN` works too. Without either, administration is off.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// The administrator's token: from `file`, else `TESSERA_ADMIN_TOKEN`, else none.
+pub fn admin_token(file: Option<&Path>) -> Result<Option<AdminToken>> {
+    let secret = match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the admin token {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        None => std::env::var("TESSERA_ADMIN_TOKEN").ok(),
+    };
+    secret
+        .map(|s| AdminToken::new(&s).map_err(anyhow::Error::msg))
+        .transpose()
 }
 
 /// The page directory to serve: the one given, else `target/web-dist` when built.
@@ -67,6 +90,7 @@ pub async fn start(
     database: Option<&str>,
     page: Option<PathBuf>,
     tls: Option<Arc<ServerConfig>>,
+    admin: Option<AdminToken>,
 ) -> Result<Running> {
     let (spec, init) = cfg.resolve(base)?;
     let store = Store::open(data_dir, database).await?;
@@ -81,6 +105,16 @@ pub async fn start(
             );
             let mut core = Core::resume(spec, id, snap, accepted);
             core.continue_log(store.log_head().await?);
+            // The administrator's acts stay in force: they are in the log.
+            let mut from = 0;
+            loop {
+                let page = store.read_log(from, 1000).await?;
+                core.restore_admin(page.iter().map(|e| &e.entry.event));
+                if page.len() < 1000 {
+                    break;
+                }
+                from += 1000;
+            }
             core
         }
         None => {
@@ -105,11 +139,20 @@ pub async fn start(
     } else {
         ("http", "ws")
     };
-    let running = server::serve_with(core, store, listener, page.map(web::page), tls).await?;
+    let admin_on = admin.is_some();
+    let opts = ServeOptions {
+        extra: page.map(web::page),
+        tls,
+        admin,
+    };
+    let running = server::serve_with(core, store, listener, opts).await?;
     println!(
         "coordinator listening on {http}://{} (workers: {ws}://{}/ws, status: /api/status)",
         running.addr, running.addr
     );
+    if admin_on {
+        println!("administration: POST /api/admin with the admin token (tessera admin)");
+    }
     if served {
         println!(
             "contributor page: {http}://{} (open it in a browser with WebGPU)",
@@ -138,6 +181,7 @@ pub async fn run(a: Args) -> Result<()> {
         a.database.as_deref(),
         page,
         tls,
+        admin_token(a.admin_token_file.as_deref())?,
     )
     .await?;
     tokio::select! {

@@ -1,5 +1,6 @@
 //! `tessera`: the project's front door, one binary with subcommands.
 
+mod admin_cmd;
 mod calibrate_cmd;
 mod coordinator_cmd;
 mod demo;
@@ -43,6 +44,9 @@ enum Command {
     /// Measure how far this GPU drifts from another on the same work, to set the tolerance of
     /// the coordinator's checks.
     Calibrate(calibrate_cmd::Args),
+    /// Act as a run's administrator: pause, resume, stop, change a parameter, ban or unban;
+    /// every act goes into the run log with its reason.
+    Admin(admin_cmd::Args),
 }
 
 fn multi_thread() -> Result<tokio::runtime::Runtime> {
@@ -72,5 +76,6 @@ fn main() -> Result<()> {
         Command::Verify(a) => multi_thread()?.block_on(verify_cmd::run(a)),
         Command::Plan(a) => plan_cmd::run(a),
         Command::Calibrate(a) => calibrate_cmd::run(a),
+        Command::Admin(a) => admin_cmd::run(a),
     }
 }

@@ -225,6 +225,14 @@ pub async fn run(a: Args) -> Result<()> {
         .iter()
         .filter(|e| matches!(e.entry.event, LogEvent::Closed { .. }))
         .count();
+    for e in &entries {
+        if let LogEvent::Admin { action, reason } = &e.entry.event {
+            println!(
+                "entry {}: the administrator: {action}, because {reason:?}",
+                e.entry.index
+            );
+        }
+    }
     match head {
         Some(h) => println!(
             "log verified: {} entries signed by {}, {closed} closed rounds ({checked} checkpoints checked); head {} {}",

@@ -267,9 +267,15 @@ pub async fn run(
                     (ToContributor::Unit(w), Some(c)) => unit_flops(c, w),
                     _ => 0.0,
                 };
+                let admin = matches!(msg, ToContributor::Admin { .. });
                 let t0 = now_ms();
                 let replies = contributor.handle(&gpu, msg).await;
                 let took = now_ms() - t0;
+                if let (true, Ok(_), Some(note)) = (admin, &replies, contributor.last_notice()) {
+                    post(&Report::Note {
+                        text: note.to_string(),
+                    });
+                }
                 match replies {
                     Ok(r) => {
                         if !send(s, r) {

@@ -3,6 +3,7 @@
 //! close, contributions and checkpoints to persist) come out. Transport, storage and HTTP wrap
 //! it; deterministic simulations drive it directly.
 
+mod admin_http;
 pub mod config;
 pub mod core;
 pub mod data;

@@ -15,9 +15,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use tessera_protocol::log::AdminAction;
 use tessera_protocol::messages::ContributorKind;
 use tessera_protocol::{decode, encode, ToContributor, ToCoordinator, MAX_FRAME_BYTES};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use crate::admin_http::{AdminRequest, AdminResponse, AdminToken};
 
 use crate::core::{Action, ConnId, Core, Input, Phase, RoundSummary};
 use crate::store::Store;
@@ -27,7 +30,8 @@ use crate::store::Store;
 pub struct Status {
     /// Run name.
     pub run: String,
-    /// `training` or `finished`.
+    /// `training`, `paused` (by the administrator), `finished` or `stopped` (by the
+    /// administrator).
     pub phase: String,
     /// Open round (= rounds closed).
     pub round: u64,
@@ -37,6 +41,8 @@ pub struct Status {
     pub loss_history: Vec<f64>,
     /// Connected contributors.
     pub contributors: Vec<ContributorStatus>,
+    /// Identities the administrator banned (hex).
+    pub banned: Vec<String>,
 }
 
 /// One contributor in the status.
@@ -88,29 +94,43 @@ fn status_of(core: &Core) -> Status {
         .collect();
     Status {
         run: core.name().to_string(),
-        phase: match core.phase() {
-            Phase::Training => "training".into(),
-            Phase::Finished => "finished".into(),
+        phase: match (core.phase(), core.admin_state()) {
+            (Phase::Finished, a) if a.stopped => "stopped".into(),
+            (Phase::Finished, _) => "finished".into(),
+            (Phase::Training, a) if a.paused => "paused".into(),
+            (Phase::Training, _) => "training".into(),
         },
         round: core.round(),
         rounds: core.spec().rounds,
         loss_history: core.losses().to_vec(),
         contributors,
+        banned: core
+            .admin_state()
+            .banned
+            .iter()
+            .map(|k| k.to_string())
+            .collect(),
     }
 }
 
-enum Event {
+pub(crate) enum Event {
     Input(Box<Input>),
     Register(ConnId, mpsc::UnboundedSender<Vec<u8>>),
+    Admin {
+        action: AdminAction,
+        reason: String,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
 }
 
 #[derive(Clone)]
-struct Shared {
-    events: mpsc::UnboundedSender<Event>,
+pub(crate) struct Shared {
+    pub(crate) events: mpsc::UnboundedSender<Event>,
     status: Arc<Mutex<Status>>,
     next_conn: Arc<AtomicU64>,
     store: Store,
     coordinator: String,
+    pub(crate) admin: Option<AdminToken>,
 }
 
 /// A running coordinator.
@@ -141,6 +161,17 @@ pub enum Outcome {
 /// Extra routes (e.g. the contributor page) merged into the server.
 pub type Extra = Router;
 
+/// How to serve, beyond the run and its storage.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// Extra routes (the contributor page).
+    pub extra: Option<Extra>,
+    /// HTTPS and WSS.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The administrator's token; without one, `POST /api/admin` refuses everything.
+    pub admin: Option<AdminToken>,
+}
+
 /// Serves `core` on `listener`, persisting into `store`.
 pub async fn serve(
     core: Core,
@@ -148,17 +179,26 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     extra: Option<Extra>,
 ) -> std::io::Result<Running> {
-    serve_with(core, store, listener, extra, None).await
+    serve_with(
+        core,
+        store,
+        listener,
+        ServeOptions {
+            extra,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
-/// Like [`serve`], over HTTPS and WSS when `tls` is given.
+/// Like [`serve`], with every option.
 pub async fn serve_with(
     core: Core,
     store: Store,
     listener: tokio::net::TcpListener,
-    extra: Option<Extra>,
-    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    opts: ServeOptions,
 ) -> std::io::Result<Running> {
+    let ServeOptions { extra, tls, admin } = opts;
     let addr = listener.local_addr()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let status = Arc::new(Mutex::new(status_of(&core)));
@@ -183,11 +223,16 @@ pub async fn serve_with(
         next_conn: Arc::new(AtomicU64::new(1)),
         store,
         coordinator,
+        admin,
     };
     let mut app = Router::new()
         .route("/ws", get(ws))
         .route("/api/status", get(api_status))
         .route("/api/log", get(api_log))
+        .route(
+            "/api/admin",
+            axum::routing::post(crate::admin_http::api_admin),
+        )
         .with_state(shared);
     if let Some(extra) = extra {
         app = app.merge(extra);
@@ -359,11 +404,18 @@ async fn run_core(
     let start = Instant::now();
     let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut replies: HashMap<u64, oneshot::Sender<Result<u64, String>>> = HashMap::new();
+    let mut next_request = 0u64;
     loop {
         let input = tokio::select! {
             ev = rx.recv() => match ev {
                 Some(Event::Register(c, tx)) => { conns.insert(c, tx); continue; }
                 Some(Event::Input(i)) => *i,
+                Some(Event::Admin { action, reason, reply }) => {
+                    next_request += 1;
+                    replies.insert(next_request, reply);
+                    Input::Admin { request: next_request, action, reason }
+                }
                 None => break,
             },
             _ = tick.tick() => Input::Tick,
@@ -413,6 +465,11 @@ async fn run_core(
                 }
                 Action::Finished => {
                     let _ = finished.send(Outcome::Finished);
+                }
+                Action::AdminDone { request, result } => {
+                    if let Some(reply) = replies.remove(&request) {
+                        let _ = reply.send(result);
+                    }
                 }
             }
         }

@@ -81,13 +81,55 @@ pub enum LogEvent {
         /// SHA-256 of the checkpoint's weights.
         weights: [u8; 32],
     },
-    /// An administrator acted, and why.
+    /// An administrator acted, and why. The act takes effect only once this entry is written.
     Admin {
         /// What was done.
-        action: String,
+        action: AdminAction,
         /// The reason given.
         reason: String,
     },
+}
+
+/// What a run's administrator can do; each takes effect through its log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminAction {
+    /// Hand out no new work (work in flight may still be submitted).
+    Pause,
+    /// Hand out work again.
+    Resume,
+    /// End the run at its last closed round or step.
+    Stop,
+    /// Change a run parameter (`rounds`, `unit_deadline_secs`, `silence_secs`, ...).
+    Set {
+        /// The parameter.
+        param: String,
+        /// Its new value, as text.
+        value: String,
+    },
+    /// Refuse an identity: its sessions close, its work in flight goes to others.
+    Ban {
+        /// Who.
+        key: PublicKey,
+    },
+    /// Lift a ban.
+    Unban {
+        /// Who.
+        key: PublicKey,
+    },
+}
+
+impl std::fmt::Display for AdminAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAction::Pause => write!(f, "pause"),
+            AdminAction::Resume => write!(f, "resume"),
+            AdminAction::Stop => write!(f, "stop"),
+            AdminAction::Set { param, value } => write!(f, "set {param} = {value}"),
+            AdminAction::Ban { key } => write!(f, "ban {key}"),
+            AdminAction::Unban { key } => write!(f, "unban {key}"),
+        }
+    }
 }
 
 /// One entry of the log.
@@ -309,7 +351,7 @@ mod tests {
             &id,
             3,
             LogEvent::Admin {
-                action: "nothing".into(),
+                action: AdminAction::Pause,
                 reason: "test".into(),
             },
         );

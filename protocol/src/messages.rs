@@ -390,4 +390,10 @@ pub enum ToContributor {
         /// Whether the connection is closed after this.
         fatal: bool,
     },
+    /// An administrator's act, as the signed run-log entry that put it into effect (so the
+    /// contributor sees what was done, why, and where it stands in the log).
+    Admin {
+        /// The entry (its event is `LogEvent::Admin`).
+        entry: Box<crate::log::SignedEntry>,
+    },
 }

@@ -7,6 +7,7 @@ use tessera_compute::reference::ModelParams;
 use tessera_compute::shard::ShardTensors;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
+use tessera_protocol::log::{LogEvent, LOG};
 use tessera_protocol::messages::{
     Capabilities, ContributorKind, Lease, LogHead, SessionMessage, Submission, Verdict,
 };
@@ -87,6 +88,7 @@ pub struct Contributor {
     pipe: Option<PipeReplica>,
     stats: Stats,
     last_error: Option<String>,
+    last_notice: Option<String>,
 }
 
 impl Contributor {
@@ -105,6 +107,7 @@ impl Contributor {
             pipe: None,
             stats: Stats::default(),
             last_error: None,
+            last_notice: None,
         }
     }
 
@@ -131,6 +134,11 @@ impl Contributor {
     /// The last non-fatal error the coordinator reported.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
+    }
+
+    /// The last administrator's act the coordinator announced (verified against its key).
+    pub fn last_notice(&self) -> Option<&str> {
+        self.last_notice.as_deref()
     }
 
     /// The first message of a session. Any previous session state is forgotten (a reconnect
@@ -395,6 +403,29 @@ impl Contributor {
                 Ok(vec![])
             }
             ToContributor::Cancel { .. } => Ok(vec![]),
+            ToContributor::Admin { entry } => {
+                let LogEvent::Admin { action, reason } = &entry.entry.event else {
+                    return Err(WorkerError::Coordinator(
+                        "an admin notice that is not an administrator's log entry".into(),
+                    ));
+                };
+                if let Some(c) = self.coordinator {
+                    if entry.entry.hash() != entry.hash {
+                        return Err(WorkerError::Coordinator(
+                            "an admin notice whose log entry does not match its hash".into(),
+                        ));
+                    }
+                    c.verify(LOG, &entry.hash, &entry.signature)?;
+                }
+                let note = format!(
+                    "the run's administrator: {action} because {reason:?} (run log entry {})",
+                    entry.entry.index
+                );
+                tracing::warn!("{note}");
+                self.log_head = entry.head();
+                self.last_notice = Some(note);
+                Ok(vec![])
+            }
             ToContributor::Error { message, fatal } => {
                 if fatal {
                     return Err(WorkerError::Coordinator(message));

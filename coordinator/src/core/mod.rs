@@ -8,6 +8,7 @@
 //! is accepted the round closes with the outer step. A unit names its round, slot and weight
 //! version, so pipeline units (micro-shard stages) can join the same tables later.
 
+pub mod admin;
 mod pipeline;
 mod rounds;
 mod sessions;
@@ -78,6 +79,16 @@ pub enum Input {
     },
     /// Time passed.
     Tick,
+    /// An administrator's request, already authenticated by the shell; answered by
+    /// [`Action::AdminDone`] with the same `request`.
+    Admin {
+        /// The shell's id for the request.
+        request: u64,
+        /// What to do.
+        action: tessera_protocol::log::AdminAction,
+        /// Why (contributors see it).
+        reason: String,
+    },
 }
 
 /// What the shell must do, in order.
@@ -105,6 +116,14 @@ pub enum Action {
     Finished,
     /// A run-log entry: persist it (before the messages that follow, which may carry its head).
     Logged(SignedEntry),
+    /// The answer to an administrator's request: the index of the log entry that put it into
+    /// effect, or why it was refused (then nothing changed).
+    AdminDone {
+        /// The request.
+        request: u64,
+        /// The entry's index, or the refusal.
+        result: Result<u64, String>,
+    },
 }
 
 /// An accepted work unit's result.
@@ -204,6 +223,7 @@ pub struct Core {
     round: rounds::Round,
     pipe: Option<pipeline::Pipe>,
     log: LogWriter,
+    admin: admin::AdminState,
     next_unit: u64,
     next_lease: u64,
     out: Vec<Action>,
@@ -252,9 +272,10 @@ impl Core {
     }
 
     /// Appends a decision to the run log.
-    fn log(&mut self, event: LogEvent) {
+    fn log(&mut self, event: LogEvent) -> SignedEntry {
         let entry = self.log.append(&self.id, self.now, event);
-        self.out.push(Action::Logged(entry));
+        self.out.push(Action::Logged(entry.clone()));
+        entry
     }
 
     /// Resumes from a snapshot and the accepted contributions of its open round.
@@ -285,6 +306,7 @@ impl Core {
             round,
             pipe: None,
             log: LogWriter::default(),
+            admin: admin::AdminState::default(),
             next_unit: snap.next_unit,
             next_lease: snap.next_lease,
             out: Vec::new(),
@@ -316,6 +338,11 @@ impl Core {
                 self.expire();
                 self.expire_pipeline();
             }
+            Input::Admin {
+                request,
+                action,
+                reason,
+            } => self.admin(request, action, reason),
         }
         if self.pipe.is_some() {
             self.schedule_pipeline();

@@ -83,7 +83,7 @@ impl Round {
 impl Core {
     /// Gives open slots to ready, idle, leased sessions (lowest connection first).
     pub(super) fn schedule(&mut self) {
-        if self.phase != Phase::Training {
+        if self.phase != Phase::Training || self.admin.paused {
             return;
         }
         for slot in 0..self.round.slots.len() {

@@ -97,6 +97,13 @@ impl Core {
                 ) {
                     return self.fatal(conn, format!("handshake failed: {e}"));
                 }
+                if self.admin.banned.contains(&key) {
+                    return self.fatal(
+                        conn,
+                        "this identity is banned from the run by its administrator (see the run log)"
+                            .into(),
+                    );
+                }
                 // One session per identity: a reconnect replaces the old session.
                 let old: Vec<ConnId> = self
                     .sessions

@@ -33,7 +33,7 @@ impl Core {
     /// Gives every idle, ready pipeline lease a unit, then collects or closes the step when it
     /// drained.
     pub(in crate::core) fn schedule_pipeline(&mut self) {
-        if self.phase != Phase::Training {
+        if self.phase != Phase::Training || self.admin.paused {
             return;
         }
         self.rebalance();

@@ -1,0 +1,113 @@
+//! `tessera admin`: an administrator's requests to a running coordinator (pause, resume, stop,
+//! set a parameter, ban or unban an identity), each with a reason that goes into the run log
+//! and to every connected contributor. The token comes from `--token-file` or
+//! `TESSERA_ADMIN_TOKEN`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use tessera_coordinator::server::AdminRequest;
+
+/// Options of `admin`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The coordinator (`http://HOST:PORT` or `https://...`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub coordinator: String,
+    /// File holding the admin token (first line); default: `TESSERA_ADMIN_TOKEN`.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Why: recorded in the run log and shown to every contributor.
+    #[arg(long)]
+    pub reason: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+/// An administrator's act.
+#[derive(Subcommand, Debug)]
+pub enum Action {
+    /// Hand out no new work until `resume`.
+    Pause,
+    /// Hand out work again.
+    Resume,
+    /// End the run at its last closed round or step.
+    Stop,
+    /// Change a run parameter: `rounds`, `unit_deadline_secs` or `silence_secs`.
+    Set {
+        /// The parameter.
+        param: String,
+        /// Its new value.
+        value: String,
+    },
+    /// Refuse an identity (hex public key, as `/api/status` lists it): its sessions close and
+    /// its work goes to others.
+    Ban {
+        /// The identity.
+        key: String,
+    },
+    /// Lift a ban.
+    Unban {
+        /// The identity.
+        key: String,
+    },
+}
+
+fn token(file: Option<&PathBuf>) -> Result<String> {
+    match file {
+        Some(f) => Ok(std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()),
+        None => std::env::var("TESSERA_ADMIN_TOKEN")
+            .context("no admin token: pass --token-file or set TESSERA_ADMIN_TOKEN"),
+    }
+}
+
+/// Sends the request and prints the log entry that put it into effect.
+pub fn run(a: Args) -> Result<()> {
+    let token = token(a.token_file.as_ref())?;
+    let (action, param, value, key) = match a.action {
+        Action::Pause => ("pause", None, None, None),
+        Action::Resume => ("resume", None, None, None),
+        Action::Stop => ("stop", None, None, None),
+        Action::Set { param, value } => ("set", Some(param), Some(value), None),
+        Action::Ban { key } => ("ban", None, None, Some(key)),
+        Action::Unban { key } => ("unban", None, None, Some(key)),
+    };
+    let req = AdminRequest {
+        action: action.into(),
+        param,
+        value,
+        key,
+        reason: a.reason,
+    };
+    let url = format!("{}/api/admin", a.coordinator.trim_end_matches('/'));
+    match ureq::post(&url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .send_json(&req)
+    {
+        Ok(resp) => {
+            let body: serde_json::Value = resp.into_json().context("reading the answer")?;
+            println!(
+                "done: {} (run log entry {})",
+                body["done"].as_str().unwrap_or(action),
+                body["log_index"]
+            );
+            Ok(())
+        }
+        Err(ureq::Error::Status(code, resp)) => {
+            let body: serde_json::Value = resp.into_json().unwrap_or_default();
+            bail!(
+                "refused ({code}): {}",
+                body["error"].as_str().unwrap_or("no reason given")
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("reaching {url}")),
+    }
+}

@@ -1,0 +1,167 @@
+//! The administrator's authority over a run: pause, resume, stop, change a parameter, ban and
+//! unban an identity. The shell authenticates the request; the core checks it, writes it to the
+//! run log, and only then applies it, from the entry (so a restarted coordinator re-applies the
+//! same acts from its log). Connected contributors receive the signed entry.
+
+use std::collections::BTreeSet;
+
+use tessera_protocol::log::{AdminAction, LogEvent};
+use tessera_protocol::{PublicKey, ToContributor};
+
+use super::{Action, ConnId, Core, Phase};
+
+/// The run parameters an administrator may change while the run goes on.
+pub const PARAMETERS: [&str; 3] = ["rounds", "unit_deadline_secs", "silence_secs"];
+
+/// What the administrator's acts have left in force.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AdminState {
+    /// No new work is handed out.
+    pub paused: bool,
+    /// The run was stopped.
+    pub stopped: bool,
+    /// Identities refused.
+    pub banned: BTreeSet<PublicKey>,
+}
+
+fn number(param: &str, value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{param} takes a whole number, not {value:?}"))
+}
+
+impl Core {
+    /// An authenticated administrator's request (id `request`, answered by
+    /// [`Action::AdminDone`]): refused with a reason and nothing changed, or logged and applied.
+    pub(super) fn admin(&mut self, request: u64, action: AdminAction, reason: String) {
+        let result = self.check_admin(&action, &reason).map(|()| {
+            let entry = self.log(LogEvent::Admin {
+                action: action.clone(),
+                reason: reason.clone(),
+            });
+            self.apply_admin(&action, &reason);
+            {
+                let conns: Vec<ConnId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.active().is_some())
+                    .map(|(&c, _)| c)
+                    .collect();
+                for conn in conns {
+                    self.send(
+                        conn,
+                        ToContributor::Admin {
+                            entry: Box::new(entry.clone()),
+                        },
+                    );
+                }
+            }
+            self.log.head().index
+        });
+        self.out.push(Action::AdminDone { request, result });
+    }
+
+    /// Whether `action` can be applied now; the reason when not.
+    fn check_admin(&self, action: &AdminAction, reason: &str) -> Result<(), String> {
+        if reason.trim().is_empty() {
+            return Err("an administrator's act needs a reason: contributors see it".into());
+        }
+        if reason.len() > 1000 {
+            return Err("the reason is longer than 1000 bytes".into());
+        }
+        if self.admin.stopped || self.phase == Phase::Finished {
+            return Err("the run has ended".into());
+        }
+        match action {
+            AdminAction::Pause if self.admin.paused => Err("the run is already paused".into()),
+            AdminAction::Resume if !self.admin.paused => Err("the run is not paused".into()),
+            AdminAction::Pause | AdminAction::Resume | AdminAction::Stop => Ok(()),
+            AdminAction::Set { param, value } => match param.as_str() {
+                "rounds" => {
+                    let n = number(param, value)?;
+                    let done = self.round.number;
+                    if n <= done {
+                        return Err(format!(
+                            "rounds must stay above the {done} already closed (the open one is {done})"
+                        ));
+                    }
+                    Ok(())
+                }
+                "unit_deadline_secs" | "silence_secs" => {
+                    let n = number(param, value)?;
+                    if n == 0 || n > 86_400 {
+                        return Err(format!("{param} must be between 1 and 86400"));
+                    }
+                    Ok(())
+                }
+                other => Err(format!(
+                    "{other} is not a parameter that can change during a run (these can: {})",
+                    PARAMETERS.join(", ")
+                )),
+            },
+            AdminAction::Ban { key } if self.admin.banned.contains(key) => {
+                Err(format!("{key} is already banned"))
+            }
+            AdminAction::Unban { key } if !self.admin.banned.contains(key) => {
+                Err(format!("{key} is not banned"))
+            }
+            AdminAction::Ban { .. } | AdminAction::Unban { .. } => Ok(()),
+        }
+    }
+
+    /// Puts a logged act into effect.
+    fn apply_admin(&mut self, action: &AdminAction, reason: &str) {
+        match action {
+            AdminAction::Pause => self.admin.paused = true,
+            AdminAction::Resume => self.admin.paused = false,
+            AdminAction::Stop => {
+                self.admin.stopped = true;
+                if self.phase != Phase::Finished {
+                    self.phase = Phase::Finished;
+                    self.out.push(Action::Finished);
+                }
+            }
+            AdminAction::Set { param, value } => {
+                let Ok(n) = number(param, value) else { return };
+                match param.as_str() {
+                    "rounds" => self.spec.rounds = n,
+                    "unit_deadline_secs" => self.spec.unit_deadline_ms = n * 1000,
+                    "silence_secs" => self.spec.silence_ms = n * 1000,
+                    _ => {}
+                }
+            }
+            AdminAction::Ban { key } => {
+                self.admin.banned.insert(*key);
+                let conns: Vec<ConnId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.active() == Some(*key))
+                    .map(|(&c, _)| c)
+                    .collect();
+                for conn in conns {
+                    self.fatal(conn, format!("banned by the run's administrator: {reason}"));
+                }
+            }
+            AdminAction::Unban { key } => {
+                self.admin.banned.remove(key);
+            }
+        }
+    }
+
+    /// Re-applies the administrator's acts recorded in the log (after a restart, before any
+    /// contributor connects).
+    pub fn restore_admin<'a>(&mut self, events: impl IntoIterator<Item = &'a LogEvent>) {
+        for e in events {
+            if let LogEvent::Admin { action, reason } = e {
+                self.apply_admin(action, reason);
+            }
+        }
+        self.out.clear();
+    }
+
+    /// What the administrator's acts have left in force.
+    pub fn admin_state(&self) -> &AdminState {
+        &self.admin
+    }
+}
