@@ -44,7 +44,7 @@ use tessera_train::data::BUILT_IN_CORPUS;
 use crate::data::{documents, Format, Tokenizer};
 use tessera_train::schedule::Schedule;
 
-use crate::core::spec::PipelineSpec;
+use crate::core::spec::{ChecksSpec, PipelineSpec};
 use crate::core::RunSpec;
 use tessera_plan::units::parse_bytes;
 use tessera_plan::{Plan, PlanOptions};
@@ -93,6 +93,27 @@ pub struct RunConfig {
     pub train: TrainSection,
     /// Micro-shard pipeline instead of whole-model replicas.
     pub pipeline: Option<PipelineSection>,
+    /// Checks of untrusted pipeline work (on by default for pipeline runs with dense
+    /// gradient sums).
+    pub checks: Option<ChecksSection>,
+}
+
+/// `[checks]`: how pipeline work is checked (see DESIGN.md, "Checking untrusted work").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksSection {
+    /// Check at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Largest relative L2 distance between two honest results beyond the encoding's
+    /// rounding (`tessera calibrate` measures it; default 1e-5).
+    pub tolerance: Option<f64>,
+    /// Share of a new identity's steps checked (default 1).
+    pub new_rate: Option<f64>,
+    /// Share checked however clean the record (default 0.1).
+    pub min_rate: Option<f64>,
+    /// Passed checks that halve the share (default 4).
+    pub halving: Option<u64>,
 }
 
 /// `[pipeline]`.
@@ -285,6 +306,40 @@ fn sync_mode(name: &str, t: &TrainSection, what: &str) -> Result<SyncMode, Confi
     Ok(mode)
 }
 
+/// The checks of a pipeline run: the `[checks]` section over the defaults. Gradient sums
+/// compressed with error feedback cannot be checked (the feedback is private to each lease),
+/// so checks are off by default there and an error when asked for.
+fn checks_spec(
+    c: Option<&ChecksSection>,
+    grads: &SyncMode,
+) -> Result<Option<ChecksSpec>, ConfigError> {
+    let sparse = *grads != SyncMode::Dense;
+    let Some(c) = c else {
+        if sparse {
+            tracing::warn!("[pipeline] grads = \"sparse\": leases' work is not checked");
+            return Ok(None);
+        }
+        return Ok(Some(ChecksSpec::default()));
+    };
+    if !c.enabled {
+        return Ok(None);
+    }
+    if sparse {
+        return Err(ConfigError::Invalid(
+            "[checks] need [pipeline] grads = \"dense\": sparse gradient sums carry each lease's private error feedback, which no other lease can reproduce".into(),
+        ));
+    }
+    let d = ChecksSpec::default();
+    let spec = ChecksSpec {
+        tolerance: c.tolerance.unwrap_or(d.tolerance),
+        new_rate: c.new_rate.unwrap_or(d.new_rate),
+        min_rate: c.min_rate.unwrap_or(d.min_rate),
+        halving: c.halving.unwrap_or(d.halving),
+    };
+    spec.validate().map_err(ConfigError::Invalid)?;
+    Ok(Some(spec))
+}
+
 /// The planner's micro-shards for the `[pipeline]` section.
 fn pipeline_spec(
     p: &PipelineSection,
@@ -437,6 +492,18 @@ impl RunConfig {
                 t.seq,
                 sync_mode(&p.grads, t, "[pipeline] grads")?,
             )?),
+            None => None,
+        };
+        let pipeline = match pipeline {
+            Some(mut p) => {
+                p.checks = checks_spec(self.checks.as_ref(), &p.grads)?;
+                Some(p)
+            }
+            None if self.checks.as_ref().is_some_and(|c| c.enabled) => {
+                return Err(ConfigError::Invalid(
+                    "[checks] apply to pipeline runs only (add a [pipeline] section)".into(),
+                ))
+            }
             None => None,
         };
         let total = if pipeline.is_some() {

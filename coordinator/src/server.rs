@@ -64,8 +64,12 @@ pub struct ContributorStatus {
     pub rejected: u64,
     /// Tokens in accepted units.
     pub tokens: u64,
-    /// Credits: GFLOP of accepted work (estimated from the model shape).
+    /// Credits: GFLOP of verified work (estimated from the model shape).
     pub credits: f64,
+    /// GFLOP of accepted work waiting for a check of this identity to pass.
+    pub pending_credits: f64,
+    /// Checks of its work passed.
+    pub checks_passed: u64,
 }
 
 fn status_of(core: &Core) -> Status {
@@ -89,6 +93,8 @@ fn status_of(core: &Core) -> Status {
                 rejected: r.rejected,
                 tokens: r.tokens,
                 credits: r.flops / 1e9,
+                pending_credits: r.pending_flops / 1e9,
+                checks_passed: r.checks_passed,
             }
         })
         .collect();

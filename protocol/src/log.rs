@@ -81,6 +81,25 @@ pub enum LogEvent {
         /// SHA-256 of the checkpoint's weights.
         weights: [u8; 32],
     },
+    /// A lease's step was checked by running its units again on other leases.
+    Checked {
+        /// Whose work.
+        key: PublicKey,
+        /// The step.
+        step: u64,
+        /// Who ran the check (the first, then the third party on a mismatch).
+        auditors: Vec<PublicKey>,
+        /// What came of it.
+        outcome: CheckOutcome,
+    },
+    /// A step's results were thrown away (every result descending from a rejected one) and
+    /// the step runs again from the same weights.
+    Discarded {
+        /// The step.
+        step: u64,
+        /// Why.
+        reason: String,
+    },
     /// An administrator acted, and why. The act takes effect only once this entry is written.
     Admin {
         /// What was done.
@@ -88,6 +107,21 @@ pub enum LogEvent {
         /// The reason given.
         reason: String,
     },
+}
+
+/// What a check of a lease's step found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckOutcome {
+    /// The results agree within the tolerance.
+    Passed,
+    /// The checked lease's results are wrong (the auditors agree with each other, not with it).
+    Failed(String),
+    /// The first auditor's results were wrong (the third party agrees with the checked lease).
+    AuditorFailed(String),
+    /// No lease could run the check.
+    Skipped(String),
+    /// The two disagree and no third party was there.
+    Disputed(String),
 }
 
 /// What a run's administrator can do; each takes effect through its log entry.

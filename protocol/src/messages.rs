@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::activation::ActEncoding;
 use crate::identity::{PublicKey, Signature};
-use crate::pipeline::{PipeWork, StepGrads, UnitOutput};
+use crate::pipeline::{AuditResult, AuditWork, PipeWork, StepGrads, UnitOutput};
 use crate::signed::Signed;
 use crate::tensor::TensorPayload;
 
@@ -90,6 +90,8 @@ pub enum SessionMessage {
     },
     /// Leaving cleanly.
     Leave,
+    /// The results of an audit this lease was asked to run.
+    Audited(AuditResult),
 }
 
 /// A finished work unit's result.
@@ -396,4 +398,6 @@ pub enum ToContributor {
         /// The entry (its event is `LogEvent::Admin`).
         entry: Box<crate::log::SignedEntry>,
     },
+    /// Run another lease's units again, to check them.
+    Audit(Box<AuditWork>),
 }

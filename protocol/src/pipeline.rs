@@ -137,3 +137,34 @@ pub struct StepGrads {
     /// Latest log head seen.
     pub log_head: LogHead,
 }
+
+/// A check of another lease's step: units another lease ran, with the exact inputs it was
+/// given, to run again on this lease's copy of the same micro-shards (identical weights). The
+/// gradients of these units go to a separate accumulator: the lease's own sums are untouched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditWork {
+    /// Audit id.
+    pub audit: u64,
+    /// The lease that runs it (this contributor's).
+    pub lease: u64,
+    /// The step.
+    pub step: u64,
+    /// The units, in the order they ran (their `lease` is this lease).
+    pub units: Vec<PipeWork>,
+}
+
+/// The answer to an [`AuditWork`]: every unit's result, and the dense gradient sums of the
+/// backward units per micro-shard held (in the lease's order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditResult {
+    /// The audit.
+    pub audit: u64,
+    /// The lease that ran it.
+    pub lease: u64,
+    /// One result per unit.
+    pub outputs: Vec<PipeResult>,
+    /// Dense gradient sums of the audit's backward units, per micro-shard of the lease.
+    pub grads: Vec<ShardGrads>,
+    /// Latest log head seen.
+    pub log_head: LogHead,
+}

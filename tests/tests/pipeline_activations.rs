@@ -58,6 +58,7 @@ fn spec(enc: ActEncoding) -> RunSpec {
             micro_batches: 4,
             activations: enc,
             grads: SyncMode::Dense,
+            checks: None,
         }),
         model: cfg,
         tokens: Arc::from(tokens),

@@ -72,6 +72,7 @@ fn pipeline(cfg: &ModelConfig) -> PipelineSpec {
         micro_batches: MICRO,
         activations: ActEncoding::F32,
         grads: SyncMode::Dense,
+        checks: None,
     }
 }
 
@@ -507,4 +508,51 @@ fn a_spare_replica_moves_onto_a_micro_shard_whose_only_holder_died() {
         core.weights(),
         &want,
     );
+}
+
+#[test]
+fn checks_by_second_replicas_pass_and_leave_the_weights_equal_to_adamw() {
+    let g = gpu();
+    let cfg = model();
+    let init: ModelParams<f32> = ModelParams::random(&cfg, 25);
+    let mut sp = spec(None);
+    if let Some(p) = sp.pipeline.as_mut() {
+        p.checks = Some(tessera_coordinator::core::spec::ChecksSpec::default());
+    }
+    let mut core = Core::new(sp, Identity::from_seed([9; 32]), init.clone());
+    // Two replicas of every micro-shard: each lease's step can be run again by the other.
+    let mut clients = tessera_e2e::with_budgets(&g, &[small_budget(&cfg); 24]);
+    let mut seen = Seen::default();
+    let (mut audits, mut answers) = (0, 0);
+    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
+        watch(&mut seen, m, k);
+        match m {
+            Message::Down(ToContributor::Audit(_)) => audits += 1,
+            Message::Up(tessera_protocol::ToCoordinator::Session(s))
+                if matches!(
+                    s.body,
+                    tessera_protocol::messages::SessionMessage::Audited(_)
+                ) =>
+            {
+                answers += 1
+            }
+            _ => {}
+        }
+        Control::Go
+    })
+    .unwrap();
+    assert_eq!(core.phase(), Phase::Finished);
+    let passed: u64 = core.records().values().map(|r| r.checks_passed).sum();
+    let failed: u64 = core.records().values().map(|r| r.checks_failed).sum();
+    let credits: f64 = core.records().values().map(|r| r.flops).sum();
+    println!("{audits} audits sent, {answers} answered; checks passed {passed}, failed {failed}; verified credits {:.3} GFLOP", credits / 1e9);
+    assert!(audits > 0 && answers == audits);
+    assert!(
+        passed > 0 && failed == 0,
+        "honest GPUs pass each other's checks"
+    );
+    assert!(credits > 0.0);
+    // Running other leases' units for checks did not touch anyone's own gradient sums.
+    let want = reference(&g, &init, &seen, None);
+    compare("pipeline with checks", core.weights(), &want);
 }

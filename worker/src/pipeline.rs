@@ -430,6 +430,39 @@ impl PipeReplica {
         }
     }
 
+    /// Runs another lease's units again to check them: every unit's result, and the dense
+    /// gradient sums of those units per micro-shard. The lease's own gradient sums and the
+    /// units they cover are set aside and put back afterwards, untouched.
+    pub async fn audit(
+        &mut self,
+        gpu: &Gpu,
+        units: &[PipeWork],
+    ) -> Result<(Vec<PipeResult>, Vec<ShardGrads>), WorkerError> {
+        let mut stash = Vec::with_capacity(self.shards.len());
+        for s in &self.shards {
+            stash.push(s.read_grads(gpu).await?);
+            s.zero_grads(gpu)?;
+        }
+        let owed = std::mem::take(&mut self.owed);
+        let mut run = async || -> Result<_, WorkerError> {
+            let mut outputs = Vec::with_capacity(units.len());
+            for w in units {
+                outputs.push(self.work(gpu, w).await?);
+            }
+            let mut grads = Vec::with_capacity(self.shards.len());
+            for s in &self.shards {
+                grads.push(grads_to_wire(&s.read_grads(gpu).await?));
+            }
+            Ok((outputs, grads))
+        };
+        let result = run().await;
+        for (s, g) in self.shards.iter().zip(&stash) {
+            s.write_grads(gpu, g)?;
+        }
+        self.owed = owed;
+        result
+    }
+
     /// The gradient sums of every micro-shard and the backward units they cover; the
     /// accumulators start again from zero.
     pub async fn take_grads(

@@ -11,7 +11,7 @@ use tessera_protocol::log::{LogEvent, LOG};
 use tessera_protocol::messages::{
     Capabilities, ContributorKind, Lease, LogHead, SessionMessage, Submission, Verdict,
 };
-use tessera_protocol::pipeline::{Pass, PipeWork, StepGrads, UnitOutput};
+use tessera_protocol::pipeline::{AuditResult, Pass, PipeWork, StepGrads, UnitOutput};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{Identity, PublicKey, Signed, ToContributor, ToCoordinator};
 use tessera_train::shards::{from_wire, to_wire};
@@ -72,6 +72,8 @@ pub struct Stats {
     pub rejected: u64,
     /// Tokens trained.
     pub tokens: u64,
+    /// Audits of other leases' work run.
+    pub audits: u64,
 }
 
 /// One contributor's protocol state.
@@ -361,6 +363,28 @@ impl Contributor {
                     log_head: self.log_head,
                 };
                 Ok(vec![self.signed(SessionMessage::Output(out))?])
+            }
+            ToContributor::Audit(a) => {
+                let pipe = self.pipe.as_mut().ok_or_else(|| {
+                    WorkerError::Coordinator("an audit without a pipeline lease".into())
+                })?;
+                if a.lease != pipe.lease() {
+                    return Err(WorkerError::Coordinator(format!(
+                        "an audit for lease {}, this contributor holds lease {}",
+                        a.lease,
+                        pipe.lease()
+                    )));
+                }
+                let (outputs, grads) = pipe.audit(gpu, &a.units).await?;
+                self.stats.audits += 1;
+                let r = AuditResult {
+                    audit: a.audit,
+                    lease: a.lease,
+                    outputs,
+                    grads,
+                    log_head: self.log_head,
+                };
+                Ok(vec![self.signed(SessionMessage::Audited(r))?])
             }
             ToContributor::Collect { unit, lease, step } => {
                 let pipe = self.pipe.as_mut().ok_or_else(|| {

@@ -379,21 +379,36 @@ impl GpuShard {
 
     /// Overwrites the parameters (same shard); gradients and optimizer moments stay.
     pub fn write_params(&self, gpu: &Gpu, params: &ShardTensors) -> Result<(), ComputeError> {
-        if params.shard != self.shard {
+        self.write_with(gpu, params, |s| &s.w)
+    }
+
+    /// Overwrites the gradient sums (same shard), e.g. to restore them after a check ran on
+    /// the same buffers.
+    pub fn write_grads(&self, gpu: &Gpu, grads: &ShardTensors) -> Result<(), ComputeError> {
+        self.write_with(gpu, grads, |s| &s.g)
+    }
+
+    fn write_with(
+        &self,
+        gpu: &Gpu,
+        values: &ShardTensors,
+        which: impl Fn(&Slot) -> &Tensor,
+    ) -> Result<(), ComputeError> {
+        if values.shard != self.shard {
             return Err(ComputeError::Shape(format!(
-                "parameters of {} written into {}",
-                params.shard, self.shard
+                "values of {} written into {}",
+                values.shard, self.shard
             )));
         }
-        let layouts = params.check(&self.cfg)?;
+        let layouts = values.check(&self.cfg)?;
         let ranges: Vec<Range<usize>> = self.pieces.iter().map(|p| p.units.clone()).collect();
-        let (rep, per_piece) = split_values(params, &layouts, &ranges);
+        let (rep, per_piece) = split_values(values, &layouts, &ranges);
         for (s, (d, _)) in self.replicated.iter().zip(&rep) {
-            gpu.write(&s.w, d)?;
+            gpu.write(which(s), d)?;
         }
         for (p, vals) in self.pieces.iter().zip(&per_piece) {
             for (s, (d, _)) in p.slots.iter().zip(vals) {
-                gpu.write(&s.w, d)?;
+                gpu.write(which(s), d)?;
             }
         }
         Ok(())

@@ -149,12 +149,29 @@ impl Core {
         }
     }
 
-    /// Re-applies the administrator's acts recorded in the log (after a restart, before any
-    /// contributor connects).
+    /// Re-applies the administrator's acts recorded in the log, and refuses again the
+    /// identities found wrong by checks (after a restart, before any contributor connects).
     pub fn restore_admin<'a>(&mut self, events: impl IntoIterator<Item = &'a LogEvent>) {
         for e in events {
-            if let LogEvent::Admin { action, reason } = e {
-                self.apply_admin(action, reason);
+            match e {
+                LogEvent::Admin { action, reason } => self.apply_admin(action, reason),
+                LogEvent::Checked {
+                    key,
+                    outcome: tessera_protocol::log::CheckOutcome::Failed(_),
+                    ..
+                } => {
+                    self.distrusted.insert(*key);
+                }
+                LogEvent::Checked {
+                    auditors,
+                    outcome: tessera_protocol::log::CheckOutcome::AuditorFailed(_),
+                    ..
+                } => {
+                    if let Some(k) = auditors.first() {
+                        self.distrusted.insert(*k);
+                    }
+                }
+                _ => {}
             }
         }
         self.out.clear();

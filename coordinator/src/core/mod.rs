@@ -203,9 +203,17 @@ pub struct Record {
     pub rejected: u64,
     /// Tokens in accepted units.
     pub tokens: u64,
-    /// Credits: floating-point operations of the accepted units (estimated from the model
-    /// shape: two per parameter per token forward, six forward and backward).
+    /// Credits: floating-point operations of verified work (estimated from the model shape:
+    /// two per parameter per token forward, six forward and backward). Where the run checks
+    /// work, accepted work waits in `pending_flops` until the identity passes a check (or
+    /// its results agree with another's in a check it ran); a failed check takes everything.
     pub flops: f64,
+    /// Accepted work not yet verified.
+    pub pending_flops: f64,
+    /// Checks of its work passed.
+    pub checks_passed: u64,
+    /// Checks of its work failed.
+    pub checks_failed: u64,
 }
 
 /// The run state machine.
@@ -224,6 +232,8 @@ pub struct Core {
     pipe: Option<pipeline::Pipe>,
     log: LogWriter,
     admin: admin::AdminState,
+    /// Identities whose results failed a check: refused from then on.
+    distrusted: std::collections::BTreeSet<PublicKey>,
     next_unit: u64,
     next_lease: u64,
     out: Vec<Action>,
@@ -307,6 +317,7 @@ impl Core {
             pipe: None,
             log: LogWriter::default(),
             admin: admin::AdminState::default(),
+            distrusted: Default::default(),
             next_unit: snap.next_unit,
             next_lease: snap.next_lease,
             out: Vec::new(),

@@ -97,6 +97,13 @@ impl Core {
                 ) {
                     return self.fatal(conn, format!("handshake failed: {e}"));
                 }
+                if self.distrusted.contains(&key) {
+                    return self.fatal(
+                        conn,
+                        "this identity's results failed a check: it is refused from this run (see the run log)"
+                            .into(),
+                    );
+                }
                 if self.admin.banned.contains(&key) {
                     return self.fatal(
                         conn,
@@ -161,8 +168,12 @@ impl Core {
                     SessionMessage::Grads(g) if self.pipe.is_some() => {
                         self.grads(conn, key, seq, g)
                     }
+                    SessionMessage::Audited(r) if self.pipe.is_some() => {
+                        self.audited(conn, key, seq, r)
+                    }
                     SessionMessage::Submit(_)
                     | SessionMessage::Output(_)
+                    | SessionMessage::Audited(_)
                     | SessionMessage::Grads(_) => self.refuse(
                         conn,
                         "that kind of result does not belong to this run's regime".into(),

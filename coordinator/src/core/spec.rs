@@ -74,6 +74,57 @@ pub struct PipelineSpec {
     /// How leases send their gradient sums: dense, or SparseLoCo-compressed with error
     /// feedback on the contributor.
     pub grads: SyncMode,
+    /// How leases' work is checked (`None`: it is not).
+    pub checks: Option<ChecksSpec>,
+}
+
+/// How untrusted pipeline work is checked: a share of leases' steps is run again by another
+/// lease holding the same micro-shards, and compared within a tolerance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChecksSpec {
+    /// Largest relative L2 distance between two honest results (beyond the activation
+    /// encoding's rounding), from `tessera calibrate`.
+    pub tolerance: f64,
+    /// Share of a new identity's steps checked.
+    pub new_rate: f64,
+    /// Share checked however long the identity's clean record.
+    pub min_rate: f64,
+    /// Passed checks that halve the share.
+    pub halving: u64,
+}
+
+impl Default for ChecksSpec {
+    fn default() -> Self {
+        ChecksSpec {
+            tolerance: tessera_train::drift::UNIT_TOLERANCE,
+            new_rate: 1.0,
+            min_rate: 0.1,
+            halving: 4,
+        }
+    }
+}
+
+impl ChecksSpec {
+    /// The share of steps checked for an identity with `passed` clean checks.
+    pub fn rate(&self, passed: u64) -> f64 {
+        let halvings = passed as f64 / self.halving.max(1) as f64;
+        (self.new_rate * 0.5f64.powf(halvings)).max(self.min_rate)
+    }
+
+    /// The values make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        let share = |x: f64| (0.0..=1.0).contains(&x);
+        if !(self.tolerance > 0.0 && self.tolerance < 1.0) {
+            return Err("[checks] tolerance must be in (0, 1)".into());
+        }
+        if !share(self.new_rate) || !share(self.min_rate) || self.min_rate > self.new_rate {
+            return Err("[checks] rates are shares: 0 <= min_rate <= new_rate <= 1".into());
+        }
+        if self.halving == 0 {
+            return Err("[checks] halving must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 impl PipelineSpec {
@@ -101,6 +152,7 @@ impl PipelineSpec {
             micro_batches,
             activations,
             grads,
+            checks: None,
         }
     }
 

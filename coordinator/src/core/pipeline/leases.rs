@@ -221,6 +221,7 @@ impl Core {
     /// A pipeline lease is gone: its running units reopen, and so do the backward units whose
     /// gradient sums it had not yet delivered.
     pub(in crate::core) fn pipeline_lease_lost(&mut self, lease: u64) {
+        self.expire_audits(Some(lease));
         let Some(pipe) = self.pipe.as_mut() else {
             return;
         };

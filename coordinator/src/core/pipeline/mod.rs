@@ -9,6 +9,7 @@
 //! gradient sums, applies the optimizer (it holds the one authoritative AdamW state), and sends
 //! each lease its new weights: the pipeline drains at every step boundary.
 
+mod audit;
 mod leases;
 mod route;
 mod step;
@@ -139,6 +140,10 @@ pub(super) struct Step {
     pub(super) count: usize,
     /// Contributors whose units were accepted.
     pub(super) contributors: BTreeSet<tessera_protocol::PublicKey>,
+    /// Per lease, whether its step is checked (decided at its first unit).
+    pub(super) selected: BTreeMap<u64, bool>,
+    /// Checks of the step, by the lease checked.
+    pub(super) audits: BTreeMap<u64, audit::LeaseAudit>,
 }
 
 /// The pipeline's state.

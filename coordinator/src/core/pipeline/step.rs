@@ -22,6 +22,9 @@ use crate::core::{Action, ConnId, Core, Phase, RoundSummary};
 impl Step {
     /// Puts a running unit's micro-shards back in the queue.
     pub(super) fn reopen(&mut self, unit: u64) {
+        for a in self.audits.values_mut() {
+            a.sent.remove(&unit);
+        }
         if let Some(u) = self.units.remove(&unit) {
             let mb = &mut self.mbs[u.mb];
             for (s, i) in u.cells {
@@ -88,6 +91,8 @@ impl Core {
             grads: ModelParams::zeros(&self.spec.model),
             count,
             contributors: BTreeSet::new(),
+            selected: BTreeMap::new(),
+            audits: BTreeMap::new(),
         }
     }
 
@@ -127,8 +132,28 @@ impl Core {
         let done = self.pipe.as_ref().is_some_and(|p| {
             p.step.collecting.is_empty() && p.step.owed.values().all(Vec::is_empty)
         });
-        if done {
-            self.close_step();
+        if done && self.audits_resolved() {
+            match self.audit_failure() {
+                Some(why) => self.discard_step(why),
+                None => self.close_step(),
+            }
+        }
+    }
+
+    /// Throws the open step's results away and runs it again from the same weights (every
+    /// lease's gradient sums were collected, so none holds any).
+    fn discard_step(&mut self, reason: String) {
+        let Some(number) = self.pipe.as_ref().map(|p| p.step.number) else {
+            return;
+        };
+        tracing::warn!(step = number, "step discarded: {reason}");
+        self.log(tessera_protocol::log::LogEvent::Discarded {
+            step: number,
+            reason,
+        });
+        let fresh = self.new_step(number);
+        if let Some(p) = self.pipe.as_mut() {
+            p.step = fresh;
         }
     }
 
@@ -137,6 +162,13 @@ impl Core {
         let unit = g.unit;
         match self.check_grads(conn, &g) {
             Ok(sums) => {
+                if let Some(a) = self
+                    .pipe
+                    .as_mut()
+                    .and_then(|p| p.step.audits.get_mut(&g.lease))
+                {
+                    a.sums = Some(sums.clone());
+                }
                 if let Some(p) = self.pipe.as_mut() {
                     for t in &sums {
                         // Checked above: cannot fail.
@@ -150,6 +182,17 @@ impl Core {
                 self.collect_or_close();
             }
             Err(why) => {
+                let poison = self
+                    .spec
+                    .pipeline
+                    .as_ref()
+                    .is_some_and(|p| p.checks.is_some())
+                    && super::audit::grads_non_finite(&g);
+                if poison {
+                    self.reject(conn, unit, key, seq, why.clone());
+                    return self
+                        .distrust(key, format!("it sent values that are not finite: {why}"));
+                }
                 self.reject(conn, unit, key, seq, why.clone());
                 // Its backward units' sums are lost: drop the lease so they run again.
                 self.fatal(conn, format!("gradient sums refused: {why}"));

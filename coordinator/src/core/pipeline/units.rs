@@ -129,6 +129,10 @@ impl Core {
         pass: Pass,
         cells: Vec<ShardId>,
     ) {
+        let audited = match self.sessions.get(&conn).and_then(|s| s.active()) {
+            Some(key) => self.audit_selected(lease, key),
+            None => false,
+        };
         let unit = self.next_unit;
         self.next_unit += 1;
         let deadline = self.now + self.spec.unit_deadline_ms;
@@ -181,6 +185,11 @@ impl Core {
             output: enc,
         };
         mb.route.attach(&mut work, stages.clone(), pass, last);
+        if audited {
+            if let Some(a) = pipe.step.audits.get_mut(&lease) {
+                a.sent.insert(unit, work.clone());
+            }
+        }
         pipe.step.units.insert(
             unit,
             PipeUnit {
@@ -251,11 +260,21 @@ impl Core {
             Ok(f) => f,
             Err(why) => {
                 pipe.step.reopen(unit);
-                return self.reject(conn, unit, key, seq, why);
+                let poison = pipe_checks(&self.spec) && super::audit::result_non_finite(&o.result);
+                self.reject(conn, unit, key, seq, why.clone());
+                if poison {
+                    self.distrust(key, format!("it sent values that are not finite: {why}"));
+                }
+                return;
             }
         };
         pipe.step.units.remove(&unit);
         pipe.step.contributors.insert(key);
+        if let Some(a) = pipe.step.audits.get_mut(&u.lease) {
+            if let Some(w) = a.sent.remove(&unit) {
+                a.done.push((w, o.result.clone()));
+            }
+        }
         let last = pipe.stages.len() - 1;
         let mb = &mut pipe.step.mbs[u.mb];
         for &(s, i) in &u.cells {
@@ -302,8 +321,14 @@ impl Core {
             .iter()
             .map(|&(s, i)| self.pipe.as_ref().map_or(0, |p| p.params[s][i]))
             .sum();
+        let checked = pipe_checks(&self.spec);
         let r = self.records.entry(key).or_default();
-        r.flops += per_token * params as f64 * self.spec.seq as f64;
+        let flops = per_token * params as f64 * self.spec.seq as f64;
+        if checked {
+            r.pending_flops += flops;
+        } else {
+            r.flops += flops;
+        }
         r.accepted += 1;
         r.tokens += self.spec.seq;
         self.receipt(conn, unit, key, seq, Verdict::Accepted, result_digest);
@@ -432,6 +457,7 @@ impl Core {
     /// Re-queues pipeline units and collect requests past their deadline; a lease that misses
     /// a collect deadline is dropped (its units run again elsewhere).
     pub(in crate::core) fn expire_pipeline(&mut self) {
+        self.expire_audits(None);
         let now = self.now;
         let Some(pipe) = self.pipe.as_mut() else {
             return;
@@ -465,4 +491,9 @@ impl Core {
             self.fatal(conn, "gradient sums not delivered in time".into());
         }
     }
+}
+
+/// Whether the run checks pipeline work.
+fn pipe_checks(spec: &crate::core::RunSpec) -> bool {
+    spec.pipeline.as_ref().is_some_and(|p| p.checks.is_some())
 }

@@ -1,0 +1,666 @@
+//! Checks of untrusted pipeline work, adaptive in the manner of BOINC. Each lease's step is
+//! drawn for a check with a probability that falls as its identity's clean record grows (run
+//! parameters); the coordinator keeps the exact units a drawn lease was sent and its results.
+//! Once the step drained and every gradient sum is in, another lease holding the same
+//! micro-shards (identical weights) runs those units again into a separate accumulator; every
+//! result and the gradient sums are compared within the run's tolerance (beyond the rounding
+//! of the activation encoding). A mismatch goes to a third lease: the side it agrees with is
+//! right. An identity found wrong loses its credits and is refused from then on, and the step
+//! is thrown away and run again from the same weights, so nothing descending from a wrong
+//! result is applied. The step commits only once every check is resolved.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_compute::shard::ShardTensors;
+use tessera_protocol::log::{CheckOutcome, LogEvent};
+use tessera_protocol::messages::Verdict;
+use tessera_protocol::pipeline::{AuditResult, AuditWork, Pass, PipeResult, PipeWork};
+use tessera_protocol::{ActEncoding, Activation, PublicKey, ToContributor};
+use tessera_train::shards::{from_wire, grads_from_wire};
+
+use super::ShardId;
+use crate::core::{ConnId, Core};
+
+/// The first auditor's identity and answer (results, gradient sums), kept while a third
+/// party runs the same check.
+pub(in crate::core) type FirstAnswer = (PublicKey, Vec<PipeResult>, Vec<ShardTensors>);
+
+/// Where a lease's check stands.
+#[derive(Clone, Debug, PartialEq)]
+pub(in crate::core) enum AuditPhase {
+    /// Its units are being recorded.
+    Recording,
+    /// Another lease runs them again.
+    Running {
+        /// Audit id.
+        audit: u64,
+        /// The auditor's lease, connection and identity.
+        lease: u64,
+        conn: ConnId,
+        key: PublicKey,
+        deadline: u64,
+        /// On a third party's turn: the first auditor's answer.
+        first: Option<FirstAnswer>,
+    },
+    /// Done.
+    Resolved(CheckOutcome),
+}
+
+/// One lease's check within a step.
+#[derive(Clone, Debug)]
+pub(in crate::core) struct LeaseAudit {
+    /// Whose work.
+    pub(in crate::core) key: PublicKey,
+    /// Units sent and not yet answered.
+    pub(in crate::core) sent: BTreeMap<u64, PipeWork>,
+    /// Accepted units with their results, in the order they ran.
+    pub(in crate::core) done: Vec<(PipeWork, PipeResult)>,
+    /// The lease's gradient sums, once collected (never, when the lease was lost first).
+    pub(in crate::core) sums: Option<Vec<ShardTensors>>,
+    pub(in crate::core) phase: AuditPhase,
+    /// Auditors' leases tried (lost or late).
+    pub(in crate::core) tried: BTreeSet<u64>,
+}
+
+/// The quantum of an encoding at `x`: how far two honest roundings of nearly equal values can
+/// sit apart.
+fn quantum(a: &Activation, x: f32) -> f32 {
+    match a.encoding {
+        ActEncoding::F32 => 0.0,
+        ActEncoding::Bf16 if x == 0.0 || !x.is_finite() => 0.0,
+        ActEncoding::Bf16 => 2f32.powf(x.abs().log2().floor() - 7.0),
+        ActEncoding::Int8 => a.scale,
+    }
+}
+
+/// The relative L2 distance of `got` from `want` beyond the rounding of their encodings.
+fn act_distance(got: &Activation, want: &Activation) -> Result<f64, String> {
+    let (g, w) = (
+        got.decode().map_err(|e| e.to_string())?,
+        want.decode().map_err(|e| e.to_string())?,
+    );
+    if g.len() != w.len() || got.tensor.shape != want.tensor.shape {
+        return Err("results of different shapes".into());
+    }
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&x, &y) in g.iter().zip(&w) {
+        let q = quantum(got, y).max(quantum(want, y)) as f64;
+        let e = ((x as f64 - y as f64).abs() - q).max(0.0);
+        diff += e * e;
+        norm += (y as f64) * (y as f64);
+    }
+    if !diff.is_finite() || !norm.is_finite() {
+        return Err("a result is not finite".into());
+    }
+    Ok(if diff == 0.0 {
+        0.0
+    } else {
+        (diff / norm).sqrt()
+    })
+}
+
+/// How far result `got` sits from `want`; an error when they cannot be compared.
+fn distance(got: &PipeResult, want: &PipeResult) -> Result<f64, String> {
+    match (got, want) {
+        (PipeResult::Activation(a), PipeResult::Activation(b)) => act_distance(a, b),
+        (PipeResult::Span(a), PipeResult::Span(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| act_distance(x, y))
+            .try_fold(0.0f64, |m, d| d.map(|d| m.max(d))),
+        (PipeResult::HeadStats(a), PipeResult::HeadStats(b)) if a.len() == b.len() => {
+            let mut worst = 0.0f64;
+            for (x, y) in a.iter().zip(b) {
+                if x.shard != y.shard || x.owned != y.owned {
+                    return Err("head statistics of different slices or targets".into());
+                }
+                let (u, v) = (
+                    x.stats.to_f32().map_err(|e| e.to_string())?,
+                    y.stats.to_f32().map_err(|e| e.to_string())?,
+                );
+                worst = worst.max(tessera_train::drift::rel_l2(&u, &v));
+            }
+            Ok(worst)
+        }
+        (PipeResult::Accumulated, PipeResult::Accumulated) => Ok(0.0),
+        _ => Err("results of different kinds".into()),
+    }
+}
+
+/// Whether `got` (results and gradient sums of the same units) agrees with `want` within
+/// `tol`; the first disagreement otherwise.
+fn agree(
+    got: (&[PipeResult], &[ShardTensors]),
+    want: (&[PipeResult], Option<&[ShardTensors]>),
+    units: &[u64],
+    tol: f64,
+) -> Result<(), String> {
+    if got.0.len() != want.0.len() {
+        return Err(format!(
+            "{} results for {} units",
+            got.0.len(),
+            want.0.len()
+        ));
+    }
+    for ((g, w), unit) in got.0.iter().zip(want.0).zip(units) {
+        let d = distance(g, w).map_err(|e| format!("unit {unit}: {e}"))?;
+        if d > tol {
+            return Err(format!(
+                "unit {unit}: results {d:.2e} apart, tolerance {tol:.1e}"
+            ));
+        }
+    }
+    if let Some(sums) = want.1 {
+        for s in sums {
+            let Some(other) = got.1.iter().find(|o| o.shard == s.shard) else {
+                return Err(format!("no gradient sums of {}", s.shard));
+            };
+            let flat = |t: &ShardTensors| -> Vec<f32> {
+                t.tensors
+                    .iter()
+                    .flat_map(|x| x.data.iter().copied())
+                    .collect()
+            };
+            let d = tessera_train::drift::rel_l2(&flat(other), &flat(s));
+            if d > tol {
+                return Err(format!(
+                    "gradient sums of {}: {d:.2e} apart, tolerance {tol:.1e}",
+                    s.shard
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Core {
+    /// Whether `lease`'s work in the open step is checked; drawn at its first unit from the
+    /// run's seed, the step and the lease, with the identity's current rate.
+    pub(super) fn audit_selected(&mut self, lease: u64, key: PublicKey) -> bool {
+        let Some(checks) = self.spec.pipeline.as_ref().and_then(|p| p.checks.clone()) else {
+            return false;
+        };
+        let passed = self.records.get(&key).map_or(0, |r| r.checks_passed);
+        let seed = self.spec.seed;
+        let Some(pipe) = self.pipe.as_mut() else {
+            return false;
+        };
+        let step = &mut pipe.step;
+        if let Some(&s) = step.selected.get(&lease) {
+            return s;
+        }
+        let h = crate::core::digest(&("check", seed, step.number, lease, key));
+        let draw =
+            u64::from_le_bytes(h[..8].try_into().unwrap_or_default()) as f64 / u64::MAX as f64;
+        let chosen = draw < checks.rate(passed);
+        step.selected.insert(lease, chosen);
+        if chosen {
+            step.audits.insert(
+                lease,
+                LeaseAudit {
+                    key,
+                    sent: BTreeMap::new(),
+                    done: Vec::new(),
+                    sums: None,
+                    phase: AuditPhase::Recording,
+                    tried: BTreeSet::new(),
+                },
+            );
+        }
+        chosen
+    }
+
+    /// The micro-shards a unit names, as places in the pipeline.
+    fn cells_of(&self, w: &PipeWork) -> Option<Vec<ShardId>> {
+        let pipe = self.pipe.as_ref()?;
+        w.shards
+            .iter()
+            .map(|spec| {
+                let shard = from_wire(spec, &self.spec.model).ok()?;
+                pipe.stages
+                    .iter()
+                    .enumerate()
+                    .find_map(|(s, stage)| stage.iter().position(|x| *x == shard).map(|i| (s, i)))
+            })
+            .collect()
+    }
+
+    /// Floating-point operations of running `units` (credits of an auditor).
+    fn units_flops(&self, units: &[PipeWork]) -> f64 {
+        let Some(pipe) = self.pipe.as_ref() else {
+            return 0.0;
+        };
+        units
+            .iter()
+            .map(|w| {
+                let per_token = match w.pass {
+                    Pass::Forward => 2.0,
+                    Pass::Backward => 6.0,
+                };
+                let params: u64 = self
+                    .cells_of(w)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&(s, i)| pipe.params[s][i])
+                    .sum();
+                per_token * params as f64 * self.spec.seq as f64
+            })
+            .sum()
+    }
+
+    /// Starts the checks of a drained, collected step; true once every one is resolved.
+    pub(super) fn audits_resolved(&mut self) -> bool {
+        let Some(pipe) = self.pipe.as_ref() else {
+            return true;
+        };
+        let waiting: Vec<u64> = pipe
+            .step
+            .audits
+            .iter()
+            .filter(|(_, a)| a.phase == AuditPhase::Recording)
+            .map(|(&l, _)| l)
+            .collect();
+        for lease in waiting {
+            self.start_audit(lease, None);
+        }
+        self.pipe.as_ref().is_none_or(|p| {
+            p.step
+                .audits
+                .values()
+                .all(|a| matches!(a.phase, AuditPhase::Resolved(_)))
+        })
+    }
+
+    /// Sends `lease`'s units to an auditor (a third party when `first` holds the first
+    /// auditor's answer), or resolves the check when nobody can run it.
+    fn start_audit(&mut self, lease: u64, first: Option<FirstAnswer>) {
+        let Some(pipe) = self.pipe.as_ref() else {
+            return;
+        };
+        let Some(a) = pipe.step.audits.get(&lease) else {
+            return;
+        };
+        if a.done.is_empty() {
+            return self.resolve(
+                lease,
+                CheckOutcome::Skipped("no accepted work".into()),
+                vec![],
+            );
+        }
+        let need: BTreeSet<ShardId> = a
+            .done
+            .iter()
+            .flat_map(|(w, _)| self.cells_of(w).unwrap_or_default())
+            .collect();
+        let mut exclude = vec![a.key];
+        if let Some((k, ..)) = &first {
+            exclude.push(*k);
+        }
+        let auditor = pipe
+            .holdings
+            .iter()
+            .filter(|(&l, h)| {
+                l != lease && !a.tried.contains(&l) && need.iter().all(|c| h.shards.contains(c))
+            })
+            .filter_map(|(&l, h)| {
+                let s = self.sessions.get(&h.conn)?;
+                let key = s.active()?;
+                (s.ready && !exclude.contains(&key) && !self.distrusted.contains(&key))
+                    .then_some((l, h.conn, key))
+            })
+            .max_by_key(|&(l, _, key)| {
+                let passed = self.records.get(&key).map_or(0, |r| r.checks_passed);
+                (passed, std::cmp::Reverse(l))
+            });
+        let Some((by, conn, key)) = auditor else {
+            let outcome = match first {
+                None => CheckOutcome::Skipped(
+                    "no other lease holding the same micro-shards was available".into(),
+                ),
+                Some(_) => CheckOutcome::Disputed(
+                    "the auditor disagrees and no third lease was available".into(),
+                ),
+            };
+            let auditors = first.map(|f| vec![f.0]).unwrap_or_default();
+            return self.resolve(lease, outcome, auditors);
+        };
+        let audit = self.next_unit;
+        self.next_unit += 1;
+        let deadline = self.now + self.spec.unit_deadline_ms;
+        let units: Vec<PipeWork> = a
+            .done
+            .iter()
+            .map(|(w, _)| PipeWork {
+                lease: by,
+                ..w.clone()
+            })
+            .collect();
+        let step = pipe.step.number;
+        if let Some(a) = self
+            .pipe
+            .as_mut()
+            .and_then(|p| p.step.audits.get_mut(&lease))
+        {
+            a.phase = AuditPhase::Running {
+                audit,
+                lease: by,
+                conn,
+                key,
+                deadline,
+                first,
+            };
+        }
+        self.send(
+            conn,
+            ToContributor::Audit(Box::new(AuditWork {
+                audit,
+                lease: by,
+                step,
+                units,
+            })),
+        );
+    }
+
+    /// An auditor's answer.
+    pub(in crate::core) fn audited(
+        &mut self,
+        conn: ConnId,
+        key: PublicKey,
+        seq: u64,
+        r: AuditResult,
+    ) {
+        let found = self.pipe.as_ref().and_then(|p| {
+            p.step.audits.iter().find_map(|(&l, a)| match &a.phase {
+                AuditPhase::Running { audit, conn: c, .. } if *audit == r.audit && *c == conn => {
+                    Some((l, a.clone()))
+                }
+                _ => None,
+            })
+        });
+        let Some((lease, a)) = found else {
+            return self.reject(
+                conn,
+                r.audit,
+                key,
+                seq,
+                format!("audit {} is not open for this connection", r.audit),
+            );
+        };
+        let AuditPhase::Running {
+            lease: by, first, ..
+        } = a.phase.clone()
+        else {
+            return;
+        };
+        if r.lease != by {
+            return self.reject(
+                conn,
+                r.audit,
+                key,
+                seq,
+                "audit answered for another lease".into(),
+            );
+        }
+        let sparse = None;
+        let sums: Result<Vec<ShardTensors>, String> = r
+            .grads
+            .iter()
+            .map(|g| grads_from_wire(g, &self.spec.model, sparse).map_err(|e| e.to_string()))
+            .collect();
+        let sums = match sums {
+            Ok(s) if r.outputs.len() == a.done.len() => s,
+            Ok(_) => {
+                let why = format!(
+                    "{} results for an audit of {} units",
+                    r.outputs.len(),
+                    a.done.len()
+                );
+                return self.audit_answer_refused(conn, key, seq, r.audit, lease, why);
+            }
+            Err(why) => return self.audit_answer_refused(conn, key, seq, r.audit, lease, why),
+        };
+        let d = crate::core::digest(&r);
+        self.receipt(conn, r.audit, key, seq, Verdict::Accepted, d);
+        let tol = self
+            .spec
+            .pipeline
+            .as_ref()
+            .and_then(|p| p.checks.as_ref())
+            .map_or(0.0, |c| c.tolerance);
+        let units: Vec<u64> = a.done.iter().map(|(w, _)| w.unit).collect();
+        let claimed: Vec<PipeResult> = a.done.iter().map(|(_, r)| r.clone()).collect();
+        let work: Vec<PipeWork> = a.done.iter().map(|(w, _)| w.clone()).collect();
+        let flops = self.units_flops(&work);
+        let with_checked = agree(
+            (&r.outputs, &sums),
+            (&claimed, a.sums.as_deref()),
+            &units,
+            tol,
+        );
+        match first {
+            None => match with_checked {
+                Ok(()) => {
+                    self.credit_verified(key, flops);
+                    self.resolve(lease, CheckOutcome::Passed, vec![key]);
+                }
+                Err(why) => {
+                    tracing::info!(lease, "check mismatch, asking a third party: {why}");
+                    if let Some(a) = self
+                        .pipe
+                        .as_mut()
+                        .and_then(|p| p.step.audits.get_mut(&lease))
+                    {
+                        a.tried.insert(by);
+                    }
+                    self.start_audit(lease, Some((key, r.outputs, sums)));
+                }
+            },
+            Some((first_key, first_out, first_sums)) => {
+                let with_first = agree(
+                    (&r.outputs, &sums),
+                    (&first_out, Some(&first_sums)),
+                    &units,
+                    tol,
+                );
+                let auditors = vec![first_key, key];
+                match (with_checked, with_first) {
+                    (Ok(()), _) => {
+                        self.credit_verified(key, flops);
+                        self.resolve(
+                            lease,
+                            CheckOutcome::AuditorFailed(format!(
+                                "the third party agrees with the checked lease, not with {}",
+                                first_key.fingerprint()
+                            )),
+                            auditors,
+                        );
+                    }
+                    (Err(why), Ok(())) => {
+                        self.credit_verified(key, flops);
+                        self.credit_verified(first_key, flops);
+                        self.resolve(lease, CheckOutcome::Failed(why), auditors);
+                    }
+                    (Err(why), Err(_)) => {
+                        self.resolve(
+                            lease,
+                            CheckOutcome::Failed(format!(
+                                "{why} (and the two auditors disagree with each other)"
+                            )),
+                            auditors,
+                        );
+                    }
+                }
+            }
+        }
+        self.collect_or_close();
+    }
+
+    fn audit_answer_refused(
+        &mut self,
+        conn: ConnId,
+        key: PublicKey,
+        seq: u64,
+        audit: u64,
+        lease: u64,
+        why: String,
+    ) {
+        self.reject(conn, audit, key, seq, why.clone());
+        if let Some(a) = self
+            .pipe
+            .as_mut()
+            .and_then(|p| p.step.audits.get_mut(&lease))
+        {
+            if let AuditPhase::Running {
+                lease: by, first, ..
+            } = a.phase.clone()
+            {
+                a.tried.insert(by);
+                self.start_audit(lease, first);
+            }
+        }
+        self.fatal(conn, format!("audit answer refused: {why}"));
+        self.collect_or_close();
+    }
+
+    /// Credits work that was verified by agreement.
+    fn credit_verified(&mut self, key: PublicKey, flops: f64) {
+        self.records.entry(key).or_default().flops += flops;
+    }
+
+    /// Records a check's outcome: in the log, in the identities' records, and for the step.
+    fn resolve(&mut self, lease: u64, outcome: CheckOutcome, auditors: Vec<PublicKey>) {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
+        let step = pipe.step.number;
+        let Some(a) = pipe.step.audits.get_mut(&lease) else {
+            return;
+        };
+        a.phase = AuditPhase::Resolved(outcome.clone());
+        let key = a.key;
+        self.log(LogEvent::Checked {
+            key,
+            step,
+            auditors: auditors.clone(),
+            outcome: outcome.clone(),
+        });
+        match &outcome {
+            CheckOutcome::Passed | CheckOutcome::AuditorFailed(_) => {
+                let r = self.records.entry(key).or_default();
+                r.checks_passed += 1;
+                r.flops += std::mem::take(&mut r.pending_flops);
+                if let (CheckOutcome::AuditorFailed(why), Some(&liar)) =
+                    (&outcome, auditors.first())
+                {
+                    self.distrust(liar, format!("an audit it ran was wrong: {why}"));
+                }
+            }
+            CheckOutcome::Failed(why) => {
+                self.distrust(key, format!("its results failed a check: {why}"));
+            }
+            CheckOutcome::Skipped(_) | CheckOutcome::Disputed(_) => {}
+        }
+    }
+
+    /// An identity found wrong: it loses its credits, its session closes and it is refused
+    /// from then on.
+    pub(in crate::core) fn distrust(&mut self, key: PublicKey, why: String) {
+        let r = self.records.entry(key).or_default();
+        r.checks_failed += 1;
+        r.flops = 0.0;
+        r.pending_flops = 0.0;
+        self.distrusted.insert(key);
+        let conns: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.active() == Some(key))
+            .map(|(&c, _)| c)
+            .collect();
+        for conn in conns {
+            self.fatal(conn, why.clone());
+        }
+    }
+
+    /// Whether a resolved check means the step cannot commit, and why.
+    pub(super) fn audit_failure(&self) -> Option<String> {
+        let pipe = self.pipe.as_ref()?;
+        pipe.step.audits.values().find_map(|a| match &a.phase {
+            AuditPhase::Resolved(CheckOutcome::Failed(w))
+            | AuditPhase::Resolved(CheckOutcome::AuditorFailed(w))
+            | AuditPhase::Resolved(CheckOutcome::Disputed(w)) => {
+                Some(format!("a check of {}'s work: {w}", a.key.fingerprint()))
+            }
+            _ => None,
+        })
+    }
+
+    /// Audits whose auditor is gone or late run elsewhere.
+    pub(in crate::core) fn expire_audits(&mut self, lost: Option<u64>) {
+        let now = self.now;
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
+        let redo: Vec<(u64, u64, Option<FirstAnswer>)> = pipe
+            .step
+            .audits
+            .iter()
+            .filter_map(|(&l, a)| match &a.phase {
+                AuditPhase::Running {
+                    lease,
+                    deadline,
+                    first,
+                    ..
+                } if Some(*lease) == lost || *deadline < now => Some((l, *lease, first.clone())),
+                _ => None,
+            })
+            .collect();
+        for (lease, by, first) in redo {
+            if let Some(a) = self
+                .pipe
+                .as_mut()
+                .and_then(|p| p.step.audits.get_mut(&lease))
+            {
+                a.tried.insert(by);
+                a.phase = AuditPhase::Recording;
+            }
+            self.start_audit(lease, first);
+        }
+    }
+}
+
+/// Whether a float payload holds a NaN or an infinity (no honest computation sends one).
+fn payload_non_finite(t: &tessera_protocol::TensorPayload) -> bool {
+    use tessera_protocol::DType;
+    match t.dtype {
+        DType::F32 => t
+            .data
+            .chunks_exact(4)
+            .any(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+        DType::BF16 => t
+            .data
+            .chunks_exact(2)
+            .any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        _ => false,
+    }
+}
+
+/// Whether a unit's result holds a NaN or an infinity.
+pub(in crate::core) fn result_non_finite(r: &PipeResult) -> bool {
+    let act = |a: &Activation| payload_non_finite(&a.tensor) || !a.scale.is_finite();
+    match r {
+        PipeResult::Activation(a) => act(a),
+        PipeResult::Span(parts) => parts.iter().any(act),
+        PipeResult::HeadStats(s) => s.iter().any(|x| payload_non_finite(&x.stats)),
+        PipeResult::Accumulated => false,
+    }
+}
+
+/// Whether gradient sums hold a NaN or an infinity.
+pub(in crate::core) fn grads_non_finite(g: &tessera_protocol::pipeline::StepGrads) -> bool {
+    use tessera_protocol::messages::Update;
+    g.shards.iter().any(|s| match &s.tensors {
+        Update::Dense(ts) => ts.iter().any(|t| payload_non_finite(&t.tensor)),
+        Update::Sparse(ts) => ts.iter().any(|t| payload_non_finite(&t.levels)),
+        Update::Indexed(ts) => ts.iter().any(|t| payload_non_finite(&t.values)),
+    })
+}
