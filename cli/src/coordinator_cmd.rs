@@ -187,7 +187,11 @@ pub async fn run(a: Args) -> Result<()> {
     tokio::select! {
         r = running.finished.wait_for(|f| *f != Outcome::Running) => match r.map(|o| o.clone()) {
             Ok(Outcome::Failed(why)) => anyhow::bail!("{why}"),
-            _ => println!("run finished"),
+            _ => {
+                // Let the last answers (receipts, the administrator's reply) go out.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                println!("run finished")
+            }
         },
         _ = tokio::signal::ctrl_c() => println!("stopping (the run resumes from {} when restarted)", a.data_dir.display()),
     }

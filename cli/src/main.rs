@@ -7,6 +7,7 @@ mod demo;
 mod eval;
 mod keys;
 mod plan_cmd;
+mod receipts;
 mod train_local;
 mod verify_cmd;
 mod worker_cmd;

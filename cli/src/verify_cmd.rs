@@ -33,6 +33,45 @@ pub struct Args {
     /// Also write the log to this file (JSON), to verify later or elsewhere.
     #[arg(long)]
     pub save: Option<PathBuf>,
+    /// A worker's receipts file (`tessera worker --receipts`): each receipt must be signed by
+    /// the coordinator and name the log entry that records its verdict, unchanged. A receipt
+    /// the log contradicts proves the coordinator dropped or rewrote that submission's record.
+    #[arg(long)]
+    pub receipts: Option<PathBuf>,
+}
+
+/// Each receipt against the verified log; the number checked, or the first contradiction.
+fn check_receipts(entries: &[SignedEntry], key: &PublicKey, path: &Path) -> Result<usize> {
+    use tessera_protocol::messages::Verdict;
+    let receipts = crate::receipts::read(path)?;
+    for (line, r, sig) in &receipts {
+        let what = format!(
+            "receipt on line {line} (unit {}, submission {} by {})",
+            r.unit,
+            r.seq,
+            r.contributor.fingerprint()
+        );
+        key.verify(tessera_protocol::signed::RECEIPT, &signing_bytes(r)?, sig)
+            .with_context(|| format!("{what}: not signed by this coordinator"))?;
+        let at = r.log_head.index;
+        let Some(e) = entries.iter().find(|e| e.entry.index == at) else {
+            bail!("{what}: the coordinator signed it at log entry {at}, which the log does not hold: the log was cut short after the fact");
+        };
+        if e.hash != r.log_head.hash {
+            bail!("{what}: the coordinator signed it at log entry {at}, but that entry is now different: the log was rewritten after the fact");
+        }
+        let recorded = match (&e.entry.event, &r.verdict) {
+            (LogEvent::Accepted { key, unit, seq, .. }, Verdict::Accepted)
+            | (LogEvent::Rejected { key, unit, seq, .. }, Verdict::Rejected(_)) => {
+                *key == r.contributor && *unit == r.unit && *seq == r.seq
+            }
+            _ => false,
+        };
+        if !recorded {
+            bail!("{what}: log entry {at} does not record this verdict");
+        }
+    }
+    Ok(receipts.len())
 }
 
 /// The log as a file: the coordinator's key and every signed entry (hex of its encoding).
@@ -225,6 +264,10 @@ pub async fn run(a: Args) -> Result<()> {
         .iter()
         .filter(|e| matches!(e.entry.event, LogEvent::Closed { .. }))
         .count();
+    if let Some(path) = &a.receipts {
+        let n = check_receipts(&entries, &key, path)?;
+        println!("{n} receipts match the log");
+    }
     for e in &entries {
         if let LogEvent::Admin { action, reason } = &e.entry.event {
             println!(

@@ -30,6 +30,11 @@ pub struct Args {
     /// self-signed certificate); the public web's roots are always trusted.
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// Keep the coordinator's signed receipts in this file (one JSON line each, appended):
+    /// `tessera verify --log ... --receipts FILE` then proves what the coordinator recorded of
+    /// this worker's submissions.
+    #[arg(long)]
+    pub receipts: Option<PathBuf>,
 }
 
 /// Runs until Ctrl-C.
@@ -74,7 +79,17 @@ pub async fn run(a: Args) -> Result<()> {
         Some(ca) => Some(tessera_worker::native::tls_config(Some(ca))?),
         None => None,
     };
-    let c = tessera_worker::native::run(&a.coordinator, tls, &gpu, contributor, rx, |s| {
+    let mut receipts_failed = false;
+    let c = tessera_worker::native::run(&a.coordinator, tls, &gpu, contributor, rx, |c| {
+        if let Some(path) = &a.receipts {
+            if let Err(e) = crate::receipts::append(path, &c.take_receipts()) {
+                if !receipts_failed {
+                    bar.println(format!("cannot keep receipts: {e:#}"));
+                    receipts_failed = true;
+                }
+            }
+        }
+        let s = c.stats();
         if s.frames_total > 0 {
             bar.set_length(s.frames_total as u64);
             bar.set_position(s.frames_received as u64);

@@ -110,3 +110,96 @@ fn the_log_of_a_restarted_run_verifies_and_any_tampering_is_named() {
         "{text}"
     );
 }
+
+#[test]
+fn a_workers_receipts_prove_what_the_coordinator_recorded_even_against_a_re_signed_log() {
+    use tessera_protocol::identity::{hex, parse_hex32, unhex};
+    use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
+    use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
+    use tessera_protocol::Identity;
+
+    let dir = scratch("receipts");
+    let port = free_port();
+    let c = coordinator(&data("e2e.toml"), port, &dir);
+    let receipts = dir.with_extension("receipts.jsonl");
+    let _w: Vec<_> = (0..3)
+        .map(|i| {
+            common::worker_at(
+                &format!("ws://127.0.0.1:{port}/ws"),
+                &dir.join(format!("w{i}.key")),
+                "1GiB",
+                &["--receipts".as_ref(), receipts.as_os_str()],
+            )
+        })
+        .collect();
+    wait_for(port, FIVE_MINUTES, "round 2", |s| {
+        s["round"].as_u64() >= Some(2)
+    });
+    drop(_w);
+    drop(c);
+    let saved = dir.with_extension("log.json");
+    let (ok, text) = verify(&[
+        "--log".as_ref(),
+        dir.as_os_str(),
+        "--save".as_ref(),
+        saved.as_os_str(),
+        "--receipts".as_ref(),
+        receipts.as_os_str(),
+    ]);
+    println!("{text}");
+    assert!(ok, "{text}");
+    let n: usize = text
+        .lines()
+        .find_map(|l| l.strip_suffix(" receipts match the log"))
+        .and_then(|n| n.parse().ok())
+        .expect("a count of receipts");
+    assert!(n >= 6, "three workers kept receipts for two rounds: {n}");
+
+    // The coordinator (it holds its key) rewrites its history without one accepted
+    // submission and signs the new chain: the log alone verifies, the receipts do not.
+    let key = std::fs::read_to_string(dir.join("coordinator.key")).unwrap();
+    let id = Identity::from_seed(parse_hex32(&key).unwrap());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    let entries: Vec<SignedEntry> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| from_signing_bytes(&unhex(e["signed"].as_str().unwrap()).unwrap()).unwrap())
+        .collect();
+    let drop_at = entries
+        .iter()
+        .position(|e| matches!(e.entry.event, LogEvent::Accepted { .. }))
+        .unwrap();
+    let mut w = LogWriter::default();
+    let forged: Vec<serde_json::Value> = entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != drop_at)
+        .map(|(_, e)| {
+            let s = w.append(&id, e.entry.time_ms, e.entry.event.clone());
+            serde_json::json!({"index": s.entry.index, "signed": hex(&signing_bytes(&s).unwrap())})
+        })
+        .collect();
+    let forged_path = dir.with_extension("forged.json");
+    std::fs::write(
+        &forged_path,
+        serde_json::json!({"coordinator": v["coordinator"], "entries": forged}).to_string(),
+    )
+    .unwrap();
+    let (ok, text) = verify(&["--log".as_ref(), forged_path.as_os_str()]);
+    assert!(ok, "the re-signed chain is a valid chain: {text}");
+    let (ok, text) = verify(&[
+        "--log".as_ref(),
+        forged_path.as_os_str(),
+        "--receipts".as_ref(),
+        receipts.as_os_str(),
+    ]);
+    println!("{}", text.trim());
+    assert!(!ok, "the receipts contradict the rewritten log");
+    assert!(
+        text.contains("was rewritten after the fact")
+            || text.contains("does not record this verdict"),
+        "{text}"
+    );
+}

@@ -61,3 +61,42 @@ async fn browser_units_match_native_units() {
     console_log!("gradient sums: {e:.2e}; worst unit {worst:.2e}");
     assert!(e <= TOLERANCE, "gradient sums: {e:.2e}");
 }
+
+#[wasm_bindgen_test]
+async fn an_audit_in_the_browser_matches_native_results_and_leaves_its_own_sums_alone() {
+    let f: Fixture = decode(
+        include_bytes!("../../tests/fixtures/pipeline-unit.bin"),
+        usize::MAX,
+    )
+    .expect("the fixture");
+    let cfg = ModelConfig::from_hf_json(&f.config_json).expect("config");
+    let gpu = Gpu::new(Default::default()).await.expect("WebGPU");
+    let mut replica = PipeReplica::new(
+        &gpu,
+        cfg.clone(),
+        1,
+        0,
+        f.seq as usize,
+        &weights(&f, &cfg),
+        &SyncMode::Dense,
+    )
+    .expect("the lease on WebGPU");
+    // The lease's own work: the backward units, accumulating gradient sums.
+    for w in f.units.iter().filter(|w| w.unit >= 5) {
+        replica.work(&gpu, w).await.expect("the unit runs");
+    }
+    // A check of another lease's step: every unit again, into a separate accumulator.
+    let (outputs, grads) = replica.audit(&gpu, &f.units).await.expect("the audit runs");
+    for ((got, want), w) in outputs.iter().zip(&f.outputs).zip(&f.units) {
+        let e = result_error(got, want).expect("the same kind of result");
+        assert!(e <= TOLERANCE, "audited unit {}: {e:.2e}", w.unit);
+    }
+    let e = rel(&grad_values(&grads), &grad_values(&f.grads)).expect("same shapes");
+    assert!(e <= TOLERANCE, "the audit's gradient sums: {e:.2e}");
+    // The lease's own sums and the units they cover are what they were before the audit.
+    let (units, own) = replica.take_grads(&gpu).await.expect("gradient sums");
+    assert_eq!(units, vec![5, 6, 7, 8]);
+    let e = rel(&grad_values(&own), &grad_values(&f.grads)).expect("same shapes");
+    console_log!("audit in the browser: sums {e:.2e} from native");
+    assert!(e <= TOLERANCE, "own gradient sums after the audit: {e:.2e}");
+}

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 
 use crate::error::WorkerError;
-use crate::session::{Contributor, Stats};
+use crate::session::Contributor;
 
 /// A TLS client configuration trusting the public web's roots and, when given, the
 /// certificates in the PEM file `extra_ca` (e.g. a coordinator's self-signed certificate).
@@ -64,14 +64,14 @@ enum End {
 
 /// Runs until `shutdown` turns true: connects to `url` (`ws://host:port/ws`), contributes, and
 /// reconnects with backoff (0.5 s doubling to 30 s) whenever the connection drops. `progress`
-/// sees the counters after every message.
+/// sees the contributor (its counters, its new receipts) after every message.
 pub async fn run(
     url: &str,
     tls: Option<Arc<ClientConfig>>,
     gpu: &Gpu,
     mut contributor: Contributor,
     mut shutdown: watch::Receiver<bool>,
-    mut progress: impl FnMut(&Stats),
+    mut progress: impl FnMut(&mut Contributor),
 ) -> Result<Contributor, WorkerError> {
     let tls = match (tls, url.starts_with("wss://")) {
         (Some(t), _) => Some(t),
@@ -116,7 +116,7 @@ async fn session(
     gpu: &Gpu,
     c: &mut Contributor,
     shutdown: &mut watch::Receiver<bool>,
-    progress: &mut impl FnMut(&Stats),
+    progress: &mut impl FnMut(&mut Contributor),
 ) -> End {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
@@ -178,7 +178,7 @@ async fn session(
             Ok(r) => r,
             Err(e) => return End::Retry(e.to_string()),
         };
-        progress(&c.stats());
+        progress(c);
         for r in replies {
             match send(&r) {
                 Ok(m) => {

@@ -9,11 +9,11 @@ use tessera_compute::{Gpu, ModelConfig};
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
 use tessera_protocol::log::{LogEvent, LOG};
 use tessera_protocol::messages::{
-    Capabilities, ContributorKind, Lease, LogHead, SessionMessage, Submission, Verdict,
+    Capabilities, ContributorKind, Lease, LogHead, Receipt, SessionMessage, Submission, Verdict,
 };
 use tessera_protocol::pipeline::{AuditResult, Pass, PipeWork, StepGrads, UnitOutput};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
-use tessera_protocol::{Identity, PublicKey, Signed, ToContributor, ToCoordinator};
+use tessera_protocol::{Identity, PublicKey, Signature, Signed, ToContributor, ToCoordinator};
 use tessera_train::shards::{from_wire, to_wire};
 
 use crate::error::WorkerError;
@@ -91,6 +91,8 @@ pub struct Contributor {
     stats: Stats,
     last_error: Option<String>,
     last_notice: Option<String>,
+    /// Signed receipts not yet taken.
+    receipts: Vec<(Receipt, Signature)>,
 }
 
 impl Contributor {
@@ -110,6 +112,7 @@ impl Contributor {
             stats: Stats::default(),
             last_error: None,
             last_notice: None,
+            receipts: Vec::new(),
         }
     }
 
@@ -136,6 +139,13 @@ impl Contributor {
     /// The last non-fatal error the coordinator reported.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
+    }
+
+    /// The coordinator's signed receipts received since the last call (each checked against
+    /// its key): keep them to prove later what the coordinator recorded of this contributor's
+    /// work (`tessera verify --receipts`).
+    pub fn take_receipts(&mut self) -> Vec<(Receipt, Signature)> {
+        std::mem::take(&mut self.receipts)
     }
 
     /// The last administrator's act the coordinator announced (verified against its key).
@@ -416,6 +426,7 @@ impl Contributor {
                 if let Some(c) = self.coordinator {
                     c.verify(RECEIPT, &signing_bytes(&receipt)?, &signature)?;
                 }
+                self.receipts.push((receipt.clone(), signature));
                 self.log_head = receipt.log_head;
                 match receipt.verdict {
                     Verdict::Accepted => self.stats.accepted += 1,
