@@ -93,12 +93,12 @@ pub struct RunConfig {
     pub train: TrainSection,
     /// Micro-shard pipeline instead of whole-model replicas.
     pub pipeline: Option<PipelineSection>,
-    /// Checks of untrusted pipeline work (on by default for pipeline runs with dense
-    /// gradient sums).
+    /// Checks of untrusted work (on by default, except for pipeline runs with sparse gradient
+    /// sums).
     pub checks: Option<ChecksSection>,
 }
 
-/// `[checks]`: how pipeline work is checked (see DESIGN.md, "Checking untrusted work").
+/// `[checks]`: how untrusted work is checked (see DESIGN.md, "Checking untrusted work").
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChecksSection {
@@ -114,6 +114,9 @@ pub struct ChecksSection {
     pub min_rate: Option<f64>,
     /// Passed checks that halve the share (default 4).
     pub halving: Option<u64>,
+    /// Whole-model runs: two updates whose largest entries overlap this much (and point the
+    /// same way) are copies (default 0.9).
+    pub copy_overlap: Option<f64>,
 }
 
 /// `[pipeline]`.
@@ -306,14 +309,14 @@ fn sync_mode(name: &str, t: &TrainSection, what: &str) -> Result<SyncMode, Confi
     Ok(mode)
 }
 
-/// The checks of a pipeline run: the `[checks]` section over the defaults. Gradient sums
-/// compressed with error feedback cannot be checked (the feedback is private to each lease),
-/// so checks are off by default there and an error when asked for.
+/// The checks of a run: the `[checks]` section over the defaults (on). A pipeline's gradient
+/// sums compressed with error feedback cannot be checked (the feedback is private to each
+/// lease), so checks are off by default there and an error when asked for.
 fn checks_spec(
     c: Option<&ChecksSection>,
-    grads: &SyncMode,
+    pipeline_grads: Option<&SyncMode>,
 ) -> Result<Option<ChecksSpec>, ConfigError> {
-    let sparse = *grads != SyncMode::Dense;
+    let sparse = pipeline_grads.is_some_and(|g| *g != SyncMode::Dense);
     let Some(c) = c else {
         if sparse {
             tracing::warn!("[pipeline] grads = \"sparse\": leases' work is not checked");
@@ -335,6 +338,7 @@ fn checks_spec(
         new_rate: c.new_rate.unwrap_or(d.new_rate),
         min_rate: c.min_rate.unwrap_or(d.min_rate),
         halving: c.halving.unwrap_or(d.halving),
+        copy_overlap: c.copy_overlap.unwrap_or(d.copy_overlap),
     };
     spec.validate().map_err(ConfigError::Invalid)?;
     Ok(Some(spec))
@@ -494,18 +498,7 @@ impl RunConfig {
             )?),
             None => None,
         };
-        let pipeline = match pipeline {
-            Some(mut p) => {
-                p.checks = checks_spec(self.checks.as_ref(), &p.grads)?;
-                Some(p)
-            }
-            None if self.checks.as_ref().is_some_and(|c| c.enabled) => {
-                return Err(ConfigError::Invalid(
-                    "[checks] apply to pipeline runs only (add a [pipeline] section)".into(),
-                ))
-            }
-            None => None,
-        };
+        let checks = checks_spec(self.checks.as_ref(), pipeline.as_ref().map(|p| &p.grads))?;
         let total = if pipeline.is_some() {
             self.rounds
         } else {
@@ -538,6 +531,7 @@ impl RunConfig {
             silence_ms: t.silence_secs * 1000,
             weights_frame_elems: 4 << 20,
             pipeline,
+            checks,
         };
         Ok((spec, weights))
     }

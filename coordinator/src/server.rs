@@ -472,6 +472,11 @@ async fn run_core(
                 Action::Finished => {
                     let _ = finished.send(Outcome::Finished);
                 }
+                Action::Withdrawn { round, slot } => {
+                    if let Err(e) = store.withdraw(round, slot).await {
+                        return fail("withdrawing a contribution", e);
+                    }
+                }
                 Action::AdminDone { request, result } => {
                     if let Some(reply) = replies.remove(&request) {
                         let _ = reply.send(result);

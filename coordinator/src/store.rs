@@ -227,6 +227,16 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets an accepted contribution that a later check threw out (its slot runs again).
+    pub async fn withdraw(&self, round: u64, slot: u64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM ledger WHERE round = $1 AND slot = $2")
+            .bind(round as i64)
+            .bind(slot as i64)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Appends a run-log entry (hex of its postcard encoding); an index is written once.
     pub async fn append_log(&self, e: &SignedEntry) -> Result<(), StoreError> {
         let bytes = signing_bytes(e).map_err(|err| corrupt("log entry", err))?;

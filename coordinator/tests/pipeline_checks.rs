@@ -57,8 +57,8 @@ fn spec(checks: ChecksSpec) -> RunSpec {
         micro_batches: MICRO,
         activations: ActEncoding::Bf16,
         grads: tessera_protocol::messages::SyncMode::Dense,
-        checks: Some(checks),
     });
+    sp.checks = Some(checks);
     sp.inner_lr = Schedule::constant(1.0);
     sp.optimizer = tessera_protocol::messages::InnerOptimizer::Sgd;
     sp.inner_clip = None;

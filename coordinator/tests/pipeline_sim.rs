@@ -48,7 +48,6 @@ fn spec() -> RunSpec {
         micro_batches: MICRO,
         activations: ActEncoding::Bf16,
         grads: tessera_protocol::messages::SyncMode::Dense,
-        checks: None,
     });
     sp.inner_lr = Schedule::constant(1.0);
     sp.unit_deadline_ms = 2_000;

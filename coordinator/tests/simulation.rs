@@ -176,7 +176,10 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                         );
                         assert_eq!(sum.contributors.len(), replicas as usize);
                     }
-                    Action::Finished | Action::Logged(_) | Action::AdminDone { .. } => {}
+                    Action::Finished
+                    | Action::Logged(_)
+                    | Action::AdminDone { .. }
+                    | Action::Withdrawn { .. } => {}
                     Action::Close { conn, .. } => {
                         if let Some(i) = by_conn.remove(&conn) {
                             let s = &mut sims[i];

@@ -7,8 +7,9 @@ use std::collections::VecDeque;
 use tessera_compute::reference::ModelParams;
 use tessera_compute::Gpu;
 use tessera_coordinator::core::{Action, Core, Input};
-use tessera_protocol::messages::{Capabilities, ContributorKind};
-use tessera_protocol::{Identity, ToContributor, ToCoordinator};
+use tessera_protocol::log::SignedEntry;
+use tessera_protocol::messages::{Capabilities, ContributorKind, SessionMessage};
+use tessera_protocol::{Identity, Signed, ToContributor, ToCoordinator};
 use tessera_worker::session::Contributor;
 use tessera_worker::WorkerError;
 
@@ -38,6 +39,11 @@ pub fn compare(what: &str, got: &ModelParams<f32>, want: &ModelParams<f32>) {
     println!("{what}: worst tensor rel err {worst:.2e}");
 }
 
+/// The fixed identity of contributor `i` (0-based) of [`with_budgets`].
+pub fn identity(i: usize) -> Identity {
+    Identity::from_seed([i as u8 + 1; 32])
+}
+
 /// `n` native contributors on `gpu` with distinct fixed identities and a 1 GiB budget.
 pub fn contributors(gpu: &Gpu, n: usize) -> Vec<Contributor> {
     with_budgets(gpu, &vec![1 << 30; n])
@@ -55,11 +61,7 @@ pub fn with_budgets(gpu: &Gpu, budgets: &[u64]) -> Vec<Contributor> {
                 max_binding_bytes: gpu.max_binding_bytes(),
                 memory_budget_bytes: b,
             };
-            Contributor::new(
-                Identity::from_seed([i as u8 + 1; 32]),
-                ContributorKind::Native,
-                caps,
-            )
+            Contributor::new(identity(i), ContributorKind::Native, caps)
         })
         .collect()
 }
@@ -98,8 +100,24 @@ pub fn run_with(
     gpu: &Gpu,
     core: &mut Core,
     clients: &mut [Contributor],
-    mut watch: impl FnMut(&Message, usize) -> Control,
+    watch: impl FnMut(&Message, usize) -> Control,
 ) -> Result<(), WorkerError> {
+    run_tampered(gpu, core, clients, watch, |_, _| {}).map(|_| ())
+}
+
+/// Like [`run_with`], with hostile contributors: `tamper` sees every session message contributor
+/// `k` (0-based, with the identity [`identity`]`(k)`) is about to send and may rewrite it; a
+/// rewritten message is signed again with that contributor's key, as a hostile contributor signs
+/// whatever it sends, so the coordinator has to judge its content. Returns the run log.
+pub fn run_tampered(
+    gpu: &Gpu,
+    core: &mut Core,
+    clients: &mut [Contributor],
+    mut watch: impl FnMut(&Message, usize) -> Control,
+    mut tamper: impl FnMut(usize, &mut SessionMessage),
+) -> Result<Vec<SignedEntry>, WorkerError> {
+    let mut log = Vec::new();
+    let mut nonces: Vec<Option<[u8; 32]>> = vec![None; clients.len()];
     let mut dead = vec![false; clients.len()];
     let mut queue: VecDeque<Input> = VecDeque::new();
     for (i, c) in clients.iter_mut().enumerate() {
@@ -125,7 +143,7 @@ pub fn run_with(
         if let Input::Message { msg, conn } = &input {
             let k = *conn as usize - 1;
             match watch(&Message::Up(msg), k) {
-                Control::Stop => return Ok(()),
+                Control::Stop => return Ok(log),
                 Control::Kill(x) => {
                     kill(x, &mut dead, &mut queue);
                     if x == k {
@@ -136,13 +154,16 @@ pub fn run_with(
             }
         }
         for a in core.tick(0, input) {
+            if let Action::Logged(e) = &a {
+                log.push(e.clone());
+            }
             if let Action::Send { conn, msg } = a {
                 let k = conn as usize - 1;
                 if dead[k] {
                     continue;
                 }
                 match watch(&Message::Down(&msg), k) {
-                    Control::Stop => return Ok(()),
+                    Control::Stop => return Ok(log),
                     Control::Kill(x) => {
                         kill(x, &mut dead, &mut queue);
                         if x == k {
@@ -151,12 +172,32 @@ pub fn run_with(
                     }
                     Control::Go => {}
                 }
+                if let ToContributor::Challenge { nonce, .. } = &msg {
+                    nonces[k] = Some(*nonce);
+                }
+                // A contributor the coordinator turned away for good is gone.
+                if let ToContributor::Error { fatal: true, .. } = &msg {
+                    kill(k, &mut dead, &mut queue);
+                    continue;
+                }
                 let replies = pollster::block_on(clients[k].handle(gpu, msg))?;
-                queue.extend(replies.into_iter().map(|msg| Input::Message { conn, msg }));
+                for mut msg in replies {
+                    if let (ToCoordinator::Session(signed), Some(nonce)) = (&msg, nonces[k]) {
+                        let mut body = signed.body.clone();
+                        tamper(k, &mut body);
+                        if body != signed.body {
+                            msg = ToCoordinator::Session(
+                                Signed::new(&identity(k), &nonce, signed.seq, body)
+                                    .expect("signing"),
+                            );
+                        }
+                    }
+                    queue.push_back(Input::Message { conn, msg });
+                }
             }
         }
     }
-    Ok(())
+    Ok(log)
 }
 
 /// A message seen by [`run`].

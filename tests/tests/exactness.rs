@@ -58,6 +58,7 @@ fn spec(replicas: u64, inner_steps: u64, optimizer: InnerOptimizer, lr: Schedule
         unit_deadline_ms: 600_000,
         silence_ms: 600_000,
         weights_frame_elems: 100,
+        checks: None,
         pipeline: None,
     }
 }

@@ -58,7 +58,6 @@ fn spec(enc: ActEncoding) -> RunSpec {
             micro_batches: 4,
             activations: enc,
             grads: SyncMode::Dense,
-            checks: None,
         }),
         model: cfg,
         tokens: Arc::from(tokens),
@@ -77,6 +76,7 @@ fn spec(enc: ActEncoding) -> RunSpec {
         unit_deadline_ms: 600_000,
         silence_ms: 600_000,
         weights_frame_elems: 1000,
+        checks: None,
     }
 }
 

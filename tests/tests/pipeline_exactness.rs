@@ -72,7 +72,6 @@ fn pipeline(cfg: &ModelConfig) -> PipelineSpec {
         micro_batches: MICRO,
         activations: ActEncoding::F32,
         grads: SyncMode::Dense,
-        checks: None,
     }
 }
 
@@ -118,6 +117,7 @@ fn spec(clip: Option<f32>) -> RunSpec {
         unit_deadline_ms: 600_000,
         silence_ms: 600_000,
         weights_frame_elems: 100,
+        checks: None,
     }
 }
 
@@ -516,9 +516,7 @@ fn checks_by_second_replicas_pass_and_leave_the_weights_equal_to_adamw() {
     let cfg = model();
     let init: ModelParams<f32> = ModelParams::random(&cfg, 25);
     let mut sp = spec(None);
-    if let Some(p) = sp.pipeline.as_mut() {
-        p.checks = Some(tessera_coordinator::core::spec::ChecksSpec::default());
-    }
+    sp.checks = Some(tessera_coordinator::core::spec::ChecksSpec::default());
     let mut core = Core::new(sp, Identity::from_seed([9; 32]), init.clone());
     // Two replicas of every micro-shard: each lease's step can be run again by the other.
     let mut clients = tessera_e2e::with_budgets(&g, &[small_budget(&cfg); 24]);

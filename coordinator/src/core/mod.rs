@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod pipeline;
+mod replica_checks;
 mod rounds;
 mod sessions;
 pub mod spec;
@@ -116,6 +117,14 @@ pub enum Action {
     Finished,
     /// A run-log entry: persist it (before the messages that follow, which may carry its head).
     Logged(SignedEntry),
+    /// An accepted contribution that a check at the round's close threw out: forget it (its
+    /// slot runs again), before the messages that follow.
+    Withdrawn {
+        /// Round.
+        round: u64,
+        /// Replica slot.
+        slot: u64,
+    },
     /// The answer to an administrator's request: the index of the log entry that put it into
     /// effect, or why it was refused (then nothing changed).
     AdminDone {
@@ -234,6 +243,11 @@ pub struct Core {
     admin: admin::AdminState,
     /// Identities whose results failed a check: refused from then on.
     distrusted: std::collections::BTreeSet<PublicKey>,
+    /// The previous round's accepted updates (dense), to catch stale results sent again.
+    previous_updates: Vec<Vec<Vec<f32>>>,
+    /// Loss gains of the updates that passed a loss check, by round (this round's and the
+    /// last's are kept).
+    gains: Vec<(u64, f64)>,
     next_unit: u64,
     next_lease: u64,
     out: Vec<Action>,
@@ -318,6 +332,8 @@ impl Core {
             log: LogWriter::default(),
             admin: admin::AdminState::default(),
             distrusted: Default::default(),
+            previous_updates: Vec::new(),
+            gains: Vec::new(),
             next_unit: snap.next_unit,
             next_lease: snap.next_lease,
             out: Vec::new(),

@@ -36,6 +36,8 @@ pub(super) struct Round {
     pub(super) number: u64,
     slots: Vec<Slot>,
     units: BTreeMap<u64, Unit>,
+    /// Slots whose accepted update gets a loss check when the round is complete.
+    pub(super) drawn: std::collections::BTreeSet<u64>,
 }
 
 impl Round {
@@ -44,6 +46,7 @@ impl Round {
             number,
             slots: vec![Slot::Open; replicas as usize],
             units: BTreeMap::new(),
+            drawn: Default::default(),
         }
     }
 
@@ -68,6 +71,34 @@ impl Round {
             self.requeue(id);
         }
         late
+    }
+
+    /// The accepted slots: slot, contributor, dense update.
+    pub(super) fn done(&self) -> Vec<(u64, PublicKey, &Vec<Vec<f32>>)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Slot::Done(c, d) => Some((i as u64, c.contributor, d)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Opens an accepted slot again (a check threw its update out).
+    pub(super) fn reopen(&mut self, slot: u64) {
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = Slot::Open;
+        }
+        self.drawn.remove(&slot);
+    }
+
+    /// The accepted updates of the round (dense).
+    pub(super) fn accepted_updates(&self) -> impl Iterator<Item = &Vec<Vec<f32>>> {
+        self.slots.iter().filter_map(|s| match s {
+            Slot::Done(_, d) => Some(d),
+            _ => None,
+        })
     }
 
     pub(super) fn accepted_slots(&self) -> Vec<u64> {
@@ -245,9 +276,26 @@ impl Core {
             Ok(d) => d,
             Err(why) => {
                 self.round.slots[u.slot as usize] = Slot::Open;
-                return self.reject(conn, unit, key, seq, why);
+                self.reject(conn, unit, key, seq, why.clone());
+                if self.spec.checks.is_some() && super::validate::update_non_finite(&sub.result) {
+                    self.distrust(key, format!("it sent values that are not finite: {why}"));
+                }
+                return;
             }
         };
+        if let Some(checks) = self.spec.checks.clone() {
+            match self.check_update(key, u.slot, &dense, &checks) {
+                Ok(true) => {
+                    self.round.drawn.insert(u.slot);
+                }
+                Ok(false) => {}
+                Err(why) => {
+                    self.round.slots[u.slot as usize] = Slot::Open;
+                    self.reject(conn, unit, key, seq, why.clone());
+                    return self.distrust(key, format!("its update failed a check: {why}"));
+                }
+            }
+        }
         let result_digest = super::digest(&sub.result);
         let c = Contribution {
             round: self.round.number,
@@ -262,10 +310,15 @@ impl Core {
         let r = self.records.entry(key).or_default();
         r.accepted += 1;
         r.tokens += sub.tokens;
-        r.flops += 6.0 * self.spec.model.parameter_count() as f64 * sub.tokens as f64;
+        let flops = 6.0 * self.spec.model.parameter_count() as f64 * sub.tokens as f64;
+        if self.spec.checks.is_some() {
+            r.pending_flops += flops;
+        } else {
+            r.flops += flops;
+        }
         self.round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
         self.receipt(conn, unit, key, seq, Verdict::Accepted, result_digest);
-        if self.round.slots.iter().all(|s| matches!(s, Slot::Done(..))) {
+        if self.round.slots.iter().all(|s| matches!(s, Slot::Done(..))) && self.round_checks() {
             self.close_round();
         }
     }
@@ -300,6 +353,9 @@ impl Core {
             }
         }
         let (mean, clip_scales) = outer::aggregate(&updates, self.spec.clip_to_median);
+        self.previous_updates = updates;
+        let closed_round = self.round.number;
+        self.gains.retain(|&(r, _)| r == closed_round);
         let mut theta: Vec<Vec<f32>> = self
             .weights
             .named()

@@ -53,6 +53,8 @@ pub struct RunSpec {
     /// are the step's optimizer, and `replicas`, `inner_steps`, `batch`, `outer_lr`,
     /// `clip_to_median` and `sync` are unused.
     pub pipeline: Option<PipelineSpec>,
+    /// How untrusted work is checked (`None`: it is not).
+    pub checks: Option<ChecksSpec>,
 }
 
 /// A pipeline of micro-shard pools (see DESIGN.md, "Pipeline leases").
@@ -74,12 +76,12 @@ pub struct PipelineSpec {
     /// How leases send their gradient sums: dense, or SparseLoCo-compressed with error
     /// feedback on the contributor.
     pub grads: SyncMode,
-    /// How leases' work is checked (`None`: it is not).
-    pub checks: Option<ChecksSpec>,
 }
 
-/// How untrusted pipeline work is checked: a share of leases' steps is run again by another
-/// lease holding the same micro-shards, and compared within a tolerance.
+/// How untrusted work is checked. Pipeline runs: a share of leases' steps is run again by
+/// another lease holding the same micro-shards, and compared within a tolerance. Whole-model
+/// runs: every update is compared with the round's others and the previous round's (copies),
+/// and a share is applied alone to its own first batch, whose loss must fall.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChecksSpec {
     /// Largest relative L2 distance between two honest results (beyond the activation
@@ -91,6 +93,9 @@ pub struct ChecksSpec {
     pub min_rate: f64,
     /// Passed checks that halve the share.
     pub halving: u64,
+    /// Whole-model runs: the share of the largest entries (top 1 %) two updates may have in
+    /// common before they count as copies (when they also point the same way).
+    pub copy_overlap: f64,
 }
 
 impl Default for ChecksSpec {
@@ -100,14 +105,17 @@ impl Default for ChecksSpec {
             new_rate: 1.0,
             min_rate: 0.1,
             halving: 4,
+            copy_overlap: 0.9,
         }
     }
 }
 
 impl ChecksSpec {
-    /// The share of steps checked for an identity with `passed` clean checks.
+    /// The share of work checked for an identity with `passed` clean checks: `new_rate`
+    /// during its first `halving` checks, then halved every `halving` more, down to
+    /// `min_rate`.
     pub fn rate(&self, passed: u64) -> f64 {
-        let halvings = passed as f64 / self.halving.max(1) as f64;
+        let halvings = (passed / self.halving.max(1)) as f64;
         (self.new_rate * 0.5f64.powf(halvings)).max(self.min_rate)
     }
 
@@ -119,6 +127,9 @@ impl ChecksSpec {
         }
         if !share(self.new_rate) || !share(self.min_rate) || self.min_rate > self.new_rate {
             return Err("[checks] rates are shares: 0 <= min_rate <= new_rate <= 1".into());
+        }
+        if !(self.copy_overlap > 0.0 && self.copy_overlap <= 1.0) {
+            return Err("[checks] copy_overlap must be in (0, 1]".into());
         }
         if self.halving == 0 {
             return Err("[checks] halving must be positive".into());
@@ -152,7 +163,6 @@ impl PipelineSpec {
             micro_batches,
             activations,
             grads,
-            checks: None,
         }
     }
 

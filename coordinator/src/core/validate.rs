@@ -18,3 +18,28 @@ impl Core {
         )
     }
 }
+
+/// Whether a float payload holds a NaN or an infinity (no honest computation sends one).
+pub(super) fn payload_non_finite(t: &tessera_protocol::TensorPayload) -> bool {
+    use tessera_protocol::DType;
+    match t.dtype {
+        DType::F32 => t
+            .data
+            .chunks_exact(4)
+            .any(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+        DType::BF16 => t
+            .data
+            .chunks_exact(2)
+            .any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        _ => false,
+    }
+}
+
+/// Whether an update holds a NaN or an infinity.
+pub(super) fn update_non_finite(u: &Update) -> bool {
+    match u {
+        Update::Dense(ts) => ts.iter().any(|t| payload_non_finite(&t.tensor)),
+        Update::Sparse(ts) => ts.iter().any(|t| payload_non_finite(&t.levels)),
+        Update::Indexed(ts) => ts.iter().any(|t| payload_non_finite(&t.values)),
+    }
+}

@@ -57,6 +57,7 @@ pub fn spec(replicas: u64, rounds: u64, sync: SyncMode) -> RunSpec {
         unit_deadline_ms: 3_000,
         silence_ms: 10_000,
         weights_frame_elems: 50,
+        checks: None,
         pipeline: None,
     }
 }

@@ -177,7 +177,7 @@ impl Core {
     /// Whether `lease`'s work in the open step is checked; drawn at its first unit from the
     /// run's seed, the step and the lease, with the identity's current rate.
     pub(super) fn audit_selected(&mut self, lease: u64, key: PublicKey) -> bool {
-        let Some(checks) = self.spec.pipeline.as_ref().and_then(|p| p.checks.clone()) else {
+        let Some(checks) = self.spec.checks.clone() else {
             return false;
         };
         let passed = self.records.get(&key).map_or(0, |r| r.checks_passed);
@@ -421,12 +421,7 @@ impl Core {
         };
         let d = crate::core::digest(&r);
         self.receipt(conn, r.audit, key, seq, Verdict::Accepted, d);
-        let tol = self
-            .spec
-            .pipeline
-            .as_ref()
-            .and_then(|p| p.checks.as_ref())
-            .map_or(0.0, |c| c.tolerance);
+        let tol = self.spec.checks.as_ref().map_or(0.0, |c| c.tolerance);
         let units: Vec<u64> = a.done.iter().map(|(w, _)| w.unit).collect();
         let claimed: Vec<PipeResult> = a.done.iter().map(|(_, r)| r.clone()).collect();
         let work: Vec<PipeWork> = a.done.iter().map(|(w, _)| w.clone()).collect();
@@ -628,39 +623,24 @@ impl Core {
     }
 }
 
-/// Whether a float payload holds a NaN or an infinity (no honest computation sends one).
-fn payload_non_finite(t: &tessera_protocol::TensorPayload) -> bool {
-    use tessera_protocol::DType;
-    match t.dtype {
-        DType::F32 => t
-            .data
-            .chunks_exact(4)
-            .any(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
-        DType::BF16 => t
-            .data
-            .chunks_exact(2)
-            .any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
-        _ => false,
-    }
-}
-
 /// Whether a unit's result holds a NaN or an infinity.
 pub(in crate::core) fn result_non_finite(r: &PipeResult) -> bool {
-    let act = |a: &Activation| payload_non_finite(&a.tensor) || !a.scale.is_finite();
+    let act = |a: &Activation| {
+        crate::core::validate::payload_non_finite(&a.tensor) || !a.scale.is_finite()
+    };
     match r {
         PipeResult::Activation(a) => act(a),
         PipeResult::Span(parts) => parts.iter().any(act),
-        PipeResult::HeadStats(s) => s.iter().any(|x| payload_non_finite(&x.stats)),
+        PipeResult::HeadStats(s) => s
+            .iter()
+            .any(|x| crate::core::validate::payload_non_finite(&x.stats)),
         PipeResult::Accumulated => false,
     }
 }
 
 /// Whether gradient sums hold a NaN or an infinity.
 pub(in crate::core) fn grads_non_finite(g: &tessera_protocol::pipeline::StepGrads) -> bool {
-    use tessera_protocol::messages::Update;
-    g.shards.iter().any(|s| match &s.tensors {
-        Update::Dense(ts) => ts.iter().any(|t| payload_non_finite(&t.tensor)),
-        Update::Sparse(ts) => ts.iter().any(|t| payload_non_finite(&t.levels)),
-        Update::Indexed(ts) => ts.iter().any(|t| payload_non_finite(&t.values)),
-    })
+    g.shards
+        .iter()
+        .any(|s| crate::core::validate::update_non_finite(&s.tensors))
 }

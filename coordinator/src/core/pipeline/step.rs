@@ -182,12 +182,7 @@ impl Core {
                 self.collect_or_close();
             }
             Err(why) => {
-                let poison = self
-                    .spec
-                    .pipeline
-                    .as_ref()
-                    .is_some_and(|p| p.checks.is_some())
-                    && super::audit::grads_non_finite(&g);
+                let poison = self.spec.checks.is_some() && super::audit::grads_non_finite(&g);
                 if poison {
                     self.reject(conn, unit, key, seq, why.clone());
                     return self

@@ -495,5 +495,5 @@ impl Core {
 
 /// Whether the run checks pipeline work.
 fn pipe_checks(spec: &crate::core::RunSpec) -> bool {
-    spec.pipeline.as_ref().is_some_and(|p| p.checks.is_some())
+    spec.pipeline.is_some() && spec.checks.is_some()
 }

@@ -1,0 +1,278 @@
+//! Checks of whole-model submissions (the Templar-style ones, which apply to whole-model
+//! leases only). As an update arrives it is compared with the round's other accepted updates
+//! and the previous round's: one whose largest entries coincide with another's and that points
+//! the same way is a copy (a freeloader's, or a stale result sent again) and is refused. When
+//! every slot is in, before the round may close: an update whose norm is several times the
+//! round's median is a scaled one; a share of updates, drawn with a rate that falls with the
+//! identity's clean record, is applied alone to the current weights and must lower the loss of
+//! its own first batch, per unit of its norm, by at least a share of the median of the round's
+//! (and the last round's) checked updates (CPU reference forward). A refused update's slot runs again and its
+//! identity loses its credits and is refused; a passed loss check turns its identity's pending
+//! credits into verified ones.
+
+use tessera_compute::reference::model::loss;
+use tessera_compute::reference::Batch;
+use tessera_protocol::log::{CheckOutcome, LogEvent};
+use tessera_protocol::PublicKey;
+use tessera_train::data::draw_index;
+
+use super::spec::ChecksSpec;
+use super::Core;
+
+/// Positions (over the whole flattened update) of its largest entries by magnitude: the top
+/// 1 %, at least one, sorted.
+pub(super) fn top_positions(update: &[Vec<f32>]) -> Vec<u32> {
+    let flat: Vec<f32> = update.iter().flatten().map(|x| x.abs()).collect();
+    let k = (flat.len() / 100).max(1).min(flat.len());
+    let mut idx: Vec<u32> = (0..flat.len() as u32).collect();
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, |&a, &b| {
+            flat[b as usize].total_cmp(&flat[a as usize])
+        });
+        idx.truncate(k);
+    }
+    idx.sort_unstable();
+    idx
+}
+
+/// The share of `a`'s positions that `b` also holds.
+pub(super) fn overlap(a: &[u32], b: &[u32]) -> f64 {
+    let (mut i, mut j, mut both) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                both += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    both as f64 / a.len().min(b.len()).max(1) as f64
+}
+
+/// Cosine similarity of two updates (0 when either is zero).
+pub(super) fn cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        let (x, y) = (*x as f64, *y as f64);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        0.0
+    } else {
+        ab / (aa.sqrt() * bb.sqrt())
+    }
+}
+
+/// How close two updates are: `(overlap of their largest entries, cosine)`.
+pub(super) fn likeness(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f64, f64) {
+    (overlap(&top_positions(a), &top_positions(b)), cosine(a, b))
+}
+
+/// Cosine above which two updates whose largest entries coincide count as copies.
+const COPY_COSINE: f64 = 0.99;
+
+/// The least share of the checked updates' median loss gain per unit of norm (this round's and
+/// the last's) an update must reach on its own first batch.
+const GAIN_SHARE: f64 = 0.3;
+
+/// How many times the median norm of the round's updates an update may reach.
+const SCALE_LIMIT: f64 = 5.0;
+
+/// The median (0 for none).
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The L2 norm of an update.
+fn norm(u: &[Vec<f32>]) -> f64 {
+    u.iter()
+        .flatten()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt()
+}
+
+impl Core {
+    /// Checks an update for `slot` of the open round from `key` as it arrives: a copy of
+    /// another accepted update of this round or the last is refused (`Err` with the reason).
+    /// `Ok(true)` when the update is drawn for a loss check at the round's close.
+    pub(super) fn check_update(
+        &mut self,
+        key: PublicKey,
+        slot: u64,
+        dense: &[Vec<f32>],
+        checks: &ChecksSpec,
+    ) -> Result<bool, String> {
+        let current = self.round.accepted_updates().count();
+        for (i, o) in self
+            .round
+            .accepted_updates()
+            .chain(self.previous_updates.iter())
+            .enumerate()
+        {
+            let (top, cos) = likeness(dense, o);
+            if top >= checks.copy_overlap && cos >= COPY_COSINE {
+                let whose = if i < current {
+                    "another accepted update of this round"
+                } else {
+                    "an update of the previous round"
+                };
+                return Err(format!(
+                    "a copy of {whose} ({:.0}% of the largest entries shared, cosine {cos:.4})",
+                    top * 100.0
+                ));
+            }
+        }
+        let passed = self.records.get(&key).map_or(0, |r| r.checks_passed);
+        let h = super::digest(&("loss-check", self.spec.seed, self.round.number, slot, key));
+        let draw =
+            u64::from_le_bytes(h[..8].try_into().unwrap_or_default()) as f64 / u64::MAX as f64;
+        Ok(draw < checks.rate(passed))
+    }
+
+    /// The checks of a complete round, before it may close: an update whose norm is several
+    /// times the median of the round's is refused, and so is a drawn update that, applied
+    /// alone, lowers the loss of its own first batch by less than a share of the median gain
+    /// of the round's (and the last round's) checked updates. A refused update's identity
+    /// loses its credits and is refused, its slot runs again; true when the round may close.
+    pub(super) fn round_checks(&mut self) -> bool {
+        if self.spec.checks.is_none() {
+            return true;
+        }
+        let round = self.round.number;
+        let done: Vec<(u64, PublicKey, Vec<Vec<f32>>)> = self
+            .round
+            .done()
+            .into_iter()
+            .map(|(s, k, d)| (s, k, d.clone()))
+            .collect();
+        let norms: Vec<f64> = done.iter().map(|(_, _, d)| norm(d)).collect();
+        let median_norm = median(&norms);
+        let mut failed: Vec<(u64, PublicKey, String)> = Vec::new();
+        for ((slot, key, _), n) in done.iter().zip(&norms) {
+            if median_norm > 0.0 && *n > SCALE_LIMIT * median_norm {
+                failed.push((
+                    *slot,
+                    *key,
+                    format!(
+                        "its norm {n:.3e} is {:.1} times the round's median ({median_norm:.3e})",
+                        n / median_norm
+                    ),
+                ));
+            }
+        }
+        let mut gains: Vec<(u64, PublicKey, f64, f64, f64)> = Vec::new();
+        for (slot, key, dense) in &done {
+            if !self.round.drawn.contains(slot) || failed.iter().any(|f| f.0 == *slot) {
+                continue;
+            }
+            let batch = self.first_batch(*slot);
+            let mut moved = self.weights.clone();
+            let lr = self.spec.outer_lr;
+            for (p, u) in moved.tensors_mut().into_iter().zip(dense) {
+                p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
+            }
+            let cfg = &self.spec.model;
+            let before = loss::<f32>(cfg, &self.weights, &batch);
+            let after = loss::<f32>(cfg, &moved, &batch);
+            // Per unit of norm: a small honest update (a new replica's, say) gains less but
+            // as efficiently; a random one gains nothing whatever its size.
+            let n = norm(dense).max(f64::MIN_POSITIVE);
+            gains.push((*slot, *key, (before - after) / n, before, after));
+        }
+        let reference: Vec<f64> = gains
+            .iter()
+            .map(|g| g.2)
+            .chain(self.gains.iter().map(|&(_, g)| g))
+            .collect();
+        let floor = GAIN_SHARE * median(&reference).max(0.0);
+        for &(slot, key, gain, before, after) in &gains {
+            if gain > 0.0 && gain >= floor {
+                continue;
+            }
+            failed.push((
+                slot,
+                key,
+                format!(
+                    "applied alone it lowers the loss of its own first batch by {gain:.4} per unit of norm ({before:.4} -> {after:.4}), under {:.0}% of the median of the checked updates ({:.4})",
+                    GAIN_SHARE * 100.0,
+                    floor / GAIN_SHARE
+                ),
+            ));
+        }
+        for &(slot, key, gain, ..) in &gains {
+            if failed.iter().any(|f| f.0 == slot) {
+                continue;
+            }
+            self.gains.push((round, gain));
+            let r = self.records.entry(key).or_default();
+            r.checks_passed += 1;
+            r.flops += std::mem::take(&mut r.pending_flops);
+            self.log(LogEvent::Checked {
+                key,
+                step: round,
+                auditors: Vec::new(),
+                outcome: CheckOutcome::Passed,
+            });
+        }
+        self.round.drawn.clear();
+        for (slot, key, why) in &failed {
+            self.log(LogEvent::Checked {
+                key: *key,
+                step: round,
+                auditors: Vec::new(),
+                outcome: CheckOutcome::Failed(why.clone()),
+            });
+            self.round.reopen(*slot);
+            self.out
+                .push(super::Action::Withdrawn { round, slot: *slot });
+            self.distrust(*key, format!("its update failed a check: {why}"));
+        }
+        failed.is_empty()
+    }
+
+    /// The first inner step's sequences of `slot` in the open round (what the unit trained on
+    /// first), as the data assignment gives them.
+    fn first_batch(&mut self, slot: u64) -> Batch {
+        let (replicas, h, b) = (self.spec.replicas, self.spec.inner_steps, self.spec.batch);
+        let seq = self.spec.seq as usize;
+        let (mut ids, mut targets) = (Vec::new(), Vec::new());
+        for mb in 0..b {
+            let n = draw_index(self.round.number, slot, replicas, 0, h, mb, b);
+            let s = self.sampler.sample(n);
+            let row = &self.spec.tokens[self.sampler.span(s)];
+            ids.extend_from_slice(&row[..seq]);
+            targets.extend_from_slice(&row[1..]);
+        }
+        Batch { ids, targets, seq }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_and_strangers() {
+        let a = vec![vec![1.0, -5.0, 0.1, 0.2], vec![3.0; 200]];
+        let mut b = a.clone();
+        b[1][7] = 9.0;
+        let c: Vec<Vec<f32>> = a.iter().map(|t| t.iter().map(|x| -x).collect()).collect();
+        assert_eq!(top_positions(&[vec![0.0, 5.0, -7.0, 1.0]]), vec![2]);
+        assert_eq!(overlap(&[1, 2, 3, 4], &[2, 4, 9]), 2.0 / 3.0);
+        assert!((cosine(&a, &a) - 1.0).abs() < 1e-12);
+        assert!(
+            (cosine(&a, &c) + 1.0).abs() < 1e-12,
+            "a sign flip points the other way"
+        );
+        assert!(likeness(&a, &b).1 > 0.99);
+        assert_eq!(cosine(&a, &[vec![0.0; 4], vec![0.0; 200]]), 0.0);
+    }
+}
