@@ -82,7 +82,11 @@ fn map_dense(u: &mut Update, mut f: impl FnMut(f32) -> f32) {
 /// Random values of the update's own magnitudes: random signs, each scaled by 0.5..2.5.
 fn randomize(u: &mut Update, r: &mut SplitMix) {
     map_dense(u, |x| {
-        let sign = if r.next_u64().is_multiple_of(2) { 1.0 } else { -1.0 };
+        let sign = if r.next_u64().is_multiple_of(2) {
+            1.0
+        } else {
+            -1.0
+        };
         sign * x.abs() * (0.5 + (r.next_u64() % 100) as f32 / 50.0)
     });
 }
