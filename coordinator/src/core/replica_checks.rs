@@ -4,7 +4,8 @@
 //! the same way is a copy (a freeloader's, or a stale result sent again) and is refused. When
 //! every slot is in, before the round may close: an update whose norm is several times the
 //! round's median is a scaled one; a share of updates, drawn with a rate that falls with the
-//! identity's clean record, is applied alone to the current weights and must lower the loss of
+//! identity's clean record, is applied alone to the current weights (at its share of the outer
+//! step: the outer learning rate over the replicas) and must lower the loss of
 //! its own first batch, per unit of its norm, by at least a share of the median of the round's
 //! (and the last round's) checked updates (CPU reference forward). A refused update's slot runs again and its
 //! identity loses its credits and is refused; a passed loss check turns its identity's pending
@@ -78,7 +79,7 @@ const COPY_COSINE: f64 = 0.99;
 
 /// The least share of the checked updates' median loss gain per unit of norm (this round's and
 /// the last's) an update must reach on its own first batch.
-const GAIN_SHARE: f64 = 0.3;
+const GAIN_SHARE: f64 = 0.1;
 
 /// How many times the median norm of the round's updates an update may reach.
 const SCALE_LIMIT: f64 = 5.0;
@@ -175,7 +176,8 @@ impl Core {
             }
             let batch = self.first_batch(*slot);
             let mut moved = self.weights.clone();
-            let lr = self.spec.outer_lr;
+            // Its share of the outer step: the step applies the mean of the round's updates.
+            let lr = self.spec.outer_lr / self.spec.replicas.max(1) as f32;
             for (p, u) in moved.tensors_mut().into_iter().zip(dense) {
                 p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
             }
