@@ -601,12 +601,27 @@ fn hostile_pipeline_work_is_caught_never_applied_and_earns_nothing() {
     let head = tessera_protocol::log::verify_chain(&run.log, &run.core.public_key(), None)
         .expect("an intact log");
     assert_eq!(head, Some(run.core.log_head()));
-    // A refused identity cannot come back.
+    // Every hostile identity's failed check is in the log (NaN senders too), so a restarted
+    // coordinator refuses them all again, and nobody else.
     let distrusted: BTreeSet<PublicKey> = failed.keys().copied().collect();
-    assert!(sims
-        .iter()
-        .filter(|s| s.role != Role::Honest)
-        .all(|s| distrusted.contains(&s.client.key()) || s.role == Role::NaN));
+    let events: Vec<LogEvent> = run.log.iter().map(|e| e.entry.event.clone()).collect();
+    let mut again = Core::new(
+        spec(ChecksSpec::default()),
+        Identity::from_seed([200; 32]),
+        init.clone(),
+    );
+    again.restore_admin(&events);
+    for s in &sims {
+        let key = s.client.key();
+        let hostile = s.role != Role::Honest;
+        assert_eq!(distrusted.contains(&key), hostile, "{:?}", s.role);
+        assert_eq!(
+            again.is_refused(&key),
+            hostile,
+            "{:?} after a restart",
+            s.role
+        );
+    }
 }
 
 #[test]

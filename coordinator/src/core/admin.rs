@@ -181,4 +181,9 @@ impl Core {
     pub fn admin_state(&self) -> &AdminState {
         &self.admin
     }
+
+    /// Whether `key` is refused from the run: banned, or found wrong by a check.
+    pub fn is_refused(&self, key: &PublicKey) -> bool {
+        self.admin.banned.contains(key) || self.distrusted.contains(key)
+    }
 }

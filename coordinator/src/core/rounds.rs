@@ -278,7 +278,7 @@ impl Core {
                 self.round.slots[u.slot as usize] = Slot::Open;
                 self.reject(conn, unit, key, seq, why.clone());
                 if self.spec.checks.is_some() && super::validate::update_non_finite(&sub.result) {
-                    self.distrust(key, format!("it sent values that are not finite: {why}"));
+                    self.refuse_poisoned(key, format!("it sent values that are not finite: {why}"));
                 }
                 return;
             }

@@ -557,6 +557,22 @@ impl Core {
         }
     }
 
+    /// An identity that sent NaN or infinities: the failed check goes into the log (so a
+    /// restarted coordinator refuses it too), then it is distrusted.
+    pub(in crate::core) fn refuse_poisoned(&mut self, key: PublicKey, why: String) {
+        let step = match self.pipe.as_ref() {
+            Some(p) => p.step.number,
+            None => self.round.number,
+        };
+        self.log(LogEvent::Checked {
+            key,
+            step,
+            auditors: Vec::new(),
+            outcome: CheckOutcome::Failed(why.clone()),
+        });
+        self.distrust(key, why);
+    }
+
     /// An identity found wrong: it loses its credits, its session closes and it is refused
     /// from then on.
     pub(in crate::core) fn distrust(&mut self, key: PublicKey, why: String) {

@@ -185,8 +185,10 @@ impl Core {
                 let poison = self.spec.checks.is_some() && super::audit::grads_non_finite(&g);
                 if poison {
                     self.reject(conn, unit, key, seq, why.clone());
-                    return self
-                        .distrust(key, format!("it sent values that are not finite: {why}"));
+                    return self.refuse_poisoned(
+                        key,
+                        format!("it sent values that are not finite: {why}"),
+                    );
                 }
                 self.reject(conn, unit, key, seq, why.clone());
                 // Its backward units' sums are lost: drop the lease so they run again.

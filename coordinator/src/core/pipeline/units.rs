@@ -263,7 +263,7 @@ impl Core {
                 let poison = pipe_checks(&self.spec) && super::audit::result_non_finite(&o.result);
                 self.reject(conn, unit, key, seq, why.clone());
                 if poison {
-                    self.distrust(key, format!("it sent values that are not finite: {why}"));
+                    self.refuse_poisoned(key, format!("it sent values that are not finite: {why}"));
                 }
                 return;
             }
