@@ -55,23 +55,10 @@ pub enum Action {
     },
 }
 
-fn token(file: Option<&PathBuf>) -> Result<String> {
-    match file {
-        Some(f) => Ok(std::fs::read_to_string(f)
-            .with_context(|| format!("reading {}", f.display()))?
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string()),
-        None => std::env::var("TESSERA_ADMIN_TOKEN")
-            .context("no admin token: pass --token-file or set TESSERA_ADMIN_TOKEN"),
-    }
-}
-
 /// Sends the request and prints the log entry that put it into effect.
 pub fn run(a: Args) -> Result<()> {
-    let token = token(a.token_file.as_ref())?;
+    let token = crate::keys::admin_secret(a.token_file.as_deref())?
+        .context("no admin token: pass --token-file or set TESSERA_ADMIN_TOKEN")?;
     let (action, param, value, key) = match a.action {
         Action::Pause => ("pause", None, None, None),
         Action::Resume => ("resume", None, None, None),

@@ -50,18 +50,7 @@ pub struct Args {
 
 /// The administrator's token: from `file`, else `TESSERA_ADMIN_TOKEN`, else none.
 pub fn admin_token(file: Option<&Path>) -> Result<Option<AdminToken>> {
-    let secret = match file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading the admin token {}", f.display()))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        ),
-        None => std::env::var("TESSERA_ADMIN_TOKEN").ok(),
-    };
-    secret
+    keys::admin_secret(file)?
         .map(|s| AdminToken::new(&s).map_err(anyhow::Error::msg))
         .transpose()
 }

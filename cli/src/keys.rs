@@ -6,6 +6,25 @@ use anyhow::{Context, Result};
 use tessera_protocol::identity::{hex, parse_hex32};
 use tessera_protocol::Identity;
 
+/// The administrator's token: the first line of `file`, else `TESSERA_ADMIN_TOKEN`, else none;
+/// surrounding whitespace removed.
+pub fn admin_secret(file: Option<&Path>) -> Result<Option<String>> {
+    Ok(match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the admin token {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("TESSERA_ADMIN_TOKEN")
+            .ok()
+            .map(|s| s.trim().to_string()),
+    })
+}
+
 /// Loads the identity at `path`, creating it if absent.
 pub fn load_or_create(path: &Path) -> Result<Identity> {
     if path.exists() {

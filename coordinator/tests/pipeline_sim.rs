@@ -168,45 +168,10 @@ impl Run {
     fn answer(&mut self, s: &mut Sim, msg: ToContributor) -> Vec<tessera_protocol::ToCoordinator> {
         let cfg = tiny_model();
         let (d, seq) = (cfg.hidden_size, 8);
+        if let Some(r) = common::lease_download(&mut s.client, &mut s.lease, &mut s.frames, &msg) {
+            return r;
+        }
         match msg {
-            ToContributor::Challenge {
-                nonce, coordinator, ..
-            } => {
-                vec![s.client.proof(nonce, &coordinator)]
-            }
-            ToContributor::Lease(l) => {
-                let shards = l
-                    .shards
-                    .iter()
-                    .map(|x| from_wire(x, &cfg).unwrap())
-                    .collect();
-                s.lease = Some((l.lease, shards));
-                s.frames = l.frames;
-                if l.frames == 0 {
-                    vec![s.client.signed(SessionMessage::Ready {
-                        lease: l.lease,
-                        log_head: LogHead::default(),
-                    })]
-                } else {
-                    vec![]
-                }
-            }
-            ToContributor::Weights { lease, .. } => {
-                s.frames = s.frames.saturating_sub(1);
-                if s.frames == 0 && s.lease.as_ref().map(|l| l.0) == Some(lease) {
-                    vec![s.client.signed(SessionMessage::Ready {
-                        lease,
-                        log_head: LogHead::default(),
-                    })]
-                } else {
-                    vec![]
-                }
-            }
-            ToContributor::StepWeights { frames, .. } => {
-                // The frames that follow must not re-send Ready: count them down separately.
-                s.frames = frames + u32::MAX / 2;
-                vec![]
-            }
             ToContributor::Unit(w) => {
                 let out = |result| UnitOutput {
                     unit: w.unit,

@@ -15,7 +15,7 @@ use tessera_compute::reference::model::loss;
 use tessera_compute::reference::Batch;
 use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::PublicKey;
-use tessera_train::data::draw_index;
+use tessera_train::outer::norm;
 
 use super::spec::ChecksSpec;
 use super::Core;
@@ -69,11 +69,6 @@ pub(super) fn cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
     }
 }
 
-/// How close two updates are: `(overlap of their largest entries, cosine)`.
-pub(super) fn likeness(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f64, f64) {
-    (overlap(&top_positions(a), &top_positions(b)), cosine(a, b))
-}
-
 /// Cosine above which two updates whose largest entries coincide count as copies.
 const COPY_COSINE: f64 = 0.99;
 
@@ -91,15 +86,6 @@ fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// The L2 norm of an update.
-fn norm(u: &[Vec<f32>]) -> f64 {
-    u.iter()
-        .flatten()
-        .map(|&x| (x as f64) * (x as f64))
-        .sum::<f64>()
-        .sqrt()
-}
-
 impl Core {
     /// Checks an update for `slot` of the open round from `key` as it arrives: a copy of
     /// another accepted update of this round or the last is refused (`Err` with the reason).
@@ -112,14 +98,19 @@ impl Core {
         checks: &ChecksSpec,
     ) -> Result<bool, String> {
         let current = self.round.accepted_updates().count();
+        let mine = top_positions(dense);
         for (i, o) in self
             .round
             .accepted_updates()
             .chain(self.previous_updates.iter())
             .enumerate()
         {
-            let (top, cos) = likeness(dense, o);
-            if top >= checks.copy_overlap && cos >= COPY_COSINE {
+            let top = overlap(&mine, &top_positions(o));
+            if top < checks.copy_overlap {
+                continue;
+            }
+            let cos = cosine(dense, o);
+            if cos >= COPY_COSINE {
                 let whose = if i < current {
                     "another accepted update of this round"
                 } else {
@@ -243,13 +234,11 @@ impl Core {
     /// The first inner step's sequences of `slot` in the open round (what the unit trained on
     /// first), as the data assignment gives them.
     fn first_batch(&mut self, slot: u64) -> Batch {
-        let (replicas, h, b) = (self.spec.replicas, self.spec.inner_steps, self.spec.batch);
         let seq = self.spec.seq as usize;
         let (mut ids, mut targets) = (Vec::new(), Vec::new());
-        for mb in 0..b {
-            let n = draw_index(self.round.number, slot, replicas, 0, h, mb, b);
-            let s = self.sampler.sample(n);
-            let row = &self.spec.tokens[self.sampler.span(s)];
+        for mb in 0..self.spec.batch {
+            let span = self.slot_sample(slot, 0, mb);
+            let row = &self.spec.tokens[span];
             ids.extend_from_slice(&row[..seq]);
             targets.extend_from_slice(&row[1..]);
         }
@@ -274,7 +263,7 @@ mod tests {
             (cosine(&a, &c) + 1.0).abs() < 1e-12,
             "a sign flip points the other way"
         );
-        assert!(likeness(&a, &b).1 > 0.99);
+        assert!(cosine(&a, &b) > 0.99);
         assert_eq!(cosine(&a, &[vec![0.0; 4], vec![0.0; 200]]), 0.0);
     }
 }

@@ -148,6 +148,23 @@ impl Core {
         }
     }
 
+    /// Where in the token stream sequence `mb` of inner step `step` of `slot` in the open round
+    /// lies (`seq + 1` tokens), from the seed alone.
+    pub(super) fn slot_sample(&mut self, slot: u64, step: u64, mb: u64) -> std::ops::Range<usize> {
+        let sp = &self.spec;
+        let n = draw_index(
+            self.round.number,
+            slot,
+            sp.replicas,
+            step,
+            sp.inner_steps,
+            mb,
+            sp.batch,
+        );
+        let s = self.sampler.sample(n);
+        self.sampler.span(s)
+    }
+
     /// The samples and learning rates of a slot, from the seed alone.
     fn work(&mut self, unit: u64, lease: u64, slot: u64) -> Work {
         let sp = &self.spec;
@@ -155,9 +172,8 @@ impl Core {
         let mut tokens = Vec::with_capacity((h * b) as usize * (seq + 1));
         for step in 0..h {
             for mb in 0..b {
-                let n = draw_index(self.round.number, slot, sp.replicas, step, h, mb, b);
-                let s = self.sampler.sample(n);
-                tokens.extend_from_slice(&self.spec.tokens[self.sampler.span(s)]);
+                let span = self.slot_sample(slot, step, mb);
+                tokens.extend_from_slice(&self.spec.tokens[span]);
             }
         }
         let sp = &self.spec;
