@@ -98,7 +98,7 @@ pub async fn start(
             let mut from = 0;
             loop {
                 let page = store.read_log(from, 1000).await?;
-                core.restore_admin(page.iter().map(|e| &e.entry.event));
+                core.restore_from_log(page.iter().map(|e| &e.entry.event));
                 if page.len() < 1000 {
                     break;
                 }
@@ -108,6 +108,11 @@ pub async fn start(
         }
         None => {
             let core = Core::new(spec, id, init);
+            store
+                .write_rules(&tessera_coordinator::core::replay::RunRules::of(
+                    core.spec(),
+                ))
+                .await?;
             let ck = store
                 .write_checkpoint(&core.spec().model, &core.snapshot())
                 .await?;

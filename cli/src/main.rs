@@ -10,6 +10,8 @@ mod plan_cmd;
 mod receipts;
 mod train_local;
 mod verify_cmd;
+mod verify_credits;
+mod verify_replay;
 mod worker_cmd;
 
 use anyhow::Result;

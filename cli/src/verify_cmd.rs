@@ -1,6 +1,8 @@
 //! `tessera verify`: checks a run's log — every entry linked to the one before, hashed right and
 //! signed by the coordinator — and, given the checkpoints, that each closed round's or step's
-//! checkpoint holds exactly the weights the log recorded. Names the first bad entry.
+//! checkpoint holds exactly the weights the log recorded and that replaying the kept aggregates
+//! from a checkpoint reaches them; recomputes every identity's credits from the log (and holds
+//! a live coordinator's status to them). Names the first bad entry.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +25,9 @@ pub struct Args {
     #[arg(long)]
     pub log: String,
     /// Check each closed round's checkpoint in this directory (`round-N/`) against the weights
-    /// the log recorded (default: `checkpoints/` of a data directory given as `--log`).
+    /// the log recorded, and replay each round's or step's aggregate (`round-N/aggregate`)
+    /// from the checkpoint before it by the run's rules (`rules.json`) to reach them (default:
+    /// `checkpoints/` of a data directory given as `--log`).
     #[arg(long)]
     pub checkpoints: Option<PathBuf>,
     /// The coordinator's public key (hex) to hold the log to (default: the key its first entry
@@ -33,6 +37,12 @@ pub struct Args {
     /// Also write the log to this file (JSON), to verify later or elsewhere.
     #[arg(long)]
     pub save: Option<PathBuf>,
+    /// Check the checkpoints' hashes only, without replaying the aggregates.
+    #[arg(long)]
+    pub no_replay: bool,
+    /// Print every identity's recomputed credits (by default only the totals).
+    #[arg(long)]
+    pub credits: bool,
     /// A worker's receipts file (`tessera worker --receipts`): each receipt must be signed by
     /// the coordinator and name the log entry that records its verdict, unchanged. A receipt
     /// the log contradicts proves the coordinator dropped or rewrote that submission's record.
@@ -218,7 +228,14 @@ fn check_checkpoints(entries: &[SignedEntry], dir: &Path) -> Result<usize> {
 
 /// Runs the check; an error names the first bad entry.
 pub async fn run(a: Args) -> Result<()> {
-    let (file, data_dir) = if a.log.starts_with("http://") || a.log.starts_with("https://") {
+    let live = a.log.starts_with("http://") || a.log.starts_with("https://");
+    // What the coordinator claims is read before its log, so the log holds the claimed head.
+    let claimed = if live {
+        Some(crate::verify_credits::fetch_claimed(&a.log)?)
+    } else {
+        None
+    };
+    let (file, data_dir) = if live {
         (fetch(&a.log)?, None)
     } else if Path::new(&a.log).is_dir() {
         (
@@ -260,6 +277,35 @@ pub async fn run(a: Args) -> Result<()> {
         Some(dir) => check_checkpoints(&entries, dir)?,
         None => 0,
     };
+    if let (Some(dir), false) = (&checkpoints, a.no_replay) {
+        let rules = crate::verify_replay::rules(&entries, dir)?;
+        let r = crate::verify_replay::replay(&entries, dir, &rules)?;
+        let starts: Vec<String> = r.starts.iter().map(|v| v.to_string()).collect();
+        println!(
+            "replayed {} closed versions from checkpoint {} by the run's rules: each reaches the weights the log recorded",
+            r.versions,
+            if starts.is_empty() { "-".into() } else { starts.join(", ") }
+        );
+    }
+    let credits = crate::verify_credits::recompute(&entries, None);
+    if a.credits {
+        crate::verify_credits::print(&credits);
+    } else {
+        let total: f64 = credits.records().values().map(|r| r.flops).sum();
+        println!(
+            "credits recomputed from the log: {} identities, {:.3} GFLOP verified, {} refused (--credits lists them)",
+            credits.records().len(),
+            total / 1e9,
+            credits.refused().len()
+        );
+    }
+    if let Some(c) = &claimed {
+        let n = crate::verify_credits::check_claimed(&entries, c)?;
+        println!(
+            "the coordinator's status shows exactly the credits its log gives ({n} identities, at entry {})",
+            c.log_head
+        );
+    }
     let closed = entries
         .iter()
         .filter(|e| matches!(e.entry.event, LogEvent::Closed { .. }))

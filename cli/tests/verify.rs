@@ -1,6 +1,9 @@
 //! `tessera verify` on a real run's log: a coordinator SIGKILLed and restarted mid-run still
-//! leaves one intact chain; the log saved to a file verifies again; and any altered entry,
-//! signature, removed entry or checkpoint byte fails, naming the first bad entry.
+//! leaves one intact chain whose aggregates replay from the first checkpoint to every later
+//! one; a live coordinator's credits are the ones its log gives; the log saved to a file
+//! verifies again; and any altered entry, signature, removed entry, checkpoint byte, aggregate
+//! byte or rule fails, as does a coordinator that re-signs its log around weights it did not
+//! reach by its aggregates, naming the first bad entry.
 
 mod common;
 
@@ -50,6 +53,17 @@ fn the_log_of_a_restarted_run_verifies_and_any_tampering_is_named() {
     wait_for(port, FIVE_MINUTES, "round 3", |s| {
         s["round"].as_u64() >= Some(3)
     });
+    // Live: what the coordinator's status shows of credits is what its log gives.
+    let url = format!("http://127.0.0.1:{port}");
+    let (ok, text) = verify(&["--log".as_ref(), url.as_ref(), "--credits".as_ref()]);
+    println!("{text}");
+    assert!(ok, "a live coordinator's log and credits verify: {text}");
+    assert!(
+        text.contains(
+            "the coordinator's status shows exactly the credits its log gives (3 identities"
+        ),
+        "{text}"
+    );
     drop(c); // SIGKILL
     let mut c2 = coordinator(&data("e2e.toml"), port, &dir);
     assert!(c2.wait_exit(FIVE_MINUTES, "the run to finish").success());
@@ -64,6 +78,17 @@ fn the_log_of_a_restarted_run_verifies_and_any_tampering_is_named() {
     println!("{text}");
     assert!(ok, "an honest run's log verifies: {text}");
     assert!(text.contains("12 checkpoints checked"), "{text}");
+    assert!(
+        text.contains("replayed 12 closed versions from checkpoint 0 by the run's rules"),
+        "{text}"
+    );
+    let verified: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("credits recomputed from the log: 3 identities, "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("three workers' credits: {text}"));
+    assert!(verified > 0.0, "{text}");
     let (ok, text) = verify(&["--log".as_ref(), saved.as_os_str()]);
     assert!(ok, "the saved log verifies: {text}");
 
@@ -96,6 +121,8 @@ fn the_log_of_a_restarted_run_verifies_and_any_tampering_is_named() {
         7,
     );
     case("a removed entry", &|es| drop(es.remove(3)), 3);
+
+    replay_cases(&dir, &saved);
 
     // A checkpoint byte altered: the entry that closed that version is named.
     let ck = dir.join("checkpoints/round-5/model.safetensors");
@@ -200,6 +227,139 @@ fn a_workers_receipts_prove_what_the_coordinator_recorded_even_against_a_re_sign
     assert!(
         text.contains("was rewritten after the fact")
             || text.contains("does not record this verdict"),
+        "{text}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn flip_byte(path: &Path, from_end: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() - from_end;
+    bytes[at] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The replay's cases, on copies of the run's checkpoints.
+fn replay_cases(dir: &Path, saved: &Path) {
+    use tessera_compute::hf::params_from_safetensors;
+    use tessera_compute::ModelConfig;
+    use tessera_coordinator::core::weights_digest;
+    use tessera_protocol::identity::{hex, parse_hex32, unhex};
+    use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
+    use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
+    use tessera_protocol::Identity;
+
+    let checkpoints = dir.join("checkpoints");
+    let run = |log: &Path, cks: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--log".as_ref(),
+            log.as_os_str(),
+            "--checkpoints".as_ref(),
+            cks.as_os_str(),
+        ];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+        verify(&args)
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved).unwrap()).unwrap();
+    let entries: Vec<SignedEntry> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| from_signing_bytes(&unhex(e["signed"].as_str().unwrap()).unwrap()).unwrap())
+        .collect();
+    let closing = |version: u64| {
+        entries
+            .iter()
+            .rposition(
+                |e| matches!(e.entry.event, LogEvent::Closed { version: v, .. } if v == version),
+            )
+            .unwrap()
+    };
+
+    // An aggregate byte altered.
+    let copy = dir.with_extension("ck-aggregate");
+    copy_dir(&checkpoints, &copy);
+    flip_byte(&copy.join("round-7/aggregate.safetensors"), 9);
+    let (ok, text) = run(saved, &copy, &[]);
+    println!("an altered aggregate: {}", text.trim());
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("log entry {}:", closing(7)))
+            && text.contains("is not the aggregate the log recorded"),
+        "{text}"
+    );
+
+    // Other rules than the run started with (a larger outer step).
+    let copy = dir.with_extension("ck-rules");
+    copy_dir(&checkpoints, &copy);
+    let rules = std::fs::read_to_string(copy.join("rules.json")).unwrap();
+    let mut r: serde_json::Value = serde_json::from_str(&rules).unwrap();
+    let lr = r["step"]["Outer"]["lr"]
+        .as_f64()
+        .expect("whole-model rules");
+    r["step"]["Outer"]["lr"] = (lr * 2.0).into();
+    std::fs::write(copy.join("rules.json"), r.to_string()).unwrap();
+    let (ok, text) = run(saved, &copy, &[]);
+    println!("other rules: {}", text.trim());
+    assert!(
+        !ok && text.contains("log entry 0:") && text.contains("rules.json"),
+        "{text}"
+    );
+
+    // The coordinator (it holds its key) slips other weights into version 5, records their
+    // hash in the log and re-signs the whole chain: every checkpoint matches its log entry, but
+    // the replay of the recorded aggregates does not reach those weights.
+    let copy = dir.with_extension("ck-forged");
+    copy_dir(&checkpoints, &copy);
+    let ck = copy.join("round-5");
+    flip_byte(&ck.join("model.safetensors"), 11);
+    let cfg = ModelConfig::from_hf_json(&std::fs::read_to_string(ck.join("config.json")).unwrap())
+        .unwrap();
+    let forged_weights = weights_digest(
+        &params_from_safetensors(&cfg, &std::fs::read(ck.join("model.safetensors")).unwrap())
+            .unwrap(),
+    );
+    let at = closing(5);
+    let key = std::fs::read_to_string(dir.join("coordinator.key")).unwrap();
+    let id = Identity::from_seed(parse_hex32(&key).unwrap());
+    let mut w = LogWriter::default();
+    let forged: Vec<serde_json::Value> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut event = e.entry.event.clone();
+            if let (true, LogEvent::Closed { weights, .. }) = (i == at, &mut event) {
+                *weights = forged_weights;
+            }
+            let s = w.append(&id, e.entry.time_ms, event);
+            serde_json::json!({"index": s.entry.index, "signed": hex(&signing_bytes(&s).unwrap())})
+        })
+        .collect();
+    let forged_log = dir.with_extension("forged-weights.json");
+    std::fs::write(
+        &forged_log,
+        serde_json::json!({"coordinator": v["coordinator"], "entries": forged}).to_string(),
+    )
+    .unwrap();
+    let (ok, text) = run(&forged_log, &copy, &["--no-replay"]);
+    assert!(ok, "the checkpoints alone match the re-signed log: {text}");
+    let (ok, text) = run(&forged_log, &copy, &[]);
+    println!("weights the aggregates do not reach: {}", text.trim());
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("log entry {at}:")) && text.contains("does not give the weights"),
         "{text}"
     );
 }

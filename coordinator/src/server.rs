@@ -43,6 +43,48 @@ pub struct Status {
     pub contributors: Vec<ContributorStatus>,
     /// Identities the administrator banned (hex).
     pub banned: Vec<String>,
+    /// Index of the last run-log entry this status reflects.
+    pub log_head: u64,
+    /// Every identity the log knows, with its credits as the log makes them
+    /// (`tessera verify` recomputes them and holds the coordinator to these).
+    pub credits: Vec<CreditLine>,
+}
+
+/// One identity's standing, from the run log.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreditLine {
+    /// Public key (hex).
+    pub key: String,
+    /// GFLOP of verified work.
+    pub credits: f64,
+    /// GFLOP of accepted work waiting for a passed check.
+    pub pending_credits: f64,
+    /// Accepted units.
+    pub accepted: u64,
+    /// Rejected submissions.
+    pub rejected: u64,
+    /// Checks passed.
+    pub checks_passed: u64,
+    /// Checks failed.
+    pub checks_failed: u64,
+    /// Found wrong by a check, and refused.
+    pub refused: bool,
+}
+
+impl CreditLine {
+    /// The line of `key` in a record book.
+    pub fn of(key: &tessera_protocol::PublicKey, r: &crate::core::Record, refused: bool) -> Self {
+        CreditLine {
+            key: key.to_string(),
+            credits: r.flops / 1e9,
+            pending_credits: r.pending_flops / 1e9,
+            accepted: r.accepted,
+            rejected: r.rejected,
+            checks_passed: r.checks_passed,
+            checks_failed: r.checks_failed,
+            refused,
+        }
+    }
 }
 
 /// One contributor in the status.
@@ -115,6 +157,12 @@ fn status_of(core: &Core) -> Status {
             .banned
             .iter()
             .map(|k| k.to_string())
+            .collect(),
+        log_head: core.log_head().index,
+        credits: core
+            .records()
+            .iter()
+            .map(|(k, r)| CreditLine::of(k, r, core.credits().is_refused(k)))
             .collect(),
     }
 }

@@ -21,6 +21,7 @@ use tessera_protocol::log::SignedEntry;
 use tessera_protocol::messages::LogHead;
 use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
 
+use crate::core::replay::RunRules;
 use crate::core::{Contribution, Snapshot};
 
 /// Why storage failed.
@@ -143,6 +144,13 @@ impl Store {
             .to_vec())
     }
 
+    /// Writes the run's rules (`checkpoints/rules.json`), which `tessera verify` replays
+    /// checkpoints by.
+    pub async fn write_rules(&self, rules: &RunRules) -> Result<(), StoreError> {
+        let text = serde_json::to_string_pretty(rules).map_err(|e| corrupt("rules", e))?;
+        self.put("checkpoints/rules.json", text.into_bytes()).await
+    }
+
     /// Writes the Hugging Face checkpoint of a snapshot; returns its directory.
     pub async fn write_checkpoint(
         &self,
@@ -160,8 +168,9 @@ impl Store {
         Ok(self.dir.join(base))
     }
 
-    /// Commits a round boundary: the checkpoint, then (atomically) the state row pointing at
-    /// it; then the closed rounds' update blobs are dropped (their ledger rows stay).
+    /// Commits a round boundary: the checkpoint (with the AdamW moments of pipeline runs and
+    /// the aggregate that produced it, for replays), then (atomically) the state row pointing
+    /// at it; then the closed rounds' update blobs are dropped (their ledger rows stay).
     pub async fn commit(
         &self,
         run: &str,
@@ -169,8 +178,13 @@ impl Store {
         snap: &Snapshot,
     ) -> Result<PathBuf, StoreError> {
         let ck = self.write_checkpoint(cfg, snap).await?;
-        if let Some((m, v)) = &snap.moments {
-            for (name, t) in [("adam_m", m), ("adam_v", v)] {
+        let kept = snap
+            .moments
+            .iter()
+            .flat_map(|(m, v)| [("adam_m", m), ("adam_v", v)])
+            .chain(snap.aggregate.iter().map(|a| ("aggregate", a)));
+        {
+            for (name, t) in kept {
                 let path = format!("checkpoints/round-{}/{name}.safetensors", snap.version);
                 let st = params_to_safetensors(cfg, t).map_err(|e| corrupt(&path, e))?;
                 self.put(&path, st).await?;
@@ -348,6 +362,7 @@ impl Store {
             losses,
             next_unit: row.try_get::<i64, _>("next_unit")? as u64,
             next_lease: row.try_get::<i64, _>("next_lease")? as u64,
+            aggregate: None,
         };
         Ok(Some((snap, accepted)))
     }

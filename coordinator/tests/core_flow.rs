@@ -576,7 +576,7 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
         })
         .collect();
     let mut again = core(run);
-    again.restore_admin(&events);
+    again.restore_from_log(&events);
     assert_eq!(again.spec().rounds, 5);
     assert!(again.admin_state().banned.contains(&bob.key()));
     assert!(again.admin_state().stopped && !again.admin_state().paused);

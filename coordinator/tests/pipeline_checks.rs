@@ -580,7 +580,7 @@ fn hostile_pipeline_work_is_caught_never_applied_and_earns_nothing() {
         Identity::from_seed([200; 32]),
         init.clone(),
     );
-    again.restore_admin(&events);
+    again.restore_from_log(&events);
     for s in &sims {
         let key = s.client.key();
         let hostile = s.role != Role::Honest;
@@ -592,6 +592,10 @@ fn hostile_pipeline_work_is_caught_never_applied_and_earns_nothing() {
             s.role
         );
     }
+    // Every record, credits included, is a fold of the log: a restarted coordinator has them
+    // all back, to the bit.
+    assert_eq!(again.records(), run.core.records());
+    assert_eq!(again.credits(), run.core.credits());
 }
 
 #[test]

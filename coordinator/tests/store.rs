@@ -64,6 +64,7 @@ async fn exercise(name: &str, url: Option<&str>) {
     let weights = tessera_compute::reference::ModelParams::random(&cfg, 4);
     let snap = Snapshot {
         moments: None,
+        aggregate: None,
         round: 2,
         version: 2,
         weights: weights.clone(),
@@ -98,6 +99,7 @@ async fn exercise(name: &str, url: Option<&str>) {
     );
     // A pipeline run's snapshot carries the AdamW moments; they come back with it.
     let piped = Snapshot {
+        aggregate: None,
         round: 3,
         version: 3,
         moments: Some((

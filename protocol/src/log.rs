@@ -60,6 +60,14 @@ pub enum LogEvent {
         seq: u64,
         /// SHA-256 of the result as received.
         result: [u8; 32],
+        /// Tokens the unit covered.
+        tokens: u64,
+        /// Floating-point operations the unit is credited with (estimated from the model
+        /// shape; zero for an audit answer, whose credit comes with its check).
+        flops: f64,
+        /// Whether the credit waits for a passed check of this identity (runs that check
+        /// work) rather than counting at once.
+        pending: bool,
     },
     /// A result was rejected, and why.
     Rejected {
@@ -80,8 +88,13 @@ pub enum LogEvent {
         version: u64,
         /// SHA-256 of the checkpoint's weights.
         weights: [u8; 32],
+        /// SHA-256 of the aggregate that produced them from the previous version's weights
+        /// (whole-model rounds: the clipped mean of the replicas' updates; pipeline steps: the
+        /// summed gradients), kept beside the checkpoint so anyone can replay the step.
+        aggregate: [u8; 32],
     },
-    /// A lease's step was checked by running its units again on other leases.
+    /// A contributor's work was checked: a lease's step run again on other leases, or the checks
+    /// of a whole-model update (then `step` is the round and there are no auditors).
     Checked {
         /// Whose work.
         key: PublicKey,
@@ -91,6 +104,10 @@ pub enum LogEvent {
         auditors: Vec<PublicKey>,
         /// What came of it.
         outcome: CheckOutcome,
+        /// Floating-point operations of the recomputation, credited to each of `credited`.
+        flops: f64,
+        /// The auditors whose results agreed with the verdict, credited for the check.
+        credited: Vec<PublicKey>,
     },
     /// A step's results were thrown away (every result descending from a rejected one) and
     /// the step runs again from the same weights.
@@ -335,6 +352,9 @@ mod tests {
                     unit: i,
                     seq: i,
                     result: [i as u8; 32],
+                    tokens: 8,
+                    flops: 1e6,
+                    pending: false,
                 },
             ));
         }

@@ -149,30 +149,15 @@ impl Core {
         }
     }
 
-    /// Re-applies the administrator's acts recorded in the log, and refuses again the
-    /// identities found wrong by checks (after a restart, before any contributor connects).
-    pub fn restore_admin<'a>(&mut self, events: impl IntoIterator<Item = &'a LogEvent>) {
+    /// After a restart, before any contributor connects: re-applies the administrator's acts
+    /// recorded in the log and rebuilds every identity's record from it (credits, checks,
+    /// refusals of identities found wrong).
+    pub fn restore_from_log<'a>(&mut self, events: impl IntoIterator<Item = &'a LogEvent>) {
         for e in events {
-            match e {
-                LogEvent::Admin { action, reason } => self.apply_admin(action, reason),
-                LogEvent::Checked {
-                    key,
-                    outcome: tessera_protocol::log::CheckOutcome::Failed(_),
-                    ..
-                } => {
-                    self.distrusted.insert(*key);
-                }
-                LogEvent::Checked {
-                    auditors,
-                    outcome: tessera_protocol::log::CheckOutcome::AuditorFailed(_),
-                    ..
-                } => {
-                    if let Some(k) = auditors.first() {
-                        self.distrusted.insert(*k);
-                    }
-                }
-                _ => {}
+            if let LogEvent::Admin { action, reason } = e {
+                self.apply_admin(action, reason);
             }
+            self.credits.apply(e);
         }
         self.out.clear();
     }
@@ -184,6 +169,6 @@ impl Core {
 
     /// Whether `key` is refused from the run: banned, or found wrong by a check.
     pub fn is_refused(&self, key: &PublicKey) -> bool {
-        self.admin.banned.contains(key) || self.distrusted.contains(key)
+        self.admin.banned.contains(key) || self.credits.is_refused(key)
     }
 }

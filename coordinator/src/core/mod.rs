@@ -9,7 +9,9 @@
 //! version, so pipeline units (micro-shard stages) can join the same tables later.
 
 pub mod admin;
+pub mod credits;
 mod pipeline;
+pub mod replay;
 mod replica_checks;
 mod rounds;
 mod sessions;
@@ -199,9 +201,13 @@ pub struct Snapshot {
     /// Pipeline runs: the authoritative AdamW moments (first, second) at that version, once a
     /// step was taken.
     pub moments: Option<(ModelParams<f32>, ModelParams<f32>)>,
+    /// The aggregate that produced this version from the previous one (see [`replay`]), kept
+    /// beside the checkpoint; none for the initial weights and for a resumed snapshot.
+    pub aggregate: Option<ModelParams<f32>>,
 }
 
-/// Per-identity record, kept across sessions.
+/// Per-identity record, kept across sessions and restarts: a fold of the run log (see
+/// [`credits`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Native or browser (as last seen).
@@ -236,15 +242,16 @@ pub struct Core {
     losses: Vec<f64>,
     sampler: Sampler,
     sessions: BTreeMap<ConnId, sessions::Session>,
-    records: BTreeMap<PublicKey, Record>,
+    /// Every identity's record, folded from the log as it is written.
+    credits: credits::Credits,
     round: rounds::Round,
     pipe: Option<pipeline::Pipe>,
     log: LogWriter,
     admin: admin::AdminState,
-    /// Identities whose results failed a check: refused from then on.
-    distrusted: std::collections::BTreeSet<PublicKey>,
     /// The previous round's accepted updates (dense), to catch stale results sent again.
     previous_updates: Vec<Vec<Vec<f32>>>,
+    /// The aggregate of the last closed round or step (what produced the current weights).
+    aggregate: Option<ModelParams<f32>>,
     /// Loss gains of the updates that passed a loss check, by round (this round's and the
     /// last's are kept).
     gains: Vec<(u64, f64)>,
@@ -265,6 +272,7 @@ impl Core {
             next_unit: 1,
             next_lease: 1,
             moments: None,
+            aggregate: None,
         };
         let mut core = Self::resume(spec, id, snap, Vec::new());
         core.continue_log(None);
@@ -276,12 +284,7 @@ impl Core {
     pub fn continue_log(&mut self, head: Option<LogHead>) {
         self.log = LogWriter::after(head);
         if head.is_none() {
-            let config = digest(&(
-                &self.spec.name,
-                self.spec.model.to_hf_json(),
-                self.spec.seed,
-                self.spec.rounds,
-            ));
+            let config = replay::RunRules::of(&self.spec).digest();
             self.log(LogEvent::Started {
                 run: self.spec.name.clone(),
                 coordinator: self.id.public(),
@@ -297,6 +300,7 @@ impl Core {
 
     /// Appends a decision to the run log.
     fn log(&mut self, event: LogEvent) -> SignedEntry {
+        self.credits.apply(&event);
         let entry = self.log.append(&self.id, self.now, event);
         self.out.push(Action::Logged(entry.clone()));
         entry
@@ -326,13 +330,13 @@ impl Core {
             losses: snap.losses,
             sampler,
             sessions: BTreeMap::new(),
-            records: BTreeMap::new(),
+            credits: credits::Credits::default(),
             round,
             pipe: None,
             log: LogWriter::default(),
             admin: admin::AdminState::default(),
-            distrusted: Default::default(),
             previous_updates: Vec::new(),
+            aggregate: None,
             gains: Vec::new(),
             next_unit: snap.next_unit,
             next_lease: snap.next_lease,
@@ -416,7 +420,12 @@ impl Core {
 
     /// Per-identity records.
     pub fn records(&self) -> &BTreeMap<PublicKey, Record> {
-        &self.records
+        self.credits.records()
+    }
+
+    /// Every identity's record and refusals, as folded from the log.
+    pub fn credits(&self) -> &credits::Credits {
+        &self.credits
     }
 
     /// The snapshot to persist at a round boundary.
@@ -429,6 +438,7 @@ impl Core {
             next_unit: self.next_unit,
             next_lease: self.next_lease,
             moments: self.pipe.as_ref().and_then(|p| p.moments.clone()),
+            aggregate: self.aggregate.clone(),
         }
     }
 

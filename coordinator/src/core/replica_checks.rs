@@ -122,7 +122,7 @@ impl Core {
                 ));
             }
         }
-        let passed = self.records.get(&key).map_or(0, |r| r.checks_passed);
+        let passed = self.credits.checks_passed(&key);
         let h = super::digest(&("loss-check", self.spec.seed, self.round.number, slot, key));
         let draw =
             u64::from_le_bytes(h[..8].try_into().unwrap_or_default()) as f64 / u64::MAX as f64;
@@ -205,14 +205,13 @@ impl Core {
                 continue;
             }
             self.gains.push((round, gain));
-            let r = self.records.entry(key).or_default();
-            r.checks_passed += 1;
-            r.flops += std::mem::take(&mut r.pending_flops);
             self.log(LogEvent::Checked {
                 key,
                 step: round,
                 auditors: Vec::new(),
                 outcome: CheckOutcome::Passed,
+                flops: 0.0,
+                credited: Vec::new(),
             });
         }
         self.round.drawn.clear();
@@ -222,11 +221,13 @@ impl Core {
                 step: round,
                 auditors: Vec::new(),
                 outcome: CheckOutcome::Failed(why.clone()),
+                flops: 0.0,
+                credited: Vec::new(),
             });
             self.round.reopen(*slot);
             self.out
                 .push(super::Action::Withdrawn { round, slot: *slot });
-            self.distrust(*key, format!("its update failed a check: {why}"));
+            self.close_refused(*key, format!("its update failed a check: {why}"));
         }
         failed.is_empty()
     }

@@ -191,6 +191,9 @@ impl Core {
         }
     }
 
+    /// Logs a verdict (an acceptance with the work's credit: `(tokens, flops)`) and sends the
+    /// signed receipt naming the entry.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn receipt(
         &mut self,
         conn: ConnId,
@@ -199,13 +202,21 @@ impl Core {
         seq: u64,
         verdict: Verdict,
         result: [u8; 32],
+        (tokens, flops): (u64, f64),
     ) {
+        let pending = match self.spec.pipeline {
+            Some(_) => super::pipeline::pipe_checks(&self.spec),
+            None => self.spec.checks.is_some(),
+        };
         let event = match &verdict {
             Verdict::Accepted => LogEvent::Accepted {
                 key: contributor,
                 unit,
                 seq,
                 result,
+                tokens,
+                flops,
+                pending,
             },
             Verdict::Rejected(reason) => LogEvent::Rejected {
                 key: contributor,
@@ -235,8 +246,15 @@ impl Core {
         seq: u64,
         why: String,
     ) {
-        self.records.entry(key).or_default().rejected += 1;
-        self.receipt(conn, unit, key, seq, Verdict::Rejected(why), [0; 32]);
+        self.receipt(
+            conn,
+            unit,
+            key,
+            seq,
+            Verdict::Rejected(why),
+            [0; 32],
+            (0, 0.0),
+        );
     }
 
     /// A submission: checked, then accepted into its slot or rejected with the reason.
@@ -294,7 +312,7 @@ impl Core {
                 self.round.slots[u.slot as usize] = Slot::Open;
                 self.reject(conn, unit, key, seq, why.clone());
                 if self.spec.checks.is_some() && super::validate::update_non_finite(&sub.result) {
-                    self.refuse_poisoned(key, format!("it sent values that are not finite: {why}"));
+                    self.found_wrong(key, format!("it sent values that are not finite: {why}"));
                 }
                 return;
             }
@@ -308,7 +326,7 @@ impl Core {
                 Err(why) => {
                     self.round.slots[u.slot as usize] = Slot::Open;
                     self.reject(conn, unit, key, seq, why.clone());
-                    return self.distrust(key, format!("its update failed a check: {why}"));
+                    return self.found_wrong(key, format!("its update failed a check: {why}"));
                 }
             }
         }
@@ -323,17 +341,17 @@ impl Core {
             update: sub.result,
         };
         self.out.push(Action::Accepted(c.clone()));
-        let r = self.records.entry(key).or_default();
-        r.accepted += 1;
-        r.tokens += sub.tokens;
         let flops = 6.0 * self.spec.model.parameter_count() as f64 * sub.tokens as f64;
-        if self.spec.checks.is_some() {
-            r.pending_flops += flops;
-        } else {
-            r.flops += flops;
-        }
         self.round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
-        self.receipt(conn, unit, key, seq, Verdict::Accepted, result_digest);
+        self.receipt(
+            conn,
+            unit,
+            key,
+            seq,
+            Verdict::Accepted,
+            result_digest,
+            (sub.tokens, flops),
+        );
         if self.round.slots.iter().all(|s| matches!(s, Slot::Done(..))) && self.round_checks() {
             self.close_round();
         }
@@ -372,17 +390,15 @@ impl Core {
         self.previous_updates = updates;
         let closed_round = self.round.number;
         self.gains.retain(|&(r, _)| r == closed_round);
-        let mut theta: Vec<Vec<f32>> = self
-            .weights
-            .named()
-            .into_iter()
-            .map(|(_, v)| v.clone())
-            .collect();
-        outer::apply(&mut theta, &mean, self.spec.outer_lr);
-        for (dst, src) in self.weights.tensors_mut().into_iter().zip(theta) {
-            *dst = src;
+        let mut aggregate = self.weights.zeros_like();
+        for (dst, src) in aggregate.tensors_mut().into_iter().zip(&mean) {
+            dst.clone_from(src);
         }
         let closed = self.round.number;
+        let rule = super::replay::RunRules::of(&self.spec).step;
+        super::replay::apply(&rule, closed, &mut self.weights, &mut None, &aggregate);
+        let aggregate_digest = super::weights_digest(&aggregate);
+        self.aggregate = Some(aggregate);
         self.version += 1;
         let loss = if tokens > 0 {
             loss_sum / tokens as f64
@@ -417,6 +433,7 @@ impl Core {
             round: closed,
             version: self.version,
             weights: super::weights_digest(&self.weights),
+            aggregate: aggregate_digest,
         });
         self.out.push(Action::RoundClosed(RoundSummary {
             round: closed,

@@ -97,7 +97,7 @@ impl Core {
                 ) {
                     return self.fatal(conn, format!("handshake failed: {e}"));
                 }
-                if self.distrusted.contains(&key) {
+                if self.credits.is_refused(&key) {
                     return self.fatal(
                         conn,
                         "this identity's results failed a check: it is refused from this run (see the run log)"
@@ -130,7 +130,6 @@ impl Core {
                     s.stage = Stage::Active;
                     s.kind
                 };
-                self.records.entry(key).or_default().kind = Some(kind);
                 self.log(LogEvent::Joined { key, kind });
                 self.send(
                     conn,

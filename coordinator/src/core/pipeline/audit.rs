@@ -180,7 +180,7 @@ impl Core {
         let Some(checks) = self.spec.checks.clone() else {
             return false;
         };
-        let passed = self.records.get(&key).map_or(0, |r| r.checks_passed);
+        let passed = self.credits.checks_passed(&key);
         let seed = self.spec.seed;
         let Some(pipe) = self.pipe.as_mut() else {
             return false;
@@ -285,6 +285,8 @@ impl Core {
                 lease,
                 CheckOutcome::Skipped("no accepted work".into()),
                 vec![],
+                vec![],
+                0.0,
             );
         }
         let need: BTreeSet<ShardId> = a
@@ -305,13 +307,10 @@ impl Core {
             .filter_map(|(&l, h)| {
                 let s = self.sessions.get(&h.conn)?;
                 let key = s.active()?;
-                (s.ready && !exclude.contains(&key) && !self.distrusted.contains(&key))
+                (s.ready && !exclude.contains(&key) && !self.credits.is_refused(&key))
                     .then_some((l, h.conn, key))
             })
-            .max_by_key(|&(l, _, key)| {
-                let passed = self.records.get(&key).map_or(0, |r| r.checks_passed);
-                (passed, std::cmp::Reverse(l))
-            });
+            .max_by_key(|&(l, _, key)| (self.credits.checks_passed(&key), std::cmp::Reverse(l)));
         let Some((by, conn, key)) = auditor else {
             let outcome = match first {
                 None => CheckOutcome::Skipped(
@@ -322,7 +321,7 @@ impl Core {
                 ),
             };
             let auditors = first.map(|f| vec![f.0]).unwrap_or_default();
-            return self.resolve(lease, outcome, auditors);
+            return self.resolve(lease, outcome, auditors, Vec::new(), 0.0);
         };
         let audit = self.next_unit;
         self.next_unit += 1;
@@ -420,7 +419,8 @@ impl Core {
             Err(why) => return self.audit_answer_refused(conn, key, seq, r.audit, lease, why),
         };
         let d = crate::core::digest(&r);
-        self.receipt(conn, r.audit, key, seq, Verdict::Accepted, d);
+        // The auditor's credit comes with the check's outcome.
+        self.receipt(conn, r.audit, key, seq, Verdict::Accepted, d, (0, 0.0));
         let tol = self.spec.checks.as_ref().map_or(0.0, |c| c.tolerance);
         let units: Vec<u64> = a.done.iter().map(|(w, _)| w.unit).collect();
         let claimed: Vec<PipeResult> = a.done.iter().map(|(_, r)| r.clone()).collect();
@@ -434,10 +434,7 @@ impl Core {
         );
         match first {
             None => match with_checked {
-                Ok(()) => {
-                    self.credit_verified(key, flops);
-                    self.resolve(lease, CheckOutcome::Passed, vec![key]);
-                }
+                Ok(()) => self.resolve(lease, CheckOutcome::Passed, vec![key], vec![key], flops),
                 Err(why) => {
                     tracing::info!(lease, "check mismatch, asking a third party: {why}");
                     if let Some(a) = self
@@ -459,31 +456,32 @@ impl Core {
                 );
                 let auditors = vec![first_key, key];
                 match (with_checked, with_first) {
-                    (Ok(()), _) => {
-                        self.credit_verified(key, flops);
-                        self.resolve(
-                            lease,
-                            CheckOutcome::AuditorFailed(format!(
-                                "the third party agrees with the checked lease, not with {}",
-                                first_key.fingerprint()
-                            )),
-                            auditors,
-                        );
-                    }
-                    (Err(why), Ok(())) => {
-                        self.credit_verified(key, flops);
-                        self.credit_verified(first_key, flops);
-                        self.resolve(lease, CheckOutcome::Failed(why), auditors);
-                    }
-                    (Err(why), Err(_)) => {
-                        self.resolve(
-                            lease,
-                            CheckOutcome::Failed(format!(
-                                "{why} (and the two auditors disagree with each other)"
-                            )),
-                            auditors,
-                        );
-                    }
+                    (Ok(()), _) => self.resolve(
+                        lease,
+                        CheckOutcome::AuditorFailed(format!(
+                            "the third party agrees with the checked lease, not with {}",
+                            first_key.fingerprint()
+                        )),
+                        auditors,
+                        vec![key],
+                        flops,
+                    ),
+                    (Err(why), Ok(())) => self.resolve(
+                        lease,
+                        CheckOutcome::Failed(why),
+                        auditors,
+                        vec![first_key, key],
+                        flops,
+                    ),
+                    (Err(why), Err(_)) => self.resolve(
+                        lease,
+                        CheckOutcome::Failed(format!(
+                            "{why} (and the two auditors disagree with each other)"
+                        )),
+                        auditors,
+                        Vec::new(),
+                        0.0,
+                    ),
                 }
             }
         }
@@ -517,13 +515,17 @@ impl Core {
         self.collect_or_close();
     }
 
-    /// Credits work that was verified by agreement.
-    fn credit_verified(&mut self, key: PublicKey, flops: f64) {
-        self.records.entry(key).or_default().flops += flops;
-    }
-
-    /// Records a check's outcome: in the log, in the identities' records, and for the step.
-    fn resolve(&mut self, lease: u64, outcome: CheckOutcome, auditors: Vec<PublicKey>) {
+    /// Records a check's outcome: in the log (which credits the checked identity's pending
+    /// work on a pass, `flops` to each of `credited`, and refuses whoever was found wrong),
+    /// and for the step; closes the sessions of whoever was found wrong.
+    fn resolve(
+        &mut self,
+        lease: u64,
+        outcome: CheckOutcome,
+        auditors: Vec<PublicKey>,
+        credited: Vec<PublicKey>,
+        flops: f64,
+    ) {
         let Some(pipe) = self.pipe.as_mut() else {
             return;
         };
@@ -538,28 +540,26 @@ impl Core {
             step,
             auditors: auditors.clone(),
             outcome: outcome.clone(),
+            flops,
+            credited,
         });
         match &outcome {
-            CheckOutcome::Passed | CheckOutcome::AuditorFailed(_) => {
-                let r = self.records.entry(key).or_default();
-                r.checks_passed += 1;
-                r.flops += std::mem::take(&mut r.pending_flops);
-                if let (CheckOutcome::AuditorFailed(why), Some(&liar)) =
-                    (&outcome, auditors.first())
-                {
-                    self.distrust(liar, format!("an audit it ran was wrong: {why}"));
+            CheckOutcome::AuditorFailed(why) => {
+                if let Some(&liar) = auditors.first() {
+                    self.close_refused(liar, format!("an audit it ran was wrong: {why}"));
                 }
             }
             CheckOutcome::Failed(why) => {
-                self.distrust(key, format!("its results failed a check: {why}"));
+                self.close_refused(key, format!("its results failed a check: {why}"));
             }
-            CheckOutcome::Skipped(_) | CheckOutcome::Disputed(_) => {}
+            CheckOutcome::Passed | CheckOutcome::Skipped(_) | CheckOutcome::Disputed(_) => {}
         }
     }
 
-    /// An identity that sent NaN or infinities: the failed check goes into the log (so a
-    /// restarted coordinator refuses it too), then it is distrusted.
-    pub(in crate::core) fn refuse_poisoned(&mut self, key: PublicKey, why: String) {
+    /// An identity found wrong outside a lease's check (NaN or infinities, a copied or
+    /// failing whole-model update): a failed check goes into the log, which takes its credits
+    /// and refuses it (a restarted coordinator too), then its sessions close.
+    pub(in crate::core) fn found_wrong(&mut self, key: PublicKey, why: String) {
         let step = match self.pipe.as_ref() {
             Some(p) => p.step.number,
             None => self.round.number,
@@ -569,18 +569,14 @@ impl Core {
             step,
             auditors: Vec::new(),
             outcome: CheckOutcome::Failed(why.clone()),
+            flops: 0.0,
+            credited: Vec::new(),
         });
-        self.distrust(key, why);
+        self.close_refused(key, why);
     }
 
-    /// An identity found wrong: it loses its credits, its session closes and it is refused
-    /// from then on.
-    pub(in crate::core) fn distrust(&mut self, key: PublicKey, why: String) {
-        let r = self.records.entry(key).or_default();
-        r.checks_failed += 1;
-        r.flops = 0.0;
-        r.pending_flops = 0.0;
-        self.distrusted.insert(key);
+    /// Closes the sessions of an identity the log has just refused.
+    pub(in crate::core) fn close_refused(&mut self, key: PublicKey, why: String) {
         let conns: Vec<ConnId> = self
             .sessions
             .iter()

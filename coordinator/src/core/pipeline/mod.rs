@@ -15,6 +15,8 @@ mod route;
 mod step;
 mod units;
 
+pub(in crate::core) use units::pipe_checks;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_compute::reference::ModelParams;

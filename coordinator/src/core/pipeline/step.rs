@@ -6,9 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_compute::reference::ops::IGNORE;
-use tessera_compute::reference::ops::{adamw_step, clip_coefficient, global_norm, AdamW};
 use tessera_compute::reference::ModelParams;
-use tessera_protocol::messages::{InnerOptimizer, Verdict};
+use tessera_protocol::messages::Verdict;
 use tessera_protocol::pipeline::StepGrads;
 use tessera_protocol::{PublicKey, ToContributor};
 use tessera_train::data::draw_index;
@@ -178,17 +177,16 @@ impl Core {
                     p.step.collecting.remove(&g.lease);
                 }
                 let d = crate::core::digest(&g.shards);
-                self.receipt(conn, unit, key, seq, Verdict::Accepted, d);
+                // The sums' credit came with the backward units.
+                self.receipt(conn, unit, key, seq, Verdict::Accepted, d, (0, 0.0));
                 self.collect_or_close();
             }
             Err(why) => {
                 let poison = self.spec.checks.is_some() && super::audit::grads_non_finite(&g);
                 if poison {
                     self.reject(conn, unit, key, seq, why.clone());
-                    return self.refuse_poisoned(
-                        key,
-                        format!("it sent values that are not finite: {why}"),
-                    );
+                    return self
+                        .found_wrong(key, format!("it sent values that are not finite: {why}"));
                 }
                 self.reject(conn, unit, key, seq, why.clone());
                 // Its backward units' sums are lost: drop the lease so they run again.
@@ -277,63 +275,12 @@ impl Core {
             return;
         };
         let number = pipe.step.number;
-        let mut grads =
-            std::mem::replace(&mut pipe.step.grads, ModelParams::zeros(&self.spec.model));
-        let norm = {
-            let views: Vec<&[f32]> = grads
-                .named()
-                .into_iter()
-                .map(|(_, v)| v.as_slice())
-                .collect();
-            global_norm(&views)
-        };
-        let scale = match self.spec.inner_clip {
-            Some(max) => clip_coefficient(norm, max as f64),
-            None => 1.0,
-        };
-        if scale < 1.0 {
-            for t in grads.tensors_mut() {
-                t.iter_mut().for_each(|x| *x *= scale as f32);
-            }
-        }
-        let lr = self.spec.inner_lr.at(number + 1);
-        match self.spec.optimizer {
-            InnerOptimizer::Sgd => {
-                for (p, g) in self.weights.tensors_mut().into_iter().zip(grads.named()) {
-                    p.iter_mut().zip(g.1).for_each(|(a, b)| *a -= lr as f32 * b);
-                }
-            }
-            InnerOptimizer::AdamW {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => {
-                let h = AdamW {
-                    lr,
-                    beta1: beta1 as f64,
-                    beta2: beta2 as f64,
-                    eps: eps as f64,
-                    weight_decay: weight_decay as f64,
-                };
-                let (m, v) = pipe.moments.get_or_insert_with(|| {
-                    (
-                        ModelParams::zeros(&self.spec.model),
-                        ModelParams::zeros(&self.spec.model),
-                    )
-                });
-                for (((p, g), m), v) in self
-                    .weights
-                    .tensors_mut()
-                    .into_iter()
-                    .zip(grads.named())
-                    .zip(m.tensors_mut())
-                    .zip(v.tensors_mut())
-                {
-                    adamw_step(p, g.1, m, v, h, number as u32 + 1);
-                }
-            }
-        }
+        let grads = std::mem::replace(&mut pipe.step.grads, ModelParams::zeros(&self.spec.model));
+        let rule = crate::core::replay::RunRules::of(&self.spec).step;
+        let scale =
+            crate::core::replay::apply(&rule, number, &mut self.weights, &mut pipe.moments, &grads);
+        let aggregate = crate::core::weights_digest(&grads);
+        self.aggregate = Some(grads);
         self.version += 1;
         let loss_sum: f64 = pipe.step.mbs.iter().map(|m| m.loss_sum).sum();
         let count = pipe.step.count;
@@ -348,6 +295,7 @@ impl Core {
             round: number,
             version: self.version,
             weights,
+            aggregate,
         });
         self.out.push(Action::RoundClosed(RoundSummary {
             round: number,

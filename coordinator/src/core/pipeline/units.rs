@@ -263,7 +263,7 @@ impl Core {
                 let poison = pipe_checks(&self.spec) && super::audit::result_non_finite(&o.result);
                 self.reject(conn, unit, key, seq, why.clone());
                 if poison {
-                    self.refuse_poisoned(key, format!("it sent values that are not finite: {why}"));
+                    self.found_wrong(key, format!("it sent values that are not finite: {why}"));
                 }
                 return;
             }
@@ -321,17 +321,17 @@ impl Core {
             .iter()
             .map(|&(s, i)| self.pipe.as_ref().map_or(0, |p| p.params[s][i]))
             .sum();
-        let checked = pipe_checks(&self.spec);
-        let r = self.records.entry(key).or_default();
         let flops = per_token * params as f64 * self.spec.seq as f64;
-        if checked {
-            r.pending_flops += flops;
-        } else {
-            r.flops += flops;
-        }
-        r.accepted += 1;
-        r.tokens += self.spec.seq;
-        self.receipt(conn, unit, key, seq, Verdict::Accepted, result_digest);
+        let credit = (self.spec.seq, flops);
+        self.receipt(
+            conn,
+            unit,
+            key,
+            seq,
+            Verdict::Accepted,
+            result_digest,
+            credit,
+        );
     }
 
     /// When a stage and pass of a micro-batch has every micro-shard's result, passes the sum on.
@@ -494,6 +494,6 @@ impl Core {
 }
 
 /// Whether the run checks pipeline work.
-fn pipe_checks(spec: &crate::core::RunSpec) -> bool {
+pub(in crate::core) fn pipe_checks(spec: &crate::core::RunSpec) -> bool {
     spec.pipeline.is_some() && spec.checks.is_some()
 }

@@ -1,0 +1,229 @@
+//! Credits and reputation as a pure function of the run log. The coordinator keeps them by
+//! folding each entry as it writes it, a restarted coordinator by folding its stored log, and
+//! `tessera verify` by folding the log it checked: one piece of code, so the same numbers, and
+//! a coordinator cannot credit work its log does not record.
+//!
+//! The rules, entry by entry:
+//! - `Joined`: the identity's kind.
+//! - `Accepted`: one more accepted unit, its tokens, and its FLOPs, pending when the entry says
+//!   the run checks work, verified at once otherwise.
+//! - `Rejected`: one more rejected submission.
+//! - `Checked`: passed (or the first auditor was the one wrong): the checked identity's pending
+//!   FLOPs become verified. Failed: the checked identity loses everything and is refused. The
+//!   first auditor of an `AuditorFailed` check is refused likewise. Each identity in `credited`
+//!   gains the check's FLOPs, verified.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_protocol::log::{CheckOutcome, LogEvent};
+use tessera_protocol::PublicKey;
+
+use super::Record;
+
+/// Every identity's record, as the log so far makes it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Credits {
+    records: BTreeMap<PublicKey, Record>,
+    refused: BTreeSet<PublicKey>,
+}
+
+impl Credits {
+    /// The records a whole log makes.
+    pub fn from_log<'a>(events: impl IntoIterator<Item = &'a LogEvent>) -> Self {
+        let mut c = Credits::default();
+        for e in events {
+            c.apply(e);
+        }
+        c
+    }
+
+    /// Folds one more entry in.
+    pub fn apply(&mut self, event: &LogEvent) {
+        match event {
+            LogEvent::Joined { key, kind } => self.at(*key).kind = Some(*kind),
+            LogEvent::Accepted {
+                key,
+                tokens,
+                flops,
+                pending,
+                ..
+            } => {
+                let r = self.at(*key);
+                r.accepted += 1;
+                r.tokens += tokens;
+                if *pending {
+                    r.pending_flops += flops;
+                } else {
+                    r.flops += flops;
+                }
+            }
+            LogEvent::Rejected { key, .. } => self.at(*key).rejected += 1,
+            LogEvent::Checked {
+                key,
+                auditors,
+                outcome,
+                flops,
+                credited,
+                ..
+            } => {
+                match outcome {
+                    CheckOutcome::Passed | CheckOutcome::AuditorFailed(_) => {
+                        let r = self.at(*key);
+                        r.checks_passed += 1;
+                        r.flops += std::mem::take(&mut r.pending_flops);
+                        if let (CheckOutcome::AuditorFailed(_), Some(&liar)) =
+                            (outcome, auditors.first())
+                        {
+                            self.refuse(liar);
+                        }
+                    }
+                    CheckOutcome::Failed(_) => self.refuse(*key),
+                    CheckOutcome::Skipped(_) | CheckOutcome::Disputed(_) => {}
+                }
+                for &k in credited {
+                    if !self.refused.contains(&k) {
+                        self.at(k).flops += flops;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn at(&mut self, key: PublicKey) -> &mut Record {
+        self.records.entry(key).or_default()
+    }
+
+    /// Found wrong: everything is lost, and the identity is refused from then on.
+    fn refuse(&mut self, key: PublicKey) {
+        let r = self.at(key);
+        r.checks_failed += 1;
+        r.flops = 0.0;
+        r.pending_flops = 0.0;
+        self.refused.insert(key);
+    }
+
+    /// Each identity's record.
+    pub fn records(&self) -> &BTreeMap<PublicKey, Record> {
+        &self.records
+    }
+
+    /// Whether a check found `key` wrong.
+    pub fn is_refused(&self, key: &PublicKey) -> bool {
+        self.refused.contains(key)
+    }
+
+    /// The identities checks found wrong.
+    pub fn refused(&self) -> &BTreeSet<PublicKey> {
+        &self.refused
+    }
+
+    /// Checks passed by `key` (its probation).
+    pub fn checks_passed(&self, key: &PublicKey) -> u64 {
+        self.records.get(key).map_or(0, |r| r.checks_passed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_protocol::messages::ContributorKind;
+    use tessera_protocol::Identity;
+
+    fn key(n: u8) -> PublicKey {
+        Identity::from_seed([n; 32]).public()
+    }
+
+    fn accepted(k: PublicKey, flops: f64, pending: bool) -> LogEvent {
+        LogEvent::Accepted {
+            key: k,
+            unit: 1,
+            seq: 1,
+            result: [0; 32],
+            tokens: 10,
+            flops,
+            pending,
+        }
+    }
+
+    fn checked(k: PublicKey, auditors: Vec<PublicKey>, outcome: CheckOutcome) -> LogEvent {
+        LogEvent::Checked {
+            key: k,
+            step: 0,
+            credited: match &outcome {
+                CheckOutcome::Passed => auditors.clone(),
+                CheckOutcome::AuditorFailed(_) | CheckOutcome::Failed(_) => {
+                    auditors.iter().skip(1).copied().collect()
+                }
+                _ => Vec::new(),
+            },
+            auditors,
+            outcome,
+            flops: 5.0,
+        }
+    }
+
+    #[test]
+    fn pending_work_counts_once_checked_and_a_failure_takes_everything() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let log = vec![
+            LogEvent::Joined {
+                key: a,
+                kind: ContributorKind::Native,
+            },
+            accepted(a, 100.0, true),
+            accepted(a, 50.0, true),
+            accepted(b, 70.0, true),
+            LogEvent::Rejected {
+                key: b,
+                unit: 2,
+                seq: 2,
+                reason: "late".into(),
+            },
+            checked(a, vec![b], CheckOutcome::Passed),
+            accepted(a, 1.0, true),
+            checked(b, vec![a, c], CheckOutcome::Failed("wrong".into())),
+        ];
+        let cr = Credits::from_log(&log);
+        let ra = &cr.records()[&a];
+        assert_eq!(ra.kind, Some(ContributorKind::Native));
+        assert_eq!((ra.accepted, ra.tokens, ra.checks_passed), (3, 30, 1));
+        assert_eq!((ra.flops, ra.pending_flops), (150.0, 1.0));
+        let rb = &cr.records()[&b];
+        assert_eq!((rb.flops, rb.pending_flops, rb.rejected), (0.0, 0.0, 1));
+        assert_eq!(rb.checks_failed, 1);
+        assert_eq!(cr.records()[&c].flops, 5.0, "the agreeing third party");
+        assert!(cr.is_refused(&b) && !cr.is_refused(&a));
+        assert_eq!(cr.refused().len(), 1);
+    }
+
+    #[test]
+    fn a_lying_auditor_is_refused_and_the_checked_lease_cleared() {
+        let (a, liar, judge) = (key(1), key(2), key(3));
+        let log = vec![
+            accepted(a, 10.0, true),
+            accepted(liar, 10.0, false),
+            checked(
+                a,
+                vec![liar, judge],
+                CheckOutcome::AuditorFailed("x".into()),
+            ),
+        ];
+        let cr = Credits::from_log(&log);
+        assert_eq!(cr.records()[&a].flops, 10.0);
+        assert_eq!(cr.records()[&liar].flops, 0.0);
+        assert_eq!(cr.records()[&judge].flops, 5.0);
+        assert!(cr.is_refused(&liar));
+        assert_eq!(cr.checks_passed(&a), 1);
+    }
+
+    #[test]
+    fn unchecked_runs_credit_at_once() {
+        let a = key(1);
+        let cr = Credits::from_log(&[accepted(a, 3.0, false), accepted(a, 4.0, false)]);
+        assert_eq!(
+            (cr.records()[&a].flops, cr.records()[&a].pending_flops),
+            (7.0, 0.0)
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! How a closed round or step turns its aggregate into the next weights: the run's rules (what
+//! the log's `Started` entry commits to) and the one function that applies an aggregate. The
+//! coordinator closes every round and step through [`apply`], and `tessera verify` replays the
+//! kept aggregates through it from a checkpoint, so the weights a replay reaches are the
+//! coordinator's bit for bit, or the coordinator did something else than its log says.
+
+use serde::{Deserialize, Serialize};
+use tessera_compute::reference::ops::{adamw_step, clip_coefficient, global_norm, AdamW};
+use tessera_compute::reference::ModelParams;
+use tessera_compute::ModelConfig;
+use tessera_protocol::messages::InnerOptimizer;
+use tessera_train::schedule::Schedule;
+
+use super::RunSpec;
+
+/// What a run is bound to from its first log entry: its identity and how each step's aggregate
+/// moves the weights. Kept as `rules.json` beside the checkpoints; its digest is the `config`
+/// of the log's `Started` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRules {
+    /// Run name.
+    pub run: String,
+    /// The model, as its Hugging Face `config.json`.
+    pub model: String,
+    /// Seed of the weights and the data order.
+    pub seed: u64,
+    /// Rounds or steps the run was started for.
+    pub rounds: u64,
+    /// How an aggregate is applied.
+    pub step: StepRule,
+}
+
+/// How one closed round or step applies its aggregate.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StepRule {
+    /// Whole-model rounds: outer SGD, `theta -= lr * aggregate` (the aggregate being the
+    /// replicas' updates, clipped as the run says, averaged).
+    Outer {
+        /// Outer learning rate.
+        lr: f32,
+    },
+    /// Pipeline steps: the summed gradients clipped to a global norm, then the optimizer.
+    Optimizer {
+        /// SGD or AdamW and its settings.
+        optimizer: InnerOptimizer,
+        /// Learning rate by step (the step after step `n` uses `lr.at(n + 1)`).
+        lr: Schedule,
+        /// Global-norm clip of the summed gradients.
+        clip: Option<f32>,
+    },
+}
+
+impl RunRules {
+    /// The rules of a run.
+    pub fn of(spec: &RunSpec) -> Self {
+        RunRules {
+            run: spec.name.clone(),
+            model: spec.model.to_hf_json(),
+            seed: spec.seed,
+            rounds: spec.rounds,
+            step: match spec.pipeline {
+                Some(_) => StepRule::Optimizer {
+                    optimizer: spec.optimizer,
+                    lr: spec.inner_lr,
+                    clip: spec.inner_clip,
+                },
+                None => StepRule::Outer { lr: spec.outer_lr },
+            },
+        }
+    }
+
+    /// SHA-256 of the rules' postcard encoding: the `config` of the `Started` entry.
+    pub fn digest(&self) -> [u8; 32] {
+        super::digest(self)
+    }
+
+    /// The model the rules name.
+    pub fn model_config(&self) -> Result<ModelConfig, String> {
+        ModelConfig::from_hf_json(&self.model).map_err(|e| e.to_string())
+    }
+}
+
+/// Moves `weights` (and, for AdamW, `moments`, created at zero on the first step) one version
+/// on by `aggregate`, as step or round `number` does. Returns the scale the clip applied (1
+/// when none).
+pub fn apply(
+    rule: &StepRule,
+    number: u64,
+    weights: &mut ModelParams<f32>,
+    moments: &mut Option<(ModelParams<f32>, ModelParams<f32>)>,
+    aggregate: &ModelParams<f32>,
+) -> f64 {
+    match *rule {
+        StepRule::Outer { lr } => {
+            for (p, (_, u)) in weights.tensors_mut().into_iter().zip(aggregate.named()) {
+                tessera_train::outer::apply(std::slice::from_mut(p), std::slice::from_ref(u), lr);
+            }
+            1.0
+        }
+        StepRule::Optimizer {
+            optimizer,
+            lr,
+            clip,
+        } => {
+            let norm = {
+                let views: Vec<&[f32]> = aggregate
+                    .named()
+                    .into_iter()
+                    .map(|(_, v)| v.as_slice())
+                    .collect();
+                global_norm(&views)
+            };
+            let scale = match clip {
+                Some(max) => clip_coefficient(norm, max as f64),
+                None => 1.0,
+            };
+            let mut grads = aggregate.clone();
+            if scale < 1.0 {
+                for t in grads.tensors_mut() {
+                    t.iter_mut().for_each(|x| *x *= scale as f32);
+                }
+            }
+            let lr = lr.at(number + 1);
+            match optimizer {
+                InnerOptimizer::Sgd => {
+                    for (p, g) in weights.tensors_mut().into_iter().zip(grads.named()) {
+                        p.iter_mut().zip(g.1).for_each(|(a, b)| *a -= lr as f32 * b);
+                    }
+                }
+                InnerOptimizer::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => {
+                    let h = AdamW {
+                        lr,
+                        beta1: beta1 as f64,
+                        beta2: beta2 as f64,
+                        eps: eps as f64,
+                        weight_decay: weight_decay as f64,
+                    };
+                    let (m, v) =
+                        moments.get_or_insert_with(|| (weights.zeros_like(), weights.zeros_like()));
+                    for (((p, g), m), v) in weights
+                        .tensors_mut()
+                        .into_iter()
+                        .zip(grads.named())
+                        .zip(m.tensors_mut())
+                        .zip(v.tensors_mut())
+                    {
+                        adamw_step(p, g.1, m, v, h, number as u32 + 1);
+                    }
+                }
+            }
+            scale
+        }
+    }
+}
