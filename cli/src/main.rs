@@ -5,6 +5,7 @@ mod calibrate_cmd;
 mod coordinator_cmd;
 mod demo;
 mod eval;
+mod fork_cmd;
 mod keys;
 mod plan_cmd;
 mod receipts;
@@ -37,8 +38,11 @@ enum Command {
     /// Mean next-token cross-entropy of a checkpoint on a text file.
     Eval(eval::Args),
     /// Check a run's log (chain, hashes, the coordinator's signatures) and its checkpoints
-    /// against it; names the first bad entry.
+    /// against it, replay its aggregates and recompute its credits; names the first bad entry.
     Verify(verify_cmd::Args),
+    /// Start a new run from a verified checkpoint of another: verifies the parent's log up to
+    /// it and writes a data directory that `tessera coordinator` serves under a new key.
+    Fork(fork_cmd::Args),
     /// Train a small model on the built-in corpus on this machine's GPU, cut into micro-shards
     /// exactly as contributors would hold them, printing the training and held-out loss.
     TrainLocal(train_local::Args),
@@ -77,6 +81,7 @@ fn main() -> Result<()> {
         Command::Eval(a) => pollster::block_on(eval::run(a)),
         Command::TrainLocal(a) => train_local::run(a),
         Command::Verify(a) => multi_thread()?.block_on(verify_cmd::run(a)),
+        Command::Fork(a) => multi_thread()?.block_on(fork_cmd::run(a)),
         Command::Plan(a) => plan_cmd::run(a),
         Command::Calibrate(a) => calibrate_cmd::run(a),
         Command::Admin(a) => admin_cmd::run(a),

@@ -14,6 +14,7 @@ use tessera_coordinator::core::weights_digest;
 use tessera_coordinator::store::Store;
 use tessera_protocol::identity::{hex, unhex};
 use tessera_protocol::log::{verify_chain, LogError, LogEvent, SignedEntry};
+use tessera_protocol::messages::LogHead;
 use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
 use tessera_protocol::PublicKey;
 
@@ -86,7 +87,7 @@ fn check_receipts(entries: &[SignedEntry], key: &PublicKey, path: &Path) -> Resu
 
 /// The log as a file: the coordinator's key and every signed entry (hex of its encoding).
 #[derive(Debug, Serialize, Deserialize)]
-struct LogFile {
+pub struct LogFile {
     coordinator: String,
     entries: Vec<Line>,
 }
@@ -174,22 +175,25 @@ fn decode(file: &LogFile) -> Result<Vec<SignedEntry>, LogError> {
 }
 
 /// Each version's checkpoint against the last `Closed` entry for it (a coordinator that crashed
-/// after logging a close but before committing its checkpoint redoes that round).
-fn check_checkpoints(entries: &[SignedEntry], dir: &Path) -> Result<usize> {
+/// after logging a close but before committing its checkpoint redoes that round), and a fork's
+/// first checkpoint against its `Forked` entry.
+pub fn check_checkpoints(entries: &[SignedEntry], dir: &Path) -> Result<usize> {
     let mut last = std::collections::BTreeMap::new();
     for e in entries {
-        if let LogEvent::Closed { version, .. } = &e.entry.event {
-            last.insert(*version, e);
+        match &e.entry.event {
+            LogEvent::Closed {
+                version, weights, ..
+            }
+            | LogEvent::Forked {
+                version, weights, ..
+            } => {
+                last.insert(*version, (e, *weights));
+            }
+            _ => {}
         }
     }
     let mut checked = 0;
-    for e in last.values() {
-        let LogEvent::Closed {
-            version, weights, ..
-        } = &e.entry.event
-        else {
-            continue;
-        };
+    for (version, (e, weights)) in &last {
         let ck = dir.join(format!("round-{version}"));
         let cfg_text = std::fs::read_to_string(ck.join("config.json")).with_context(|| {
             format!(
@@ -214,7 +218,7 @@ fn check_checkpoints(entries: &[SignedEntry], dir: &Path) -> Result<usize> {
                 ck.display()
             ),
         };
-        if &got != weights {
+        if got != *weights {
             bail!(
                 "log entry {}: checkpoint {} does not hold the weights the log recorded for version {version}",
                 e.entry.index,
@@ -226,6 +230,45 @@ fn check_checkpoints(entries: &[SignedEntry], dir: &Path) -> Result<usize> {
     Ok(checked)
 }
 
+/// Reads a log from a coordinator (`http(s)://`), a run's data directory (also returned) or a
+/// saved file.
+pub async fn read_log(log: &str) -> Result<(LogFile, Option<PathBuf>)> {
+    if log.starts_with("http://") || log.starts_with("https://") {
+        Ok((fetch(log)?, None))
+    } else if Path::new(log).is_dir() {
+        Ok((from_store(Path::new(log)).await?, Some(PathBuf::from(log))))
+    } else {
+        let text = std::fs::read_to_string(log).with_context(|| format!("reading {log}"))?;
+        Ok((
+            serde_json::from_str(&text).with_context(|| format!("{log} is not a saved log"))?,
+            None,
+        ))
+    }
+}
+
+/// Decodes a log and checks its chain against the coordinator's key (`key_hex`, else the one
+/// the file names) and that it starts with that coordinator's start: the key, the entries and
+/// the head.
+pub fn check_chain(
+    file: &LogFile,
+    key_hex: Option<&str>,
+) -> Result<(PublicKey, Vec<SignedEntry>, Option<LogHead>)> {
+    let key_hex = key_hex.unwrap_or(&file.coordinator);
+    let key = PublicKey::from_hex(key_hex)
+        .with_context(|| format!("{key_hex:?} is not a coordinator key"))?;
+    let entries = decode(file)?;
+    let head = verify_chain(&entries, &key, None)?;
+    if let Some(first) = entries.first() {
+        match &first.entry.event {
+            LogEvent::Started { coordinator, .. } if *coordinator == key => {}
+            _ => bail!(
+                "log entry 0: the log does not start with the run's start by this coordinator"
+            ),
+        }
+    }
+    Ok((key, entries, head))
+}
+
 /// Runs the check; an error names the first bad entry.
 pub async fn run(a: Args) -> Result<()> {
     let live = a.log.starts_with("http://") || a.log.starts_with("https://");
@@ -235,39 +278,28 @@ pub async fn run(a: Args) -> Result<()> {
     } else {
         None
     };
-    let (file, data_dir) = if live {
-        (fetch(&a.log)?, None)
-    } else if Path::new(&a.log).is_dir() {
-        (
-            from_store(Path::new(&a.log)).await?,
-            Some(PathBuf::from(&a.log)),
-        )
-    } else {
-        let text = std::fs::read_to_string(&a.log).with_context(|| format!("reading {}", a.log))?;
-        (
-            serde_json::from_str(&text).with_context(|| format!("{} is not a saved log", a.log))?,
-            None,
-        )
-    };
+    let (file, data_dir) = read_log(&a.log).await?;
     if let Some(path) = &a.save {
         std::fs::write(path, serde_json::to_string_pretty(&file)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let key_hex = a
-        .coordinator_key
-        .clone()
-        .unwrap_or_else(|| file.coordinator.clone());
-    let key = PublicKey::from_hex(&key_hex)
-        .with_context(|| format!("{key_hex:?} is not a coordinator key"))?;
-    let entries = decode(&file)?;
-    let head = verify_chain(&entries, &key, None)?;
-    if let Some(first) = entries.first() {
-        match &first.entry.event {
-            LogEvent::Started { coordinator, .. } if *coordinator == key => {}
-            _ => bail!(
-                "log entry 0: the log does not start with the run's start by this coordinator"
-            ),
-        }
+    let (key, entries, head) = check_chain(&file, a.coordinator_key.as_deref())?;
+    if let Some(f) = entries.iter().take(2).find_map(|e| match &e.entry.event {
+        LogEvent::Forked {
+            parent,
+            head,
+            version,
+            ..
+        } => Some((parent, head, version)),
+        _ => None,
+    }) {
+        println!(
+            "a fork: from version {} of the run whose coordinator is {}, after its log entry {} ({})",
+            f.2,
+            f.0,
+            f.1.index,
+            hex(&f.1.hash)
+        );
     }
     let checkpoints = a
         .checkpoints

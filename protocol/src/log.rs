@@ -124,6 +124,21 @@ pub enum LogEvent {
         /// The reason given.
         reason: String,
     },
+    /// The run is a fork: it starts from a checkpoint of another run, whose log its founder
+    /// verified up to `head` (the entry that closed `version`, or the parent's first entry for
+    /// its initial weights). Follows `Started`.
+    Forked {
+        /// The parent run's coordinator key.
+        parent: PublicKey,
+        /// The parent log's entry the fork starts after.
+        head: LogHead,
+        /// The parent's weight version the fork starts from.
+        version: u64,
+        /// SHA-256 of those weights.
+        weights: [u8; 32],
+        /// The round or step the fork trains next.
+        round: u64,
+    },
 }
 
 /// What a check of a lease's step found.
