@@ -1,6 +1,6 @@
-//! `tessera admin`: an administrator's requests to a running coordinator (pause, resume, stop,
-//! set a parameter, ban or unban an identity), each with a reason that goes into the run log
-//! and to every connected contributor. The token comes from `--token-file` or
+//! `tessera admin`: an administrator's requests to a coordinator (create a run on an idle one;
+//! pause, resume, stop, set a parameter, ban or unban an identity), each with a reason that goes
+//! into the run log and to every connected contributor. The token comes from `--token-file` or
 //! `TESSERA_ADMIN_TOKEN`.
 
 use std::path::PathBuf;
@@ -29,6 +29,14 @@ pub struct Args {
 /// An administrator's act.
 #[derive(Subcommand, Debug)]
 pub enum Action {
+    /// Create the run on an idle coordinator (one started without `--config`): it validates
+    /// the configuration, starts the run, and records the act after the run's start.
+    Create {
+        /// The run's configuration (TOML); relative data paths in it resolve on the
+        /// coordinator, against its working directory.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Hand out no new work until `resume`.
     Pause,
     /// Hand out work again.
@@ -59,7 +67,15 @@ pub enum Action {
 pub fn run(a: Args) -> Result<()> {
     let token = crate::keys::admin_secret(a.token_file.as_deref())?
         .context("no admin token: pass --token-file or set TESSERA_ADMIN_TOKEN")?;
+    let mut config = None;
     let (action, param, value, key) = match a.action {
+        Action::Create { config: path } => {
+            config = Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            );
+            ("create", None, None, None)
+        }
         Action::Pause => ("pause", None, None, None),
         Action::Resume => ("resume", None, None, None),
         Action::Stop => ("stop", None, None, None),
@@ -72,6 +88,7 @@ pub fn run(a: Args) -> Result<()> {
         param,
         value,
         key,
+        config,
         reason: a.reason,
     };
     let url = format!("{}/api/admin", a.coordinator.trim_end_matches('/'));

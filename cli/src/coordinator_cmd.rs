@@ -1,5 +1,6 @@
 //! `tessera coordinator`: serves a run from a TOML config, resuming from its data directory
-//! when it holds one.
+//! when it holds one; without a config, waits idle for an administrator's `create` (and a run
+//! created so resumes from the configuration it saved in its data directory).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,11 @@ use crate::keys;
 /// Options of `coordinator`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The run configuration (TOML).
+    /// The run configuration (TOML). Without it the coordinator serves the run an administrator
+    /// created in DATA_DIR before (its `run.toml`), or waits idle for `tessera admin create`
+    /// (which needs `--admin-token-file`).
     #[arg(long)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
@@ -80,6 +83,7 @@ pub async fn start(
     page: Option<PathBuf>,
     tls: Option<Arc<ServerConfig>>,
     admin: Option<AdminToken>,
+    created: Option<String>,
 ) -> Result<Running> {
     let (spec, init) = cfg.resolve(base)?;
     let store = Store::open(data_dir, database).await?;
@@ -107,7 +111,10 @@ pub async fn start(
             core
         }
         None => {
-            let core = Core::new(spec, id, init);
+            let mut core = Core::new(spec, id, init);
+            if let Some(reason) = created {
+                core.created_by_admin(reason);
+            }
             store
                 .write_rules(&tessera_coordinator::core::replay::RunRules::of(
                     core.spec(),
@@ -158,15 +165,59 @@ pub async fn start(
 
 /// Runs until the run finishes or Ctrl-C.
 pub async fn run(a: Args) -> Result<()> {
-    let text = std::fs::read_to_string(&a.config)
-        .with_context(|| format!("reading {}", a.config.display()))?;
-    let cfg = RunConfig::from_toml(&text)?;
-    let base = a.config.parent().map(Path::to_path_buf).unwrap_or_default();
     let page = web_dir(a.web.as_deref())?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some(tls::server_config(c, k)?),
         _ => None,
     };
+    let token = admin_token(a.admin_token_file.as_deref())?;
+    let saved = a.data_dir.join("run.toml");
+    let cwd = std::env::current_dir().context("the working directory")?;
+    let (text, base, created) = if let Some(path) = &a.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        (
+            text,
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            None,
+        )
+    } else if saved.exists() {
+        let text = std::fs::read_to_string(&saved)
+            .with_context(|| format!("reading {}", saved.display()))?;
+        println!(
+            "serving the run an administrator created ({})",
+            saved.display()
+        );
+        (text, cwd, None)
+    } else {
+        let Some(token) = token.clone() else {
+            anyhow::bail!("no --config: an idle coordinator waits for `tessera admin create`, which needs an admin token (--admin-token-file or TESSERA_ADMIN_TOKEN)");
+        };
+        let store = Store::open(&a.data_dir, a.database.as_deref()).await?;
+        if store.log_head().await?.is_some() {
+            anyhow::bail!(
+                "{} holds a run but not its configuration: pass --config",
+                a.data_dir.display()
+            );
+        }
+        drop(store);
+        let listener = tokio::net::TcpListener::bind(a.bind)
+            .await
+            .with_context(|| format!("binding {}", a.bind))?;
+        println!(
+            "no run yet: waiting on {} for an administrator's `tessera admin create`",
+            a.bind
+        );
+        let c =
+            tessera_coordinator::idle::wait_for_create(listener, tls.clone(), token, cwd.clone())
+                .await
+                .context("waiting for a run")?;
+        std::fs::write(&saved, &c.config)
+            .with_context(|| format!("writing {}", saved.display()))?;
+        println!("run {} created by the administrator: {:?}", c.run, c.reason);
+        (c.config, cwd, Some(c.reason))
+    };
+    let cfg = RunConfig::from_toml(&text)?;
     let mut running = start(
         &cfg,
         &base,
@@ -175,7 +226,8 @@ pub async fn run(a: Args) -> Result<()> {
         a.database.as_deref(),
         page,
         tls,
-        admin_token(a.admin_token_file.as_deref())?,
+        token,
+        created,
     )
     .await?;
     tokio::select! {

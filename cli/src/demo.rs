@@ -82,7 +82,7 @@ pub async fn run(a: Args) -> Result<()> {
     };
     let page = coordinator_cmd::web_dir(None)?;
     let mut running =
-        coordinator_cmd::start(&cfg, &dir, a.bind, &dir, None, page, None, None).await?;
+        coordinator_cmd::start(&cfg, &dir, a.bind, &dir, None, page, None, None, None).await?;
     let exe = std::env::current_exe().context("locating the tessera binary")?;
     let url = format!("ws://{}/ws", running.addr);
     let budgets: Vec<&str> = if a.pipeline {

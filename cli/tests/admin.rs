@@ -231,3 +231,131 @@ fn admin_requests_are_authenticated_logged_and_seen_by_contributors() {
     assert!(acts[3].ends_with(&format!("ban {key}, because \"sent garbage\"")));
     assert!(acts[4].ends_with("stop, because \"done for today\""));
 }
+
+/// `tessera coordinator` with no config: idle until an administrator creates its run.
+fn idle_coordinator(port: u16, dir: &std::path::Path, token_file: &std::path::Path) -> Proc {
+    let log = std::fs::File::create(dir.with_extension("coordinator.log")).expect("log file");
+    Proc(
+        Command::new(exe())
+            .args(["coordinator", "--bind", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--admin-token-file")
+            .arg(token_file)
+            .stdout(log)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the coordinator"),
+    )
+}
+
+#[test]
+fn an_idle_coordinator_serves_the_run_an_administrator_creates() {
+    let dir = scratch("admin-create");
+    let port = free_port();
+    let token_file = dir.with_extension("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let config = dir.with_extension("run.toml");
+    let text = std::fs::read_to_string(data("e2e.toml"))
+        .unwrap()
+        .replace("name = \"e2e\"", "name = \"created\"")
+        .replace("rounds = 12", "rounds = 2");
+    std::fs::write(&config, &text).unwrap();
+    let mut c = idle_coordinator(port, &dir, &token_file);
+    wait_for(port, LIMIT, "the idle coordinator", |s| {
+        s["phase"] == "idle"
+    });
+
+    // Refused, changing nothing: no token, a wrong one, other acts, a malformed request, a
+    // configuration that does not resolve.
+    let bearer = format!("Bearer {TOKEN}");
+    let create = |config: &str, reason: &str| {
+        serde_json::json!({"action": "create", "config": config, "reason": reason}).to_string()
+    };
+    let good = create(&text, "the first run");
+    assert_eq!(post(port, None, &good).0, 401);
+    assert_eq!(
+        post(port, Some("Bearer not the token at all"), &good).0,
+        403
+    );
+    let (code, body) = post(port, Some(&bearer), r#"{"action":"pause","reason":"x"}"#);
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = post(port, Some(&bearer), &create(&text, " "));
+    assert_eq!(code, 400, "a reason is needed: {body}");
+    let (code, body) = post(port, Some(&bearer), &create("[model]\npreset = 7", "r"));
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = post(
+        port,
+        Some(&bearer),
+        &create(
+            &text.replace("builtin = true", "files = [\"missing.txt\"]"),
+            "r",
+        ),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("configuration"),
+        "{body}"
+    );
+    assert!(!dir.join("run.toml").exists(), "nothing was created");
+    assert_eq!(status(port).unwrap()["phase"], "idle");
+
+    let (ok, out) = admin(
+        port,
+        &token_file,
+        &[
+            "--reason",
+            "the first run",
+            "create",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        ok && out.contains("done: create run created (run log entry 1)"),
+        "{out}"
+    );
+    wait_for(port, LIMIT, "the created run", |s| {
+        s["run"] == "created" && s["phase"] == "training"
+    });
+    // A coordinator serving a run creates no other.
+    let (code, body) = post(port, Some(&bearer), &good);
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already serves run created"),
+        "{body}"
+    );
+    let _w: Vec<_> = (0..3)
+        .map(|i| common::worker(port, &dir.with_extension(format!("w{i}.key"))))
+        .collect();
+    assert!(c.wait_exit(LIMIT, "the created run to finish").success());
+
+    let out = Command::new(exe())
+        .args(["verify", "--log"])
+        .arg(&dir)
+        .output()
+        .expect("run tessera verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("entry 1: the administrator: create run created, because \"the first run\""),
+        "{text}"
+    );
+    assert!(text.contains("2 closed rounds"), "{text}");
+
+    // Restarted without a config, it serves the created run again (finished, so it exits).
+    let mut again = idle_coordinator(port, &dir, &token_file);
+    assert!(again.wait_exit(LIMIT, "the finished run to exit").success());
+    let printed = std::fs::read_to_string(dir.with_extension("coordinator.log")).unwrap();
+    assert!(
+        printed.contains("serving the run an administrator created"),
+        "{printed}"
+    );
+}

@@ -47,7 +47,7 @@ impl AdminToken {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminRequest {
-    /// `pause`, `resume`, `stop`, `set`, `ban` or `unban`.
+    /// `pause`, `resume`, `stop`, `set`, `ban`, `unban` or (on an idle coordinator) `create`.
     pub action: String,
     /// For `set`: the parameter.
     #[serde(default)]
@@ -58,6 +58,9 @@ pub struct AdminRequest {
     /// For `ban` and `unban`: the identity (hex public key).
     #[serde(default)]
     pub key: Option<String>,
+    /// For `create` (on an idle coordinator): the run's configuration, as TOML.
+    #[serde(default)]
+    pub config: Option<String>,
     /// Why; contributors see it in the run log.
     pub reason: String,
 }
@@ -88,7 +91,16 @@ impl AdminRequest {
                 Ok(())
             }
         };
+        if self.action != "create" {
+            only("config", self.config.is_some())?;
+        }
         match self.action.as_str() {
+            // A run exists wherever this is asked (an idle coordinator answers `create`
+            // itself): the core refuses it with the run's name.
+            "create" => Ok(AdminAction::Create {
+                run: String::new(),
+                config: [0; 32],
+            }),
             "pause" | "resume" | "stop" => {
                 only("key", self.key.is_some())?;
                 only(
@@ -124,28 +136,24 @@ impl AdminRequest {
                 })
             }
             other => Err(format!(
-                "unknown action {other:?} (pause, resume, stop, set, ban, unban)"
+                "unknown action {other:?} (pause, resume, stop, set, ban, unban, create)"
             )),
         }
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response {
+pub(crate) fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// `POST /api/admin`.
-pub(crate) async fn api_admin(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let Some(token) = &s.admin else {
-        return error(
+/// Whether the request bears the administrator's token: the refusal (401 or 403) when not.
+pub(crate) fn authorize(token: Option<&AdminToken>, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = token else {
+        return Err(error(
             StatusCode::FORBIDDEN,
             "administration is disabled: this coordinator was started without an admin token"
                 .into(),
-        );
+        ));
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -160,11 +168,23 @@ pub(crate) async fn api_admin(
             axum::http::header::WWW_AUTHENTICATE,
             axum::http::HeaderValue::from_static("Bearer"),
         );
-        return r;
+        return Err(r);
     };
     if !token.matches(given) {
         tracing::warn!("admin request with a wrong token refused");
-        return error(StatusCode::FORBIDDEN, "wrong admin token".into());
+        return Err(error(StatusCode::FORBIDDEN, "wrong admin token".into()));
+    }
+    Ok(())
+}
+
+/// `POST /api/admin`.
+pub(crate) async fn api_admin(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(s.admin.as_ref(), &headers) {
+        return r;
     }
     let req: AdminRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -7,6 +7,7 @@ mod admin_http;
 pub mod config;
 pub mod core;
 pub mod data;
+pub mod idle;
 pub mod server;
 pub mod store;
 pub mod tls;

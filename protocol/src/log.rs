@@ -183,6 +183,13 @@ pub enum AdminAction {
         /// Who.
         key: PublicKey,
     },
+    /// Create the run on an idle coordinator (the entry follows the run's `Started`).
+    Create {
+        /// The run's name.
+        run: String,
+        /// The digest of its rules (the `config` of `Started`).
+        config: [u8; 32],
+    },
 }
 
 impl std::fmt::Display for AdminAction {
@@ -194,6 +201,7 @@ impl std::fmt::Display for AdminAction {
             AdminAction::Set { param, value } => write!(f, "set {param} = {value}"),
             AdminAction::Ban { key } => write!(f, "ban {key}"),
             AdminAction::Unban { key } => write!(f, "unban {key}"),
+            AdminAction::Create { run, .. } => write!(f, "create run {run}"),
         }
     }
 }

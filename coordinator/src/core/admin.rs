@@ -1,5 +1,6 @@
 //! The administrator's authority over a run: pause, resume, stop, change a parameter, ban and
-//! unban an identity. The shell authenticates the request; the core checks it, writes it to the
+//! unban an identity (and the record of the run's creation by an administrator, which the
+//! idle shell, `crate::idle`, performs). The shell authenticates the request; the core checks it, writes it to the
 //! run log, and only then applies it, from the entry (so a restarted coordinator re-applies the
 //! same acts from its log). Connected contributors receive the signed entry.
 
@@ -107,6 +108,10 @@ impl Core {
                 Err(format!("{key} is not banned"))
             }
             AdminAction::Ban { .. } | AdminAction::Unban { .. } => Ok(()),
+            AdminAction::Create { .. } => Err(format!(
+                "this coordinator already serves run {}: an idle coordinator (started without a config) creates runs",
+                self.spec.name
+            )),
         }
     }
 
@@ -146,7 +151,18 @@ impl Core {
             AdminAction::Unban { key } => {
                 self.admin.banned.remove(key);
             }
+            AdminAction::Create { .. } => {}
         }
+    }
+
+    /// Records that an administrator created this run (on an idle coordinator), and why: the
+    /// entry right after `Started`, carried by the first tick's actions like it.
+    pub fn created_by_admin(&mut self, reason: String) {
+        let action = AdminAction::Create {
+            run: self.spec.name.clone(),
+            config: super::replay::RunRules::of(&self.spec).digest(),
+        };
+        self.log(LogEvent::Admin { action, reason });
     }
 
     /// After a restart, before any contributor connects: re-applies the administrator's acts
