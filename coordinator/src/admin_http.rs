@@ -146,10 +146,11 @@ pub(crate) fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// Whether the request bears the administrator's token: the refusal (401 or 403) when not.
-pub(crate) fn authorize(token: Option<&AdminToken>, headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal (401 or 403) of a request that does not bear the administrator's token; `None`
+/// when it does.
+pub(crate) fn refusal(token: Option<&AdminToken>, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = token else {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "administration is disabled: this coordinator was started without an admin token"
                 .into(),
@@ -168,13 +169,13 @@ pub(crate) fn authorize(token: Option<&AdminToken>, headers: &HeaderMap) -> Resu
             axum::http::header::WWW_AUTHENTICATE,
             axum::http::HeaderValue::from_static("Bearer"),
         );
-        return Err(r);
+        return Some(r);
     };
     if !token.matches(given) {
         tracing::warn!("admin request with a wrong token refused");
-        return Err(error(StatusCode::FORBIDDEN, "wrong admin token".into()));
+        return Some(error(StatusCode::FORBIDDEN, "wrong admin token".into()));
     }
-    Ok(())
+    None
 }
 
 /// `POST /api/admin`.
@@ -183,7 +184,7 @@ pub(crate) async fn api_admin(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = authorize(s.admin.as_ref(), &headers) {
+    if let Some(r) = refusal(s.admin.as_ref(), &headers) {
         return r;
     }
     let req: AdminRequest = match serde_json::from_slice(&body) {

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::rustls::ServerConfig;
 
-use crate::admin_http::{authorize, error, AdminRequest, AdminResponse, AdminToken};
+use crate::admin_http::{error, refusal, AdminRequest, AdminResponse, AdminToken};
 use crate::config::RunConfig;
 use crate::server::Status;
 
@@ -92,7 +92,7 @@ async fn status() -> impl IntoResponse {
 }
 
 async fn admin(State(s): State<Idle>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(r) = authorize(Some(&s.token), &headers) {
+    if let Some(r) = refusal(Some(&s.token), &headers) {
         return r;
     }
     let req: AdminRequest = match serde_json::from_slice(&body) {
