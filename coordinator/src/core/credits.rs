@@ -9,7 +9,7 @@
 //!   the run checks work, verified at once otherwise.
 //! - `Rejected`: one more rejected submission.
 //! - `Checked`: passed (or the first auditor was the one wrong): the checked identity's pending
-//!   FLOPs become verified. Failed: the checked identity loses everything and is refused. The
+//!   FLOPs become verified, and its first pass in that step or round adds a clean step. Failed: the checked identity loses everything and is refused. The
 //!   first auditor of an `AuditorFailed` check is refused likewise. Each identity in `credited`
 //!   gains the check's FLOPs, verified.
 
@@ -25,6 +25,8 @@ use super::Record;
 pub struct Credits {
     records: BTreeMap<PublicKey, Record>,
     refused: BTreeSet<PublicKey>,
+    /// The last step or round each identity's work passed a check in.
+    last_clean: BTreeMap<PublicKey, u64>,
 }
 
 impl Credits {
@@ -60,16 +62,18 @@ impl Credits {
             LogEvent::Rejected { key, .. } => self.at(*key).rejected += 1,
             LogEvent::Checked {
                 key,
+                step,
                 auditors,
                 outcome,
                 flops,
                 credited,
-                ..
             } => {
                 match outcome {
                     CheckOutcome::Passed | CheckOutcome::AuditorFailed(_) => {
+                        let new_step = self.last_clean.insert(*key, *step) != Some(*step);
                         let r = self.at(*key);
                         r.checks_passed += 1;
+                        r.clean_steps += u64::from(new_step);
                         r.flops += std::mem::take(&mut r.pending_flops);
                         if let (CheckOutcome::AuditorFailed(_), Some(&liar)) =
                             (outcome, auditors.first())
@@ -118,9 +122,9 @@ impl Credits {
         &self.refused
     }
 
-    /// Checks passed by `key` (its probation).
-    pub fn checks_passed(&self, key: &PublicKey) -> u64 {
-        self.records.get(key).map_or(0, |r| r.checks_passed)
+    /// Distinct steps or rounds in which `key`'s work passed checks (its probation).
+    pub fn clean_steps(&self, key: &PublicKey) -> u64 {
+        self.records.get(key).map_or(0, |r| r.clean_steps)
     }
 }
 
@@ -214,7 +218,7 @@ mod tests {
         assert_eq!(cr.records()[&liar].flops, 0.0);
         assert_eq!(cr.records()[&judge].flops, 5.0);
         assert!(cr.is_refused(&liar));
-        assert_eq!(cr.checks_passed(&a), 1);
+        assert_eq!(cr.clean_steps(&a), 1);
     }
 
     #[test]

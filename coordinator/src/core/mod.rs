@@ -229,6 +229,10 @@ pub struct Record {
     pub checks_passed: u64,
     /// Checks of its work failed.
     pub checks_failed: u64,
+    /// Distinct steps or rounds in which checks of its work passed: its probation. A step
+    /// thrown away and run again counts once, however often its checks ran, so an attacker
+    /// cannot shorten its probation by getting steps discarded.
+    pub clean_steps: u64,
 }
 
 /// The run state machine.

@@ -122,7 +122,7 @@ impl Core {
                 ));
             }
         }
-        let passed = self.credits.checks_passed(&key);
+        let passed = self.credits.clean_steps(&key);
         let h = super::digest(&("loss-check", self.spec.seed, self.round.number, slot, key));
         let draw =
             u64::from_le_bytes(h[..8].try_into().unwrap_or_default()) as f64 / u64::MAX as f64;

@@ -91,7 +91,7 @@ pub struct ChecksSpec {
     pub new_rate: f64,
     /// Share checked however long the identity's clean record.
     pub min_rate: f64,
-    /// Passed checks that halve the share.
+    /// Clean steps (steps or rounds whose checks passed) that halve the share.
     pub halving: u64,
     /// Whole-model runs: the share of the largest entries (top 1 %) two updates may have in
     /// common before they count as copies (when they also point the same way).
@@ -111,9 +111,9 @@ impl Default for ChecksSpec {
 }
 
 impl ChecksSpec {
-    /// The share of work checked for an identity with `passed` clean checks: `new_rate`
-    /// during its first `halving` checks, then halved every `halving` more, down to
-    /// `min_rate`.
+    /// The share of work checked for an identity with `passed` clean steps (steps or rounds
+    /// in which checks of its work passed): `new_rate` during its first `halving`, then halved
+    /// every `halving` more, down to `min_rate`.
     pub fn rate(&self, passed: u64) -> f64 {
         let halvings = (passed / self.halving.max(1)) as f64;
         (self.new_rate * 0.5f64.powf(halvings)).max(self.min_rate)

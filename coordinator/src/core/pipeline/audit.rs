@@ -180,7 +180,7 @@ impl Core {
         let Some(checks) = self.spec.checks.clone() else {
             return false;
         };
-        let passed = self.credits.checks_passed(&key);
+        let passed = self.credits.clean_steps(&key);
         let seed = self.spec.seed;
         let Some(pipe) = self.pipe.as_mut() else {
             return false;
@@ -310,7 +310,7 @@ impl Core {
                 (s.ready && !exclude.contains(&key) && !self.credits.is_refused(&key))
                     .then_some((l, h.conn, key))
             })
-            .max_by_key(|&(l, _, key)| (self.credits.checks_passed(&key), std::cmp::Reverse(l)));
+            .max_by_key(|&(l, _, key)| (self.credits.clean_steps(&key), std::cmp::Reverse(l)));
         let Some((by, conn, key)) = auditor else {
             let outcome = match first {
                 None => CheckOutcome::Skipped(
