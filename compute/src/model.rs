@@ -320,6 +320,14 @@ impl GpuModel {
         out
     }
 
+    /// Drops every shard's AdamW moments: the next optimizer step starts from fresh state.
+    pub fn reset_moments(&mut self) {
+        self.stages
+            .iter_mut()
+            .flatten()
+            .for_each(GpuShard::reset_moments);
+    }
+
     /// Ends a step: sums replicated partial gradients, clips to the global norm across every
     /// shard when `max_norm` is given, and applies AdamW at 1-based `step`. Returns the global
     /// gradient norm before clipping when it was computed.

@@ -112,11 +112,16 @@ pub struct ChecksSection {
     pub new_rate: Option<f64>,
     /// Share checked however clean the record (default 0.1).
     pub min_rate: Option<f64>,
-    /// Passed checks that halve the share (default 4).
+    /// Clean steps (steps or rounds whose checks passed) that halve the share (default 4).
     pub halving: Option<u64>,
     /// Whole-model runs: two updates whose largest entries overlap this much (and point the
     /// same way) are copies (default 0.9).
     pub copy_overlap: Option<f64>,
+    /// Whole-model runs: replay drawn units on another contributor (default: on with dense
+    /// sync; SparseLoCo updates cannot be replayed).
+    pub replay: Option<bool>,
+    /// Largest relative distance between two honest replays of a unit (default 2.5e-4).
+    pub round_tolerance: Option<f64>,
 }
 
 /// `[pipeline]`.
@@ -315,14 +320,20 @@ fn sync_mode(name: &str, t: &TrainSection, what: &str) -> Result<SyncMode, Confi
 fn checks_spec(
     c: Option<&ChecksSection>,
     pipeline_grads: Option<&SyncMode>,
+    sync: &SyncMode,
 ) -> Result<Option<ChecksSpec>, ConfigError> {
     let sparse = pipeline_grads.is_some_and(|g| *g != SyncMode::Dense);
+    // Whole-model units replay only with dense updates.
+    let replayable = pipeline_grads.is_none() && *sync == SyncMode::Dense;
     let Some(c) = c else {
         if sparse {
             tracing::warn!("[pipeline] grads = \"sparse\": leases' work is not checked");
             return Ok(None);
         }
-        return Ok(Some(ChecksSpec::default()));
+        return Ok(Some(ChecksSpec {
+            replay: replayable,
+            ..ChecksSpec::default()
+        }));
     };
     if !c.enabled {
         return Ok(None);
@@ -339,7 +350,14 @@ fn checks_spec(
         min_rate: c.min_rate.unwrap_or(d.min_rate),
         halving: c.halving.unwrap_or(d.halving),
         copy_overlap: c.copy_overlap.unwrap_or(d.copy_overlap),
+        replay: c.replay.unwrap_or(replayable),
+        round_tolerance: c.round_tolerance.unwrap_or(d.round_tolerance),
     };
+    if spec.replay && !replayable {
+        return Err(ConfigError::Invalid(
+            "[checks] replay needs a whole-model run with sync = \"dense\": a SparseLoCo update's top-k selection does not survive the drift between two GPUs".into(),
+        ));
+    }
     spec.validate().map_err(ConfigError::Invalid)?;
     Ok(Some(spec))
 }
@@ -498,7 +516,11 @@ impl RunConfig {
             )?),
             None => None,
         };
-        let checks = checks_spec(self.checks.as_ref(), pipeline.as_ref().map(|p| &p.grads))?;
+        let checks = checks_spec(
+            self.checks.as_ref(),
+            pipeline.as_ref().map(|p| &p.grads),
+            &sync,
+        )?;
         let total = if pipeline.is_some() {
             self.rounds
         } else {

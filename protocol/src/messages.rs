@@ -253,6 +253,10 @@ pub struct Lease {
     pub frames: u32,
     /// `None` for a whole-model replica; for a pipeline lease, how activations travel.
     pub activations: Option<ActEncoding>,
+    /// Whole-model replicas: each unit starts from fresh inner state (zero AdamW moments and
+    /// step count, no error feedback carried in or out), so that a unit is a function of its
+    /// weights and data alone and anyone can replay it (runs that replay units to check them).
+    pub fresh_units: bool,
 }
 
 /// A work unit for a whole-model replica: `steps` inner steps from the round's weights.

@@ -2,11 +2,11 @@
 //! by a message queue instead of sockets, for exactness tests and benchmarks that must see
 //! every message.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use tessera_compute::reference::ModelParams;
 use tessera_compute::Gpu;
-use tessera_coordinator::core::{Action, Core, Input};
+use tessera_coordinator::core::{Action, Contribution, Core, Input};
 use tessera_protocol::log::SignedEntry;
 use tessera_protocol::messages::{Capabilities, ContributorKind, SessionMessage};
 use tessera_protocol::{Identity, Signed, ToContributor, ToCoordinator};
@@ -105,18 +105,30 @@ pub fn run_with(
     run_tampered(gpu, core, clients, watch, |_, _| {}).map(|_| ())
 }
 
+/// What a tampered run left: its log, and the whole-model contributions that stood in their
+/// round when it closed (accepted, and not withdrawn by a check).
+#[derive(Debug, Default)]
+pub struct Ran {
+    /// The run log.
+    pub log: Vec<SignedEntry>,
+    /// Contributions applied by closed rounds.
+    pub applied: Vec<Contribution>,
+}
+
 /// Like [`run_with`], with hostile contributors: `tamper` sees every session message contributor
 /// `k` (0-based, with the identity [`identity`]`(k)`) is about to send and may rewrite it; a
 /// rewritten message is signed again with that contributor's key, as a hostile contributor signs
-/// whatever it sends, so the coordinator has to judge its content. Returns the run log.
+/// whatever it sends, so the coordinator has to judge its content.
 pub fn run_tampered(
     gpu: &Gpu,
     core: &mut Core,
     clients: &mut [Contributor],
     mut watch: impl FnMut(&Message, usize) -> Control,
     mut tamper: impl FnMut(usize, &mut SessionMessage),
-) -> Result<Vec<SignedEntry>, WorkerError> {
+) -> Result<Ran, WorkerError> {
     let mut log = Vec::new();
+    let mut standing: BTreeMap<(u64, u64), Contribution> = BTreeMap::new();
+    let mut applied = Vec::new();
     let mut nonces: Vec<Option<[u8; 32]>> = vec![None; clients.len()];
     let mut dead = vec![false; clients.len()];
     let mut queue: VecDeque<Input> = VecDeque::new();
@@ -143,7 +155,7 @@ pub fn run_tampered(
         if let Input::Message { msg, conn } = &input {
             let k = *conn as usize - 1;
             match watch(&Message::Up(msg), k) {
-                Control::Stop => return Ok(log),
+                Control::Stop => return Ok(Ran { log, applied }),
                 Control::Kill(x) => {
                     kill(x, &mut dead, &mut queue);
                     if x == k {
@@ -154,8 +166,23 @@ pub fn run_tampered(
             }
         }
         for a in core.tick(0, input) {
-            if let Action::Logged(e) = &a {
-                log.push(e.clone());
+            match &a {
+                Action::Logged(e) => log.push(e.clone()),
+                Action::Accepted(c) => {
+                    standing.insert((c.round, c.slot), c.clone());
+                }
+                Action::Withdrawn { round, slot } => {
+                    standing.remove(&(*round, *slot));
+                }
+                Action::RoundClosed(sum) => {
+                    let keys: Vec<(u64, u64)> = standing
+                        .keys()
+                        .filter(|k| k.0 == sum.round)
+                        .copied()
+                        .collect();
+                    applied.extend(keys.iter().filter_map(|k| standing.remove(k)));
+                }
+                _ => {}
             }
             if let Action::Send { conn, msg } = a {
                 let k = conn as usize - 1;
@@ -163,7 +190,7 @@ pub fn run_tampered(
                     continue;
                 }
                 match watch(&Message::Down(&msg), k) {
-                    Control::Stop => return Ok(log),
+                    Control::Stop => return Ok(Ran { log, applied }),
                     Control::Kill(x) => {
                         kill(x, &mut dead, &mut queue);
                         if x == k {
@@ -197,7 +224,7 @@ pub fn run_tampered(
             }
         }
     }
-    Ok(log)
+    Ok(Ran { log, applied })
 }
 
 /// A message seen by [`run`].

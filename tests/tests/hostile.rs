@@ -1,10 +1,12 @@
 //! Hostile contributors against the real coordinator state machine and real GPU replicas (in
 //! process): whole-model runs of the end-to-end configuration (tiny byte-level model, built-in
-//! corpus; six replica slots a round, dense sync) with checks on. Honest workers run beside hostile ones that send random
-//! updates, scaled updates, NaN, copies of another's update, their own stale update again, or
-//! behave for two rounds and then send random updates; every message a hostile worker sends is
-//! signed with its own key. No tampered update is accepted, the hostile identities end with no
-//! credits, and the held-out loss ends within 2% of the same run with the honest workers alone.
+//! corpus; six replica slots a round, dense sync) with checks on, replays of drawn units
+//! included. Honest workers run beside hostile ones that send random updates, scaled updates,
+//! NaN, copies of another's update, their own stale update again, an update scaled by only 1.5
+//! (which only a replay catches), or behave for two rounds and then send random updates; every
+//! message a hostile worker sends is signed with its own key, replays it is asked to run
+//! included. No tampered update is applied, the hostile identities end with no credits, and the
+//! held-out loss ends within 2% of the same run with the honest workers alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -31,15 +33,18 @@ enum Attack {
     Stale,
     /// Honest for its first two submissions, then random.
     Turncoat,
+    /// Its honest update scaled by 1.5: under the norm check, and still lowering the loss.
+    Biased,
 }
 
-const ATTACKS: [Attack; 6] = [
+const ATTACKS: [Attack; 7] = [
     Attack::Turncoat,
     Attack::Stale,
     Attack::Copy,
     Attack::NaN,
     Attack::Random,
     Attack::Scaled,
+    Attack::Biased,
 ];
 
 fn spec() -> (RunSpec, ModelParams<f32>) {
@@ -106,8 +111,10 @@ struct Outcome {
     /// Units whose submission a hostile worker tampered with, and by whom.
     tampered: BTreeMap<u64, usize>,
     /// Units whose update went into a closed round: accepted, and not thrown out by a check
-    /// at the round's close.
+    /// before the round closed.
     applied: BTreeSet<u64>,
+    /// Replays run (units sent again to another contributor) and their verdicts.
+    replays: usize,
 }
 
 /// Who does what: three honest workers, the hostile ones, then the other honest ones. Units go
@@ -131,8 +138,8 @@ fn run(spec: RunSpec, init: &ModelParams<f32>, hostile: &[Attack]) -> Outcome {
     let mut own: BTreeMap<usize, Update> = BTreeMap::new();
     let mut sent: BTreeMap<usize, usize> = BTreeMap::new();
     let mut tampered = BTreeMap::new();
-    let mut rounds: BTreeMap<u64, u64> = BTreeMap::new();
-    let log = tessera_e2e::run_tampered(
+    let mut slots: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+    let ran = tessera_e2e::run_tampered(
         &g,
         &mut core,
         &mut clients,
@@ -145,7 +152,7 @@ fn run(spec: RunSpec, init: &ModelParams<f32>, hostile: &[Attack]) -> Outcome {
                 println!("refused: {message}");
             }
             if let Message::Down(ToContributor::Work(w)) = m {
-                rounds.insert(w.unit, w.round);
+                *slots.entry((w.round, w.slot)).or_default() += 1;
             }
             Control::Go
         },
@@ -165,6 +172,7 @@ fn run(spec: RunSpec, init: &ModelParams<f32>, hostile: &[Attack]) -> Outcome {
                 Attack::Turncoat if *count > 2 => randomize(&mut sub.result, &mut rng),
                 Attack::Turncoat => return,
                 Attack::Scaled => scale(&mut sub.result, 10.0),
+                Attack::Biased => scale(&mut sub.result, 1.5),
                 Attack::NaN => poison(&mut sub.result),
                 Attack::Copy => match &last_honest {
                     Some(u) => sub.result = u.clone(),
@@ -183,33 +191,41 @@ fn run(spec: RunSpec, init: &ModelParams<f32>, hostile: &[Attack]) -> Outcome {
     )
     .unwrap();
     assert_eq!(core.phase(), Phase::Finished);
-    // From the log: accepted units, less those whose identity failed a check of that round.
-    let failed: BTreeSet<(PublicKey, u64)> = log
+    let replays = ran
+        .log
         .iter()
-        .filter_map(|e| match &e.entry.event {
-            LogEvent::Checked {
-                key,
-                step,
-                outcome: CheckOutcome::Failed(_),
-                ..
-            } => Some((*key, *step)),
-            _ => None,
+        .filter(|e| {
+            matches!(&e.entry.event, LogEvent::Checked { auditors, .. } if !auditors.is_empty())
         })
-        .collect();
-    let applied = log
-        .iter()
-        .filter_map(|e| match &e.entry.event {
-            LogEvent::Accepted { key, unit, .. } => {
-                let round = rounds.get(unit)?;
-                (!failed.contains(&(*key, *round))).then_some(*unit)
+        .count();
+    let outcomes: BTreeMap<String, usize> = ran.log.iter().fold(BTreeMap::new(), |mut m, e| {
+        if let LogEvent::Checked {
+            auditors, outcome, ..
+        } = &e.entry.event
+        {
+            if !auditors.is_empty() {
+                let name = match outcome {
+                    CheckOutcome::Passed => "passed",
+                    CheckOutcome::Failed(_) => "failed",
+                    CheckOutcome::AuditorFailed(_) => "auditor failed",
+                    CheckOutcome::Skipped(_) => "skipped",
+                    CheckOutcome::Disputed(_) => "disputed",
+                };
+                *m.entry(name.to_string()).or_default() += 1;
             }
-            _ => None,
-        })
-        .collect();
+        }
+        m
+    });
+    let sent_again: usize = slots.values().map(|n| n.saturating_sub(1)).sum();
+    println!(
+        "{} hostile: {replays} replays resolved {outcomes:?}; units sent for slots already sent once (replays and re-runs): {sent_again}",
+        hostile.len()
+    );
     Outcome {
         core,
         tampered,
-        applied,
+        applied: ran.applied.iter().map(|c| c.unit).collect(),
+        replays,
     }
 }
 
@@ -227,7 +243,11 @@ fn hostile_whole_model_workers_change_nothing_and_earn_nothing() {
         ATTACKS.len() + HONEST,
         100.0 * (hostile_loss - honest_loss) / honest_loss
     );
-    // No tampered update was accepted.
+    assert!(
+        honest.replays > 0 && hostile.replays > 0,
+        "drawn units were replayed"
+    );
+    // No tampered update was applied.
     let applied: Vec<_> = hostile
         .tampered
         .iter()

@@ -260,7 +260,7 @@ fn run(spec: &RunSpec, init: &ModelParams<f32>, roles: &[Option<Attack>]) -> Out
     let seen = Rc::new(RefCell::new(Seen::default()));
     let mut rng = SplitMix(41);
     let watch_seen = seen.clone();
-    let log = tessera_e2e::run_tampered(
+    let ran = tessera_e2e::run_tampered(
         &g,
         &mut core,
         &mut clients,
@@ -316,6 +316,7 @@ fn run(spec: &RunSpec, init: &ModelParams<f32>, roles: &[Option<Attack>]) -> Out
         },
     )
     .expect("the run");
+    let log = ran.log;
     drop(clients);
     let seen = std::mem::take(&mut *seen.borrow_mut());
     Outcome { core, log, seen }

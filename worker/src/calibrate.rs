@@ -334,6 +334,7 @@ pub async fn calibrate(
         version: 0,
         frames: 0,
         activations: None,
+        fresh_units: true,
     };
     let mut whole = Replica::new(gpu, cfg.clone(), &lease, params, batch * seq)?;
     let work = Work {

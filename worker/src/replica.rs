@@ -1,6 +1,7 @@
 //! A whole-model replica on the GPU: inner steps on a work unit's samples, the pseudo-gradient
 //! (round-start weights minus trained weights, dense or SparseLoCo-compressed with error
-//! feedback), and the outer step every replica applies. Optimizer moments persist across rounds.
+//! feedback), and the outer step every replica applies. Optimizer moments and error feedback
+//! persist across rounds, unless the lease asks for fresh units (runs that replay units).
 
 use tessera_compute::hf::tensor_shapes;
 use tessera_compute::model::{GpuModel, Slicing};
@@ -37,6 +38,7 @@ pub struct Replica {
     clip: Option<f32>,
     sparse: Option<(SparseConfig, Vec<ErrorFeedback>)>,
     steps: u32,
+    fresh: bool,
 }
 
 impl Replica {
@@ -72,6 +74,7 @@ impl Replica {
             clip: lease.clip,
             sparse,
             steps: 0,
+            fresh: lease.fresh_units,
         })
     }
 
@@ -114,6 +117,15 @@ impl Replica {
         }
         let seq = row - 1;
         self.model.write_params(gpu, &self.start)?;
+        if self.fresh {
+            self.model.reset_moments();
+            self.steps = 0;
+            if let Some((_, feedback)) = &mut self.sparse {
+                for (ef, (_, shape)) in feedback.iter_mut().zip(tensor_shapes(&self.cfg)) {
+                    *ef = ErrorFeedback::new(two_d(&shape));
+                }
+            }
+        }
         let mut loss_sum = 0.0;
         for (h, &lr) in w.lrs.iter().enumerate() {
             let mut ids = Vec::with_capacity(batch * seq);

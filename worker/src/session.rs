@@ -277,6 +277,7 @@ impl Contributor {
                         version,
                         frames,
                         activations: None,
+                        fresh_units: false,
                     },
                     cfg,
                     frames_left: frames,

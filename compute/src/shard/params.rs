@@ -382,6 +382,17 @@ impl GpuShard {
         self.write_with(gpu, params, |s| &s.w)
     }
 
+    /// Drops the AdamW moments: the next optimizer step starts them at zero again.
+    pub fn reset_moments(&mut self) {
+        for s in self
+            .replicated
+            .iter_mut()
+            .chain(self.pieces.iter_mut().flat_map(|p| p.slots.iter_mut()))
+        {
+            s.adam = None;
+        }
+    }
+
     /// Overwrites the gradient sums (same shard), e.g. to restore them after a check ran on
     /// the same buffers.
     pub fn write_grads(&self, gpu: &Gpu, grads: &ShardTensors) -> Result<(), ComputeError> {

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod credits;
 mod pipeline;
 pub mod replay;
+mod replays;
 mod replica_checks;
 mod rounds;
 mod sessions;

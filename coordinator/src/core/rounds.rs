@@ -38,6 +38,8 @@ pub(super) struct Round {
     units: BTreeMap<u64, Unit>,
     /// Slots whose accepted update gets a loss check when the round is complete.
     pub(super) drawn: std::collections::BTreeSet<u64>,
+    /// Drawn units being replayed elsewhere.
+    pub(super) replays: super::replays::Replays,
 }
 
 impl Round {
@@ -47,6 +49,15 @@ impl Round {
             slots: vec![Slot::Open; replicas as usize],
             units: BTreeMap::new(),
             drawn: Default::default(),
+            replays: Default::default(),
+        }
+    }
+
+    /// The dense update and loss sum `unit` put into `slot`, while it is accepted there.
+    pub(super) fn slot_update(&self, slot: u64, unit: u64) -> Option<(Vec<Vec<f32>>, f64)> {
+        match self.slots.get(slot as usize) {
+            Some(Slot::Done(c, d)) if c.unit == unit => Some((d.clone(), c.loss_sum)),
+            _ => None,
         }
     }
 
@@ -117,6 +128,8 @@ impl Core {
         if self.phase != Phase::Training || self.admin.paused {
             return;
         }
+        // Replays first: the round cannot close before they resolve.
+        self.start_replays();
         for slot in 0..self.round.slots.len() {
             if self.round.slots[slot] != Slot::Open {
                 continue;
@@ -166,7 +179,7 @@ impl Core {
     }
 
     /// The samples and learning rates of a slot, from the seed alone.
-    fn work(&mut self, unit: u64, lease: u64, slot: u64) -> Work {
+    pub(super) fn work(&mut self, unit: u64, lease: u64, slot: u64) -> Work {
         let sp = &self.spec;
         let (h, b, seq) = (sp.inner_steps, sp.batch, sp.seq as usize);
         let mut tokens = Vec::with_capacity((h * b) as usize * (seq + 1));
@@ -260,6 +273,9 @@ impl Core {
     /// A submission: checked, then accepted into its slot or rejected with the reason.
     pub(super) fn submit(&mut self, conn: ConnId, key: PublicKey, seq: u64, sub: Submission) {
         let unit = sub.unit;
+        if self.is_replay(unit) {
+            return self.replayed(conn, key, seq, sub);
+        }
         let Some(u) = self.round.units.get(&unit).cloned() else {
             return self.reject(
                 conn,
@@ -321,6 +337,9 @@ impl Core {
             match self.check_update(key, u.slot, &dense, &checks) {
                 Ok(true) => {
                     self.round.drawn.insert(u.slot);
+                    if self.replays_on() {
+                        self.draw_replay(u.slot, unit, key);
+                    }
                 }
                 Ok(false) => {}
                 Err(why) => {
@@ -352,7 +371,17 @@ impl Core {
             result_digest,
             (sub.tokens, flops),
         );
-        if self.round.slots.iter().all(|s| matches!(s, Slot::Done(..))) && self.round_checks() {
+        self.maybe_close_round();
+    }
+
+    /// Closes the round once every slot is accepted, every replay resolved and the round's
+    /// checks pass.
+    pub(super) fn maybe_close_round(&mut self) {
+        if self.phase == Phase::Training
+            && self.round.slots.iter().all(|s| matches!(s, Slot::Done(..)))
+            && self.replays_resolved()
+            && self.round_checks()
+        {
             self.close_round();
         }
     }

@@ -274,6 +274,7 @@ impl Core {
             version: self.version,
             frames: frames.len() as u32,
             activations: None,
+            fresh_units: self.replays_on(),
         });
         self.send(conn, msg);
         for f in frames {
@@ -295,7 +296,11 @@ impl Core {
                     self.pipeline_lease_lost(lease);
                 }
             } else if let Some(unit) = s.unit {
-                self.round.requeue(unit);
+                if self.is_replay(unit) {
+                    self.replay_lost(unit);
+                } else {
+                    self.round.requeue(unit);
+                }
             }
         }
     }
@@ -324,5 +329,6 @@ impl Core {
             });
             self.drop_session(c, Some("silent".into()));
         }
+        self.expire_replays();
     }
 }

@@ -96,6 +96,14 @@ pub struct ChecksSpec {
     /// Whole-model runs: the share of the largest entries (top 1 %) two updates may have in
     /// common before they count as copies (when they also point the same way).
     pub copy_overlap: f64,
+    /// Whole-model runs: a drawn unit is replayed by another contributor from the round's
+    /// weights and the unit's data, and the two updates compared within `round_tolerance`.
+    /// Units then start from fresh inner state (see `Lease::fresh_units`). Needs dense sync: a
+    /// sparse update's top-k selection does not survive the drift between two GPUs.
+    pub replay: bool,
+    /// Largest relative L2 distance between two honest replays of one unit (whole inner steps
+    /// drift further apart than one pipeline unit; `tessera calibrate`).
+    pub round_tolerance: f64,
 }
 
 impl Default for ChecksSpec {
@@ -106,6 +114,8 @@ impl Default for ChecksSpec {
             min_rate: 0.1,
             halving: 4,
             copy_overlap: 0.9,
+            replay: true,
+            round_tolerance: tessera_train::drift::ROUND_TOLERANCE,
         }
     }
 }
@@ -130,6 +140,9 @@ impl ChecksSpec {
         }
         if !(self.copy_overlap > 0.0 && self.copy_overlap <= 1.0) {
             return Err("[checks] copy_overlap must be in (0, 1]".into());
+        }
+        if !(self.round_tolerance > 0.0 && self.round_tolerance < 1.0) {
+            return Err("[checks] round_tolerance must be in (0, 1)".into());
         }
         if self.halving == 0 {
             return Err("[checks] halving must be positive".into());

@@ -115,6 +115,7 @@ impl Core {
             version: self.version,
             frames: frames.len() as u32,
             activations: Some(ps.activations),
+            fresh_units: false,
         });
         tracing::info!(conn, lease, shards = shards.len(), "pipeline lease");
         if let (Some(key), ToContributor::Lease(l)) =

@@ -1,0 +1,375 @@
+//! Replays of whole-model units. A drawn unit runs again on another contributor, from the
+//! round's weights and the unit's data (units of such runs start from fresh inner state, see
+//! `Lease::fresh_units`), sent as an ordinary unit the auditor cannot tell from any other; the
+//! two updates (and loss sums) must agree within the run's round tolerance. On a mismatch a third
+//! contributor decides. Whoever is found wrong is refused and loses its credits (through the
+//! failed `Checked` entry); a refused update's slot runs again. A round closes only once every
+//! replay of it is resolved.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_protocol::log::{CheckOutcome, LogEvent};
+use tessera_protocol::messages::{Submission, Verdict};
+use tessera_protocol::{PublicKey, ToContributor};
+use tessera_train::drift::rel_l2;
+
+use super::{Action, ConnId, Core};
+
+/// A first auditor that disagreed: who, its update and its loss sum.
+type FirstAnswer = (PublicKey, Vec<Vec<f32>>, f64);
+
+/// The replays of the open round.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Replays {
+    /// Drawn units awaiting their verdict, by slot.
+    cases: BTreeMap<u64, Case>,
+    /// Replay units in flight.
+    running: BTreeMap<u64, Running>,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    /// The unit replayed.
+    unit: u64,
+    /// Whose it is.
+    key: PublicKey,
+    /// Auditors that answered, failed or vanished.
+    tried: BTreeSet<PublicKey>,
+    /// The first auditor, when it disagreed.
+    first: Option<FirstAnswer>,
+    /// The replay unit in flight.
+    replay: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Running {
+    slot: u64,
+    conn: ConnId,
+    key: PublicKey,
+    deadline: u64,
+}
+
+/// Whether two replays of a unit agree: updates within `tol` (relative L2), loss sums too.
+fn agree(a: (&[Vec<f32>], f64), b: (&[Vec<f32>], f64), tol: f64) -> Result<(), String> {
+    let flat = |u: &[Vec<f32>]| -> Vec<f32> { u.iter().flatten().copied().collect() };
+    let d = rel_l2(&flat(a.0), &flat(b.0));
+    if d.is_nan() || d > tol {
+        return Err(format!("updates {d:.2e} apart, tolerance {tol:.1e}"));
+    }
+    let l = (a.1 - b.1).abs() / a.1.abs().max(b.1.abs()).max(f64::MIN_POSITIVE);
+    if l.is_nan() || l > tol {
+        return Err(format!("loss sums {l:.2e} apart, tolerance {tol:.1e}"));
+    }
+    Ok(())
+}
+
+impl Core {
+    /// Whether this run replays drawn whole-model units.
+    pub(super) fn replays_on(&self) -> bool {
+        self.pipe.is_none()
+            && self.spec.sparse().is_none()
+            && self.spec.checks.as_ref().is_some_and(|c| c.replay)
+    }
+
+    /// Draws the unit just accepted into `slot` for a replay.
+    pub(super) fn draw_replay(&mut self, slot: u64, unit: u64, key: PublicKey) {
+        self.round.replays.cases.insert(
+            slot,
+            Case {
+                unit,
+                key,
+                tried: BTreeSet::new(),
+                first: None,
+                replay: None,
+            },
+        );
+    }
+
+    /// Whether every replay of the round is resolved.
+    pub(super) fn replays_resolved(&self) -> bool {
+        self.round.replays.cases.is_empty()
+    }
+
+    /// Whether `unit` is a replay in flight.
+    pub(super) fn is_replay(&self, unit: u64) -> bool {
+        self.round.replays.running.contains_key(&unit)
+    }
+
+    fn cancel_replay(&mut self, unit: u64, conn: ConnId) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            if s.unit == Some(unit) {
+                s.unit = None;
+            }
+        }
+        self.send(conn, ToContributor::Cancel { unit });
+    }
+
+    /// An auditor that will not answer (gone, late): the replay goes to another.
+    pub(super) fn replay_lost(&mut self, unit: u64) {
+        if let Some(r) = self.round.replays.running.remove(&unit) {
+            if let Some(c) = self.round.replays.cases.get_mut(&r.slot) {
+                c.tried.insert(r.key);
+                c.replay = None;
+            }
+        }
+    }
+
+    /// Replays past their deadline go to someone else.
+    pub(super) fn expire_replays(&mut self) {
+        let late: Vec<(u64, ConnId)> = self
+            .round
+            .replays
+            .running
+            .iter()
+            .filter(|(_, r)| r.deadline < self.now)
+            .map(|(&u, r)| (u, r.conn))
+            .collect();
+        for (unit, conn) in late {
+            self.replay_lost(unit);
+            self.cancel_replay(unit, conn);
+        }
+    }
+
+    /// Gives each waiting replay to an idle contributor that may run it (not the unit's own,
+    /// not one that already tried); resolves a case no connected contributor could ever take.
+    pub(super) fn start_replays(&mut self) {
+        let waiting: Vec<u64> = self
+            .round
+            .replays
+            .cases
+            .iter()
+            .filter(|(_, c)| c.replay.is_none())
+            .map(|(&s, _)| s)
+            .collect();
+        for slot in waiting {
+            let Some(case) = self.round.replays.cases.get(&slot) else {
+                continue;
+            };
+            let eligible: Vec<(ConnId, PublicKey, bool)> = self
+                .sessions
+                .iter()
+                .filter_map(|(&conn, s)| {
+                    let k = s.active()?;
+                    let ok = s.ready
+                        && s.lease.is_some()
+                        && k != case.key
+                        && !case.tried.contains(&k)
+                        && case.first.as_ref().is_none_or(|f| f.0 != k)
+                        && !self.is_refused(&k);
+                    ok.then_some((conn, k, s.unit.is_none()))
+                })
+                .collect();
+            if eligible.is_empty() {
+                let outcome = match case.first {
+                    None => CheckOutcome::Skipped("no other contributor could replay it".into()),
+                    Some(_) => CheckOutcome::Disputed(
+                        "the replay disagrees and no third contributor was there".into(),
+                    ),
+                };
+                self.resolve_replay(slot, outcome, Vec::new(), Vec::new(), 0.0);
+                self.maybe_close_round();
+                continue;
+            }
+            let Some(&(conn, key, _)) = eligible.iter().find(|e| e.2) else {
+                continue;
+            };
+            let unit = self.next_unit;
+            self.next_unit += 1;
+            let Some(lease) = self.sessions.get(&conn).and_then(|s| s.lease) else {
+                continue;
+            };
+            if let Some(s) = self.sessions.get_mut(&conn) {
+                s.unit = Some(unit);
+            }
+            if let Some(c) = self.round.replays.cases.get_mut(&slot) {
+                c.replay = Some(unit);
+            }
+            self.round.replays.running.insert(
+                unit,
+                Running {
+                    slot,
+                    conn,
+                    key,
+                    deadline: self.now + self.spec.unit_deadline_ms,
+                },
+            );
+            let work = self.work(unit, lease, slot);
+            self.send(conn, ToContributor::Work(work));
+        }
+    }
+
+    /// An auditor's answer: checked like any submission, then compared with the replayed unit.
+    pub(super) fn replayed(&mut self, conn: ConnId, key: PublicKey, seq: u64, sub: Submission) {
+        let unit = sub.unit;
+        let Some(r) = self.round.replays.running.get(&unit).cloned() else {
+            return;
+        };
+        if r.conn != conn {
+            return self.reject(
+                conn,
+                unit,
+                key,
+                seq,
+                format!("unit {unit} was assigned to someone else"),
+            );
+        }
+        self.round.replays.running.remove(&unit);
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.unit = None;
+        }
+        let Some(case) = self.round.replays.cases.get_mut(&r.slot) else {
+            return;
+        };
+        case.replay = None;
+        case.tried.insert(key);
+        let case = case.clone();
+        let expected = self.spec.inner_steps * self.spec.batch * self.spec.seq;
+        let answer = if sub.weights != self.version {
+            Err(format!(
+                "computed on weights {} but the round uses {}",
+                sub.weights, self.version
+            ))
+        } else if sub.tokens != expected || !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
+            Err(format!(
+                "{} tokens (the unit has {expected}) and loss sum {}",
+                sub.tokens, sub.loss_sum
+            ))
+        } else {
+            self.dense_update(&sub.result).map_err(|e| e.to_string())
+        };
+        let dense = match answer {
+            Ok(d) => d,
+            Err(why) => {
+                self.reject(conn, unit, key, seq, why.clone());
+                if super::validate::update_non_finite(&sub.result) {
+                    self.found_wrong(key, format!("it sent values that are not finite: {why}"));
+                }
+                return;
+            }
+        };
+        self.receipt(
+            conn,
+            unit,
+            key,
+            seq,
+            Verdict::Accepted,
+            super::digest(&sub.result),
+            // The auditor's credit comes with the check's outcome.
+            (0, 0.0),
+        );
+        let Some((checked_dense, checked_loss)) = self.round.slot_update(r.slot, case.unit) else {
+            // The slot was reopened meanwhile: nothing left to judge.
+            self.round.replays.cases.remove(&r.slot);
+            return;
+        };
+        let tol = self.spec.checks.as_ref().map_or(0.0, |c| c.round_tolerance);
+        let flops = 6.0 * self.spec.model.parameter_count() as f64 * sub.tokens as f64;
+        let mine = (dense.as_slice(), sub.loss_sum);
+        let with_checked = agree(mine, (&checked_dense, checked_loss), tol);
+        match case.first {
+            None => match with_checked {
+                Ok(()) => {
+                    self.resolve_replay(r.slot, CheckOutcome::Passed, vec![key], vec![key], flops)
+                }
+                Err(why) => {
+                    tracing::info!(slot = r.slot, "replay mismatch, asking a third: {why}");
+                    if let Some(c) = self.round.replays.cases.get_mut(&r.slot) {
+                        c.first = Some((key, dense, sub.loss_sum));
+                    }
+                }
+            },
+            Some((first_key, first_dense, first_loss)) => {
+                let with_first = agree(mine, (&first_dense, first_loss), tol);
+                let auditors = vec![first_key, key];
+                match (with_checked, with_first) {
+                    (Ok(()), _) => self.resolve_replay(
+                        r.slot,
+                        CheckOutcome::AuditorFailed(format!(
+                            "the third replay agrees with the unit, not with {}",
+                            first_key.fingerprint()
+                        )),
+                        auditors,
+                        vec![key],
+                        flops,
+                    ),
+                    (Err(why), Ok(())) => self.resolve_replay(
+                        r.slot,
+                        CheckOutcome::Failed(format!("replayed twice elsewhere: {why}")),
+                        auditors,
+                        vec![first_key, key],
+                        flops,
+                    ),
+                    (Err(why), Err(_)) => self.resolve_replay(
+                        r.slot,
+                        CheckOutcome::Failed(format!(
+                            "replayed twice elsewhere: {why} (and the two replays disagree with each other)"
+                        )),
+                        auditors,
+                        Vec::new(),
+                        0.0,
+                    ),
+                }
+            }
+        }
+        self.maybe_close_round();
+    }
+
+    /// Logs a replay's outcome (which credits and refuses as the log's rules say) and acts on
+    /// it: a failed or disputed unit's slot runs again.
+    fn resolve_replay(
+        &mut self,
+        slot: u64,
+        outcome: CheckOutcome,
+        auditors: Vec<PublicKey>,
+        credited: Vec<PublicKey>,
+        flops: f64,
+    ) {
+        let Some(case) = self.round.replays.cases.remove(&slot) else {
+            return;
+        };
+        let round = self.round.number;
+        self.log(LogEvent::Checked {
+            key: case.key,
+            step: round,
+            auditors: auditors.clone(),
+            outcome: outcome.clone(),
+            flops,
+            credited,
+        });
+        let rerun = match &outcome {
+            CheckOutcome::Failed(why) => {
+                self.close_refused(case.key, format!("its update failed a replay: {why}"));
+                true
+            }
+            CheckOutcome::AuditorFailed(why) => {
+                if let Some(&liar) = auditors.first() {
+                    self.close_refused(liar, format!("a replay it ran was wrong: {why}"));
+                }
+                false
+            }
+            CheckOutcome::Disputed(_) => true,
+            CheckOutcome::Passed | CheckOutcome::Skipped(_) => false,
+        };
+        if rerun && self.round.slot_update(slot, case.unit).is_some() {
+            self.round.reopen(slot);
+            self.out.push(Action::Withdrawn { round, slot });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agree;
+
+    #[test]
+    fn replays_agree_within_the_tolerance_only() {
+        let a = vec![vec![1.0f32, 2.0, 3.0], vec![4.0]];
+        let mut b = a.clone();
+        b[1][0] += 1e-5;
+        assert!(agree((&a, 10.0), (&b, 10.0), 1e-4).is_ok());
+        assert!(agree((&a, 10.0), (&b, 10.0), 1e-7).is_err());
+        assert!(agree((&a, 10.0), (&a, 10.1), 1e-4).is_err(), "loss sums");
+        let nan = vec![vec![f32::NAN, 2.0, 3.0], vec![4.0]];
+        assert!(agree((&a, 10.0), (&nan, 10.0), 1e-4).is_err());
+    }
+}

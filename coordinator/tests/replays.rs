@@ -1,0 +1,355 @@
+//! Replays of whole-model units through the real state machine, with scripted contributors that
+//! train honestly on the CPU reference (inner SGD from the round's weights on the unit's
+//! tokens): a drawn unit runs again on another contributor, which cannot tell it from any other
+//! unit; an update scaled by 1.5 (under every other check) fails its replay twice over and its
+//! slot runs again; an auditor that lies is outvoted by a third and refused; a contributor alone
+//! is not held up by a replay nobody can run.
+
+mod common;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use common::{core, spec, Client};
+use tessera_compute::hf::tensor_shapes;
+use tessera_compute::reference::model::loss_and_grads;
+use tessera_compute::reference::{Batch, ModelParams};
+use tessera_coordinator::core::spec::ChecksSpec;
+use tessera_coordinator::core::{Action, ConnId, Core, Input, Phase};
+use tessera_protocol::log::{CheckOutcome, LogEvent};
+use tessera_protocol::messages::{
+    LogHead, NamedTensor, SessionMessage, Submission, SyncMode, Update, Work,
+};
+use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
+
+/// A scripted contributor: honest, or scaling everything it sends by `scale`.
+struct Sim {
+    client: Client,
+    scale: f32,
+    dead: bool,
+}
+
+/// The unit trained honestly from `weights`: inner SGD on its tokens; the pseudo-gradient and
+/// the loss sum.
+fn train(weights: &ModelParams<f32>, w: &Work) -> (Vec<Vec<f32>>, f64, u64) {
+    let cfg = common::tiny_model();
+    let [steps, batch, row] = [
+        w.tokens.shape[0] as usize,
+        w.tokens.shape[1] as usize,
+        w.tokens.shape[2] as usize,
+    ];
+    let tokens = w.tokens.to_u32().unwrap();
+    let seq = row - 1;
+    let mut p = weights.clone();
+    let mut loss_sum = 0.0;
+    for (h, &lr) in w.lrs.iter().enumerate().take(steps) {
+        let (mut ids, mut targets) = (Vec::new(), Vec::new());
+        for b in 0..batch {
+            let r = &tokens[(h * batch + b) * row..(h * batch + b + 1) * row];
+            ids.extend_from_slice(&r[..seq]);
+            targets.extend_from_slice(&r[1..]);
+        }
+        let batch = Batch { ids, targets, seq };
+        let (loss, g) = loss_and_grads::<f32>(&cfg, &p, &batch);
+        loss_sum += loss * batch.counted() as f64;
+        for (t, (_, gt)) in p.tensors_mut().into_iter().zip(g.named()) {
+            t.iter_mut().zip(gt).for_each(|(a, b)| *a -= lr * b);
+        }
+    }
+    let delta = weights
+        .named()
+        .into_iter()
+        .zip(p.named())
+        .map(|((_, a), (_, b))| a.iter().zip(b).map(|(x, y)| x - y).collect())
+        .collect();
+    (delta, loss_sum, (steps * batch * seq) as u64)
+}
+
+fn submission(w: &Work, delta: &[Vec<f32>], loss_sum: f64, tokens: u64, scale: f32) -> Submission {
+    let cfg = common::tiny_model();
+    Submission {
+        unit: w.unit,
+        lease: w.lease,
+        weights: w.weights,
+        tokens,
+        loss_sum,
+        result: Update::Dense(
+            tensor_shapes(&cfg)
+                .into_iter()
+                .zip(delta)
+                .map(|((name, shape), d)| NamedTensor {
+                    name,
+                    tensor: TensorPayload::from_f32(
+                        &shape,
+                        &d.iter().map(|x| x * scale).collect::<Vec<_>>(),
+                    ),
+                })
+                .collect(),
+        ),
+        log_head: LogHead::default(),
+    }
+}
+
+struct Run {
+    core: Core,
+    log: Vec<LogEvent>,
+    /// Units each contributor (by index) was sent, with their (round, slot).
+    units: BTreeMap<usize, Vec<(u64, u64)>>,
+    /// Contributions standing when their round closed: (round, slot) -> contributor index.
+    applied: BTreeMap<(u64, u64), usize>,
+}
+
+/// Joins the contributors in order (all ready at once) and answers every unit until the run
+/// finishes or nothing more happens.
+fn run(replicas: u64, rounds: u64, scales: &[f32]) -> Run {
+    let mut sp = spec(replicas, rounds, SyncMode::Dense);
+    sp.checks = Some(ChecksSpec::default());
+    sp.clip_to_median = false;
+    let mut core = core(sp);
+    let mut sims: Vec<Sim> = scales
+        .iter()
+        .enumerate()
+        .map(|(i, &scale)| Sim {
+            client: Client::new(40 + i as u64),
+            scale,
+            dead: false,
+        })
+        .collect();
+    let mut out = Run {
+        core: Core::new(
+            spec(1, 1, SyncMode::Dense),
+            tessera_protocol::Identity::from_seed([1; 32]),
+            ModelParams::random(&common::tiny_model(), 1),
+        ),
+        log: Vec::new(),
+        units: BTreeMap::new(),
+        applied: BTreeMap::new(),
+    };
+    let mut standing: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+    let mut by_key: BTreeMap<PublicKey, usize> = BTreeMap::new();
+    let mut queue: VecDeque<(ConnId, Work)> = VecDeque::new();
+    let handle = |actions: Vec<Action>,
+                  sims: &mut Vec<Sim>,
+                  queue: &mut VecDeque<(ConnId, Work)>,
+                  out: &mut Run,
+                  standing: &mut BTreeMap<(u64, u64), usize>,
+                  by_key: &BTreeMap<PublicKey, usize>| {
+        for a in actions {
+            match a {
+                Action::Logged(e) => out.log.push(e.entry.event),
+                Action::Send {
+                    conn,
+                    msg: ToContributor::Work(w),
+                } => queue.push_back((conn, w)),
+                Action::Send {
+                    conn,
+                    msg: ToContributor::Cancel { unit },
+                } => queue.retain(|(c, w)| !(*c == conn && w.unit == unit)),
+                Action::Send {
+                    conn,
+                    msg: ToContributor::Error { fatal: true, .. },
+                }
+                | Action::Close { conn, .. } => {
+                    sims[conn as usize - 1].dead = true;
+                    queue.retain(|(c, _)| *c != conn);
+                }
+                Action::Accepted(c) => {
+                    standing.insert((c.round, c.slot), by_key[&c.contributor]);
+                }
+                Action::Withdrawn { round, slot } => {
+                    standing.remove(&(round, slot));
+                }
+                Action::RoundClosed(sum) => {
+                    let done: Vec<(u64, u64)> = standing
+                        .keys()
+                        .filter(|k| k.0 == sum.round)
+                        .copied()
+                        .collect();
+                    for k in done {
+                        out.applied.insert(k, standing.remove(&k).unwrap());
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    for i in 0..sims.len() {
+        by_key.insert(sims[i].client.key(), i);
+        let conn = i as ConnId + 1;
+        let mut actions = core.tick(
+            0,
+            Input::Connected {
+                conn,
+                nonce: [conn as u8; 32],
+            },
+        );
+        let hello = sims[i].client.hello(1 << 30);
+        let a = core.tick(0, Input::Message { conn, msg: hello });
+        let (nonce, coordinator) = a
+            .iter()
+            .find_map(|x| match x {
+                Action::Send {
+                    msg:
+                        ToContributor::Challenge {
+                            nonce, coordinator, ..
+                        },
+                    ..
+                } => Some((*nonce, *coordinator)),
+                _ => None,
+            })
+            .unwrap();
+        actions.extend(a);
+        let proof = sims[i].client.proof(nonce, &coordinator);
+        let a = core.tick(0, Input::Message { conn, msg: proof });
+        let lease = a
+            .iter()
+            .find_map(|x| match x {
+                Action::Send {
+                    msg: ToContributor::Lease(l),
+                    ..
+                } => Some(l.lease),
+                _ => None,
+            })
+            .unwrap();
+        let fresh = a.iter().any(
+            |x| matches!(x, Action::Send { msg: ToContributor::Lease(l), .. } if l.fresh_units),
+        );
+        assert!(fresh, "a run that replays asks for fresh units");
+        actions.extend(a);
+        let ready = sims[i].client.signed(SessionMessage::Ready {
+            lease,
+            log_head: LogHead::default(),
+        });
+        actions.extend(core.tick(0, Input::Message { conn, msg: ready }));
+        handle(
+            actions,
+            &mut sims,
+            &mut queue,
+            &mut out,
+            &mut standing,
+            &by_key,
+        );
+    }
+    while let Some((conn, w)) = queue.pop_front() {
+        let k = conn as usize - 1;
+        if sims[k].dead || w.round != core.round() {
+            continue;
+        }
+        out.units.entry(k).or_default().push((w.round, w.slot));
+        let (delta, loss_sum, tokens) = train(core.weights(), &w);
+        let sub = submission(&w, &delta, loss_sum, tokens, sims[k].scale);
+        let msg = sims[k].client.signed(SessionMessage::Submit(sub));
+        let actions = core.tick(0, Input::Message { conn, msg });
+        handle(
+            actions,
+            &mut sims,
+            &mut queue,
+            &mut out,
+            &mut standing,
+            &by_key,
+        );
+    }
+    out.core = core;
+    out
+}
+
+fn checked(log: &[LogEvent]) -> Vec<(PublicKey, Vec<PublicKey>, CheckOutcome)> {
+    log.iter()
+        .filter_map(|e| match e {
+            LogEvent::Checked {
+                key,
+                auditors,
+                outcome,
+                ..
+            } => Some((*key, auditors.clone(), outcome.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_scaled_update_fails_its_replay_and_its_slot_runs_again() {
+    // Two slots; the cheat takes the second; a third honest contributor is idle to replay.
+    let r = run(2, 2, &[1.0, 1.5, 1.0]);
+    assert_eq!(r.core.phase(), Phase::Finished);
+    let cheat = Client::new(41).key();
+    let honest = [Client::new(40).key(), Client::new(42).key()];
+    let checks = checked(&r.log);
+    for c in &checks {
+        println!(
+            "{} by {:?}: {:?}",
+            c.0.fingerprint(),
+            c.1.iter().map(|k| k.fingerprint()).collect::<Vec<_>>(),
+            c.2
+        );
+    }
+    assert!(
+        checks.iter().any(|(k, auditors, o)| *k == cheat
+            && matches!(o, CheckOutcome::Failed(_))
+            && auditors.len() == 2
+            && auditors.iter().all(|a| honest.contains(a))),
+        "the cheat fails its replay, confirmed by a third"
+    );
+    assert!(
+        checks
+            .iter()
+            .filter(|(k, _, _)| honest.contains(k))
+            .all(|(_, _, o)| *o == CheckOutcome::Passed),
+        "honest units pass their replays"
+    );
+    assert!(r.core.is_refused(&cheat));
+    let rec = r.core.records().get(&cheat).cloned().unwrap_or_default();
+    assert_eq!((rec.flops, rec.pending_flops), (0.0, 0.0));
+    assert!(
+        r.applied.values().all(|&k| k != 1),
+        "no update of the cheat was applied: {:?}",
+        r.applied
+    );
+    assert_eq!(r.applied.len(), 4, "both rounds closed with both slots");
+    let honest_credits: f64 = honest
+        .iter()
+        .map(|k| r.core.records().get(k).map_or(0.0, |r| r.flops))
+        .sum();
+    assert!(honest_credits > 0.0);
+}
+
+#[test]
+fn a_lying_auditor_is_outvoted_and_refused() {
+    // The liar joins last: idle, it gets the first replay, and scales it.
+    let r = run(2, 1, &[1.0, 1.0, 1.5]);
+    assert_eq!(r.core.phase(), Phase::Finished);
+    let liar = Client::new(42).key();
+    let checks = checked(&r.log);
+    assert!(
+        checks.iter().any(
+            |(_, auditors, o)| matches!(o, CheckOutcome::AuditorFailed(_))
+                && auditors.first() == Some(&liar)
+        ),
+        "{checks:?}"
+    );
+    assert!(r.core.is_refused(&liar));
+    assert_eq!(
+        r.core
+            .records()
+            .get(&liar)
+            .map_or(0.0, |r| r.flops + r.pending_flops),
+        0.0
+    );
+    for k in [Client::new(40).key(), Client::new(41).key()] {
+        assert!(!r.core.is_refused(&k));
+    }
+    assert_eq!(r.applied.len(), 2);
+}
+
+#[test]
+fn a_contributor_alone_is_not_held_up_by_a_replay_nobody_can_run() {
+    let r = run(1, 2, &[1.0]);
+    assert_eq!(r.core.phase(), Phase::Finished);
+    let checks = checked(&r.log);
+    assert!(
+        checks
+            .iter()
+            .any(|(_, _, o)| matches!(o, CheckOutcome::Skipped(_))),
+        "{checks:?}"
+    );
+    assert_eq!(r.applied.len(), 2);
+}
