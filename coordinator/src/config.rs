@@ -118,7 +118,7 @@ pub struct ChecksSection {
     /// same way) are copies (default 0.9).
     pub copy_overlap: Option<f64>,
     /// Whole-model runs: replay drawn units on another contributor (default: on with dense
-    /// sync; SparseLoCo updates cannot be replayed).
+    /// sync; a SparseLoCo run may ask for it, its units then starting without error feedback).
     pub replay: Option<bool>,
     /// Largest relative distance between two honest replays of a unit (default 2.5e-4).
     pub round_tolerance: Option<f64>,
@@ -323,8 +323,10 @@ fn checks_spec(
     sync: &SyncMode,
 ) -> Result<Option<ChecksSpec>, ConfigError> {
     let sparse = pipeline_grads.is_some_and(|g| *g != SyncMode::Dense);
-    // Whole-model units replay only with dense updates.
-    let replayable = pipeline_grads.is_none() && *sync == SyncMode::Dense;
+    // Replays are of whole-model units: by default where updates are dense; SparseLoCo runs may
+    // ask for them, at the price of error feedback (units then start fresh).
+    let whole_model = pipeline_grads.is_none();
+    let replayable = whole_model && *sync == SyncMode::Dense;
     let Some(c) = c else {
         if sparse {
             tracing::warn!("[pipeline] grads = \"sparse\": leases' work is not checked");
@@ -353,9 +355,9 @@ fn checks_spec(
         replay: c.replay.unwrap_or(replayable),
         round_tolerance: c.round_tolerance.unwrap_or(d.round_tolerance),
     };
-    if spec.replay && !replayable {
+    if spec.replay && !whole_model {
         return Err(ConfigError::Invalid(
-            "[checks] replay needs a whole-model run with sync = \"dense\": a SparseLoCo update's top-k selection does not survive the drift between two GPUs".into(),
+            "[checks] replay is for whole-model runs: pipeline leases are checked by second replicas".into(),
         ));
     }
     spec.validate().map_err(ConfigError::Invalid)?;

@@ -1,6 +1,6 @@
 //! The `[checks]` section: replays default to on for whole-model runs with dense sync and off
-//! with SparseLoCo, asking for them with SparseLoCo or a pipeline is a clear error, and bad
-//! tolerances are refused.
+//! with SparseLoCo (which may ask for them), asking for them in a pipeline run is a clear error,
+//! and bad tolerances are refused.
 
 use tessera_coordinator::config::RunConfig;
 
@@ -35,8 +35,16 @@ fn replays_follow_the_sync_mode_and_bad_settings_are_refused() {
         .unwrap(),
         Some((false, 1e-3))
     );
-    let e = resolve("sync = \"sparse\"", "[checks]\nreplay = true").unwrap_err();
-    assert!(e.contains("replay needs") && e.contains("dense"), "{e}");
+    assert_eq!(
+        resolve("sync = \"sparse\"", "[checks]\nreplay = true").unwrap(),
+        Some((true, 2.5e-4))
+    );
+    let e = resolve(
+        "seq = 64",
+        "[pipeline]\nbudget = \"400KiB\"\nmicro_batches = 2\n[checks]\nreplay = true",
+    )
+    .unwrap_err();
+    assert!(e.contains("replay is for whole-model runs"), "{e}");
     let e = resolve("sync = \"dense\"", "[checks]\nround_tolerance = 2.0").unwrap_err();
     assert!(e.contains("round_tolerance"), "{e}");
 }

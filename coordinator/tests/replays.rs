@@ -3,7 +3,8 @@
 //! tokens): a drawn unit runs again on another contributor, which cannot tell it from any other
 //! unit; an update scaled by 1.5 (under every other check) fails its replay twice over and its
 //! slot runs again; an auditor that lies is outvoted by a third and refused; a contributor alone
-//! is not held up by a replay nobody can run.
+//! is not held up by a replay nobody can run. In a SparseLoCo run the replay comes back dense and
+//! the original's compression is checked against it: honest ones pass, a scaled one fails.
 
 mod common;
 
@@ -20,6 +21,8 @@ use tessera_protocol::messages::{
     LogHead, NamedTensor, SessionMessage, Submission, SyncMode, Update, Work,
 };
 use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
+use tessera_train::sparseloco::{compress, SparseConfig};
+use tessera_train::update::two_d;
 
 /// A scripted contributor: honest, or scaling everything it sends by `scale`.
 struct Sim {
@@ -64,27 +67,46 @@ fn train(weights: &ModelParams<f32>, w: &Work) -> (Vec<Vec<f32>>, f64, u64) {
     (delta, loss_sum, (steps * batch * seq) as u64)
 }
 
-fn submission(w: &Work, delta: &[Vec<f32>], loss_sum: f64, tokens: u64, scale: f32) -> Submission {
+/// The unit's submission: its update scaled by `scale`, compressed (with fresh, zero error
+/// feedback) when the run is sparse and the work does not ask for it dense.
+fn submission(
+    w: &Work,
+    delta: &[Vec<f32>],
+    loss_sum: f64,
+    tokens: u64,
+    scale: f32,
+    sparse: Option<SparseConfig>,
+) -> Submission {
     let cfg = common::tiny_model();
+    let scaled = delta
+        .iter()
+        .map(|d| d.iter().map(|x| x * scale).collect::<Vec<f32>>());
+    let result = match sparse {
+        Some(sc) if !w.dense => Update::Sparse(
+            tensor_shapes(&cfg)
+                .into_iter()
+                .zip(scaled)
+                .map(|((name, shape), d)| compress(&d, two_d(&shape), &sc).to_wire(&name))
+                .collect(),
+        ),
+        _ => Update::Dense(
+            tensor_shapes(&cfg)
+                .into_iter()
+                .zip(scaled)
+                .map(|((name, shape), d)| NamedTensor {
+                    name,
+                    tensor: TensorPayload::from_f32(&shape, &d),
+                })
+                .collect(),
+        ),
+    };
     Submission {
         unit: w.unit,
         lease: w.lease,
         weights: w.weights,
         tokens,
         loss_sum,
-        result: Update::Dense(
-            tensor_shapes(&cfg)
-                .into_iter()
-                .zip(delta)
-                .map(|((name, shape), d)| NamedTensor {
-                    name,
-                    tensor: TensorPayload::from_f32(
-                        &shape,
-                        &d.iter().map(|x| x * scale).collect::<Vec<_>>(),
-                    ),
-                })
-                .collect(),
-        ),
+        result,
         log_head: LogHead::default(),
     }
 }
@@ -101,7 +123,12 @@ struct Run {
 /// Joins the contributors in order (all ready at once) and answers every unit until the run
 /// finishes or nothing more happens.
 fn run(replicas: u64, rounds: u64, scales: &[f32]) -> Run {
-    let mut sp = spec(replicas, rounds, SyncMode::Dense);
+    run_with(replicas, rounds, scales, SyncMode::Dense)
+}
+
+fn run_with(replicas: u64, rounds: u64, scales: &[f32], sync: SyncMode) -> Run {
+    let mut sp = spec(replicas, rounds, sync);
+    let sparse = sp.sparse();
     sp.checks = Some(ChecksSpec::default());
     sp.clip_to_median = false;
     let mut core = core(sp);
@@ -236,7 +263,7 @@ fn run(replicas: u64, rounds: u64, scales: &[f32]) -> Run {
         }
         out.units.entry(k).or_default().push((w.round, w.slot));
         let (delta, loss_sum, tokens) = train(core.weights(), &w);
-        let sub = submission(&w, &delta, loss_sum, tokens, sims[k].scale);
+        let sub = submission(&w, &delta, loss_sum, tokens, sims[k].scale, sparse);
         let msg = sims[k].client.signed(SessionMessage::Submit(sub));
         let actions = core.tick(0, Input::Message { conn, msg });
         handle(
@@ -352,4 +379,36 @@ fn a_contributor_alone_is_not_held_up_by_a_replay_nobody_can_run() {
         "{checks:?}"
     );
     assert_eq!(r.applied.len(), 2);
+}
+
+#[test]
+fn in_sparseloco_runs_a_compression_is_checked_against_a_dense_replay() {
+    let sync = SyncMode::Sparse {
+        chunk: [4, 4],
+        k: 4,
+        beta: 0.95,
+    };
+    let r = run_with(2, 2, &[1.0, 1.5, 1.0], sync);
+    assert_eq!(r.core.phase(), Phase::Finished);
+    let cheat = Client::new(41).key();
+    let checks = checked(&r.log);
+    for c in &checks {
+        println!("{} by {}: {:?}", c.0.fingerprint(), c.1.len(), c.2);
+    }
+    assert!(
+        checks
+            .iter()
+            .any(|(k, a, o)| *k == cheat && a.len() == 2 && matches!(o, CheckOutcome::Failed(_))),
+        "the scaled compression fails against two dense replays"
+    );
+    assert!(
+        checks
+            .iter()
+            .filter(|(k, a, _)| *k != cheat && !a.is_empty())
+            .all(|(_, _, o)| *o == CheckOutcome::Passed),
+        "honest compressions pass"
+    );
+    assert!(r.core.is_refused(&cheat));
+    assert!(r.applied.values().all(|&k| k != 1));
+    assert_eq!(r.applied.len(), 4);
 }

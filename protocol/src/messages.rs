@@ -278,6 +278,9 @@ pub struct Work {
     pub tokens: TensorPayload,
     /// Learning rate of each inner step.
     pub lrs: Vec<f32>,
+    /// Send the update dense even where the run compresses updates: the coordinator checks a
+    /// compressed update against a dense replay of its unit (runs with fresh units only).
+    pub dense: bool,
 }
 
 /// The coordinator's verdict on a submission, signed with its key.

@@ -284,6 +284,81 @@ impl Compressed {
     }
 }
 
+/// Whether `sent` is what compressing `dense` with zero error feedback gives, up to the drift
+/// between two GPUs (`eps`, relative): in each chunk every sent entry is among the `k` largest
+/// magnitudes of `dense` (at least the k-th largest less `eps` of it) with `dense`'s sign; each
+/// entry's level (high or low) is the one its magnitude calls for, except within `eps` of the
+/// threshold between the two; and each level is the mean magnitude of `dense` over the entries
+/// given it, within `eps`. Near-ties may go either way, so honest replays on two GPUs agree, and
+/// a sender can bias what it sends by no more than about `eps`.
+pub fn matches_compression(sent: &Compressed, dense: &[f32], eps: f32) -> Result<(), String> {
+    let [rows, cols] = sent.shape;
+    if dense.len() != rows * cols {
+        return Err(format!(
+            "{} values for a [{rows}, {cols}] tensor",
+            dense.len()
+        ));
+    }
+    let mut entry = 0usize;
+    let mut mags: Vec<f32> = Vec::new();
+    for (ci, c) in chunks(sent.shape, sent.chunk).iter().enumerate() {
+        let n = kept(sent.k, c);
+        mags.clear();
+        mags.extend((0..c.len()).map(|i| dense[c.at(cols, i)].abs()));
+        mags.sort_by(|a, b| b.total_cmp(a));
+        let kth = mags[n - 1];
+        let top = mags[0];
+        let slack = eps * top.max(f32::MIN_POSITIVE);
+        let picked: Vec<(f32, f32, bool)> = (entry..entry + n)
+            .map(|e| {
+                let v = dense[c.at(cols, sent.indices[e] as usize)];
+                let code = (sent.codes[e / 4] >> (2 * (e % 4))) & 3;
+                (v, if code & 1 != 0 { -1.0 } else { 1.0 }, code & 2 != 0)
+            })
+            .collect();
+        let (lo_m, hi_m) = picked.iter().fold((f32::INFINITY, 0.0f32), |(lo, hi), p| {
+            (lo.min(p.0.abs()), hi.max(p.0.abs()))
+        });
+        let threshold = 0.5 * (lo_m + hi_m);
+        let (mut sums, mut counts) = ([0.0f64; 2], [0usize; 2]);
+        for (j, &(v, sign, high)) in picked.iter().enumerate() {
+            let m = v.abs();
+            let at = || format!("chunk {ci}, entry {j}");
+            if m < kth - slack {
+                return Err(format!(
+                    "{}: a magnitude of {m:.3e} sent where the {n} largest reach {kth:.3e}",
+                    at()
+                ));
+            }
+            if m > slack && sign != v.signum() {
+                return Err(format!("{}: the sign of {v:.3e} flipped", at()));
+            }
+            if (high && m < threshold - slack) || (!high && m > threshold + slack) {
+                return Err(format!(
+                    "{}: {m:.3e} given the {} level, the threshold being {threshold:.3e}",
+                    at(),
+                    if high { "high" } else { "low" }
+                ));
+            }
+            sums[usize::from(high)] += m as f64;
+            counts[usize::from(high)] += 1;
+        }
+        let [lo, hi] = sent.levels[ci];
+        let mean = |g: usize| (counts[g] > 0).then(|| (sums[g] / counts[g] as f64) as f32);
+        let want_hi = mean(1).unwrap_or(0.0);
+        let want_lo = mean(0).unwrap_or(want_hi);
+        for (what, got, want) in [("high", hi, want_hi), ("low", lo, want_lo)] {
+            if (got - want).abs() > slack {
+                return Err(format!(
+                    "chunk {ci}: {what} level {got:.4e}, the entries given it average {want:.4e}"
+                ));
+            }
+        }
+        entry += n;
+    }
+    Ok(())
+}
+
 /// The error-feedback buffer of one tensor on one replica.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ErrorFeedback {

@@ -324,3 +324,76 @@ fn indexed_updates_round_trip_and_are_checked() {
         "shape"
     );
 }
+
+#[test]
+fn a_compressed_update_is_checked_against_a_replay_up_to_drift_only() {
+    use tessera_train::sparseloco::matches_compression;
+    let cfg = SparseConfig {
+        chunk: [8, 8],
+        k: 6,
+        beta: 0.95,
+    };
+    let shape = [16, 24];
+    let mut dense = rand(16 * 24, 5);
+    // Chunk 0 (rows 0..8, columns 0..8): five clear winners, then a near-tie for the sixth
+    // place, which of the two is sent depending on drift.
+    let at = |i: usize| (i / 8) * 24 + i % 8;
+    for i in 0..64 {
+        dense[at(i)] *= 0.1;
+    }
+    for (j, v) in [1.5f32, -1.6, 1.7, -1.8, 1.9].into_iter().enumerate() {
+        dense[at(10 + j)] = v;
+    }
+    dense[at(3)] = 0.9;
+    dense[at(4)] = -0.9 * (1.0 + 2e-6);
+    let sent = compress(&dense, shape, &cfg);
+    assert!(sent.indices[..6].contains(&4) && !sent.indices[..6].contains(&3));
+    assert_eq!(matches_compression(&sent, &dense, 1e-3), Ok(()));
+    // Another GPU's replay: every value drifts by up to 1e-5 relative, and the tie goes the
+    // other way there.
+    let mut r = SplitMix(8);
+    let mut replay: Vec<f32> = dense
+        .iter()
+        .map(|x| x * (1.0 + 1e-5 * (r.uniform() as f32 - 0.5)))
+        .collect();
+    replay[at(3)] = 0.9 * (1.0 + 4e-6);
+    assert!(!compress(&replay, shape, &cfg).indices[..6].contains(&4));
+    assert_eq!(
+        matches_compression(&sent, &replay, 1e-3),
+        Ok(()),
+        "honest drift passes"
+    );
+    // Scaled by 1.5: the levels are off.
+    let scaled = compress(
+        &dense.iter().map(|x| 1.5 * x).collect::<Vec<_>>(),
+        shape,
+        &cfg,
+    );
+    let e = matches_compression(&scaled, &dense, 1e-3).unwrap_err();
+    assert!(e.contains("level"), "{e}");
+    // A small entry sent instead of a large one.
+    let mut swapped = sent.clone();
+    let small = (0..64)
+        .find(|i| !swapped.indices[..6].contains(&(*i as u16)))
+        .unwrap();
+    let mags: Vec<f32> = (0..64).map(|i| dense[(i / 8) * 24 + i % 8].abs()).collect();
+    let smallest = (0..64)
+        .filter(|i| !swapped.indices[..6].contains(&(*i as u16)))
+        .min_by(|&a, &b| mags[a].total_cmp(&mags[b]))
+        .unwrap_or(small);
+    swapped.indices[0] = smallest as u16;
+    let e = matches_compression(&swapped, &dense, 1e-3).unwrap_err();
+    assert!(e.contains("largest"), "{e}");
+    // A sign flipped.
+    let mut flipped = sent.clone();
+    flipped.codes[0] ^= 1;
+    let e = matches_compression(&flipped, &dense, 1e-3).unwrap_err();
+    assert!(e.contains("sign"), "{e}");
+    // Every level raised by 1%: beyond the tolerance.
+    let mut raised = sent.clone();
+    for l in &mut raised.levels {
+        l[0] *= 1.01;
+        l[1] *= 1.01;
+    }
+    assert!(matches_compression(&raised, &dense, 1e-3).is_err());
+}

@@ -348,6 +348,7 @@ pub async fn calibrate(
             &tokens(&mut r, steps * batch * (seq + 1), cfg.vocab_size),
         ),
         lrs: vec![1e-3; steps],
+        dense: false,
     };
     let done = whole.work(gpu, &work).await?;
     let pg = dense(&done.update)?;

@@ -168,8 +168,18 @@ impl Replica {
             .zip(end.named())
             .map(|((_, s), (_, e))| s.iter().zip(e).map(|(a, b)| a - b).collect())
             .collect();
-        let update = match &mut self.sparse {
-            None => Update::Dense(
+        // A replay of a compressed unit goes back dense: the coordinator checks the original's
+        // compression against it.
+        let update = match (&mut self.sparse, w.dense && self.fresh) {
+            (Some((sc, feedback)), false) => Update::Sparse(
+                shapes
+                    .iter()
+                    .zip(&deltas)
+                    .zip(feedback.iter_mut())
+                    .map(|(((name, _), d), ef)| ef.step(d, sc).to_wire(name))
+                    .collect(),
+            ),
+            _ => Update::Dense(
                 shapes
                     .iter()
                     .zip(&deltas)
@@ -177,14 +187,6 @@ impl Replica {
                         name: name.clone(),
                         tensor: TensorPayload::from_f32(shape, d),
                     })
-                    .collect(),
-            ),
-            Some((sc, feedback)) => Update::Sparse(
-                shapes
-                    .iter()
-                    .zip(&deltas)
-                    .zip(feedback.iter_mut())
-                    .map(|(((name, _), d), ef)| ef.step(d, sc).to_wire(name))
                     .collect(),
             ),
         };

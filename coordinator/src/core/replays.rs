@@ -1,17 +1,21 @@
 //! Replays of whole-model units. A drawn unit runs again on another contributor, from the
 //! round's weights and the unit's data (units of such runs start from fresh inner state, see
-//! `Lease::fresh_units`), sent as an ordinary unit the auditor cannot tell from any other; the
-//! two updates (and loss sums) must agree within the run's round tolerance. On a mismatch a third
-//! contributor decides. Whoever is found wrong is refused and loses its credits (through the
+//! `Lease::fresh_units`), sent as an ordinary unit; the two updates (and loss sums) must agree
+//! within the run's round tolerance. In SparseLoCo runs the replay comes back dense (the work
+//! says so) and the original's compression is checked against it, near-ties allowed either way
+//! ([`matches_compression`]). On a mismatch a third contributor decides. Whoever is found wrong is refused and loses its credits (through the
 //! failed `Checked` entry); a refused update's slot runs again. A round closes only once every
 //! replay of it is resolved.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_protocol::log::{CheckOutcome, LogEvent};
+use tessera_protocol::messages::Update;
 use tessera_protocol::messages::{Submission, Verdict};
 use tessera_protocol::{PublicKey, ToContributor};
 use tessera_train::drift::rel_l2;
+use tessera_train::sparseloco::{matches_compression, Compressed};
+use tessera_train::update::two_d;
 
 use super::{Action, ConnId, Core};
 
@@ -66,9 +70,27 @@ fn agree(a: (&[Vec<f32>], f64), b: (&[Vec<f32>], f64), tol: f64) -> Result<(), S
 impl Core {
     /// Whether this run replays drawn whole-model units.
     pub(super) fn replays_on(&self) -> bool {
-        self.pipe.is_none()
-            && self.spec.sparse().is_none()
-            && self.spec.checks.as_ref().is_some_and(|c| c.replay)
+        self.pipe.is_none() && self.spec.checks.as_ref().is_some_and(|c| c.replay)
+    }
+
+    /// Whether a replay (`dense`, `loss_sum`) agrees with the replayed contribution: updates
+    /// within the tolerance, or, for a compressed update, its compression of the replay.
+    fn agrees_with_checked(
+        &self,
+        checked: (&super::Contribution, &[Vec<f32>]),
+        replay: (&[Vec<f32>], f64),
+        tol: f64,
+    ) -> Result<(), String> {
+        let (c, checked_dense) = checked;
+        let (Some(cfg), Update::Sparse(ts)) = (self.spec.sparse(), &c.update) else {
+            return agree(replay, (checked_dense, c.loss_sum), tol);
+        };
+        let shapes = tessera_compute::hf::tensor_shapes(&self.spec.model);
+        for ((t, (_, shape)), d) in ts.iter().zip(&shapes).zip(replay.0) {
+            let sent = Compressed::from_wire(t, two_d(shape), &cfg).map_err(|e| e.to_string())?;
+            matches_compression(&sent, d, tol as f32).map_err(|e| format!("{}: {e}", t.name))?;
+        }
+        agree((&[], replay.1), (&[], c.loss_sum), tol)
     }
 
     /// Draws the unit just accepted into `slot` for a replay.
@@ -193,7 +215,9 @@ impl Core {
                     deadline: self.now + self.spec.unit_deadline_ms,
                 },
             );
-            let work = self.work(unit, lease, slot);
+            let mut work = self.work(unit, lease, slot);
+            // A compressed unit's replay comes back dense, to check the compression against.
+            work.dense = self.spec.sparse().is_some();
             self.send(conn, ToContributor::Work(work));
         }
     }
@@ -234,6 +258,8 @@ impl Core {
                 "{} tokens (the unit has {expected}) and loss sum {}",
                 sub.tokens, sub.loss_sum
             ))
+        } else if self.spec.sparse().is_some() && !matches!(sub.result, Update::Dense(_)) {
+            Err("a replay's update goes back dense (the work said so)".into())
         } else {
             self.dense_update(&sub.result).map_err(|e| e.to_string())
         };
@@ -257,15 +283,18 @@ impl Core {
             // The auditor's credit comes with the check's outcome.
             (0, 0.0),
         );
-        let Some((checked_dense, checked_loss)) = self.round.slot_update(r.slot, case.unit) else {
+        let tol = self.spec.checks.as_ref().map_or(0.0, |c| c.round_tolerance);
+        let mine = (dense.as_slice(), sub.loss_sum);
+        let Some(with_checked) = self
+            .round
+            .slot_update(r.slot, case.unit)
+            .map(|checked| self.agrees_with_checked(checked, mine, tol))
+        else {
             // The slot was reopened meanwhile: nothing left to judge.
             self.round.replays.cases.remove(&r.slot);
             return;
         };
-        let tol = self.spec.checks.as_ref().map_or(0.0, |c| c.round_tolerance);
         let flops = 6.0 * self.spec.model.parameter_count() as f64 * sub.tokens as f64;
-        let mine = (dense.as_slice(), sub.loss_sum);
-        let with_checked = agree(mine, (&checked_dense, checked_loss), tol);
         match case.first {
             None => match with_checked {
                 Ok(()) => {

@@ -53,10 +53,11 @@ impl Round {
         }
     }
 
-    /// The dense update and loss sum `unit` put into `slot`, while it is accepted there.
-    pub(super) fn slot_update(&self, slot: u64, unit: u64) -> Option<(Vec<Vec<f32>>, f64)> {
+    /// The contribution `unit` put into `slot` and its dense update, while it is accepted
+    /// there.
+    pub(super) fn slot_update(&self, slot: u64, unit: u64) -> Option<(&Contribution, &[Vec<f32>])> {
         match self.slots.get(slot as usize) {
-            Some(Slot::Done(c, d)) if c.unit == unit => Some((d.clone(), c.loss_sum)),
+            Some(Slot::Done(c, d)) if c.unit == unit => Some((c, d)),
             _ => None,
         }
     }
@@ -201,6 +202,7 @@ impl Core {
             weights: self.version,
             tokens: TensorPayload::from_u32(&[h as usize, b as usize, seq + 1], &tokens),
             lrs,
+            dense: false,
         }
     }
 

@@ -98,8 +98,9 @@ pub struct ChecksSpec {
     pub copy_overlap: f64,
     /// Whole-model runs: a drawn unit is replayed by another contributor from the round's
     /// weights and the unit's data, and the two updates compared within `round_tolerance`.
-    /// Units then start from fresh inner state (see `Lease::fresh_units`). Needs dense sync: a
-    /// sparse update's top-k selection does not survive the drift between two GPUs.
+    /// Units then start from fresh inner state (see `Lease::fresh_units`): with SparseLoCo no
+    /// error feedback is carried from round to round, so the configuration turns it on by
+    /// default for dense sync only.
     pub replay: bool,
     /// Largest relative L2 distance between two honest replays of one unit (whole inner steps
     /// drift further apart than one pipeline unit; `tessera calibrate`).
