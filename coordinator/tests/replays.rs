@@ -4,7 +4,9 @@
 //! unit; an update scaled by 1.5 (under every other check) fails its replay twice over and its
 //! slot runs again; an auditor that lies is outvoted by a third and refused; a contributor alone
 //! is not held up by a replay nobody can run. In a SparseLoCo run the replay comes back dense and
-//! the original's compression is checked against it: honest ones pass, a scaled one fails.
+//! the original's compression is checked against it: honest ones pass, a scaled one fails. An
+//! attacker under the round tolerance goes undetected and moves the round's step by less than
+//! the tolerance.
 
 mod common;
 
@@ -411,4 +413,32 @@ fn in_sparseloco_runs_a_compression_is_checked_against_a_dense_replay() {
     assert!(r.core.is_refused(&cheat));
     assert!(r.applied.values().all(|&k| k != 1));
     assert_eq!(r.applied.len(), 4);
+}
+
+#[test]
+fn an_attacker_under_the_round_tolerance_biases_a_round_by_at_most_it() {
+    let tol = ChecksSpec::default().round_tolerance;
+    let honest = run(2, 1, &[1.0, 1.0, 1.0]);
+    let subtle = run(2, 1, &[1.0, 1.0 + 0.5 * tol as f32, 1.0]);
+    assert!(
+        checked(&subtle.log)
+            .iter()
+            .all(|(_, _, o)| *o == CheckOutcome::Passed),
+        "scaling by 1 + tolerance / 2 passes its replay"
+    );
+    let w0 = ModelParams::<f32>::random(&common::tiny_model(), 3);
+    let step = |c: &Core| -> Vec<f32> {
+        c.weights()
+            .named()
+            .into_iter()
+            .zip(w0.named())
+            .flat_map(|((_, a), (_, b))| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>())
+            .collect()
+    };
+    let bias = tessera_train::drift::rel_l2(&step(&subtle.core), &step(&honest.core));
+    println!(
+        "one of 2 replicas scaling its update by 1 + {:.1e}: undetected; the round's step moves {bias:.2e} relative (round tolerance {tol:.1e})",
+        0.5 * tol
+    );
+    assert!(bias > 0.0 && bias < tol, "{bias}");
 }
