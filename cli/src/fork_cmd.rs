@@ -8,9 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tessera_compute::hf::params_from_safetensors;
-use tessera_compute::reference::ModelParams;
-use tessera_compute::ModelConfig;
 use tessera_coordinator::config::RunConfig;
 use tessera_coordinator::core::replay::RunRules;
 use tessera_coordinator::core::{weights_digest, Snapshot};
@@ -99,17 +96,6 @@ fn fork_point(entries: &[SignedEntry], at: Option<u64>) -> Result<ForkPoint> {
     }
 }
 
-fn load(cfg: &ModelConfig, path: &Path) -> Result<Option<ModelParams<f32>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(
-            params_from_safetensors(cfg, &b)
-                .with_context(|| format!("{} does not load", path.display()))?,
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
 /// Verifies the parent and writes the fork's data directory.
 pub async fn run(a: Args) -> Result<()> {
     let (file, data_dir) = read_log(&a.log).await?;
@@ -169,8 +155,10 @@ pub async fn run(a: Args) -> Result<()> {
     }
     let model = &spec.model;
     let ck = dir.join(format!("round-{}", point.version));
-    let weights = load(model, &ck.join("model.safetensors"))?
+    let (_, weights, moments) = crate::verify_replay::checkpoint(model, &dir, point.version)?
         .with_context(|| format!("{} holds no weights", ck.display()))?;
+    // A whole-model fork has no use for a pipeline parent's AdamW moments.
+    let moments = moments.filter(|_| spec.pipeline.is_some());
     let digest = weights_digest(&weights);
     if point.weights.is_some_and(|w| w != digest) {
         bail!(
@@ -178,13 +166,6 @@ pub async fn run(a: Args) -> Result<()> {
             ck.display()
         );
     }
-    let moments = match (
-        load(model, &ck.join("adam_m.safetensors"))?,
-        load(model, &ck.join("adam_v.safetensors"))?,
-    ) {
-        (Some(m), Some(v)) if spec.pipeline.is_some() => Some((m, v)),
-        _ => None,
-    };
 
     let store = Store::open(&a.data_dir, a.database.as_deref()).await?;
     if store.log_head().await?.is_some() || store.load(model).await?.is_some() {

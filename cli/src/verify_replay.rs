@@ -51,14 +51,15 @@ fn load(cfg: &ModelConfig, path: &Path) -> Result<Option<ModelParams<f32>>> {
     }
 }
 
-type State = (
+/// A checkpoint's version, weights and AdamW moments (pipeline runs, after a step).
+pub type State = (
     u64,
     ModelParams<f32>,
     Option<(ModelParams<f32>, ModelParams<f32>)>,
 );
 
 /// The weights (and AdamW moments) of checkpoint `version`, if it is there.
-fn checkpoint(cfg: &ModelConfig, dir: &Path, version: u64) -> Result<Option<State>> {
+pub fn checkpoint(cfg: &ModelConfig, dir: &Path, version: u64) -> Result<Option<State>> {
     let ck = dir.join(format!("round-{version}"));
     let Some(w) = load(cfg, &ck.join("model.safetensors"))? else {
         return Ok(None);
