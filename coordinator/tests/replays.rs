@@ -122,6 +122,59 @@ struct Run {
     applied: BTreeMap<(u64, u64), usize>,
 }
 
+/// Connects `client` as `conn`, completes the handshake and declares its lease ready; every
+/// action the core took. The lease must ask for fresh units (the run replays).
+fn join(core: &mut Core, client: &mut Client, conn: ConnId) -> Vec<Action> {
+    let mut actions = core.tick(
+        0,
+        Input::Connected {
+            conn,
+            nonce: [conn as u8; 32],
+        },
+    );
+    let a = core.tick(
+        0,
+        Input::Message {
+            conn,
+            msg: client.hello(1 << 30),
+        },
+    );
+    let (nonce, coordinator) = a
+        .iter()
+        .find_map(|x| match x {
+            Action::Send {
+                msg:
+                    ToContributor::Challenge {
+                        nonce, coordinator, ..
+                    },
+                ..
+            } => Some((*nonce, *coordinator)),
+            _ => None,
+        })
+        .expect("a challenge");
+    actions.extend(a);
+    let proof = client.proof(nonce, &coordinator);
+    let a = core.tick(0, Input::Message { conn, msg: proof });
+    let lease = a
+        .iter()
+        .find_map(|x| match x {
+            Action::Send {
+                msg: ToContributor::Lease(l),
+                ..
+            } => Some(l.clone()),
+            _ => None,
+        })
+        .expect("a lease");
+    assert!(lease.fresh_units, "a run that replays asks for fresh units");
+    actions.extend(a);
+    let ready = client.signed(SessionMessage::Ready {
+        lease: lease.lease,
+        log_head: LogHead::default(),
+    });
+    actions.extend(core.tick(0, Input::Message { conn, msg: ready }));
+    actions
+}
+
 /// Joins the contributors in order (all ready at once) and answers every unit until the run
 /// finishes or nothing more happens.
 fn run(replicas: u64, rounds: u64, scales: &[f32]) -> Run {
@@ -204,51 +257,7 @@ fn run_with(replicas: u64, rounds: u64, scales: &[f32], sync: SyncMode) -> Run {
     for i in 0..sims.len() {
         by_key.insert(sims[i].client.key(), i);
         let conn = i as ConnId + 1;
-        let mut actions = core.tick(
-            0,
-            Input::Connected {
-                conn,
-                nonce: [conn as u8; 32],
-            },
-        );
-        let hello = sims[i].client.hello(1 << 30);
-        let a = core.tick(0, Input::Message { conn, msg: hello });
-        let (nonce, coordinator) = a
-            .iter()
-            .find_map(|x| match x {
-                Action::Send {
-                    msg:
-                        ToContributor::Challenge {
-                            nonce, coordinator, ..
-                        },
-                    ..
-                } => Some((*nonce, *coordinator)),
-                _ => None,
-            })
-            .unwrap();
-        actions.extend(a);
-        let proof = sims[i].client.proof(nonce, &coordinator);
-        let a = core.tick(0, Input::Message { conn, msg: proof });
-        let lease = a
-            .iter()
-            .find_map(|x| match x {
-                Action::Send {
-                    msg: ToContributor::Lease(l),
-                    ..
-                } => Some(l.lease),
-                _ => None,
-            })
-            .unwrap();
-        let fresh = a.iter().any(
-            |x| matches!(x, Action::Send { msg: ToContributor::Lease(l), .. } if l.fresh_units),
-        );
-        assert!(fresh, "a run that replays asks for fresh units");
-        actions.extend(a);
-        let ready = sims[i].client.signed(SessionMessage::Ready {
-            lease,
-            log_head: LogHead::default(),
-        });
-        actions.extend(core.tick(0, Input::Message { conn, msg: ready }));
+        let actions = join(&mut core, &mut sims[i].client, conn);
         handle(
             actions,
             &mut sims,
@@ -441,4 +450,90 @@ fn an_attacker_under_the_round_tolerance_biases_a_round_by_at_most_it() {
         0.5 * tol
     );
     assert!(bias > 0.0 && bias < tol, "{bias}");
+}
+
+#[test]
+fn a_restarted_coordinator_replays_the_open_rounds_restored_contributions() {
+    let mut sp = spec(3, 1, SyncMode::Dense);
+    sp.checks = Some(ChecksSpec::default());
+    let mut first = core(sp.clone());
+    let (mut alice, mut bob) = (Client::new(60), Client::new(61));
+    // Two of three slots are accepted; the coordinator dies before any replay is answered.
+    let mut works: Vec<(ConnId, Work)> = Vec::new();
+    for (conn, cl) in [(1, &mut alice), (2, &mut bob)] {
+        for a in join(&mut first, cl, conn) {
+            if let Action::Send {
+                msg: ToContributor::Work(w),
+                ..
+            } = a
+            {
+                works.push((conn, w));
+            }
+        }
+    }
+    let mut accepted = Vec::new();
+    for (conn, w) in works.clone() {
+        let cl = if conn == 1 { &mut alice } else { &mut bob };
+        let (delta, loss_sum, tokens) = train(first.weights(), &w);
+        let msg = cl.signed(SessionMessage::Submit(submission(
+            &w, &delta, loss_sum, tokens, 1.0, None,
+        )));
+        for a in first.tick(0, Input::Message { conn, msg }) {
+            if let Action::Accepted(c) = a {
+                accepted.push(c);
+            }
+        }
+    }
+    assert_eq!(accepted.len(), 2);
+    let mut again = Core::resume(
+        sp,
+        tessera_protocol::Identity::from_seed([200; 32]),
+        first.snapshot(),
+        accepted.clone(),
+    );
+    again.continue_log(None);
+    // Three newcomers: the open slot and both restored units' replays go out.
+    let mut clients: Vec<Client> = (0..3).map(|i| Client::new(70 + i)).collect();
+    let mut queue: VecDeque<(ConnId, Work)> = VecDeque::new();
+    let mut log = Vec::new();
+    let mut take = |actions: Vec<Action>, queue: &mut VecDeque<(ConnId, Work)>| {
+        for a in actions {
+            match a {
+                Action::Send {
+                    conn,
+                    msg: ToContributor::Work(w),
+                } => queue.push_back((conn, w)),
+                Action::Logged(e) => log.push(e.entry.event),
+                _ => {}
+            }
+        }
+    };
+    for (i, cl) in clients.iter_mut().enumerate() {
+        let a = join(&mut again, cl, i as ConnId + 1);
+        take(a, &mut queue);
+    }
+    let restored: Vec<(u64, u64)> = accepted.iter().map(|c| (c.round, c.slot)).collect();
+    let replays = queue
+        .iter()
+        .filter(|(_, w)| restored.contains(&(w.round, w.slot)))
+        .count();
+    assert_eq!(replays, 2, "both restored units are replayed");
+    while let Some((conn, w)) = queue.pop_front() {
+        let (delta, loss_sum, tokens) = train(again.weights(), &w);
+        let msg = clients[conn as usize - 1].signed(SessionMessage::Submit(submission(
+            &w, &delta, loss_sum, tokens, 1.0, None,
+        )));
+        let a = again.tick(0, Input::Message { conn, msg });
+        take(a, &mut queue);
+    }
+    assert_eq!(again.phase(), Phase::Finished);
+    for key in [alice.key(), bob.key()] {
+        assert!(
+            checked(&log)
+                .iter()
+                .any(|(k, a, o)| *k == key && a.len() == 1 && *o == CheckOutcome::Passed),
+            "{} was replayed after the restart",
+            key.fingerprint()
+        );
+    }
 }

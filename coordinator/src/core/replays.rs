@@ -152,8 +152,9 @@ impl Core {
         }
     }
 
-    /// Gives each waiting replay to an idle contributor that may run it (not the unit's own,
-    /// not one that already tried); resolves a case no connected contributor could ever take.
+    /// Gives each waiting replay to an idle, ready contributor that may run it (not the unit's
+    /// own, not one that already tried); resolves a case no connected contributor could ever
+    /// take (while nobody is connected, after a restart say, it waits).
     pub(super) fn start_replays(&mut self) {
         let waiting: Vec<u64> = self
             .round
@@ -172,16 +173,16 @@ impl Core {
                 .iter()
                 .filter_map(|(&conn, s)| {
                     let k = s.active()?;
-                    let ok = s.ready
-                        && s.lease.is_some()
-                        && k != case.key
+                    let ok = k != case.key
                         && !case.tried.contains(&k)
                         && case.first.as_ref().is_none_or(|f| f.0 != k)
                         && !self.is_refused(&k);
-                    ok.then_some((conn, k, s.unit.is_none()))
+                    let free = s.ready && s.lease.is_some() && s.unit.is_none();
+                    ok.then_some((conn, k, free))
                 })
                 .collect();
-            if eligible.is_empty() {
+            let anyone = self.sessions.values().any(|s| s.active().is_some());
+            if eligible.is_empty() && anyone {
                 let outcome = match case.first {
                     None => CheckOutcome::Skipped("no other contributor could replay it".into()),
                     Some(_) => CheckOutcome::Disputed(

@@ -131,6 +131,7 @@ impl Core {
         }
         // Replays first: the round cannot close before they resolve.
         self.start_replays();
+        self.maybe_close_round();
         for slot in 0..self.round.slots.len() {
             if self.round.slots[slot] != Slot::Open {
                 continue;
@@ -396,11 +397,18 @@ impl Core {
         if let Ok(dense) = self.dense_update(&c.update) {
             let slot = c.slot as usize;
             self.next_unit = self.next_unit.max(c.unit + 1);
+            // Whether it was drawn before the restart is not kept: a restored contribution is
+            // checked (loss check, and replay where the run replays).
+            if self.spec.checks.is_some() {
+                self.round.drawn.insert(c.slot);
+                if self.replays_on() {
+                    self.draw_replay(c.slot, c.unit, c.contributor);
+                }
+            }
             self.round.slots[slot] = Slot::Done(Box::new(c), dense);
         }
-        if self.round.slots.iter().all(|s| matches!(s, Slot::Done(..))) {
-            self.close_round();
-        }
+        // A round whose slots were all restored closes at the first tick, once the log
+        // continues where it stopped (its checks and close are entries of it).
     }
 
     /// The outer step: median clip, mean, `theta -= outer_lr * mean`; broadcast; next round.
