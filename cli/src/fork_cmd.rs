@@ -16,22 +16,14 @@ use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
 use tessera_protocol::messages::LogHead;
 
 use crate::keys;
-use crate::verify_cmd::{check_chain, check_checkpoints, read_log};
+use crate::verify_cmd::{check_chain, check_checkpoints, read_log, LogSource};
 
 /// Options of `fork`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The parent run's log: a coordinator (`http://host:port`), its data directory, or a file
-    /// written by `tessera verify --save`.
-    #[arg(long)]
-    pub log: String,
-    /// The parent's checkpoints (default: `checkpoints/` of a data directory given as `--log`).
-    #[arg(long)]
-    pub checkpoints: Option<PathBuf>,
-    /// The parent coordinator's public key (hex) to hold the log to (default: the key its first
-    /// entry names).
-    #[arg(long)]
-    pub coordinator_key: Option<String>,
+    /// The parent run's log, checkpoints and coordinator key.
+    #[command(flatten)]
+    pub parent: LogSource,
     /// The weight version to start from (default: the parent's last closed one).
     #[arg(long)]
     pub at: Option<u64>,
@@ -58,18 +50,7 @@ struct ForkPoint {
 
 /// The parent log's point for version `at` (its last closed version by default).
 fn fork_point(entries: &[SignedEntry], at: Option<u64>) -> Result<ForkPoint> {
-    let mut closed = std::collections::BTreeMap::new();
-    for e in entries {
-        if let LogEvent::Closed {
-            round,
-            version,
-            weights,
-            ..
-        } = &e.entry.event
-        {
-            closed.insert(*version, (e.head(), *weights, *round));
-        }
-    }
+    let closed = crate::verify_cmd::closes(entries);
     let first = entries
         .first()
         .context("the parent's log is empty: nothing to fork")?;
@@ -83,11 +64,11 @@ fn fork_point(entries: &[SignedEntry], at: Option<u64>) -> Result<ForkPoint> {
         });
     }
     match closed.get(&version) {
-        Some(&(head, weights, round)) => Ok(ForkPoint {
-            head,
+        Some(c) => Ok(ForkPoint {
+            head: c.head,
             version,
-            weights: Some(weights),
-            round: round + 1,
+            weights: Some(c.weights),
+            round: c.round + 1,
         }),
         None => bail!(
             "the parent's log closed no version {version} (its last is {})",
@@ -98,13 +79,9 @@ fn fork_point(entries: &[SignedEntry], at: Option<u64>) -> Result<ForkPoint> {
 
 /// Verifies the parent and writes the fork's data directory.
 pub async fn run(a: Args) -> Result<()> {
-    let (file, data_dir) = read_log(&a.log).await?;
-    let (parent, entries, _) = check_chain(&file, a.coordinator_key.as_deref())?;
-    let Some(dir) = a
-        .checkpoints
-        .clone()
-        .or_else(|| data_dir.map(|d| d.join("checkpoints")))
-    else {
+    let (file, data_dir) = read_log(&a.parent.log).await?;
+    let (parent, entries, _) = check_chain(&file, a.parent.coordinator_key.as_deref())?;
+    let Some(dir) = a.parent.checkpoints(data_dir) else {
         bail!("a fork starts from a checkpoint: give the parent's --checkpoints");
     };
     let point = fork_point(&entries, a.at)?;

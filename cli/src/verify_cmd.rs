@@ -4,6 +4,7 @@
 //! from a checkpoint reaches them; recomputes every identity's credits from the log (and holds
 //! a live coordinator's status to them). Names the first bad entry.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -18,16 +19,16 @@ use tessera_protocol::messages::LogHead;
 use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
 use tessera_protocol::PublicKey;
 
-/// Options of `verify`.
+/// Where a run's log and checkpoints are, and whose key holds the log (`verify`, `fork`).
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct LogSource {
     /// The log: a coordinator (`http://host:port` or `https://...`, read page by page from
-    /// `/api/log`), a run's data directory, or a file written with `--save`.
+    /// `/api/log`), a run's data directory, or a file written with `tessera verify --save`.
     #[arg(long)]
     pub log: String,
-    /// Check each closed round's checkpoint in this directory (`round-N/`) against the weights
-    /// the log recorded, and replay each round's or step's aggregate (`round-N/aggregate`)
-    /// from the checkpoint before it by the run's rules (`rules.json`) to reach them (default:
+    /// The checkpoints (`round-N/`, `rules.json`): each closed round's or step's checkpoint is
+    /// checked against the weights the log recorded, and its aggregate (`round-N/aggregate`)
+    /// replayed from the checkpoint before it by the run's rules to reach them (default:
     /// `checkpoints/` of a data directory given as `--log`).
     #[arg(long)]
     pub checkpoints: Option<PathBuf>,
@@ -35,6 +36,24 @@ pub struct Args {
     /// names).
     #[arg(long)]
     pub coordinator_key: Option<String>,
+}
+
+impl LogSource {
+    /// The checkpoints directory: the one given, else that of the data directory the log was
+    /// read from.
+    pub fn checkpoints(&self, data_dir: Option<PathBuf>) -> Option<PathBuf> {
+        self.checkpoints
+            .clone()
+            .or_else(|| data_dir.map(|d| d.join("checkpoints")))
+    }
+}
+
+/// Options of `verify`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The log, checkpoints and coordinator key.
+    #[command(flatten)]
+    pub source: LogSource,
     /// Also write the log to this file (JSON), to verify later or elsewhere.
     #[arg(long)]
     pub save: Option<PathBuf>,
@@ -174,39 +193,69 @@ fn decode(file: &LogFile) -> Result<Vec<SignedEntry>, LogError> {
         .collect()
 }
 
-/// Each version's checkpoint against the last `Closed` entry for it (a coordinator that crashed
-/// after logging a close but before committing its checkpoint redoes that round), and a fork's
-/// first checkpoint against its `Forked` entry.
-pub fn check_checkpoints(entries: &[SignedEntry], dir: &Path) -> Result<usize> {
-    let mut last = std::collections::BTreeMap::new();
+/// A version's close, as the log records it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Close {
+    /// The `Closed` entry's head.
+    pub head: LogHead,
+    /// The round or step that closed.
+    pub round: u64,
+    /// SHA-256 of the weights it produced.
+    pub weights: [u8; 32],
+    /// SHA-256 of the aggregate that produced them.
+    pub aggregate: [u8; 32],
+}
+
+/// The close that stands for each version: the last `Closed` entry for it (a coordinator that
+/// crashed after logging a close but before committing its checkpoint redoes that round).
+pub fn closes(entries: &[SignedEntry]) -> BTreeMap<u64, Close> {
+    let mut out = BTreeMap::new();
     for e in entries {
-        match &e.entry.event {
-            LogEvent::Closed {
-                version, weights, ..
-            }
-            | LogEvent::Forked {
-                version, weights, ..
-            } => {
-                last.insert(*version, (e, *weights));
-            }
-            _ => {}
+        if let LogEvent::Closed {
+            round,
+            version,
+            weights,
+            aggregate,
+        } = &e.entry.event
+        {
+            let close = Close {
+                head: e.head(),
+                round: *round,
+                weights: *weights,
+                aggregate: *aggregate,
+            };
+            out.insert(*version, close);
+        }
+    }
+    out
+}
+
+/// Each version's checkpoint against the close that stands for it, and a fork's first
+/// checkpoint against its `Forked` entry.
+pub fn check_checkpoints(entries: &[SignedEntry], dir: &Path) -> Result<usize> {
+    let mut last: BTreeMap<u64, (u64, [u8; 32])> = closes(entries)
+        .into_iter()
+        .map(|(v, c)| (v, (c.head.index, c.weights)))
+        .collect();
+    for e in entries {
+        if let LogEvent::Forked {
+            version, weights, ..
+        } = &e.entry.event
+        {
+            last.insert(*version, (e.entry.index, *weights));
         }
     }
     let mut checked = 0;
-    for (version, (e, weights)) in &last {
+    for (version, &(index, weights)) in &last {
         let ck = dir.join(format!("round-{version}"));
         let cfg_text = std::fs::read_to_string(ck.join("config.json")).with_context(|| {
-            format!(
-                "log entry {}: reading {}/config.json",
-                e.entry.index,
-                ck.display()
-            )
+            format!("log entry {}: reading {}/config.json", index, ck.display())
         })?;
         let cfg = ModelConfig::from_hf_json(&cfg_text)?;
         let bytes = std::fs::read(ck.join("model.safetensors")).with_context(|| {
             format!(
                 "log entry {}: reading {}/model.safetensors",
-                e.entry.index,
+                index,
                 ck.display()
             )
         })?;
@@ -214,14 +263,14 @@ pub fn check_checkpoints(entries: &[SignedEntry], dir: &Path) -> Result<usize> {
             Ok(p) => weights_digest(&p),
             Err(err) => bail!(
                 "log entry {}: checkpoint {} does not load: {err}",
-                e.entry.index,
+                index,
                 ck.display()
             ),
         };
-        if got != *weights {
+        if got != weights {
             bail!(
                 "log entry {}: checkpoint {} does not hold the weights the log recorded for version {version}",
-                e.entry.index,
+                index,
                 ck.display()
             );
         }
@@ -271,19 +320,20 @@ pub fn check_chain(
 
 /// Runs the check; an error names the first bad entry.
 pub async fn run(a: Args) -> Result<()> {
-    let live = a.log.starts_with("http://") || a.log.starts_with("https://");
+    let src = &a.source;
+    let live = src.log.starts_with("http://") || src.log.starts_with("https://");
     // What the coordinator claims is read before its log, so the log holds the claimed head.
     let claimed = if live {
-        Some(crate::verify_credits::fetch_claimed(&a.log)?)
+        Some(crate::verify_credits::fetch_claimed(&src.log)?)
     } else {
         None
     };
-    let (file, data_dir) = read_log(&a.log).await?;
+    let (file, data_dir) = read_log(&src.log).await?;
     if let Some(path) = &a.save {
         std::fs::write(path, serde_json::to_string_pretty(&file)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let (key, entries, head) = check_chain(&file, a.coordinator_key.as_deref())?;
+    let (key, entries, head) = check_chain(&file, src.coordinator_key.as_deref())?;
     if let Some(f) = entries.iter().take(2).find_map(|e| match &e.entry.event {
         LogEvent::Forked {
             parent,
@@ -301,10 +351,7 @@ pub async fn run(a: Args) -> Result<()> {
             hex(&f.1.hash)
         );
     }
-    let checkpoints = a
-        .checkpoints
-        .clone()
-        .or_else(|| data_dir.map(|d| d.join("checkpoints")));
+    let checkpoints = src.checkpoints(data_dir);
     let checked = match &checkpoints {
         Some(dir) => check_checkpoints(&entries, dir)?,
         None => 0,
@@ -320,17 +367,7 @@ pub async fn run(a: Args) -> Result<()> {
         );
     }
     let credits = crate::verify_credits::recompute(&entries, None);
-    if a.credits {
-        crate::verify_credits::print(&credits);
-    } else {
-        let total: f64 = credits.records().values().map(|r| r.flops).sum();
-        println!(
-            "credits recomputed from the log: {} identities, {:.3} GFLOP verified, {} refused (--credits lists them)",
-            credits.records().len(),
-            total / 1e9,
-            credits.refused().len()
-        );
-    }
+    crate::verify_credits::print(&credits, a.credits);
     if let Some(c) = &claimed {
         let n = crate::verify_credits::check_claimed(&entries, c)?;
         println!(

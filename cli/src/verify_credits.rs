@@ -17,8 +17,8 @@ pub fn recompute(entries: &[SignedEntry], upto: Option<u64>) -> Credits {
     )
 }
 
-/// One line per identity, most credited first.
-pub fn print(credits: &Credits) {
+/// The totals, and with `each` one line per identity, most credited first.
+pub fn print(credits: &Credits, each: bool) {
     let mut lines: Vec<CreditLine> = credits
         .records()
         .iter()
@@ -27,11 +27,12 @@ pub fn print(credits: &Credits) {
     lines.sort_by(|a, b| b.credits.total_cmp(&a.credits).then(a.key.cmp(&b.key)));
     let total: f64 = lines.iter().map(|l| l.credits).sum();
     println!(
-        "credits recomputed from the log: {} identities, {total:.3} GFLOP verified, {} refused",
+        "credits recomputed from the log: {} identities, {total:.3} GFLOP verified, {} refused{}",
         lines.len(),
-        lines.iter().filter(|l| l.refused).count()
+        lines.iter().filter(|l| l.refused).count(),
+        if each { "" } else { " (--credits lists them)" }
     );
-    for l in &lines {
+    for l in lines.iter().filter(|_| each) {
         println!(
             "  {}  {:>14.3} GFLOP verified  {:>12.3} pending  {:>5} accepted  {:>4} rejected  checks {}/{}{}",
             &l.key[..16.min(l.key.len())],

@@ -3,7 +3,6 @@
 //! weights reached are the ones the log recorded for every later version, so a checkpoint's
 //! hash follows from the log's aggregates, not only from the coordinator's word.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -82,22 +81,11 @@ pub fn checkpoint(cfg: &ModelConfig, dir: &Path, version: u64) -> Result<Option<
 /// contradicts.
 pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<Replayed> {
     let cfg = rules.model_config().map_err(anyhow::Error::msg)?;
-    // The last Closed entry of each version is the one whose checkpoint was committed.
-    let mut closed = BTreeMap::new();
-    for e in entries {
-        if let LogEvent::Closed {
-            round,
-            version,
-            weights,
-            aggregate,
-        } = &e.entry.event
-        {
-            closed.insert(*version, (e.entry.index, *round, *weights, *aggregate));
-        }
-    }
     let mut out = Replayed::default();
     let mut state: Option<State> = None;
-    for (&version, &(index, number, weights, aggregate)) in &closed {
+    for (version, close) in crate::verify_cmd::closes(entries) {
+        let (index, number) = (close.head.index, close.round);
+        let (weights, aggregate) = (close.weights, close.aggregate);
         let Some(before) = version.checked_sub(1) else {
             bail!("log entry {index}: a round closed into version 0");
         };

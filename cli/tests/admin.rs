@@ -29,24 +29,18 @@ fn post(port: u16, auth: Option<&str>, body: &str) -> (u16, serde_json::Value) {
 }
 
 fn admin(port: u16, token_file: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(exe())
-        .args([
-            "admin",
-            "--coordinator",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .arg("--token-file")
-        .arg(token_file)
-        .args(args)
-        .output()
-        .expect("run tessera admin");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://127.0.0.1:{port}");
+    let mut all: Vec<&std::ffi::OsStr> = vec![
+        "admin".as_ref(),
+        "--coordinator".as_ref(),
+        url.as_ref(),
+        "--token-file".as_ref(),
+        token_file.as_os_str(),
+    ];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    let (ok, text) = common::tessera(&all);
     println!("tessera admin {args:?}: {text}");
-    (out.status.success(), text)
+    (ok, text)
 }
 
 fn log_len(port: u16) -> usize {
@@ -336,14 +330,7 @@ fn an_idle_coordinator_serves_the_run_an_administrator_creates() {
         .collect();
     assert!(c.wait_exit(LIMIT, "the created run to finish").success());
 
-    let out = Command::new(exe())
-        .args(["verify", "--log"])
-        .arg(&dir)
-        .output()
-        .expect("run tessera verify");
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}");
-    assert!(out.status.success(), "{text}");
+    let text = common::verify_dir(&dir);
     assert!(
         text.contains("entry 1: the administrator: create run created, because \"the first run\""),
         "{text}"

@@ -7,25 +7,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{coordinator, data, eval, exe, free_port, scratch, worker};
+use common::{
+    coordinator, copy_dir, data, eval, flip_byte, free_port, scratch, tessera, verify_dir, worker,
+};
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
-
-fn tessera(args: &[&std::ffi::OsStr]) -> (bool, String) {
-    let out = Command::new(exe())
-        .args(args)
-        .output()
-        .expect("run tessera");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 /// The end-to-end config under another name and number of rounds (and model preset).
 fn config(dir: &Path, name: &str, rounds: u64, preset: &str) -> std::path::PathBuf {
@@ -80,25 +68,8 @@ fn a_fork_of_a_verified_checkpoint_trains_on_under_its_own_log() {
     assert!(!ok && text.contains("not the parent's"), "{text}");
     // Refused: a parent whose checkpoint 1 was altered (the replay to version 2 passes it).
     let bad = root.join("bad-checkpoints");
-    std::fs::create_dir_all(&bad).unwrap();
-    for entry in std::fs::read_dir(parent.join("checkpoints")).unwrap() {
-        let entry = entry.unwrap();
-        let to = bad.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&to).unwrap();
-            for f in std::fs::read_dir(entry.path()).unwrap() {
-                let f = f.unwrap();
-                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
-            }
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-    let model = bad.join("round-1/model.safetensors");
-    let mut bytes = std::fs::read(&model).unwrap();
-    let at = bytes.len() - 5;
-    bytes[at] ^= 0x20;
-    std::fs::write(&model, bytes).unwrap();
+    copy_dir(&parent.join("checkpoints"), &bad);
+    flip_byte(&bad.join("round-1/model.safetensors"), 5);
     let (ok, text) = fork(
         &parent,
         "2",
@@ -123,9 +94,7 @@ fn a_fork_of_a_verified_checkpoint_trains_on_under_its_own_log() {
     assert!(!ok && text.contains("already holds a run"), "{text}");
 
     train(&child_cfg, &child);
-    let (ok, text) = tessera(&["verify".as_ref(), "--log".as_ref(), child.as_os_str()]);
-    println!("{text}");
-    assert!(ok, "the fork's log verifies: {text}");
+    let text = verify_dir(&child);
     assert!(
         text.contains("a fork: from version 2 of the run whose coordinator is"),
         "{text}"

@@ -88,14 +88,7 @@ fn mixed_budget_workers_train_a_sliced_pipeline() {
     assert!(start.elapsed() < FIVE_MINUTES);
     // Every step replays: from the initial weights, each step's kept gradient sums through
     // clipping and AdamW reach exactly the weights the log recorded.
-    let out = std::process::Command::new(common::exe())
-        .args(["verify", "--log"])
-        .arg(&dir)
-        .output()
-        .expect("run tessera verify");
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}");
-    assert!(out.status.success(), "{text}");
+    let text = common::verify_dir(&dir);
     assert!(
         text.contains("replayed 24 closed versions from checkpoint 0"),
         "{text}"

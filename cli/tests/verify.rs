@@ -8,25 +8,57 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{coordinator, data, exe, free_port, scratch, wait_for, worker};
+use common::{coordinator, copy_dir, data, flip_byte, free_port, scratch, wait_for, worker};
+use tessera_protocol::identity::{hex, parse_hex32, unhex};
+use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
+use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
+use tessera_protocol::Identity;
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
 fn verify(args: &[&std::ffi::OsStr]) -> (bool, String) {
-    let out = Command::new(exe())
-        .arg("verify")
-        .args(args)
-        .output()
-        .expect("run tessera verify");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let mut all = vec![std::ffi::OsStr::new("verify")];
+    all.extend(args);
+    common::tessera(&all)
+}
+
+/// A log saved by `tessera verify --save`: the file and its decoded entries.
+fn saved_log(path: &Path) -> (serde_json::Value, Vec<SignedEntry>) {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let entries = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| from_signing_bytes(&unhex(e["signed"].as_str().unwrap()).unwrap()).unwrap())
+        .collect();
+    (v, entries)
+}
+
+/// What a coordinator holding its key can do: sign `events` (with their times) as a new
+/// chain and save it as a log file at `path`, naming the coordinator of `saved`.
+fn write_resigned(
+    dir: &Path,
+    saved: &serde_json::Value,
+    path: &Path,
+    events: impl Iterator<Item = (u64, LogEvent)>,
+) {
+    let key = std::fs::read_to_string(dir.join("coordinator.key")).unwrap();
+    let id = Identity::from_seed(parse_hex32(&key).unwrap());
+    let mut w = LogWriter::default();
+    let entries: Vec<serde_json::Value> = events
+        .map(|(time, event)| {
+            let s = w.append(&id, time, event);
+            serde_json::json!({"index": s.entry.index, "signed": hex(&signing_bytes(&s).unwrap())})
+        })
+        .collect();
+    std::fs::write(
+        path,
+        serde_json::json!({"coordinator": saved["coordinator"], "entries": entries}).to_string(),
+    )
+    .unwrap();
 }
 
 fn tampered(saved: &Path, to: &Path, edit: impl Fn(&mut Vec<serde_json::Value>)) {
@@ -125,11 +157,7 @@ fn the_log_of_a_restarted_run_verifies_and_any_tampering_is_named() {
     replay_cases(&dir, &saved);
 
     // A checkpoint byte altered: the entry that closed that version is named.
-    let ck = dir.join("checkpoints/round-5/model.safetensors");
-    let mut bytes = std::fs::read(&ck).unwrap();
-    let at = bytes.len() - 7;
-    bytes[at] ^= 0x40;
-    std::fs::write(&ck, bytes).unwrap();
+    flip_byte(&dir.join("checkpoints/round-5/model.safetensors"), 7);
     let (ok, text) = verify(&["--log".as_ref(), dir.as_os_str()]);
     println!("an altered checkpoint: {}", text.trim());
     assert!(
@@ -140,11 +168,6 @@ fn the_log_of_a_restarted_run_verifies_and_any_tampering_is_named() {
 
 #[test]
 fn a_workers_receipts_prove_what_the_coordinator_recorded_even_against_a_re_signed_log() {
-    use tessera_protocol::identity::{hex, parse_hex32, unhex};
-    use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
-    use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
-    use tessera_protocol::Identity;
-
     let dir = scratch("receipts");
     let port = free_port();
     let c = coordinator(&data("e2e.toml"), port, &dir);
@@ -184,36 +207,22 @@ fn a_workers_receipts_prove_what_the_coordinator_recorded_even_against_a_re_sign
 
     // The coordinator (it holds its key) rewrites its history without one accepted
     // submission and signs the new chain: the log alone verifies, the receipts do not.
-    let key = std::fs::read_to_string(dir.join("coordinator.key")).unwrap();
-    let id = Identity::from_seed(parse_hex32(&key).unwrap());
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
-    let entries: Vec<SignedEntry> = v["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| from_signing_bytes(&unhex(e["signed"].as_str().unwrap()).unwrap()).unwrap())
-        .collect();
+    let (v, entries) = saved_log(&saved);
     let drop_at = entries
         .iter()
         .position(|e| matches!(e.entry.event, LogEvent::Accepted { .. }))
         .unwrap();
-    let mut w = LogWriter::default();
-    let forged: Vec<serde_json::Value> = entries
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != drop_at)
-        .map(|(_, e)| {
-            let s = w.append(&id, e.entry.time_ms, e.entry.event.clone());
-            serde_json::json!({"index": s.entry.index, "signed": hex(&signing_bytes(&s).unwrap())})
-        })
-        .collect();
     let forged_path = dir.with_extension("forged.json");
-    std::fs::write(
+    write_resigned(
+        &dir,
+        &v,
         &forged_path,
-        serde_json::json!({"coordinator": v["coordinator"], "entries": forged}).to_string(),
-    )
-    .unwrap();
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != drop_at)
+            .map(|(_, e)| (e.entry.time_ms, e.entry.event.clone())),
+    );
     let (ok, text) = verify(&["--log".as_ref(), forged_path.as_os_str()]);
     assert!(ok, "the re-signed chain is a valid chain: {text}");
     let (ok, text) = verify(&[
@@ -231,34 +240,11 @@ fn a_workers_receipts_prove_what_the_coordinator_recorded_even_against_a_re_sign
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
-fn flip_byte(path: &Path, from_end: usize) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let at = bytes.len() - from_end;
-    bytes[at] ^= 0x40;
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// The replay's cases, on copies of the run's checkpoints.
 fn replay_cases(dir: &Path, saved: &Path) {
     use tessera_compute::hf::params_from_safetensors;
     use tessera_compute::ModelConfig;
     use tessera_coordinator::core::weights_digest;
-    use tessera_protocol::identity::{hex, parse_hex32, unhex};
-    use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
-    use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
-    use tessera_protocol::Identity;
 
     let checkpoints = dir.join("checkpoints");
     let run = |log: &Path, cks: &Path, extra: &[&str]| {
@@ -271,14 +257,7 @@ fn replay_cases(dir: &Path, saved: &Path) {
         args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
         verify(&args)
     };
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(saved).unwrap()).unwrap();
-    let entries: Vec<SignedEntry> = v["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| from_signing_bytes(&unhex(e["signed"].as_str().unwrap()).unwrap()).unwrap())
-        .collect();
+    let (v, entries) = saved_log(saved);
     let closing = |version: u64| {
         entries
             .iter()
@@ -332,27 +311,19 @@ fn replay_cases(dir: &Path, saved: &Path) {
             .unwrap(),
     );
     let at = closing(5);
-    let key = std::fs::read_to_string(dir.join("coordinator.key")).unwrap();
-    let id = Identity::from_seed(parse_hex32(&key).unwrap());
-    let mut w = LogWriter::default();
-    let forged: Vec<serde_json::Value> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
+    let forged_log = dir.with_extension("forged-weights.json");
+    write_resigned(
+        dir,
+        &v,
+        &forged_log,
+        entries.iter().enumerate().map(|(i, e)| {
             let mut event = e.entry.event.clone();
             if let (true, LogEvent::Closed { weights, .. }) = (i == at, &mut event) {
                 *weights = forged_weights;
             }
-            let s = w.append(&id, e.entry.time_ms, event);
-            serde_json::json!({"index": s.entry.index, "signed": hex(&signing_bytes(&s).unwrap())})
-        })
-        .collect();
-    let forged_log = dir.with_extension("forged-weights.json");
-    std::fs::write(
-        &forged_log,
-        serde_json::json!({"coordinator": v["coordinator"], "entries": forged}).to_string(),
-    )
-    .unwrap();
+            (e.entry.time_ms, event)
+        }),
+    );
     let (ok, text) = run(&forged_log, &copy, &["--no-replay"]);
     assert!(ok, "the checkpoints alone match the re-signed log: {text}");
     let (ok, text) = run(&forged_log, &copy, &[]);

@@ -113,13 +113,126 @@ fn submission(
     }
 }
 
+/// Scripted contributors around one coordinator, joined as connections 1, 2, ... in order:
+/// every unit sent is answered in turn, and what happened is kept.
 struct Run {
     core: Core,
+    sims: Vec<Sim>,
+    sparse: Option<SparseConfig>,
+    queue: VecDeque<(ConnId, Work)>,
     log: Vec<LogEvent>,
-    /// Units each contributor (by index) was sent, with their (round, slot).
-    units: BTreeMap<usize, Vec<(u64, u64)>>,
+    by_key: BTreeMap<PublicKey, usize>,
+    /// Accepted contributions of open rounds: (round, slot) -> contributor index.
+    standing: BTreeMap<(u64, u64), usize>,
     /// Contributions standing when their round closed: (round, slot) -> contributor index.
     applied: BTreeMap<(u64, u64), usize>,
+}
+
+/// Contributors with identities from `first` on, scaling their updates by `scales`.
+fn sims(first: u64, scales: &[f32]) -> Vec<Sim> {
+    scales
+        .iter()
+        .enumerate()
+        .map(|(i, &scale)| Sim {
+            client: Client::new(first + i as u64),
+            scale,
+            dead: false,
+        })
+        .collect()
+}
+
+impl Run {
+    fn new(core: Core, sims: Vec<Sim>) -> Self {
+        Run {
+            sparse: core.spec().sparse(),
+            by_key: sims
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.client.key(), i))
+                .collect(),
+            core,
+            sims,
+            queue: VecDeque::new(),
+            log: Vec::new(),
+            standing: BTreeMap::new(),
+            applied: BTreeMap::new(),
+        }
+    }
+
+    /// Takes in what the coordinator did.
+    fn take(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Logged(e) => self.log.push(e.entry.event),
+                Action::Send {
+                    conn,
+                    msg: ToContributor::Work(w),
+                } => self.queue.push_back((conn, w)),
+                Action::Send {
+                    conn,
+                    msg: ToContributor::Cancel { unit },
+                } => self.queue.retain(|(c, w)| !(*c == conn && w.unit == unit)),
+                Action::Send {
+                    conn,
+                    msg: ToContributor::Error { fatal: true, .. },
+                }
+                | Action::Close { conn, .. } => {
+                    self.sims[conn as usize - 1].dead = true;
+                    self.queue.retain(|(c, _)| *c != conn);
+                }
+                Action::Accepted(c) => {
+                    self.standing
+                        .insert((c.round, c.slot), self.by_key[&c.contributor]);
+                }
+                Action::Withdrawn { round, slot } => {
+                    self.standing.remove(&(round, slot));
+                }
+                Action::RoundClosed(sum) => {
+                    let done: Vec<(u64, u64)> = self
+                        .standing
+                        .keys()
+                        .filter(|k| k.0 == sum.round)
+                        .copied()
+                        .collect();
+                    for k in done {
+                        let by = self.standing.remove(&k).unwrap();
+                        self.applied.insert(k, by);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Joins every contributor (all ready at once).
+    fn join_all(&mut self) {
+        for i in 0..self.sims.len() {
+            let actions = join(&mut self.core, &mut self.sims[i].client, i as ConnId + 1);
+            self.take(actions);
+        }
+    }
+
+    /// Answers every unit until the run finishes or nothing more happens.
+    fn drain(&mut self) {
+        while let Some((conn, w)) = self.queue.pop_front() {
+            let k = conn as usize - 1;
+            if self.sims[k].dead || w.round != self.core.round() {
+                continue;
+            }
+            let (delta, loss_sum, tokens) = train(self.core.weights(), &w);
+            let sub = submission(
+                &w,
+                &delta,
+                loss_sum,
+                tokens,
+                self.sims[k].scale,
+                self.sparse,
+            );
+            let msg = self.sims[k].client.signed(SessionMessage::Submit(sub));
+            let actions = self.core.tick(0, Input::Message { conn, msg });
+            self.take(actions);
+        }
+    }
 }
 
 /// Connects `client` as `conn`, completes the handshake and declares its lease ready; every
@@ -175,119 +288,20 @@ fn join(core: &mut Core, client: &mut Client, conn: ConnId) -> Vec<Action> {
     actions
 }
 
-/// Joins the contributors in order (all ready at once) and answers every unit until the run
-/// finishes or nothing more happens.
+/// The contributors, scaling their updates by `scales`, join in order and answer every unit
+/// until the run finishes or nothing more happens.
 fn run(replicas: u64, rounds: u64, scales: &[f32]) -> Run {
     run_with(replicas, rounds, scales, SyncMode::Dense)
 }
 
 fn run_with(replicas: u64, rounds: u64, scales: &[f32], sync: SyncMode) -> Run {
     let mut sp = spec(replicas, rounds, sync);
-    let sparse = sp.sparse();
     sp.checks = Some(ChecksSpec::default());
     sp.clip_to_median = false;
-    let mut core = core(sp);
-    let mut sims: Vec<Sim> = scales
-        .iter()
-        .enumerate()
-        .map(|(i, &scale)| Sim {
-            client: Client::new(40 + i as u64),
-            scale,
-            dead: false,
-        })
-        .collect();
-    let mut out = Run {
-        core: Core::new(
-            spec(1, 1, SyncMode::Dense),
-            tessera_protocol::Identity::from_seed([1; 32]),
-            ModelParams::random(&common::tiny_model(), 1),
-        ),
-        log: Vec::new(),
-        units: BTreeMap::new(),
-        applied: BTreeMap::new(),
-    };
-    let mut standing: BTreeMap<(u64, u64), usize> = BTreeMap::new();
-    let mut by_key: BTreeMap<PublicKey, usize> = BTreeMap::new();
-    let mut queue: VecDeque<(ConnId, Work)> = VecDeque::new();
-    let handle = |actions: Vec<Action>,
-                  sims: &mut Vec<Sim>,
-                  queue: &mut VecDeque<(ConnId, Work)>,
-                  out: &mut Run,
-                  standing: &mut BTreeMap<(u64, u64), usize>,
-                  by_key: &BTreeMap<PublicKey, usize>| {
-        for a in actions {
-            match a {
-                Action::Logged(e) => out.log.push(e.entry.event),
-                Action::Send {
-                    conn,
-                    msg: ToContributor::Work(w),
-                } => queue.push_back((conn, w)),
-                Action::Send {
-                    conn,
-                    msg: ToContributor::Cancel { unit },
-                } => queue.retain(|(c, w)| !(*c == conn && w.unit == unit)),
-                Action::Send {
-                    conn,
-                    msg: ToContributor::Error { fatal: true, .. },
-                }
-                | Action::Close { conn, .. } => {
-                    sims[conn as usize - 1].dead = true;
-                    queue.retain(|(c, _)| *c != conn);
-                }
-                Action::Accepted(c) => {
-                    standing.insert((c.round, c.slot), by_key[&c.contributor]);
-                }
-                Action::Withdrawn { round, slot } => {
-                    standing.remove(&(round, slot));
-                }
-                Action::RoundClosed(sum) => {
-                    let done: Vec<(u64, u64)> = standing
-                        .keys()
-                        .filter(|k| k.0 == sum.round)
-                        .copied()
-                        .collect();
-                    for k in done {
-                        out.applied.insert(k, standing.remove(&k).unwrap());
-                    }
-                }
-                _ => {}
-            }
-        }
-    };
-    for i in 0..sims.len() {
-        by_key.insert(sims[i].client.key(), i);
-        let conn = i as ConnId + 1;
-        let actions = join(&mut core, &mut sims[i].client, conn);
-        handle(
-            actions,
-            &mut sims,
-            &mut queue,
-            &mut out,
-            &mut standing,
-            &by_key,
-        );
-    }
-    while let Some((conn, w)) = queue.pop_front() {
-        let k = conn as usize - 1;
-        if sims[k].dead || w.round != core.round() {
-            continue;
-        }
-        out.units.entry(k).or_default().push((w.round, w.slot));
-        let (delta, loss_sum, tokens) = train(core.weights(), &w);
-        let sub = submission(&w, &delta, loss_sum, tokens, sims[k].scale, sparse);
-        let msg = sims[k].client.signed(SessionMessage::Submit(sub));
-        let actions = core.tick(0, Input::Message { conn, msg });
-        handle(
-            actions,
-            &mut sims,
-            &mut queue,
-            &mut out,
-            &mut standing,
-            &by_key,
-        );
-    }
-    out.core = core;
-    out
+    let mut r = Run::new(core(sp), sims(40, scales));
+    r.join_all();
+    r.drain();
+    r
 }
 
 fn checked(log: &[LogEvent]) -> Vec<(PublicKey, Vec<PublicKey>, CheckOutcome)> {
@@ -493,43 +507,20 @@ fn a_restarted_coordinator_replays_the_open_rounds_restored_contributions() {
     );
     again.continue_log(None);
     // Three newcomers: the open slot and both restored units' replays go out.
-    let mut clients: Vec<Client> = (0..3).map(|i| Client::new(70 + i)).collect();
-    let mut queue: VecDeque<(ConnId, Work)> = VecDeque::new();
-    let mut log = Vec::new();
-    let mut take = |actions: Vec<Action>, queue: &mut VecDeque<(ConnId, Work)>| {
-        for a in actions {
-            match a {
-                Action::Send {
-                    conn,
-                    msg: ToContributor::Work(w),
-                } => queue.push_back((conn, w)),
-                Action::Logged(e) => log.push(e.entry.event),
-                _ => {}
-            }
-        }
-    };
-    for (i, cl) in clients.iter_mut().enumerate() {
-        let a = join(&mut again, cl, i as ConnId + 1);
-        take(a, &mut queue);
-    }
+    let mut r = Run::new(again, sims(70, &[1.0; 3]));
+    r.join_all();
     let restored: Vec<(u64, u64)> = accepted.iter().map(|c| (c.round, c.slot)).collect();
-    let replays = queue
+    let replays = r
+        .queue
         .iter()
         .filter(|(_, w)| restored.contains(&(w.round, w.slot)))
         .count();
     assert_eq!(replays, 2, "both restored units are replayed");
-    while let Some((conn, w)) = queue.pop_front() {
-        let (delta, loss_sum, tokens) = train(again.weights(), &w);
-        let msg = clients[conn as usize - 1].signed(SessionMessage::Submit(submission(
-            &w, &delta, loss_sum, tokens, 1.0, None,
-        )));
-        let a = again.tick(0, Input::Message { conn, msg });
-        take(a, &mut queue);
-    }
-    assert_eq!(again.phase(), Phase::Finished);
+    r.drain();
+    assert_eq!(r.core.phase(), Phase::Finished);
     for key in [alice.key(), bob.key()] {
         assert!(
-            checked(&log)
+            checked(&r.log)
                 .iter()
                 .any(|(k, a, o)| *k == key && a.len() == 1 && *o == CheckOutcome::Passed),
             "{} was replayed after the restart",

@@ -39,6 +39,32 @@ pub fn compare(what: &str, got: &ModelParams<f32>, want: &ModelParams<f32>) {
     println!("{what}: worst tensor rel err {worst:.2e}");
 }
 
+/// A run from `tests/data/NAME` (TOML), edited by `edit` before it is resolved, with unit
+/// deadlines and silences no in-process run reaches.
+pub fn data_run(
+    name: &str,
+    edit: impl FnOnce(&mut tessera_coordinator::config::RunConfig),
+) -> (tessera_coordinator::core::RunSpec, ModelParams<f32>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let text = std::fs::read_to_string(dir.join(name)).expect("a run config");
+    let mut cfg = tessera_coordinator::config::RunConfig::from_toml(&text).expect("it parses");
+    edit(&mut cfg);
+    let (mut spec, init) = cfg.resolve(&dir).expect("it resolves");
+    spec.unit_deadline_ms = 600_000;
+    spec.silence_ms = 600_000;
+    (spec, init)
+}
+
+/// Mean loss of `w` on the first eight sequences of `tests/data/held-out.txt`.
+pub fn held_out_loss(spec: &tessera_coordinator::core::RunSpec, w: &ModelParams<f32>) -> f64 {
+    use tessera_compute::reference::{model::loss, Batch};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/held-out.txt");
+    let text = std::fs::read(path).expect("held-out text");
+    let seq = spec.seq as usize;
+    let tokens: Vec<u32> = text.iter().take(seq * 8).map(|&b| b as u32).collect();
+    loss::<f32>(&spec.model, w, &Batch::from_sequences(&tokens, seq))
+}
+
 /// The fixed identity of contributor `i` (0-based) of [`with_budgets`].
 pub fn identity(i: usize) -> Identity {
     Identity::from_seed([i as u8 + 1; 32])

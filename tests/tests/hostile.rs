@@ -9,13 +9,11 @@
 //! held-out loss ends within 2% of the same run with the honest workers alone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
-use tessera_compute::reference::model::{loss, SplitMix};
-use tessera_compute::reference::{Batch, ModelParams};
-use tessera_coordinator::config::RunConfig;
-use tessera_coordinator::core::{Core, Phase, RunSpec};
-use tessera_e2e::{gpu, identity, Control, Message};
+use tessera_compute::reference::model::SplitMix;
+use tessera_compute::reference::ModelParams;
+use tessera_coordinator::core::{Core, Phase, Record, RunSpec};
+use tessera_e2e::{data_run, gpu, held_out_loss, identity, Control, Message};
 use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::messages::{SessionMessage, Update};
 use tessera_protocol::{Identity, PublicKey, TensorPayload, ToContributor};
@@ -48,28 +46,17 @@ const ATTACKS: [Attack; 7] = [
 ];
 
 fn spec() -> (RunSpec, ModelParams<f32>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    let text = std::fs::read_to_string(dir.join("e2e.toml")).unwrap();
-    let mut cfg = RunConfig::from_toml(&text).unwrap();
-    cfg.rounds = ROUNDS;
-    // Six slots a round: with honest and hostile workers alternating, each round mixes both.
-    cfg.train.replicas = 6;
-    // Dense sync: which replica ran a slot then matters less to the result (no private error
-    // feedback), so the runs with and without hostile workers can be compared closely.
-    cfg.train.sync = "dense".into();
-    let (mut spec, init) = cfg.resolve(&dir).unwrap();
-    spec.unit_deadline_ms = 600_000;
-    spec.silence_ms = 600_000;
+    let (spec, init) = data_run("e2e.toml", |cfg| {
+        cfg.rounds = ROUNDS;
+        // Six slots a round: with honest and hostile workers alternating, each round mixes
+        // both.
+        cfg.train.replicas = 6;
+        // Dense sync: which replica ran a slot then matters less to the result (no private
+        // error feedback), so the runs with and without hostile workers can be compared closely.
+        cfg.train.sync = "dense".into();
+    });
     assert!(spec.checks.is_some(), "checks are on by default");
     (spec, init)
-}
-
-fn held_out(spec: &RunSpec, w: &ModelParams<f32>) -> f64 {
-    let text =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/held-out.txt")).unwrap();
-    let seq = spec.seq as usize;
-    let tokens: Vec<u32> = text.iter().take(seq * 8).map(|&b| b as u32).collect();
-    loss::<f32>(&spec.model, w, &Batch::from_sequences(&tokens, seq))
 }
 
 /// Each value of a dense update, through `f`.
@@ -229,14 +216,27 @@ fn run(spec: RunSpec, init: &ModelParams<f32>, hostile: &[Attack]) -> Outcome {
     }
 }
 
+/// An identity's record, for people.
+fn describe(r: &Record) -> String {
+    format!(
+        "{} accepted, {} rejected, credits {:.3} GFLOP (pending {:.3}), checks passed {} failed {}",
+        r.accepted,
+        r.rejected,
+        r.flops / 1e9,
+        r.pending_flops / 1e9,
+        r.checks_passed,
+        r.checks_failed
+    )
+}
+
 #[test]
 fn hostile_whole_model_workers_change_nothing_and_earn_nothing() {
     let (spec, init) = spec();
-    let before = held_out(&spec, &init);
+    let before = held_out_loss(&spec, &init);
     let honest = run(spec.clone(), &init, &[]);
-    let honest_loss = held_out(&spec, honest.core.weights());
+    let honest_loss = held_out_loss(&spec, honest.core.weights());
     let hostile = run(spec.clone(), &init, &ATTACKS);
-    let hostile_loss = held_out(&spec, hostile.core.weights());
+    let hostile_loss = held_out_loss(&spec, hostile.core.weights());
     println!(
         "held-out loss {before:.4} -> honest workers alone {honest_loss:.4}, with {} hostile of {} {hostile_loss:.4} ({:+.2}%)",
         ATTACKS.len(),
@@ -264,15 +264,7 @@ fn hostile_whole_model_workers_change_nothing_and_earn_nothing() {
     {
         let key: PublicKey = identity(k).public();
         let r = records.get(&key).cloned().unwrap_or_default();
-        println!(
-            "{a:?}: {} accepted, {} rejected, credits {:.3} GFLOP (pending {:.3}), checks passed {} failed {}",
-            r.accepted,
-            r.rejected,
-            r.flops / 1e9,
-            r.pending_flops / 1e9,
-            r.checks_passed,
-            r.checks_failed
-        );
+        println!("{a:?}: {}", describe(&r));
         assert!(r.checks_failed > 0, "{a:?} was caught");
         assert_eq!((r.flops, r.pending_flops), (0.0, 0.0), "{a:?} kept credits");
     }
@@ -282,15 +274,7 @@ fn hostile_whole_model_workers_change_nothing_and_earn_nothing() {
             .get(&identity(k).public())
             .cloned()
             .unwrap_or_default();
-        println!(
-            "honest {k}: {} accepted, {} rejected, credits {:.3} GFLOP (pending {:.3}), checks passed {} failed {}",
-            r.accepted,
-            r.rejected,
-            r.flops / 1e9,
-            r.pending_flops / 1e9,
-            r.checks_passed,
-            r.checks_failed
-        );
+        println!("honest {k}: {}", describe(&r));
         assert_eq!(r.checks_failed, 0, "honest worker {k} was found wrong");
         assert!(
             r.accepted == 0 || r.flops + r.pending_flops > 0.0,

@@ -10,14 +10,12 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::rc::Rc;
 
-use tessera_compute::reference::model::{loss, SplitMix};
-use tessera_compute::reference::{Batch, ModelParams};
-use tessera_coordinator::config::RunConfig;
+use tessera_compute::reference::model::SplitMix;
+use tessera_compute::reference::ModelParams;
 use tessera_coordinator::core::{Core, Phase, RunSpec};
-use tessera_e2e::{gpu, identity, Control, Message};
+use tessera_e2e::{data_run, gpu, held_out_loss, identity, Control, Message};
 use tessera_protocol::activation::Activation;
 use tessera_protocol::log::{LogEvent, SignedEntry};
 use tessera_protocol::messages::{SessionMessage, Update};
@@ -53,27 +51,15 @@ const ATTACKS: [Attack; 7] = [
 ];
 
 fn spec() -> (RunSpec, ModelParams<f32>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    let text = std::fs::read_to_string(dir.join("pipeline.toml")).unwrap();
-    let mut cfg = RunConfig::from_toml(&text).unwrap();
-    cfg.rounds = STEPS;
-    // Fewer, larger micro-shards than the CLI test: two honest holders of each stay few.
-    if let Some(p) = cfg.pipeline.as_mut() {
-        p.budget = "400KiB".into();
-    }
-    let (mut spec, init) = cfg.resolve(&dir).unwrap();
-    spec.unit_deadline_ms = 600_000;
-    spec.silence_ms = 600_000;
+    let (spec, init) = data_run("pipeline.toml", |cfg| {
+        cfg.rounds = STEPS;
+        // Fewer, larger micro-shards than the CLI test: two honest holders of each stay few.
+        if let Some(p) = cfg.pipeline.as_mut() {
+            p.budget = "400KiB".into();
+        }
+    });
     assert!(spec.checks.is_some(), "checks are on by default");
     (spec, init)
-}
-
-fn held_out(spec: &RunSpec, w: &ModelParams<f32>) -> f64 {
-    let text =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/held-out.txt")).unwrap();
-    let seq = spec.seq as usize;
-    let tokens: Vec<u32> = text.iter().take(seq * 8).map(|&b| b as u32).collect();
-    loss::<f32>(&spec.model, w, &Batch::from_sequences(&tokens, seq))
 }
 
 /// The budget that fits the largest single micro-shard's lease.
@@ -351,11 +337,11 @@ fn hostile_pipeline_leases_on_real_gpus_change_nothing_and_earn_nothing() {
         .map(Vec::len)
         .sum();
     let honest = 2 * shards;
-    let before = held_out(&spec, &init);
+    let before = held_out_loss(&spec, &init);
 
     let alone = run(&spec, &init, &vec![None; honest]);
     assert_eq!(alone.core.phase(), Phase::Finished);
-    let honest_loss = held_out(&spec, alone.core.weights());
+    let honest_loss = held_out_loss(&spec, alone.core.weights());
 
     // The hostile leases join first: work goes to the lowest idle connection, so they get
     // their share of every kind of unit, backward ones included. The honest ones then hold every
@@ -372,7 +358,7 @@ fn hostile_pipeline_leases_on_real_gpus_change_nothing_and_earn_nothing() {
         println!("{shard}: held by {holders:?}");
         assert!(honest_holders >= 2, "{shard} has two honest holders");
     }
-    let hostile_loss = held_out(&spec, out.core.weights());
+    let hostile_loss = held_out_loss(&spec, out.core.weights());
     let diff = (hostile_loss - honest_loss) / honest_loss;
     println!(
         "{shards} micro-shards, {honest} honest leases and {} hostile ({:.0}%); held-out loss {before:.4} -> {honest_loss:.4} honest alone, {hostile_loss:.4} with the hostile ({:+.2}%)",

@@ -5,9 +5,6 @@
 //! message signed with its own key) fails, is refused with no credits, and none of its updates
 //! is applied.
 
-use std::path::Path;
-
-use tessera_coordinator::config::RunConfig;
 use tessera_coordinator::core::{Core, Phase};
 use tessera_e2e::{gpu, identity, Control};
 use tessera_protocol::log::{CheckOutcome, LogEvent};
@@ -38,17 +35,11 @@ fn scale_levels(u: &mut Update, by: f32) {
 
 #[test]
 fn sparse_units_replay_dense_and_a_skewed_compression_is_caught() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    let text = std::fs::read_to_string(dir.join("e2e.toml")).unwrap();
-    let mut cfg = RunConfig::from_toml(&text).unwrap();
-    cfg.rounds = 3;
-    let (mut spec, init) = cfg.resolve(&dir).unwrap();
+    let (mut spec, init) = tessera_e2e::data_run("e2e.toml", |cfg| cfg.rounds = 3);
     assert!(spec.sparse().is_some(), "a SparseLoCo run");
     let checks = spec.checks.as_mut().expect("checks are on");
     assert!(!checks.replay, "SparseLoCo runs do not replay unless asked");
     checks.replay = true;
-    spec.unit_deadline_ms = 600_000;
-    spec.silence_ms = 600_000;
     let g = gpu();
     let mut core = Core::new(spec, Identity::from_seed([9; 32]), init);
     // Three slots a round go to workers 0, 1 and the cheat; 3 and 4 are idle for replays.

@@ -191,3 +191,47 @@ pub fn eval(checkpoint: &Path, data: &Path) -> f64 {
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("no loss in {text:?}"))
 }
+
+/// Runs `tessera ARGS`: whether it succeeded, and what it printed (standard output, then
+/// standard error).
+pub fn tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String) {
+    let out = Command::new(exe())
+        .args(args)
+        .output()
+        .expect("run tessera");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `tessera verify --log DIR` on a run's data directory, which must pass; what it printed.
+pub fn verify_dir(dir: &Path) -> String {
+    let (ok, text) = tessera(&["verify".as_ref(), "--log".as_ref(), dir.as_os_str()]);
+    println!("{text}");
+    assert!(ok, "the run's log verifies: {text}");
+    text
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Flips one bit of the byte `from_end` bytes before the end of a file.
+pub fn flip_byte(path: &Path, from_end: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() - from_end;
+    bytes[at] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}

@@ -248,17 +248,8 @@ impl Core {
         case.replay = None;
         case.tried.insert(key);
         let case = case.clone();
-        let expected = self.spec.inner_steps * self.spec.batch * self.spec.seq;
-        let answer = if sub.weights != self.version {
-            Err(format!(
-                "computed on weights {} but the round uses {}",
-                sub.weights, self.version
-            ))
-        } else if sub.tokens != expected || !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
-            Err(format!(
-                "{} tokens (the unit has {expected}) and loss sum {}",
-                sub.tokens, sub.loss_sum
-            ))
+        let answer = if let Some(problem) = self.submission_problem(&sub) {
+            Err(problem)
         } else if self.spec.sparse().is_some() && !matches!(sub.result, Update::Dense(_)) {
             Err("a replay's update goes back dense (the work said so)".into())
         } else {
@@ -266,13 +257,7 @@ impl Core {
         };
         let dense = match answer {
             Ok(d) => d,
-            Err(why) => {
-                self.reject(conn, unit, key, seq, why.clone());
-                if super::validate::update_non_finite(&sub.result) {
-                    self.found_wrong(key, format!("it sent values that are not finite: {why}"));
-                }
-                return;
-            }
+            Err(why) => return self.reject_submission(conn, key, seq, &sub, why),
         };
         self.receipt(
             conn,
@@ -295,7 +280,7 @@ impl Core {
             self.round.replays.cases.remove(&r.slot);
             return;
         };
-        let flops = 6.0 * self.spec.model.parameter_count() as f64 * sub.tokens as f64;
+        let flops = self.unit_flops(sub.tokens);
         match case.first {
             None => match with_checked {
                 Ok(()) => {

@@ -273,6 +273,52 @@ impl Core {
         );
     }
 
+    /// What is wrong with a whole-model submission's figures for the open round (weights
+    /// version, tokens, loss sum), if anything.
+    pub(super) fn submission_problem(&self, sub: &Submission) -> Option<String> {
+        let expected_tokens = self.spec.inner_steps * self.spec.batch * self.spec.seq;
+        if sub.weights != self.version {
+            Some(format!(
+                "computed on weights {} but the round uses {}",
+                sub.weights, self.version
+            ))
+        } else if sub.tokens != expected_tokens {
+            Some(format!(
+                "{} tokens, the unit has {expected_tokens}",
+                sub.tokens
+            ))
+        } else if !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
+            Some(format!(
+                "loss sum {} is not a finite non-negative number",
+                sub.loss_sum
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Rejects a whole-model submission; one carrying NaN or infinities, in a run that checks
+    /// work, also finds its sender wrong.
+    pub(super) fn reject_submission(
+        &mut self,
+        conn: ConnId,
+        key: PublicKey,
+        seq: u64,
+        sub: &Submission,
+        why: String,
+    ) {
+        self.reject(conn, sub.unit, key, seq, why.clone());
+        if self.spec.checks.is_some() && super::validate::update_non_finite(&sub.result) {
+            self.found_wrong(key, format!("it sent values that are not finite: {why}"));
+        }
+    }
+
+    /// Floating-point operations credited for a whole-model unit of `tokens` tokens (six per
+    /// parameter per token, forward and backward).
+    pub(super) fn unit_flops(&self, tokens: u64) -> f64 {
+        6.0 * self.spec.model.parameter_count() as f64 * tokens as f64
+    }
+
     /// A submission: checked, then accepted into its slot or rejected with the reason.
     pub(super) fn submit(&mut self, conn: ConnId, key: PublicKey, seq: u64, sub: Submission) {
         let unit = sub.unit;
@@ -297,26 +343,7 @@ impl Core {
                 format!("unit {unit} was assigned to someone else"),
             );
         }
-        let expected_tokens = self.spec.inner_steps * self.spec.batch * self.spec.seq;
-        let problem = if sub.weights != self.version {
-            Some(format!(
-                "computed on weights {} but the round uses {}",
-                sub.weights, self.version
-            ))
-        } else if sub.tokens != expected_tokens {
-            Some(format!(
-                "{} tokens, the unit has {expected_tokens}",
-                sub.tokens
-            ))
-        } else if !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
-            Some(format!(
-                "loss sum {} is not a finite non-negative number",
-                sub.loss_sum
-            ))
-        } else {
-            None
-        };
-        let dense = match problem {
+        let dense = match self.submission_problem(&sub) {
             Some(p) => Err(p),
             None => self.dense_update(&sub.result).map_err(|e| e.to_string()),
         };
@@ -329,11 +356,7 @@ impl Core {
             Ok(d) => d,
             Err(why) => {
                 self.round.slots[u.slot as usize] = Slot::Open;
-                self.reject(conn, unit, key, seq, why.clone());
-                if self.spec.checks.is_some() && super::validate::update_non_finite(&sub.result) {
-                    self.found_wrong(key, format!("it sent values that are not finite: {why}"));
-                }
-                return;
+                return self.reject_submission(conn, key, seq, &sub, why);
             }
         };
         if let Some(checks) = self.spec.checks.clone() {
@@ -363,7 +386,7 @@ impl Core {
             update: sub.result,
         };
         self.out.push(Action::Accepted(c.clone()));
-        let flops = 6.0 * self.spec.model.parameter_count() as f64 * sub.tokens as f64;
+        let flops = self.unit_flops(sub.tokens);
         self.round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
         self.receipt(
             conn,
