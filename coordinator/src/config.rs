@@ -44,11 +44,14 @@ use tessera_train::data::BUILT_IN_CORPUS;
 use crate::data::{documents, Format, Tokenizer};
 use tessera_train::schedule::Schedule;
 
-use crate::core::spec::{ChecksSpec, PipelineSpec};
+use crate::core::spec::{ChecksSpec, PipelineSpec, MIN_HELD_OUT};
 use crate::core::RunSpec;
 use tessera_plan::units::parse_bytes;
 use tessera_plan::{Plan, PlanOptions};
 use tessera_protocol::ActEncoding;
+
+/// The most sequences held out by default for the held-out loss check.
+const MAX_HELD_OUT: u64 = 64;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +125,10 @@ pub struct ChecksSection {
     pub replay: Option<bool>,
     /// Largest relative distance between two honest replays of a unit (default 2.5e-4).
     pub round_tolerance: Option<f64>,
+    /// Whole-model runs: sequences kept out of training at the end of the data for the
+    /// held-out loss check (default: a tenth of the data's sequences, at most 64; 0 turns
+    /// the check off).
+    pub held_out: Option<u64>,
 }
 
 /// `[pipeline]`.
@@ -321,12 +328,19 @@ fn checks_spec(
     c: Option<&ChecksSection>,
     pipeline_grads: Option<&SyncMode>,
     sync: &SyncMode,
+    samples: u64,
+    batch: u64,
 ) -> Result<Option<ChecksSpec>, ConfigError> {
     let sparse = pipeline_grads.is_some_and(|g| *g != SyncMode::Dense);
     // Replays are of whole-model units: by default where updates are dense; SparseLoCo runs may
     // ask for them, at the price of error feedback (units then start fresh).
     let whole_model = pipeline_grads.is_none();
     let replayable = whole_model && *sync == SyncMode::Dense;
+    // Held-out sequences: a tenth of the data, at most 64 (too few for a comparison: none).
+    let held_out = match (samples / 10).min(MAX_HELD_OUT) {
+        n if whole_model && n >= MIN_HELD_OUT => n,
+        _ => 0,
+    };
     let Some(c) = c else {
         if sparse {
             tracing::warn!("[pipeline] grads = \"sparse\": leases' work is not checked");
@@ -334,6 +348,7 @@ fn checks_spec(
         }
         return Ok(Some(ChecksSpec {
             replay: replayable,
+            held_out,
             ..ChecksSpec::default()
         }));
     };
@@ -354,11 +369,24 @@ fn checks_spec(
         copy_overlap: c.copy_overlap.unwrap_or(d.copy_overlap),
         replay: c.replay.unwrap_or(replayable),
         round_tolerance: c.round_tolerance.unwrap_or(d.round_tolerance),
+        held_out: c.held_out.unwrap_or(held_out),
     };
     if spec.replay && !whole_model {
         return Err(ConfigError::Invalid(
             "[checks] replay is for whole-model runs: pipeline leases are checked by second replicas".into(),
         ));
+    }
+    if c.held_out.is_some_and(|n| n > 0) && !whole_model {
+        return Err(ConfigError::Invalid(
+            "[checks] held_out is for whole-model runs: pipeline leases are checked by second replicas".into(),
+        ));
+    }
+    // Every sequence held out is one the run cannot train on: a unit's batch must still fit.
+    if spec.held_out > 0 && samples.saturating_sub(spec.held_out + 1) < batch {
+        return Err(ConfigError::Invalid(format!(
+            "[checks] held_out = {} leaves too few of the data's {samples} sequences to train on (batch = {batch})",
+            spec.held_out
+        )));
     }
     spec.validate().map_err(ConfigError::Invalid)?;
     Ok(Some(spec))
@@ -522,6 +550,8 @@ impl RunConfig {
             self.checks.as_ref(),
             pipeline.as_ref().map(|p| &p.grads),
             &sync,
+            (tokens.len() as u64).saturating_sub(1) / t.seq,
+            t.batch,
         )?;
         let total = if pipeline.is_some() {
             self.rounds

@@ -1,6 +1,7 @@
 //! The `[checks]` section: replays default to on for whole-model runs with dense sync and off
 //! with SparseLoCo (which may ask for them), asking for them in a pipeline run is a clear error,
-//! and bad tolerances are refused.
+//! and bad tolerances are refused; held-out sequences for the held-out loss check are kept out
+//! of training (a tenth of the data by default, none for pipelines).
 
 use tessera_coordinator::config::RunConfig;
 
@@ -47,4 +48,68 @@ fn replays_follow_the_sync_mode_and_bad_settings_are_refused() {
     assert!(e.contains("replay is for whole-model runs"), "{e}");
     let e = resolve("sync = \"dense\"", "[checks]\nround_tolerance = 2.0").unwrap_err();
     assert!(e.contains("round_tolerance"), "{e}");
+}
+
+/// The resolved run for `[train]` and `[checks]` lines.
+fn spec(train: &str, checks: &str) -> Result<tessera_coordinator::core::RunSpec, String> {
+    let toml = format!(
+        "name = \"c\"\nseed = 1\nrounds = 2\n[model]\npreset = \"tiny-byte\"\n[data]\nbuiltin = true\n[train]\n{train}\n{checks}"
+    );
+    let cfg = RunConfig::from_toml(&toml).map_err(|e| e.to_string())?;
+    cfg.resolve(std::path::Path::new("."))
+        .map(|(s, _)| s)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn held_out_sequences_are_kept_out_of_training() {
+    // The built-in corpus in sequences of 64: a tenth is held out by default.
+    let s = spec("seq = 64", "").unwrap();
+    let samples = (s.tokens.len() as u64 - 1) / 64;
+    assert_eq!(s.held_out(), samples / 10);
+    let start = s.training_tokens();
+    assert_eq!(start, s.tokens.len() - (s.held_out() as usize * 64 + 1));
+    let b = s.held_out_batch().expect("a held-out batch");
+    assert_eq!(b.ids.len(), s.held_out() as usize * 64);
+    assert_eq!(b.ids[..64], s.tokens[start..start + 64]);
+    assert_eq!(b.targets[..64], s.tokens[start + 1..start + 65]);
+    // No training sample reaches into them: the sampler covers the training tokens only.
+    let mut sampler = tessera_train::data::Sampler::new(s.seed, start, 64);
+    for n in 0..sampler.len() as u64 * 3 {
+        let i = sampler.sample(n);
+        assert!(sampler.span(i).end <= start);
+    }
+    // Explicitly set, off, too many, or asked of a pipeline.
+    assert_eq!(
+        spec("seq = 64", "[checks]\nheld_out = 5")
+            .unwrap()
+            .held_out(),
+        5
+    );
+    let off = spec("seq = 64", "[checks]\nheld_out = 0").unwrap();
+    assert_eq!(
+        (off.held_out(), off.training_tokens()),
+        (0, off.tokens.len())
+    );
+    assert!(off.held_out_batch().is_none());
+    let e = spec("seq = 64", "[checks]\nheld_out = 2").unwrap_err();
+    assert!(e.contains("at least 4"), "{e}");
+    let e = spec("seq = 64\nbatch = 4", "[checks]\nheld_out = 78").unwrap_err();
+    assert!(e.contains("too few"), "{e}");
+    let e = spec(
+        "seq = 64",
+        "[pipeline]\nbudget = \"400KiB\"\nmicro_batches = 2\n[checks]\nheld_out = 8",
+    )
+    .unwrap_err();
+    assert!(e.contains("held_out is for whole-model runs"), "{e}");
+    // Pipelines train on all of the data.
+    let p = spec(
+        "seq = 64",
+        "[pipeline]\nbudget = \"400KiB\"\nmicro_batches = 2",
+    )
+    .unwrap();
+    assert_eq!((p.held_out(), p.training_tokens()), (0, p.tokens.len()));
+    // With checks off nothing is held out.
+    let none = spec("seq = 64", "[checks]\nenabled = false").unwrap();
+    assert_eq!(none.training_tokens(), none.tokens.len());
 }

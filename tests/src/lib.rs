@@ -149,7 +149,21 @@ pub fn run_tampered(
     gpu: &Gpu,
     core: &mut Core,
     clients: &mut [Contributor],
+    watch: impl FnMut(&Message, usize) -> Control,
+    tamper: impl FnMut(usize, &mut SessionMessage),
+) -> Result<Ran, WorkerError> {
+    run_misled(gpu, core, clients, watch, |_, _| {}, tamper)
+}
+
+/// Like [`run_tampered`], and `mislead` may also rewrite what contributor `k` receives before
+/// it handles it (after `watch` saw the original): a hostile contributor that, say, trains on
+/// other tokens than its work's.
+pub fn run_misled(
+    gpu: &Gpu,
+    core: &mut Core,
+    clients: &mut [Contributor],
     mut watch: impl FnMut(&Message, usize) -> Control,
+    mut mislead: impl FnMut(usize, &mut ToContributor),
     mut tamper: impl FnMut(usize, &mut SessionMessage),
 ) -> Result<Ran, WorkerError> {
     let mut log = Vec::new();
@@ -210,7 +224,7 @@ pub fn run_tampered(
                 }
                 _ => {}
             }
-            if let Action::Send { conn, msg } = a {
+            if let Action::Send { conn, mut msg } = a {
                 let k = conn as usize - 1;
                 if dead[k] {
                     continue;
@@ -233,6 +247,7 @@ pub fn run_tampered(
                     kill(k, &mut dead, &mut queue);
                     continue;
                 }
+                mislead(k, &mut msg);
                 let replies = pollster::block_on(clients[k].handle(gpu, msg))?;
                 for mut msg in replies {
                     if let (ToCoordinator::Session(signed), Some(nonce)) = (&msg, nonces[k]) {

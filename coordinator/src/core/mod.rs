@@ -28,6 +28,7 @@ use tessera_protocol::messages::{ContributorKind, LogHead, Update};
 use tessera_protocol::{Identity, PublicKey, ToContributor, ToCoordinator};
 use tessera_train::data::Sampler;
 
+pub use replica_checks::HeldOutScore;
 pub use spec::RunSpec;
 
 /// A transport connection.
@@ -260,6 +261,8 @@ pub struct Core {
     /// Loss gains of the updates that passed a loss check, by round (this round's and the
     /// last's are kept).
     gains: Vec<(u64, f64)>,
+    /// The latest held-out checks (at most `replica_checks::KEPT_SCORES`).
+    held_out_scores: std::collections::VecDeque<replica_checks::HeldOutScore>,
     next_unit: u64,
     next_lease: u64,
     out: Vec<Action>,
@@ -318,7 +321,7 @@ impl Core {
         snap: Snapshot,
         accepted: Vec<Contribution>,
     ) -> Self {
-        let sampler = Sampler::new(spec.seed, spec.tokens.len(), spec.seq as usize);
+        let sampler = Sampler::new(spec.seed, spec.training_tokens(), spec.seq as usize);
         let phase = if snap.round >= spec.rounds {
             Phase::Finished
         } else {
@@ -343,6 +346,7 @@ impl Core {
             previous_updates: Vec::new(),
             aggregate: None,
             gains: Vec::new(),
+            held_out_scores: Default::default(),
             next_unit: snap.next_unit,
             next_lease: snap.next_lease,
             out: Vec::new(),

@@ -5,11 +5,18 @@
 //! every slot is in, before the round may close: an update whose norm is several times the
 //! round's median is a scaled one; a share of updates, drawn with a rate that falls with the
 //! identity's clean record, is applied alone to the current weights (at its share of the outer
-//! step: the outer learning rate over the replicas) and must lower the loss of
-//! its own first batch, per unit of its norm, by at least a share of the median of the round's
-//! (and the last round's) checked updates (CPU reference forward). A refused update's slot runs again and its
-//! identity loses its credits and is refused; a passed loss check turns its identity's pending
-//! credits into verified ones.
+//! step: the outer learning rate over the replicas, CPU reference forward) and must
+//! - lower the loss of its own first batch, per unit of its norm, by at least a share of the
+//!   median of the round's (and the last round's) checked updates, and
+//! - not do far worse on the held-out sequences (data no unit trains on) than the round's
+//!   other updates: its loss gain there per unit of norm must not lie several spreads (robust
+//!   standard deviations, from the median absolute deviation) below the median of every
+//!   update of the round. The comparison is with the round's own updates, so a stage of
+//!   training in which every honest update raises the held-out loss refuses nobody, and an
+//!   update trained to fit its own batch rather than the data (a memorizer's) stands out.
+//!
+//! A refused update's slot runs again and its identity loses its credits and is refused; a
+//! passed check turns its identity's pending credits into verified ones.
 
 use tessera_compute::reference::model::loss;
 use tessera_compute::reference::Batch;
@@ -78,6 +85,79 @@ const GAIN_SHARE: f64 = 0.1;
 
 /// How many times the median norm of the round's updates an update may reach.
 const SCALE_LIMIT: f64 = 5.0;
+
+/// How many spreads (robust standard deviations of the round's updates' held-out gains) below
+/// the round's median update's held-out gain an update's may lie before it is refused.
+const HELD_OUT_Z: f64 = 4.0;
+
+/// The least spread, as a share of the median held-out gain: updates that all agree to within
+/// a percent do not make a hair's difference count.
+const HELD_OUT_MIN_SPREAD: f64 = 0.05;
+
+/// Held-out scores kept for [`Core::held_out_scores`].
+pub(super) const KEPT_SCORES: usize = 1024;
+
+/// One update's loss gains, each applied alone (see `Core::measure`).
+struct Measured {
+    slot: u64,
+    key: PublicKey,
+    drawn: bool,
+    /// Drawn updates: gain per unit of norm on its own first batch, loss before, after.
+    own: Option<(f64, f64, f64)>,
+    /// Gain per unit of norm on the held-out sequences (`None`: not measured).
+    held: Option<f64>,
+}
+
+/// A drawn update's held-out check: its loss gain per unit of norm on the held-out sequences
+/// against the round's other updates'.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeldOutScore {
+    /// The round.
+    pub round: u64,
+    /// The update's slot.
+    pub slot: u64,
+    /// Whose update.
+    pub key: PublicKey,
+    /// Its held-out loss gain per unit of norm.
+    pub gain: f64,
+    /// The median of the round's updates' gains.
+    pub median: f64,
+    /// Their spread: 1.4826 times the median absolute deviation (a standard deviation, were
+    /// they normal), at least a percent of the median.
+    pub spread: f64,
+    /// How many spreads the gain lies above (positive) or below (negative) the median.
+    pub z: f64,
+}
+
+/// The held-out scores of the drawn updates among `measured` (none without held-out gains):
+/// each gain against the median and the spread of every measured update's.
+fn held_out_scores(round: u64, measured: &[Measured]) -> Vec<HeldOutScore> {
+    let gains: Vec<f64> = measured.iter().filter_map(|m| m.held).collect();
+    if gains.len() < 3 {
+        return Vec::new();
+    }
+    let mid = median(&gains);
+    let deviations: Vec<f64> = gains.iter().map(|g| (g - mid).abs()).collect();
+    let spread = (1.4826 * median(&deviations))
+        .max(HELD_OUT_MIN_SPREAD * mid.abs())
+        .max(f64::MIN_POSITIVE);
+    measured
+        .iter()
+        .filter(|m| m.drawn)
+        .filter_map(|m| {
+            let gain = m.held?;
+            Some(HeldOutScore {
+                round,
+                slot: m.slot,
+                key: m.key,
+                gain,
+                median: mid,
+                spread,
+                z: (gain - mid) / spread,
+            })
+        })
+        .collect()
+}
 
 /// The median (0 for none).
 fn median(v: &[f64]) -> f64 {
@@ -160,26 +240,11 @@ impl Core {
                 ));
             }
         }
-        let mut gains: Vec<(u64, PublicKey, f64, f64, f64)> = Vec::new();
-        for (slot, key, dense) in &done {
-            if !self.round.drawn.contains(slot) || failed.iter().any(|f| f.0 == *slot) {
-                continue;
-            }
-            let batch = self.first_batch(*slot);
-            let mut moved = self.weights.clone();
-            // Its share of the outer step: the step applies the mean of the round's updates.
-            let lr = self.spec.outer_lr / self.spec.replicas.max(1) as f32;
-            for (p, u) in moved.tensors_mut().into_iter().zip(dense) {
-                p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
-            }
-            let cfg = &self.spec.model;
-            let before = loss::<f32>(cfg, &self.weights, &batch);
-            let after = loss::<f32>(cfg, &moved, &batch);
-            // Per unit of norm: a small honest update (a new replica's, say) gains less but
-            // as efficiently; a random one gains nothing whatever its size.
-            let n = norm(dense).max(f64::MIN_POSITIVE);
-            gains.push((*slot, *key, (before - after) / n, before, after));
-        }
+        let measured = self.measure(&done, &failed);
+        let gains: Vec<(u64, PublicKey, f64, f64, f64)> = measured
+            .iter()
+            .filter_map(|m| m.own.map(|(g, b, a)| (m.slot, m.key, g, b, a)))
+            .collect();
         let reference: Vec<f64> = gains
             .iter()
             .map(|g| g.2)
@@ -199,6 +264,26 @@ impl Core {
                     floor / GAIN_SHARE
                 ),
             ));
+        }
+        for score in held_out_scores(round, &measured) {
+            tracing::debug!(?score, "held-out check");
+            if score.z < -HELD_OUT_Z && !failed.iter().any(|f| f.0 == score.slot) {
+                failed.push((
+                    score.slot,
+                    score.key,
+                    format!(
+                        "applied alone it lowers the held-out loss by {:.4} per unit of norm, where the round's median update lowers it by {:.4}: {:.1} spreads of the round's updates ({:.4}) below, beyond the {HELD_OUT_Z} allowed",
+                        score.gain,
+                        score.median,
+                        -score.z,
+                        score.spread
+                    ),
+                ));
+            }
+            if self.held_out_scores.len() == KEPT_SCORES {
+                self.held_out_scores.pop_front();
+            }
+            self.held_out_scores.push_back(score);
         }
         for &(slot, key, gain, ..) in &gains {
             if failed.iter().any(|f| f.0 == slot) {
@@ -230,6 +315,67 @@ impl Core {
             self.close_refused(*key, format!("its update failed a check: {why}"));
         }
         failed.is_empty()
+    }
+
+    /// The loss gains, per unit of norm, of the complete round's updates not already refused,
+    /// each applied alone to the current weights at its share of the outer step: on its own
+    /// first batch for drawn ones, and on every held-out sequence for all of them (when the
+    /// run holds data out, at least three updates are left and one of them is drawn).
+    fn measure(
+        &mut self,
+        done: &[(u64, PublicKey, Vec<Vec<f32>>)],
+        failed: &[(u64, PublicKey, String)],
+    ) -> Vec<Measured> {
+        let left: Vec<&(u64, PublicKey, Vec<Vec<f32>>)> = done
+            .iter()
+            .filter(|(slot, ..)| !failed.iter().any(|f| f.0 == *slot))
+            .collect();
+        let any_drawn = left.iter().any(|(s, ..)| self.round.drawn.contains(s));
+        let held = self
+            .spec
+            .held_out_batch()
+            .filter(|_| any_drawn && left.len() >= 3);
+        let cfg = self.spec.model.clone();
+        let held_before = held.as_ref().map(|b| loss::<f32>(&cfg, &self.weights, b));
+        // Its share of the outer step: the step applies the mean of the round's updates.
+        let lr = self.spec.outer_lr / self.spec.replicas.max(1) as f32;
+        let mut measured = Vec::new();
+        for (slot, key, dense) in left {
+            let drawn = self.round.drawn.contains(slot);
+            if !drawn && held.is_none() {
+                continue;
+            }
+            let mut moved = self.weights.clone();
+            for (p, u) in moved.tensors_mut().into_iter().zip(dense) {
+                p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
+            }
+            // Per unit of norm: a small honest update (a new replica's, say) gains less but
+            // as efficiently; a random one gains nothing whatever its size.
+            let n = norm(dense).max(f64::MIN_POSITIVE);
+            let own = drawn.then(|| {
+                let batch = self.first_batch(*slot);
+                let before = loss::<f32>(&cfg, &self.weights, &batch);
+                let after = loss::<f32>(&cfg, &moved, &batch);
+                ((before - after) / n, before, after)
+            });
+            let held = held
+                .as_ref()
+                .zip(held_before)
+                .map(|(b, before)| (before - loss::<f32>(&cfg, &moved, b)) / n);
+            measured.push(Measured {
+                slot: *slot,
+                key: *key,
+                drawn,
+                own,
+                held,
+            });
+        }
+        measured
+    }
+
+    /// The held-out checks of the latest rounds, oldest first (at most the last 1024).
+    pub fn held_out_scores(&self) -> impl Iterator<Item = &HeldOutScore> {
+        self.held_out_scores.iter()
     }
 
     /// The first inner step's sequences of `slot` in the open round (what the unit trained on
@@ -266,5 +412,49 @@ mod tests {
         );
         assert!(cosine(&a, &b) > 0.99);
         assert_eq!(cosine(&a, &[vec![0.0; 4], vec![0.0; 200]]), 0.0);
+    }
+
+    fn measured(held: &[f64]) -> Vec<Measured> {
+        held.iter()
+            .enumerate()
+            .map(|(i, &g)| Measured {
+                slot: i as u64,
+                key: PublicKey([i as u8; 32]),
+                drawn: i != 1,
+                own: None,
+                held: Some(g),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_out_scores_weigh_each_gain_against_the_rounds_spread() {
+        let scores = held_out_scores(3, &measured(&[0.100, 0.101, 0.098, 0.103, 0.060, 0.099]));
+        // Drawn ones only (slot 1 was not), against median 0.100 and spread 1.4826 x 0.002
+        // (floored at 5% of the median: 0.005).
+        assert_eq!(
+            scores.iter().map(|s| s.slot).collect::<Vec<_>>(),
+            vec![0, 2, 3, 4, 5]
+        );
+        let s4 = &scores[3];
+        assert_eq!((s4.round, s4.median), (3, 0.100));
+        assert!((s4.spread - 0.005).abs() < 1e-12, "{}", s4.spread);
+        assert!((s4.z + 8.0).abs() < 1e-9, "{}", s4.z);
+        assert!(scores
+            .iter()
+            .filter(|s| s.slot != 4)
+            .all(|s| s.z.abs() < 1.0));
+        assert!(s4.z < -HELD_OUT_Z);
+        // A wide round: its own spread (1.4826 x MAD) counts, and the same gain is no outlier.
+        let wide = held_out_scores(0, &measured(&[0.10, 0.14, 0.06, 0.12, 0.08]));
+        let s2 = wide.iter().find(|s| s.slot == 2).unwrap();
+        assert!((s2.spread - 1.4826 * 0.02).abs() < 1e-9, "{}", s2.spread);
+        assert!(s2.z > -HELD_OUT_Z);
+        // Rounds where every update raises the held-out loss: the spread is of their gains.
+        let worse = held_out_scores(0, &measured(&[-0.010, -0.011, -0.009, -0.030]));
+        assert!(worse.iter().all(|s| s.median == -0.010));
+        assert!(worse.iter().find(|s| s.slot == 3).unwrap().z < -HELD_OUT_Z);
+        // Fewer than three measured updates: nothing to compare with.
+        assert!(held_out_scores(0, &measured(&[0.1, 0.0])).is_empty());
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tessera_compute::reference::Batch;
 use tessera_compute::shard::MicroShard;
 use tessera_compute::ModelConfig;
 use tessera_protocol::messages::{InnerOptimizer, SyncMode};
@@ -16,7 +17,8 @@ pub struct RunSpec {
     pub name: String,
     /// The model.
     pub model: ModelConfig,
-    /// Training token stream.
+    /// The token stream: training data, then (whole-model runs with checks) the held-out
+    /// sequences of [`ChecksSpec::held_out`], which no unit trains on.
     pub tokens: Arc<[u32]>,
     /// Seed of weights and data order.
     pub seed: u64,
@@ -81,7 +83,8 @@ pub struct PipelineSpec {
 /// How untrusted work is checked. Pipeline runs: a share of leases' steps is run again by
 /// another lease holding the same micro-shards, and compared within a tolerance. Whole-model
 /// runs: every update is compared with the round's others and the previous round's (copies),
-/// and a share is applied alone to its own first batch, whose loss must fall.
+/// and a share is applied alone to its own first batch, whose loss must fall, and to the
+/// held-out sequences, where it must not do significantly worse than the round's median update.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChecksSpec {
     /// Largest relative L2 distance between two honest results (beyond the activation
@@ -105,7 +108,14 @@ pub struct ChecksSpec {
     /// Largest relative L2 distance between two honest replays of one unit (whole inner steps
     /// drift further apart than one pipeline unit; `tessera calibrate`).
     pub round_tolerance: f64,
+    /// Whole-model runs: sequences of `seq` tokens kept out of training at the end of the
+    /// data, on which a drawn update must not do significantly worse than the round's median
+    /// update (0: the held-out check is off).
+    pub held_out: u64,
 }
+
+/// The fewest held-out sequences a held-out check compares over.
+pub const MIN_HELD_OUT: u64 = 4;
 
 impl Default for ChecksSpec {
     fn default() -> Self {
@@ -117,6 +127,7 @@ impl Default for ChecksSpec {
             copy_overlap: 0.9,
             replay: true,
             round_tolerance: tessera_train::drift::ROUND_TOLERANCE,
+            held_out: 0,
         }
     }
 }
@@ -147,6 +158,11 @@ impl ChecksSpec {
         }
         if self.halving == 0 {
             return Err("[checks] halving must be positive".into());
+        }
+        if self.held_out != 0 && self.held_out < MIN_HELD_OUT {
+            return Err(format!(
+                "[checks] held_out must be 0 (off) or at least {MIN_HELD_OUT} sequences"
+            ));
         }
         Ok(())
     }
@@ -245,6 +261,42 @@ impl PipelineSpec {
 }
 
 impl RunSpec {
+    /// Held-out sequences reserved at the end of the data (0 without a held-out check).
+    pub fn held_out(&self) -> u64 {
+        match (&self.checks, &self.pipeline) {
+            (Some(c), None) => c.held_out,
+            _ => 0,
+        }
+    }
+
+    /// Tokens at the start of the stream that training samples come from: all of them but the
+    /// held-out sequences.
+    pub fn training_tokens(&self) -> usize {
+        match self.held_out() {
+            0 => self.tokens.len(),
+            n => self
+                .tokens
+                .len()
+                .saturating_sub((n * self.seq) as usize + 1),
+        }
+    }
+
+    /// The held-out sequences as one batch (`seq` inputs and their next tokens each, end to
+    /// end after the training tokens); `None` without a held-out check.
+    pub fn held_out_batch(&self) -> Option<Batch> {
+        let (seq, n) = (self.seq as usize, self.held_out() as usize);
+        let start = self.training_tokens();
+        let (mut ids, mut targets) = (Vec::new(), Vec::new());
+        for j in 0..n {
+            let row = self
+                .tokens
+                .get(start + j * seq..start + (j + 1) * seq + 1)?;
+            ids.extend_from_slice(&row[..seq]);
+            targets.extend_from_slice(&row[1..]);
+        }
+        (n > 0).then_some(Batch { ids, targets, seq })
+    }
+
     /// The sparse configuration, when syncing sparsely.
     pub fn sparse(&self) -> Option<SparseConfig> {
         SparseConfig::from_sync(&self.sync)
