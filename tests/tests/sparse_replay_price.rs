@@ -2,8 +2,8 @@
 //! be a function of its weights and data alone, so units start from fresh inner state and no
 //! error feedback is carried from round to round. The end-to-end configuration (tiny byte-level
 //! model, built-in corpus, three slots a round, SparseLoCo) trains twelve rounds on real GPU
-//! replicas with replays off (the default) and on; both must learn, and the held-out losses are
-//! printed side by side.
+//! replicas with replays off (the default) and on; both must learn, no worker (all honest) may
+//! fail a check, and the held-out losses are printed side by side.
 
 use tessera_coordinator::core::{Core, Phase};
 use tessera_e2e::{data_run, gpu, held_out_loss};
@@ -22,6 +22,26 @@ fn sparse_runs_learn_with_and_without_replays_and_the_price_is_printed() {
         let mut clients = tessera_e2e::contributors(&g, 5);
         tessera_e2e::run(&g, &mut core, &mut clients, |_| {}).unwrap();
         assert_eq!(core.phase(), Phase::Finished);
+        // Every worker is honest: none fails a check (the held-out one included, on updates
+        // carrying error feedback).
+        for s in core.held_out_scores() {
+            println!(
+                "TMP r{} s{} gain {:+.4} median {:+.4} spread {:.4} z {:+.2}",
+                s.round, s.slot, s.gain, s.median, s.spread, s.z
+            );
+        }
+        let zs: Vec<f64> = core.held_out_scores().map(|s| s.z).collect();
+        println!(
+            "{} held-out checks, z from {:+.2} to {:+.2}",
+            zs.len(),
+            zs.iter().copied().fold(f64::INFINITY, f64::min),
+            zs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        );
+        let failed: Vec<u64> = core.records().values().map(|r| r.checks_failed).collect();
+        assert!(
+            failed.iter().all(|&n| n == 0),
+            "an honest worker failed a check"
+        );
         let after = held_out_loss(&spec, core.weights());
         println!(
             "replays {}: held-out loss {before:.4} -> {after:.4}",

@@ -90,9 +90,17 @@ const SCALE_LIMIT: f64 = 5.0;
 /// the round's median update's held-out gain an update's may lie before it is refused.
 const HELD_OUT_Z: f64 = 4.0;
 
-/// The least spread, as a share of the median held-out gain: updates that all agree to within
-/// a percent do not make a hair's difference count.
+/// The least spread, as a share of the median held-out gain, where updates carry no private
+/// state (dense sync, or units started fresh): a round of a few close updates does not make a
+/// small difference count (an honest SparseLoCo slot was 4% under two close ones).
 const HELD_OUT_MIN_SPREAD: f64 = 0.05;
+
+/// The least spread where updates carry each contributor's private error feedback (SparseLoCo
+/// without fresh units): the residual of earlier rounds makes honest updates differ widely (an
+/// honest one gained -0.0010 where the round's median gained 0.0185, late in a run), so only an
+/// update that raises the held-out loss by about as much as the median update lowers it is
+/// refused.
+const HELD_OUT_MIN_SPREAD_FEEDBACK: f64 = 0.5;
 
 /// Held-out scores kept for [`Core::held_out_scores`].
 pub(super) const KEPT_SCORES: usize = 1024;
@@ -131,7 +139,7 @@ pub struct HeldOutScore {
 
 /// The held-out scores of the drawn updates among `measured` (none without held-out gains):
 /// each gain against the median and the spread of every measured update's.
-fn held_out_scores(round: u64, measured: &[Measured]) -> Vec<HeldOutScore> {
+fn held_out_scores(round: u64, measured: &[Measured], min_spread: f64) -> Vec<HeldOutScore> {
     let gains: Vec<f64> = measured.iter().filter_map(|m| m.held).collect();
     if gains.len() < 3 {
         return Vec::new();
@@ -139,7 +147,7 @@ fn held_out_scores(round: u64, measured: &[Measured]) -> Vec<HeldOutScore> {
     let mid = median(&gains);
     let deviations: Vec<f64> = gains.iter().map(|g| (g - mid).abs()).collect();
     let spread = (1.4826 * median(&deviations))
-        .max(HELD_OUT_MIN_SPREAD * mid.abs())
+        .max(min_spread * mid.abs())
         .max(f64::MIN_POSITIVE);
     measured
         .iter()
@@ -265,7 +273,13 @@ impl Core {
                 ),
             ));
         }
-        for score in held_out_scores(round, &measured) {
+        // Private error feedback: compressed updates of a run whose units do not start fresh.
+        let min_spread = if self.spec.sparse().is_some() && !self.replays_on() {
+            HELD_OUT_MIN_SPREAD_FEEDBACK
+        } else {
+            HELD_OUT_MIN_SPREAD
+        };
+        for score in held_out_scores(round, &measured, min_spread) {
             tracing::debug!(?score, "held-out check");
             if score.z < -HELD_OUT_Z && !failed.iter().any(|f| f.0 == score.slot) {
                 failed.push((
@@ -429,7 +443,11 @@ mod tests {
 
     #[test]
     fn held_out_scores_weigh_each_gain_against_the_rounds_spread() {
-        let scores = held_out_scores(3, &measured(&[0.100, 0.101, 0.098, 0.103, 0.060, 0.099]));
+        let scores = held_out_scores(
+            3,
+            &measured(&[0.100, 0.101, 0.098, 0.103, 0.060, 0.099]),
+            HELD_OUT_MIN_SPREAD,
+        );
         // Drawn ones only (slot 1 was not), against median 0.100 and spread 1.4826 x 0.002
         // (floored at 5% of the median: 0.005).
         assert_eq!(
@@ -446,15 +464,36 @@ mod tests {
             .all(|s| s.z.abs() < 1.0));
         assert!(s4.z < -HELD_OUT_Z);
         // A wide round: its own spread (1.4826 x MAD) counts, and the same gain is no outlier.
-        let wide = held_out_scores(0, &measured(&[0.10, 0.14, 0.06, 0.12, 0.08]));
+        let wide = held_out_scores(
+            0,
+            &measured(&[0.10, 0.14, 0.06, 0.12, 0.08]),
+            HELD_OUT_MIN_SPREAD,
+        );
         let s2 = wide.iter().find(|s| s.slot == 2).unwrap();
         assert!((s2.spread - 1.4826 * 0.02).abs() < 1e-9, "{}", s2.spread);
         assert!(s2.z > -HELD_OUT_Z);
         // Rounds where every update raises the held-out loss: the spread is of their gains.
-        let worse = held_out_scores(0, &measured(&[-0.010, -0.011, -0.009, -0.030]));
+        let worse = held_out_scores(
+            0,
+            &measured(&[-0.010, -0.011, -0.009, -0.030]),
+            HELD_OUT_MIN_SPREAD,
+        );
         assert!(worse.iter().all(|s| s.median == -0.010));
         assert!(worse.iter().find(|s| s.slot == 3).unwrap().z < -HELD_OUT_Z);
         // Fewer than three measured updates: nothing to compare with.
-        assert!(held_out_scores(0, &measured(&[0.1, 0.0])).is_empty());
+        // With private error feedback the least spread is half the median: the honest late
+        // SparseLoCo update above (-0.0010 against 0.0185) passes, one raising the held-out
+        // loss by more than the median lowers it does not.
+        let feedback = |g| {
+            held_out_scores(
+                0,
+                &measured(&[g, 0.0185, 0.0190, 0.0180]),
+                HELD_OUT_MIN_SPREAD_FEEDBACK,
+            )[0]
+            .z
+        };
+        assert!(feedback(-0.0010) > -HELD_OUT_Z);
+        assert!(feedback(-0.0200) < -HELD_OUT_Z);
+        assert!(held_out_scores(0, &measured(&[0.1, 0.0]), HELD_OUT_MIN_SPREAD).is_empty());
     }
 }
