@@ -24,12 +24,6 @@ fn sparse_runs_learn_with_and_without_replays_and_the_price_is_printed() {
         assert_eq!(core.phase(), Phase::Finished);
         // Every worker is honest: none fails a check (the held-out one included, on updates
         // carrying error feedback).
-        for s in core.held_out_scores() {
-            println!(
-                "TMP r{} s{} gain {:+.4} median {:+.4} spread {:.4} z {:+.2}",
-                s.round, s.slot, s.gain, s.median, s.spread, s.z
-            );
-        }
         let zs: Vec<f64> = core.held_out_scores().map(|s| s.z).collect();
         println!(
             "{} held-out checks, z from {:+.2} to {:+.2}",
