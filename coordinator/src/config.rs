@@ -39,7 +39,7 @@ use tessera_compute::hf::params_from_safetensors;
 use tessera_compute::reference::ModelParams;
 use tessera_compute::ModelConfig;
 use tessera_protocol::messages::{InnerOptimizer, SyncMode};
-use tessera_train::data::BUILT_IN_CORPUS;
+use tessera_train::data::{Sampler, BUILT_IN_CORPUS};
 
 use crate::data::{documents, Format, Tokenizer};
 use tessera_train::schedule::Schedule;
@@ -550,7 +550,7 @@ impl RunConfig {
             self.checks.as_ref(),
             pipeline.as_ref().map(|p| &p.grads),
             &sync,
-            (tokens.len() as u64).saturating_sub(1) / t.seq,
+            Sampler::count(tokens.len(), t.seq as usize) as u64,
             t.batch,
         )?;
         let total = if pipeline.is_some() {

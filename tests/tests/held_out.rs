@@ -8,7 +8,7 @@
 //! that refuses them. Honest workers are never refused, no memorized update is
 //! applied, and the held-out loss ends within 2% of the same run with the honest workers alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use tessera_compute::reference::ModelParams;
 use tessera_coordinator::config::ChecksSection;
@@ -187,11 +187,11 @@ fn memorizers_fail_the_held_out_check_and_honest_workers_pass_it() {
     assert!(!hostile.memorized.is_empty(), "the memorizers sent updates");
     let applied: Vec<_> = hostile.memorized.intersection(&hostile.applied).collect();
     assert!(applied.is_empty(), "memorized updates applied: {applied:?}");
-    let own: BTreeMap<_, _> = hostile
+    let own: Vec<&PublicKey> = hostile
         .failed
         .iter()
         .filter(|(_, why)| why.contains("own first batch"))
-        .map(|(k, _)| (k, ()))
+        .map(|(k, _)| k)
         .collect();
     assert!(
         own.is_empty(),

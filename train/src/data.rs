@@ -24,9 +24,15 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// How many samples of `seq + 1` tokens (each starting `seq` after the last) a stream of
+    /// `tokens` tokens holds.
+    pub fn count(tokens: usize, seq: usize) -> usize {
+        tokens.saturating_sub(1).checked_div(seq).unwrap_or(0)
+    }
+
     /// Samples of `seq + 1` tokens from a stream of `tokens` tokens.
     pub fn new(seed: u64, tokens: usize, seq: usize) -> Self {
-        let samples = tokens.saturating_sub(1).checked_div(seq).unwrap_or(0);
+        let samples = Self::count(tokens, seq);
         let mut s = Sampler {
             seed,
             seq,

@@ -230,13 +230,7 @@ impl Core {
             return;
         };
         if r.conn != conn {
-            return self.reject(
-                conn,
-                unit,
-                key,
-                seq,
-                format!("unit {unit} was assigned to someone else"),
-            );
+            return self.reject_foreign(conn, unit, key, seq);
         }
         self.round.replays.running.remove(&unit);
         if let Some(s) = self.sessions.get_mut(&conn) {

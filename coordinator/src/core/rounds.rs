@@ -273,6 +273,23 @@ impl Core {
         );
     }
 
+    /// Rejects a submission for a unit that is not open (finished, reassigned or unknown).
+    pub(super) fn reject_unopen(&mut self, conn: ConnId, unit: u64, key: PublicKey, seq: u64) {
+        let why = format!("unit {unit} is not open (finished, reassigned or unknown)");
+        self.reject(conn, unit, key, seq, why);
+    }
+
+    /// Rejects a submission for a unit assigned to another connection (or lease).
+    pub(super) fn reject_foreign(&mut self, conn: ConnId, unit: u64, key: PublicKey, seq: u64) {
+        self.reject(
+            conn,
+            unit,
+            key,
+            seq,
+            format!("unit {unit} was assigned to someone else"),
+        );
+    }
+
     /// What is wrong with a whole-model submission's figures for the open round (weights
     /// version, tokens, loss sum), if anything.
     pub(super) fn submission_problem(&self, sub: &Submission) -> Option<String> {
@@ -326,22 +343,10 @@ impl Core {
             return self.replayed(conn, key, seq, sub);
         }
         let Some(u) = self.round.units.get(&unit).cloned() else {
-            return self.reject(
-                conn,
-                unit,
-                key,
-                seq,
-                format!("unit {unit} is not open (finished, reassigned or unknown)"),
-            );
+            return self.reject_unopen(conn, unit, key, seq);
         };
         if u.conn != conn {
-            return self.reject(
-                conn,
-                unit,
-                key,
-                seq,
-                format!("unit {unit} was assigned to someone else"),
-            );
+            return self.reject_foreign(conn, unit, key, seq);
         }
         let dense = match self.submission_problem(&sub) {
             Some(p) => Err(p),

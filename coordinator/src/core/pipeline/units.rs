@@ -224,22 +224,10 @@ impl Core {
             .and_then(|p| p.step.units.get(&unit))
             .cloned()
         else {
-            return self.reject(
-                conn,
-                unit,
-                key,
-                seq,
-                format!("unit {unit} is not open (finished, reassigned or unknown)"),
-            );
+            return self.reject_unopen(conn, unit, key, seq);
         };
         if u.conn != conn || u.lease != o.lease {
-            return self.reject(
-                conn,
-                unit,
-                key,
-                seq,
-                format!("unit {unit} was assigned to someone else"),
-            );
+            return self.reject_foreign(conn, unit, key, seq);
         }
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.unit = None;
