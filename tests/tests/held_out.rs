@@ -140,8 +140,14 @@ fn memorizers_fail_the_held_out_check_and_honest_workers_pass_it() {
             let memorized = h && bad.contains(&s.key);
             let who = if memorized { "memorizer" } else { "honest" };
             println!(
-                "{name}: round {} slot {} {who}: held-out gain {:+.4} per unit of norm, median {:+.4}, spread {:.4}, z {:+.2}",
-                s.round, s.slot, s.gain, s.median, s.spread, s.z
+                "{name}: round {} slot {} {who}{}: held-out gain {:+.4} per unit of norm, median {:+.4}, spread {:.4}, z {:+.2}",
+                s.round,
+                s.slot,
+                if s.drawn { ", drawn" } else { "" },
+                s.gain,
+                s.median,
+                s.spread,
+                s.z
             );
             if !memorized {
                 worst_honest = worst_honest.min(s.z);

@@ -14,9 +14,11 @@
 //!   update of the round. The comparison is with the round's own updates, so a stage of
 //!   training in which every honest update raises the held-out loss refuses nobody, and an
 //!   update trained to fit its own batch rather than the data (a memorizer's) stands out.
+//!   Every update of such a round is measured there for the median, so every one is held to
+//!   the same bound, drawn or not.
 //!
 //! A refused update's slot runs again and its identity loses its credits and is refused; a
-//! passed check turns its identity's pending credits into verified ones.
+//! drawn update's passed check turns its identity's pending credits into verified ones.
 
 use tessera_compute::reference::model::loss;
 use tessera_compute::reference::Batch;
@@ -116,7 +118,7 @@ struct Measured {
     held: Option<f64>,
 }
 
-/// A drawn update's held-out check: its loss gain per unit of norm on the held-out sequences
+/// An update's held-out check: its loss gain per unit of norm on the held-out sequences
 /// against the round's other updates'.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HeldOutScore {
@@ -124,6 +126,9 @@ pub struct HeldOutScore {
     pub round: u64,
     /// The update's slot.
     pub slot: u64,
+    /// Whether the update was drawn for the round's checks (the own-batch check too); the
+    /// others are measured for the round's median and held to the same bound.
+    pub drawn: bool,
     /// Whose update.
     pub key: PublicKey,
     /// Its held-out loss gain per unit of norm.
@@ -137,8 +142,8 @@ pub struct HeldOutScore {
     pub z: f64,
 }
 
-/// The held-out scores of the drawn updates among `measured` (none without held-out gains):
-/// each gain against the median and the spread of every measured update's.
+/// The held-out scores of the updates among `measured` (none without held-out gains): each
+/// gain against the median and the spread of every measured update's.
 fn held_out_scores(round: u64, measured: &[Measured], min_spread: f64) -> Vec<HeldOutScore> {
     let gains: Vec<f64> = measured.iter().filter_map(|m| m.held).collect();
     if gains.len() < 3 {
@@ -151,12 +156,12 @@ fn held_out_scores(round: u64, measured: &[Measured], min_spread: f64) -> Vec<He
         .max(f64::MIN_POSITIVE);
     measured
         .iter()
-        .filter(|m| m.drawn)
         .filter_map(|m| {
             let gain = m.held?;
             Some(HeldOutScore {
                 round,
                 slot: m.slot,
+                drawn: m.drawn,
                 key: m.key,
                 gain,
                 median: mid,
@@ -220,8 +225,10 @@ impl Core {
     /// The checks of a complete round, before it may close: an update whose norm is several
     /// times the median of the round's is refused, and so is a drawn update that, applied
     /// alone, lowers the loss of its own first batch by less than a share of the median gain
-    /// of the round's (and the last round's) checked updates. A refused update's identity
-    /// loses its credits and is refused, its slot runs again; true when the round may close.
+    /// of the round's (and the last round's) checked updates, and any update (in a round with
+    /// a drawn one) whose held-out gain lies too far below the round's median. A refused
+    /// update's identity loses its credits and is refused, its slot runs again; true when the
+    /// round may close.
     pub(super) fn round_checks(&mut self) -> bool {
         if self.spec.checks.is_none() {
             return true;
@@ -448,13 +455,20 @@ mod tests {
             &measured(&[0.100, 0.101, 0.098, 0.103, 0.060, 0.099]),
             HELD_OUT_MIN_SPREAD,
         );
-        // Drawn ones only (slot 1 was not), against median 0.100 and spread 1.4826 x 0.002
-        // (floored at 5% of the median: 0.005).
+        // Every update, drawn (all but slot 1) or not, against median 0.100 and spread
+        // 1.4826 x 0.002 (floored at 5% of the median: 0.005).
         assert_eq!(
-            scores.iter().map(|s| s.slot).collect::<Vec<_>>(),
-            vec![0, 2, 3, 4, 5]
+            scores.iter().map(|s| (s.slot, s.drawn)).collect::<Vec<_>>(),
+            vec![
+                (0, true),
+                (1, false),
+                (2, true),
+                (3, true),
+                (4, true),
+                (5, true)
+            ]
         );
-        let s4 = &scores[3];
+        let s4 = &scores[4];
         assert_eq!((s4.round, s4.median), (3, 0.100));
         assert!((s4.spread - 0.005).abs() < 1e-12, "{}", s4.spread);
         assert!((s4.z + 8.0).abs() < 1e-9, "{}", s4.z);
@@ -463,6 +477,13 @@ mod tests {
             .filter(|s| s.slot != 4)
             .all(|s| s.z.abs() < 1.0));
         assert!(s4.z < -HELD_OUT_Z);
+        // An update not drawn is held to the same bound.
+        let undrawn = held_out_scores(
+            3,
+            &measured(&[0.100, 0.060, 0.098, 0.103, 0.101, 0.099]),
+            HELD_OUT_MIN_SPREAD,
+        );
+        assert!(!undrawn[1].drawn && undrawn[1].z < -HELD_OUT_Z);
         // A wide round: its own spread (1.4826 x MAD) counts, and the same gain is no outlier.
         let wide = held_out_scores(
             0,
