@@ -489,14 +489,8 @@ fn hostile_pipeline_work_is_caught_never_applied_and_earns_nothing() {
     let failed: BTreeMap<PublicKey, String> = run
         .log
         .iter()
-        .filter_map(|e| match &e.entry.event {
-            LogEvent::Checked {
-                key,
-                outcome: CheckOutcome::Failed(why),
-                ..
-            } => Some((*key, why.clone())),
-            _ => None,
-        })
+        .filter_map(|e| e.entry.event.failed_check())
+        .map(|(key, why)| (key, why.to_string()))
         .collect();
     let left: BTreeMap<PublicKey, String> = run
         .log

@@ -47,13 +47,8 @@ fn train(weights: &ModelParams<f32>, w: &Work) -> (Vec<Vec<f32>>, f64, u64) {
     let mut p = weights.clone();
     let mut loss_sum = 0.0;
     for (h, &lr) in w.lrs.iter().enumerate().take(steps) {
-        let (mut ids, mut targets) = (Vec::new(), Vec::new());
-        for b in 0..batch {
-            let r = &tokens[(h * batch + b) * row..(h * batch + b + 1) * row];
-            ids.extend_from_slice(&r[..seq]);
-            targets.extend_from_slice(&r[1..]);
-        }
-        let batch = Batch { ids, targets, seq };
+        let step = &tokens[h * batch * row..(h + 1) * batch * row];
+        let batch = Batch::from_rows(step.chunks(row), seq);
         let (loss, g) = loss_and_grads::<f32>(&cfg, &p, &batch);
         loss_sum += loss * batch.counted() as f64;
         for (t, (_, gt)) in p.tensors_mut().into_iter().zip(g.named()) {

@@ -141,6 +141,20 @@ pub enum LogEvent {
     },
 }
 
+impl LogEvent {
+    /// The identity a failed check found wrong, and why (`None` for any other event).
+    pub fn failed_check(&self) -> Option<(PublicKey, &str)> {
+        match self {
+            LogEvent::Checked {
+                key,
+                outcome: CheckOutcome::Failed(why),
+                ..
+            } => Some((*key, why)),
+            _ => None,
+        }
+    }
+}
+
 /// What a check of a lease's step found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CheckOutcome {

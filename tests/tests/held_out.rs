@@ -14,7 +14,6 @@ use tessera_compute::reference::ModelParams;
 use tessera_coordinator::config::ChecksSection;
 use tessera_coordinator::core::{Core, Phase, RunSpec};
 use tessera_e2e::{data_run, gpu, held_out_loss, identity};
-use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::messages::SessionMessage;
 use tessera_protocol::{Identity, PublicKey, TensorPayload, ToContributor};
 
@@ -104,14 +103,8 @@ fn run(spec: RunSpec, init: &ModelParams<f32>, hostile: bool) -> Outcome {
     let failed = ran
         .log
         .iter()
-        .filter_map(|e| match &e.entry.event {
-            LogEvent::Checked {
-                key,
-                outcome: CheckOutcome::Failed(why),
-                ..
-            } => Some((*key, why.clone())),
-            _ => None,
-        })
+        .filter_map(|e| e.entry.event.failed_check())
+        .map(|(key, why)| (key, why.to_string()))
         .collect();
     Outcome {
         core,

@@ -128,14 +128,8 @@ impl Replica {
         }
         let mut loss_sum = 0.0;
         for (h, &lr) in w.lrs.iter().enumerate() {
-            let mut ids = Vec::with_capacity(batch * seq);
-            let mut targets = Vec::with_capacity(batch * seq);
-            for b in 0..batch {
-                let r = &tokens[(h * batch + b) * row..(h * batch + b + 1) * row];
-                ids.extend_from_slice(&r[..seq]);
-                targets.extend_from_slice(&r[1..]);
-            }
-            let bt = Batch { ids, targets, seq };
+            let step = &tokens[h * batch * row..(h + 1) * batch * row];
+            let bt = Batch::from_rows(step.chunks(row), seq);
             self.model.zero_grads(gpu)?;
             let loss = self.model.loss_and_grads(gpu, &bt).await?;
             loss_sum += loss * bt.counted() as f64;

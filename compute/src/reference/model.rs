@@ -72,6 +72,17 @@ impl Batch {
         }
     }
 
+    /// Batch from rows of `seq + 1` tokens each (a sample of the data stream): the first `seq`
+    /// are the inputs, each predicting the token after it.
+    pub fn from_rows<'a>(rows: impl IntoIterator<Item = &'a [u32]>, seq: usize) -> Self {
+        let (mut ids, mut targets) = (Vec::new(), Vec::new());
+        for row in rows {
+            ids.extend_from_slice(&row[..seq]);
+            targets.extend_from_slice(&row[1..]);
+        }
+        Batch { ids, targets, seq }
+    }
+
     /// Tokens that contribute to the loss.
     pub fn counted(&self) -> usize {
         self.targets.iter().filter(|&&t| t != IGNORE).count()

@@ -136,7 +136,8 @@ pub struct HeldOutScore {
     /// The median of the round's updates' gains.
     pub median: f64,
     /// Their spread: 1.4826 times the median absolute deviation (a standard deviation, were
-    /// they normal), at least a percent of the median.
+    /// they normal), at least a share of the median (`HELD_OUT_MIN_SPREAD`, or
+    /// `HELD_OUT_MIN_SPREAD_FEEDBACK` where updates carry private error feedback).
     pub spread: f64,
     /// How many spreads the gain lies above (positive) or below (negative) the median.
     pub z: f64,
@@ -402,15 +403,11 @@ impl Core {
     /// The first inner step's sequences of `slot` in the open round (what the unit trained on
     /// first), as the data assignment gives them.
     fn first_batch(&mut self, slot: u64) -> Batch {
-        let seq = self.spec.seq as usize;
-        let (mut ids, mut targets) = (Vec::new(), Vec::new());
-        for mb in 0..self.spec.batch {
-            let span = self.slot_sample(slot, 0, mb);
-            let row = &self.spec.tokens[span];
-            ids.extend_from_slice(&row[..seq]);
-            targets.extend_from_slice(&row[1..]);
-        }
-        Batch { ids, targets, seq }
+        let spans: Vec<_> = (0..self.spec.batch)
+            .map(|mb| self.slot_sample(slot, 0, mb))
+            .collect();
+        let rows = spans.into_iter().map(|span| &self.spec.tokens[span]);
+        Batch::from_rows(rows, self.spec.seq as usize)
     }
 }
 

@@ -109,8 +109,8 @@ pub struct ChecksSpec {
     /// drift further apart than one pipeline unit; `tessera calibrate`).
     pub round_tolerance: f64,
     /// Whole-model runs: sequences of `seq` tokens kept out of training at the end of the
-    /// data, on which a drawn update must not do significantly worse than the round's median
-    /// update (0: the held-out check is off).
+    /// data, on which no update of a round with a drawn one may do significantly worse than
+    /// the round's median update (0: the held-out check is off).
     pub held_out: u64,
 }
 
@@ -286,15 +286,10 @@ impl RunSpec {
     pub fn held_out_batch(&self) -> Option<Batch> {
         let (seq, n) = (self.seq as usize, self.held_out() as usize);
         let start = self.training_tokens();
-        let (mut ids, mut targets) = (Vec::new(), Vec::new());
-        for j in 0..n {
-            let row = self
-                .tokens
-                .get(start + j * seq..start + (j + 1) * seq + 1)?;
-            ids.extend_from_slice(&row[..seq]);
-            targets.extend_from_slice(&row[1..]);
-        }
-        (n > 0).then_some(Batch { ids, targets, seq })
+        let rows: Option<Vec<&[u32]>> = (0..n)
+            .map(|j| self.tokens.get(start + j * seq..start + (j + 1) * seq + 1))
+            .collect();
+        (n > 0).then_some(Batch::from_rows(rows?, seq))
     }
 
     /// The sparse configuration, when syncing sparsely.
