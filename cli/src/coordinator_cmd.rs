@@ -116,9 +116,7 @@ pub async fn start(
                 core.created_by_admin(reason);
             }
             store
-                .write_rules(&tessera_coordinator::core::replay::RunRules::of(
-                    core.spec(),
-                ))
+                .write_rules(&tessera_coordinator::core::rules::RunRules::of(core.spec()))
                 .await?;
             let ck = store
                 .write_checkpoint(&core.spec().model, &core.snapshot())

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use tessera_coordinator::config::RunConfig;
-use tessera_coordinator::core::replay::RunRules;
+use tessera_coordinator::core::rules::RunRules;
 use tessera_coordinator::core::{weights_digest, Snapshot};
 use tessera_coordinator::store::Store;
 use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};

@@ -1,5 +1,5 @@
 //! `tessera verify`'s replay: from a checkpoint, applies each closed round's or step's kept
-//! aggregate by the run's rules (the coordinator's own [`replay::apply`]) and confirms that the
+//! aggregate by the run's rules (the coordinator's own [`rules::apply`]) and confirms that the
 //! weights reached are the ones the log recorded for every later version, so a checkpoint's
 //! hash follows from the log's aggregates, not only from the coordinator's word.
 
@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use tessera_compute::hf::params_from_safetensors;
 use tessera_compute::reference::ModelParams;
 use tessera_compute::ModelConfig;
-use tessera_coordinator::core::replay::{self, RunRules};
+use tessera_coordinator::core::rules::{self, RunRules};
 use tessera_coordinator::core::weights_digest;
 use tessera_protocol::log::{LogEvent, SignedEntry};
 
@@ -115,7 +115,7 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
         let Some((_, w, moments)) = state.as_mut() else {
             continue;
         };
-        replay::apply(&rules.step, number, w, moments, &agg);
+        rules::apply(&rules.step, number, w, moments, &agg);
         if weights_digest(w) != weights {
             bail!(
                 "log entry {index}: applying the recorded aggregate to version {before} does not give the weights the log recorded for version {version}"

@@ -21,7 +21,7 @@ use tessera_protocol::log::SignedEntry;
 use tessera_protocol::messages::LogHead;
 use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
 
-use crate::core::replay::RunRules;
+use crate::core::rules::RunRules;
 use crate::core::{Contribution, Snapshot};
 
 /// Why storage failed.

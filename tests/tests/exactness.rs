@@ -6,8 +6,6 @@
 //!     weights as single-device AdamW over the same steps (its Adam state persists across
 //!     rounds). Per tensor ‖a−b‖/‖b‖ ≤ 1e-5 over 3 rounds.
 
-use std::sync::Arc;
-
 use tessera_compute::model::{GpuModel, Slicing};
 use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::ops::AdamW;
@@ -16,7 +14,7 @@ use tessera_compute::shard::Optimizer;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_coordinator::core::{Core, Phase, RunSpec};
 use tessera_e2e::{compare, gpu};
-use tessera_protocol::messages::{InnerOptimizer, SyncMode, Work};
+use tessera_protocol::messages::{InnerOptimizer, Work};
 use tessera_protocol::{Identity, ToContributor};
 use tessera_train::schedule::Schedule;
 use tessera_worker::session::Contributor;
@@ -39,28 +37,13 @@ fn model() -> ModelConfig {
 fn spec(replicas: u64, inner_steps: u64, optimizer: InnerOptimizer, lr: Schedule) -> RunSpec {
     let mut r = SplitMix(5);
     let tokens: Vec<u32> = (0..3000).map(|_| (r.next_u64() % 32) as u32).collect();
-    RunSpec {
-        name: "exact".into(),
-        model: model(),
-        tokens: Arc::from(tokens),
-        seed: 11,
-        rounds: 3,
-        replicas,
-        inner_steps,
-        batch: 2,
-        seq: 8,
-        optimizer,
-        inner_lr: lr,
-        inner_clip: None,
-        outer_lr: 1.0,
-        clip_to_median: false,
-        sync: SyncMode::Dense,
-        unit_deadline_ms: 600_000,
-        silence_ms: 600_000,
-        weights_frame_elems: 100,
-        checks: None,
-        pipeline: None,
-    }
+    RunSpec::new("exact", model(), tokens)
+        .with_seed(11)
+        .with_rounds(3)
+        .with_replicas(replicas)
+        .with_units(inner_steps, 2, 8)
+        .with_optimizer(optimizer, lr, None)
+        .with_weights_frame(100)
 }
 
 /// Runs the whole run in process; returns the coordinator, the contributors and every unit

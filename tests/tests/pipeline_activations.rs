@@ -2,8 +2,6 @@
 //! the same pipeline run with each encoding, so the weight change is the learning rate times the
 //! step's gradient and its relative difference is the gradient's relative error.
 
-use std::sync::Arc;
-
 use tessera_compute::model::{shards, Slicing};
 use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::ModelParams;
@@ -49,35 +47,19 @@ fn spec(enc: ActEncoding) -> RunSpec {
     let work_bytes = stages.iter().map(|st| vec![0; st.len()]).collect();
     let mut r = SplitMix(8);
     let tokens: Vec<u32> = (0..4000).map(|_| (r.next_u64() % 96) as u32).collect();
-    RunSpec {
-        name: "activations".into(),
-        pipeline: Some(PipelineSpec {
+    RunSpec::new("activations", cfg, tokens)
+        .with_pipeline(PipelineSpec {
             stages,
             state_bytes,
             work_bytes,
             micro_batches: 4,
             activations: enc,
             grads: SyncMode::Dense,
-        }),
-        model: cfg,
-        tokens: Arc::from(tokens),
-        seed: 3,
-        rounds: 1,
-        replicas: 1,
-        inner_steps: 1,
-        batch: 1,
-        seq: 16,
-        optimizer: InnerOptimizer::Sgd,
-        inner_lr: Schedule::constant(1.0),
-        inner_clip: None,
-        outer_lr: 1.0,
-        clip_to_median: false,
-        sync: SyncMode::Dense,
-        unit_deadline_ms: 600_000,
-        silence_ms: 600_000,
-        weights_frame_elems: 1000,
-        checks: None,
-    }
+        })
+        .with_seed(3)
+        .with_units(1, 1, 16)
+        .with_optimizer(InnerOptimizer::Sgd, Schedule::constant(1.0), None)
+        .with_weights_frame(1000)
 }
 
 /// The weight change of one SGD step at lr 1 (minus the gradient) with activations `enc`.

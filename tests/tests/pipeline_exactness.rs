@@ -8,7 +8,6 @@
 //! replicas per micro-shard, and a heavy lease for a big budget.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use tessera_compute::model::{shards, GpuModel, Slicing};
 use tessera_compute::reference::model::SplitMix;
@@ -97,28 +96,13 @@ fn spec(clip: Option<f32>) -> RunSpec {
     let cfg = model();
     let mut r = SplitMix(5);
     let tokens: Vec<u32> = (0..3000).map(|_| (r.next_u64() % 96) as u32).collect();
-    RunSpec {
-        name: "pipeline-exact".into(),
-        pipeline: Some(pipeline(&cfg)),
-        model: cfg,
-        tokens: Arc::from(tokens),
-        seed: 11,
-        rounds: STEPS,
-        replicas: 1,
-        inner_steps: 1,
-        batch: 1,
-        seq: SEQ as u64,
-        optimizer: adamw(),
-        inner_lr: lr(),
-        inner_clip: clip,
-        outer_lr: 1.0,
-        clip_to_median: false,
-        sync: SyncMode::Dense,
-        unit_deadline_ms: 600_000,
-        silence_ms: 600_000,
-        weights_frame_elems: 100,
-        checks: None,
-    }
+    RunSpec::new("pipeline-exact", cfg.clone(), tokens)
+        .with_pipeline(pipeline(&cfg))
+        .with_seed(11)
+        .with_rounds(STEPS)
+        .with_units(1, 1, SEQ as u64)
+        .with_optimizer(adamw(), lr(), clip)
+        .with_weights_frame(100)
 }
 
 /// What the run handed out, for the reference to replay.

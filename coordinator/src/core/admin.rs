@@ -160,7 +160,7 @@ impl Core {
     pub fn created_by_admin(&mut self, reason: String) {
         let action = AdminAction::Create {
             run: self.spec.name.clone(),
-            config: super::replay::RunRules::of(&self.spec).digest(),
+            config: super::rules::RunRules::of(&self.spec).digest(),
         };
         self.log(LogEvent::Admin { action, reason });
     }

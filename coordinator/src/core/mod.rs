@@ -9,14 +9,16 @@
 //! version, so pipeline units (micro-shard stages) can join the same tables later.
 
 pub mod admin;
+mod arbitration;
 pub mod credits;
 mod pipeline;
-pub mod replay;
 mod replays;
 mod replica_checks;
 mod rounds;
+pub mod rules;
 mod sessions;
 pub mod spec;
+mod spec_builder;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -203,7 +205,7 @@ pub struct Snapshot {
     /// Pipeline runs: the authoritative AdamW moments (first, second) at that version, once a
     /// step was taken.
     pub moments: Option<(ModelParams<f32>, ModelParams<f32>)>,
-    /// The aggregate that produced this version from the previous one (see [`replay`]), kept
+    /// The aggregate that produced this version from the previous one (see [`rules`]), kept
     /// beside the checkpoint; none for the initial weights and for a resumed snapshot.
     pub aggregate: Option<ModelParams<f32>>,
 }
@@ -292,7 +294,7 @@ impl Core {
     pub fn continue_log(&mut self, head: Option<LogHead>) {
         self.log = LogWriter::after(head);
         if head.is_none() {
-            let config = replay::RunRules::of(&self.spec).digest();
+            let config = rules::RunRules::of(&self.spec).digest();
             self.log(LogEvent::Started {
                 run: self.spec.name.clone(),
                 coordinator: self.id.public(),

@@ -17,6 +17,7 @@ use tessera_train::drift::rel_l2;
 use tessera_train::sparseloco::{matches_compression, Compressed};
 use tessera_train::update::two_d;
 
+use super::arbitration::{arbitrate, Found, Ruling};
 use super::{Action, ConnId, Core};
 
 /// A first auditor that disagreed: who, its update and its loss sum.
@@ -275,49 +276,33 @@ impl Core {
             return;
         };
         let flops = self.unit_flops(sub.tokens);
-        match case.first {
-            None => match with_checked {
-                Ok(()) => {
-                    self.resolve_replay(r.slot, CheckOutcome::Passed, vec![key], vec![key], flops)
+        let first = case
+            .first
+            .as_ref()
+            .map(|(k, d, l)| (*k, agree(mine, (d, *l), tol)));
+        match arbitrate(key, with_checked, first) {
+            Ruling::AskThird { why } => {
+                tracing::info!(slot = r.slot, "replay mismatch, asking a third: {why}");
+                if let Some(c) = self.round.replays.cases.get_mut(&r.slot) {
+                    c.first = Some((key, dense, sub.loss_sum));
                 }
-                Err(why) => {
-                    tracing::info!(slot = r.slot, "replay mismatch, asking a third: {why}");
-                    if let Some(c) = self.round.replays.cases.get_mut(&r.slot) {
-                        c.first = Some((key, dense, sub.loss_sum));
+            }
+            Ruling::Decided(d) => {
+                let outcome = match d.found {
+                    Found::Passed => CheckOutcome::Passed,
+                    Found::AuditorWrong { auditor } => CheckOutcome::AuditorFailed(format!(
+                        "the third replay agrees with the unit, not with {}",
+                        auditor.fingerprint()
+                    )),
+                    Found::CheckedWrong { why } => {
+                        CheckOutcome::Failed(format!("replayed twice elsewhere: {why}"))
                     }
-                }
-            },
-            Some((first_key, first_dense, first_loss)) => {
-                let with_first = agree(mine, (&first_dense, first_loss), tol);
-                let auditors = vec![first_key, key];
-                match (with_checked, with_first) {
-                    (Ok(()), _) => self.resolve_replay(
-                        r.slot,
-                        CheckOutcome::AuditorFailed(format!(
-                            "the third replay agrees with the unit, not with {}",
-                            first_key.fingerprint()
-                        )),
-                        auditors,
-                        vec![key],
-                        flops,
-                    ),
-                    (Err(why), Ok(())) => self.resolve_replay(
-                        r.slot,
-                        CheckOutcome::Failed(format!("replayed twice elsewhere: {why}")),
-                        auditors,
-                        vec![first_key, key],
-                        flops,
-                    ),
-                    (Err(why), Err(_)) => self.resolve_replay(
-                        r.slot,
-                        CheckOutcome::Failed(format!(
-                            "replayed twice elsewhere: {why} (and the two replays disagree with each other)"
-                        )),
-                        auditors,
-                        Vec::new(),
-                        0.0,
-                    ),
-                }
+                    Found::NoneAgree { why } => CheckOutcome::Failed(format!(
+                        "replayed twice elsewhere: {why} (and the two replays disagree with each other)"
+                    )),
+                };
+                let flops = if d.credited.is_empty() { 0.0 } else { flops };
+                self.resolve_replay(r.slot, outcome, d.auditors, d.credited, flops);
             }
         }
         self.maybe_close_round();

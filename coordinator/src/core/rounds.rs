@@ -462,8 +462,8 @@ impl Core {
             dst.clone_from(src);
         }
         let closed = self.round.number;
-        let rule = super::replay::RunRules::of(&self.spec).step;
-        super::replay::apply(&rule, closed, &mut self.weights, &mut None, &aggregate);
+        let rule = super::rules::RunRules::of(&self.spec).step;
+        super::rules::apply(&rule, closed, &mut self.weights, &mut None, &aggregate);
         let aggregate_digest = super::weights_digest(&aggregate);
         self.aggregate = Some(aggregate);
         self.version += 1;

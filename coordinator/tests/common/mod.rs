@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
-
 use tessera_compute::hf::tensor_shapes;
 use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::ModelParams;
@@ -13,11 +11,10 @@ use tessera_compute::ModelConfig;
 use tessera_coordinator::core::{Core, RunSpec};
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
 use tessera_protocol::messages::{
-    Capabilities, ContributorKind, InnerOptimizer, LogHead, NamedTensor, SessionMessage,
-    Submission, SyncMode, Update, Work,
+    Capabilities, ContributorKind, LogHead, NamedTensor, SessionMessage, Submission, SyncMode,
+    Update, Work,
 };
 use tessera_protocol::{Identity, PublicKey, Signed, TensorPayload, ToContributor, ToCoordinator};
-use tessera_train::schedule::Schedule;
 
 /// A 1-layer model small enough to simulate a thousand contributors.
 pub fn tiny_model() -> ModelConfig {
@@ -39,28 +36,14 @@ pub fn tiny_model() -> ModelConfig {
 pub fn spec(replicas: u64, rounds: u64, sync: SyncMode) -> RunSpec {
     let mut r = SplitMix(99);
     let tokens: Vec<u32> = (0..4000).map(|_| (r.next_u64() % 16) as u32).collect();
-    RunSpec {
-        name: "sim".into(),
-        model: tiny_model(),
-        tokens: Arc::from(tokens),
-        seed: 7,
-        rounds,
-        replicas,
-        inner_steps: 2,
-        batch: 2,
-        seq: 8,
-        optimizer: InnerOptimizer::Sgd,
-        inner_lr: Schedule::constant(0.1),
-        inner_clip: None,
-        outer_lr: 1.0,
-        clip_to_median: true,
-        sync,
-        unit_deadline_ms: 3_000,
-        silence_ms: 10_000,
-        weights_frame_elems: 50,
-        checks: None,
-        pipeline: None,
-    }
+    RunSpec::new("sim", tiny_model(), tokens)
+        .with_seed(7)
+        .with_rounds(rounds)
+        .with_replicas(replicas)
+        .with_units(2, 2, 8)
+        .with_outer(1.0, true, sync)
+        .with_deadlines(3_000, 10_000)
+        .with_weights_frame(50)
 }
 
 /// A coordinator for `spec` with random initial weights.
@@ -214,4 +197,38 @@ pub fn lease_download(
         }
         _ => return None,
     })
+}
+
+/// The environment variable that reruns one seed of a simulation alone.
+pub const SEED_VAR: &str = "TESSERA_SIM_SEED";
+/// The environment variable that sets how many seeds a simulation sweeps.
+pub const SEEDS_VAR: &str = "TESSERA_SIM_SEEDS";
+
+/// The seeds a simulation sweeps: `count` seeds from `first` (`TESSERA_SIM_SEEDS=N` sweeps N
+/// instead), or only the one `TESSERA_SIM_SEED` names.
+pub fn sim_seeds(first: u64, count: u64) -> Vec<u64> {
+    let number = |var: &str| {
+        std::env::var(var).ok().map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{var}={v:?} is not a whole number"))
+        })
+    };
+    match (number(SEED_VAR), number(SEEDS_VAR)) {
+        (Some(seed), _) => vec![seed],
+        (None, n) => (first..first + n.unwrap_or(count)).collect(),
+    }
+}
+
+/// Runs `sim` once per seed of [`sim_seeds`]; a failing seed is named with the command line
+/// that reruns it alone.
+pub fn sweep(first: u64, count: u64, sim: impl Fn(u64)) {
+    for seed in sim_seeds(first, count) {
+        println!("seed {seed}");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim(seed)));
+        if let Err(e) = r {
+            eprintln!("seed {seed} failed: rerun it alone with {SEED_VAR}={seed}");
+            std::panic::resume_unwind(e);
+        }
+    }
 }

@@ -19,6 +19,7 @@ use tessera_protocol::{ActEncoding, Activation, PublicKey, ToContributor};
 use tessera_train::shards::{from_wire, grads_from_wire};
 
 use super::ShardId;
+use crate::core::arbitration::{arbitrate, Found, Ruling};
 use crate::core::{ConnId, Core};
 
 /// The first auditor's identity and answer (results, gradient sums), kept while a third
@@ -432,57 +433,38 @@ impl Core {
             &units,
             tol,
         );
-        match first {
-            None => match with_checked {
-                Ok(()) => self.resolve(lease, CheckOutcome::Passed, vec![key], vec![key], flops),
-                Err(why) => {
-                    tracing::info!(lease, "check mismatch, asking a third party: {why}");
-                    if let Some(a) = self
-                        .pipe
-                        .as_mut()
-                        .and_then(|p| p.step.audits.get_mut(&lease))
-                    {
-                        a.tried.insert(by);
-                    }
-                    self.start_audit(lease, Some((key, r.outputs, sums)));
+        let with_first = first.as_ref().map(|(k, out, sums_first)| {
+            (
+                *k,
+                agree((&r.outputs, &sums), (out, Some(sums_first)), &units, tol),
+            )
+        });
+        match arbitrate(key, with_checked, with_first) {
+            Ruling::AskThird { why } => {
+                tracing::info!(lease, "check mismatch, asking a third party: {why}");
+                if let Some(a) = self
+                    .pipe
+                    .as_mut()
+                    .and_then(|p| p.step.audits.get_mut(&lease))
+                {
+                    a.tried.insert(by);
                 }
-            },
-            Some((first_key, first_out, first_sums)) => {
-                let with_first = agree(
-                    (&r.outputs, &sums),
-                    (&first_out, Some(&first_sums)),
-                    &units,
-                    tol,
-                );
-                let auditors = vec![first_key, key];
-                match (with_checked, with_first) {
-                    (Ok(()), _) => self.resolve(
-                        lease,
-                        CheckOutcome::AuditorFailed(format!(
-                            "the third party agrees with the checked lease, not with {}",
-                            first_key.fingerprint()
-                        )),
-                        auditors,
-                        vec![key],
-                        flops,
-                    ),
-                    (Err(why), Ok(())) => self.resolve(
-                        lease,
-                        CheckOutcome::Failed(why),
-                        auditors,
-                        vec![first_key, key],
-                        flops,
-                    ),
-                    (Err(why), Err(_)) => self.resolve(
-                        lease,
-                        CheckOutcome::Failed(format!(
-                            "{why} (and the two auditors disagree with each other)"
-                        )),
-                        auditors,
-                        Vec::new(),
-                        0.0,
-                    ),
-                }
+                self.start_audit(lease, Some((key, r.outputs, sums)));
+            }
+            Ruling::Decided(d) => {
+                let outcome = match d.found {
+                    Found::Passed => CheckOutcome::Passed,
+                    Found::AuditorWrong { auditor } => CheckOutcome::AuditorFailed(format!(
+                        "the third party agrees with the checked lease, not with {}",
+                        auditor.fingerprint()
+                    )),
+                    Found::CheckedWrong { why } => CheckOutcome::Failed(why),
+                    Found::NoneAgree { why } => CheckOutcome::Failed(format!(
+                        "{why} (and the two auditors disagree with each other)"
+                    )),
+                };
+                let flops = if d.credited.is_empty() { 0.0 } else { flops };
+                self.resolve(lease, outcome, d.auditors, d.credited, flops);
             }
         }
         self.collect_or_close();

@@ -276,9 +276,9 @@ impl Core {
         };
         let number = pipe.step.number;
         let grads = std::mem::replace(&mut pipe.step.grads, ModelParams::zeros(&self.spec.model));
-        let rule = crate::core::replay::RunRules::of(&self.spec).step;
+        let rule = crate::core::rules::RunRules::of(&self.spec).step;
         let scale =
-            crate::core::replay::apply(&rule, number, &mut self.weights, &mut pipe.moments, &grads);
+            crate::core::rules::apply(&rule, number, &mut self.weights, &mut pipe.moments, &grads);
         let aggregate = crate::core::weights_digest(&grads);
         self.aggregate = Some(grads);
         self.version += 1;
