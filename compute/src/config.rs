@@ -87,7 +87,7 @@ impl ModelConfig {
         2 * self.vocab_size as u64 * d + self.num_hidden_layers as u64 * layer + d
     }
 
-    /// The Covenant-72B shape (DESIGN.md, "The 72B plan on paper"): 80 layers, d=8192, 64
+    /// The Covenant-72B shape (docs/ARCHITECTURE.md, "The 72B plan on paper"): 80 layers, d=8192, 64
     /// query heads over 8 key/value heads of width 128, SwiGLU width 28672, vocabulary 262144,
     /// untied embedding and head; 72.75B parameters.
     pub fn covenant_72b() -> Self {

@@ -101,7 +101,7 @@ pub struct RunConfig {
     pub checks: Option<ChecksSection>,
 }
 
-/// `[checks]`: how untrusted work is checked (see DESIGN.md, "Checking untrusted work").
+/// `[checks]`: how untrusted work is checked (see docs/ARCHITECTURE.md, "Checking untrusted work").
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChecksSection {

@@ -291,13 +291,19 @@ impl Run {
 
 #[test]
 fn churn_and_hostile_results_neither_drop_nor_double_count_gradients() {
+    // Four seeds by default; `TESSERA_SIM_SEED=N` reruns one, `TESSERA_SIM_SEEDS=N` sweeps N.
+    common::sweep(42, 4, churn);
+}
+
+/// One simulated pipeline run under churn and tricks, drawn from `seed`.
+fn churn(seed: u64) {
     let cfg = tiny_model();
     let init = ModelParams::random(&cfg, 3);
     let mut run = Run {
         core: Core::new(spec(), Identity::from_seed([200; 32]), init.clone()),
         now: 0,
         next_conn: 1,
-        rng: SplitMix(42),
+        rng: SplitMix(seed),
         tricks: BTreeMap::new(),
         rejected: 0,
         crashes: 0,

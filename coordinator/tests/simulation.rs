@@ -3,7 +3,8 @@
 //! throughout: no unit or lease is held by a vanished contributor, every slot of a round is
 //! accepted exactly once (so every sample is trained once per round, re-runs carrying the same
 //! samples), the accepted contribution is recorded before its receipt, and every round
-//! completes. The same seed gives the same trace.
+//! completes. The same seed gives the same trace; the test sweeps seeds (see `common::sweep`:
+//! `TESSERA_SIM_SEED=N` reruns one).
 
 mod common;
 
@@ -276,17 +277,20 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
 
 #[test]
 fn thousand_contributors_churning() {
-    let out = run(1, 1000, 16, 12);
-    println!(
-        "rounds {} accepted units {} re-run or abandoned units {}",
-        out.rounds, out.accepted, out.reassigned
-    );
-    assert_eq!(out.rounds, 12);
-    assert_eq!(out.accepted, 16 * 12);
-    assert!(out.reassigned > 0, "churn must have forced re-assignment");
-    assert_eq!(
-        run(1, 1000, 16, 12).trace,
-        out.trace,
-        "same seed, same trace"
-    );
+    // Three seeds by default; `TESSERA_SIM_SEED=N` reruns one, `TESSERA_SIM_SEEDS=N` sweeps N.
+    common::sweep(1, 3, |seed| {
+        let out = run(seed, 1000, 16, 12);
+        println!(
+            "rounds {} accepted units {} re-run or abandoned units {}",
+            out.rounds, out.accepted, out.reassigned
+        );
+        assert_eq!(out.rounds, 12);
+        assert_eq!(out.accepted, 16 * 12);
+        assert!(out.reassigned > 0, "churn must have forced re-assignment");
+        assert_eq!(
+            run(seed, 1000, 16, 12).trace,
+            out.trace,
+            "same seed, same trace"
+        );
+    });
 }

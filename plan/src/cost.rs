@@ -80,7 +80,7 @@ pub struct ShardCost {
     /// What a replica keeps resident: f32 weights and f32 gradient accumulators of every tensor
     /// it holds (its copy of the norm weight included), plus the RoPE table of an attention
     /// shard. The AdamW moments are not here: the authoritative optimizer state of a
-    /// micro-shard stays with the coordinator (DESIGN.md, "Pipeline leases").
+    /// micro-shard stays with the coordinator (docs/ARCHITECTURE.md, "Pipeline leases").
     pub state_bytes: u64,
     /// Transient GPU memory for one forward and one backward (with recomputation) of one
     /// sequence: input, output gradient, normed input and its statistics, projections,

@@ -1,7 +1,7 @@
 //! Tessera's planner: cuts a model into micro-shards that fit the smallest contributor's
 //! memory budget, packs them into leases for bigger budgets, and estimates from the model's
 //! shape what each costs in memory, FLOPs and wire bytes, and what that implies for tokens/s
-//! and step latency (DESIGN.md, "The 72B plan on paper").
+//! and step latency (docs/ARCHITECTURE.md, "The 72B plan on paper").
 //!
 //! Every figure is an estimate from the model shape and the buffers the compute crate's
 //! kernels allocate, not a measurement.

@@ -167,7 +167,7 @@ pub struct SparseTensor {
     pub levels: TensorPayload,
 }
 
-/// A micro-shard on the wire (see DESIGN.md): the kind and its half-open range.
+/// A micro-shard on the wire (see docs/ARCHITECTURE.md, "Words"): the kind and its half-open range.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShardSpec {
     /// Embedding vocabulary rows.

@@ -1,4 +1,4 @@
-//! Pipeline work: the messages of micro-shard leases (see DESIGN.md, "Pipeline leases").
+//! Pipeline work: the messages of micro-shard leases (see docs/ARCHITECTURE.md, "Pipeline leases").
 //!
 //! A micro-batch is one sequence. A forward unit carries a stage's input; a backward unit
 //! carries its input and output gradient and recomputes the forward. The contributor answers a

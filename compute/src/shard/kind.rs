@@ -6,7 +6,7 @@ use std::ops::Range;
 use crate::config::ModelConfig;
 use crate::error::ComputeError;
 
-/// One micro-shard of the model (see DESIGN.md, "Words").
+/// One micro-shard of the model (see docs/ARCHITECTURE.md, "Words").
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MicroShard {
     /// Embedding rows `rows` of the vocabulary.

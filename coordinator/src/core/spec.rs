@@ -59,7 +59,7 @@ pub struct RunSpec {
     pub checks: Option<ChecksSpec>,
 }
 
-/// A pipeline of micro-shard pools (see DESIGN.md, "Pipeline leases").
+/// A pipeline of micro-shard pools (see docs/ARCHITECTURE.md, "Pipeline leases").
 #[derive(Clone, Debug, PartialEq)]
 pub struct PipelineSpec {
     /// The plan's stages in order: embed, then attention and MLP per layer, then head; each

@@ -1,5 +1,5 @@
 //! The pipeline regime: micro-shard leases, micro-batches flowing through the stages, and one
-//! optimizer step per run step (see DESIGN.md, "Pipeline leases").
+//! optimizer step per run step (see docs/ARCHITECTURE.md, "Pipeline leases").
 //!
 //! Per micro-batch the coordinator keeps each stage's input and output gradient (the relay:
 //! every activation passes through it), and per stage and pass which micro-shards are done.

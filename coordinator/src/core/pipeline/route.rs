@@ -6,8 +6,8 @@
 //! keeps each stage's input and output gradient, sums the partial results of a tensor-sliced
 //! stage (adding the residual), and attaches the tensors to the units it hands out. At scale a
 //! peer-to-peer route implements the same trait keeping only payload hashes, and tells the
-//! leases of consecutive stages to exchange the tensors directly (DESIGN.md, "The 72B plan on
-//! paper").
+//! leases of consecutive stages to exchange the tensors directly (docs/ARCHITECTURE.md, "The
+//! 72B plan on paper").
 
 use std::ops::Range;
 
