@@ -138,10 +138,17 @@ fn admin_requests_are_authenticated_logged_and_seen_by_contributors() {
     let (ok, out) = admin(port, &token_file, &["--reason", "maintenance", "pause"]);
     assert!(ok && out.contains("done: pause (run log entry"), "{out}");
     wait_for(port, LIMIT, "paused", |s| s["phase"] == "paused");
+    // The unit in flight when the pause came may still be submitted; after it, nothing.
+    let idle = |s: &serde_json::Value| {
+        s["contributors"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|x| x["unit"].is_null()))
+    };
+    let n = accepted(&wait_for(port, LIMIT, "the unit in flight done", idle));
     std::thread::sleep(Duration::from_secs(3));
-    let n = accepted(&status(port).unwrap());
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(accepted(&status(port).unwrap()), n, "no work while paused");
+    let s = status(port).unwrap();
+    assert_eq!(accepted(&s), n, "no work while paused");
+    assert!(idle(&s), "no unit handed out while paused: {s}");
     let heard = std::fs::read_to_string(&worker_log).unwrap();
     assert!(
         heard.contains("the run's administrator: pause because \"maintenance\""),
@@ -176,8 +183,17 @@ fn admin_requests_are_authenticated_logged_and_seen_by_contributors() {
         s["contributors"].as_array().is_some_and(|c| c.is_empty())
     });
     assert_eq!(s["banned"][0], key.as_str());
-    std::thread::sleep(Duration::from_secs(2));
-    let heard = std::fs::read_to_string(&worker_log).unwrap();
+    // The worker reads the refusal once its unit in flight is done, then reconnects.
+    let start = std::time::Instant::now();
+    let heard = loop {
+        let heard = std::fs::read_to_string(&worker_log).unwrap();
+        let done = heard.contains("banned by the run's administrator: sent garbage")
+            && heard.contains("this identity is banned");
+        if done || start.elapsed() > LIMIT {
+            break heard;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
         heard.contains("banned by the run's administrator: sent garbage"),
         "{heard}"

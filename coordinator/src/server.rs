@@ -142,12 +142,7 @@ fn status_of(core: &Core) -> Status {
         .collect();
     Status {
         run: core.name().to_string(),
-        phase: match (core.phase(), core.admin_state()) {
-            (Phase::Finished, a) if a.stopped => "stopped".into(),
-            (Phase::Finished, _) => "finished".into(),
-            (Phase::Training, a) if a.paused => "paused".into(),
-            (Phase::Training, _) => "training".into(),
-        },
+        phase: core.state().name().into(),
         round: core.round(),
         rounds: core.spec().rounds,
         loss_history: core.losses().to_vec(),

@@ -6,7 +6,7 @@ mod common;
 
 use common::{core, spec, Client};
 use tessera_compute::hf::tensor_shapes;
-use tessera_coordinator::core::{Action, ConnId, Core, Input, Phase};
+use tessera_coordinator::core::{Action, ConnId, Core, End, Input, Phase, RunState};
 use tessera_protocol::log::{AdminAction, LogEvent};
 use tessera_protocol::messages::{
     LogHead, NamedTensor, SessionMessage, SyncMode, Update, Verdict, Work,
@@ -579,6 +579,6 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
     again.restore_from_log(&events);
     assert_eq!(again.spec().rounds, 5);
     assert!(again.admin_state().banned.contains(&bob.key()));
-    assert!(again.admin_state().stopped && !again.admin_state().paused);
+    assert_eq!(again.state(), RunState::Finished(End::Stopped));
     assert_eq!(again.phase(), Phase::Finished);
 }

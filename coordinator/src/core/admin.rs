@@ -9,18 +9,15 @@ use std::collections::BTreeSet;
 use tessera_protocol::log::{AdminAction, LogEvent};
 use tessera_protocol::{PublicKey, ToContributor};
 
-use super::{Action, ConnId, Core, Phase};
+use super::{Action, ConnId, Core, End, RunState};
 
 /// The run parameters an administrator may change while the run goes on.
 pub const PARAMETERS: [&str; 3] = ["rounds", "unit_deadline_secs", "silence_secs"];
 
-/// What the administrator's acts have left in force.
+/// What the administrator's acts have left in force besides the run's state (paused or
+/// stopped, which [`RunState`] holds).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AdminState {
-    /// No new work is handed out.
-    pub paused: bool,
-    /// The run was stopped.
-    pub stopped: bool,
     /// Identities refused.
     pub banned: BTreeSet<PublicKey>,
 }
@@ -71,12 +68,13 @@ impl Core {
         if reason.len() > 1000 {
             return Err("the reason is longer than 1000 bytes".into());
         }
-        if self.admin.stopped || self.phase == Phase::Finished {
+        if !self.state.is_open() {
             return Err("the run has ended".into());
         }
+        let paused = self.state == RunState::Paused;
         match action {
-            AdminAction::Pause if self.admin.paused => Err("the run is already paused".into()),
-            AdminAction::Resume if !self.admin.paused => Err("the run is not paused".into()),
+            AdminAction::Pause if paused => Err("the run is already paused".into()),
+            AdminAction::Resume if !paused => Err("the run is not paused".into()),
             AdminAction::Pause | AdminAction::Resume | AdminAction::Stop => Ok(()),
             AdminAction::Set { param, value } => match param.as_str() {
                 "rounds" => {
@@ -118,14 +116,21 @@ impl Core {
     /// Puts a logged act into effect.
     fn apply_admin(&mut self, action: &AdminAction, reason: &str) {
         match action {
-            AdminAction::Pause => self.admin.paused = true,
-            AdminAction::Resume => self.admin.paused = false,
+            AdminAction::Pause => {
+                if self.state == RunState::Training {
+                    self.state = RunState::Paused;
+                }
+            }
+            AdminAction::Resume => {
+                if self.state == RunState::Paused {
+                    self.state = RunState::Training;
+                }
+            }
             AdminAction::Stop => {
-                self.admin.stopped = true;
-                if self.phase != Phase::Finished {
-                    self.phase = Phase::Finished;
+                if self.state.is_open() {
                     self.out.push(Action::Finished);
                 }
+                self.state = RunState::Finished(End::Stopped);
             }
             AdminAction::Set { param, value } => {
                 let Ok(n) = number(param, value) else { return };

@@ -16,6 +16,7 @@ mod replays;
 mod replica_checks;
 mod rounds;
 pub mod rules;
+mod run_state;
 mod sessions;
 pub mod spec;
 mod spec_builder;
@@ -31,6 +32,7 @@ use tessera_protocol::{Identity, PublicKey, ToContributor, ToCoordinator};
 use tessera_train::data::Sampler;
 
 pub use replica_checks::HeldOutScore;
+pub use run_state::{End, RunState};
 pub use spec::RunSpec;
 
 /// A transport connection.
@@ -244,7 +246,7 @@ pub struct Core {
     spec: RunSpec,
     id: Identity,
     now: u64,
-    phase: Phase,
+    state: RunState,
     weights: ModelParams<f32>,
     version: u64,
     losses: Vec<f64>,
@@ -324,17 +326,13 @@ impl Core {
         accepted: Vec<Contribution>,
     ) -> Self {
         let sampler = Sampler::new(spec.seed, spec.training_tokens(), spec.seq as usize);
-        let phase = if snap.round >= spec.rounds {
-            Phase::Finished
-        } else {
-            Phase::Training
-        };
+        let state = RunState::at(snap.round, spec.rounds);
         let round = rounds::Round::new(snap.round, spec.replicas);
         let mut core = Core {
             spec,
             id,
             now: 0,
-            phase,
+            state,
             weights: snap.weights,
             version: snap.version,
             losses: snap.losses,
@@ -409,9 +407,14 @@ impl Core {
         self.id.public()
     }
 
-    /// Current phase.
+    /// Current phase: training (or paused) or finished.
     pub fn phase(&self) -> Phase {
-        self.phase
+        self.state.phase()
+    }
+
+    /// Where the run stands.
+    pub fn state(&self) -> RunState {
+        self.state
     }
 
     /// The open round (equals the number of closed rounds).

@@ -11,7 +11,7 @@ use tessera_train::data::draw_index;
 use tessera_train::outer;
 use tessera_train::update::to_indexed;
 
-use super::{Action, ConnId, Contribution, Core, Phase, RoundSummary};
+use super::{Action, ConnId, Contribution, Core, End, RoundSummary, RunState};
 
 #[derive(Clone, Debug, PartialEq)]
 enum Slot {
@@ -126,7 +126,7 @@ impl Round {
 impl Core {
     /// Gives open slots to ready, idle, leased sessions (lowest connection first).
     pub(super) fn schedule(&mut self) {
-        if self.phase != Phase::Training || self.admin.paused {
+        if !self.state.hands_out_work() {
             return;
         }
         // Replays first: the round cannot close before they resolve.
@@ -408,7 +408,7 @@ impl Core {
     /// Closes the round once every slot is accepted, every replay resolved and the round's
     /// checks pass.
     pub(super) fn maybe_close_round(&mut self) {
-        if self.phase == Phase::Training
+        if self.state.is_open()
             && self.round.slots.iter().all(|s| matches!(s, Slot::Done(..)))
             && self.replays_resolved()
             && self.round_checks()
@@ -534,7 +534,7 @@ impl Core {
         }
         self.round = Round::new(closed + 1, self.spec.replicas);
         if self.round.number >= self.spec.rounds {
-            self.phase = Phase::Finished;
+            self.state = RunState::Finished(End::Completed);
             self.out.push(Action::Finished);
         }
     }

@@ -16,7 +16,7 @@ use tessera_train::sparseloco::SparseConfig;
 
 use super::route::Relay;
 use super::{Collecting, Cover, MicroBatch, Pipe, ShardState, Step};
-use crate::core::{Action, ConnId, Core, Phase, RoundSummary};
+use crate::core::{Action, ConnId, Core, End, RoundSummary, RunState};
 
 impl Step {
     /// Puts a running unit's micro-shards back in the queue.
@@ -101,7 +101,7 @@ impl Core {
         let Some(pipe) = self.pipe.as_ref() else {
             return;
         };
-        if self.phase != Phase::Training || !pipe.step.drained() {
+        if !self.state.is_open() || !pipe.step.drained() {
             return;
         }
         let ask: Vec<(u64, ConnId)> = pipe
@@ -332,7 +332,7 @@ impl Core {
         }
         self.round = crate::core::rounds::Round::new(number + 1, 0);
         if number + 1 >= self.spec.rounds {
-            self.phase = Phase::Finished;
+            self.state = RunState::Finished(End::Completed);
             self.out.push(Action::Finished);
         }
     }

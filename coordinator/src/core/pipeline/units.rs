@@ -10,7 +10,7 @@ use tessera_train::shards::{from_wire, to_wire};
 
 use super::route::Route;
 use super::{MicroBatch, Owed, PipeUnit, ShardId, ShardState};
-use crate::core::{ConnId, Core, Phase};
+use crate::core::{ConnId, Core};
 use std::ops::Range;
 
 /// What a unit's output decodes to.
@@ -33,7 +33,7 @@ impl Core {
     /// Gives every idle, ready pipeline lease a unit, then collects or closes the step when it
     /// drained.
     pub(in crate::core) fn schedule_pipeline(&mut self) {
-        if self.phase != Phase::Training || self.admin.paused {
+        if !self.state.hands_out_work() {
             return;
         }
         self.rebalance();
