@@ -79,7 +79,7 @@ impl Core {
             AdminAction::Set { param, value } => match param.as_str() {
                 "rounds" => {
                     let n = number(param, value)?;
-                    let done = self.round.number;
+                    let done = self.round();
                     if n <= done {
                         return Err(format!(
                             "rounds must stay above the {done} already closed (the open one is {done})"

@@ -8,6 +8,54 @@
 //! is accepted the round closes with the outer step. A unit names its round, slot and weight
 //! version, so pipeline units (micro-shard stages) can join the same tables later.
 
+// The regimes' own state, reached by field (so the borrow is of `regime` alone, beside the
+// core's other fields) in code that only one regime reaches. In the other regime `replicas!`
+// and `replicas_ref!` return from the function (its type's default, or the value after `or`);
+// `pipe!` and `pipe_mut!` give an `Option`.
+
+/// The whole-model regime's state (`&mut`).
+macro_rules! replicas {
+    ($core:expr) => {
+        replicas!($core, or Default::default())
+    };
+    ($core:expr, or $or:expr) => {
+        match &mut $core.regime {
+            $crate::core::Regime::Replicas(r) => r,
+            $crate::core::Regime::Pipeline(_) => return $or,
+        }
+    };
+}
+/// The whole-model regime's state (`&`).
+macro_rules! replicas_ref {
+    ($core:expr) => {
+        replicas_ref!($core, or Default::default())
+    };
+    ($core:expr, or $or:expr) => {
+        match &$core.regime {
+            $crate::core::Regime::Replicas(r) => r,
+            $crate::core::Regime::Pipeline(_) => return $or,
+        }
+    };
+}
+/// The pipeline's state (`Option<&Pipe>`).
+macro_rules! pipe {
+    ($core:expr) => {
+        match &$core.regime {
+            $crate::core::Regime::Pipeline(p) => Some(&**p),
+            $crate::core::Regime::Replicas(_) => None,
+        }
+    };
+}
+/// The pipeline's state (`Option<&mut Pipe>`).
+macro_rules! pipe_mut {
+    ($core:expr) => {
+        match &mut $core.regime {
+            $crate::core::Regime::Pipeline(p) => Some(&mut **p),
+            $crate::core::Regime::Replicas(_) => None,
+        }
+    };
+}
+
 pub mod admin;
 mod arbitration;
 pub mod credits;
@@ -241,6 +289,27 @@ pub struct Record {
     pub clean_steps: u64,
 }
 
+/// How a run trains, each regime with the state only it has.
+enum Regime {
+    /// Whole-model leases: rounds of replica slots.
+    Replicas(Box<Replicas>),
+    /// Micro-shard leases in a pipeline: optimizer steps of micro-batches.
+    Pipeline(Box<pipeline::Pipe>),
+}
+
+/// The whole-model regime's state.
+struct Replicas {
+    /// The open round.
+    round: rounds::Round,
+    /// The previous round's accepted updates (dense), to catch stale results sent again.
+    previous_updates: Vec<Vec<Vec<f32>>>,
+    /// Loss gains of the updates that passed a loss check, by round (this round's and the
+    /// last's are kept).
+    gains: Vec<(u64, f64)>,
+    /// The latest held-out checks (at most `replica_checks::KEPT_SCORES`).
+    held_out_scores: std::collections::VecDeque<replica_checks::HeldOutScore>,
+}
+
 /// The run state machine.
 pub struct Core {
     spec: RunSpec,
@@ -254,19 +323,12 @@ pub struct Core {
     sessions: BTreeMap<ConnId, sessions::Session>,
     /// Every identity's record, folded from the log as it is written.
     credits: credits::Credits,
-    round: rounds::Round,
-    pipe: Option<pipeline::Pipe>,
+    /// How the run trains, and that regime's own state.
+    regime: Regime,
     log: LogWriter,
     admin: admin::AdminState,
-    /// The previous round's accepted updates (dense), to catch stale results sent again.
-    previous_updates: Vec<Vec<Vec<f32>>>,
     /// The aggregate of the last closed round or step (what produced the current weights).
     aggregate: Option<ModelParams<f32>>,
-    /// Loss gains of the updates that passed a loss check, by round (this round's and the
-    /// last's are kept).
-    gains: Vec<(u64, f64)>,
-    /// The latest held-out checks (at most `replica_checks::KEPT_SCORES`).
-    held_out_scores: std::collections::VecDeque<replica_checks::HeldOutScore>,
     next_unit: u64,
     next_lease: u64,
     out: Vec<Action>,
@@ -325,9 +387,22 @@ impl Core {
         snap: Snapshot,
         accepted: Vec<Contribution>,
     ) -> Self {
-        let sampler = Sampler::new(spec.seed, spec.training_tokens(), spec.seq as usize);
+        let mut sampler = Sampler::new(spec.seed, spec.training_tokens(), spec.seq as usize);
         let state = RunState::at(snap.round, spec.rounds);
-        let round = rounds::Round::new(snap.round, spec.replicas);
+        let regime = match &spec.pipeline {
+            Some(ps) => {
+                let step = pipeline::Step::of(&spec, &mut sampler, snap.round);
+                let mut pipe = pipeline::Pipe::new(&spec.model, ps.stages.clone(), step);
+                pipe.moments = snap.moments;
+                Regime::Pipeline(Box::new(pipe))
+            }
+            None => Regime::Replicas(Box::new(Replicas {
+                round: rounds::Round::new(snap.round, spec.replicas),
+                previous_updates: Vec::new(),
+                gains: Vec::new(),
+                held_out_scores: Default::default(),
+            })),
+        };
         let mut core = Core {
             spec,
             id,
@@ -339,24 +414,15 @@ impl Core {
             sampler,
             sessions: BTreeMap::new(),
             credits: credits::Credits::default(),
-            round,
-            pipe: None,
+            regime,
             log: LogWriter::default(),
             admin: admin::AdminState::default(),
-            previous_updates: Vec::new(),
             aggregate: None,
-            gains: Vec::new(),
-            held_out_scores: Default::default(),
             next_unit: snap.next_unit,
             next_lease: snap.next_lease,
             out: Vec::new(),
         };
-        if let Some(ps) = core.spec.pipeline.clone() {
-            let step = core.new_step(snap.round);
-            let mut pipe = pipeline::Pipe::new(&core.spec.model, ps.stages, step);
-            pipe.moments = snap.moments;
-            core.pipe = Some(pipe);
-        } else {
+        if core.is_replicas() {
             for c in accepted {
                 core.restore_contribution(c);
             }
@@ -374,20 +440,26 @@ impl Core {
                 self.fatal(conn, format!("malformed frame: {error}"))
             }
             Input::Disconnected { conn } => self.drop_session(conn, None),
-            Input::Tick => {
-                self.expire();
-                self.expire_pipeline();
-            }
+            Input::Tick => match self.regime {
+                Regime::Replicas(_) => {
+                    self.expire_units();
+                    self.expire_sessions();
+                    self.expire_replays();
+                }
+                Regime::Pipeline(_) => {
+                    self.expire_sessions();
+                    self.expire_pipeline();
+                }
+            },
             Input::Admin {
                 request,
                 action,
                 reason,
             } => self.admin(request, action, reason),
         }
-        if self.pipe.is_some() {
-            self.schedule_pipeline();
-        } else {
-            self.schedule();
+        match self.regime {
+            Regime::Replicas(_) => self.schedule(),
+            Regime::Pipeline(_) => self.schedule_pipeline(),
         }
         std::mem::take(&mut self.out)
     }
@@ -417,9 +489,17 @@ impl Core {
         self.state
     }
 
-    /// The open round (equals the number of closed rounds).
+    /// The open round or step (equals the number of closed ones).
     pub fn round(&self) -> u64 {
-        self.round.number
+        match &self.regime {
+            Regime::Replicas(r) => r.round.number,
+            Regime::Pipeline(p) => p.step.number,
+        }
+    }
+
+    /// Whether the run trains whole-model replicas (not a pipeline).
+    fn is_replicas(&self) -> bool {
+        matches!(self.regime, Regime::Replicas(_))
     }
 
     /// Loss of each closed round.
@@ -445,13 +525,13 @@ impl Core {
     /// The snapshot to persist at a round boundary.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            round: self.round.number,
+            round: self.round(),
             version: self.version,
             weights: self.weights.clone(),
             losses: self.losses.clone(),
             next_unit: self.next_unit,
             next_lease: self.next_lease,
-            moments: self.pipe.as_ref().and_then(|p| p.moments.clone()),
+            moments: pipe!(self).and_then(|p| p.moments.clone()),
             aggregate: self.aggregate.clone(),
         }
     }
@@ -478,7 +558,7 @@ impl Core {
         let Some(lease) = lease else {
             return Vec::new();
         };
-        match self.pipe.as_ref() {
+        match pipe!(self) {
             Some(p) => p
                 .holdings
                 .get(&lease)
@@ -495,7 +575,10 @@ impl Core {
 
     /// Which slots of the open round are accepted.
     pub fn accepted_slots(&self) -> Vec<u64> {
-        self.round.accepted_slots()
+        match &self.regime {
+            Regime::Replicas(r) => r.round.accepted_slots(),
+            Regime::Pipeline(_) => Vec::new(),
+        }
     }
 
     fn send(&mut self, conn: ConnId, msg: ToContributor) {

@@ -71,7 +71,7 @@ fn agree(a: (&[Vec<f32>], f64), b: (&[Vec<f32>], f64), tol: f64) -> Result<(), S
 impl Core {
     /// Whether this run replays drawn whole-model units.
     pub(super) fn replays_on(&self) -> bool {
-        self.pipe.is_none() && self.spec.checks.as_ref().is_some_and(|c| c.replay)
+        self.is_replicas() && self.spec.checks.as_ref().is_some_and(|c| c.replay)
     }
 
     /// Whether a replay (`dense`, `loss_sum`) agrees with the replayed contribution: updates
@@ -96,7 +96,7 @@ impl Core {
 
     /// Draws the unit just accepted into `slot` for a replay.
     pub(super) fn draw_replay(&mut self, slot: u64, unit: u64, key: PublicKey) {
-        self.round.replays.cases.insert(
+        replicas!(self).round.replays.cases.insert(
             slot,
             Case {
                 unit,
@@ -110,12 +110,16 @@ impl Core {
 
     /// Whether every replay of the round is resolved.
     pub(super) fn replays_resolved(&self) -> bool {
-        self.round.replays.cases.is_empty()
+        replicas_ref!(self, or true).round.replays.cases.is_empty()
     }
 
     /// Whether `unit` is a replay in flight.
     pub(super) fn is_replay(&self, unit: u64) -> bool {
-        self.round.replays.running.contains_key(&unit)
+        replicas_ref!(self)
+            .round
+            .replays
+            .running
+            .contains_key(&unit)
     }
 
     fn cancel_replay(&mut self, unit: u64, conn: ConnId) {
@@ -129,8 +133,8 @@ impl Core {
 
     /// An auditor that will not answer (gone, late): the replay goes to another.
     pub(super) fn replay_lost(&mut self, unit: u64) {
-        if let Some(r) = self.round.replays.running.remove(&unit) {
-            if let Some(c) = self.round.replays.cases.get_mut(&r.slot) {
+        if let Some(r) = replicas!(self).round.replays.running.remove(&unit) {
+            if let Some(c) = replicas!(self).round.replays.cases.get_mut(&r.slot) {
                 c.tried.insert(r.key);
                 c.replay = None;
             }
@@ -139,7 +143,7 @@ impl Core {
 
     /// Replays past their deadline go to someone else.
     pub(super) fn expire_replays(&mut self) {
-        let late: Vec<(u64, ConnId)> = self
+        let late: Vec<(u64, ConnId)> = replicas!(self)
             .round
             .replays
             .running
@@ -157,7 +161,7 @@ impl Core {
     /// own, not one that already tried); resolves a case no connected contributor could ever
     /// take (while nobody is connected, after a restart say, it waits).
     pub(super) fn start_replays(&mut self) {
-        let waiting: Vec<u64> = self
+        let waiting: Vec<u64> = replicas!(self)
             .round
             .replays
             .cases
@@ -166,7 +170,7 @@ impl Core {
             .map(|(&s, _)| s)
             .collect();
         for slot in waiting {
-            let Some(case) = self.round.replays.cases.get(&slot) else {
+            let Some(case) = replicas_ref!(self).round.replays.cases.get(&slot) else {
                 continue;
             };
             let eligible: Vec<(ConnId, PublicKey, bool)> = self
@@ -205,10 +209,10 @@ impl Core {
             if let Some(s) = self.sessions.get_mut(&conn) {
                 s.unit = Some(unit);
             }
-            if let Some(c) = self.round.replays.cases.get_mut(&slot) {
+            if let Some(c) = replicas!(self).round.replays.cases.get_mut(&slot) {
                 c.replay = Some(unit);
             }
-            self.round.replays.running.insert(
+            replicas!(self).round.replays.running.insert(
                 unit,
                 Running {
                     slot,
@@ -227,17 +231,17 @@ impl Core {
     /// An auditor's answer: checked like any submission, then compared with the replayed unit.
     pub(super) fn replayed(&mut self, conn: ConnId, key: PublicKey, seq: u64, sub: Submission) {
         let unit = sub.unit;
-        let Some(r) = self.round.replays.running.get(&unit).cloned() else {
+        let Some(r) = replicas!(self).round.replays.running.get(&unit).cloned() else {
             return;
         };
         if r.conn != conn {
             return self.reject_foreign(conn, unit, key, seq);
         }
-        self.round.replays.running.remove(&unit);
+        replicas!(self).round.replays.running.remove(&unit);
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.unit = None;
         }
-        let Some(case) = self.round.replays.cases.get_mut(&r.slot) else {
+        let Some(case) = replicas!(self).round.replays.cases.get_mut(&r.slot) else {
             return;
         };
         case.replay = None;
@@ -266,13 +270,13 @@ impl Core {
         );
         let tol = self.spec.checks.as_ref().map_or(0.0, |c| c.round_tolerance);
         let mine = (dense.as_slice(), sub.loss_sum);
-        let Some(with_checked) = self
+        let Some(with_checked) = replicas_ref!(self)
             .round
             .slot_update(r.slot, case.unit)
             .map(|checked| self.agrees_with_checked(checked, mine, tol))
         else {
             // The slot was reopened meanwhile: nothing left to judge.
-            self.round.replays.cases.remove(&r.slot);
+            replicas!(self).round.replays.cases.remove(&r.slot);
             return;
         };
         let flops = self.unit_flops(sub.tokens);
@@ -283,7 +287,7 @@ impl Core {
         match arbitrate(key, with_checked, first) {
             Ruling::AskThird { why } => {
                 tracing::info!(slot = r.slot, "replay mismatch, asking a third: {why}");
-                if let Some(c) = self.round.replays.cases.get_mut(&r.slot) {
+                if let Some(c) = replicas!(self).round.replays.cases.get_mut(&r.slot) {
                     c.first = Some((key, dense, sub.loss_sum));
                 }
             }
@@ -318,10 +322,10 @@ impl Core {
         credited: Vec<PublicKey>,
         flops: f64,
     ) {
-        let Some(case) = self.round.replays.cases.remove(&slot) else {
+        let Some(case) = replicas!(self).round.replays.cases.remove(&slot) else {
             return;
         };
-        let round = self.round.number;
+        let round = self.round();
         self.log(LogEvent::Checked {
             key: case.key,
             step: round,
@@ -344,8 +348,8 @@ impl Core {
             CheckOutcome::Disputed(_) => true,
             CheckOutcome::Passed | CheckOutcome::Skipped(_) => false,
         };
-        if rerun && self.round.slot_update(slot, case.unit).is_some() {
-            self.round.reopen(slot);
+        if rerun && replicas!(self).round.slot_update(slot, case.unit).is_some() {
+            replicas!(self).round.reopen(slot);
             self.out.push(Action::Withdrawn { round, slot });
         }
     }

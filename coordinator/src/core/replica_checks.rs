@@ -191,12 +191,13 @@ impl Core {
         dense: &[Vec<f32>],
         checks: &ChecksSpec,
     ) -> Result<bool, String> {
-        let current = self.round.accepted_updates().count();
+        let rep = replicas_ref!(self, or Ok(false));
+        let current = rep.round.accepted_updates().count();
         let mine = top_positions(dense);
-        for (i, o) in self
+        for (i, o) in rep
             .round
             .accepted_updates()
-            .chain(self.previous_updates.iter())
+            .chain(rep.previous_updates.iter())
             .enumerate()
         {
             let top = overlap(&mine, &top_positions(o));
@@ -217,7 +218,7 @@ impl Core {
             }
         }
         let passed = self.credits.clean_steps(&key);
-        let h = super::digest(&("loss-check", self.spec.seed, self.round.number, slot, key));
+        let h = super::digest(&("loss-check", self.spec.seed, self.round(), slot, key));
         let draw =
             u64::from_le_bytes(h[..8].try_into().unwrap_or_default()) as f64 / u64::MAX as f64;
         Ok(draw < checks.rate(passed))
@@ -234,8 +235,8 @@ impl Core {
         if self.spec.checks.is_none() {
             return true;
         }
-        let round = self.round.number;
-        let done: Vec<(u64, PublicKey, Vec<Vec<f32>>)> = self
+        let round = self.round();
+        let done: Vec<(u64, PublicKey, Vec<Vec<f32>>)> = replicas!(self)
             .round
             .done()
             .into_iter()
@@ -264,7 +265,7 @@ impl Core {
         let reference: Vec<f64> = gains
             .iter()
             .map(|g| g.2)
-            .chain(self.gains.iter().map(|&(_, g)| g))
+            .chain(replicas!(self).gains.iter().map(|&(_, g)| g))
             .collect();
         let floor = GAIN_SHARE * median(&reference).max(0.0);
         for &(slot, key, gain, before, after) in &gains {
@@ -302,16 +303,16 @@ impl Core {
                     ),
                 ));
             }
-            if self.held_out_scores.len() == KEPT_SCORES {
-                self.held_out_scores.pop_front();
+            if replicas!(self).held_out_scores.len() == KEPT_SCORES {
+                replicas!(self).held_out_scores.pop_front();
             }
-            self.held_out_scores.push_back(score);
+            replicas!(self).held_out_scores.push_back(score);
         }
         for &(slot, key, gain, ..) in &gains {
             if failed.iter().any(|f| f.0 == slot) {
                 continue;
             }
-            self.gains.push((round, gain));
+            replicas!(self).gains.push((round, gain));
             self.log(LogEvent::Checked {
                 key,
                 step: round,
@@ -321,7 +322,7 @@ impl Core {
                 credited: Vec::new(),
             });
         }
-        self.round.drawn.clear();
+        replicas!(self).round.drawn.clear();
         for (slot, key, why) in &failed {
             self.log(LogEvent::Checked {
                 key: *key,
@@ -331,7 +332,7 @@ impl Core {
                 flops: 0.0,
                 credited: Vec::new(),
             });
-            self.round.reopen(*slot);
+            replicas!(self).round.reopen(*slot);
             self.out
                 .push(super::Action::Withdrawn { round, slot: *slot });
             self.close_refused(*key, format!("its update failed a check: {why}"));
@@ -352,7 +353,9 @@ impl Core {
             .iter()
             .filter(|(slot, ..)| !failed.iter().any(|f| f.0 == *slot))
             .collect();
-        let any_drawn = left.iter().any(|(s, ..)| self.round.drawn.contains(s));
+        let any_drawn = left
+            .iter()
+            .any(|(s, ..)| replicas!(self).round.drawn.contains(s));
         let held = self
             .spec
             .held_out_batch()
@@ -363,7 +366,7 @@ impl Core {
         let lr = self.spec.outer_lr / self.spec.replicas.max(1) as f32;
         let mut measured = Vec::new();
         for (slot, key, dense) in left {
-            let drawn = self.round.drawn.contains(slot);
+            let drawn = replicas!(self).round.drawn.contains(slot);
             if !drawn && held.is_none() {
                 continue;
             }
@@ -397,7 +400,11 @@ impl Core {
 
     /// The held-out checks of the latest rounds, oldest first (at most the last 1024).
     pub fn held_out_scores(&self) -> impl Iterator<Item = &HeldOutScore> {
-        self.held_out_scores.iter()
+        let scores = match &self.regime {
+            super::Regime::Replicas(r) => Some(r.held_out_scores.iter()),
+            super::Regime::Pipeline(_) => None,
+        };
+        scores.into_iter().flatten()
     }
 
     /// The first inner step's sequences of `slot` in the open round (what the unit trained on

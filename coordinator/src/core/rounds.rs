@@ -132,8 +132,8 @@ impl Core {
         // Replays first: the round cannot close before they resolve.
         self.start_replays();
         self.maybe_close_round();
-        for slot in 0..self.round.slots.len() {
-            if self.round.slots[slot] != Slot::Open {
+        for slot in 0..replicas!(self).round.slots.len() {
+            if replicas!(self).round.slots[slot] != Slot::Open {
                 continue;
             }
             let Some((&conn, _)) = self
@@ -146,8 +146,8 @@ impl Core {
             let unit = self.next_unit;
             self.next_unit += 1;
             let deadline = self.now + self.spec.unit_deadline_ms;
-            self.round.slots[slot] = Slot::Assigned(unit);
-            self.round.units.insert(
+            replicas!(self).round.slots[slot] = Slot::Assigned(unit);
+            replicas!(self).round.units.insert(
                 unit,
                 Unit {
                     slot: slot as u64,
@@ -168,7 +168,7 @@ impl Core {
     pub(super) fn slot_sample(&mut self, slot: u64, step: u64, mb: u64) -> std::ops::Range<usize> {
         let sp = &self.spec;
         let n = draw_index(
-            self.round.number,
+            self.round(),
             slot,
             sp.replicas,
             step,
@@ -193,12 +193,12 @@ impl Core {
         }
         let sp = &self.spec;
         let lrs = (0..h)
-            .map(|step| sp.inner_lr.at(self.round.number * h + step + 1) as f32)
+            .map(|step| sp.inner_lr.at(self.round() * h + step + 1) as f32)
             .collect();
         Work {
             unit,
             lease,
-            round: self.round.number,
+            round: self.round(),
             slot,
             weights: self.version,
             tokens: TensorPayload::from_u32(&[h as usize, b as usize, seq + 1], &tokens),
@@ -342,7 +342,7 @@ impl Core {
         if self.is_replay(unit) {
             return self.replayed(conn, key, seq, sub);
         }
-        let Some(u) = self.round.units.get(&unit).cloned() else {
+        let Some(u) = replicas!(self).round.units.get(&unit).cloned() else {
             return self.reject_unopen(conn, unit, key, seq);
         };
         if u.conn != conn {
@@ -353,28 +353,28 @@ impl Core {
             None => self.dense_update(&sub.result).map_err(|e| e.to_string()),
         };
         // Either way the unit is over for this contributor.
-        self.round.units.remove(&unit);
+        replicas!(self).round.units.remove(&unit);
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.unit = None;
         }
         let dense = match dense {
             Ok(d) => d,
             Err(why) => {
-                self.round.slots[u.slot as usize] = Slot::Open;
+                replicas!(self).round.slots[u.slot as usize] = Slot::Open;
                 return self.reject_submission(conn, key, seq, &sub, why);
             }
         };
         if let Some(checks) = self.spec.checks.clone() {
             match self.check_update(key, u.slot, &dense, &checks) {
                 Ok(true) => {
-                    self.round.drawn.insert(u.slot);
+                    replicas!(self).round.drawn.insert(u.slot);
                     if self.replays_on() {
                         self.draw_replay(u.slot, unit, key);
                     }
                 }
                 Ok(false) => {}
                 Err(why) => {
-                    self.round.slots[u.slot as usize] = Slot::Open;
+                    replicas!(self).round.slots[u.slot as usize] = Slot::Open;
                     self.reject(conn, unit, key, seq, why.clone());
                     return self.found_wrong(key, format!("its update failed a check: {why}"));
                 }
@@ -382,7 +382,7 @@ impl Core {
         }
         let result_digest = super::digest(&sub.result);
         let c = Contribution {
-            round: self.round.number,
+            round: self.round(),
             slot: u.slot,
             unit,
             contributor: key,
@@ -392,7 +392,7 @@ impl Core {
         };
         self.out.push(Action::Accepted(c.clone()));
         let flops = self.unit_flops(sub.tokens);
-        self.round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
+        replicas!(self).round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
         self.receipt(
             conn,
             unit,
@@ -409,7 +409,11 @@ impl Core {
     /// checks pass.
     pub(super) fn maybe_close_round(&mut self) {
         if self.state.is_open()
-            && self.round.slots.iter().all(|s| matches!(s, Slot::Done(..)))
+            && replicas!(self)
+                .round
+                .slots
+                .iter()
+                .all(|s| matches!(s, Slot::Done(..)))
             && self.replays_resolved()
             && self.round_checks()
         {
@@ -419,7 +423,7 @@ impl Core {
 
     /// Puts an accepted contribution back after a restart.
     pub(super) fn restore_contribution(&mut self, c: Contribution) {
-        if c.round != self.round.number || c.slot >= self.spec.replicas {
+        if c.round != self.round() || c.slot >= self.spec.replicas {
             return;
         }
         if let Ok(dense) = self.dense_update(&c.update) {
@@ -428,12 +432,12 @@ impl Core {
             // Whether it was drawn before the restart is not kept: a restored contribution is
             // checked (loss check, and replay where the run replays).
             if self.spec.checks.is_some() {
-                self.round.drawn.insert(c.slot);
+                replicas!(self).round.drawn.insert(c.slot);
                 if self.replays_on() {
                     self.draw_replay(c.slot, c.unit, c.contributor);
                 }
             }
-            self.round.slots[slot] = Slot::Done(Box::new(c), dense);
+            replicas!(self).round.slots[slot] = Slot::Done(Box::new(c), dense);
         }
         // A round whose slots were all restored closes at the first tick, once the log
         // continues where it stopped (its checks and close are entries of it).
@@ -441,7 +445,7 @@ impl Core {
 
     /// The outer step: median clip, mean, `theta -= outer_lr * mean`; broadcast; next round.
     fn close_round(&mut self) {
-        let slots = std::mem::take(&mut self.round.slots);
+        let slots = std::mem::take(&mut replicas!(self).round.slots);
         let mut updates = Vec::new();
         let mut contributors = Vec::new();
         let (mut tokens, mut loss_sum) = (0u64, 0.0f64);
@@ -454,14 +458,14 @@ impl Core {
             }
         }
         let (mean, clip_scales) = outer::aggregate(&updates, self.spec.clip_to_median);
-        self.previous_updates = updates;
-        let closed_round = self.round.number;
-        self.gains.retain(|&(r, _)| r == closed_round);
+        replicas!(self).previous_updates = updates;
+        let closed_round = self.round();
+        replicas!(self).gains.retain(|&(r, _)| r == closed_round);
         let mut aggregate = self.weights.zeros_like();
         for (dst, src) in aggregate.tensors_mut().into_iter().zip(&mean) {
             dst.clone_from(src);
         }
-        let closed = self.round.number;
+        let closed = self.round();
         let rule = super::rules::RunRules::of(&self.spec).step;
         super::rules::apply(&rule, closed, &mut self.weights, &mut None, &aggregate);
         let aggregate_digest = super::weights_digest(&aggregate);
@@ -526,14 +530,14 @@ impl Core {
             self.send(conn, msg);
         }
         // Units still running on this round are void.
-        for (id, u) in std::mem::take(&mut self.round.units) {
+        for (id, u) in std::mem::take(&mut replicas!(self).round.units) {
             if let Some(s) = self.sessions.get_mut(&u.conn) {
                 s.unit = None;
             }
             self.send(u.conn, ToContributor::Cancel { unit: id });
         }
-        self.round = Round::new(closed + 1, self.spec.replicas);
-        if self.round.number >= self.spec.rounds {
+        replicas!(self).round = Round::new(closed + 1, self.spec.replicas);
+        if self.round() >= self.spec.rounds {
             self.state = RunState::Finished(End::Completed);
             self.out.push(Action::Finished);
         }

@@ -158,16 +158,16 @@ impl Core {
                         }
                     }
                     SessionMessage::Heartbeat { .. } => {}
-                    SessionMessage::Submit(sub) if self.pipe.is_none() => {
+                    SessionMessage::Submit(sub) if self.is_replicas() => {
                         self.submit(conn, key, seq, sub)
                     }
-                    SessionMessage::Output(o) if self.pipe.is_some() => {
+                    SessionMessage::Output(o) if !self.is_replicas() => {
                         self.output(conn, key, seq, o)
                     }
-                    SessionMessage::Grads(g) if self.pipe.is_some() => {
+                    SessionMessage::Grads(g) if !self.is_replicas() => {
                         self.grads(conn, key, seq, g)
                     }
-                    SessionMessage::Audited(r) if self.pipe.is_some() => {
+                    SessionMessage::Audited(r) if !self.is_replicas() => {
                         self.audited(conn, key, seq, r)
                     }
                     SessionMessage::Submit(_)
@@ -202,7 +202,7 @@ impl Core {
 
     /// Gives the session a whole-model lease if its budget allows, and sends the weights.
     fn offer_lease(&mut self, conn: ConnId) {
-        if self.pipe.is_some() {
+        if !self.is_replicas() {
             return self.offer_pipeline_lease(conn);
         }
         let need = self.spec.replica_bytes();
@@ -291,7 +291,7 @@ impl Core {
                     reason: why.unwrap_or_else(|| "disconnected".into()),
                 });
             }
-            if self.pipe.is_some() {
+            if !self.is_replicas() {
                 if let Some(lease) = s.lease {
                     self.pipeline_lease_lost(lease);
                 }
@@ -299,16 +299,16 @@ impl Core {
                 if self.is_replay(unit) {
                     self.replay_lost(unit);
                 } else {
-                    self.round.requeue(unit);
+                    replicas!(self).round.requeue(unit);
                 }
             }
         }
     }
 
-    /// Re-queues units past their deadline and drops silent sessions.
-    pub(super) fn expire(&mut self) {
+    /// Whole-model runs: re-queues units past their deadline.
+    pub(super) fn expire_units(&mut self) {
         let now = self.now;
-        for (conn, unit) in self.round.expired(now) {
+        for (conn, unit) in replicas!(self).round.expired(now) {
             if let Some(s) = self.sessions.get_mut(&conn) {
                 if s.unit == Some(unit) {
                     s.unit = None;
@@ -316,6 +316,11 @@ impl Core {
             }
             self.send(conn, ToContributor::Cancel { unit });
         }
+    }
+
+    /// Drops silent sessions.
+    pub(super) fn expire_sessions(&mut self) {
+        let now = self.now;
         let silent: Vec<ConnId> = self
             .sessions
             .iter()
@@ -329,6 +334,5 @@ impl Core {
             });
             self.drop_session(c, Some("silent".into()));
         }
-        self.expire_replays();
     }
 }

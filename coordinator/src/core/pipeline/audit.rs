@@ -183,7 +183,7 @@ impl Core {
         };
         let passed = self.credits.clean_steps(&key);
         let seed = self.spec.seed;
-        let Some(pipe) = self.pipe.as_mut() else {
+        let Some(pipe) = pipe_mut!(self) else {
             return false;
         };
         let step = &mut pipe.step;
@@ -213,7 +213,7 @@ impl Core {
 
     /// The micro-shards a unit names, as places in the pipeline.
     fn cells_of(&self, w: &PipeWork) -> Option<Vec<ShardId>> {
-        let pipe = self.pipe.as_ref()?;
+        let pipe = pipe!(self)?;
         w.shards
             .iter()
             .map(|spec| {
@@ -228,7 +228,7 @@ impl Core {
 
     /// Floating-point operations of running `units` (credits of an auditor).
     fn units_flops(&self, units: &[PipeWork]) -> f64 {
-        let Some(pipe) = self.pipe.as_ref() else {
+        let Some(pipe) = pipe!(self) else {
             return 0.0;
         };
         units
@@ -251,7 +251,7 @@ impl Core {
 
     /// Starts the checks of a drained, collected step; true once every one is resolved.
     pub(super) fn audits_resolved(&mut self) -> bool {
-        let Some(pipe) = self.pipe.as_ref() else {
+        let Some(pipe) = pipe!(self) else {
             return true;
         };
         let waiting: Vec<u64> = pipe
@@ -264,7 +264,7 @@ impl Core {
         for lease in waiting {
             self.start_audit(lease, None);
         }
-        self.pipe.as_ref().is_none_or(|p| {
+        pipe!(self).is_none_or(|p| {
             p.step
                 .audits
                 .values()
@@ -275,7 +275,7 @@ impl Core {
     /// Sends `lease`'s units to an auditor (a third party when `first` holds the first
     /// auditor's answer), or resolves the check when nobody can run it.
     fn start_audit(&mut self, lease: u64, first: Option<FirstAnswer>) {
-        let Some(pipe) = self.pipe.as_ref() else {
+        let Some(pipe) = pipe!(self) else {
             return;
         };
         let Some(a) = pipe.step.audits.get(&lease) else {
@@ -336,11 +336,7 @@ impl Core {
             })
             .collect();
         let step = pipe.step.number;
-        if let Some(a) = self
-            .pipe
-            .as_mut()
-            .and_then(|p| p.step.audits.get_mut(&lease))
-        {
+        if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&lease)) {
             a.phase = AuditPhase::Running {
                 audit,
                 lease: by,
@@ -369,7 +365,7 @@ impl Core {
         seq: u64,
         r: AuditResult,
     ) {
-        let found = self.pipe.as_ref().and_then(|p| {
+        let found = pipe!(self).and_then(|p| {
             p.step.audits.iter().find_map(|(&l, a)| match &a.phase {
                 AuditPhase::Running { audit, conn: c, .. } if *audit == r.audit && *c == conn => {
                     Some((l, a.clone()))
@@ -442,11 +438,7 @@ impl Core {
         match arbitrate(key, with_checked, with_first) {
             Ruling::AskThird { why } => {
                 tracing::info!(lease, "check mismatch, asking a third party: {why}");
-                if let Some(a) = self
-                    .pipe
-                    .as_mut()
-                    .and_then(|p| p.step.audits.get_mut(&lease))
-                {
+                if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&lease)) {
                     a.tried.insert(by);
                 }
                 self.start_audit(lease, Some((key, r.outputs, sums)));
@@ -480,11 +472,7 @@ impl Core {
         why: String,
     ) {
         self.reject(conn, audit, key, seq, why.clone());
-        if let Some(a) = self
-            .pipe
-            .as_mut()
-            .and_then(|p| p.step.audits.get_mut(&lease))
-        {
+        if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&lease)) {
             if let AuditPhase::Running {
                 lease: by, first, ..
             } = a.phase.clone()
@@ -508,7 +496,7 @@ impl Core {
         credited: Vec<PublicKey>,
         flops: f64,
     ) {
-        let Some(pipe) = self.pipe.as_mut() else {
+        let Some(pipe) = pipe_mut!(self) else {
             return;
         };
         let step = pipe.step.number;
@@ -542,10 +530,7 @@ impl Core {
     /// failing whole-model update): a failed check goes into the log, which takes its credits
     /// and refuses it (a restarted coordinator too), then its sessions close.
     pub(in crate::core) fn found_wrong(&mut self, key: PublicKey, why: String) {
-        let step = match self.pipe.as_ref() {
-            Some(p) => p.step.number,
-            None => self.round.number,
-        };
+        let step = self.round();
         self.log(LogEvent::Checked {
             key,
             step,
@@ -572,7 +557,7 @@ impl Core {
 
     /// Whether a resolved check means the step cannot commit, and why.
     pub(super) fn audit_failure(&self) -> Option<String> {
-        let pipe = self.pipe.as_ref()?;
+        let pipe = pipe!(self)?;
         pipe.step.audits.values().find_map(|a| match &a.phase {
             AuditPhase::Resolved(CheckOutcome::Failed(w))
             | AuditPhase::Resolved(CheckOutcome::AuditorFailed(w))
@@ -586,7 +571,7 @@ impl Core {
     /// Audits whose auditor is gone or late run elsewhere.
     pub(in crate::core) fn expire_audits(&mut self, lost: Option<u64>) {
         let now = self.now;
-        let Some(pipe) = self.pipe.as_mut() else {
+        let Some(pipe) = pipe_mut!(self) else {
             return;
         };
         let redo: Vec<(u64, u64, Option<FirstAnswer>)> = pipe
@@ -604,11 +589,7 @@ impl Core {
             })
             .collect();
         for (lease, by, first) in redo {
-            if let Some(a) = self
-                .pipe
-                .as_mut()
-                .and_then(|p| p.step.audits.get_mut(&lease))
-            {
+            if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&lease)) {
                 a.tried.insert(by);
                 a.phase = AuditPhase::Recording;
             }

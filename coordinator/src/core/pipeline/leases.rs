@@ -69,7 +69,7 @@ impl Pipe {
 impl Core {
     /// Gives the session a pipeline lease sized to its budget and sends its weights.
     pub(in crate::core) fn offer_pipeline_lease(&mut self, conn: ConnId) {
-        let (Some(pipe), Some(ps)) = (self.pipe.as_ref(), self.spec.pipeline.as_ref()) else {
+        let (Some(pipe), Some(ps)) = (pipe!(self), self.spec.pipeline.as_ref()) else {
             return;
         };
         let Some(s) = self.sessions.get(&conn) else {
@@ -128,7 +128,7 @@ impl Core {
             };
             self.log(event);
         }
-        if let Some(p) = self.pipe.as_mut() {
+        if let Some(p) = pipe_mut!(self) {
             p.holdings.insert(lease, Holding { conn, shards });
         }
         self.send(conn, msg);
@@ -139,7 +139,7 @@ impl Core {
 
     /// The `Weights` frames of a lease's micro-shards at the current version.
     pub(super) fn weight_frames(&self, lease: u64, shards: &[ShardId]) -> Vec<ToContributor> {
-        let Some(pipe) = self.pipe.as_ref() else {
+        let Some(pipe) = pipe!(self) else {
             return Vec::new();
         };
         let chunk = self.spec.weights_frame_elems.max(1);
@@ -171,7 +171,7 @@ impl Core {
     /// an idle lease whose micro-shards all have other replicas onto it, so the step can go on.
     /// Only a lease that owes nothing for the open step moves: no gradient sum is lost.
     pub(in crate::core) fn rebalance(&mut self) {
-        let Some(pipe) = self.pipe.as_ref() else {
+        let Some(pipe) = pipe!(self) else {
             return;
         };
         let reps = pipe.replicas();
@@ -213,7 +213,7 @@ impl Core {
             lease,
             "re-leasing a spare replica onto an uncovered micro-shard"
         );
-        if let Some(p) = self.pipe.as_mut() {
+        if let Some(p) = pipe_mut!(self) {
             p.holdings.remove(&lease);
         }
         self.offer_pipeline_lease(conn);
@@ -223,7 +223,7 @@ impl Core {
     /// gradient sums it had not yet delivered.
     pub(in crate::core) fn pipeline_lease_lost(&mut self, lease: u64) {
         self.expire_audits(Some(lease));
-        let Some(pipe) = self.pipe.as_mut() else {
+        let Some(pipe) = pipe_mut!(self) else {
             return;
         };
         pipe.holdings.remove(&lease);

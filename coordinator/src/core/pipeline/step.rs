@@ -16,7 +16,8 @@ use tessera_train::sparseloco::SparseConfig;
 
 use super::route::Relay;
 use super::{Collecting, Cover, MicroBatch, Pipe, ShardState, Step};
-use crate::core::{Action, ConnId, Core, End, RoundSummary, RunState};
+use crate::core::{Action, ConnId, Core, End, Regime, RoundSummary, RunSpec, RunState};
+use tessera_train::data::Sampler;
 
 impl Step {
     /// Puts a running unit's micro-shards back in the queue.
@@ -45,10 +46,9 @@ impl Step {
     }
 }
 
-impl Core {
-    /// The micro-batches of step `number`, from the seed alone.
-    pub(in crate::core) fn new_step(&mut self, number: u64) -> Step {
-        let sp = &self.spec;
+impl Step {
+    /// Step `number` of the run `sp`: its micro-batches, drawn from the seed alone.
+    pub(in crate::core) fn of(sp: &RunSpec, sampler: &mut Sampler, number: u64) -> Step {
         let stages: Vec<usize> = sp
             .pipeline
             .as_ref()
@@ -65,8 +65,8 @@ impl Core {
         let mut count = 0;
         for mb in 0..m {
             let n = draw_index(number, 0, 1, 0, 1, mb, m);
-            let s = self.sampler.sample(n);
-            let row = &self.spec.tokens[self.sampler.span(s)];
+            let s = sampler.sample(n);
+            let row = &sp.tokens[sampler.span(s)];
             let (ids, targets) = (row[..seq].to_vec(), row[1..].to_vec());
             count += targets.iter().filter(|&&t| t != IGNORE).count();
             let head = stages.last().copied().unwrap_or(0);
@@ -87,18 +87,20 @@ impl Core {
             units: BTreeMap::new(),
             owed: BTreeMap::new(),
             collecting: BTreeMap::new(),
-            grads: ModelParams::zeros(&self.spec.model),
+            grads: ModelParams::zeros(&sp.model),
             count,
             contributors: BTreeSet::new(),
             selected: BTreeMap::new(),
             audits: BTreeMap::new(),
         }
     }
+}
 
+impl Core {
     /// Once the step drained: asks every lease that owes gradient sums for them; once all are in,
     /// closes the step.
     pub(super) fn collect_or_close(&mut self) {
-        let Some(pipe) = self.pipe.as_ref() else {
+        let Some(pipe) = pipe!(self) else {
             return;
         };
         if !self.state.is_open() || !pipe.step.drained() {
@@ -116,7 +118,7 @@ impl Core {
             let unit = self.next_unit;
             self.next_unit += 1;
             let deadline = self.now + self.spec.unit_deadline_ms;
-            if let Some(p) = self.pipe.as_mut() {
+            if let Some(p) = pipe_mut!(self) {
                 p.step.collecting.insert(
                     lease,
                     Collecting {
@@ -128,7 +130,7 @@ impl Core {
             }
             self.send(conn, ToContributor::Collect { unit, lease, step });
         }
-        let done = self.pipe.as_ref().is_some_and(|p| {
+        let done = pipe!(self).is_some_and(|p| {
             p.step.collecting.is_empty() && p.step.owed.values().all(Vec::is_empty)
         });
         if done && self.audits_resolved() {
@@ -142,7 +144,7 @@ impl Core {
     /// Throws the open step's results away and runs it again from the same weights (every
     /// lease's gradient sums were collected, so none holds any).
     fn discard_step(&mut self, reason: String) {
-        let Some(number) = self.pipe.as_ref().map(|p| p.step.number) else {
+        let Some(number) = pipe!(self).map(|p| p.step.number) else {
             return;
         };
         tracing::warn!(step = number, "step discarded: {reason}");
@@ -150,8 +152,8 @@ impl Core {
             step: number,
             reason,
         });
-        let fresh = self.new_step(number);
-        if let Some(p) = self.pipe.as_mut() {
+        let fresh = Step::of(&self.spec, &mut self.sampler, number);
+        if let Some(p) = pipe_mut!(self) {
             p.step = fresh;
         }
     }
@@ -161,14 +163,10 @@ impl Core {
         let unit = g.unit;
         match self.check_grads(conn, &g) {
             Ok(sums) => {
-                if let Some(a) = self
-                    .pipe
-                    .as_mut()
-                    .and_then(|p| p.step.audits.get_mut(&g.lease))
-                {
+                if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&g.lease)) {
                     a.sums = Some(sums.clone());
                 }
-                if let Some(p) = self.pipe.as_mut() {
+                if let Some(p) = pipe_mut!(self) {
                     for t in &sums {
                         // Checked above: cannot fail.
                         let _ = t.add_into(&self.spec.model, &mut p.step.grads);
@@ -200,7 +198,7 @@ impl Core {
         conn: ConnId,
         g: &StepGrads,
     ) -> Result<Vec<tessera_compute::shard::ShardTensors>, String> {
-        let pipe = self.pipe.as_ref().ok_or("this run has no pipeline")?;
+        let pipe = pipe!(self).ok_or("this run has no pipeline")?;
         let c = pipe
             .step
             .collecting
@@ -271,7 +269,7 @@ impl Core {
     /// The optimizer step: global-norm clip, AdamW (or SGD) on the authoritative state, new
     /// weights to every lease, next step.
     fn close_step(&mut self) {
-        let Some(mut pipe) = self.pipe.take() else {
+        let Regime::Pipeline(pipe) = &mut self.regime else {
             return;
         };
         let number = pipe.step.number;
@@ -279,11 +277,17 @@ impl Core {
         let rule = crate::core::rules::RunRules::of(&self.spec).step;
         let scale =
             crate::core::rules::apply(&rule, number, &mut self.weights, &mut pipe.moments, &grads);
+        let loss_sum: f64 = pipe.step.mbs.iter().map(|m| m.loss_sum).sum();
+        let count = pipe.step.count;
+        let contributors = pipe.step.contributors.iter().copied().collect();
+        let holdings: Vec<(u64, ConnId, Vec<_>)> = pipe
+            .holdings
+            .iter()
+            .map(|(&l, h)| (l, h.conn, h.shards.clone()))
+            .collect();
         let aggregate = crate::core::weights_digest(&grads);
         self.aggregate = Some(grads);
         self.version += 1;
-        let loss_sum: f64 = pipe.step.mbs.iter().map(|m| m.loss_sum).sum();
-        let count = pipe.step.count;
         let loss = if count > 0 {
             loss_sum / count as f64
         } else {
@@ -302,15 +306,9 @@ impl Core {
             version: self.version,
             loss,
             tokens: count as u64,
-            contributors: pipe.step.contributors.iter().copied().collect(),
+            contributors,
             clip_scales: vec![scale],
         }));
-        let holdings: Vec<(u64, ConnId, Vec<_>)> = pipe
-            .holdings
-            .iter()
-            .map(|(&l, h)| (l, h.conn, h.shards.clone()))
-            .collect();
-        self.pipe = Some(pipe);
         for (lease, conn, shards) in holdings {
             let frames = self.weight_frames(lease, &shards);
             self.send(
@@ -326,11 +324,10 @@ impl Core {
                 self.send(conn, f);
             }
         }
-        let next = self.new_step(number + 1);
-        if let Some(p) = self.pipe.as_mut() {
+        let next = Step::of(&self.spec, &mut self.sampler, number + 1);
+        if let Some(p) = pipe_mut!(self) {
             p.step = next;
         }
-        self.round = crate::core::rounds::Round::new(number + 1, 0);
         if number + 1 >= self.spec.rounds {
             self.state = RunState::Finished(End::Completed);
             self.out.push(Action::Finished);

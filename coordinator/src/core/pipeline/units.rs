@@ -55,7 +55,7 @@ impl Core {
     /// the lease holds every micro-shard of consecutive open stages (never the head), one span
     /// unit covers them all.
     fn pick_task(&self, lease: u64) -> Option<(usize, Range<usize>, Pass, Vec<ShardId>)> {
-        let pipe = self.pipe.as_ref()?;
+        let pipe = pipe!(self)?;
         let held = &pipe.holdings.get(&lease)?.shards;
         let last = pipe.stages.len() - 1;
         let open = |mb: &MicroBatch, stage: usize, pass: Pass| -> Vec<usize> {
@@ -136,7 +136,7 @@ impl Core {
         let unit = self.next_unit;
         self.next_unit += 1;
         let deadline = self.now + self.spec.unit_deadline_ms;
-        let (Some(pipe), Some(ps)) = (self.pipe.as_mut(), self.spec.pipeline.as_ref()) else {
+        let (Some(pipe), Some(ps)) = (pipe_mut!(self), self.spec.pipeline.as_ref()) else {
             return;
         };
         let seq = self.spec.seq as usize;
@@ -218,12 +218,7 @@ impl Core {
         o: UnitOutput,
     ) {
         let unit = o.unit;
-        let Some(u) = self
-            .pipe
-            .as_ref()
-            .and_then(|p| p.step.units.get(&unit))
-            .cloned()
-        else {
+        let Some(u) = pipe!(self).and_then(|p| p.step.units.get(&unit)).cloned() else {
             return self.reject_unopen(conn, unit, key, seq);
         };
         if u.conn != conn || u.lease != o.lease {
@@ -241,7 +236,7 @@ impl Core {
         } else {
             self.decode_output(&u, &o.result)
         };
-        let Some(pipe) = self.pipe.as_mut() else {
+        let Some(pipe) = pipe_mut!(self) else {
             return;
         };
         let folded = match folded {
@@ -307,7 +302,7 @@ impl Core {
         let params: u64 = u
             .cells
             .iter()
-            .map(|&(s, i)| self.pipe.as_ref().map_or(0, |p| p.params[s][i]))
+            .map(|&(s, i)| pipe!(self).map_or(0, |p| p.params[s][i]))
             .sum();
         let flops = per_token * params as f64 * self.spec.seq as f64;
         let credit = (self.spec.seq, flops);
@@ -344,7 +339,7 @@ impl Core {
     }
 
     fn decode_output(&self, u: &PipeUnit, r: &PipeResult) -> Result<Folded, String> {
-        let pipe = self.pipe.as_ref().ok_or("no pipeline")?;
+        let pipe = pipe!(self).ok_or("no pipeline")?;
         let last = pipe.stages.len() - 1;
         let (seq, d) = (self.spec.seq as usize, self.spec.model.hidden_size);
         if u.stages.len() > 1 {
@@ -447,7 +442,7 @@ impl Core {
     pub(in crate::core) fn expire_pipeline(&mut self) {
         self.expire_audits(None);
         let now = self.now;
-        let Some(pipe) = self.pipe.as_mut() else {
+        let Some(pipe) = pipe_mut!(self) else {
             return;
         };
         let late: Vec<(u64, ConnId)> = pipe
