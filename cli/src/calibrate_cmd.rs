@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use tessera_compute::{Gpu, GpuOptions};
-use tessera_protocol::{decode, encode};
+use tessera_protocol::{decode_since, encode, WORK_FORMAT_SINCE};
 use tessera_worker::calibrate::{calibrate, compare, Calibration, CalibrationSpec};
 
 use crate::plan_cmd::model;
@@ -48,7 +48,8 @@ const MARGIN: f64 = 10.0;
 
 fn read(path: &PathBuf) -> Result<Calibration> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    decode(&bytes, usize::MAX)
+    // Files of earlier protocol versions read as long as the records' encoding is unchanged.
+    decode_since(&bytes, usize::MAX, WORK_FORMAT_SINCE)
         .with_context(|| format!("{} is not a calibration file", path.display()))
 }
 

@@ -13,10 +13,12 @@ use tessera_compute::hf::params_from_safetensors;
 use tessera_compute::ModelConfig;
 use tessera_coordinator::core::weights_digest;
 use tessera_coordinator::store::Store;
-use tessera_protocol::identity::{hex, unhex};
-use tessera_protocol::log::{verify_chain, LogError, LogEvent, SignedEntry};
+use tessera_protocol::identity::hex;
+use tessera_protocol::log::{
+    verify_stored, LogError, LogEvent, SignedEntry, StoredEntry, LOG_VERSION,
+};
 use tessera_protocol::messages::LogHead;
-use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
+use tessera_protocol::signed::signing_bytes;
 use tessera_protocol::PublicKey;
 
 /// Where a run's log and checkpoints are, and whose key holds the log (`verify`, `fork`).
@@ -104,7 +106,8 @@ fn check_receipts(entries: &[SignedEntry], key: &PublicKey, path: &Path) -> Resu
     Ok(receipts.len())
 }
 
-/// The log as a file: the coordinator's key and every signed entry (hex of its encoding).
+/// The log as a file: the coordinator's key and every signed entry as stored (see
+/// `StoredEntry::encode`; bare hex in a version-1 log).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LogFile {
     coordinator: String,
@@ -153,42 +156,38 @@ async fn from_store(dir: &Path) -> Result<LogFile> {
     let mut entries = Vec::new();
     let mut from = 0;
     loop {
-        let page = store.read_log(from, 1000).await?;
+        let page = store.read_log_stored(from, 1000).await?;
         if page.is_empty() {
             break;
         }
         from += page.len() as u64;
-        entries.extend(page);
+        entries.extend(
+            page.into_iter()
+                .map(|(index, signed)| Line { index, signed }),
+        );
     }
     let coordinator = entries
         .first()
-        .and_then(|e| match &e.entry.event {
+        .and_then(|l| StoredEntry::decode(&l.signed).ok())
+        .and_then(|e| match e.upgrade().entry.event {
             LogEvent::Started { coordinator, .. } => Some(coordinator.to_string()),
             _ => None,
         })
         .unwrap_or_default();
     Ok(LogFile {
         coordinator,
-        entries: entries
-            .iter()
-            .map(|e| Line {
-                index: e.entry.index,
-                signed: hex(&signing_bytes(e).unwrap_or_default()),
-            })
-            .collect(),
+        entries,
     })
 }
 
-fn decode(file: &LogFile) -> Result<Vec<SignedEntry>, LogError> {
+fn decode(file: &LogFile) -> Result<Vec<StoredEntry>, LogError> {
     file.entries
         .iter()
         .map(|l| {
-            let bad = |why: String| LogError {
+            StoredEntry::decode(&l.signed).map_err(|why| LogError {
                 index: l.index,
                 why,
-            };
-            let bytes = unhex(&l.signed).map_err(bad)?;
-            from_signing_bytes(&bytes).map_err(|e| bad(format!("does not decode: {e}")))
+            })
         })
         .collect()
 }
@@ -305,8 +304,17 @@ pub fn check_chain(
     let key_hex = key_hex.unwrap_or(&file.coordinator);
     let key = PublicKey::from_hex(key_hex)
         .with_context(|| format!("{key_hex:?} is not a coordinator key"))?;
-    let entries = decode(file)?;
-    let head = verify_chain(&entries, &key, None)?;
+    let checked = verify_stored(decode(file)?, &key, None)?;
+    let (entries, head) = (checked.entries, checked.head);
+    println!(
+        "log format version {}{}",
+        checked.version,
+        if checked.version < LOG_VERSION {
+            format!(" (an earlier format; this build writes version {LOG_VERSION})")
+        } else {
+            String::new()
+        }
+    );
     if let Some(first) = entries.first() {
         match &first.entry.event {
             LogEvent::Started { coordinator, .. } if *coordinator == key => {}

@@ -23,6 +23,10 @@ fn version_1_logs_verify_as_they_did() {
         let log = data(&format!("v1-logs/{name}.json"));
         let (ok, text) = verify(&log);
         assert!(ok, "{name} verifies: {text}");
+        assert!(
+            text.contains("log format version 1 (an earlier format"),
+            "{name}: verify says which version it read: {text}"
+        );
         let before = std::fs::read_to_string(data(&format!("v1-logs/{name}.verify.txt"))).unwrap();
         for line in before.lines().filter(|l| !l.trim().is_empty()) {
             assert!(

@@ -258,8 +258,8 @@ pub async fn run(
                             cfg = Some(c);
                         }
                     }
-                    ToContributor::Error { message, .. } => post(&Report::Note {
-                        text: message.clone(),
+                    ToContributor::Error { reason, .. } => post(&Report::Note {
+                        text: reason.to_string(),
                     }),
                     _ => {}
                 }

@@ -12,8 +12,8 @@ mod common;
 
 use common::unit_fixture::{grad_values, rel, result_error, weights, Fixture};
 use tessera_compute::{Gpu, ModelConfig};
-use tessera_protocol::decode;
 use tessera_protocol::messages::SyncMode;
+use tessera_protocol::{decode_since, WORK_FORMAT_SINCE};
 use tessera_worker::pipeline::PipeReplica;
 use wasm_bindgen_test::*;
 
@@ -23,9 +23,10 @@ const TOLERANCE: f64 = 1e-4;
 
 #[wasm_bindgen_test]
 async fn browser_units_match_native_units() {
-    let f: Fixture = decode(
+    let f: Fixture = decode_since(
         include_bytes!("../../tests/fixtures/pipeline-unit.bin"),
         usize::MAX,
+        WORK_FORMAT_SINCE,
     )
     .expect("the fixture");
     let cfg = ModelConfig::from_hf_json(&f.config_json).expect("config");
@@ -64,9 +65,10 @@ async fn browser_units_match_native_units() {
 
 #[wasm_bindgen_test]
 async fn an_audit_in_the_browser_matches_native_results_and_leaves_its_own_sums_alone() {
-    let f: Fixture = decode(
+    let f: Fixture = decode_since(
         include_bytes!("../../tests/fixtures/pipeline-unit.bin"),
         usize::MAX,
+        WORK_FORMAT_SINCE,
     )
     .expect("the fixture");
     let cfg = ModelConfig::from_hf_json(&f.config_json).expect("config");

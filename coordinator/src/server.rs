@@ -15,9 +15,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tessera_protocol::log::AdminAction;
+use tessera_protocol::log::{AdminAction, StoredEntry};
 use tessera_protocol::messages::ContributorKind;
-use tessera_protocol::{decode, encode, ToContributor, ToCoordinator, MAX_FRAME_BYTES};
+use tessera_protocol::{
+    decode, encode, Code, ProtocolError, Reason, ToContributor, ToCoordinator, MAX_FRAME_BYTES,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use crate::admin_http::{AdminRequest, AdminResponse, AdminToken};
@@ -319,8 +321,9 @@ struct LogQuery {
     limit: Option<u64>,
 }
 
-/// A page of the run log: each entry as hex of its postcard encoding (what `verify_chain`
-/// checks), with its index, hash and a readable form.
+/// A page of the run log: each entry as stored (`StoredEntry::encode`: the format version and
+/// the hex of its postcard encoding, what `verify_stored` checks), with its index, hash and a
+/// readable form.
 #[derive(Debug, Serialize)]
 pub struct LogPage {
     /// The coordinator's key (hex), which signs every entry.
@@ -340,7 +343,7 @@ pub struct LogLine {
     pub hash: String,
     /// The decision, for people.
     pub event: String,
-    /// The signed entry, hex of its postcard encoding.
+    /// The signed entry as stored: `v2:` and the hex of its postcard encoding.
     pub signed: String,
 }
 
@@ -349,18 +352,26 @@ async fn api_log(
     axum::extract::Query(q): axum::extract::Query<LogQuery>,
 ) -> axum::response::Response {
     let limit = q.limit.unwrap_or(1000).clamp(1, 1000);
-    match s.store.read_log(q.from, limit).await {
-        Ok(entries) => {
-            let next = (entries.len() as u64 == limit).then(|| q.from + limit);
-            let entries = entries
-                .iter()
-                .map(|e| LogLine {
-                    index: e.entry.index,
-                    hash: tessera_protocol::identity::hex(&e.hash),
-                    event: format!("{:?}", e.entry.event),
-                    signed: tessera_protocol::identity::hex(
-                        &tessera_protocol::signed::signing_bytes(e).unwrap_or_default(),
-                    ),
+    match s.store.read_log_stored(q.from, limit).await {
+        Ok(stored) => {
+            let next = (stored.len() as u64 == limit).then(|| q.from + limit);
+            let entries = stored
+                .into_iter()
+                .map(|(index, signed)| {
+                    let (hash, event) = match StoredEntry::decode(&signed).map(StoredEntry::upgrade)
+                    {
+                        Ok(e) => (
+                            tessera_protocol::identity::hex(&e.hash),
+                            format!("{:?}", e.entry.event),
+                        ),
+                        Err(why) => (String::new(), format!("undecodable: {why}")),
+                    };
+                    LogLine {
+                        index,
+                        hash,
+                        event,
+                        signed,
+                    }
                 })
                 .collect();
             Json(LogPage {
@@ -415,13 +426,22 @@ async fn connection(s: Shared, socket: WebSocket) {
                 Ok(msg) => Input::Message { conn, msg },
                 Err(e) => Input::BadFrame {
                     conn,
-                    error: e.to_string(),
+                    error: Reason::new(
+                        match e {
+                            ProtocolError::Version { .. } => Code::ProtocolVersion,
+                            _ => Code::MalformedFrame,
+                        },
+                        format!("malformed frame: {e}"),
+                    ),
                 },
             },
             Message::Close(_) => break,
             Message::Text(_) => Input::BadFrame {
                 conn,
-                error: "text frames are not part of the protocol".into(),
+                error: Reason::new(
+                    Code::MalformedFrame,
+                    "malformed frame: text frames are not part of the protocol",
+                ),
             },
             _ => continue,
         };

@@ -17,7 +17,7 @@ use sqlx::{AnyPool, Row};
 use tessera_compute::hf::{params_from_safetensors, params_to_safetensors};
 use tessera_compute::reference::ModelParams;
 use tessera_compute::ModelConfig;
-use tessera_protocol::log::SignedEntry;
+use tessera_protocol::log::{SignedEntry, StoredEntry};
 use tessera_protocol::messages::LogHead;
 use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
 
@@ -40,6 +40,12 @@ pub enum StoreError {
         path: PathBuf,
         /// What.
         source: std::io::Error,
+    },
+    /// A run log written in another format than this build writes.
+    #[error("this data directory holds a version-{version} run log; this coordinator writes version {} and cannot continue it: check it with `tessera verify --log DIR`, or start a new run from it with `tessera fork`", tessera_protocol::log::LOG_VERSION)]
+    LogVersion {
+        /// The log's format version.
+        version: u32,
     },
     /// Stored data that does not parse.
     #[error("{what}: {why}")]
@@ -251,30 +257,53 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a run-log entry (hex of its postcard encoding); an index is written once.
+    /// Appends a run-log entry (as [`StoredEntry::encode`] writes it); an index is written
+    /// once.
     pub async fn append_log(&self, e: &SignedEntry) -> Result<(), StoreError> {
-        let bytes = signing_bytes(e).map_err(|err| corrupt("log entry", err))?;
         sqlx::query("INSERT INTO run_log (idx, entry) VALUES ($1, $2)")
             .bind(e.entry.index as i64)
-            .bind(tessera_protocol::identity::hex(&bytes))
+            .bind(StoredEntry::encode(e))
             .execute(&self.db)
             .await?;
         Ok(())
     }
 
-    /// Run-log entries from index `from`, at most `limit`, in order.
-    pub async fn read_log(&self, from: u64, limit: u64) -> Result<Vec<SignedEntry>, StoreError> {
-        let rows = sqlx::query("SELECT entry FROM run_log WHERE idx >= $1 ORDER BY idx LIMIT $2")
-            .bind(from.min(i64::MAX as u64) as i64)
-            .bind(limit.min(i64::MAX as u64) as i64)
-            .fetch_all(&self.db)
-            .await?;
+    /// Run-log entries from index `from`, at most `limit`, in order, as stored: index and text
+    /// (of whichever format version wrote them; see [`StoredEntry::decode`]).
+    pub async fn read_log_stored(
+        &self,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT idx, entry FROM run_log WHERE idx >= $1 ORDER BY idx LIMIT $2")
+                .bind(from.min(i64::MAX as u64) as i64)
+                .bind(limit.min(i64::MAX as u64) as i64)
+                .fetch_all(&self.db)
+                .await?;
         rows.iter()
             .map(|r| {
-                let text: String = r.try_get("entry")?;
-                let bytes = tessera_protocol::identity::unhex(&text)
-                    .map_err(|e| corrupt("log entry", e))?;
-                from_signing_bytes(&bytes).map_err(|e| corrupt("log entry", e))
+                let idx: i64 = r.try_get("idx")?;
+                Ok((idx as u64, r.try_get("entry")?))
+            })
+            .collect()
+    }
+
+    /// Run-log entries from index `from`, at most `limit`, in order; a log of another format
+    /// version than this build writes is refused ([`StoreError::LogVersion`]).
+    pub async fn read_log(&self, from: u64, limit: u64) -> Result<Vec<SignedEntry>, StoreError> {
+        self.read_log_stored(from, limit)
+            .await?
+            .into_iter()
+            .map(|(idx, text)| {
+                match StoredEntry::decode(&text)
+                    .map_err(|e| corrupt(format!("log entry {idx}"), e))?
+                {
+                    StoredEntry::Current(e) => Ok(e),
+                    other => Err(StoreError::LogVersion {
+                        version: other.version(),
+                    }),
+                }
             })
             .collect()
     }

@@ -11,7 +11,7 @@ use tessera_protocol::log::{AdminAction, LogEvent};
 use tessera_protocol::messages::{
     LogHead, NamedTensor, SessionMessage, SyncMode, Update, Verdict, Work,
 };
-use tessera_protocol::{Signed, TensorPayload, ToContributor, ToCoordinator};
+use tessera_protocol::{Code, Signed, TensorPayload, ToContributor, ToCoordinator};
 
 struct Harness {
     core: Core,
@@ -143,7 +143,7 @@ fn handshake_refuses_bad_proofs_and_small_budgets() {
     let bad = alice.proof([2; 32], &coordinator);
     let a = h.tick(Input::Message { conn: 9, msg: bad });
     assert!(
-        matches!(&sends(&a, 9)[0], ToContributor::Error { fatal: true, message } if message.contains("handshake failed"))
+        matches!(&sends(&a, 9)[0], ToContributor::Error { fatal: true, reason } if reason.code == Code::Handshake)
     );
     assert!(closed(&a, 9));
     assert!(h.core.sessions().is_empty());
@@ -162,7 +162,7 @@ fn handshake_refuses_bad_proofs_and_small_budgets() {
     // Too small a budget: told why, no lease, not disconnected.
     let (conn, a) = h.join(&mut alice, 1000);
     let msgs = sends(&a, conn);
-    assert!(msgs.iter().any(|m| matches!(m, ToContributor::Error { fatal: false, message } if message.contains("memory budget"))));
+    assert!(msgs.iter().any(|m| matches!(m, ToContributor::Error { fatal: false, reason } if reason.code == Code::Budget)));
     assert!(!msgs.iter().any(|m| matches!(m, ToContributor::Lease(_))));
     assert_eq!(h.core.sessions().len(), 1);
 }
@@ -185,7 +185,7 @@ fn replays_and_forged_signatures_are_refused() {
     .is_empty());
     let a = h.tick(Input::Message { conn, msg: beat });
     assert!(
-        matches!(&sends(&a, conn)[0], ToContributor::Error { fatal: false, message } if message.contains("replayed"))
+        matches!(&sends(&a, conn)[0], ToContributor::Error { fatal: false, reason } if reason.code == Code::Sequence)
     );
     // Mallory signs and claims to be alice on alice's connection.
     let mallory = Client::new(2);
@@ -237,25 +237,25 @@ fn bad_submissions_are_rejected_and_change_nothing() {
         })
     };
     let other_unit = wb.unit;
-    let cases: Vec<(&str, Spoil)> = vec![
+    let cases: Vec<(Code, Spoil)> = vec![
         (
-            "shape",
+            Code::WrongShape,
             dense(|ts| ts[1].tensor = TensorPayload::from_f32(&[3], &[0.0; 3])),
         ),
         (
-            "NaN",
+            Code::NotFinite,
             dense(|ts| {
                 let mut v = vec![0.0; 16 * 8];
                 v[0] = f32::NAN;
                 ts[0].tensor = TensorPayload::from_f32(&[16, 8], &v);
             }),
         ),
-        ("expected", dense(|ts| ts.swap(0, 1))),
-        ("tokens", Box::new(|s| s.tokens += 1)),
-        ("weights", Box::new(|s| s.weights += 1)),
-        ("someone else", Box::new(move |s| s.unit = other_unit)),
+        (Code::WrongShape, dense(|ts| ts.swap(0, 1))),
+        (Code::WrongShape, Box::new(|s| s.tokens += 1)),
+        (Code::WrongVersion, Box::new(|s| s.weights += 1)),
+        (Code::NotOpen, Box::new(move |s| s.unit = other_unit)),
         (
-            "tensors",
+            Code::WrongShape,
             Box::new(|s| {
                 s.result = Update::Dense(vec![NamedTensor {
                     name: "x".into(),
@@ -270,8 +270,8 @@ fn bad_submissions_are_rejected_and_change_nothing() {
         spoil(&mut sub);
         let a = h.submit(&mut alice, ca, sub);
         match verdicts(&a).as_slice() {
-            [Verdict::Rejected(r)] => assert!(r.contains(why), "{why}: {r}"),
-            other => panic!("{why}: {other:?}"),
+            [Verdict::Rejected(r)] => assert_eq!(r.code, why, "{r}"),
+            other => panic!("{why:?}: {other:?}"),
         }
         assert!(!a.iter().any(|x| matches!(x, Action::Accepted(_))));
         assert_eq!(h.core.weights(), &before);
@@ -534,7 +534,8 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
     assert!(closed(&acts, cb));
     assert!(sends(&acts, cb).iter().any(|m| matches!(
         m,
-        ToContributor::Error { message, fatal: true } if message.contains("sent garbage")
+        ToContributor::Error { reason, fatal: true }
+            if reason.code == Code::Banned && reason.text.as_str().ends_with("sent garbage")
     )));
     log.extend(acts);
     let (cb2, again) = h.join(&mut bob, 1 << 30);

@@ -496,7 +496,7 @@ fn hostile_pipeline_work_is_caught_never_applied_and_earns_nothing() {
         .log
         .iter()
         .filter_map(|e| match &e.entry.event {
-            LogEvent::Left { key, reason } => Some((*key, reason.clone())),
+            LogEvent::Left { key, reason } => Some((*key, reason.to_string())),
             _ => None,
         })
         .collect();

@@ -19,7 +19,7 @@ use tessera_coordinator::core::spec::PipelineSpec;
 use tessera_coordinator::core::{Action, ConnId, Core, Input, Phase, RunSpec};
 use tessera_protocol::messages::{LogHead, SessionMessage, Update, Verdict};
 use tessera_protocol::pipeline::{HeadSlice, Pass, PipeResult, PipeWork, StepGrads, UnitOutput};
-use tessera_protocol::{ActEncoding, Activation, Identity, TensorPayload, ToContributor};
+use tessera_protocol::{ActEncoding, Activation, Code, Identity, TensorPayload, ToContributor};
 use tessera_train::schedule::Schedule;
 use tessera_train::shards::{from_wire, grads_to_wire};
 
@@ -494,7 +494,7 @@ fn a_lease_is_refused_when_the_adapter_cannot_bind_an_activation() {
         })
         .collect();
     assert!(
-        said.iter().any(|m| matches!(m, ToContributor::Error { message, fatal: false } if message.contains("largest binding"))),
+        said.iter().any(|m| matches!(m, ToContributor::Error { reason, fatal: false } if reason.code == Code::Budget)),
         "{said:?}"
     );
     assert!(!said.iter().any(|m| matches!(m, ToContributor::Lease(_))));

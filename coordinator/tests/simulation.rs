@@ -248,8 +248,8 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                                     "the contribution is recorded before its receipt"
                                 );
                             }
-                            ToContributor::Error { fatal, message } => {
-                                assert!(!fatal, "an honest scripted client was refused: {message}")
+                            ToContributor::Error { fatal, reason } => {
+                                assert!(!fatal, "an honest scripted client was refused: {reason}")
                             }
                             _ => {}
                         }

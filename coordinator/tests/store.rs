@@ -117,3 +117,40 @@ async fn exercise(name: &str, url: Option<&str>) {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A data directory whose run log an earlier format wrote (version 1: bare hex) is refused by
+/// name, not decoded as today's entries; its stored text stays readable for `tessera verify`.
+#[tokio::test]
+async fn a_version_1_run_log_is_refused_by_name() {
+    let dir = std::env::temp_dir().join(format!("tessera-store-v1-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(&dir, None).await.unwrap();
+    let fixture = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data/v1-logs/demo-run.json"),
+    )
+    .unwrap();
+    // The first entry's text: `"signed": "<hex>"`.
+    let at = fixture.find("\"signed\": \"").unwrap() + "\"signed\": \"".len();
+    let v1 = &fixture[at..at + fixture[at..].find('"').unwrap()];
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", dir.join("run.db").display()))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO run_log (idx, entry) VALUES (0, $1)")
+        .bind(v1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let err = store.read_log(0, 10).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tessera_coordinator::store::StoreError::LogVersion { version: 1 }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("tessera verify"), "{err}");
+    let stored = store.read_log_stored(0, 10).await.unwrap();
+    assert_eq!(stored, vec![(0, v1.to_string())]);
+}

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::ProtocolError;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Default hard limit on a frame (parameter and gradient payloads included): 64 MiB.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -24,8 +24,25 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
     postcard::to_extend(msg, out).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
+/// The oldest protocol version whose encoding of work and its results (units, results, tensors,
+/// calibration records) is today's: version 2 changed only refusals and the run log. Files of
+/// those types written since then (calibration files, unit fixtures) decode with
+/// [`decode_since`].
+pub const WORK_FORMAT_SINCE: u32 = 1;
+
 /// Decodes a frame of at most `limit` bytes. Trailing bytes after the message are an error.
 pub fn decode<T: DeserializeOwned>(frame: &[u8], limit: usize) -> Result<T, ProtocolError> {
+    decode_since(frame, limit, PROTOCOL_VERSION)
+}
+
+/// [`decode`] for a frame written by this version or an earlier one from `since` on: for stored
+/// files of types whose encoding has not changed since `since` (never for live messages, whose
+/// peers must speak this version).
+pub fn decode_since<T: DeserializeOwned>(
+    frame: &[u8],
+    limit: usize,
+    since: u32,
+) -> Result<T, ProtocolError> {
     if frame.len() > limit {
         return Err(ProtocolError::TooLarge {
             size: frame.len(),
@@ -36,7 +53,7 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8], limit: usize) -> Result<T, Prot
         return Err(ProtocolError::BadMagic);
     }
     let got = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    if got != PROTOCOL_VERSION {
+    if !(since..=PROTOCOL_VERSION).contains(&got) {
         return Err(ProtocolError::Version {
             got,
             want: PROTOCOL_VERSION,

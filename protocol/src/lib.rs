@@ -11,15 +11,20 @@ pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod log;
+pub mod log_v1;
 pub mod messages;
 pub mod pipeline;
+pub mod reason;
 pub mod signed;
 pub mod tensor;
 
 pub use activation::{ActEncoding, Activation};
 pub use error::ProtocolError;
-pub use frame::{decode, encode, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+pub use frame::{
+    decode, decode_since, encode, MAX_FRAME_BYTES, PROTOCOL_VERSION, WORK_FORMAT_SINCE,
+};
 pub use identity::{Identity, PublicKey, Signature};
 pub use messages::{ToContributor, ToCoordinator};
+pub use reason::{Code, Reason};
 pub use signed::{ReplayGuard, Signed};
 pub use tensor::{DType, TensorPayload};

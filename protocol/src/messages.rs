@@ -304,7 +304,7 @@ pub enum Verdict {
     /// Accepted into the round.
     Accepted,
     /// Rejected, with the reason.
-    Rejected(String),
+    Rejected(crate::reason::Reason),
 }
 
 /// Coordinator → contributor.
@@ -394,8 +394,8 @@ pub enum ToContributor {
     },
     /// A refusal: the session ends when `fatal`.
     Error {
-        /// What went wrong, for people.
-        message: String,
+        /// What went wrong: a code and a bounded text.
+        reason: crate::reason::Reason,
         /// Whether the connection is closed after this.
         fatal: bool,
     },

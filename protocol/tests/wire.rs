@@ -94,9 +94,10 @@ fn bad_frames_are_refused() {
             want: PROTOCOL_VERSION
         }
     );
-    assert!(e
-        .to_string()
-        .contains("protocol version 2 is not supported"));
+    assert!(e.to_string().contains(&format!(
+        "protocol version {} is not supported",
+        PROTOCOL_VERSION + 1
+    )));
     assert!(matches!(
         decode::<ToCoordinator>(&f[..f.len() - 3], MAX_FRAME_BYTES),
         Err(ProtocolError::Malformed(_))
@@ -259,4 +260,27 @@ fn signed_messages_bind_signer_session_and_sequence() {
     assert_eq!(g.accept(5), Err(ProtocolError::Replay { got: 5, last: 5 }));
     assert!(g.accept(4).is_err());
     g.accept(9).unwrap();
+}
+
+/// Stored files of unchanged types (calibration files, unit fixtures) written by an earlier
+/// protocol version still decode with `decode_since`; live decoding refuses them.
+#[test]
+fn files_of_earlier_versions_decode_only_where_asked() {
+    use tessera_protocol::{decode_since, WORK_FORMAT_SINCE};
+    let t = tessera_protocol::TensorPayload::from_f32(&[2], &[1.0, 2.0]);
+    let mut f = encode(&t).unwrap();
+    f[4..8].copy_from_slice(&WORK_FORMAT_SINCE.to_le_bytes());
+    if WORK_FORMAT_SINCE < PROTOCOL_VERSION {
+        assert!(decode::<tessera_protocol::TensorPayload>(&f, MAX_FRAME_BYTES).is_err());
+    }
+    let back: tessera_protocol::TensorPayload =
+        decode_since(&f, MAX_FRAME_BYTES, WORK_FORMAT_SINCE).unwrap();
+    assert_eq!(back, t);
+    f[4..8].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+    assert!(decode_since::<tessera_protocol::TensorPayload>(
+        &f,
+        MAX_FRAME_BYTES,
+        WORK_FORMAT_SINCE
+    )
+    .is_err());
 }

@@ -15,7 +15,7 @@ use tessera_coordinator::config::ChecksSection;
 use tessera_coordinator::core::{Core, Phase, RunSpec};
 use tessera_e2e::{data_run, gpu, held_out_loss, identity};
 use tessera_protocol::messages::SessionMessage;
-use tessera_protocol::{Identity, PublicKey, TensorPayload, ToContributor};
+use tessera_protocol::{Code, Identity, PublicKey, Reason, TensorPayload, ToContributor};
 
 const ROUNDS: u64 = 8;
 const HONEST: usize = 9;
@@ -72,7 +72,7 @@ struct Outcome {
     /// Units applied by closed rounds.
     applied: BTreeSet<u64>,
     /// Refusals by check, with their reasons.
-    failed: Vec<(PublicKey, String)>,
+    failed: Vec<(PublicKey, Reason)>,
 }
 
 fn run(spec: RunSpec, init: &ModelParams<f32>, hostile: bool) -> Outcome {
@@ -104,7 +104,7 @@ fn run(spec: RunSpec, init: &ModelParams<f32>, hostile: bool) -> Outcome {
         .log
         .iter()
         .filter_map(|e| e.entry.event.failed_check())
-        .map(|(key, why)| (key, why.to_string()))
+        .map(|(key, why)| (key, why.clone()))
         .collect();
     Outcome {
         core,
@@ -174,7 +174,7 @@ fn memorizers_fail_the_held_out_check_and_honest_workers_pass_it() {
             hostile
                 .failed
                 .iter()
-                .any(|(k, why)| k == key && why.contains("held-out")),
+                .any(|(k, why)| k == key && why.code == Code::HeldOut),
             "a memorizer failed the held-out check"
         );
         assert_eq!(
@@ -189,7 +189,7 @@ fn memorizers_fail_the_held_out_check_and_honest_workers_pass_it() {
     let own: Vec<&PublicKey> = hostile
         .failed
         .iter()
-        .filter(|(_, why)| why.contains("own first batch"))
+        .filter(|(_, why)| why.code == Code::LossCheck)
         .map(|(k, _)| k)
         .collect();
     assert!(

@@ -132,11 +132,11 @@ fn run(spec: RunSpec, init: &ModelParams<f32>, hostile: &[Attack]) -> Outcome {
         &mut clients,
         |m, _| {
             if let Message::Down(ToContributor::Error {
-                message,
+                reason,
                 fatal: true,
             }) = m
             {
-                println!("refused: {message}");
+                println!("refused ({:?}): {reason}", reason.code);
             }
             if let Message::Down(ToContributor::Work(w)) = m {
                 *slots.entry((w.round, w.slot)).or_default() += 1;

@@ -13,7 +13,9 @@ use tessera_compute::shard::ShardTensors;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_protocol::messages::{NamedTensor, SyncMode};
 use tessera_protocol::pipeline::{HeadBackward, Pass, PipeResult, PipeWork};
-use tessera_protocol::{decode, encode, ActEncoding, Activation, TensorPayload};
+use tessera_protocol::{
+    decode_since, encode, ActEncoding, Activation, TensorPayload, WORK_FORMAT_SINCE,
+};
 use tessera_train::shards::to_wire;
 use tessera_worker::pipeline::PipeReplica;
 use unit_fixture::{grad_values, lease, rel, result_error, weights, Fixture};
@@ -163,7 +165,7 @@ fn the_stored_unit_fixture_holds_what_native_workers_compute() {
         println!("wrote {PATH}");
     }
     let bytes = std::fs::read(PATH).expect("the fixture (TESSERA_WRITE_FIXTURE=1 writes it)");
-    let stored: Fixture = decode(&bytes, usize::MAX).expect("a fixture");
+    let stored: Fixture = decode_since(&bytes, usize::MAX, WORK_FORMAT_SINCE).expect("a fixture");
     assert_eq!(stored.units, now.units, "the units are the same");
     assert_eq!(stored.weights, now.weights);
     let cfg = ModelConfig::from_hf_json(&stored.config_json).unwrap();

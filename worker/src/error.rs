@@ -15,4 +15,8 @@ pub enum WorkerError {
     /// The coordinator sent something this contributor cannot act on.
     #[error("coordinator: {0}")]
     Coordinator(String),
+    /// The coordinator refused this contributor and ended the session (its code says why:
+    /// `Refused` and `Banned` identities are not taken back).
+    #[error("coordinator: {0}")]
+    Refused(tessera_protocol::Reason),
 }

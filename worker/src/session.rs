@@ -462,12 +462,12 @@ impl Contributor {
                 self.last_notice = Some(note);
                 Ok(vec![])
             }
-            ToContributor::Error { message, fatal } => {
+            ToContributor::Error { reason, fatal } => {
                 if fatal {
-                    return Err(WorkerError::Coordinator(message));
+                    return Err(WorkerError::Refused(reason));
                 }
-                tracing::warn!("coordinator: {message}");
-                self.last_error = Some(message);
+                tracing::warn!(code = ?reason.code, "coordinator: {reason}");
+                self.last_error = Some(reason.to_string());
                 Ok(vec![])
             }
         }

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use tessera_protocol::log::{AdminAction, LogEvent};
-use tessera_protocol::{PublicKey, ToContributor};
+use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
 
 use super::{Action, ConnId, Core, End, RunState};
 
@@ -150,7 +150,8 @@ impl Core {
                     .map(|(&c, _)| c)
                     .collect();
                 for conn in conns {
-                    self.fatal(conn, format!("banned by the run's administrator: {reason}"));
+                    let why = format!("banned by the run's administrator: {reason}");
+                    self.fatal(conn, Reason::new(Code::Banned, why));
                 }
             }
             AdminAction::Unban { key } => {

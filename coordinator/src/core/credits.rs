@@ -177,11 +177,18 @@ mod tests {
                 key: b,
                 unit: 2,
                 seq: 2,
-                reason: "late".into(),
+                reason: tessera_protocol::Reason::new(tessera_protocol::Code::NotOpen, "late"),
             },
             checked(a, vec![b], CheckOutcome::Passed),
             accepted(a, 1.0, true),
-            checked(b, vec![a, c], CheckOutcome::Failed("wrong".into())),
+            checked(
+                b,
+                vec![a, c],
+                CheckOutcome::Failed(tessera_protocol::Reason::new(
+                    tessera_protocol::Code::CheckFailed,
+                    "wrong",
+                )),
+            ),
         ];
         let cr = Credits::from_log(&log);
         let ra = &cr.records()[&a];
@@ -205,7 +212,10 @@ mod tests {
             checked(
                 a,
                 vec![liar, judge],
-                CheckOutcome::AuditorFailed("x".into()),
+                CheckOutcome::AuditorFailed(tessera_protocol::Reason::new(
+                    tessera_protocol::Code::AuditorWrong,
+                    "x",
+                )),
             ),
         ];
         let cr = Credits::from_log(&log);

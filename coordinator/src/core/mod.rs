@@ -76,7 +76,7 @@ use serde::{Deserialize, Serialize};
 use tessera_compute::reference::ModelParams;
 use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
 use tessera_protocol::messages::{ContributorKind, LogHead, Update};
-use tessera_protocol::{Identity, PublicKey, ToContributor, ToCoordinator};
+use tessera_protocol::{Identity, PublicKey, Reason, ToContributor, ToCoordinator};
 use tessera_train::data::Sampler;
 
 pub use replica_checks::HeldOutScore;
@@ -126,8 +126,8 @@ pub enum Input {
     BadFrame {
         /// Connection.
         conn: ConnId,
-        /// Why.
-        error: String,
+        /// Why (`MalformedFrame`, or `ProtocolVersion` for another protocol version).
+        error: Reason,
     },
     /// The connection closed.
     Disconnected {
@@ -436,9 +436,7 @@ impl Core {
         match input {
             Input::Connected { conn, nonce } => self.connected(conn, nonce),
             Input::Message { conn, msg } => self.message(conn, msg),
-            Input::BadFrame { conn, error } => {
-                self.fatal(conn, format!("malformed frame: {error}"))
-            }
+            Input::BadFrame { conn, error } => self.fatal(conn, error),
             Input::Disconnected { conn } => self.drop_session(conn, None),
             Input::Tick => match self.regime {
                 Regime::Replicas(_) => {
@@ -586,32 +584,32 @@ impl Core {
     }
 
     /// Tells the peer why something was refused; the session goes on.
-    fn refuse(&mut self, conn: ConnId, message: String) {
+    fn refuse(&mut self, conn: ConnId, reason: Reason) {
         self.send(
             conn,
             ToContributor::Error {
-                message,
+                reason,
                 fatal: false,
             },
         );
     }
 
     /// Tells the peer why, closes the connection and forgets the session.
-    fn fatal(&mut self, conn: ConnId, why: String) {
+    fn fatal(&mut self, conn: ConnId, why: Reason) {
         if !self.sessions.contains_key(&conn) {
             return;
         }
-        tracing::info!(conn, "closing: {why}");
+        tracing::info!(conn, code = ?why.code, "closing: {why}");
         self.send(
             conn,
             ToContributor::Error {
-                message: why.clone(),
+                reason: why.clone(),
                 fatal: true,
             },
         );
         self.out.push(Action::Close {
             conn,
-            reason: why.clone(),
+            reason: why.to_string(),
         });
         self.drop_session(conn, Some(why));
     }

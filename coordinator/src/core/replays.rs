@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::messages::Update;
 use tessera_protocol::messages::{Submission, Verdict};
-use tessera_protocol::{PublicKey, ToContributor};
+use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
 use tessera_train::drift::rel_l2;
 use tessera_train::sparseloco::{matches_compression, Compressed};
 use tessera_train::update::two_d;
@@ -189,10 +189,14 @@ impl Core {
             let anyone = self.sessions.values().any(|s| s.active().is_some());
             if eligible.is_empty() && anyone {
                 let outcome = match case.first {
-                    None => CheckOutcome::Skipped("no other contributor could replay it".into()),
-                    Some(_) => CheckOutcome::Disputed(
-                        "the replay disagrees and no third contributor was there".into(),
-                    ),
+                    None => CheckOutcome::Skipped(Reason::new(
+                        Code::NoAuditor,
+                        "no other contributor could replay it",
+                    )),
+                    Some(_) => CheckOutcome::Disputed(Reason::new(
+                        Code::Disputed,
+                        "the replay disagrees and no third contributor was there",
+                    )),
                 };
                 self.resolve_replay(slot, outcome, Vec::new(), Vec::new(), 0.0);
                 self.maybe_close_round();
@@ -250,9 +254,13 @@ impl Core {
         let answer = if let Some(problem) = self.submission_problem(&sub) {
             Err(problem)
         } else if self.spec.sparse().is_some() && !matches!(sub.result, Update::Dense(_)) {
-            Err("a replay's update goes back dense (the work said so)".into())
+            Err(Reason::new(
+                Code::WrongShape,
+                "a replay's update goes back dense (the work said so)",
+            ))
         } else {
-            self.dense_update(&sub.result).map_err(|e| e.to_string())
+            self.dense_update(&sub.result)
+                .map_err(|e| super::validate::update_refusal(&sub.result, e))
         };
         let dense = match answer {
             Ok(d) => d,
@@ -294,15 +302,22 @@ impl Core {
             Ruling::Decided(d) => {
                 let outcome = match d.found {
                     Found::Passed => CheckOutcome::Passed,
-                    Found::AuditorWrong { auditor } => CheckOutcome::AuditorFailed(format!(
-                        "the third replay agrees with the unit, not with {}",
-                        auditor.fingerprint()
+                    Found::AuditorWrong { auditor } => CheckOutcome::AuditorFailed(Reason::new(
+                        Code::AuditorWrong,
+                        format!(
+                            "the third replay agrees with the unit, not with {}",
+                            auditor.fingerprint()
+                        ),
                     )),
-                    Found::CheckedWrong { why } => {
-                        CheckOutcome::Failed(format!("replayed twice elsewhere: {why}"))
-                    }
-                    Found::NoneAgree { why } => CheckOutcome::Failed(format!(
-                        "replayed twice elsewhere: {why} (and the two replays disagree with each other)"
+                    Found::CheckedWrong { why } => CheckOutcome::Failed(Reason::new(
+                        Code::CheckFailed,
+                        format!("replayed twice elsewhere: {why}"),
+                    )),
+                    Found::NoneAgree { why } => CheckOutcome::Failed(Reason::new(
+                        Code::CheckFailed,
+                        format!(
+                            "replayed twice elsewhere: {why} (and the two replays disagree with each other)"
+                        ),
                     )),
                 };
                 let flops = if d.credited.is_empty() { 0.0 } else { flops };
@@ -336,12 +351,12 @@ impl Core {
         });
         let rerun = match &outcome {
             CheckOutcome::Failed(why) => {
-                self.close_refused(case.key, format!("its update failed a replay: {why}"));
+                self.close_refused(case.key, why.prefixed("its update failed a replay"));
                 true
             }
             CheckOutcome::AuditorFailed(why) => {
                 if let Some(&liar) = auditors.first() {
-                    self.close_refused(liar, format!("a replay it ran was wrong: {why}"));
+                    self.close_refused(liar, why.prefixed("a replay it ran was wrong"));
                 }
                 false
             }

@@ -23,7 +23,7 @@
 use tessera_compute::reference::model::loss;
 use tessera_compute::reference::Batch;
 use tessera_protocol::log::{CheckOutcome, LogEvent};
-use tessera_protocol::PublicKey;
+use tessera_protocol::{Code, PublicKey, Reason};
 use tessera_train::outer::norm;
 
 use super::spec::ChecksSpec;
@@ -190,7 +190,7 @@ impl Core {
         slot: u64,
         dense: &[Vec<f32>],
         checks: &ChecksSpec,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, Reason> {
         let rep = replicas_ref!(self, or Ok(false));
         let current = rep.round.accepted_updates().count();
         let mine = top_positions(dense);
@@ -211,9 +211,12 @@ impl Core {
                 } else {
                     "an update of the previous round"
                 };
-                return Err(format!(
-                    "a copy of {whose} ({:.0}% of the largest entries shared, cosine {cos:.4})",
-                    top * 100.0
+                return Err(Reason::new(
+                    Code::Copy,
+                    format!(
+                        "a copy of {whose} ({:.0}% of the largest entries shared, cosine {cos:.4})",
+                        top * 100.0
+                    ),
                 ));
             }
         }
@@ -244,15 +247,18 @@ impl Core {
             .collect();
         let norms: Vec<f64> = done.iter().map(|(_, _, d)| norm(d)).collect();
         let median_norm = median(&norms);
-        let mut failed: Vec<(u64, PublicKey, String)> = Vec::new();
+        let mut failed: Vec<(u64, PublicKey, Reason)> = Vec::new();
         for ((slot, key, _), n) in done.iter().zip(&norms) {
             if median_norm > 0.0 && *n > SCALE_LIMIT * median_norm {
                 failed.push((
                     *slot,
                     *key,
-                    format!(
-                        "its norm {n:.3e} is {:.1} times the round's median ({median_norm:.3e})",
-                        n / median_norm
+                    Reason::new(
+                        Code::NormOutlier,
+                        format!(
+                            "its norm {n:.3e} is {:.1} times the round's median ({median_norm:.3e})",
+                            n / median_norm
+                        ),
                     ),
                 ));
             }
@@ -275,10 +281,13 @@ impl Core {
             failed.push((
                 slot,
                 key,
-                format!(
-                    "applied alone it lowers the loss of its own first batch by {gain:.4} per unit of norm ({before:.4} -> {after:.4}), under {:.0}% of the median of the checked updates ({:.4})",
-                    GAIN_SHARE * 100.0,
-                    floor / GAIN_SHARE
+                Reason::new(
+                    Code::LossCheck,
+                    format!(
+                        "applied alone it lowers the loss of its own first batch by {gain:.4} per unit of norm ({before:.4} -> {after:.4}), under {:.0}% of the median of the checked updates ({:.4})",
+                        GAIN_SHARE * 100.0,
+                        floor / GAIN_SHARE
+                    ),
                 ),
             ));
         }
@@ -294,12 +303,15 @@ impl Core {
                 failed.push((
                     score.slot,
                     score.key,
-                    format!(
-                        "applied alone it lowers the held-out loss by {:.4} per unit of norm, where the round's median update lowers it by {:.4}: {:.1} spreads of the round's updates ({:.4}) below, beyond the {HELD_OUT_Z} allowed",
-                        score.gain,
-                        score.median,
-                        -score.z,
-                        score.spread
+                    Reason::new(
+                        Code::HeldOut,
+                        format!(
+                            "applied alone it lowers the held-out loss by {:.4} per unit of norm, where the round's median update lowers it by {:.4}: {:.1} spreads of the round's updates ({:.4}) below, beyond the {HELD_OUT_Z} allowed",
+                            score.gain,
+                            score.median,
+                            -score.z,
+                            score.spread
+                        ),
                     ),
                 ));
             }
@@ -335,7 +347,7 @@ impl Core {
             replicas!(self).round.reopen(*slot);
             self.out
                 .push(super::Action::Withdrawn { round, slot: *slot });
-            self.close_refused(*key, format!("its update failed a check: {why}"));
+            self.close_refused(*key, why.prefixed("its update failed a check"));
         }
         failed.is_empty()
     }
@@ -347,7 +359,7 @@ impl Core {
     fn measure(
         &mut self,
         done: &[(u64, PublicKey, Vec<Vec<f32>>)],
-        failed: &[(u64, PublicKey, String)],
+        failed: &[(u64, PublicKey, Reason)],
     ) -> Vec<Measured> {
         let left: Vec<&(u64, PublicKey, Vec<Vec<f32>>)> = done
             .iter()

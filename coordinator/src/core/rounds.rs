@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tessera_protocol::log::LogEvent;
 use tessera_protocol::messages::{NamedTensor, Receipt, Submission, Update, Verdict, Work};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
-use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
+use tessera_protocol::{Code, PublicKey, Reason, TensorPayload, ToContributor};
 use tessera_train::data::draw_index;
 use tessera_train::outer;
 use tessera_train::update::to_indexed;
@@ -260,7 +260,7 @@ impl Core {
         unit: u64,
         key: PublicKey,
         seq: u64,
-        why: String,
+        why: Reason,
     ) {
         self.receipt(
             conn,
@@ -276,7 +276,7 @@ impl Core {
     /// Rejects a submission for a unit that is not open (finished, reassigned or unknown).
     pub(super) fn reject_unopen(&mut self, conn: ConnId, unit: u64, key: PublicKey, seq: u64) {
         let why = format!("unit {unit} is not open (finished, reassigned or unknown)");
-        self.reject(conn, unit, key, seq, why);
+        self.reject(conn, unit, key, seq, Reason::new(Code::NotOpen, why));
     }
 
     /// Rejects a submission for a unit assigned to another connection (or lease).
@@ -286,28 +286,37 @@ impl Core {
             unit,
             key,
             seq,
-            format!("unit {unit} was assigned to someone else"),
+            Reason::new(
+                Code::NotOpen,
+                format!("unit {unit} was assigned to someone else"),
+            ),
         );
     }
 
     /// What is wrong with a whole-model submission's figures for the open round (weights
     /// version, tokens, loss sum), if anything.
-    pub(super) fn submission_problem(&self, sub: &Submission) -> Option<String> {
+    pub(super) fn submission_problem(&self, sub: &Submission) -> Option<Reason> {
         let expected_tokens = self.spec.inner_steps * self.spec.batch * self.spec.seq;
         if sub.weights != self.version {
-            Some(format!(
-                "computed on weights {} but the round uses {}",
-                sub.weights, self.version
+            Some(Reason::new(
+                Code::WrongVersion,
+                format!(
+                    "computed on weights {} but the round uses {}",
+                    sub.weights, self.version
+                ),
             ))
         } else if sub.tokens != expected_tokens {
-            Some(format!(
-                "{} tokens, the unit has {expected_tokens}",
-                sub.tokens
+            Some(Reason::new(
+                Code::WrongShape,
+                format!("{} tokens, the unit has {expected_tokens}", sub.tokens),
             ))
         } else if !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
-            Some(format!(
-                "loss sum {} is not a finite non-negative number",
-                sub.loss_sum
+            Some(Reason::new(
+                Code::NotFinite,
+                format!(
+                    "loss sum {} is not a finite non-negative number",
+                    sub.loss_sum
+                ),
             ))
         } else {
             None
@@ -322,11 +331,15 @@ impl Core {
         key: PublicKey,
         seq: u64,
         sub: &Submission,
-        why: String,
+        why: Reason,
     ) {
         self.reject(conn, sub.unit, key, seq, why.clone());
         if self.spec.checks.is_some() && super::validate::update_non_finite(&sub.result) {
-            self.found_wrong(key, format!("it sent values that are not finite: {why}"));
+            let why = Reason::new(
+                Code::NotFinite,
+                format!("it sent values that are not finite: {why}"),
+            );
+            self.found_wrong(key, why);
         }
     }
 
@@ -350,7 +363,9 @@ impl Core {
         }
         let dense = match self.submission_problem(&sub) {
             Some(p) => Err(p),
-            None => self.dense_update(&sub.result).map_err(|e| e.to_string()),
+            None => self
+                .dense_update(&sub.result)
+                .map_err(|e| super::validate::update_refusal(&sub.result, e)),
         };
         // Either way the unit is over for this contributor.
         replicas!(self).round.units.remove(&unit);
@@ -376,7 +391,7 @@ impl Core {
                 Err(why) => {
                     replicas!(self).round.slots[u.slot as usize] = Slot::Open;
                     self.reject(conn, unit, key, seq, why.clone());
-                    return self.found_wrong(key, format!("its update failed a check: {why}"));
+                    return self.found_wrong(key, why.prefixed("its update failed a check"));
                 }
             }
         }

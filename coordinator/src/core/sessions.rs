@@ -6,7 +6,9 @@ use tessera_compute::hf::tensor_shapes;
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
 use tessera_protocol::log::LogEvent;
 use tessera_protocol::messages::{Capabilities, ContributorKind, Lease, SessionMessage, ShardSpec};
-use tessera_protocol::{PublicKey, ReplayGuard, TensorPayload, ToContributor, ToCoordinator};
+use tessera_protocol::{
+    Code, PublicKey, Reason, ReplayGuard, TensorPayload, ToContributor, ToCoordinator,
+};
 
 use super::{Action, ConnId, Core};
 
@@ -95,20 +97,27 @@ impl Core {
                     &handshake_message(&nonce, &self.id.public(), &key),
                     &signature,
                 ) {
-                    return self.fatal(conn, format!("handshake failed: {e}"));
+                    return self.fatal(
+                        conn,
+                        Reason::new(Code::Handshake, format!("handshake failed: {e}")),
+                    );
                 }
                 if self.credits.is_refused(&key) {
                     return self.fatal(
                         conn,
-                        "this identity's results failed a check: it is refused from this run (see the run log)"
-                            .into(),
+                        Reason::new(
+                            Code::Refused,
+                            "this identity's results failed a check: it is refused from this run (see the run log)",
+                        ),
                     );
                 }
                 if self.admin.banned.contains(&key) {
                     return self.fatal(
                         conn,
-                        "this identity is banned from the run by its administrator (see the run log)"
-                            .into(),
+                        Reason::new(
+                            Code::Banned,
+                            "this identity is banned from the run by its administrator (see the run log)",
+                        ),
                     );
                 }
                 // One session per identity: a reconnect replaces the old session.
@@ -123,7 +132,7 @@ impl Core {
                         conn: c,
                         reason: "replaced by a newer session of the same identity".into(),
                     });
-                    self.drop_session(c, Some("replaced".into()));
+                    self.drop_session(c, Some(Reason::new(Code::Replaced, "replaced")));
                 }
                 let kind = {
                     let s = self.sessions.get_mut(&conn).expect("checked above");
@@ -143,10 +152,13 @@ impl Core {
             (Stage::Active, ToCoordinator::Session(signed)) => {
                 let Some(key) = s.key else { return };
                 if let Err(e) = signed.verify(&s.nonce, &key) {
-                    return self.fatal(conn, format!("refused message: {e}"));
+                    return self.fatal(
+                        conn,
+                        Reason::new(Code::BadSignature, format!("refused message: {e}")),
+                    );
                 }
                 if let Err(e) = s.guard.accept(signed.seq) {
-                    return self.refuse(conn, format!("ignored: {e}"));
+                    return self.refuse(conn, Reason::new(Code::Sequence, format!("ignored: {e}")));
                 }
                 let seq = signed.seq;
                 match signed.body {
@@ -154,7 +166,13 @@ impl Core {
                         if s.lease == Some(lease) {
                             s.ready = true;
                         } else {
-                            self.refuse(conn, format!("lease {lease} is not yours"));
+                            self.refuse(
+                                conn,
+                                Reason::new(
+                                    Code::NotYourLease,
+                                    format!("lease {lease} is not yours"),
+                                ),
+                            );
                         }
                     }
                     SessionMessage::Heartbeat { .. } => {}
@@ -175,14 +193,17 @@ impl Core {
                     | SessionMessage::Audited(_)
                     | SessionMessage::Grads(_) => self.refuse(
                         conn,
-                        "that kind of result does not belong to this run's regime".into(),
+                        Reason::new(
+                            Code::WrongRegime,
+                            "that kind of result does not belong to this run's regime",
+                        ),
                     ),
                     SessionMessage::Leave => {
                         self.out.push(Action::Close {
                             conn,
                             reason: "left".into(),
                         });
-                        self.drop_session(conn, Some("left".into()));
+                        self.drop_session(conn, Some(Reason::new(Code::Left, "left")));
                     }
                 }
             }
@@ -194,7 +215,10 @@ impl Core {
                 };
                 self.fatal(
                     conn,
-                    format!("unexpected {what} while the session is at {stage:?}"),
+                    Reason::new(
+                        Code::UnexpectedMessage,
+                        format!("unexpected {what} while the session is at {stage:?}"),
+                    ),
                 );
             }
         }
@@ -212,7 +236,7 @@ impl Core {
         let budget = s.caps.as_ref().map_or(0, |c| c.memory_budget_bytes);
         if budget < need {
             let msg = format!("a replica of this run needs {need} bytes; your memory budget is {budget}. Raise it to take part");
-            return self.refuse(conn, msg);
+            return self.refuse(conn, Reason::new(Code::Budget, msg));
         }
         let lease = self.next_lease;
         self.next_lease += 1;
@@ -283,12 +307,12 @@ impl Core {
     }
 
     /// Forgets a session; its unit in progress goes back to the queue.
-    pub(super) fn drop_session(&mut self, conn: ConnId, why: Option<String>) {
+    pub(super) fn drop_session(&mut self, conn: ConnId, why: Option<Reason>) {
         if let Some(s) = self.sessions.remove(&conn) {
             if let Some(key) = s.active() {
                 self.log(LogEvent::Left {
                     key,
-                    reason: why.unwrap_or_else(|| "disconnected".into()),
+                    reason: why.unwrap_or_else(|| Reason::new(Code::Disconnected, "disconnected")),
                 });
             }
             if !self.is_replicas() {
@@ -332,7 +356,7 @@ impl Core {
                 conn: c,
                 reason: "silent for too long".into(),
             });
-            self.drop_session(c, Some("silent".into()));
+            self.drop_session(c, Some(Reason::new(Code::Silent, "silent")));
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use tessera_compute::hf::tensor_shapes;
 use tessera_protocol::messages::Update;
+use tessera_protocol::{Code, Reason};
 use tessera_train::update::to_dense;
 use tessera_train::TrainError;
 
@@ -33,6 +34,17 @@ pub(super) fn payload_non_finite(t: &tessera_protocol::TensorPayload) -> bool {
             .any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
         _ => false,
     }
+}
+
+/// Why an update that does not fit the model (`why`) was refused: `NotFinite` when it holds NaN
+/// or infinities, else `WrongShape`.
+pub(super) fn update_refusal(u: &Update, why: impl std::fmt::Display) -> Reason {
+    let code = if update_non_finite(u) {
+        Code::NotFinite
+    } else {
+        Code::WrongShape
+    };
+    Reason::new(code, why.to_string())
 }
 
 /// Whether an update holds a NaN or an infinity.

@@ -15,7 +15,7 @@ use tessera_compute::shard::ShardTensors;
 use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::messages::Verdict;
 use tessera_protocol::pipeline::{AuditResult, AuditWork, Pass, PipeResult, PipeWork};
-use tessera_protocol::{ActEncoding, Activation, PublicKey, ToContributor};
+use tessera_protocol::{ActEncoding, Activation, Code, PublicKey, Reason, ToContributor};
 use tessera_train::shards::{from_wire, grads_from_wire};
 
 use super::ShardId;
@@ -284,7 +284,7 @@ impl Core {
         if a.done.is_empty() {
             return self.resolve(
                 lease,
-                CheckOutcome::Skipped("no accepted work".into()),
+                CheckOutcome::Skipped(Reason::new(Code::NoAuditor, "no accepted work")),
                 vec![],
                 vec![],
                 0.0,
@@ -314,12 +314,14 @@ impl Core {
             .max_by_key(|&(l, _, key)| (self.credits.clean_steps(&key), std::cmp::Reverse(l)));
         let Some((by, conn, key)) = auditor else {
             let outcome = match first {
-                None => CheckOutcome::Skipped(
-                    "no other lease holding the same micro-shards was available".into(),
-                ),
-                Some(_) => CheckOutcome::Disputed(
-                    "the auditor disagrees and no third lease was available".into(),
-                ),
+                None => CheckOutcome::Skipped(Reason::new(
+                    Code::NoAuditor,
+                    "no other lease holding the same micro-shards was available",
+                )),
+                Some(_) => CheckOutcome::Disputed(Reason::new(
+                    Code::Disputed,
+                    "the auditor disagrees and no third lease was available",
+                )),
             };
             let auditors = first.map(|f| vec![f.0]).unwrap_or_default();
             return self.resolve(lease, outcome, auditors, Vec::new(), 0.0);
@@ -379,7 +381,10 @@ impl Core {
                 r.audit,
                 key,
                 seq,
-                format!("audit {} is not open for this connection", r.audit),
+                Reason::new(
+                    Code::NotOpen,
+                    format!("audit {} is not open for this connection", r.audit),
+                ),
             );
         };
         let AuditPhase::Running {
@@ -394,22 +399,28 @@ impl Core {
                 r.audit,
                 key,
                 seq,
-                "audit answered for another lease".into(),
+                Reason::new(Code::NotYourLease, "audit answered for another lease"),
             );
         }
         let sparse = None;
-        let sums: Result<Vec<ShardTensors>, String> = r
+        let sums: Result<Vec<ShardTensors>, Reason> = r
             .grads
             .iter()
-            .map(|g| grads_from_wire(g, &self.spec.model, sparse).map_err(|e| e.to_string()))
+            .map(|g| {
+                grads_from_wire(g, &self.spec.model, sparse)
+                    .map_err(|e| Reason::new(Code::WrongShape, e.to_string()))
+            })
             .collect();
         let sums = match sums {
             Ok(s) if r.outputs.len() == a.done.len() => s,
             Ok(_) => {
-                let why = format!(
-                    "{} results for an audit of {} units",
-                    r.outputs.len(),
-                    a.done.len()
+                let why = Reason::new(
+                    Code::WrongUnits,
+                    format!(
+                        "{} results for an audit of {} units",
+                        r.outputs.len(),
+                        a.done.len()
+                    ),
                 );
                 return self.audit_answer_refused(conn, key, seq, r.audit, lease, why);
             }
@@ -446,13 +457,19 @@ impl Core {
             Ruling::Decided(d) => {
                 let outcome = match d.found {
                     Found::Passed => CheckOutcome::Passed,
-                    Found::AuditorWrong { auditor } => CheckOutcome::AuditorFailed(format!(
-                        "the third party agrees with the checked lease, not with {}",
-                        auditor.fingerprint()
+                    Found::AuditorWrong { auditor } => CheckOutcome::AuditorFailed(Reason::new(
+                        Code::AuditorWrong,
+                        format!(
+                            "the third party agrees with the checked lease, not with {}",
+                            auditor.fingerprint()
+                        ),
                     )),
-                    Found::CheckedWrong { why } => CheckOutcome::Failed(why),
-                    Found::NoneAgree { why } => CheckOutcome::Failed(format!(
-                        "{why} (and the two auditors disagree with each other)"
+                    Found::CheckedWrong { why } => {
+                        CheckOutcome::Failed(Reason::new(Code::CheckFailed, why))
+                    }
+                    Found::NoneAgree { why } => CheckOutcome::Failed(Reason::new(
+                        Code::CheckFailed,
+                        format!("{why} (and the two auditors disagree with each other)"),
                     )),
                 };
                 let flops = if d.credited.is_empty() { 0.0 } else { flops };
@@ -469,7 +486,7 @@ impl Core {
         seq: u64,
         audit: u64,
         lease: u64,
-        why: String,
+        why: Reason,
     ) {
         self.reject(conn, audit, key, seq, why.clone());
         if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&lease)) {
@@ -481,7 +498,7 @@ impl Core {
                 self.start_audit(lease, first);
             }
         }
-        self.fatal(conn, format!("audit answer refused: {why}"));
+        self.fatal(conn, why.prefixed("audit answer refused"));
         self.collect_or_close();
     }
 
@@ -516,11 +533,11 @@ impl Core {
         match &outcome {
             CheckOutcome::AuditorFailed(why) => {
                 if let Some(&liar) = auditors.first() {
-                    self.close_refused(liar, format!("an audit it ran was wrong: {why}"));
+                    self.close_refused(liar, why.prefixed("an audit it ran was wrong"));
                 }
             }
             CheckOutcome::Failed(why) => {
-                self.close_refused(key, format!("its results failed a check: {why}"));
+                self.close_refused(key, why.prefixed("its results failed a check"));
             }
             CheckOutcome::Passed | CheckOutcome::Skipped(_) | CheckOutcome::Disputed(_) => {}
         }
@@ -529,7 +546,7 @@ impl Core {
     /// An identity found wrong outside a lease's check (NaN or infinities, a copied or
     /// failing whole-model update): a failed check goes into the log, which takes its credits
     /// and refuses it (a restarted coordinator too), then its sessions close.
-    pub(in crate::core) fn found_wrong(&mut self, key: PublicKey, why: String) {
+    pub(in crate::core) fn found_wrong(&mut self, key: PublicKey, why: Reason) {
         let step = self.round();
         self.log(LogEvent::Checked {
             key,
@@ -543,7 +560,7 @@ impl Core {
     }
 
     /// Closes the sessions of an identity the log has just refused.
-    pub(in crate::core) fn close_refused(&mut self, key: PublicKey, why: String) {
+    pub(in crate::core) fn close_refused(&mut self, key: PublicKey, why: Reason) {
         let conns: Vec<ConnId> = self
             .sessions
             .iter()
@@ -556,14 +573,15 @@ impl Core {
     }
 
     /// Whether a resolved check means the step cannot commit, and why.
-    pub(super) fn audit_failure(&self) -> Option<String> {
+    pub(super) fn audit_failure(&self) -> Option<Reason> {
         let pipe = pipe!(self)?;
         pipe.step.audits.values().find_map(|a| match &a.phase {
             AuditPhase::Resolved(CheckOutcome::Failed(w))
             | AuditPhase::Resolved(CheckOutcome::AuditorFailed(w))
-            | AuditPhase::Resolved(CheckOutcome::Disputed(w)) => {
-                Some(format!("a check of {}'s work: {w}", a.key.fingerprint()))
-            }
+            | AuditPhase::Resolved(CheckOutcome::Disputed(w)) => Some(Reason::new(
+                Code::Discarded,
+                format!("a check of {}'s work: {w}", a.key.fingerprint()),
+            )),
             _ => None,
         })
     }

@@ -4,7 +4,7 @@
 
 use tessera_compute::shard::ShardTensors;
 use tessera_protocol::messages::Lease;
-use tessera_protocol::{TensorPayload, ToContributor};
+use tessera_protocol::{Code, Reason, TensorPayload, ToContributor};
 use tessera_train::shards::to_wire;
 
 use super::{Holding, Pipe, ShardId, ShardState};
@@ -80,7 +80,7 @@ impl Core {
         let activation = self.spec.seq * self.spec.model.hidden_size as u64 * 4;
         if binding < activation {
             let msg = format!("a micro-batch's activation of this run is {activation} bytes, more than your adapter's largest binding of {binding} bytes");
-            return self.refuse(conn, msg);
+            return self.refuse(conn, Reason::new(Code::Budget, msg));
         }
         let Some(shards) = pipe.pick(budget, |x| ps.lease_bytes(x)) else {
             let need = ps
@@ -91,7 +91,7 @@ impl Core {
                 .min()
                 .unwrap_or(0);
             let msg = format!("the smallest micro-shard of this run needs {need} bytes; your memory budget is {budget}. Raise it to take part");
-            return self.refuse(conn, msg);
+            return self.refuse(conn, Reason::new(Code::Budget, msg));
         };
         let lease = self.next_lease;
         self.next_lease += 1;

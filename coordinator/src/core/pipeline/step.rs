@@ -9,7 +9,7 @@ use tessera_compute::reference::ops::IGNORE;
 use tessera_compute::reference::ModelParams;
 use tessera_protocol::messages::Verdict;
 use tessera_protocol::pipeline::StepGrads;
-use tessera_protocol::{PublicKey, ToContributor};
+use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
 use tessera_train::data::draw_index;
 use tessera_train::shards::grads_from_wire;
 use tessera_train::sparseloco::SparseConfig;
@@ -143,7 +143,7 @@ impl Core {
 
     /// Throws the open step's results away and runs it again from the same weights (every
     /// lease's gradient sums were collected, so none holds any).
-    fn discard_step(&mut self, reason: String) {
+    fn discard_step(&mut self, reason: Reason) {
         let Some(number) = pipe!(self).map(|p| p.step.number) else {
             return;
         };
@@ -182,13 +182,14 @@ impl Core {
             Err(why) => {
                 let poison = self.spec.checks.is_some() && super::audit::grads_non_finite(&g);
                 if poison {
+                    let why = Reason::new(Code::NotFinite, why.text.as_str());
                     self.reject(conn, unit, key, seq, why.clone());
-                    return self
-                        .found_wrong(key, format!("it sent values that are not finite: {why}"));
+                    let found = format!("it sent values that are not finite: {why}");
+                    return self.found_wrong(key, Reason::new(Code::NotFinite, found));
                 }
                 self.reject(conn, unit, key, seq, why.clone());
                 // Its backward units' sums are lost: drop the lease so they run again.
-                self.fatal(conn, format!("gradient sums refused: {why}"));
+                self.fatal(conn, why.prefixed("gradient sums refused"));
             }
         }
     }
@@ -197,24 +198,31 @@ impl Core {
         &self,
         conn: ConnId,
         g: &StepGrads,
-    ) -> Result<Vec<tessera_compute::shard::ShardTensors>, String> {
-        let pipe = pipe!(self).ok_or("this run has no pipeline")?;
+    ) -> Result<Vec<tessera_compute::shard::ShardTensors>, Reason> {
+        let pipe = pipe!(self)
+            .ok_or_else(|| Reason::new(Code::WrongRegime, "this run has no pipeline"))?;
         let c = pipe
             .step
             .collecting
             .get(&g.lease)
             .filter(|c| c.unit == g.unit && c.conn == conn)
             .ok_or_else(|| {
-                format!(
-                    "no gradient sums were asked of lease {} as {}",
-                    g.lease, g.unit
+                Reason::new(
+                    Code::NotOpen,
+                    format!(
+                        "no gradient sums were asked of lease {} as {}",
+                        g.lease, g.unit
+                    ),
                 )
             })?;
         let _ = c;
         if g.step != pipe.step.number {
-            return Err(format!(
-                "sums for step {}, the open step is {}",
-                g.step, pipe.step.number
+            return Err(Reason::new(
+                Code::WrongVersion,
+                format!(
+                    "sums for step {}, the open step is {}",
+                    g.step, pipe.step.number
+                ),
             ));
         }
         let owed: BTreeSet<u64> = pipe
@@ -225,9 +233,12 @@ impl Core {
             .unwrap_or_default();
         let listed: BTreeSet<u64> = g.units.iter().copied().collect();
         if listed != owed || listed.len() != g.units.len() {
-            return Err(format!(
-                "the sums list units {:?}; the lease's accepted backward units are {:?}",
-                g.units, owed
+            return Err(Reason::new(
+                Code::WrongUnits,
+                format!(
+                    "the sums list units {:?}; the lease's accepted backward units are {:?}",
+                    g.units, owed
+                ),
             ));
         }
         let held: Vec<_> = pipe
@@ -236,10 +247,13 @@ impl Core {
             .map(|h| h.shards.iter().map(|&(s, i)| &pipe.stages[s][i]).collect())
             .unwrap_or_default();
         if g.shards.len() != held.len() {
-            return Err(format!(
-                "sums for {} micro-shards, the lease holds {}",
-                g.shards.len(),
-                held.len()
+            return Err(Reason::new(
+                Code::WrongShape,
+                format!(
+                    "sums for {} micro-shards, the lease holds {}",
+                    g.shards.len(),
+                    held.len()
+                ),
             ));
         }
         let mut out = Vec::new();
@@ -250,15 +264,15 @@ impl Core {
                 .as_ref()
                 .and_then(|p| SparseConfig::from_sync(&p.grads));
             let t = grads_from_wire(sg, &self.spec.model, sparse.as_ref())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Reason::new(Code::WrongShape, e.to_string()))?;
             if !held.contains(&&t.shard)
                 || out
                     .iter()
                     .any(|o: &tessera_compute::shard::ShardTensors| o.shard == t.shard)
             {
-                return Err(format!(
-                    "{} is not held by the lease, or listed twice",
-                    t.shard
+                return Err(Reason::new(
+                    Code::WrongShape,
+                    format!("{} is not held by the lease, or listed twice", t.shard),
                 ));
             }
             out.push(t);

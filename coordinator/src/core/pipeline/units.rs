@@ -5,7 +5,7 @@
 use tessera_compute::shard::{combine, HeadStats, MicroShard};
 use tessera_protocol::messages::Verdict;
 use tessera_protocol::pipeline::{HeadBackward, Pass, PipeResult, PipeWork, UnitOutput};
-use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
+use tessera_protocol::{Code, PublicKey, Reason, TensorPayload, ToContributor};
 use tessera_train::shards::{from_wire, to_wire};
 
 use super::route::Route;
@@ -229,12 +229,23 @@ impl Core {
         }
         let result_digest = crate::core::digest(&o.result);
         let folded = if o.weights != self.version {
-            Err(format!(
-                "computed on weights {} but the step uses {}",
-                o.weights, self.version
+            Err(Reason::new(
+                Code::WrongVersion,
+                format!(
+                    "computed on weights {} but the step uses {}",
+                    o.weights, self.version
+                ),
             ))
         } else {
-            self.decode_output(&u, &o.result)
+            self.decode_output(&u, &o.result).map_err(|why| {
+                let non_finite = super::audit::result_non_finite(&o.result);
+                let code = if non_finite {
+                    Code::NotFinite
+                } else {
+                    Code::WrongShape
+                };
+                Reason::new(code, why)
+            })
         };
         let Some(pipe) = pipe_mut!(self) else {
             return;
@@ -246,7 +257,8 @@ impl Core {
                 let poison = pipe_checks(&self.spec) && super::audit::result_non_finite(&o.result);
                 self.reject(conn, unit, key, seq, why.clone());
                 if poison {
-                    self.found_wrong(key, format!("it sent values that are not finite: {why}"));
+                    let found = format!("it sent values that are not finite: {why}");
+                    self.found_wrong(key, Reason::new(Code::NotFinite, found));
                 }
                 return;
             }
@@ -471,7 +483,10 @@ impl Core {
             self.send(conn, ToContributor::Cancel { unit: id });
         }
         for conn in slow {
-            self.fatal(conn, "gradient sums not delivered in time".into());
+            self.fatal(
+                conn,
+                Reason::new(Code::Silent, "gradient sums not delivered in time"),
+            );
         }
     }
 }
