@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::PublicKey;
 
-use super::Record;
+use serde::{Deserialize, Serialize};
+use tessera_protocol::messages::ContributorKind;
 
 /// Every identity's record, as the log so far makes it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -121,6 +122,35 @@ impl Credits {
     pub fn clean_steps(&self, key: &PublicKey) -> u64 {
         self.records.get(key).map_or(0, |r| r.clean_steps)
     }
+}
+
+/// Per-identity record, kept across sessions and restarts: a fold of the run log (see
+/// this module).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Native or browser (as last seen).
+    pub kind: Option<ContributorKind>,
+    /// Accepted units.
+    pub accepted: u64,
+    /// Rejected submissions.
+    pub rejected: u64,
+    /// Tokens in accepted units.
+    pub tokens: u64,
+    /// Credits: floating-point operations of verified work (estimated from the model shape:
+    /// two per parameter per token forward, six forward and backward). Where the run checks
+    /// work, accepted work waits in `pending_flops` until the identity passes a check (or
+    /// its results agree with another's in a check it ran); a failed check takes everything.
+    pub flops: f64,
+    /// Accepted work not yet verified.
+    pub pending_flops: f64,
+    /// Checks of its work passed.
+    pub checks_passed: u64,
+    /// Checks of its work failed.
+    pub checks_failed: u64,
+    /// Distinct steps or rounds in which checks of its work passed: its probation. A step
+    /// thrown away and run again counts once, however often its checks ran, so an attacker
+    /// cannot shorten its probation by getting steps discarded.
+    pub clean_steps: u64,
 }
 
 #[cfg(test)]

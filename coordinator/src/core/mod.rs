@@ -59,9 +59,12 @@ macro_rules! pipe_mut {
 pub mod admin;
 mod arbitration;
 pub mod credits;
+mod draws;
+mod io;
 mod pipeline;
 mod replays;
 mod replica_checks;
+mod results;
 mod rounds;
 pub mod rules;
 mod run_state;
@@ -72,15 +75,19 @@ mod validate;
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tessera_compute::reference::ModelParams;
 use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
-use tessera_protocol::messages::{ContributorKind, LogHead, Update};
-use tessera_protocol::{Identity, PublicKey, Reason, ToContributor, ToCoordinator};
+use tessera_protocol::messages::LogHead;
+use tessera_protocol::{Identity, PublicKey, Reason, ToContributor};
 use tessera_train::data::Sampler;
 
+pub use credits::Record;
+pub use io::{Action, Input};
 pub use replica_checks::HeldOutScore;
-pub use run_state::{End, RunState};
+pub use results::{Contribution, RoundSummary, Snapshot};
+pub use run_state::{End, Phase, RunState};
+pub use sessions::SessionView;
 pub use spec::RunSpec;
 
 /// A transport connection.
@@ -102,191 +109,6 @@ pub fn weights_digest(w: &ModelParams<f32>) -> [u8; 32] {
         }
     }
     h.finalize().into()
-}
-
-/// What happens to the run.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Input {
-    /// A connection opened; `nonce` is fresh randomness for its handshake.
-    Connected {
-        /// Connection.
-        conn: ConnId,
-        /// Fresh random nonce.
-        nonce: [u8; 32],
-    },
-    /// A decoded message arrived.
-    Message {
-        /// Connection.
-        conn: ConnId,
-        /// The message.
-        msg: ToCoordinator,
-    },
-    /// A frame that did not decode (already answered by the transport); counts against the
-    /// sender.
-    BadFrame {
-        /// Connection.
-        conn: ConnId,
-        /// Why (`MalformedFrame`, or `ProtocolVersion` for another protocol version).
-        error: Reason,
-    },
-    /// The connection closed.
-    Disconnected {
-        /// Connection.
-        conn: ConnId,
-    },
-    /// Time passed.
-    Tick,
-    /// An administrator's request, already authenticated by the shell; answered by
-    /// [`Action::AdminDone`] with the same `request`.
-    Admin {
-        /// The shell's id for the request.
-        request: u64,
-        /// What to do.
-        action: tessera_protocol::log::AdminAction,
-        /// Why (contributors see it).
-        reason: String,
-    },
-}
-
-/// What the shell must do, in order.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    /// Send a message.
-    Send {
-        /// Connection.
-        conn: ConnId,
-        /// The message.
-        msg: ToContributor,
-    },
-    /// Close a connection.
-    Close {
-        /// Connection.
-        conn: ConnId,
-        /// Why.
-        reason: String,
-    },
-    /// Persist an accepted contribution (before the receipt that follows is sent).
-    Accepted(Contribution),
-    /// A round closed: persist the new weights and the snapshot.
-    RoundClosed(RoundSummary),
-    /// The run reached its last round.
-    Finished,
-    /// A run-log entry: persist it (before the messages that follow, which may carry its head).
-    Logged(SignedEntry),
-    /// An accepted contribution that a check at the round's close threw out: forget it (its
-    /// slot runs again), before the messages that follow.
-    Withdrawn {
-        /// Round.
-        round: u64,
-        /// Replica slot.
-        slot: u64,
-    },
-    /// The answer to an administrator's request: the index of the log entry that put it into
-    /// effect, or why it was refused (then nothing changed).
-    AdminDone {
-        /// The request.
-        request: u64,
-        /// The entry's index, or the refusal.
-        result: Result<u64, String>,
-    },
-}
-
-/// An accepted work unit's result.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Contribution {
-    /// Round.
-    pub round: u64,
-    /// Replica slot.
-    pub slot: u64,
-    /// Unit id.
-    pub unit: u64,
-    /// Who did it.
-    pub contributor: PublicKey,
-    /// Tokens trained on.
-    pub tokens: u64,
-    /// Sum of token losses.
-    pub loss_sum: f64,
-    /// The update as received.
-    pub update: Update,
-}
-
-/// A closed round.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RoundSummary {
-    /// The round that closed.
-    pub round: u64,
-    /// The weight version it produced.
-    pub version: u64,
-    /// Mean training loss over the round's tokens.
-    pub loss: f64,
-    /// Tokens trained.
-    pub tokens: u64,
-    /// Contributors whose units were accepted.
-    pub contributors: Vec<PublicKey>,
-    /// Scale each slot's pseudo-gradient got from the median clip.
-    pub clip_scales: Vec<f64>,
-}
-
-/// Run phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Phase {
-    /// Training.
-    Training,
-    /// Every round done.
-    Finished,
-}
-
-/// Everything needed to resume a run after a crash, besides the accepted contributions of the
-/// open round (which the ledger holds).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Snapshot {
-    /// Current (open) round.
-    pub round: u64,
-    /// Weight version (rounds closed).
-    pub version: u64,
-    /// Weights at that version.
-    pub weights: ModelParams<f32>,
-    /// Loss of each closed round.
-    pub losses: Vec<f64>,
-    /// Next unit id.
-    pub next_unit: u64,
-    /// Next lease id.
-    pub next_lease: u64,
-    /// Pipeline runs: the authoritative AdamW moments (first, second) at that version, once a
-    /// step was taken.
-    pub moments: Option<(ModelParams<f32>, ModelParams<f32>)>,
-    /// The aggregate that produced this version from the previous one (see [`rules`]), kept
-    /// beside the checkpoint; none for the initial weights and for a resumed snapshot.
-    pub aggregate: Option<ModelParams<f32>>,
-}
-
-/// Per-identity record, kept across sessions and restarts: a fold of the run log (see
-/// [`credits`]).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    /// Native or browser (as last seen).
-    pub kind: Option<ContributorKind>,
-    /// Accepted units.
-    pub accepted: u64,
-    /// Rejected submissions.
-    pub rejected: u64,
-    /// Tokens in accepted units.
-    pub tokens: u64,
-    /// Credits: floating-point operations of verified work (estimated from the model shape:
-    /// two per parameter per token forward, six forward and backward). Where the run checks
-    /// work, accepted work waits in `pending_flops` until the identity passes a check (or
-    /// its results agree with another's in a check it ran); a failed check takes everything.
-    pub flops: f64,
-    /// Accepted work not yet verified.
-    pub pending_flops: f64,
-    /// Checks of its work passed.
-    pub checks_passed: u64,
-    /// Checks of its work failed.
-    pub checks_failed: u64,
-    /// Distinct steps or rounds in which checks of its work passed: its probation. A step
-    /// thrown away and run again counts once, however often its checks ran, so an attacker
-    /// cannot shorten its probation by getting steps discarded.
-    pub clean_steps: u64,
 }
 
 /// How a run trains, each regime with the state only it has.
@@ -325,6 +147,8 @@ pub struct Core {
     credits: credits::Credits,
     /// How the run trains, and that regime's own state.
     regime: Regime,
+    /// Every choice of who is checked, who checks and who holds what.
+    draws: draws::Draws,
     log: LogWriter,
     admin: admin::AdminState,
     /// The aggregate of the last closed round or step (what produced the current weights).
@@ -403,6 +227,7 @@ impl Core {
                 held_out_scores: Default::default(),
             })),
         };
+        let draws = draws::Draws::new(spec.seed);
         let mut core = Core {
             spec,
             id,
@@ -415,6 +240,7 @@ impl Core {
             sessions: BTreeMap::new(),
             credits: credits::Credits::default(),
             regime,
+            draws,
             log: LogWriter::default(),
             admin: admin::AdminState::default(),
             aggregate: None,
@@ -613,21 +439,4 @@ impl Core {
         });
         self.drop_session(conn, Some(why));
     }
-}
-
-/// A session as seen from outside.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionView {
-    /// Connection.
-    pub conn: ConnId,
-    /// Identity.
-    pub key: PublicKey,
-    /// Native or browser.
-    pub kind: ContributorKind,
-    /// Lease held.
-    pub lease: Option<u64>,
-    /// Unit in progress.
-    pub unit: Option<u64>,
-    /// The micro-shards of its lease (every one for a whole-model lease).
-    pub shards: Vec<String>,
 }

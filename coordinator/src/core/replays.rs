@@ -18,6 +18,7 @@ use tessera_train::sparseloco::{matches_compression, Compressed};
 use tessera_train::update::two_d;
 
 use super::arbitration::{arbitrate, Found, Ruling};
+use super::draws::Candidate;
 use super::{Action, ConnId, Core};
 
 /// A first auditor that disagreed: who, its update and its loss sum.
@@ -173,7 +174,7 @@ impl Core {
             let Some(case) = replicas_ref!(self).round.replays.cases.get(&slot) else {
                 continue;
             };
-            let eligible: Vec<(ConnId, PublicKey, bool)> = self
+            let eligible: Vec<Candidate> = self
                 .sessions
                 .iter()
                 .filter_map(|(&conn, s)| {
@@ -182,8 +183,13 @@ impl Core {
                         && !case.tried.contains(&k)
                         && case.first.as_ref().is_none_or(|f| f.0 != k)
                         && !self.is_refused(&k);
-                    let free = s.ready && s.lease.is_some() && s.unit.is_none();
-                    ok.then_some((conn, k, free))
+                    ok.then_some(Candidate {
+                        conn,
+                        key: k,
+                        lease: s.lease.unwrap_or(0),
+                        clean_steps: self.credits.clean_steps(&k),
+                        free: s.ready && s.lease.is_some() && s.unit.is_none(),
+                    })
                 })
                 .collect();
             let anyone = self.sessions.values().any(|s| s.active().is_some());
@@ -202,7 +208,7 @@ impl Core {
                 self.maybe_close_round();
                 continue;
             }
-            let Some(&(conn, key, _)) = eligible.iter().find(|e| e.2) else {
+            let Some(Candidate { conn, key, .. }) = self.draws.replayer(&eligible) else {
                 continue;
             };
             let unit = self.next_unit;

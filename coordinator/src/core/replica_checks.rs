@@ -220,11 +220,8 @@ impl Core {
                 ));
             }
         }
-        let passed = self.credits.clean_steps(&key);
-        let h = super::digest(&("loss-check", self.spec.seed, self.round(), slot, key));
-        let draw =
-            u64::from_le_bytes(h[..8].try_into().unwrap_or_default()) as f64 / u64::MAX as f64;
-        Ok(draw < checks.rate(passed))
+        let rate = checks.rate(self.credits.clean_steps(&key));
+        Ok(self.draws.update_checked(self.round(), slot, key, rate))
     }
 
     /// The checks of a complete round, before it may close: an update whose norm is several

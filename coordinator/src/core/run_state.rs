@@ -6,7 +6,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Phase;
+/// Run phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Training.
+    Training,
+    /// Every round done.
+    Finished,
+}
 
 /// Where a run stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,6 +45,23 @@ impl Session {
     }
 }
 
+/// A session as seen from outside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    /// Connection.
+    pub conn: ConnId,
+    /// Identity.
+    pub key: PublicKey,
+    /// Native or browser.
+    pub kind: ContributorKind,
+    /// Lease held.
+    pub lease: Option<u64>,
+    /// Unit in progress.
+    pub unit: Option<u64>,
+    /// The micro-shards of its lease (every one for a whole-model lease).
+    pub shards: Vec<String>,
+}
+
 impl Core {
     pub(super) fn connected(&mut self, conn: ConnId, nonce: [u8; 32]) {
         let s = Session {

@@ -20,6 +20,7 @@ use tessera_train::shards::{from_wire, grads_from_wire};
 
 use super::ShardId;
 use crate::core::arbitration::{arbitrate, Found, Ruling};
+use crate::core::draws::Candidate;
 use crate::core::{ConnId, Core};
 
 /// The first auditor's identity and answer (results, gradient sums), kept while a third
@@ -181,8 +182,8 @@ impl Core {
         let Some(checks) = self.spec.checks.clone() else {
             return false;
         };
-        let passed = self.credits.clean_steps(&key);
-        let seed = self.spec.seed;
+        let rate = checks.rate(self.credits.clean_steps(&key));
+        let draws = self.draws;
         let Some(pipe) = pipe_mut!(self) else {
             return false;
         };
@@ -190,10 +191,7 @@ impl Core {
         if let Some(&s) = step.selected.get(&lease) {
             return s;
         }
-        let h = crate::core::digest(&("check", seed, step.number, lease, key));
-        let draw =
-            u64::from_le_bytes(h[..8].try_into().unwrap_or_default()) as f64 / u64::MAX as f64;
-        let chosen = draw < checks.rate(passed);
+        let chosen = draws.lease_audited(step.number, lease, key, rate);
         step.selected.insert(lease, chosen);
         if chosen {
             step.audits.insert(
@@ -299,7 +297,7 @@ impl Core {
         if let Some((k, ..)) = &first {
             exclude.push(*k);
         }
-        let auditor = pipe
+        let candidates: Vec<Candidate> = pipe
             .holdings
             .iter()
             .filter(|(&l, h)| {
@@ -308,10 +306,19 @@ impl Core {
             .filter_map(|(&l, h)| {
                 let s = self.sessions.get(&h.conn)?;
                 let key = s.active()?;
-                (s.ready && !exclude.contains(&key) && !self.credits.is_refused(&key))
-                    .then_some((l, h.conn, key))
+                Some(Candidate {
+                    conn: h.conn,
+                    key,
+                    lease: l,
+                    clean_steps: self.credits.clean_steps(&key),
+                    free: s.ready && !exclude.contains(&key) && !self.credits.is_refused(&key),
+                })
             })
-            .max_by_key(|&(l, _, key)| (self.credits.clean_steps(&key), std::cmp::Reverse(l)));
+            .collect();
+        let auditor = self
+            .draws
+            .auditor(&candidates)
+            .map(|c| (c.lease, c.conn, c.key));
         let Some((by, conn, key)) = auditor else {
             let outcome = match first {
                 None => CheckOutcome::Skipped(Reason::new(

@@ -18,7 +18,7 @@ impl Pipe {
     /// whole stages, extending over following stages while they fit and are as short of
     /// replicas; otherwise it takes consecutive micro-shards of that stage while they fit. A big
     /// budget so gets a heavy lease (fewer hops, no fan-out), a small one a single micro-shard.
-    pub(super) fn pick(
+    pub(in crate::core) fn pick(
         &self,
         budget: u64,
         bytes: impl Fn(&[ShardId]) -> u64,
@@ -82,7 +82,7 @@ impl Core {
             let msg = format!("a micro-batch's activation of this run is {activation} bytes, more than your adapter's largest binding of {binding} bytes");
             return self.refuse(conn, Reason::new(Code::Budget, msg));
         }
-        let Some(shards) = pipe.pick(budget, |x| ps.lease_bytes(x)) else {
+        let Some(shards) = self.draws.lease_shards(pipe, budget, |x| ps.lease_bytes(x)) else {
             let need = ps
                 .state_bytes
                 .iter()
