@@ -11,9 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{coordinator, copy_dir, data, flip_byte, free_port, scratch, wait_for, worker};
-use tessera_protocol::identity::{hex, parse_hex32, unhex};
-use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
-use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
+use tessera_protocol::identity::parse_hex32;
+use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry, StoredEntry};
 use tessera_protocol::Identity;
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
@@ -32,7 +31,11 @@ fn saved_log(path: &Path) -> (serde_json::Value, Vec<SignedEntry>) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| from_signing_bytes(&unhex(e["signed"].as_str().unwrap()).unwrap()).unwrap())
+        .map(|e| {
+            StoredEntry::decode(e["signed"].as_str().unwrap())
+                .unwrap()
+                .upgrade()
+        })
         .collect();
     (v, entries)
 }
@@ -51,7 +54,7 @@ fn write_resigned(
     let entries: Vec<serde_json::Value> = events
         .map(|(time, event)| {
             let s = w.append(&id, time, event);
-            serde_json::json!({"index": s.entry.index, "signed": hex(&signing_bytes(&s).unwrap())})
+            serde_json::json!({"index": s.entry.index, "signed": StoredEntry::encode(&s)})
         })
         .collect();
     std::fs::write(

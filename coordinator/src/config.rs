@@ -431,8 +431,12 @@ impl RunConfig {
         toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 
-    /// The model, the data and the initial weights; relative paths resolve against `base`.
-    pub fn resolve(&self, base: &Path) -> Result<(RunSpec, ModelParams<f32>), ConfigError> {
+    /// The model and its initial weights: a preset's or a `config.json`'s with random weights
+    /// from the seed, or a checkpoint's (`init_from`).
+    fn model_and_weights(
+        &self,
+        base: &Path,
+    ) -> Result<(ModelConfig, ModelParams<f32>), ConfigError> {
         let m = &self.model;
         let given = [
             m.preset.is_some(),
@@ -476,6 +480,11 @@ impl RunConfig {
             let w = ModelParams::random(&cfg, self.seed);
             (cfg, w)
         };
+        Ok((model, weights))
+    }
+
+    /// The training data as token ids, each inside `model`'s vocabulary.
+    fn tokens(&self, base: &Path, model: &ModelConfig) -> Result<Vec<u32>, ConfigError> {
         let d = &self.data;
         let tokenizer = match &d.tokenizer {
             Some(p) => Tokenizer::from_file(&base.join(p))
@@ -508,6 +517,13 @@ impl RunConfig {
                 )));
             }
         }
+        Ok(tokens)
+    }
+
+    /// The model, the data and the initial weights; relative paths resolve against `base`.
+    pub fn resolve(&self, base: &Path) -> Result<(RunSpec, ModelParams<f32>), ConfigError> {
+        let (model, weights) = self.model_and_weights(base)?;
+        let tokens = self.tokens(base, &model)?;
         let t = &self.train;
         if t.replicas == 0 || t.inner_steps == 0 || t.batch == 0 || t.seq == 0 || self.rounds == 0 {
             return Err(ConfigError::Invalid(

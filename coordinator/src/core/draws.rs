@@ -7,8 +7,10 @@
 
 use tessera_protocol::PublicKey;
 
-use super::pipeline::{Pipe, ShardId};
 use super::ConnId;
+
+/// A micro-shard's place: (stage, index in the stage).
+type ShardId = (usize, usize);
 
 /// The core's draws for one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,15 +75,58 @@ impl Draws {
             .copied()
     }
 
-    /// The micro-shards a new lease of `budget` bytes gets (see `Pipe::pick`), or `None` when
-    /// not even one fits.
+    /// The micro-shards a new lease of `budget` bytes gets, given each micro-shard's replica
+    /// count (`reps`, by stage), or `None` when not even one fits.
+    ///
+    /// It looks at micro-shards with the fewest replicas first, in pipeline order, and starts at
+    /// the first one it can hold. If that micro-shard's whole stage fits the budget it takes
+    /// whole stages, extending over following stages while they fit and are as short of
+    /// replicas; otherwise it takes consecutive micro-shards of that stage while they fit. A big
+    /// budget so gets a heavy lease (fewer hops, no fan-out), a small one a single micro-shard.
     pub(super) fn lease_shards(
         &self,
-        pipe: &Pipe,
+        reps: &[Vec<usize>],
         budget: u64,
         bytes: impl Fn(&[ShardId]) -> u64,
     ) -> Option<Vec<ShardId>> {
-        pipe.pick(budget, bytes)
+        let mut levels: Vec<usize> = reps.iter().flatten().copied().collect();
+        levels.sort_unstable();
+        levels.dedup();
+        let whole = |s: usize| -> Vec<ShardId> { (0..reps[s].len()).map(|i| (s, i)).collect() };
+        for level in levels {
+            for (stage, r) in reps.iter().enumerate() {
+                if r.iter().all(|&n| n == level) && bytes(&whole(stage)) <= budget {
+                    let mut take = whole(stage);
+                    for (s, rs) in reps.iter().enumerate().skip(stage + 1) {
+                        if rs.iter().any(|&n| n != level) {
+                            break;
+                        }
+                        let mut more = take.clone();
+                        more.extend(whole(s));
+                        if bytes(&more) > budget {
+                            break;
+                        }
+                        take = more;
+                    }
+                    return Some(take);
+                }
+                for first in (0..r.len()).filter(|&i| r[i] == level) {
+                    let mut take = Vec::new();
+                    for (i, &n) in r.iter().enumerate().skip(first) {
+                        let mut more = take.clone();
+                        more.push((stage, i));
+                        if n != level || bytes(&more) > budget {
+                            break;
+                        }
+                        take = more;
+                    }
+                    if !take.is_empty() {
+                        return Some(take);
+                    }
+                }
+            }
+        }
+        None
     }
 }
 
@@ -169,5 +214,35 @@ mod tests {
         ];
         assert_eq!(d.auditor(&c).map(|c| c.conn), Some(4));
         assert_eq!(d.auditor(&c[1..2]), None);
+    }
+
+    #[test]
+    fn a_new_lease_takes_the_least_replicated_micro_shards_its_budget_holds() {
+        let d = Draws::new(1);
+        // Three stages of 1, 2 and 2 micro-shards, each micro-shard 10 bytes.
+        let bytes = |x: &[ShardId]| 10 * x.len() as u64;
+        let none = vec![vec![0], vec![0, 0], vec![0, 0]];
+        // A budget for everything: whole stages from the first.
+        assert_eq!(
+            d.lease_shards(&none, 50, bytes),
+            Some(vec![(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)])
+        );
+        // A budget for one micro-shard: the first of the least replicated.
+        assert_eq!(d.lease_shards(&none, 10, bytes), Some(vec![(0, 0)]));
+        let some = vec![vec![1], vec![1, 0], vec![0, 0]];
+        assert_eq!(d.lease_shards(&some, 10, bytes), Some(vec![(1, 1)]));
+        // The first stage with a least-replicated micro-shard wins, whole or not.
+        assert_eq!(d.lease_shards(&some, 40, bytes), Some(vec![(1, 1)]));
+        // Whole stages while they are as short of replicas and fit.
+        let first_held = vec![vec![1], vec![0, 0], vec![0, 0]];
+        assert_eq!(
+            d.lease_shards(&first_held, 40, bytes),
+            Some(vec![(1, 0), (1, 1), (2, 0), (2, 1)])
+        );
+        assert_eq!(
+            d.lease_shards(&first_held, 30, bytes),
+            Some(vec![(1, 0), (1, 1)])
+        );
+        assert_eq!(d.lease_shards(&none, 9, bytes), None, "nothing fits");
     }
 }

@@ -7,7 +7,7 @@ use tessera_protocol::identity::{handshake_message, HANDSHAKE};
 use tessera_protocol::log::LogEvent;
 use tessera_protocol::messages::{Capabilities, ContributorKind, Lease, SessionMessage, ShardSpec};
 use tessera_protocol::{
-    Code, PublicKey, Reason, ReplayGuard, TensorPayload, ToContributor, ToCoordinator,
+    Code, PublicKey, Reason, ReplayGuard, Signed, TensorPayload, ToContributor, ToCoordinator,
 };
 
 use super::{Action, ConnId, Core};
@@ -106,124 +106,8 @@ impl Core {
                 };
                 self.send(conn, msg);
             }
-            (Stage::Proof, ToCoordinator::Proof { signature }) => {
-                let Some(key) = s.key else { return };
-                let nonce = s.nonce;
-                if let Err(e) = key.verify(
-                    HANDSHAKE,
-                    &handshake_message(&nonce, &self.id.public(), &key),
-                    &signature,
-                ) {
-                    return self.fatal(
-                        conn,
-                        Reason::new(Code::Handshake, format!("handshake failed: {e}")),
-                    );
-                }
-                if self.credits.is_refused(&key) {
-                    return self.fatal(
-                        conn,
-                        Reason::new(
-                            Code::Refused,
-                            "this identity's results failed a check: it is refused from this run (see the run log)",
-                        ),
-                    );
-                }
-                if self.admin.banned.contains(&key) {
-                    return self.fatal(
-                        conn,
-                        Reason::new(
-                            Code::Banned,
-                            "this identity is banned from the run by its administrator (see the run log)",
-                        ),
-                    );
-                }
-                // One session per identity: a reconnect replaces the old session.
-                let old: Vec<ConnId> = self
-                    .sessions
-                    .iter()
-                    .filter(|(&c, o)| c != conn && o.active() == Some(key))
-                    .map(|(&c, _)| c)
-                    .collect();
-                for c in old {
-                    self.out.push(Action::Close {
-                        conn: c,
-                        reason: "replaced by a newer session of the same identity".into(),
-                    });
-                    self.drop_session(c, Some(Reason::new(Code::Replaced, "replaced")));
-                }
-                let kind = {
-                    let s = self.sessions.get_mut(&conn).expect("checked above");
-                    s.stage = Stage::Active;
-                    s.kind
-                };
-                self.log(LogEvent::Joined { key, kind });
-                self.send(
-                    conn,
-                    ToContributor::Welcome {
-                        run: self.spec.name.clone(),
-                        log_head: self.log_head(),
-                    },
-                );
-                self.offer_lease(conn);
-            }
-            (Stage::Active, ToCoordinator::Session(signed)) => {
-                let Some(key) = s.key else { return };
-                if let Err(e) = signed.verify(&s.nonce, &key) {
-                    return self.fatal(
-                        conn,
-                        Reason::new(Code::BadSignature, format!("refused message: {e}")),
-                    );
-                }
-                if let Err(e) = s.guard.accept(signed.seq) {
-                    return self.refuse(conn, Reason::new(Code::Sequence, format!("ignored: {e}")));
-                }
-                let seq = signed.seq;
-                match signed.body {
-                    SessionMessage::Ready { lease, .. } => {
-                        if s.lease == Some(lease) {
-                            s.ready = true;
-                        } else {
-                            self.refuse(
-                                conn,
-                                Reason::new(
-                                    Code::NotYourLease,
-                                    format!("lease {lease} is not yours"),
-                                ),
-                            );
-                        }
-                    }
-                    SessionMessage::Heartbeat { .. } => {}
-                    SessionMessage::Submit(sub) if self.is_replicas() => {
-                        self.submit(conn, key, seq, sub)
-                    }
-                    SessionMessage::Output(o) if !self.is_replicas() => {
-                        self.output(conn, key, seq, o)
-                    }
-                    SessionMessage::Grads(g) if !self.is_replicas() => {
-                        self.grads(conn, key, seq, g)
-                    }
-                    SessionMessage::Audited(r) if !self.is_replicas() => {
-                        self.audited(conn, key, seq, r)
-                    }
-                    SessionMessage::Submit(_)
-                    | SessionMessage::Output(_)
-                    | SessionMessage::Audited(_)
-                    | SessionMessage::Grads(_) => self.refuse(
-                        conn,
-                        Reason::new(
-                            Code::WrongRegime,
-                            "that kind of result does not belong to this run's regime",
-                        ),
-                    ),
-                    SessionMessage::Leave => {
-                        self.out.push(Action::Close {
-                            conn,
-                            reason: "left".into(),
-                        });
-                        self.drop_session(conn, Some(Reason::new(Code::Left, "left")));
-                    }
-                }
-            }
+            (Stage::Proof, ToCoordinator::Proof { signature }) => self.proof(conn, signature),
+            (Stage::Active, ToCoordinator::Session(signed)) => self.session_message(conn, signed),
             (stage, msg) => {
                 let what = match msg {
                     ToCoordinator::Hello { .. } => "Hello",
@@ -237,6 +121,125 @@ impl Core {
                         format!("unexpected {what} while the session is at {stage:?}"),
                     ),
                 );
+            }
+        }
+    }
+
+    /// The handshake's proof: the key's signature over the challenge; a refused or banned
+    /// identity is told why and closed, a verified one joins, replacing its older session.
+    fn proof(&mut self, conn: ConnId, signature: tessera_protocol::Signature) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let Some(key) = s.key else { return };
+        let nonce = s.nonce;
+        if let Err(e) = key.verify(
+            HANDSHAKE,
+            &handshake_message(&nonce, &self.id.public(), &key),
+            &signature,
+        ) {
+            return self.fatal(
+                conn,
+                Reason::new(Code::Handshake, format!("handshake failed: {e}")),
+            );
+        }
+        if self.credits.is_refused(&key) {
+            return self.fatal(
+                conn,
+                Reason::new(
+                    Code::Refused,
+                    "this identity's results failed a check: it is refused from this run (see the run log)",
+                ),
+            );
+        }
+        if self.admin.banned.contains(&key) {
+            return self.fatal(
+                conn,
+                Reason::new(
+                    Code::Banned,
+                    "this identity is banned from the run by its administrator (see the run log)",
+                ),
+            );
+        }
+        // One session per identity: a reconnect replaces the old session.
+        let old: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(&c, o)| c != conn && o.active() == Some(key))
+            .map(|(&c, _)| c)
+            .collect();
+        for c in old {
+            self.out.push(Action::Close {
+                conn: c,
+                reason: "replaced by a newer session of the same identity".into(),
+            });
+            self.drop_session(c, Some(Reason::new(Code::Replaced, "replaced")));
+        }
+        let kind = {
+            let s = self.sessions.get_mut(&conn).expect("checked above");
+            s.stage = Stage::Active;
+            s.kind
+        };
+        self.log(LogEvent::Joined { key, kind });
+        self.send(
+            conn,
+            ToContributor::Welcome {
+                run: self.spec.name.clone(),
+                log_head: self.log_head(),
+            },
+        );
+        self.offer_lease(conn);
+    }
+
+    /// A signed session message of an active session: signature and sequence checked, then
+    /// handed to the part it belongs to.
+    fn session_message(&mut self, conn: ConnId, signed: Signed<SessionMessage>) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let Some(key) = s.key else { return };
+        if let Err(e) = signed.verify(&s.nonce, &key) {
+            return self.fatal(
+                conn,
+                Reason::new(Code::BadSignature, format!("refused message: {e}")),
+            );
+        }
+        if let Err(e) = s.guard.accept(signed.seq) {
+            return self.refuse(conn, Reason::new(Code::Sequence, format!("ignored: {e}")));
+        }
+        let seq = signed.seq;
+        match signed.body {
+            SessionMessage::Ready { lease, .. } => {
+                if s.lease == Some(lease) {
+                    s.ready = true;
+                } else {
+                    self.refuse(
+                        conn,
+                        Reason::new(Code::NotYourLease, format!("lease {lease} is not yours")),
+                    );
+                }
+            }
+            SessionMessage::Heartbeat { .. } => {}
+            SessionMessage::Submit(sub) if self.is_replicas() => self.submit(conn, key, seq, sub),
+            SessionMessage::Output(o) if !self.is_replicas() => self.output(conn, key, seq, o),
+            SessionMessage::Grads(g) if !self.is_replicas() => self.grads(conn, key, seq, g),
+            SessionMessage::Audited(r) if !self.is_replicas() => self.audited(conn, key, seq, r),
+            SessionMessage::Submit(_)
+            | SessionMessage::Output(_)
+            | SessionMessage::Audited(_)
+            | SessionMessage::Grads(_) => self.refuse(
+                conn,
+                Reason::new(
+                    Code::WrongRegime,
+                    "that kind of result does not belong to this run's regime",
+                ),
+            ),
+            SessionMessage::Leave => {
+                self.out.push(Action::Close {
+                    conn,
+                    reason: "left".into(),
+                });
+                self.drop_session(conn, Some(Reason::new(Code::Left, "left")));
             }
         }
     }

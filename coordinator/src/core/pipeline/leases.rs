@@ -7,64 +7,8 @@ use tessera_protocol::messages::Lease;
 use tessera_protocol::{Code, Reason, TensorPayload, ToContributor};
 use tessera_train::shards::to_wire;
 
-use super::{Holding, Pipe, ShardId, ShardState};
+use super::{Holding, ShardId, ShardState};
 use crate::core::{ConnId, Core};
-
-impl Pipe {
-    /// The micro-shards a lease of `budget` bytes should hold, or `None` when not even one fits.
-    ///
-    /// It looks at micro-shards with the fewest replicas first, in pipeline order, and starts at
-    /// the first one it can hold. If that micro-shard's whole stage fits the budget it takes
-    /// whole stages, extending over following stages while they fit and are as short of
-    /// replicas; otherwise it takes consecutive micro-shards of that stage while they fit. A big
-    /// budget so gets a heavy lease (fewer hops, no fan-out), a small one a single micro-shard.
-    pub(in crate::core) fn pick(
-        &self,
-        budget: u64,
-        bytes: impl Fn(&[ShardId]) -> u64,
-    ) -> Option<Vec<ShardId>> {
-        let reps = self.replicas();
-        let mut levels: Vec<usize> = reps.iter().flatten().copied().collect();
-        levels.sort_unstable();
-        levels.dedup();
-        let whole =
-            |s: usize| -> Vec<ShardId> { (0..self.stages[s].len()).map(|i| (s, i)).collect() };
-        for level in levels {
-            for (stage, r) in reps.iter().enumerate() {
-                if r.iter().all(|&n| n == level) && bytes(&whole(stage)) <= budget {
-                    let mut take = whole(stage);
-                    for (s, rs) in reps.iter().enumerate().skip(stage + 1) {
-                        if rs.iter().any(|&n| n != level) {
-                            break;
-                        }
-                        let mut more = take.clone();
-                        more.extend(whole(s));
-                        if bytes(&more) > budget {
-                            break;
-                        }
-                        take = more;
-                    }
-                    return Some(take);
-                }
-                for first in (0..r.len()).filter(|&i| r[i] == level) {
-                    let mut take = Vec::new();
-                    for (i, &n) in r.iter().enumerate().skip(first) {
-                        let mut more = take.clone();
-                        more.push((stage, i));
-                        if n != level || bytes(&more) > budget {
-                            break;
-                        }
-                        take = more;
-                    }
-                    if !take.is_empty() {
-                        return Some(take);
-                    }
-                }
-            }
-        }
-        None
-    }
-}
 
 impl Core {
     /// Gives the session a pipeline lease sized to its budget and sends its weights.
@@ -82,7 +26,11 @@ impl Core {
             let msg = format!("a micro-batch's activation of this run is {activation} bytes, more than your adapter's largest binding of {binding} bytes");
             return self.refuse(conn, Reason::new(Code::Budget, msg));
         }
-        let Some(shards) = self.draws.lease_shards(pipe, budget, |x| ps.lease_bytes(x)) else {
+        let replicas = pipe.replicas();
+        let Some(shards) = self
+            .draws
+            .lease_shards(&replicas, budget, |x| ps.lease_bytes(x))
+        else {
             let need = ps
                 .state_bytes
                 .iter()
