@@ -14,9 +14,8 @@ use tessera_compute::ModelConfig;
 use tessera_coordinator::core::weights_digest;
 use tessera_coordinator::store::Store;
 use tessera_protocol::identity::hex;
-use tessera_protocol::log::{
-    verify_stored, LogError, LogEvent, SignedEntry, StoredEntry, LOG_VERSION,
-};
+use tessera_protocol::log::{LogError, LogEvent, SignedEntry, LOG_VERSION};
+use tessera_protocol::log_store::{verify_stored, StoredEntry};
 use tessera_protocol::messages::LogHead;
 use tessera_protocol::signed::signing_bytes;
 use tessera_protocol::PublicKey;

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::{coordinator, copy_dir, data, flip_byte, free_port, scratch, wait_for, worker};
 use tessera_protocol::identity::parse_hex32;
-use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry, StoredEntry};
+use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
+use tessera_protocol::log_store::StoredEntry;
 use tessera_protocol::Identity;
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);

@@ -15,7 +15,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tessera_protocol::log::{AdminAction, StoredEntry};
+use tessera_protocol::log::AdminAction;
+use tessera_protocol::log_store::StoredEntry;
 use tessera_protocol::messages::ContributorKind;
 use tessera_protocol::{
     decode, encode, Code, ProtocolError, Reason, ToContributor, ToCoordinator, MAX_FRAME_BYTES,

@@ -17,7 +17,8 @@ use sqlx::{AnyPool, Row};
 use tessera_compute::hf::{params_from_safetensors, params_to_safetensors};
 use tessera_compute::reference::ModelParams;
 use tessera_compute::ModelConfig;
-use tessera_protocol::log::{SignedEntry, StoredEntry};
+use tessera_protocol::log::SignedEntry;
+use tessera_protocol::log_store::StoredEntry;
 use tessera_protocol::messages::LogHead;
 use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod log;
+pub mod log_store;
 pub mod log_v1;
 pub mod messages;
 pub mod pipeline;

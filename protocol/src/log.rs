@@ -6,16 +6,14 @@
 //! Entry `i` carries the hash of entry `i - 1` (zero for the first); its own hash is SHA-256
 //! over a domain tag and its postcard encoding; the coordinator signs that hash.
 //!
-//! This is version [`LOG_VERSION`] of the format (reasons with codes, domain [`LOG`]). Stored and
-//! served entries are text ([`StoredEntry::encode`]): today's as `v2:` and the hex of the signed
-//! entry, version 1's as bare hex; [`verify_stored`] checks a log of either version and gives it
-//! in today's types (see [`crate::log_v1`]).
+//! This is version [`LOG_VERSION`] of the format (reasons with codes, domain [`LOG`]). How
+//! entries are stored and served, and how logs of earlier versions are read, is
+//! [`crate::log_store`].
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::identity::{Identity, PublicKey, Signature};
-use crate::log_v1::SignedEntryV1;
 use crate::messages::{ContributorKind, LogHead, ShardSpec};
 use crate::reason::Reason;
 
@@ -358,140 +356,8 @@ pub fn verify_chain(
     Ok(head)
 }
 
-/// A log entry as stored and served: of today's format, or of version 1.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StoredEntry {
-    /// Version 1 (free-text reasons, domain `log`).
-    V1(SignedEntryV1),
-    /// Today's format.
-    Current(SignedEntry),
-}
-
-/// The prefix of a stored entry of today's format (version 1's are bare hex).
-const STORED_PREFIX: &str = "v2:";
-
-impl StoredEntry {
-    /// Today's entry as text: `v2:` and the hex of its postcard encoding.
-    pub fn encode(e: &SignedEntry) -> String {
-        let bytes = postcard::to_stdvec(e).unwrap_or_default();
-        format!("{STORED_PREFIX}{}", crate::identity::hex(&bytes))
-    }
-
-    /// A stored entry of either version.
-    pub fn decode(text: &str) -> Result<StoredEntry, String> {
-        let text = text.trim();
-        let (v2, digits) = match text.strip_prefix(STORED_PREFIX) {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
-        let bytes = crate::identity::unhex(digits)?;
-        let version = if v2 { LOG_VERSION } else { 1 };
-        let fail =
-            |e: postcard::Error| format!("does not decode as a version-{version} entry: {e}");
-        if v2 {
-            postcard::from_bytes(&bytes)
-                .map(StoredEntry::Current)
-                .map_err(fail)
-        } else {
-            postcard::from_bytes(&bytes)
-                .map(StoredEntry::V1)
-                .map_err(fail)
-        }
-    }
-
-    /// Its format version.
-    pub fn version(&self) -> u32 {
-        match self {
-            StoredEntry::V1(_) => 1,
-            StoredEntry::Current(_) => LOG_VERSION,
-        }
-    }
-
-    fn index(&self) -> u64 {
-        match self {
-            StoredEntry::V1(e) => e.entry.index,
-            StoredEntry::Current(e) => e.entry.index,
-        }
-    }
-
-    /// Index, previous hash, recomputed hash, stored hash, signature and domain.
-    fn parts(&self) -> (u64, [u8; 32], [u8; 32], [u8; 32], &Signature, &'static str) {
-        match self {
-            StoredEntry::V1(e) => (
-                e.entry.index,
-                e.entry.prev,
-                e.entry.hash(),
-                e.hash,
-                &e.signature,
-                crate::log_v1::LOG_V1,
-            ),
-            StoredEntry::Current(e) => (
-                e.entry.index,
-                e.entry.prev,
-                e.entry.hash(),
-                e.hash,
-                &e.signature,
-                LOG,
-            ),
-        }
-    }
-
-    /// In today's types (a version-1 entry keeps its version-1 hash and signature).
-    pub fn upgrade(self) -> SignedEntry {
-        match self {
-            StoredEntry::V1(e) => e.upgrade(),
-            StoredEntry::Current(e) => e,
-        }
-    }
-}
-
-/// A checked log: its format version and its entries in today's types.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CheckedLog {
-    /// The format all its entries are written in.
-    pub version: u32,
-    /// The entries.
-    pub entries: Vec<SignedEntry>,
-    /// The last head (as `after` when there are no entries).
-    pub head: Option<LogHead>,
-}
-
-/// [`verify_chain`] for a stored log of either version: every entry must be of the version
-/// of the first (one log, one format), hashed and signed as that version does it.
-pub fn verify_stored(
-    entries: Vec<StoredEntry>,
-    coordinator: &PublicKey,
-    after: Option<LogHead>,
-) -> Result<CheckedLog, LogError> {
-    let version = entries.first().map_or(LOG_VERSION, StoredEntry::version);
-    let mut head = after;
-    for (pos, e) in entries.iter().enumerate() {
-        let (index, prev, recomputed, hash, signature, domain) = e.parts();
-        let bad = |why: String| LogError { index, why };
-        if e.version() != version {
-            return Err(bad(format!(
-                "a version-{} entry in a version-{version} log",
-                e.version()
-            )));
-        }
-        check_link(pos, e.index(), prev, head)?;
-        if recomputed != hash {
-            return Err(bad("its contents do not match its hash (altered)".into()));
-        }
-        coordinator
-            .verify(domain, &hash, signature)
-            .map_err(|err| bad(format!("signature: {err}")))?;
-        head = Some(LogHead { index, hash });
-    }
-    Ok(CheckedLog {
-        version,
-        entries: entries.into_iter().map(StoredEntry::upgrade).collect(),
-        head,
-    })
-}
-
 /// That the entry at position `pos` (index `index`, linking to `prev`) follows `head`.
-fn check_link(
+pub(crate) fn check_link(
     pos: usize,
     index: u64,
     prev: [u8; 32],

@@ -3,7 +3,8 @@
 //! hashes and come out in today's types, every free-text reason with `Code::Version1`; a log
 //! mixing the two formats is refused at the first entry of the other format.
 
-use tessera_protocol::log::{verify_stored, CheckOutcome, LogEvent, LogWriter, StoredEntry};
+use tessera_protocol::log::{CheckOutcome, LogEvent, LogWriter};
+use tessera_protocol::log_store::{verify_stored, StoredEntry};
 use tessera_protocol::{Code, Identity, PublicKey, Reason};
 
 /// The `"coordinator"` and each `"signed"` string of a saved log file.

@@ -7,7 +7,7 @@ use tessera_compute::reference::ModelParams;
 use tessera_compute::shard::ShardTensors;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
-use tessera_protocol::log::{LogEvent, LOG};
+use tessera_protocol::log::{LogEvent, SignedEntry, LOG};
 use tessera_protocol::messages::{
     Capabilities, ContributorKind, Lease, LogHead, Receipt, SessionMessage, Submission, Verdict,
 };
@@ -213,78 +213,13 @@ impl Contributor {
                 self.log_head = log_head;
                 Ok(vec![])
             }
-            ToContributor::Lease(lease) => {
-                let cfg = ModelConfig::from_hf_json(&lease.config_json)?;
-                self.stats.frames_received = 0;
-                self.stats.frames_total = lease.frames;
-                let frames_left = lease.frames;
-                self.replica = None;
-                self.pipe = None;
-                let weights = if lease.activations.is_some() {
-                    Download::Shards(
-                        lease
-                            .shards
-                            .iter()
-                            .map(|s| Ok(ShardTensors::zeros(&cfg, &from_wire(s, &cfg)?)?))
-                            .collect::<Result<_, WorkerError>>()?,
-                    )
-                } else {
-                    Download::Whole(ModelParams::zeros(&cfg))
-                };
-                self.pending = Some(Pending {
-                    weights,
-                    cfg,
-                    lease,
-                    frames_left,
-                    update: false,
-                });
-                self.finish_download(gpu)
-            }
+            ToContributor::Lease(lease) => self.lease(gpu, lease),
             ToContributor::StepWeights {
                 lease,
                 version,
                 frames,
                 ..
-            } => {
-                let pipe = self.pipe.as_ref().ok_or_else(|| {
-                    WorkerError::Coordinator("step weights without a pipeline lease".into())
-                })?;
-                if pipe.lease() != lease {
-                    return Err(WorkerError::Coordinator(format!(
-                        "step weights for lease {lease}, this contributor holds {}",
-                        pipe.lease()
-                    )));
-                }
-                let cfg = pipe_cfg(pipe)?;
-                let shards = pipe.shards();
-                self.stats.frames_received = 0;
-                self.stats.frames_total = frames;
-                self.pending = Some(Pending {
-                    weights: Download::Shards(
-                        shards
-                            .iter()
-                            .map(|s| ShardTensors::zeros(&cfg, s))
-                            .collect::<Result<_, _>>()?,
-                    ),
-                    lease: Lease {
-                        lease,
-                        config_json: String::new(),
-                        shards: shards.iter().map(to_wire).collect(),
-                        optimizer: tessera_protocol::messages::InnerOptimizer::Sgd,
-                        clip: None,
-                        sync: tessera_protocol::messages::SyncMode::Dense,
-                        rows: 0,
-                        version,
-                        frames,
-                        activations: None,
-                        fresh_units: false,
-                    },
-                    cfg,
-                    frames_left: frames,
-                    update: true,
-                });
-                self.finish_download(gpu)
-            }
+            } => self.step_weights(gpu, lease, version, frames),
             ToContributor::Weights {
                 lease,
                 version,
@@ -293,124 +228,12 @@ impl Contributor {
                 offset,
                 values,
                 ..
-            } => {
-                let p = self
-                    .pending
-                    .as_mut()
-                    .ok_or_else(|| WorkerError::Coordinator("weights without a lease".into()))?;
-                if p.lease.lease != lease || p.lease.version != version {
-                    return Err(WorkerError::Coordinator(format!(
-                        "weights for lease {lease} v{version}, expected lease {} v{}",
-                        p.lease.lease, p.lease.version
-                    )));
-                }
-                let vals = values.to_f32()?;
-                let dst: &mut Vec<f32> = match &mut p.weights {
-                    Download::Whole(w) => {
-                        let idx = tensor_shapes(&p.cfg)
-                            .iter()
-                            .position(|(n, _)| *n == name)
-                            .ok_or_else(|| {
-                                WorkerError::Coordinator(format!("unknown tensor {name}"))
-                            })?;
-                        w.tensors_mut().into_iter().nth(idx).ok_or_else(|| {
-                            WorkerError::Coordinator(format!("unknown tensor {name}"))
-                        })?
-                    }
-                    Download::Shards(ts) => ts
-                        .get_mut(shard as usize)
-                        .and_then(|t| t.tensors.iter_mut().find(|x| x.name == name))
-                        .map(|x| &mut x.data)
-                        .ok_or_else(|| {
-                            WorkerError::Coordinator(format!(
-                                "no tensor {name} in micro-shard {shard} of the lease"
-                            ))
-                        })?,
-                };
-                let start = offset as usize;
-                let end = start
-                    .checked_add(vals.len())
-                    .filter(|&e| e <= dst.len())
-                    .ok_or_else(|| {
-                        WorkerError::Coordinator(format!(
-                            "{name}: elements {start}.. run past the tensor"
-                        ))
-                    })?;
-                dst[start..end].copy_from_slice(&vals);
-                p.frames_left = p.frames_left.saturating_sub(1);
-                self.stats.frames_received += 1;
-                self.finish_download(gpu)
-            }
-            ToContributor::Work(w) => {
-                let replica = self.replica.as_mut().ok_or_else(|| {
-                    WorkerError::Coordinator("work without a loaded lease".into())
-                })?;
-                let r = replica.work(gpu, &w).await?;
-                self.stats.submitted += 1;
-                self.stats.tokens += r.tokens;
-                let sub = Submission {
-                    unit: w.unit,
-                    lease: w.lease,
-                    weights: w.weights,
-                    tokens: r.tokens,
-                    loss_sum: r.loss_sum,
-                    result: r.update,
-                    log_head: self.log_head,
-                };
-                Ok(vec![self.signed(SessionMessage::Submit(sub))?])
-            }
-            ToContributor::Unit(w) => {
-                let pipe = self.pipe.as_mut().ok_or_else(|| {
-                    WorkerError::Coordinator("a pipeline unit without a loaded lease".into())
-                })?;
-                let result = pipe.work(gpu, &w).await?;
-                self.stats.submitted += 1;
-                self.stats.tokens += self_tokens(&w);
-                let out = UnitOutput {
-                    unit: w.unit,
-                    lease: w.lease,
-                    weights: w.weights,
-                    result,
-                    log_head: self.log_head,
-                };
-                Ok(vec![self.signed(SessionMessage::Output(out))?])
-            }
-            ToContributor::Audit(a) => {
-                let pipe = self.pipe.as_mut().ok_or_else(|| {
-                    WorkerError::Coordinator("an audit without a pipeline lease".into())
-                })?;
-                if a.lease != pipe.lease() {
-                    return Err(WorkerError::Coordinator(format!(
-                        "an audit for lease {}, this contributor holds lease {}",
-                        a.lease,
-                        pipe.lease()
-                    )));
-                }
-                let (outputs, grads) = pipe.audit(gpu, &a.units).await?;
-                self.stats.audits += 1;
-                let r = AuditResult {
-                    audit: a.audit,
-                    lease: a.lease,
-                    outputs,
-                    grads,
-                    log_head: self.log_head,
-                };
-                Ok(vec![self.signed(SessionMessage::Audited(r))?])
-            }
+            } => self.weights(gpu, (lease, version, shard), &name, offset, &values),
+            ToContributor::Work(w) => self.work(gpu, &w).await,
+            ToContributor::Unit(w) => self.unit(gpu, &w).await,
+            ToContributor::Audit(a) => self.audit(gpu, &a).await,
             ToContributor::Collect { unit, lease, step } => {
-                let pipe = self.pipe.as_mut().ok_or_else(|| {
-                    WorkerError::Coordinator("a collect request without a pipeline lease".into())
-                })?;
-                let (units, shards) = pipe.take_grads(gpu).await?;
-                let g = StepGrads {
-                    unit,
-                    lease,
-                    step,
-                    units,
-                    shards,
-                    log_head: self.log_head,
-                };
-                Ok(vec![self.signed(SessionMessage::Grads(g))?])
+                self.collect(gpu, unit, lease, step).await
             }
             ToContributor::OuterStep {
                 version,
@@ -423,45 +246,9 @@ impl Contributor {
                 }
                 Ok(vec![])
             }
-            ToContributor::Receipt { receipt, signature } => {
-                if let Some(c) = self.coordinator {
-                    c.verify(RECEIPT, &signing_bytes(&receipt)?, &signature)?;
-                }
-                self.receipts.push((receipt.clone(), signature));
-                self.log_head = receipt.log_head;
-                match receipt.verdict {
-                    Verdict::Accepted => self.stats.accepted += 1,
-                    Verdict::Rejected(why) => {
-                        self.stats.rejected += 1;
-                        self.last_error = Some(format!("unit {} rejected: {why}", receipt.unit));
-                    }
-                }
-                Ok(vec![])
-            }
+            ToContributor::Receipt { receipt, signature } => self.receipt(receipt, signature),
             ToContributor::Cancel { .. } => Ok(vec![]),
-            ToContributor::Admin { entry } => {
-                let LogEvent::Admin { action, reason } = &entry.entry.event else {
-                    return Err(WorkerError::Coordinator(
-                        "an admin notice that is not an administrator's log entry".into(),
-                    ));
-                };
-                if let Some(c) = self.coordinator {
-                    if entry.entry.hash() != entry.hash {
-                        return Err(WorkerError::Coordinator(
-                            "an admin notice whose log entry does not match its hash".into(),
-                        ));
-                    }
-                    c.verify(LOG, &entry.hash, &entry.signature)?;
-                }
-                let note = format!(
-                    "the run's administrator: {action} because {reason:?} (run log entry {})",
-                    entry.entry.index
-                );
-                tracing::warn!("{note}");
-                self.log_head = entry.head();
-                self.last_notice = Some(note);
-                Ok(vec![])
-            }
+            ToContributor::Admin { entry } => self.admin_notice(&entry),
             ToContributor::Error { reason, fatal } => {
                 if fatal {
                     return Err(WorkerError::Refused(reason));
@@ -471,6 +258,283 @@ impl Contributor {
                 Ok(vec![])
             }
         }
+    }
+
+    /// A new lease: its weights download in the `Weights` frames that follow.
+    fn lease(&mut self, gpu: &Gpu, lease: Lease) -> Result<Vec<ToCoordinator>, WorkerError> {
+        let cfg = ModelConfig::from_hf_json(&lease.config_json)?;
+        self.stats.frames_received = 0;
+        self.stats.frames_total = lease.frames;
+        let frames_left = lease.frames;
+        self.replica = None;
+        self.pipe = None;
+        let weights = if lease.activations.is_some() {
+            Download::Shards(
+                lease
+                    .shards
+                    .iter()
+                    .map(|s| Ok(ShardTensors::zeros(&cfg, &from_wire(s, &cfg)?)?))
+                    .collect::<Result<_, WorkerError>>()?,
+            )
+        } else {
+            Download::Whole(ModelParams::zeros(&cfg))
+        };
+        self.pending = Some(Pending {
+            weights,
+            cfg,
+            lease,
+            frames_left,
+            update: false,
+        });
+        self.finish_download(gpu)
+    }
+
+    /// A closed step: the pipeline lease's new weights follow in `frames` frames.
+    fn step_weights(
+        &mut self,
+        gpu: &Gpu,
+        lease: u64,
+        version: u64,
+        frames: u32,
+    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+        let pipe = self.pipe.as_ref().ok_or_else(|| {
+            WorkerError::Coordinator("step weights without a pipeline lease".into())
+        })?;
+        if pipe.lease() != lease {
+            return Err(WorkerError::Coordinator(format!(
+                "step weights for lease {lease}, this contributor holds {}",
+                pipe.lease()
+            )));
+        }
+        let cfg = pipe_cfg(pipe)?;
+        let shards = pipe.shards();
+        self.stats.frames_received = 0;
+        self.stats.frames_total = frames;
+        self.pending = Some(Pending {
+            weights: Download::Shards(
+                shards
+                    .iter()
+                    .map(|s| ShardTensors::zeros(&cfg, s))
+                    .collect::<Result<_, _>>()?,
+            ),
+            lease: Lease {
+                lease,
+                config_json: String::new(),
+                shards: shards.iter().map(to_wire).collect(),
+                optimizer: tessera_protocol::messages::InnerOptimizer::Sgd,
+                clip: None,
+                sync: tessera_protocol::messages::SyncMode::Dense,
+                rows: 0,
+                version,
+                frames,
+                activations: None,
+                fresh_units: false,
+            },
+            cfg,
+            frames_left: frames,
+            update: true,
+        });
+        self.finish_download(gpu)
+    }
+
+    /// One frame of a download: `values` at `offset` of tensor `name` of micro-shard `shard`
+    /// of `lease` at `version` (`at`).
+    fn weights(
+        &mut self,
+        gpu: &Gpu,
+        (lease, version, shard): (u64, u64, u32),
+        name: &str,
+        offset: u64,
+        values: &tessera_protocol::TensorPayload,
+    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+        let p = self
+            .pending
+            .as_mut()
+            .ok_or_else(|| WorkerError::Coordinator("weights without a lease".into()))?;
+        if p.lease.lease != lease || p.lease.version != version {
+            return Err(WorkerError::Coordinator(format!(
+                "weights for lease {lease} v{version}, expected lease {} v{}",
+                p.lease.lease, p.lease.version
+            )));
+        }
+        let vals = values.to_f32()?;
+        let dst: &mut Vec<f32> = match &mut p.weights {
+            Download::Whole(w) => {
+                let idx = tensor_shapes(&p.cfg)
+                    .iter()
+                    .position(|(n, _)| *n == name)
+                    .ok_or_else(|| WorkerError::Coordinator(format!("unknown tensor {name}")))?;
+                w.tensors_mut()
+                    .into_iter()
+                    .nth(idx)
+                    .ok_or_else(|| WorkerError::Coordinator(format!("unknown tensor {name}")))?
+            }
+            Download::Shards(ts) => ts
+                .get_mut(shard as usize)
+                .and_then(|t| t.tensors.iter_mut().find(|x| x.name == name))
+                .map(|x| &mut x.data)
+                .ok_or_else(|| {
+                    WorkerError::Coordinator(format!(
+                        "no tensor {name} in micro-shard {shard} of the lease"
+                    ))
+                })?,
+        };
+        let start = offset as usize;
+        let end = start
+            .checked_add(vals.len())
+            .filter(|&e| e <= dst.len())
+            .ok_or_else(|| {
+                WorkerError::Coordinator(format!("{name}: elements {start}.. run past the tensor"))
+            })?;
+        dst[start..end].copy_from_slice(&vals);
+        p.frames_left = p.frames_left.saturating_sub(1);
+        self.stats.frames_received += 1;
+        self.finish_download(gpu)
+    }
+
+    /// A whole-model unit: trained on the GPU, submitted.
+    async fn work(
+        &mut self,
+        gpu: &Gpu,
+        w: &tessera_protocol::messages::Work,
+    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+        let replica = self
+            .replica
+            .as_mut()
+            .ok_or_else(|| WorkerError::Coordinator("work without a loaded lease".into()))?;
+        let r = replica.work(gpu, w).await?;
+        self.stats.submitted += 1;
+        self.stats.tokens += r.tokens;
+        let sub = Submission {
+            unit: w.unit,
+            lease: w.lease,
+            weights: w.weights,
+            tokens: r.tokens,
+            loss_sum: r.loss_sum,
+            result: r.update,
+            log_head: self.log_head,
+        };
+        Ok(vec![self.signed(SessionMessage::Submit(sub))?])
+    }
+
+    /// A pipeline unit: run on the GPU, its output sent.
+    async fn unit(
+        &mut self,
+        gpu: &Gpu,
+        w: &tessera_protocol::pipeline::PipeWork,
+    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+        let pipe = self.pipe.as_mut().ok_or_else(|| {
+            WorkerError::Coordinator("a pipeline unit without a loaded lease".into())
+        })?;
+        let result = pipe.work(gpu, w).await?;
+        self.stats.submitted += 1;
+        self.stats.tokens += self_tokens(w);
+        let out = UnitOutput {
+            unit: w.unit,
+            lease: w.lease,
+            weights: w.weights,
+            result,
+            log_head: self.log_head,
+        };
+        Ok(vec![self.signed(SessionMessage::Output(out))?])
+    }
+
+    /// Another lease's units, run again to check them.
+    async fn audit(
+        &mut self,
+        gpu: &Gpu,
+        a: &tessera_protocol::pipeline::AuditWork,
+    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+        let pipe = self
+            .pipe
+            .as_mut()
+            .ok_or_else(|| WorkerError::Coordinator("an audit without a pipeline lease".into()))?;
+        if a.lease != pipe.lease() {
+            return Err(WorkerError::Coordinator(format!(
+                "an audit for lease {}, this contributor holds lease {}",
+                a.lease,
+                pipe.lease()
+            )));
+        }
+        let (outputs, grads) = pipe.audit(gpu, &a.units).await?;
+        self.stats.audits += 1;
+        let r = AuditResult {
+            audit: a.audit,
+            lease: a.lease,
+            outputs,
+            grads,
+            log_head: self.log_head,
+        };
+        Ok(vec![self.signed(SessionMessage::Audited(r))?])
+    }
+
+    /// The end of a step's computation: the lease's gradient sums.
+    async fn collect(
+        &mut self,
+        gpu: &Gpu,
+        unit: u64,
+        lease: u64,
+        step: u64,
+    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+        let pipe = self.pipe.as_mut().ok_or_else(|| {
+            WorkerError::Coordinator("a collect request without a pipeline lease".into())
+        })?;
+        let (units, shards) = pipe.take_grads(gpu).await?;
+        let g = StepGrads {
+            unit,
+            lease,
+            step,
+            units,
+            shards,
+            log_head: self.log_head,
+        };
+        Ok(vec![self.signed(SessionMessage::Grads(g))?])
+    }
+
+    /// A signed verdict on a submission, kept as evidence.
+    fn receipt(
+        &mut self,
+        receipt: Receipt,
+        signature: Signature,
+    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+        if let Some(c) = self.coordinator {
+            c.verify(RECEIPT, &signing_bytes(&receipt)?, &signature)?;
+        }
+        self.receipts.push((receipt.clone(), signature));
+        self.log_head = receipt.log_head;
+        match receipt.verdict {
+            Verdict::Accepted => self.stats.accepted += 1,
+            Verdict::Rejected(why) => {
+                self.stats.rejected += 1;
+                self.last_error = Some(format!("unit {} rejected: {why}", receipt.unit));
+            }
+        }
+        Ok(vec![])
+    }
+
+    /// An administrator's act, as its signed log entry.
+    fn admin_notice(&mut self, entry: &SignedEntry) -> Result<Vec<ToCoordinator>, WorkerError> {
+        let LogEvent::Admin { action, reason } = &entry.entry.event else {
+            return Err(WorkerError::Coordinator(
+                "an admin notice that is not an administrator's log entry".into(),
+            ));
+        };
+        if let Some(c) = self.coordinator {
+            if entry.entry.hash() != entry.hash {
+                return Err(WorkerError::Coordinator(
+                    "an admin notice whose log entry does not match its hash".into(),
+                ));
+            }
+            c.verify(LOG, &entry.hash, &entry.signature)?;
+        }
+        let note = format!(
+            "the run's administrator: {action} because {reason:?} (run log entry {})",
+            entry.entry.index
+        );
+        tracing::warn!("{note}");
+        self.log_head = entry.head();
+        self.last_notice = Some(note);
+        Ok(vec![])
     }
 
     fn finish_download(&mut self, gpu: &Gpu) -> Result<Vec<ToCoordinator>, WorkerError> {

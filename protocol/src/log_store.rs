@@ -1,0 +1,141 @@
+//! Run-log entries as stored and served, of either format version: text that says its version
+//! ([`StoredEntry::encode`]: today's as `v2:` and the hex of the signed entry, version 1's as
+//! bare hex), and [`verify_stored`], which checks a log of either version by that version's
+//! hashes and gives it in today's types (version 1's from [`crate::log_v1`]).
+
+use crate::identity::{PublicKey, Signature};
+use crate::log::{check_link, LogError, SignedEntry, LOG, LOG_VERSION};
+use crate::log_v1::SignedEntryV1;
+use crate::messages::LogHead;
+
+/// A log entry as stored and served: of today's format, or of version 1.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoredEntry {
+    /// Version 1 (free-text reasons, domain `log`).
+    V1(SignedEntryV1),
+    /// Today's format.
+    Current(SignedEntry),
+}
+
+/// The prefix of a stored entry of today's format (version 1's are bare hex).
+const STORED_PREFIX: &str = "v2:";
+
+impl StoredEntry {
+    /// Today's entry as text: `v2:` and the hex of its postcard encoding.
+    pub fn encode(e: &SignedEntry) -> String {
+        let bytes = postcard::to_stdvec(e).unwrap_or_default();
+        format!("{STORED_PREFIX}{}", crate::identity::hex(&bytes))
+    }
+
+    /// A stored entry of either version.
+    pub fn decode(text: &str) -> Result<StoredEntry, String> {
+        let text = text.trim();
+        let (v2, digits) = match text.strip_prefix(STORED_PREFIX) {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let bytes = crate::identity::unhex(digits)?;
+        let version = if v2 { LOG_VERSION } else { 1 };
+        let fail =
+            |e: postcard::Error| format!("does not decode as a version-{version} entry: {e}");
+        if v2 {
+            postcard::from_bytes(&bytes)
+                .map(StoredEntry::Current)
+                .map_err(fail)
+        } else {
+            postcard::from_bytes(&bytes)
+                .map(StoredEntry::V1)
+                .map_err(fail)
+        }
+    }
+
+    /// Its format version.
+    pub fn version(&self) -> u32 {
+        match self {
+            StoredEntry::V1(_) => 1,
+            StoredEntry::Current(_) => LOG_VERSION,
+        }
+    }
+
+    fn index(&self) -> u64 {
+        match self {
+            StoredEntry::V1(e) => e.entry.index,
+            StoredEntry::Current(e) => e.entry.index,
+        }
+    }
+
+    /// Index, previous hash, recomputed hash, stored hash, signature and domain.
+    fn parts(&self) -> (u64, [u8; 32], [u8; 32], [u8; 32], &Signature, &'static str) {
+        match self {
+            StoredEntry::V1(e) => (
+                e.entry.index,
+                e.entry.prev,
+                e.entry.hash(),
+                e.hash,
+                &e.signature,
+                crate::log_v1::LOG_V1,
+            ),
+            StoredEntry::Current(e) => (
+                e.entry.index,
+                e.entry.prev,
+                e.entry.hash(),
+                e.hash,
+                &e.signature,
+                LOG,
+            ),
+        }
+    }
+
+    /// In today's types (a version-1 entry keeps its version-1 hash and signature).
+    pub fn upgrade(self) -> SignedEntry {
+        match self {
+            StoredEntry::V1(e) => e.upgrade(),
+            StoredEntry::Current(e) => e,
+        }
+    }
+}
+
+/// A checked log: its format version and its entries in today's types.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckedLog {
+    /// The format all its entries are written in.
+    pub version: u32,
+    /// The entries.
+    pub entries: Vec<SignedEntry>,
+    /// The last head (as `after` when there are no entries).
+    pub head: Option<LogHead>,
+}
+
+/// [`verify_chain`] for a stored log of either version: every entry must be of the version
+/// of the first (one log, one format), hashed and signed as that version does it.
+pub fn verify_stored(
+    entries: Vec<StoredEntry>,
+    coordinator: &PublicKey,
+    after: Option<LogHead>,
+) -> Result<CheckedLog, LogError> {
+    let version = entries.first().map_or(LOG_VERSION, StoredEntry::version);
+    let mut head = after;
+    for (pos, e) in entries.iter().enumerate() {
+        let (index, prev, recomputed, hash, signature, domain) = e.parts();
+        let bad = |why: String| LogError { index, why };
+        if e.version() != version {
+            return Err(bad(format!(
+                "a version-{} entry in a version-{version} log",
+                e.version()
+            )));
+        }
+        check_link(pos, e.index(), prev, head)?;
+        if recomputed != hash {
+            return Err(bad("its contents do not match its hash (altered)".into()));
+        }
+        coordinator
+            .verify(domain, &hash, signature)
+            .map_err(|err| bad(format!("signature: {err}")))?;
+        head = Some(LogHead { index, hash });
+    }
+    Ok(CheckedLog {
+        version,
+        entries: entries.into_iter().map(StoredEntry::upgrade).collect(),
+        head,
+    })
+}
