@@ -5,7 +5,8 @@
 //! sums); this function only decides who is right, who is credited and who is found wrong.
 //! How each regime words the outcome in its log entries stays with the regime.
 
-use tessera_protocol::PublicKey;
+use tessera_protocol::log::CheckOutcome;
+use tessera_protocol::{Code, PublicKey, Reason};
 
 /// How a check stands after an auditor's answer.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,6 +91,16 @@ pub(crate) fn arbitrate(
     }
 }
 
+/// How a check ends when nobody is left to run it: skipped (`NoAuditor`, with `skipped`) while
+/// no auditor has disagreed yet, disputed (`Disputed`, with `disputed`) once the first did.
+pub(crate) fn nobody_left(first_disagreed: bool, skipped: &str, disputed: &str) -> CheckOutcome {
+    if first_disagreed {
+        CheckOutcome::Disputed(Reason::new(Code::Disputed, disputed))
+    } else {
+        CheckOutcome::Skipped(Reason::new(Code::NoAuditor, skipped))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +112,14 @@ mod tests {
 
     fn off() -> Result<(), String> {
         Err("1e-2 apart".into())
+    }
+
+    #[test]
+    fn with_nobody_left_a_check_is_skipped_until_an_auditor_disagreed() {
+        let skipped = nobody_left(false, "no one", "no third");
+        assert!(matches!(skipped, CheckOutcome::Skipped(r) if r.code == Code::NoAuditor));
+        let disputed = nobody_left(true, "no one", "no third");
+        assert!(matches!(disputed, CheckOutcome::Disputed(r) if r.code == Code::Disputed));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tessera_train::drift::rel_l2;
 use tessera_train::sparseloco::{matches_compression, Compressed};
 use tessera_train::update::two_d;
 
-use super::arbitration::{arbitrate, Found, Ruling};
+use super::arbitration::{arbitrate, nobody_left, Found, Ruling};
 use super::draws::Candidate;
 use super::{Action, ConnId, Core};
 
@@ -194,16 +194,11 @@ impl Core {
                 .collect();
             let anyone = self.sessions.values().any(|s| s.active().is_some());
             if eligible.is_empty() && anyone {
-                let outcome = match case.first {
-                    None => CheckOutcome::Skipped(Reason::new(
-                        Code::NoAuditor,
-                        "no other contributor could replay it",
-                    )),
-                    Some(_) => CheckOutcome::Disputed(Reason::new(
-                        Code::Disputed,
-                        "the replay disagrees and no third contributor was there",
-                    )),
-                };
+                let outcome = nobody_left(
+                    case.first.is_some(),
+                    "no other contributor could replay it",
+                    "the replay disagrees and no third contributor was there",
+                );
                 self.resolve_replay(slot, outcome, Vec::new(), Vec::new(), 0.0);
                 self.maybe_close_round();
                 continue;

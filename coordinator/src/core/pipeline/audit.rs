@@ -19,7 +19,7 @@ use tessera_protocol::{ActEncoding, Activation, Code, PublicKey, Reason, ToContr
 use tessera_train::shards::{from_wire, grads_from_wire};
 
 use super::ShardId;
-use crate::core::arbitration::{arbitrate, Found, Ruling};
+use crate::core::arbitration::{arbitrate, nobody_left, Found, Ruling};
 use crate::core::draws::Candidate;
 use crate::core::{ConnId, Core};
 
@@ -320,16 +320,11 @@ impl Core {
             .auditor(&candidates)
             .map(|c| (c.lease, c.conn, c.key));
         let Some((by, conn, key)) = auditor else {
-            let outcome = match first {
-                None => CheckOutcome::Skipped(Reason::new(
-                    Code::NoAuditor,
-                    "no other lease holding the same micro-shards was available",
-                )),
-                Some(_) => CheckOutcome::Disputed(Reason::new(
-                    Code::Disputed,
-                    "the auditor disagrees and no third lease was available",
-                )),
-            };
+            let outcome = nobody_left(
+                first.is_some(),
+                "no other lease holding the same micro-shards was available",
+                "the auditor disagrees and no third lease was available",
+            );
             let auditors = first.map(|f| vec![f.0]).unwrap_or_default();
             return self.resolve(lease, outcome, auditors, Vec::new(), 0.0);
         };
