@@ -82,13 +82,6 @@ pub enum Code {
     Version1,
 }
 
-impl Code {
-    /// Its name, as `Debug` prints it.
-    pub fn name(self) -> String {
-        format!("{self:?}")
-    }
-}
-
 /// A text of at most [`MAX_TEXT_BYTES`] bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Text(String);
