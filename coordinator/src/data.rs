@@ -34,34 +34,31 @@ pub enum DataError {
     Tokenizer(String),
 }
 
-/// File formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// File formats; in a run configuration `text`, `jsonl` or `parquet`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 pub enum Format {
     /// The whole file is one document.
+    #[serde(rename = "text")]
     Text,
     /// One JSON object per line.
+    #[serde(rename = "jsonl")]
     JsonLines,
     /// A Parquet table.
+    #[serde(rename = "parquet")]
     Parquet,
 }
 
 impl Format {
-    /// From a name (`text`, `jsonl`, `parquet`) or, when `None`, the file extension.
-    pub fn pick(name: Option<&str>, path: &Path) -> Result<Self, DataError> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        match name.unwrap_or(match ext {
-            "jsonl" | "ndjson" | "json" => "jsonl",
-            "parquet" => "parquet",
-            _ => "text",
-        }) {
-            "text" => Ok(Format::Text),
-            "jsonl" => Ok(Format::JsonLines),
-            "parquet" => Ok(Format::Parquet),
-            other => Err(DataError::File {
-                path: path.to_path_buf(),
-                why: format!("format {other:?} is not text, jsonl or parquet"),
-            }),
-        }
+    /// `given`, or when `None` the one the file extension names (`.jsonl`, `.ndjson` and
+    /// `.json` are JSON Lines, `.parquet` Parquet, anything else text).
+    pub fn pick(given: Option<Format>, path: &Path) -> Format {
+        given.unwrap_or_else(
+            || match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+                "jsonl" | "ndjson" | "json" => Format::JsonLines,
+                "parquet" => Format::Parquet,
+                _ => Format::Text,
+            },
+        )
     }
 }
 

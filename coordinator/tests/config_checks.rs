@@ -3,17 +3,13 @@
 //! and bad tolerances are refused; held-out sequences for the held-out loss check are kept out
 //! of training (a tenth of the data by default, none for pipelines).
 
-use tessera_coordinator::config::RunConfig;
+use tessera_coordinator::config::{ConfigError, RunConfig};
+use tessera_coordinator::core::spec::ChecksError;
 
-fn resolve(train: &str, checks: &str) -> Result<Option<(bool, f64)>, String> {
-    let toml = format!(
-        "name = \"c\"\nseed = 1\nrounds = 2\n[model]\npreset = \"tiny-byte\"\n[data]\nbuiltin = true\n[train]\n{train}\n{checks}"
-    );
-    let cfg = RunConfig::from_toml(&toml).map_err(|e| e.to_string())?;
-    let (spec, _) = cfg
-        .resolve(std::path::Path::new("."))
-        .map_err(|e| e.to_string())?;
-    Ok(spec.checks.map(|c| (c.replay, c.round_tolerance)))
+fn resolve(train: &str, checks: &str) -> Result<Option<(bool, f64)>, ConfigError> {
+    Ok(spec(train, checks)?
+        .checks
+        .map(|c| (c.replay, c.round_tolerance)))
 }
 
 #[test]
@@ -45,20 +41,22 @@ fn replays_follow_the_sync_mode_and_bad_settings_are_refused() {
         "[pipeline]\nbudget = \"400KiB\"\nmicro_batches = 2\n[checks]\nreplay = true",
     )
     .unwrap_err();
-    assert!(e.contains("replay is for whole-model runs"), "{e}");
+    assert!(matches!(e, ConfigError::WholeModelCheck("replay")), "{e}");
     let e = resolve("sync = \"dense\"", "[checks]\nround_tolerance = 2.0").unwrap_err();
-    assert!(e.contains("round_tolerance"), "{e}");
+    assert!(
+        matches!(e, ConfigError::Checks(ChecksError::RoundTolerance)),
+        "{e}"
+    );
 }
 
 /// The resolved run for `[train]` and `[checks]` lines.
-fn spec(train: &str, checks: &str) -> Result<tessera_coordinator::core::RunSpec, String> {
+fn spec(train: &str, checks: &str) -> Result<tessera_coordinator::core::RunSpec, ConfigError> {
     let toml = format!(
         "name = \"c\"\nseed = 1\nrounds = 2\n[model]\npreset = \"tiny-byte\"\n[data]\nbuiltin = true\n[train]\n{train}\n{checks}"
     );
-    let cfg = RunConfig::from_toml(&toml).map_err(|e| e.to_string())?;
-    cfg.resolve(std::path::Path::new("."))
+    RunConfig::from_toml(&toml)?
+        .resolve(std::path::Path::new("."))
         .map(|(s, _)| s)
-        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -93,15 +91,29 @@ fn held_out_sequences_are_kept_out_of_training() {
     );
     assert!(off.held_out_batch().is_none());
     let e = spec("seq = 64", "[checks]\nheld_out = 2").unwrap_err();
-    assert!(e.contains("at least 4"), "{e}");
+    assert!(
+        matches!(e, ConfigError::Checks(ChecksError::HeldOut)),
+        "{e}"
+    );
+    assert!(e.to_string().contains("at least 4"), "{e}");
     let e = spec("seq = 64\nbatch = 4", "[checks]\nheld_out = 78").unwrap_err();
-    assert!(e.contains("too few"), "{e}");
+    assert!(
+        matches!(
+            e,
+            ConfigError::HeldOutTooMany {
+                held_out: 78,
+                batch: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = spec(
         "seq = 64",
         "[pipeline]\nbudget = \"400KiB\"\nmicro_batches = 2\n[checks]\nheld_out = 8",
     )
     .unwrap_err();
-    assert!(e.contains("held_out is for whole-model runs"), "{e}");
+    assert!(matches!(e, ConfigError::WholeModelCheck("held_out")), "{e}");
     // Pipelines train on all of the data.
     let p = spec(
         "seq = 64",

@@ -75,7 +75,7 @@ fn text_jsonl_and_parquet_documents() {
         "{\"text\": \"one\"}\n\n{\"text\": \"two\", \"id\": 3}\n",
     )
     .unwrap();
-    let fmt = Format::pick(None, &d.join("b.jsonl")).unwrap();
+    let fmt = Format::pick(None, &d.join("b.jsonl"));
     assert_eq!(
         documents(&d.join("b.jsonl"), fmt, "text").unwrap(),
         vec!["one", "two"]
@@ -93,7 +93,7 @@ fn text_jsonl_and_parquet_documents() {
         "{e}"
     );
     write_parquet(&d.join("c.parquet"), &["first row", "second row"]);
-    let fmt = Format::pick(None, &d.join("c.parquet")).unwrap();
+    let fmt = Format::pick(None, &d.join("c.parquet"));
     assert_eq!(
         documents(&d.join("c.parquet"), fmt, "text").unwrap(),
         vec!["first row", "second row"]
@@ -106,7 +106,17 @@ fn text_jsonl_and_parquet_documents() {
         .unwrap_err()
         .to_string()
         .contains("not a string"));
-    assert!(Format::pick(Some("csv"), &d.join("x")).is_err());
+    assert_eq!(
+        Format::pick(Some(Format::Parquet), &d.join("x.txt")),
+        Format::Parquet
+    );
+    assert_eq!(Format::pick(None, &d.join("x")), Format::Text);
+    // An unknown format is refused when the configuration is read, naming the known ones.
+    let e = RunConfig::from_toml("[data]\nformat = \"csv\"").unwrap_err();
+    assert!(
+        matches!(&e, tessera_coordinator::config::ConfigError::Parse(m) if m.contains("jsonl")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -147,9 +157,14 @@ fn hugging_face_tokenizer_json() {
     let e = RunConfig::from_toml(bytes)
         .unwrap()
         .resolve(&d)
-        .expect_err("refused")
-        .to_string();
-    assert!(e.contains("outside the model's vocabulary"), "{e}");
+        .expect_err("refused");
+    assert!(
+        matches!(
+            e,
+            tessera_coordinator::config::ConfigError::Vocabulary { model: 16, .. }
+        ),
+        "{e}"
+    );
     assert!(
         RunConfig::from_toml("[data]\nbogus = 1").is_err(),
         "unknown fields are errors"
@@ -178,7 +193,10 @@ fn init_from_a_transformers_checkpoint() {
     );
     let both = "[model]\npreset = \"tiny-byte\"\ninit_from = \"x\"\n";
     assert!(
-        RunConfig::from_toml(both).unwrap().resolve(&d).is_err(),
+        matches!(
+            RunConfig::from_toml(both).unwrap().resolve(&d),
+            Err(tessera_coordinator::config::ConfigError::ModelSources)
+        ),
         "one model source only"
     );
 }

@@ -24,7 +24,7 @@ fn spec() -> (RunSpec, ModelParams<f32>) {
     let (spec, init) = data_run("e2e.toml", |cfg| {
         cfg.rounds = ROUNDS;
         cfg.train.replicas = 6;
-        cfg.train.sync = "dense".into();
+        cfg.train.sync = tessera_coordinator::config::Sync::Dense;
         cfg.checks = Some(ChecksSection {
             enabled: true,
             tolerance: None,

@@ -53,7 +53,7 @@ fn spec() -> (RunSpec, ModelParams<f32>) {
         cfg.train.replicas = 6;
         // Dense sync: which replica ran a slot then matters less to the result (no private
         // error feedback), so the runs with and without hostile workers can be compared closely.
-        cfg.train.sync = "dense".into();
+        cfg.train.sync = tessera_coordinator::config::Sync::Dense;
     });
     assert!(spec.checks.is_some(), "checks are on by default");
     (spec, init)

@@ -142,30 +142,51 @@ impl ChecksSpec {
     }
 
     /// The values make sense.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ChecksError> {
         let share = |x: f64| (0.0..=1.0).contains(&x);
         if !(self.tolerance > 0.0 && self.tolerance < 1.0) {
-            return Err("[checks] tolerance must be in (0, 1)".into());
+            return Err(ChecksError::Tolerance);
         }
         if !share(self.new_rate) || !share(self.min_rate) || self.min_rate > self.new_rate {
-            return Err("[checks] rates are shares: 0 <= min_rate <= new_rate <= 1".into());
+            return Err(ChecksError::Rates);
         }
         if !(self.copy_overlap > 0.0 && self.copy_overlap <= 1.0) {
-            return Err("[checks] copy_overlap must be in (0, 1]".into());
+            return Err(ChecksError::CopyOverlap);
         }
         if !(self.round_tolerance > 0.0 && self.round_tolerance < 1.0) {
-            return Err("[checks] round_tolerance must be in (0, 1)".into());
+            return Err(ChecksError::RoundTolerance);
         }
         if self.halving == 0 {
-            return Err("[checks] halving must be positive".into());
+            return Err(ChecksError::Halving);
         }
         if self.held_out != 0 && self.held_out < MIN_HELD_OUT {
-            return Err(format!(
-                "[checks] held_out must be 0 (off) or at least {MIN_HELD_OUT} sequences"
-            ));
+            return Err(ChecksError::HeldOut);
         }
         Ok(())
     }
+}
+
+/// A [`ChecksSpec`] value that cannot work, by setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChecksError {
+    /// `tolerance` outside (0, 1).
+    #[error("[checks] tolerance must be in (0, 1)")]
+    Tolerance,
+    /// `new_rate` and `min_rate` not shares in order.
+    #[error("[checks] rates are shares: 0 <= min_rate <= new_rate <= 1")]
+    Rates,
+    /// `copy_overlap` outside (0, 1].
+    #[error("[checks] copy_overlap must be in (0, 1]")]
+    CopyOverlap,
+    /// `round_tolerance` outside (0, 1).
+    #[error("[checks] round_tolerance must be in (0, 1)")]
+    RoundTolerance,
+    /// `halving` zero.
+    #[error("[checks] halving must be positive")]
+    Halving,
+    /// `held_out` too small to compare losses.
+    #[error("[checks] held_out must be 0 (off) or at least {MIN_HELD_OUT} sequences")]
+    HeldOut,
 }
 
 impl PipelineSpec {

@@ -1,6 +1,6 @@
 //! A [`RunSpec`] from a model and a token stream, with the defaults of a small run, changed
 //! field by field: simulations and tests say only what their run is about instead of spelling
-//! out every field. A run configuration (`config.rs`) sets every field itself.
+//! out every field. A run configuration (`config/`) sets every field itself.
 
 use std::sync::Arc;
 

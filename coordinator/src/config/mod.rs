@@ -1,0 +1,134 @@
+//! The run configuration file (TOML) and its resolution into a [`RunSpec`] and initial weights:
+//! the model from a preset, a transformers `config.json`, or a checkpoint (`init_from`); the
+//! data from the built-in corpus or a text file (byte-level tokens).
+//!
+//! ```toml
+//! name = "demo"
+//! seed = 1
+//! rounds = 20
+//! [model]
+//! preset = "tiny-byte"        # or: config = "config.json", or: init_from = "checkpoint-dir"
+//! [data]
+//! builtin = true              # or: path = "corpus.txt" / "data.jsonl" / "data.parquet"
+//! field = "text"              # JSON Lines / Parquet text field
+//! tokenizer = "tokenizer.json" # optional; byte-level by default
+//! [train]
+//! replicas = 3
+//! inner_steps = 4
+//! sync = "sparse"             # or "dense"
+//! optimizer = "adamw"         # or "sgd"
+//! ```
+//!
+//! With a `[pipeline]` section the run trains micro-shard leases instead of whole-model
+//! replicas: the planner cuts the model so that each micro-shard fits `budget`, `rounds` counts
+//! optimizer steps of `micro_batches` sequences of `[train] seq` tokens, and `[train]` gives
+//! the optimizer, learning rate, warmup (in steps) and clip:
+//!
+//! ```toml
+//! [pipeline]
+//! budget = "2MiB"             # the smallest contributor's lease
+//! micro_batches = 8
+//! activations = "bf16"        # or "f32", "int8"
+//! grads = "dense"             # or "sparse": SparseLoCo-compressed gradient sums
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tessera_compute::reference::ModelParams;
+use tessera_protocol::messages::SyncMode;
+use tessera_train::data::Sampler;
+use tessera_train::schedule::Schedule;
+
+use crate::core::RunSpec;
+
+mod choices;
+mod error;
+mod resolve;
+mod sections;
+
+pub use choices::{Activations, Optimizer, Sync};
+pub use error::ConfigError;
+pub use resolve::preset;
+pub use sections::{
+    ChecksSection, DataSection, ModelSection, PipelineSection, RunConfig, TrainSection,
+};
+
+impl RunConfig {
+    /// Parses the TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// The model, the data and the initial weights; relative paths resolve against `base`.
+    pub fn resolve(&self, base: &Path) -> Result<(RunSpec, ModelParams<f32>), ConfigError> {
+        let (model, weights) = resolve::model_and_weights(&self.model, self.seed, base)?;
+        let tokens = resolve::tokens(&self.data, base, &model)?;
+        let t = &self.train;
+        if t.replicas == 0 || t.inner_steps == 0 || t.batch == 0 || t.seq == 0 || self.rounds == 0 {
+            return Err(ConfigError::NotPositive(
+                "rounds, replicas, inner_steps, batch and seq",
+            ));
+        }
+        if (tokens.len() as u64) <= t.seq * t.batch {
+            return Err(ConfigError::TooFewTokens {
+                tokens: tokens.len(),
+                batch: t.batch,
+                seq: t.seq,
+            });
+        }
+        let optimizer = t.optimizer.inner(t.weight_decay);
+        let sync = resolve::sync_mode(t.sync, t, "sync")?;
+        let pipeline = match &self.pipeline {
+            Some(p) => Some(resolve::pipeline_spec(
+                p,
+                &model,
+                t.seq,
+                resolve::sync_mode(p.grads, t, "[pipeline] grads")?,
+            )?),
+            None => None,
+        };
+        let checks = resolve::checks_spec(
+            self.checks.as_ref(),
+            pipeline.as_ref().map(|p| &p.grads),
+            &sync,
+            Sampler::count(tokens.len(), t.seq as usize) as u64,
+            t.batch,
+        )?;
+        let total = if pipeline.is_some() {
+            self.rounds
+        } else {
+            self.rounds * t.inner_steps
+        };
+        let spec = RunSpec {
+            name: self.name.clone(),
+            model,
+            tokens: Arc::from(tokens),
+            seed: self.seed,
+            rounds: self.rounds,
+            replicas: t.replicas,
+            inner_steps: t.inner_steps,
+            batch: t.batch,
+            seq: t.seq,
+            optimizer,
+            inner_lr: Schedule {
+                peak: t.lr,
+                warmup: t.warmup.min(total),
+                total,
+                floor: t.lr_floor,
+            },
+            inner_clip: (t.clip > 0.0).then_some(t.clip),
+            outer_lr: t
+                .outer_lr
+                .unwrap_or(if sync == SyncMode::Dense { 1.0 } else { 4.0 }),
+            clip_to_median: t.clip_to_median,
+            sync,
+            unit_deadline_ms: t.unit_deadline_secs * 1000,
+            silence_ms: t.silence_secs * 1000,
+            weights_frame_elems: 4 << 20,
+            pipeline,
+            checks,
+        };
+        Ok((spec, weights))
+    }
+}
