@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
-use tessera_coordinator::server::AdminRequest;
+use tessera_coordinator::admin_request::{
+    AdminCommand, AdminErrorBody, AdminRequest, AdminResponse,
+};
 
 /// Options of `admin`.
 #[derive(clap::Args, Debug)]
@@ -23,72 +24,15 @@ pub struct Args {
     pub reason: String,
     /// What to do.
     #[command(subcommand)]
-    pub action: Action,
-}
-
-/// An administrator's act.
-#[derive(Subcommand, Debug)]
-pub enum Action {
-    /// Create the run on an idle coordinator (one started without `--config`): it validates
-    /// the configuration, starts the run, and records the act after the run's start.
-    Create {
-        /// The run's configuration (TOML); relative data paths in it resolve on the
-        /// coordinator, against its working directory.
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// Hand out no new work until `resume`.
-    Pause,
-    /// Hand out work again.
-    Resume,
-    /// End the run at its last closed round or step.
-    Stop,
-    /// Change a run parameter: `rounds`, `unit_deadline_secs` or `silence_secs`.
-    Set {
-        /// The parameter.
-        param: String,
-        /// Its new value.
-        value: String,
-    },
-    /// Refuse an identity (hex public key, as `/api/status` lists it): its sessions close and
-    /// its work goes to others.
-    Ban {
-        /// The identity.
-        key: String,
-    },
-    /// Lift a ban.
-    Unban {
-        /// The identity.
-        key: String,
-    },
+    pub command: AdminCommand,
 }
 
 /// Sends the request and prints the log entry that put it into effect.
 pub fn run(a: Args) -> Result<()> {
     let token = crate::keys::admin_secret(a.token_file.as_deref())?
         .context("no admin token: pass --token-file or set TESSERA_ADMIN_TOKEN")?;
-    let mut config = None;
-    let (action, param, value, key) = match a.action {
-        Action::Create { config: path } => {
-            config = Some(
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?,
-            );
-            ("create", None, None, None)
-        }
-        Action::Pause => ("pause", None, None, None),
-        Action::Resume => ("resume", None, None, None),
-        Action::Stop => ("stop", None, None, None),
-        Action::Set { param, value } => ("set", Some(param), Some(value), None),
-        Action::Ban { key } => ("ban", None, None, Some(key)),
-        Action::Unban { key } => ("unban", None, None, Some(key)),
-    };
     let req = AdminRequest {
-        action: action.into(),
-        param,
-        value,
-        key,
-        config,
+        command: a.command,
         reason: a.reason,
     };
     let url = format!("{}/api/admin", a.coordinator.trim_end_matches('/'));
@@ -97,21 +41,14 @@ pub fn run(a: Args) -> Result<()> {
         .send_json(&req)
     {
         Ok(resp) => {
-            let body: serde_json::Value = resp.into_json().context("reading the answer")?;
-            println!(
-                "done: {} (run log entry {})",
-                body["done"].as_str().unwrap_or(action),
-                body["log_index"]
-            );
+            let body: AdminResponse = resp.into_json().context("reading the answer")?;
+            println!("done: {} (run log entry {})", body.done, body.log_index);
             Ok(())
         }
-        Err(ureq::Error::Status(code, resp)) => {
-            let body: serde_json::Value = resp.into_json().unwrap_or_default();
-            bail!(
-                "refused ({code}): {}",
-                body["error"].as_str().unwrap_or("no reason given")
-            )
-        }
+        Err(ureq::Error::Status(status, resp)) => match resp.into_json::<AdminErrorBody>() {
+            Ok(b) => bail!("refused ({status} {}): {}", b.code, b.error),
+            Err(_) => bail!("refused ({status}) without a reason"),
+        },
         Err(e) => Err(e).with_context(|| format!("reaching {url}")),
     }
 }

@@ -1,19 +1,20 @@
-//! `POST /api/admin`: the administrator's requests over HTTP. A bearer token authenticates them
-//! (401 without one, 403 with a wrong one, and 403 when the coordinator has no token at all);
-//! a malformed request is a 400; the core refuses one that cannot apply now with a 409 and
-//! changes nothing; an accepted one answers with the index of the run-log entry that put it
-//! into effect.
+//! `POST /api/admin`: the administrator's requests over HTTP (their body is
+//! `admin_request::AdminRequest`). A bearer token authenticates them (401 without one, 403
+//! with a wrong one, and 403 when the coordinator has no token at all); a malformed request is
+//! a 400; the core refuses one that cannot apply now with a 409 and changes nothing; an
+//! accepted one answers with the index of the run-log entry that put it into effect. Every
+//! refusal is an [`AdminError`], which is its own HTTP response.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tessera_protocol::log::AdminAction;
-use tessera_protocol::PublicKey;
 use tokio::sync::oneshot;
 
+use crate::admin_request::{AdminErrorBody, AdminRequest, AdminResponse};
+use crate::config::ConfigError;
+use crate::core::admin::AdminRefusal;
 use crate::server::{Event, Shared};
 
 /// Shortest token accepted, in bytes.
@@ -43,139 +44,108 @@ impl AdminToken {
     }
 }
 
-/// The body of `POST /api/admin`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminRequest {
-    /// `pause`, `resume`, `stop`, `set`, `ban`, `unban` or (on an idle coordinator) `create`.
-    pub action: String,
-    /// For `set`: the parameter.
-    #[serde(default)]
-    pub param: Option<String>,
-    /// For `set`: its new value.
-    #[serde(default)]
-    pub value: Option<String>,
-    /// For `ban` and `unban`: the identity (hex public key).
-    #[serde(default)]
-    pub key: Option<String>,
-    /// For `create` (on an idle coordinator): the run's configuration, as TOML.
-    #[serde(default)]
-    pub config: Option<String>,
-    /// Why; contributors see it in the run log.
-    pub reason: String,
+/// Why `POST /api/admin` did nothing; each is its own HTTP response (status, and an
+/// [`AdminErrorBody`] with [`AdminError::code`] and the text).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The coordinator was started without an admin token (403).
+    #[error("administration is disabled: this coordinator was started without an admin token")]
+    Disabled,
+    /// No `Authorization: Bearer` header (401).
+    #[error("an admin token is needed: Authorization: Bearer TOKEN")]
+    NoToken,
+    /// Not the administrator's token (403).
+    #[error("wrong admin token")]
+    WrongToken,
+    /// Not a request (400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The run's configuration, sent with `create`, does not resolve (400).
+    #[error("the configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The core refused the act; nothing changed (409).
+    #[error("{0}")]
+    Refused(#[from] AdminRefusal),
+    /// An act of a run asked of an idle coordinator (409).
+    #[error("no run yet: {0} needs a run; create one first (tessera admin create)")]
+    NoRun(&'static str),
+    /// A second `create` while the first starts (409).
+    #[error("a run is being created")]
+    Creating,
+    /// The run is no longer served (503).
+    #[error("the run is not being served")]
+    NotServing,
+    /// The run stopped before it answered (503).
+    #[error("the run stopped before answering")]
+    NoAnswer,
 }
 
-/// The answer of `POST /api/admin`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AdminResponse {
-    /// What was done.
-    pub done: String,
-    /// The run-log entry that put it into effect.
-    pub log_index: u64,
-}
-
-impl AdminRequest {
-    /// The act it asks for.
-    pub fn action(&self) -> Result<AdminAction, String> {
-        let key = || -> Result<PublicKey, String> {
-            let hex = self
-                .key
-                .as_deref()
-                .ok_or_else(|| format!("{} needs a key", self.action))?;
-            PublicKey::from_hex(hex).map_err(|e| format!("key: {e}"))
-        };
-        let only = |what: &str, present: bool| {
-            if present {
-                Err(format!("{} takes no {what}", self.action))
-            } else {
-                Ok(())
+impl AdminError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::NoToken => StatusCode::UNAUTHORIZED,
+            AdminError::Disabled | AdminError::WrongToken => StatusCode::FORBIDDEN,
+            AdminError::BadRequest(_) | AdminError::Config(_) => StatusCode::BAD_REQUEST,
+            AdminError::Refused(_) | AdminError::NoRun(_) | AdminError::Creating => {
+                StatusCode::CONFLICT
             }
-        };
-        if self.action != "create" {
-            only("config", self.config.is_some())?;
+            AdminError::NotServing | AdminError::NoAnswer => StatusCode::SERVICE_UNAVAILABLE,
         }
-        match self.action.as_str() {
-            // A run exists wherever this is asked (an idle coordinator answers `create`
-            // itself): the core refuses it with the run's name.
-            "create" => Ok(AdminAction::Create {
-                run: String::new(),
-                config: [0; 32],
-            }),
-            "pause" | "resume" | "stop" => {
-                only("key", self.key.is_some())?;
-                only(
-                    "param or value",
-                    self.param.is_some() || self.value.is_some(),
-                )?;
-                Ok(match self.action.as_str() {
-                    "pause" => AdminAction::Pause,
-                    "resume" => AdminAction::Resume,
-                    _ => AdminAction::Stop,
-                })
-            }
-            "set" => {
-                only("key", self.key.is_some())?;
-                match (&self.param, &self.value) {
-                    (Some(param), Some(value)) => Ok(AdminAction::Set {
-                        param: param.clone(),
-                        value: value.clone(),
-                    }),
-                    _ => Err("set needs a param and a value".into()),
-                }
-            }
-            "ban" | "unban" => {
-                only(
-                    "param or value",
-                    self.param.is_some() || self.value.is_some(),
-                )?;
-                let key = key()?;
-                Ok(if self.action == "ban" {
-                    AdminAction::Ban { key }
-                } else {
-                    AdminAction::Unban { key }
-                })
-            }
-            other => Err(format!(
-                "unknown action {other:?} (pause, resume, stop, set, ban, unban, create)"
-            )),
+    }
+
+    /// The stable name of the kind, for scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::Disabled => "disabled",
+            AdminError::NoToken => "no_token",
+            AdminError::WrongToken => "wrong_token",
+            AdminError::BadRequest(_) => "bad_request",
+            AdminError::Config(_) => "bad_config",
+            AdminError::Refused(_) => "refused",
+            AdminError::NoRun(_) => "no_run",
+            AdminError::Creating => "creating",
+            AdminError::NotServing => "not_serving",
+            AdminError::NoAnswer => "no_answer",
         }
     }
 }
 
-pub(crate) fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let body = AdminErrorBody {
+            code: self.code().into(),
+            error: self.to_string(),
+        };
+        let mut r = (self.status(), Json(body)).into_response();
+        if matches!(self, AdminError::NoToken) {
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
 }
 
-/// The refusal (401 or 403) of a request that does not bear the administrator's token; `None`
-/// when it does.
-pub(crate) fn refusal(token: Option<&AdminToken>, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = token else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "administration is disabled: this coordinator was started without an admin token"
-                .into(),
-        ));
-    };
+/// Whether the request bears the administrator's token.
+pub(crate) fn authorize(token: Option<&AdminToken>, headers: &HeaderMap) -> Result<(), AdminError> {
+    let token = token.ok_or(AdminError::Disabled)?;
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(given) = given else {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "an admin token is needed: Authorization: Bearer TOKEN".into(),
-        );
-        r.headers_mut().insert(
-            axum::http::header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static("Bearer"),
-        );
-        return Some(r);
-    };
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(AdminError::NoToken)?;
     if !token.matches(given) {
         tracing::warn!("admin request with a wrong token refused");
-        return Some(error(StatusCode::FORBIDDEN, "wrong admin token".into()));
+        return Err(AdminError::WrongToken);
     }
-    None
+    Ok(())
+}
+
+/// The request in `body`.
+pub(crate) fn request(body: &[u8]) -> Result<AdminRequest, AdminError> {
+    serde_json::from_slice(body).map_err(|e| AdminError::BadRequest(e.to_string()))
 }
 
 /// `POST /api/admin`.
@@ -183,42 +153,23 @@ pub(crate) async fn api_admin(
     State(s): State<Shared>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    if let Some(r) = refusal(s.admin.as_ref(), &headers) {
-        return r;
-    }
-    let req: AdminRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
-    };
-    let action = match req.action() {
-        Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+) -> Result<Json<AdminResponse>, AdminError> {
+    authorize(s.admin.as_ref(), &headers)?;
+    let req = request(&body)?;
+    let Some(action) = req.command.act() else {
+        // `create`: only an idle coordinator creates a run.
+        return Err(AdminRefusal::RunExists(s.run_name()).into());
     };
     let (reply, answer) = oneshot::channel();
     let done = action.to_string();
-    if s.events
+    s.events
         .send(Event::Admin {
             action,
             reason: req.reason,
             reply,
         })
-        .is_err()
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the run is not being served".into(),
-        );
-    }
-    match answer.await {
-        Ok(Ok(log_index)) => {
-            tracing::info!(log_index, "admin: {done}");
-            Json(AdminResponse { done, log_index }).into_response()
-        }
-        Ok(Err(why)) => error(StatusCode::CONFLICT, why),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the run stopped before answering".into(),
-        ),
-    }
+        .map_err(|_| AdminError::NotServing)?;
+    let log_index = answer.await.map_err(|_| AdminError::NoAnswer)??;
+    tracing::info!(log_index, "admin: {done}");
+    Ok(Json(AdminResponse { done, log_index }))
 }

@@ -9,15 +9,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::rustls::ServerConfig;
 
-use crate::admin_http::{error, refusal, AdminRequest, AdminResponse, AdminToken};
+use crate::admin_http::{authorize, request, AdminError, AdminToken};
+use crate::admin_request::{AdminCommand, AdminResponse};
 use crate::config::RunConfig;
+use crate::core::admin::{AdminRefusal, MAX_REASON_BYTES};
 use crate::server::Status;
 
 /// A run an administrator created.
@@ -54,10 +56,7 @@ pub async fn wait_for_create(
         created: tx,
         taken: Arc::new(Mutex::new(false)),
     };
-    let app = Router::new()
-        .route("/api/status", get(status))
-        .route("/api/admin", post(admin))
-        .with_state(state);
+    let app = router(state);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let stop = async move {
         let _ = stop_rx.await;
@@ -84,6 +83,14 @@ pub async fn wait_for_create(
     Ok(created)
 }
 
+/// The idle coordinator's routes: status and administration.
+fn router(state: Idle) -> Router {
+    Router::new()
+        .route("/api/status", get(status))
+        .route("/api/admin", post(admin))
+        .with_state(state)
+}
+
 async fn status() -> impl IntoResponse {
     Json(Status {
         phase: "idle".into(),
@@ -91,55 +98,28 @@ async fn status() -> impl IntoResponse {
     })
 }
 
-async fn admin(State(s): State<Idle>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(r) = refusal(Some(&s.token), &headers) {
-        return r;
-    }
-    let req: AdminRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
+async fn admin(
+    State(s): State<Idle>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<AdminResponse>, AdminError> {
+    authorize(Some(&s.token), &headers)?;
+    let req = request(&body)?;
+    let AdminCommand::Create { config: text } = req.command else {
+        return Err(AdminError::NoRun(req.command.name()));
     };
-    if req.action != "create" {
-        return error(
-            StatusCode::CONFLICT,
-            format!(
-                "no run yet: {} needs a run; create one first (tessera admin create)",
-                req.action
-            ),
-        );
+    if req.reason.trim().is_empty() {
+        return Err(AdminError::BadRequest(AdminRefusal::NoReason.to_string()));
     }
-    if req.key.is_some() || req.param.is_some() || req.value.is_some() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "create takes a config and a reason only".into(),
-        );
+    if req.reason.len() > MAX_REASON_BYTES {
+        return Err(AdminError::BadRequest(AdminRefusal::LongReason.to_string()));
     }
-    let Some(text) = req.config else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "create needs the run's configuration (TOML) in `config`".into(),
-        );
-    };
-    if req.reason.trim().is_empty() || req.reason.len() > 1000 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "an administrator's act needs a reason of at most 1000 bytes: it goes into the run log"
-                .into(),
-        );
-    }
-    let run = match RunConfig::from_toml(&text).and_then(|c| {
-        let (spec, _) = c.resolve(&s.base)?;
-        Ok(spec.name)
-    }) {
-        Ok(name) => name,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the configuration: {e}")),
-    };
+    let config = RunConfig::from_toml(&text)?;
+    let run = config.resolve(&s.base)?.0.name;
     {
-        let Ok(mut taken) = s.taken.lock() else {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "poisoned state".into());
-        };
+        let mut taken = s.taken.lock().unwrap_or_else(|p| p.into_inner());
         if *taken {
-            return error(StatusCode::CONFLICT, "a run is being created".into());
+            return Err(AdminError::Creating);
         }
         *taken = true;
     }
@@ -151,5 +131,9 @@ async fn admin(State(s): State<Idle>, headers: HeaderMap, body: axum::body::Byte
         reason: req.reason,
     });
     // The run's log: `Started` at 0, this act at 1.
-    Json(AdminResponse { done, log_index: 1 }).into_response()
+    Ok(Json(AdminResponse { done, log_index: 1 }))
 }
+
+#[cfg(test)]
+#[path = "idle_tests.rs"]
+mod tests;

@@ -4,6 +4,7 @@
 //! it; deterministic simulations drive it directly.
 
 mod admin_http;
+pub mod admin_request;
 pub mod config;
 pub mod core;
 pub mod data;

@@ -23,7 +23,8 @@ use tessera_protocol::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use crate::admin_http::{AdminRequest, AdminResponse, AdminToken};
+pub use crate::admin_http::{AdminError, AdminToken};
+pub use crate::admin_request::{AdminCommand, AdminRequest, AdminResponse};
 
 use crate::core::{Action, ConnId, Core, Input, Phase, RoundSummary};
 use crate::store::Store;
@@ -171,7 +172,7 @@ pub(crate) enum Event {
     Admin {
         action: AdminAction,
         reason: String,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<u64, crate::core::admin::AdminRefusal>>,
     },
 }
 
@@ -183,6 +184,34 @@ pub(crate) struct Shared {
     store: Store,
     coordinator: String,
     pub(crate) admin: Option<AdminToken>,
+}
+
+impl Shared {
+    /// The run's name, as the latest status has it.
+    pub(crate) fn run_name(&self) -> String {
+        self.status
+            .lock()
+            .map(|s| s.run.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Every route of a coordinator serving a run: the contributors' WebSocket, status, the run
+/// log and administration, then `extra` (the contributor page).
+pub(crate) fn router(shared: Shared, extra: Option<Extra>) -> Router {
+    let app = Router::new()
+        .route("/ws", get(ws))
+        .route("/api/status", get(api_status))
+        .route("/api/log", get(api_log))
+        .route(
+            "/api/admin",
+            axum::routing::post(crate::admin_http::api_admin),
+        )
+        .with_state(shared);
+    match extra {
+        Some(extra) => app.merge(extra),
+        None => app,
+    }
 }
 
 /// A running coordinator.
@@ -252,6 +281,36 @@ pub async fn serve_with(
 ) -> std::io::Result<Running> {
     let ServeOptions { extra, tls, admin } = opts;
     let addr = listener.local_addr()?;
+    let (shared, running) = launch(core, store, admin, addr);
+    let app = router(shared, extra);
+    match tls {
+        Some(cfg) => {
+            let tls = crate::tls::TlsListener::new(listener, cfg)?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(tls, app).await {
+                    tracing::error!("server stopped: {e}");
+                }
+            });
+        }
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("server stopped: {e}");
+                }
+            });
+        }
+    }
+    Ok(running)
+}
+
+/// Starts the task that owns `core` and persists into `store`: the state every route shares,
+/// and the run's handles (`addr` is only reported).
+pub(crate) fn launch(
+    core: Core,
+    store: Store,
+    admin: Option<AdminToken>,
+    addr: SocketAddr,
+) -> (Shared, Running) {
     let (tx, rx) = mpsc::unbounded_channel();
     let status = Arc::new(Mutex::new(status_of(&core)));
     let (fin_tx, fin_rx) = watch::channel(if core.phase() == Phase::Finished {
@@ -277,41 +336,13 @@ pub async fn serve_with(
         coordinator,
         admin,
     };
-    let mut app = Router::new()
-        .route("/ws", get(ws))
-        .route("/api/status", get(api_status))
-        .route("/api/log", get(api_log))
-        .route(
-            "/api/admin",
-            axum::routing::post(crate::admin_http::api_admin),
-        )
-        .with_state(shared);
-    if let Some(extra) = extra {
-        app = app.merge(extra);
-    }
-    match tls {
-        Some(cfg) => {
-            let tls = crate::tls::TlsListener::new(listener, cfg)?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(tls, app).await {
-                    tracing::error!("server stopped: {e}");
-                }
-            });
-        }
-        None => {
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!("server stopped: {e}");
-                }
-            });
-        }
-    }
-    Ok(Running {
+    let running = Running {
         addr,
         status,
         finished: fin_rx,
         rounds: round_rx,
-    })
+    };
+    (shared, running)
 }
 
 /// `GET /api/log?from=N&limit=M` (at most 1000 entries a page).
@@ -474,7 +505,8 @@ async fn run_core(
     let start = Instant::now();
     let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut replies: HashMap<u64, oneshot::Sender<Result<u64, String>>> = HashMap::new();
+    let mut replies: HashMap<u64, oneshot::Sender<Result<u64, crate::core::admin::AdminRefusal>>> =
+        HashMap::new();
     let mut next_request = 0u64;
     loop {
         let input = tokio::select! {
@@ -568,3 +600,7 @@ fn send(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -6,6 +6,7 @@ mod common;
 
 use common::{core, spec, Client};
 use tessera_compute::hf::tensor_shapes;
+use tessera_coordinator::core::admin::AdminRefusal;
 use tessera_coordinator::core::{Action, ConnId, Core, End, Input, Phase, RunState};
 use tessera_protocol::log::{AdminAction, LogEvent};
 use tessera_protocol::messages::{
@@ -417,7 +418,7 @@ fn resumes_after_a_crash_without_losing_accepted_work() {
     assert_eq!(h.core.phase(), Phase::Training);
 }
 
-fn admin_done(actions: &[Action]) -> Result<u64, String> {
+fn admin_done(actions: &[Action]) -> Result<u64, AdminRefusal> {
     actions
         .iter()
         .find_map(|a| match a {
@@ -427,7 +428,11 @@ fn admin_done(actions: &[Action]) -> Result<u64, String> {
         .expect("the request is answered")
 }
 
-fn admin(h: &mut Harness, action: AdminAction, reason: &str) -> (Result<u64, String>, Vec<Action>) {
+fn admin(
+    h: &mut Harness,
+    action: AdminAction,
+    reason: &str,
+) -> (Result<u64, AdminRefusal>, Vec<Action>) {
     let a = h.tick(Input::Admin {
         request: 7,
         action,
@@ -463,15 +468,15 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
 
     // Refusals: each answered, nothing logged, nothing changed.
     for (action, reason, why) in [
-        (AdminAction::Pause, " ", "needs a reason"),
-        (AdminAction::Resume, "go", "is not paused"),
+        (AdminAction::Pause, " ", AdminRefusal::NoReason),
+        (AdminAction::Resume, "go", AdminRefusal::NotPaused),
         (
             AdminAction::Set {
                 param: "lr".into(),
                 value: "1".into(),
             },
             "faster",
-            "lr is not a parameter that can change",
+            AdminRefusal::NotAParameter("lr".into()),
         ),
         (
             AdminAction::Set {
@@ -479,7 +484,7 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
                 value: "0".into(),
             },
             "shorter",
-            "rounds must stay above",
+            AdminRefusal::RoundsClosed { done: 0 },
         ),
         (
             AdminAction::Set {
@@ -487,13 +492,19 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
                 value: "soon".into(),
             },
             "x",
-            "takes a whole number",
+            AdminRefusal::NotANumber {
+                param: "silence_secs".into(),
+                value: "soon".into(),
+            },
         ),
-        (AdminAction::Unban { key: bob.key() }, "x", "is not banned"),
+        (
+            AdminAction::Unban { key: bob.key() },
+            "x",
+            AdminRefusal::NotBanned(bob.key()),
+        ),
     ] {
         let (r, acts) = admin(&mut h, action.clone(), reason);
-        let e = r.expect_err("refused");
-        assert!(e.contains(why), "{action}: {e}");
+        assert_eq!(r, Err(why), "{action}");
         assert!(logged_admin(&acts).is_empty() && sends(&acts, ca).is_empty());
     }
     assert_eq!(h.core.spec().rounds, 3);
@@ -520,7 +531,10 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
     assert_eq!(verdicts(&s), vec![Verdict::Accepted]);
     assert!(works(&s).is_empty());
     log.extend(s);
-    assert!(admin(&mut h, AdminAction::Pause, "again").0.is_err());
+    assert_eq!(
+        admin(&mut h, AdminAction::Pause, "again").0,
+        Err(AdminRefusal::AlreadyPaused)
+    );
 
     // Resume: the open slot goes out.
     let (r, acts) = admin(&mut h, AdminAction::Resume, "done");
@@ -543,9 +557,10 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
         closed(&again, cb2),
         "a banned identity is refused at the handshake"
     );
-    assert!(admin(&mut h, AdminAction::Ban { key: bob.key() }, "twice")
-        .0
-        .is_err());
+    assert_eq!(
+        admin(&mut h, AdminAction::Ban { key: bob.key() }, "twice").0,
+        Err(AdminRefusal::AlreadyBanned(bob.key()))
+    );
 
     // A parameter: more rounds.
     let (r, acts) = admin(
@@ -566,7 +581,10 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
     assert!(acts.iter().any(|a| matches!(a, Action::Finished)));
     assert_eq!(h.core.phase(), Phase::Finished);
     log.extend(acts);
-    assert!(admin(&mut h, AdminAction::Resume, "oops").0.is_err());
+    assert_eq!(
+        admin(&mut h, AdminAction::Resume, "oops").0,
+        Err(AdminRefusal::Ended)
+    );
 
     // A restarted coordinator re-applies the acts from its log.
     let events: Vec<LogEvent> = log

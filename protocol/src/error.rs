@@ -31,6 +31,9 @@ pub enum ProtocolError {
     /// A signature that does not verify, or a key that is not a valid ed25519 point.
     #[error("bad signature: {0}")]
     BadSignature(String),
+    /// Text that is not a public key (64 hex characters).
+    #[error("not a public key: {0}")]
+    BadKey(&'static str),
     /// A replayed or out-of-order message.
     #[error("replayed message: sequence {got} is not above {last}")]
     Replay {

@@ -78,7 +78,7 @@ impl PublicKey {
     pub fn from_hex(s: &str) -> Result<Self, ProtocolError> {
         parse_hex32(s)
             .map(PublicKey)
-            .ok_or_else(|| ProtocolError::BadSignature("a public key is 64 hex characters".into()))
+            .ok_or(ProtocolError::BadKey("a public key is 64 hex characters"))
     }
 
     /// Verifies `sig` over `msg` in `domain` (strict ed25519: no malleable signatures, no weak
@@ -94,6 +94,15 @@ impl PublicKey {
                     self.fingerprint()
                 ))
             })
+    }
+}
+
+impl std::str::FromStr for PublicKey {
+    type Err = ProtocolError;
+
+    /// 64 hex characters, as [`PublicKey`]'s `Display` writes them.
+    fn from_str(s: &str) -> Result<Self, ProtocolError> {
+        PublicKey::from_hex(s)
     }
 }
 

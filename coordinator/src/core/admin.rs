@@ -22,11 +22,67 @@ pub struct AdminState {
     pub banned: BTreeSet<PublicKey>,
 }
 
-fn number(param: &str, value: &str) -> Result<u64, String> {
+/// Why the core refuses an administrator's act; nothing changed. The HTTP shell answers it
+/// with a 409 and its text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRefusal {
+    /// No reason given.
+    #[error("an administrator's act needs a reason: contributors see it")]
+    NoReason,
+    /// A reason over [`MAX_REASON_BYTES`].
+    #[error("the reason is longer than {MAX_REASON_BYTES} bytes")]
+    LongReason,
+    /// The run has finished or was stopped.
+    #[error("the run has ended")]
+    Ended,
+    /// `pause` of a paused run.
+    #[error("the run is already paused")]
+    AlreadyPaused,
+    /// `resume` of a run that is not paused.
+    #[error("the run is not paused")]
+    NotPaused,
+    /// `set` of something that is not one of [`PARAMETERS`].
+    #[error("{0} is not a parameter that can change during a run (these can: {params})", params = PARAMETERS.join(", "))]
+    NotAParameter(String),
+    /// `set` with a value that is not a whole number.
+    #[error("{param} takes a whole number, not {value:?}")]
+    NotANumber {
+        /// The parameter.
+        param: String,
+        /// The value given.
+        value: String,
+    },
+    /// `set rounds` at or below the rounds already closed.
+    #[error("rounds must stay above the {done} already closed (the open one is {done})")]
+    RoundsClosed {
+        /// Rounds (or steps) closed.
+        done: u64,
+    },
+    /// `set` of a time outside one second to one day.
+    #[error("{0} must be between 1 and 86400")]
+    OutOfRange(String),
+    /// `ban` of a banned identity.
+    #[error("{0} is already banned")]
+    AlreadyBanned(PublicKey),
+    /// `unban` of an identity that is not banned.
+    #[error("{0} is not banned")]
+    NotBanned(PublicKey),
+    /// `create` where a run is served already.
+    #[error("this coordinator already serves run {0}: an idle coordinator (started without a config) creates runs")]
+    RunExists(String),
+}
+
+/// The longest reason for an act, in bytes (it goes into the run log).
+pub const MAX_REASON_BYTES: usize = 1000;
+
+fn number(param: &str, value: &str) -> Result<u64, AdminRefusal> {
     value
         .trim()
         .parse::<u64>()
-        .map_err(|_| format!("{param} takes a whole number, not {value:?}"))
+        .map_err(|_| AdminRefusal::NotANumber {
+            param: param.into(),
+            value: value.into(),
+        })
 }
 
 impl Core {
@@ -61,55 +117,46 @@ impl Core {
     }
 
     /// Whether `action` can be applied now; the reason when not.
-    fn check_admin(&self, action: &AdminAction, reason: &str) -> Result<(), String> {
+    fn check_admin(&self, action: &AdminAction, reason: &str) -> Result<(), AdminRefusal> {
         if reason.trim().is_empty() {
-            return Err("an administrator's act needs a reason: contributors see it".into());
+            return Err(AdminRefusal::NoReason);
         }
-        if reason.len() > 1000 {
-            return Err("the reason is longer than 1000 bytes".into());
+        if reason.len() > MAX_REASON_BYTES {
+            return Err(AdminRefusal::LongReason);
         }
         if !self.state.is_open() {
-            return Err("the run has ended".into());
+            return Err(AdminRefusal::Ended);
         }
         let paused = self.state == RunState::Paused;
         match action {
-            AdminAction::Pause if paused => Err("the run is already paused".into()),
-            AdminAction::Resume if !paused => Err("the run is not paused".into()),
+            AdminAction::Pause if paused => Err(AdminRefusal::AlreadyPaused),
+            AdminAction::Resume if !paused => Err(AdminRefusal::NotPaused),
             AdminAction::Pause | AdminAction::Resume | AdminAction::Stop => Ok(()),
             AdminAction::Set { param, value } => match param.as_str() {
                 "rounds" => {
-                    let n = number(param, value)?;
                     let done = self.round();
-                    if n <= done {
-                        return Err(format!(
-                            "rounds must stay above the {done} already closed (the open one is {done})"
-                        ));
+                    if number(param, value)? <= done {
+                        return Err(AdminRefusal::RoundsClosed { done });
                     }
                     Ok(())
                 }
                 "unit_deadline_secs" | "silence_secs" => {
                     let n = number(param, value)?;
                     if n == 0 || n > 86_400 {
-                        return Err(format!("{param} must be between 1 and 86400"));
+                        return Err(AdminRefusal::OutOfRange(param.clone()));
                     }
                     Ok(())
                 }
-                other => Err(format!(
-                    "{other} is not a parameter that can change during a run (these can: {})",
-                    PARAMETERS.join(", ")
-                )),
+                other => Err(AdminRefusal::NotAParameter(other.into())),
             },
             AdminAction::Ban { key } if self.admin.banned.contains(key) => {
-                Err(format!("{key} is already banned"))
+                Err(AdminRefusal::AlreadyBanned(*key))
             }
             AdminAction::Unban { key } if !self.admin.banned.contains(key) => {
-                Err(format!("{key} is not banned"))
+                Err(AdminRefusal::NotBanned(*key))
             }
             AdminAction::Ban { .. } | AdminAction::Unban { .. } => Ok(()),
-            AdminAction::Create { .. } => Err(format!(
-                "this coordinator already serves run {}: an idle coordinator (started without a config) creates runs",
-                self.spec.name
-            )),
+            AdminAction::Create { .. } => Err(AdminRefusal::RunExists(self.spec.name.clone())),
         }
     }
 

@@ -89,6 +89,6 @@ pub enum Action {
         /// The request.
         request: u64,
         /// The entry's index, or the refusal.
-        result: Result<u64, String>,
+        result: Result<u64, super::admin::AdminRefusal>,
     },
 }

@@ -1,0 +1,167 @@
+//! The routes of a coordinator serving a run, driven in-process (`tower::ServiceExt::oneshot`,
+//! no socket) against a real core task and a real SQLite store: every route answers, and every
+//! administrative refusal is the response its `AdminError` names.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use tessera_compute::reference::ModelParams;
+use tessera_protocol::Identity;
+use tower::ServiceExt;
+
+use crate::admin_http::AdminToken;
+use crate::core::{Core, RunSpec};
+use crate::store::Store;
+
+const TOKEN: &str = "a-token-long-enough-for-tests";
+
+/// A one-round tiny run served by the routes, with `TOKEN` as the admin token when `admin`.
+async fn app(admin: bool) -> Router {
+    let model = crate::config::preset("tiny-byte").expect("a preset");
+    let tokens: Vec<u32> = (0..400u32).map(|i| i % 200).collect();
+    let weights = ModelParams::random(&model, 1);
+    let core = Core::new(
+        RunSpec::new("routes", model, tokens),
+        Identity::from_seed([9; 32]),
+        weights,
+    );
+    let dir = std::env::temp_dir().join(format!("tessera-routes-{}-{}", std::process::id(), admin));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(&dir, None).await.expect("a store");
+    let token = admin.then(|| AdminToken::new(TOKEN).expect("a token"));
+    let (shared, _running) = super::launch(core, store, token, ([127, 0, 0, 1], 0).into());
+    super::router(shared, None)
+}
+
+/// The status and JSON body of `request` sent to `app`.
+async fn call(app: &Router, request: Request<Body>) -> (StatusCode, serde_json::Value, bool) {
+    let r = app.clone().oneshot(request).await.expect("an answer");
+    let status = r.status();
+    let challenge = r.headers().contains_key(header::WWW_AUTHENTICATE);
+    let bytes = r.into_body().collect().await.expect("a body").to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json, challenge)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn admin(auth: Option<&str>, body: &str) -> Request<Body> {
+    let mut r = Request::post("/api/admin").header(header::CONTENT_TYPE, "application/json");
+    if let Some(a) = auth {
+        r = r.header(header::AUTHORIZATION, a);
+    }
+    r.body(Body::from(body.to_string())).unwrap()
+}
+
+#[tokio::test]
+async fn status_and_log_answer_and_unknown_routes_are_404() {
+    let app = app(true).await;
+    let (code, status, _) = call(&app, get("/api/status")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        (&status["run"], &status["phase"]),
+        (&"routes".into(), &"training".into())
+    );
+    // The run's first entry, `Started`, is in the log before anything is served.
+    let mut page = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (code, p, _) = call(&app, get("/api/log?from=0&limit=5")).await;
+        assert_eq!(code, StatusCode::OK);
+        if p["entries"].as_array().is_some_and(|e| !e.is_empty()) {
+            page = p;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(page["entries"][0]["index"], 0, "{page}");
+    assert!(
+        page["entries"][0]["event"]
+            .as_str()
+            .unwrap()
+            .starts_with("Started"),
+        "{page}"
+    );
+    let (code, _, _) = call(&app, get("/api/log?from=x")).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "a malformed query");
+    let (code, _, _) = call(&app, get("/nowhere")).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn each_admin_refusal_is_its_own_response_and_an_act_is_logged() {
+    let app = app(true).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let pause = r#"{"action":"pause","reason":"maintenance"}"#;
+    for (auth, body, status, code) in [
+        (None, pause, StatusCode::UNAUTHORIZED, "no_token"),
+        (
+            Some("Bearer wrong"),
+            pause,
+            StatusCode::FORBIDDEN,
+            "wrong_token",
+        ),
+        (
+            Some(bearer.as_str()),
+            "{",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Some(bearer.as_str()),
+            r#"{"action":"stop","key":"00","reason":"x"}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Some(bearer.as_str()),
+            r#"{"action":"resume","reason":"x"}"#,
+            StatusCode::CONFLICT,
+            "refused",
+        ),
+        (
+            Some(bearer.as_str()),
+            r#"{"action":"create","config":"name = \"b\"","reason":"x"}"#,
+            StatusCode::CONFLICT,
+            "refused",
+        ),
+    ] {
+        let (got, json, challenge) = call(&app, admin(auth, body)).await;
+        assert_eq!(
+            (got, json["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {json}"
+        );
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{json}"
+        );
+        assert_eq!(
+            challenge,
+            code == "no_token",
+            "only a missing token is challenged"
+        );
+    }
+    let (_, status, _) = call(&app, get("/api/status")).await;
+    assert_eq!(status["phase"], "training", "no refusal changed anything");
+
+    let (got, json, _) = call(&app, admin(Some(&bearer), pause)).await;
+    assert_eq!(got, StatusCode::OK, "{json}");
+    assert_eq!(json["done"], "pause");
+    assert!(json["log_index"].as_u64().is_some_and(|i| i >= 1), "{json}");
+    let (_, status, _) = call(&app, get("/api/status")).await;
+    assert_eq!(status["phase"], "paused");
+}
+
+#[tokio::test]
+async fn without_a_token_administration_is_disabled() {
+    let app = app(false).await;
+    let body = r#"{"action":"pause","reason":"x"}"#;
+    let (got, json, _) = call(&app, admin(Some(&format!("Bearer {TOKEN}")), body)).await;
+    assert_eq!(
+        (got, json["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("disabled"))
+    );
+}
