@@ -10,6 +10,7 @@ pub mod core;
 pub mod data;
 pub mod idle;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod web;

@@ -87,7 +87,7 @@ fn values(name: &str, v: &[f32]) -> Output {
 fn activation(r: &PipeResult, name: &str) -> Result<Vec<f32>, WorkerError> {
     match r {
         PipeResult::Activation(a) => Ok(a.decode()?),
-        other => Err(WorkerError::Coordinator(format!(
+        other => Err(WorkerError::Calibration(format!(
             "calibration unit {name} returned {other:?} instead of an activation"
         ))),
     }
@@ -102,34 +102,120 @@ fn dense(u: &Update) -> Result<Vec<f32>, WorkerError> {
             }
             Ok(out)
         }
-        _ => Err(WorkerError::Coordinator(
+        _ => Err(WorkerError::Calibration(
             "calibration expects dense tensors".into(),
         )),
     }
 }
 
-/// Runs the calibration work on `gpu`; `progress` is told the name of each output as it is
-/// produced.
-pub async fn calibrate(
-    gpu: &Gpu,
-    spec: &CalibrationSpec,
-    mut progress: impl FnMut(&str),
-) -> Result<Calibration, WorkerError> {
-    let cfg = ModelConfig::from_hf_json(&spec.config_json)
-        .map_err(|e| WorkerError::Coordinator(format!("calibration model: {e}")))?;
-    let seq = spec.seq as usize;
-    if seq == 0 || seq > cfg.max_position_embeddings || spec.batch == 0 || spec.steps == 0 {
-        return Err(WorkerError::Coordinator(format!(
-            "calibration needs 1..={} tokens per sequence, at least one sequence and one step",
-            cfg.max_position_embeddings
+/// The outputs in the order they are produced, each announced to `progress`.
+struct Outputs<P: FnMut(&str)> {
+    list: Vec<Output>,
+    progress: P,
+}
+
+impl<P: FnMut(&str)> Outputs<P> {
+    fn push(&mut self, name: &str, v: &[f32]) {
+        self.list.push(values(name, v));
+        (self.progress)(name);
+    }
+}
+
+/// Layer 0's micro-shards, each run as its own pipeline unit, the activations chained as the
+/// coordinator chains them.
+struct Chain<'g> {
+    gpu: &'g Gpu,
+    replica: PipeReplica,
+    shards: [MicroShard; 4],
+    /// Each micro-shard's stage.
+    stage: [u64; 4],
+    /// Units sent so far.
+    sent: u64,
+    seq: usize,
+    width: usize,
+}
+
+impl Chain<'_> {
+    /// A unit of micro-shard `s` in direction `pass`, with no inputs yet.
+    fn unit(&mut self, s: usize, pass: Pass) -> PipeWork {
+        self.sent += 1;
+        PipeWork {
+            unit: self.sent,
+            lease: 1,
+            step: 0,
+            micro_batch: 0,
+            stages: [self.stage[s], self.stage[s] + 1],
+            shards: vec![to_wire(&self.shards[s])],
+            pass,
+            weights: 0,
+            tokens: None,
+            input: None,
+            grad: None,
+            head: None,
+            output: ActEncoding::F32,
+        }
+    }
+
+    /// `v` as an f32 activation of the chain's shape.
+    fn act(&self, v: &[f32]) -> Activation {
+        Activation::encode(&[self.seq, self.width], v, ActEncoding::F32)
+    }
+
+    /// Runs `w`.
+    async fn run(&mut self, w: &PipeWork) -> Result<PipeResult, WorkerError> {
+        self.replica.work(self.gpu, w).await
+    }
+
+    /// Runs `w`, whose result is an activation, recorded as output `name`.
+    async fn activation(
+        &mut self,
+        w: PipeWork,
+        name: &str,
+        out: &mut Outputs<impl FnMut(&str)>,
+    ) -> Result<Vec<f32>, WorkerError> {
+        let v = activation(&self.run(&w).await?, name)?;
+        out.push(name, &v);
+        Ok(v)
+    }
+}
+
+fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+/// The log-sum-exp of each token from the head's statistics (max, sum of exponentials, target
+/// logit per token).
+fn log_sum_exp(r: PipeResult, seq: usize) -> Result<Vec<f32>, WorkerError> {
+    let stats = match r {
+        PipeResult::HeadStats(s) if s.len() == 1 => s[0].stats.to_f32()?,
+        other => {
+            return Err(WorkerError::Calibration(format!(
+                "the head unit returned {other:?} instead of one slice's statistics"
+            )))
+        }
+    };
+    if stats.len() != 3 * seq {
+        return Err(WorkerError::Calibration(format!(
+            "{} head statistics for {seq} tokens",
+            stats.len()
         )));
     }
-    let params = ModelParams::random(&cfg, spec.seed);
-    let mut outputs = Vec::new();
-    let mut r = SplitMix(spec.seed ^ 0x9e37_79b9_7f4a_7c15);
+    Ok(stats
+        .chunks(3)
+        .map(|s| s[0] + s[1].max(f32::MIN_POSITIVE).ln())
+        .collect())
+}
 
-    // Pipeline units through layer 0, each micro-shard its own unit.
-    let d = cfg.hidden_size;
+/// One micro-batch forward and backward through layer 0's micro-shards as pipeline units,
+/// then the step's gradient sums.
+async fn pipeline_outputs(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    params: &ModelParams<f32>,
+    seq: usize,
+    r: &mut SplitMix,
+    out: &mut Outputs<impl FnMut(&str)>,
+) -> Result<(), WorkerError> {
     let shards = [
         MicroShard::Embed {
             rows: 0..cfg.vocab_size,
@@ -148,176 +234,91 @@ pub async fn calibrate(
     ];
     let tensors = shards
         .iter()
-        .map(|s| ShardTensors::from_model(&cfg, &params, s))
+        .map(|s| ShardTensors::from_model(cfg, params, s))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut replica = PipeReplica::new(gpu, cfg.clone(), 1, 0, seq, &tensors, &SyncMode::Dense)?;
-    let ids = tokens(&mut r, seq, cfg.vocab_size);
-    let targets = tokens(&mut r, seq, cfg.vocab_size);
-    let act = |v: &[f32]| Activation::encode(&[seq, d], v, ActEncoding::F32);
-    let stage = [0u64, 1, 2, 1 + 2 * cfg.num_hidden_layers as u64];
-    let mut n = 0u64;
-    let mut unit = |s: usize, pass: Pass| {
-        n += 1;
-        PipeWork {
-            unit: n,
-            lease: 1,
-            step: 0,
-            micro_batch: 0,
-            stages: [stage[s], stage[s] + 1],
-            shards: vec![to_wire(&shards[s])],
-            pass,
-            weights: 0,
-            tokens: None,
-            input: None,
-            grad: None,
-            head: None,
-            output: ActEncoding::F32,
-        }
+    let replica = PipeReplica::new(gpu, cfg.clone(), 1, 0, seq, &tensors, &SyncMode::Dense)?;
+    let mut c = Chain {
+        gpu,
+        replica,
+        stage: [0, 1, 2, 1 + 2 * cfg.num_hidden_layers as u64],
+        shards,
+        sent: 0,
+        seq,
+        width: cfg.hidden_size,
     };
-    let add = |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
+    let ids = TensorPayload::from_u32(&[seq], &tokens(r, seq, cfg.vocab_size));
+    let targets = TensorPayload::from_u32(&[seq], &tokens(r, seq, cfg.vocab_size));
 
-    let name = "pipeline/forward/embed".to_string();
-    let res = replica
-        .work(
-            gpu,
-            &PipeWork {
-                tokens: Some(TensorPayload::from_u32(&[seq], &ids)),
-                ..unit(0, Pass::Forward)
-            },
-        )
-        .await;
-    let h1 = activation(&res?, &name)?;
-    outputs.push(values(&name, &h1));
-    progress(&name);
-    let name = "pipeline/forward/attn".to_string();
-    let res = replica
-        .work(
-            gpu,
-            &PipeWork {
-                input: Some(act(&h1)),
-                ..unit(1, Pass::Forward)
-            },
-        )
-        .await;
-    let a = activation(&res?, &name)?;
-    outputs.push(values(&name, &a));
-    progress(&name);
-    let h2 = add(&h1, &a);
-    let name = "pipeline/forward/mlp".to_string();
-    let res = replica
-        .work(
-            gpu,
-            &PipeWork {
-                input: Some(act(&h2)),
-                ..unit(2, Pass::Forward)
-            },
-        )
-        .await;
-    let m = activation(&res?, &name)?;
-    outputs.push(values(&name, &m));
-    progress(&name);
-    let h3 = add(&h2, &m);
-    let tg = TensorPayload::from_u32(&[seq], &targets);
-    let name = "pipeline/forward/head".to_string();
-    let res = replica
-        .work(
-            gpu,
-            &PipeWork {
-                input: Some(act(&h3)),
-                tokens: Some(tg.clone()),
-                ..unit(3, Pass::Forward)
-            },
-        )
-        .await;
-    let stats = match res? {
-        PipeResult::HeadStats(s) if s.len() == 1 => s[0].stats.to_f32()?,
-        other => {
-            return Err(WorkerError::Coordinator(format!(
-                "the head unit returned {other:?} instead of one slice's statistics"
-            )))
-        }
+    // Forward: embedding, attention and MLP (each added to the residual stream), head.
+    let w = PipeWork {
+        tokens: Some(ids.clone()),
+        ..c.unit(0, Pass::Forward)
     };
-    if stats.len() != 3 * seq {
-        return Err(WorkerError::Coordinator(format!(
-            "{} head statistics for {seq} tokens",
-            stats.len()
-        )));
-    }
-    let lse: Vec<f32> = stats
-        .chunks(3)
-        .map(|s| s[0] + s[1].max(f32::MIN_POSITIVE).ln())
-        .collect();
-    outputs.push(values(&name, &lse));
-    progress(&name);
-    let name = "pipeline/backward/head".to_string();
-    let res = replica
-        .work(
-            gpu,
-            &PipeWork {
-                input: Some(act(&h3)),
-                tokens: Some(tg),
-                head: Some(HeadBackward {
-                    lse: TensorPayload::from_f32(&[seq], &lse),
-                    inv_count: 1.0 / seq as f32,
-                }),
-                ..unit(3, Pass::Backward)
-            },
-        )
-        .await;
-    let g3 = activation(&res?, &name)?;
-    outputs.push(values(&name, &g3));
-    progress(&name);
-    let name = "pipeline/backward/mlp".to_string();
-    let res = replica
-        .work(
-            gpu,
-            &PipeWork {
-                input: Some(act(&h2)),
-                grad: Some(act(&g3)),
-                ..unit(2, Pass::Backward)
-            },
-        )
-        .await;
-    let dm = activation(&res?, &name)?;
-    outputs.push(values(&name, &dm));
-    progress(&name);
-    let g2 = add(&g3, &dm);
-    let name = "pipeline/backward/attn".to_string();
-    let res = replica
-        .work(
-            gpu,
-            &PipeWork {
-                input: Some(act(&h1)),
-                grad: Some(act(&g2)),
-                ..unit(1, Pass::Backward)
-            },
-        )
-        .await;
-    let da = activation(&res?, &name)?;
-    outputs.push(values(&name, &da));
-    progress(&name);
-    let g1 = add(&g2, &da);
-    let res = replica
-        .work(
-            gpu,
-            &PipeWork {
-                tokens: Some(TensorPayload::from_u32(&[seq], &ids)),
-                grad: Some(act(&g1)),
-                ..unit(0, Pass::Backward)
-            },
-        )
-        .await;
-    res?;
-    let (_, grads) = replica.take_grads(gpu).await?;
-    for (s, g) in shards.iter().zip(&grads) {
-        let name = format!("pipeline/gradient-sums/{s}");
-        outputs.push(values(&name, &dense(&g.tensors)?));
-        progress(&name);
-    }
-    drop(replica);
+    let h1 = c.activation(w, "pipeline/forward/embed", out).await?;
+    let w = PipeWork {
+        input: Some(c.act(&h1)),
+        ..c.unit(1, Pass::Forward)
+    };
+    let h2 = add(&h1, &c.activation(w, "pipeline/forward/attn", out).await?);
+    let w = PipeWork {
+        input: Some(c.act(&h2)),
+        ..c.unit(2, Pass::Forward)
+    };
+    let h3 = add(&h2, &c.activation(w, "pipeline/forward/mlp", out).await?);
+    let w = PipeWork {
+        input: Some(c.act(&h3)),
+        tokens: Some(targets.clone()),
+        ..c.unit(3, Pass::Forward)
+    };
+    let lse = log_sum_exp(c.run(&w).await?, seq)?;
+    out.push("pipeline/forward/head", &lse);
 
-    // One whole-model replica round.
-    let (steps, batch) = (spec.steps as usize, spec.batch as usize);
+    // Backward, the gradients chained back the same way.
+    let w = PipeWork {
+        input: Some(c.act(&h3)),
+        tokens: Some(targets),
+        head: Some(HeadBackward {
+            lse: TensorPayload::from_f32(&[seq], &lse),
+            inv_count: 1.0 / seq as f32,
+        }),
+        ..c.unit(3, Pass::Backward)
+    };
+    let g3 = c.activation(w, "pipeline/backward/head", out).await?;
+    let w = PipeWork {
+        input: Some(c.act(&h2)),
+        grad: Some(c.act(&g3)),
+        ..c.unit(2, Pass::Backward)
+    };
+    let g2 = add(&g3, &c.activation(w, "pipeline/backward/mlp", out).await?);
+    let w = PipeWork {
+        input: Some(c.act(&h1)),
+        grad: Some(c.act(&g2)),
+        ..c.unit(1, Pass::Backward)
+    };
+    let g1 = add(&g2, &c.activation(w, "pipeline/backward/attn", out).await?);
+    let w = PipeWork {
+        tokens: Some(ids),
+        grad: Some(c.act(&g1)),
+        ..c.unit(0, Pass::Backward)
+    };
+    c.run(&w).await?;
+    let (_, grads) = c.replica.take_grads(gpu).await?;
+    for (s, g) in c.shards.iter().zip(&grads) {
+        out.push(&format!("pipeline/gradient-sums/{s}"), &dense(&g.tensors)?);
+    }
+    Ok(())
+}
+
+/// One whole-model replica round of AdamW inner steps: its pseudo-gradient and loss sum.
+async fn replica_outputs(
+    gpu: &Gpu,
+    spec: &CalibrationSpec,
+    cfg: &ModelConfig,
+    params: ModelParams<f32>,
+    r: &mut SplitMix,
+    out: &mut Outputs<impl FnMut(&str)>,
+) -> Result<(), WorkerError> {
+    let (steps, batch, seq) = (spec.steps as usize, spec.batch as usize, spec.seq as usize);
     let lease = Lease {
         lease: 2,
         config_json: spec.config_json.clone(),
@@ -345,36 +346,62 @@ pub async fn calibrate(
         weights: 0,
         tokens: TensorPayload::from_u32(
             &[steps, batch, seq + 1],
-            &tokens(&mut r, steps * batch * (seq + 1), cfg.vocab_size),
+            &tokens(r, steps * batch * (seq + 1), cfg.vocab_size),
         ),
         lrs: vec![1e-3; steps],
         dense: false,
     };
     let done = whole.work(gpu, &work).await?;
     let pg = dense(&done.update)?;
-    let name = "replica/pseudo-gradient".to_string();
     debug_assert_eq!(
         pg.len(),
-        tensor_shapes(&cfg)
+        tensor_shapes(cfg)
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
             .sum::<usize>()
     );
-    outputs.push(values(&name, &pg));
-    progress(&name);
-    outputs.push(values("replica/loss-sum", &[done.loss_sum as f32]));
+    out.push("replica/pseudo-gradient", &pg);
+    out.list
+        .push(values("replica/loss-sum", &[done.loss_sum as f32]));
+    Ok(())
+}
+
+/// Runs the calibration work on `gpu`; `progress` is told the name of each output as it is
+/// produced.
+pub async fn calibrate(
+    gpu: &Gpu,
+    spec: &CalibrationSpec,
+    progress: impl FnMut(&str),
+) -> Result<Calibration, WorkerError> {
+    let cfg = ModelConfig::from_hf_json(&spec.config_json)
+        .map_err(|e| WorkerError::Calibration(format!("the model: {e}")))?;
+    let seq = spec.seq as usize;
+    if seq == 0 || seq > cfg.max_position_embeddings || spec.batch == 0 || spec.steps == 0 {
+        return Err(WorkerError::Calibration(format!(
+            "the work needs 1..={} tokens per sequence, at least one sequence and one step",
+            cfg.max_position_embeddings
+        )));
+    }
+    let params = ModelParams::random(&cfg, spec.seed);
+    let mut r = SplitMix(spec.seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut out = Outputs {
+        list: Vec::new(),
+        progress,
+    };
+    pipeline_outputs(gpu, &cfg, &params, seq, &mut r, &mut out).await?;
+    replica_outputs(gpu, spec, &cfg, params, &mut r, &mut out).await?;
     let a = gpu.adapter();
     Ok(Calibration {
         spec: spec.clone(),
         adapter: format!("{} ({}, {})", a.name, a.backend, a.driver),
-        outputs,
+        outputs: out.list,
     })
 }
 
 /// How `a` differs from `b`, output by output; an error when they ran different work.
 pub fn compare(a: &Calibration, b: &Calibration) -> Result<Vec<Drift>, WorkerError> {
     if a.spec != b.spec || a.outputs.len() != b.outputs.len() {
-        return Err(WorkerError::Coordinator(
+        return Err(WorkerError::Calibration(
             "the two calibrations ran different work (model, sizes or seed differ)".into(),
         ));
     }
@@ -384,7 +411,7 @@ pub fn compare(a: &Calibration, b: &Calibration) -> Result<Vec<Drift>, WorkerErr
         .map(|(x, y)| {
             let (u, v) = (x.values.to_f32()?, y.values.to_f32()?);
             if x.name != y.name || u.len() != v.len() {
-                return Err(WorkerError::Coordinator(format!(
+                return Err(WorkerError::Calibration(format!(
                     "output {} against {}: different outputs",
                     x.name, y.name
                 )));

@@ -1,5 +1,7 @@
 //! Errors of a contributor.
 
+use tessera_protocol::{Code, Reason};
+
 /// Why the contributor could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -12,11 +14,33 @@ pub enum WorkerError {
     /// An update did not fit.
     #[error(transparent)]
     Train(#[from] tessera_train::TrainError),
-    /// The coordinator sent something this contributor cannot act on.
+    /// The coordinator sent something this contributor cannot act on; the code says what kind
+    /// (`NotYourLease`, `WrongVersion`, `WrongShape`, `UnexpectedMessage`, ...).
     #[error("coordinator: {0}")]
-    Coordinator(String),
+    Unexpected(tessera_protocol::Reason),
+    /// This machine cannot take part as set up: TLS roots, randomness for a key.
+    #[error("{0}")]
+    Local(String),
+    /// Calibration work that cannot run or outputs that cannot be compared.
+    #[error("calibration: {0}")]
+    Calibration(String),
     /// The coordinator refused this contributor and ended the session (its code says why:
     /// `Refused` and `Banned` identities are not taken back).
     #[error("coordinator: {0}")]
     Refused(tessera_protocol::Reason),
+}
+
+impl WorkerError {
+    /// The coordinator sent something that cannot be acted on, of kind `code`.
+    pub fn unexpected(code: Code, text: impl Into<String>) -> Self {
+        WorkerError::Unexpected(Reason::new(code, text))
+    }
+
+    /// The refusal code, for errors about the coordinator's messages.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            WorkerError::Unexpected(r) | WorkerError::Refused(r) => Some(r.code),
+            _ => None,
+        }
+    }
 }

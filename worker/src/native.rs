@@ -25,7 +25,7 @@ use crate::session::Contributor;
 pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, WorkerError> {
     let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
-        let bad = |why: String| WorkerError::Coordinator(format!("{}: {why}", path.display()));
+        let bad = |why: String| WorkerError::Local(format!("{}: {why}", path.display()));
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| bad(e.to_string()))?
             .collect::<Result<_, _>>()
@@ -40,7 +40,7 @@ pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, WorkerEr
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| WorkerError::Coordinator(e.to_string()))?
+        .map_err(|e| WorkerError::Local(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))
@@ -50,7 +50,7 @@ pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, WorkerEr
 pub fn new_identity() -> Result<Identity, WorkerError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)
-        .map_err(|e| WorkerError::Coordinator(format!("no randomness for a key: {e}")))?;
+        .map_err(|e| WorkerError::Local(format!("no randomness for a key: {e}")))?;
     Ok(Identity::from_seed(seed))
 }
 

@@ -45,8 +45,9 @@ fn stage_of(s: &MicroShard, layers: usize) -> usize {
     }
 }
 
+/// A unit that does not fit this lease's micro-shards or the protocol's shapes.
 fn bad(msg: String) -> WorkerError {
-    WorkerError::Coordinator(msg)
+    WorkerError::unexpected(tessera_protocol::Code::WrongShape, msg)
 }
 
 impl PipeReplica {
@@ -170,45 +171,9 @@ impl PipeReplica {
 
     /// Runs a unit and returns its result.
     pub async fn work(&mut self, gpu: &Gpu, w: &PipeWork) -> Result<PipeResult, WorkerError> {
-        if w.weights != self.version || w.lease != self.lease {
-            return Err(bad(format!(
-                "unit {} needs lease {} weights {}; this replica holds lease {} weights {}",
-                w.unit, w.lease, w.weights, self.lease, self.version
-            )));
-        }
-        let mut idx = Vec::with_capacity(w.shards.len());
-        for spec in &w.shards {
-            let s = from_wire(spec, &self.cfg)?;
-            let i = self
-                .shards
-                .iter()
-                .position(|g| *g.shard() == s)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "unit {} names {s}, which this lease does not hold",
-                        w.unit
-                    ))
-                })?;
-            idx.push(i);
-        }
-        let first = idx
-            .first()
-            .map(|&i| self.shards[i].shard().clone())
-            .ok_or_else(|| bad(format!("unit {} names no micro-shard", w.unit)))?;
+        let (idx, stages) = self.locate(w)?;
         let layers = self.cfg.num_hidden_layers;
-        let [a, b] = w.stages;
-        let (a, b) = (a as usize, b as usize);
-        if a >= b
-            || b > 2 + 2 * layers
-            || idx
-                .iter()
-                .any(|&i| !(a..b).contains(&stage_of(self.shards[i].shard(), layers)))
-        {
-            return Err(bad(format!(
-                "unit {} names micro-shards outside its stages {a}..{b}",
-                w.unit
-            )));
-        }
+        let (a, b) = (stages.start, stages.end);
         if b - a > 1 {
             if b == 2 + 2 * layers {
                 return Err(bad(format!(
@@ -224,6 +189,7 @@ impl PipeReplica {
         };
         let (seq, d) = (self.seq, self.cfg.hidden_size);
         let shards: Vec<&GpuShard> = idx.iter().map(|&i| &self.shards[i]).collect();
+        let first = self.shards[idx[0]].shard().clone();
         let result = match (&first, w.pass) {
             (MicroShard::Embed { .. }, Pass::Forward) => {
                 let ids = self.tokens(w.tokens.as_ref())?;
@@ -268,28 +234,7 @@ impl PipeReplica {
                 let out = Self::sum(gpu, parts)?;
                 self.encode(gpu, &out, w.output).await?
             }
-            (MicroShard::Head { .. }, Pass::Forward) => {
-                let targets = self.tokens(w.tokens.as_ref())?;
-                let h = gpu.upload(&self.activation(w.input.as_ref(), "input")?, &[seq, d])?;
-                let mut slices = Vec::new();
-                for s in &shards {
-                    let st = s.head_forward(gpu, &h, &targets, rows).await?;
-                    let mut stats = Vec::with_capacity(seq * 3);
-                    let mut owned = Vec::with_capacity(seq);
-                    for r in 0..seq {
-                        stats.push(st.max[r] as f32);
-                        stats.push(st.sum_exp[r] as f32);
-                        stats.push(st.target_logit[r].unwrap_or(0.0) as f32);
-                        owned.push(u8::from(st.target_logit[r].is_some()));
-                    }
-                    slices.push(HeadSlice {
-                        shard: to_wire(s.shard()),
-                        stats: TensorPayload::from_f32(&[seq, 3], &stats),
-                        owned: TensorPayload::from_u8(&[seq], owned),
-                    });
-                }
-                PipeResult::HeadStats(slices)
-            }
+            (MicroShard::Head { .. }, Pass::Forward) => self.head_stats(gpu, &shards, w).await?,
             (MicroShard::Head { .. }, Pass::Backward) => {
                 let targets = self.tokens(w.tokens.as_ref())?;
                 let h = gpu.upload(&self.activation(w.input.as_ref(), "input")?, &[seq, d])?;
@@ -311,6 +256,86 @@ impl PipeReplica {
             self.owed.push(w.unit);
         }
         Ok(result)
+    }
+
+    /// The indices of the micro-shards unit `w` names among this lease's, and its stages;
+    /// refused when it needs other weights, names micro-shards this lease does not hold, or
+    /// stages they do not sit in.
+    fn locate(&self, w: &PipeWork) -> Result<(Vec<usize>, std::ops::Range<usize>), WorkerError> {
+        if w.weights != self.version || w.lease != self.lease {
+            return Err(bad(format!(
+                "unit {} needs lease {} weights {}; this replica holds lease {} weights {}",
+                w.unit, w.lease, w.weights, self.lease, self.version
+            )));
+        }
+        let mut idx = Vec::with_capacity(w.shards.len());
+        for spec in &w.shards {
+            let s = from_wire(spec, &self.cfg)?;
+            let i = self
+                .shards
+                .iter()
+                .position(|g| *g.shard() == s)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "unit {} names {s}, which this lease does not hold",
+                        w.unit
+                    ))
+                })?;
+            idx.push(i);
+        }
+        if idx.is_empty() {
+            return Err(bad(format!("unit {} names no micro-shard", w.unit)));
+        }
+        let layers = self.cfg.num_hidden_layers;
+        let [a, b] = w.stages;
+        let (a, b) = (a as usize, b as usize);
+        if a >= b
+            || b > 2 + 2 * layers
+            || idx
+                .iter()
+                .any(|&i| !(a..b).contains(&stage_of(self.shards[i].shard(), layers)))
+        {
+            return Err(bad(format!(
+                "unit {} names micro-shards outside its stages {a}..{b}",
+                w.unit
+            )));
+        }
+        Ok((idx, a..b))
+    }
+
+    /// The head's statistics of unit `w` (forward) on `shards`: per token the largest logit,
+    /// the sum of exponentials and the target's logit where a slice owns the target.
+    async fn head_stats(
+        &self,
+        gpu: &Gpu,
+        shards: &[&GpuShard],
+        w: &PipeWork,
+    ) -> Result<PipeResult, WorkerError> {
+        let (seq, d) = (self.seq, self.cfg.hidden_size);
+        let rows = Rows {
+            seq: self.seq,
+            sequences: 1,
+        };
+        let targets = self.tokens(w.tokens.as_ref())?;
+        let h = gpu.upload(&self.activation(w.input.as_ref(), "input")?, &[seq, d])?;
+        let mut slices = Vec::new();
+        for s in shards {
+            let st = s.head_forward(gpu, &h, &targets, rows).await?;
+            let mut stats = Vec::with_capacity(seq * 3);
+            let mut owned = Vec::with_capacity(seq);
+            for r in 0..seq {
+                stats.push(st.max[r] as f32);
+                stats.push(st.sum_exp[r] as f32);
+                stats.push(st.target_logit[r].unwrap_or(0.0) as f32);
+                owned.push(u8::from(st.target_logit[r].is_some()));
+            }
+            slices.push(HeadSlice {
+                shard: to_wire(s.shard()),
+                stats: TensorPayload::from_f32(&[seq, 3], &stats),
+                owned: TensorPayload::from_u8(&[seq], owned),
+            });
+        }
+        Ok(PipeResult::HeadStats(slices))
     }
 
     /// The forward or backward of a span of whole stages `stages`: forward returns the residual

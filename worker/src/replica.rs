@@ -10,7 +10,7 @@ use tessera_compute::reference::{Batch, ModelParams};
 use tessera_compute::shard::Optimizer;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_protocol::messages::{InnerOptimizer, Lease, NamedTensor, Update, Work};
-use tessera_protocol::TensorPayload;
+use tessera_protocol::{Code, TensorPayload};
 use tessera_train::sparseloco::{ErrorFeedback, SparseConfig};
 use tessera_train::update::{to_dense, two_d};
 
@@ -96,24 +96,28 @@ impl Replica {
     /// Runs a unit's inner steps from the round-start weights and returns the pseudo-gradient.
     pub async fn work(&mut self, gpu: &Gpu, w: &Work) -> Result<UnitResult, WorkerError> {
         if w.weights != self.version {
-            return Err(WorkerError::Coordinator(format!(
-                "unit {} needs weights {} but this replica holds {}",
-                w.unit, w.weights, self.version
-            )));
+            return Err(WorkerError::unexpected(
+                Code::WrongVersion,
+                format!(
+                    "unit {} needs weights {} but this replica holds {}",
+                    w.unit, w.weights, self.version
+                ),
+            ));
         }
         let shape = &w.tokens.shape;
         let tokens = w.tokens.to_u32()?;
         let [steps, batch, row] = shape[..] else {
-            return Err(WorkerError::Coordinator(format!(
-                "work tokens of shape {shape:?}, expected [steps, batch, seq + 1]"
-            )));
+            return Err(WorkerError::unexpected(
+                Code::WrongShape,
+                format!("work tokens of shape {shape:?}, expected [steps, batch, seq + 1]"),
+            ));
         };
         let (steps, batch, row) = (steps as usize, batch as usize, row as usize);
         if row < 2
             || w.lrs.len() != steps
             || tokens.iter().any(|&t| t as usize >= self.cfg.vocab_size)
         {
-            return Err(WorkerError::Coordinator(format!("unit {} is malformed: {} learning rates for {steps} steps, or token ids outside the vocabulary", w.unit, w.lrs.len())));
+            return Err(WorkerError::unexpected(Code::WrongShape, format!("unit {} is malformed: {} learning rates for {steps} steps, or token ids outside the vocabulary", w.unit, w.lrs.len())));
         }
         let seq = row - 1;
         self.model.write_params(gpu, &self.start)?;

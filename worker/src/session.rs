@@ -13,7 +13,9 @@ use tessera_protocol::messages::{
 };
 use tessera_protocol::pipeline::{AuditResult, Pass, PipeWork, StepGrads, UnitOutput};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
-use tessera_protocol::{Identity, PublicKey, Signature, Signed, ToContributor, ToCoordinator};
+use tessera_protocol::{
+    Code, Identity, PublicKey, Signature, Signed, ToContributor, ToCoordinator,
+};
 use tessera_train::shards::{from_wire, to_wire};
 
 use crate::error::WorkerError;
@@ -172,7 +174,7 @@ impl Contributor {
     fn signed(&mut self, body: SessionMessage) -> Result<ToCoordinator, WorkerError> {
         let nonce = self
             .nonce
-            .ok_or_else(|| WorkerError::Coordinator("no session yet".into()))?;
+            .ok_or_else(|| WorkerError::unexpected(Code::Handshake, "no session yet"))?;
         self.seq += 1;
         Ok(ToCoordinator::Session(Signed::new(
             &self.id, &nonce, self.seq, body,
@@ -298,13 +300,16 @@ impl Contributor {
         frames: u32,
     ) -> Result<Vec<ToCoordinator>, WorkerError> {
         let pipe = self.pipe.as_ref().ok_or_else(|| {
-            WorkerError::Coordinator("step weights without a pipeline lease".into())
+            WorkerError::unexpected(Code::NotYourLease, "step weights without a pipeline lease")
         })?;
         if pipe.lease() != lease {
-            return Err(WorkerError::Coordinator(format!(
-                "step weights for lease {lease}, this contributor holds {}",
-                pipe.lease()
-            )));
+            return Err(WorkerError::unexpected(
+                Code::NotYourLease,
+                format!(
+                    "step weights for lease {lease}, this contributor holds {}",
+                    pipe.lease()
+                ),
+            ));
         }
         let cfg = pipe_cfg(pipe)?;
         let shards = pipe.shards();
@@ -347,15 +352,17 @@ impl Contributor {
         offset: u64,
         values: &tessera_protocol::TensorPayload,
     ) -> Result<Vec<ToCoordinator>, WorkerError> {
-        let p = self
-            .pending
-            .as_mut()
-            .ok_or_else(|| WorkerError::Coordinator("weights without a lease".into()))?;
+        let p = self.pending.as_mut().ok_or_else(|| {
+            WorkerError::unexpected(Code::NotYourLease, "weights without a lease")
+        })?;
         if p.lease.lease != lease || p.lease.version != version {
-            return Err(WorkerError::Coordinator(format!(
-                "weights for lease {lease} v{version}, expected lease {} v{}",
-                p.lease.lease, p.lease.version
-            )));
+            return Err(WorkerError::unexpected(
+                Code::WrongVersion,
+                format!(
+                    "weights for lease {lease} v{version}, expected lease {} v{}",
+                    p.lease.lease, p.lease.version
+                ),
+            ));
         }
         let vals = values.to_f32()?;
         let dst: &mut Vec<f32> = match &mut p.weights {
@@ -363,20 +370,22 @@ impl Contributor {
                 let idx = tensor_shapes(&p.cfg)
                     .iter()
                     .position(|(n, _)| *n == name)
-                    .ok_or_else(|| WorkerError::Coordinator(format!("unknown tensor {name}")))?;
-                w.tensors_mut()
-                    .into_iter()
-                    .nth(idx)
-                    .ok_or_else(|| WorkerError::Coordinator(format!("unknown tensor {name}")))?
+                    .ok_or_else(|| {
+                        WorkerError::unexpected(Code::WrongShape, format!("unknown tensor {name}"))
+                    })?;
+                w.tensors_mut().into_iter().nth(idx).ok_or_else(|| {
+                    WorkerError::unexpected(Code::WrongShape, format!("unknown tensor {name}"))
+                })?
             }
             Download::Shards(ts) => ts
                 .get_mut(shard as usize)
                 .and_then(|t| t.tensors.iter_mut().find(|x| x.name == name))
                 .map(|x| &mut x.data)
                 .ok_or_else(|| {
-                    WorkerError::Coordinator(format!(
-                        "no tensor {name} in micro-shard {shard} of the lease"
-                    ))
+                    WorkerError::unexpected(
+                        Code::WrongShape,
+                        format!("no tensor {name} in micro-shard {shard} of the lease"),
+                    )
                 })?,
         };
         let start = offset as usize;
@@ -384,7 +393,10 @@ impl Contributor {
             .checked_add(vals.len())
             .filter(|&e| e <= dst.len())
             .ok_or_else(|| {
-                WorkerError::Coordinator(format!("{name}: elements {start}.. run past the tensor"))
+                WorkerError::unexpected(
+                    Code::WrongShape,
+                    format!("{name}: elements {start}.. run past the tensor"),
+                )
             })?;
         dst[start..end].copy_from_slice(&vals);
         p.frames_left = p.frames_left.saturating_sub(1);
@@ -398,10 +410,9 @@ impl Contributor {
         gpu: &Gpu,
         w: &tessera_protocol::messages::Work,
     ) -> Result<Vec<ToCoordinator>, WorkerError> {
-        let replica = self
-            .replica
-            .as_mut()
-            .ok_or_else(|| WorkerError::Coordinator("work without a loaded lease".into()))?;
+        let replica = self.replica.as_mut().ok_or_else(|| {
+            WorkerError::unexpected(Code::NotYourLease, "work without a loaded lease")
+        })?;
         let r = replica.work(gpu, w).await?;
         self.stats.submitted += 1;
         self.stats.tokens += r.tokens;
@@ -424,7 +435,7 @@ impl Contributor {
         w: &tessera_protocol::pipeline::PipeWork,
     ) -> Result<Vec<ToCoordinator>, WorkerError> {
         let pipe = self.pipe.as_mut().ok_or_else(|| {
-            WorkerError::Coordinator("a pipeline unit without a loaded lease".into())
+            WorkerError::unexpected(Code::NotYourLease, "a pipeline unit without a loaded lease")
         })?;
         let result = pipe.work(gpu, w).await?;
         self.stats.submitted += 1;
@@ -445,16 +456,18 @@ impl Contributor {
         gpu: &Gpu,
         a: &tessera_protocol::pipeline::AuditWork,
     ) -> Result<Vec<ToCoordinator>, WorkerError> {
-        let pipe = self
-            .pipe
-            .as_mut()
-            .ok_or_else(|| WorkerError::Coordinator("an audit without a pipeline lease".into()))?;
+        let pipe = self.pipe.as_mut().ok_or_else(|| {
+            WorkerError::unexpected(Code::NotYourLease, "an audit without a pipeline lease")
+        })?;
         if a.lease != pipe.lease() {
-            return Err(WorkerError::Coordinator(format!(
-                "an audit for lease {}, this contributor holds lease {}",
-                a.lease,
-                pipe.lease()
-            )));
+            return Err(WorkerError::unexpected(
+                Code::NotYourLease,
+                format!(
+                    "an audit for lease {}, this contributor holds lease {}",
+                    a.lease,
+                    pipe.lease()
+                ),
+            ));
         }
         let (outputs, grads) = pipe.audit(gpu, &a.units).await?;
         self.stats.audits += 1;
@@ -477,7 +490,10 @@ impl Contributor {
         step: u64,
     ) -> Result<Vec<ToCoordinator>, WorkerError> {
         let pipe = self.pipe.as_mut().ok_or_else(|| {
-            WorkerError::Coordinator("a collect request without a pipeline lease".into())
+            WorkerError::unexpected(
+                Code::NotYourLease,
+                "a collect request without a pipeline lease",
+            )
         })?;
         let (units, shards) = pipe.take_grads(gpu).await?;
         let g = StepGrads {
@@ -515,14 +531,16 @@ impl Contributor {
     /// An administrator's act, as its signed log entry.
     fn admin_notice(&mut self, entry: &SignedEntry) -> Result<Vec<ToCoordinator>, WorkerError> {
         let LogEvent::Admin { action, reason } = &entry.entry.event else {
-            return Err(WorkerError::Coordinator(
-                "an admin notice that is not an administrator's log entry".into(),
+            return Err(WorkerError::unexpected(
+                Code::UnexpectedMessage,
+                "an admin notice that is not an administrator's log entry",
             ));
         };
         if let Some(c) = self.coordinator {
             if entry.entry.hash() != entry.hash {
-                return Err(WorkerError::Coordinator(
-                    "an admin notice whose log entry does not match its hash".into(),
+                return Err(WorkerError::unexpected(
+                    Code::BadSignature,
+                    "an admin notice whose log entry does not match its hash",
                 ));
             }
             c.verify(LOG, &entry.hash, &entry.signature)?;
@@ -544,7 +562,7 @@ impl Contributor {
         let p = self.pending.take().expect("checked above");
         let lease = p.lease.lease;
         let rows = usize::try_from(p.lease.rows)
-            .map_err(|_| WorkerError::Coordinator("lease rows out of range".into()))?;
+            .map_err(|_| WorkerError::unexpected(Code::WrongShape, "lease rows out of range"))?;
         match p.weights {
             Download::Whole(w) => {
                 self.replica = Some(Replica::new(gpu, p.cfg, &p.lease, w, rows)?);

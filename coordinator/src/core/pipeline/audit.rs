@@ -15,9 +15,10 @@ use tessera_compute::shard::ShardTensors;
 use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::messages::Verdict;
 use tessera_protocol::pipeline::{AuditResult, AuditWork, Pass, PipeResult, PipeWork};
-use tessera_protocol::{ActEncoding, Activation, Code, PublicKey, Reason, ToContributor};
+use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
 use tessera_train::shards::{from_wire, grads_from_wire};
 
+use super::compare::agree;
 use super::ShardId;
 use crate::core::arbitration::{arbitrate, nobody_left, Found, Ruling};
 use crate::core::draws::Candidate;
@@ -62,117 +63,6 @@ pub(in crate::core) struct LeaseAudit {
     pub(in crate::core) phase: AuditPhase,
     /// Auditors' leases tried (lost or late).
     pub(in crate::core) tried: BTreeSet<u64>,
-}
-
-/// The quantum of an encoding at `x`: how far two honest roundings of nearly equal values can
-/// sit apart.
-fn quantum(a: &Activation, x: f32) -> f32 {
-    match a.encoding {
-        ActEncoding::F32 => 0.0,
-        ActEncoding::Bf16 if x == 0.0 || !x.is_finite() => 0.0,
-        ActEncoding::Bf16 => 2f32.powf(x.abs().log2().floor() - 7.0),
-        ActEncoding::Int8 => a.scale,
-    }
-}
-
-/// The relative L2 distance of `got` from `want` beyond the rounding of their encodings.
-fn act_distance(got: &Activation, want: &Activation) -> Result<f64, String> {
-    let (g, w) = (
-        got.decode().map_err(|e| e.to_string())?,
-        want.decode().map_err(|e| e.to_string())?,
-    );
-    if g.len() != w.len() || got.tensor.shape != want.tensor.shape {
-        return Err("results of different shapes".into());
-    }
-    let (mut diff, mut norm) = (0.0f64, 0.0f64);
-    for (&x, &y) in g.iter().zip(&w) {
-        let q = quantum(got, y).max(quantum(want, y)) as f64;
-        let e = ((x as f64 - y as f64).abs() - q).max(0.0);
-        diff += e * e;
-        norm += (y as f64) * (y as f64);
-    }
-    if !diff.is_finite() || !norm.is_finite() {
-        return Err("a result is not finite".into());
-    }
-    Ok(if diff == 0.0 {
-        0.0
-    } else {
-        (diff / norm).sqrt()
-    })
-}
-
-/// How far result `got` sits from `want`; an error when they cannot be compared.
-fn distance(got: &PipeResult, want: &PipeResult) -> Result<f64, String> {
-    match (got, want) {
-        (PipeResult::Activation(a), PipeResult::Activation(b)) => act_distance(a, b),
-        (PipeResult::Span(a), PipeResult::Span(b)) if a.len() == b.len() => a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| act_distance(x, y))
-            .try_fold(0.0f64, |m, d| d.map(|d| m.max(d))),
-        (PipeResult::HeadStats(a), PipeResult::HeadStats(b)) if a.len() == b.len() => {
-            let mut worst = 0.0f64;
-            for (x, y) in a.iter().zip(b) {
-                if x.shard != y.shard || x.owned != y.owned {
-                    return Err("head statistics of different slices or targets".into());
-                }
-                let (u, v) = (
-                    x.stats.to_f32().map_err(|e| e.to_string())?,
-                    y.stats.to_f32().map_err(|e| e.to_string())?,
-                );
-                worst = worst.max(tessera_train::drift::rel_l2(&u, &v));
-            }
-            Ok(worst)
-        }
-        (PipeResult::Accumulated, PipeResult::Accumulated) => Ok(0.0),
-        _ => Err("results of different kinds".into()),
-    }
-}
-
-/// Whether `got` (results and gradient sums of the same units) agrees with `want` within
-/// `tol`; the first disagreement otherwise.
-fn agree(
-    got: (&[PipeResult], &[ShardTensors]),
-    want: (&[PipeResult], Option<&[ShardTensors]>),
-    units: &[u64],
-    tol: f64,
-) -> Result<(), String> {
-    if got.0.len() != want.0.len() {
-        return Err(format!(
-            "{} results for {} units",
-            got.0.len(),
-            want.0.len()
-        ));
-    }
-    for ((g, w), unit) in got.0.iter().zip(want.0).zip(units) {
-        let d = distance(g, w).map_err(|e| format!("unit {unit}: {e}"))?;
-        if d > tol {
-            return Err(format!(
-                "unit {unit}: results {d:.2e} apart, tolerance {tol:.1e}"
-            ));
-        }
-    }
-    if let Some(sums) = want.1 {
-        for s in sums {
-            let Some(other) = got.1.iter().find(|o| o.shard == s.shard) else {
-                return Err(format!("no gradient sums of {}", s.shard));
-            };
-            let flat = |t: &ShardTensors| -> Vec<f32> {
-                t.tensors
-                    .iter()
-                    .flat_map(|x| x.data.iter().copied())
-                    .collect()
-            };
-            let d = tessera_train::drift::rel_l2(&flat(other), &flat(s));
-            if d > tol {
-                return Err(format!(
-                    "gradient sums of {}: {d:.2e} apart, tolerance {tol:.1e}",
-                    s.shard
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 impl Core {
@@ -616,26 +506,4 @@ impl Core {
             self.start_audit(lease, first);
         }
     }
-}
-
-/// Whether a unit's result holds a NaN or an infinity.
-pub(in crate::core) fn result_non_finite(r: &PipeResult) -> bool {
-    let act = |a: &Activation| {
-        crate::core::validate::payload_non_finite(&a.tensor) || !a.scale.is_finite()
-    };
-    match r {
-        PipeResult::Activation(a) => act(a),
-        PipeResult::Span(parts) => parts.iter().any(act),
-        PipeResult::HeadStats(s) => s
-            .iter()
-            .any(|x| crate::core::validate::payload_non_finite(&x.stats)),
-        PipeResult::Accumulated => false,
-    }
-}
-
-/// Whether gradient sums hold a NaN or an infinity.
-pub(in crate::core) fn grads_non_finite(g: &tessera_protocol::pipeline::StepGrads) -> bool {
-    g.shards
-        .iter()
-        .any(|s| crate::core::validate::update_non_finite(&s.tensors))
 }

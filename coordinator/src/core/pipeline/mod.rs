@@ -10,6 +10,7 @@
 //! each lease its new weights: the pipeline drains at every step boundary.
 
 mod audit;
+mod compare;
 mod leases;
 mod route;
 mod step;

@@ -180,7 +180,7 @@ impl Core {
                 self.collect_or_close();
             }
             Err(why) => {
-                let poison = self.spec.checks.is_some() && super::audit::grads_non_finite(&g);
+                let poison = self.spec.checks.is_some() && super::compare::grads_non_finite(&g);
                 if poison {
                     let why = Reason::new(Code::NotFinite, why.text.as_str());
                     self.reject(conn, unit, key, seq, why.clone());

@@ -238,7 +238,7 @@ impl Core {
             ))
         } else {
             self.decode_output(&u, &o.result).map_err(|why| {
-                let non_finite = super::audit::result_non_finite(&o.result);
+                let non_finite = super::compare::result_non_finite(&o.result);
                 let code = if non_finite {
                     Code::NotFinite
                 } else {
@@ -254,7 +254,8 @@ impl Core {
             Ok(f) => f,
             Err(why) => {
                 pipe.step.reopen(unit);
-                let poison = pipe_checks(&self.spec) && super::audit::result_non_finite(&o.result);
+                let poison =
+                    pipe_checks(&self.spec) && super::compare::result_non_finite(&o.result);
                 self.reject(conn, unit, key, seq, why.clone());
                 if poison {
                     let found = format!("it sent values that are not finite: {why}");
