@@ -75,6 +75,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 
+use pipeline::StepState;
 use serde::Serialize;
 use tessera_compute::reference::ModelParams;
 use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
@@ -217,7 +218,7 @@ impl Core {
             Some(ps) => {
                 let step = pipeline::Step::of(&spec, &mut sampler, snap.round);
                 let mut pipe = pipeline::Pipe::new(&spec.model, ps.stages.clone(), step);
-                pipe.moments = snap.moments;
+                pipe.optimizer = pipeline::HeldByCoordinator::resume(snap.moments);
                 Regime::Pipeline(Box::new(pipe))
             }
             None => Regime::Replicas(Box::new(Replicas {
@@ -355,7 +356,7 @@ impl Core {
             losses: self.losses.clone(),
             next_unit: self.next_unit,
             next_lease: self.next_lease,
-            moments: pipe!(self).and_then(|p| p.moments.clone()),
+            moments: pipe!(self).and_then(|p| p.optimizer.moments().cloned()),
             aggregate: self.aggregate.clone(),
         }
     }

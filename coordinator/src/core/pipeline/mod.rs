@@ -6,16 +6,19 @@
 //! A stage's forward is complete when every micro-shard's partial output has arrived; their sum
 //! (plus the residual) is the next stage's input. The head runs the three passes of the
 //! vocab-parallel loss. When every backward is done the coordinator collects each lease's
-//! gradient sums, applies the optimizer (it holds the one authoritative AdamW state), and sends
+//! gradient sums, applies the optimizer (through `StepState`; today the coordinator holds the one
+//! authoritative AdamW state), and sends
 //! each lease its new weights: the pipeline drains at every step boundary.
 
 mod audit;
 mod compare;
 mod leases;
+mod optimizer;
 mod route;
 mod step;
 mod units;
 
+pub(in crate::core) use optimizer::{HeldByCoordinator, StepState};
 pub(in crate::core) use units::pipe_checks;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -156,8 +159,8 @@ pub(super) struct Pipe {
     pub(super) params: Vec<Vec<u64>>,
     pub(super) holdings: BTreeMap<u64, Holding>,
     pub(super) step: Step,
-    /// AdamW moments (first, second), once a step was taken.
-    pub(super) moments: Option<(ModelParams<f32>, ModelParams<f32>)>,
+    /// The optimizer state of every micro-shard, and the step that moves the weights.
+    pub(super) optimizer: optimizer::HeldByCoordinator,
 }
 
 impl Pipe {

@@ -15,6 +15,7 @@ use tessera_train::shards::grads_from_wire;
 use tessera_train::sparseloco::SparseConfig;
 
 use super::route::Relay;
+use super::StepState;
 use super::{Collecting, Cover, MicroBatch, Pipe, ShardState, Step};
 use crate::core::{Action, ConnId, Core, End, Regime, RoundSummary, RunSpec, RunState};
 use tessera_train::data::Sampler;
@@ -289,8 +290,9 @@ impl Core {
         let number = pipe.step.number;
         let grads = std::mem::replace(&mut pipe.step.grads, ModelParams::zeros(&self.spec.model));
         let rule = crate::core::rules::RunRules::of(&self.spec).step;
-        let scale =
-            crate::core::rules::apply(&rule, number, &mut self.weights, &mut pipe.moments, &grads);
+        let scale = pipe
+            .optimizer
+            .step(&rule, number, &mut self.weights, &grads);
         let loss_sum: f64 = pipe.step.mbs.iter().map(|m| m.loss_sum).sum();
         let count = pipe.step.count;
         let contributors = pipe.step.contributors.iter().copied().collect();
@@ -365,7 +367,7 @@ impl Pipe {
             params,
             holdings: BTreeMap::new(),
             step,
-            moments: None,
+            optimizer: super::HeldByCoordinator::default(),
         }
     }
 }

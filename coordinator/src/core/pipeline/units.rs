@@ -8,7 +8,7 @@ use tessera_protocol::pipeline::{HeadBackward, Pass, PipeResult, PipeWork, UnitO
 use tessera_protocol::{Code, PublicKey, Reason, TensorPayload, ToContributor};
 use tessera_train::shards::{from_wire, to_wire};
 
-use super::route::Route;
+use super::route::{Route, Sent};
 use super::{MicroBatch, Owed, PipeUnit, ShardId, ShardState};
 use crate::core::{ConnId, Core};
 use std::ops::Range;
@@ -18,8 +18,9 @@ enum Folded {
     Sum(Vec<f32>),
     Stats(Vec<(usize, HeadStats)>),
     Nothing,
-    /// A span's whole-stage results, one per stage of the span that has one.
-    Span(Vec<(usize, Vec<f32>)>),
+    /// A span's whole-stage results, one per stage of the span that has one, each with the
+    /// hash of its encoding.
+    Span(Vec<(usize, [u8; 32], Vec<f32>)>),
 }
 
 fn available(mb: &MicroBatch, stage: usize, pass: Pass, last: usize) -> bool {
@@ -184,7 +185,20 @@ impl Core {
             head,
             output: enc,
         };
-        mb.route.attach(&mut work, stages.clone(), pass, last);
+        if mb.route.carries_bytes() {
+            (work.input, work.grad) = mb.route.attached(stages.clone(), pass, last);
+        }
+        if cfg!(debug_assertions) {
+            // The route's names and what it carries agree: a tensor goes with the unit where,
+            // and only where, the directions name one (every simulation checks this).
+            let d = mb.route.directions(stages.clone(), pass, last);
+            let named = (!d.input.is_empty(), !d.grad.is_empty());
+            let carried = (work.input.is_some(), work.grad.is_some());
+            assert!(
+                !mb.route.carries_bytes() || named == carried,
+                "{named:?} {carried:?}"
+            );
+        }
         if audited {
             if let Some(a) = pipe.step.audits.get_mut(&lease) {
                 a.sent.insert(unit, work.clone());
@@ -277,27 +291,7 @@ impl Core {
             mb.cover(s, u.pass).shards[i] = ShardState::Done(u.lease);
         }
         let first = u.stages.start;
-        match folded {
-            Folded::Sum(v) if !mb.cover(first, u.pass).complete => mb.route.add(first, u.pass, v),
-            Folded::Stats(stats) if !mb.cover(first, u.pass).complete => {
-                for (i, s) in stats {
-                    mb.head[i] = Some(s);
-                }
-            }
-            Folded::Span(parts) => {
-                // Whole-stage results: the first to arrive for a stage is passed on; a re-run
-                // (of a lost lease's backward) only restores gradient sums.
-                for (stage, full) in parts {
-                    if !mb.cover(stage, u.pass).complete {
-                        mb.route.put(stage, u.pass, full);
-                    }
-                }
-                for stage in u.stages.clone() {
-                    mb.cover(stage, u.pass).complete = true;
-                }
-            }
-            _ => {}
-        }
+        Self::fold(mb, unit, &u, folded, result_digest);
         if u.pass == Pass::Backward {
             pipe.step.owed.entry(u.lease).or_default().push(Owed {
                 unit,
@@ -328,6 +322,40 @@ impl Core {
             result_digest,
             credit,
         );
+    }
+
+    /// Folds an accepted unit's decoded output into its micro-batch: partial sums and head
+    /// statistics until the stage is complete, a span's whole-stage results once.
+    fn fold(mb: &mut MicroBatch, unit: u64, u: &PipeUnit, folded: Folded, hash: [u8; 32]) {
+        let first = u.stages.start;
+        let carries = mb.route.carries_bytes();
+        let carried = |v: Vec<f32>| carries.then_some(v);
+        match folded {
+            Folded::Sum(v) if !mb.cover(first, u.pass).complete => {
+                let sent = Sent { unit, hash };
+                let v = carried(v);
+                mb.route.add(first, u.pass, sent, v)
+            }
+            Folded::Stats(stats) if !mb.cover(first, u.pass).complete => {
+                for (i, s) in stats {
+                    mb.head[i] = Some(s);
+                }
+            }
+            Folded::Span(parts) => {
+                // Whole-stage results: the first to arrive for a stage is passed on; a re-run
+                // (of a lost lease's backward) only restores gradient sums.
+                for (stage, hash, full) in parts {
+                    if !mb.cover(stage, u.pass).complete {
+                        let v = carried(full);
+                        mb.route.put(stage, u.pass, Sent { unit, hash }, v);
+                    }
+                }
+                for stage in u.stages.clone() {
+                    mb.cover(stage, u.pass).complete = true;
+                }
+            }
+            _ => {}
+        }
     }
 
     /// When a stage and pass of a micro-batch has every micro-shard's result, passes the sum on.
@@ -380,7 +408,7 @@ impl Core {
                 .zip(parts)
                 .map(|(s, a)| {
                     a.decode_shaped(&[seq, d])
-                        .map(|v| (s, v))
+                        .map(|v| (s, crate::core::digest(a), v))
                         .map_err(|e| e.to_string())
                 })
                 .collect::<Result<_, _>>()

@@ -1,0 +1,100 @@
+//! The micro-shard optimizer state of a pipeline run behind one interface ([`StepState`]): the
+//! step that moves the weights with a step's gradient sums, and what a snapshot keeps of it.
+//!
+//! Today the coordinator holds the one authoritative AdamW state ([`HeldByCoordinator`]) and
+//! applies `rules::apply`, the same function `tessera verify` replays. At scale the holders of
+//! each micro-shard keep its moments and take the step themselves (the global-norm clip needs
+//! one squared norm from each holder and sends back one scale); that state lives behind this
+//! same interface (docs/ARCHITECTURE.md, "The 72B plan on paper").
+
+use tessera_compute::reference::ModelParams;
+
+use crate::core::rules::{apply, StepRule};
+
+/// AdamW's first and second moments, tensor by tensor as the weights.
+pub(in crate::core) type Moments = (ModelParams<f32>, ModelParams<f32>);
+
+/// Where a pipeline run's optimizer state lives and how a step moves the weights.
+pub(in crate::core) trait StepState {
+    /// Takes step `number` of `rule` on `weights` with the step's gradient sums `grads`;
+    /// returns the global-norm clip scale it used (1 when nothing was clipped).
+    fn step(
+        &mut self,
+        rule: &StepRule,
+        number: u64,
+        weights: &mut ModelParams<f32>,
+        grads: &ModelParams<f32>,
+    ) -> f64;
+    /// The moments a snapshot keeps (`None` before the first AdamW step).
+    fn moments(&self) -> Option<&Moments>;
+}
+
+/// The coordinator holds the moments of every micro-shard.
+#[derive(Clone, Debug, Default)]
+pub(in crate::core) struct HeldByCoordinator {
+    moments: Option<Moments>,
+}
+
+impl HeldByCoordinator {
+    /// The state a snapshot kept.
+    pub(in crate::core) fn resume(moments: Option<Moments>) -> Self {
+        HeldByCoordinator { moments }
+    }
+}
+
+impl StepState for HeldByCoordinator {
+    fn step(
+        &mut self,
+        rule: &StepRule,
+        number: u64,
+        weights: &mut ModelParams<f32>,
+        grads: &ModelParams<f32>,
+    ) -> f64 {
+        apply(rule, number, weights, &mut self.moments, grads)
+    }
+
+    fn moments(&self) -> Option<&Moments> {
+        self.moments.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_protocol::messages::InnerOptimizer;
+    use tessera_train::schedule::Schedule;
+
+    fn adamw() -> StepRule {
+        StepRule::Optimizer {
+            optimizer: InnerOptimizer::AdamW {
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+            lr: Schedule::constant(0.01),
+            clip: Some(1e-3),
+        }
+    }
+
+    #[test]
+    fn a_step_moves_the_weights_keeps_the_moments_and_resumes_from_them() {
+        let cfg = tessera_compute::ModelConfig::tiny();
+        let w0 = ModelParams::random(&cfg, 3);
+        let grads = ModelParams::random(&cfg, 4);
+        let mut held = HeldByCoordinator::default();
+        assert!(held.moments().is_none());
+        let mut w = w0.clone();
+        let scale = held.step(&adamw(), 0, &mut w, &grads);
+        assert!(scale < 1.0, "random gradients are clipped to 1e-3: {scale}");
+        assert_ne!(w, w0);
+        let kept = held.moments().cloned().expect("moments after a step");
+        // A state resumed from the snapshot takes the next step as the original does.
+        let mut resumed = HeldByCoordinator::resume(Some(kept));
+        let (mut a, mut b) = (w.clone(), w.clone());
+        held.step(&adamw(), 1, &mut a, &grads);
+        resumed.step(&adamw(), 1, &mut b, &grads);
+        assert_eq!(a, b);
+        assert_eq!(held.moments(), resumed.moments());
+    }
+}
