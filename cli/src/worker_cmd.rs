@@ -6,7 +6,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_compute::{Gpu, GpuOptions};
 use tessera_protocol::messages::{Capabilities, ContributorKind};
-use tessera_worker::session::Contributor;
+use tessera_worker::contributor::Contributor;
 use tokio::sync::watch;
 
 use crate::keys;

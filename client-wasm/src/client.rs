@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tessera_compute::{Gpu, GpuOptions, ModelConfig};
 use tessera_protocol::messages::{Capabilities, ContributorKind};
 use tessera_protocol::{decode, encode, Identity, ToContributor, ToCoordinator, MAX_FRAME_BYTES};
-use tessera_worker::session::Contributor;
+use tessera_worker::contributor::Contributor;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 

@@ -10,7 +10,7 @@ use tessera_coordinator::core::{Action, Contribution, Core, Input};
 use tessera_protocol::log::SignedEntry;
 use tessera_protocol::messages::{Capabilities, ContributorKind, SessionMessage};
 use tessera_protocol::{Identity, Signed, ToContributor, ToCoordinator};
-use tessera_worker::session::Contributor;
+use tessera_worker::contributor::Contributor;
 use tessera_worker::WorkerError;
 
 /// The first adapter, named on stdout.

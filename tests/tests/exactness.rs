@@ -17,7 +17,7 @@ use tessera_e2e::{compare, gpu};
 use tessera_protocol::messages::{InnerOptimizer, Work};
 use tessera_protocol::{Identity, ToContributor};
 use tessera_train::schedule::Schedule;
-use tessera_worker::session::Contributor;
+use tessera_worker::contributor::Contributor;
 
 fn model() -> ModelConfig {
     ModelConfig {

@@ -1,9 +1,16 @@
-//! A contributor, independent of its transport: [`session::Contributor`] speaks the protocol
-//! (handshake, signed messages, lease and weight assembly, work, outer steps) and
-//! [`replica::Replica`] trains a whole-model lease on the GPU. The native worker wraps them in a
-//! WebSocket client; the browser client compiles the same code to wasm32.
+//! A contributor, independent of its transport: [`session::Session`] speaks the protocol
+//! (handshake, signed messages, lease and weight assembly) and turns work into
+//! [`backend::Job`]s; a backend runs them: [`backend::GpuState`] with [`replica::Replica`]
+//! (whole-model leases) and [`pipeline::PipeReplica`] (micro-shards) on a GPU, or
+//! [`cpu::CpuBackend`] on the plain-Rust reference model. [`contributor::Contributor`] is a
+//! session with its GPU state. The native worker wraps it in a WebSocket client; the browser
+//! client compiles the same code to wasm32.
 
+pub mod backend;
 pub mod calibrate;
+pub mod contributor;
+pub mod cpu;
+mod download;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
@@ -11,4 +18,5 @@ pub mod pipeline;
 pub mod replica;
 pub mod session;
 
+pub use contributor::{exchange, Contributor};
 pub use error::WorkerError;

@@ -17,8 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 
+use crate::contributor::Contributor;
 use crate::error::WorkerError;
-use crate::session::Contributor;
 
 /// A TLS client configuration trusting the public web's roots and, when given, the
 /// certificates in the PEM file `extra_ca` (e.g. a coordinator's self-signed certificate).

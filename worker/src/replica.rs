@@ -1,7 +1,9 @@
-//! A whole-model replica on the GPU: inner steps on a work unit's samples, the pseudo-gradient
+//! A whole-model replica: inner steps on a work unit's samples, the pseudo-gradient
 //! (round-start weights minus trained weights, dense or SparseLoCo-compressed with error
 //! feedback), and the outer step every replica applies. Optimizer moments and error feedback
 //! persist across rounds, unless the lease asks for fresh units (runs that replay units).
+//! [`Rounds`] is what every replica keeps whatever computes its steps; [`Replica`] computes
+//! them on the GPU (`cpu.rs` on the reference model).
 
 use tessera_compute::hf::tensor_shapes;
 use tessera_compute::model::{GpuModel, Slicing};
@@ -27,30 +29,46 @@ pub struct UnitResult {
     pub loss_sum: f64,
 }
 
-/// A whole-model lease on the GPU.
-pub struct Replica {
-    cfg: ModelConfig,
-    lease: u64,
-    model: GpuModel,
-    start: ModelParams<f32>,
-    version: u64,
-    optimizer: InnerOptimizer,
-    clip: Option<f32>,
+/// What a whole-model replica keeps whatever computes its inner steps: the round-start
+/// weights and their version, the lease's optimizer and sync, and error feedback.
+pub(crate) struct Rounds {
+    pub(crate) cfg: ModelConfig,
+    pub(crate) lease: u64,
+    pub(crate) start: ModelParams<f32>,
+    pub(crate) version: u64,
+    pub(crate) optimizer: InnerOptimizer,
+    pub(crate) clip: Option<f32>,
     sparse: Option<(SparseConfig, Vec<ErrorFeedback>)>,
-    steps: u32,
+    /// Inner steps taken since the moments were last reset.
+    pub(crate) steps: u32,
     fresh: bool,
 }
 
-impl Replica {
-    /// Uploads a lease's weights for micro-batches of at most `max_rows` tokens.
-    pub fn new(
-        gpu: &Gpu,
+/// A unit's samples: `[steps, batch, seq + 1]` token rows.
+pub(crate) struct Samples {
+    pub(crate) tokens: Vec<u32>,
+    pub(crate) batch: usize,
+    pub(crate) row: usize,
+}
+
+impl Samples {
+    /// The batch of inner step `h`.
+    pub(crate) fn step(&self, h: usize) -> Batch {
+        let n = self.batch * self.row;
+        Batch::from_rows(
+            self.tokens[h * n..(h + 1) * n].chunks(self.row),
+            self.row - 1,
+        )
+    }
+}
+
+impl Rounds {
+    /// A lease's round-start state.
+    pub(crate) fn new(
         cfg: ModelConfig,
         lease: &Lease,
         weights: ModelParams<f32>,
-        max_rows: usize,
     ) -> Result<Self, WorkerError> {
-        let model = GpuModel::new(gpu, &cfg, &weights, Slicing::whole(), max_rows)?;
         let sparse = match SparseConfig::from_sync(&lease.sync) {
             None => None,
             Some(sc) => {
@@ -64,10 +82,9 @@ impl Replica {
                 ))
             }
         };
-        Ok(Replica {
+        Ok(Rounds {
             cfg,
             lease: lease.lease,
-            model,
             start: weights,
             version: lease.version,
             optimizer: lease.optimizer,
@@ -78,23 +95,9 @@ impl Replica {
         })
     }
 
-    /// The lease.
-    pub fn lease(&self) -> u64 {
-        self.lease
-    }
-
-    /// Weight version the replica holds at round start.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Round-start weights.
-    pub fn weights(&self) -> &ModelParams<f32> {
-        &self.start
-    }
-
-    /// Runs a unit's inner steps from the round-start weights and returns the pseudo-gradient.
-    pub async fn work(&mut self, gpu: &Gpu, w: &Work) -> Result<UnitResult, WorkerError> {
+    /// Unit `w`'s samples, checked against the weights held and the model; `true` with them
+    /// when the unit starts fresh (moments and error feedback reset, as here already done).
+    pub(crate) fn begin(&mut self, w: &Work) -> Result<(Samples, bool), WorkerError> {
         if w.weights != self.version {
             return Err(WorkerError::unexpected(
                 Code::WrongVersion,
@@ -119,10 +122,7 @@ impl Replica {
         {
             return Err(WorkerError::unexpected(Code::WrongShape, format!("unit {} is malformed: {} learning rates for {steps} steps, or token ids outside the vocabulary", w.unit, w.lrs.len())));
         }
-        let seq = row - 1;
-        self.model.write_params(gpu, &self.start)?;
         if self.fresh {
-            self.model.reset_moments();
             self.steps = 0;
             if let Some((_, feedback)) = &mut self.sparse {
                 for (ef, (_, shape)) in feedback.iter_mut().zip(tensor_shapes(&self.cfg)) {
@@ -130,34 +130,18 @@ impl Replica {
                 }
             }
         }
-        let mut loss_sum = 0.0;
-        for (h, &lr) in w.lrs.iter().enumerate() {
-            let step = &tokens[h * batch * row..(h + 1) * batch * row];
-            let bt = Batch::from_rows(step.chunks(row), seq);
-            self.model.zero_grads(gpu)?;
-            let loss = self.model.loss_and_grads(gpu, &bt).await?;
-            loss_sum += loss * bt.counted() as f64;
-            self.steps += 1;
-            let opt = match self.optimizer {
-                InnerOptimizer::Sgd => Optimizer::Sgd { lr },
-                InnerOptimizer::AdamW {
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                } => Optimizer::AdamW(AdamW {
-                    lr: lr as f64,
-                    beta1: beta1 as f64,
-                    beta2: beta2 as f64,
-                    eps: eps as f64,
-                    weight_decay: weight_decay as f64,
-                }),
-            };
-            self.model
-                .optimizer_step(gpu, opt, self.steps, self.clip.map(f64::from))
-                .await?;
-        }
-        let end = self.model.read_params(gpu).await?;
+        Ok((Samples { tokens, batch, row }, self.fresh))
+    }
+
+    /// The pseudo-gradient from the round-start weights to `end`: SparseLoCo-compressed with
+    /// error feedback when the lease syncs sparse, except a dense replay (`w.dense` of a fresh
+    /// unit), which the coordinator checks the original's compression against.
+    pub(crate) fn update(
+        &mut self,
+        w: &Work,
+        end: &ModelParams<f32>,
+        samples: &Samples,
+    ) -> UnitResult {
         let shapes = tensor_shapes(&self.cfg);
         let deltas: Vec<Vec<f32>> = self
             .start
@@ -166,8 +150,6 @@ impl Replica {
             .zip(end.named())
             .map(|((_, s), (_, e))| s.iter().zip(e).map(|(a, b)| a - b).collect())
             .collect();
-        // A replay of a compressed unit goes back dense: the coordinator checks the original's
-        // compression against it.
         let update = match (&mut self.sparse, w.dense && self.fresh) {
             (Some((sc, feedback)), false) => Update::Sparse(
                 shapes
@@ -188,17 +170,17 @@ impl Replica {
                     .collect(),
             ),
         };
-        Ok(UnitResult {
+        let seq = samples.row - 1;
+        UnitResult {
             update,
-            tokens: (steps * batch * seq) as u64,
-            loss_sum,
-        })
+            tokens: (w.lrs.len() * samples.batch * seq) as u64,
+            loss_sum: 0.0,
+        }
     }
 
-    /// Applies a round's outer step `theta -= lr * update` to the round-start weights.
-    pub fn outer_step(
+    /// A round's outer step `theta -= lr * update` on the round-start weights.
+    pub(crate) fn outer_step(
         &mut self,
-        gpu: &Gpu,
         version: u64,
         lr: f32,
         update: &Update,
@@ -211,8 +193,99 @@ impl Replica {
         for (p, u) in self.start.tensors_mut().into_iter().zip(&dense) {
             p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
         }
-        self.model.write_params(gpu, &self.start)?;
         self.version = version;
+        Ok(())
+    }
+}
+
+/// A whole-model lease on the GPU.
+pub struct Replica {
+    rounds: Rounds,
+    model: GpuModel,
+}
+
+impl Replica {
+    /// Uploads a lease's weights for micro-batches of at most `max_rows` tokens.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: ModelConfig,
+        lease: &Lease,
+        weights: ModelParams<f32>,
+        max_rows: usize,
+    ) -> Result<Self, WorkerError> {
+        let model = GpuModel::new(gpu, &cfg, &weights, Slicing::whole(), max_rows)?;
+        Ok(Replica {
+            rounds: Rounds::new(cfg, lease, weights)?,
+            model,
+        })
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> u64 {
+        self.rounds.lease
+    }
+
+    /// Weight version the replica holds at round start.
+    pub fn version(&self) -> u64 {
+        self.rounds.version
+    }
+
+    /// Round-start weights.
+    pub fn weights(&self) -> &ModelParams<f32> {
+        &self.rounds.start
+    }
+
+    /// Runs a unit's inner steps from the round-start weights and returns the pseudo-gradient.
+    pub async fn work(&mut self, gpu: &Gpu, w: &Work) -> Result<UnitResult, WorkerError> {
+        let (samples, fresh) = self.rounds.begin(w)?;
+        let r = &mut self.rounds;
+        self.model.write_params(gpu, &r.start)?;
+        if fresh {
+            self.model.reset_moments();
+        }
+        let mut loss_sum = 0.0;
+        for (h, &lr) in w.lrs.iter().enumerate() {
+            let bt = samples.step(h);
+            self.model.zero_grads(gpu)?;
+            let loss = self.model.loss_and_grads(gpu, &bt).await?;
+            loss_sum += loss * bt.counted() as f64;
+            r.steps += 1;
+            let opt = match r.optimizer {
+                InnerOptimizer::Sgd => Optimizer::Sgd { lr },
+                InnerOptimizer::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => Optimizer::AdamW(AdamW {
+                    lr: lr as f64,
+                    beta1: beta1 as f64,
+                    beta2: beta2 as f64,
+                    eps: eps as f64,
+                    weight_decay: weight_decay as f64,
+                }),
+            };
+            self.model
+                .optimizer_step(gpu, opt, r.steps, r.clip.map(f64::from))
+                .await?;
+        }
+        let end = self.model.read_params(gpu).await?;
+        Ok(UnitResult {
+            loss_sum,
+            ..r.update(w, &end, &samples)
+        })
+    }
+
+    /// Applies a round's outer step `theta -= lr * update` to the round-start weights.
+    pub fn outer_step(
+        &mut self,
+        gpu: &Gpu,
+        version: u64,
+        lr: f32,
+        update: &Update,
+    ) -> Result<(), WorkerError> {
+        self.rounds.outer_step(version, lr, update)?;
+        self.model.write_params(gpu, &self.rounds.start)?;
         Ok(())
     }
 }

@@ -1,11 +1,10 @@
-//! The contributor's side of the protocol, independent of transport: answers the challenge,
-//! assembles a lease's weights from `Weights` frames, runs work units on its replica, applies
-//! outer steps, and signs every message of the session with increasing sequence numbers.
+//! The contributor's side of the protocol, independent of transport and of compute: answers the
+//! challenge, assembles a lease's weights from `Weights` frames, turns work units, audits and
+//! outer steps into [`Job`]s for a backend and the backend's answers into signed messages, with
+//! increasing sequence numbers. It never computes (see `backend.rs`).
 
-use tessera_compute::hf::tensor_shapes;
-use tessera_compute::reference::ModelParams;
-use tessera_compute::shard::ShardTensors;
-use tessera_compute::{Gpu, ModelConfig};
+use tessera_compute::shard::MicroShard;
+use tessera_compute::ModelConfig;
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
 use tessera_protocol::log::{LogEvent, SignedEntry, LOG};
 use tessera_protocol::messages::{
@@ -16,11 +15,10 @@ use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{
     Code, Identity, PublicKey, Signature, Signed, ToContributor, ToCoordinator,
 };
-use tessera_train::shards::{from_wire, to_wire};
 
+use crate::backend::{no_lease, Done, Job};
+use crate::download::Download;
 use crate::error::WorkerError;
-use crate::pipeline::PipeReplica;
-use crate::replica::Replica;
 
 /// Tokens a pipeline unit processed: a forward unit's sequence length (backward units redo the
 /// same tokens and are not counted again).
@@ -37,26 +35,6 @@ fn self_tokens(w: &PipeWork) -> u64 {
                 .and_then(|a| a.tensor.shape.first().copied())
         })
         .unwrap_or(0)
-}
-
-fn pipe_cfg(p: &PipeReplica) -> Result<ModelConfig, WorkerError> {
-    Ok(p.config().clone())
-}
-
-/// Weights still arriving: a whole model, or a pipeline lease's micro-shards.
-enum Download {
-    Whole(ModelParams<f32>),
-    Shards(Vec<ShardTensors>),
-}
-
-/// A lease (or a step's new weights) whose frames are still arriving.
-struct Pending {
-    lease: Lease,
-    cfg: ModelConfig,
-    weights: Download,
-    frames_left: u32,
-    /// A step's new weights for the loaded pipeline lease, rather than a new lease.
-    update: bool,
 }
 
 /// Counters a user interface shows.
@@ -78,8 +56,67 @@ pub struct Stats {
     pub audits: u64,
 }
 
+/// The lease the backend holds, as the session knows it.
+#[derive(Clone, Debug)]
+struct Loaded {
+    lease: u64,
+    cfg: ModelConfig,
+    /// Its micro-shards; `None` for a whole-model lease.
+    shards: Option<Vec<MicroShard>>,
+}
+
+/// The job in flight, and what its answer becomes.
+#[derive(Clone, Debug)]
+enum Running {
+    /// A lease loading (`update`: a step's new weights for the loaded one).
+    Load {
+        loaded: Loaded,
+        update: bool,
+    },
+    Train {
+        unit: u64,
+        lease: u64,
+        weights: u64,
+    },
+    OuterStep,
+    Unit {
+        unit: u64,
+        lease: u64,
+        weights: u64,
+        tokens: u64,
+    },
+    Audit {
+        audit: u64,
+        lease: u64,
+    },
+    Collect {
+        unit: u64,
+        lease: u64,
+        step: u64,
+    },
+}
+
+/// What handling one message gives: messages to send now, then at most one job whose answer
+/// goes to [`Session::finish`].
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// To send, in order.
+    pub send: Vec<ToCoordinator>,
+    /// To run.
+    pub job: Option<Job>,
+}
+
+impl Reply {
+    fn send(msgs: Vec<ToCoordinator>) -> Self {
+        Reply {
+            send: msgs,
+            job: None,
+        }
+    }
+}
+
 /// One contributor's protocol state.
-pub struct Contributor {
+pub struct Session {
     id: Identity,
     kind: ContributorKind,
     caps: Capabilities,
@@ -87,9 +124,9 @@ pub struct Contributor {
     coordinator: Option<PublicKey>,
     seq: u64,
     log_head: LogHead,
-    pending: Option<Pending>,
-    replica: Option<Replica>,
-    pipe: Option<PipeReplica>,
+    pending: Option<Download>,
+    loaded: Option<Loaded>,
+    running: Option<Running>,
     stats: Stats,
     last_error: Option<String>,
     last_notice: Option<String>,
@@ -97,10 +134,10 @@ pub struct Contributor {
     receipts: Vec<(Receipt, Signature)>,
 }
 
-impl Contributor {
+impl Session {
     /// A contributor with identity `id`.
     pub fn new(id: Identity, kind: ContributorKind, caps: Capabilities) -> Self {
-        Contributor {
+        Session {
             id,
             kind,
             caps,
@@ -109,8 +146,8 @@ impl Contributor {
             seq: 0,
             log_head: LogHead::default(),
             pending: None,
-            replica: None,
-            pipe: None,
+            loaded: None,
+            running: None,
             stats: Stats::default(),
             last_error: None,
             last_notice: None,
@@ -126,16 +163,6 @@ impl Contributor {
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats
-    }
-
-    /// The replica, once a lease is loaded.
-    pub fn replica(&self) -> Option<&Replica> {
-        self.replica.as_ref()
-    }
-
-    /// The pipeline lease, once loaded.
-    pub fn pipeline(&self) -> Option<&PipeReplica> {
-        self.pipe.as_ref()
     }
 
     /// The last non-fatal error the coordinator reported.
@@ -161,8 +188,8 @@ impl Contributor {
         self.nonce = None;
         self.seq = 0;
         self.pending = None;
-        self.replica = None;
-        self.pipe = None;
+        self.loaded = None;
+        self.running = None;
         ToCoordinator::Hello {
             key: self.id.public(),
             kind: self.kind,
@@ -192,13 +219,15 @@ impl Contributor {
         self.signed(SessionMessage::Leave)
     }
 
-    /// Handles one message; returns the replies to send, in order. Work units run on the GPU
-    /// here. A fatal error from the coordinator is returned as an error.
-    pub async fn handle(
-        &mut self,
-        gpu: &Gpu,
-        msg: ToContributor,
-    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+    /// Handles one message: the replies to send now and at most one job for the backend,
+    /// whose answer goes to [`Session::finish`] before the next message. A fatal error from
+    /// the coordinator is returned as an error.
+    pub fn handle(&mut self, msg: ToContributor) -> Result<Reply, WorkerError> {
+        if self.running.is_some() {
+            return Err(WorkerError::Local(
+                "a message arrived before the last job's answer was given to the session".into(),
+            ));
+        }
         match msg {
             ToContributor::Challenge {
                 nonce, coordinator, ..
@@ -209,19 +238,19 @@ impl Contributor {
                     HANDSHAKE,
                     &handshake_message(&nonce, &coordinator, &self.id.public()),
                 );
-                Ok(vec![ToCoordinator::Proof { signature }])
+                Ok(Reply::send(vec![ToCoordinator::Proof { signature }]))
             }
             ToContributor::Welcome { log_head, .. } => {
                 self.log_head = log_head;
-                Ok(vec![])
+                Ok(Reply::default())
             }
-            ToContributor::Lease(lease) => self.lease(gpu, lease),
+            ToContributor::Lease(lease) => self.lease(lease),
             ToContributor::StepWeights {
                 lease,
                 version,
                 frames,
                 ..
-            } => self.step_weights(gpu, lease, version, frames),
+            } => self.step_weights(lease, version, frames),
             ToContributor::Weights {
                 lease,
                 version,
@@ -230,26 +259,32 @@ impl Contributor {
                 offset,
                 values,
                 ..
-            } => self.weights(gpu, (lease, version, shard), &name, offset, &values),
-            ToContributor::Work(w) => self.work(gpu, &w).await,
-            ToContributor::Unit(w) => self.unit(gpu, &w).await,
-            ToContributor::Audit(a) => self.audit(gpu, &a).await,
-            ToContributor::Collect { unit, lease, step } => {
-                self.collect(gpu, unit, lease, step).await
-            }
+            } => self.weights((lease, version, shard), &name, offset, &values),
+            ToContributor::Work(w) => self.work(Box::new(w)),
+            ToContributor::Unit(w) => self.unit(w),
+            ToContributor::Audit(a) => self.audit(a),
+            ToContributor::Collect { unit, lease, step } => self.collect(unit, lease, step),
             ToContributor::OuterStep {
                 version,
                 lr,
                 update,
                 ..
             } => {
-                if let Some(r) = self.replica.as_mut() {
-                    r.outer_step(gpu, version, lr, &update)?;
+                if self.loaded.as_ref().is_none_or(|l| l.shards.is_some()) {
+                    return Ok(Reply::default());
                 }
-                Ok(vec![])
+                self.running = Some(Running::OuterStep);
+                Ok(Reply {
+                    send: vec![],
+                    job: Some(Job::OuterStep {
+                        version,
+                        lr,
+                        update,
+                    }),
+                })
             }
             ToContributor::Receipt { receipt, signature } => self.receipt(receipt, signature),
-            ToContributor::Cancel { .. } => Ok(vec![]),
+            ToContributor::Cancel { .. } => Ok(Reply::default()),
             ToContributor::Admin { entry } => self.admin_notice(&entry),
             ToContributor::Error { reason, fatal } => {
                 if fatal {
@@ -257,262 +292,212 @@ impl Contributor {
                 }
                 tracing::warn!(code = ?reason.code, "coordinator: {reason}");
                 self.last_error = Some(reason.to_string());
-                Ok(vec![])
+                Ok(Reply::default())
             }
         }
     }
 
+    /// The backend's answer to the job of the last [`Reply`]: the messages it makes.
+    pub fn finish(&mut self, done: Done) -> Result<Vec<ToCoordinator>, WorkerError> {
+        let running = self.running.take().ok_or_else(|| {
+            WorkerError::Local("an answer for a job the session did not ask for".into())
+        })?;
+        let log_head = self.log_head;
+        let body = match (running, done) {
+            (Running::Load { loaded, update }, Done::Loaded) => {
+                let lease = loaded.lease;
+                self.loaded = Some(loaded);
+                if update {
+                    return Ok(vec![]);
+                }
+                SessionMessage::Ready { lease, log_head }
+            }
+            (Running::OuterStep, Done::Stepped) => return Ok(vec![]),
+            (
+                Running::Train {
+                    unit,
+                    lease,
+                    weights,
+                },
+                Done::Trained(r),
+            ) => {
+                self.stats.submitted += 1;
+                self.stats.tokens += r.tokens;
+                SessionMessage::Submit(Submission {
+                    unit,
+                    lease,
+                    weights,
+                    tokens: r.tokens,
+                    loss_sum: r.loss_sum,
+                    result: r.update,
+                    log_head,
+                })
+            }
+            (
+                Running::Unit {
+                    unit,
+                    lease,
+                    weights,
+                    tokens,
+                },
+                Done::Unit(result),
+            ) => {
+                self.stats.submitted += 1;
+                self.stats.tokens += tokens;
+                SessionMessage::Output(UnitOutput {
+                    unit,
+                    lease,
+                    weights,
+                    result,
+                    log_head,
+                })
+            }
+            (Running::Audit { audit, lease }, Done::Audited(outputs, grads)) => {
+                self.stats.audits += 1;
+                SessionMessage::Audited(AuditResult {
+                    audit,
+                    lease,
+                    outputs,
+                    grads,
+                    log_head,
+                })
+            }
+            (Running::Collect { unit, lease, step }, Done::Collected(units, shards)) => {
+                SessionMessage::Grads(StepGrads {
+                    unit,
+                    lease,
+                    step,
+                    units,
+                    shards,
+                    log_head,
+                })
+            }
+            (running, done) => {
+                return Err(WorkerError::Local(format!(
+                    "the backend answered {running:?} with {}",
+                    done_kind(&done)
+                )))
+            }
+        };
+        Ok(vec![self.signed(body)?])
+    }
+
+    /// Asks the backend for `job`, whose answer `running` describes.
+    fn ask(&mut self, running: Running, job: Job) -> Result<Reply, WorkerError> {
+        self.running = Some(running);
+        Ok(Reply {
+            send: vec![],
+            job: Some(job),
+        })
+    }
+
+    /// The loaded pipeline lease `lease`: its model and micro-shards.
+    fn pipe_lease(
+        &self,
+        lease: u64,
+        what: &str,
+    ) -> Result<(ModelConfig, Vec<MicroShard>), WorkerError> {
+        let l = self.loaded.as_ref().ok_or_else(|| no_lease(what))?;
+        let shards = l.shards.as_ref().ok_or_else(|| no_lease(what))?;
+        if l.lease != lease {
+            return Err(WorkerError::unexpected(
+                Code::NotYourLease,
+                format!(
+                    "{what} for lease {lease}, this contributor holds lease {}",
+                    l.lease
+                ),
+            ));
+        }
+        Ok((l.cfg.clone(), shards.clone()))
+    }
+
     /// A new lease: its weights download in the `Weights` frames that follow.
-    fn lease(&mut self, gpu: &Gpu, lease: Lease) -> Result<Vec<ToCoordinator>, WorkerError> {
-        let cfg = ModelConfig::from_hf_json(&lease.config_json)?;
+    fn lease(&mut self, lease: Lease) -> Result<Reply, WorkerError> {
         self.stats.frames_received = 0;
         self.stats.frames_total = lease.frames;
-        let frames_left = lease.frames;
-        self.replica = None;
-        self.pipe = None;
-        let weights = if lease.activations.is_some() {
-            Download::Shards(
-                lease
-                    .shards
-                    .iter()
-                    .map(|s| Ok(ShardTensors::zeros(&cfg, &from_wire(s, &cfg)?)?))
-                    .collect::<Result<_, WorkerError>>()?,
-            )
-        } else {
-            Download::Whole(ModelParams::zeros(&cfg))
-        };
-        self.pending = Some(Pending {
-            weights,
-            cfg,
-            lease,
-            frames_left,
-            update: false,
-        });
-        self.finish_download(gpu)
+        self.loaded = None;
+        self.pending = Some(Download::lease(lease)?);
+        self.finish_download()
     }
 
     /// A closed step: the pipeline lease's new weights follow in `frames` frames.
     fn step_weights(
         &mut self,
-        gpu: &Gpu,
         lease: u64,
         version: u64,
         frames: u32,
-    ) -> Result<Vec<ToCoordinator>, WorkerError> {
-        let pipe = self.pipe.as_ref().ok_or_else(|| {
-            WorkerError::unexpected(Code::NotYourLease, "step weights without a pipeline lease")
-        })?;
-        if pipe.lease() != lease {
-            return Err(WorkerError::unexpected(
-                Code::NotYourLease,
-                format!(
-                    "step weights for lease {lease}, this contributor holds {}",
-                    pipe.lease()
-                ),
-            ));
-        }
-        let cfg = pipe_cfg(pipe)?;
-        let shards = pipe.shards();
+    ) -> Result<Reply, WorkerError> {
+        let (cfg, shards) = self.pipe_lease(lease, "step weights")?;
         self.stats.frames_received = 0;
         self.stats.frames_total = frames;
-        self.pending = Some(Pending {
-            weights: Download::Shards(
-                shards
-                    .iter()
-                    .map(|s| ShardTensors::zeros(&cfg, s))
-                    .collect::<Result<_, _>>()?,
-            ),
-            lease: Lease {
-                lease,
-                config_json: String::new(),
-                shards: shards.iter().map(to_wire).collect(),
-                optimizer: tessera_protocol::messages::InnerOptimizer::Sgd,
-                clip: None,
-                sync: tessera_protocol::messages::SyncMode::Dense,
-                rows: 0,
-                version,
-                frames,
-                activations: None,
-                fresh_units: false,
-            },
-            cfg,
-            frames_left: frames,
-            update: true,
-        });
-        self.finish_download(gpu)
+        self.pending = Some(Download::step(cfg, &shards, (lease, version, frames))?);
+        self.finish_download()
     }
 
-    /// One frame of a download: `values` at `offset` of tensor `name` of micro-shard `shard`
-    /// of `lease` at `version` (`at`).
+    /// One frame of a download.
     fn weights(
         &mut self,
-        gpu: &Gpu,
-        (lease, version, shard): (u64, u64, u32),
+        at: (u64, u64, u32),
         name: &str,
         offset: u64,
         values: &tessera_protocol::TensorPayload,
-    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+    ) -> Result<Reply, WorkerError> {
         let p = self.pending.as_mut().ok_or_else(|| {
             WorkerError::unexpected(Code::NotYourLease, "weights without a lease")
         })?;
-        if p.lease.lease != lease || p.lease.version != version {
-            return Err(WorkerError::unexpected(
-                Code::WrongVersion,
-                format!(
-                    "weights for lease {lease} v{version}, expected lease {} v{}",
-                    p.lease.lease, p.lease.version
-                ),
-            ));
-        }
-        let vals = values.to_f32()?;
-        let dst: &mut Vec<f32> = match &mut p.weights {
-            Download::Whole(w) => {
-                let idx = tensor_shapes(&p.cfg)
-                    .iter()
-                    .position(|(n, _)| *n == name)
-                    .ok_or_else(|| {
-                        WorkerError::unexpected(Code::WrongShape, format!("unknown tensor {name}"))
-                    })?;
-                w.tensors_mut().into_iter().nth(idx).ok_or_else(|| {
-                    WorkerError::unexpected(Code::WrongShape, format!("unknown tensor {name}"))
-                })?
-            }
-            Download::Shards(ts) => ts
-                .get_mut(shard as usize)
-                .and_then(|t| t.tensors.iter_mut().find(|x| x.name == name))
-                .map(|x| &mut x.data)
-                .ok_or_else(|| {
-                    WorkerError::unexpected(
-                        Code::WrongShape,
-                        format!("no tensor {name} in micro-shard {shard} of the lease"),
-                    )
-                })?,
-        };
-        let start = offset as usize;
-        let end = start
-            .checked_add(vals.len())
-            .filter(|&e| e <= dst.len())
-            .ok_or_else(|| {
-                WorkerError::unexpected(
-                    Code::WrongShape,
-                    format!("{name}: elements {start}.. run past the tensor"),
-                )
-            })?;
-        dst[start..end].copy_from_slice(&vals);
-        p.frames_left = p.frames_left.saturating_sub(1);
+        p.frame(at, name, offset, values)?;
         self.stats.frames_received += 1;
-        self.finish_download(gpu)
+        self.finish_download()
     }
 
-    /// A whole-model unit: trained on the GPU, submitted.
-    async fn work(
-        &mut self,
-        gpu: &Gpu,
-        w: &tessera_protocol::messages::Work,
-    ) -> Result<Vec<ToCoordinator>, WorkerError> {
-        let replica = self.replica.as_mut().ok_or_else(|| {
-            WorkerError::unexpected(Code::NotYourLease, "work without a loaded lease")
-        })?;
-        let r = replica.work(gpu, w).await?;
-        self.stats.submitted += 1;
-        self.stats.tokens += r.tokens;
-        let sub = Submission {
+    /// A whole-model unit: its inner steps for the backend, then submitted.
+    fn work(&mut self, w: Box<tessera_protocol::messages::Work>) -> Result<Reply, WorkerError> {
+        if self.loaded.as_ref().is_none_or(|l| l.shards.is_some()) {
+            return Err(no_lease("work"));
+        }
+        let running = Running::Train {
             unit: w.unit,
             lease: w.lease,
             weights: w.weights,
-            tokens: r.tokens,
-            loss_sum: r.loss_sum,
-            result: r.update,
-            log_head: self.log_head,
         };
-        Ok(vec![self.signed(SessionMessage::Submit(sub))?])
+        self.ask(running, Job::Train(w))
     }
 
-    /// A pipeline unit: run on the GPU, its output sent.
-    async fn unit(
-        &mut self,
-        gpu: &Gpu,
-        w: &tessera_protocol::pipeline::PipeWork,
-    ) -> Result<Vec<ToCoordinator>, WorkerError> {
-        let pipe = self.pipe.as_mut().ok_or_else(|| {
-            WorkerError::unexpected(Code::NotYourLease, "a pipeline unit without a loaded lease")
-        })?;
-        let result = pipe.work(gpu, w).await?;
-        self.stats.submitted += 1;
-        self.stats.tokens += self_tokens(w);
-        let out = UnitOutput {
+    /// A pipeline unit: run by the backend, its output sent.
+    fn unit(&mut self, w: Box<PipeWork>) -> Result<Reply, WorkerError> {
+        if self.loaded.as_ref().is_none_or(|l| l.shards.is_none()) {
+            return Err(no_lease("a pipeline unit"));
+        }
+        let running = Running::Unit {
             unit: w.unit,
             lease: w.lease,
             weights: w.weights,
-            result,
-            log_head: self.log_head,
+            tokens: self_tokens(&w),
         };
-        Ok(vec![self.signed(SessionMessage::Output(out))?])
+        self.ask(running, Job::Unit(w))
     }
 
     /// Another lease's units, run again to check them.
-    async fn audit(
+    fn audit(
         &mut self,
-        gpu: &Gpu,
-        a: &tessera_protocol::pipeline::AuditWork,
-    ) -> Result<Vec<ToCoordinator>, WorkerError> {
-        let pipe = self.pipe.as_mut().ok_or_else(|| {
-            WorkerError::unexpected(Code::NotYourLease, "an audit without a pipeline lease")
-        })?;
-        if a.lease != pipe.lease() {
-            return Err(WorkerError::unexpected(
-                Code::NotYourLease,
-                format!(
-                    "an audit for lease {}, this contributor holds lease {}",
-                    a.lease,
-                    pipe.lease()
-                ),
-            ));
-        }
-        let (outputs, grads) = pipe.audit(gpu, &a.units).await?;
-        self.stats.audits += 1;
-        let r = AuditResult {
+        a: Box<tessera_protocol::pipeline::AuditWork>,
+    ) -> Result<Reply, WorkerError> {
+        self.pipe_lease(a.lease, "an audit")?;
+        let running = Running::Audit {
             audit: a.audit,
             lease: a.lease,
-            outputs,
-            grads,
-            log_head: self.log_head,
         };
-        Ok(vec![self.signed(SessionMessage::Audited(r))?])
+        self.ask(running, Job::Audit(a))
     }
 
     /// The end of a step's computation: the lease's gradient sums.
-    async fn collect(
-        &mut self,
-        gpu: &Gpu,
-        unit: u64,
-        lease: u64,
-        step: u64,
-    ) -> Result<Vec<ToCoordinator>, WorkerError> {
-        let pipe = self.pipe.as_mut().ok_or_else(|| {
-            WorkerError::unexpected(
-                Code::NotYourLease,
-                "a collect request without a pipeline lease",
-            )
-        })?;
-        let (units, shards) = pipe.take_grads(gpu).await?;
-        let g = StepGrads {
-            unit,
-            lease,
-            step,
-            units,
-            shards,
-            log_head: self.log_head,
-        };
-        Ok(vec![self.signed(SessionMessage::Grads(g))?])
+    fn collect(&mut self, unit: u64, lease: u64, step: u64) -> Result<Reply, WorkerError> {
+        self.pipe_lease(lease, "a collect request")?;
+        self.ask(Running::Collect { unit, lease, step }, Job::Collect)
     }
 
     /// A signed verdict on a submission, kept as evidence.
-    fn receipt(
-        &mut self,
-        receipt: Receipt,
-        signature: Signature,
-    ) -> Result<Vec<ToCoordinator>, WorkerError> {
+    fn receipt(&mut self, receipt: Receipt, signature: Signature) -> Result<Reply, WorkerError> {
         if let Some(c) = self.coordinator {
             c.verify(RECEIPT, &signing_bytes(&receipt)?, &signature)?;
         }
@@ -525,11 +510,11 @@ impl Contributor {
                 self.last_error = Some(format!("unit {} rejected: {why}", receipt.unit));
             }
         }
-        Ok(vec![])
+        Ok(Reply::default())
     }
 
     /// An administrator's act, as its signed log entry.
-    fn admin_notice(&mut self, entry: &SignedEntry) -> Result<Vec<ToCoordinator>, WorkerError> {
+    fn admin_notice(&mut self, entry: &SignedEntry) -> Result<Reply, WorkerError> {
         let LogEvent::Admin { action, reason } = &entry.entry.event else {
             return Err(WorkerError::unexpected(
                 Code::UnexpectedMessage,
@@ -552,40 +537,38 @@ impl Contributor {
         tracing::warn!("{note}");
         self.log_head = entry.head();
         self.last_notice = Some(note);
-        Ok(vec![])
+        Ok(Reply::default())
     }
 
-    fn finish_download(&mut self, gpu: &Gpu) -> Result<Vec<ToCoordinator>, WorkerError> {
-        if self.pending.as_ref().is_none_or(|p| p.frames_left > 0) {
-            return Ok(vec![]);
+    /// Once every frame of a download arrived: the job that loads it.
+    fn finish_download(&mut self) -> Result<Reply, WorkerError> {
+        if self.pending.as_ref().is_none_or(|p| !p.complete()) {
+            return Ok(Reply::default());
         }
-        let p = self.pending.take().expect("checked above");
-        let lease = p.lease.lease;
-        let rows = usize::try_from(p.lease.rows)
-            .map_err(|_| WorkerError::unexpected(Code::WrongShape, "lease rows out of range"))?;
-        match p.weights {
-            Download::Whole(w) => {
-                self.replica = Some(Replica::new(gpu, p.cfg, &p.lease, w, rows)?);
-            }
-            Download::Shards(ts) if p.update => {
-                if let Some(pipe) = self.pipe.as_mut() {
-                    pipe.set_weights(gpu, p.lease.version, &ts)?;
-                }
-                return Ok(vec![]);
-            }
-            Download::Shards(ts) => {
-                self.pipe = Some(PipeReplica::new(
-                    gpu,
-                    p.cfg,
-                    lease,
-                    p.lease.version,
-                    rows,
-                    &ts,
-                    &p.lease.sync,
-                )?);
-            }
-        }
-        let log_head = self.log_head;
-        Ok(vec![self.signed(SessionMessage::Ready { lease, log_head })?])
+        let Some(p) = self.pending.take() else {
+            return Ok(Reply::default());
+        };
+        let l = p.finish()?;
+        let loaded = Loaded {
+            lease: l.lease,
+            cfg: l.cfg,
+            shards: l.shards,
+        };
+        let running = Running::Load {
+            loaded,
+            update: l.update,
+        };
+        self.ask(running, l.job)
+    }
+}
+
+fn done_kind(d: &Done) -> &'static str {
+    match d {
+        Done::Loaded => "a load",
+        Done::Trained(_) => "a trained unit",
+        Done::Stepped => "an outer step",
+        Done::Unit(_) => "a unit's result",
+        Done::Audited(..) => "an audit",
+        Done::Collected(..) => "gradient sums",
     }
 }

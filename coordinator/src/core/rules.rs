@@ -5,7 +5,6 @@
 //! coordinator's bit for bit, or the coordinator did something else than its log says.
 
 use serde::{Deserialize, Serialize};
-use tessera_compute::reference::ops::{adamw_step, clip_coefficient, global_norm, AdamW};
 use tessera_compute::reference::ModelParams;
 use tessera_compute::ModelConfig;
 use tessera_protocol::messages::InnerOptimizer;
@@ -101,59 +100,14 @@ pub fn apply(
             optimizer,
             lr,
             clip,
-        } => {
-            let norm = {
-                let views: Vec<&[f32]> = aggregate
-                    .named()
-                    .into_iter()
-                    .map(|(_, v)| v.as_slice())
-                    .collect();
-                global_norm(&views)
-            };
-            let scale = match clip {
-                Some(max) => clip_coefficient(norm, max as f64),
-                None => 1.0,
-            };
-            let mut grads = aggregate.clone();
-            if scale < 1.0 {
-                for t in grads.tensors_mut() {
-                    t.iter_mut().for_each(|x| *x *= scale as f32);
-                }
-            }
-            let lr = lr.at(number + 1);
-            match optimizer {
-                InnerOptimizer::Sgd => {
-                    for (p, g) in weights.tensors_mut().into_iter().zip(grads.named()) {
-                        p.iter_mut().zip(g.1).for_each(|(a, b)| *a -= lr as f32 * b);
-                    }
-                }
-                InnerOptimizer::AdamW {
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                } => {
-                    let h = AdamW {
-                        lr,
-                        beta1: beta1 as f64,
-                        beta2: beta2 as f64,
-                        eps: eps as f64,
-                        weight_decay: weight_decay as f64,
-                    };
-                    let (m, v) =
-                        moments.get_or_insert_with(|| (weights.zeros_like(), weights.zeros_like()));
-                    for (((p, g), m), v) in weights
-                        .tensors_mut()
-                        .into_iter()
-                        .zip(grads.named())
-                        .zip(m.tensors_mut())
-                        .zip(v.tensors_mut())
-                    {
-                        adamw_step(p, g.1, m, v, h, number as u32 + 1);
-                    }
-                }
-            }
-            scale
-        }
+        } => tessera_train::optimizer::step(
+            optimizer,
+            lr.at(number + 1),
+            clip,
+            number as u32 + 1,
+            weights,
+            moments,
+            aggregate,
+        ),
     }
 }
