@@ -1,5 +1,8 @@
-//! Deterministic simulation of the run state machine with 1000 scripted contributors joining,
-//! leaving, crashing, going silent and missing deadlines at random. Invariants checked
+//! Deterministic simulation of the run state machine with 1000 contributors joining, leaving,
+//! crashing, going silent and missing deadlines at random. Each contributor is the real
+//! protocol session of the worker (`tessera_worker::session::Session`) training on the CPU
+//! reference backend; the simulation only decides when it connects, stays silent or answers
+//! late. Invariants checked
 //! throughout: no unit or lease is held by a vanished contributor, every slot of a round is
 //! accepted exactly once (so every sample is trained once per round, re-runs carrying the same
 //! samples), the accepted contribution is recorded before its receipt, and every round
@@ -8,13 +11,15 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use common::{core, spec, Client};
+use common::{core, spec};
 use tessera_compute::reference::model::SplitMix;
 use tessera_coordinator::core::{Action, ConnId, Input, Phase};
-use tessera_protocol::messages::{LogHead, SessionMessage, SyncMode, Verdict, Work};
-use tessera_protocol::ToContributor;
+use tessera_protocol::messages::{Capabilities, ContributorKind, SyncMode, Verdict};
+use tessera_protocol::{Identity, ToContributor, ToCoordinator};
+use tessera_worker::cpu::CpuBackend;
+use tessera_worker::session::Session;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Behaviour {
@@ -25,14 +30,76 @@ enum Behaviour {
 }
 
 struct Sim {
-    client: Client,
+    session: Session,
+    backend: CpuBackend,
     behaviour: Behaviour,
     conn: Option<ConnId>,
     join_at: u64,
-    lease: Option<(u64, u32)>,
-    work: Option<(u64, Work)>,
+    /// Messages not yet taken by the session: a contributor takes one at a time, and a unit
+    /// at the front keeps it busy until it is done (its submission signed when it is sent).
+    inbox: VecDeque<ToContributor>,
+    /// While a unit is worked on: when it is done, and the unit.
+    busy: Option<(u64, u64)>,
     mute: bool,
     next_beat: u64,
+}
+
+/// The session of contributor `seed`, with a budget for any lease of the tiny model.
+fn session(seed: u64) -> Session {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    s[8] = 1;
+    let caps = Capabilities {
+        adapter: "reference".into(),
+        backend: "cpu".into(),
+        max_binding_bytes: 1 << 27,
+        memory_budget_bytes: 1 << 30,
+    };
+    Session::new(Identity::from_seed(s), ContributorKind::Native, caps)
+}
+
+/// `msg` handled by `s`'s session and backend: the replies.
+fn answer(s: &mut Sim, msg: ToContributor) -> Vec<ToCoordinator> {
+    pollster::block_on(tessera_worker::exchange(
+        &mut s.session,
+        &mut s.backend,
+        msg,
+    ))
+    .expect("an honest session handles every message")
+}
+
+/// What `s` sends by `now`: the messages of its inbox taken in order, a unit taking its time
+/// (drawn from `rng` by behaviour) before it and what follows it are taken.
+fn drain(s: &mut Sim, now: u64, rng: &mut SplitMix) -> Vec<ToCoordinator> {
+    let mut out = Vec::new();
+    loop {
+        if let Some((due, _)) = s.busy {
+            if now < due {
+                break;
+            }
+            s.busy = None;
+            if let Some(work) = s.inbox.pop_front() {
+                out.extend(answer(s, work));
+            }
+            continue;
+        }
+        match s.inbox.front() {
+            None => break,
+            Some(ToContributor::Work(w)) => {
+                let delay = match s.behaviour {
+                    Behaviour::Slow => 2_000 + rng.next_u64() % 4_000,
+                    _ => 200 + rng.next_u64() % 1_300,
+                };
+                s.busy = Some((now + delay, w.unit));
+            }
+            Some(_) => {
+                if let Some(msg) = s.inbox.pop_front() {
+                    out.extend(answer(s, msg));
+                }
+            }
+        }
+    }
+    out
 }
 
 struct Outcome {
@@ -44,7 +111,6 @@ struct Outcome {
 
 fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
     let sp = spec(replicas, rounds, SyncMode::Dense);
-    let cfg = sp.model.clone();
     let mut c = core(sp);
     let coord_key = c.public_key();
     let mut rng = SplitMix(seed);
@@ -57,12 +123,13 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                 _ => Behaviour::Silent,
             };
             Sim {
-                client: Client::new(seed * 100_000 + i as u64),
+                session: session(seed * 100_000 + i as u64),
+                backend: CpuBackend::default(),
                 behaviour,
                 conn: None,
                 join_at: rng.next_u64() % 20_000,
-                lease: None,
-                work: None,
+                inbox: VecDeque::new(),
+                busy: None,
                 mute: false,
                 next_beat: 0,
             }
@@ -91,15 +158,15 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                 next_conn += 1;
                 s.conn = Some(conn);
                 s.mute = false;
-                s.lease = None;
-                s.work = None;
+                s.inbox.clear();
+                s.busy = None;
                 by_conn.insert(conn, i);
                 let mut nonce = [0u8; 32];
                 nonce[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
                 inputs.push(Input::Connected { conn, nonce });
                 inputs.push(Input::Message {
                     conn,
-                    msg: s.client.hello(1 << 30),
+                    msg: s.session.hello(),
                 });
                 continue;
             }
@@ -123,25 +190,17 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                 }
                 _ => {}
             }
-            if let Some((due, w)) = &s.work {
-                if now >= *due {
-                    let sub = s.client.submission(&cfg, w, 0.001);
-                    s.work = None;
-                    inputs.push(Input::Message {
-                        conn,
-                        msg: s.client.signed(SessionMessage::Submit(sub)),
-                    });
-                    continue;
-                }
+            let sent = drain(s, now, &mut rng);
+            if !sent.is_empty() {
+                inputs.extend(sent.into_iter().map(|msg| Input::Message { conn, msg }));
+                continue;
             }
-            if s.client.nonce.is_some() && now >= s.next_beat {
-                s.next_beat = now + 4_000;
-                inputs.push(Input::Message {
-                    conn,
-                    msg: s.client.signed(SessionMessage::Heartbeat {
-                        log_head: LogHead::default(),
-                    }),
-                });
+            if now >= s.next_beat {
+                // Before the handshake the session has nothing to sign yet.
+                if let Ok(msg) = s.session.heartbeat() {
+                    s.next_beat = now + 4_000;
+                    inputs.push(Input::Message { conn, msg });
+                }
             }
         }
         let mut queue: std::collections::VecDeque<Input> = inputs.into();
@@ -196,29 +255,10 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                         if s.mute {
                             continue;
                         }
-                        match msg {
-                            ToContributor::Challenge {
-                                nonce, coordinator, ..
-                            } => {
-                                assert_eq!(coordinator, coord_key);
-                                queue.push_back(Input::Message {
-                                    conn,
-                                    msg: s.client.proof(nonce, &coordinator),
-                                });
-                            }
-                            ToContributor::Lease(l) => s.lease = Some((l.lease, l.frames)),
-                            ToContributor::Weights { lease, .. } => {
-                                if let Some((id, left)) = &mut s.lease {
-                                    assert_eq!(*id, lease);
-                                    *left -= 1;
-                                    if *left == 0 {
-                                        let msg = s.client.signed(SessionMessage::Ready {
-                                            lease,
-                                            log_head: LogHead::default(),
-                                        });
-                                        queue.push_back(Input::Message { conn, msg });
-                                    }
-                                }
+                        // What the coordinator asks, checked before the session sees it.
+                        match &msg {
+                            ToContributor::Challenge { coordinator, .. } => {
+                                assert_eq!(*coordinator, coord_key);
                             }
                             ToContributor::Work(w) => {
                                 works_sent += 1;
@@ -228,16 +268,13 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                                     .entry((w.round, w.slot))
                                     .or_insert_with(|| w.tokens.data.clone());
                                 assert_eq!(entry, &w.tokens.data);
-                                let delay = match s.behaviour {
-                                    Behaviour::Slow => 2_000 + rng.next_u64() % 4_000,
-                                    _ => 200 + rng.next_u64() % 1_300,
-                                };
-                                s.work = Some((now + delay, w));
                             }
+                            // A cancelled unit in the works is abandoned.
                             ToContributor::Cancel { unit }
-                                if s.work.as_ref().map(|(_, w)| w.unit) == Some(unit) =>
+                                if s.busy.is_some_and(|(_, u)| u == *unit) =>
                             {
-                                s.work = None;
+                                s.busy = None;
+                                s.inbox.pop_front();
                             }
                             ToContributor::Receipt { receipt, .. }
                                 if receipt.verdict == Verdict::Accepted =>
@@ -249,10 +286,13 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                                 );
                             }
                             ToContributor::Error { fatal, reason } => {
-                                assert!(!fatal, "an honest scripted client was refused: {reason}")
+                                assert!(!fatal, "an honest contributor was refused: {reason}")
                             }
                             _ => {}
                         }
+                        s.inbox.push_back(msg);
+                        let replies = drain(s, now, &mut rng);
+                        queue.extend(replies.into_iter().map(|msg| Input::Message { conn, msg }));
                     }
                 }
             }
