@@ -14,7 +14,7 @@ use tessera_compute::ModelConfig;
 use tessera_coordinator::core::weights_digest;
 use tessera_coordinator::store::Store;
 use tessera_protocol::identity::hex;
-use tessera_protocol::log::{LogError, LogEvent, SignedEntry, LOG_VERSION};
+use tessera_protocol::log::{LogError, LogEvent, LogFault, SignedEntry, LOG_VERSION};
 use tessera_protocol::log_store::{verify_stored, StoredEntry};
 use tessera_protocol::messages::LogHead;
 use tessera_protocol::signed::signing_bytes;
@@ -183,10 +183,8 @@ fn decode(file: &LogFile) -> Result<Vec<StoredEntry>, LogError> {
     file.entries
         .iter()
         .map(|l| {
-            StoredEntry::decode(&l.signed).map_err(|why| LogError {
-                index: l.index,
-                why,
-            })
+            StoredEntry::decode(&l.signed)
+                .map_err(|why| LogError::new(l.index, LogFault::Undecodable, why))
         })
         .collect()
 }

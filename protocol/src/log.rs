@@ -284,14 +284,44 @@ impl SignedEntry {
     }
 }
 
-/// Why a log does not verify: the first bad entry and what is wrong with it.
+/// Why a log does not verify: the first bad entry, the kind of fault and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("log entry {index}: {why}")]
 pub struct LogError {
     /// Index of the first bad entry (its position in the log).
     pub index: u64,
+    /// The kind of fault.
+    pub fault: LogFault,
     /// What is wrong.
     pub why: String,
+}
+
+/// The kinds of fault a log can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFault {
+    /// An entry missing or out of order.
+    Missing,
+    /// An entry that does not link to the one before it.
+    Unlinked,
+    /// Contents that do not match their hash.
+    Altered,
+    /// A signature that does not verify under the coordinator's key.
+    Signature,
+    /// An entry of another format than the log's first.
+    MixedVersions,
+    /// Text that is not an entry at all.
+    Undecodable,
+}
+
+impl LogError {
+    /// A fault of `kind` at entry `index`.
+    pub fn new(index: u64, fault: LogFault, why: impl Into<String>) -> Self {
+        LogError {
+            index,
+            fault,
+            why: why.into(),
+        }
+    }
 }
 
 /// Appends entries: the coordinator's side.
@@ -340,17 +370,20 @@ pub fn verify_chain(
 ) -> Result<Option<LogHead>, LogError> {
     let mut head = after;
     for (pos, e) in entries.iter().enumerate() {
-        let bad = |why: String| LogError {
-            index: e.entry.index,
-            why,
-        };
-        check_link(pos, e.entry.index, e.entry.prev, head)?;
+        let index = e.entry.index;
+        check_link(pos, index, e.entry.prev, head)?;
         if e.entry.hash() != e.hash {
-            return Err(bad("its contents do not match its hash (altered)".into()));
+            return Err(LogError::new(
+                index,
+                LogFault::Altered,
+                "its contents do not match its hash (altered)",
+            ));
         }
         coordinator
             .verify(LOG, &e.hash, &e.signature)
-            .map_err(|err| bad(format!("signature: {err}")))?;
+            .map_err(|err| {
+                LogError::new(index, LogFault::Signature, format!("signature: {err}"))
+            })?;
         head = Some(e.head());
     }
     Ok(head)
@@ -368,18 +401,20 @@ pub(crate) fn check_link(
         None => (0, [0; 32]),
     };
     if index != want_index {
-        return Err(LogError {
-            index: want_index,
-            why: format!(
+        return Err(LogError::new(
+            want_index,
+            LogFault::Missing,
+            format!(
                 "position {pos} holds entry {index}, expected {want_index} (an entry is missing or out of order)"
             ),
-        });
+        ));
     }
     if prev != want_prev {
-        return Err(LogError {
+        return Err(LogError::new(
             index,
-            why: "does not link to the entry before it".into(),
-        });
+            LogFault::Unlinked,
+            "does not link to the entry before it",
+        ));
     }
     Ok(())
 }
@@ -440,22 +475,24 @@ mod tests {
         if let LogEvent::Accepted { unit, .. } = &mut e[3].entry.event {
             *unit = 99;
         }
-        assert_eq!(verify_chain(&e, &key, None).unwrap_err().index, 3);
+        let fault = |e: &[SignedEntry]| {
+            let err = verify_chain(e, &key, None).unwrap_err();
+            (err.index, err.fault)
+        };
+        assert_eq!(fault(&e), (3, LogFault::Altered));
         // Contents and hash both rewritten: the signature no longer matches.
         let mut e = entries.clone();
         e[2].entry.time_ms = 77;
         e[2].hash = e[2].entry.hash();
-        let err = verify_chain(&e, &key, None).unwrap_err();
-        assert_eq!(err.index, 2);
-        assert!(err.why.contains("signature"), "{err}");
+        assert_eq!(fault(&e), (2, LogFault::Signature));
         // Re-signed by another key.
         let mut e = entries.clone();
         e[4] = SignedEntry::seal(e[4].entry.clone(), &Identity::from_seed([9; 32]));
-        assert_eq!(verify_chain(&e, &key, None).unwrap_err().index, 4);
+        assert_eq!(fault(&e), (4, LogFault::Signature));
         // A removed entry.
         let mut e = entries.clone();
         e.remove(2);
-        assert_eq!(verify_chain(&e, &key, None).unwrap_err().index, 2);
+        assert_eq!(fault(&e), (2, LogFault::Missing));
         // A forked history: a different entry 3 sealed properly, then the old 4.
         let mut e = entries.clone();
         let mut w = LogWriter::after(Some(e[2].head()));
@@ -467,13 +504,13 @@ mod tests {
                 reason: "test".into(),
             },
         );
-        assert_eq!(verify_chain(&e, &key, None).unwrap_err().index, 4);
+        assert_eq!(fault(&e), (4, LogFault::Unlinked));
         // A flipped signature byte.
         let mut e = entries;
         let mut bytes = postcard::to_stdvec(&e[1].signature).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         e[1].signature = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(verify_chain(&e, &key, None).unwrap_err().index, 1);
+        assert_eq!(fault(&e), (1, LogFault::Signature));
     }
 }

@@ -4,7 +4,7 @@
 //! hashes and gives it in today's types (version 1's from [`crate::log_v1`]).
 
 use crate::identity::{PublicKey, Signature};
-use crate::log::{check_link, LogError, SignedEntry, LOG, LOG_VERSION};
+use crate::log::{check_link, LogError, LogFault, SignedEntry, LOG, LOG_VERSION};
 use crate::log_v1::SignedEntryV1;
 use crate::messages::LogHead;
 
@@ -117,20 +117,28 @@ pub fn verify_stored(
     let mut head = after;
     for (pos, e) in entries.iter().enumerate() {
         let (index, prev, recomputed, hash, signature, domain) = e.parts();
-        let bad = |why: String| LogError { index, why };
         if e.version() != version {
-            return Err(bad(format!(
-                "a version-{} entry in a version-{version} log",
-                e.version()
-            )));
+            // Named by where it sits: its own index may be anything.
+            let at = head.map_or(0, |h| h.index + 1);
+            return Err(LogError::new(
+                at,
+                LogFault::MixedVersions,
+                format!("a version-{} entry in a version-{version} log", e.version()),
+            ));
         }
         check_link(pos, e.index(), prev, head)?;
         if recomputed != hash {
-            return Err(bad("its contents do not match its hash (altered)".into()));
+            return Err(LogError::new(
+                index,
+                LogFault::Altered,
+                "its contents do not match its hash (altered)",
+            ));
         }
         coordinator
             .verify(domain, &hash, signature)
-            .map_err(|err| bad(format!("signature: {err}")))?;
+            .map_err(|err| {
+                LogError::new(index, LogFault::Signature, format!("signature: {err}"))
+            })?;
         head = Some(LogHead { index, hash });
     }
     Ok(CheckedLog {

@@ -117,8 +117,9 @@ fn a_log_of_mixed_formats_is_refused_at_the_first_other_entry() {
     let (_, current) = current_log(1);
     stored[3] = current[0].clone();
     let err = verify_stored(stored, &key, None).unwrap_err();
-    assert!(
-        err.why.contains("a version-2 entry in a version-1 log"),
+    assert_eq!(
+        (err.index, err.fault),
+        (3, tessera_protocol::log::LogFault::MixedVersions),
         "{err}"
     );
 }
