@@ -75,66 +75,34 @@ pub enum AdminRefusal {
 /// The longest reason for an act, in bytes (it goes into the run log).
 pub const MAX_REASON_BYTES: usize = 1000;
 
-fn number(param: &str, value: &str) -> Result<u64, AdminRefusal> {
-    value
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| AdminRefusal::NotANumber {
-            param: param.into(),
-            value: value.into(),
-        })
-}
-
-impl Core {
-    /// An authenticated administrator's request (id `request`, answered by
-    /// [`Action::AdminDone`]): refused with a reason and nothing changed, or logged and applied.
-    pub(super) fn admin(&mut self, request: u64, action: AdminAction, reason: String) {
-        let result = self.check_admin(&action, &reason).map(|()| {
-            let entry = self.log(LogEvent::Admin {
-                action: action.clone(),
-                reason: reason.clone(),
-            });
-            self.apply_admin(&action, &reason);
-            {
-                let conns: Vec<ConnId> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| s.active().is_some())
-                    .map(|(&c, _)| c)
-                    .collect();
-                for conn in conns {
-                    self.send(
-                        conn,
-                        ToContributor::Admin {
-                            entry: Box::new(entry.clone()),
-                        },
-                    );
-                }
-            }
-            self.log.head().index
-        });
-        self.out.push(Action::AdminDone { request, result });
-    }
-
-    /// Whether `action` can be applied now; the reason when not.
-    fn check_admin(&self, action: &AdminAction, reason: &str) -> Result<(), AdminRefusal> {
+impl AdminState {
+    /// Whether `action` with `reason` can be applied to run `run` in `state` with `closed`
+    /// rounds or steps closed; the refusal when not (a pure decision: nothing changes).
+    pub fn check(
+        &self,
+        action: &AdminAction,
+        reason: &str,
+        state: RunState,
+        closed: u64,
+        run: &str,
+    ) -> Result<(), AdminRefusal> {
         if reason.trim().is_empty() {
             return Err(AdminRefusal::NoReason);
         }
         if reason.len() > MAX_REASON_BYTES {
             return Err(AdminRefusal::LongReason);
         }
-        if !self.state.is_open() {
+        if !state.is_open() {
             return Err(AdminRefusal::Ended);
         }
-        let paused = self.state == RunState::Paused;
+        let paused = state == RunState::Paused;
         match action {
             AdminAction::Pause if paused => Err(AdminRefusal::AlreadyPaused),
             AdminAction::Resume if !paused => Err(AdminRefusal::NotPaused),
             AdminAction::Pause | AdminAction::Resume | AdminAction::Stop => Ok(()),
             AdminAction::Set { param, value } => match param.as_str() {
                 "rounds" => {
-                    let done = self.round();
+                    let done = closed;
                     if number(param, value)? <= done {
                         return Err(AdminRefusal::RoundsClosed { done });
                     }
@@ -149,15 +117,60 @@ impl Core {
                 }
                 other => Err(AdminRefusal::NotAParameter(other.into())),
             },
-            AdminAction::Ban { key } if self.admin.banned.contains(key) => {
+            AdminAction::Ban { key } if self.banned.contains(key) => {
                 Err(AdminRefusal::AlreadyBanned(*key))
             }
-            AdminAction::Unban { key } if !self.admin.banned.contains(key) => {
+            AdminAction::Unban { key } if !self.banned.contains(key) => {
                 Err(AdminRefusal::NotBanned(*key))
             }
             AdminAction::Ban { .. } | AdminAction::Unban { .. } => Ok(()),
-            AdminAction::Create { .. } => Err(AdminRefusal::RunExists(self.spec.name.clone())),
+            AdminAction::Create { .. } => Err(AdminRefusal::RunExists(run.into())),
         }
+    }
+}
+
+fn number(param: &str, value: &str) -> Result<u64, AdminRefusal> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| AdminRefusal::NotANumber {
+            param: param.into(),
+            value: value.into(),
+        })
+}
+
+impl Core {
+    /// An authenticated administrator's request (id `request`, answered by
+    /// [`Action::AdminDone`]): refused with a reason and nothing changed, or logged and applied.
+    pub(super) fn admin(&mut self, request: u64, action: AdminAction, reason: String) {
+        let result = self
+            .admin
+            .check(&action, &reason, self.state, self.round(), &self.spec.name)
+            .map(|()| {
+                let entry = self.log(LogEvent::Admin {
+                    action: action.clone(),
+                    reason: reason.clone(),
+                });
+                self.apply_admin(&action, &reason);
+                {
+                    let conns: Vec<ConnId> = self
+                        .sessions
+                        .iter()
+                        .filter(|(_, s)| s.active().is_some())
+                        .map(|(&c, _)| c)
+                        .collect();
+                    for conn in conns {
+                        self.send(
+                            conn,
+                            ToContributor::Admin {
+                                entry: Box::new(entry.clone()),
+                            },
+                        );
+                    }
+                }
+                self.log.head().index
+            });
+        self.out.push(Action::AdminDone { request, result });
     }
 
     /// Puts a logged act into effect.
@@ -239,5 +252,69 @@ impl Core {
     /// Whether `key` is refused from the run: banned, or found wrong by a check.
     pub fn is_refused(&self, key: &PublicKey) -> bool {
         self.admin.banned.contains(key) || self.credits.is_refused(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_act_is_checked_against_the_run_as_it_stands() {
+        let key = tessera_protocol::Identity::from_seed([1; 32]).public();
+        let mut st = AdminState::default();
+        let check = |st: &AdminState, a: AdminAction, state| st.check(&a, "why", state, 3, "r");
+        let set = |p: &str, v: &str| AdminAction::Set {
+            param: p.into(),
+            value: v.into(),
+        };
+        let training = RunState::Training;
+        assert_eq!(
+            st.check(&AdminAction::Pause, " ", training, 3, "r"),
+            Err(AdminRefusal::NoReason)
+        );
+        assert_eq!(check(&st, AdminAction::Pause, training), Ok(()));
+        assert_eq!(
+            check(&st, AdminAction::Pause, RunState::Paused),
+            Err(AdminRefusal::AlreadyPaused)
+        );
+        assert_eq!(
+            check(&st, AdminAction::Resume, training),
+            Err(AdminRefusal::NotPaused)
+        );
+        assert_eq!(
+            check(&st, AdminAction::Stop, RunState::Finished(End::Completed)),
+            Err(AdminRefusal::Ended)
+        );
+        assert_eq!(check(&st, set("rounds", "4"), training), Ok(()));
+        assert_eq!(
+            check(&st, set("rounds", "3"), training),
+            Err(AdminRefusal::RoundsClosed { done: 3 })
+        );
+        assert_eq!(
+            check(&st, set("silence_secs", "0"), training),
+            Err(AdminRefusal::OutOfRange("silence_secs".into()))
+        );
+        assert_eq!(
+            check(&st, set("lr", "1"), training),
+            Err(AdminRefusal::NotAParameter("lr".into()))
+        );
+        assert_eq!(
+            check(&st, AdminAction::Unban { key }, training),
+            Err(AdminRefusal::NotBanned(key))
+        );
+        st.banned.insert(key);
+        assert_eq!(
+            check(&st, AdminAction::Ban { key }, training),
+            Err(AdminRefusal::AlreadyBanned(key))
+        );
+        let create = AdminAction::Create {
+            run: "x".into(),
+            config: [0; 32],
+        };
+        assert_eq!(
+            check(&st, create, training),
+            Err(AdminRefusal::RunExists("r".into()))
+        );
     }
 }

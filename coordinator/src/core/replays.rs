@@ -260,7 +260,7 @@ impl Core {
                 "a replay's update goes back dense (the work said so)",
             ))
         } else {
-            self.dense_update(&sub.result)
+            super::validate::dense_update(&self.spec, &sub.result)
                 .map_err(|e| super::validate::update_refusal(&sub.result, e))
         };
         let dense = match answer {

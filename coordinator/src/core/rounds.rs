@@ -363,8 +363,7 @@ impl Core {
         }
         let dense = match self.submission_problem(&sub) {
             Some(p) => Err(p),
-            None => self
-                .dense_update(&sub.result)
+            None => super::validate::dense_update(&self.spec, &sub.result)
                 .map_err(|e| super::validate::update_refusal(&sub.result, e)),
         };
         // Either way the unit is over for this contributor.
@@ -441,7 +440,7 @@ impl Core {
         if c.round != self.round() || c.slot >= self.spec.replicas {
             return;
         }
-        if let Ok(dense) = self.dense_update(&c.update) {
+        if let Ok(dense) = super::validate::dense_update(&self.spec, &c.update) {
             let slot = c.slot as usize;
             self.next_unit = self.next_unit.max(c.unit + 1);
             // Whether it was drawn before the restart is not kept: a restored contribution is

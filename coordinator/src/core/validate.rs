@@ -7,17 +7,11 @@ use tessera_protocol::{Code, Reason};
 use tessera_train::update::to_dense;
 use tessera_train::TrainError;
 
-use super::Core;
+use super::RunSpec;
 
-impl Core {
-    /// The update as dense tensors in model order, or why it does not fit.
-    pub(super) fn dense_update(&self, u: &Update) -> Result<Vec<Vec<f32>>, TrainError> {
-        to_dense(
-            u,
-            &tensor_shapes(&self.spec.model),
-            self.spec.sparse().as_ref(),
-        )
-    }
+/// Update `u` of a run `spec` as dense tensors in model order, or why it does not fit.
+pub(super) fn dense_update(spec: &RunSpec, u: &Update) -> Result<Vec<Vec<f32>>, TrainError> {
+    to_dense(u, &tensor_shapes(&spec.model), spec.sparse().as_ref())
 }
 
 /// Whether a float payload holds a NaN or an infinity (no honest computation sends one).

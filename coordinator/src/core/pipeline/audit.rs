@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use tessera_compute::shard::ShardTensors;
 use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::messages::Verdict;
-use tessera_protocol::pipeline::{AuditResult, AuditWork, Pass, PipeResult, PipeWork};
+use tessera_protocol::pipeline::{AuditResult, AuditWork, PipeResult, PipeWork};
 use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
-use tessera_train::shards::{from_wire, grads_from_wire};
+use tessera_train::shards::grads_from_wire;
 
 use super::compare::agree;
 use super::ShardId;
@@ -99,44 +99,6 @@ impl Core {
         chosen
     }
 
-    /// The micro-shards a unit names, as places in the pipeline.
-    fn cells_of(&self, w: &PipeWork) -> Option<Vec<ShardId>> {
-        let pipe = pipe!(self)?;
-        w.shards
-            .iter()
-            .map(|spec| {
-                let shard = from_wire(spec, &self.spec.model).ok()?;
-                pipe.stages
-                    .iter()
-                    .enumerate()
-                    .find_map(|(s, stage)| stage.iter().position(|x| *x == shard).map(|i| (s, i)))
-            })
-            .collect()
-    }
-
-    /// Floating-point operations of running `units` (credits of an auditor).
-    fn units_flops(&self, units: &[PipeWork]) -> f64 {
-        let Some(pipe) = pipe!(self) else {
-            return 0.0;
-        };
-        units
-            .iter()
-            .map(|w| {
-                let per_token = match w.pass {
-                    Pass::Forward => 2.0,
-                    Pass::Backward => 6.0,
-                };
-                let params: u64 = self
-                    .cells_of(w)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&(s, i)| pipe.params[s][i])
-                    .sum();
-                per_token * params as f64 * self.spec.seq as f64
-            })
-            .sum()
-    }
-
     /// Starts the checks of a drained, collected step; true once every one is resolved.
     pub(super) fn audits_resolved(&mut self) -> bool {
         let Some(pipe) = pipe!(self) else {
@@ -181,7 +143,7 @@ impl Core {
         let need: BTreeSet<ShardId> = a
             .done
             .iter()
-            .flat_map(|(w, _)| self.cells_of(w).unwrap_or_default())
+            .flat_map(|(w, _)| pipe.cells_of(&self.spec.model, w).unwrap_or_default())
             .collect();
         let mut exclude = vec![a.key];
         if let Some((k, ..)) = &first {
@@ -325,7 +287,9 @@ impl Core {
         let units: Vec<u64> = a.done.iter().map(|(w, _)| w.unit).collect();
         let claimed: Vec<PipeResult> = a.done.iter().map(|(_, r)| r.clone()).collect();
         let work: Vec<PipeWork> = a.done.iter().map(|(w, _)| w.clone()).collect();
-        let flops = self.units_flops(&work);
+        let flops = pipe!(self).map_or(0.0, |p| {
+            p.units_flops(&self.spec.model, self.spec.seq, &work)
+        });
         let with_checked = agree(
             (&r.outputs, &sums),
             (&claimed, a.sums.as_deref()),

@@ -12,10 +12,12 @@
 
 mod audit;
 mod compare;
+mod decode;
 mod leases;
 mod optimizer;
 mod route;
 mod step;
+mod tasks;
 mod units;
 
 pub(in crate::core) use optimizer::{HeldByCoordinator, StepState};
@@ -25,7 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_compute::reference::ModelParams;
 use tessera_compute::shard::{HeadStats, MicroShard};
-use tessera_protocol::pipeline::Pass;
+use tessera_compute::ModelConfig;
+use tessera_protocol::pipeline::{Pass, PipeWork};
+use tessera_train::shards::from_wire;
 
 use super::ConnId;
 
@@ -164,6 +168,42 @@ pub(super) struct Pipe {
 }
 
 impl Pipe {
+    /// The micro-shards unit `w` names, as places in the pipeline (`None` when one is not
+    /// the pipeline's).
+    pub(super) fn cells_of(&self, model: &ModelConfig, w: &PipeWork) -> Option<Vec<ShardId>> {
+        w.shards
+            .iter()
+            .map(|spec| {
+                let shard = from_wire(spec, model).ok()?;
+                self.stages
+                    .iter()
+                    .enumerate()
+                    .find_map(|(s, stage)| stage.iter().position(|x| *x == shard).map(|i| (s, i)))
+            })
+            .collect()
+    }
+
+    /// Floating-point operations of running `units` on sequences of `seq` tokens (an
+    /// auditor's credits): 2 per parameter and token forward, 6 backward.
+    pub(super) fn units_flops(&self, model: &ModelConfig, seq: u64, units: &[PipeWork]) -> f64 {
+        units
+            .iter()
+            .map(|w| {
+                let per_token = match w.pass {
+                    Pass::Forward => 2.0,
+                    Pass::Backward => 6.0,
+                };
+                let params: u64 = self
+                    .cells_of(model, w)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&(s, i)| self.params[s][i])
+                    .sum();
+                per_token * params as f64 * seq as f64
+            })
+            .sum()
+    }
+
     /// How many leases hold each micro-shard.
     pub(super) fn replicas(&self) -> Vec<Vec<usize>> {
         let mut n: Vec<Vec<usize>> = self.stages.iter().map(|s| vec![0; s.len()]).collect();

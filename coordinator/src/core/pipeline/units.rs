@@ -1,34 +1,18 @@
-//! Pipeline units: which task an idle lease gets (backward before forward, earlier micro-batches
-//! first), the unit's inputs, and checking and folding in its output: partial sums, the residual,
-//! and the three passes of the vocab-sliced head.
+//! Pipeline units: handing an idle lease its task (chosen by `tasks.rs`) with the unit's inputs,
+//! and taking in its output (decoded by `decode.rs`): partial sums, the residual, and the three
+//! passes of the vocab-sliced head.
 
-use tessera_compute::shard::{combine, HeadStats, MicroShard};
+use tessera_compute::shard::{combine, HeadStats};
 use tessera_protocol::messages::Verdict;
-use tessera_protocol::pipeline::{HeadBackward, Pass, PipeResult, PipeWork, UnitOutput};
+use tessera_protocol::pipeline::{HeadBackward, Pass, PipeWork, UnitOutput};
 use tessera_protocol::{Code, PublicKey, Reason, TensorPayload, ToContributor};
-use tessera_train::shards::{from_wire, to_wire};
+use tessera_train::shards::to_wire;
 
+use super::decode::Folded;
 use super::route::{Route, Sent};
 use super::{MicroBatch, Owed, PipeUnit, ShardId, ShardState};
 use crate::core::{ConnId, Core};
 use std::ops::Range;
-
-/// What a unit's output decodes to.
-enum Folded {
-    Sum(Vec<f32>),
-    Stats(Vec<(usize, HeadStats)>),
-    Nothing,
-    /// A span's whole-stage results, one per stage of the span that has one, each with the
-    /// hash of its encoding.
-    Span(Vec<(usize, [u8; 32], Vec<f32>)>),
-}
-
-fn available(mb: &MicroBatch, stage: usize, pass: Pass, last: usize) -> bool {
-    match pass {
-        Pass::Backward if stage == last => mb.lse.is_some(),
-        _ => mb.route.ready(stage, pass, last),
-    }
-}
 
 impl Core {
     /// Gives every idle, ready pipeline lease a unit, then collects or closes the step when it
@@ -45,80 +29,11 @@ impl Core {
             .filter_map(|(&c, s)| s.lease.map(|l| (c, l)))
             .collect();
         for (conn, lease) in idle {
-            if let Some((mb, stages, pass, cells)) = self.pick_task(lease) {
+            if let Some((mb, stages, pass, cells)) = pipe!(self).and_then(|p| p.pick_task(lease)) {
                 self.assign(conn, lease, mb, stages, pass, cells);
             }
         }
         self.collect_or_close();
-    }
-
-    /// The task for an idle lease: backward before forward, earlier micro-batches first; where
-    /// the lease holds every micro-shard of consecutive open stages (never the head), one span
-    /// unit covers them all.
-    fn pick_task(&self, lease: u64) -> Option<(usize, Range<usize>, Pass, Vec<ShardId>)> {
-        let pipe = pipe!(self)?;
-        let held = &pipe.holdings.get(&lease)?.shards;
-        let last = pipe.stages.len() - 1;
-        let open = |mb: &MicroBatch, stage: usize, pass: Pass| -> Vec<usize> {
-            let cover = match pass {
-                Pass::Forward => &mb.fwd[stage],
-                Pass::Backward => &mb.bwd[stage],
-            };
-            held.iter()
-                .filter(|&&(s, i)| s == stage && cover.shards[i] == ShardState::Open)
-                .map(|&(_, i)| i)
-                .collect()
-        };
-        // A stage the lease can run whole: it holds every micro-shard and all are open.
-        let whole = |mb: &MicroBatch, stage: usize, pass: Pass| -> bool {
-            stage != last && open(mb, stage, pass).len() == pipe.stages[stage].len()
-        };
-        let stages: Vec<usize> = {
-            let mut v: Vec<usize> = held.iter().map(|&(s, _)| s).collect();
-            v.dedup();
-            v
-        };
-        for pass in [Pass::Backward, Pass::Forward] {
-            for (m, mb) in pipe.step.mbs.iter().enumerate() {
-                let order: Box<dyn Iterator<Item = &usize>> = match pass {
-                    Pass::Backward => Box::new(stages.iter().rev()),
-                    Pass::Forward => Box::new(stages.iter()),
-                };
-                for &stage in order {
-                    if !available(mb, stage, pass, last) {
-                        continue;
-                    }
-                    let shards = open(mb, stage, pass);
-                    if shards.is_empty() {
-                        continue;
-                    }
-                    let mut span = stage..stage + 1;
-                    if whole(mb, stage, pass) {
-                        match pass {
-                            Pass::Forward => {
-                                while whole(mb, span.end, pass) {
-                                    span.end += 1;
-                                }
-                            }
-                            Pass::Backward => {
-                                while span.start > 0 && whole(mb, span.start - 1, pass) {
-                                    span.start -= 1;
-                                }
-                            }
-                        }
-                    }
-                    let cells = if span.len() == 1 {
-                        shards.iter().map(|&i| (stage, i)).collect()
-                    } else {
-                        span.clone()
-                            .flat_map(|s| (0..pipe.stages[s].len()).map(move |i| (s, i)))
-                            .collect()
-                    };
-                    return Some((m, span, pass, cells));
-                }
-            }
-        }
-        None
     }
 
     fn assign(
@@ -251,15 +166,18 @@ impl Core {
                 ),
             ))
         } else {
-            self.decode_output(&u, &o.result).map_err(|why| {
-                let non_finite = super::compare::result_non_finite(&o.result);
-                let code = if non_finite {
-                    Code::NotFinite
-                } else {
-                    Code::WrongShape
-                };
-                Reason::new(code, why)
-            })
+            pipe!(self)
+                .ok_or_else(|| "no pipeline".to_string())
+                .and_then(|p| p.decode(&self.spec.model, self.spec.seq as usize, &u, &o.result))
+                .map_err(|why| {
+                    let non_finite = super::compare::result_non_finite(&o.result);
+                    let code = if non_finite {
+                        Code::NotFinite
+                    } else {
+                        Code::WrongShape
+                    };
+                    Reason::new(code, why)
+                })
         };
         let Some(pipe) = pipe_mut!(self) else {
             return;
@@ -377,105 +295,6 @@ impl Core {
             }
         }
         mb.route.complete(stage, pass, last);
-    }
-
-    fn decode_output(&self, u: &PipeUnit, r: &PipeResult) -> Result<Folded, String> {
-        let pipe = pipe!(self).ok_or("no pipeline")?;
-        let last = pipe.stages.len() - 1;
-        let (seq, d) = (self.spec.seq as usize, self.spec.model.hidden_size);
-        if u.stages.len() > 1 {
-            let PipeResult::Span(parts) = r else {
-                return Err(format!(
-                    "a span of stages {:?} answers with one result per stage",
-                    u.stages
-                ));
-            };
-            // Forward: the residual after each stage; backward: the gradient of each stage's
-            // input but the embedding's.
-            let stages: Vec<usize> = match u.pass {
-                Pass::Forward => u.stages.clone().collect(),
-                Pass::Backward => u.stages.clone().filter(|&s| s > 0).collect(),
-            };
-            if parts.len() != stages.len() {
-                return Err(format!(
-                    "{} results for a span with {} of them",
-                    parts.len(),
-                    stages.len()
-                ));
-            }
-            return stages
-                .into_iter()
-                .zip(parts)
-                .map(|(s, a)| {
-                    a.decode_shaped(&[seq, d])
-                        .map(|v| (s, crate::core::digest(a), v))
-                        .map_err(|e| e.to_string())
-                })
-                .collect::<Result<_, _>>()
-                .map(Folded::Span);
-        }
-        let shards: Vec<usize> = u.cells.iter().map(|&(_, i)| i).collect();
-        match (u.pass, u.stages.start, r) {
-            (Pass::Backward, 0, PipeResult::Accumulated) => Ok(Folded::Nothing),
-            (Pass::Forward, s, PipeResult::HeadStats(slices)) if s == last => {
-                if slices.len() != shards.len() {
-                    return Err(format!(
-                        "{} head slices for {} micro-shards",
-                        slices.len(),
-                        shards.len()
-                    ));
-                }
-                let targets = &pipe.step.mbs[u.mb].targets;
-                let mut out = Vec::new();
-                for (slice, &i) in slices.iter().zip(&shards) {
-                    let shard =
-                        from_wire(&slice.shard, &self.spec.model).map_err(|e| e.to_string())?;
-                    if shard != pipe.stages[s][i] {
-                        return Err(format!(
-                            "statistics of {shard}, expected {}",
-                            pipe.stages[s][i]
-                        ));
-                    }
-                    let MicroShard::Head { cols } = &shard else {
-                        return Err(format!("{shard} is not a head slice"));
-                    };
-                    slice
-                        .stats
-                        .expect_shape(&[seq, 3])
-                        .map_err(|e| e.to_string())?;
-                    let st = slice.stats.to_f32().map_err(|e| e.to_string())?;
-                    slice
-                        .owned
-                        .expect_shape(&[seq])
-                        .map_err(|e| e.to_string())?;
-                    let owned = slice.owned.to_u8().map_err(|e| e.to_string())?;
-                    let mut h = HeadStats::default();
-                    for r in 0..seq {
-                        let own = cols.contains(&(targets[r] as usize));
-                        if owned[r] != u8::from(own) {
-                            return Err(format!("token {r}: target ownership is wrong"));
-                        }
-                        if st[r * 3 + 1] < 0.999 {
-                            return Err(format!("token {r}: sum-exp {} below 1", st[r * 3 + 1]));
-                        }
-                        h.max.push(st[r * 3] as f64);
-                        h.sum_exp.push(st[r * 3 + 1] as f64);
-                        h.target_logit.push(own.then_some(st[r * 3 + 2] as f64));
-                    }
-                    out.push((i, h));
-                }
-                Ok(Folded::Stats(out))
-            }
-            (Pass::Forward, s, PipeResult::Activation(a)) if s < last => Ok(Folded::Sum(
-                a.decode_shaped(&[seq, d]).map_err(|e| e.to_string())?,
-            )),
-            (Pass::Backward, s, PipeResult::Activation(a)) if s > 0 => Ok(Folded::Sum(
-                a.decode_shaped(&[seq, d]).map_err(|e| e.to_string())?,
-            )),
-            (pass, s, _) => Err(format!(
-                "wrong kind of result for a {pass:?} unit of stage {s}"
-            )),
-        }
     }
 
     /// Re-queues pipeline units and collect requests past their deadline; a lease that misses

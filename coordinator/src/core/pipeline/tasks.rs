@@ -1,0 +1,169 @@
+//! Which task an idle pipeline lease gets: backward before forward, earlier micro-batches
+//! first, and where the lease holds every micro-shard of consecutive open stages (never the
+//! head) one span unit covering them all. A pure decision of the pipeline's own state.
+
+use std::ops::Range;
+
+use tessera_protocol::pipeline::Pass;
+
+use super::route::Route;
+use super::{MicroBatch, Pipe, ShardId, ShardState};
+
+/// A task: the micro-batch, the stages, the pass and the micro-shards to run.
+pub(super) type Task = (usize, Range<usize>, Pass, Vec<ShardId>);
+
+/// Whether the tensor a unit of `stage` and `pass` of `mb` needs is there (the head's backward
+/// needs the loss's log-sum-exp).
+fn available(mb: &MicroBatch, stage: usize, pass: Pass, last: usize) -> bool {
+    match pass {
+        Pass::Backward if stage == last => mb.lse.is_some(),
+        _ => mb.route.ready(stage, pass, last),
+    }
+}
+
+impl Pipe {
+    /// The task for an idle lease: backward before forward, earlier micro-batches first; where
+    /// the lease holds every micro-shard of consecutive open stages (never the head), one span
+    /// unit covers them all.
+    pub(super) fn pick_task(&self, lease: u64) -> Option<Task> {
+        let pipe = self;
+        let held = &pipe.holdings.get(&lease)?.shards;
+        let last = pipe.stages.len() - 1;
+        let open = |mb: &MicroBatch, stage: usize, pass: Pass| -> Vec<usize> {
+            let cover = match pass {
+                Pass::Forward => &mb.fwd[stage],
+                Pass::Backward => &mb.bwd[stage],
+            };
+            held.iter()
+                .filter(|&&(s, i)| s == stage && cover.shards[i] == ShardState::Open)
+                .map(|&(_, i)| i)
+                .collect()
+        };
+        // A stage the lease can run whole: it holds every micro-shard and all are open.
+        let whole = |mb: &MicroBatch, stage: usize, pass: Pass| -> bool {
+            stage != last && open(mb, stage, pass).len() == pipe.stages[stage].len()
+        };
+        let stages: Vec<usize> = {
+            let mut v: Vec<usize> = held.iter().map(|&(s, _)| s).collect();
+            v.dedup();
+            v
+        };
+        for pass in [Pass::Backward, Pass::Forward] {
+            for (m, mb) in pipe.step.mbs.iter().enumerate() {
+                let order: Box<dyn Iterator<Item = &usize>> = match pass {
+                    Pass::Backward => Box::new(stages.iter().rev()),
+                    Pass::Forward => Box::new(stages.iter()),
+                };
+                for &stage in order {
+                    if !available(mb, stage, pass, last) {
+                        continue;
+                    }
+                    let shards = open(mb, stage, pass);
+                    if shards.is_empty() {
+                        continue;
+                    }
+                    let mut span = stage..stage + 1;
+                    if whole(mb, stage, pass) {
+                        match pass {
+                            Pass::Forward => {
+                                while whole(mb, span.end, pass) {
+                                    span.end += 1;
+                                }
+                            }
+                            Pass::Backward => {
+                                while span.start > 0 && whole(mb, span.start - 1, pass) {
+                                    span.start -= 1;
+                                }
+                            }
+                        }
+                    }
+                    let cells = if span.len() == 1 {
+                        shards.iter().map(|&i| (stage, i)).collect()
+                    } else {
+                        span.clone()
+                            .flat_map(|s| (0..pipe.stages[s].len()).map(move |i| (s, i)))
+                            .collect()
+                    };
+                    return Some((m, span, pass, cells));
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::spec::{PipelineSpec, RunSpec};
+    use tessera_compute::model::{shards, Slicing};
+    use tessera_train::data::Sampler;
+
+    /// A pipeline of the tiny model (embedding, attention and MLP per layer, the head in two
+    /// slices) with lease 1 holding `held`.
+    fn pipe(held: Vec<ShardId>) -> Pipe {
+        let cfg = tessera_compute::ModelConfig::tiny();
+        let slicing = Slicing {
+            embed: 1,
+            attn: 1,
+            mlp: 1,
+            head: 2,
+        };
+        let stages = shards(&cfg, slicing).unwrap();
+        let tokens: Vec<u32> = (0..400).map(|i| i % cfg.vocab_size as u32).collect();
+        let mut spec = RunSpec::new("tasks", cfg.clone(), tokens);
+        spec.pipeline = Some(PipelineSpec {
+            state_bytes: stages.iter().map(|s| vec![1; s.len()]).collect(),
+            work_bytes: stages.iter().map(|s| vec![1; s.len()]).collect(),
+            stages: stages.clone(),
+            micro_batches: 2,
+            activations: tessera_protocol::ActEncoding::F32,
+            grads: tessera_protocol::messages::SyncMode::Dense,
+        });
+        let mut sampler = Sampler::new(1, spec.tokens.len(), spec.seq as usize);
+        let step = super::super::Step::of(&spec, &mut sampler, 0);
+        let mut p = Pipe::new(&cfg, stages, step);
+        p.holdings.insert(
+            1,
+            super::super::Holding {
+                conn: 1,
+                shards: held,
+            },
+        );
+        p
+    }
+
+    /// Every micro-shard of the tiny model's pipeline, and its head's stage.
+    fn every_cell() -> (Vec<ShardId>, usize) {
+        let p = pipe(Vec::new());
+        let cells = (0..p.stages.len())
+            .flat_map(|s| (0..p.stages[s].len()).map(move |i| (s, i)))
+            .collect();
+        (cells, p.stages.len() - 1)
+    }
+
+    #[test]
+    fn a_lease_holding_whole_stages_runs_them_as_one_span_never_with_the_head() {
+        let (all, head) = every_cell();
+        let (mb, stages, pass, cells) = pipe(all.clone()).pick_task(1).expect("a task");
+        assert_eq!((mb, stages, pass), (0, 0..head, Pass::Forward));
+        assert_eq!(
+            cells,
+            all[..head].to_vec(),
+            "one micro-shard a stage below the head"
+        );
+    }
+
+    #[test]
+    fn a_lease_waits_for_its_input() {
+        // The head alone: nothing until the forward reached it.
+        let (_, head) = every_cell();
+        let mut p = pipe(vec![(head, 0), (head, 1)]);
+        assert_eq!(p.pick_task(1), None);
+        assert_eq!(p.pick_task(2), None, "an unknown lease gets nothing");
+        // The embedding: its forward.
+        p.holdings.get_mut(&1).unwrap().shards = vec![(0, 0)];
+        let (mb, stages, pass, _) = p.pick_task(1).expect("the embedding's forward");
+        assert_eq!((mb, stages, pass), (0, 0..1, Pass::Forward));
+    }
+}
