@@ -327,6 +327,22 @@ impl Core {
         matches!(self.regime, Regime::Replicas(_))
     }
 
+    /// The whole-model regime's state, in a whole-model run.
+    fn replicas(&self) -> Option<&Replicas> {
+        match &self.regime {
+            Regime::Replicas(r) => Some(r),
+            Regime::Pipeline(_) => None,
+        }
+    }
+
+    /// The whole-model regime's state, in a whole-model run (`&mut`).
+    fn replicas_mut(&mut self) -> Option<&mut Replicas> {
+        match &mut self.regime {
+            Regime::Replicas(r) => Some(r),
+            Regime::Pipeline(_) => None,
+        }
+    }
+
     /// Loss of each closed round.
     pub fn losses(&self) -> &[f64] {
         &self.losses

@@ -69,35 +69,10 @@ fn agree(a: (&[Vec<f32>], f64), b: (&[Vec<f32>], f64), tol: f64) -> Result<(), S
     Ok(())
 }
 
-impl Core {
-    /// Whether this run replays drawn whole-model units.
-    pub(super) fn replays_on(&self) -> bool {
-        self.is_replicas() && self.spec.checks.as_ref().is_some_and(|c| c.replay)
-    }
-
-    /// Whether a replay (`dense`, `loss_sum`) agrees with the replayed contribution: updates
-    /// within the tolerance, or, for a compressed update, its compression of the replay.
-    fn agrees_with_checked(
-        &self,
-        checked: (&super::Contribution, &[Vec<f32>]),
-        replay: (&[Vec<f32>], f64),
-        tol: f64,
-    ) -> Result<(), String> {
-        let (c, checked_dense) = checked;
-        let (Some(cfg), Update::Sparse(ts)) = (self.spec.sparse(), &c.update) else {
-            return agree(replay, (checked_dense, c.loss_sum), tol);
-        };
-        let shapes = tessera_compute::hf::tensor_shapes(&self.spec.model);
-        for ((t, (_, shape)), d) in ts.iter().zip(&shapes).zip(replay.0) {
-            let sent = Compressed::from_wire(t, two_d(shape), &cfg).map_err(|e| e.to_string())?;
-            matches_compression(&sent, d, tol as f32).map_err(|e| format!("{}: {e}", t.name))?;
-        }
-        agree((&[], replay.1), (&[], c.loss_sum), tol)
-    }
-
+impl Replays {
     /// Draws the unit just accepted into `slot` for a replay.
-    pub(super) fn draw_replay(&mut self, slot: u64, unit: u64, key: PublicKey) {
-        replicas!(self).round.replays.cases.insert(
+    pub(super) fn draw(&mut self, slot: u64, unit: u64, key: PublicKey) {
+        self.cases.insert(
             slot,
             Case {
                 unit,
@@ -110,17 +85,54 @@ impl Core {
     }
 
     /// Whether every replay of the round is resolved.
-    pub(super) fn replays_resolved(&self) -> bool {
-        replicas_ref!(self, or true).round.replays.cases.is_empty()
+    pub(super) fn resolved(&self) -> bool {
+        self.cases.is_empty()
     }
 
     /// Whether `unit` is a replay in flight.
-    pub(super) fn is_replay(&self, unit: u64) -> bool {
-        replicas_ref!(self)
-            .round
-            .replays
-            .running
-            .contains_key(&unit)
+    pub(super) fn is_running(&self, unit: u64) -> bool {
+        self.running.contains_key(&unit)
+    }
+
+    /// An auditor that will not answer (gone, late): the replay goes to another. False when
+    /// `unit` is no replay in flight.
+    pub(super) fn lost(&mut self, unit: u64) -> bool {
+        let Some(r) = self.running.remove(&unit) else {
+            return false;
+        };
+        if let Some(c) = self.cases.get_mut(&r.slot) {
+            c.tried.insert(r.key);
+            c.replay = None;
+        }
+        true
+    }
+}
+
+/// Whether a replay (`dense`, `loss_sum`) of a run `spec` agrees with the replayed
+/// contribution: updates within the tolerance, or, for a compressed update, its compression
+/// of the replay.
+fn agrees_with_checked(
+    spec: &super::RunSpec,
+    checked: (&super::Contribution, &[Vec<f32>]),
+    replay: (&[Vec<f32>], f64),
+    tol: f64,
+) -> Result<(), String> {
+    let (c, checked_dense) = checked;
+    let (Some(cfg), Update::Sparse(ts)) = (spec.sparse(), &c.update) else {
+        return agree(replay, (checked_dense, c.loss_sum), tol);
+    };
+    let shapes = tessera_compute::hf::tensor_shapes(&spec.model);
+    for ((t, (_, shape)), d) in ts.iter().zip(&shapes).zip(replay.0) {
+        let sent = Compressed::from_wire(t, two_d(shape), &cfg).map_err(|e| e.to_string())?;
+        matches_compression(&sent, d, tol as f32).map_err(|e| format!("{}: {e}", t.name))?;
+    }
+    agree((&[], replay.1), (&[], c.loss_sum), tol)
+}
+
+impl Core {
+    /// Whether this run replays drawn whole-model units.
+    pub(super) fn replays_on(&self) -> bool {
+        self.is_replicas() && self.spec.checks.as_ref().is_some_and(|c| c.replay)
     }
 
     fn cancel_replay(&mut self, unit: u64, conn: ConnId) {
@@ -130,16 +142,6 @@ impl Core {
             }
         }
         self.send(conn, ToContributor::Cancel { unit });
-    }
-
-    /// An auditor that will not answer (gone, late): the replay goes to another.
-    pub(super) fn replay_lost(&mut self, unit: u64) {
-        if let Some(r) = replicas!(self).round.replays.running.remove(&unit) {
-            if let Some(c) = replicas!(self).round.replays.cases.get_mut(&r.slot) {
-                c.tried.insert(r.key);
-                c.replay = None;
-            }
-        }
     }
 
     /// Replays past their deadline go to someone else.
@@ -153,7 +155,9 @@ impl Core {
             .map(|(&u, r)| (u, r.conn))
             .collect();
         for (unit, conn) in late {
-            self.replay_lost(unit);
+            if let Some(r) = self.replicas_mut() {
+                r.round.replays.lost(unit);
+            }
             self.cancel_replay(unit, conn);
         }
     }
@@ -282,7 +286,7 @@ impl Core {
         let Some(with_checked) = replicas_ref!(self)
             .round
             .slot_update(r.slot, case.unit)
-            .map(|checked| self.agrees_with_checked(checked, mine, tol))
+            .map(|checked| agrees_with_checked(&self.spec, checked, mine, tol))
         else {
             // The slot was reopened meanwhile: nothing left to judge.
             replicas!(self).round.replays.cases.remove(&r.slot);

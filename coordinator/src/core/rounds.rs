@@ -352,7 +352,10 @@ impl Core {
     /// A submission: checked, then accepted into its slot or rejected with the reason.
     pub(super) fn submit(&mut self, conn: ConnId, key: PublicKey, seq: u64, sub: Submission) {
         let unit = sub.unit;
-        if self.is_replay(unit) {
+        if self
+            .replicas()
+            .is_some_and(|r| r.round.replays.is_running(unit))
+        {
             return self.replayed(conn, key, seq, sub);
         }
         let Some(u) = replicas!(self).round.units.get(&unit).cloned() else {
@@ -383,7 +386,9 @@ impl Core {
                 Ok(true) => {
                     replicas!(self).round.drawn.insert(u.slot);
                     if self.replays_on() {
-                        self.draw_replay(u.slot, unit, key);
+                        if let Some(r) = self.replicas_mut() {
+                            r.round.replays.draw(u.slot, unit, key);
+                        }
                     }
                 }
                 Ok(false) => {}
@@ -428,7 +433,7 @@ impl Core {
                 .slots
                 .iter()
                 .all(|s| matches!(s, Slot::Done(..)))
-            && self.replays_resolved()
+            && self.replicas().is_none_or(|r| r.round.replays.resolved())
             && self.round_checks()
         {
             self.close_round();
@@ -448,7 +453,9 @@ impl Core {
             if self.spec.checks.is_some() {
                 replicas!(self).round.drawn.insert(c.slot);
                 if self.replays_on() {
-                    self.draw_replay(c.slot, c.unit, c.contributor);
+                    if let Some(r) = self.replicas_mut() {
+                        r.round.replays.draw(c.slot, c.unit, c.contributor);
+                    }
                 }
             }
             replicas!(self).round.slots[slot] = Slot::Done(Box::new(c), dense);

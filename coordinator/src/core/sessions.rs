@@ -340,9 +340,10 @@ impl Core {
                     self.pipeline_lease_lost(lease);
                 }
             } else if let Some(unit) = s.unit {
-                if self.is_replay(unit) {
-                    self.replay_lost(unit);
-                } else {
+                let replay = self
+                    .replicas_mut()
+                    .is_some_and(|r| r.round.replays.lost(unit));
+                if !replay {
                     replicas!(self).round.requeue(unit);
                 }
             }

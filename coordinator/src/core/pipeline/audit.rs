@@ -428,20 +428,6 @@ impl Core {
         }
     }
 
-    /// Whether a resolved check means the step cannot commit, and why.
-    pub(super) fn audit_failure(&self) -> Option<Reason> {
-        let pipe = pipe!(self)?;
-        pipe.step.audits.values().find_map(|a| match &a.phase {
-            AuditPhase::Resolved(CheckOutcome::Failed(w))
-            | AuditPhase::Resolved(CheckOutcome::AuditorFailed(w))
-            | AuditPhase::Resolved(CheckOutcome::Disputed(w)) => Some(Reason::new(
-                Code::Discarded,
-                format!("a check of {}'s work: {w}", a.key.fingerprint()),
-            )),
-            _ => None,
-        })
-    }
-
     /// Audits whose auditor is gone or late run elsewhere.
     pub(in crate::core) fn expire_audits(&mut self, lost: Option<u64>) {
         let now = self.now;
@@ -469,5 +455,21 @@ impl Core {
             }
             self.start_audit(lease, first);
         }
+    }
+}
+
+impl super::Pipe {
+    /// Whether a resolved check means the step cannot commit, and why.
+    pub(super) fn audit_failure(&self) -> Option<Reason> {
+        let pipe = self;
+        pipe.step.audits.values().find_map(|a| match &a.phase {
+            AuditPhase::Resolved(CheckOutcome::Failed(w))
+            | AuditPhase::Resolved(CheckOutcome::AuditorFailed(w))
+            | AuditPhase::Resolved(CheckOutcome::Disputed(w)) => Some(Reason::new(
+                Code::Discarded,
+                format!("a check of {}'s work: {w}", a.key.fingerprint()),
+            )),
+            _ => None,
+        })
     }
 }

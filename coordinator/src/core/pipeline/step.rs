@@ -135,7 +135,7 @@ impl Core {
             p.step.collecting.is_empty() && p.step.owed.values().all(Vec::is_empty)
         });
         if done && self.audits_resolved() {
-            match self.audit_failure() {
+            match pipe!(self).and_then(|p| p.audit_failure()) {
                 Some(why) => self.discard_step(why),
                 None => self.close_step(),
             }
@@ -162,7 +162,10 @@ impl Core {
     /// A lease's gradient sums: checked against what it owes, then added to the step's sums.
     pub(in crate::core) fn grads(&mut self, conn: ConnId, key: PublicKey, seq: u64, g: StepGrads) {
         let unit = g.unit;
-        match self.check_grads(conn, &g) {
+        let checked = pipe!(self)
+            .ok_or_else(|| Reason::new(Code::WrongRegime, "this run has no pipeline"))
+            .and_then(|p| p.check_grads(&self.spec, conn, &g));
+        match checked {
             Ok(sums) => {
                 if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&g.lease)) {
                     a.sums = Some(sums.clone());
@@ -193,92 +196,6 @@ impl Core {
                 self.fatal(conn, why.prefixed("gradient sums refused"));
             }
         }
-    }
-
-    fn check_grads(
-        &self,
-        conn: ConnId,
-        g: &StepGrads,
-    ) -> Result<Vec<tessera_compute::shard::ShardTensors>, Reason> {
-        let pipe = pipe!(self)
-            .ok_or_else(|| Reason::new(Code::WrongRegime, "this run has no pipeline"))?;
-        let c = pipe
-            .step
-            .collecting
-            .get(&g.lease)
-            .filter(|c| c.unit == g.unit && c.conn == conn)
-            .ok_or_else(|| {
-                Reason::new(
-                    Code::NotOpen,
-                    format!(
-                        "no gradient sums were asked of lease {} as {}",
-                        g.lease, g.unit
-                    ),
-                )
-            })?;
-        let _ = c;
-        if g.step != pipe.step.number {
-            return Err(Reason::new(
-                Code::WrongVersion,
-                format!(
-                    "sums for step {}, the open step is {}",
-                    g.step, pipe.step.number
-                ),
-            ));
-        }
-        let owed: BTreeSet<u64> = pipe
-            .step
-            .owed
-            .get(&g.lease)
-            .map(|o| o.iter().map(|o| o.unit).collect())
-            .unwrap_or_default();
-        let listed: BTreeSet<u64> = g.units.iter().copied().collect();
-        if listed != owed || listed.len() != g.units.len() {
-            return Err(Reason::new(
-                Code::WrongUnits,
-                format!(
-                    "the sums list units {:?}; the lease's accepted backward units are {:?}",
-                    g.units, owed
-                ),
-            ));
-        }
-        let held: Vec<_> = pipe
-            .holdings
-            .get(&g.lease)
-            .map(|h| h.shards.iter().map(|&(s, i)| &pipe.stages[s][i]).collect())
-            .unwrap_or_default();
-        if g.shards.len() != held.len() {
-            return Err(Reason::new(
-                Code::WrongShape,
-                format!(
-                    "sums for {} micro-shards, the lease holds {}",
-                    g.shards.len(),
-                    held.len()
-                ),
-            ));
-        }
-        let mut out = Vec::new();
-        for sg in &g.shards {
-            let sparse = self
-                .spec
-                .pipeline
-                .as_ref()
-                .and_then(|p| SparseConfig::from_sync(&p.grads));
-            let t = grads_from_wire(sg, &self.spec.model, sparse.as_ref())
-                .map_err(|e| Reason::new(Code::WrongShape, e.to_string()))?;
-            if !held.contains(&&t.shard)
-                || out
-                    .iter()
-                    .any(|o: &tessera_compute::shard::ShardTensors| o.shard == t.shard)
-            {
-                return Err(Reason::new(
-                    Code::WrongShape,
-                    format!("{} is not held by the lease, or listed twice", t.shard),
-                ));
-            }
-            out.push(t);
-        }
-        Ok(out)
     }
 
     /// The optimizer step: global-norm clip, AdamW (or SGD) on the authoritative state, new
@@ -352,6 +269,94 @@ impl Core {
 }
 
 impl Pipe {
+    /// Lease gradient sums `g` from `conn`, checked against what was asked of whom, the units
+    /// the lease owes and the micro-shards it holds, and decoded (`spec`: the run's model and
+    /// how sums travel); the refusal otherwise.
+    pub(super) fn check_grads(
+        &self,
+        spec: &RunSpec,
+        conn: ConnId,
+        g: &StepGrads,
+    ) -> Result<Vec<tessera_compute::shard::ShardTensors>, Reason> {
+        let pipe = self;
+        let c = pipe
+            .step
+            .collecting
+            .get(&g.lease)
+            .filter(|c| c.unit == g.unit && c.conn == conn)
+            .ok_or_else(|| {
+                Reason::new(
+                    Code::NotOpen,
+                    format!(
+                        "no gradient sums were asked of lease {} as {}",
+                        g.lease, g.unit
+                    ),
+                )
+            })?;
+        let _ = c;
+        if g.step != pipe.step.number {
+            return Err(Reason::new(
+                Code::WrongVersion,
+                format!(
+                    "sums for step {}, the open step is {}",
+                    g.step, pipe.step.number
+                ),
+            ));
+        }
+        let owed: BTreeSet<u64> = pipe
+            .step
+            .owed
+            .get(&g.lease)
+            .map(|o| o.iter().map(|o| o.unit).collect())
+            .unwrap_or_default();
+        let listed: BTreeSet<u64> = g.units.iter().copied().collect();
+        if listed != owed || listed.len() != g.units.len() {
+            return Err(Reason::new(
+                Code::WrongUnits,
+                format!(
+                    "the sums list units {:?}; the lease's accepted backward units are {:?}",
+                    g.units, owed
+                ),
+            ));
+        }
+        let held: Vec<_> = pipe
+            .holdings
+            .get(&g.lease)
+            .map(|h| h.shards.iter().map(|&(s, i)| &pipe.stages[s][i]).collect())
+            .unwrap_or_default();
+        if g.shards.len() != held.len() {
+            return Err(Reason::new(
+                Code::WrongShape,
+                format!(
+                    "sums for {} micro-shards, the lease holds {}",
+                    g.shards.len(),
+                    held.len()
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        for sg in &g.shards {
+            let sparse = spec
+                .pipeline
+                .as_ref()
+                .and_then(|p| SparseConfig::from_sync(&p.grads));
+            let t = grads_from_wire(sg, &spec.model, sparse.as_ref())
+                .map_err(|e| Reason::new(Code::WrongShape, e.to_string()))?;
+            if !held.contains(&&t.shard)
+                || out
+                    .iter()
+                    .any(|o: &tessera_compute::shard::ShardTensors| o.shard == t.shard)
+            {
+                return Err(Reason::new(
+                    Code::WrongShape,
+                    format!("{} is not held by the lease, or listed twice", t.shard),
+                ));
+            }
+            out.push(t);
+        }
+        Ok(out)
+    }
+
     /// A new pipeline of `cfg` at `step`.
     pub(in crate::core) fn new(
         cfg: &tessera_compute::ModelConfig,

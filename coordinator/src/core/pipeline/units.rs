@@ -209,7 +209,7 @@ impl Core {
             mb.cover(s, u.pass).shards[i] = ShardState::Done(u.lease);
         }
         let first = u.stages.start;
-        Self::fold(mb, unit, &u, folded, result_digest);
+        mb.fold(unit, &u, folded, result_digest);
         if u.pass == Pass::Backward {
             pipe.step.owed.entry(u.lease).or_default().push(Owed {
                 unit,
@@ -218,7 +218,7 @@ impl Core {
             });
         }
         if u.stages.len() == 1 {
-            Self::propagate(mb, first, u.pass, last);
+            mb.propagate(first, u.pass, last);
         }
         let per_token = match u.pass {
             Pass::Forward => 2.0,
@@ -240,61 +240,6 @@ impl Core {
             result_digest,
             credit,
         );
-    }
-
-    /// Folds an accepted unit's decoded output into its micro-batch: partial sums and head
-    /// statistics until the stage is complete, a span's whole-stage results once.
-    fn fold(mb: &mut MicroBatch, unit: u64, u: &PipeUnit, folded: Folded, hash: [u8; 32]) {
-        let first = u.stages.start;
-        let carries = mb.route.carries_bytes();
-        let carried = |v: Vec<f32>| carries.then_some(v);
-        match folded {
-            Folded::Sum(v) if !mb.cover(first, u.pass).complete => {
-                let sent = Sent { unit, hash };
-                let v = carried(v);
-                mb.route.add(first, u.pass, sent, v)
-            }
-            Folded::Stats(stats) if !mb.cover(first, u.pass).complete => {
-                for (i, s) in stats {
-                    mb.head[i] = Some(s);
-                }
-            }
-            Folded::Span(parts) => {
-                // Whole-stage results: the first to arrive for a stage is passed on; a re-run
-                // (of a lost lease's backward) only restores gradient sums.
-                for (stage, hash, full) in parts {
-                    if !mb.cover(stage, u.pass).complete {
-                        let v = carried(full);
-                        mb.route.put(stage, u.pass, Sent { unit, hash }, v);
-                    }
-                }
-                for stage in u.stages.clone() {
-                    mb.cover(stage, u.pass).complete = true;
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// When a stage and pass of a micro-batch has every micro-shard's result, passes the sum on.
-    fn propagate(mb: &mut MicroBatch, stage: usize, pass: Pass, last: usize) {
-        let cover = match pass {
-            Pass::Forward => &mut mb.fwd[stage],
-            Pass::Backward => &mut mb.bwd[stage],
-        };
-        if cover.complete || !cover.all_done() {
-            return;
-        }
-        cover.complete = true;
-        if let (Pass::Forward, true) = (pass, stage == last) {
-            let stats: Option<Vec<HeadStats>> = mb.head.iter().cloned().collect();
-            if let Some(stats) = stats {
-                let (lse, loss, count) = combine(&stats, &mb.targets);
-                mb.lse = Some(lse.iter().map(|&x| x as f32).collect());
-                mb.loss_sum = loss * count as f64;
-            }
-        }
-        mb.route.complete(stage, pass, last);
     }
 
     /// Re-queues pipeline units and collect requests past their deadline; a lease that misses
@@ -342,4 +287,63 @@ impl Core {
 /// Whether the run checks pipeline work.
 pub(in crate::core) fn pipe_checks(spec: &crate::core::RunSpec) -> bool {
     spec.pipeline.is_some() && spec.checks.is_some()
+}
+
+impl MicroBatch {
+    /// Folds an accepted unit's decoded output into its micro-batch: partial sums and head
+    /// statistics until the stage is complete, a span's whole-stage results once.
+    pub(super) fn fold(&mut self, unit: u64, u: &PipeUnit, folded: Folded, hash: [u8; 32]) {
+        let mb = self;
+        let first = u.stages.start;
+        let carries = mb.route.carries_bytes();
+        let carried = |v: Vec<f32>| carries.then_some(v);
+        match folded {
+            Folded::Sum(v) if !mb.cover(first, u.pass).complete => {
+                let sent = Sent { unit, hash };
+                let v = carried(v);
+                mb.route.add(first, u.pass, sent, v)
+            }
+            Folded::Stats(stats) if !mb.cover(first, u.pass).complete => {
+                for (i, s) in stats {
+                    mb.head[i] = Some(s);
+                }
+            }
+            Folded::Span(parts) => {
+                // Whole-stage results: the first to arrive for a stage is passed on; a re-run
+                // (of a lost lease's backward) only restores gradient sums.
+                for (stage, hash, full) in parts {
+                    if !mb.cover(stage, u.pass).complete {
+                        let v = carried(full);
+                        mb.route.put(stage, u.pass, Sent { unit, hash }, v);
+                    }
+                }
+                for stage in u.stages.clone() {
+                    mb.cover(stage, u.pass).complete = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When a stage and pass of a micro-batch has every micro-shard's result, passes the sum on.
+    pub(super) fn propagate(&mut self, stage: usize, pass: Pass, last: usize) {
+        let mb = self;
+        let cover = match pass {
+            Pass::Forward => &mut mb.fwd[stage],
+            Pass::Backward => &mut mb.bwd[stage],
+        };
+        if cover.complete || !cover.all_done() {
+            return;
+        }
+        cover.complete = true;
+        if let (Pass::Forward, true) = (pass, stage == last) {
+            let stats: Option<Vec<HeadStats>> = mb.head.iter().cloned().collect();
+            if let Some(stats) = stats {
+                let (lse, loss, count) = combine(&stats, &mb.targets);
+                mb.lse = Some(lse.iter().map(|&x| x as f32).collect());
+                mb.loss_sum = loss * count as f64;
+            }
+        }
+        mb.route.complete(stage, pass, last);
+    }
 }
