@@ -68,6 +68,7 @@ mod results;
 mod rounds;
 pub mod rules;
 mod run_state;
+mod samples;
 mod sessions;
 pub mod spec;
 mod spec_builder;

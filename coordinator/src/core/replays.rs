@@ -230,7 +230,13 @@ impl Core {
                     deadline: self.now + self.spec.unit_deadline_ms,
                 },
             );
-            let mut work = self.work(unit, lease, slot);
+            let round = self.round();
+            let mut work = super::samples::work(
+                &self.spec,
+                &mut self.sampler,
+                (round, self.version),
+                (unit, lease, slot),
+            );
             // A compressed unit's replay comes back dense, to check the compression against.
             work.dense = self.spec.sparse().is_some();
             self.send(conn, ToContributor::Work(work));
@@ -256,7 +262,9 @@ impl Core {
         case.replay = None;
         case.tried.insert(key);
         let case = case.clone();
-        let answer = if let Some(problem) = self.submission_problem(&sub) {
+        let answer = if let Some(problem) =
+            super::validate::submission_problem(&self.spec, self.version, &sub)
+        {
             Err(problem)
         } else if self.spec.sparse().is_some() && !matches!(sub.result, Update::Dense(_)) {
             Err(Reason::new(
@@ -292,7 +300,7 @@ impl Core {
             replicas!(self).round.replays.cases.remove(&r.slot);
             return;
         };
-        let flops = self.unit_flops(sub.tokens);
+        let flops = self.spec.unit_flops(sub.tokens);
         let first = case
             .first
             .as_ref()

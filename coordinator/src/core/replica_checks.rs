@@ -419,8 +419,11 @@ impl Core {
     /// The first inner step's sequences of `slot` in the open round (what the unit trained on
     /// first), as the data assignment gives them.
     fn first_batch(&mut self, slot: u64) -> Batch {
+        let round = self.round();
         let spans: Vec<_> = (0..self.spec.batch)
-            .map(|mb| self.slot_sample(slot, 0, mb))
+            .map(|mb| {
+                super::samples::slot_sample(&self.spec, &mut self.sampler, round, (slot, 0, mb))
+            })
             .collect();
         let rows = spans.into_iter().map(|span| &self.spec.tokens[span]);
         Batch::from_rows(rows, self.spec.seq as usize)

@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 
 use tessera_protocol::log::LogEvent;
-use tessera_protocol::messages::{NamedTensor, Receipt, Submission, Update, Verdict, Work};
+use tessera_protocol::messages::{NamedTensor, Receipt, Submission, Update, Verdict};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{Code, PublicKey, Reason, TensorPayload, ToContributor};
-use tessera_train::data::draw_index;
 use tessera_train::outer;
 use tessera_train::update::to_indexed;
 
@@ -158,52 +157,14 @@ impl Core {
             let s = self.sessions.get_mut(&conn).expect("found above");
             s.unit = Some(unit);
             let lease = s.lease.expect("leased");
-            let work = self.work(unit, lease, slot as u64);
+            let round = self.round();
+            let work = super::samples::work(
+                &self.spec,
+                &mut self.sampler,
+                (round, self.version),
+                (unit, lease, slot as u64),
+            );
             self.send(conn, ToContributor::Work(work));
-        }
-    }
-
-    /// Where in the token stream sequence `mb` of inner step `step` of `slot` in the open round
-    /// lies (`seq + 1` tokens), from the seed alone.
-    pub(super) fn slot_sample(&mut self, slot: u64, step: u64, mb: u64) -> std::ops::Range<usize> {
-        let sp = &self.spec;
-        let n = draw_index(
-            self.round(),
-            slot,
-            sp.replicas,
-            step,
-            sp.inner_steps,
-            mb,
-            sp.batch,
-        );
-        let s = self.sampler.sample(n);
-        self.sampler.span(s)
-    }
-
-    /// The samples and learning rates of a slot, from the seed alone.
-    pub(super) fn work(&mut self, unit: u64, lease: u64, slot: u64) -> Work {
-        let sp = &self.spec;
-        let (h, b, seq) = (sp.inner_steps, sp.batch, sp.seq as usize);
-        let mut tokens = Vec::with_capacity((h * b) as usize * (seq + 1));
-        for step in 0..h {
-            for mb in 0..b {
-                let span = self.slot_sample(slot, step, mb);
-                tokens.extend_from_slice(&self.spec.tokens[span]);
-            }
-        }
-        let sp = &self.spec;
-        let lrs = (0..h)
-            .map(|step| sp.inner_lr.at(self.round() * h + step + 1) as f32)
-            .collect();
-        Work {
-            unit,
-            lease,
-            round: self.round(),
-            slot,
-            weights: self.version,
-            tokens: TensorPayload::from_u32(&[h as usize, b as usize, seq + 1], &tokens),
-            lrs,
-            dense: false,
         }
     }
 
@@ -293,36 +254,6 @@ impl Core {
         );
     }
 
-    /// What is wrong with a whole-model submission's figures for the open round (weights
-    /// version, tokens, loss sum), if anything.
-    pub(super) fn submission_problem(&self, sub: &Submission) -> Option<Reason> {
-        let expected_tokens = self.spec.inner_steps * self.spec.batch * self.spec.seq;
-        if sub.weights != self.version {
-            Some(Reason::new(
-                Code::WrongVersion,
-                format!(
-                    "computed on weights {} but the round uses {}",
-                    sub.weights, self.version
-                ),
-            ))
-        } else if sub.tokens != expected_tokens {
-            Some(Reason::new(
-                Code::WrongShape,
-                format!("{} tokens, the unit has {expected_tokens}", sub.tokens),
-            ))
-        } else if !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
-            Some(Reason::new(
-                Code::NotFinite,
-                format!(
-                    "loss sum {} is not a finite non-negative number",
-                    sub.loss_sum
-                ),
-            ))
-        } else {
-            None
-        }
-    }
-
     /// Rejects a whole-model submission; one carrying NaN or infinities, in a run that checks
     /// work, also finds its sender wrong.
     pub(super) fn reject_submission(
@@ -343,12 +274,6 @@ impl Core {
         }
     }
 
-    /// Floating-point operations credited for a whole-model unit of `tokens` tokens (six per
-    /// parameter per token, forward and backward).
-    pub(super) fn unit_flops(&self, tokens: u64) -> f64 {
-        6.0 * self.spec.model.parameter_count() as f64 * tokens as f64
-    }
-
     /// A submission: checked, then accepted into its slot or rejected with the reason.
     pub(super) fn submit(&mut self, conn: ConnId, key: PublicKey, seq: u64, sub: Submission) {
         let unit = sub.unit;
@@ -364,7 +289,7 @@ impl Core {
         if u.conn != conn {
             return self.reject_foreign(conn, unit, key, seq);
         }
-        let dense = match self.submission_problem(&sub) {
+        let dense = match super::validate::submission_problem(&self.spec, self.version, &sub) {
             Some(p) => Err(p),
             None => super::validate::dense_update(&self.spec, &sub.result)
                 .map_err(|e| super::validate::update_refusal(&sub.result, e)),
@@ -410,7 +335,7 @@ impl Core {
             update: sub.result,
         };
         self.out.push(Action::Accepted(c.clone()));
-        let flops = self.unit_flops(sub.tokens);
+        let flops = self.spec.unit_flops(sub.tokens);
         replicas!(self).round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
         self.receipt(
             conn,

@@ -132,6 +132,14 @@ impl Default for ChecksSpec {
     }
 }
 
+impl RunSpec {
+    /// Floating-point operations credited for a whole-model unit of `tokens` tokens (six per
+    /// parameter per token, forward and backward).
+    pub fn unit_flops(&self, tokens: u64) -> f64 {
+        6.0 * self.model.parameter_count() as f64 * tokens as f64
+    }
+}
+
 impl ChecksSpec {
     /// The share of work checked for an identity with `passed` clean steps (steps or rounds
     /// in which checks of its work passed): `new_rate` during its first `halving`, then halved

@@ -2,7 +2,7 @@
 //! [`tessera_train::update::to_dense`]).
 
 use tessera_compute::hf::tensor_shapes;
-use tessera_protocol::messages::Update;
+use tessera_protocol::messages::{Submission, Update};
 use tessera_protocol::{Code, Reason};
 use tessera_train::update::to_dense;
 use tessera_train::TrainError;
@@ -12,6 +12,36 @@ use super::RunSpec;
 /// Update `u` of a run `spec` as dense tensors in model order, or why it does not fit.
 pub(super) fn dense_update(spec: &RunSpec, u: &Update) -> Result<Vec<Vec<f32>>, TrainError> {
     to_dense(u, &tensor_shapes(&spec.model), spec.sparse().as_ref())
+}
+
+/// What is wrong with a whole-model submission's figures for a round of `spec` on weights
+/// `version` (weights version, tokens, loss sum), if anything.
+pub(super) fn submission_problem(spec: &RunSpec, version: u64, sub: &Submission) -> Option<Reason> {
+    let expected_tokens = spec.inner_steps * spec.batch * spec.seq;
+    if sub.weights != version {
+        Some(Reason::new(
+            Code::WrongVersion,
+            format!(
+                "computed on weights {} but the round uses {version}",
+                sub.weights
+            ),
+        ))
+    } else if sub.tokens != expected_tokens {
+        Some(Reason::new(
+            Code::WrongShape,
+            format!("{} tokens, the unit has {expected_tokens}", sub.tokens),
+        ))
+    } else if !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
+        Some(Reason::new(
+            Code::NotFinite,
+            format!(
+                "loss sum {} is not a finite non-negative number",
+                sub.loss_sum
+            ),
+        ))
+    } else {
+        None
+    }
 }
 
 /// Whether a float payload holds a NaN or an infinity (no honest computation sends one).
