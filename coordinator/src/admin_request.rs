@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use tessera_protocol::log::AdminAction;
 use tessera_protocol::PublicKey;
 
-/// An administrator's act, as asked.
+/// An administrator's act, as asked: creating a run (on an idle coordinator), or an act on
+/// the run a coordinator serves (the log's own [`AdminAction`], with its doc as the help).
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "clap", derive(clap::Subcommand))]
 pub enum AdminCommand {
@@ -31,30 +32,9 @@ pub enum AdminCommand {
         )]
         config: String,
     },
-    /// Hand out no new work until `resume`.
-    Pause,
-    /// Hand out work again.
-    Resume,
-    /// End the run at its last closed round or step.
-    Stop,
-    /// Change a run parameter: `rounds`, `unit_deadline_secs` or `silence_secs`.
-    Set {
-        /// The parameter.
-        param: String,
-        /// Its new value.
-        value: String,
-    },
-    /// Refuse an identity (hex public key, as `/api/status` lists it): its sessions close and
-    /// its work goes to others.
-    Ban {
-        /// The identity.
-        key: PublicKey,
-    },
-    /// Lift a ban.
-    Unban {
-        /// The identity.
-        key: PublicKey,
-    },
+    /// An act on the run.
+    #[cfg_attr(feature = "clap", command(flatten))]
+    Act(AdminAction),
 }
 
 /// The TOML text of the file at `path` (clap's parser of `create --config FILE`).
@@ -67,31 +47,23 @@ impl AdminCommand {
     /// Its name in a request's `action` field.
     pub fn name(&self) -> &'static str {
         match self {
-            AdminCommand::Create { .. } => "create",
-            AdminCommand::Pause => "pause",
-            AdminCommand::Resume => "resume",
-            AdminCommand::Stop => "stop",
-            AdminCommand::Set { .. } => "set",
-            AdminCommand::Ban { .. } => "ban",
-            AdminCommand::Unban { .. } => "unban",
+            AdminCommand::Create { .. } | AdminCommand::Act(AdminAction::Create { .. }) => "create",
+            AdminCommand::Act(AdminAction::Pause) => "pause",
+            AdminCommand::Act(AdminAction::Resume) => "resume",
+            AdminCommand::Act(AdminAction::Stop) => "stop",
+            AdminCommand::Act(AdminAction::Set { .. }) => "set",
+            AdminCommand::Act(AdminAction::Ban { .. }) => "ban",
+            AdminCommand::Act(AdminAction::Unban { .. }) => "unban",
         }
     }
 
     /// The act a run's core checks, logs and applies; `None` for `create`, which only an
     /// idle coordinator performs (its log entry names the run and its rules' digest).
     pub fn act(&self) -> Option<AdminAction> {
-        Some(match self {
-            AdminCommand::Create { .. } => return None,
-            AdminCommand::Pause => AdminAction::Pause,
-            AdminCommand::Resume => AdminAction::Resume,
-            AdminCommand::Stop => AdminAction::Stop,
-            AdminCommand::Set { param, value } => AdminAction::Set {
-                param: param.clone(),
-                value: value.clone(),
-            },
-            AdminCommand::Ban { key } => AdminAction::Ban { key: *key },
-            AdminCommand::Unban { key } => AdminAction::Unban { key: *key },
-        })
+        match self {
+            AdminCommand::Create { .. } | AdminCommand::Act(AdminAction::Create { .. }) => None,
+            AdminCommand::Act(a) => Some(a.clone()),
+        }
     }
 }
 
@@ -158,15 +130,15 @@ impl TryFrom<Body> for AdminRequest {
             "create" => AdminCommand::Create {
                 config: b.config.unwrap_or_default(),
             },
-            "pause" => AdminCommand::Pause,
-            "resume" => AdminCommand::Resume,
-            "stop" => AdminCommand::Stop,
-            "set" => AdminCommand::Set {
+            "pause" => AdminCommand::Act(AdminAction::Pause),
+            "resume" => AdminCommand::Act(AdminAction::Resume),
+            "stop" => AdminCommand::Act(AdminAction::Stop),
+            "set" => AdminCommand::Act(AdminAction::Set {
                 param: b.param.unwrap_or_default(),
                 value: b.value.unwrap_or_default(),
-            },
-            "ban" => AdminCommand::Ban { key: key()? },
-            _ => AdminCommand::Unban { key: key()? },
+            }),
+            "ban" => AdminCommand::Act(AdminAction::Ban { key: key()? }),
+            _ => AdminCommand::Act(AdminAction::Unban { key: key()? }),
         };
         Ok(AdminRequest {
             command,
@@ -184,11 +156,13 @@ impl From<AdminRequest> for Body {
         };
         match r.command {
             AdminCommand::Create { config } => b.config = Some(config),
-            AdminCommand::Pause | AdminCommand::Resume | AdminCommand::Stop => {}
-            AdminCommand::Set { param, value } => (b.param, b.value) = (Some(param), Some(value)),
-            AdminCommand::Ban { key } | AdminCommand::Unban { key } => {
+            AdminCommand::Act(AdminAction::Set { param, value }) => {
+                (b.param, b.value) = (Some(param), Some(value))
+            }
+            AdminCommand::Act(AdminAction::Ban { key } | AdminAction::Unban { key }) => {
                 b.key = Some(key.to_string())
             }
+            AdminCommand::Act(_) => {}
         }
         b
     }
@@ -227,15 +201,15 @@ mod tests {
             AdminCommand::Create {
                 config: "name = \"x\"".into(),
             },
-            AdminCommand::Pause,
-            AdminCommand::Resume,
-            AdminCommand::Stop,
-            AdminCommand::Set {
+            AdminCommand::Act(AdminAction::Pause),
+            AdminCommand::Act(AdminAction::Resume),
+            AdminCommand::Act(AdminAction::Stop),
+            AdminCommand::Act(AdminAction::Set {
                 param: "rounds".into(),
                 value: "9".into(),
-            },
-            AdminCommand::Ban { key },
-            AdminCommand::Unban { key },
+            }),
+            AdminCommand::Act(AdminAction::Ban { key }),
+            AdminCommand::Act(AdminAction::Unban { key }),
         ] {
             let r = AdminRequest {
                 command,
@@ -274,6 +248,9 @@ mod tests {
             .act(),
             None
         );
-        assert_eq!(AdminCommand::Stop.act(), Some(AdminAction::Stop));
+        assert_eq!(
+            AdminCommand::Act(AdminAction::Stop).act(),
+            Some(AdminAction::Stop)
+        );
     }
 }

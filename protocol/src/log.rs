@@ -178,8 +178,11 @@ pub enum CheckOutcome {
     Disputed(Reason),
 }
 
-/// What a run's administrator can do; each takes effect through its log entry.
+/// What a run's administrator can do; each takes effect through its log entry. With the
+/// `clap` feature these are also `tessera admin`'s subcommands (all but `Create`, which an
+/// idle coordinator records itself).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Subcommand))]
 #[serde(rename_all = "snake_case")]
 pub enum AdminAction {
     /// Hand out no new work (work in flight may still be submitted).
@@ -188,24 +191,26 @@ pub enum AdminAction {
     Resume,
     /// End the run at its last closed round or step.
     Stop,
-    /// Change a run parameter (`rounds`, `unit_deadline_secs`, `silence_secs`, ...).
+    /// Change a run parameter: `rounds`, `unit_deadline_secs` or `silence_secs`.
     Set {
         /// The parameter.
         param: String,
         /// Its new value, as text.
         value: String,
     },
-    /// Refuse an identity: its sessions close, its work in flight goes to others.
+    /// Refuse an identity (its hex public key, as `/api/status` lists it): its sessions
+    /// close, its work in flight goes to others.
     Ban {
-        /// Who.
+        /// The identity (its public key, 64 hex characters).
         key: PublicKey,
     },
     /// Lift a ban.
     Unban {
-        /// Who.
+        /// The identity (its public key, 64 hex characters).
         key: PublicKey,
     },
     /// Create the run on an idle coordinator (the entry follows the run's `Started`).
+    #[cfg_attr(feature = "clap", command(skip))]
     Create {
         /// The run's name.
         run: String,
