@@ -50,7 +50,7 @@ struct ForkPoint {
 
 /// The parent log's point for version `at` (its last closed version by default).
 fn fork_point(entries: &[SignedEntry], at: Option<u64>) -> Result<ForkPoint> {
-    let closed = crate::verify_cmd::closes(entries);
+    let closed = crate::closes::closes(entries);
     let first = entries
         .first()
         .context("the parent's log is empty: nothing to fork")?;

@@ -2,6 +2,7 @@
 
 mod admin_cmd;
 mod calibrate_cmd;
+mod closes;
 mod coordinator_cmd;
 mod demo;
 mod eval;

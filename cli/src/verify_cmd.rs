@@ -15,6 +15,8 @@ use tessera_coordinator::core::weights_digest;
 use tessera_coordinator::store::Store;
 use tessera_protocol::identity::hex;
 use tessera_protocol::log::{LogError, LogEvent, LogFault, SignedEntry, LOG_VERSION};
+
+use crate::closes::closes;
 use tessera_protocol::log_store::{verify_stored, StoredEntry};
 use tessera_protocol::messages::LogHead;
 use tessera_protocol::signed::signing_bytes;
@@ -187,43 +189,6 @@ fn decode(file: &LogFile) -> Result<Vec<StoredEntry>, LogError> {
                 .map_err(|why| LogError::new(l.index, LogFault::Undecodable, why))
         })
         .collect()
-}
-
-/// A version's close, as the log records it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Close {
-    /// The `Closed` entry's head.
-    pub head: LogHead,
-    /// The round or step that closed.
-    pub round: u64,
-    /// SHA-256 of the weights it produced.
-    pub weights: [u8; 32],
-    /// SHA-256 of the aggregate that produced them.
-    pub aggregate: [u8; 32],
-}
-
-/// The close that stands for each version: the last `Closed` entry for it (a coordinator that
-/// crashed after logging a close but before committing its checkpoint redoes that round).
-pub fn closes(entries: &[SignedEntry]) -> BTreeMap<u64, Close> {
-    let mut out = BTreeMap::new();
-    for e in entries {
-        if let LogEvent::Closed {
-            round,
-            version,
-            weights,
-            aggregate,
-        } = &e.entry.event
-        {
-            let close = Close {
-                head: e.head(),
-                round: *round,
-                weights: *weights,
-                aggregate: *aggregate,
-            };
-            out.insert(*version, close);
-        }
-    }
-    out
 }
 
 /// Each version's checkpoint against the close that stands for it, and a fork's first

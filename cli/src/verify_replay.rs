@@ -83,7 +83,7 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
     let cfg = rules.model_config().map_err(anyhow::Error::msg)?;
     let mut out = Replayed::default();
     let mut state: Option<State> = None;
-    for (version, close) in crate::verify_cmd::closes(entries) {
+    for (version, close) in crate::closes::closes(entries) {
         let (index, number) = (close.head.index, close.round);
         let (weights, aggregate) = (close.weights, close.aggregate);
         let Some(before) = version.checked_sub(1) else {

@@ -9,40 +9,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use crate::admin_request::{AdminErrorBody, AdminRequest, AdminResponse};
+use crate::admin_token::AdminToken;
 use crate::config::ConfigError;
 use crate::core::admin::AdminRefusal;
-use crate::server::{Event, Shared};
-
-/// Shortest token accepted, in bytes.
-pub const MIN_TOKEN_BYTES: usize = 16;
-
-/// The administrator's token, kept as its SHA-256.
-#[derive(Clone)]
-pub struct AdminToken([u8; 32]);
-
-impl AdminToken {
-    /// The token given (surrounding whitespace ignored); refused when shorter than
-    /// [`MIN_TOKEN_BYTES`].
-    pub fn new(secret: &str) -> Result<Self, String> {
-        let secret = secret.trim();
-        if secret.len() < MIN_TOKEN_BYTES {
-            return Err(format!(
-                "the admin token must be at least {MIN_TOKEN_BYTES} characters"
-            ));
-        }
-        Ok(AdminToken(Sha256::digest(secret.as_bytes()).into()))
-    }
-
-    /// Whether `given` is the token, in time independent of where they differ.
-    fn matches(&self, given: &str) -> bool {
-        let h: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
-        h.iter().zip(&self.0).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    }
-}
+use crate::shared::{Event, Shared};
 
 /// Why `POST /api/admin` did nothing; each is its own HTTP response (status, and an
 /// [`AdminErrorBody`] with [`AdminError::code`] and the text).

@@ -16,8 +16,9 @@ use axum::{Json, Router};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::rustls::ServerConfig;
 
-use crate::admin_http::{authorize, request, AdminError, AdminToken};
+use crate::admin_http::{authorize, request, AdminError};
 use crate::admin_request::{AdminCommand, AdminResponse};
+use crate::admin_token::AdminToken;
 use crate::config::RunConfig;
 use crate::core::admin::{AdminRefusal, MAX_REASON_BYTES};
 use crate::server::Status;

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use super::{router, Idle};
-use crate::admin_http::AdminToken;
+use crate::admin_token::AdminToken;
 
 const TOKEN: &str = "a-token-long-enough-for-tests";
 

@@ -5,11 +5,13 @@
 
 mod admin_http;
 pub mod admin_request;
+mod admin_token;
 pub mod config;
 pub mod core;
 pub mod data;
 pub mod idle;
 pub mod server;
+mod shared;
 pub mod status;
 pub mod store;
 pub mod tls;

@@ -15,51 +15,22 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tessera_protocol::log::AdminAction;
 use tessera_protocol::log_store::StoredEntry;
 use tessera_protocol::{
     decode, encode, Code, ProtocolError, Reason, ToContributor, ToCoordinator, MAX_FRAME_BYTES,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use crate::admin_http::{AdminError, AdminToken};
+pub use crate::admin_http::AdminError;
 pub use crate::admin_request::{AdminCommand, AdminRequest, AdminResponse};
+pub use crate::admin_token::AdminToken;
+use crate::shared::{Event, Shared};
 
 use crate::status::status_of;
 pub use crate::status::{ContributorStatus, CreditLine, Status};
 
 use crate::core::{Action, ConnId, Core, Input, Phase, RoundSummary};
 use crate::store::Store;
-
-pub(crate) enum Event {
-    Input(Box<Input>),
-    Register(ConnId, mpsc::UnboundedSender<Vec<u8>>),
-    Admin {
-        action: AdminAction,
-        reason: String,
-        reply: oneshot::Sender<Result<u64, crate::core::admin::AdminRefusal>>,
-    },
-}
-
-#[derive(Clone)]
-pub(crate) struct Shared {
-    pub(crate) events: mpsc::UnboundedSender<Event>,
-    status: Arc<Mutex<Status>>,
-    next_conn: Arc<AtomicU64>,
-    store: Store,
-    coordinator: String,
-    pub(crate) admin: Option<AdminToken>,
-}
-
-impl Shared {
-    /// The run's name, as the latest status has it.
-    pub(crate) fn run_name(&self) -> String {
-        self.status
-            .lock()
-            .map(|s| s.run.clone())
-            .unwrap_or_default()
-    }
-}
 
 /// Every route of a coordinator serving a run: the contributors' WebSocket, status, the run
 /// log and administration, then `extra` (the contributor page).

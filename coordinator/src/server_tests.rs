@@ -10,7 +10,7 @@ use tessera_compute::reference::ModelParams;
 use tessera_protocol::Identity;
 use tower::ServiceExt;
 
-use crate::admin_http::AdminToken;
+use crate::admin_token::AdminToken;
 use crate::core::{Core, RunSpec};
 use crate::store::Store;
 

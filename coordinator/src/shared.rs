@@ -1,0 +1,54 @@
+//! What the routes of a serving coordinator share, and what they tell the task that owns the
+//! core (`server.rs` runs that task; `admin_http.rs` and the WebSocket connections send to it).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use tessera_protocol::log::AdminAction;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::admin_token::AdminToken;
+use crate::core::{ConnId, Input};
+use crate::status::Status;
+use crate::store::Store;
+
+/// What the routes and connections tell the task that owns the core.
+pub(crate) enum Event {
+    /// An input for the core.
+    Input(Box<Input>),
+    /// A new connection's writer.
+    Register(ConnId, mpsc::UnboundedSender<Vec<u8>>),
+    /// An authenticated administrator's act, answered on `reply`.
+    Admin {
+        action: AdminAction,
+        reason: String,
+        reply: oneshot::Sender<Result<u64, crate::core::admin::AdminRefusal>>,
+    },
+}
+
+/// What every route of a serving coordinator shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    /// To the task that owns the core.
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+    /// The latest status.
+    pub(crate) status: Arc<Mutex<Status>>,
+    /// The next connection's id.
+    pub(crate) next_conn: Arc<AtomicU64>,
+    /// The run's storage (the log's pages are read from it).
+    pub(crate) store: Store,
+    /// The coordinator's key (hex).
+    pub(crate) coordinator: String,
+    /// The administrator's token, if any.
+    pub(crate) admin: Option<AdminToken>,
+}
+
+impl Shared {
+    /// The run's name, as the latest status has it.
+    pub(crate) fn run_name(&self) -> String {
+        self.status
+            .lock()
+            .map(|s| s.run.clone())
+            .unwrap_or_default()
+    }
+}
