@@ -375,27 +375,62 @@ pub fn verify_chain(
 ) -> Result<Option<LogHead>, LogError> {
     let mut head = after;
     for (pos, e) in entries.iter().enumerate() {
-        let index = e.entry.index;
-        check_link(pos, index, e.entry.prev, head)?;
-        if e.entry.hash() != e.hash {
-            return Err(LogError::new(
-                index,
-                LogFault::Altered,
-                "its contents do not match its hash (altered)",
-            ));
-        }
-        coordinator
-            .verify(LOG, &e.hash, &e.signature)
-            .map_err(|err| {
-                LogError::new(index, LogFault::Signature, format!("signature: {err}"))
-            })?;
-        head = Some(e.head());
+        let sealed = Sealed {
+            index: e.entry.index,
+            prev: e.entry.prev,
+            recomputed: e.entry.hash(),
+            hash: e.hash,
+            signature: &e.signature,
+            domain: LOG,
+        };
+        head = Some(check_entry(pos, sealed, coordinator, head)?);
     }
     Ok(head)
 }
 
+/// What checking one stored entry needs, whatever its format version.
+pub(crate) struct Sealed<'a> {
+    /// Its index.
+    pub(crate) index: u64,
+    /// The hash it links to.
+    pub(crate) prev: [u8; 32],
+    /// Its hash, recomputed from its contents.
+    pub(crate) recomputed: [u8; 32],
+    /// Its hash as stored.
+    pub(crate) hash: [u8; 32],
+    /// The coordinator's signature over `hash`.
+    pub(crate) signature: &'a Signature,
+    /// The signature's domain.
+    pub(crate) domain: &'static str,
+}
+
+/// That the entry at position `pos` follows `head`, is hashed right and signed by
+/// `coordinator`; its head.
+pub(crate) fn check_entry(
+    pos: usize,
+    e: Sealed<'_>,
+    coordinator: &PublicKey,
+    head: Option<LogHead>,
+) -> Result<LogHead, LogError> {
+    check_link(pos, e.index, e.prev, head)?;
+    if e.recomputed != e.hash {
+        return Err(LogError::new(
+            e.index,
+            LogFault::Altered,
+            "its contents do not match its hash (altered)",
+        ));
+    }
+    coordinator
+        .verify(e.domain, &e.hash, e.signature)
+        .map_err(|err| LogError::new(e.index, LogFault::Signature, format!("signature: {err}")))?;
+    Ok(LogHead {
+        index: e.index,
+        hash: e.hash,
+    })
+}
+
 /// That the entry at position `pos` (index `index`, linking to `prev`) follows `head`.
-pub(crate) fn check_link(
+fn check_link(
     pos: usize,
     index: u64,
     prev: [u8; 32],

@@ -3,8 +3,8 @@
 //! bare hex), and [`verify_stored`], which checks a log of either version by that version's
 //! hashes and gives it in today's types (version 1's from [`crate::log_v1`]).
 
-use crate::identity::{PublicKey, Signature};
-use crate::log::{check_link, LogError, LogFault, SignedEntry, LOG, LOG_VERSION};
+use crate::identity::PublicKey;
+use crate::log::{check_entry, LogError, LogFault, Sealed, SignedEntry, LOG, LOG_VERSION};
 use crate::log_v1::SignedEntryV1;
 use crate::messages::LogHead;
 
@@ -57,32 +57,25 @@ impl StoredEntry {
         }
     }
 
-    fn index(&self) -> u64 {
+    /// What checking it needs: index, links, hashes, signature and its version's domain.
+    fn sealed(&self) -> Sealed<'_> {
         match self {
-            StoredEntry::V1(e) => e.entry.index,
-            StoredEntry::Current(e) => e.entry.index,
-        }
-    }
-
-    /// Index, previous hash, recomputed hash, stored hash, signature and domain.
-    fn parts(&self) -> (u64, [u8; 32], [u8; 32], [u8; 32], &Signature, &'static str) {
-        match self {
-            StoredEntry::V1(e) => (
-                e.entry.index,
-                e.entry.prev,
-                e.entry.hash(),
-                e.hash,
-                &e.signature,
-                crate::log_v1::LOG_V1,
-            ),
-            StoredEntry::Current(e) => (
-                e.entry.index,
-                e.entry.prev,
-                e.entry.hash(),
-                e.hash,
-                &e.signature,
-                LOG,
-            ),
+            StoredEntry::V1(e) => Sealed {
+                index: e.entry.index,
+                prev: e.entry.prev,
+                recomputed: e.entry.hash(),
+                hash: e.hash,
+                signature: &e.signature,
+                domain: crate::log_v1::LOG_V1,
+            },
+            StoredEntry::Current(e) => Sealed {
+                index: e.entry.index,
+                prev: e.entry.prev,
+                recomputed: e.entry.hash(),
+                hash: e.hash,
+                signature: &e.signature,
+                domain: LOG,
+            },
         }
     }
 
@@ -116,7 +109,6 @@ pub fn verify_stored(
     let version = entries.first().map_or(LOG_VERSION, StoredEntry::version);
     let mut head = after;
     for (pos, e) in entries.iter().enumerate() {
-        let (index, prev, recomputed, hash, signature, domain) = e.parts();
         if e.version() != version {
             // Named by where it sits: its own index may be anything.
             let at = head.map_or(0, |h| h.index + 1);
@@ -126,20 +118,7 @@ pub fn verify_stored(
                 format!("a version-{} entry in a version-{version} log", e.version()),
             ));
         }
-        check_link(pos, e.index(), prev, head)?;
-        if recomputed != hash {
-            return Err(LogError::new(
-                index,
-                LogFault::Altered,
-                "its contents do not match its hash (altered)",
-            ));
-        }
-        coordinator
-            .verify(domain, &hash, signature)
-            .map_err(|err| {
-                LogError::new(index, LogFault::Signature, format!("signature: {err}"))
-            })?;
-        head = Some(LogHead { index, hash });
+        head = Some(check_entry(pos, e.sealed(), coordinator, head)?);
     }
     Ok(CheckedLog {
         version,
