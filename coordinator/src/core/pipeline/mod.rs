@@ -184,24 +184,23 @@ impl Pipe {
     }
 
     /// Floating-point operations of running `units` on sequences of `seq` tokens (an
-    /// auditor's credits): 2 per parameter and token forward, 6 backward.
+    /// auditor's credits).
     pub(super) fn units_flops(&self, model: &ModelConfig, seq: u64, units: &[PipeWork]) -> f64 {
         units
             .iter()
-            .map(|w| {
-                let per_token = match w.pass {
-                    Pass::Forward => 2.0,
-                    Pass::Backward => 6.0,
-                };
-                let params: u64 = self
-                    .cells_of(model, w)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&(s, i)| self.params[s][i])
-                    .sum();
-                per_token * params as f64 * seq as f64
-            })
+            .map(|w| self.cells_flops(&self.cells_of(model, w).unwrap_or_default(), w.pass, seq))
             .sum()
+    }
+
+    /// Floating-point operations of one `pass` of a sequence of `seq` tokens through the
+    /// micro-shards `cells`: 2 per parameter and token forward, 6 backward.
+    pub(super) fn cells_flops(&self, cells: &[ShardId], pass: Pass, seq: u64) -> f64 {
+        let per_token = match pass {
+            Pass::Forward => 2.0,
+            Pass::Backward => 6.0,
+        };
+        let params: u64 = cells.iter().map(|&(s, i)| self.params[s][i]).sum();
+        per_token * params as f64 * seq as f64
     }
 
     /// How many leases hold each micro-shard.

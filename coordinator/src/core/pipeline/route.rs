@@ -15,8 +15,9 @@ use std::ops::Range;
 use tessera_protocol::pipeline::Pass;
 use tessera_protocol::{ActEncoding, Activation};
 
-/// A tensor a unit sent: the unit (its lease holds the tensor) and the SHA-256 of the tensor
-/// as encoded on the wire.
+/// A tensor a unit sent: the unit (its lease holds the tensor) and the SHA-256 of what named
+/// it on the wire: the unit's result (the digest its receipt carries), or for a span unit
+/// that stage's part of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(in crate::core) struct Sent {
     pub(in crate::core) unit: u64,

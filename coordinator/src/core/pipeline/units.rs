@@ -220,16 +220,7 @@ impl Core {
         if u.stages.len() == 1 {
             mb.propagate(first, u.pass, last);
         }
-        let per_token = match u.pass {
-            Pass::Forward => 2.0,
-            Pass::Backward => 6.0,
-        };
-        let params: u64 = u
-            .cells
-            .iter()
-            .map(|&(s, i)| pipe!(self).map_or(0, |p| p.params[s][i]))
-            .sum();
-        let flops = per_token * params as f64 * self.spec.seq as f64;
+        let flops = pipe!(self).map_or(0.0, |p| p.cells_flops(&u.cells, u.pass, self.spec.seq));
         let credit = (self.spec.seq, flops);
         self.receipt(
             conn,
