@@ -20,7 +20,7 @@ use crate::admin_http::{authorize, request, AdminError};
 use crate::admin_request::{AdminCommand, AdminResponse};
 use crate::admin_token::AdminToken;
 use crate::config::RunConfig;
-use crate::core::admin::{AdminRefusal, MAX_REASON_BYTES};
+use crate::core::admin::check_reason;
 use crate::server::Status;
 
 /// A run an administrator created.
@@ -109,12 +109,7 @@ async fn admin(
     let AdminCommand::Create { config: text } = req.command else {
         return Err(AdminError::NoRun(req.command.name()));
     };
-    if req.reason.trim().is_empty() {
-        return Err(AdminError::BadRequest(AdminRefusal::NoReason.to_string()));
-    }
-    if req.reason.len() > MAX_REASON_BYTES {
-        return Err(AdminError::BadRequest(AdminRefusal::LongReason.to_string()));
-    }
+    check_reason(&req.reason).map_err(|why| AdminError::BadRequest(why.to_string()))?;
     let config = RunConfig::from_toml(&text)?;
     let run = config.resolve(&s.base)?.0.name;
     {

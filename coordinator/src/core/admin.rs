@@ -75,6 +75,17 @@ pub enum AdminRefusal {
 /// The longest reason for an act, in bytes (it goes into the run log).
 pub const MAX_REASON_BYTES: usize = 1000;
 
+/// Whether `reason` can go into the run log: given, and at most [`MAX_REASON_BYTES`].
+pub fn check_reason(reason: &str) -> Result<(), AdminRefusal> {
+    if reason.trim().is_empty() {
+        return Err(AdminRefusal::NoReason);
+    }
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(AdminRefusal::LongReason);
+    }
+    Ok(())
+}
+
 impl AdminState {
     /// Whether `action` with `reason` can be applied to run `run` in `state` with `closed`
     /// rounds or steps closed; the refusal when not (a pure decision: nothing changes).
@@ -86,12 +97,7 @@ impl AdminState {
         closed: u64,
         run: &str,
     ) -> Result<(), AdminRefusal> {
-        if reason.trim().is_empty() {
-            return Err(AdminRefusal::NoReason);
-        }
-        if reason.len() > MAX_REASON_BYTES {
-            return Err(AdminRefusal::LongReason);
-        }
+        check_reason(reason)?;
         if !state.is_open() {
             return Err(AdminRefusal::Ended);
         }
