@@ -24,13 +24,6 @@ pub struct CpuBackend {
     replica: Option<CpuReplica>,
 }
 
-impl CpuBackend {
-    /// The round-start weights of the loaded lease.
-    pub fn weights(&self) -> Option<&tessera_compute::reference::ModelParams<f32>> {
-        self.replica.as_ref().map(|r| &r.rounds.start)
-    }
-}
-
 impl CpuReplica {
     fn work(&mut self, w: &tessera_protocol::messages::Work) -> Result<UnitResult, WorkerError> {
         let (samples, fresh) = self.rounds.begin(w)?;
@@ -56,10 +49,7 @@ impl CpuReplica {
                 &grads,
             );
         }
-        Ok(UnitResult {
-            loss_sum,
-            ..r.update(w, &params, &samples)
-        })
+        Ok(r.result(w, &samples, &params, loss_sum))
     }
 }
 

@@ -133,14 +133,16 @@ impl Rounds {
         Ok((Samples { tokens, batch, row }, self.fresh))
     }
 
-    /// The pseudo-gradient from the round-start weights to `end`: SparseLoCo-compressed with
+    /// Unit `w`'s result, trained on `samples` to `end` with token losses summing to
+    /// `loss_sum`: the pseudo-gradient from the round-start weights, SparseLoCo-compressed with
     /// error feedback when the lease syncs sparse, except a dense replay (`w.dense` of a fresh
     /// unit), which the coordinator checks the original's compression against.
-    pub(crate) fn update(
+    pub(crate) fn result(
         &mut self,
         w: &Work,
-        end: &ModelParams<f32>,
         samples: &Samples,
+        end: &ModelParams<f32>,
+        loss_sum: f64,
     ) -> UnitResult {
         let shapes = tensor_shapes(&self.cfg);
         let deltas: Vec<Vec<f32>> = self
@@ -174,7 +176,7 @@ impl Rounds {
         UnitResult {
             update,
             tokens: (w.lrs.len() * samples.batch * seq) as u64,
-            loss_sum: 0.0,
+            loss_sum,
         }
     }
 
@@ -270,10 +272,7 @@ impl Replica {
                 .await?;
         }
         let end = self.model.read_params(gpu).await?;
-        Ok(UnitResult {
-            loss_sum,
-            ..r.update(w, &end, &samples)
-        })
+        Ok(r.result(w, &samples, &end, loss_sum))
     }
 
     /// Applies a round's outer step `theta -= lr * update` to the round-start weights.

@@ -396,7 +396,7 @@ impl Session {
         &self,
         lease: u64,
         what: &str,
-    ) -> Result<(ModelConfig, Vec<MicroShard>), WorkerError> {
+    ) -> Result<(&ModelConfig, &[MicroShard]), WorkerError> {
         let l = self.loaded.as_ref().ok_or_else(|| no_lease(what))?;
         let shards = l.shards.as_ref().ok_or_else(|| no_lease(what))?;
         if l.lease != lease {
@@ -408,7 +408,7 @@ impl Session {
                 ),
             ));
         }
-        Ok((l.cfg.clone(), shards.clone()))
+        Ok((&l.cfg, shards))
     }
 
     /// A new lease: its weights download in the `Weights` frames that follow.
@@ -428,9 +428,10 @@ impl Session {
         frames: u32,
     ) -> Result<Reply, WorkerError> {
         let (cfg, shards) = self.pipe_lease(lease, "step weights")?;
+        let download = Download::step(cfg.clone(), shards, (lease, version, frames))?;
         self.stats.frames_received = 0;
         self.stats.frames_total = frames;
-        self.pending = Some(Download::step(cfg, &shards, (lease, version, frames))?);
+        self.pending = Some(download);
         self.finish_download()
     }
 
