@@ -2,6 +2,8 @@
 //! no socket) against a real core task and a real SQLite store: every route answers, and every
 //! administrative refusal is the response its `AdminError` names.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
@@ -26,7 +28,10 @@ async fn app(admin: bool) -> Router {
         Identity::from_seed([9; 32]),
         weights,
     );
-    let dir = std::env::temp_dir().join(format!("tessera-routes-{}-{}", std::process::id(), admin));
+    // A store of its own for each app: the tests run in parallel.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tessera-routes-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::open(&dir, None).await.expect("a store");
     let token = admin.then(|| AdminToken::new(TOKEN).expect("a token"));
@@ -153,6 +158,18 @@ async fn each_admin_refusal_is_its_own_response_and_an_act_is_logged() {
     assert!(json["log_index"].as_u64().is_some_and(|i| i >= 1), "{json}");
     let (_, status, _) = call(&app, get("/api/status")).await;
     assert_eq!(status["phase"], "paused");
+}
+
+#[tokio::test]
+async fn an_oversized_admin_body_is_refused_before_it_is_read() {
+    let app = app(true).await;
+    let bearer = format!("Bearer {TOKEN}");
+    // A valid act whose reason alone is 3 MiB: axum's body limit (2 MiB) refuses it unread.
+    let body = format!(r#"{{"action":"pause","reason":"{}"}}"#, "x".repeat(3 << 20));
+    let (got, _, _) = call(&app, admin(Some(&bearer), &body)).await;
+    assert_eq!(got, StatusCode::PAYLOAD_TOO_LARGE);
+    let (_, status, _) = call(&app, get("/api/status")).await;
+    assert_eq!(status["phase"], "training", "nothing changed");
 }
 
 #[tokio::test]
