@@ -150,23 +150,31 @@ impl Core {
     /// [`Action::AdminDone`]): refused with a reason and nothing changed, or logged and applied.
     pub(super) fn admin(&mut self, request: u64, action: AdminAction, reason: String) {
         let result = self
+            .cx
             .admin
-            .check(&action, &reason, self.state, self.round(), &self.spec.name)
+            .check(
+                &action,
+                &reason,
+                self.cx.state,
+                self.round(),
+                &self.cx.spec.name,
+            )
             .map(|()| {
-                let entry = self.log(LogEvent::Admin {
+                let entry = self.cx.log(LogEvent::Admin {
                     action: action.clone(),
                     reason: reason.clone(),
                 });
                 self.apply_admin(&action, &reason);
                 {
                     let conns: Vec<ConnId> = self
+                        .cx
                         .sessions
                         .iter()
                         .filter(|(_, s)| s.active().is_some())
                         .map(|(&c, _)| c)
                         .collect();
                     for conn in conns {
-                        self.send(
+                        self.cx.send(
                             conn,
                             ToContributor::Admin {
                                 entry: Box::new(entry.clone()),
@@ -174,42 +182,43 @@ impl Core {
                         );
                     }
                 }
-                self.log.head().index
+                self.cx.log.head().index
             });
-        self.out.push(Action::AdminDone { request, result });
+        self.cx.out.push(Action::AdminDone { request, result });
     }
 
     /// Puts a logged act into effect.
     fn apply_admin(&mut self, action: &AdminAction, reason: &str) {
         match action {
             AdminAction::Pause => {
-                if self.state == RunState::Training {
-                    self.state = RunState::Paused;
+                if self.cx.state == RunState::Training {
+                    self.cx.state = RunState::Paused;
                 }
             }
             AdminAction::Resume => {
-                if self.state == RunState::Paused {
-                    self.state = RunState::Training;
+                if self.cx.state == RunState::Paused {
+                    self.cx.state = RunState::Training;
                 }
             }
             AdminAction::Stop => {
-                if self.state.is_open() {
-                    self.out.push(Action::Finished);
+                if self.cx.state.is_open() {
+                    self.cx.out.push(Action::Finished);
                 }
-                self.state = RunState::Finished(End::Stopped);
+                self.cx.state = RunState::Finished(End::Stopped);
             }
             AdminAction::Set { param, value } => {
                 let Ok(n) = number(param, value) else { return };
                 match param.as_str() {
-                    "rounds" => self.spec.rounds = n,
-                    "unit_deadline_secs" => self.spec.unit_deadline_ms = n * 1000,
-                    "silence_secs" => self.spec.silence_ms = n * 1000,
+                    "rounds" => self.cx.spec.rounds = n,
+                    "unit_deadline_secs" => self.cx.spec.unit_deadline_ms = n * 1000,
+                    "silence_secs" => self.cx.spec.silence_ms = n * 1000,
                     _ => {}
                 }
             }
             AdminAction::Ban { key } => {
-                self.admin.banned.insert(*key);
+                self.cx.admin.banned.insert(*key);
                 let conns: Vec<ConnId> = self
+                    .cx
                     .sessions
                     .iter()
                     .filter(|(_, s)| s.active() == Some(*key))
@@ -221,7 +230,7 @@ impl Core {
                 }
             }
             AdminAction::Unban { key } => {
-                self.admin.banned.remove(key);
+                self.cx.admin.banned.remove(key);
             }
             AdminAction::Create { .. } => {}
         }
@@ -231,10 +240,10 @@ impl Core {
     /// entry right after `Started`, carried by the first tick's actions like it.
     pub fn created_by_admin(&mut self, reason: String) {
         let action = AdminAction::Create {
-            run: self.spec.name.clone(),
-            config: super::rules::RunRules::of(&self.spec).digest(),
+            run: self.cx.spec.name.clone(),
+            config: super::rules::RunRules::of(&self.cx.spec).digest(),
         };
-        self.log(LogEvent::Admin { action, reason });
+        self.cx.log(LogEvent::Admin { action, reason });
     }
 
     /// After a restart, before any contributor connects: re-applies the administrator's acts
@@ -245,19 +254,19 @@ impl Core {
             if let LogEvent::Admin { action, reason } = e {
                 self.apply_admin(action, reason);
             }
-            self.credits.apply(e);
+            self.cx.credits.apply(e);
         }
-        self.out.clear();
+        self.cx.out.clear();
     }
 
     /// What the administrator's acts have left in force.
     pub fn admin_state(&self) -> &AdminState {
-        &self.admin
+        &self.cx.admin
     }
 
     /// Whether `key` is refused from the run: banned, or found wrong by a check.
     pub fn is_refused(&self, key: &PublicKey) -> bool {
-        self.admin.banned.contains(key) || self.credits.is_refused(key)
+        self.cx.admin.banned.contains(key) || self.cx.credits.is_refused(key)
     }
 }
 

@@ -58,6 +58,7 @@ macro_rules! pipe_mut {
 
 pub mod admin;
 mod arbitration;
+mod context;
 pub mod credits;
 mod draws;
 mod io;
@@ -79,7 +80,7 @@ use std::collections::BTreeMap;
 use pipeline::StepState;
 use serde::Serialize;
 use tessera_compute::reference::ModelParams;
-use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
+use tessera_protocol::log::{LogEvent, LogWriter};
 use tessera_protocol::messages::LogHead;
 use tessera_protocol::{Identity, PublicKey, Reason, ToContributor};
 use tessera_train::data::Sampler;
@@ -134,30 +135,11 @@ struct Replicas {
     held_out_scores: std::collections::VecDeque<replica_checks::HeldOutScore>,
 }
 
-/// The run state machine.
+/// The run state machine: the regime's state beside the context its parts act through.
 pub struct Core {
-    spec: RunSpec,
-    id: Identity,
-    now: u64,
-    state: RunState,
-    weights: ModelParams<f32>,
-    version: u64,
-    losses: Vec<f64>,
-    sampler: Sampler,
-    sessions: BTreeMap<ConnId, sessions::Session>,
-    /// Every identity's record, folded from the log as it is written.
-    credits: credits::Credits,
+    cx: context::Context,
     /// How the run trains, and that regime's own state.
     regime: Regime,
-    /// Every choice of who is checked, who checks and who holds what.
-    draws: draws::Draws,
-    log: LogWriter,
-    admin: admin::AdminState,
-    /// The aggregate of the last closed round or step (what produced the current weights).
-    aggregate: Option<ModelParams<f32>>,
-    next_unit: u64,
-    next_lease: u64,
-    out: Vec<Action>,
 }
 
 impl Core {
@@ -182,12 +164,12 @@ impl Core {
     /// Continues the run log after `head` (the last entry persisted before a restart); with no
     /// head the log starts, with the run's `Started` entry.
     pub fn continue_log(&mut self, head: Option<LogHead>) {
-        self.log = LogWriter::after(head);
+        self.cx.log = LogWriter::after(head);
         if head.is_none() {
-            let config = rules::RunRules::of(&self.spec).digest();
-            self.log(LogEvent::Started {
-                run: self.spec.name.clone(),
-                coordinator: self.id.public(),
+            let config = rules::RunRules::of(&self.cx.spec).digest();
+            self.cx.log(LogEvent::Started {
+                run: self.cx.spec.name.clone(),
+                coordinator: self.cx.id.public(),
                 config,
             });
         }
@@ -195,15 +177,7 @@ impl Core {
 
     /// The latest run-log head.
     pub fn log_head(&self) -> LogHead {
-        self.log.head()
-    }
-
-    /// Appends a decision to the run log.
-    fn log(&mut self, event: LogEvent) -> SignedEntry {
-        self.credits.apply(&event);
-        let entry = self.log.append(&self.id, self.now, event);
-        self.out.push(Action::Logged(entry.clone()));
-        entry
+        self.cx.log_head()
     }
 
     /// Resumes from a snapshot and the accepted contributions of its open round.
@@ -230,7 +204,7 @@ impl Core {
             })),
         };
         let draws = draws::Draws::new(spec.seed);
-        let mut core = Core {
+        let cx = context::Context {
             spec,
             id,
             now: 0,
@@ -239,17 +213,17 @@ impl Core {
             version: snap.version,
             losses: snap.losses,
             sampler,
+            aggregate: None,
             sessions: BTreeMap::new(),
             credits: credits::Credits::default(),
-            regime,
             draws,
             log: LogWriter::default(),
             admin: admin::AdminState::default(),
-            aggregate: None,
             next_unit: snap.next_unit,
             next_lease: snap.next_lease,
             out: Vec::new(),
         };
+        let mut core = Core { cx, regime };
         if core.is_replicas() {
             for c in accepted {
                 core.restore_contribution(c);
@@ -260,7 +234,7 @@ impl Core {
 
     /// Feeds one input at time `now` (ms, monotonic) and returns the actions, in order.
     pub fn tick(&mut self, now: u64, input: Input) -> Vec<Action> {
-        self.now = self.now.max(now);
+        self.cx.now = self.cx.now.max(now);
         match input {
             Input::Connected { conn, nonce } => self.connected(conn, nonce),
             Input::Message { conn, msg } => self.message(conn, msg),
@@ -287,32 +261,32 @@ impl Core {
             Regime::Replicas(_) => self.schedule(),
             Regime::Pipeline(_) => self.schedule_pipeline(),
         }
-        std::mem::take(&mut self.out)
+        std::mem::take(&mut self.cx.out)
     }
 
     /// The run.
     pub fn spec(&self) -> &RunSpec {
-        &self.spec
+        &self.cx.spec
     }
 
     /// The run's name.
     pub fn name(&self) -> &str {
-        &self.spec.name
+        &self.cx.spec.name
     }
 
     /// The coordinator's public key.
     pub fn public_key(&self) -> PublicKey {
-        self.id.public()
+        self.cx.id.public()
     }
 
     /// Current phase: training (or paused) or finished.
     pub fn phase(&self) -> Phase {
-        self.state.phase()
+        self.cx.state.phase()
     }
 
     /// Where the run stands.
     pub fn state(&self) -> RunState {
-        self.state
+        self.cx.state
     }
 
     /// The open round or step (equals the number of closed ones).
@@ -346,41 +320,42 @@ impl Core {
 
     /// Loss of each closed round.
     pub fn losses(&self) -> &[f64] {
-        &self.losses
+        &self.cx.losses
     }
 
     /// Current weights.
     pub fn weights(&self) -> &ModelParams<f32> {
-        &self.weights
+        &self.cx.weights
     }
 
     /// Per-identity records.
     pub fn records(&self) -> &BTreeMap<PublicKey, Record> {
-        self.credits.records()
+        self.cx.credits.records()
     }
 
     /// Every identity's record and refusals, as folded from the log.
     pub fn credits(&self) -> &credits::Credits {
-        &self.credits
+        &self.cx.credits
     }
 
     /// The snapshot to persist at a round boundary.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             round: self.round(),
-            version: self.version,
-            weights: self.weights.clone(),
-            losses: self.losses.clone(),
-            next_unit: self.next_unit,
-            next_lease: self.next_lease,
+            version: self.cx.version,
+            weights: self.cx.weights.clone(),
+            losses: self.cx.losses.clone(),
+            next_unit: self.cx.next_unit,
+            next_lease: self.cx.next_lease,
             moments: pipe!(self).and_then(|p| p.optimizer.moments().cloned()),
-            aggregate: self.aggregate.clone(),
+            aggregate: self.cx.aggregate.clone(),
         }
     }
 
     /// Active sessions: connection, identity, kind, lease and the unit it works on.
     pub fn sessions(&self) -> Vec<SessionView> {
-        self.sessions
+        self.cx
+            .sessions
             .iter()
             .filter_map(|(&conn, s)| {
                 s.active().map(|key| SessionView {
@@ -423,35 +398,20 @@ impl Core {
         }
     }
 
-    fn send(&mut self, conn: ConnId, msg: ToContributor) {
-        self.out.push(Action::Send { conn, msg });
-    }
-
-    /// Tells the peer why something was refused; the session goes on.
-    fn refuse(&mut self, conn: ConnId, reason: Reason) {
-        self.send(
-            conn,
-            ToContributor::Error {
-                reason,
-                fatal: false,
-            },
-        );
-    }
-
     /// Tells the peer why, closes the connection and forgets the session.
     fn fatal(&mut self, conn: ConnId, why: Reason) {
-        if !self.sessions.contains_key(&conn) {
+        if !self.cx.sessions.contains_key(&conn) {
             return;
         }
         tracing::info!(conn, code = ?why.code, "closing: {why}");
-        self.send(
+        self.cx.send(
             conn,
             ToContributor::Error {
                 reason: why.clone(),
                 fatal: true,
             },
         );
-        self.out.push(Action::Close {
+        self.cx.out.push(Action::Close {
             conn,
             reason: why.to_string(),
         });

@@ -132,16 +132,16 @@ fn agrees_with_checked(
 impl Core {
     /// Whether this run replays drawn whole-model units.
     pub(super) fn replays_on(&self) -> bool {
-        self.is_replicas() && self.spec.checks.as_ref().is_some_and(|c| c.replay)
+        self.is_replicas() && self.cx.spec.checks.as_ref().is_some_and(|c| c.replay)
     }
 
     fn cancel_replay(&mut self, unit: u64, conn: ConnId) {
-        if let Some(s) = self.sessions.get_mut(&conn) {
+        if let Some(s) = self.cx.sessions.get_mut(&conn) {
             if s.unit == Some(unit) {
                 s.unit = None;
             }
         }
-        self.send(conn, ToContributor::Cancel { unit });
+        self.cx.send(conn, ToContributor::Cancel { unit });
     }
 
     /// Replays past their deadline go to someone else.
@@ -151,7 +151,7 @@ impl Core {
             .replays
             .running
             .iter()
-            .filter(|(_, r)| r.deadline < self.now)
+            .filter(|(_, r)| r.deadline < self.cx.now)
             .map(|(&u, r)| (u, r.conn))
             .collect();
         for (unit, conn) in late {
@@ -179,6 +179,7 @@ impl Core {
                 continue;
             };
             let eligible: Vec<Candidate> = self
+                .cx
                 .sessions
                 .iter()
                 .filter_map(|(&conn, s)| {
@@ -191,12 +192,12 @@ impl Core {
                         conn,
                         key: k,
                         lease: s.lease.unwrap_or(0),
-                        clean_steps: self.credits.clean_steps(&k),
+                        clean_steps: self.cx.credits.clean_steps(&k),
                         free: s.ready && s.lease.is_some() && s.unit.is_none(),
                     })
                 })
                 .collect();
-            let anyone = self.sessions.values().any(|s| s.active().is_some());
+            let anyone = self.cx.sessions.values().any(|s| s.active().is_some());
             if eligible.is_empty() && anyone {
                 let outcome = nobody_left(
                     case.first.is_some(),
@@ -207,15 +208,15 @@ impl Core {
                 self.maybe_close_round();
                 continue;
             }
-            let Some(Candidate { conn, key, .. }) = self.draws.replayer(&eligible) else {
+            let Some(Candidate { conn, key, .. }) = self.cx.draws.replayer(&eligible) else {
                 continue;
             };
-            let unit = self.next_unit;
-            self.next_unit += 1;
-            let Some(lease) = self.sessions.get(&conn).and_then(|s| s.lease) else {
+            let unit = self.cx.next_unit;
+            self.cx.next_unit += 1;
+            let Some(lease) = self.cx.sessions.get(&conn).and_then(|s| s.lease) else {
                 continue;
             };
-            if let Some(s) = self.sessions.get_mut(&conn) {
+            if let Some(s) = self.cx.sessions.get_mut(&conn) {
                 s.unit = Some(unit);
             }
             if let Some(c) = replicas!(self).round.replays.cases.get_mut(&slot) {
@@ -227,19 +228,19 @@ impl Core {
                     slot,
                     conn,
                     key,
-                    deadline: self.now + self.spec.unit_deadline_ms,
+                    deadline: self.cx.now + self.cx.spec.unit_deadline_ms,
                 },
             );
             let round = self.round();
             let mut work = super::samples::work(
-                &self.spec,
-                &mut self.sampler,
-                (round, self.version),
+                &self.cx.spec,
+                &mut self.cx.sampler,
+                (round, self.cx.version),
                 (unit, lease, slot),
             );
             // A compressed unit's replay comes back dense, to check the compression against.
-            work.dense = self.spec.sparse().is_some();
-            self.send(conn, ToContributor::Work(work));
+            work.dense = self.cx.spec.sparse().is_some();
+            self.cx.send(conn, ToContributor::Work(work));
         }
     }
 
@@ -253,7 +254,7 @@ impl Core {
             return self.reject_foreign(conn, unit, key, seq);
         }
         replicas!(self).round.replays.running.remove(&unit);
-        if let Some(s) = self.sessions.get_mut(&conn) {
+        if let Some(s) = self.cx.sessions.get_mut(&conn) {
             s.unit = None;
         }
         let Some(case) = replicas!(self).round.replays.cases.get_mut(&r.slot) else {
@@ -263,16 +264,16 @@ impl Core {
         case.tried.insert(key);
         let case = case.clone();
         let answer = if let Some(problem) =
-            super::validate::submission_problem(&self.spec, self.version, &sub)
+            super::validate::submission_problem(&self.cx.spec, self.cx.version, &sub)
         {
             Err(problem)
-        } else if self.spec.sparse().is_some() && !matches!(sub.result, Update::Dense(_)) {
+        } else if self.cx.spec.sparse().is_some() && !matches!(sub.result, Update::Dense(_)) {
             Err(Reason::new(
                 Code::WrongShape,
                 "a replay's update goes back dense (the work said so)",
             ))
         } else {
-            super::validate::dense_update(&self.spec, &sub.result)
+            super::validate::dense_update(&self.cx.spec, &sub.result)
                 .map_err(|e| super::validate::update_refusal(&sub.result, e))
         };
         let dense = match answer {
@@ -289,18 +290,23 @@ impl Core {
             // The auditor's credit comes with the check's outcome.
             (0, 0.0),
         );
-        let tol = self.spec.checks.as_ref().map_or(0.0, |c| c.round_tolerance);
+        let tol = self
+            .cx
+            .spec
+            .checks
+            .as_ref()
+            .map_or(0.0, |c| c.round_tolerance);
         let mine = (dense.as_slice(), sub.loss_sum);
         let Some(with_checked) = replicas_ref!(self)
             .round
             .slot_update(r.slot, case.unit)
-            .map(|checked| agrees_with_checked(&self.spec, checked, mine, tol))
+            .map(|checked| agrees_with_checked(&self.cx.spec, checked, mine, tol))
         else {
             // The slot was reopened meanwhile: nothing left to judge.
             replicas!(self).round.replays.cases.remove(&r.slot);
             return;
         };
-        let flops = self.spec.unit_flops(sub.tokens);
+        let flops = self.cx.spec.unit_flops(sub.tokens);
         let first = case
             .first
             .as_ref()
@@ -354,7 +360,7 @@ impl Core {
             return;
         };
         let round = self.round();
-        self.log(LogEvent::Checked {
+        self.cx.log(LogEvent::Checked {
             key: case.key,
             step: round,
             auditors: auditors.clone(),
@@ -378,7 +384,7 @@ impl Core {
         };
         if rerun && replicas!(self).round.slot_update(slot, case.unit).is_some() {
             replicas!(self).round.reopen(slot);
-            self.out.push(Action::Withdrawn { round, slot });
+            self.cx.out.push(Action::Withdrawn { round, slot });
         }
     }
 }

@@ -220,8 +220,8 @@ impl Core {
                 ));
             }
         }
-        let rate = checks.rate(self.credits.clean_steps(&key));
-        Ok(self.draws.update_checked(self.round(), slot, key, rate))
+        let rate = checks.rate(self.cx.credits.clean_steps(&key));
+        Ok(self.cx.draws.update_checked(self.round(), slot, key, rate))
     }
 
     /// The checks of a complete round, before it may close: an update whose norm is several
@@ -232,7 +232,7 @@ impl Core {
     /// update's identity loses its credits and is refused, its slot runs again; true when the
     /// round may close.
     pub(super) fn round_checks(&mut self) -> bool {
-        if self.spec.checks.is_none() {
+        if self.cx.spec.checks.is_none() {
             return true;
         }
         let round = self.round();
@@ -289,7 +289,7 @@ impl Core {
             ));
         }
         // Private error feedback: compressed updates of a run whose units do not start fresh.
-        let min_spread = if self.spec.sparse().is_some() && !self.replays_on() {
+        let min_spread = if self.cx.spec.sparse().is_some() && !self.replays_on() {
             HELD_OUT_MIN_SPREAD_FEEDBACK
         } else {
             HELD_OUT_MIN_SPREAD
@@ -322,7 +322,7 @@ impl Core {
                 continue;
             }
             replicas!(self).gains.push((round, gain));
-            self.log(LogEvent::Checked {
+            self.cx.log(LogEvent::Checked {
                 key,
                 step: round,
                 auditors: Vec::new(),
@@ -333,7 +333,7 @@ impl Core {
         }
         replicas!(self).round.drawn.clear();
         for (slot, key, why) in &failed {
-            self.log(LogEvent::Checked {
+            self.cx.log(LogEvent::Checked {
                 key: *key,
                 step: round,
                 auditors: Vec::new(),
@@ -342,7 +342,8 @@ impl Core {
                 credited: Vec::new(),
             });
             replicas!(self).round.reopen(*slot);
-            self.out
+            self.cx
+                .out
                 .push(super::Action::Withdrawn { round, slot: *slot });
             self.close_refused(*key, why.prefixed("its update failed a check"));
         }
@@ -366,20 +367,23 @@ impl Core {
             .iter()
             .any(|(s, ..)| replicas!(self).round.drawn.contains(s));
         let held = self
+            .cx
             .spec
             .held_out_batch()
             .filter(|_| any_drawn && left.len() >= 3);
-        let cfg = self.spec.model.clone();
-        let held_before = held.as_ref().map(|b| loss::<f32>(&cfg, &self.weights, b));
+        let cfg = self.cx.spec.model.clone();
+        let held_before = held
+            .as_ref()
+            .map(|b| loss::<f32>(&cfg, &self.cx.weights, b));
         // Its share of the outer step: the step applies the mean of the round's updates.
-        let lr = self.spec.outer_lr / self.spec.replicas.max(1) as f32;
+        let lr = self.cx.spec.outer_lr / self.cx.spec.replicas.max(1) as f32;
         let mut measured = Vec::new();
         for (slot, key, dense) in left {
             let drawn = replicas!(self).round.drawn.contains(slot);
             if !drawn && held.is_none() {
                 continue;
             }
-            let mut moved = self.weights.clone();
+            let mut moved = self.cx.weights.clone();
             for (p, u) in moved.tensors_mut().into_iter().zip(dense) {
                 p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
             }
@@ -388,7 +392,7 @@ impl Core {
             let n = norm(dense).max(f64::MIN_POSITIVE);
             let own = drawn.then(|| {
                 let batch = self.first_batch(*slot);
-                let before = loss::<f32>(&cfg, &self.weights, &batch);
+                let before = loss::<f32>(&cfg, &self.cx.weights, &batch);
                 let after = loss::<f32>(&cfg, &moved, &batch);
                 ((before - after) / n, before, after)
             });
@@ -420,13 +424,18 @@ impl Core {
     /// first), as the data assignment gives them.
     fn first_batch(&mut self, slot: u64) -> Batch {
         let round = self.round();
-        let spans: Vec<_> = (0..self.spec.batch)
+        let spans: Vec<_> = (0..self.cx.spec.batch)
             .map(|mb| {
-                super::samples::slot_sample(&self.spec, &mut self.sampler, round, (slot, 0, mb))
+                super::samples::slot_sample(
+                    &self.cx.spec,
+                    &mut self.cx.sampler,
+                    round,
+                    (slot, 0, mb),
+                )
             })
             .collect();
-        let rows = spans.into_iter().map(|span| &self.spec.tokens[span]);
-        Batch::from_rows(rows, self.spec.seq as usize)
+        let rows = spans.into_iter().map(|span| &self.cx.spec.tokens[span]);
+        Batch::from_rows(rows, self.cx.spec.seq as usize)
     }
 }
 

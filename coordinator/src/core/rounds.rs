@@ -125,7 +125,7 @@ impl Round {
 impl Core {
     /// Gives open slots to ready, idle, leased sessions (lowest connection first).
     pub(super) fn schedule(&mut self) {
-        if !self.state.hands_out_work() {
+        if !self.cx.state.hands_out_work() {
             return;
         }
         // Replays first: the round cannot close before they resolve.
@@ -136,15 +136,16 @@ impl Core {
                 continue;
             }
             let Some((&conn, _)) = self
+                .cx
                 .sessions
                 .iter()
                 .find(|(_, s)| s.ready && s.lease.is_some() && s.unit.is_none())
             else {
                 return;
             };
-            let unit = self.next_unit;
-            self.next_unit += 1;
-            let deadline = self.now + self.spec.unit_deadline_ms;
+            let unit = self.cx.next_unit;
+            self.cx.next_unit += 1;
+            let deadline = self.cx.now + self.cx.spec.unit_deadline_ms;
             replicas!(self).round.slots[slot] = Slot::Assigned(unit);
             replicas!(self).round.units.insert(
                 unit,
@@ -154,17 +155,17 @@ impl Core {
                     deadline,
                 },
             );
-            let s = self.sessions.get_mut(&conn).expect("found above");
+            let s = self.cx.sessions.get_mut(&conn).expect("found above");
             s.unit = Some(unit);
             let lease = s.lease.expect("leased");
             let round = self.round();
             let work = super::samples::work(
-                &self.spec,
-                &mut self.sampler,
-                (round, self.version),
+                &self.cx.spec,
+                &mut self.cx.sampler,
+                (round, self.cx.version),
                 (unit, lease, slot as u64),
             );
-            self.send(conn, ToContributor::Work(work));
+            self.cx.send(conn, ToContributor::Work(work));
         }
     }
 
@@ -181,9 +182,9 @@ impl Core {
         result: [u8; 32],
         (tokens, flops): (u64, f64),
     ) {
-        let pending = match self.spec.pipeline {
-            Some(_) => super::pipeline::pipe_checks(&self.spec),
-            None => self.spec.checks.is_some(),
+        let pending = match self.cx.spec.pipeline {
+            Some(_) => super::pipeline::pipe_checks(&self.cx.spec),
+            None => self.cx.spec.checks.is_some(),
         };
         let event = match &verdict {
             Verdict::Accepted => LogEvent::Accepted {
@@ -202,17 +203,18 @@ impl Core {
                 reason: reason.clone(),
             },
         };
-        self.log(event);
+        self.cx.log(event);
         let receipt = Receipt {
             unit,
             contributor,
             seq,
             verdict,
-            log_head: self.log.head(),
+            log_head: self.cx.log.head(),
         };
         let bytes = signing_bytes(&receipt).unwrap_or_default();
-        let signature = self.id.sign(RECEIPT, &bytes);
-        self.send(conn, ToContributor::Receipt { receipt, signature });
+        let signature = self.cx.id.sign(RECEIPT, &bytes);
+        self.cx
+            .send(conn, ToContributor::Receipt { receipt, signature });
     }
 
     pub(super) fn reject(
@@ -265,7 +267,7 @@ impl Core {
         why: Reason,
     ) {
         self.reject(conn, sub.unit, key, seq, why.clone());
-        if self.spec.checks.is_some() && super::validate::update_non_finite(&sub.result) {
+        if self.cx.spec.checks.is_some() && super::validate::update_non_finite(&sub.result) {
             let why = Reason::new(
                 Code::NotFinite,
                 format!("it sent values that are not finite: {why}"),
@@ -289,14 +291,15 @@ impl Core {
         if u.conn != conn {
             return self.reject_foreign(conn, unit, key, seq);
         }
-        let dense = match super::validate::submission_problem(&self.spec, self.version, &sub) {
+        let dense = match super::validate::submission_problem(&self.cx.spec, self.cx.version, &sub)
+        {
             Some(p) => Err(p),
-            None => super::validate::dense_update(&self.spec, &sub.result)
+            None => super::validate::dense_update(&self.cx.spec, &sub.result)
                 .map_err(|e| super::validate::update_refusal(&sub.result, e)),
         };
         // Either way the unit is over for this contributor.
         replicas!(self).round.units.remove(&unit);
-        if let Some(s) = self.sessions.get_mut(&conn) {
+        if let Some(s) = self.cx.sessions.get_mut(&conn) {
             s.unit = None;
         }
         let dense = match dense {
@@ -306,7 +309,7 @@ impl Core {
                 return self.reject_submission(conn, key, seq, &sub, why);
             }
         };
-        if let Some(checks) = self.spec.checks.clone() {
+        if let Some(checks) = self.cx.spec.checks.clone() {
             match self.check_update(key, u.slot, &dense, &checks) {
                 Ok(true) => {
                     replicas!(self).round.drawn.insert(u.slot);
@@ -334,8 +337,8 @@ impl Core {
             loss_sum: sub.loss_sum,
             update: sub.result,
         };
-        self.out.push(Action::Accepted(c.clone()));
-        let flops = self.spec.unit_flops(sub.tokens);
+        self.cx.out.push(Action::Accepted(c.clone()));
+        let flops = self.cx.spec.unit_flops(sub.tokens);
         replicas!(self).round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
         self.receipt(
             conn,
@@ -352,7 +355,7 @@ impl Core {
     /// Closes the round once every slot is accepted, every replay resolved and the round's
     /// checks pass.
     pub(super) fn maybe_close_round(&mut self) {
-        if self.state.is_open()
+        if self.cx.state.is_open()
             && replicas!(self)
                 .round
                 .slots
@@ -367,15 +370,15 @@ impl Core {
 
     /// Puts an accepted contribution back after a restart.
     pub(super) fn restore_contribution(&mut self, c: Contribution) {
-        if c.round != self.round() || c.slot >= self.spec.replicas {
+        if c.round != self.round() || c.slot >= self.cx.spec.replicas {
             return;
         }
-        if let Ok(dense) = super::validate::dense_update(&self.spec, &c.update) {
+        if let Ok(dense) = super::validate::dense_update(&self.cx.spec, &c.update) {
             let slot = c.slot as usize;
-            self.next_unit = self.next_unit.max(c.unit + 1);
+            self.cx.next_unit = self.cx.next_unit.max(c.unit + 1);
             // Whether it was drawn before the restart is not kept: a restored contribution is
             // checked (loss check, and replay where the run replays).
-            if self.spec.checks.is_some() {
+            if self.cx.spec.checks.is_some() {
                 replicas!(self).round.drawn.insert(c.slot);
                 if self.replays_on() {
                     if let Some(r) = self.replicas_mut() {
@@ -403,30 +406,30 @@ impl Core {
                 updates.push(d);
             }
         }
-        let (mean, clip_scales) = outer::aggregate(&updates, self.spec.clip_to_median);
+        let (mean, clip_scales) = outer::aggregate(&updates, self.cx.spec.clip_to_median);
         replicas!(self).previous_updates = updates;
         let closed_round = self.round();
         replicas!(self).gains.retain(|&(r, _)| r == closed_round);
-        let mut aggregate = self.weights.zeros_like();
+        let mut aggregate = self.cx.weights.zeros_like();
         for (dst, src) in aggregate.tensors_mut().into_iter().zip(&mean) {
             dst.clone_from(src);
         }
         let closed = self.round();
-        let rule = super::rules::RunRules::of(&self.spec).step;
-        super::rules::apply(&rule, closed, &mut self.weights, &mut None, &aggregate);
+        let rule = super::rules::RunRules::of(&self.cx.spec).step;
+        super::rules::apply(&rule, closed, &mut self.cx.weights, &mut None, &aggregate);
         let aggregate_digest = super::weights_digest(&aggregate);
-        self.aggregate = Some(aggregate);
-        self.version += 1;
+        self.cx.aggregate = Some(aggregate);
+        self.cx.version += 1;
         let loss = if tokens > 0 {
             loss_sum / tokens as f64
         } else {
             0.0
         };
-        self.losses.push(loss);
+        self.cx.losses.push(loss);
         // Dense runs publish the dense mean; SparseLoCo runs publish its nonzero entries (the
         // union of the replicas' top-k positions).
-        let shapes = tessera_compute::hf::tensor_shapes(&self.spec.model);
-        let update = if self.spec.sparse().is_some() {
+        let shapes = tessera_compute::hf::tensor_shapes(&self.cx.spec.model);
+        let update = if self.cx.spec.sparse().is_some() {
             Update::Indexed(
                 shapes
                     .iter()
@@ -446,21 +449,22 @@ impl Core {
                     .collect(),
             )
         };
-        self.log(LogEvent::Closed {
+        self.cx.log(LogEvent::Closed {
             round: closed,
-            version: self.version,
-            weights: super::weights_digest(&self.weights),
+            version: self.cx.version,
+            weights: super::weights_digest(&self.cx.weights),
             aggregate: aggregate_digest,
         });
-        self.out.push(Action::RoundClosed(RoundSummary {
+        self.cx.out.push(Action::RoundClosed(RoundSummary {
             round: closed,
-            version: self.version,
+            version: self.cx.version,
             loss,
             tokens,
             contributors,
             clip_scales,
         }));
         let leased: Vec<ConnId> = self
+            .cx
             .sessions
             .iter()
             .filter(|(_, s)| s.lease.is_some() && s.active().is_some())
@@ -469,23 +473,23 @@ impl Core {
         for conn in leased {
             let msg = ToContributor::OuterStep {
                 round: closed,
-                version: self.version,
-                lr: self.spec.outer_lr,
+                version: self.cx.version,
+                lr: self.cx.spec.outer_lr,
                 update: update.clone(),
             };
-            self.send(conn, msg);
+            self.cx.send(conn, msg);
         }
         // Units still running on this round are void.
         for (id, u) in std::mem::take(&mut replicas!(self).round.units) {
-            if let Some(s) = self.sessions.get_mut(&u.conn) {
+            if let Some(s) = self.cx.sessions.get_mut(&u.conn) {
                 s.unit = None;
             }
-            self.send(u.conn, ToContributor::Cancel { unit: id });
+            self.cx.send(u.conn, ToContributor::Cancel { unit: id });
         }
-        replicas!(self).round = Round::new(closed + 1, self.spec.replicas);
-        if self.round() >= self.spec.rounds {
-            self.state = RunState::Finished(End::Completed);
-            self.out.push(Action::Finished);
+        replicas!(self).round = Round::new(closed + 1, self.cx.spec.replicas);
+        if self.round() >= self.cx.spec.rounds {
+            self.cx.state = RunState::Finished(End::Completed);
+            self.cx.out.push(Action::Finished);
         }
     }
 }

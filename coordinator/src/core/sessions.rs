@@ -71,19 +71,19 @@ impl Core {
             kind: ContributorKind::Native,
             caps: None,
             guard: ReplayGuard::default(),
-            last_seen: self.now,
+            last_seen: self.cx.now,
             lease: None,
             ready: false,
             unit: None,
         };
-        self.sessions.insert(conn, s);
+        self.cx.sessions.insert(conn, s);
     }
 
     pub(super) fn message(&mut self, conn: ConnId, msg: ToCoordinator) {
-        let Some(s) = self.sessions.get_mut(&conn) else {
+        let Some(s) = self.cx.sessions.get_mut(&conn) else {
             return;
         };
-        s.last_seen = self.now;
+        s.last_seen = self.cx.now;
         match (s.stage.clone(), msg) {
             (
                 Stage::Hello,
@@ -101,10 +101,10 @@ impl Core {
                 let nonce = s.nonce;
                 let msg = ToContributor::Challenge {
                     nonce,
-                    coordinator: self.id.public(),
-                    run: self.spec.name.clone(),
+                    coordinator: self.cx.id.public(),
+                    run: self.cx.spec.name.clone(),
                 };
-                self.send(conn, msg);
+                self.cx.send(conn, msg);
             }
             (Stage::Proof, ToCoordinator::Proof { signature }) => self.proof(conn, signature),
             (Stage::Active, ToCoordinator::Session(signed)) => self.session_message(conn, signed),
@@ -128,14 +128,14 @@ impl Core {
     /// The handshake's proof: the key's signature over the challenge; a refused or banned
     /// identity is told why and closed, a verified one joins, replacing its older session.
     fn proof(&mut self, conn: ConnId, signature: tessera_protocol::Signature) {
-        let Some(s) = self.sessions.get_mut(&conn) else {
+        let Some(s) = self.cx.sessions.get_mut(&conn) else {
             return;
         };
         let Some(key) = s.key else { return };
         let nonce = s.nonce;
         if let Err(e) = key.verify(
             HANDSHAKE,
-            &handshake_message(&nonce, &self.id.public(), &key),
+            &handshake_message(&nonce, &self.cx.id.public(), &key),
             &signature,
         ) {
             return self.fatal(
@@ -143,7 +143,7 @@ impl Core {
                 Reason::new(Code::Handshake, format!("handshake failed: {e}")),
             );
         }
-        if self.credits.is_refused(&key) {
+        if self.cx.credits.is_refused(&key) {
             return self.fatal(
                 conn,
                 Reason::new(
@@ -152,7 +152,7 @@ impl Core {
                 ),
             );
         }
-        if self.admin.banned.contains(&key) {
+        if self.cx.admin.banned.contains(&key) {
             return self.fatal(
                 conn,
                 Reason::new(
@@ -163,29 +163,30 @@ impl Core {
         }
         // One session per identity: a reconnect replaces the old session.
         let old: Vec<ConnId> = self
+            .cx
             .sessions
             .iter()
             .filter(|(&c, o)| c != conn && o.active() == Some(key))
             .map(|(&c, _)| c)
             .collect();
         for c in old {
-            self.out.push(Action::Close {
+            self.cx.out.push(Action::Close {
                 conn: c,
                 reason: "replaced by a newer session of the same identity".into(),
             });
             self.drop_session(c, Some(Reason::new(Code::Replaced, "replaced")));
         }
         let kind = {
-            let s = self.sessions.get_mut(&conn).expect("checked above");
+            let s = self.cx.sessions.get_mut(&conn).expect("checked above");
             s.stage = Stage::Active;
             s.kind
         };
-        self.log(LogEvent::Joined { key, kind });
-        self.send(
+        self.cx.log(LogEvent::Joined { key, kind });
+        self.cx.send(
             conn,
             ToContributor::Welcome {
-                run: self.spec.name.clone(),
-                log_head: self.log_head(),
+                run: self.cx.spec.name.clone(),
+                log_head: self.cx.log_head(),
             },
         );
         self.offer_lease(conn);
@@ -194,7 +195,7 @@ impl Core {
     /// A signed session message of an active session: signature and sequence checked, then
     /// handed to the part it belongs to.
     fn session_message(&mut self, conn: ConnId, signed: Signed<SessionMessage>) {
-        let Some(s) = self.sessions.get_mut(&conn) else {
+        let Some(s) = self.cx.sessions.get_mut(&conn) else {
             return;
         };
         let Some(key) = s.key else { return };
@@ -205,7 +206,9 @@ impl Core {
             );
         }
         if let Err(e) = s.guard.accept(signed.seq) {
-            return self.refuse(conn, Reason::new(Code::Sequence, format!("ignored: {e}")));
+            return self
+                .cx
+                .refuse(conn, Reason::new(Code::Sequence, format!("ignored: {e}")));
         }
         let seq = signed.seq;
         match signed.body {
@@ -213,7 +216,7 @@ impl Core {
                 if s.lease == Some(lease) {
                     s.ready = true;
                 } else {
-                    self.refuse(
+                    self.cx.refuse(
                         conn,
                         Reason::new(Code::NotYourLease, format!("lease {lease} is not yours")),
                     );
@@ -227,7 +230,7 @@ impl Core {
             SessionMessage::Submit(_)
             | SessionMessage::Output(_)
             | SessionMessage::Audited(_)
-            | SessionMessage::Grads(_) => self.refuse(
+            | SessionMessage::Grads(_) => self.cx.refuse(
                 conn,
                 Reason::new(
                     Code::WrongRegime,
@@ -235,7 +238,7 @@ impl Core {
                 ),
             ),
             SessionMessage::Leave => {
-                self.out.push(Action::Close {
+                self.cx.out.push(Action::Close {
                     conn,
                     reason: "left".into(),
                 });
@@ -249,20 +252,20 @@ impl Core {
         if !self.is_replicas() {
             return self.offer_pipeline_lease(conn);
         }
-        let need = self.spec.replica_bytes();
-        let Some(s) = self.sessions.get_mut(&conn) else {
+        let need = self.cx.spec.replica_bytes();
+        let Some(s) = self.cx.sessions.get_mut(&conn) else {
             return;
         };
         let budget = s.caps.as_ref().map_or(0, |c| c.memory_budget_bytes);
         if budget < need {
             let msg = format!("a replica of this run needs {need} bytes; your memory budget is {budget}. Raise it to take part");
-            return self.refuse(conn, Reason::new(Code::Budget, msg));
+            return self.cx.refuse(conn, Reason::new(Code::Budget, msg));
         }
-        let lease = self.next_lease;
-        self.next_lease += 1;
+        let lease = self.cx.next_lease;
+        self.cx.next_lease += 1;
         s.lease = Some(lease);
         s.ready = false;
-        let cfg = &self.spec.model;
+        let cfg = &self.cx.spec.model;
         let shards: Vec<ShardSpec> = vec![ShardSpec::Embed {
             rows: [0, cfg.vocab_size as u64],
         }]
@@ -283,15 +286,16 @@ impl Core {
             cols: [0, cfg.vocab_size as u64],
         }])
         .collect();
-        let chunk = self.spec.weights_frame_elems.max(1);
+        let chunk = self.cx.spec.weights_frame_elems.max(1);
         let mut frames = Vec::new();
-        for ((name, shape), (_, values)) in tensor_shapes(cfg).into_iter().zip(self.weights.named())
+        for ((name, shape), (_, values)) in
+            tensor_shapes(cfg).into_iter().zip(self.cx.weights.named())
         {
             for (i, part) in values.chunks(chunk).enumerate() {
                 frames.push(ToContributor::Weights {
                     lease,
                     shard: 0,
-                    version: self.version,
+                    version: self.cx.version,
                     name: name.clone(),
                     shape: shape.iter().map(|&d| d as u64).collect(),
                     offset: (i * chunk) as u64,
@@ -299,38 +303,38 @@ impl Core {
                 });
             }
         }
-        if let Some(key) = self.sessions.get(&conn).and_then(|s| s.active()) {
-            self.log(LogEvent::Leased {
+        if let Some(key) = self.cx.sessions.get(&conn).and_then(|s| s.active()) {
+            self.cx.log(LogEvent::Leased {
                 key,
                 lease,
                 shards: shards.clone(),
             });
         }
-        let cfg = &self.spec.model;
+        let cfg = &self.cx.spec.model;
         let msg = ToContributor::Lease(Lease {
             lease,
             config_json: cfg.to_hf_json(),
             shards,
-            optimizer: self.spec.optimizer,
-            clip: self.spec.inner_clip,
-            sync: self.spec.sync,
-            rows: self.spec.batch * self.spec.seq,
-            version: self.version,
+            optimizer: self.cx.spec.optimizer,
+            clip: self.cx.spec.inner_clip,
+            sync: self.cx.spec.sync,
+            rows: self.cx.spec.batch * self.cx.spec.seq,
+            version: self.cx.version,
             frames: frames.len() as u32,
             activations: None,
             fresh_units: self.replays_on(),
         });
-        self.send(conn, msg);
+        self.cx.send(conn, msg);
         for f in frames {
-            self.send(conn, f);
+            self.cx.send(conn, f);
         }
     }
 
     /// Forgets a session; its unit in progress goes back to the queue.
     pub(super) fn drop_session(&mut self, conn: ConnId, why: Option<Reason>) {
-        if let Some(s) = self.sessions.remove(&conn) {
+        if let Some(s) = self.cx.sessions.remove(&conn) {
             if let Some(key) = s.active() {
-                self.log(LogEvent::Left {
+                self.cx.log(LogEvent::Left {
                     key,
                     reason: why.unwrap_or_else(|| Reason::new(Code::Disconnected, "disconnected")),
                 });
@@ -352,28 +356,29 @@ impl Core {
 
     /// Whole-model runs: re-queues units past their deadline.
     pub(super) fn expire_units(&mut self) {
-        let now = self.now;
+        let now = self.cx.now;
         for (conn, unit) in replicas!(self).round.expired(now) {
-            if let Some(s) = self.sessions.get_mut(&conn) {
+            if let Some(s) = self.cx.sessions.get_mut(&conn) {
                 if s.unit == Some(unit) {
                     s.unit = None;
                 }
             }
-            self.send(conn, ToContributor::Cancel { unit });
+            self.cx.send(conn, ToContributor::Cancel { unit });
         }
     }
 
     /// Drops silent sessions.
     pub(super) fn expire_sessions(&mut self) {
-        let now = self.now;
+        let now = self.cx.now;
         let silent: Vec<ConnId> = self
+            .cx
             .sessions
             .iter()
-            .filter(|(_, s)| now.saturating_sub(s.last_seen) > self.spec.silence_ms)
+            .filter(|(_, s)| now.saturating_sub(s.last_seen) > self.cx.spec.silence_ms)
             .map(|(&c, _)| c)
             .collect();
         for c in silent {
-            self.out.push(Action::Close {
+            self.cx.out.push(Action::Close {
                 conn: c,
                 reason: "silent for too long".into(),
             });

@@ -69,11 +69,11 @@ impl Core {
     /// Whether `lease`'s work in the open step is checked; drawn at its first unit from the
     /// run's seed, the step and the lease, with the identity's current rate.
     pub(super) fn audit_selected(&mut self, lease: u64, key: PublicKey) -> bool {
-        let Some(checks) = self.spec.checks.clone() else {
+        let Some(checks) = self.cx.spec.checks.clone() else {
             return false;
         };
-        let rate = checks.rate(self.credits.clean_steps(&key));
-        let draws = self.draws;
+        let rate = checks.rate(self.cx.credits.clean_steps(&key));
+        let draws = self.cx.draws;
         let Some(pipe) = pipe_mut!(self) else {
             return false;
         };
@@ -143,7 +143,7 @@ impl Core {
         let need: BTreeSet<ShardId> = a
             .done
             .iter()
-            .flat_map(|(w, _)| pipe.cells_of(&self.spec.model, w).unwrap_or_default())
+            .flat_map(|(w, _)| pipe.cells_of(&self.cx.spec.model, w).unwrap_or_default())
             .collect();
         let mut exclude = vec![a.key];
         if let Some((k, ..)) = &first {
@@ -156,18 +156,19 @@ impl Core {
                 l != lease && !a.tried.contains(&l) && need.iter().all(|c| h.shards.contains(c))
             })
             .filter_map(|(&l, h)| {
-                let s = self.sessions.get(&h.conn)?;
+                let s = self.cx.sessions.get(&h.conn)?;
                 let key = s.active()?;
                 Some(Candidate {
                     conn: h.conn,
                     key,
                     lease: l,
-                    clean_steps: self.credits.clean_steps(&key),
-                    free: s.ready && !exclude.contains(&key) && !self.credits.is_refused(&key),
+                    clean_steps: self.cx.credits.clean_steps(&key),
+                    free: s.ready && !exclude.contains(&key) && !self.cx.credits.is_refused(&key),
                 })
             })
             .collect();
         let auditor = self
+            .cx
             .draws
             .auditor(&candidates)
             .map(|c| (c.lease, c.conn, c.key));
@@ -180,9 +181,9 @@ impl Core {
             let auditors = first.map(|f| vec![f.0]).unwrap_or_default();
             return self.resolve(lease, outcome, auditors, Vec::new(), 0.0);
         };
-        let audit = self.next_unit;
-        self.next_unit += 1;
-        let deadline = self.now + self.spec.unit_deadline_ms;
+        let audit = self.cx.next_unit;
+        self.cx.next_unit += 1;
+        let deadline = self.cx.now + self.cx.spec.unit_deadline_ms;
         let units: Vec<PipeWork> = a
             .done
             .iter()
@@ -202,7 +203,7 @@ impl Core {
                 first,
             };
         }
-        self.send(
+        self.cx.send(
             conn,
             ToContributor::Audit(Box::new(AuditWork {
                 audit,
@@ -261,7 +262,7 @@ impl Core {
             .grads
             .iter()
             .map(|g| {
-                grads_from_wire(g, &self.spec.model, sparse)
+                grads_from_wire(g, &self.cx.spec.model, sparse)
                     .map_err(|e| Reason::new(Code::WrongShape, e.to_string()))
             })
             .collect();
@@ -283,12 +284,12 @@ impl Core {
         let d = crate::core::digest(&r);
         // The auditor's credit comes with the check's outcome.
         self.receipt(conn, r.audit, key, seq, Verdict::Accepted, d, (0, 0.0));
-        let tol = self.spec.checks.as_ref().map_or(0.0, |c| c.tolerance);
+        let tol = self.cx.spec.checks.as_ref().map_or(0.0, |c| c.tolerance);
         let units: Vec<u64> = a.done.iter().map(|(w, _)| w.unit).collect();
         let claimed: Vec<PipeResult> = a.done.iter().map(|(_, r)| r.clone()).collect();
         let work: Vec<PipeWork> = a.done.iter().map(|(w, _)| w.clone()).collect();
         let flops = pipe!(self).map_or(0.0, |p| {
-            p.units_flops(&self.spec.model, self.spec.seq, &work)
+            p.units_flops(&self.cx.spec.model, self.cx.spec.seq, &work)
         });
         let with_checked = agree(
             (&r.outputs, &sums),
@@ -378,7 +379,7 @@ impl Core {
         };
         a.phase = AuditPhase::Resolved(outcome.clone());
         let key = a.key;
-        self.log(LogEvent::Checked {
+        self.cx.log(LogEvent::Checked {
             key,
             step,
             auditors: auditors.clone(),
@@ -404,7 +405,7 @@ impl Core {
     /// and refuses it (a restarted coordinator too), then its sessions close.
     pub(in crate::core) fn found_wrong(&mut self, key: PublicKey, why: Reason) {
         let step = self.round();
-        self.log(LogEvent::Checked {
+        self.cx.log(LogEvent::Checked {
             key,
             step,
             auditors: Vec::new(),
@@ -418,6 +419,7 @@ impl Core {
     /// Closes the sessions of an identity the log has just refused.
     pub(in crate::core) fn close_refused(&mut self, key: PublicKey, why: Reason) {
         let conns: Vec<ConnId> = self
+            .cx
             .sessions
             .iter()
             .filter(|(_, s)| s.active() == Some(key))
@@ -430,7 +432,7 @@ impl Core {
 
     /// Audits whose auditor is gone or late run elsewhere.
     pub(in crate::core) fn expire_audits(&mut self, lost: Option<u64>) {
-        let now = self.now;
+        let now = self.cx.now;
         let Some(pipe) = pipe_mut!(self) else {
             return;
         };

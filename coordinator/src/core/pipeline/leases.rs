@@ -13,21 +13,22 @@ use crate::core::{ConnId, Core};
 impl Core {
     /// Gives the session a pipeline lease sized to its budget and sends its weights.
     pub(in crate::core) fn offer_pipeline_lease(&mut self, conn: ConnId) {
-        let (Some(pipe), Some(ps)) = (pipe!(self), self.spec.pipeline.as_ref()) else {
+        let (Some(pipe), Some(ps)) = (pipe!(self), self.cx.spec.pipeline.as_ref()) else {
             return;
         };
-        let Some(s) = self.sessions.get(&conn) else {
+        let Some(s) = self.cx.sessions.get(&conn) else {
             return;
         };
         let budget = s.caps.as_ref().map_or(0, |c| c.memory_budget_bytes);
         let binding = s.caps.as_ref().map_or(0, |c| c.max_binding_bytes);
-        let activation = self.spec.seq * self.spec.model.hidden_size as u64 * 4;
+        let activation = self.cx.spec.seq * self.cx.spec.model.hidden_size as u64 * 4;
         if binding < activation {
             let msg = format!("a micro-batch's activation of this run is {activation} bytes, more than your adapter's largest binding of {binding} bytes");
-            return self.refuse(conn, Reason::new(Code::Budget, msg));
+            return self.cx.refuse(conn, Reason::new(Code::Budget, msg));
         }
         let replicas = pipe.replicas();
         let Some(shards) = self
+            .cx
             .draws
             .lease_shards(&replicas, budget, |x| ps.lease_bytes(x))
         else {
@@ -39,16 +40,16 @@ impl Core {
                 .min()
                 .unwrap_or(0);
             let msg = format!("the smallest micro-shard of this run needs {need} bytes; your memory budget is {budget}. Raise it to take part");
-            return self.refuse(conn, Reason::new(Code::Budget, msg));
+            return self.cx.refuse(conn, Reason::new(Code::Budget, msg));
         };
-        let lease = self.next_lease;
-        self.next_lease += 1;
-        if let Some(s) = self.sessions.get_mut(&conn) {
+        let lease = self.cx.next_lease;
+        self.cx.next_lease += 1;
+        if let Some(s) = self.cx.sessions.get_mut(&conn) {
             s.lease = Some(lease);
             s.ready = false;
         }
         let frames = self.weight_frames(lease, &shards);
-        let cfg = &self.spec.model;
+        let cfg = &self.cx.spec.model;
         let msg = ToContributor::Lease(Lease {
             lease,
             config_json: cfg.to_hf_json(),
@@ -56,32 +57,32 @@ impl Core {
                 .iter()
                 .map(|&(s, i)| to_wire(&ps.stages[s][i]))
                 .collect(),
-            optimizer: self.spec.optimizer,
-            clip: self.spec.inner_clip,
+            optimizer: self.cx.spec.optimizer,
+            clip: self.cx.spec.inner_clip,
             sync: ps.grads,
-            rows: self.spec.seq,
-            version: self.version,
+            rows: self.cx.spec.seq,
+            version: self.cx.version,
             frames: frames.len() as u32,
             activations: Some(ps.activations),
             fresh_units: false,
         });
         tracing::info!(conn, lease, shards = shards.len(), "pipeline lease");
         if let (Some(key), ToContributor::Lease(l)) =
-            (self.sessions.get(&conn).and_then(|s| s.active()), &msg)
+            (self.cx.sessions.get(&conn).and_then(|s| s.active()), &msg)
         {
             let event = tessera_protocol::log::LogEvent::Leased {
                 key,
                 lease,
                 shards: l.shards.clone(),
             };
-            self.log(event);
+            self.cx.log(event);
         }
         if let Some(p) = pipe_mut!(self) {
             p.holdings.insert(lease, Holding { conn, shards });
         }
-        self.send(conn, msg);
+        self.cx.send(conn, msg);
         for f in frames {
-            self.send(conn, f);
+            self.cx.send(conn, f);
         }
     }
 
@@ -90,11 +91,11 @@ impl Core {
         let Some(pipe) = pipe!(self) else {
             return Vec::new();
         };
-        let chunk = self.spec.weights_frame_elems.max(1);
+        let chunk = self.cx.spec.weights_frame_elems.max(1);
         let mut frames = Vec::new();
         for (k, &(s, i)) in shards.iter().enumerate() {
             let Ok(t) =
-                ShardTensors::from_model(&self.spec.model, &self.weights, &pipe.stages[s][i])
+                ShardTensors::from_model(&self.cx.spec.model, &self.cx.weights, &pipe.stages[s][i])
             else {
                 continue;
             };
@@ -102,7 +103,7 @@ impl Core {
                 for (j, part) in x.data.chunks(chunk).enumerate() {
                     frames.push(ToContributor::Weights {
                         lease,
-                        version: self.version,
+                        version: self.cx.version,
                         shard: k as u32,
                         name: x.name.clone(),
                         shape: x.shape.iter().map(|&d| d as u64).collect(),
@@ -126,7 +127,7 @@ impl Core {
         if reps.iter().flatten().all(|&n| n > 0) {
             return;
         }
-        let Some(ps) = self.spec.pipeline.as_ref() else {
+        let Some(ps) = self.cx.spec.pipeline.as_ref() else {
             return;
         };
         let orphans: Vec<ShardId> = reps
@@ -141,6 +142,7 @@ impl Core {
             .collect();
         let spare = pipe.holdings.iter().find(|(lease, h)| {
             let session = self
+                .cx
                 .sessions
                 .get(&h.conn)
                 .filter(|s| s.ready && s.unit.is_none() && s.lease == Some(**lease));

@@ -104,7 +104,7 @@ impl Core {
         let Some(pipe) = pipe!(self) else {
             return;
         };
-        if !self.state.is_open() || !pipe.step.drained() {
+        if !self.cx.state.is_open() || !pipe.step.drained() {
             return;
         }
         let ask: Vec<(u64, ConnId)> = pipe
@@ -116,9 +116,9 @@ impl Core {
             .collect();
         let step = pipe.step.number;
         for (lease, conn) in ask {
-            let unit = self.next_unit;
-            self.next_unit += 1;
-            let deadline = self.now + self.spec.unit_deadline_ms;
+            let unit = self.cx.next_unit;
+            self.cx.next_unit += 1;
+            let deadline = self.cx.now + self.cx.spec.unit_deadline_ms;
             if let Some(p) = pipe_mut!(self) {
                 p.step.collecting.insert(
                     lease,
@@ -129,7 +129,8 @@ impl Core {
                     },
                 );
             }
-            self.send(conn, ToContributor::Collect { unit, lease, step });
+            self.cx
+                .send(conn, ToContributor::Collect { unit, lease, step });
         }
         let done = pipe!(self).is_some_and(|p| {
             p.step.collecting.is_empty() && p.step.owed.values().all(Vec::is_empty)
@@ -149,11 +150,11 @@ impl Core {
             return;
         };
         tracing::warn!(step = number, "step discarded: {reason}");
-        self.log(tessera_protocol::log::LogEvent::Discarded {
+        self.cx.log(tessera_protocol::log::LogEvent::Discarded {
             step: number,
             reason,
         });
-        let fresh = Step::of(&self.spec, &mut self.sampler, number);
+        let fresh = Step::of(&self.cx.spec, &mut self.cx.sampler, number);
         if let Some(p) = pipe_mut!(self) {
             p.step = fresh;
         }
@@ -164,7 +165,7 @@ impl Core {
         let unit = g.unit;
         let checked = pipe!(self)
             .ok_or_else(|| Reason::new(Code::WrongRegime, "this run has no pipeline"))
-            .and_then(|p| p.check_grads(&self.spec, conn, &g));
+            .and_then(|p| p.check_grads(&self.cx.spec, conn, &g));
         match checked {
             Ok(sums) => {
                 if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&g.lease)) {
@@ -173,7 +174,7 @@ impl Core {
                 if let Some(p) = pipe_mut!(self) {
                     for t in &sums {
                         // Checked above: cannot fail.
-                        let _ = t.add_into(&self.spec.model, &mut p.step.grads);
+                        let _ = t.add_into(&self.cx.spec.model, &mut p.step.grads);
                     }
                     p.step.owed.remove(&g.lease);
                     p.step.collecting.remove(&g.lease);
@@ -184,7 +185,7 @@ impl Core {
                 self.collect_or_close();
             }
             Err(why) => {
-                let poison = self.spec.checks.is_some() && super::compare::grads_non_finite(&g);
+                let poison = self.cx.spec.checks.is_some() && super::compare::grads_non_finite(&g);
                 if poison {
                     let why = Reason::new(Code::NotFinite, why.text.as_str());
                     self.reject(conn, unit, key, seq, why.clone());
@@ -205,11 +206,14 @@ impl Core {
             return;
         };
         let number = pipe.step.number;
-        let grads = std::mem::replace(&mut pipe.step.grads, ModelParams::zeros(&self.spec.model));
-        let rule = crate::core::rules::RunRules::of(&self.spec).step;
+        let grads = std::mem::replace(
+            &mut pipe.step.grads,
+            ModelParams::zeros(&self.cx.spec.model),
+        );
+        let rule = crate::core::rules::RunRules::of(&self.cx.spec).step;
         let scale = pipe
             .optimizer
-            .step(&rule, number, &mut self.weights, &grads);
+            .step(&rule, number, &mut self.cx.weights, &grads);
         let loss_sum: f64 = pipe.step.mbs.iter().map(|m| m.loss_sum).sum();
         let count = pipe.step.count;
         let contributors = pipe.step.contributors.iter().copied().collect();
@@ -219,24 +223,24 @@ impl Core {
             .map(|(&l, h)| (l, h.conn, h.shards.clone()))
             .collect();
         let aggregate = crate::core::weights_digest(&grads);
-        self.aggregate = Some(grads);
-        self.version += 1;
+        self.cx.aggregate = Some(grads);
+        self.cx.version += 1;
         let loss = if count > 0 {
             loss_sum / count as f64
         } else {
             0.0
         };
-        self.losses.push(loss);
-        let weights = crate::core::weights_digest(&self.weights);
-        self.log(tessera_protocol::log::LogEvent::Closed {
+        self.cx.losses.push(loss);
+        let weights = crate::core::weights_digest(&self.cx.weights);
+        self.cx.log(tessera_protocol::log::LogEvent::Closed {
             round: number,
-            version: self.version,
+            version: self.cx.version,
             weights,
             aggregate,
         });
-        self.out.push(Action::RoundClosed(RoundSummary {
+        self.cx.out.push(Action::RoundClosed(RoundSummary {
             round: number,
-            version: self.version,
+            version: self.cx.version,
             loss,
             tokens: count as u64,
             contributors,
@@ -244,26 +248,26 @@ impl Core {
         }));
         for (lease, conn, shards) in holdings {
             let frames = self.weight_frames(lease, &shards);
-            self.send(
+            self.cx.send(
                 conn,
                 ToContributor::StepWeights {
                     lease,
                     step: number,
-                    version: self.version,
+                    version: self.cx.version,
                     frames: frames.len() as u32,
                 },
             );
             for f in frames {
-                self.send(conn, f);
+                self.cx.send(conn, f);
             }
         }
-        let next = Step::of(&self.spec, &mut self.sampler, number + 1);
+        let next = Step::of(&self.cx.spec, &mut self.cx.sampler, number + 1);
         if let Some(p) = pipe_mut!(self) {
             p.step = next;
         }
-        if number + 1 >= self.spec.rounds {
-            self.state = RunState::Finished(End::Completed);
-            self.out.push(Action::Finished);
+        if number + 1 >= self.cx.spec.rounds {
+            self.cx.state = RunState::Finished(End::Completed);
+            self.cx.out.push(Action::Finished);
         }
     }
 }

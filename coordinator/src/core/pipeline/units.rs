@@ -18,11 +18,12 @@ impl Core {
     /// Gives every idle, ready pipeline lease a unit, then collects or closes the step when it
     /// drained.
     pub(in crate::core) fn schedule_pipeline(&mut self) {
-        if !self.state.hands_out_work() {
+        if !self.cx.state.hands_out_work() {
             return;
         }
         self.rebalance();
         let idle: Vec<(ConnId, u64)> = self
+            .cx
             .sessions
             .iter()
             .filter(|(_, s)| s.ready && s.unit.is_none() && s.active().is_some())
@@ -45,17 +46,17 @@ impl Core {
         pass: Pass,
         cells: Vec<ShardId>,
     ) {
-        let audited = match self.sessions.get(&conn).and_then(|s| s.active()) {
+        let audited = match self.cx.sessions.get(&conn).and_then(|s| s.active()) {
             Some(key) => self.audit_selected(lease, key),
             None => false,
         };
-        let unit = self.next_unit;
-        self.next_unit += 1;
-        let deadline = self.now + self.spec.unit_deadline_ms;
-        let (Some(pipe), Some(ps)) = (pipe_mut!(self), self.spec.pipeline.as_ref()) else {
+        let unit = self.cx.next_unit;
+        self.cx.next_unit += 1;
+        let deadline = self.cx.now + self.cx.spec.unit_deadline_ms;
+        let (Some(pipe), Some(ps)) = (pipe_mut!(self), self.cx.spec.pipeline.as_ref()) else {
             return;
         };
-        let seq = self.spec.seq as usize;
+        let seq = self.cx.spec.seq as usize;
         let last = pipe.stages.len() - 1;
         let enc = ps.activations;
         let step_number = pipe.step.number;
@@ -93,7 +94,7 @@ impl Core {
                 .map(|&(s, i)| to_wire(&pipe.stages[s][i]))
                 .collect(),
             pass,
-            weights: self.version,
+            weights: self.cx.version,
             tokens,
             input: None,
             grad: None,
@@ -131,10 +132,10 @@ impl Core {
                 deadline,
             },
         );
-        if let Some(s) = self.sessions.get_mut(&conn) {
+        if let Some(s) = self.cx.sessions.get_mut(&conn) {
             s.unit = Some(unit);
         }
-        self.send(conn, ToContributor::Unit(Box::new(work)));
+        self.cx.send(conn, ToContributor::Unit(Box::new(work)));
     }
 
     /// A pipeline unit's output: checked, then folded into its micro-batch, or rejected (its
@@ -153,22 +154,29 @@ impl Core {
         if u.conn != conn || u.lease != o.lease {
             return self.reject_foreign(conn, unit, key, seq);
         }
-        if let Some(s) = self.sessions.get_mut(&conn) {
+        if let Some(s) = self.cx.sessions.get_mut(&conn) {
             s.unit = None;
         }
         let result_digest = crate::core::digest(&o.result);
-        let folded = if o.weights != self.version {
+        let folded = if o.weights != self.cx.version {
             Err(Reason::new(
                 Code::WrongVersion,
                 format!(
                     "computed on weights {} but the step uses {}",
-                    o.weights, self.version
+                    o.weights, self.cx.version
                 ),
             ))
         } else {
             pipe!(self)
                 .ok_or_else(|| "no pipeline".to_string())
-                .and_then(|p| p.decode(&self.spec.model, self.spec.seq as usize, &u, &o.result))
+                .and_then(|p| {
+                    p.decode(
+                        &self.cx.spec.model,
+                        self.cx.spec.seq as usize,
+                        &u,
+                        &o.result,
+                    )
+                })
                 .map_err(|why| {
                     let non_finite = super::compare::result_non_finite(&o.result);
                     let code = if non_finite {
@@ -187,7 +195,7 @@ impl Core {
             Err(why) => {
                 pipe.step.reopen(unit);
                 let poison =
-                    pipe_checks(&self.spec) && super::compare::result_non_finite(&o.result);
+                    pipe_checks(&self.cx.spec) && super::compare::result_non_finite(&o.result);
                 self.reject(conn, unit, key, seq, why.clone());
                 if poison {
                     let found = format!("it sent values that are not finite: {why}");
@@ -220,8 +228,8 @@ impl Core {
         if u.stages.len() == 1 {
             mb.propagate(first, u.pass, last);
         }
-        let flops = pipe!(self).map_or(0.0, |p| p.cells_flops(&u.cells, u.pass, self.spec.seq));
-        let credit = (self.spec.seq, flops);
+        let flops = pipe!(self).map_or(0.0, |p| p.cells_flops(&u.cells, u.pass, self.cx.spec.seq));
+        let credit = (self.cx.spec.seq, flops);
         self.receipt(
             conn,
             unit,
@@ -237,7 +245,7 @@ impl Core {
     /// a collect deadline is dropped (its units run again elsewhere).
     pub(in crate::core) fn expire_pipeline(&mut self) {
         self.expire_audits(None);
-        let now = self.now;
+        let now = self.cx.now;
         let Some(pipe) = pipe_mut!(self) else {
             return;
         };
@@ -259,12 +267,12 @@ impl Core {
             .map(|c| c.conn)
             .collect();
         for (id, conn) in late {
-            if let Some(s) = self.sessions.get_mut(&conn) {
+            if let Some(s) = self.cx.sessions.get_mut(&conn) {
                 if s.unit == Some(id) {
                     s.unit = None;
                 }
             }
-            self.send(conn, ToContributor::Cancel { unit: id });
+            self.cx.send(conn, ToContributor::Cancel { unit: id });
         }
         for conn in slow {
             self.fatal(
