@@ -6,10 +6,11 @@
 
 use std::collections::BTreeSet;
 
-use tessera_protocol::log::{AdminAction, LogEvent};
+use tessera_protocol::log::{AdminAction, LogEvent, SignedEntry};
 use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
 
-use super::{Action, ConnId, Core, End, RunState};
+use super::context::Context;
+use super::{Action, ConnId, End, RunState};
 
 /// The run parameters an administrator may change while the run goes on.
 pub const PARAMETERS: [&str; 3] = ["rounds", "unit_deadline_secs", "silence_secs"];
@@ -145,129 +146,78 @@ fn number(param: &str, value: &str) -> Result<u64, AdminRefusal> {
         })
 }
 
-impl Core {
-    /// An authenticated administrator's request (id `request`, answered by
-    /// [`Action::AdminDone`]): refused with a reason and nothing changed, or logged and applied.
-    pub(super) fn admin(&mut self, request: u64, action: AdminAction, reason: String) {
-        let result = self
-            .cx
-            .admin
-            .check(
-                &action,
-                &reason,
-                self.cx.state,
-                self.round(),
-                &self.cx.spec.name,
-            )
-            .map(|()| {
-                let entry = self.cx.log(LogEvent::Admin {
-                    action: action.clone(),
-                    reason: reason.clone(),
-                });
-                self.apply_admin(&action, &reason);
-                {
-                    let conns: Vec<ConnId> = self
-                        .cx
-                        .sessions
-                        .iter()
-                        .filter(|(_, s)| s.active().is_some())
-                        .map(|(&c, _)| c)
-                        .collect();
-                    for conn in conns {
-                        self.cx.send(
-                            conn,
-                            ToContributor::Admin {
-                                entry: Box::new(entry.clone()),
-                            },
-                        );
-                    }
-                }
-                self.cx.log.head().index
-            });
-        self.cx.out.push(Action::AdminDone { request, result });
-    }
-
-    /// Puts a logged act into effect.
-    fn apply_admin(&mut self, action: &AdminAction, reason: &str) {
-        match action {
-            AdminAction::Pause => {
-                if self.cx.state == RunState::Training {
-                    self.cx.state = RunState::Paused;
-                }
+/// Puts a logged act into effect on the run's state and parameters; returns the sessions a
+/// ban closes, with the reason (the dispatcher closes them through their regime).
+pub(super) fn apply(cx: &mut Context, action: &AdminAction, reason: &str) -> Vec<(ConnId, Reason)> {
+    match action {
+        AdminAction::Pause => {
+            if cx.state == RunState::Training {
+                cx.state = RunState::Paused;
             }
-            AdminAction::Resume => {
-                if self.cx.state == RunState::Paused {
-                    self.cx.state = RunState::Training;
-                }
-            }
-            AdminAction::Stop => {
-                if self.cx.state.is_open() {
-                    self.cx.out.push(Action::Finished);
-                }
-                self.cx.state = RunState::Finished(End::Stopped);
-            }
-            AdminAction::Set { param, value } => {
-                let Ok(n) = number(param, value) else { return };
-                match param.as_str() {
-                    "rounds" => self.cx.spec.rounds = n,
-                    "unit_deadline_secs" => self.cx.spec.unit_deadline_ms = n * 1000,
-                    "silence_secs" => self.cx.spec.silence_ms = n * 1000,
-                    _ => {}
-                }
-            }
-            AdminAction::Ban { key } => {
-                self.cx.admin.banned.insert(*key);
-                let conns: Vec<ConnId> = self
-                    .cx
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| s.active() == Some(*key))
-                    .map(|(&c, _)| c)
-                    .collect();
-                for conn in conns {
-                    let why = format!("banned by the run's administrator: {reason}");
-                    self.fatal(conn, Reason::new(Code::Banned, why));
-                }
-            }
-            AdminAction::Unban { key } => {
-                self.cx.admin.banned.remove(key);
-            }
-            AdminAction::Create { .. } => {}
         }
+        AdminAction::Resume => {
+            if cx.state == RunState::Paused {
+                cx.state = RunState::Training;
+            }
+        }
+        AdminAction::Stop => {
+            if cx.state.is_open() {
+                cx.out.push(Action::Finished);
+            }
+            cx.state = RunState::Finished(End::Stopped);
+        }
+        AdminAction::Set { param, value } => {
+            let Ok(n) = number(param, value) else {
+                return Vec::new();
+            };
+            match param.as_str() {
+                "rounds" => cx.spec.rounds = n,
+                "unit_deadline_secs" => cx.spec.unit_deadline_ms = n * 1000,
+                "silence_secs" => cx.spec.silence_ms = n * 1000,
+                _ => {}
+            }
+        }
+        AdminAction::Ban { key } => {
+            cx.admin.banned.insert(*key);
+            let why = format!("banned by the run's administrator: {reason}");
+            let why = Reason::new(Code::Banned, why);
+            return cx
+                .conns_of(*key)
+                .into_iter()
+                .map(|c| (c, why.clone()))
+                .collect();
+        }
+        AdminAction::Unban { key } => {
+            cx.admin.banned.remove(key);
+        }
+        AdminAction::Create { .. } => {}
     }
+    Vec::new()
+}
 
-    /// Records that an administrator created this run (on an idle coordinator), and why: the
-    /// entry right after `Started`, carried by the first tick's actions like it.
-    pub fn created_by_admin(&mut self, reason: String) {
-        let action = AdminAction::Create {
-            run: self.cx.spec.name.clone(),
-            config: super::rules::RunRules::of(&self.cx.spec).digest(),
+/// Tells every active session of a logged act.
+pub(super) fn announce(cx: &mut Context, entry: &SignedEntry) {
+    let conns: Vec<ConnId> = cx
+        .sessions
+        .iter()
+        .filter(|(_, s)| s.active().is_some())
+        .map(|(&c, _)| c)
+        .collect();
+    for conn in conns {
+        let msg = ToContributor::Admin {
+            entry: Box::new(entry.clone()),
         };
-        self.cx.log(LogEvent::Admin { action, reason });
+        cx.send(conn, msg);
     }
+}
 
-    /// After a restart, before any contributor connects: re-applies the administrator's acts
-    /// recorded in the log and rebuilds every identity's record from it (credits, checks,
-    /// refusals of identities found wrong).
-    pub fn restore_from_log<'a>(&mut self, events: impl IntoIterator<Item = &'a LogEvent>) {
-        for e in events {
-            if let LogEvent::Admin { action, reason } = e {
-                self.apply_admin(action, reason);
-            }
-            self.cx.credits.apply(e);
-        }
-        self.cx.out.clear();
-    }
-
-    /// What the administrator's acts have left in force.
-    pub fn admin_state(&self) -> &AdminState {
-        &self.cx.admin
-    }
-
-    /// Whether `key` is refused from the run: banned, or found wrong by a check.
-    pub fn is_refused(&self, key: &PublicKey) -> bool {
-        self.cx.admin.banned.contains(key) || self.cx.credits.is_refused(key)
-    }
+/// The log entry of an administrator's creation of the run (on an idle coordinator).
+pub(super) fn created(cx: &Context, reason: String) -> LogEvent {
+    let action = AdminAction::Create {
+        run: cx.spec.name.clone(),
+        config: super::rules::RunRules::of(&cx.spec).digest(),
+    };
+    LogEvent::Admin { action, reason }
 }
 
 #[cfg(test)]

@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 
 use tessera_compute::reference::ModelParams;
 use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
-use tessera_protocol::messages::LogHead;
-use tessera_protocol::{Identity, Reason, ToContributor};
+use tessera_protocol::messages::{LogHead, Receipt, Verdict};
+use tessera_protocol::signed::{signing_bytes, RECEIPT};
+use tessera_protocol::{Code, Identity, PublicKey, Reason, ToContributor};
 use tessera_train::data::Sampler;
 
-use super::{admin, credits, draws, sessions, Action, ConnId, RunSpec, RunState};
+use super::sessions::Session;
+use super::{admin, credits, draws, Action, ConnId, RunSpec, RunState};
 
 /// Everything the core's parts share (see the module doc).
 pub(super) struct Context {
@@ -30,7 +32,7 @@ pub(super) struct Context {
     pub(super) sampler: Sampler,
     /// The aggregate of the last closed round or step (what produced the current weights).
     pub(super) aggregate: Option<ModelParams<f32>>,
-    pub(super) sessions: BTreeMap<ConnId, sessions::Session>,
+    pub(super) sessions: BTreeMap<ConnId, Session>,
     /// Every identity's record, folded from the log as it is written.
     pub(super) credits: credits::Credits,
     /// Every choice of who is checked, who checks and who holds what.
@@ -71,5 +73,124 @@ impl Context {
                 fatal: false,
             },
         );
+    }
+
+    /// Logs a verdict (an acceptance with the work's credit: `(tokens, flops)`) and sends the
+    /// signed receipt naming the entry.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn receipt(
+        &mut self,
+        conn: ConnId,
+        unit: u64,
+        contributor: PublicKey,
+        seq: u64,
+        verdict: Verdict,
+        result: [u8; 32],
+        (tokens, flops): (u64, f64),
+    ) {
+        let pending = match self.spec.pipeline {
+            Some(_) => super::pipeline::pipe_checks(&self.spec),
+            None => self.spec.checks.is_some(),
+        };
+        let event = match &verdict {
+            Verdict::Accepted => LogEvent::Accepted {
+                key: contributor,
+                unit,
+                seq,
+                result,
+                tokens,
+                flops,
+                pending,
+            },
+            Verdict::Rejected(reason) => LogEvent::Rejected {
+                key: contributor,
+                unit,
+                seq,
+                reason: reason.clone(),
+            },
+        };
+        self.log(event);
+        let receipt = Receipt {
+            unit,
+            contributor,
+            seq,
+            verdict,
+            log_head: self.log.head(),
+        };
+        let bytes = signing_bytes(&receipt).unwrap_or_default();
+        let signature = self.id.sign(RECEIPT, &bytes);
+        self.send(conn, ToContributor::Receipt { receipt, signature });
+    }
+
+    /// Logs and sends a rejection of `unit`'s result.
+    pub(super) fn reject(
+        &mut self,
+        conn: ConnId,
+        unit: u64,
+        key: PublicKey,
+        seq: u64,
+        why: Reason,
+    ) {
+        let verdict = Verdict::Rejected(why);
+        self.receipt(conn, unit, key, seq, verdict, [0; 32], (0, 0.0));
+    }
+
+    /// Rejects a result for a unit that is not open (finished, reassigned or unknown).
+    pub(super) fn reject_unopen(&mut self, conn: ConnId, unit: u64, key: PublicKey, seq: u64) {
+        let why = format!("unit {unit} is not open (finished, reassigned or unknown)");
+        self.reject(conn, unit, key, seq, Reason::new(Code::NotOpen, why));
+    }
+
+    /// Rejects a result for a unit assigned to another connection (or lease).
+    pub(super) fn reject_foreign(&mut self, conn: ConnId, unit: u64, key: PublicKey, seq: u64) {
+        let why = format!("unit {unit} was assigned to someone else");
+        self.reject(conn, unit, key, seq, Reason::new(Code::NotOpen, why));
+    }
+
+    /// Tells the peer why, closes the connection and forgets the session, which it returns
+    /// so that its regime can take its work back ([`super::part::Part::fatal`]).
+    pub(super) fn close(&mut self, conn: ConnId, why: Reason) -> Option<Session> {
+        if !self.sessions.contains_key(&conn) {
+            return None;
+        }
+        tracing::info!(conn, code = ?why.code, "closing: {why}");
+        self.send(
+            conn,
+            ToContributor::Error {
+                reason: why.clone(),
+                fatal: true,
+            },
+        );
+        self.out.push(Action::Close {
+            conn,
+            reason: why.to_string(),
+        });
+        self.forget(conn, Some(why))
+    }
+
+    /// Forgets a session (logging that its identity left, and why) and returns it.
+    pub(super) fn forget(&mut self, conn: ConnId, why: Option<Reason>) -> Option<Session> {
+        let s = self.sessions.remove(&conn)?;
+        if let Some(key) = s.active() {
+            self.log(LogEvent::Left {
+                key,
+                reason: why.unwrap_or_else(|| Reason::new(Code::Disconnected, "disconnected")),
+            });
+        }
+        Some(s)
+    }
+
+    /// Whether `key` is refused from the run: banned, or found wrong by a check.
+    pub(super) fn is_refused(&self, key: &PublicKey) -> bool {
+        self.admin.banned.contains(key) || self.credits.is_refused(key)
+    }
+
+    /// The connections of an identity's active sessions.
+    pub(super) fn conns_of(&self, key: PublicKey) -> Vec<ConnId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.active() == Some(key))
+            .map(|(&c, _)| c)
+            .collect()
     }
 }

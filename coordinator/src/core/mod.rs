@@ -8,63 +8,17 @@
 //! is accepted the round closes with the outer step. A unit names its round, slot and weight
 //! version, so pipeline units (micro-shard stages) can join the same tables later.
 
-// The regimes' own state, reached by field (so the borrow is of `regime` alone, beside the
-// core's other fields) in code that only one regime reaches. In the other regime `replicas!`
-// and `replicas_ref!` return from the function (its type's default, or the value after `or`);
-// `pipe!` and `pipe_mut!` give an `Option`.
-
-/// The whole-model regime's state (`&mut`).
-macro_rules! replicas {
-    ($core:expr) => {
-        replicas!($core, or Default::default())
-    };
-    ($core:expr, or $or:expr) => {
-        match &mut $core.regime {
-            $crate::core::Regime::Replicas(r) => r,
-            $crate::core::Regime::Pipeline(_) => return $or,
-        }
-    };
-}
-/// The whole-model regime's state (`&`).
-macro_rules! replicas_ref {
-    ($core:expr) => {
-        replicas_ref!($core, or Default::default())
-    };
-    ($core:expr, or $or:expr) => {
-        match &$core.regime {
-            $crate::core::Regime::Replicas(r) => r,
-            $crate::core::Regime::Pipeline(_) => return $or,
-        }
-    };
-}
-/// The pipeline's state (`Option<&Pipe>`).
-macro_rules! pipe {
-    ($core:expr) => {
-        match &$core.regime {
-            $crate::core::Regime::Pipeline(p) => Some(&**p),
-            $crate::core::Regime::Replicas(_) => None,
-        }
-    };
-}
-/// The pipeline's state (`Option<&mut Pipe>`).
-macro_rules! pipe_mut {
-    ($core:expr) => {
-        match &mut $core.regime {
-            $crate::core::Regime::Pipeline(p) => Some(&mut **p),
-            $crate::core::Regime::Replicas(_) => None,
-        }
-    };
-}
-
 pub mod admin;
 mod arbitration;
 mod context;
 pub mod credits;
 mod draws;
 mod io;
+mod part;
 mod pipeline;
 mod replays;
 mod replica_checks;
+mod replica_lease;
 mod results;
 mod rounds;
 pub mod rules;
@@ -79,10 +33,11 @@ use std::collections::BTreeMap;
 
 use pipeline::StepState;
 use serde::Serialize;
+use sessions::Handled;
 use tessera_compute::reference::ModelParams;
-use tessera_protocol::log::{LogEvent, LogWriter};
-use tessera_protocol::messages::LogHead;
-use tessera_protocol::{Identity, PublicKey, Reason, ToContributor};
+use tessera_protocol::log::{AdminAction, LogEvent, LogWriter};
+use tessera_protocol::messages::{LogHead, SessionMessage};
+use tessera_protocol::{Code, Identity, PublicKey, Reason, ToCoordinator};
 use tessera_train::data::Sampler;
 
 pub use credits::Record;
@@ -224,9 +179,9 @@ impl Core {
             out: Vec::new(),
         };
         let mut core = Core { cx, regime };
-        if core.is_replicas() {
+        if let Regime::Replicas(r) = &mut core.regime {
             for c in accepted {
-                core.restore_contribution(c);
+                r.restore_contribution(&mut core.cx, c);
             }
         }
         core
@@ -236,32 +191,186 @@ impl Core {
     pub fn tick(&mut self, now: u64, input: Input) -> Vec<Action> {
         self.cx.now = self.cx.now.max(now);
         match input {
-            Input::Connected { conn, nonce } => self.connected(conn, nonce),
+            Input::Connected { conn, nonce } => sessions::connected(&mut self.cx, conn, nonce),
             Input::Message { conn, msg } => self.message(conn, msg),
-            Input::BadFrame { conn, error } => self.fatal(conn, error),
-            Input::Disconnected { conn } => self.drop_session(conn, None),
-            Input::Tick => match self.regime {
-                Regime::Replicas(_) => {
-                    self.expire_units();
-                    self.expire_sessions();
-                    self.expire_replays();
-                }
-                Regime::Pipeline(_) => {
-                    self.expire_sessions();
-                    self.expire_pipeline();
-                }
-            },
+            Input::BadFrame { conn, error } => {
+                let (cx, part) = self.split();
+                part.fatal(cx, conn, error);
+            }
+            Input::Disconnected { conn } => {
+                let (cx, part) = self.split();
+                part.drop_session(cx, conn, None);
+            }
+            Input::Tick => self.expire(),
             Input::Admin {
                 request,
                 action,
                 reason,
             } => self.admin(request, action, reason),
         }
-        match self.regime {
-            Regime::Replicas(_) => self.schedule(),
-            Regime::Pipeline(_) => self.schedule_pipeline(),
+        let cx = &mut self.cx;
+        match &mut self.regime {
+            Regime::Replicas(r) => r.schedule(cx),
+            Regime::Pipeline(p) => p.schedule(cx),
         }
         std::mem::take(&mut self.cx.out)
+    }
+
+    /// The context and the regime's state as a part (for what both regimes do alike).
+    fn split(&mut self) -> (&mut context::Context, &mut dyn part::Part) {
+        let part: &mut dyn part::Part = match &mut self.regime {
+            Regime::Replicas(r) => &mut **r,
+            Regime::Pipeline(p) => &mut **p,
+        };
+        (&mut self.cx, part)
+    }
+
+    /// A connection's message: the sessions part checks it; its work goes to the regime.
+    fn message(&mut self, conn: ConnId, msg: ToCoordinator) {
+        match sessions::handle(&mut self.cx, conn, msg) {
+            Handled::Done => {}
+            Handled::Fatal(why) => {
+                let (cx, part) = self.split();
+                part.fatal(cx, conn, why);
+            }
+            Handled::Left => {
+                let (cx, part) = self.split();
+                let reason = "left".into();
+                cx.out.push(Action::Close { conn, reason });
+                part.drop_session(cx, conn, Some(Reason::new(Code::Left, "left")));
+            }
+            Handled::Proved { key } => {
+                // One session per identity: a reconnect replaces the old session.
+                let (cx, part) = self.split();
+                for c in sessions::replaced_by(cx, conn, key) {
+                    let reason = "replaced by a newer session of the same identity".into();
+                    cx.out.push(Action::Close { conn: c, reason });
+                    part.drop_session(cx, c, Some(Reason::new(Code::Replaced, "replaced")));
+                }
+                sessions::join(cx, conn, key);
+                self.offer_lease(conn);
+            }
+            Handled::Work { key, seq, body } => {
+                let cx = &mut self.cx;
+                match (&mut self.regime, body) {
+                    (Regime::Replicas(r), SessionMessage::Submit(sub)) => {
+                        r.submit(cx, conn, key, seq, sub)
+                    }
+                    (Regime::Pipeline(p), SessionMessage::Output(o)) => {
+                        p.output(cx, conn, key, seq, o)
+                    }
+                    (Regime::Pipeline(p), SessionMessage::Grads(g)) => {
+                        p.grads(cx, conn, key, seq, g)
+                    }
+                    (Regime::Pipeline(p), SessionMessage::Audited(a)) => {
+                        p.audited(cx, conn, key, seq, a)
+                    }
+                    _ => cx.refuse(
+                        conn,
+                        Reason::new(
+                            Code::WrongRegime,
+                            "that kind of result does not belong to this run's regime",
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Offers a joined session a lease of its regime.
+    fn offer_lease(&mut self, conn: ConnId) {
+        let cx = &mut self.cx;
+        match &mut self.regime {
+            Regime::Replicas(r) => r.offer_lease(cx, conn),
+            Regime::Pipeline(p) => p.offer_lease(cx, conn),
+        }
+    }
+
+    /// Deadlines: late units and replays or audits run elsewhere; silent sessions close.
+    fn expire(&mut self) {
+        let cx = &mut self.cx;
+        if let Regime::Replicas(r) = &mut self.regime {
+            r.expire_units(cx);
+        }
+        let (cx, part) = self.split();
+        for c in sessions::silent(cx) {
+            let reason = "silent for too long".into();
+            cx.out.push(Action::Close { conn: c, reason });
+            part.drop_session(cx, c, Some(Reason::new(Code::Silent, "silent")));
+        }
+        let cx = &mut self.cx;
+        match &mut self.regime {
+            Regime::Replicas(r) => r.expire_replays(cx),
+            Regime::Pipeline(p) => p.expire(cx),
+        }
+    }
+
+    /// An authenticated administrator's request (id `request`, answered by
+    /// [`Action::AdminDone`]): refused with a reason and nothing changed, or logged and applied.
+    fn admin(&mut self, request: u64, action: AdminAction, reason: String) {
+        let round = self.round();
+        let cx = &mut self.cx;
+        let checked = cx
+            .admin
+            .check(&action, &reason, cx.state, round, &cx.spec.name);
+        let result = checked.map(|()| {
+            let event = LogEvent::Admin {
+                action: action.clone(),
+                reason: reason.clone(),
+            };
+            let entry = self.cx.log(event);
+            self.apply_admin(&action, &reason);
+            admin::announce(&mut self.cx, &entry);
+            self.cx.log.head().index
+        });
+        self.cx.out.push(Action::AdminDone { request, result });
+    }
+
+    /// Puts a logged act into effect (a ban closes the identity's sessions).
+    fn apply_admin(&mut self, action: &AdminAction, reason: &str) {
+        let closes = admin::apply(&mut self.cx, action, reason);
+        let (cx, part) = self.split();
+        for (conn, why) in closes {
+            part.fatal(cx, conn, why);
+        }
+    }
+
+    /// Records that an administrator created this run (on an idle coordinator), and why: the
+    /// entry right after `Started`, carried by the first tick's actions like it.
+    pub fn created_by_admin(&mut self, reason: String) {
+        let event = admin::created(&self.cx, reason);
+        self.cx.log(event);
+    }
+
+    /// After a restart, before any contributor connects: re-applies the administrator's acts
+    /// recorded in the log and rebuilds every identity's record from it (credits, checks,
+    /// refusals of identities found wrong).
+    pub fn restore_from_log<'a>(&mut self, events: impl IntoIterator<Item = &'a LogEvent>) {
+        for e in events {
+            if let LogEvent::Admin { action, reason } = e {
+                self.apply_admin(action, reason);
+            }
+            self.cx.credits.apply(e);
+        }
+        self.cx.out.clear();
+    }
+
+    /// What the administrator's acts have left in force.
+    pub fn admin_state(&self) -> &admin::AdminState {
+        &self.cx.admin
+    }
+
+    /// Whether `key` is refused from the run: banned, or found wrong by a check.
+    pub fn is_refused(&self, key: &PublicKey) -> bool {
+        self.cx.is_refused(key)
+    }
+
+    /// The held-out checks of the latest rounds, oldest first (at most the last 1024; none in
+    /// a pipeline run).
+    pub fn held_out_scores(&self) -> impl Iterator<Item = &HeldOutScore> {
+        self.replicas()
+            .into_iter()
+            .flat_map(|r| r.held_out_scores())
     }
 
     /// The run.
@@ -297,22 +406,17 @@ impl Core {
         }
     }
 
-    /// Whether the run trains whole-model replicas (not a pipeline).
-    fn is_replicas(&self) -> bool {
-        matches!(self.regime, Regime::Replicas(_))
+    /// The pipeline's state, in a pipeline run.
+    fn pipe(&self) -> Option<&pipeline::Pipe> {
+        match &self.regime {
+            Regime::Pipeline(p) => Some(p),
+            Regime::Replicas(_) => None,
+        }
     }
 
     /// The whole-model regime's state, in a whole-model run.
     fn replicas(&self) -> Option<&Replicas> {
         match &self.regime {
-            Regime::Replicas(r) => Some(r),
-            Regime::Pipeline(_) => None,
-        }
-    }
-
-    /// The whole-model regime's state, in a whole-model run (`&mut`).
-    fn replicas_mut(&mut self) -> Option<&mut Replicas> {
-        match &mut self.regime {
             Regime::Replicas(r) => Some(r),
             Regime::Pipeline(_) => None,
         }
@@ -347,7 +451,7 @@ impl Core {
             losses: self.cx.losses.clone(),
             next_unit: self.cx.next_unit,
             next_lease: self.cx.next_lease,
-            moments: pipe!(self).and_then(|p| p.optimizer.moments().cloned()),
+            moments: self.pipe().and_then(|p| p.optimizer.moments().cloned()),
             aggregate: self.cx.aggregate.clone(),
         }
     }
@@ -375,7 +479,7 @@ impl Core {
         let Some(lease) = lease else {
             return Vec::new();
         };
-        match pipe!(self) {
+        match self.pipe() {
             Some(p) => p
                 .holdings
                 .get(&lease)
@@ -396,25 +500,5 @@ impl Core {
             Regime::Replicas(r) => r.round.accepted_slots(),
             Regime::Pipeline(_) => Vec::new(),
         }
-    }
-
-    /// Tells the peer why, closes the connection and forgets the session.
-    fn fatal(&mut self, conn: ConnId, why: Reason) {
-        if !self.cx.sessions.contains_key(&conn) {
-            return;
-        }
-        tracing::info!(conn, code = ?why.code, "closing: {why}");
-        self.cx.send(
-            conn,
-            ToContributor::Error {
-                reason: why.clone(),
-                fatal: true,
-            },
-        );
-        self.cx.out.push(Action::Close {
-            conn,
-            reason: why.to_string(),
-        });
-        self.drop_session(conn, Some(why));
     }
 }

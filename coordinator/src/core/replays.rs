@@ -18,8 +18,10 @@ use tessera_train::sparseloco::{matches_compression, Compressed};
 use tessera_train::update::two_d;
 
 use super::arbitration::{arbitrate, nobody_left, Found, Ruling};
+use super::context::Context;
 use super::draws::Candidate;
-use super::{Action, ConnId, Core};
+use super::part::Part;
+use super::{Action, ConnId, Replicas};
 
 /// A first auditor that disagreed: who, its update and its loss sum.
 type FirstAnswer = (PublicKey, Vec<Vec<f32>>, f64);
@@ -129,44 +131,42 @@ fn agrees_with_checked(
     agree((&[], replay.1), (&[], c.loss_sum), tol)
 }
 
-impl Core {
+impl Replicas {
     /// Whether this run replays drawn whole-model units.
-    pub(super) fn replays_on(&self) -> bool {
-        self.is_replicas() && self.cx.spec.checks.as_ref().is_some_and(|c| c.replay)
+    pub(super) fn replays_on(&self, cx: &Context) -> bool {
+        cx.spec.checks.as_ref().is_some_and(|c| c.replay)
     }
 
-    fn cancel_replay(&mut self, unit: u64, conn: ConnId) {
-        if let Some(s) = self.cx.sessions.get_mut(&conn) {
+    fn cancel_replay(&mut self, cx: &mut Context, unit: u64, conn: ConnId) {
+        if let Some(s) = cx.sessions.get_mut(&conn) {
             if s.unit == Some(unit) {
                 s.unit = None;
             }
         }
-        self.cx.send(conn, ToContributor::Cancel { unit });
+        cx.send(conn, ToContributor::Cancel { unit });
     }
 
     /// Replays past their deadline go to someone else.
-    pub(super) fn expire_replays(&mut self) {
-        let late: Vec<(u64, ConnId)> = replicas!(self)
+    pub(super) fn expire_replays(&mut self, cx: &mut Context) {
+        let late: Vec<(u64, ConnId)> = self
             .round
             .replays
             .running
             .iter()
-            .filter(|(_, r)| r.deadline < self.cx.now)
+            .filter(|(_, r)| r.deadline < cx.now)
             .map(|(&u, r)| (u, r.conn))
             .collect();
         for (unit, conn) in late {
-            if let Some(r) = self.replicas_mut() {
-                r.round.replays.lost(unit);
-            }
-            self.cancel_replay(unit, conn);
+            self.round.replays.lost(unit);
+            self.cancel_replay(cx, unit, conn);
         }
     }
 
     /// Gives each waiting replay to an idle, ready contributor that may run it (not the unit's
     /// own, not one that already tried); resolves a case no connected contributor could ever
     /// take (while nobody is connected, after a restart say, it waits).
-    pub(super) fn start_replays(&mut self) {
-        let waiting: Vec<u64> = replicas!(self)
+    pub(super) fn start_replays(&mut self, cx: &mut Context) {
+        let waiting: Vec<u64> = self
             .round
             .replays
             .cases
@@ -175,11 +175,10 @@ impl Core {
             .map(|(&s, _)| s)
             .collect();
         for slot in waiting {
-            let Some(case) = replicas_ref!(self).round.replays.cases.get(&slot) else {
+            let Some(case) = self.round.replays.cases.get(&slot) else {
                 continue;
             };
-            let eligible: Vec<Candidate> = self
-                .cx
+            let eligible: Vec<Candidate> = cx
                 .sessions
                 .iter()
                 .filter_map(|(&conn, s)| {
@@ -187,100 +186,107 @@ impl Core {
                     let ok = k != case.key
                         && !case.tried.contains(&k)
                         && case.first.as_ref().is_none_or(|f| f.0 != k)
-                        && !self.is_refused(&k);
+                        && !cx.is_refused(&k);
                     ok.then_some(Candidate {
                         conn,
                         key: k,
                         lease: s.lease.unwrap_or(0),
-                        clean_steps: self.cx.credits.clean_steps(&k),
+                        clean_steps: cx.credits.clean_steps(&k),
                         free: s.ready && s.lease.is_some() && s.unit.is_none(),
                     })
                 })
                 .collect();
-            let anyone = self.cx.sessions.values().any(|s| s.active().is_some());
+            let anyone = cx.sessions.values().any(|s| s.active().is_some());
             if eligible.is_empty() && anyone {
                 let outcome = nobody_left(
                     case.first.is_some(),
                     "no other contributor could replay it",
                     "the replay disagrees and no third contributor was there",
                 );
-                self.resolve_replay(slot, outcome, Vec::new(), Vec::new(), 0.0);
-                self.maybe_close_round();
+                self.resolve_replay(cx, slot, outcome, Vec::new(), Vec::new(), 0.0);
+                self.maybe_close_round(cx);
                 continue;
             }
-            let Some(Candidate { conn, key, .. }) = self.cx.draws.replayer(&eligible) else {
+            let Some(Candidate { conn, key, .. }) = cx.draws.replayer(&eligible) else {
                 continue;
             };
-            let unit = self.cx.next_unit;
-            self.cx.next_unit += 1;
-            let Some(lease) = self.cx.sessions.get(&conn).and_then(|s| s.lease) else {
+            let unit = cx.next_unit;
+            cx.next_unit += 1;
+            let Some(lease) = cx.sessions.get(&conn).and_then(|s| s.lease) else {
                 continue;
             };
-            if let Some(s) = self.cx.sessions.get_mut(&conn) {
+            if let Some(s) = cx.sessions.get_mut(&conn) {
                 s.unit = Some(unit);
             }
-            if let Some(c) = replicas!(self).round.replays.cases.get_mut(&slot) {
+            if let Some(c) = self.round.replays.cases.get_mut(&slot) {
                 c.replay = Some(unit);
             }
-            replicas!(self).round.replays.running.insert(
+            self.round.replays.running.insert(
                 unit,
                 Running {
                     slot,
                     conn,
                     key,
-                    deadline: self.cx.now + self.cx.spec.unit_deadline_ms,
+                    deadline: cx.now + cx.spec.unit_deadline_ms,
                 },
             );
-            let round = self.round();
+            let round = self.round.number;
             let mut work = super::samples::work(
-                &self.cx.spec,
-                &mut self.cx.sampler,
-                (round, self.cx.version),
+                &cx.spec,
+                &mut cx.sampler,
+                (round, cx.version),
                 (unit, lease, slot),
             );
             // A compressed unit's replay comes back dense, to check the compression against.
-            work.dense = self.cx.spec.sparse().is_some();
-            self.cx.send(conn, ToContributor::Work(work));
+            work.dense = cx.spec.sparse().is_some();
+            cx.send(conn, ToContributor::Work(work));
         }
     }
 
     /// An auditor's answer: checked like any submission, then compared with the replayed unit.
-    pub(super) fn replayed(&mut self, conn: ConnId, key: PublicKey, seq: u64, sub: Submission) {
+    pub(super) fn replayed(
+        &mut self,
+        cx: &mut Context,
+        conn: ConnId,
+        key: PublicKey,
+        seq: u64,
+        sub: Submission,
+    ) {
         let unit = sub.unit;
-        let Some(r) = replicas!(self).round.replays.running.get(&unit).cloned() else {
+        let Some(r) = self.round.replays.running.get(&unit).cloned() else {
             return;
         };
         if r.conn != conn {
-            return self.reject_foreign(conn, unit, key, seq);
+            return cx.reject_foreign(conn, unit, key, seq);
         }
-        replicas!(self).round.replays.running.remove(&unit);
-        if let Some(s) = self.cx.sessions.get_mut(&conn) {
+        self.round.replays.running.remove(&unit);
+        if let Some(s) = cx.sessions.get_mut(&conn) {
             s.unit = None;
         }
-        let Some(case) = replicas!(self).round.replays.cases.get_mut(&r.slot) else {
+        let Some(case) = self.round.replays.cases.get_mut(&r.slot) else {
             return;
         };
         case.replay = None;
         case.tried.insert(key);
         let case = case.clone();
         let answer = if let Some(problem) =
-            super::validate::submission_problem(&self.cx.spec, self.cx.version, &sub)
+            super::validate::submission_problem(&cx.spec, cx.version, &sub)
         {
             Err(problem)
-        } else if self.cx.spec.sparse().is_some() && !matches!(sub.result, Update::Dense(_)) {
+        } else if cx.spec.sparse().is_some() && !matches!(sub.result, Update::Dense(_)) {
             Err(Reason::new(
                 Code::WrongShape,
                 "a replay's update goes back dense (the work said so)",
             ))
         } else {
-            super::validate::dense_update(&self.cx.spec, &sub.result)
+            super::validate::dense_update(&cx.spec, &sub.result)
                 .map_err(|e| super::validate::update_refusal(&sub.result, e))
         };
         let dense = match answer {
             Ok(d) => d,
-            Err(why) => return self.reject_submission(conn, key, seq, &sub, why),
+            Err(why) => return self.reject_submission(cx, conn, key, seq, &sub, why),
         };
-        self.receipt(
+        cx.receipt(
             conn,
             unit,
             key,
@@ -290,23 +296,18 @@ impl Core {
             // The auditor's credit comes with the check's outcome.
             (0, 0.0),
         );
-        let tol = self
-            .cx
-            .spec
-            .checks
-            .as_ref()
-            .map_or(0.0, |c| c.round_tolerance);
+        let tol = cx.spec.checks.as_ref().map_or(0.0, |c| c.round_tolerance);
         let mine = (dense.as_slice(), sub.loss_sum);
-        let Some(with_checked) = replicas_ref!(self)
+        let Some(with_checked) = self
             .round
             .slot_update(r.slot, case.unit)
-            .map(|checked| agrees_with_checked(&self.cx.spec, checked, mine, tol))
+            .map(|checked| agrees_with_checked(&cx.spec, checked, mine, tol))
         else {
             // The slot was reopened meanwhile: nothing left to judge.
-            replicas!(self).round.replays.cases.remove(&r.slot);
+            self.round.replays.cases.remove(&r.slot);
             return;
         };
-        let flops = self.cx.spec.unit_flops(sub.tokens);
+        let flops = cx.spec.unit_flops(sub.tokens);
         let first = case
             .first
             .as_ref()
@@ -314,7 +315,7 @@ impl Core {
         match arbitrate(key, with_checked, first) {
             Ruling::AskThird { why } => {
                 tracing::info!(slot = r.slot, "replay mismatch, asking a third: {why}");
-                if let Some(c) = replicas!(self).round.replays.cases.get_mut(&r.slot) {
+                if let Some(c) = self.round.replays.cases.get_mut(&r.slot) {
                     c.first = Some((key, dense, sub.loss_sum));
                 }
             }
@@ -340,27 +341,28 @@ impl Core {
                     )),
                 };
                 let flops = if d.credited.is_empty() { 0.0 } else { flops };
-                self.resolve_replay(r.slot, outcome, d.auditors, d.credited, flops);
+                self.resolve_replay(cx, r.slot, outcome, d.auditors, d.credited, flops);
             }
         }
-        self.maybe_close_round();
+        self.maybe_close_round(cx);
     }
 
     /// Logs a replay's outcome (which credits and refuses as the log's rules say) and acts on
     /// it: a failed or disputed unit's slot runs again.
     fn resolve_replay(
         &mut self,
+        cx: &mut Context,
         slot: u64,
         outcome: CheckOutcome,
         auditors: Vec<PublicKey>,
         credited: Vec<PublicKey>,
         flops: f64,
     ) {
-        let Some(case) = replicas!(self).round.replays.cases.remove(&slot) else {
+        let Some(case) = self.round.replays.cases.remove(&slot) else {
             return;
         };
-        let round = self.round();
-        self.cx.log(LogEvent::Checked {
+        let round = self.round.number;
+        cx.log(LogEvent::Checked {
             key: case.key,
             step: round,
             auditors: auditors.clone(),
@@ -370,21 +372,21 @@ impl Core {
         });
         let rerun = match &outcome {
             CheckOutcome::Failed(why) => {
-                self.close_refused(case.key, why.prefixed("its update failed a replay"));
+                self.close_refused(cx, case.key, why.prefixed("its update failed a replay"));
                 true
             }
             CheckOutcome::AuditorFailed(why) => {
                 if let Some(&liar) = auditors.first() {
-                    self.close_refused(liar, why.prefixed("a replay it ran was wrong"));
+                    self.close_refused(cx, liar, why.prefixed("a replay it ran was wrong"));
                 }
                 false
             }
             CheckOutcome::Disputed(_) => true,
             CheckOutcome::Passed | CheckOutcome::Skipped(_) => false,
         };
-        if rerun && replicas!(self).round.slot_update(slot, case.unit).is_some() {
-            replicas!(self).round.reopen(slot);
-            self.cx.out.push(Action::Withdrawn { round, slot });
+        if rerun && self.round.slot_update(slot, case.unit).is_some() {
+            self.round.reopen(slot);
+            cx.out.push(Action::Withdrawn { round, slot });
         }
     }
 }

@@ -26,8 +26,10 @@ use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::{Code, PublicKey, Reason};
 use tessera_train::outer::norm;
 
+use super::context::Context;
+use super::part::Part;
 use super::spec::ChecksSpec;
-use super::Core;
+use super::Replicas;
 
 /// Positions (over the whole flattened update) of its largest entries by magnitude: the top
 /// 1 %, at least one, sorted.
@@ -180,24 +182,24 @@ fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
-impl Core {
+impl Replicas {
     /// Checks an update for `slot` of the open round from `key` as it arrives: a copy of
     /// another accepted update of this round or the last is refused (`Err` with the reason).
     /// `Ok(true)` when the update is drawn for a loss check at the round's close.
     pub(super) fn check_update(
         &mut self,
+        cx: &mut Context,
         key: PublicKey,
         slot: u64,
         dense: &[Vec<f32>],
         checks: &ChecksSpec,
     ) -> Result<bool, Reason> {
-        let rep = replicas_ref!(self, or Ok(false));
-        let current = rep.round.accepted_updates().count();
+        let current = self.round.accepted_updates().count();
         let mine = top_positions(dense);
-        for (i, o) in rep
+        for (i, o) in self
             .round
             .accepted_updates()
-            .chain(rep.previous_updates.iter())
+            .chain(self.previous_updates.iter())
             .enumerate()
         {
             let top = overlap(&mine, &top_positions(o));
@@ -220,8 +222,8 @@ impl Core {
                 ));
             }
         }
-        let rate = checks.rate(self.cx.credits.clean_steps(&key));
-        Ok(self.cx.draws.update_checked(self.round(), slot, key, rate))
+        let rate = checks.rate(cx.credits.clean_steps(&key));
+        Ok(cx.draws.update_checked(self.round.number, slot, key, rate))
     }
 
     /// The checks of a complete round, before it may close: an update whose norm is several
@@ -231,12 +233,12 @@ impl Core {
     /// a drawn one) whose held-out gain lies too far below the round's median. A refused
     /// update's identity loses its credits and is refused, its slot runs again; true when the
     /// round may close.
-    pub(super) fn round_checks(&mut self) -> bool {
-        if self.cx.spec.checks.is_none() {
+    pub(super) fn round_checks(&mut self, cx: &mut Context) -> bool {
+        if cx.spec.checks.is_none() {
             return true;
         }
-        let round = self.round();
-        let done: Vec<(u64, PublicKey, Vec<Vec<f32>>)> = replicas!(self)
+        let round = self.round.number;
+        let done: Vec<(u64, PublicKey, Vec<Vec<f32>>)> = self
             .round
             .done()
             .into_iter()
@@ -260,7 +262,7 @@ impl Core {
                 ));
             }
         }
-        let measured = self.measure(&done, &failed);
+        let measured = self.measure(cx, &done, &failed);
         let gains: Vec<(u64, PublicKey, f64, f64, f64)> = measured
             .iter()
             .filter_map(|m| m.own.map(|(g, b, a)| (m.slot, m.key, g, b, a)))
@@ -268,7 +270,7 @@ impl Core {
         let reference: Vec<f64> = gains
             .iter()
             .map(|g| g.2)
-            .chain(replicas!(self).gains.iter().map(|&(_, g)| g))
+            .chain(self.gains.iter().map(|&(_, g)| g))
             .collect();
         let floor = GAIN_SHARE * median(&reference).max(0.0);
         for &(slot, key, gain, before, after) in &gains {
@@ -289,7 +291,7 @@ impl Core {
             ));
         }
         // Private error feedback: compressed updates of a run whose units do not start fresh.
-        let min_spread = if self.cx.spec.sparse().is_some() && !self.replays_on() {
+        let min_spread = if cx.spec.sparse().is_some() && !self.replays_on(cx) {
             HELD_OUT_MIN_SPREAD_FEEDBACK
         } else {
             HELD_OUT_MIN_SPREAD
@@ -312,17 +314,17 @@ impl Core {
                     ),
                 ));
             }
-            if replicas!(self).held_out_scores.len() == KEPT_SCORES {
-                replicas!(self).held_out_scores.pop_front();
+            if self.held_out_scores.len() == KEPT_SCORES {
+                self.held_out_scores.pop_front();
             }
-            replicas!(self).held_out_scores.push_back(score);
+            self.held_out_scores.push_back(score);
         }
         for &(slot, key, gain, ..) in &gains {
             if failed.iter().any(|f| f.0 == slot) {
                 continue;
             }
-            replicas!(self).gains.push((round, gain));
-            self.cx.log(LogEvent::Checked {
+            self.gains.push((round, gain));
+            cx.log(LogEvent::Checked {
                 key,
                 step: round,
                 auditors: Vec::new(),
@@ -331,9 +333,9 @@ impl Core {
                 credited: Vec::new(),
             });
         }
-        replicas!(self).round.drawn.clear();
+        self.round.drawn.clear();
         for (slot, key, why) in &failed {
-            self.cx.log(LogEvent::Checked {
+            cx.log(LogEvent::Checked {
                 key: *key,
                 step: round,
                 auditors: Vec::new(),
@@ -341,11 +343,9 @@ impl Core {
                 flops: 0.0,
                 credited: Vec::new(),
             });
-            replicas!(self).round.reopen(*slot);
-            self.cx
-                .out
-                .push(super::Action::Withdrawn { round, slot: *slot });
-            self.close_refused(*key, why.prefixed("its update failed a check"));
+            self.round.reopen(*slot);
+            cx.out.push(super::Action::Withdrawn { round, slot: *slot });
+            self.close_refused(cx, *key, why.prefixed("its update failed a check"));
         }
         failed.is_empty()
     }
@@ -356,6 +356,7 @@ impl Core {
     /// run holds data out, at least three updates are left and one of them is drawn).
     fn measure(
         &mut self,
+        cx: &mut Context,
         done: &[(u64, PublicKey, Vec<Vec<f32>>)],
         failed: &[(u64, PublicKey, Reason)],
     ) -> Vec<Measured> {
@@ -363,27 +364,22 @@ impl Core {
             .iter()
             .filter(|(slot, ..)| !failed.iter().any(|f| f.0 == *slot))
             .collect();
-        let any_drawn = left
-            .iter()
-            .any(|(s, ..)| replicas!(self).round.drawn.contains(s));
-        let held = self
-            .cx
+        let any_drawn = left.iter().any(|(s, ..)| self.round.drawn.contains(s));
+        let held = cx
             .spec
             .held_out_batch()
             .filter(|_| any_drawn && left.len() >= 3);
-        let cfg = self.cx.spec.model.clone();
-        let held_before = held
-            .as_ref()
-            .map(|b| loss::<f32>(&cfg, &self.cx.weights, b));
+        let cfg = cx.spec.model.clone();
+        let held_before = held.as_ref().map(|b| loss::<f32>(&cfg, &cx.weights, b));
         // Its share of the outer step: the step applies the mean of the round's updates.
-        let lr = self.cx.spec.outer_lr / self.cx.spec.replicas.max(1) as f32;
+        let lr = cx.spec.outer_lr / cx.spec.replicas.max(1) as f32;
         let mut measured = Vec::new();
         for (slot, key, dense) in left {
-            let drawn = replicas!(self).round.drawn.contains(slot);
+            let drawn = self.round.drawn.contains(slot);
             if !drawn && held.is_none() {
                 continue;
             }
-            let mut moved = self.cx.weights.clone();
+            let mut moved = cx.weights.clone();
             for (p, u) in moved.tensors_mut().into_iter().zip(dense) {
                 p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
             }
@@ -391,8 +387,8 @@ impl Core {
             // as efficiently; a random one gains nothing whatever its size.
             let n = norm(dense).max(f64::MIN_POSITIVE);
             let own = drawn.then(|| {
-                let batch = self.first_batch(*slot);
-                let before = loss::<f32>(&cfg, &self.cx.weights, &batch);
+                let batch = self.first_batch(cx, *slot);
+                let before = loss::<f32>(&cfg, &cx.weights, &batch);
                 let after = loss::<f32>(&cfg, &moved, &batch);
                 ((before - after) / n, before, after)
             });
@@ -412,30 +408,19 @@ impl Core {
     }
 
     /// The held-out checks of the latest rounds, oldest first (at most the last 1024).
-    pub fn held_out_scores(&self) -> impl Iterator<Item = &HeldOutScore> {
-        let scores = match &self.regime {
-            super::Regime::Replicas(r) => Some(r.held_out_scores.iter()),
-            super::Regime::Pipeline(_) => None,
-        };
-        scores.into_iter().flatten()
+    pub(super) fn held_out_scores(&self) -> impl Iterator<Item = &HeldOutScore> {
+        self.held_out_scores.iter()
     }
 
     /// The first inner step's sequences of `slot` in the open round (what the unit trained on
     /// first), as the data assignment gives them.
-    fn first_batch(&mut self, slot: u64) -> Batch {
-        let round = self.round();
-        let spans: Vec<_> = (0..self.cx.spec.batch)
-            .map(|mb| {
-                super::samples::slot_sample(
-                    &self.cx.spec,
-                    &mut self.cx.sampler,
-                    round,
-                    (slot, 0, mb),
-                )
-            })
+    fn first_batch(&mut self, cx: &mut Context, slot: u64) -> Batch {
+        let round = self.round.number;
+        let spans: Vec<_> = (0..cx.spec.batch)
+            .map(|mb| super::samples::slot_sample(&cx.spec, &mut cx.sampler, round, (slot, 0, mb)))
             .collect();
-        let rows = spans.into_iter().map(|span| &self.cx.spec.tokens[span]);
-        Batch::from_rows(rows, self.cx.spec.seq as usize)
+        let rows = spans.into_iter().map(|span| &cx.spec.tokens[span]);
+        Batch::from_rows(rows, cx.spec.seq as usize)
     }
 }
 

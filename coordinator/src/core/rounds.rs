@@ -4,13 +4,15 @@
 use std::collections::BTreeMap;
 
 use tessera_protocol::log::LogEvent;
-use tessera_protocol::messages::{NamedTensor, Receipt, Submission, Update, Verdict};
-use tessera_protocol::signed::{signing_bytes, RECEIPT};
+use tessera_protocol::messages::{NamedTensor, Submission, Update, Verdict};
 use tessera_protocol::{Code, PublicKey, Reason, TensorPayload, ToContributor};
 use tessera_train::outer;
 use tessera_train::update::to_indexed;
 
-use super::{Action, ConnId, Contribution, Core, End, RoundSummary, RunState};
+use super::context::Context;
+use super::part::Part;
+use super::sessions::Session;
+use super::{Action, ConnId, Contribution, End, Replicas, RoundSummary, RunState};
 
 #[derive(Clone, Debug, PartialEq)]
 enum Slot {
@@ -122,32 +124,44 @@ impl Round {
     }
 }
 
-impl Core {
+impl Replicas {
+    /// Whole-model runs: re-queues units past their deadline.
+    pub(super) fn expire_units(&mut self, cx: &mut Context) {
+        let now = cx.now;
+        for (conn, unit) in self.round.expired(now) {
+            if let Some(s) = cx.sessions.get_mut(&conn) {
+                if s.unit == Some(unit) {
+                    s.unit = None;
+                }
+            }
+            cx.send(conn, ToContributor::Cancel { unit });
+        }
+    }
+
     /// Gives open slots to ready, idle, leased sessions (lowest connection first).
-    pub(super) fn schedule(&mut self) {
-        if !self.cx.state.hands_out_work() {
+    pub(super) fn schedule(&mut self, cx: &mut Context) {
+        if !cx.state.hands_out_work() {
             return;
         }
         // Replays first: the round cannot close before they resolve.
-        self.start_replays();
-        self.maybe_close_round();
-        for slot in 0..replicas!(self).round.slots.len() {
-            if replicas!(self).round.slots[slot] != Slot::Open {
+        self.start_replays(cx);
+        self.maybe_close_round(cx);
+        for slot in 0..self.round.slots.len() {
+            if self.round.slots[slot] != Slot::Open {
                 continue;
             }
-            let Some((&conn, _)) = self
-                .cx
+            let Some((&conn, _)) = cx
                 .sessions
                 .iter()
                 .find(|(_, s)| s.ready && s.lease.is_some() && s.unit.is_none())
             else {
                 return;
             };
-            let unit = self.cx.next_unit;
-            self.cx.next_unit += 1;
-            let deadline = self.cx.now + self.cx.spec.unit_deadline_ms;
-            replicas!(self).round.slots[slot] = Slot::Assigned(unit);
-            replicas!(self).round.units.insert(
+            let unit = cx.next_unit;
+            cx.next_unit += 1;
+            let deadline = cx.now + cx.spec.unit_deadline_ms;
+            self.round.slots[slot] = Slot::Assigned(unit);
+            self.round.units.insert(
                 unit,
                 Unit {
                     slot: slot as u64,
@@ -155,181 +169,96 @@ impl Core {
                     deadline,
                 },
             );
-            let s = self.cx.sessions.get_mut(&conn).expect("found above");
+            let s = cx.sessions.get_mut(&conn).expect("found above");
             s.unit = Some(unit);
             let lease = s.lease.expect("leased");
-            let round = self.round();
+            let round = self.round.number;
             let work = super::samples::work(
-                &self.cx.spec,
-                &mut self.cx.sampler,
-                (round, self.cx.version),
+                &cx.spec,
+                &mut cx.sampler,
+                (round, cx.version),
                 (unit, lease, slot as u64),
             );
-            self.cx.send(conn, ToContributor::Work(work));
+            cx.send(conn, ToContributor::Work(work));
         }
-    }
-
-    /// Logs a verdict (an acceptance with the work's credit: `(tokens, flops)`) and sends the
-    /// signed receipt naming the entry.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn receipt(
-        &mut self,
-        conn: ConnId,
-        unit: u64,
-        contributor: PublicKey,
-        seq: u64,
-        verdict: Verdict,
-        result: [u8; 32],
-        (tokens, flops): (u64, f64),
-    ) {
-        let pending = match self.cx.spec.pipeline {
-            Some(_) => super::pipeline::pipe_checks(&self.cx.spec),
-            None => self.cx.spec.checks.is_some(),
-        };
-        let event = match &verdict {
-            Verdict::Accepted => LogEvent::Accepted {
-                key: contributor,
-                unit,
-                seq,
-                result,
-                tokens,
-                flops,
-                pending,
-            },
-            Verdict::Rejected(reason) => LogEvent::Rejected {
-                key: contributor,
-                unit,
-                seq,
-                reason: reason.clone(),
-            },
-        };
-        self.cx.log(event);
-        let receipt = Receipt {
-            unit,
-            contributor,
-            seq,
-            verdict,
-            log_head: self.cx.log.head(),
-        };
-        let bytes = signing_bytes(&receipt).unwrap_or_default();
-        let signature = self.cx.id.sign(RECEIPT, &bytes);
-        self.cx
-            .send(conn, ToContributor::Receipt { receipt, signature });
-    }
-
-    pub(super) fn reject(
-        &mut self,
-        conn: ConnId,
-        unit: u64,
-        key: PublicKey,
-        seq: u64,
-        why: Reason,
-    ) {
-        self.receipt(
-            conn,
-            unit,
-            key,
-            seq,
-            Verdict::Rejected(why),
-            [0; 32],
-            (0, 0.0),
-        );
-    }
-
-    /// Rejects a submission for a unit that is not open (finished, reassigned or unknown).
-    pub(super) fn reject_unopen(&mut self, conn: ConnId, unit: u64, key: PublicKey, seq: u64) {
-        let why = format!("unit {unit} is not open (finished, reassigned or unknown)");
-        self.reject(conn, unit, key, seq, Reason::new(Code::NotOpen, why));
-    }
-
-    /// Rejects a submission for a unit assigned to another connection (or lease).
-    pub(super) fn reject_foreign(&mut self, conn: ConnId, unit: u64, key: PublicKey, seq: u64) {
-        self.reject(
-            conn,
-            unit,
-            key,
-            seq,
-            Reason::new(
-                Code::NotOpen,
-                format!("unit {unit} was assigned to someone else"),
-            ),
-        );
     }
 
     /// Rejects a whole-model submission; one carrying NaN or infinities, in a run that checks
     /// work, also finds its sender wrong.
     pub(super) fn reject_submission(
         &mut self,
+        cx: &mut Context,
         conn: ConnId,
         key: PublicKey,
         seq: u64,
         sub: &Submission,
         why: Reason,
     ) {
-        self.reject(conn, sub.unit, key, seq, why.clone());
-        if self.cx.spec.checks.is_some() && super::validate::update_non_finite(&sub.result) {
+        cx.reject(conn, sub.unit, key, seq, why.clone());
+        if cx.spec.checks.is_some() && super::validate::update_non_finite(&sub.result) {
             let why = Reason::new(
                 Code::NotFinite,
                 format!("it sent values that are not finite: {why}"),
             );
-            self.found_wrong(key, why);
+            self.found_wrong(cx, key, why);
         }
     }
 
     /// A submission: checked, then accepted into its slot or rejected with the reason.
-    pub(super) fn submit(&mut self, conn: ConnId, key: PublicKey, seq: u64, sub: Submission) {
+    pub(super) fn submit(
+        &mut self,
+        cx: &mut Context,
+        conn: ConnId,
+        key: PublicKey,
+        seq: u64,
+        sub: Submission,
+    ) {
         let unit = sub.unit;
-        if self
-            .replicas()
-            .is_some_and(|r| r.round.replays.is_running(unit))
-        {
-            return self.replayed(conn, key, seq, sub);
+        if self.round.replays.is_running(unit) {
+            return self.replayed(cx, conn, key, seq, sub);
         }
-        let Some(u) = replicas!(self).round.units.get(&unit).cloned() else {
-            return self.reject_unopen(conn, unit, key, seq);
+        let Some(u) = self.round.units.get(&unit).cloned() else {
+            return cx.reject_unopen(conn, unit, key, seq);
         };
         if u.conn != conn {
-            return self.reject_foreign(conn, unit, key, seq);
+            return cx.reject_foreign(conn, unit, key, seq);
         }
-        let dense = match super::validate::submission_problem(&self.cx.spec, self.cx.version, &sub)
-        {
+        let dense = match super::validate::submission_problem(&cx.spec, cx.version, &sub) {
             Some(p) => Err(p),
-            None => super::validate::dense_update(&self.cx.spec, &sub.result)
+            None => super::validate::dense_update(&cx.spec, &sub.result)
                 .map_err(|e| super::validate::update_refusal(&sub.result, e)),
         };
         // Either way the unit is over for this contributor.
-        replicas!(self).round.units.remove(&unit);
-        if let Some(s) = self.cx.sessions.get_mut(&conn) {
+        self.round.units.remove(&unit);
+        if let Some(s) = cx.sessions.get_mut(&conn) {
             s.unit = None;
         }
         let dense = match dense {
             Ok(d) => d,
             Err(why) => {
-                replicas!(self).round.slots[u.slot as usize] = Slot::Open;
-                return self.reject_submission(conn, key, seq, &sub, why);
+                self.round.slots[u.slot as usize] = Slot::Open;
+                return self.reject_submission(cx, conn, key, seq, &sub, why);
             }
         };
-        if let Some(checks) = self.cx.spec.checks.clone() {
-            match self.check_update(key, u.slot, &dense, &checks) {
+        if let Some(checks) = cx.spec.checks.clone() {
+            match self.check_update(cx, key, u.slot, &dense, &checks) {
                 Ok(true) => {
-                    replicas!(self).round.drawn.insert(u.slot);
-                    if self.replays_on() {
-                        if let Some(r) = self.replicas_mut() {
-                            r.round.replays.draw(u.slot, unit, key);
-                        }
+                    self.round.drawn.insert(u.slot);
+                    if self.replays_on(cx) {
+                        self.round.replays.draw(u.slot, unit, key);
                     }
                 }
                 Ok(false) => {}
                 Err(why) => {
-                    replicas!(self).round.slots[u.slot as usize] = Slot::Open;
-                    self.reject(conn, unit, key, seq, why.clone());
-                    return self.found_wrong(key, why.prefixed("its update failed a check"));
+                    self.round.slots[u.slot as usize] = Slot::Open;
+                    cx.reject(conn, unit, key, seq, why.clone());
+                    return self.found_wrong(cx, key, why.prefixed("its update failed a check"));
                 }
             }
         }
         let result_digest = super::digest(&sub.result);
         let c = Contribution {
-            round: self.round(),
+            round: self.round.number,
             slot: u.slot,
             unit,
             contributor: key,
@@ -337,10 +266,10 @@ impl Core {
             loss_sum: sub.loss_sum,
             update: sub.result,
         };
-        self.cx.out.push(Action::Accepted(c.clone()));
-        let flops = self.cx.spec.unit_flops(sub.tokens);
-        replicas!(self).round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
-        self.receipt(
+        cx.out.push(Action::Accepted(c.clone()));
+        let flops = cx.spec.unit_flops(sub.tokens);
+        self.round.slots[u.slot as usize] = Slot::Done(Box::new(c), dense);
+        cx.receipt(
             conn,
             unit,
             key,
@@ -349,52 +278,46 @@ impl Core {
             result_digest,
             (sub.tokens, flops),
         );
-        self.maybe_close_round();
+        self.maybe_close_round(cx);
     }
 
     /// Closes the round once every slot is accepted, every replay resolved and the round's
     /// checks pass.
-    pub(super) fn maybe_close_round(&mut self) {
-        if self.cx.state.is_open()
-            && replicas!(self)
-                .round
-                .slots
-                .iter()
-                .all(|s| matches!(s, Slot::Done(..)))
-            && self.replicas().is_none_or(|r| r.round.replays.resolved())
-            && self.round_checks()
+    pub(super) fn maybe_close_round(&mut self, cx: &mut Context) {
+        if cx.state.is_open()
+            && self.round.slots.iter().all(|s| matches!(s, Slot::Done(..)))
+            && self.round.replays.resolved()
+            && self.round_checks(cx)
         {
-            self.close_round();
+            self.close_round(cx);
         }
     }
 
     /// Puts an accepted contribution back after a restart.
-    pub(super) fn restore_contribution(&mut self, c: Contribution) {
-        if c.round != self.round() || c.slot >= self.cx.spec.replicas {
+    pub(super) fn restore_contribution(&mut self, cx: &mut Context, c: Contribution) {
+        if c.round != self.round.number || c.slot >= cx.spec.replicas {
             return;
         }
-        if let Ok(dense) = super::validate::dense_update(&self.cx.spec, &c.update) {
+        if let Ok(dense) = super::validate::dense_update(&cx.spec, &c.update) {
             let slot = c.slot as usize;
-            self.cx.next_unit = self.cx.next_unit.max(c.unit + 1);
+            cx.next_unit = cx.next_unit.max(c.unit + 1);
             // Whether it was drawn before the restart is not kept: a restored contribution is
             // checked (loss check, and replay where the run replays).
-            if self.cx.spec.checks.is_some() {
-                replicas!(self).round.drawn.insert(c.slot);
-                if self.replays_on() {
-                    if let Some(r) = self.replicas_mut() {
-                        r.round.replays.draw(c.slot, c.unit, c.contributor);
-                    }
+            if cx.spec.checks.is_some() {
+                self.round.drawn.insert(c.slot);
+                if self.replays_on(cx) {
+                    self.round.replays.draw(c.slot, c.unit, c.contributor);
                 }
             }
-            replicas!(self).round.slots[slot] = Slot::Done(Box::new(c), dense);
+            self.round.slots[slot] = Slot::Done(Box::new(c), dense);
         }
         // A round whose slots were all restored closes at the first tick, once the log
         // continues where it stopped (its checks and close are entries of it).
     }
 
     /// The outer step: median clip, mean, `theta -= outer_lr * mean`; broadcast; next round.
-    fn close_round(&mut self) {
-        let slots = std::mem::take(&mut replicas!(self).round.slots);
+    fn close_round(&mut self, cx: &mut Context) {
+        let slots = std::mem::take(&mut self.round.slots);
         let mut updates = Vec::new();
         let mut contributors = Vec::new();
         let (mut tokens, mut loss_sum) = (0u64, 0.0f64);
@@ -406,30 +329,30 @@ impl Core {
                 updates.push(d);
             }
         }
-        let (mean, clip_scales) = outer::aggregate(&updates, self.cx.spec.clip_to_median);
-        replicas!(self).previous_updates = updates;
-        let closed_round = self.round();
-        replicas!(self).gains.retain(|&(r, _)| r == closed_round);
-        let mut aggregate = self.cx.weights.zeros_like();
+        let (mean, clip_scales) = outer::aggregate(&updates, cx.spec.clip_to_median);
+        self.previous_updates = updates;
+        let closed_round = self.round.number;
+        self.gains.retain(|&(r, _)| r == closed_round);
+        let mut aggregate = cx.weights.zeros_like();
         for (dst, src) in aggregate.tensors_mut().into_iter().zip(&mean) {
             dst.clone_from(src);
         }
-        let closed = self.round();
-        let rule = super::rules::RunRules::of(&self.cx.spec).step;
-        super::rules::apply(&rule, closed, &mut self.cx.weights, &mut None, &aggregate);
+        let closed = self.round.number;
+        let rule = super::rules::RunRules::of(&cx.spec).step;
+        super::rules::apply(&rule, closed, &mut cx.weights, &mut None, &aggregate);
         let aggregate_digest = super::weights_digest(&aggregate);
-        self.cx.aggregate = Some(aggregate);
-        self.cx.version += 1;
+        cx.aggregate = Some(aggregate);
+        cx.version += 1;
         let loss = if tokens > 0 {
             loss_sum / tokens as f64
         } else {
             0.0
         };
-        self.cx.losses.push(loss);
+        cx.losses.push(loss);
         // Dense runs publish the dense mean; SparseLoCo runs publish its nonzero entries (the
         // union of the replicas' top-k positions).
-        let shapes = tessera_compute::hf::tensor_shapes(&self.cx.spec.model);
-        let update = if self.cx.spec.sparse().is_some() {
+        let shapes = tessera_compute::hf::tensor_shapes(&cx.spec.model);
+        let update = if cx.spec.sparse().is_some() {
             Update::Indexed(
                 shapes
                     .iter()
@@ -449,22 +372,21 @@ impl Core {
                     .collect(),
             )
         };
-        self.cx.log(LogEvent::Closed {
+        cx.log(LogEvent::Closed {
             round: closed,
-            version: self.cx.version,
-            weights: super::weights_digest(&self.cx.weights),
+            version: cx.version,
+            weights: super::weights_digest(&cx.weights),
             aggregate: aggregate_digest,
         });
-        self.cx.out.push(Action::RoundClosed(RoundSummary {
+        cx.out.push(Action::RoundClosed(RoundSummary {
             round: closed,
-            version: self.cx.version,
+            version: cx.version,
             loss,
             tokens,
             contributors,
             clip_scales,
         }));
-        let leased: Vec<ConnId> = self
-            .cx
+        let leased: Vec<ConnId> = cx
             .sessions
             .iter()
             .filter(|(_, s)| s.lease.is_some() && s.active().is_some())
@@ -473,23 +395,38 @@ impl Core {
         for conn in leased {
             let msg = ToContributor::OuterStep {
                 round: closed,
-                version: self.cx.version,
-                lr: self.cx.spec.outer_lr,
+                version: cx.version,
+                lr: cx.spec.outer_lr,
                 update: update.clone(),
             };
-            self.cx.send(conn, msg);
+            cx.send(conn, msg);
         }
         // Units still running on this round are void.
-        for (id, u) in std::mem::take(&mut replicas!(self).round.units) {
-            if let Some(s) = self.cx.sessions.get_mut(&u.conn) {
+        for (id, u) in std::mem::take(&mut self.round.units) {
+            if let Some(s) = cx.sessions.get_mut(&u.conn) {
                 s.unit = None;
             }
-            self.cx.send(u.conn, ToContributor::Cancel { unit: id });
+            cx.send(u.conn, ToContributor::Cancel { unit: id });
         }
-        replicas!(self).round = Round::new(closed + 1, self.cx.spec.replicas);
-        if self.round() >= self.cx.spec.rounds {
-            self.cx.state = RunState::Finished(End::Completed);
-            self.cx.out.push(Action::Finished);
+        self.round = Round::new(closed + 1, cx.spec.replicas);
+        if self.round.number >= cx.spec.rounds {
+            cx.state = RunState::Finished(End::Completed);
+            cx.out.push(Action::Finished);
+        }
+    }
+}
+
+impl Part for Replicas {
+    fn number(&self) -> u64 {
+        self.round.number
+    }
+
+    /// Its unit in progress goes back to the queue at once (a replay is given to someone else).
+    fn session_lost(&mut self, _: &mut Context, s: Session) {
+        if let Some(unit) = s.unit {
+            if !self.round.replays.lost(unit) {
+                self.round.requeue(unit);
+            }
         }
     }
 }

@@ -19,10 +19,12 @@ use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
 use tessera_train::shards::grads_from_wire;
 
 use super::compare::agree;
-use super::ShardId;
+use super::{Pipe, ShardId};
 use crate::core::arbitration::{arbitrate, nobody_left, Found, Ruling};
+use crate::core::context::Context;
 use crate::core::draws::Candidate;
-use crate::core::{ConnId, Core};
+use crate::core::part::Part;
+use crate::core::ConnId;
 
 /// The first auditor's identity and answer (results, gradient sums), kept while a third
 /// party runs the same check.
@@ -65,19 +67,16 @@ pub(in crate::core) struct LeaseAudit {
     pub(in crate::core) tried: BTreeSet<u64>,
 }
 
-impl Core {
+impl Pipe {
     /// Whether `lease`'s work in the open step is checked; drawn at its first unit from the
     /// run's seed, the step and the lease, with the identity's current rate.
-    pub(super) fn audit_selected(&mut self, lease: u64, key: PublicKey) -> bool {
-        let Some(checks) = self.cx.spec.checks.clone() else {
+    pub(super) fn audit_selected(&mut self, cx: &mut Context, lease: u64, key: PublicKey) -> bool {
+        let Some(checks) = cx.spec.checks.clone() else {
             return false;
         };
-        let rate = checks.rate(self.cx.credits.clean_steps(&key));
-        let draws = self.cx.draws;
-        let Some(pipe) = pipe_mut!(self) else {
-            return false;
-        };
-        let step = &mut pipe.step;
+        let rate = checks.rate(cx.credits.clean_steps(&key));
+        let draws = cx.draws;
+        let step = &mut self.step;
         if let Some(&s) = step.selected.get(&lease) {
             return s;
         }
@@ -100,11 +99,8 @@ impl Core {
     }
 
     /// Starts the checks of a drained, collected step; true once every one is resolved.
-    pub(super) fn audits_resolved(&mut self) -> bool {
-        let Some(pipe) = pipe!(self) else {
-            return true;
-        };
-        let waiting: Vec<u64> = pipe
+    pub(super) fn audits_resolved(&mut self, cx: &mut Context) -> bool {
+        let waiting: Vec<u64> = self
             .step
             .audits
             .iter()
@@ -112,27 +108,23 @@ impl Core {
             .map(|(&l, _)| l)
             .collect();
         for lease in waiting {
-            self.start_audit(lease, None);
+            self.start_audit(cx, lease, None);
         }
-        pipe!(self).is_none_or(|p| {
-            p.step
-                .audits
-                .values()
-                .all(|a| matches!(a.phase, AuditPhase::Resolved(_)))
-        })
+        self.step
+            .audits
+            .values()
+            .all(|a| matches!(a.phase, AuditPhase::Resolved(_)))
     }
 
     /// Sends `lease`'s units to an auditor (a third party when `first` holds the first
     /// auditor's answer), or resolves the check when nobody can run it.
-    fn start_audit(&mut self, lease: u64, first: Option<FirstAnswer>) {
-        let Some(pipe) = pipe!(self) else {
-            return;
-        };
-        let Some(a) = pipe.step.audits.get(&lease) else {
+    fn start_audit(&mut self, cx: &mut Context, lease: u64, first: Option<FirstAnswer>) {
+        let Some(a) = self.step.audits.get(&lease) else {
             return;
         };
         if a.done.is_empty() {
             return self.resolve(
+                cx,
                 lease,
                 CheckOutcome::Skipped(Reason::new(Code::NoAuditor, "no accepted work")),
                 vec![],
@@ -143,32 +135,31 @@ impl Core {
         let need: BTreeSet<ShardId> = a
             .done
             .iter()
-            .flat_map(|(w, _)| pipe.cells_of(&self.cx.spec.model, w).unwrap_or_default())
+            .flat_map(|(w, _)| self.cells_of(&cx.spec.model, w).unwrap_or_default())
             .collect();
         let mut exclude = vec![a.key];
         if let Some((k, ..)) = &first {
             exclude.push(*k);
         }
-        let candidates: Vec<Candidate> = pipe
+        let candidates: Vec<Candidate> = self
             .holdings
             .iter()
             .filter(|(&l, h)| {
                 l != lease && !a.tried.contains(&l) && need.iter().all(|c| h.shards.contains(c))
             })
             .filter_map(|(&l, h)| {
-                let s = self.cx.sessions.get(&h.conn)?;
+                let s = cx.sessions.get(&h.conn)?;
                 let key = s.active()?;
                 Some(Candidate {
                     conn: h.conn,
                     key,
                     lease: l,
-                    clean_steps: self.cx.credits.clean_steps(&key),
-                    free: s.ready && !exclude.contains(&key) && !self.cx.credits.is_refused(&key),
+                    clean_steps: cx.credits.clean_steps(&key),
+                    free: s.ready && !exclude.contains(&key) && !cx.credits.is_refused(&key),
                 })
             })
             .collect();
-        let auditor = self
-            .cx
+        let auditor = cx
             .draws
             .auditor(&candidates)
             .map(|c| (c.lease, c.conn, c.key));
@@ -179,11 +170,11 @@ impl Core {
                 "the auditor disagrees and no third lease was available",
             );
             let auditors = first.map(|f| vec![f.0]).unwrap_or_default();
-            return self.resolve(lease, outcome, auditors, Vec::new(), 0.0);
+            return self.resolve(cx, lease, outcome, auditors, Vec::new(), 0.0);
         };
-        let audit = self.cx.next_unit;
-        self.cx.next_unit += 1;
-        let deadline = self.cx.now + self.cx.spec.unit_deadline_ms;
+        let audit = cx.next_unit;
+        cx.next_unit += 1;
+        let deadline = cx.now + cx.spec.unit_deadline_ms;
         let units: Vec<PipeWork> = a
             .done
             .iter()
@@ -192,8 +183,8 @@ impl Core {
                 ..w.clone()
             })
             .collect();
-        let step = pipe.step.number;
-        if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&lease)) {
+        let step = self.step.number;
+        if let Some(a) = self.step.audits.get_mut(&lease) {
             a.phase = AuditPhase::Running {
                 audit,
                 lease: by,
@@ -203,7 +194,7 @@ impl Core {
                 first,
             };
         }
-        self.cx.send(
+        cx.send(
             conn,
             ToContributor::Audit(Box::new(AuditWork {
                 audit,
@@ -217,21 +208,20 @@ impl Core {
     /// An auditor's answer.
     pub(in crate::core) fn audited(
         &mut self,
+        cx: &mut Context,
         conn: ConnId,
         key: PublicKey,
         seq: u64,
         r: AuditResult,
     ) {
-        let found = pipe!(self).and_then(|p| {
-            p.step.audits.iter().find_map(|(&l, a)| match &a.phase {
-                AuditPhase::Running { audit, conn: c, .. } if *audit == r.audit && *c == conn => {
-                    Some((l, a.clone()))
-                }
-                _ => None,
-            })
+        let found = self.step.audits.iter().find_map(|(&l, a)| match &a.phase {
+            AuditPhase::Running { audit, conn: c, .. } if *audit == r.audit && *c == conn => {
+                Some((l, a.clone()))
+            }
+            _ => None,
         });
         let Some((lease, a)) = found else {
-            return self.reject(
+            return cx.reject(
                 conn,
                 r.audit,
                 key,
@@ -249,7 +239,7 @@ impl Core {
             return;
         };
         if r.lease != by {
-            return self.reject(
+            return cx.reject(
                 conn,
                 r.audit,
                 key,
@@ -262,7 +252,7 @@ impl Core {
             .grads
             .iter()
             .map(|g| {
-                grads_from_wire(g, &self.cx.spec.model, sparse)
+                grads_from_wire(g, &cx.spec.model, sparse)
                     .map_err(|e| Reason::new(Code::WrongShape, e.to_string()))
             })
             .collect();
@@ -277,20 +267,18 @@ impl Core {
                         a.done.len()
                     ),
                 );
-                return self.audit_answer_refused(conn, key, seq, r.audit, lease, why);
+                return self.audit_answer_refused(cx, conn, key, seq, r.audit, lease, why);
             }
-            Err(why) => return self.audit_answer_refused(conn, key, seq, r.audit, lease, why),
+            Err(why) => return self.audit_answer_refused(cx, conn, key, seq, r.audit, lease, why),
         };
         let d = crate::core::digest(&r);
         // The auditor's credit comes with the check's outcome.
-        self.receipt(conn, r.audit, key, seq, Verdict::Accepted, d, (0, 0.0));
-        let tol = self.cx.spec.checks.as_ref().map_or(0.0, |c| c.tolerance);
+        cx.receipt(conn, r.audit, key, seq, Verdict::Accepted, d, (0, 0.0));
+        let tol = cx.spec.checks.as_ref().map_or(0.0, |c| c.tolerance);
         let units: Vec<u64> = a.done.iter().map(|(w, _)| w.unit).collect();
         let claimed: Vec<PipeResult> = a.done.iter().map(|(_, r)| r.clone()).collect();
         let work: Vec<PipeWork> = a.done.iter().map(|(w, _)| w.clone()).collect();
-        let flops = pipe!(self).map_or(0.0, |p| {
-            p.units_flops(&self.cx.spec.model, self.cx.spec.seq, &work)
-        });
+        let flops = self.units_flops(&cx.spec.model, cx.spec.seq, &work);
         let with_checked = agree(
             (&r.outputs, &sums),
             (&claimed, a.sums.as_deref()),
@@ -306,10 +294,10 @@ impl Core {
         match arbitrate(key, with_checked, with_first) {
             Ruling::AskThird { why } => {
                 tracing::info!(lease, "check mismatch, asking a third party: {why}");
-                if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&lease)) {
+                if let Some(a) = self.step.audits.get_mut(&lease) {
                     a.tried.insert(by);
                 }
-                self.start_audit(lease, Some((key, r.outputs, sums)));
+                self.start_audit(cx, lease, Some((key, r.outputs, sums)));
             }
             Ruling::Decided(d) => {
                 let outcome = match d.found {
@@ -330,14 +318,15 @@ impl Core {
                     )),
                 };
                 let flops = if d.credited.is_empty() { 0.0 } else { flops };
-                self.resolve(lease, outcome, d.auditors, d.credited, flops);
+                self.resolve(cx, lease, outcome, d.auditors, d.credited, flops);
             }
         }
-        self.collect_or_close();
+        self.collect_or_close(cx);
     }
 
     fn audit_answer_refused(
         &mut self,
+        cx: &mut Context,
         conn: ConnId,
         key: PublicKey,
         seq: u64,
@@ -345,18 +334,18 @@ impl Core {
         lease: u64,
         why: Reason,
     ) {
-        self.reject(conn, audit, key, seq, why.clone());
-        if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&lease)) {
+        cx.reject(conn, audit, key, seq, why.clone());
+        if let Some(a) = self.step.audits.get_mut(&lease) {
             if let AuditPhase::Running {
                 lease: by, first, ..
             } = a.phase.clone()
             {
                 a.tried.insert(by);
-                self.start_audit(lease, first);
+                self.start_audit(cx, lease, first);
             }
         }
-        self.fatal(conn, why.prefixed("audit answer refused"));
-        self.collect_or_close();
+        self.fatal(cx, conn, why.prefixed("audit answer refused"));
+        self.collect_or_close(cx);
     }
 
     /// Records a check's outcome: in the log (which credits the checked identity's pending
@@ -364,22 +353,20 @@ impl Core {
     /// and for the step; closes the sessions of whoever was found wrong.
     fn resolve(
         &mut self,
+        cx: &mut Context,
         lease: u64,
         outcome: CheckOutcome,
         auditors: Vec<PublicKey>,
         credited: Vec<PublicKey>,
         flops: f64,
     ) {
-        let Some(pipe) = pipe_mut!(self) else {
-            return;
-        };
-        let step = pipe.step.number;
-        let Some(a) = pipe.step.audits.get_mut(&lease) else {
+        let step = self.step.number;
+        let Some(a) = self.step.audits.get_mut(&lease) else {
             return;
         };
         a.phase = AuditPhase::Resolved(outcome.clone());
         let key = a.key;
-        self.cx.log(LogEvent::Checked {
+        cx.log(LogEvent::Checked {
             key,
             step,
             auditors: auditors.clone(),
@@ -390,53 +377,20 @@ impl Core {
         match &outcome {
             CheckOutcome::AuditorFailed(why) => {
                 if let Some(&liar) = auditors.first() {
-                    self.close_refused(liar, why.prefixed("an audit it ran was wrong"));
+                    self.close_refused(cx, liar, why.prefixed("an audit it ran was wrong"));
                 }
             }
             CheckOutcome::Failed(why) => {
-                self.close_refused(key, why.prefixed("its results failed a check"));
+                self.close_refused(cx, key, why.prefixed("its results failed a check"));
             }
             CheckOutcome::Passed | CheckOutcome::Skipped(_) | CheckOutcome::Disputed(_) => {}
         }
     }
 
-    /// An identity found wrong outside a lease's check (NaN or infinities, a copied or
-    /// failing whole-model update): a failed check goes into the log, which takes its credits
-    /// and refuses it (a restarted coordinator too), then its sessions close.
-    pub(in crate::core) fn found_wrong(&mut self, key: PublicKey, why: Reason) {
-        let step = self.round();
-        self.cx.log(LogEvent::Checked {
-            key,
-            step,
-            auditors: Vec::new(),
-            outcome: CheckOutcome::Failed(why.clone()),
-            flops: 0.0,
-            credited: Vec::new(),
-        });
-        self.close_refused(key, why);
-    }
-
-    /// Closes the sessions of an identity the log has just refused.
-    pub(in crate::core) fn close_refused(&mut self, key: PublicKey, why: Reason) {
-        let conns: Vec<ConnId> = self
-            .cx
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.active() == Some(key))
-            .map(|(&c, _)| c)
-            .collect();
-        for conn in conns {
-            self.fatal(conn, why.clone());
-        }
-    }
-
     /// Audits whose auditor is gone or late run elsewhere.
-    pub(in crate::core) fn expire_audits(&mut self, lost: Option<u64>) {
-        let now = self.cx.now;
-        let Some(pipe) = pipe_mut!(self) else {
-            return;
-        };
-        let redo: Vec<(u64, u64, Option<FirstAnswer>)> = pipe
+    pub(in crate::core) fn expire_audits(&mut self, cx: &mut Context, lost: Option<u64>) {
+        let now = cx.now;
+        let redo: Vec<(u64, u64, Option<FirstAnswer>)> = self
             .step
             .audits
             .iter()
@@ -451,11 +405,11 @@ impl Core {
             })
             .collect();
         for (lease, by, first) in redo {
-            if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&lease)) {
+            if let Some(a) = self.step.audits.get_mut(&lease) {
                 a.tried.insert(by);
                 a.phase = AuditPhase::Recording;
             }
-            self.start_audit(lease, first);
+            self.start_audit(cx, lease, first);
         }
     }
 }

@@ -7,28 +7,30 @@ use tessera_protocol::messages::Lease;
 use tessera_protocol::{Code, Reason, TensorPayload, ToContributor};
 use tessera_train::shards::to_wire;
 
-use super::{Holding, ShardId, ShardState};
-use crate::core::{ConnId, Core};
+use super::{Holding, Pipe, ShardId, ShardState};
+use crate::core::context::Context;
+use crate::core::part::Part;
+use crate::core::sessions::Session;
+use crate::core::ConnId;
 
-impl Core {
+impl Pipe {
     /// Gives the session a pipeline lease sized to its budget and sends its weights.
-    pub(in crate::core) fn offer_pipeline_lease(&mut self, conn: ConnId) {
-        let (Some(pipe), Some(ps)) = (pipe!(self), self.cx.spec.pipeline.as_ref()) else {
+    pub(in crate::core) fn offer_lease(&mut self, cx: &mut Context, conn: ConnId) {
+        let Some(ps) = cx.spec.pipeline.as_ref() else {
             return;
         };
-        let Some(s) = self.cx.sessions.get(&conn) else {
+        let Some(s) = cx.sessions.get(&conn) else {
             return;
         };
         let budget = s.caps.as_ref().map_or(0, |c| c.memory_budget_bytes);
         let binding = s.caps.as_ref().map_or(0, |c| c.max_binding_bytes);
-        let activation = self.cx.spec.seq * self.cx.spec.model.hidden_size as u64 * 4;
+        let activation = cx.spec.seq * cx.spec.model.hidden_size as u64 * 4;
         if binding < activation {
             let msg = format!("a micro-batch's activation of this run is {activation} bytes, more than your adapter's largest binding of {binding} bytes");
-            return self.cx.refuse(conn, Reason::new(Code::Budget, msg));
+            return cx.refuse(conn, Reason::new(Code::Budget, msg));
         }
-        let replicas = pipe.replicas();
-        let Some(shards) = self
-            .cx
+        let replicas = self.replicas();
+        let Some(shards) = cx
             .draws
             .lease_shards(&replicas, budget, |x| ps.lease_bytes(x))
         else {
@@ -40,16 +42,16 @@ impl Core {
                 .min()
                 .unwrap_or(0);
             let msg = format!("the smallest micro-shard of this run needs {need} bytes; your memory budget is {budget}. Raise it to take part");
-            return self.cx.refuse(conn, Reason::new(Code::Budget, msg));
+            return cx.refuse(conn, Reason::new(Code::Budget, msg));
         };
-        let lease = self.cx.next_lease;
-        self.cx.next_lease += 1;
-        if let Some(s) = self.cx.sessions.get_mut(&conn) {
+        let lease = cx.next_lease;
+        cx.next_lease += 1;
+        if let Some(s) = cx.sessions.get_mut(&conn) {
             s.lease = Some(lease);
             s.ready = false;
         }
-        let frames = self.weight_frames(lease, &shards);
-        let cfg = &self.cx.spec.model;
+        let frames = self.weight_frames(cx, lease, &shards);
+        let cfg = &cx.spec.model;
         let msg = ToContributor::Lease(Lease {
             lease,
             config_json: cfg.to_hf_json(),
@@ -57,45 +59,44 @@ impl Core {
                 .iter()
                 .map(|&(s, i)| to_wire(&ps.stages[s][i]))
                 .collect(),
-            optimizer: self.cx.spec.optimizer,
-            clip: self.cx.spec.inner_clip,
+            optimizer: cx.spec.optimizer,
+            clip: cx.spec.inner_clip,
             sync: ps.grads,
-            rows: self.cx.spec.seq,
-            version: self.cx.version,
+            rows: cx.spec.seq,
+            version: cx.version,
             frames: frames.len() as u32,
             activations: Some(ps.activations),
             fresh_units: false,
         });
         tracing::info!(conn, lease, shards = shards.len(), "pipeline lease");
         if let (Some(key), ToContributor::Lease(l)) =
-            (self.cx.sessions.get(&conn).and_then(|s| s.active()), &msg)
+            (cx.sessions.get(&conn).and_then(|s| s.active()), &msg)
         {
             let event = tessera_protocol::log::LogEvent::Leased {
                 key,
                 lease,
                 shards: l.shards.clone(),
             };
-            self.cx.log(event);
+            cx.log(event);
         }
-        if let Some(p) = pipe_mut!(self) {
-            p.holdings.insert(lease, Holding { conn, shards });
-        }
-        self.cx.send(conn, msg);
+        self.holdings.insert(lease, Holding { conn, shards });
+        cx.send(conn, msg);
         for f in frames {
-            self.cx.send(conn, f);
+            cx.send(conn, f);
         }
     }
 
     /// The `Weights` frames of a lease's micro-shards at the current version.
-    pub(super) fn weight_frames(&self, lease: u64, shards: &[ShardId]) -> Vec<ToContributor> {
-        let Some(pipe) = pipe!(self) else {
-            return Vec::new();
-        };
-        let chunk = self.cx.spec.weights_frame_elems.max(1);
+    pub(super) fn weight_frames(
+        &self,
+        cx: &Context,
+        lease: u64,
+        shards: &[ShardId],
+    ) -> Vec<ToContributor> {
+        let chunk = cx.spec.weights_frame_elems.max(1);
         let mut frames = Vec::new();
         for (k, &(s, i)) in shards.iter().enumerate() {
-            let Ok(t) =
-                ShardTensors::from_model(&self.cx.spec.model, &self.cx.weights, &pipe.stages[s][i])
+            let Ok(t) = ShardTensors::from_model(&cx.spec.model, &cx.weights, &self.stages[s][i])
             else {
                 continue;
             };
@@ -103,7 +104,7 @@ impl Core {
                 for (j, part) in x.data.chunks(chunk).enumerate() {
                     frames.push(ToContributor::Weights {
                         lease,
-                        version: self.cx.version,
+                        version: cx.version,
                         shard: k as u32,
                         name: x.name.clone(),
                         shape: x.shape.iter().map(|&d| d as u64).collect(),
@@ -119,15 +120,12 @@ impl Core {
     /// When a micro-shard has no holder left (its leases vanished and nobody new joined), moves
     /// an idle lease whose micro-shards all have other replicas onto it, so the step can go on.
     /// Only a lease that owes nothing for the open step moves: no gradient sum is lost.
-    pub(in crate::core) fn rebalance(&mut self) {
-        let Some(pipe) = pipe!(self) else {
-            return;
-        };
-        let reps = pipe.replicas();
+    pub(in crate::core) fn rebalance(&mut self, cx: &mut Context) {
+        let reps = self.replicas();
         if reps.iter().flatten().all(|&n| n > 0) {
             return;
         }
-        let Some(ps) = self.cx.spec.pipeline.as_ref() else {
+        let Some(ps) = cx.spec.pipeline.as_ref() else {
             return;
         };
         let orphans: Vec<ShardId> = reps
@@ -140,9 +138,8 @@ impl Core {
                     .map(move |(i, _)| (s, i))
             })
             .collect();
-        let spare = pipe.holdings.iter().find(|(lease, h)| {
-            let session = self
-                .cx
+        let spare = self.holdings.iter().find(|(lease, h)| {
+            let session = cx
                 .sessions
                 .get(&h.conn)
                 .filter(|s| s.ready && s.unit.is_none() && s.lease == Some(**lease));
@@ -150,8 +147,8 @@ impl Core {
                 .and_then(|s| s.caps.as_ref())
                 .map_or(0, |c| c.memory_budget_bytes);
             let fits = orphans.iter().any(|&o| ps.lease_bytes(&[o]) <= budget);
-            let owes = pipe.step.owed.get(lease).is_some_and(|o| !o.is_empty())
-                || pipe.step.collecting.contains_key(lease);
+            let owes = self.step.owed.get(lease).is_some_and(|o| !o.is_empty())
+                || self.step.collecting.contains_key(lease);
             session.is_some() && fits && !owes && h.shards.iter().all(|&(s, i)| reps[s][i] >= 2)
         });
         let Some((&lease, h)) = spare else {
@@ -163,21 +160,16 @@ impl Core {
             lease,
             "re-leasing a spare replica onto an uncovered micro-shard"
         );
-        if let Some(p) = pipe_mut!(self) {
-            p.holdings.remove(&lease);
-        }
-        self.offer_pipeline_lease(conn);
+        self.holdings.remove(&lease);
+        self.offer_lease(cx, conn);
     }
 
     /// A pipeline lease is gone: its running units reopen, and so do the backward units whose
     /// gradient sums it had not yet delivered.
-    pub(in crate::core) fn pipeline_lease_lost(&mut self, lease: u64) {
-        self.expire_audits(Some(lease));
-        let Some(pipe) = pipe_mut!(self) else {
-            return;
-        };
-        pipe.holdings.remove(&lease);
-        let step = &mut pipe.step;
+    pub(in crate::core) fn lease_lost(&mut self, cx: &mut Context, lease: u64) {
+        self.expire_audits(cx, Some(lease));
+        self.holdings.remove(&lease);
+        let step = &mut self.step;
         let lost: Vec<u64> = step
             .units
             .iter()
@@ -195,6 +187,19 @@ impl Core {
                     cover.shards[i] = ShardState::Open;
                 }
             }
+        }
+    }
+}
+
+impl Part for Pipe {
+    fn number(&self) -> u64 {
+        self.step.number
+    }
+
+    /// Its lease's running units and uncollected backward units run again elsewhere.
+    fn session_lost(&mut self, cx: &mut Context, s: Session) {
+        if let Some(lease) = s.lease {
+            self.lease_lost(cx, lease);
         }
     }
 }

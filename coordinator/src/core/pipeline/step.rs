@@ -17,7 +17,9 @@ use tessera_train::sparseloco::SparseConfig;
 use super::route::Relay;
 use super::StepState;
 use super::{Collecting, Cover, MicroBatch, Pipe, ShardState, Step};
-use crate::core::{Action, ConnId, Core, End, Regime, RoundSummary, RunSpec, RunState};
+use crate::core::context::Context;
+use crate::core::part::Part;
+use crate::core::{Action, ConnId, End, RoundSummary, RunSpec, RunState};
 use tessera_train::data::Sampler;
 
 impl Step {
@@ -97,177 +99,158 @@ impl Step {
     }
 }
 
-impl Core {
+impl Pipe {
     /// Once the step drained: asks every lease that owes gradient sums for them; once all are in,
     /// closes the step.
-    pub(super) fn collect_or_close(&mut self) {
-        let Some(pipe) = pipe!(self) else {
-            return;
-        };
-        if !self.cx.state.is_open() || !pipe.step.drained() {
+    pub(super) fn collect_or_close(&mut self, cx: &mut Context) {
+        if !cx.state.is_open() || !self.step.drained() {
             return;
         }
-        let ask: Vec<(u64, ConnId)> = pipe
+        let ask: Vec<(u64, ConnId)> = self
             .step
             .owed
             .iter()
-            .filter(|(l, o)| !o.is_empty() && !pipe.step.collecting.contains_key(l))
-            .filter_map(|(&l, _)| pipe.holdings.get(&l).map(|h| (l, h.conn)))
+            .filter(|(l, o)| !o.is_empty() && !self.step.collecting.contains_key(l))
+            .filter_map(|(&l, _)| self.holdings.get(&l).map(|h| (l, h.conn)))
             .collect();
-        let step = pipe.step.number;
+        let step = self.step.number;
         for (lease, conn) in ask {
-            let unit = self.cx.next_unit;
-            self.cx.next_unit += 1;
-            let deadline = self.cx.now + self.cx.spec.unit_deadline_ms;
-            if let Some(p) = pipe_mut!(self) {
-                p.step.collecting.insert(
-                    lease,
-                    Collecting {
-                        unit,
-                        conn,
-                        deadline,
-                    },
-                );
-            }
-            self.cx
-                .send(conn, ToContributor::Collect { unit, lease, step });
+            let unit = cx.next_unit;
+            cx.next_unit += 1;
+            let deadline = cx.now + cx.spec.unit_deadline_ms;
+            self.step.collecting.insert(
+                lease,
+                Collecting {
+                    unit,
+                    conn,
+                    deadline,
+                },
+            );
+            cx.send(conn, ToContributor::Collect { unit, lease, step });
         }
-        let done = pipe!(self).is_some_and(|p| {
-            p.step.collecting.is_empty() && p.step.owed.values().all(Vec::is_empty)
-        });
-        if done && self.audits_resolved() {
-            match pipe!(self).and_then(|p| p.audit_failure()) {
-                Some(why) => self.discard_step(why),
-                None => self.close_step(),
+        let done = self.step.collecting.is_empty() && self.step.owed.values().all(Vec::is_empty);
+        if done && self.audits_resolved(cx) {
+            match self.audit_failure() {
+                Some(why) => self.discard_step(cx, why),
+                None => self.close_step(cx),
             }
         }
     }
 
     /// Throws the open step's results away and runs it again from the same weights (every
     /// lease's gradient sums were collected, so none holds any).
-    fn discard_step(&mut self, reason: Reason) {
-        let Some(number) = pipe!(self).map(|p| p.step.number) else {
-            return;
-        };
+    fn discard_step(&mut self, cx: &mut Context, reason: Reason) {
+        let number = self.step.number;
         tracing::warn!(step = number, "step discarded: {reason}");
-        self.cx.log(tessera_protocol::log::LogEvent::Discarded {
+        cx.log(tessera_protocol::log::LogEvent::Discarded {
             step: number,
             reason,
         });
-        let fresh = Step::of(&self.cx.spec, &mut self.cx.sampler, number);
-        if let Some(p) = pipe_mut!(self) {
-            p.step = fresh;
-        }
+        let fresh = Step::of(&cx.spec, &mut cx.sampler, number);
+        self.step = fresh;
     }
 
     /// A lease's gradient sums: checked against what it owes, then added to the step's sums.
-    pub(in crate::core) fn grads(&mut self, conn: ConnId, key: PublicKey, seq: u64, g: StepGrads) {
+    pub(in crate::core) fn grads(
+        &mut self,
+        cx: &mut Context,
+        conn: ConnId,
+        key: PublicKey,
+        seq: u64,
+        g: StepGrads,
+    ) {
         let unit = g.unit;
-        let checked = pipe!(self)
-            .ok_or_else(|| Reason::new(Code::WrongRegime, "this run has no pipeline"))
-            .and_then(|p| p.check_grads(&self.cx.spec, conn, &g));
+        let checked = self.check_grads(&cx.spec, conn, &g);
         match checked {
             Ok(sums) => {
-                if let Some(a) = pipe_mut!(self).and_then(|p| p.step.audits.get_mut(&g.lease)) {
+                if let Some(a) = self.step.audits.get_mut(&g.lease) {
                     a.sums = Some(sums.clone());
                 }
-                if let Some(p) = pipe_mut!(self) {
-                    for t in &sums {
-                        // Checked above: cannot fail.
-                        let _ = t.add_into(&self.cx.spec.model, &mut p.step.grads);
-                    }
-                    p.step.owed.remove(&g.lease);
-                    p.step.collecting.remove(&g.lease);
+                for t in &sums {
+                    // Checked above: cannot fail.
+                    let _ = t.add_into(&cx.spec.model, &mut self.step.grads);
                 }
+                self.step.owed.remove(&g.lease);
+                self.step.collecting.remove(&g.lease);
                 let d = crate::core::digest(&g.shards);
                 // The sums' credit came with the backward units.
-                self.receipt(conn, unit, key, seq, Verdict::Accepted, d, (0, 0.0));
-                self.collect_or_close();
+                cx.receipt(conn, unit, key, seq, Verdict::Accepted, d, (0, 0.0));
+                self.collect_or_close(cx);
             }
             Err(why) => {
-                let poison = self.cx.spec.checks.is_some() && super::compare::grads_non_finite(&g);
+                let poison = cx.spec.checks.is_some() && super::compare::grads_non_finite(&g);
                 if poison {
                     let why = Reason::new(Code::NotFinite, why.text.as_str());
-                    self.reject(conn, unit, key, seq, why.clone());
+                    cx.reject(conn, unit, key, seq, why.clone());
                     let found = format!("it sent values that are not finite: {why}");
-                    return self.found_wrong(key, Reason::new(Code::NotFinite, found));
+                    return self.found_wrong(cx, key, Reason::new(Code::NotFinite, found));
                 }
-                self.reject(conn, unit, key, seq, why.clone());
+                cx.reject(conn, unit, key, seq, why.clone());
                 // Its backward units' sums are lost: drop the lease so they run again.
-                self.fatal(conn, why.prefixed("gradient sums refused"));
+                self.fatal(cx, conn, why.prefixed("gradient sums refused"));
             }
         }
     }
 
     /// The optimizer step: global-norm clip, AdamW (or SGD) on the authoritative state, new
     /// weights to every lease, next step.
-    fn close_step(&mut self) {
-        let Regime::Pipeline(pipe) = &mut self.regime else {
-            return;
-        };
-        let number = pipe.step.number;
-        let grads = std::mem::replace(
-            &mut pipe.step.grads,
-            ModelParams::zeros(&self.cx.spec.model),
-        );
-        let rule = crate::core::rules::RunRules::of(&self.cx.spec).step;
-        let scale = pipe
-            .optimizer
-            .step(&rule, number, &mut self.cx.weights, &grads);
-        let loss_sum: f64 = pipe.step.mbs.iter().map(|m| m.loss_sum).sum();
-        let count = pipe.step.count;
-        let contributors = pipe.step.contributors.iter().copied().collect();
-        let holdings: Vec<(u64, ConnId, Vec<_>)> = pipe
+    fn close_step(&mut self, cx: &mut Context) {
+        let number = self.step.number;
+        let grads = std::mem::replace(&mut self.step.grads, ModelParams::zeros(&cx.spec.model));
+        let rule = crate::core::rules::RunRules::of(&cx.spec).step;
+        let scale = self.optimizer.step(&rule, number, &mut cx.weights, &grads);
+        let loss_sum: f64 = self.step.mbs.iter().map(|m| m.loss_sum).sum();
+        let count = self.step.count;
+        let contributors = self.step.contributors.iter().copied().collect();
+        let holdings: Vec<(u64, ConnId, Vec<_>)> = self
             .holdings
             .iter()
             .map(|(&l, h)| (l, h.conn, h.shards.clone()))
             .collect();
         let aggregate = crate::core::weights_digest(&grads);
-        self.cx.aggregate = Some(grads);
-        self.cx.version += 1;
+        cx.aggregate = Some(grads);
+        cx.version += 1;
         let loss = if count > 0 {
             loss_sum / count as f64
         } else {
             0.0
         };
-        self.cx.losses.push(loss);
-        let weights = crate::core::weights_digest(&self.cx.weights);
-        self.cx.log(tessera_protocol::log::LogEvent::Closed {
+        cx.losses.push(loss);
+        let weights = crate::core::weights_digest(&cx.weights);
+        cx.log(tessera_protocol::log::LogEvent::Closed {
             round: number,
-            version: self.cx.version,
+            version: cx.version,
             weights,
             aggregate,
         });
-        self.cx.out.push(Action::RoundClosed(RoundSummary {
+        cx.out.push(Action::RoundClosed(RoundSummary {
             round: number,
-            version: self.cx.version,
+            version: cx.version,
             loss,
             tokens: count as u64,
             contributors,
             clip_scales: vec![scale],
         }));
         for (lease, conn, shards) in holdings {
-            let frames = self.weight_frames(lease, &shards);
-            self.cx.send(
+            let frames = self.weight_frames(cx, lease, &shards);
+            cx.send(
                 conn,
                 ToContributor::StepWeights {
                     lease,
                     step: number,
-                    version: self.cx.version,
+                    version: cx.version,
                     frames: frames.len() as u32,
                 },
             );
             for f in frames {
-                self.cx.send(conn, f);
+                cx.send(conn, f);
             }
         }
-        let next = Step::of(&self.cx.spec, &mut self.cx.sampler, number + 1);
-        if let Some(p) = pipe_mut!(self) {
-            p.step = next;
-        }
-        if number + 1 >= self.cx.spec.rounds {
-            self.cx.state = RunState::Finished(End::Completed);
-            self.cx.out.push(Action::Finished);
+        let next = Step::of(&cx.spec, &mut cx.sampler, number + 1);
+        self.step = next;
+        if number + 1 >= cx.spec.rounds {
+            cx.state = RunState::Finished(End::Completed);
+            cx.out.push(Action::Finished);
         }
     }
 }

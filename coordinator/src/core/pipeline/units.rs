@@ -10,35 +10,37 @@ use tessera_train::shards::to_wire;
 
 use super::decode::Folded;
 use super::route::{Route, Sent};
-use super::{MicroBatch, Owed, PipeUnit, ShardId, ShardState};
-use crate::core::{ConnId, Core};
+use super::{MicroBatch, Owed, Pipe, PipeUnit, ShardId, ShardState};
+use crate::core::context::Context;
+use crate::core::part::Part;
+use crate::core::ConnId;
 use std::ops::Range;
 
-impl Core {
+impl Pipe {
     /// Gives every idle, ready pipeline lease a unit, then collects or closes the step when it
     /// drained.
-    pub(in crate::core) fn schedule_pipeline(&mut self) {
-        if !self.cx.state.hands_out_work() {
+    pub(in crate::core) fn schedule(&mut self, cx: &mut Context) {
+        if !cx.state.hands_out_work() {
             return;
         }
-        self.rebalance();
-        let idle: Vec<(ConnId, u64)> = self
-            .cx
+        self.rebalance(cx);
+        let idle: Vec<(ConnId, u64)> = cx
             .sessions
             .iter()
             .filter(|(_, s)| s.ready && s.unit.is_none() && s.active().is_some())
             .filter_map(|(&c, s)| s.lease.map(|l| (c, l)))
             .collect();
         for (conn, lease) in idle {
-            if let Some((mb, stages, pass, cells)) = pipe!(self).and_then(|p| p.pick_task(lease)) {
-                self.assign(conn, lease, mb, stages, pass, cells);
+            if let Some((mb, stages, pass, cells)) = self.pick_task(lease) {
+                self.assign(cx, conn, lease, mb, stages, pass, cells);
             }
         }
-        self.collect_or_close();
+        self.collect_or_close(cx);
     }
 
     fn assign(
         &mut self,
+        cx: &mut Context,
         conn: ConnId,
         lease: u64,
         m: usize,
@@ -46,26 +48,26 @@ impl Core {
         pass: Pass,
         cells: Vec<ShardId>,
     ) {
-        let audited = match self.cx.sessions.get(&conn).and_then(|s| s.active()) {
-            Some(key) => self.audit_selected(lease, key),
+        let audited = match cx.sessions.get(&conn).and_then(|s| s.active()) {
+            Some(key) => self.audit_selected(cx, lease, key),
             None => false,
         };
-        let unit = self.cx.next_unit;
-        self.cx.next_unit += 1;
-        let deadline = self.cx.now + self.cx.spec.unit_deadline_ms;
-        let (Some(pipe), Some(ps)) = (pipe_mut!(self), self.cx.spec.pipeline.as_ref()) else {
+        let unit = cx.next_unit;
+        cx.next_unit += 1;
+        let deadline = cx.now + cx.spec.unit_deadline_ms;
+        let Some(ps) = cx.spec.pipeline.as_ref() else {
             return;
         };
-        let seq = self.cx.spec.seq as usize;
-        let last = pipe.stages.len() - 1;
+        let seq = cx.spec.seq as usize;
+        let last = self.stages.len() - 1;
         let enc = ps.activations;
-        let step_number = pipe.step.number;
-        let inv = if pipe.step.count > 0 {
-            1.0 / pipe.step.count as f32
+        let step_number = self.step.number;
+        let inv = if self.step.count > 0 {
+            1.0 / self.step.count as f32
         } else {
             0.0
         };
-        let mb = &mut pipe.step.mbs[m];
+        let mb = &mut self.step.mbs[m];
         for &(s, i) in &cells {
             mb.cover(s, pass).shards[i] = ShardState::Pending(unit);
         }
@@ -91,10 +93,10 @@ impl Core {
             stages: [stages.start as u64, stages.end as u64],
             shards: cells
                 .iter()
-                .map(|&(s, i)| to_wire(&pipe.stages[s][i]))
+                .map(|&(s, i)| to_wire(&self.stages[s][i]))
                 .collect(),
             pass,
-            weights: self.cx.version,
+            weights: cx.version,
             tokens,
             input: None,
             grad: None,
@@ -116,11 +118,11 @@ impl Core {
             );
         }
         if audited {
-            if let Some(a) = pipe.step.audits.get_mut(&lease) {
+            if let Some(a) = self.step.audits.get_mut(&lease) {
                 a.sent.insert(unit, work.clone());
             }
         }
-        pipe.step.units.insert(
+        self.step.units.insert(
             unit,
             PipeUnit {
                 conn,
@@ -132,51 +134,43 @@ impl Core {
                 deadline,
             },
         );
-        if let Some(s) = self.cx.sessions.get_mut(&conn) {
+        if let Some(s) = cx.sessions.get_mut(&conn) {
             s.unit = Some(unit);
         }
-        self.cx.send(conn, ToContributor::Unit(Box::new(work)));
+        cx.send(conn, ToContributor::Unit(Box::new(work)));
     }
 
     /// A pipeline unit's output: checked, then folded into its micro-batch, or rejected (its
     /// micro-shards go back to the queue).
     pub(in crate::core) fn output(
         &mut self,
+        cx: &mut Context,
         conn: ConnId,
         key: PublicKey,
         seq: u64,
         o: UnitOutput,
     ) {
         let unit = o.unit;
-        let Some(u) = pipe!(self).and_then(|p| p.step.units.get(&unit)).cloned() else {
-            return self.reject_unopen(conn, unit, key, seq);
+        let Some(u) = self.step.units.get(&unit).cloned() else {
+            return cx.reject_unopen(conn, unit, key, seq);
         };
         if u.conn != conn || u.lease != o.lease {
-            return self.reject_foreign(conn, unit, key, seq);
+            return cx.reject_foreign(conn, unit, key, seq);
         }
-        if let Some(s) = self.cx.sessions.get_mut(&conn) {
+        if let Some(s) = cx.sessions.get_mut(&conn) {
             s.unit = None;
         }
         let result_digest = crate::core::digest(&o.result);
-        let folded = if o.weights != self.cx.version {
+        let folded = if o.weights != cx.version {
             Err(Reason::new(
                 Code::WrongVersion,
                 format!(
                     "computed on weights {} but the step uses {}",
-                    o.weights, self.cx.version
+                    o.weights, cx.version
                 ),
             ))
         } else {
-            pipe!(self)
-                .ok_or_else(|| "no pipeline".to_string())
-                .and_then(|p| {
-                    p.decode(
-                        &self.cx.spec.model,
-                        self.cx.spec.seq as usize,
-                        &u,
-                        &o.result,
-                    )
-                })
+            self.decode(&cx.spec.model, cx.spec.seq as usize, &u, &o.result)
                 .map_err(|why| {
                     let non_finite = super::compare::result_non_finite(&o.result);
                     let code = if non_finite {
@@ -187,39 +181,35 @@ impl Core {
                     Reason::new(code, why)
                 })
         };
-        let Some(pipe) = pipe_mut!(self) else {
-            return;
-        };
         let folded = match folded {
             Ok(f) => f,
             Err(why) => {
-                pipe.step.reopen(unit);
-                let poison =
-                    pipe_checks(&self.cx.spec) && super::compare::result_non_finite(&o.result);
-                self.reject(conn, unit, key, seq, why.clone());
+                self.step.reopen(unit);
+                let poison = pipe_checks(&cx.spec) && super::compare::result_non_finite(&o.result);
+                cx.reject(conn, unit, key, seq, why.clone());
                 if poison {
                     let found = format!("it sent values that are not finite: {why}");
-                    self.found_wrong(key, Reason::new(Code::NotFinite, found));
+                    self.found_wrong(cx, key, Reason::new(Code::NotFinite, found));
                 }
                 return;
             }
         };
-        pipe.step.units.remove(&unit);
-        pipe.step.contributors.insert(key);
-        if let Some(a) = pipe.step.audits.get_mut(&u.lease) {
+        self.step.units.remove(&unit);
+        self.step.contributors.insert(key);
+        if let Some(a) = self.step.audits.get_mut(&u.lease) {
             if let Some(w) = a.sent.remove(&unit) {
                 a.done.push((w, o.result.clone()));
             }
         }
-        let last = pipe.stages.len() - 1;
-        let mb = &mut pipe.step.mbs[u.mb];
+        let last = self.stages.len() - 1;
+        let mb = &mut self.step.mbs[u.mb];
         for &(s, i) in &u.cells {
             mb.cover(s, u.pass).shards[i] = ShardState::Done(u.lease);
         }
         let first = u.stages.start;
         mb.fold(unit, &u, folded, result_digest);
         if u.pass == Pass::Backward {
-            pipe.step.owed.entry(u.lease).or_default().push(Owed {
+            self.step.owed.entry(u.lease).or_default().push(Owed {
                 unit,
                 mb: u.mb,
                 cells: u.cells.clone(),
@@ -228,9 +218,9 @@ impl Core {
         if u.stages.len() == 1 {
             mb.propagate(first, u.pass, last);
         }
-        let flops = pipe!(self).map_or(0.0, |p| p.cells_flops(&u.cells, u.pass, self.cx.spec.seq));
-        let credit = (self.cx.spec.seq, flops);
-        self.receipt(
+        let flops = self.cells_flops(&u.cells, u.pass, cx.spec.seq);
+        let credit = (cx.spec.seq, flops);
+        cx.receipt(
             conn,
             unit,
             key,
@@ -243,13 +233,10 @@ impl Core {
 
     /// Re-queues pipeline units and collect requests past their deadline; a lease that misses
     /// a collect deadline is dropped (its units run again elsewhere).
-    pub(in crate::core) fn expire_pipeline(&mut self) {
-        self.expire_audits(None);
-        let now = self.cx.now;
-        let Some(pipe) = pipe_mut!(self) else {
-            return;
-        };
-        let late: Vec<(u64, ConnId)> = pipe
+    pub(in crate::core) fn expire(&mut self, cx: &mut Context) {
+        self.expire_audits(cx, None);
+        let now = cx.now;
+        let late: Vec<(u64, ConnId)> = self
             .step
             .units
             .iter()
@@ -257,9 +244,9 @@ impl Core {
             .map(|(&id, u)| (id, u.conn))
             .collect();
         for &(id, _) in &late {
-            pipe.step.reopen(id);
+            self.step.reopen(id);
         }
-        let slow: Vec<ConnId> = pipe
+        let slow: Vec<ConnId> = self
             .step
             .collecting
             .values()
@@ -267,15 +254,16 @@ impl Core {
             .map(|c| c.conn)
             .collect();
         for (id, conn) in late {
-            if let Some(s) = self.cx.sessions.get_mut(&conn) {
+            if let Some(s) = cx.sessions.get_mut(&conn) {
                 if s.unit == Some(id) {
                     s.unit = None;
                 }
             }
-            self.cx.send(conn, ToContributor::Cancel { unit: id });
+            cx.send(conn, ToContributor::Cancel { unit: id });
         }
         for conn in slow {
             self.fatal(
+                cx,
                 conn,
                 Reason::new(Code::Silent, "gradient sums not delivered in time"),
             );
