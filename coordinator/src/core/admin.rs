@@ -282,4 +282,35 @@ mod tests {
             Err(AdminRefusal::RunExists("r".into()))
         );
     }
+
+    #[test]
+    fn an_applied_act_changes_the_run_and_a_ban_names_the_sessions_to_close() {
+        use super::super::context::testing::{active, context, spec};
+        let mut cx = context(spec(1));
+        let set = |p: &str, v: &str| AdminAction::Set {
+            param: p.into(),
+            value: v.into(),
+        };
+        assert!(apply(&mut cx, &AdminAction::Pause, "why").is_empty());
+        assert_eq!(cx.state, RunState::Paused);
+        apply(&mut cx, &AdminAction::Resume, "why");
+        assert_eq!(cx.state, RunState::Training);
+        apply(&mut cx, &set("silence_secs", "7"), "why");
+        apply(&mut cx, &set("rounds", "9"), "why");
+        assert_eq!((cx.spec.silence_ms, cx.spec.rounds), (7_000, 9));
+        let key = active(&mut cx, 4, 1, None);
+        active(&mut cx, 5, 2, None);
+        let closes = apply(&mut cx, &AdminAction::Ban { key }, "spam");
+        assert_eq!(closes.len(), 1);
+        assert_eq!(closes[0].0, 4);
+        assert_eq!(closes[0].1.code, Code::Banned);
+        assert!(closes[0].1.text.as_str().contains("spam"));
+        assert!(cx.is_refused(&key));
+        apply(&mut cx, &AdminAction::Unban { key }, "ok");
+        assert!(!cx.is_refused(&key));
+        assert!(cx.out.is_empty());
+        apply(&mut cx, &AdminAction::Stop, "done");
+        assert_eq!(cx.state, RunState::Finished(End::Stopped));
+        assert!(matches!(cx.out[..], [Action::Finished]));
+    }
 }

@@ -46,6 +46,31 @@ pub(super) struct Context {
 }
 
 impl Context {
+    /// A run's context at the start of `round`, with `weights` (version 0, no losses), no
+    /// sessions, an empty log and nothing to send.
+    pub(super) fn new(spec: RunSpec, id: Identity, weights: ModelParams<f32>, round: u64) -> Self {
+        let sampler = Sampler::new(spec.seed, spec.training_tokens(), spec.seq as usize);
+        Context {
+            state: RunState::at(round, spec.rounds),
+            draws: draws::Draws::new(spec.seed),
+            spec,
+            id,
+            now: 0,
+            weights,
+            version: 0,
+            losses: Vec::new(),
+            sampler,
+            aggregate: None,
+            sessions: BTreeMap::new(),
+            credits: credits::Credits::default(),
+            log: LogWriter::default(),
+            admin: admin::AdminState::default(),
+            next_unit: 1,
+            next_lease: 1,
+            out: Vec::new(),
+        }
+    }
+
     /// Appends a decision to the run log (and folds it into the credits).
     pub(super) fn log(&mut self, event: LogEvent) -> SignedEntry {
         self.credits.apply(&event);
@@ -192,5 +217,120 @@ impl Context {
             .filter(|(_, s)| s.active() == Some(key))
             .map(|(&c, _)| c)
             .collect()
+    }
+}
+
+/// A small run's context and sessions in it, for the parts' unit tests.
+#[cfg(test)]
+pub(super) mod testing {
+    use tessera_compute::reference::ModelParams;
+    use tessera_compute::ModelConfig;
+    use tessera_protocol::messages::ContributorKind;
+    use tessera_protocol::{Identity, PublicKey, ReplayGuard};
+
+    use super::super::sessions::{Session, Stage};
+    use super::super::{ConnId, RunSpec};
+    use super::Context;
+
+    /// A whole-model run of the tiny model with `replicas` slots.
+    pub fn spec(replicas: u64) -> RunSpec {
+        let cfg = ModelConfig::tiny();
+        let tokens: Vec<u32> = (0..400).map(|i| i % cfg.vocab_size as u32).collect();
+        RunSpec::new("parts", cfg, tokens).with_replicas(replicas)
+    }
+
+    /// The context of `spec` at its start, signed by a fixed coordinator key.
+    pub fn context(spec: RunSpec) -> Context {
+        let weights = ModelParams::random(&spec.model, 1);
+        Context::new(spec, Identity::from_seed([9; 32]), weights, 0)
+    }
+
+    /// Adds an active session of the identity seeded by `seed` on `conn`, with `lease`.
+    pub fn active(cx: &mut Context, conn: ConnId, seed: u8, lease: Option<u64>) -> PublicKey {
+        let key = Identity::from_seed([seed; 32]).public();
+        cx.sessions.insert(
+            conn,
+            Session {
+                nonce: [seed; 32],
+                stage: Stage::Active,
+                key: Some(key),
+                kind: ContributorKind::Native,
+                caps: None,
+                guard: ReplayGuard::default(),
+                last_seen: cx.now,
+                lease,
+                ready: true,
+                unit: None,
+            },
+        );
+        key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_protocol::log::LogEvent;
+    use tessera_protocol::messages::Verdict;
+    use tessera_protocol::signed::{signing_bytes, RECEIPT};
+    use tessera_protocol::{Code, Reason, ToContributor};
+
+    use super::testing::{active, context, spec};
+    use super::Action;
+
+    #[test]
+    fn a_receipt_names_the_logged_verdict_and_is_signed_by_the_coordinator() {
+        let mut cx = context(spec(1));
+        let key = active(&mut cx, 1, 1, Some(1));
+        cx.receipt(1, 7, key, 3, Verdict::Accepted, [5; 32], (8, 2.0));
+        let [Action::Logged(entry), Action::Send { conn: 1, msg }] = &cx.out[..] else {
+            panic!("{:?}", cx.out);
+        };
+        assert!(matches!(
+            entry.entry.event,
+            LogEvent::Accepted {
+                unit: 7,
+                seq: 3,
+                tokens: 8,
+                pending: false,
+                ..
+            }
+        ));
+        let ToContributor::Receipt { receipt, signature } = msg else {
+            panic!("{msg:?}");
+        };
+        assert_eq!(receipt.log_head, cx.log_head());
+        let bytes = signing_bytes(receipt).unwrap();
+        assert!(cx.id.public().verify(RECEIPT, &bytes, signature).is_ok());
+        cx.out.clear();
+        cx.reject_unopen(1, 8, key, 4);
+        assert!(matches!(
+            &cx.out[0],
+            Action::Logged(e) if matches!(&e.entry.event, LogEvent::Rejected { reason, .. } if reason.code == Code::NotOpen)
+        ));
+    }
+
+    #[test]
+    fn closing_a_session_tells_the_peer_logs_that_it_left_and_hands_it_back_once() {
+        let mut cx = context(spec(1));
+        let key = active(&mut cx, 4, 2, Some(1));
+        active(&mut cx, 5, 3, None);
+        assert_eq!(cx.conns_of(key), vec![4]);
+        let s = cx
+            .close(4, Reason::new(Code::Silent, "late"))
+            .expect("open");
+        assert_eq!(s.lease, Some(1));
+        assert!(matches!(
+            &cx.out[0],
+            Action::Send { conn: 4, msg: ToContributor::Error { fatal: true, reason } } if reason.code == Code::Silent
+        ));
+        assert!(matches!(&cx.out[1], Action::Close { conn: 4, .. }));
+        assert!(matches!(
+            &cx.out[2],
+            Action::Logged(e) if matches!(&e.entry.event, LogEvent::Left { reason, .. } if reason.code == Code::Silent)
+        ));
+        cx.out.clear();
+        assert!(cx.close(4, Reason::new(Code::Silent, "again")).is_none());
+        assert!(cx.out.is_empty());
+        assert_eq!(cx.sessions.len(), 1);
     }
 }

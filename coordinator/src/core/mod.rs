@@ -2,11 +2,11 @@
 //! randomness of its own (the transport passes nonces in), so a run can be simulated with
 //! thousands of fake contributors deterministically, and replayed.
 //!
-//! This first regime is whole-model leases: each round (outer step) has `replicas` slots; a slot
-//! is a work unit of `inner_steps` steps on deterministic samples, given to a leased, ready
-//! contributor, re-assigned when its contributor vanishes or misses the deadline; when every slot
-//! is accepted the round closes with the outer step. A unit names its round, slot and weight
-//! version, so pipeline units (micro-shard stages) can join the same tables later.
+//! `Core` is the `Context` every part acts through and the run's `Regime`: whole-model rounds of
+//! replica slots (`Replicas`) or a pipeline of micro-shard leases (`pipeline::Pipe`). This file
+//! holds the only `impl Core`, the thin dispatcher: it feeds each input to the part it belongs
+//! to (the sessions part checks messages; the regime takes work, deadlines and lost sessions)
+//! and gives the shell what it reads. See docs/ARCHITECTURE.md, "The coordinator core".
 
 pub mod admin;
 mod arbitration;
@@ -38,7 +38,6 @@ use tessera_compute::reference::ModelParams;
 use tessera_protocol::log::{AdminAction, LogEvent, LogWriter};
 use tessera_protocol::messages::{LogHead, SessionMessage};
 use tessera_protocol::{Code, Identity, PublicKey, Reason, ToCoordinator};
-use tessera_train::data::Sampler;
 
 pub use credits::Record;
 pub use io::{Action, Input};
@@ -78,7 +77,7 @@ enum Regime {
 }
 
 /// The whole-model regime's state.
-struct Replicas {
+pub(super) struct Replicas {
     /// The open round.
     round: rounds::Round,
     /// The previous round's accepted updates (dense), to catch stale results sent again.
@@ -142,41 +141,19 @@ impl Core {
         snap: Snapshot,
         accepted: Vec<Contribution>,
     ) -> Self {
-        let mut sampler = Sampler::new(spec.seed, spec.training_tokens(), spec.seq as usize);
-        let state = RunState::at(snap.round, spec.rounds);
-        let regime = match &spec.pipeline {
+        let mut cx = context::Context::new(spec, id, snap.weights, snap.round);
+        cx.version = snap.version;
+        cx.losses = snap.losses;
+        cx.next_unit = snap.next_unit;
+        cx.next_lease = snap.next_lease;
+        let regime = match &cx.spec.pipeline {
             Some(ps) => {
-                let step = pipeline::Step::of(&spec, &mut sampler, snap.round);
-                let mut pipe = pipeline::Pipe::new(&spec.model, ps.stages.clone(), step);
+                let step = pipeline::Step::of(&cx.spec, &mut cx.sampler, snap.round);
+                let mut pipe = pipeline::Pipe::new(&cx.spec.model, ps.stages.clone(), step);
                 pipe.optimizer = pipeline::HeldByCoordinator::resume(snap.moments);
                 Regime::Pipeline(Box::new(pipe))
             }
-            None => Regime::Replicas(Box::new(Replicas {
-                round: rounds::Round::new(snap.round, spec.replicas),
-                previous_updates: Vec::new(),
-                gains: Vec::new(),
-                held_out_scores: Default::default(),
-            })),
-        };
-        let draws = draws::Draws::new(spec.seed);
-        let cx = context::Context {
-            spec,
-            id,
-            now: 0,
-            state,
-            weights: snap.weights,
-            version: snap.version,
-            losses: snap.losses,
-            sampler,
-            aggregate: None,
-            sessions: BTreeMap::new(),
-            credits: credits::Credits::default(),
-            draws,
-            log: LogWriter::default(),
-            admin: admin::AdminState::default(),
-            next_unit: snap.next_unit,
-            next_lease: snap.next_lease,
-            out: Vec::new(),
+            None => Regime::Replicas(Box::new(Replicas::new(snap.round, cx.spec.replicas))),
         };
         let mut core = Core { cx, regime };
         if let Regime::Replicas(r) = &mut core.regime {

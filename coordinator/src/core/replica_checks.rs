@@ -109,7 +109,7 @@ const HELD_OUT_MIN_SPREAD_FEEDBACK: f64 = 0.5;
 /// Held-out scores kept for [`Core::held_out_scores`].
 pub(super) const KEPT_SCORES: usize = 1024;
 
-/// One update's loss gains, each applied alone (see `Core::measure`).
+/// One update's loss gains, each applied alone (see `Replicas::measure`).
 struct Measured {
     slot: u64,
     key: PublicKey,

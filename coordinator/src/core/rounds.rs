@@ -1,5 +1,6 @@
 //! Rounds: replica slots and the units that work on them, assignment to ready contributors,
-//! deadlines, submissions and receipts, and the outer step that closes a round.
+//! deadlines, submissions, the outer step that closes a round, and what a lost session leaves
+//! (`Replicas`' `Part`).
 
 use std::collections::BTreeMap;
 
@@ -125,6 +126,16 @@ impl Round {
 }
 
 impl Replicas {
+    /// The regime's state at the start of round `number` of `replicas` slots.
+    pub(super) fn new(number: u64, replicas: u64) -> Self {
+        Replicas {
+            round: Round::new(number, replicas),
+            previous_updates: Vec::new(),
+            gains: Vec::new(),
+            held_out_scores: Default::default(),
+        }
+    }
+
     /// Whole-model runs: re-queues units past their deadline.
     pub(super) fn expire_units(&mut self, cx: &mut Context) {
         let now = cx.now;
@@ -428,5 +439,107 @@ impl Part for Replicas {
                 self.round.requeue(unit);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_protocol::messages::{Capabilities, Work};
+    use tessera_protocol::ToContributor;
+
+    use super::super::context::testing::{active, context, spec};
+    use super::super::context::Context;
+    use super::super::part::Part;
+    use super::super::{Action, Replicas};
+    use super::Slot;
+
+    /// The work units sent in the tick so far: `(connection, unit, slot)`.
+    fn sent_work(cx: &mut Context) -> Vec<(u64, u64, u64)> {
+        std::mem::take(&mut cx.out)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    conn,
+                    msg: ToContributor::Work(Work { unit, slot, .. }),
+                } => Some((conn, unit, slot)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn open_slots_go_to_ready_leased_idle_sessions_and_come_back_when_one_is_lost() {
+        let mut cx = context(spec(2));
+        let mut r = Replicas::new(0, 2);
+        active(&mut cx, 3, 3, Some(1));
+        active(&mut cx, 1, 1, Some(2));
+        active(&mut cx, 2, 2, None);
+        r.schedule(&mut cx);
+        // Lowest connection first, one unit each; the unleased session gets none.
+        assert_eq!(sent_work(&mut cx), vec![(1, 1, 0), (3, 2, 1)]);
+        assert_eq!(r.round.slots[0], Slot::Assigned(1));
+        let s = cx.sessions.remove(&1).unwrap();
+        r.session_lost(&mut cx, s);
+        assert_eq!(r.round.slots[0], Slot::Open);
+        active(&mut cx, 4, 4, Some(3));
+        r.schedule(&mut cx);
+        assert_eq!(sent_work(&mut cx), vec![(4, 3, 0)]);
+    }
+
+    #[test]
+    fn a_unit_past_its_deadline_is_cancelled_and_its_slot_reopens() {
+        let mut cx = context(spec(1).with_deadlines(1_000, 60_000));
+        let mut r = Replicas::new(0, 1);
+        active(&mut cx, 1, 1, Some(1));
+        r.schedule(&mut cx);
+        assert_eq!(sent_work(&mut cx), vec![(1, 1, 0)]);
+        cx.now = 1_000;
+        r.expire_units(&mut cx);
+        assert!(cx.out.is_empty());
+        cx.now = 1_001;
+        r.expire_units(&mut cx);
+        assert!(matches!(
+            cx.out[..],
+            [Action::Send {
+                conn: 1,
+                msg: ToContributor::Cancel { unit: 1 }
+            }]
+        ));
+        assert_eq!(cx.sessions[&1].unit, None);
+        assert_eq!(r.round.slots[0], Slot::Open);
+    }
+
+    #[test]
+    fn a_lease_needs_the_budget_of_a_whole_replica() {
+        let mut cx = context(spec(1));
+        let r = Replicas::new(0, 1);
+        let need = cx.spec.replica_bytes();
+        for (conn, budget) in [(1, need - 1), (2, need)] {
+            active(&mut cx, conn, conn as u8, None);
+            cx.sessions.get_mut(&conn).unwrap().caps = Some(Capabilities {
+                adapter: "a".into(),
+                backend: "b".into(),
+                max_binding_bytes: 1 << 30,
+                memory_budget_bytes: budget,
+            });
+        }
+        r.offer_lease(&mut cx, 1);
+        assert!(matches!(
+            &cx.out[..],
+            [Action::Send { msg: ToContributor::Error { reason, fatal: false }, .. }] if reason.code == tessera_protocol::Code::Budget
+        ));
+        assert_eq!(cx.sessions[&1].lease, None);
+        cx.out.clear();
+        r.offer_lease(&mut cx, 2);
+        assert_eq!(cx.sessions[&2].lease, Some(1));
+        let ToContributor::Lease(lease) = (match &cx.out[1] {
+            Action::Send { msg, .. } => msg,
+            other => panic!("{other:?}"),
+        }) else {
+            panic!("no lease");
+        };
+        let frames = cx.out.len() - 2;
+        assert_eq!(lease.frames as usize, frames);
+        assert!(matches!(cx.out[0], Action::Logged(_)));
     }
 }

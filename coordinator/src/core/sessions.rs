@@ -247,3 +247,166 @@ pub(super) fn silent(cx: &Context) -> Vec<ConnId> {
         .map(|(&c, _)| c)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_protocol::identity::{handshake_message, HANDSHAKE};
+    use tessera_protocol::messages::{Capabilities, ContributorKind, LogHead, SessionMessage};
+    use tessera_protocol::{Code, Identity, Signed, ToContributor, ToCoordinator};
+
+    use super::super::context::testing::{context, spec};
+    use super::super::context::Context;
+    use super::super::Action;
+    use super::{connected, handle, join, silent, Handled};
+
+    fn hello(id: &Identity) -> ToCoordinator {
+        ToCoordinator::Hello {
+            key: id.public(),
+            kind: ContributorKind::Browser,
+            software: "test".into(),
+            capabilities: Capabilities {
+                adapter: "none".into(),
+                backend: "none".into(),
+                max_binding_bytes: 1 << 20,
+                memory_budget_bytes: 1 << 30,
+            },
+        }
+    }
+
+    /// Connects `conn` and sends Hello: the challenge's nonce.
+    fn challenged(cx: &mut Context, conn: u64, id: &Identity) -> [u8; 32] {
+        connected(cx, conn, [conn as u8; 32]);
+        assert!(matches!(handle(cx, conn, hello(id)), Handled::Done));
+        match cx.out.pop() {
+            Some(Action::Send {
+                msg: ToContributor::Challenge { nonce, run, .. },
+                ..
+            }) => {
+                assert_eq!(run, "parts");
+                nonce
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn proof(cx: &Context, nonce: [u8; 32], id: &Identity) -> ToCoordinator {
+        let m = handshake_message(&nonce, &cx.id.public(), &id.public());
+        ToCoordinator::Proof {
+            signature: id.sign(HANDSHAKE, &m),
+        }
+    }
+
+    fn code(h: Handled) -> Code {
+        match h {
+            Handled::Fatal(why) => why.code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_proof_joins_and_a_bad_one_or_a_banned_key_is_fatal() {
+        let mut cx = context(spec(1));
+        let id = Identity::from_seed([1; 32]);
+        let nonce = challenged(&mut cx, 1, &id);
+        let p = proof(&cx, nonce, &id);
+        let Handled::Proved { key } = handle(&mut cx, 1, p) else {
+            panic!("proof refused");
+        };
+        assert_eq!(key, id.public());
+        join(&mut cx, 1, key);
+        assert_eq!(cx.sessions[&1].active(), Some(key));
+        assert!(matches!(
+            cx.out.last(),
+            Some(Action::Send {
+                msg: ToContributor::Welcome { .. },
+                ..
+            })
+        ));
+
+        let other = Identity::from_seed([2; 32]);
+        let nonce = challenged(&mut cx, 2, &other);
+        let forged = proof(&cx, nonce, &id);
+        assert_eq!(code(handle(&mut cx, 2, forged)), Code::Handshake);
+
+        let banned = Identity::from_seed([3; 32]);
+        cx.admin.banned.insert(banned.public());
+        let nonce = challenged(&mut cx, 3, &banned);
+        let p = proof(&cx, nonce, &banned);
+        assert_eq!(code(handle(&mut cx, 3, p)), Code::Banned);
+    }
+
+    #[test]
+    fn messages_out_of_turn_are_fatal() {
+        let mut cx = context(spec(1));
+        let id = Identity::from_seed([1; 32]);
+        connected(&mut cx, 1, [1; 32]);
+        let early = proof(&cx, [1; 32], &id);
+        assert_eq!(code(handle(&mut cx, 1, early)), Code::UnexpectedMessage);
+        // A connection the core does not know is ignored.
+        assert!(matches!(handle(&mut cx, 9, hello(&id)), Handled::Done));
+    }
+
+    #[test]
+    fn signed_messages_are_checked_for_signer_and_sequence() {
+        let mut cx = context(spec(1));
+        let id = Identity::from_seed([1; 32]);
+        let nonce = challenged(&mut cx, 1, &id);
+        let p = proof(&cx, nonce, &id);
+        let Handled::Proved { key } = handle(&mut cx, 1, p) else {
+            panic!("proof refused");
+        };
+        join(&mut cx, 1, key);
+        cx.out.clear();
+        let heartbeat = SessionMessage::Heartbeat {
+            log_head: LogHead::default(),
+        };
+        let signed = |by: &Identity, seq, body| {
+            ToCoordinator::Session(Signed::new(by, &nonce, seq, body).unwrap())
+        };
+        assert!(matches!(
+            handle(&mut cx, 1, signed(&id, 1, heartbeat.clone())),
+            Handled::Done
+        ));
+        // The same sequence number again: refused, the session goes on.
+        assert!(matches!(
+            handle(&mut cx, 1, signed(&id, 1, heartbeat.clone())),
+            Handled::Done
+        ));
+        assert!(matches!(
+            cx.out.pop(),
+            Some(Action::Send { msg: ToContributor::Error { fatal: false, reason }, .. }) if reason.code == Code::Sequence
+        ));
+        let ready = SessionMessage::Ready {
+            lease: 5,
+            log_head: LogHead::default(),
+        };
+        assert!(matches!(
+            handle(&mut cx, 1, signed(&id, 2, ready)),
+            Handled::Done
+        ));
+        assert!(matches!(
+            cx.out.pop(),
+            Some(Action::Send { msg: ToContributor::Error { reason, .. }, .. }) if reason.code == Code::NotYourLease
+        ));
+        assert!(!cx.sessions[&1].ready);
+        let other = Identity::from_seed([2; 32]);
+        let forged = signed(&other, 3, heartbeat);
+        assert_eq!(code(handle(&mut cx, 1, forged)), Code::BadSignature);
+        assert!(matches!(
+            handle(&mut cx, 1, signed(&id, 4, SessionMessage::Leave)),
+            Handled::Left
+        ));
+    }
+
+    #[test]
+    fn a_session_is_silent_once_the_run_s_silence_has_passed() {
+        let mut cx = context(spec(1).with_deadlines(1_000, 2_000));
+        connected(&mut cx, 1, [1; 32]);
+        cx.now = 1_500;
+        connected(&mut cx, 2, [2; 32]);
+        cx.now = 2_000;
+        assert!(silent(&cx).is_empty());
+        cx.now = 2_001;
+        assert_eq!(silent(&cx), vec![1]);
+    }
+}

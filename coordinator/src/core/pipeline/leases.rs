@@ -203,3 +203,36 @@ impl Part for Pipe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_protocol::pipeline::Pass;
+
+    use super::super::testing::{pipe, spec};
+    use super::{Part, Pipe, ShardState};
+    use crate::core::context::testing::{active, context};
+
+    #[test]
+    fn a_lost_lease_s_running_units_reopen_and_its_holding_goes() {
+        let spec = spec();
+        let mut cx = context(spec.clone());
+        let mut p: Pipe = pipe(&spec, vec![(0, 0)]);
+        active(&mut cx, 1, 1, Some(1));
+        p.schedule(&mut cx);
+        let unit = cx.sessions[&1]
+            .unit
+            .expect("the embedding's forward is handed out");
+        assert_eq!(
+            p.step.mbs[0].cover(0, Pass::Forward).shards[0],
+            ShardState::Pending(unit)
+        );
+        let s = cx.sessions.remove(&1).unwrap();
+        p.session_lost(&mut cx, s);
+        assert!(p.step.units.is_empty());
+        assert!(p.holdings.is_empty());
+        assert_eq!(
+            p.step.mbs[0].cover(0, Pass::Forward).shards[0],
+            ShardState::Open
+        );
+    }
+}

@@ -214,3 +214,49 @@ impl Pipe {
         n
     }
 }
+
+/// A pipeline run of the tiny model, for the pipeline parts' unit tests.
+#[cfg(test)]
+pub(super) mod testing {
+    use tessera_compute::model::{shards, Slicing};
+    use tessera_train::data::Sampler;
+
+    use super::{Holding, Pipe, ShardId, Step};
+    use crate::core::spec::{PipelineSpec, RunSpec};
+
+    /// The tiny model in stages (embedding, attention and MLP per layer, the head in two
+    /// slices), two micro-batches a step, every micro-shard one byte.
+    pub fn spec() -> RunSpec {
+        let cfg = tessera_compute::ModelConfig::tiny();
+        let slicing = Slicing {
+            embed: 1,
+            attn: 1,
+            mlp: 1,
+            head: 2,
+        };
+        let stages = shards(&cfg, slicing).expect("the tiny model slices");
+        let tokens: Vec<u32> = (0..400).map(|i| i % cfg.vocab_size as u32).collect();
+        RunSpec::new("tasks", cfg, tokens).with_pipeline(PipelineSpec {
+            state_bytes: stages.iter().map(|s| vec![1; s.len()]).collect(),
+            work_bytes: stages.iter().map(|s| vec![1; s.len()]).collect(),
+            stages,
+            micro_batches: 2,
+            activations: tessera_protocol::ActEncoding::F32,
+            grads: tessera_protocol::messages::SyncMode::Dense,
+        })
+    }
+
+    /// The pipeline of `spec` at step 0, with lease 1 (on connection 1) holding `held`.
+    pub fn pipe(spec: &RunSpec, held: Vec<ShardId>) -> Pipe {
+        let stages = spec.pipeline.as_ref().expect("a pipeline").stages.clone();
+        let mut sampler = Sampler::new(1, spec.tokens.len(), spec.seq as usize);
+        let step = Step::of(spec, &mut sampler, 0);
+        let mut p = Pipe::new(&spec.model, stages, step);
+        let h = Holding {
+            conn: 1,
+            shards: held,
+        };
+        p.holdings.insert(1, h);
+        p
+    }
+}

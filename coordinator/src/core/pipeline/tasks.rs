@@ -95,42 +95,9 @@ impl Pipe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::spec::{PipelineSpec, RunSpec};
-    use tessera_compute::model::{shards, Slicing};
-    use tessera_train::data::Sampler;
 
-    /// A pipeline of the tiny model (embedding, attention and MLP per layer, the head in two
-    /// slices) with lease 1 holding `held`.
     fn pipe(held: Vec<ShardId>) -> Pipe {
-        let cfg = tessera_compute::ModelConfig::tiny();
-        let slicing = Slicing {
-            embed: 1,
-            attn: 1,
-            mlp: 1,
-            head: 2,
-        };
-        let stages = shards(&cfg, slicing).unwrap();
-        let tokens: Vec<u32> = (0..400).map(|i| i % cfg.vocab_size as u32).collect();
-        let mut spec = RunSpec::new("tasks", cfg.clone(), tokens);
-        spec.pipeline = Some(PipelineSpec {
-            state_bytes: stages.iter().map(|s| vec![1; s.len()]).collect(),
-            work_bytes: stages.iter().map(|s| vec![1; s.len()]).collect(),
-            stages: stages.clone(),
-            micro_batches: 2,
-            activations: tessera_protocol::ActEncoding::F32,
-            grads: tessera_protocol::messages::SyncMode::Dense,
-        });
-        let mut sampler = Sampler::new(1, spec.tokens.len(), spec.seq as usize);
-        let step = super::super::Step::of(&spec, &mut sampler, 0);
-        let mut p = Pipe::new(&cfg, stages, step);
-        p.holdings.insert(
-            1,
-            super::super::Holding {
-                conn: 1,
-                shards: held,
-            },
-        );
-        p
+        super::super::testing::pipe(&super::super::testing::spec(), held)
     }
 
     /// Every micro-shard of the tiny model's pipeline, and its head's stage.
