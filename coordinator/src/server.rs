@@ -4,27 +4,23 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tessera_protocol::log_store::StoredEntry;
-use tessera_protocol::{
-    decode, encode, Code, ProtocolError, Reason, ToContributor, ToCoordinator, MAX_FRAME_BYTES,
-};
+use tessera_protocol::{encode, ToContributor, MAX_FRAME_BYTES};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use crate::admin_http::AdminError;
 pub use crate::admin_request::{AdminCommand, AdminRequest, AdminResponse};
 pub use crate::admin_token::AdminToken;
-use crate::shared::{Event, Shared};
+use crate::shared::{Event, Outbox, Shared};
 
 use crate::status::status_of;
 pub use crate::status::{ContributorStatus, CreditLine, Status};
@@ -36,7 +32,7 @@ use crate::store::Store;
 /// log and administration, then `extra` (the contributor page).
 pub(crate) fn router(shared: Shared, extra: Option<Extra>) -> Router {
     let app = Router::new()
-        .route("/ws", get(ws))
+        .route("/ws", get(crate::connection::ws))
         .route("/api/status", get(api_status))
         .route("/api/log", get(api_log))
         .route(
@@ -262,69 +258,6 @@ async fn api_status(State(s): State<Shared>) -> impl IntoResponse {
     Json(st)
 }
 
-async fn ws(State(s): State<Shared>, up: WebSocketUpgrade) -> impl IntoResponse {
-    up.max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| connection(s, socket))
-}
-
-async fn connection(s: Shared, socket: WebSocket) {
-    let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let mut nonce = [0u8; 32];
-    if getrandom::fill(&mut nonce).is_err() {
-        return;
-    }
-    let _ = s.events.send(Event::Register(conn, out_tx));
-    let _ = s
-        .events
-        .send(Event::Input(Box::new(Input::Connected { conn, nonce })));
-    let (mut sink, mut stream) = socket.split();
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            if sink.send(Message::Binary(frame.into())).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    while let Some(Ok(msg)) = stream.next().await {
-        let input = match msg {
-            Message::Binary(b) => match decode::<ToCoordinator>(&b, MAX_FRAME_BYTES) {
-                Ok(msg) => Input::Message { conn, msg },
-                Err(e) => Input::BadFrame {
-                    conn,
-                    error: Reason::new(
-                        match e {
-                            ProtocolError::Version { .. } => Code::ProtocolVersion,
-                            _ => Code::MalformedFrame,
-                        },
-                        format!("malformed frame: {e}"),
-                    ),
-                },
-            },
-            Message::Close(_) => break,
-            Message::Text(_) => Input::BadFrame {
-                conn,
-                error: Reason::new(
-                    Code::MalformedFrame,
-                    "malformed frame: text frames are not part of the protocol",
-                ),
-            },
-            _ => continue,
-        };
-        let bad = matches!(input, Input::BadFrame { .. });
-        let _ = s.events.send(Event::Input(Box::new(input)));
-        if bad {
-            break;
-        }
-    }
-    let _ = s
-        .events
-        .send(Event::Input(Box::new(Input::Disconnected { conn })));
-    let _ = writer.await;
-}
-
 async fn run_core(
     mut core: Core,
     store: Store,
@@ -339,7 +272,7 @@ async fn run_core(
         let _ = finished.send(Outcome::Failed(why));
     };
     let start = Instant::now();
-    let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+    let mut conns: HashMap<ConnId, Outbox> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut replies: HashMap<u64, oneshot::Sender<Result<u64, crate::core::admin::AdminRefusal>>> =
         HashMap::new();
@@ -347,7 +280,7 @@ async fn run_core(
     loop {
         let input = tokio::select! {
             ev = rx.recv() => match ev {
-                Some(Event::Register(c, tx)) => { conns.insert(c, tx); continue; }
+                Some(Event::Register(c, outbox)) => { conns.insert(c, outbox); continue; }
                 Some(Event::Input(i)) => *i,
                 Some(Event::Admin { action, reason, reply }) => {
                     next_request += 1;
@@ -373,6 +306,8 @@ async fn run_core(
                 Action::Send { conn, msg } => send(&conns, conn, &msg),
                 Action::Close { conn, reason } => {
                     tracing::debug!(conn, "close: {reason}");
+                    // The writer sends what is queued, then closes the socket and stops the
+                    // connection's reading.
                     conns.remove(&conn);
                 }
                 Action::Accepted(c) => {
@@ -422,15 +357,15 @@ async fn run_core(
     }
 }
 
-fn send(
-    conns: &HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
-    conn: ConnId,
-    msg: &ToContributor,
-) {
-    if let Some(tx) = conns.get(&conn) {
+fn send(conns: &HashMap<ConnId, Outbox>, conn: ConnId, msg: &ToContributor) {
+    if let Some(out) = conns.get(&conn) {
+        if let ToContributor::Welcome { .. } = msg {
+            // The handshake is done: the session may send frames of any protocol size.
+            out.limit.admit(MAX_FRAME_BYTES);
+        }
         match encode(msg) {
             Ok(f) => {
-                let _ = tx.send(f);
+                let _ = out.frames.send(f);
             }
             Err(e) => tracing::error!("encode: {e}"),
         }

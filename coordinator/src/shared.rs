@@ -17,13 +17,22 @@ pub(crate) enum Event {
     /// An input for the core.
     Input(Box<Input>),
     /// A new connection's writer.
-    Register(ConnId, mpsc::UnboundedSender<Vec<u8>>),
+    Register(ConnId, Outbox),
     /// An authenticated administrator's act, answered on `reply`.
     Admin {
         action: AdminAction,
         reason: String,
         reply: oneshot::Sender<Result<u64, crate::core::admin::AdminRefusal>>,
     },
+}
+
+/// Where the core's task puts a connection's outgoing frames, and the connection's read limit
+/// (raised when the core welcomes the session).
+pub(crate) struct Outbox {
+    /// Encoded frames, in order, to the connection's writer.
+    pub(crate) frames: mpsc::UnboundedSender<Vec<u8>>,
+    /// The connection's read limit.
+    pub(crate) limit: Arc<crate::frame_guard::Limit>,
 }
 
 /// What every route of a serving coordinator shares.

@@ -80,6 +80,12 @@ pub enum Code {
 
     /// A free-text reason of a version-1 log entry (written before reasons had codes).
     Version1,
+
+    // Limits (new codes go last: a code's place is its encoding).
+    /// A frame or message longer than the connection may send at this point.
+    TooLarge,
+    /// The handshake was not done in time.
+    TimedOut,
 }
 
 /// A text of at most [`MAX_TEXT_BYTES`] bytes.

@@ -1,0 +1,196 @@
+//! The contributors' WebSocket of a real coordinator process, attacked as a script would:
+//! - 100 sockets that each announce a 64 MiB frame before the handshake and stream its payload
+//!   are each closed with a `TooLarge` reason, and the coordinator's peak memory stays under a
+//!   bound (the frames are refused on their header; nothing of them is buffered);
+//! - a socket that never says Hello is closed with `TimedOut` once the handshake time is up;
+//! - a session the core closes (here: replaced by a newer session of the same identity) stops
+//!   being read: its socket closes.
+//!
+//! The coordinator still serves afterwards.
+
+mod common;
+
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{coordinator, data, free_port, scratch, status, wait_for};
+use tessera_protocol::identity::{handshake_message, HANDSHAKE};
+use tessera_protocol::messages::{Capabilities, ContributorKind};
+use tessera_protocol::{decode, encode, Code, Identity, ToContributor, ToCoordinator};
+use tungstenite::{Message, WebSocket};
+
+const LIMIT: Duration = Duration::from_secs(120);
+/// Sockets in the attack.
+const SOCKETS: usize = 100;
+/// What a frame announces.
+const ANNOUNCED: u64 = 64 << 20;
+/// The coordinator's peak resident memory must stay under this (a tiny run idles near 40 MiB;
+/// one 16 MB frame before the handshake used to take it past 1 GB).
+const PEAK_BOUND: u64 = 256 << 20;
+
+type Ws = WebSocket<TcpStream>;
+
+fn connect(port: u16) -> Ws {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream)
+        .expect("WebSocket upgrade");
+    ws
+}
+
+/// The next protocol message, or `None` once the socket is closed.
+fn next(ws: &mut Ws) -> Option<ToContributor> {
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => return Some(decode(&b, 64 << 20).expect("a frame")),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// The reason of the fatal error the coordinator closes a socket with.
+fn fatal_reason(ws: &mut Ws) -> (Code, String) {
+    while let Some(msg) = next(ws) {
+        if let ToContributor::Error {
+            reason,
+            fatal: true,
+        } = msg
+        {
+            return (reason.code, reason.text.as_str().to_string());
+        }
+    }
+    panic!("the socket closed without a fatal error");
+}
+
+/// A masked binary frame header announcing `len` bytes.
+fn header(len: u64) -> Vec<u8> {
+    let mut h = vec![0x82, 0x80 | 127];
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&[9, 8, 7, 6]);
+    h
+}
+
+/// One attacking socket: the header of a 64 MiB frame before Hello, then as much of its
+/// payload as the coordinator takes, while the reply is read on the side.
+fn attack(port: u16) -> (Code, String) {
+    let mut ws = connect(port);
+    let mut raw = ws.get_ref().try_clone().expect("clone the socket");
+    let writer = std::thread::spawn(move || {
+        raw.set_write_timeout(Some(Duration::from_secs(5))).ok();
+        let _ = raw.write_all(&header(ANNOUNCED));
+        let chunk = vec![0u8; 64 << 10];
+        let mut sent = 0u64;
+        while sent < ANNOUNCED {
+            match raw.write(&chunk) {
+                Ok(n) => sent += n as u64,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    let reason = fatal_reason(&mut ws);
+    let sent = writer.join().expect("writer");
+    assert!(sent < ANNOUNCED, "the coordinator read the whole frame");
+    reason
+}
+
+/// A kernel memory figure of a process, in bytes (`VmHWM`: peak resident, `VmRSS`: now).
+fn memory(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The real handshake of `id` on a fresh socket; the socket once welcomed.
+fn join(port: u16, id: &Identity) -> Ws {
+    let mut ws = connect(port);
+    let hello = ToCoordinator::Hello {
+        key: id.public(),
+        kind: ContributorKind::Native,
+        software: "frame-limits".into(),
+        capabilities: Capabilities {
+            adapter: "none".into(),
+            backend: "none".into(),
+            max_binding_bytes: 1 << 20,
+            memory_budget_bytes: 1,
+        },
+    };
+    ws.send(Message::Binary(encode(&hello).unwrap().into()))
+        .expect("send Hello");
+    let Some(ToContributor::Challenge {
+        nonce, coordinator, ..
+    }) = next(&mut ws)
+    else {
+        panic!("no challenge");
+    };
+    let sig = id.sign(
+        HANDSHAKE,
+        &handshake_message(&nonce, &coordinator, &id.public()),
+    );
+    let proof = ToCoordinator::Proof { signature: sig };
+    ws.send(Message::Binary(encode(&proof).unwrap().into()))
+        .expect("send Proof");
+    match next(&mut ws) {
+        Some(ToContributor::Welcome { .. }) => ws,
+        other => panic!("not welcomed: {other:?}"),
+    }
+}
+
+#[test]
+fn oversized_frames_silence_and_closed_sessions_cost_the_coordinator_nothing() {
+    let port = free_port();
+    let dir = scratch("frame-limits");
+    let c = coordinator(&data("e2e.toml"), port, &dir);
+    wait_for(port, LIMIT, "the coordinator serving", |_| true);
+    let pid = c.0.id();
+    let started = Instant::now();
+    let mut silent = connect(port);
+    let idle = memory(pid, "VmRSS:");
+
+    let attackers: Vec<_> = (0..SOCKETS)
+        .map(|_| std::thread::spawn(move || attack(port)))
+        .collect();
+    for a in attackers {
+        let (code, text) = a.join().expect("attacker");
+        assert_eq!(code, Code::TooLarge, "{text}");
+        assert!(text.contains("before the handshake"), "{text}");
+    }
+    let peak = memory(pid, "VmHWM:");
+    println!(
+        "{SOCKETS} sockets announcing {} MiB frames before the handshake: coordinator resident {} MiB idle, peak {} MiB (bound {} MiB)",
+        ANNOUNCED >> 20,
+        idle >> 20,
+        peak >> 20,
+        PEAK_BOUND >> 20
+    );
+    assert!(peak < PEAK_BOUND, "peak resident memory {peak} bytes");
+
+    // A session the core closes is no longer read: its socket closes.
+    let id = Identity::from_seed([5; 32]);
+    let mut first = join(port, &id);
+    let _second = join(port, &id);
+    let closed = Instant::now();
+    while next(&mut first).is_some() {}
+    assert!(
+        closed.elapsed() < Duration::from_secs(10),
+        "the replaced session's socket stayed open"
+    );
+
+    // The socket that never said Hello is closed once the handshake time is up.
+    let (code, text) = fatal_reason(&mut silent);
+    assert_eq!(code, Code::TimedOut, "{text}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(19) && waited < Duration::from_secs(60),
+        "closed after {waited:?}"
+    );
+    assert!(status(port).is_some(), "the coordinator still serves");
+}

@@ -1,0 +1,256 @@
+//! A contributor's WebSocket (`GET /ws`): the upgrade, the socket's guard, and the two halves
+//! of a connection. The upgrade is done here rather than by axum's extractor so that the
+//! socket under the WebSocket codec is a [`FrameGuard`]: before the core welcomes the session,
+//! a frame may be at most [`HANDSHAKE_FRAME_BYTES`] long and is refused on its header, before
+//! its payload is read; a handshake not done within [`HANDSHAKE_TIMEOUT`] closes the socket.
+//! The reader decodes frames into the core's inputs and stops as soon as the session is closed;
+//! the writer sends the core's frames in order and closes the socket when the core closes the
+//! session.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tessera_protocol::{decode, Code, ProtocolError, Reason, ToCoordinator, MAX_FRAME_BYTES};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::core::Input;
+use crate::frame_guard::{FrameGuard, Limit, HANDSHAKE_FRAME_BYTES};
+use crate::shared::{Event, Outbox, Shared};
+
+/// How long a connection may take from its upgrade to the end of its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a closed session's socket stays open for the peer to read why.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// The WebSocket codec's own limits and buffers: messages up to the protocol's largest frame,
+/// read in chunks small enough that thousands of idle sockets stay cheap.
+fn codec() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(0)
+}
+
+/// Why a request to `/ws` is not a WebSocket upgrade this server takes, if it is not.
+fn upgrade_problem(method: &Method, headers: &HeaderMap) -> Option<&'static str> {
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if method != Method::GET {
+        return Some("a WebSocket upgrade is a GET request");
+    }
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+        return Some(
+            "/ws takes WebSocket connections only (Connection: Upgrade, Upgrade: websocket)",
+        );
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Some("only WebSocket version 13 is spoken here");
+    }
+    if headers.get(header::SEC_WEBSOCKET_KEY).is_none() {
+        return Some("the upgrade has no Sec-WebSocket-Key");
+    }
+    None
+}
+
+/// `GET /ws`: upgrades to a guarded WebSocket and runs the connection.
+pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
+    if let Some(why) = upgrade_problem(req.method(), req.headers()) {
+        return (StatusCode::BAD_REQUEST, why).into_response();
+    }
+    let accept = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let limit = Limit::new();
+                let io = FrameGuard::new(TokioIo::new(upgraded), limit.clone());
+                let socket =
+                    WebSocketStream::from_raw_socket(io, Role::Server, Some(codec())).await;
+                connection(s, socket, limit).await;
+            }
+            Err(e) => tracing::debug!("a WebSocket upgrade failed: {e}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A frame's input for the core.
+fn input_of(conn: u64, msg: Message) -> Option<Input> {
+    Some(match msg {
+        Message::Binary(b) => match decode::<ToCoordinator>(&b, MAX_FRAME_BYTES) {
+            Ok(msg) => Input::Message { conn, msg },
+            Err(e) => Input::BadFrame {
+                conn,
+                error: Reason::new(
+                    match e {
+                        ProtocolError::Version { .. } => Code::ProtocolVersion,
+                        _ => Code::MalformedFrame,
+                    },
+                    format!("malformed frame: {e}"),
+                ),
+            },
+        },
+        Message::Text(_) => Input::BadFrame {
+            conn,
+            error: Reason::new(
+                Code::MalformedFrame,
+                "malformed frame: text frames are not part of the protocol",
+            ),
+        },
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => return None,
+    })
+}
+
+/// Why a connection that went over its read limit is closed.
+fn too_large(len: usize, limit: &Limit) -> Reason {
+    let why = if limit.admitted() {
+        format!("a frame of {len} bytes is over the protocol's limit of {MAX_FRAME_BYTES} bytes")
+    } else {
+        format!(
+            "a frame of {len} bytes before the handshake is done; until then frames are at most {HANDSHAKE_FRAME_BYTES} bytes"
+        )
+    };
+    Reason::new(Code::TooLarge, why)
+}
+
+async fn connection<S>(s: Shared, socket: WebSocketStream<S>, limit: Arc<Limit>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut nonce = [0u8; 32];
+    if getrandom::fill(&mut nonce).is_err() {
+        return;
+    }
+    let outbox = Outbox {
+        frames: out_tx,
+        limit: limit.clone(),
+    };
+    let _ = s.events.send(Event::Register(conn, outbox));
+    let _ = s
+        .events
+        .send(Event::Input(Box::new(Input::Connected { conn, nonce })));
+    let (mut sink, mut stream) = socket.split();
+    let closing = limit.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if sink.send(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+        closing.close();
+        // The socket stays open a moment after the close frame, unread: closing a socket with
+        // unread bytes resets it, and a reset can throw away the reason the peer has not read.
+        tokio::time::sleep(CLOSE_LINGER).await;
+        drop(sink);
+    });
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        let handshake = async {
+            if limit.admitted() {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep_until(deadline).await
+            }
+        };
+        let input = tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(msg)) => match input_of(conn, msg) {
+                    Some(input) => input,
+                    None => continue,
+                },
+                _ => break,
+            },
+            _ = limit.wake.notified() => match limit.over() {
+                Some(len) => Input::BadFrame { conn, error: too_large(len, &limit) },
+                None if limit.closed() => break,
+                None => continue,
+            },
+            _ = handshake, if !limit.admitted() => Input::BadFrame {
+                conn,
+                error: Reason::new(
+                    Code::TimedOut,
+                    format!("the handshake was not done within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+                ),
+            },
+        };
+        let bad = matches!(input, Input::BadFrame { .. });
+        let _ = s.events.send(Event::Input(Box::new(input)));
+        if bad || limit.closed() {
+            break;
+        }
+    }
+    let _ = s
+        .events
+        .send(Event::Input(Box::new(Input::Disconnected { conn })));
+    let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(k.clone(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_a_version_13_websocket_upgrade_is_taken() {
+        let good = [
+            (header::CONNECTION, "keep-alive, Upgrade"),
+            (header::UPGRADE, "websocket"),
+            (header::SEC_WEBSOCKET_VERSION, "13"),
+            (header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        assert_eq!(upgrade_problem(&Method::GET, &headers(&good)), None);
+        assert!(upgrade_problem(&Method::POST, &headers(&good)).is_some());
+        assert!(upgrade_problem(&Method::GET, &headers(&good[1..])).is_some());
+        let mut v8 = good.clone();
+        v8[2].1 = "8";
+        assert!(upgrade_problem(&Method::GET, &headers(&v8)).is_some());
+        assert!(upgrade_problem(&Method::GET, &headers(&good[..3])).is_some());
+        // RFC 6455's example key and answer.
+        assert_eq!(
+            derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}
