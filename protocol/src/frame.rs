@@ -59,8 +59,12 @@ pub fn decode_since<T: DeserializeOwned>(
             want: PROTOCOL_VERSION,
         });
     }
-    let (msg, rest) = postcard::take_from_bytes(&frame[HEADER..])
-        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let (decoded, refused) =
+        crate::bounded::within(crate::bounded::budget_for(frame.len()), || {
+            postcard::take_from_bytes(&frame[HEADER..])
+        });
+    let (msg, rest) =
+        decoded.map_err(|e| ProtocolError::Malformed(refused.unwrap_or_else(|| e.to_string())))?;
     if !rest.is_empty() {
         return Err(ProtocolError::Malformed(format!(
             "{} trailing bytes after the message",

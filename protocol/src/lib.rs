@@ -7,6 +7,7 @@
 //! builds unchanged for native and wasm32.
 
 pub mod activation;
+pub mod bounded;
 pub mod error;
 pub mod frame;
 pub mod identity;

@@ -26,8 +26,10 @@ pub enum ContributorKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Capabilities {
     /// Adapter name as the driver or browser reports it.
+    #[serde(deserialize_with = "crate::bounded::name")]
     pub adapter: String,
     /// Backend (Vulkan, Metal, BrowserWebGpu, ...).
+    #[serde(deserialize_with = "crate::bounded::name")]
     pub backend: String,
     /// Largest storage binding, bytes.
     pub max_binding_bytes: u64,
@@ -54,6 +56,7 @@ pub enum ToCoordinator {
         /// Native or browser.
         kind: ContributorKind,
         /// Client software and version.
+        #[serde(deserialize_with = "crate::bounded::name")]
         software: String,
         /// Adapter and budget.
         capabilities: Capabilities,
@@ -117,20 +120,22 @@ pub struct Submission {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Update {
     /// Whole tensors by name.
-    Dense(Vec<NamedTensor>),
+    Dense(#[serde(deserialize_with = "crate::bounded::list")] Vec<NamedTensor>),
     /// Chunked top-k with 2-bit values, by name.
-    Sparse(Vec<SparseTensor>),
+    Sparse(#[serde(deserialize_with = "crate::bounded::list")] Vec<SparseTensor>),
     /// Explicit nonzero entries, by name: how the coordinator publishes the mean of sparse
     /// updates.
-    Indexed(Vec<IndexedTensor>),
+    Indexed(#[serde(deserialize_with = "crate::bounded::list")] Vec<IndexedTensor>),
 }
 
 /// A tensor given by its nonzero entries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IndexedTensor {
     /// Tensor name.
+    #[serde(deserialize_with = "crate::bounded::name")]
     pub name: String,
     /// Shape of the dense tensor.
+    #[serde(deserialize_with = "crate::bounded::shape")]
     pub shape: Vec<u64>,
     /// Flat positions, strictly increasing (u32 payload).
     pub indices: TensorPayload,
@@ -142,6 +147,7 @@ pub struct IndexedTensor {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NamedTensor {
     /// Tensor name.
+    #[serde(deserialize_with = "crate::bounded::name")]
     pub name: String,
     /// Values.
     pub tensor: TensorPayload,
@@ -152,8 +158,10 @@ pub struct NamedTensor {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SparseTensor {
     /// Tensor name.
+    #[serde(deserialize_with = "crate::bounded::name")]
     pub name: String,
     /// Shape of the dense tensor.
+    #[serde(deserialize_with = "crate::bounded::shape")]
     pub shape: Vec<u64>,
     /// Chunk rows and columns.
     pub chunk: [u32; 2],
@@ -236,8 +244,10 @@ pub struct Lease {
     /// Lease id.
     pub lease: u64,
     /// The model, as a Hugging Face `config.json`.
+    #[serde(deserialize_with = "crate::bounded::string")]
     pub config_json: String,
     /// The micro-shards held (a whole-model lease holds every one).
+    #[serde(deserialize_with = "crate::bounded::list")]
     pub shards: Vec<ShardSpec>,
     /// Inner optimizer.
     pub optimizer: InnerOptimizer,
@@ -277,6 +287,7 @@ pub struct Work {
     /// targets.
     pub tokens: TensorPayload,
     /// Learning rate of each inner step.
+    #[serde(deserialize_with = "crate::bounded::list")]
     pub lrs: Vec<f32>,
     /// Send the update dense even where the run compresses updates: the coordinator checks a
     /// compressed update against a dense replay of its unit (runs with fresh units only).
@@ -317,11 +328,13 @@ pub enum ToContributor {
         /// The coordinator's key.
         coordinator: PublicKey,
         /// Run name.
+        #[serde(deserialize_with = "crate::bounded::string")]
         run: String,
     },
     /// The handshake succeeded.
     Welcome {
         /// Run name.
+        #[serde(deserialize_with = "crate::bounded::string")]
         run: String,
         /// Latest log head.
         log_head: LogHead,
@@ -337,8 +350,10 @@ pub enum ToContributor {
         /// Index of the micro-shard in the lease (0 for a whole-model lease).
         shard: u32,
         /// Tensor name.
+        #[serde(deserialize_with = "crate::bounded::name")]
         name: String,
         /// Full tensor shape (of the micro-shard's slice, for a pipeline lease).
+        #[serde(deserialize_with = "crate::bounded::shape")]
         shape: Vec<u64>,
         /// First element carried.
         offset: u64,

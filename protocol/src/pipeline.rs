@@ -49,6 +49,7 @@ pub struct PipeWork {
     pub stages: [u64; 2],
     /// The micro-shards to run, all held by the lease: some of one stage, or every micro-shard
     /// of each stage of a span.
+    #[serde(deserialize_with = "crate::bounded::list")]
     pub shards: Vec<ShardSpec>,
     /// Forward or backward.
     pub pass: Pass,
@@ -86,13 +87,13 @@ pub enum PipeResult {
     /// unit's micro-shards: `[seq, hidden]`.
     Activation(Activation),
     /// Head forward: each slice's statistics.
-    HeadStats(Vec<HeadSlice>),
+    HeadStats(#[serde(deserialize_with = "crate::bounded::list")] Vec<HeadSlice>),
     /// Embedding backward: gradients accumulated, nothing to pass on.
     Accumulated,
     /// A span of whole stages: forward, the residual stream after each stage of the span, in
     /// order; backward, the gradient of each stage's input in stage order (none for the
     /// embedding). The coordinator keeps them so that any stage can be re-run elsewhere.
-    Span(Vec<Activation>),
+    Span(#[serde(deserialize_with = "crate::bounded::list")] Vec<Activation>),
 }
 
 /// A finished pipeline unit.
@@ -131,8 +132,10 @@ pub struct StepGrads {
     /// The step.
     pub step: u64,
     /// Backward units the sums cover.
+    #[serde(deserialize_with = "crate::bounded::list")]
     pub units: Vec<u64>,
     /// Per micro-shard of the lease.
+    #[serde(deserialize_with = "crate::bounded::list")]
     pub shards: Vec<ShardGrads>,
     /// Latest log head seen.
     pub log_head: LogHead,
@@ -150,6 +153,7 @@ pub struct AuditWork {
     /// The step.
     pub step: u64,
     /// The units, in the order they ran (their `lease` is this lease).
+    #[serde(deserialize_with = "crate::bounded::list")]
     pub units: Vec<PipeWork>,
 }
 
@@ -162,8 +166,10 @@ pub struct AuditResult {
     /// The lease that ran it.
     pub lease: u64,
     /// One result per unit.
+    #[serde(deserialize_with = "crate::bounded::list")]
     pub outputs: Vec<PipeResult>,
     /// Dense gradient sums of the audit's backward units, per micro-shard of the lease.
+    #[serde(deserialize_with = "crate::bounded::list")]
     pub grads: Vec<ShardGrads>,
     /// Latest log head seen.
     pub log_head: LogHead,

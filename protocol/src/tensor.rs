@@ -36,9 +36,13 @@ pub struct TensorPayload {
     /// Element type.
     pub dtype: DType,
     /// Shape (row-major).
+    #[serde(deserialize_with = "crate::bounded::shape")]
     pub shape: Vec<u64>,
     /// Little-endian element bytes.
-    #[serde(with = "serde_bytes")]
+    #[serde(
+        serialize_with = "serde_bytes::serialize",
+        deserialize_with = "crate::bounded::bytes"
+    )]
     pub data: Vec<u8>,
 }
 

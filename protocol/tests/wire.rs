@@ -284,3 +284,53 @@ fn files_of_earlier_versions_decode_only_where_asked() {
     )
     .is_err());
 }
+
+#[test]
+fn a_frame_cannot_decode_to_much_more_memory_than_its_size() {
+    use tessera_protocol::pipeline::{AuditResult, PipeResult};
+    let audit = |n: usize| {
+        let audited = AuditResult {
+            audit: 1,
+            lease: 1,
+            outputs: vec![PipeResult::Accumulated; n],
+            grads: Vec::new(),
+            log_head: LogHead::default(),
+        };
+        let msg = ToCoordinator::Session(
+            Signed::new(&id(1), &[0; 32], 1, SessionMessage::Audited(audited)).unwrap(),
+        );
+        let frame = encode(&msg).unwrap();
+        assert!(frame.len() < n + 1000);
+        match decode::<ToCoordinator>(&frame, MAX_FRAME_BYTES) {
+            Err(ProtocolError::Malformed(why)) => why,
+            other => panic!("decoded: {:?}", other.map(|_| ())),
+        }
+    };
+    // A million one-byte results: 1 MB on the wire, over 50 MB as `PipeResult`s.
+    let why = audit(1_000_000);
+    assert!(why.contains("more memory than its frame allows"), "{why}");
+    // More entries than any list may have.
+    let why = audit(2_000_000);
+    assert!(why.contains("more than the 1048576 allowed"), "{why}");
+    // Names and shapes have bounds of their own.
+    let named = |name: String, shape: Vec<u64>| {
+        let n = shape.iter().product::<u64>() as usize;
+        let t = NamedTensor {
+            name,
+            tensor: TensorPayload {
+                dtype: DType::F32,
+                shape,
+                data: vec![0; 4 * n],
+            },
+        };
+        let mut s = submission();
+        s.result = Update::Dense(vec![t]);
+        let m = ToCoordinator::Session(
+            Signed::new(&id(1), &[0; 32], 1, SessionMessage::Submit(s)).unwrap(),
+        );
+        decode::<ToCoordinator>(&encode(&m).unwrap(), MAX_FRAME_BYTES)
+    };
+    assert!(named("w".repeat(256), vec![2, 2]).is_ok());
+    assert!(named("w".repeat(257), vec![2, 2]).is_err());
+    assert!(named("w".into(), vec![1; 9]).is_err());
+}
