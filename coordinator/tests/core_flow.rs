@@ -252,6 +252,11 @@ fn bad_submissions_are_rejected_and_change_nothing() {
             }),
         ),
         (Code::WrongShape, dense(|ts| ts.swap(0, 1))),
+        // A name of the sender's choosing: refused, and not copied into the log.
+        (
+            Code::WrongShape,
+            dense(|ts| ts[0].name = "ATTACKER-CHOSEN-TEXT ".repeat(12)),
+        ),
         (Code::WrongShape, Box::new(|s| s.tokens += 1)),
         (Code::WrongVersion, Box::new(|s| s.weights += 1)),
         (Code::NotOpen, Box::new(move |s| s.unit = other_unit)),
@@ -275,6 +280,15 @@ fn bad_submissions_are_rejected_and_change_nothing() {
             other => panic!("{why:?}: {other:?}"),
         }
         assert!(!a.iter().any(|x| matches!(x, Action::Accepted(_))));
+        for x in &a {
+            if let Action::Logged(e) = x {
+                let text = format!("{:?}", e.entry.event);
+                assert!(
+                    !text.contains("ATTACKER"),
+                    "contributor text in the log: {text}"
+                );
+            }
+        }
         assert_eq!(h.core.weights(), &before);
         assert_eq!(h.core.accepted_slots(), Vec::<u64>::new());
         // A rejected unit's slot goes back to the queue; alice, idle again, gets it with a new
@@ -284,7 +298,7 @@ fn bad_submissions_are_rejected_and_change_nothing() {
             current = w.clone();
         }
     }
-    assert_eq!(h.core.records()[&alice.key()].rejected, 7);
+    assert_eq!(h.core.records()[&alice.key()].rejected, 8);
     let _ = cb;
 }
 

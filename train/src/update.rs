@@ -56,11 +56,15 @@ pub fn to_dense(
             format!("{count} tensors, the model has {}", shapes.len()),
         ));
     }
+    // A refusal names the model's tensor, never the contributor's text.
     let check_name = |got: &str, want: &str| {
         if got == want {
             Ok(())
         } else {
-            Err(bad(got, format!("expected {want} here")))
+            Err(bad(
+                want,
+                "the update names another tensor in its place".into(),
+            ))
         }
     };
     match u {
@@ -83,7 +87,7 @@ pub fn to_dense(
                     || t.shape.iter().zip(shape).any(|(&a, &b)| a != b as u64)
                 {
                     return Err(bad(
-                        &t.name,
+                        name,
                         format!("shape {:?}, expected {shape:?}", t.shape),
                     ));
                 }
@@ -94,7 +98,7 @@ pub fn to_dense(
                     || idx.last().is_some_and(|&i| i as usize >= n)
                 {
                     return Err(bad(
-                        &t.name,
+                        name,
                         "positions must be strictly increasing, within the tensor, one per value"
                             .into(),
                     ));

@@ -161,15 +161,16 @@ impl ShardTensors {
         for (l, t) in layouts.iter().zip(&self.tensors) {
             let shape = l.shape(units);
             if t.name != l.name || t.shape != shape || t.data.len() != shape[0] * shape[1] {
+                // Names the layout's tensor, never the sender's text.
                 return Err(ComputeError::Shape(format!(
-                    "{}: tensor {} {:?} does not match {} {:?}",
-                    self.shard, t.name, t.shape, l.name, shape
+                    "{}: the tensor in the place of {} {:?} has another name or shape {:?}",
+                    self.shard, l.name, shape, t.shape
                 )));
             }
             if t.data.iter().any(|x| !x.is_finite()) {
                 return Err(ComputeError::Shape(format!(
                     "{}: tensor {} holds NaN or infinity",
-                    self.shard, t.name
+                    self.shard, l.name
                 )));
             }
         }
