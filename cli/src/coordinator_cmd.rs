@@ -118,8 +118,11 @@ pub async fn start(
             store
                 .write_rules(&tessera_coordinator::core::rules::RunRules::of(core.spec()))
                 .await?;
+            // Committed at once (state row and initial checkpoint), so that a coordinator
+            // stopped before its first round closes resumes this run instead of starting a
+            // second one on the same log.
             let ck = store
-                .write_checkpoint(&core.spec().model, &core.snapshot())
+                .commit(core.name(), &core.spec().model, &core.snapshot())
                 .await?;
             println!(
                 "new run {}: initial weights in {}",
