@@ -44,7 +44,8 @@ fn a_coordinator_killed_before_its_first_round_closes_resumes_the_run() {
     let log = std::fs::read_to_string(dir.with_extension("coordinator.log")).unwrap_or_default();
     println!("{log}");
     assert!(
-        log.lines().any(|l| l.starts_with("resuming run e2e at round 0")),
+        log.lines()
+            .any(|l| l.starts_with("resuming run e2e at round 0")),
         "a restart resumed the run"
     );
     let text = verify_dir(&dir);

@@ -125,3 +125,18 @@ fn held_out_sequences_are_kept_out_of_training() {
     let none = spec("seq = 64", "[checks]\nenabled = false").unwrap();
     assert_eq!(none.training_tokens(), none.tokens.len());
 }
+
+#[test]
+fn a_round_s_quorum_defaults_to_every_replica_and_must_fit_them() {
+    let s = spec("replicas = 3\nunit_deadline_secs = 30", "").unwrap();
+    assert_eq!((s.quorum, s.round_deadline_ms), (3, 60_000));
+    let s = spec("replicas = 3\nquorum = 2\nround_deadline_secs = 90", "").unwrap();
+    assert_eq!((s.quorum, s.round_deadline_ms), (2, 90_000));
+    for q in [0, 4] {
+        let e = spec(&format!("replicas = 3\nquorum = {q}"), "").unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Quorum { quorum, replicas: 3 } if quorum == q),
+            "{e}"
+        );
+    }
+}

@@ -222,13 +222,6 @@ fn replays_and_forged_signatures_are_refused() {
 fn bad_submissions_are_rejected_and_change_nothing() {
     let sp = spec(2, 3, SyncMode::Dense);
     let cfg = sp.model.clone();
-    let mut h = Harness::new(core(sp));
-    let (mut alice, mut bob) = (Client::new(1), Client::new(2));
-    let (ca, a) = h.join_ready(&mut alice);
-    let (cb, b) = h.join_ready(&mut bob);
-    let wa = works(&a)[0].1.clone();
-    let wb = works(&b)[0].1.clone();
-    let before = h.core.weights().clone();
     type Spoil = Box<dyn Fn(&mut tessera_protocol::messages::Submission)>;
     let dense = |f: fn(&mut Vec<NamedTensor>)| -> Spoil {
         Box::new(move |s: &mut tessera_protocol::messages::Submission| {
@@ -237,7 +230,7 @@ fn bad_submissions_are_rejected_and_change_nothing() {
             }
         })
     };
-    let other_unit = wb.unit;
+    // Bob's unit is the second handed out (unit 2).
     let cases: Vec<(Code, Spoil)> = vec![
         (
             Code::WrongShape,
@@ -259,7 +252,7 @@ fn bad_submissions_are_rejected_and_change_nothing() {
         ),
         (Code::WrongShape, Box::new(|s| s.tokens += 1)),
         (Code::WrongVersion, Box::new(|s| s.weights += 1)),
-        (Code::NotOpen, Box::new(move |s| s.unit = other_unit)),
+        (Code::NotOpen, Box::new(|s| s.unit = 2)),
         (
             Code::WrongShape,
             Box::new(|s| {
@@ -270,9 +263,15 @@ fn bad_submissions_are_rejected_and_change_nothing() {
             }),
         ),
     ];
-    let mut current = wa.clone();
     for (why, spoil) in cases {
-        let mut sub = alice.submission(&cfg, &current, 0.5);
+        let mut h = Harness::new(core(sp.clone()));
+        let (mut alice, mut bob) = (Client::new(1), Client::new(2));
+        let (ca, a) = h.join_ready(&mut alice);
+        let (_cb, b) = h.join_ready(&mut bob);
+        let wa = works(&a)[0].1.clone();
+        assert_eq!(works(&b)[0].1.unit, 2);
+        let before = h.core.weights().clone();
+        let mut sub = alice.submission(&cfg, &wa, 0.5);
         spoil(&mut sub);
         let a = h.submit(&mut alice, ca, sub);
         match verdicts(&a).as_slice() {
@@ -291,15 +290,11 @@ fn bad_submissions_are_rejected_and_change_nothing() {
         }
         assert_eq!(h.core.weights(), &before);
         assert_eq!(h.core.accepted_slots(), Vec::<u64>::new());
-        // A rejected unit's slot goes back to the queue; alice, idle again, gets it with a new
-        // unit (except when she submitted someone else's unit and still holds her own).
-        if let Some((c, w)) = works(&a).first() {
-            assert_eq!((*c, w.slot), (ca, wa.slot));
-            current = w.clone();
-        }
+        assert_eq!(h.core.records()[&alice.key()].rejected, 1);
+        // A refused unit's slot goes back to the queue, but not to alice this round (she
+        // still holds her own unit when she sent someone else's).
+        assert!(works(&a).is_empty(), "{why:?}: {:?}", works(&a));
     }
-    assert_eq!(h.core.records()[&alice.key()].rejected, 8);
-    let _ = cb;
 }
 
 #[test]
@@ -321,31 +316,31 @@ fn outer_step_is_exact_and_disconnects_and_deadlines_reassign() {
     let d = h.tick(Input::Disconnected { conn: cb });
     let (to, wc) = works(&d)[0].clone();
     assert_eq!((to, wc.slot, &wc.tokens), (cc, wb.slot, &wb.tokens));
-    // Alice misses the deadline: cancelled, and her slot waits for a free contributor.
+    // Alice misses the deadline: cancelled, and her slot waits for another contributor (an
+    // identity whose unit expired does not get that slot back this round).
     h.now = 3_001;
     let t = h.tick(Input::Tick);
     assert!(sends(&t, ca).contains(&ToContributor::Cancel { unit: wa.unit }));
-    let reassigned = works(&t);
-    assert_eq!(reassigned.len(), 1);
-    assert_eq!(reassigned[0].1.slot, wa.slot);
-    let (ca2, wa2) = reassigned[0].clone();
-    assert_eq!(
-        ca2, ca,
-        "alice is idle again, so she gets it back with a new unit"
+    assert!(
+        works(&t).is_empty(),
+        "alice is idle, but barred from the slot she let expire"
     );
-    assert_ne!(wa2.unit, wa.unit);
     // Her late submission of the old unit is rejected.
     let late = alice.submission(&cfg, &wa, 1.0);
     assert!(matches!(
         verdicts(&h.submit(&mut alice, ca, late)).as_slice(),
         [Verdict::Rejected(_)]
     ));
+    // Carol finishes bob's slot, then takes alice's, with its samples and a new unit.
     // Both slots done: theta1 = theta0 - 1.0 * mean(0.25, 0.75) = theta0 - 0.5.
     let sub = carol.submission(&cfg, &wc, 0.25);
     let a = h.submit(&mut carol, cc, sub);
     assert_eq!(verdicts(&a), vec![Verdict::Accepted]);
-    let sub = alice.submission(&cfg, &wa2, 0.75);
-    let a = h.submit(&mut alice, ca, sub);
+    let (to, wa2) = works(&a)[0].clone();
+    assert_eq!((to, wa2.slot, &wa2.tokens), (cc, wa.slot, &wa.tokens));
+    assert_ne!(wa2.unit, wa.unit);
+    let sub = carol.submission(&cfg, &wa2, 0.75);
+    let a = h.submit(&mut carol, cc, sub);
     assert_eq!(verdicts(&a), vec![Verdict::Accepted]);
     let sum = a
         .iter()
@@ -614,4 +609,57 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
     assert!(again.admin_state().banned.contains(&bob.key()));
     assert_eq!(again.state(), RunState::Finished(End::Stopped));
     assert_eq!(again.phase(), Phase::Finished);
+}
+
+#[test]
+fn a_slot_held_and_never_delivered_cannot_hold_a_round_open_past_its_quorum_deadline() {
+    // Three slots, a quorum of two after 20 s; units may run for a minute, so the silent
+    // identity's unit does not expire first.
+    let sp = spec(3, 2, SyncMode::Dense)
+        .with_deadlines(60_000, 600_000)
+        .with_quorum(2, 20_000);
+    let cfg = sp.model.clone();
+    let mut h = Harness::new(core(sp));
+    let (mut alice, mut bob, mut carol) = (Client::new(1), Client::new(2), Client::new(3));
+    let (ca, a) = h.join_ready(&mut alice);
+    let (cb, b) = h.join_ready(&mut bob);
+    let (cc, c) = h.join_ready(&mut carol);
+    let (wa, wb) = (works(&a)[0].1.clone(), works(&b)[0].1.clone());
+    assert_eq!(
+        works(&c).len(),
+        1,
+        "carol holds the third slot and never delivers"
+    );
+    let sub = alice.submission(&cfg, &wa, 0.5);
+    h.submit(&mut alice, ca, sub);
+    let sub = bob.submission(&cfg, &wb, 0.25);
+    h.submit(&mut bob, cb, sub);
+    h.now = 19_999;
+    h.tick(Input::Tick);
+    assert_eq!(
+        h.core.round(),
+        0,
+        "before the deadline a full round is needed"
+    );
+    h.now = 20_000;
+    let t = h.tick(Input::Tick);
+    assert_eq!(
+        h.core.round(),
+        1,
+        "the quorum closes the round at its deadline"
+    );
+    let closed = t
+        .iter()
+        .find_map(|x| match x {
+            Action::RoundClosed(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("a closed round");
+    assert_eq!(closed.contributors.len(), 2);
+    assert!(
+        sends(&t, cc)
+            .iter()
+            .any(|m| matches!(m, ToContributor::Cancel { .. })),
+        "carol's unit is cancelled"
+    );
 }

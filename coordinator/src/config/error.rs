@@ -49,6 +49,14 @@ pub enum ConfigError {
         /// The model's vocabulary.
         model: usize,
     },
+    /// `[train] quorum` is zero or more than the replicas.
+    #[error("run config: [train] quorum = {quorum} must be between 1 and replicas = {replicas}")]
+    Quorum {
+        /// The quorum asked for.
+        quorum: u64,
+        /// The replicas per round.
+        replicas: u64,
+    },
     /// A count that must be positive is zero.
     #[error("run config: {0} must be positive")]
     NotPositive(&'static str),

@@ -17,7 +17,14 @@
 //! inner_steps = 4
 //! sync = "sparse"             # or "dense"
 //! optimizer = "adamw"         # or "sgd"
+//! unit_deadline_secs = 120    # a unit not delivered by then runs elsewhere
+//! quorum = 2                  # optional: accepted slots that close a round once
+//! round_deadline_secs = 240   #   this long has passed (default: every replica; 2 x units)
 //! ```
+//!
+//! A contributor whose unit for a slot was refused or expired does not get that slot again in
+//! the same round, and who gets an open slot is drawn, not the first to connect; a quorum below
+//! `replicas` lets a round close when identities take slots and never deliver.
 //!
 //! With a `[pipeline]` section the run trains micro-shard leases instead of whole-model
 //! replicas: the planner cuts the model so that each micro-shard fits `budget`, `rounds` counts
@@ -77,6 +84,13 @@ impl RunConfig {
                 seq: t.seq,
             });
         }
+        let quorum = t.quorum.unwrap_or(t.replicas);
+        if quorum == 0 || quorum > t.replicas {
+            return Err(ConfigError::Quorum {
+                quorum,
+                replicas: t.replicas,
+            });
+        }
         let optimizer = t.optimizer.inner(t.weight_decay);
         let sync = resolve::sync_mode(t.sync, t, "sync")?;
         let pipeline = match &self.pipeline {
@@ -125,6 +139,11 @@ impl RunConfig {
             sync,
             unit_deadline_ms: t.unit_deadline_secs * 1000,
             silence_ms: t.silence_secs * 1000,
+            quorum,
+            round_deadline_ms: t
+                .round_deadline_secs
+                .unwrap_or(2 * t.unit_deadline_secs)
+                .saturating_mul(1000),
             weights_frame_elems: 4 << 20,
             pipeline,
             checks,

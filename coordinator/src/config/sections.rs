@@ -183,6 +183,12 @@ pub struct TrainSection {
     pub unit_deadline_secs: u64,
     /// Seconds of silence before a contributor is dropped.
     pub silence_secs: u64,
+    /// Accepted slots that close a round once `round_deadline_secs` have passed since it
+    /// opened (default: every replica, so only a full round closes). Fewer lets a round go on
+    /// when identities take slots and never deliver.
+    pub quorum: Option<u64>,
+    /// Seconds after which a round closes on its quorum (default: twice `unit_deadline_secs`).
+    pub round_deadline_secs: Option<u64>,
 }
 
 impl Default for TrainSection {
@@ -206,6 +212,8 @@ impl Default for TrainSection {
             clip_to_median: true,
             unit_deadline_secs: 120,
             silence_secs: 60,
+            quorum: None,
+            round_deadline_secs: None,
         }
     }
 }

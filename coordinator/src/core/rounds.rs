@@ -42,17 +42,33 @@ pub(super) struct Round {
     pub(super) drawn: std::collections::BTreeSet<u64>,
     /// Drawn units being replayed elsewhere.
     pub(super) replays: super::replays::Replays,
+    /// Slots an identity may not have again this round: its unit for the slot was refused or
+    /// ran past its deadline.
+    barred: std::collections::BTreeSet<(u64, PublicKey)>,
+    /// When the round opened (ms): a quorum of the slots closes it once the round's deadline
+    /// has passed.
+    opened: u64,
 }
 
 impl Round {
-    pub(super) fn new(number: u64, replicas: u64) -> Self {
+    pub(super) fn new(number: u64, replicas: u64, now: u64) -> Self {
         Round {
             number,
             slots: vec![Slot::Open; replicas as usize],
             units: BTreeMap::new(),
             drawn: Default::default(),
             replays: Default::default(),
+            barred: Default::default(),
+            opened: now,
         }
+    }
+
+    /// How many slots are accepted.
+    fn accepted(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Done(..)))
+            .count()
     }
 
     /// The contribution `unit` put into `slot` and its dense update, while it is accepted
@@ -73,15 +89,15 @@ impl Round {
         }
     }
 
-    /// Units past their deadline, requeued: `(connection, unit)`.
-    pub(super) fn expired(&mut self, now: u64) -> Vec<(ConnId, u64)> {
-        let late: Vec<(ConnId, u64)> = self
+    /// Units past their deadline, requeued: `(connection, unit, slot)`.
+    pub(super) fn expired(&mut self, now: u64) -> Vec<(ConnId, u64, u64)> {
+        let late: Vec<(ConnId, u64, u64)> = self
             .units
             .iter()
             .filter(|(_, u)| u.deadline < now)
-            .map(|(&id, u)| (u.conn, id))
+            .map(|(&id, u)| (u.conn, id, u.slot))
             .collect();
-        for &(_, id) in &late {
+        for &(_, id, _) in &late {
             self.requeue(id);
         }
         late
@@ -129,27 +145,31 @@ impl Replicas {
     /// The regime's state at the start of round `number` of `replicas` slots.
     pub(super) fn new(number: u64, replicas: u64) -> Self {
         Replicas {
-            round: Round::new(number, replicas),
+            round: Round::new(number, replicas, 0),
             previous_updates: Vec::new(),
             gains: Vec::new(),
             held_out_scores: Default::default(),
         }
     }
 
-    /// Whole-model runs: re-queues units past their deadline.
+    /// Whole-model runs: re-queues units past their deadline; their contributors may not have
+    /// those slots again this round.
     pub(super) fn expire_units(&mut self, cx: &mut Context) {
-        let now = cx.now;
-        for (conn, unit) in self.round.expired(now) {
+        for (conn, unit, slot) in self.round.expired(cx.now) {
             if let Some(s) = cx.sessions.get_mut(&conn) {
                 if s.unit == Some(unit) {
                     s.unit = None;
+                }
+                if let Some(key) = s.active() {
+                    self.round.barred.insert((slot, key));
                 }
             }
             cx.send(conn, ToContributor::Cancel { unit });
         }
     }
 
-    /// Gives open slots to ready, idle, leased sessions (lowest connection first).
+    /// Gives open slots to ready, idle, leased sessions: each slot to the one the draws pick
+    /// among those not barred from it.
     pub(super) fn schedule(&mut self, cx: &mut Context) {
         if !cx.state.hands_out_work() {
             return;
@@ -161,13 +181,25 @@ impl Replicas {
             if self.round.slots[slot] != Slot::Open {
                 continue;
             }
-            let Some((&conn, _)) = cx
+            let idle: Vec<(ConnId, PublicKey)> = cx
                 .sessions
                 .iter()
-                .find(|(_, s)| s.ready && s.lease.is_some() && s.unit.is_none())
-            else {
+                .filter(|(_, s)| s.ready && s.lease.is_some() && s.unit.is_none())
+                .filter_map(|(&c, s)| s.active().map(|k| (c, k)))
+                .collect();
+            if idle.is_empty() {
                 return;
+            }
+            let free: Vec<(ConnId, PublicKey)> = idle
+                .into_iter()
+                .filter(|&(_, k)| !self.round.barred.contains(&(slot as u64, k)))
+                .collect();
+            let keys: Vec<PublicKey> = free.iter().map(|&(_, k)| k).collect();
+            let round = self.round.number;
+            let Some(pick) = cx.draws.assignee(round, slot as u64, &keys) else {
+                continue;
             };
+            let conn = free[pick].0;
             let unit = cx.next_unit;
             cx.next_unit += 1;
             let deadline = cx.now + cx.spec.unit_deadline_ms;
@@ -183,7 +215,6 @@ impl Replicas {
             let s = cx.sessions.get_mut(&conn).expect("found above");
             s.unit = Some(unit);
             let lease = s.lease.expect("leased");
-            let round = self.round.number;
             let work = super::samples::work(
                 &cx.spec,
                 &mut cx.sampler,
@@ -248,6 +279,7 @@ impl Replicas {
             Ok(d) => d,
             Err(why) => {
                 self.round.slots[u.slot as usize] = Slot::Open;
+                self.round.barred.insert((u.slot, key));
                 return self.reject_submission(cx, conn, key, seq, &sub, why);
             }
         };
@@ -292,11 +324,16 @@ impl Replicas {
         self.maybe_close_round(cx);
     }
 
-    /// Closes the round once every slot is accepted, every replay resolved and the round's
-    /// checks pass.
+    /// Closes the round once every slot is accepted (or, once the round's deadline has passed,
+    /// a quorum of them), every replay resolved and the round's checks pass.
     pub(super) fn maybe_close_round(&mut self, cx: &mut Context) {
+        let accepted = self.round.accepted();
+        let full = accepted == self.round.slots.len();
+        let late = cx.now >= self.round.opened.saturating_add(cx.spec.round_deadline_ms);
+        let need = cx.spec.quorum.min(self.round.slots.len() as u64).max(1);
+        let quorum = accepted as u64 >= need && late;
         if cx.state.is_open()
-            && self.round.slots.iter().all(|s| matches!(s, Slot::Done(..)))
+            && (full || quorum)
             && self.round.replays.resolved()
             && self.round_checks(cx)
         {
@@ -419,7 +456,7 @@ impl Replicas {
             }
             cx.send(u.conn, ToContributor::Cancel { unit: id });
         }
-        self.round = Round::new(closed + 1, cx.spec.replicas);
+        self.round = Round::new(closed + 1, cx.spec.replicas, cx.now);
         if self.round.number >= cx.spec.rounds {
             cx.state = RunState::Finished(End::Completed);
             cx.out.push(Action::Finished);
@@ -443,103 +480,5 @@ impl Part for Replicas {
 }
 
 #[cfg(test)]
-mod tests {
-    use tessera_protocol::messages::{Capabilities, Work};
-    use tessera_protocol::ToContributor;
-
-    use super::super::context::testing::{active, context, spec};
-    use super::super::context::Context;
-    use super::super::part::Part;
-    use super::super::{Action, Replicas};
-    use super::Slot;
-
-    /// The work units sent in the tick so far: `(connection, unit, slot)`.
-    fn sent_work(cx: &mut Context) -> Vec<(u64, u64, u64)> {
-        std::mem::take(&mut cx.out)
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    conn,
-                    msg: ToContributor::Work(Work { unit, slot, .. }),
-                } => Some((conn, unit, slot)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn open_slots_go_to_ready_leased_idle_sessions_and_come_back_when_one_is_lost() {
-        let mut cx = context(spec(2));
-        let mut r = Replicas::new(0, 2);
-        active(&mut cx, 3, 3, Some(1));
-        active(&mut cx, 1, 1, Some(2));
-        active(&mut cx, 2, 2, None);
-        r.schedule(&mut cx);
-        // Lowest connection first, one unit each; the unleased session gets none.
-        assert_eq!(sent_work(&mut cx), vec![(1, 1, 0), (3, 2, 1)]);
-        assert_eq!(r.round.slots[0], Slot::Assigned(1));
-        let s = cx.sessions.remove(&1).unwrap();
-        r.session_lost(&mut cx, s);
-        assert_eq!(r.round.slots[0], Slot::Open);
-        active(&mut cx, 4, 4, Some(3));
-        r.schedule(&mut cx);
-        assert_eq!(sent_work(&mut cx), vec![(4, 3, 0)]);
-    }
-
-    #[test]
-    fn a_unit_past_its_deadline_is_cancelled_and_its_slot_reopens() {
-        let mut cx = context(spec(1).with_deadlines(1_000, 60_000));
-        let mut r = Replicas::new(0, 1);
-        active(&mut cx, 1, 1, Some(1));
-        r.schedule(&mut cx);
-        assert_eq!(sent_work(&mut cx), vec![(1, 1, 0)]);
-        cx.now = 1_000;
-        r.expire_units(&mut cx);
-        assert!(cx.out.is_empty());
-        cx.now = 1_001;
-        r.expire_units(&mut cx);
-        assert!(matches!(
-            cx.out[..],
-            [Action::Send {
-                conn: 1,
-                msg: ToContributor::Cancel { unit: 1 }
-            }]
-        ));
-        assert_eq!(cx.sessions[&1].unit, None);
-        assert_eq!(r.round.slots[0], Slot::Open);
-    }
-
-    #[test]
-    fn a_lease_needs_the_budget_of_a_whole_replica() {
-        let mut cx = context(spec(1));
-        let r = Replicas::new(0, 1);
-        let need = cx.spec.replica_bytes();
-        for (conn, budget) in [(1, need - 1), (2, need)] {
-            active(&mut cx, conn, conn as u8, None);
-            cx.sessions.get_mut(&conn).unwrap().caps = Some(Capabilities {
-                adapter: "a".into(),
-                backend: "b".into(),
-                max_binding_bytes: 1 << 30,
-                memory_budget_bytes: budget,
-            });
-        }
-        r.offer_lease(&mut cx, 1);
-        assert!(matches!(
-            &cx.out[..],
-            [Action::Send { msg: ToContributor::Error { reason, fatal: false }, .. }] if reason.code == tessera_protocol::Code::Budget
-        ));
-        assert_eq!(cx.sessions[&1].lease, None);
-        cx.out.clear();
-        r.offer_lease(&mut cx, 2);
-        assert_eq!(cx.sessions[&2].lease, Some(1));
-        let ToContributor::Lease(lease) = (match &cx.out[1] {
-            Action::Send { msg, .. } => msg,
-            other => panic!("{other:?}"),
-        }) else {
-            panic!("no lease");
-        };
-        let frames = cx.out.len() - 2;
-        assert_eq!(lease.frames as usize, frames);
-        assert!(matches!(cx.out[0], Action::Logged(_)));
-    }
-}
+#[path = "rounds_tests.rs"]
+mod tests;

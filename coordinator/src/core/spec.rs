@@ -48,6 +48,12 @@ pub struct RunSpec {
     pub unit_deadline_ms: u64,
     /// A contributor silent this long is dropped (ms).
     pub silence_ms: u64,
+    /// Whole-model rounds: how many accepted slots close a round once `round_deadline_ms` has
+    /// passed since it opened (`replicas` or more: only a full round closes).
+    pub quorum: u64,
+    /// Whole-model rounds: after this long (ms) a quorum of accepted slots closes the round, so
+    /// that identities that take slots and never deliver cannot hold it open.
+    pub round_deadline_ms: u64,
     /// Largest frame payload for weights, in f32 elements.
     pub weights_frame_elems: usize,
     /// `None`: whole-model leases (rounds of replicas). `Some`: micro-shard leases in a

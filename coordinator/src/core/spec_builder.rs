@@ -13,7 +13,8 @@ use super::spec::{ChecksSpec, PipelineSpec, RunSpec};
 impl RunSpec {
     /// A whole-model run named `name` of `model` on `tokens`: one round of one replica slot,
     /// one inner SGD step at a constant rate of 0.1 on one sequence of 8 tokens, outer SGD at
-    /// rate 1 with dense sync and no median clip, seed 1, deadlines of ten minutes, no checks.
+    /// rate 1 with dense sync and no median clip, seed 1, deadlines of ten minutes (twenty for a
+    /// round's quorum, which is every slot), no checks.
     pub fn new(name: impl Into<String>, model: ModelConfig, tokens: impl Into<Arc<[u32]>>) -> Self {
         RunSpec {
             name: name.into(),
@@ -33,6 +34,8 @@ impl RunSpec {
             sync: SyncMode::Dense,
             unit_deadline_ms: 600_000,
             silence_ms: 600_000,
+            quorum: u64::MAX,
+            round_deadline_ms: 1_200_000,
             weights_frame_elems: 1 << 20,
             pipeline: None,
             checks: None,
@@ -51,9 +54,16 @@ impl RunSpec {
         self
     }
 
-    /// Replica slots per round.
+    /// Replica slots per round (a round closes only when all are accepted).
     pub fn with_replicas(mut self, replicas: u64) -> Self {
         self.replicas = replicas;
+        self
+    }
+
+    /// A round closes on `quorum` accepted slots once `deadline_ms` has passed since it opened.
+    pub fn with_quorum(mut self, quorum: u64, deadline_ms: u64) -> Self {
+        self.quorum = quorum;
+        self.round_deadline_ms = deadline_ms;
         self
     }
 

@@ -1,0 +1,152 @@
+//! Unit tests of the replica round (`rounds.rs`): assignment, bars, deadlines and leases.
+
+use tessera_protocol::messages::{Capabilities, Work};
+use tessera_protocol::ToContributor;
+
+use super::super::context::testing::{active, context, spec};
+use super::super::context::Context;
+use super::super::part::Part;
+use super::super::{Action, Replicas};
+use super::Slot;
+
+/// The work units sent in the tick so far: `(connection, unit, slot)`.
+fn sent_work(cx: &mut Context) -> Vec<(u64, u64, u64)> {
+    std::mem::take(&mut cx.out)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                conn,
+                msg: ToContributor::Work(Work { unit, slot, .. }),
+            } => Some((conn, unit, slot)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn open_slots_go_to_ready_leased_idle_sessions_and_come_back_when_one_is_lost() {
+    let mut cx = context(spec(2));
+    let mut r = Replicas::new(0, 2);
+    active(&mut cx, 3, 3, Some(1));
+    active(&mut cx, 1, 1, Some(2));
+    active(&mut cx, 2, 2, None);
+    r.schedule(&mut cx);
+    // One unit each to the leased sessions (the draws pick who gets which slot); the
+    // unleased session gets none.
+    let mut sent = sent_work(&mut cx);
+    sent.sort();
+    assert_eq!(sent.len(), 2);
+    assert_eq!((sent[0].0, sent[1].0), (1, 3));
+    let holder = sent.iter().find(|w| w.2 == 0).expect("slot 0 handed out").0;
+    assert_eq!(
+        r.round.slots[0],
+        Slot::Assigned(cx.sessions[&holder].unit.unwrap())
+    );
+    let s = cx.sessions.remove(&holder).unwrap();
+    r.session_lost(&mut cx, s);
+    assert_eq!(r.round.slots[0], Slot::Open);
+    active(&mut cx, 4, 4, Some(3));
+    r.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx), vec![(4, 3, 0)]);
+}
+
+#[test]
+fn who_gets_a_slot_does_not_follow_the_connection_order() {
+    // Over many rounds, slot 0 goes to each of two identities, whatever their connections.
+    let mut cx = context(spec(1));
+    active(&mut cx, 1, 1, Some(1));
+    active(&mut cx, 2, 2, Some(2));
+    let mut got = std::collections::BTreeSet::new();
+    for round in 0..16 {
+        let mut r = Replicas::new(round, 1);
+        r.schedule(&mut cx);
+        got.extend(sent_work(&mut cx).into_iter().map(|w| w.0));
+        for s in cx.sessions.values_mut() {
+            s.unit = None;
+        }
+    }
+    assert_eq!(got.len(), 2, "{got:?}");
+}
+
+#[test]
+fn an_identity_whose_unit_expired_does_not_get_that_slot_again_this_round() {
+    let mut cx = context(spec(1).with_deadlines(1_000, 600_000));
+    let mut r = Replicas::new(0, 1);
+    active(&mut cx, 1, 1, Some(1));
+    r.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx), vec![(1, 1, 0)]);
+    cx.now = 1_001;
+    r.expire_units(&mut cx);
+    cx.out.clear();
+    r.schedule(&mut cx);
+    assert!(
+        sent_work(&mut cx).is_empty(),
+        "the slot went back to the same identity"
+    );
+    // Someone else may take it.
+    active(&mut cx, 2, 2, Some(2));
+    r.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx), vec![(2, 2, 0)]);
+    // The next round forgets the bar.
+    let mut next = Replicas::new(1, 1);
+    cx.sessions.remove(&2);
+    next.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx), vec![(1, 3, 0)]);
+}
+
+#[test]
+fn a_unit_past_its_deadline_is_cancelled_and_its_slot_reopens() {
+    let mut cx = context(spec(1).with_deadlines(1_000, 60_000));
+    let mut r = Replicas::new(0, 1);
+    active(&mut cx, 1, 1, Some(1));
+    r.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx), vec![(1, 1, 0)]);
+    cx.now = 1_000;
+    r.expire_units(&mut cx);
+    assert!(cx.out.is_empty());
+    cx.now = 1_001;
+    r.expire_units(&mut cx);
+    assert!(matches!(
+        cx.out[..],
+        [Action::Send {
+            conn: 1,
+            msg: ToContributor::Cancel { unit: 1 }
+        }]
+    ));
+    assert_eq!(cx.sessions[&1].unit, None);
+    assert_eq!(r.round.slots[0], Slot::Open);
+}
+
+#[test]
+fn a_lease_needs_the_budget_of_a_whole_replica() {
+    let mut cx = context(spec(1));
+    let r = Replicas::new(0, 1);
+    let need = cx.spec.replica_bytes();
+    for (conn, budget) in [(1, need - 1), (2, need)] {
+        active(&mut cx, conn, conn as u8, None);
+        cx.sessions.get_mut(&conn).unwrap().caps = Some(Capabilities {
+            adapter: "a".into(),
+            backend: "b".into(),
+            max_binding_bytes: 1 << 30,
+            memory_budget_bytes: budget,
+        });
+    }
+    r.offer_lease(&mut cx, 1);
+    assert!(matches!(
+        &cx.out[..],
+        [Action::Send { msg: ToContributor::Error { reason, fatal: false }, .. }] if reason.code == tessera_protocol::Code::Budget
+    ));
+    assert_eq!(cx.sessions[&1].lease, None);
+    cx.out.clear();
+    r.offer_lease(&mut cx, 2);
+    assert_eq!(cx.sessions[&2].lease, Some(1));
+    let ToContributor::Lease(lease) = (match &cx.out[1] {
+        Action::Send { msg, .. } => msg,
+        other => panic!("{other:?}"),
+    }) else {
+        panic!("no lease");
+    };
+    let frames = cx.out.len() - 2;
+    assert_eq!(lease.frames as usize, frames);
+    assert!(matches!(cx.out[0], Action::Logged(_)));
+}
