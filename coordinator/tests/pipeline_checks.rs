@@ -57,6 +57,7 @@ fn spec(checks: ChecksSpec) -> RunSpec {
         micro_batches: MICRO,
         activations: ActEncoding::Bf16,
         grads: tessera_protocol::messages::SyncMode::Dense,
+        max_activation: tessera_coordinator::core::spec::DEFAULT_MAX_ACTIVATION,
     });
     sp.checks = Some(checks);
     sp.inner_lr = Schedule::constant(1.0);

@@ -48,6 +48,7 @@ fn spec() -> RunSpec {
         micro_batches: MICRO,
         activations: ActEncoding::Bf16,
         grads: tessera_protocol::messages::SyncMode::Dense,
+        max_activation: tessera_coordinator::core::spec::DEFAULT_MAX_ACTIVATION,
     });
     sp.inner_lr = Schedule::constant(1.0);
     sp.unit_deadline_ms = 2_000;

@@ -86,6 +86,9 @@ pub enum Code {
     TooLarge,
     /// The handshake was not done in time.
     TimedOut,
+    /// Values beyond the run's bound (an activation larger than `max_activation`), or in an
+    /// encoding other than the run's.
+    OutOfRange,
 }
 
 /// A text of at most [`MAX_TEXT_BYTES`] bytes.

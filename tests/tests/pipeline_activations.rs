@@ -55,6 +55,7 @@ fn spec(enc: ActEncoding) -> RunSpec {
             micro_batches: 4,
             activations: enc,
             grads: SyncMode::Dense,
+            max_activation: tessera_coordinator::core::spec::DEFAULT_MAX_ACTIVATION,
         })
         .with_seed(3)
         .with_units(1, 1, 16)

@@ -71,6 +71,7 @@ fn pipeline(cfg: &ModelConfig) -> PipelineSpec {
         micro_batches: MICRO,
         activations: ActEncoding::F32,
         grads: SyncMode::Dense,
+        max_activation: tessera_coordinator::core::spec::DEFAULT_MAX_ACTIVATION,
     }
 }
 

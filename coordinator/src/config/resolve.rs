@@ -133,7 +133,13 @@ pub(super) fn pipeline_spec(
         ..PlanOptions::default()
     };
     let plan = Plan::new(model, options)?;
-    let spec = PipelineSpec::from_plan(&plan, p.micro_batches, activations, grads);
+    let mut spec = PipelineSpec::from_plan(&plan, p.micro_batches, activations, grads);
+    if let Some(m) = p.max_activation {
+        if !(m.is_finite() && m > 0.0) {
+            return Err(ConfigError::NotPositive("[pipeline] max_activation"));
+        }
+        spec.max_activation = m;
+    }
     spec.validate(model).map_err(ConfigError::Pipeline)?;
     Ok(spec)
 }

@@ -84,6 +84,10 @@ pub struct PipelineSection {
     /// `[train]` chunk, k and beta, error feedback on the contributor).
     #[serde(default = "dense")]
     pub grads: Sync,
+    /// Largest activation magnitude a result may carry (default 1e7); beyond it a result is
+    /// refused on receipt.
+    #[serde(default)]
+    pub max_activation: Option<f32>,
 }
 
 fn dense() -> Sync {

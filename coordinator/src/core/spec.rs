@@ -84,7 +84,16 @@ pub struct PipelineSpec {
     /// How leases send their gradient sums: dense, or SparseLoCo-compressed with error
     /// feedback on the contributor.
     pub grads: SyncMode,
+    /// Largest magnitude an activation or activation gradient may carry: a result beyond it is
+    /// refused on receipt, so that no sum or re-encoding of accepted results can overflow into
+    /// an infinity that an honest next stage would be blamed for.
+    pub max_activation: f32,
 }
+
+/// The default [`PipelineSpec::max_activation`]: far above the residual streams of trained
+/// LLMs (their largest "massive activations" are near 1e4), far below where f32 or bf16 sums
+/// of a few results overflow.
+pub const DEFAULT_MAX_ACTIVATION: f32 = 1e7;
 
 /// How untrusted work is checked. Pipeline runs: a share of leases' steps is run again by
 /// another lease holding the same micro-shards, and compared within a tolerance. Whole-model
@@ -228,6 +237,7 @@ impl PipelineSpec {
             micro_batches,
             activations,
             grads,
+            max_activation: DEFAULT_MAX_ACTIVATION,
         }
     }
 

@@ -243,6 +243,7 @@ pub(super) mod testing {
             micro_batches: 2,
             activations: tessera_protocol::ActEncoding::F32,
             grads: tessera_protocol::messages::SyncMode::Dense,
+            max_activation: crate::core::spec::DEFAULT_MAX_ACTIVATION,
         })
     }
 

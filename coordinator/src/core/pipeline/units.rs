@@ -170,16 +170,18 @@ impl Pipe {
                 ),
             ))
         } else {
-            self.decode(&cx.spec.model, cx.spec.seq as usize, &u, &o.result)
-                .map_err(|why| {
-                    let non_finite = super::compare::result_non_finite(&o.result);
-                    let code = if non_finite {
-                        Code::NotFinite
-                    } else {
-                        Code::WrongShape
-                    };
-                    Reason::new(code, why)
-                })
+            match cx.spec.pipeline.as_ref() {
+                Some(ps) => self
+                    .decode(&cx.spec.model, cx.spec.seq as usize, ps, &u, &o.result)
+                    .map_err(|why| {
+                        if super::compare::result_non_finite(&o.result) {
+                            Reason::new(Code::NotFinite, why.text.as_str())
+                        } else {
+                            why
+                        }
+                    }),
+                None => Err(Reason::new(Code::WrongRegime, "this run has no pipeline")),
+            }
         };
         let folded = match folded {
             Ok(f) => f,
