@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tessera_coordinator::config::RunConfig;
 use tessera_coordinator::core::Core;
+use tessera_coordinator::gate::ConnectionLimits;
 use tessera_coordinator::server::{self, AdminToken, Outcome, Running, ServeOptions};
 use tessera_coordinator::store::Store;
 use tessera_coordinator::{tls, web};
@@ -49,6 +50,26 @@ pub struct Args {
     /// `TESSERA_ADMIN_TOKEN` works too. Without either, administration is off.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// Contributor connections held at once; more are refused (503) until one closes.
+    #[arg(long, default_value_t = ConnectionLimits::default().total)]
+    pub max_connections: usize,
+    /// Contributor connections held at once from one IP address (raise it behind a proxy that
+    /// hides contributors' addresses).
+    #[arg(long, default_value_t = ConnectionLimits::default().per_address)]
+    pub max_connections_per_address: usize,
+}
+
+/// How a started run is served, beyond where it listens.
+#[derive(Default)]
+pub struct Serving {
+    /// The contributor page's directory.
+    pub page: Option<PathBuf>,
+    /// HTTPS and WSS.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// The administrator's token.
+    pub admin: Option<AdminToken>,
+    /// Limits on contributor connections.
+    pub limits: ConnectionLimits,
 }
 
 /// The administrator's token: from `file`, else `TESSERA_ADMIN_TOKEN`, else none.
@@ -80,11 +101,15 @@ pub async fn start(
     bind: SocketAddr,
     data_dir: &Path,
     database: Option<&str>,
-    page: Option<PathBuf>,
-    tls: Option<Arc<ServerConfig>>,
-    admin: Option<AdminToken>,
+    serving: Serving,
     created: Option<String>,
 ) -> Result<Running> {
+    let Serving {
+        page,
+        tls,
+        admin,
+        limits,
+    } = serving;
     let (spec, init) = cfg.resolve(base)?;
     let store = Store::open(data_dir, database).await?;
     let id = keys::load_or_create(&data_dir.join("coordinator.key"))?;
@@ -146,6 +171,7 @@ pub async fn start(
         extra: page.map(web::page),
         tls,
         admin,
+        limits,
     };
     let running = server::serve_with(core, store, listener, opts).await?;
     println!(
@@ -225,9 +251,15 @@ pub async fn run(a: Args) -> Result<()> {
         a.bind,
         &a.data_dir,
         a.database.as_deref(),
-        page,
-        tls,
-        token,
+        Serving {
+            page,
+            tls,
+            admin: token,
+            limits: ConnectionLimits {
+                total: a.max_connections,
+                per_address: a.max_connections_per_address,
+            },
+        },
         created,
     )
     .await?;

@@ -81,8 +81,11 @@ pub async fn run(a: Args) -> Result<()> {
         demo_config(a.rounds)
     };
     let page = coordinator_cmd::web_dir(None)?;
-    let mut running =
-        coordinator_cmd::start(&cfg, &dir, a.bind, &dir, None, page, None, None, None).await?;
+    let serving = coordinator_cmd::Serving {
+        page,
+        ..Default::default()
+    };
+    let mut running = coordinator_cmd::start(&cfg, &dir, a.bind, &dir, None, serving, None).await?;
     let exe = std::env::current_exe().context("locating the tessera binary")?;
     let url = format!("ws://{}/ws", running.addr);
     let budgets: Vec<&str> = if a.pipeline {

@@ -4,7 +4,9 @@
 //!   bound (the frames are refused on their header; nothing of them is buffered);
 //! - a socket that never says Hello is closed with `TimedOut` once the handshake time is up;
 //! - a session the core closes (here: replaced by a newer session of the same identity) stops
-//!   being read: its socket closes.
+//!   being read: its socket closes;
+//! - connections over the per-address limit are refused before the upgrade (503, naming the
+//!   limit) and admitted again once one closes.
 //!
 //! The coordinator still serves afterwards.
 
@@ -14,7 +16,7 @@ use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{coordinator, data, free_port, scratch, status, wait_for};
+use common::{coordinator_with, data, free_port, scratch, status, wait_for};
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
 use tessera_protocol::messages::{Capabilities, ContributorKind};
 use tessera_protocol::{decode, encode, Code, Identity, ToContributor, ToCoordinator};
@@ -148,7 +150,9 @@ fn join(port: u16, id: &Identity) -> Ws {
 fn oversized_frames_silence_and_closed_sessions_cost_the_coordinator_nothing() {
     let port = free_port();
     let dir = scratch("frame-limits");
-    let c = coordinator(&data("e2e.toml"), port, &dir);
+    // The attack's sockets all come from 127.0.0.1: the per-address limit is raised for them.
+    let raised: [&std::ffi::OsStr; 2] = ["--max-connections-per-address".as_ref(), "500".as_ref()];
+    let c = coordinator_with(&data("e2e.toml"), port, &dir, None, &raised);
     wait_for(port, LIMIT, "the coordinator serving", |_| true);
     let pid = c.0.id();
     let started = Instant::now();
@@ -193,4 +197,55 @@ fn oversized_frames_silence_and_closed_sessions_cost_the_coordinator_nothing() {
         "closed after {waited:?}"
     );
     assert!(status(port).is_some(), "the coordinator still serves");
+}
+
+/// A WebSocket upgrade: the socket, or the HTTP status and body it was refused with.
+fn try_connect(port: u16) -> Result<Ws, (u16, String)> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    match tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            let body = r.body().clone().unwrap_or_default();
+            Err((
+                r.status().as_u16(),
+                String::from_utf8_lossy(&body).into_owned(),
+            ))
+        }
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+#[test]
+fn connections_over_the_per_address_limit_are_refused_until_one_closes() {
+    let port = free_port();
+    let dir = scratch("connection-limits");
+    let three: [&std::ffi::OsStr; 2] = ["--max-connections-per-address".as_ref(), "3".as_ref()];
+    let _c = coordinator_with(&data("e2e.toml"), port, &dir, None, &three);
+    wait_for(port, LIMIT, "the coordinator serving", |_| true);
+    let mut held: Vec<Ws> = (0..3)
+        .map(|_| try_connect(port).expect("admitted"))
+        .collect();
+    let (code, body) = try_connect(port)
+        .map(|_| ())
+        .expect_err("a fourth is refused");
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("127.0.0.1 holds its most connections to this coordinator (3)"),
+        "{body}"
+    );
+    // The status page is not a contributor connection: it still answers.
+    assert!(status(port).is_some());
+    let mut gone = held.pop().unwrap();
+    gone.close(None).ok();
+    drop(gone);
+    let start = Instant::now();
+    loop {
+        match try_connect(port) {
+            Ok(_) => break,
+            Err((503, _)) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("not admitted after a connection closed: {e:?}"),
+        }
+    }
 }

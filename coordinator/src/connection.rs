@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use std::net::IpAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -74,11 +76,24 @@ fn upgrade_problem(method: &Method, headers: &HeaderMap) -> Option<&'static str>
     None
 }
 
-/// `GET /ws`: upgrades to a guarded WebSocket and runs the connection.
+/// `GET /ws`: admits the connection (see `gate.rs`), upgrades it to a guarded WebSocket and
+/// runs it.
 pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
     if let Some(why) = upgrade_problem(req.method(), req.headers()) {
         return (StatusCode::BAD_REQUEST, why).into_response();
     }
+    // Served without connect info (in-process tests), every peer counts as one address.
+    let address = req
+        .extensions()
+        .get::<ConnectInfo<crate::gate::Peer>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip());
+    let admitted = match s.gate.admit(address) {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::info!("refused a connection: {why}");
+            return (StatusCode::SERVICE_UNAVAILABLE, why.to_string()).into_response();
+        }
+    };
     let accept = req
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -93,6 +108,7 @@ pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
                 let socket =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(codec())).await;
                 connection(s, socket, limit).await;
+                drop(admitted);
             }
             Err(e) => tracing::debug!("a WebSocket upgrade failed: {e}"),
         }

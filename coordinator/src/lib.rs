@@ -11,6 +11,7 @@ mod connection;
 pub mod core;
 pub mod data;
 pub mod frame_guard;
+pub mod gate;
 pub mod idle;
 pub mod server;
 mod shared;

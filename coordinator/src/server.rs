@@ -83,6 +83,8 @@ pub struct ServeOptions {
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// The administrator's token; without one, `POST /api/admin` refuses everything.
     pub admin: Option<AdminToken>,
+    /// Limits on contributor connections.
+    pub limits: crate::gate::ConnectionLimits,
 }
 
 /// Serves `core` on `listener`, persisting into `store`.
@@ -111,10 +113,16 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     opts: ServeOptions,
 ) -> std::io::Result<Running> {
-    let ServeOptions { extra, tls, admin } = opts;
+    let ServeOptions {
+        extra,
+        tls,
+        admin,
+        limits,
+    } = opts;
     let addr = listener.local_addr()?;
-    let (shared, running) = launch(core, store, admin, addr);
-    let app = router(shared, extra);
+    let (mut shared, running) = launch(core, store, admin, addr);
+    shared.gate = crate::gate::Gate::new(limits);
+    let app = router(shared, extra).into_make_service_with_connect_info::<crate::gate::Peer>();
     match tls {
         Some(cfg) => {
             let tls = crate::tls::TlsListener::new(listener, cfg)?;
@@ -167,6 +175,7 @@ pub(crate) fn launch(
         store,
         coordinator,
         admin,
+        gate: crate::gate::Gate::default(),
     };
     let running = Running {
         addr,

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) coordinator: String,
     /// The administrator's token, if any.
     pub(crate) admin: Option<AdminToken>,
+    /// Admission of contributor connections.
+    pub(crate) gate: crate::gate::Gate,
 }
 
 impl Shared {
