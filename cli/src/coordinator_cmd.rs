@@ -57,6 +57,10 @@ pub struct Args {
     /// hides contributors' addresses).
     #[arg(long, default_value_t = ConnectionLimits::default().per_address)]
     pub max_connections_per_address: usize,
+    /// An origin (`https://host:port`) besides the coordinator's own whose pages may contribute
+    /// (open `/ws`); repeatable. Browsers on other origins are refused (403).
+    #[arg(long = "allow-origin")]
+    pub allow_origins: Vec<String>,
 }
 
 /// How a started run is served, beyond where it listens.
@@ -70,6 +74,8 @@ pub struct Serving {
     pub admin: Option<AdminToken>,
     /// Limits on contributor connections.
     pub limits: ConnectionLimits,
+    /// Origins besides its own whose pages may contribute.
+    pub origins: Vec<String>,
 }
 
 /// The administrator's token: from `file`, else `TESSERA_ADMIN_TOKEN`, else none.
@@ -109,6 +115,7 @@ pub async fn start(
         tls,
         admin,
         limits,
+        origins,
     } = serving;
     let (spec, init) = cfg.resolve(base)?;
     let store = Store::open(data_dir, database).await?;
@@ -172,6 +179,7 @@ pub async fn start(
         tls,
         admin,
         limits,
+        origins,
     };
     let running = server::serve_with(core, store, listener, opts).await?;
     println!(
@@ -259,6 +267,7 @@ pub async fn run(a: Args) -> Result<()> {
                 total: a.max_connections,
                 per_address: a.max_connections_per_address,
             },
+            origins: a.allow_origins.clone(),
         },
         created,
     )

@@ -43,13 +43,19 @@ pub fn load_or_create(path: &Path) -> Result<Identity> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(path, hex(&seed) + "\n")
-        .with_context(|| format!("writing identity {}", path.display()))?;
+    // Created readable by its owner only (never written first and protected after), and
+    // never over a file that appeared meanwhile.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("protecting {}", path.display()))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating identity {}", path.display()))?;
+    std::io::Write::write_all(&mut file, (hex(&seed) + "\n").as_bytes())
+        .with_context(|| format!("writing identity {}", path.display()))?;
     Ok(Identity::from_seed(seed))
 }

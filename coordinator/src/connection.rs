@@ -76,11 +76,34 @@ fn upgrade_problem(method: &Method, headers: &HeaderMap) -> Option<&'static str>
     None
 }
 
+/// Why a browser page of another origin may not open `/ws`, if it may not: a request with an
+/// `Origin` (browsers always send one; native workers do not) must come from the coordinator's
+/// own page (the origin's host is the request's `Host`) or from an origin in `allowed`.
+fn origin_problem(headers: &HeaderMap, allowed: &[String]) -> Option<String> {
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("?");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let authority = origin.split_once("://").map_or("", |(_, a)| a);
+    if (!host.is_empty() && authority.eq_ignore_ascii_case(host))
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+    {
+        return None;
+    }
+    Some(format!(
+        "pages from {origin} may not contribute here: this coordinator takes browsers from its own page (its operator can allow an origin with --allow-origin)"
+    ))
+}
+
 /// `GET /ws`: admits the connection (see `gate.rs`), upgrades it to a guarded WebSocket and
 /// runs it.
 pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
     if let Some(why) = upgrade_problem(req.method(), req.headers()) {
         return (StatusCode::BAD_REQUEST, why).into_response();
+    }
+    if let Some(why) = origin_problem(req.headers(), &s.origins) {
+        return (StatusCode::FORBIDDEN, why).into_response();
     }
     // Served without connect info (in-process tests), every peer counts as one address.
     let address = req
@@ -246,6 +269,34 @@ mod tests {
             h.append(k.clone(), v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn only_the_coordinator_s_own_page_or_an_allowed_origin_may_open_the_socket() {
+        let h = |origin: Option<&str>| {
+            let mut pairs = vec![(header::HOST, "coord.example:8080")];
+            if let Some(o) = origin {
+                pairs.push((header::ORIGIN, o));
+            }
+            headers(&pairs)
+        };
+        assert_eq!(
+            origin_problem(&h(None), &[]),
+            None,
+            "native workers send none"
+        );
+        assert_eq!(
+            origin_problem(&h(Some("https://coord.example:8080")), &[]),
+            None
+        );
+        let evil = origin_problem(&h(Some("https://evil.example")), &[]).expect("refused");
+        assert!(evil.contains("https://evil.example"), "{evil}");
+        let allowed = ["https://friends.example".to_string()];
+        assert_eq!(
+            origin_problem(&h(Some("https://friends.example")), &allowed),
+            None
+        );
+        assert!(origin_problem(&h(Some("null")), &allowed).is_some());
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub struct ServeOptions {
     pub admin: Option<AdminToken>,
     /// Limits on contributor connections.
     pub limits: crate::gate::ConnectionLimits,
+    /// Origins besides the coordinator's own whose pages may open `/ws` (`https://host:port`).
+    pub origins: Vec<String>,
 }
 
 /// Serves `core` on `listener`, persisting into `store`.
@@ -118,10 +120,12 @@ pub async fn serve_with(
         tls,
         admin,
         limits,
+        origins,
     } = opts;
     let addr = listener.local_addr()?;
     let (mut shared, running) = launch(core, store, admin, addr);
     shared.gate = crate::gate::Gate::new(limits);
+    shared.origins = Arc::new(origins);
     let app = router(shared, extra).into_make_service_with_connect_info::<crate::gate::Peer>();
     match tls {
         Some(cfg) => {
@@ -176,6 +180,7 @@ pub(crate) fn launch(
         coordinator,
         admin,
         gate: crate::gate::Gate::default(),
+        origins: Arc::default(),
     };
     let running = Running {
         addr,

@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) admin: Option<AdminToken>,
     /// Admission of contributor connections.
     pub(crate) gate: crate::gate::Gate,
+    /// Origins besides its own whose pages may open `/ws`.
+    pub(crate) origins: Arc<Vec<String>>,
 }
 
 impl Shared {
