@@ -12,7 +12,7 @@ use axum::Json;
 use tokio::sync::oneshot;
 
 use crate::admin_request::{AdminErrorBody, AdminRequest, AdminResponse};
-use crate::admin_token::AdminToken;
+use crate::admin_token::{AdminToken, Denied};
 use crate::config::ConfigError;
 use crate::core::admin::AdminRefusal;
 use crate::shared::{Event, Shared};
@@ -30,6 +30,9 @@ pub enum AdminError {
     /// Not the administrator's token (403).
     #[error("wrong admin token")]
     WrongToken,
+    /// Too many wrong tokens from this address: it must wait (429, `Retry-After`).
+    #[error("too many wrong admin tokens from this address: try again in {0} s")]
+    Throttled(u64),
     /// Not a request (400).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -58,6 +61,7 @@ impl AdminError {
     pub fn status(&self) -> StatusCode {
         match self {
             AdminError::NoToken => StatusCode::UNAUTHORIZED,
+            AdminError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             AdminError::Disabled | AdminError::WrongToken => StatusCode::FORBIDDEN,
             AdminError::BadRequest(_) | AdminError::Config(_) => StatusCode::BAD_REQUEST,
             AdminError::Refused(_) | AdminError::NoRun(_) | AdminError::Creating => {
@@ -73,6 +77,7 @@ impl AdminError {
             AdminError::Disabled => "disabled",
             AdminError::NoToken => "no_token",
             AdminError::WrongToken => "wrong_token",
+            AdminError::Throttled(_) => "throttled",
             AdminError::BadRequest(_) => "bad_request",
             AdminError::Config(_) => "bad_config",
             AdminError::Refused(_) => "refused",
@@ -97,23 +102,41 @@ impl IntoResponse for AdminError {
                 HeaderValue::from_static("Bearer"),
             );
         }
+        if let AdminError::Throttled(secs) = self {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         r
     }
 }
 
-/// Whether the request bears the administrator's token.
-pub(crate) fn authorize(token: Option<&AdminToken>, headers: &HeaderMap) -> Result<(), AdminError> {
+/// The address a request came from (one bucket for all when served without connect info).
+pub(crate) fn peer(extensions: &axum::http::Extensions) -> std::net::IpAddr {
+    extensions
+        .get::<axum::extract::ConnectInfo<crate::gate::Peer>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip())
+}
+
+/// Whether the request from `from` bears the administrator's token.
+pub(crate) fn authorize(
+    token: Option<&AdminToken>,
+    headers: &HeaderMap,
+    from: std::net::IpAddr,
+) -> Result<(), AdminError> {
     let token = token.ok_or(AdminError::Disabled)?;
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(AdminError::NoToken)?;
-    if !token.matches(given) {
-        tracing::warn!("admin request with a wrong token refused");
-        return Err(AdminError::WrongToken);
+    match token.check(given, from, std::time::Instant::now()) {
+        Ok(()) => Ok(()),
+        Err(Denied::Wrong) => {
+            tracing::warn!(%from, "admin request with a wrong token refused");
+            Err(AdminError::WrongToken)
+        }
+        Err(Denied::Wait(w)) => Err(AdminError::Throttled(w.as_secs().max(1))),
     }
-    Ok(())
 }
 
 /// The request in `body`.
@@ -124,10 +147,11 @@ pub(crate) fn request(body: &[u8]) -> Result<AdminRequest, AdminError> {
 /// `POST /api/admin`.
 pub(crate) async fn api_admin(
     State(s): State<Shared>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<AdminResponse>, AdminError> {
-    authorize(s.admin.as_ref(), &headers)?;
+    authorize(s.admin.as_ref(), &headers, peer(&extensions))?;
     let req = request(&body)?;
     let Some(action) = req.command.act() else {
         // `create`: only an idle coordinator creates a run.

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::rustls::ServerConfig;
 
-use crate::admin_http::{authorize, request, AdminError};
+use crate::admin_http::{authorize, peer, request, AdminError};
 use crate::admin_request::{AdminCommand, AdminResponse};
 use crate::admin_token::AdminToken;
 use crate::config::RunConfig;
@@ -57,7 +57,7 @@ pub async fn wait_for_create(
         created: tx,
         taken: Arc::new(Mutex::new(false)),
     };
-    let app = router(state);
+    let app = router(state).into_make_service_with_connect_info::<crate::gate::Peer>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let stop = async move {
         let _ = stop_rx.await;
@@ -101,10 +101,11 @@ async fn status() -> impl IntoResponse {
 
 async fn admin(
     State(s): State<Idle>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<AdminResponse>, AdminError> {
-    authorize(Some(&s.token), &headers)?;
+    authorize(Some(&s.token), &headers, peer(&extensions))?;
     let req = request(&body)?;
     let AdminCommand::Create { config: text } = req.command else {
         return Err(AdminError::NoRun(req.command.name()));

@@ -182,3 +182,31 @@ async fn without_a_token_administration_is_disabled() {
         (StatusCode::FORBIDDEN, Some("disabled"))
     );
 }
+
+#[tokio::test]
+async fn wrong_tokens_make_their_sender_wait() {
+    let app = app(true).await;
+    let body = r#"{"action":"pause","reason":"guessing"}"#;
+    for _ in 0..crate::admin_token::FREE_GUESSES {
+        let (code, json, _) = call(&app, admin(Some("Bearer guess-guess-guess"), body)).await;
+        assert_eq!(
+            (code, json["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("wrong_token"))
+        );
+    }
+    // Now even the right token waits, and the answer says how long.
+    let bearer = format!("Bearer {TOKEN}");
+    let r = app
+        .clone()
+        .oneshot(admin(Some(&bearer), body))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    let bytes = r.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["code"], "throttled");
+    // Nothing was paused.
+    let (_, status, _) = call(&app, get("/api/status")).await;
+    assert_eq!(status["phase"], "training");
+}

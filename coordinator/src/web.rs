@@ -104,9 +104,19 @@ mod tests {
         assert!(p.contains("frame-ancestors 'none'"));
         // A Host header cannot add a directive or a source: no `;`, space, quote or `*` is kept.
         let sneaky = policy("x; script-src * 'unsafe-inline'");
-        assert_eq!(sneaky.matches(';').count(), p.matches(';').count(), "{sneaky}");
-        assert!(!sneaky.contains('*') && !sneaky.contains("'unsafe-inline'"), "{sneaky}");
-        assert!(sneaky.contains("ws://xscript-srcunsafe-inline "), "{sneaky}");
+        assert_eq!(
+            sneaky.matches(';').count(),
+            p.matches(';').count(),
+            "{sneaky}"
+        );
+        assert!(
+            !sneaky.contains('*') && !sneaky.contains("'unsafe-inline'"),
+            "{sneaky}"
+        );
+        assert!(
+            sneaky.contains("ws://xscript-srcunsafe-inline "),
+            "{sneaky}"
+        );
     }
 
     #[tokio::test]
