@@ -61,6 +61,11 @@ pub struct Args {
     /// (open `/ws`); repeatable. Browsers on other origins are refused (403).
     #[arg(long = "allow-origin")]
     pub allow_origins: Vec<String>,
+    /// Take admin tokens over plain HTTP from other machines too. Without it, a coordinator
+    /// without TLS takes administrators' requests from this machine only (403 otherwise), as a
+    /// token sent in the clear can be read on the way.
+    #[arg(long)]
+    pub allow_plain_admin: bool,
 }
 
 /// How a started run is served, beyond where it listens.
@@ -76,6 +81,8 @@ pub struct Serving {
     pub limits: ConnectionLimits,
     /// Origins besides its own whose pages may contribute.
     pub origins: Vec<String>,
+    /// Take admin tokens over plain HTTP from other machines.
+    pub allow_plain_admin: bool,
 }
 
 /// The administrator's token: from `file`, else `TESSERA_ADMIN_TOKEN`, else none.
@@ -116,6 +123,7 @@ pub async fn start(
         admin,
         limits,
         origins,
+        allow_plain_admin,
     } = serving;
     let (spec, init) = cfg.resolve(base)?;
     let store = Store::open(data_dir, database).await?;
@@ -180,6 +188,7 @@ pub async fn start(
         admin,
         limits,
         origins,
+        allow_plain_admin,
     };
     let running = server::serve_with(core, store, listener, opts).await?;
     println!(
@@ -243,10 +252,15 @@ pub async fn run(a: Args) -> Result<()> {
             "no run yet: waiting on {} for an administrator's `tessera admin create`",
             a.bind
         );
-        let c =
-            tessera_coordinator::idle::wait_for_create(listener, tls.clone(), token, cwd.clone())
-                .await
-                .context("waiting for a run")?;
+        let c = tessera_coordinator::idle::wait_for_create(
+            listener,
+            tls.clone(),
+            token,
+            a.allow_plain_admin,
+            cwd.clone(),
+        )
+        .await
+        .context("waiting for a run")?;
         std::fs::write(&saved, &c.config)
             .with_context(|| format!("writing {}", saved.display()))?;
         println!("run {} created by the administrator: {:?}", c.run, c.reason);
@@ -268,6 +282,7 @@ pub async fn run(a: Args) -> Result<()> {
                 per_address: a.max_connections_per_address,
             },
             origins: a.allow_origins.clone(),
+            allow_plain_admin: a.allow_plain_admin,
         },
         created,
     )

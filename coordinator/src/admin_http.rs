@@ -30,6 +30,10 @@ pub enum AdminError {
     /// Not the administrator's token (403).
     #[error("wrong admin token")]
     WrongToken,
+    /// A token over plain HTTP from beyond this machine, where anyone on the way could read it
+    /// (403).
+    #[error("administration over plain HTTP is taken from this machine only: serve TLS (--tls-cert, --tls-key), or start the coordinator with --allow-plain-admin")]
+    PlainHttp,
     /// Too many wrong tokens from this address: it must wait (429, `Retry-After`).
     #[error("too many wrong admin tokens from this address: try again in {0} s")]
     Throttled(u64),
@@ -62,7 +66,9 @@ impl AdminError {
         match self {
             AdminError::NoToken => StatusCode::UNAUTHORIZED,
             AdminError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-            AdminError::Disabled | AdminError::WrongToken => StatusCode::FORBIDDEN,
+            AdminError::Disabled | AdminError::WrongToken | AdminError::PlainHttp => {
+                StatusCode::FORBIDDEN
+            }
             AdminError::BadRequest(_) | AdminError::Config(_) => StatusCode::BAD_REQUEST,
             AdminError::Refused(_) | AdminError::NoRun(_) | AdminError::Creating => {
                 StatusCode::CONFLICT
@@ -78,6 +84,7 @@ impl AdminError {
             AdminError::NoToken => "no_token",
             AdminError::WrongToken => "wrong_token",
             AdminError::Throttled(_) => "throttled",
+            AdminError::PlainHttp => "plain_http",
             AdminError::BadRequest(_) => "bad_request",
             AdminError::Config(_) => "bad_config",
             AdminError::Refused(_) => "refused",
@@ -110,20 +117,34 @@ impl IntoResponse for AdminError {
     }
 }
 
-/// The address a request came from (one bucket for all when served without connect info).
+/// The address a request came from (this machine when served without connect info, as the
+/// in-process tests are).
 pub(crate) fn peer(extensions: &axum::http::Extensions) -> std::net::IpAddr {
     extensions
         .get::<axum::extract::ConnectInfo<crate::gate::Peer>>()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip())
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0 .0.ip())
 }
 
-/// Whether the request from `from` bears the administrator's token.
+/// How administrators' requests reach the coordinator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdminTransport {
+    /// Served over TLS.
+    pub tls: bool,
+    /// Take tokens over plain HTTP from other machines too (the operator's explicit choice).
+    pub allow_plain: bool,
+}
+
+/// Whether the request from `from`, over `transport`, bears the administrator's token.
 pub(crate) fn authorize(
     token: Option<&AdminToken>,
     headers: &HeaderMap,
     from: std::net::IpAddr,
+    transport: AdminTransport,
 ) -> Result<(), AdminError> {
     let token = token.ok_or(AdminError::Disabled)?;
+    if !transport.tls && !transport.allow_plain && !from.is_loopback() {
+        return Err(AdminError::PlainHttp);
+    }
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -151,7 +172,12 @@ pub(crate) async fn api_admin(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<AdminResponse>, AdminError> {
-    authorize(s.admin.as_ref(), &headers, peer(&extensions))?;
+    authorize(
+        s.admin.as_ref(),
+        &headers,
+        peer(&extensions),
+        s.admin_transport,
+    )?;
     let req = request(&body)?;
     let Some(action) = req.command.act() else {
         // `create`: only an idle coordinator creates a run.

@@ -37,6 +37,7 @@ pub struct Created {
 #[derive(Clone)]
 struct Idle {
     token: AdminToken,
+    transport: crate::admin_http::AdminTransport,
     base: PathBuf,
     created: mpsc::UnboundedSender<Created>,
     taken: Arc<Mutex<bool>>,
@@ -48,11 +49,17 @@ pub async fn wait_for_create(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<ServerConfig>>,
     token: AdminToken,
+    allow_plain_admin: bool,
     base: PathBuf,
 ) -> std::io::Result<Created> {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let transport = crate::admin_http::AdminTransport {
+        tls: tls.is_some(),
+        allow_plain: allow_plain_admin,
+    };
     let state = Idle {
         token,
+        transport,
         base,
         created: tx,
         taken: Arc::new(Mutex::new(false)),
@@ -105,7 +112,7 @@ async fn admin(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<AdminResponse>, AdminError> {
-    authorize(Some(&s.token), &headers, peer(&extensions))?;
+    authorize(Some(&s.token), &headers, peer(&extensions), s.transport)?;
     let req = request(&body)?;
     let AdminCommand::Create { config: text } = req.command else {
         return Err(AdminError::NoRun(req.command.name()));

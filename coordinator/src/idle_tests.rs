@@ -35,6 +35,7 @@ async fn only_a_valid_create_is_accepted_and_hands_the_run_over() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let app = router(Idle {
         token: AdminToken::new(TOKEN).unwrap(),
+        transport: Default::default(),
         base: std::env::temp_dir(),
         created: tx,
         taken: Arc::new(Mutex::new(false)),

@@ -87,6 +87,9 @@ pub struct ServeOptions {
     pub limits: crate::gate::ConnectionLimits,
     /// Origins besides the coordinator's own whose pages may open `/ws` (`https://host:port`).
     pub origins: Vec<String>,
+    /// Take admin tokens over plain HTTP from other machines (otherwise only over TLS, or
+    /// from this machine).
+    pub allow_plain_admin: bool,
 }
 
 /// Serves `core` on `listener`, persisting into `store`.
@@ -121,11 +124,16 @@ pub async fn serve_with(
         admin,
         limits,
         origins,
+        allow_plain_admin,
     } = opts;
     let addr = listener.local_addr()?;
     let (mut shared, running) = launch(core, store, admin, addr);
     shared.gate = crate::gate::Gate::new(limits);
     shared.origins = Arc::new(origins);
+    shared.admin_transport = crate::admin_http::AdminTransport {
+        tls: tls.is_some(),
+        allow_plain: allow_plain_admin,
+    };
     let app = router(shared, extra).into_make_service_with_connect_info::<crate::gate::Peer>();
     match tls {
         Some(cfg) => {
@@ -181,6 +189,7 @@ pub(crate) fn launch(
         admin,
         gate: crate::gate::Gate::default(),
         origins: Arc::default(),
+        admin_transport: Default::default(),
     };
     let running = Running {
         addr,

@@ -210,3 +210,24 @@ async fn wrong_tokens_make_their_sender_wait() {
     let (_, status, _) = call(&app, get("/api/status")).await;
     assert_eq!(status["phase"], "training");
 }
+
+#[tokio::test]
+async fn over_plain_http_a_token_is_taken_from_this_machine_only() {
+    let app = app(true).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let from = |addr: &str| {
+        let mut r = admin(Some(&bearer), r#"{"action":"pause","reason":"from afar"}"#);
+        let peer = crate::gate::Peer(addr.parse().unwrap());
+        r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        r
+    };
+    let (code, json, _) = call(&app, from("203.0.113.7:40000")).await;
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("plain_http"))
+    );
+    let (_, status, _) = call(&app, get("/api/status")).await;
+    assert_eq!(status["phase"], "training", "nothing changed");
+    let (code, _, _) = call(&app, from("127.0.0.1:40000")).await;
+    assert_eq!(code, StatusCode::OK);
+}

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) coordinator: String,
     /// The administrator's token, if any.
     pub(crate) admin: Option<AdminToken>,
+    /// How administrators' requests reach it.
+    pub(crate) admin_transport: crate::admin_http::AdminTransport,
     /// Admission of contributor connections.
     pub(crate) gate: crate::gate::Gate,
     /// Origins besides its own whose pages may open `/ws`.
