@@ -295,6 +295,7 @@ async fn run_core(
         let _ = finished.send(Outcome::Failed(why));
     };
     let start = Instant::now();
+    let mut built = start;
     let mut conns: HashMap<ConnId, Outbox> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut replies: HashMap<u64, oneshot::Sender<Result<u64, crate::core::admin::AdminRefusal>>> =
@@ -317,8 +318,14 @@ async fn run_core(
         if let Input::Disconnected { conn } = input {
             conns.remove(&conn);
         }
+        // The status is rebuilt on the clock's tick, after an administrator's act or a closed
+        // round, and otherwise at most every STATUS_EVERY: not after every message, whose cost
+        // would grow with every identity the run has seen.
+        let mut refresh = matches!(input, Input::Tick | Input::Admin { .. })
+            || built.elapsed() >= STATUS_EVERY;
         let now = start.elapsed().as_millis() as u64;
         for a in core.tick(now, input) {
+            refresh |= matches!(a, Action::RoundClosed(_) | Action::Finished);
             match a {
                 Action::Logged(e) => {
                     // Durable before any message that carries its head goes out.
@@ -374,11 +381,18 @@ async fn run_core(
                 }
             }
         }
-        if let Ok(mut s) = status.lock() {
-            *s = status_of(&core);
+        if refresh {
+            let fresh = status_of(&core);
+            if let Ok(mut s) = status.lock() {
+                *s = fresh;
+            }
+            built = Instant::now();
         }
     }
 }
+
+/// The longest a served status lags the core while messages keep coming.
+const STATUS_EVERY: Duration = Duration::from_millis(250);
 
 fn send(conns: &HashMap<ConnId, Outbox>, conn: ConnId, msg: &ToContributor) {
     if let Some(out) = conns.get(&conn) {
