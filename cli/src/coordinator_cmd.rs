@@ -127,6 +127,7 @@ pub async fn start(
     } = serving;
     let (spec, init) = cfg.resolve(base)?;
     let store = Store::open(data_dir, database).await?;
+    let lock = store.lock().await?;
     let id = keys::load_or_create(&data_dir.join("coordinator.key"))?;
     let core = match store.load(&spec.model).await? {
         Some((snap, accepted)) => {
@@ -190,7 +191,8 @@ pub async fn start(
         origins,
         allow_plain_admin,
     };
-    let running = server::serve_with(core, store, listener, opts).await?;
+    let mut running = server::serve_with(core, store, listener, opts).await?;
+    running.lock = Some(lock);
     println!(
         "coordinator listening on {http}://{} (workers: {ws}://{}/ws, status: /api/status)",
         running.addr, running.addr

@@ -1,12 +1,15 @@
 //! A coordinator killed (SIGKILL) at several moments before its first round closes, and
 //! restarted on the same data directory each time, resumes the same run: one `Started` entry,
-//! a log that verifies, and a first round that closes once a worker comes.
+//! a log that verifies, and a first round that closes once a worker comes. A second
+//! coordinator on the same data directory is refused while the first serves.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{coordinator, data, free_port, scratch, status, verify_dir, wait_for, worker};
+use common::{
+    coordinator, data, free_port, scratch, status, tessera, verify_dir, wait_for, worker,
+};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -50,4 +53,22 @@ fn a_coordinator_killed_before_its_first_round_closes_resumes_the_run() {
     );
     let text = verify_dir(&dir);
     assert!(text.contains("verified"), "{text}");
+
+    // A second coordinator on the same data directory is refused while this one serves.
+    let other = format!("127.0.0.1:{}", free_port());
+    let args: [&std::ffi::OsStr; 7] = [
+        "coordinator".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--bind".as_ref(),
+        other.as_ref(),
+        "--data-dir".as_ref(),
+        dir.as_os_str(),
+    ];
+    let (ok, text) = tessera(&args);
+    assert!(!ok, "a second coordinator served the same run: {text}");
+    assert!(
+        text.contains("another coordinator is serving the data directory"),
+        "{text}"
+    );
 }

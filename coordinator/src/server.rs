@@ -58,6 +58,8 @@ pub struct Running {
     pub finished: watch::Receiver<Outcome>,
     /// Closed rounds, as they close.
     pub rounds: mpsc::UnboundedReceiver<RoundSummary>,
+    /// This coordinator's hold on the run's data directory and database, kept while it serves.
+    pub lock: Option<crate::store::ServingLock>,
 }
 
 /// How the run stands.
@@ -196,6 +198,7 @@ pub(crate) fn launch(
         status,
         finished: fin_rx,
         rounds: round_rx,
+        lock: None,
     };
     (shared, running)
 }
@@ -321,8 +324,8 @@ async fn run_core(
         // The status is rebuilt on the clock's tick, after an administrator's act or a closed
         // round, and otherwise at most every STATUS_EVERY: not after every message, whose cost
         // would grow with every identity the run has seen.
-        let mut refresh = matches!(input, Input::Tick | Input::Admin { .. })
-            || built.elapsed() >= STATUS_EVERY;
+        let mut refresh =
+            matches!(input, Input::Tick | Input::Admin { .. }) || built.elapsed() >= STATUS_EVERY;
         let now = start.elapsed().as_millis() as u64;
         for a in core.tick(now, input) {
             refresh |= matches!(a, Action::RoundClosed(_) | Action::Finished);

@@ -48,6 +48,12 @@ pub enum StoreError {
         /// The log's format version.
         version: u32,
     },
+    /// Another coordinator serves this run already (its data directory or its database).
+    #[error("another coordinator is serving {what}: stop it first (two coordinators on one run would write two logs)")]
+    Locked {
+        /// The data directory or the database.
+        what: String,
+    },
     /// Stored data that does not parse.
     #[error("{what}: {why}")]
     Corrupt {
@@ -71,7 +77,20 @@ pub struct Store {
     db: AnyPool,
     objects: Arc<dyn ObjectStore>,
     dir: PathBuf,
+    /// Whether the database is PostgreSQL (which also takes the serving lock).
+    postgres: bool,
 }
+
+/// One coordinator's hold on a run: an exclusive lock on `DATA_DIR/coordinator.lock` and, for a
+/// PostgreSQL database, a session advisory lock on a connection kept for the purpose. Both go
+/// when it is dropped or the process ends (a killed coordinator holds nothing).
+pub struct ServingLock {
+    _file: std::fs::File,
+    _db: Option<sqlx::AnyConnection>,
+}
+
+/// The advisory lock's key in PostgreSQL: one run per database.
+const ADVISORY_KEY: i64 = 0x0074_6573_7365_7261; // "tessera"
 
 const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS run_state (
@@ -126,7 +145,60 @@ impl Store {
             sqlx::query(stmt).execute(&db).await?;
         }
         let objects: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&dir)?);
-        Ok(Store { db, objects, dir })
+        let postgres = url.starts_with("postgres");
+        Ok(Store {
+            db,
+            objects,
+            dir,
+            postgres,
+        })
+    }
+
+    /// Takes the run for this coordinator alone (see [`ServingLock`]), or says who holds it.
+    /// Readers (`tessera verify`, `tessera fork`) do not take it.
+    pub async fn lock(&self) -> Result<ServingLock, StoreError> {
+        let path = self.dir.join("coordinator.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    what: format!("the data directory {}", self.dir.display()),
+                })
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StoreError::Io { path, source })
+            }
+        }
+        let db = if self.postgres {
+            let mut conn = self.db.acquire().await?;
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(ADVISORY_KEY)
+                .fetch_one(&mut *conn)
+                .await?;
+            if !taken {
+                return Err(StoreError::Locked {
+                    what: "this PostgreSQL database".into(),
+                });
+            }
+            // Its own connection from now on: closing it (drop, or the process ending) frees
+            // the lock.
+            Some(conn.detach())
+        } else {
+            None
+        };
+        Ok(ServingLock {
+            _file: file,
+            _db: db,
+        })
     }
 
     /// The run directory (where local objects, and checkpoints, are).

@@ -154,3 +154,55 @@ async fn a_version_1_run_log_is_refused_by_name() {
     let stored = store.read_log_stored(0, 10).await.unwrap();
     assert_eq!(stored, vec![(0, v1.to_string())]);
 }
+
+/// One coordinator per run: a second lock on the same data directory (or database) is refused
+/// while the first is held, and taken once it is dropped.
+async fn one_holder(name: &str, url: Option<&str>) {
+    let dir = std::env::temp_dir().join(format!("tessera-lock-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = Store::open(&dir, url).await.unwrap();
+    let b = Store::open(&dir, url).await.unwrap();
+    let held = a.lock().await.expect("the first lock");
+    match b.lock().await {
+        Err(e @ tessera_coordinator::store::StoreError::Locked { .. }) => {
+            assert!(
+                e.to_string().contains("another coordinator is serving"),
+                "{e}"
+            )
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("two coordinators hold {name}"),
+    }
+    drop(held);
+    b.lock().await.expect("the lock once the first is gone");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn one_coordinator_per_data_directory() {
+    one_holder("sqlite", None).await;
+}
+
+#[tokio::test]
+async fn one_coordinator_per_postgres_database() {
+    let Ok(url) = std::env::var("TESSERA_TEST_POSTGRES_URL") else {
+        println!("TESSERA_TEST_POSTGRES_URL is not set: PostgreSQL not exercised here");
+        return;
+    };
+    // Its own directory each time, so only the database's advisory lock can refuse the second.
+    let dir = std::env::temp_dir().join(format!("tessera-pglock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = Store::open(&dir.join("a"), Some(&url)).await.unwrap();
+    let b = Store::open(&dir.join("b"), Some(&url)).await.unwrap();
+    let held = a.lock().await.expect("the first lock");
+    match b.lock().await {
+        Err(e @ tessera_coordinator::store::StoreError::Locked { .. }) => {
+            assert!(e.to_string().contains("PostgreSQL"), "{e}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("two coordinators hold one database"),
+    }
+    drop(held);
+    b.lock().await.expect("the lock once the first is gone");
+    let _ = std::fs::remove_dir_all(&dir);
+}
