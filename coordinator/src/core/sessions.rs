@@ -303,17 +303,27 @@ mod tests {
         }
     }
 
+    /// The whole handshake of `id` on `conn`: the session's nonce and key, once joined.
+    fn joined(
+        cx: &mut Context,
+        conn: u64,
+        id: &Identity,
+    ) -> ([u8; 32], tessera_protocol::PublicKey) {
+        let nonce = challenged(cx, conn, id);
+        let p = proof(cx, nonce, id);
+        let Handled::Proved { key } = handle(cx, conn, p) else {
+            panic!("proof refused");
+        };
+        join(cx, conn, key);
+        (nonce, key)
+    }
+
     #[test]
     fn a_good_proof_joins_and_a_bad_one_or_a_banned_key_is_fatal() {
         let mut cx = context(spec(1));
         let id = Identity::from_seed([1; 32]);
-        let nonce = challenged(&mut cx, 1, &id);
-        let p = proof(&cx, nonce, &id);
-        let Handled::Proved { key } = handle(&mut cx, 1, p) else {
-            panic!("proof refused");
-        };
+        let (_, key) = joined(&mut cx, 1, &id);
         assert_eq!(key, id.public());
-        join(&mut cx, 1, key);
         assert_eq!(cx.sessions[&1].active(), Some(key));
         assert!(matches!(
             cx.out.last(),
@@ -350,12 +360,7 @@ mod tests {
     fn signed_messages_are_checked_for_signer_and_sequence() {
         let mut cx = context(spec(1));
         let id = Identity::from_seed([1; 32]);
-        let nonce = challenged(&mut cx, 1, &id);
-        let p = proof(&cx, nonce, &id);
-        let Handled::Proved { key } = handle(&mut cx, 1, p) else {
-            panic!("proof refused");
-        };
-        join(&mut cx, 1, key);
+        let (nonce, _) = joined(&mut cx, 1, &id);
         cx.out.clear();
         let heartbeat = SessionMessage::Heartbeat {
             log_head: LogHead::default(),
