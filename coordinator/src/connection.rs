@@ -3,9 +3,9 @@
 //! socket under the WebSocket codec is a [`FrameGuard`]: before the core welcomes the session,
 //! a frame may be at most [`HANDSHAKE_FRAME_BYTES`] long and is refused on its header, before
 //! its payload is read; a handshake not done within [`HANDSHAKE_TIMEOUT`] closes the socket.
-//! The reader decodes frames into the core's inputs and stops as soon as the session is closed;
-//! the writer sends the core's frames in order and closes the socket when the core closes the
-//! session.
+//! The reader decodes frames into the core's inputs and stops decoding as soon as the session is
+//! closed; the writer sends the core's frames in order and the close frame when the core closes
+//! the session; the socket is then drained unread until the peer closes it (at most a minute).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,8 +33,10 @@ use crate::shared::{Event, Outbox, Shared};
 /// How long a connection may take from its upgrade to the end of its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How long a closed session's socket stays open for the peer to read why.
-const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// How long a closed session's socket is drained, unread, waiting for the peer to close it:
+/// closing a socket with unread bytes resets it, and a reset can throw away the reason the peer
+/// has not read yet (a worker reads it once its unit in flight is done).
+const DRAIN: Duration = Duration::from_secs(60);
 
 /// The WebSocket codec's own limits and buffers: messages up to the protocol's largest frame,
 /// read in chunks small enough that thousands of idle sockets stay cheap.
@@ -212,10 +214,6 @@ where
         }
         let _ = sink.close().await;
         closing.close();
-        // The socket stays open a moment after the close frame, unread: closing a socket with
-        // unread bytes resets it, and a reset can throw away the reason the peer has not read.
-        tokio::time::sleep(CLOSE_LINGER).await;
-        drop(sink);
     });
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
@@ -256,8 +254,34 @@ where
     let _ = s
         .events
         .send(Event::Input(Box::new(Input::Disconnected { conn })));
-    let _ = writer.await;
+    if limit.over().is_some() {
+        // A frame over the limit is never read: the socket waits a moment for the peer to read
+        // why, then closes with the frame unread.
+        tokio::time::sleep(LINGER).await;
+    } else {
+        // Nothing more is decoded; the socket is drained until the peer closes it (it has the
+        // close frame) or DRAIN passes.
+        limit.discard();
+        let _ = tokio::time::timeout(DRAIN, async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+    }
+    // A peer that reads nothing cannot hold the writer (and its place at the gate) for ever.
+    let mut writer = writer;
+    if tokio::time::timeout(WRITER_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }
+
+/// How long a socket closed for an oversized frame waits, unread, before it closes.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// How long the writer may still take to send what is queued once the socket was drained.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

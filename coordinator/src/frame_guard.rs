@@ -27,6 +27,8 @@ pub(crate) struct Limit {
     over: AtomicUsize,
     /// The connection's writer is done: the session was closed.
     closed: AtomicBool,
+    /// Everything read from now on is thrown away unread (the session is over).
+    discard: AtomicBool,
     /// Wakes the connection's task when `over` or `closed` is set.
     pub(crate) wake: Notify,
 }
@@ -38,6 +40,7 @@ impl Limit {
             bytes: AtomicUsize::new(HANDSHAKE_FRAME_BYTES),
             over: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            discard: AtomicBool::new(false),
             wake: Notify::new(),
         })
     }
@@ -74,6 +77,12 @@ impl Limit {
     /// Whether the session is closed.
     pub(crate) fn closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+
+    /// From now on the socket is drained: bytes are read and thrown away, never decoded, so
+    /// that it can stay open until the peer has read why it was closed.
+    pub(crate) fn discard(&self) {
+        self.discard.store(true, Ordering::Relaxed);
     }
 
     fn trip(&self, len: u64) {
@@ -205,8 +214,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameGuard<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.limit.discard.load(Ordering::Relaxed) {
+            // Drained: read and thrown away until the peer closes (end of stream passes on).
+            let this = &mut *self;
+            let mut scratch = [0u8; 4096];
+            loop {
+                let mut b = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut this.inner).poll_read(cx, &mut b) {
+                    Poll::Ready(Ok(())) if b.filled().is_empty() => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(())) => continue,
+                    other => return other,
+                }
+            }
+        }
         if self.frames.state == Parse::Stopped {
-            // Nothing more is read; the connection's task closes the session.
+            // Nothing more is read until the connection's task drains the socket.
             return Poll::Pending;
         }
         let start = buf.filled().len();
