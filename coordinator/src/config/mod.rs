@@ -23,8 +23,8 @@
 //! ```
 //!
 //! A contributor whose unit for a slot was refused or expired does not get that slot again in
-//! the same round, and who gets an open slot is drawn, not the first to connect; a quorum below
-//! `replicas` lets a round close when identities take slots and never deliver.
+//! the same round; a quorum below `replicas` lets a round close when identities take slots and
+//! never deliver.
 //!
 //! With a `[pipeline]` section the run trains micro-shard leases instead of whole-model
 //! replicas: the planner cuts the model so that each micro-shard fits `budget`, `rounds` counts

@@ -59,17 +59,6 @@ impl Draws {
         Self::uniform(&("check", self.seed, step, lease, key)) < rate
     }
 
-    /// Which of `keys` (idle contributors that may take it) gets `slot` of `round`: the one
-    /// whose draw for that slot is lowest, so the order contributors connected in decides
-    /// nothing and one identity does not get the same open slot back every time.
-    pub(super) fn assignee(&self, round: u64, slot: u64, keys: &[PublicKey]) -> Option<usize> {
-        (0..keys.len()).min_by(|&a, &b| {
-            let da = Self::uniform(&("assign", self.seed, round, slot, keys[a]));
-            let db = Self::uniform(&("assign", self.seed, round, slot, keys[b]));
-            da.total_cmp(&db)
-        })
-    }
-
     /// Who replays a whole-model unit: the first free candidate (candidates come in connection
     /// order).
     pub(super) fn replayer(&self, candidates: &[Candidate]) -> Option<Candidate> {

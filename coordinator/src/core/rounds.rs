@@ -168,8 +168,8 @@ impl Replicas {
         }
     }
 
-    /// Gives open slots to ready, idle, leased sessions: each slot to the one the draws pick
-    /// among those not barred from it.
+    /// Gives open slots to ready, idle, leased sessions (lowest connection first) that are not
+    /// barred from the slot.
     pub(super) fn schedule(&mut self, cx: &mut Context) {
         if !cx.state.hands_out_work() {
             return;
@@ -181,25 +181,20 @@ impl Replicas {
             if self.round.slots[slot] != Slot::Open {
                 continue;
             }
-            let idle: Vec<(ConnId, PublicKey)> = cx
+            let mut idle = cx
                 .sessions
                 .iter()
                 .filter(|(_, s)| s.ready && s.lease.is_some() && s.unit.is_none())
                 .filter_map(|(&c, s)| s.active().map(|k| (c, k)))
-                .collect();
-            if idle.is_empty() {
+                .peekable();
+            if idle.peek().is_none() {
                 return;
             }
-            let free: Vec<(ConnId, PublicKey)> = idle
-                .into_iter()
-                .filter(|&(_, k)| !self.round.barred.contains(&(slot as u64, k)))
-                .collect();
-            let keys: Vec<PublicKey> = free.iter().map(|&(_, k)| k).collect();
-            let round = self.round.number;
-            let Some(pick) = cx.draws.assignee(round, slot as u64, &keys) else {
+            let barred = &self.round.barred;
+            let Some((conn, _)) = idle.find(|&(_, k)| !barred.contains(&(slot as u64, k))) else {
                 continue;
             };
-            let conn = free[pick].0;
+            let round = self.round.number;
             let unit = cx.next_unit;
             cx.next_unit += 1;
             let deadline = cx.now + cx.spec.unit_deadline_ms;
