@@ -34,12 +34,10 @@ const PEAK_BOUND: u64 = 256 << 20;
 type Ws = WebSocket<TcpStream>;
 
 fn connect(port: u16) -> Ws {
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
+    let ws = try_connect(port).expect("WebSocket upgrade");
+    ws.get_ref()
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream)
-        .expect("WebSocket upgrade");
     ws
 }
 

@@ -117,13 +117,7 @@ impl IntoResponse for AdminError {
     }
 }
 
-/// The address a request came from (this machine when served without connect info, as the
-/// in-process tests are).
-pub(crate) fn peer(extensions: &axum::http::Extensions) -> std::net::IpAddr {
-    extensions
-        .get::<axum::extract::ConnectInfo<crate::gate::Peer>>()
-        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0 .0.ip())
-}
+pub(crate) use crate::gate::peer;
 
 /// How administrators' requests reach the coordinator.
 #[derive(Clone, Copy, Debug, Default)]

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -107,12 +106,7 @@ pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
     if let Some(why) = origin_problem(req.headers(), &s.origins) {
         return (StatusCode::FORBIDDEN, why).into_response();
     }
-    // Served without connect info (in-process tests), every peer counts as one address.
-    let address = req
-        .extensions()
-        .get::<ConnectInfo<crate::gate::Peer>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip());
-    let admitted = match s.gate.admit(address) {
+    let admitted = match s.gate.admit(crate::gate::peer(req.extensions())) {
         Ok(a) => a,
         Err(why) => {
             tracing::info!("refused a connection: {why}");

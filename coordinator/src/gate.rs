@@ -30,6 +30,14 @@ impl
     }
 }
 
+/// The address a request came from (this machine when served without connect info, as the
+/// in-process tests are): what the `/ws` gate counts and the admin throttle keys on.
+pub(crate) fn peer(extensions: &axum::http::Extensions) -> IpAddr {
+    extensions
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0 .0.ip())
+}
+
 /// The limits on contributor connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
