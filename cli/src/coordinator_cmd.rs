@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tessera_coordinator::config::RunConfig;
-use tessera_coordinator::core::Core;
+use tessera_coordinator::core::{Action, Core};
 use tessera_coordinator::gate::ConnectionLimits;
 use tessera_coordinator::server::{self, AdminToken, Outcome, Running, ServeOptions};
-use tessera_coordinator::store::Store;
+use tessera_coordinator::store::{Store, Write};
 use tessera_coordinator::{tls, web};
 use tokio_rustls::rustls::ServerConfig;
 
@@ -159,12 +159,28 @@ pub async fn start(
             store
                 .write_rules(&tessera_coordinator::core::rules::RunRules::of(core.spec()))
                 .await?;
-            // Committed at once (state row and initial checkpoint), so that a coordinator
-            // stopped before its first round closes resumes this run instead of starting a
-            // second one on the same log.
+            // Committed at once, in one transaction: the log's first entries, the state row
+            // and the initial checkpoint, so that a coordinator stopped before its first round
+            // closes resumes this run (and its log) instead of starting a second one.
+            let queued = core.take_queued();
+            let snap = core.snapshot();
+            let writes: Vec<Write<'_>> = queued
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Logged(e) => Some(Write::Log(e)),
+                    _ => None,
+                })
+                .chain([Write::Commit {
+                    run: core.name(),
+                    cfg: &core.spec().model,
+                    snap: &snap,
+                }])
+                .collect();
             let ck = store
-                .commit(core.name(), &core.spec().model, &core.snapshot())
-                .await?;
+                .write(&writes)
+                .await?
+                .pop()
+                .context("the initial checkpoint was not written")?;
             println!(
                 "new run {}: initial weights in {}",
                 core.name(),

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use tessera_coordinator::config::RunConfig;
 use tessera_coordinator::core::rules::RunRules;
 use tessera_coordinator::core::{weights_digest, Snapshot};
-use tessera_coordinator::store::Store;
+use tessera_coordinator::store::{Store, Write};
 use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
 use tessera_protocol::messages::LogHead;
 
@@ -174,9 +174,6 @@ pub async fn run(a: Args) -> Result<()> {
         },
     );
     store.write_rules(&rules).await?;
-    for e in [&started, &forked] {
-        store.append_log(e).await?;
-    }
     let snap = Snapshot {
         round: point.round,
         version: point.version,
@@ -187,7 +184,20 @@ pub async fn run(a: Args) -> Result<()> {
         moments,
         aggregate: None,
     };
-    let written = store.commit(&spec.name, model, &snap).await?;
+    // The new log's first two entries and its first commit, in one transaction.
+    let written = store
+        .write(&[
+            Write::Log(&started),
+            Write::Log(&forked),
+            Write::Commit {
+                run: &spec.name,
+                cfg: model,
+                snap: &snap,
+            },
+        ])
+        .await?
+        .pop()
+        .context("the fork's checkpoint was not written")?;
     println!(
         "forked run {} from version {} of the run whose coordinator is {} (its log entry {}); checkpoint {}",
         spec.name,

@@ -185,6 +185,7 @@ pub(crate) async fn api_admin(
             reason: req.reason,
             reply,
         })
+        .await
         .map_err(|_| AdminError::NotServing)?;
     let log_index = answer.await.map_err(|_| AdminError::NoAnswer)??;
     tracing::info!(log_index, "admin: {done}");

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 
@@ -185,7 +185,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<bytes::Bytes>();
     let mut nonce = [0u8; 32];
     if getrandom::fill(&mut nonce).is_err() {
         return;
@@ -194,15 +194,19 @@ where
         frames: out_tx,
         limit: limit.clone(),
     };
-    let _ = s.events.send(Event::Register(conn, outbox));
+    let _ = s.events.send(Event::Register(conn, outbox)).await;
     let _ = s
         .events
-        .send(Event::Input(Box::new(Input::Connected { conn, nonce })));
+        .send(Event::Input(
+            Box::new(Input::Connected { conn, nonce }),
+            Instant::now(),
+        ))
+        .await;
     let (mut sink, mut stream) = socket.split();
     let closing = limit.clone();
     let writer = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
-            if sink.send(Message::Binary(frame.into())).await.is_err() {
+            if sink.send(Message::Binary(frame)).await.is_err() {
                 break;
             }
         }
@@ -239,15 +243,21 @@ where
                 ),
             },
         };
+        let at = Instant::now();
         let bad = matches!(input, Input::BadFrame { .. });
-        let _ = s.events.send(Event::Input(Box::new(input)));
+        // A full queue holds this reader (and its socket) until the core catches up.
+        let _ = s.events.send(Event::Input(Box::new(input), at)).await;
         if bad || limit.closed() {
             break;
         }
     }
     let _ = s
         .events
-        .send(Event::Input(Box::new(Input::Disconnected { conn })));
+        .send(Event::Input(
+            Box::new(Input::Disconnected { conn }),
+            Instant::now(),
+        ))
+        .await;
     if limit.over().is_some() {
         // A frame over the limit is never read: the socket waits a moment for the peer to read
         // why, then closes with the frame unread.

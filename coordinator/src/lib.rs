@@ -9,6 +9,7 @@ mod admin_token;
 pub mod config;
 mod connection;
 pub mod core;
+mod core_task;
 pub mod data;
 pub mod frame_guard;
 pub mod gate;

@@ -1,12 +1,11 @@
-//! The coordinator's shell: one task owns the [`Core`] and feeds it inputs (WebSocket frames,
-//! connections, a clock tick); its actions become frames on sockets, durable records in the
-//! [`Store`], printed round lines and the JSON of `GET /api/status`.
+//! The coordinator's shell: the routes (the contributors' WebSocket, status, the run log,
+//! administration) and the launch of the task that owns the [`Core`] (`core_task.rs`: it feeds
+//! the core inputs and turns its actions into frames on sockets, durable records in the
+//! [`Store`], printed round lines and the JSON of `GET /api/status`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -14,18 +13,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tessera_protocol::log_store::StoredEntry;
-use tessera_protocol::{encode, ToContributor, MAX_FRAME_BYTES};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 pub use crate::admin_http::AdminError;
 pub use crate::admin_request::{AdminCommand, AdminRequest, AdminResponse};
 pub use crate::admin_token::AdminToken;
-use crate::shared::{Event, Outbox, Shared};
+use crate::shared::Shared;
 
 use crate::status::status_of;
 pub use crate::status::{ContributorStatus, CreditLine, Status};
 
-use crate::core::{Action, ConnId, Core, Input, Phase, RoundSummary};
+use crate::core::{Core, Phase, RoundSummary};
 use crate::store::Store;
 
 /// Every route of a coordinator serving a run: the contributors' WebSocket, status, the run
@@ -165,7 +163,7 @@ pub(crate) fn launch(
     admin: Option<AdminToken>,
     addr: SocketAddr,
 ) -> (Shared, Running) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(crate::core_task::EVENT_QUEUE);
     let status = Arc::new(Mutex::new(status_of(&core)));
     let (fin_tx, fin_rx) = watch::channel(if core.phase() == Phase::Finished {
         Outcome::Finished
@@ -174,14 +172,10 @@ pub(crate) fn launch(
     });
     let (round_tx, round_rx) = mpsc::unbounded_channel();
     let coordinator = core.public_key().to_string();
-    tokio::spawn(run_core(
-        core,
-        store.clone(),
-        rx,
-        status.clone(),
-        fin_tx,
-        round_tx,
-    ));
+    tokio::spawn(
+        crate::core_task::CoreTask::new(core, store.clone(), status.clone(), fin_tx, round_tx)
+            .run(rx),
+    );
     let shared = Shared {
         events: tx,
         status: status.clone(),
@@ -282,134 +276,6 @@ async fn api_log(
 async fn api_status(State(s): State<Shared>) -> impl IntoResponse {
     let st = s.status.lock().map(|g| g.clone()).unwrap_or_default();
     Json(st)
-}
-
-async fn run_core(
-    mut core: Core,
-    store: Store,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-    status: Arc<Mutex<Status>>,
-    finished: watch::Sender<Outcome>,
-    rounds: mpsc::UnboundedSender<RoundSummary>,
-) {
-    let fail = |what: &str, e: crate::store::StoreError| {
-        let why = format!("{what}: {e}; stopping so that a restart resumes from what was recorded");
-        tracing::error!("{why}");
-        let _ = finished.send(Outcome::Failed(why));
-    };
-    let start = Instant::now();
-    let mut built = start;
-    let mut conns: HashMap<ConnId, Outbox> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut replies: HashMap<u64, oneshot::Sender<Result<u64, crate::core::admin::AdminRefusal>>> =
-        HashMap::new();
-    let mut next_request = 0u64;
-    loop {
-        let input = tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(Event::Register(c, outbox)) => { conns.insert(c, outbox); continue; }
-                Some(Event::Input(i)) => *i,
-                Some(Event::Admin { action, reason, reply }) => {
-                    next_request += 1;
-                    replies.insert(next_request, reply);
-                    Input::Admin { request: next_request, action, reason }
-                }
-                None => break,
-            },
-            _ = tick.tick() => Input::Tick,
-        };
-        if let Input::Disconnected { conn } = input {
-            conns.remove(&conn);
-        }
-        // The status is rebuilt on the clock's tick, after an administrator's act or a closed
-        // round, and otherwise at most every STATUS_EVERY: not after every message, whose cost
-        // would grow with every identity the run has seen.
-        let mut refresh =
-            matches!(input, Input::Tick | Input::Admin { .. }) || built.elapsed() >= STATUS_EVERY;
-        let now = start.elapsed().as_millis() as u64;
-        for a in core.tick(now, input) {
-            refresh |= matches!(a, Action::RoundClosed(_) | Action::Finished);
-            match a {
-                Action::Logged(e) => {
-                    // Durable before any message that carries its head goes out.
-                    if let Err(e) = store.append_log(&e).await {
-                        return fail("appending to the run log", e);
-                    }
-                }
-                Action::Send { conn, msg } => send(&conns, conn, &msg),
-                Action::Close { conn, reason } => {
-                    tracing::debug!(conn, "close: {reason}");
-                    // The writer sends what is queued, then closes the socket and stops the
-                    // connection's reading.
-                    conns.remove(&conn);
-                }
-                Action::Accepted(c) => {
-                    if let Err(e) = store.record(&c).await {
-                        // The receipt that follows must not go out for work that is not durable.
-                        return fail("recording a contribution", e);
-                    }
-                }
-                Action::RoundClosed(sum) => {
-                    let snap = core.snapshot();
-                    match store.commit(core.name(), &core.spec().model, &snap).await {
-                        Ok(ck) => println!(
-                            "{} {} loss {:.4} tokens {} contributors {} checkpoint {}",
-                            if core.spec().pipeline.is_some() {
-                                "step"
-                            } else {
-                                "round"
-                            },
-                            sum.round,
-                            sum.loss,
-                            sum.tokens,
-                            sum.contributors.len(),
-                            ck.display()
-                        ),
-                        Err(e) => return fail("committing the round", e),
-                    }
-                    let _ = rounds.send(sum);
-                }
-                Action::Finished => {
-                    let _ = finished.send(Outcome::Finished);
-                }
-                Action::Withdrawn { round, slot } => {
-                    if let Err(e) = store.withdraw(round, slot).await {
-                        return fail("withdrawing a contribution", e);
-                    }
-                }
-                Action::AdminDone { request, result } => {
-                    if let Some(reply) = replies.remove(&request) {
-                        let _ = reply.send(result);
-                    }
-                }
-            }
-        }
-        if refresh {
-            let fresh = status_of(&core);
-            if let Ok(mut s) = status.lock() {
-                *s = fresh;
-            }
-            built = Instant::now();
-        }
-    }
-}
-
-/// The longest a served status lags the core while messages keep coming.
-const STATUS_EVERY: Duration = Duration::from_millis(250);
-
-fn send(conns: &HashMap<ConnId, Outbox>, conn: ConnId, msg: &ToContributor) {
-    if let Some(out) = conns.get(&conn) {
-        if let ToContributor::Welcome { .. } = msg {
-            // The handshake is done: the session may send frames of any protocol size.
-            out.limit.admit(MAX_FRAME_BYTES);
-        }
-        match encode(msg) {
-            Ok(f) => {
-                let _ = out.frames.send(f);
-            }
-            Err(e) => tracing::error!("encode: {e}"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use crate::store::Store;
 
 /// What the routes and connections tell the task that owns the core.
 pub(crate) enum Event {
-    /// An input for the core.
-    Input(Box<Input>),
+    /// An input for the core, and when the transport received it.
+    Input(Box<Input>, std::time::Instant),
     /// A new connection's writer.
     Register(ConnId, Outbox),
     /// An authenticated administrator's act, answered on `reply`.
@@ -30,7 +30,7 @@ pub(crate) enum Event {
 /// (raised when the core welcomes the session).
 pub(crate) struct Outbox {
     /// Encoded frames, in order, to the connection's writer.
-    pub(crate) frames: mpsc::UnboundedSender<Vec<u8>>,
+    pub(crate) frames: mpsc::UnboundedSender<bytes::Bytes>,
     /// The connection's read limit.
     pub(crate) limit: Arc<crate::frame_guard::Limit>,
 }
@@ -39,7 +39,7 @@ pub(crate) struct Outbox {
 #[derive(Clone)]
 pub(crate) struct Shared {
     /// To the task that owns the core.
-    pub(crate) events: mpsc::UnboundedSender<Event>,
+    pub(crate) events: mpsc::Sender<Event>,
     /// The latest status.
     pub(crate) status: Arc<Mutex<Status>>,
     /// The next connection's id.

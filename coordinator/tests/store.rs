@@ -5,7 +5,8 @@
 mod common;
 
 use tessera_coordinator::core::{Contribution, Snapshot};
-use tessera_coordinator::store::Store;
+use tessera_coordinator::store::{Store, Write};
+use tessera_protocol::log::{LogEntry, LogEvent, SignedEntry};
 use tessera_protocol::messages::{NamedTensor, Update};
 use tessera_protocol::TensorPayload;
 
@@ -93,8 +94,12 @@ async fn exercise(name: &str, url: Option<&str>) {
         3,
         "the ledger keeps closed rounds' rows"
     );
-    assert!(
-        !dir.join("ledger/round-1-slot-0.bin").exists(),
+    assert_eq!(
+        blobs(&dir)
+            .iter()
+            .filter(|b| b.starts_with("round-1-"))
+            .count(),
+        0,
         "closed rounds' blobs are dropped"
     );
     // A pipeline run's snapshot carries the AdamW moments; they come back with it.
@@ -114,6 +119,104 @@ async fn exercise(name: &str, url: Option<&str>) {
     assert!(
         store.load(&cfg).await.is_err(),
         "half a pair of moments is refused, not silently reset"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The update blobs kept in a run directory (file names).
+fn blobs(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("ledger"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn entry(index: u64) -> SignedEntry {
+    let id = tessera_protocol::Identity::from_seed([7; 32]);
+    SignedEntry::seal(
+        LogEntry {
+            index,
+            prev: [0; 32],
+            time_ms: index,
+            event: LogEvent::Started {
+                run: "t".into(),
+                coordinator: id.public(),
+                config: [0; 32],
+            },
+        },
+        &id,
+    )
+}
+
+/// A batch is all or nothing: one whose transaction fails (its second log entry reuses an
+/// index) leaves neither its log entries nor its ledger row, and the blob it wrote first is
+/// collected on the next load; a slot withdrawn and accepted again keeps both updates apart
+/// (blobs are named by content) and reloads with the second.
+#[tokio::test]
+async fn a_batch_is_all_or_nothing_and_orphans_are_collected() {
+    let dir = std::env::temp_dir().join(format!("tessera-store-batch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = common::tiny_model();
+    let store = Store::open(&dir, None).await.unwrap();
+    let snap = Snapshot {
+        moments: None,
+        aggregate: None,
+        round: 1,
+        version: 0,
+        weights: tessera_compute::reference::ModelParams::random(&cfg, 4),
+        losses: vec![],
+        next_unit: 1,
+        next_lease: 1,
+    };
+    let (e0, e1) = (entry(0), entry(1));
+    let first = contribution(1, 0, 1);
+    store
+        .write(&[
+            Write::Commit {
+                run: "t",
+                cfg: &cfg,
+                snap: &snap,
+            },
+            Write::Log(&e0),
+            Write::Record(&first),
+        ])
+        .await
+        .unwrap();
+    let other = contribution(1, 1, 2);
+    let failed = store
+        .write(&[Write::Log(&e1), Write::Record(&other), Write::Log(&e1)])
+        .await;
+    assert!(failed.is_err(), "an index is written once");
+    assert_eq!(store.read_log(0, 10).await.unwrap(), vec![e0.clone()]);
+    assert_eq!(
+        blobs(&dir).len(),
+        2,
+        "the failed batch's blob was written first"
+    );
+    // The slot runs again after a withdrawal: another update, another blob.
+    let mut again = contribution(1, 0, 3);
+    again.loss_sum += 1.0;
+    store
+        .write(&[
+            Write::Withdraw { round: 1, slot: 0 },
+            Write::Log(&e1),
+            Write::Record(&again),
+        ])
+        .await
+        .unwrap();
+    drop(store);
+    let store = Store::open(&dir, None).await.unwrap();
+    let (_, accepted) = store.load(&cfg).await.unwrap().expect("committed");
+    assert_eq!(accepted, vec![again]);
+    assert_eq!(store.read_log(0, 10).await.unwrap(), vec![e0, e1]);
+    assert_eq!(
+        blobs(&dir).len(),
+        1,
+        "the failed batch's and the withdrawn update's blobs are collected: {:?}",
+        blobs(&dir)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -319,6 +319,14 @@ impl Core {
         self.cx.log(event);
     }
 
+    /// The actions queued before the first tick (a new run's `Started` entry, and its
+    /// `Admin` creation entry), taken now: a new run's shell records them in the same
+    /// transaction as the run's first commit, so that the run is resumable, log included, from
+    /// the moment it exists.
+    pub fn take_queued(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.cx.out)
+    }
+
     /// After a restart, before any contributor connects: re-applies the administrator's acts
     /// recorded in the log and rebuilds every identity's record from it (credits, checks,
     /// refusals of identities found wrong).

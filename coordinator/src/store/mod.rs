@@ -4,26 +4,33 @@
 //! closed round: `checkpoints/round-N/model.safetensors` + `config.json`) live in an object
 //! store (the run directory by default, via `object_store`). A coordinator killed mid-round
 //! resumes from the last committed round plus the open round's accepted contributions.
+//!
+//! Writes come in batches ([`Store::write`]): the blobs first, each synced to disk before any
+//! row names it, then every row of the batch (log entries, ledger rows, the state row) in one
+//! transaction, so the log and the ledger never disagree after a crash.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
-use tessera_compute::hf::{params_from_safetensors, params_to_safetensors};
+use tessera_compute::hf::params_from_safetensors;
 use tessera_compute::reference::ModelParams;
 use tessera_compute::ModelConfig;
 use tessera_protocol::log::SignedEntry;
 use tessera_protocol::log_store::StoredEntry;
 use tessera_protocol::messages::LogHead;
-use tessera_protocol::signed::{from_signing_bytes, signing_bytes};
+use tessera_protocol::signed::from_signing_bytes;
 
 use crate::core::rules::RunRules;
 use crate::core::{Contribution, Snapshot};
+
+mod batch;
+pub use batch::Write;
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,10 +123,6 @@ const SCHEMA: [&str; 3] = [
         PRIMARY KEY (round, slot))",
 ];
 
-fn blob_path(round: u64, slot: u64) -> String {
-    format!("ledger/round-{round}-slot-{slot}.bin")
-}
-
 impl Store {
     /// Opens (creating) the storage of a run in `dir`: SQLite at `dir/run.db` unless
     /// `database_url` names another database (e.g. `postgres://...`), objects under `dir`.
@@ -141,11 +144,18 @@ impl Store {
             .max_connections(4)
             .connect(&url)
             .await?;
+        let postgres = url.starts_with("postgres");
+        if !postgres {
+            // Write-ahead logging: a batch's commit appends to the log file instead of
+            // rewriting pages, and readers (the log's pages over HTTP) do not block it.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .fetch_optional(&db)
+                .await?;
+        }
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&db).await?;
         }
         let objects: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&dir)?);
-        let postgres = url.starts_with("postgres");
         Ok(Store {
             db,
             objects,
@@ -206,13 +216,6 @@ impl Store {
         &self.dir
     }
 
-    async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.objects
-            .put(&ObjPath::from(path), PutPayload::from(bytes))
-            .await?;
-        Ok(())
-    }
-
     async fn get(&self, path: &str) -> Result<Vec<u8>, StoreError> {
         Ok(self
             .objects
@@ -230,115 +233,39 @@ impl Store {
         self.put("checkpoints/rules.json", text.into_bytes()).await
     }
 
-    /// Writes the Hugging Face checkpoint of a snapshot; returns its directory.
-    pub async fn write_checkpoint(
-        &self,
-        cfg: &ModelConfig,
-        snap: &Snapshot,
-    ) -> Result<PathBuf, StoreError> {
-        let base = format!("checkpoints/round-{}", snap.version);
-        let st = params_to_safetensors(cfg, &snap.weights).map_err(|e| corrupt(&base, e))?;
-        self.put(&format!("{base}/model.safetensors"), st).await?;
-        self.put(
-            &format!("{base}/config.json"),
-            cfg.to_hf_json().into_bytes(),
-        )
-        .await?;
-        Ok(self.dir.join(base))
-    }
-
-    /// Commits a round boundary: the checkpoint (with the AdamW moments of pipeline runs and
-    /// the aggregate that produced it, for replays), then (atomically) the state row pointing
-    /// at it; then the closed rounds' update blobs are dropped (their ledger rows stay).
+    /// Commits a round boundary on its own (see [`Store::write`]): the checkpoint, then the
+    /// state row pointing at it; then the closed rounds' update blobs are dropped (their ledger
+    /// rows stay).
     pub async fn commit(
         &self,
         run: &str,
         cfg: &ModelConfig,
         snap: &Snapshot,
     ) -> Result<PathBuf, StoreError> {
-        let ck = self.write_checkpoint(cfg, snap).await?;
-        let kept = snap
-            .moments
-            .iter()
-            .flat_map(|(m, v)| [("adam_m", m), ("adam_v", v)])
-            .chain(snap.aggregate.iter().map(|a| ("aggregate", a)));
-        {
-            for (name, t) in kept {
-                let path = format!("checkpoints/round-{}/{name}.safetensors", snap.version);
-                let st = params_to_safetensors(cfg, t).map_err(|e| corrupt(&path, e))?;
-                self.put(&path, st).await?;
-            }
-        }
-        let losses = serde_json::to_string(&snap.losses).map_err(|e| corrupt("losses", e))?;
-        sqlx::query(
-            "INSERT INTO run_state (id, run, round, version, losses, next_unit, next_lease, checkpoint)
-             VALUES (1, $1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (id) DO UPDATE SET run = excluded.run, round = excluded.round, version = excluded.version,
-               losses = excluded.losses, next_unit = excluded.next_unit, next_lease = excluded.next_lease,
-               checkpoint = excluded.checkpoint",
-        )
-        .bind(run)
-        .bind(snap.round as i64)
-        .bind(snap.version as i64)
-        .bind(losses)
-        .bind(snap.next_unit as i64)
-        .bind(snap.next_lease as i64)
-        .bind(format!("checkpoints/round-{}", snap.version))
-        .execute(&self.db)
-        .await?;
-        let mut old = self.objects.list(Some(&ObjPath::from("ledger")));
-        while let Some(meta) = old.next().await {
-            let meta = meta?;
-            let name = meta.location.filename().unwrap_or_default().to_string();
-            let round = name
-                .strip_prefix("round-")
-                .and_then(|r| r.split('-').next())
-                .and_then(|r| r.parse::<u64>().ok());
-            if round.is_some_and(|r| r < snap.round) {
-                self.objects.delete(&meta.location).await?;
-            }
-        }
-        Ok(ck)
+        let mut written = self.write(&[Write::Commit { run, cfg, snap }]).await?;
+        written
+            .pop()
+            .ok_or_else(|| corrupt("a commit", "no checkpoint was written"))
     }
 
-    /// Records an accepted contribution durably (before its receipt is sent): its update as a
-    /// blob, then its ledger row.
+    /// Records an accepted contribution durably on its own (see [`Store::write`]): its update
+    /// as a blob, then its ledger row.
     pub async fn record(&self, c: &Contribution) -> Result<(), StoreError> {
-        let path = blob_path(c.round, c.slot);
-        self.put(&path, signing_bytes(c).map_err(|e| corrupt(&path, e))?)
-            .await?;
-        sqlx::query("INSERT INTO ledger (round, slot, unit, contributor, tokens, loss_sum, blob) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(c.round as i64)
-            .bind(c.slot as i64)
-            .bind(c.unit as i64)
-            .bind(c.contributor.to_string())
-            .bind(c.tokens as i64)
-            .bind(c.loss_sum)
-            .bind(path)
-            .execute(&self.db)
-            .await?;
-        Ok(())
+        self.write(&[Write::Record(c)]).await.map(drop)
     }
 
-    /// Forgets an accepted contribution that a later check threw out (its slot runs again).
+    /// Forgets an accepted contribution that a later check threw out, on its own (its slot runs
+    /// again).
     pub async fn withdraw(&self, round: u64, slot: u64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM ledger WHERE round = $1 AND slot = $2")
-            .bind(round as i64)
-            .bind(slot as i64)
-            .execute(&self.db)
-            .await?;
-        Ok(())
+        self.write(&[Write::Withdraw { round, slot }])
+            .await
+            .map(drop)
     }
 
-    /// Appends a run-log entry (as [`StoredEntry::encode`] writes it); an index is written
-    /// once.
+    /// Appends a run-log entry on its own (as [`StoredEntry::encode`] writes it); an index is
+    /// written once.
     pub async fn append_log(&self, e: &SignedEntry) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO run_log (idx, entry) VALUES ($1, $2)")
-            .bind(e.entry.index as i64)
-            .bind(StoredEntry::encode(e))
-            .execute(&self.db)
-            .await?;
-        Ok(())
+        self.write(&[Write::Log(e)]).await.map(drop)
     }
 
     /// Run-log entries from index `from`, at most `limit`, in order, as stored: index and text
@@ -428,12 +355,17 @@ impl Store {
             .fetch_all(&self.db)
             .await?;
         let mut accepted = Vec::new();
+        let mut named = HashSet::new();
         for r in rows {
             let path: String = r.try_get("blob")?;
             let c: Contribution =
                 from_signing_bytes(&self.get(&path).await?).map_err(|e| corrupt(&path, e))?;
             accepted.push(c);
+            named.insert(path);
         }
+        // Blobs no row names: written by a batch that never committed, withdrawn, or of a
+        // closed round whose cleanup a crash interrupted.
+        self.collect_blobs(round, Some(&named)).await?;
         let mut moments = Vec::new();
         for name in ["adam_m", "adam_v"] {
             let path = format!("{checkpoint}/{name}.safetensors");

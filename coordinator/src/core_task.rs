@@ -1,0 +1,345 @@
+//! The task that owns the [`Core`]. It takes what is queued as one batch (up to [`BATCH`]
+//! events, a clock tick last when one is due), feeds the batch to the core, makes the batch's
+//! durable writes in one [`Store::write`] (log entries, accepted contributions, withdrawals, a
+//! round's commit), and only then carries out the rest in order: frames to sockets (a message
+//! sent to many sessions is encoded once), closes, printed rounds, administrators' answers.
+//! A message is given to the core at the time the transport received it, so a long queue does
+//! not make a live session look silent; the queue itself is bounded ([`EVENT_QUEUE`]), so a
+//! flood holds the readers that feed it instead of the coordinator's memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_protocol::{encode, ToContributor, MAX_FRAME_BYTES};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::core::admin::AdminRefusal;
+use crate::core::{Action, ConnId, Core, Input, RoundSummary};
+use crate::server::Outcome;
+use crate::shared::{Event, Outbox};
+use crate::status::{status_of, Status};
+use crate::store::{Store, StoreError, Write};
+
+/// Events queued for the core's task at most: a connection whose event does not fit waits (and
+/// stops reading its socket) until the task catches up.
+pub(crate) const EVENT_QUEUE: usize = 4096;
+
+/// Events taken into one batch at most: their actions' durable writes share one transaction.
+const BATCH: usize = 256;
+
+/// How often the core's clock ticks.
+const TICK: Duration = Duration::from_millis(500);
+
+/// The longest a served status lags the core while messages keep coming.
+const STATUS_EVERY: Duration = Duration::from_millis(250);
+
+/// The core and what its task keeps beside it.
+pub(crate) struct CoreTask {
+    core: Core,
+    store: Store,
+    status: Arc<Mutex<Status>>,
+    finished: watch::Sender<Outcome>,
+    rounds: mpsc::UnboundedSender<RoundSummary>,
+    /// The writers of the open connections.
+    conns: HashMap<ConnId, Outbox>,
+    /// Administrators waiting for their answer, by request.
+    replies: HashMap<u64, oneshot::Sender<Result<u64, AdminRefusal>>>,
+    next_request: u64,
+    start: Instant,
+    /// The core's clock (ms since `start`), never going back.
+    now: u64,
+    ticked: Instant,
+    built: Instant,
+}
+
+/// What one batch made of the core: its actions, the connections that went, and whether the
+/// status is due.
+struct Fed {
+    actions: Vec<Action>,
+    gone: Vec<ConnId>,
+    refresh: bool,
+}
+
+impl CoreTask {
+    pub(crate) fn new(
+        core: Core,
+        store: Store,
+        status: Arc<Mutex<Status>>,
+        finished: watch::Sender<Outcome>,
+        rounds: mpsc::UnboundedSender<RoundSummary>,
+    ) -> Self {
+        let start = Instant::now();
+        CoreTask {
+            core,
+            store,
+            status,
+            finished,
+            rounds,
+            conns: HashMap::new(),
+            replies: HashMap::new(),
+            next_request: 0,
+            start,
+            now: 0,
+            ticked: start,
+            built: start,
+        }
+    }
+
+    /// Runs until every sender of events is gone, or storage fails.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut inputs = Vec::new();
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.take(ev, &mut inputs),
+                    None => break,
+                },
+                _ = tick.tick() => {}
+            }
+            while inputs.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(ev) => self.take(ev, &mut inputs),
+                    Err(_) => break,
+                }
+            }
+            if self.ticked.elapsed() >= TICK {
+                self.ticked = Instant::now();
+                inputs.push((Input::Tick, None));
+            }
+            if inputs.is_empty() {
+                continue;
+            }
+            let fed = self.feed(inputs);
+            if let Err((what, e)) = self.carry_out(fed).await {
+                let why = format!(
+                    "recording {what}: {e}; stopping so that a restart resumes from what was recorded"
+                );
+                tracing::error!("{why}");
+                let _ = self.finished.send(Outcome::Failed(why));
+                return;
+            }
+        }
+    }
+
+    /// Takes one event: a connection's writer is kept at once, inputs join the batch.
+    fn take(&mut self, ev: Event, inputs: &mut Vec<(Input, Option<Instant>)>) {
+        match ev {
+            Event::Register(c, outbox) => {
+                self.conns.insert(c, outbox);
+            }
+            Event::Input(i, at) => inputs.push((*i, Some(at))),
+            Event::Admin {
+                action,
+                reason,
+                reply,
+            } => {
+                self.next_request += 1;
+                self.replies.insert(self.next_request, reply);
+                let request = self.next_request;
+                inputs.push((
+                    Input::Admin {
+                        request,
+                        action,
+                        reason,
+                    },
+                    None,
+                ));
+            }
+        }
+    }
+
+    /// Feeds a batch to the core, each input at the time it was received.
+    fn feed(&mut self, inputs: Vec<(Input, Option<Instant>)>) -> Fed {
+        // The status is rebuilt on the clock's tick, after an administrator's act or a closed
+        // round, and otherwise at most every STATUS_EVERY: not after every message, whose cost
+        // would grow with every identity the run has seen.
+        let mut refresh = self.built.elapsed() >= STATUS_EVERY;
+        let mut fed = Fed {
+            actions: Vec::new(),
+            gone: Vec::new(),
+            refresh: false,
+        };
+        for (input, at) in inputs {
+            refresh |= matches!(input, Input::Tick | Input::Admin { .. });
+            if let Input::Disconnected { conn } = input {
+                fed.gone.push(conn);
+            }
+            let at = at.map_or_else(
+                || self.start.elapsed(),
+                |t| t.saturating_duration_since(self.start),
+            );
+            self.now = self.now.max(at.as_millis() as u64);
+            fed.actions.extend(self.core.tick(self.now, input));
+        }
+        fed.refresh = refresh
+            || fed
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::RoundClosed(_) | Action::Finished));
+        fed
+    }
+
+    /// Makes the batch's records durable, then carries out the rest of its actions in order.
+    async fn carry_out(&mut self, fed: Fed) -> Result<(), (String, StoreError)> {
+        let checkpoint = self.persist(&fed.actions).await?;
+        let mut encoded: Option<(&ToContributor, Bytes)> = None;
+        for a in &fed.actions {
+            match a {
+                Action::Send { conn, msg } => {
+                    // Consecutive sends of one message (a round's update to every session)
+                    // share one encoding.
+                    let frame = match &encoded {
+                        Some((m, f)) if *m == msg => f.clone(),
+                        _ => match encode(msg) {
+                            Ok(f) => Bytes::from(f),
+                            Err(e) => {
+                                tracing::error!("encode: {e}");
+                                continue;
+                            }
+                        },
+                    };
+                    self.send(*conn, msg, frame.clone());
+                    encoded = Some((msg, frame));
+                }
+                Action::Close { conn, reason } => {
+                    tracing::debug!(conn, "close: {reason}");
+                    // The writer sends what is queued, then closes the socket and stops the
+                    // connection's reading.
+                    self.conns.remove(conn);
+                }
+                Action::RoundClosed(sum) => {
+                    println!(
+                        "{} {} loss {:.4} tokens {} contributors {} checkpoint {}",
+                        if self.core.spec().pipeline.is_some() {
+                            "step"
+                        } else {
+                            "round"
+                        },
+                        sum.round,
+                        sum.loss,
+                        sum.tokens,
+                        sum.contributors.len(),
+                        checkpoint
+                            .as_ref()
+                            .map_or_else(String::new, |c| c.display().to_string())
+                    );
+                    let _ = self.rounds.send(sum.clone());
+                }
+                Action::Finished => {
+                    let _ = self.finished.send(Outcome::Finished);
+                }
+                Action::AdminDone { request, result } => {
+                    if let Some(reply) = self.replies.remove(request) {
+                        let _ = reply.send(result.clone());
+                    }
+                }
+                Action::Logged(_) | Action::Accepted(_) | Action::Withdrawn { .. } => {}
+            }
+        }
+        for conn in fed.gone {
+            self.conns.remove(&conn);
+        }
+        if fed.refresh {
+            let fresh = status_of(&self.core);
+            if let Ok(mut s) = self.status.lock() {
+                *s = fresh;
+            }
+            self.built = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// The batch's durable writes, in one [`Store::write`]: log entries, accepted
+    /// contributions, withdrawals and, when a round closed, the commit of the core's snapshot.
+    /// Returns the checkpoint written, if any; or what failed to be recorded, and why.
+    async fn persist(
+        &self,
+        actions: &[Action],
+    ) -> Result<Option<std::path::PathBuf>, (String, StoreError)> {
+        let closed = actions.iter().any(|a| matches!(a, Action::RoundClosed(_)));
+        let snap = closed.then(|| self.core.snapshot());
+        let mut writes: Vec<Write<'_>> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Logged(e) => Some(Write::Log(e)),
+                Action::Accepted(c) => Some(Write::Record(c)),
+                &Action::Withdrawn { round, slot } => Some(Write::Withdraw { round, slot }),
+                _ => None,
+            })
+            .collect();
+        if let Some(snap) = &snap {
+            writes.push(Write::Commit {
+                run: self.core.name(),
+                cfg: &self.core.spec().model,
+                snap,
+            });
+        }
+        match self.store.write(&writes).await {
+            Ok(mut written) => Ok(written.pop()),
+            Err(e) => Err((described(&writes), e)),
+        }
+    }
+
+    fn send(&self, conn: ConnId, msg: &ToContributor, frame: Bytes) {
+        if let Some(out) = self.conns.get(&conn) {
+            if let ToContributor::Welcome { .. } = msg {
+                // The handshake is done: the session may send frames of any protocol size.
+                out.limit.admit(MAX_FRAME_BYTES);
+            }
+            let _ = out.frames.send(frame);
+        }
+    }
+}
+
+/// What a batch of writes holds, for people: "a contribution, 3 log entries and a round's
+/// commit".
+fn described(writes: &[Write<'_>]) -> String {
+    let count = |f: fn(&Write<'_>) -> bool| writes.iter().filter(|w| f(w)).count();
+    let parts: Vec<String> = [
+        (count(|w| matches!(w, Write::Record(_))), "contribution"),
+        (count(|w| matches!(w, Write::Withdraw { .. })), "withdrawal"),
+        (count(|w| matches!(w, Write::Log(_))), "log entry"),
+        (
+            count(|w| matches!(w, Write::Commit { .. })),
+            "round's commit",
+        ),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| match (n, what) {
+        (1, _) => format!("a {what}"),
+        (n, "log entry") => format!("{n} log entries"),
+        (n, what) => format!("{n} {what}s"),
+    })
+    .collect();
+    match parts.as_slice() {
+        [] => "nothing".into(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_batch_is_described_by_what_it_held() {
+        assert_eq!(described(&[]), "nothing");
+        assert_eq!(
+            described(&[Write::Withdraw { round: 1, slot: 2 }]),
+            "a withdrawal"
+        );
+        assert_eq!(
+            described(&[
+                Write::Withdraw { round: 1, slot: 2 },
+                Write::Withdraw { round: 1, slot: 3 },
+            ]),
+            "2 withdrawals"
+        );
+    }
+}
