@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use tessera_coordinator::config::RunConfig;
 use tessera_coordinator::core::{Action, Core};
 use tessera_coordinator::gate::ConnectionLimits;
+use tessera_coordinator::http_limit::RequestRate;
 use tessera_coordinator::server::{self, AdminToken, Outcome, Running, ServeOptions};
 use tessera_coordinator::store::{Store, Write};
 use tessera_coordinator::{tls, web};
@@ -61,6 +62,10 @@ pub struct Args {
     /// (open `/ws`); repeatable. Browsers on other origins are refused (403).
     #[arg(long = "allow-origin")]
     pub allow_origins: Vec<String>,
+    /// HTTP requests a second from one IP address (IPv6: one /64), on every endpoint, with
+    /// bursts of twice that; more are answered 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, default_value_t = RequestRate::default().0)]
+    pub requests_per_second: u32,
     /// Take admin tokens over plain HTTP from other machines too. Without it, a coordinator
     /// without TLS takes administrators' requests from this machine only (403 otherwise), as a
     /// token sent in the clear can be read on the way.
@@ -79,6 +84,8 @@ pub struct Serving {
     pub admin: Option<AdminToken>,
     /// Limits on contributor connections.
     pub limits: ConnectionLimits,
+    /// HTTP requests a second from one address.
+    pub request_rate: RequestRate,
     /// Origins besides its own whose pages may contribute.
     pub origins: Vec<String>,
     /// Take admin tokens over plain HTTP from other machines.
@@ -122,6 +129,7 @@ pub async fn start(
         tls,
         admin,
         limits,
+        request_rate,
         origins,
         allow_plain_admin,
     } = serving;
@@ -204,6 +212,7 @@ pub async fn start(
         tls,
         admin,
         limits,
+        request_rate,
         origins,
         allow_plain_admin,
     };
@@ -299,6 +308,7 @@ pub async fn run(a: Args) -> Result<()> {
                 total: a.max_connections,
                 per_address: a.max_connections_per_address,
             },
+            request_rate: RequestRate(a.requests_per_second),
             origins: a.allow_origins.clone(),
             allow_plain_admin: a.allow_plain_admin,
         },

@@ -6,7 +6,9 @@
 //! - a session the core closes (here: replaced by a newer session of the same identity) stops
 //!   being read: its socket closes;
 //! - connections over the per-address limit are refused before the upgrade (503, naming the
-//!   limit) and admitted again once one closes.
+//!   limit) and admitted again once one closes;
+//! - HTTP requests from one address over its rate are answered 429 with `Retry-After`, and
+//!   served again once that time has passed.
 //!
 //! The coordinator still serves afterwards.
 
@@ -148,8 +150,13 @@ fn join(port: u16, id: &Identity) -> Ws {
 fn oversized_frames_silence_and_closed_sessions_cost_the_coordinator_nothing() {
     let port = free_port();
     let dir = scratch("frame-limits");
-    // The attack's sockets all come from 127.0.0.1: the per-address limit is raised for them.
-    let raised: [&std::ffi::OsStr; 2] = ["--max-connections-per-address".as_ref(), "500".as_ref()];
+    // The attack's sockets all come from 127.0.0.1: the per-address limits are raised for them.
+    let raised: [&std::ffi::OsStr; 4] = [
+        "--max-connections-per-address".as_ref(),
+        "500".as_ref(),
+        "--requests-per-second".as_ref(),
+        "0".as_ref(),
+    ];
     let c = coordinator_with(&data("e2e.toml"), port, &dir, None, &raised);
     wait_for(port, LIMIT, "the coordinator serving", |_| true);
     let pid = c.0.id();
@@ -246,4 +253,64 @@ fn connections_over_the_per_address_limit_are_refused_until_one_closes() {
             Err(e) => panic!("not admitted after a connection closed: {e:?}"),
         }
     }
+}
+
+/// `GET path` over a fresh TCP connection: the status code and the `Retry-After` header.
+fn get(port: u16, path: &str) -> (u16, Option<u64>) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let retry = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_string)
+        })
+        .and_then(|v| v.trim().parse().ok());
+    (code, retry)
+}
+
+#[test]
+fn http_requests_over_an_address_rate_are_answered_429_until_it_waits() {
+    let port = free_port();
+    let dir = scratch("request-rate");
+    let five: [&std::ffi::OsStr; 2] = ["--requests-per-second".as_ref(), "5".as_ref()];
+    let _c = coordinator_with(&data("e2e.toml"), port, &dir, None, &five);
+    wait_for(port, LIMIT, "the coordinator serving", |_| true);
+    std::thread::sleep(Duration::from_secs(3)); // the burst refills after the waits above
+    let started = Instant::now();
+    let answers: Vec<_> = (0..40).map(|_| get(port, "/api/log?limit=1")).collect();
+    let took = started.elapsed().as_secs_f64();
+    let served = answers.iter().filter(|(c, _)| *c == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|(c, _)| *c == 429).collect();
+    println!(
+        "40 requests in {took:.2} s at 5/s (bursts of 10): {served} served, {} refused",
+        refused.len()
+    );
+    assert_eq!(served + refused.len(), 40, "{answers:?}");
+    assert!(
+        served as f64 <= 10.0 + 5.0 * took + 1.0,
+        "{served} served in {took:.2} s"
+    );
+    assert!(!refused.is_empty());
+    let wait = refused[0].1.expect("a 429 says when to come back");
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    std::thread::sleep(Duration::from_secs(wait));
+    assert_eq!(
+        get(port, "/api/log?limit=1").0,
+        200,
+        "served again after the wait"
+    );
 }

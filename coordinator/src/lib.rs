@@ -13,6 +13,7 @@ mod core_task;
 pub mod data;
 pub mod frame_guard;
 pub mod gate;
+pub mod http_limit;
 pub mod idle;
 pub mod server;
 mod shared;

@@ -85,6 +85,8 @@ pub struct ServeOptions {
     pub admin: Option<AdminToken>,
     /// Limits on contributor connections.
     pub limits: crate::gate::ConnectionLimits,
+    /// Requests per second from one address, on every HTTP endpoint.
+    pub request_rate: crate::http_limit::RequestRate,
     /// Origins besides the coordinator's own whose pages may open `/ws` (`https://host:port`).
     pub origins: Vec<String>,
     /// Take admin tokens over plain HTTP from other machines (otherwise only over TLS, or
@@ -123,6 +125,7 @@ pub async fn serve_with(
         tls,
         admin,
         limits,
+        request_rate,
         origins,
         allow_plain_admin,
     } = opts;
@@ -134,7 +137,12 @@ pub async fn serve_with(
         tls: tls.is_some(),
         allow_plain: allow_plain_admin,
     };
-    let app = router(shared, extra).into_make_service_with_connect_info::<crate::gate::Peer>();
+    let app = router(shared, extra)
+        .layer(axum::middleware::from_fn_with_state(
+            crate::http_limit::HttpLimit::new(request_rate),
+            crate::http_limit::limit,
+        ))
+        .into_make_service_with_connect_info::<crate::gate::Peer>();
     match tls {
         Some(cfg) => {
             let tls = crate::tls::TlsListener::new(listener, cfg)?;
@@ -197,7 +205,11 @@ pub(crate) fn launch(
     (shared, running)
 }
 
-/// `GET /api/log?from=N&limit=M` (at most 1000 entries a page).
+/// A log page's size at most, about (each entry counts twice its stored text: the text, and
+/// the readable form beside it); a page holds one entry at least.
+const LOG_PAGE_BYTES: usize = 4 << 20;
+
+/// `GET /api/log?from=N&limit=M` (at most 1000 entries, and about [`LOG_PAGE_BYTES`], a page).
 #[derive(Debug, Deserialize)]
 struct LogQuery {
     #[serde(default)]
@@ -238,8 +250,21 @@ async fn api_log(
     let limit = q.limit.unwrap_or(1000).clamp(1, 1000);
     match s.store.read_log_stored(q.from, limit).await {
         Ok(stored) => {
-            let next = (stored.len() as u64 == limit).then(|| q.from + limit);
-            let entries = stored
+            let (full, total) = (stored.len() as u64 == limit, stored.len());
+            // Bounded in bytes too: entries are taken while the page stays under
+            // LOG_PAGE_BYTES (the first always), and `next` resumes after the last one taken.
+            let mut bytes = 0usize;
+            let kept: Vec<_> = stored
+                .into_iter()
+                .take_while(|(_, signed)| {
+                    let first = bytes == 0;
+                    bytes += 2 * signed.len();
+                    first || bytes <= LOG_PAGE_BYTES
+                })
+                .collect();
+            let cut = kept.len() < total;
+            let next = (full || cut).then(|| kept.last().map_or(q.from, |(i, _)| i + 1));
+            let entries = kept
                 .into_iter()
                 .map(|(index, signed)| {
                     let (hash, event) = match StoredEntry::decode(&signed).map(StoredEntry::upgrade)

@@ -20,6 +20,11 @@ const TOKEN: &str = "a-token-long-enough-for-tests";
 
 /// A one-round tiny run served by the routes, with `TOKEN` as the admin token when `admin`.
 async fn app(admin: bool) -> Router {
+    app_and_store(admin).await.0
+}
+
+/// [`app`], and the store it serves from.
+async fn app_and_store(admin: bool) -> (Router, Store) {
     let model = crate::config::preset("tiny-byte").expect("a preset");
     let tokens: Vec<u32> = (0..400u32).map(|i| i % 200).collect();
     let weights = ModelParams::random(&model, 1);
@@ -35,8 +40,8 @@ async fn app(admin: bool) -> Router {
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::open(&dir, None).await.expect("a store");
     let token = admin.then(|| AdminToken::new(TOKEN).expect("a token"));
-    let (shared, _running) = super::launch(core, store, token, ([127, 0, 0, 1], 0).into());
-    super::router(shared, None)
+    let (shared, _running) = super::launch(core, store.clone(), token, ([127, 0, 0, 1], 0).into());
+    (super::router(shared, None), store)
 }
 
 /// The status and JSON body of `request` sent to `app`.
@@ -93,6 +98,48 @@ async fn status_and_log_answer_and_unknown_routes_are_404() {
     assert_eq!(code, StatusCode::BAD_REQUEST, "a malformed query");
     let (code, _, _) = call(&app, get("/nowhere")).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+/// A log page is bounded in bytes as well as in entries: entries of 400 KB (their stored text
+/// twice that) come two to a page, and `next` resumes after the last one served.
+#[tokio::test]
+async fn log_pages_are_bounded_in_bytes() {
+    let (app, store) = app_and_store(false).await;
+    let id = Identity::from_seed([3; 32]);
+    for index in 1000..1005 {
+        let e = tessera_protocol::log::SignedEntry::seal(
+            tessera_protocol::log::LogEntry {
+                index,
+                prev: [0; 32],
+                time_ms: 0,
+                event: tessera_protocol::log::LogEvent::Started {
+                    run: "r".repeat(400_000),
+                    coordinator: id.public(),
+                    config: [0; 32],
+                },
+            },
+            &id,
+        );
+        store.append_log(&e).await.expect("appended");
+    }
+    let mut pages = Vec::new();
+    let mut from = 1000;
+    loop {
+        let (code, p, _) = call(&app, get(&format!("/api/log?from={from}&limit=5"))).await;
+        assert_eq!(code, StatusCode::OK);
+        let got: Vec<u64> = p["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["index"].as_u64().unwrap())
+            .collect();
+        pages.push(got);
+        match p["next"].as_u64() {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    assert_eq!(pages, vec![vec![1000, 1001], vec![1002, 1003], vec![1004]]);
 }
 
 #[tokio::test]
