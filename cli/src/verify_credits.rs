@@ -56,14 +56,50 @@ pub struct Claimed {
     pub credits: Vec<CreditLine>,
 }
 
-/// Reads what a coordinator's status claims.
+/// One page of the status, as far as credits go.
+#[derive(Debug, serde::Deserialize)]
+struct ClaimedPage {
+    log_head: u64,
+    credits: Vec<CreditLine>,
+    #[serde(default)]
+    next: Option<usize>,
+}
+
+/// Times the pages are read again when the status was rebuilt between two of them.
+const PAGE_TRIES: usize = 20;
+
+/// Reads what a coordinator's status claims, every page of it, all from one build of the
+/// status (the same log head on each; read again from the first page when it moved).
 pub fn fetch_claimed(base: &str) -> Result<Claimed> {
-    let url = format!("{}/api/status", base.trim_end_matches('/'));
-    ureq::get(&url)
-        .call()
-        .with_context(|| format!("fetching {url}"))?
-        .into_json()
-        .with_context(|| format!("{url} does not show credits with a log head"))
+    let base = base.trim_end_matches('/');
+    let page = |from: usize| -> Result<ClaimedPage> {
+        let url = format!("{base}/api/status?from={from}");
+        ureq::get(&url)
+            .call()
+            .with_context(|| format!("fetching {url}"))?
+            .into_json()
+            .with_context(|| format!("{url} does not show credits with a log head"))
+    };
+    'tries: for _ in 0..PAGE_TRIES {
+        let first = page(0)?;
+        let mut claimed = Claimed {
+            log_head: first.log_head,
+            credits: first.credits,
+        };
+        let mut next = first.next;
+        while let Some(from) = next {
+            let p = page(from)?;
+            if p.log_head != claimed.log_head {
+                continue 'tries;
+            }
+            claimed.credits.extend(p.credits);
+            next = p.next;
+        }
+        return Ok(claimed);
+    }
+    bail!(
+        "{base}'s status changed between its pages {PAGE_TRIES} times in a row; try again when the run is quieter"
+    )
 }
 
 /// Holds the claimed credits to the log: every identity's line must be exactly what the log

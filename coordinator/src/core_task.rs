@@ -40,6 +40,7 @@ pub(crate) struct CoreTask {
     core: Core,
     store: Store,
     status: Arc<Mutex<Status>>,
+    first_page: Arc<Mutex<Bytes>>,
     finished: watch::Sender<Outcome>,
     rounds: mpsc::UnboundedSender<RoundSummary>,
     /// The writers of the open connections.
@@ -66,7 +67,7 @@ impl CoreTask {
     pub(crate) fn new(
         core: Core,
         store: Store,
-        status: Arc<Mutex<Status>>,
+        (status, first_page): (Arc<Mutex<Status>>, Arc<Mutex<Bytes>>),
         finished: watch::Sender<Outcome>,
         rounds: mpsc::UnboundedSender<RoundSummary>,
     ) -> Self {
@@ -75,6 +76,7 @@ impl CoreTask {
             core,
             store,
             status,
+            first_page,
             finished,
             rounds,
             conns: HashMap::new(),
@@ -245,8 +247,12 @@ impl CoreTask {
         }
         if fed.refresh {
             let fresh = status_of(&self.core);
+            let page = fresh.first_page_json();
             if let Ok(mut s) = self.status.lock() {
                 *s = fresh;
+            }
+            if let Ok(mut p) = self.first_page.lock() {
+                *p = page;
             }
             self.built = Instant::now();
         }

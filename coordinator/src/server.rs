@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -21,7 +22,7 @@ pub use crate::admin_token::AdminToken;
 use crate::shared::Shared;
 
 use crate::status::status_of;
-pub use crate::status::{ContributorStatus, CreditLine, Status};
+pub use crate::status::{ContributorStatus, CreditLine, Status, StatusPage, STATUS_PAGE};
 
 use crate::core::{Core, Phase, RoundSummary};
 use crate::store::Store;
@@ -172,7 +173,9 @@ pub(crate) fn launch(
     addr: SocketAddr,
 ) -> (Shared, Running) {
     let (tx, rx) = mpsc::channel(crate::core_task::EVENT_QUEUE);
-    let status = Arc::new(Mutex::new(status_of(&core)));
+    let built = status_of(&core);
+    let first_page = Arc::new(Mutex::new(built.first_page_json()));
+    let status = Arc::new(Mutex::new(built));
     let (fin_tx, fin_rx) = watch::channel(if core.phase() == Phase::Finished {
         Outcome::Finished
     } else {
@@ -181,12 +184,19 @@ pub(crate) fn launch(
     let (round_tx, round_rx) = mpsc::unbounded_channel();
     let coordinator = core.public_key().to_string();
     tokio::spawn(
-        crate::core_task::CoreTask::new(core, store.clone(), status.clone(), fin_tx, round_tx)
-            .run(rx),
+        crate::core_task::CoreTask::new(
+            core,
+            store.clone(),
+            (status.clone(), first_page.clone()),
+            fin_tx,
+            round_tx,
+        )
+        .run(rx),
     );
     let shared = Shared {
         events: tx,
         status: status.clone(),
+        first_page,
         next_conn: Arc::new(AtomicU64::new(1)),
         store,
         coordinator,
@@ -298,9 +308,31 @@ async fn api_log(
     }
 }
 
-async fn api_status(State(s): State<Shared>) -> impl IntoResponse {
-    let st = s.status.lock().map(|g| g.clone()).unwrap_or_default();
-    Json(st)
+/// `GET /api/status?from=K&limit=N`: a page of the status (see [`StatusPage`]); without a
+/// query, the first page as encoded when the status was built.
+#[derive(Debug, Deserialize)]
+struct StatusQuery {
+    from: Option<usize>,
+    limit: Option<usize>,
+}
+
+async fn api_status(
+    State(s): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<StatusQuery>,
+) -> axum::response::Response {
+    let json = match (q.from, q.limit) {
+        (None | Some(0), None) => s.first_page.lock().map(|p| p.clone()).unwrap_or_default(),
+        (from, limit) => s
+            .status
+            .lock()
+            .ok()
+            .and_then(|st| {
+                serde_json::to_vec(&st.page(from.unwrap_or(0), limit.unwrap_or(STATUS_PAGE))).ok()
+            })
+            .unwrap_or_default()
+            .into(),
+    };
+    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
 #[cfg(test)]

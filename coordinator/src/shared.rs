@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     pub(crate) events: mpsc::Sender<Event>,
     /// The latest status.
     pub(crate) status: Arc<Mutex<Status>>,
+    /// The JSON of its first page (what a plain `GET /api/status` answers), encoded once per
+    /// rebuild.
+    pub(crate) first_page: Arc<Mutex<bytes::Bytes>>,
     /// The next connection's id.
     pub(crate) next_conn: Arc<AtomicU64>,
     /// The run's storage (the log's pages are read from it).

@@ -1,6 +1,8 @@
 //! What `GET /api/status` shows: the run's phase and progress, each connected contributor with
 //! its lease and credits, bans, and every identity's standing from the run log. The shell
-//! refreshes it from the core after every event.
+//! rebuilds it from the core on the clock's tick and after acts and closed rounds, and serves
+//! it in pages ([`StatusPage`]: at most [`STATUS_PAGE`] contributors and credit lines each),
+//! the first page encoded once per rebuild.
 
 use serde::{Deserialize, Serialize};
 use tessera_protocol::messages::ContributorKind;
@@ -142,5 +144,109 @@ pub(crate) fn status_of(core: &Core) -> Status {
             .iter()
             .map(|(k, r)| CreditLine::of(k, r, core.credits().is_refused(k)))
             .collect(),
+    }
+}
+
+/// Contributors, and credit lines, in one page of the status at most.
+pub const STATUS_PAGE: usize = 1000;
+
+/// One page of a [`Status`] (`GET /api/status?from=K&limit=N`): everything but the two lists
+/// whole, and of those the entries from `from`, at most `limit` (≤ [`STATUS_PAGE`]) each.
+#[derive(Debug, Serialize)]
+pub struct StatusPage<'a> {
+    /// Run name.
+    pub run: &'a str,
+    /// See [`Status::phase`].
+    pub phase: &'a str,
+    /// Open round.
+    pub round: u64,
+    /// Rounds the run will train.
+    pub rounds: u64,
+    /// Mean training loss of each closed round.
+    pub loss_history: &'a [f64],
+    /// Connected contributors, from `from`.
+    pub contributors: &'a [ContributorStatus],
+    /// Connected contributors in all.
+    pub contributors_total: usize,
+    /// Identities the administrator banned (hex).
+    pub banned: &'a [String],
+    /// Index of the last run-log entry this status reflects (the same on every page of one
+    /// build of the status).
+    pub log_head: u64,
+    /// Every identity's credits, from `from`.
+    pub credits: &'a [CreditLine],
+    /// Identities with credit lines in all.
+    pub credits_total: usize,
+    /// Where the next page starts, while either list goes on.
+    pub next: Option<usize>,
+}
+
+impl Status {
+    /// The page of entries `from..from + limit` of both lists (`limit` at most
+    /// [`STATUS_PAGE`]).
+    pub fn page(&self, from: usize, limit: usize) -> StatusPage<'_> {
+        let limit = limit.clamp(1, STATUS_PAGE);
+        let slice = |len: usize| from.min(len)..from.saturating_add(limit).min(len);
+        let (c, k) = (slice(self.contributors.len()), slice(self.credits.len()));
+        let end = from.saturating_add(limit);
+        let more = end < self.contributors.len() || end < self.credits.len();
+        StatusPage {
+            run: &self.run,
+            phase: &self.phase,
+            round: self.round,
+            rounds: self.rounds,
+            loss_history: &self.loss_history,
+            contributors: &self.contributors[c],
+            contributors_total: self.contributors.len(),
+            banned: &self.banned,
+            log_head: self.log_head,
+            credits: &self.credits[k],
+            credits_total: self.credits.len(),
+            next: more.then_some(end),
+        }
+    }
+
+    /// The JSON of the first page, as `GET /api/status` serves it.
+    pub fn first_page_json(&self) -> bytes::Bytes {
+        serde_json::to_vec(&self.page(0, STATUS_PAGE))
+            .unwrap_or_default()
+            .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(k: usize) -> CreditLine {
+        CreditLine {
+            key: format!("{k:064x}"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pages_cover_both_lists_once_and_say_where_the_next_starts() {
+        let st = Status {
+            credits: (0..2500).map(line).collect(),
+            ..Default::default()
+        };
+        let mut from = Some(0);
+        let mut seen = Vec::new();
+        while let Some(f) = from {
+            let p = st.page(f, 5000);
+            assert!(p.credits.len() <= STATUS_PAGE);
+            assert_eq!((p.credits_total, p.contributors_total), (2500, 0));
+            seen.extend(p.credits.iter().cloned());
+            from = p.next;
+        }
+        assert_eq!(seen, st.credits);
+        assert!(
+            st.page(10_000, 10).credits.is_empty(),
+            "past the end: empty"
+        );
+        let first: serde_json::Value = serde_json::from_slice(&st.first_page_json()).unwrap();
+        assert_eq!(first["credits"].as_array().unwrap().len(), STATUS_PAGE);
+        assert_eq!(first["next"], STATUS_PAGE);
     }
 }
