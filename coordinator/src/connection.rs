@@ -7,7 +7,7 @@
 //! closed; the writer sends the core's frames in order and the close frame when the core closes
 //! the session; the socket is then drained unread until the peer closes it (at most a minute).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -190,9 +190,11 @@ where
     if getrandom::fill(&mut nonce).is_err() {
         return;
     }
+    let queued = Arc::new(AtomicUsize::new(0));
     let outbox = Outbox {
         frames: out_tx,
         limit: limit.clone(),
+        queued: queued.clone(),
     };
     let _ = s.events.send(Event::Register(conn, outbox)).await;
     let _ = s
@@ -206,9 +208,15 @@ where
     let closing = limit.clone();
     let writer = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
+            if closing.slow().is_some() {
+                // A peer that does not read gets nothing more; its socket closes.
+                break;
+            }
+            let len = frame.len();
             if sink.send(Message::Binary(frame)).await.is_err() {
                 break;
             }
+            queued.fetch_sub(len, Ordering::Relaxed);
         }
         let _ = sink.close().await;
         closing.close();
@@ -230,10 +238,17 @@ where
                 },
                 _ => break,
             },
-            _ = limit.wake.notified() => match limit.over() {
-                Some(len) => Input::BadFrame { conn, error: too_large(len, &limit) },
-                None if limit.closed() => break,
-                None => continue,
+            _ = limit.wake.notified() => match (limit.over(), limit.slow()) {
+                (Some(len), _) => Input::BadFrame { conn, error: too_large(len, &limit) },
+                (None, Some(queued)) => Input::BadFrame {
+                    conn,
+                    error: Reason::new(
+                        Code::TimedOut,
+                        format!("this session does not read what it is sent: {queued} bytes were waiting for it"),
+                    ),
+                },
+                (None, None) if limit.closed() => break,
+                (None, None) => continue,
             },
             _ = handshake, if !limit.admitted() => Input::BadFrame {
                 conn,
@@ -258,9 +273,9 @@ where
             Instant::now(),
         ))
         .await;
-    if limit.over().is_some() {
-        // A frame over the limit is never read: the socket waits a moment for the peer to read
-        // why, then closes with the frame unread.
+    if limit.over().is_some() || limit.slow().is_some() {
+        // A frame over the limit is never read, and a peer that does not read would not read
+        // the reason either: the socket waits a moment, then closes.
         tokio::time::sleep(LINGER).await;
     } else {
         // Nothing more is decoded; the socket is drained until the peer closes it (it has the

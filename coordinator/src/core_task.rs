@@ -8,6 +8,7 @@
 //! flood holds the readers that feed it instead of the coordinator's memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,8 @@ pub(crate) struct CoreTask {
     now: u64,
     ticked: Instant,
     built: Instant,
+    /// Bytes a connection may have queued and unsent at most ([`out_budget`]).
+    out_budget: usize,
 }
 
 /// What one batch made of the core: its actions, the connections that went, and whether the
@@ -72,7 +75,9 @@ impl CoreTask {
         rounds: mpsc::UnboundedSender<RoundSummary>,
     ) -> Self {
         let start = Instant::now();
+        let out_budget = out_budget(core.spec());
         CoreTask {
+            out_budget,
             core,
             store,
             status,
@@ -290,15 +295,38 @@ impl CoreTask {
         }
     }
 
-    fn send(&self, conn: ConnId, msg: &ToContributor, frame: Bytes) {
-        if let Some(out) = self.conns.get(&conn) {
-            if let ToContributor::Welcome { .. } = msg {
-                // The handshake is done: the session may send frames of any protocol size.
-                out.limit.admit(MAX_FRAME_BYTES);
-            }
-            let _ = out.frames.send(frame);
+    /// Queues `frame` for `conn`; a connection whose queue would pass [`Self::out_budget`]
+    /// does not read what it is sent, and is dropped (its reader reports it to the core).
+    fn send(&mut self, conn: ConnId, msg: &ToContributor, frame: Bytes) {
+        let Some(out) = self.conns.get(&conn) else {
+            return;
+        };
+        if let ToContributor::Welcome { .. } = msg {
+            // The handshake is done: the session may send frames of any protocol size.
+            out.limit.admit(MAX_FRAME_BYTES);
         }
+        let len = frame.len();
+        let queued = out.queued.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > self.out_budget && queued > len {
+            tracing::info!(conn, queued, "dropping a connection that does not read");
+            out.limit.slow_reader(queued);
+            self.conns.remove(&conn);
+            return;
+        }
+        let _ = out.frames.send(frame);
     }
+}
+
+/// The bytes a connection may have queued and not yet written to its socket: room for a
+/// lease's weights (the largest burst the core sends one session) twice over, and 64 MiB at
+/// least. A peer that lets more pile up does not read, and is dropped.
+pub(crate) fn out_budget(spec: &crate::core::RunSpec) -> usize {
+    let weights = spec.model.parameter_count().saturating_mul(4);
+    let budget = weights
+        .saturating_mul(2)
+        .saturating_add(16 << 20)
+        .max(64 << 20);
+    usize::try_from(budget).unwrap_or(usize::MAX)
 }
 
 /// What a batch of writes holds, for people: "a contribution, 3 log entries and a round's
@@ -332,6 +360,69 @@ fn described(writes: &[Write<'_>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task over a tiny run, with a store of its own.
+    async fn task(name: &str) -> CoreTask {
+        let model = crate::config::preset("tiny-byte").expect("a preset");
+        let tokens: Vec<u32> = (0..400u32).map(|i| i % 200).collect();
+        let core = Core::new(
+            crate::core::RunSpec::new("task", model.clone(), tokens),
+            tessera_protocol::Identity::from_seed([9; 32]),
+            tessera_compute::reference::ModelParams::random(&model, 1),
+        );
+        let dir = std::env::temp_dir().join(format!("tessera-task-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, None).await.expect("a store");
+        let (finished, _) = watch::channel(Outcome::Running);
+        let (rounds, _) = mpsc::unbounded_channel();
+        CoreTask::new(core, store, Default::default(), finished, rounds)
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_lets_its_budget_pile_up_is_dropped() {
+        let mut t = task("budget").await;
+        assert_eq!(t.out_budget, 64 << 20, "a tiny run's budget is the floor");
+        let (frames, mut rx) = mpsc::unbounded_channel();
+        let limit = crate::frame_guard::Limit::new();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        t.conns.insert(
+            1,
+            Outbox {
+                frames,
+                limit: limit.clone(),
+                queued: queued.clone(),
+            },
+        );
+        let msg = ToContributor::Cancel { unit: 1 };
+        let third = Bytes::from(vec![0u8; t.out_budget / 3]);
+        // A writer that keeps up: nothing piles up, however much goes through.
+        for _ in 0..10 {
+            t.send(1, &msg, third.clone());
+            let f = rx.try_recv().expect("queued");
+            queued.fetch_sub(f.len(), Ordering::Relaxed);
+        }
+        assert!(limit.slow().is_none() && t.conns.contains_key(&1));
+        // One that reads nothing: the frame that would pass the budget drops it.
+        for _ in 0..3 {
+            t.send(1, &msg, third.clone());
+        }
+        assert!(t.conns.contains_key(&1), "three thirds fit");
+        t.send(1, &msg, third.clone());
+        assert_eq!(limit.slow(), Some(4 * third.len()));
+        assert!(!t.conns.contains_key(&1), "dropped");
+        // A single frame larger than the budget still goes to a connection with nothing queued.
+        let (frames, _rx) = mpsc::unbounded_channel();
+        t.conns.insert(
+            2,
+            Outbox {
+                frames,
+                limit: crate::frame_guard::Limit::new(),
+                queued: Default::default(),
+            },
+        );
+        t.send(2, &msg, Bytes::from(vec![0u8; t.out_budget + 1]));
+        assert!(t.conns.contains_key(&2));
+    }
 
     #[test]
     fn a_failed_batch_is_described_by_what_it_held() {

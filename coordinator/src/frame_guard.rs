@@ -29,6 +29,8 @@ pub(crate) struct Limit {
     closed: AtomicBool,
     /// Everything read from now on is thrown away unread (the session is over).
     discard: AtomicBool,
+    /// The bytes queued for the peer when it was found not to read them (0: it reads).
+    slow: AtomicUsize,
     /// Wakes the connection's task when `over` or `closed` is set.
     pub(crate) wake: Notify,
 }
@@ -41,6 +43,7 @@ impl Limit {
             over: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             discard: AtomicBool::new(false),
+            slow: AtomicUsize::new(0),
             wake: Notify::new(),
         })
     }
@@ -77,6 +80,21 @@ impl Limit {
     /// Whether the session is closed.
     pub(crate) fn closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The peer does not read what it is sent: `queued` bytes wait, over its budget. The
+    /// connection's task closes the socket without sending them.
+    pub(crate) fn slow_reader(&self, queued: usize) {
+        self.slow.store(queued.max(1), Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// The bytes that were waiting when the peer was found not to read, if it was.
+    pub(crate) fn slow(&self) -> Option<usize> {
+        match self.slow.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     /// From now on the socket is drained: bytes are read and thrown away, never decoded, so

@@ -33,6 +33,8 @@ pub(crate) struct Outbox {
     pub(crate) frames: mpsc::UnboundedSender<bytes::Bytes>,
     /// The connection's read limit.
     pub(crate) limit: Arc<crate::frame_guard::Limit>,
+    /// Bytes in `frames` that its writer has not yet handed to the socket.
+    pub(crate) queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What every route of a serving coordinator shares.
