@@ -357,17 +357,24 @@ fn outer_step_is_exact_and_disconnects_and_deadlines_reassign() {
             "outer step theta - lr * mean"
         );
     }
-    // Everyone leased hears the outer step.
+    // Everyone leased hears the outer step, all from one copy of the update.
+    let mut steps = Vec::new();
     for conn in [ca, cc] {
-        assert!(sends(&a, conn).iter().any(|m| matches!(
-            m,
+        steps.extend(sends(&a, conn).into_iter().filter_map(|m| match m {
             ToContributor::OuterStep {
                 round: 0,
                 version: 1,
+                update,
                 ..
-            }
-        )));
+            } => Some(update),
+            _ => None,
+        }));
     }
+    assert_eq!(steps.len(), 2);
+    assert!(
+        std::sync::Arc::ptr_eq(&steps[0], &steps[1]),
+        "the update is not copied per session"
+    );
     assert_eq!(h.core.round(), 1);
     let _ = tensor_shapes(&cfg);
 }

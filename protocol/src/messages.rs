@@ -399,8 +399,9 @@ pub enum ToContributor {
         version: u64,
         /// Outer learning rate.
         lr: f32,
-        /// The averaged pseudo-gradient.
-        update: Update,
+        /// The averaged pseudo-gradient (one copy, shared by every session it goes to; on the
+        /// wire as the update itself).
+        update: std::sync::Arc<Update>,
     },
     /// Stop working on a unit (reassigned, or its round closed).
     Cancel {

@@ -179,10 +179,10 @@ fn to_contributor() -> Vec<Vec<u8>> {
             round: 1,
             version: 2,
             lr: 0.7,
-            update: Update::Dense(vec![NamedTensor {
+            update: std::sync::Arc::new(Update::Dense(vec![NamedTensor {
                 name: "model.norm.weight".into(),
                 tensor: tensor(8),
-            }]),
+            }])),
         },
         ToContributor::Error {
             reason: Reason::new(Code::Budget, "a replica needs more memory"),

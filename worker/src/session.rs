@@ -279,7 +279,7 @@ impl Session {
                     job: Some(Job::OuterStep {
                         version,
                         lr,
-                        update,
+                        update: std::sync::Arc::unwrap_or_clone(update),
                     }),
                 })
             }

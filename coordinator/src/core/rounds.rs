@@ -435,6 +435,8 @@ impl Replicas {
             .filter(|(_, s)| s.lease.is_some() && s.active().is_some())
             .map(|(&c, _)| c)
             .collect();
+        // One copy of the update, however many sessions it goes to.
+        let update = std::sync::Arc::new(update);
         for conn in leased {
             let msg = ToContributor::OuterStep {
                 round: closed,
