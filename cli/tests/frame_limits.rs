@@ -8,7 +8,9 @@
 //! - connections over the per-address limit are refused before the upgrade (503, naming the
 //!   limit) and admitted again once one closes;
 //! - HTTP requests from one address over its rate are answered 429 with `Retry-After`, and
-//!   served again once that time has passed.
+//!   served again once that time has passed;
+//! - a browser page of another origin may not open `/ws` (403, naming the origin), one of an
+//!   origin the operator allowed may, and so may the coordinator's own page and native workers.
 //!
 //! The coordinator still serves afterwards.
 
@@ -313,4 +315,58 @@ fn http_requests_over_an_address_rate_are_answered_429_until_it_waits() {
         200,
         "served again after the wait"
     );
+}
+
+/// A WebSocket upgrade with `origin` (as a browser sends it): the socket, or the HTTP status and
+/// body it was refused with.
+fn upgrade_from(port: u16, origin: Option<&str>) -> Result<Ws, (u16, String)> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{port}/ws")
+        .into_client_request()
+        .expect("a request");
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("Origin", o.parse().expect("a header value"));
+    }
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    match tungstenite::client(req, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            let body = r.body().clone().unwrap_or_default();
+            Err((
+                r.status().as_u16(),
+                String::from_utf8_lossy(&body).into_owned(),
+            ))
+        }
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+#[test]
+fn pages_of_other_origins_may_not_contribute_unless_allowed() {
+    let port = free_port();
+    let dir = scratch("origins");
+    let allow: [&std::ffi::OsStr; 2] = [
+        "--allow-origin".as_ref(),
+        "https://friends.example".as_ref(),
+    ];
+    let _c = coordinator_with(&data("e2e.toml"), port, &dir, None, &allow);
+    wait_for(port, LIMIT, "the coordinator serving", |_| true);
+    let (code, body) = upgrade_from(port, Some("https://evil.example"))
+        .map(|_| ())
+        .expect_err("another origin is refused");
+    assert_eq!(code, 403);
+    assert!(
+        body.contains("pages from https://evil.example may not contribute here"),
+        "{body}"
+    );
+    for ok in [
+        Some("https://friends.example"),
+        Some(format!("http://127.0.0.1:{port}").as_str()),
+        None,
+    ] {
+        // Upgraded (101): the socket is the contributor's to handshake on.
+        let mut ws = upgrade_from(port, ok).unwrap_or_else(|e| panic!("{ok:?} refused: {e:?}"));
+        ws.close(None).ok();
+    }
 }
