@@ -670,3 +670,55 @@ fn a_slot_held_and_never_delivered_cannot_hold_a_round_open_past_its_quorum_dead
         "carol's unit is cancelled"
     );
 }
+
+/// An identity cannot fill the log with rejections: once 64 of its results were rejected (and
+/// more than were accepted) its sessions close with `Refused`, the log holds those 64 entries
+/// and no more, and its next handshake is refused; another identity is not touched.
+#[test]
+fn an_identity_that_spends_its_rejections_is_refused() {
+    use tessera_coordinator::core::credits::MAX_REJECTED;
+    let sp = spec(2, 3, SyncMode::Dense);
+    let cfg = sp.model.clone();
+    let mut h = Harness::new(core(sp));
+    let (mut alice, mut bob) = (Client::new(1), Client::new(2));
+    let (ca, a) = h.join_ready(&mut alice);
+    let (_cb, _) = h.join_ready(&mut bob);
+    let wa = works(&a)[0].1.clone();
+    let mut logged_rejections = 0;
+    let mut closed_at = None;
+    for k in 1..=MAX_REJECTED + 5 {
+        let mut sub = alice.submission(&cfg, &wa, 0.5);
+        sub.unit = 999; // never open
+        let a = h.submit(&mut alice, ca, sub);
+        logged_rejections += a
+            .iter()
+            .filter(|x| matches!(x, Action::Logged(e) if matches!(e.entry.event, LogEvent::Rejected { .. })))
+            .count() as u64;
+        if closed(&a, ca) {
+            let refusal = sends(&a, ca).into_iter().find_map(|m| match m {
+                ToContributor::Error {
+                    reason,
+                    fatal: true,
+                } => Some(reason),
+                _ => None,
+            });
+            let r = refusal.expect("a fatal error");
+            assert_eq!(r.code, Code::Refused);
+            assert!(r.to_string().contains("were rejected"), "{r}");
+            closed_at = Some(k);
+            break;
+        }
+    }
+    assert_eq!(closed_at, Some(MAX_REJECTED), "closed at the cap");
+    assert_eq!(
+        logged_rejections, MAX_REJECTED,
+        "no more entries than the cap"
+    );
+    let mut again = Client::new(1);
+    let (c2, a) = h.join(&mut again, 1 << 30);
+    assert!(closed(&a, c2), "refused at the handshake");
+    assert!(
+        h.core.sessions().iter().any(|s| s.key == bob.key()),
+        "bob still takes part"
+    );
+}

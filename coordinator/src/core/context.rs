@@ -205,9 +205,12 @@ impl Context {
         Some(s)
     }
 
-    /// Whether `key` is refused from the run: banned, or found wrong by a check.
+    /// Whether `key` is refused from the run: banned, found wrong by a check, or out of
+    /// rejections.
     pub(super) fn is_refused(&self, key: &PublicKey) -> bool {
-        self.admin.banned.contains(key) || self.credits.is_refused(key)
+        self.admin.banned.contains(key)
+            || self.credits.is_refused(key)
+            || self.credits.rejections_spent(key)
     }
 
     /// The connections of an identity's active sessions.

@@ -118,11 +118,26 @@ impl Credits {
         self.refused.contains(key)
     }
 
+    /// Whether `key` spent its rejections: [`MAX_REJECTED`] of its results or more were
+    /// rejected, and more than were accepted. Such an identity takes no further part in the
+    /// run (a restarted coordinator and `tessera verify` fold the same count from the log), so
+    /// no identity can fill the log with rejections; an honest contributor's late results
+    /// are far fewer than its accepted ones.
+    pub fn rejections_spent(&self, key: &PublicKey) -> bool {
+        self.records
+            .get(key)
+            .is_some_and(|r| r.rejected >= MAX_REJECTED && r.rejected > r.accepted)
+    }
+
     /// Distinct steps or rounds in which `key`'s work passed checks (its probation).
     pub fn clean_steps(&self, key: &PublicKey) -> u64 {
         self.records.get(key).map_or(0, |r| r.clean_steps)
     }
 }
+
+/// Rejected results after which an identity with fewer accepted ones is refused (see
+/// [`Credits::rejections_spent`]).
+pub const MAX_REJECTED: u64 = 64;
 
 /// Per-identity record, kept across sessions and restarts: a fold of the run log (see
 /// this module).

@@ -228,29 +228,30 @@ impl Core {
                 self.offer_lease(conn);
             }
             Handled::Work { key, seq, body } => {
-                let cx = &mut self.cx;
-                match (&mut self.regime, body) {
-                    (Regime::Replicas(r), SessionMessage::Submit(sub)) => {
-                        r.submit(cx, conn, key, seq, sub)
-                    }
-                    (Regime::Pipeline(p), SessionMessage::Output(o)) => {
-                        p.output(cx, conn, key, seq, o)
-                    }
-                    (Regime::Pipeline(p), SessionMessage::Grads(g)) => {
-                        p.grads(cx, conn, key, seq, g)
-                    }
-                    (Regime::Pipeline(p), SessionMessage::Audited(a)) => {
-                        p.audited(cx, conn, key, seq, a)
-                    }
-                    _ => cx.refuse(
-                        conn,
-                        Reason::new(
-                            Code::WrongRegime,
-                            "that kind of result does not belong to this run's regime",
-                        ),
-                    ),
+                self.work(conn, key, seq, body);
+                if self.cx.credits.rejections_spent(&key) {
+                    let (cx, part) = self.split();
+                    part.close_refused(cx, key, sessions::spent_rejections());
                 }
             }
+        }
+    }
+
+    /// Hands a session's result to its regime.
+    fn work(&mut self, conn: ConnId, key: PublicKey, seq: u64, body: SessionMessage) {
+        let cx = &mut self.cx;
+        match (&mut self.regime, body) {
+            (Regime::Replicas(r), SessionMessage::Submit(sub)) => r.submit(cx, conn, key, seq, sub),
+            (Regime::Pipeline(p), SessionMessage::Output(o)) => p.output(cx, conn, key, seq, o),
+            (Regime::Pipeline(p), SessionMessage::Grads(g)) => p.grads(cx, conn, key, seq, g),
+            (Regime::Pipeline(p), SessionMessage::Audited(a)) => p.audited(cx, conn, key, seq, a),
+            _ => cx.refuse(
+                conn,
+                Reason::new(
+                    Code::WrongRegime,
+                    "that kind of result does not belong to this run's regime",
+                ),
+            ),
         }
     }
 

@@ -171,6 +171,9 @@ fn proof(cx: &mut Context, conn: ConnId, signature: tessera_protocol::Signature)
             "this identity's results failed a check: it is refused from this run (see the run log)",
         ));
     }
+    if cx.credits.rejections_spent(&key) {
+        return Handled::Fatal(spent_rejections());
+    }
     if cx.admin.banned.contains(&key) {
         return Handled::Fatal(Reason::new(
             Code::Banned,
@@ -246,6 +249,17 @@ pub(super) fn silent(cx: &Context) -> Vec<ConnId> {
         .filter(|(_, s)| cx.now.saturating_sub(s.last_seen) > cx.spec.silence_ms)
         .map(|(&c, _)| c)
         .collect()
+}
+
+/// Why an identity that spent its rejections is refused.
+pub(super) fn spent_rejections() -> Reason {
+    Reason::new(
+        Code::Refused,
+        format!(
+            "{} or more of this identity's results were rejected, more than were accepted: it is refused from this run (see the run log)",
+            super::credits::MAX_REJECTED
+        ),
+    )
 }
 
 #[cfg(test)]
