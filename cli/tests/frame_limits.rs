@@ -208,18 +208,7 @@ fn oversized_frames_silence_and_closed_sessions_cost_the_coordinator_nothing() {
 
 /// A WebSocket upgrade: the socket, or the HTTP status and body it was refused with.
 fn try_connect(port: u16) -> Result<Ws, (u16, String)> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    match tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream) {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
-            let body = r.body().clone().unwrap_or_default();
-            Err((
-                r.status().as_u16(),
-                String::from_utf8_lossy(&body).into_owned(),
-            ))
-        }
-        Err(e) => panic!("upgrade: {e}"),
-    }
+    upgrade_from(port, None)
 }
 
 #[test]
