@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tessera_coordinator::config::RunConfig;
-use tessera_coordinator::core::{Action, Core};
+use tessera_coordinator::core::Core;
 use tessera_coordinator::gate::ConnectionLimits;
 use tessera_coordinator::http_limit::RequestRate;
 use tessera_coordinator::server::{self, AdminToken, Outcome, Running, ServeOptions};
@@ -174,10 +174,7 @@ pub async fn start(
             let snap = core.snapshot();
             let writes: Vec<Write<'_>> = queued
                 .iter()
-                .filter_map(|a| match a {
-                    Action::Logged(e) => Some(Write::Log(e)),
-                    _ => None,
-                })
+                .filter_map(Write::of)
                 .chain([Write::Commit {
                     run: core.name(),
                     cfg: &core.spec().model,

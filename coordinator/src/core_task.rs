@@ -273,15 +273,7 @@ impl CoreTask {
     ) -> Result<Option<std::path::PathBuf>, (String, StoreError)> {
         let closed = actions.iter().any(|a| matches!(a, Action::RoundClosed(_)));
         let snap = closed.then(|| self.core.snapshot());
-        let mut writes: Vec<Write<'_>> = actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Logged(e) => Some(Write::Log(e)),
-                Action::Accepted(c) => Some(Write::Record(c)),
-                &Action::Withdrawn { round, slot } => Some(Write::Withdraw { round, slot }),
-                _ => None,
-            })
-            .collect();
+        let mut writes: Vec<Write<'_>> = actions.iter().filter_map(Write::of).collect();
         if let Some(snap) = &snap {
             writes.push(Write::Commit {
                 run: self.core.name(),

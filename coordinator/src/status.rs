@@ -186,9 +186,9 @@ impl Status {
     /// [`STATUS_PAGE`]).
     pub fn page(&self, from: usize, limit: usize) -> StatusPage<'_> {
         let limit = limit.clamp(1, STATUS_PAGE);
-        let slice = |len: usize| from.min(len)..from.saturating_add(limit).min(len);
-        let (c, k) = (slice(self.contributors.len()), slice(self.credits.len()));
         let end = from.saturating_add(limit);
+        let slice = |len: usize| from.min(len)..end.min(len);
+        let (c, k) = (slice(self.contributors.len()), slice(self.credits.len()));
         let more = end < self.contributors.len() || end < self.credits.len();
         StatusPage {
             run: &self.run,

@@ -11,20 +11,20 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use tessera_compute::hf::params_to_safetensors;
 use tessera_compute::ModelConfig;
+use tessera_protocol::identity::hex;
 use tessera_protocol::log::SignedEntry;
 use tessera_protocol::log_store::StoredEntry;
 use tessera_protocol::signed::signing_bytes;
 
 use super::{corrupt, Store, StoreError};
-use crate::core::{Contribution, Snapshot};
+use crate::core::{Action, Contribution, Snapshot};
 
 /// Where a contribution's update is kept until its round closes: named by its round and its
 /// content, so a blob once written is never overwritten (a slot that runs again after a
 /// withdrawal writes another).
 fn blob_path(round: u64, bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("ledger/round-{round}-{hex}.bin")
+    format!("ledger/round-{round}-{}.bin", hex(&digest[..16]))
 }
 
 /// One durable write of a [`Store::write`] batch.
@@ -50,6 +50,19 @@ pub enum Write<'a> {
         /// What to commit.
         snap: &'a Snapshot,
     },
+}
+
+impl<'a> Write<'a> {
+    /// The write an action of the core asks for, if it asks for one (a round's commit needs
+    /// the core's snapshot, so it is not one of these).
+    pub fn of(action: &'a Action) -> Option<Self> {
+        match action {
+            Action::Logged(e) => Some(Write::Log(e)),
+            Action::Accepted(c) => Some(Write::Record(c)),
+            &Action::Withdrawn { round, slot } => Some(Write::Withdraw { round, slot }),
+            _ => None,
+        }
+    }
 }
 
 /// Syncs `file` and every directory from its own up to `root`.
