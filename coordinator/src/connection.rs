@@ -18,6 +18,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use tessera_protocol::messages::SessionMessage;
 use tessera_protocol::{decode, Code, ProtocolError, Reason, ToCoordinator, MAX_FRAME_BYTES};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -141,6 +142,47 @@ pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// Whether a decoded message is a heartbeat, which the connection takes itself: it changes
+/// nothing but the session's liveness, and the socket it came on is the session's (proved by
+/// the handshake), so its signature is not worth a check per heartbeat on the core's task.
+fn is_heartbeat(input: &Input) -> bool {
+    matches!(input, Input::Message { msg: ToCoordinator::Session(s), .. }
+        if matches!(s.body, SessionMessage::Heartbeat { .. }))
+}
+
+/// What a connection tells the core of its session's heartbeats.
+struct Liveness {
+    /// When the core last heard from this connection.
+    told: Instant,
+    every: Duration,
+}
+
+impl Liveness {
+    fn new(every: Duration) -> Self {
+        Liveness {
+            told: Instant::now(),
+            every,
+        }
+    }
+
+    /// What of `input`, received at `at`, goes to the core: a welcomed session's heartbeat
+    /// only as [`Input::Alive`], and only when the core has heard nothing of it for `every`;
+    /// anything else as it is.
+    fn forward(&mut self, input: Input, admitted: bool, at: Instant) -> Option<Input> {
+        let input = match input {
+            Input::Message { conn, .. } if admitted && is_heartbeat(&input) => {
+                if at.duration_since(self.told) < self.every {
+                    return None;
+                }
+                Input::Alive { conn }
+            }
+            other => other,
+        };
+        self.told = at;
+        Some(input)
+    }
+}
+
 /// A frame's input for the core.
 fn input_of(conn: u64, msg: Message) -> Option<Input> {
     Some(match msg {
@@ -222,6 +264,7 @@ where
         closing.close();
     });
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut alive = Liveness::new(s.alive_every);
     loop {
         let handshake = async {
             if limit.admitted() {
@@ -259,6 +302,9 @@ where
             },
         };
         let at = Instant::now();
+        let Some(input) = alive.forward(input, limit.admitted(), at) else {
+            continue;
+        };
         let bad = matches!(input, Input::BadFrame { .. });
         // A full queue holds this reader (and its socket) until the core catches up.
         let _ = s.events.send(Event::Input(Box::new(input), at)).await;
@@ -340,6 +386,42 @@ mod tests {
             None
         );
         assert!(origin_problem(&h(Some("null")), &allowed).is_some());
+    }
+
+    #[test]
+    fn a_welcomed_session_s_heartbeats_reach_the_core_as_alive_at_most_once_per_interval() {
+        use tessera_protocol::messages::LogHead;
+        use tessera_protocol::{Identity, Signed};
+        let id = Identity::from_seed([1; 32]);
+        let body = |seq, body| Input::Message {
+            conn: 7,
+            msg: ToCoordinator::Session(Signed::new(&id, &[0; 32], seq, body).unwrap()),
+        };
+        let beat = |seq| {
+            body(
+                seq,
+                SessionMessage::Heartbeat {
+                    log_head: LogHead::default(),
+                },
+            )
+        };
+        let t0 = Instant::now();
+        let every = Duration::from_secs(10);
+        let mut l = Liveness::new(every);
+        l.told = t0;
+        // Before the handshake is done, a heartbeat goes to the core (which refuses it).
+        assert_eq!(l.forward(beat(1), false, t0), Some(beat(1)));
+        assert_eq!(l.forward(beat(2), true, t0 + Duration::from_secs(9)), None);
+        assert_eq!(
+            l.forward(beat(3), true, t0 + every),
+            Some(Input::Alive { conn: 7 })
+        );
+        // Anything else goes as it is, and counts as heard.
+        let leave = body(4, SessionMessage::Leave);
+        let t1 = t0 + Duration::from_secs(15);
+        assert_eq!(l.forward(leave.clone(), true, t1), Some(leave));
+        assert_eq!(l.forward(beat(5), true, t1 + Duration::from_secs(9)), None);
+        assert!(l.forward(beat(6), true, t1 + every).is_some());
     }
 
     #[test]

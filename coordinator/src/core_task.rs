@@ -33,8 +33,9 @@ const BATCH: usize = 256;
 /// How often the core's clock ticks.
 const TICK: Duration = Duration::from_millis(500);
 
-/// The longest a served status lags the core while messages keep coming.
-const STATUS_EVERY: Duration = Duration::from_millis(250);
+/// How often at most the status is rebuilt while the core keeps acting (it lags the core by
+/// this plus a tick at most).
+const STATUS_EVERY: Duration = TICK;
 
 /// The core and what its task keeps beside it.
 pub(crate) struct CoreTask {
@@ -54,6 +55,8 @@ pub(crate) struct CoreTask {
     now: u64,
     ticked: Instant,
     built: Instant,
+    /// Whether the core acted since the status was last built.
+    stale: bool,
     /// Bytes a connection may have queued and unsent at most ([`out_budget`]).
     out_budget: usize,
 }
@@ -91,6 +94,7 @@ impl CoreTask {
             now: 0,
             ticked: start,
             built: start,
+            stale: false,
         }
     }
 
@@ -161,17 +165,18 @@ impl CoreTask {
 
     /// Feeds a batch to the core, each input at the time it was received.
     fn feed(&mut self, inputs: Vec<(Input, Option<Instant>)>) -> Fed {
-        // The status is rebuilt on the clock's tick, after an administrator's act or a closed
-        // round, and otherwise at most every STATUS_EVERY: not after every message, whose cost
-        // would grow with every identity the run has seen.
-        let mut refresh = self.built.elapsed() >= STATUS_EVERY;
+        // The status is rebuilt at once after an administrator's act or a closed round, and
+        // otherwise when the core acted since (inputs that change nothing, such as heartbeats,
+        // leave no action), at most every STATUS_EVERY: not after every message, whose cost
+        // grows with the contributors connected.
+        let mut refresh = false;
         let mut fed = Fed {
             actions: Vec::new(),
             gone: Vec::new(),
             refresh: false,
         };
         for (input, at) in inputs {
-            refresh |= matches!(input, Input::Tick | Input::Admin { .. });
+            refresh |= matches!(input, Input::Admin { .. });
             if let Input::Disconnected { conn } = input {
                 fed.gone.push(conn);
             }
@@ -182,7 +187,9 @@ impl CoreTask {
             self.now = self.now.max(at.as_millis() as u64);
             fed.actions.extend(self.core.tick(self.now, input));
         }
+        self.stale |= !fed.actions.is_empty();
         fed.refresh = refresh
+            || (self.stale && self.built.elapsed() >= STATUS_EVERY)
             || fed
                 .actions
                 .iter()
@@ -260,6 +267,7 @@ impl CoreTask {
                 *p = page;
             }
             self.built = Instant::now();
+            self.stale = false;
         }
         Ok(())
     }

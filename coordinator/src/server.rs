@@ -183,6 +183,7 @@ pub(crate) fn launch(
     });
     let (round_tx, round_rx) = mpsc::unbounded_channel();
     let coordinator = core.public_key().to_string();
+    let alive_every = std::time::Duration::from_millis(core.spec().alive_every_ms());
     tokio::spawn(
         crate::core_task::CoreTask::new(
             core,
@@ -204,6 +205,7 @@ pub(crate) fn launch(
         gate: crate::gate::Gate::default(),
         origins: Arc::default(),
         admin_transport: Default::default(),
+        alive_every,
     };
     let running = Running {
         addr,

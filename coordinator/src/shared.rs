@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     pub(crate) gate: crate::gate::Gate,
     /// Origins besides its own whose pages may open `/ws`.
     pub(crate) origins: Arc<Vec<String>>,
+    /// How often a connection that takes heartbeats itself tells the core its session is
+    /// alive (see [`crate::core::Input::Alive`]).
+    pub(crate) alive_every: std::time::Duration,
 }
 
 impl Shared {

@@ -35,9 +35,15 @@ impl fmt::Debug for Signature {
     }
 }
 
-/// Lower-case hex of bytes.
+/// Lower-case hex of bytes (one allocation: the status page writes thousands of keys).
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * b.len());
+    for &x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 15)]));
+    }
+    s
 }
 
 /// Parses hex (surrounding whitespace ignored) into bytes.
@@ -154,4 +160,21 @@ pub fn handshake_message(
     contributor: &PublicKey,
 ) -> Vec<u8> {
     [nonce.as_slice(), &coordinator.0, &contributor.0].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hex, unhex};
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte_and_reads_back() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let h = hex(&bytes);
+        assert_eq!(h.len(), 512);
+        assert_eq!(&h[..8], "00010203");
+        assert_eq!(&h[h.len() - 4..], "feff");
+        assert_eq!(hex(&[0xa0, 0x0b]), "a00b");
+        assert_eq!(unhex(&h).unwrap(), bytes);
+        assert_eq!(hex(&[]), "");
+    }
 }

@@ -4,7 +4,7 @@
 //! own state is not here: `Core` holds it beside the context, so a regime's methods take
 //! `&mut self` (their part) and `&mut Context` (the rest) at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_compute::reference::ModelParams;
 use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
@@ -33,6 +33,10 @@ pub(super) struct Context {
     /// The aggregate of the last closed round or step (what produced the current weights).
     pub(super) aggregate: Option<ModelParams<f32>>,
     pub(super) sessions: BTreeMap<ConnId, Session>,
+    /// Identities whose current session's `Joined` entry is in the log. A join is logged
+    /// lazily, just before the first entry its session causes (a lease, a verdict): an
+    /// identity that only connects, or only idles, leaves nothing in the log.
+    pub(super) joined: BTreeSet<PublicKey>,
     /// Every identity's record, folded from the log as it is written.
     pub(super) credits: credits::Credits,
     /// Every choice of who is checked, who checks and who holds what.
@@ -62,6 +66,7 @@ impl Context {
             sampler,
             aggregate: None,
             sessions: BTreeMap::new(),
+            joined: BTreeSet::new(),
             credits: credits::Credits::default(),
             log: LogWriter::default(),
             admin: admin::AdminState::default(),
@@ -73,10 +78,30 @@ impl Context {
 
     /// Appends a decision to the run log (and folds it into the credits).
     pub(super) fn log(&mut self, event: LogEvent) -> SignedEntry {
+        if let Some(key) = actor(&event) {
+            self.log_join(key);
+        }
         self.credits.apply(&event);
         let entry = self.log.append(&self.id, self.now, event);
         self.out.push(Action::Logged(entry.clone()));
         entry
+    }
+
+    /// Logs the join of `key`'s session, unless it is logged already (or `key` has none).
+    fn log_join(&mut self, key: PublicKey) {
+        if self.joined.contains(&key) {
+            return;
+        }
+        let Some(kind) = self
+            .sessions
+            .values()
+            .find(|s| s.active() == Some(key))
+            .map(|s| s.kind)
+        else {
+            return;
+        };
+        self.joined.insert(key);
+        self.log(LogEvent::Joined { key, kind });
     }
 
     /// The latest run-log head.
@@ -196,7 +221,7 @@ impl Context {
     /// Forgets a session (logging that its identity left, and why) and returns it.
     pub(super) fn forget(&mut self, conn: ConnId, why: Option<Reason>) -> Option<Session> {
         let s = self.sessions.remove(&conn)?;
-        if let Some(key) = s.active() {
+        if let Some(key) = s.active().filter(|k| self.joined.remove(k)) {
             self.log(LogEvent::Left {
                 key,
                 reason: why.unwrap_or_else(|| Reason::new(Code::Disconnected, "disconnected")),
@@ -220,6 +245,17 @@ impl Context {
             .filter(|(_, s)| s.active() == Some(key))
             .map(|(&c, _)| c)
             .collect()
+    }
+}
+
+/// The contributor whose session an entry is the first sign of, if any: the one leased to, or
+/// whose result was judged.
+fn actor(event: &LogEvent) -> Option<PublicKey> {
+    match event {
+        LogEvent::Leased { key, .. }
+        | LogEvent::Accepted { key, .. }
+        | LogEvent::Rejected { key, .. } => Some(*key),
+        _ => None,
     }
 }
 
@@ -248,7 +284,8 @@ pub(super) mod testing {
         Context::new(spec, Identity::from_seed([9; 32]), weights, 0)
     }
 
-    /// Adds an active session of the identity seeded by `seed` on `conn`, with `lease`.
+    /// Adds an active session of the identity seeded by `seed` on `conn`, with `lease` (a
+    /// leased session's join counts as logged, as its lease's entry would have logged it).
     pub fn active(cx: &mut Context, conn: ConnId, seed: u8, lease: Option<u64>) -> PublicKey {
         let key = Identity::from_seed([seed; 32]).public();
         cx.sessions.insert(
@@ -266,6 +303,9 @@ pub(super) mod testing {
                 unit: None,
             },
         );
+        if lease.is_some() {
+            cx.joined.insert(key);
+        }
         key
     }
 }
@@ -310,6 +350,51 @@ mod tests {
             &cx.out[0],
             Action::Logged(e) if matches!(&e.entry.event, LogEvent::Rejected { reason, .. } if reason.code == Code::NotOpen)
         ));
+    }
+
+    #[test]
+    fn a_join_is_logged_before_the_first_entry_its_session_causes_and_an_idle_one_leaves_nothing() {
+        let mut cx = context(spec(1));
+        let idle = active(&mut cx, 1, 1, None);
+        let worker = active(&mut cx, 2, 2, None);
+        let shards = Vec::new();
+        cx.log(LogEvent::Leased {
+            key: worker,
+            lease: 1,
+            shards,
+        });
+        cx.log(LogEvent::Leased {
+            key: worker,
+            lease: 2,
+            shards: Vec::new(),
+        });
+        cx.forget(1, None);
+        cx.forget(2, None);
+        let events: Vec<&LogEvent> = cx
+            .out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Logged(e) => Some(&e.entry.event),
+                _ => None,
+            })
+            .collect();
+        assert!(matches!(events[0], LogEvent::Joined { key, .. } if *key == worker));
+        assert!(matches!(events[1], LogEvent::Leased { lease: 1, .. }));
+        assert!(matches!(events[2], LogEvent::Leased { lease: 2, .. }));
+        assert!(matches!(events[3], LogEvent::Left { key, .. } if *key == worker));
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(cx.credits.records().get(&idle).is_none());
+        // A new session of the same identity is logged again once it does something.
+        active(&mut cx, 3, 2, None);
+        cx.out.clear();
+        cx.log(LogEvent::Leased {
+            key: worker,
+            lease: 3,
+            shards: Vec::new(),
+        });
+        assert!(
+            matches!(&cx.out[0], Action::Logged(e) if matches!(e.entry.event, LogEvent::Joined { .. }))
+        );
     }
 
     #[test]

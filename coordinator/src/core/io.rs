@@ -31,6 +31,14 @@ pub enum Input {
         /// Why (`MalformedFrame`, or `ProtocolVersion` for another protocol version).
         error: Reason,
     },
+    /// The connection's transport received heartbeats (which change nothing else) since the
+    /// last time it said so: the session is alive. The transport says it at most every
+    /// [`super::RunSpec::alive_every_ms`], so a crowd of idle contributors costs the core one
+    /// cheap input each per interval instead of a signature check per heartbeat.
+    Alive {
+        /// Connection.
+        conn: ConnId,
+    },
     /// The connection closed.
     Disconnected {
         /// Connection.

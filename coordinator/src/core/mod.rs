@@ -178,6 +178,7 @@ impl Core {
                 let (cx, part) = self.split();
                 part.drop_session(cx, conn, None);
             }
+            Input::Alive { conn } => sessions::alive(&mut self.cx, conn),
             Input::Tick => self.expire(),
             Input::Admin {
                 request,
@@ -224,7 +225,7 @@ impl Core {
                     cx.out.push(Action::Close { conn: c, reason });
                     part.drop_session(cx, c, Some(Reason::new(Code::Replaced, "replaced")));
                 }
-                sessions::join(cx, conn, key);
+                sessions::join(cx, conn);
                 self.offer_lease(conn);
             }
             Handled::Work { key, seq, body } => {

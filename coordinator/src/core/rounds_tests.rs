@@ -1,5 +1,6 @@
 //! Unit tests of the replica round (`rounds.rs`): assignment, bars, deadlines and leases.
 
+use tessera_protocol::log::LogEvent;
 use tessera_protocol::messages::{Capabilities, Work};
 use tessera_protocol::ToContributor;
 
@@ -119,13 +120,19 @@ fn a_lease_needs_the_budget_of_a_whole_replica() {
     cx.out.clear();
     r.offer_lease(&mut cx, 2);
     assert_eq!(cx.sessions[&2].lease, Some(1));
-    let ToContributor::Lease(lease) = (match &cx.out[1] {
+    // The session's join is logged with its first entry, the lease's.
+    let ToContributor::Lease(lease) = (match &cx.out[2] {
         Action::Send { msg, .. } => msg,
         other => panic!("{other:?}"),
     }) else {
         panic!("no lease");
     };
-    let frames = cx.out.len() - 2;
+    let frames = cx.out.len() - 3;
     assert_eq!(lease.frames as usize, frames);
-    assert!(matches!(cx.out[0], Action::Logged(_)));
+    assert!(
+        matches!(&cx.out[0], Action::Logged(e) if matches!(e.entry.event, LogEvent::Joined { .. }))
+    );
+    assert!(
+        matches!(&cx.out[1], Action::Logged(e) if matches!(e.entry.event, LogEvent::Leased { .. }))
+    );
 }

@@ -4,7 +4,6 @@
 //! work of a dropped session back (`Part::session_lost`).
 
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
-use tessera_protocol::log::LogEvent;
 use tessera_protocol::messages::{Capabilities, ContributorKind, SessionMessage};
 use tessera_protocol::{
     Code, PublicKey, Reason, ReplayGuard, Signed, ToContributor, ToCoordinator,
@@ -191,14 +190,13 @@ pub(super) fn replaced_by(cx: &Context, conn: ConnId, key: PublicKey) -> Vec<Con
         .collect()
 }
 
-/// A verified session joins: logged, welcomed with the log's head.
-pub(super) fn join(cx: &mut Context, conn: ConnId, key: PublicKey) {
+/// A verified session joins: welcomed with the log's head. Its `Joined` entry waits for the
+/// first entry the session causes (see `Context::joined`).
+pub(super) fn join(cx: &mut Context, conn: ConnId) {
     let Some(s) = cx.sessions.get_mut(&conn) else {
         return;
     };
     s.stage = Stage::Active;
-    let kind = s.kind;
-    cx.log(LogEvent::Joined { key, kind });
     let welcome = ToContributor::Welcome {
         run: cx.spec.name.clone(),
         log_head: cx.log_head(),
@@ -242,6 +240,17 @@ fn session_message(cx: &mut Context, conn: ConnId, signed: Signed<SessionMessage
     }
 }
 
+/// The transport heard from an active session (heartbeats it took itself): it is not silent.
+pub(super) fn alive(cx: &mut Context, conn: ConnId) {
+    if let Some(s) = cx
+        .sessions
+        .get_mut(&conn)
+        .filter(|s| s.stage == Stage::Active)
+    {
+        s.last_seen = cx.now;
+    }
+}
+
 /// Sessions silent for longer than the run allows.
 pub(super) fn silent(cx: &Context) -> Vec<ConnId> {
     cx.sessions
@@ -268,10 +277,10 @@ mod tests {
     use tessera_protocol::messages::{Capabilities, ContributorKind, LogHead, SessionMessage};
     use tessera_protocol::{Code, Identity, Signed, ToContributor, ToCoordinator};
 
-    use super::super::context::testing::{context, spec};
+    use super::super::context::testing::{active, context, spec};
     use super::super::context::Context;
     use super::super::Action;
-    use super::{connected, handle, join, silent, Handled};
+    use super::{alive, connected, handle, join, silent, Handled};
 
     fn hello(id: &Identity) -> ToCoordinator {
         ToCoordinator::Hello {
@@ -328,7 +337,7 @@ mod tests {
         let Handled::Proved { key } = handle(cx, conn, p) else {
             panic!("proof refused");
         };
-        join(cx, conn, key);
+        join(cx, conn);
         (nonce, key)
     }
 
@@ -427,5 +436,21 @@ mod tests {
         assert!(silent(&cx).is_empty());
         cx.now = 2_001;
         assert_eq!(silent(&cx), vec![1]);
+    }
+
+    #[test]
+    fn the_transport_s_word_that_heartbeats_came_keeps_an_active_session_alive() {
+        let mut cx = context(spec(1).with_deadlines(1_000, 2_000));
+        active(&mut cx, 1, 1, None);
+        connected(&mut cx, 2, [2; 32]);
+        cx.now = 1_900;
+        alive(&mut cx, 1);
+        // Only a session past its handshake is kept alive by heartbeats.
+        alive(&mut cx, 2);
+        alive(&mut cx, 3);
+        cx.now = 3_000;
+        assert_eq!(silent(&cx), vec![2]);
+        cx.now = 3_901;
+        assert_eq!(silent(&cx), vec![1, 2]);
     }
 }

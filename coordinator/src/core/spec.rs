@@ -342,6 +342,12 @@ impl RunSpec {
         SparseConfig::from_sync(&self.sync)
     }
 
+    /// How often the transport tells the core that a session's heartbeats keep coming
+    /// ([`super::Input::Alive`]): a quarter of the silence allowed, between 1 and 15 s.
+    pub fn alive_every_ms(&self) -> u64 {
+        (self.silence_ms / 4).clamp(1_000, 15_000)
+    }
+
     /// Bytes a whole-model replica needs: weights, gradients, optimizer moments and a copy of
     /// the round-start weights (f32), plus activations for one micro-batch (rough upper bound).
     pub fn replica_bytes(&self) -> u64 {

@@ -1,0 +1,102 @@
+//! The processes under load: a real `tessera coordinator` and real `tessera worker`s, started
+//! from the `tessera` binary, and what the kernel says of their CPU time and memory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// A child process, killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `tessera` binary: `explicit`, else the one beside this benchmark's own binary.
+pub fn tessera_exe(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let exe = match explicit {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the benchmark's directory")?
+            .join("tessera"),
+    };
+    if !exe.exists() {
+        bail!(
+            "{} does not exist: build it first (cargo build --release -p tessera) or name it with --tessera",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
+/// `tessera coordinator` on 127.0.0.1:`port` with `config`, data in `dir`, its log beside it.
+pub fn coordinator(exe: &Path, config: &Path, port: u16, dir: &Path) -> Result<Proc> {
+    let log = std::fs::File::create(dir.join("coordinator.log"))?;
+    let child = Command::new(exe)
+        .args(["coordinator", "--config"])
+        .arg(config)
+        .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.join("data"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the coordinator")?;
+    Ok(Proc(child))
+}
+
+/// A `tessera worker` with its identity in `dir`.
+pub fn worker(exe: &Path, port: u16, dir: &Path, n: usize) -> Result<Proc> {
+    let child = Command::new(exe)
+        .args([
+            "worker",
+            "--coordinator",
+            &format!("ws://127.0.0.1:{port}/ws"),
+        ])
+        .args(["--memory-budget", "1GiB", "--quiet", "--identity"])
+        .arg(dir.join(format!("worker-{n}.key")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting a worker")?;
+    Ok(Proc(child))
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (f[11].parse()?, f[12].parse()?);
+    Ok((utime + stime) / clock_ticks())
+}
+
+/// Resident memory of a process now, bytes.
+pub fn resident(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
+}
