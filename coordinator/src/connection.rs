@@ -28,7 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::core::Input;
 use crate::frame_guard::{FrameGuard, Limit, HANDSHAKE_FRAME_BYTES};
-use crate::shared::{Event, Outbox, Shared};
+use crate::shared::{Event, Outbox, Outgoing, Shared};
 
 /// How long a connection may take from its upgrade to the end of its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -227,7 +227,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<bytes::Bytes>();
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let mut nonce = [0u8; 32];
     if getrandom::fill(&mut nonce).is_err() {
         return;
@@ -246,23 +246,9 @@ where
             Instant::now(),
         ))
         .await;
-    let (mut sink, mut stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let closing = limit.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            if closing.slow().is_some() {
-                // A peer that does not read gets nothing more; its socket closes.
-                break;
-            }
-            let len = frame.len();
-            if sink.send(Message::Binary(frame)).await.is_err() {
-                break;
-            }
-            queued.fetch_sub(len, Ordering::Relaxed);
-        }
-        let _ = sink.close().await;
-        closing.close();
-    });
+    let writer = tokio::spawn(write(sink, out_rx, queued, closing));
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let mut alive = Liveness::new(s.alive_every);
     loop {
@@ -340,6 +326,63 @@ where
     {
         writer.abort();
     }
+}
+
+/// How long the socket may take to accept one frame; a peer that takes longer does not read
+/// what it is sent, and is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The writer half: sends what the core's task queues, in order (a weight stream frame by
+/// frame, each cut and encoded once the socket took the one before), until the queue closes
+/// or the peer stops taking frames; then closes the socket and stops the reading.
+async fn write<S>(
+    mut sink: S,
+    mut out_rx: mpsc::UnboundedReceiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
+    closing: Arc<Limit>,
+) where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let send = async |sink: &mut S, frame: bytes::Bytes| -> bool {
+        let len = frame.len();
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Binary(frame))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                closing.slow_reader(len);
+                false
+            }
+        }
+    };
+    'queue: while let Some(out) = out_rx.recv().await {
+        if closing.slow().is_some() {
+            // A peer that does not read gets nothing more; its socket closes.
+            break;
+        }
+        match out {
+            Outgoing::Frame(frame) => {
+                let len = frame.len();
+                let sent = send(&mut sink, frame).await;
+                queued.fetch_sub(len, Ordering::Relaxed);
+                if !sent {
+                    break;
+                }
+            }
+            Outgoing::Weights(stream) => {
+                for msg in stream.frames() {
+                    let Ok(frame) = tessera_protocol::encode(&msg) else {
+                        tracing::error!(lease = stream.lease(), "a weight frame did not encode");
+                        break 'queue;
+                    };
+                    if !send(&mut sink, frame.into()).await {
+                        break 'queue;
+                    }
+                }
+            }
+        }
+    }
+    let _ = sink.close().await;
+    closing.close();
 }
 
 /// How long a socket closed for an oversized frame waits, unread, before it closes.

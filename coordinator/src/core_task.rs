@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::core::admin::AdminRefusal;
 use crate::core::{Action, ConnId, Core, Input, RoundSummary};
 use crate::server::Outcome;
-use crate::shared::{Event, Outbox};
+use crate::shared::{Event, Outbox, Outgoing};
 use crate::status::{status_of, Status};
 use crate::store::{Store, StoreError, Write};
 
@@ -185,7 +185,7 @@ impl CoreTask {
                 |t| t.saturating_duration_since(self.start),
             );
             self.now = self.now.max(at.as_millis() as u64);
-            fed.actions.extend(self.core.tick(self.now, input));
+            fed.actions.extend(self.core.tick_streamed(self.now, input));
         }
         self.stale |= !fed.actions.is_empty();
         fed.refresh = refresh
@@ -219,6 +219,7 @@ impl CoreTask {
                     self.send(*conn, msg, frame.clone());
                     encoded = Some((msg, frame));
                 }
+                Action::SendWeights { conn, weights } => self.send_weights(*conn, weights),
                 Action::Close { conn, reason } => {
                     tracing::debug!(conn, "close: {reason}");
                     // The writer sends what is queued, then closes the socket and stops the
@@ -313,13 +314,22 @@ impl CoreTask {
             self.conns.remove(&conn);
             return;
         }
-        let _ = out.frames.send(frame);
+        let _ = out.frames.send(Outgoing::Frame(frame));
+    }
+
+    /// Queues a lease's weights for `conn`, after what is queued already (its writer cuts the
+    /// frames as the socket takes them).
+    fn send_weights(&mut self, conn: ConnId, weights: &crate::core::WeightStream) {
+        if let Some(out) = self.conns.get(&conn) {
+            let _ = out.frames.send(Outgoing::Weights(weights.clone()));
+        }
     }
 }
 
-/// The bytes a connection may have queued and not yet written to its socket: room for a
-/// lease's weights (the largest burst the core sends one session) twice over, and 64 MiB at
-/// least. A peer that lets more pile up does not read, and is dropped.
+/// The bytes of encoded frames a connection may have queued and not yet written to its
+/// socket: room for a whole-model update (the largest message the core sends, a dense run's
+/// outer step) twice over, and 64 MiB at least; a lease's weights are streamed and count one
+/// frame at a time. A peer that lets more pile up does not read, and is dropped.
 pub(crate) fn out_budget(spec: &crate::core::RunSpec) -> usize {
     let weights = spec.model.parameter_count().saturating_mul(4);
     let budget = weights
@@ -398,7 +408,9 @@ mod tests {
         // A writer that keeps up: nothing piles up, however much goes through.
         for _ in 0..10 {
             t.send(1, &msg, third.clone());
-            let f = rx.try_recv().expect("queued");
+            let Ok(Outgoing::Frame(f)) = rx.try_recv() else {
+                panic!("no frame queued");
+            };
             queued.fetch_sub(f.len(), Ordering::Relaxed);
         }
         assert!(limit.slow().is_none() && t.conns.contains_key(&1));

@@ -26,14 +26,23 @@ pub(crate) enum Event {
     },
 }
 
+/// What the core's task hands a connection's writer, in order.
+pub(crate) enum Outgoing {
+    /// An encoded frame.
+    Frame(bytes::Bytes),
+    /// A lease's weights: the writer cuts and encodes each frame when the socket has taken the
+    /// one before, so however many leases go out at once, each holds one frame.
+    Weights(crate::core::WeightStream),
+}
+
 /// Where the core's task puts a connection's outgoing frames, and the connection's read limit
 /// (raised when the core welcomes the session).
 pub(crate) struct Outbox {
-    /// Encoded frames, in order, to the connection's writer.
-    pub(crate) frames: mpsc::UnboundedSender<bytes::Bytes>,
+    /// Frames and weight streams, in order, to the connection's writer.
+    pub(crate) frames: mpsc::UnboundedSender<Outgoing>,
     /// The connection's read limit.
     pub(crate) limit: Arc<crate::frame_guard::Limit>,
-    /// Bytes in `frames` that its writer has not yet handed to the socket.
+    /// Bytes of encoded frames in `frames` that its writer has not yet handed to the socket.
     pub(crate) queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 

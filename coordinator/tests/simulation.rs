@@ -240,6 +240,7 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                     | Action::Logged(_)
                     | Action::AdminDone { .. }
                     | Action::Withdrawn { .. } => {}
+                    Action::SendWeights { .. } => panic!("Core::tick spells weight streams out"),
                     Action::Close { conn, .. } => {
                         if let Some(i) = by_conn.remove(&conn) {
                             let s = &mut sims[i];

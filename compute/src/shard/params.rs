@@ -82,6 +82,22 @@ impl ShardTensors {
         })
     }
 
+    /// The names and shapes of the shard's tensors, in order, without their values.
+    pub fn shapes(
+        cfg: &ModelConfig,
+        shard: &MicroShard,
+    ) -> Result<Vec<(String, [usize; 2])>, ComputeError> {
+        shard.validate(cfg)?;
+        let units = shard.units().len();
+        Ok(layout::tensors(cfg, shard)
+            .into_iter()
+            .map(|l| {
+                let shape = l.shape(units);
+                (l.name, shape)
+            })
+            .collect())
+    }
+
     /// The shard's tensors with the right names and shapes, all zero.
     pub fn zeros(cfg: &ModelConfig, shard: &MicroShard) -> Result<Self, ComputeError> {
         shard.validate(cfg)?;

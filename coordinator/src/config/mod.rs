@@ -144,7 +144,7 @@ impl RunConfig {
                 .round_deadline_secs
                 .unwrap_or(2 * t.unit_deadline_secs)
                 .saturating_mul(1000),
-            weights_frame_elems: 4 << 20,
+            weights_frame_elems: 1 << 20,
             pipeline,
             checks,
         };

@@ -23,8 +23,9 @@ pub(super) struct Context {
     /// The latest input's time (ms, monotonic).
     pub(super) now: u64,
     pub(super) state: RunState,
-    /// Current weights.
-    pub(super) weights: ModelParams<f32>,
+    /// Current weights, shared with the weight streams of leases still being sent (changed
+    /// through `Arc::make_mut`: copied only while a stream of the old version reads them).
+    pub(super) weights: std::sync::Arc<ModelParams<f32>>,
     /// The weights' version (one per closed round or step).
     pub(super) version: u64,
     /// Loss of each closed round or step.
@@ -60,7 +61,7 @@ impl Context {
             spec,
             id,
             now: 0,
-            weights,
+            weights: std::sync::Arc::new(weights),
             version: 0,
             losses: Vec::new(),
             sampler,

@@ -1,10 +1,11 @@
 //! What goes into the core and what comes out: [`Input`], fed to `Core::tick`, and the
-//! [`Action`]s the shell must carry out, in order.
+//! [`Action`]s the shell must carry out, in order (and [`spelled_out`], the actions with every
+//! weight stream as the frames it sends).
 
 use tessera_protocol::log::SignedEntry;
 use tessera_protocol::{Reason, ToContributor, ToCoordinator};
 
-use super::{ConnId, Contribution, RoundSummary};
+use super::{ConnId, Contribution, RoundSummary, WeightStream};
 
 /// What happens to the run.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,6 +69,13 @@ pub enum Action {
         /// The message.
         msg: ToContributor,
     },
+    /// Send a lease's weights: the stream's frames, in order, before anything sent after it.
+    SendWeights {
+        /// Connection.
+        conn: ConnId,
+        /// The frames, cut as they are sent.
+        weights: WeightStream,
+    },
     /// Close a connection.
     Close {
         /// Connection.
@@ -99,4 +107,18 @@ pub enum Action {
         /// The entry's index, or the refusal.
         result: Result<u64, super::admin::AdminRefusal>,
     },
+}
+
+/// `actions` with every [`Action::SendWeights`] replaced by the `Send`s of its frames, in order.
+pub fn spelled_out(actions: Vec<Action>) -> Vec<Action> {
+    let mut out = Vec::with_capacity(actions.len());
+    for a in actions {
+        match a {
+            Action::SendWeights { conn, weights } => {
+                out.extend(weights.frames().map(|msg| Action::Send { conn, msg }));
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }

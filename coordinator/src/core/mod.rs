@@ -28,6 +28,7 @@ mod sessions;
 pub mod spec;
 mod spec_builder;
 mod validate;
+mod weight_stream;
 
 use std::collections::BTreeMap;
 
@@ -40,12 +41,13 @@ use tessera_protocol::messages::{LogHead, SessionMessage};
 use tessera_protocol::{Code, Identity, PublicKey, Reason, ToCoordinator};
 
 pub use credits::Record;
-pub use io::{Action, Input};
+pub use io::{spelled_out, Action, Input};
 pub use replica_checks::HeldOutScore;
 pub use results::{Contribution, RoundSummary, Snapshot};
 pub use run_state::{End, Phase, RunState};
 pub use sessions::SessionView;
 pub use spec::RunSpec;
+pub use weight_stream::WeightStream;
 
 /// A transport connection.
 pub type ConnId = u64;
@@ -164,8 +166,16 @@ impl Core {
         core
     }
 
-    /// Feeds one input at time `now` (ms, monotonic) and returns the actions, in order.
+    /// Feeds one input at time `now` (ms, monotonic) and returns the actions, in order, every
+    /// lease's weights spelled out as its `Send`s ([`spelled_out`]): what an in-process harness
+    /// carries. A server takes the weights as streams ([`Core::tick_streamed`]).
     pub fn tick(&mut self, now: u64, input: Input) -> Vec<Action> {
+        spelled_out(self.tick_streamed(now, input))
+    }
+
+    /// Feeds one input at time `now` (ms, monotonic) and returns the actions, in order; a
+    /// lease's weights are one [`Action::SendWeights`], cut into frames as the socket takes them.
+    pub fn tick_streamed(&mut self, now: u64, input: Input) -> Vec<Action> {
         self.cx.now = self.cx.now.max(now);
         match input {
             Input::Connected { conn, nonce } => sessions::connected(&mut self.cx, conn, nonce),
@@ -434,7 +444,7 @@ impl Core {
         Snapshot {
             round: self.round(),
             version: self.cx.version,
-            weights: self.cx.weights.clone(),
+            weights: (*self.cx.weights).clone(),
             losses: self.cx.losses.clone(),
             next_unit: self.cx.next_unit,
             next_lease: self.cx.next_lease,

@@ -379,7 +379,7 @@ impl Replicas {
             if !drawn && held.is_none() {
                 continue;
             }
-            let mut moved = cx.weights.clone();
+            let mut moved = (*cx.weights).clone();
             for (p, u) in moved.tensors_mut().into_iter().zip(dense) {
                 p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
             }

@@ -1,13 +1,13 @@
 //! Whole-model leases: a contributor whose memory budget holds a replica gets a lease on the
-//! whole model (every micro-shard, logged) and the current weights in frames.
+//! whole model (every micro-shard, logged) and the current weights as a stream of frames.
 
-use tessera_compute::hf::tensor_shapes;
 use tessera_protocol::log::LogEvent;
 use tessera_protocol::messages::{Lease, ShardSpec};
-use tessera_protocol::{Code, Reason, TensorPayload, ToContributor};
+use tessera_protocol::{Code, Reason, ToContributor};
 
 use super::context::Context;
-use super::{ConnId, Replicas};
+use super::weight_stream::WeightStream;
+use super::{Action, ConnId, Replicas};
 
 impl Replicas {
     /// Gives the session a whole-model lease if its budget allows, and sends the weights.
@@ -46,21 +46,12 @@ impl Replicas {
             cols: [0, cfg.vocab_size as u64],
         }])
         .collect();
-        let chunk = cx.spec.weights_frame_elems.max(1);
-        let mut frames = Vec::new();
-        for ((name, shape), (_, values)) in tensor_shapes(cfg).into_iter().zip(cx.weights.named()) {
-            for (i, part) in values.chunks(chunk).enumerate() {
-                frames.push(ToContributor::Weights {
-                    lease,
-                    shard: 0,
-                    version: cx.version,
-                    name: name.clone(),
-                    shape: shape.iter().map(|&d| d as u64).collect(),
-                    offset: (i * chunk) as u64,
-                    values: TensorPayload::from_f32(&[part.len()], part),
-                });
-            }
-        }
+        let weights = WeightStream::whole(
+            &cx.spec.model,
+            &cx.weights,
+            (lease, cx.version),
+            cx.spec.weights_frame_elems,
+        );
         if let Some(key) = cx.sessions.get(&conn).and_then(|s| s.active()) {
             cx.log(LogEvent::Leased {
                 key,
@@ -78,13 +69,11 @@ impl Replicas {
             sync: cx.spec.sync,
             rows: cx.spec.batch * cx.spec.seq,
             version: cx.version,
-            frames: frames.len() as u32,
+            frames: weights.len(),
             activations: None,
             fresh_units: self.replays_on(cx),
         });
         cx.send(conn, msg);
-        for f in frames {
-            cx.send(conn, f);
-        }
+        cx.out.push(Action::SendWeights { conn, weights });
     }
 }

@@ -382,7 +382,8 @@ impl Replicas {
         }
         let closed = self.round.number;
         let rule = super::rules::RunRules::of(&cx.spec).step;
-        super::rules::apply(&rule, closed, &mut cx.weights, &mut None, &aggregate);
+        let weights = std::sync::Arc::make_mut(&mut cx.weights);
+        super::rules::apply(&rule, closed, weights, &mut None, &aggregate);
         let aggregate_digest = super::weights_digest(&aggregate);
         cx.aggregate = Some(aggregate);
         cx.version += 1;

@@ -127,8 +127,12 @@ fn a_lease_needs_the_budget_of_a_whole_replica() {
     }) else {
         panic!("no lease");
     };
-    let frames = cx.out.len() - 3;
-    assert_eq!(lease.frames as usize, frames);
+    let [.., Action::SendWeights { conn: 2, weights }] = &cx.out[..] else {
+        panic!("no weights after the lease: {:?}", cx.out.last());
+    };
+    assert_eq!(cx.out.len(), 4);
+    assert_eq!(lease.frames, weights.len());
+    assert_eq!(weights.frames().count(), lease.frames as usize);
     assert!(
         matches!(&cx.out[0], Action::Logged(e) if matches!(e.entry.event, LogEvent::Joined { .. }))
     );

@@ -54,7 +54,8 @@ pub struct RunSpec {
     /// Whole-model rounds: after this long (ms) a quorum of accepted slots closes the round, so
     /// that identities that take slots and never deliver cannot hold it open.
     pub round_deadline_ms: u64,
-    /// Largest frame payload for weights, in f32 elements.
+    /// Largest frame payload for weights, in f32 elements (1 Mi from a config: 4 MiB frames, the
+    /// most a lease being streamed holds per connection, besides its encoding).
     pub weights_frame_elems: usize,
     /// `None`: whole-model leases (rounds of replicas). `Some`: micro-shard leases in a
     /// pipeline; then `rounds` counts optimizer steps, `optimizer`, `inner_lr` and `inner_clip`

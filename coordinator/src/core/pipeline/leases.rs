@@ -2,16 +2,16 @@
 //! weight frames of a lease, and what happens when a lease is lost (its running units and its
 //! uncollected backward units are run again elsewhere).
 
-use tessera_compute::shard::ShardTensors;
 use tessera_protocol::messages::Lease;
-use tessera_protocol::{Code, Reason, TensorPayload, ToContributor};
+use tessera_protocol::{Code, Reason, ToContributor};
 use tessera_train::shards::to_wire;
 
 use super::{Holding, Pipe, ShardId, ShardState};
 use crate::core::context::Context;
 use crate::core::part::Part;
 use crate::core::sessions::Session;
-use crate::core::ConnId;
+use crate::core::weight_stream::WeightStream;
+use crate::core::{Action, ConnId};
 
 impl Pipe {
     /// Gives the session a pipeline lease sized to its budget and sends its weights.
@@ -50,7 +50,7 @@ impl Pipe {
             s.lease = Some(lease);
             s.ready = false;
         }
-        let frames = self.weight_frames(cx, lease, &shards);
+        let weights = self.weight_stream(cx, lease, &shards);
         let cfg = &cx.spec.model;
         let msg = ToContributor::Lease(Lease {
             lease,
@@ -64,7 +64,7 @@ impl Pipe {
             sync: ps.grads,
             rows: cx.spec.seq,
             version: cx.version,
-            frames: frames.len() as u32,
+            frames: weights.len(),
             activations: Some(ps.activations),
             fresh_units: false,
         });
@@ -81,40 +81,27 @@ impl Pipe {
         }
         self.holdings.insert(lease, Holding { conn, shards });
         cx.send(conn, msg);
-        for f in frames {
-            cx.send(conn, f);
-        }
+        cx.out.push(Action::SendWeights { conn, weights });
     }
 
-    /// The `Weights` frames of a lease's micro-shards at the current version.
-    pub(super) fn weight_frames(
+    /// The `Weights` frames of a lease's micro-shards at the current version, as a stream.
+    pub(super) fn weight_stream(
         &self,
         cx: &Context,
         lease: u64,
         shards: &[ShardId],
-    ) -> Vec<ToContributor> {
-        let chunk = cx.spec.weights_frame_elems.max(1);
-        let mut frames = Vec::new();
-        for (k, &(s, i)) in shards.iter().enumerate() {
-            let Ok(t) = ShardTensors::from_model(&cx.spec.model, &cx.weights, &self.stages[s][i])
-            else {
-                continue;
-            };
-            for x in &t.tensors {
-                for (j, part) in x.data.chunks(chunk).enumerate() {
-                    frames.push(ToContributor::Weights {
-                        lease,
-                        version: cx.version,
-                        shard: k as u32,
-                        name: x.name.clone(),
-                        shape: x.shape.iter().map(|&d| d as u64).collect(),
-                        offset: (j * chunk) as u64,
-                        values: TensorPayload::from_f32(&[part.len()], part),
-                    });
-                }
-            }
-        }
-        frames
+    ) -> WeightStream {
+        let shards = shards
+            .iter()
+            .map(|&(s, i)| self.stages[s][i].clone())
+            .collect();
+        WeightStream::shards(
+            &cx.spec.model,
+            &cx.weights,
+            (lease, cx.version),
+            cx.spec.weights_frame_elems,
+            shards,
+        )
     }
 
     /// When a micro-shard has no holder left (its leases vanished and nobody new joined), moves

@@ -198,7 +198,8 @@ impl Pipe {
         let number = self.step.number;
         let grads = std::mem::replace(&mut self.step.grads, ModelParams::zeros(&cx.spec.model));
         let rule = crate::core::rules::RunRules::of(&cx.spec).step;
-        let scale = self.optimizer.step(&rule, number, &mut cx.weights, &grads);
+        let weights = std::sync::Arc::make_mut(&mut cx.weights);
+        let scale = self.optimizer.step(&rule, number, weights, &grads);
         let loss_sum: f64 = self.step.mbs.iter().map(|m| m.loss_sum).sum();
         let count = self.step.count;
         let contributors = self.step.contributors.iter().copied().collect();
@@ -232,19 +233,17 @@ impl Pipe {
             clip_scales: vec![scale],
         }));
         for (lease, conn, shards) in holdings {
-            let frames = self.weight_frames(cx, lease, &shards);
+            let weights = self.weight_stream(cx, lease, &shards);
             cx.send(
                 conn,
                 ToContributor::StepWeights {
                     lease,
                     step: number,
                     version: cx.version,
-                    frames: frames.len() as u32,
+                    frames: weights.len(),
                 },
             );
-            for f in frames {
-                cx.send(conn, f);
-            }
+            cx.out.push(Action::SendWeights { conn, weights });
         }
         let next = Step::of(&cx.spec, &mut cx.sampler, number + 1);
         self.step = next;
