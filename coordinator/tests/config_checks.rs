@@ -1,7 +1,8 @@
 //! The `[checks]` section: replays default to on for whole-model runs with dense sync and off
 //! with SparseLoCo (which may ask for them), asking for them in a pipeline run is a clear error,
 //! and bad tolerances are refused; held-out sequences for the held-out loss check are kept out
-//! of training (a tenth of the data by default, none for pipelines).
+//! of training (a tenth of the data by default, none for pipelines). The `[admission]`
+//! section: an invite list makes a run invite-only.
 
 use tessera_coordinator::config::{ConfigError, RunConfig};
 use tessera_coordinator::core::spec::ChecksError;
@@ -139,4 +140,14 @@ fn a_round_s_quorum_defaults_to_every_replica_and_must_fit_them() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn an_invite_list_makes_the_run_invite_only_and_a_bad_key_is_named() {
+    assert_eq!(spec("", "").unwrap().invited, None, "anyone may join by default");
+    let key = tessera_protocol::Identity::from_seed([4; 32]).public();
+    let s = spec("", &format!("[admission]\ninvite = [\"{key}\"]")).unwrap();
+    assert_eq!(s.invited, Some([key].into()));
+    let e = spec("", &format!("[admission]\ninvite = [\"{key}\", \"ab12\"]")).unwrap_err();
+    assert!(e.to_string().contains("entry 2"), "{e}");
 }

@@ -89,6 +89,8 @@ pub enum Code {
     /// Values beyond the run's bound (an activation larger than `max_activation`), or in an
     /// encoding other than the run's.
     OutOfRange,
+    /// The run is invite-only and this identity is not invited.
+    NotInvited,
 }
 
 /// A text of at most [`MAX_TEXT_BYTES`] bytes.

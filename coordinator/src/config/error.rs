@@ -103,6 +103,17 @@ pub enum ConfigError {
         /// Sequences per batch.
         batch: u64,
     },
+    /// An invitation that is not a key.
+    #[error(transparent)]
+    Invite(#[from] BadInvite),
+}
+
+/// An `[admission] invite` entry that is not a public key.
+#[derive(Debug, thiserror::Error)]
+#[error("run config: [admission] invite entry {position} is not a public key (64 hex characters)")]
+pub struct BadInvite {
+    /// Its place in the list, from 1.
+    pub position: usize,
 }
 
 impl ConfigError {

@@ -58,7 +58,8 @@ pub use choices::{Activations, Optimizer, Sync};
 pub use error::ConfigError;
 pub use resolve::preset;
 pub use sections::{
-    ChecksSection, DataSection, ModelSection, PipelineSection, RunConfig, TrainSection,
+    AdmissionSection, ChecksSection, DataSection, ModelSection, PipelineSection, RunConfig,
+    TrainSection,
 };
 
 impl RunConfig {
@@ -109,6 +110,7 @@ impl RunConfig {
             Sampler::count(tokens.len(), t.seq as usize) as u64,
             t.batch,
         )?;
+        let invited = resolve::invited(&self.admission)?;
         let total = if pipeline.is_some() {
             self.rounds
         } else {
@@ -147,6 +149,7 @@ impl RunConfig {
             weights_frame_elems: 1 << 20,
             pipeline,
             checks,
+            invited,
         };
         Ok((spec, weights))
     }

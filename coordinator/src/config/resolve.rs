@@ -218,3 +218,20 @@ pub(super) fn tokens(
     }
     Ok(tokens)
 }
+
+/// The identities `[admission] invite` lets join, if it limits them.
+pub(super) fn invited(
+    a: &super::AdmissionSection,
+) -> Result<Option<std::collections::BTreeSet<tessera_protocol::PublicKey>>, ConfigError> {
+    let Some(keys) = &a.invite else {
+        return Ok(None);
+    };
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            tessera_protocol::PublicKey::from_hex(k)
+                .map_err(|_| super::error::BadInvite { position: i + 1 }.into())
+        })
+        .collect::<Result<_, ConfigError>>()
+        .map(Some)
+}

@@ -35,6 +35,17 @@ pub struct RunConfig {
     /// Checks of untrusted work (on by default, except for pipeline runs with sparse gradient
     /// sums).
     pub checks: Option<ChecksSection>,
+    /// Who may join (anyone by default).
+    #[serde(default)]
+    pub admission: AdmissionSection,
+}
+
+/// `[admission]`: who may join the run.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSection {
+    /// Only these identities (public keys, 64 hex characters each) may join; absent: anyone.
+    pub invite: Option<Vec<String>>,
 }
 
 /// `[checks]`: how untrusted work is checked (see docs/ARCHITECTURE.md, "Checking untrusted work").

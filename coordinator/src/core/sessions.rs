@@ -179,6 +179,12 @@ fn proof(cx: &mut Context, conn: ConnId, signature: tessera_protocol::Signature)
             "this identity is banned from the run by its administrator (see the run log)",
         ));
     }
+    if cx.spec.invited.as_ref().is_some_and(|i| !i.contains(&key)) {
+        return Handled::Fatal(Reason::new(
+            Code::NotInvited,
+            "this run is invite-only and this identity is not invited: send its public key (tessera worker prints it) to the run's operator, who lists it in [admission] invite",
+        ));
+    }
     Handled::Proved { key }
 }
 
@@ -366,6 +372,24 @@ mod tests {
         let nonce = challenged(&mut cx, 3, &banned);
         let p = proof(&cx, nonce, &banned);
         assert_eq!(code(handle(&mut cx, 3, p)), Code::Banned);
+    }
+
+    #[test]
+    fn an_invite_only_run_takes_the_invited_and_refuses_everyone_else_after_the_proof() {
+        let friend = Identity::from_seed([1; 32]);
+        let stranger = Identity::from_seed([2; 32]);
+        let mut spec = spec(1);
+        spec.invited = Some([friend.public()].into());
+        let mut cx = context(spec);
+        let (_, key) = joined(&mut cx, 1, &friend);
+        assert_eq!(cx.sessions[&1].active(), Some(key));
+        let nonce = challenged(&mut cx, 2, &stranger);
+        let p = proof(&cx, nonce, &stranger);
+        assert_eq!(code(handle(&mut cx, 2, p)), Code::NotInvited);
+        // A stranger that cannot prove the friend's key gets no further than before.
+        let nonce = challenged(&mut cx, 3, &stranger);
+        let forged = proof(&cx, nonce, &friend);
+        assert_eq!(code(handle(&mut cx, 3, forged)), Code::Handshake);
     }
 
     #[test]

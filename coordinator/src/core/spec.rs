@@ -6,7 +6,7 @@ use tessera_compute::reference::Batch;
 use tessera_compute::shard::MicroShard;
 use tessera_compute::ModelConfig;
 use tessera_protocol::messages::{InnerOptimizer, SyncMode};
-use tessera_protocol::ActEncoding;
+use tessera_protocol::{ActEncoding, PublicKey};
 use tessera_train::schedule::Schedule;
 use tessera_train::sparseloco::SparseConfig;
 
@@ -54,6 +54,8 @@ pub struct RunSpec {
     /// Whole-model rounds: after this long (ms) a quorum of accepted slots closes the round, so
     /// that identities that take slots and never deliver cannot hold it open.
     pub round_deadline_ms: u64,
+    /// `Some`: an invite-only run, which only these identities may join.
+    pub invited: Option<std::collections::BTreeSet<PublicKey>>,
     /// Largest frame payload for weights, in f32 elements (1 Mi from a config: 4 MiB frames, the
     /// most a lease being streamed holds per connection, besides its encoding).
     pub weights_frame_elems: usize,

@@ -39,6 +39,7 @@ impl RunSpec {
             weights_frame_elems: 1 << 20,
             pipeline: None,
             checks: None,
+            invited: None,
         }
     }
 
