@@ -4,7 +4,8 @@
 //!   bound (the frames are refused on their header; nothing of them is buffered);
 //! - a socket that never says Hello is closed with `TimedOut` once the handshake time is up;
 //! - a session the core closes (here: replaced by a newer session of the same identity) stops
-//!   being read: its socket closes;
+//!   being read: its socket closes; an identity that only joined and idled leaves nothing in
+//!   the run log;
 //! - connections over the per-address limit are refused before the upgrade (503, naming the
 //!   limit) and admitted again once one closes;
 //! - HTTP requests from one address over its rate are answered 429 with `Retry-After`, and
@@ -194,6 +195,13 @@ fn oversized_frames_silence_and_closed_sessions_cost_the_coordinator_nothing() {
         closed.elapsed() < Duration::from_secs(10),
         "the replaced session's socket stayed open"
     );
+    // An identity that only joined (twice) and idled left nothing in the run log.
+    let log = get_text(port, "/api/log");
+    assert!(log.contains("Started"), "{log}");
+    assert!(
+        !log.contains("Joined") && !log.contains(&id.public().fingerprint()),
+        "{log}"
+    );
 
     // The socket that never said Hello is closed once the handshake time is up.
     let (code, text) = fatal_reason(&mut silent);
@@ -244,6 +252,19 @@ fn connections_over_the_per_address_limit_are_refused_until_one_closes() {
             Err(e) => panic!("not admitted after a connection closed: {e:?}"),
         }
     }
+}
+
+/// The body of `GET path` over a fresh TCP connection.
+fn get_text(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut s, &mut text).expect("answer");
+    text.split_once("\r\n\r\n").map_or(text.clone(), |(_, b)| b.to_string())
 }
 
 /// `GET path` over a fresh TCP connection: the status code and the `Retry-After` header.
