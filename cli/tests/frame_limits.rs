@@ -264,7 +264,8 @@ fn get_text(port: u16, path: &str) -> String {
     .expect("request");
     let mut text = String::new();
     std::io::Read::read_to_string(&mut s, &mut text).expect("answer");
-    text.split_once("\r\n\r\n").map_or(text.clone(), |(_, b)| b.to_string())
+    text.split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, b)| b.to_string())
 }
 
 /// `GET path` over a fresh TCP connection: the status code and the `Retry-After` header.

@@ -144,7 +144,11 @@ fn a_round_s_quorum_defaults_to_every_replica_and_must_fit_them() {
 
 #[test]
 fn an_invite_list_makes_the_run_invite_only_and_a_bad_key_is_named() {
-    assert_eq!(spec("", "").unwrap().invited, None, "anyone may join by default");
+    assert_eq!(
+        spec("", "").unwrap().invited,
+        None,
+        "anyone may join by default"
+    );
     let key = tessera_protocol::Identity::from_seed([4; 32]).public();
     let s = spec("", &format!("[admission]\ninvite = [\"{key}\"]")).unwrap();
     assert_eq!(s.invited, Some([key].into()));
