@@ -21,11 +21,9 @@ use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::contributor::{handshake, next, Ws};
 use common::{coordinator_with, data, free_port, scratch, status, wait_for};
-use tessera_protocol::identity::{handshake_message, HANDSHAKE};
-use tessera_protocol::messages::{Capabilities, ContributorKind};
-use tessera_protocol::{decode, encode, Code, Identity, ToContributor, ToCoordinator};
-use tungstenite::{Message, WebSocket};
+use tessera_protocol::{Code, Identity, ToContributor};
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// Sockets in the attack.
@@ -36,25 +34,12 @@ const ANNOUNCED: u64 = 64 << 20;
 /// one 16 MB frame before the handshake used to take it past 1 GB).
 const PEAK_BOUND: u64 = 256 << 20;
 
-type Ws = WebSocket<TcpStream>;
-
 fn connect(port: u16) -> Ws {
     let ws = try_connect(port).expect("WebSocket upgrade");
     ws.get_ref()
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     ws
-}
-
-/// The next protocol message, or `None` once the socket is closed.
-fn next(ws: &mut Ws) -> Option<ToContributor> {
-    loop {
-        match ws.read() {
-            Ok(Message::Binary(b)) => return Some(decode(&b, 64 << 20).expect("a frame")),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
 }
 
 /// The reason of the fatal error the coordinator closes a socket with.
@@ -114,36 +99,11 @@ fn memory(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// The real handshake of `id` on a fresh socket; the socket once welcomed.
+/// The real handshake of `id` on a fresh socket, too small a budget for a lease; the socket
+/// once welcomed.
 fn join(port: u16, id: &Identity) -> Ws {
     let mut ws = connect(port);
-    let hello = ToCoordinator::Hello {
-        key: id.public(),
-        kind: ContributorKind::Native,
-        software: "frame-limits".into(),
-        capabilities: Capabilities {
-            adapter: "none".into(),
-            backend: "none".into(),
-            max_binding_bytes: 1 << 20,
-            memory_budget_bytes: 1,
-        },
-    };
-    ws.send(Message::Binary(encode(&hello).unwrap().into()))
-        .expect("send Hello");
-    let Some(ToContributor::Challenge {
-        nonce, coordinator, ..
-    }) = next(&mut ws)
-    else {
-        panic!("no challenge");
-    };
-    let sig = id.sign(
-        HANDSHAKE,
-        &handshake_message(&nonce, &coordinator, &id.public()),
-    );
-    let proof = ToCoordinator::Proof { signature: sig };
-    ws.send(Message::Binary(encode(&proof).unwrap().into()))
-        .expect("send Proof");
-    match next(&mut ws) {
+    match handshake(&mut ws, id, 1, "frame-limits") {
         Some(ToContributor::Welcome { .. }) => ws,
         other => panic!("not welcomed: {other:?}"),
     }

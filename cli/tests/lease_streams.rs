@@ -9,17 +9,13 @@ mod common;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::contributor::{handshake, next, Ws};
 use common::{coordinator_with, free_port, scratch, status, wait_for};
-use tessera_protocol::identity::{handshake_message, HANDSHAKE};
-use tessera_protocol::messages::{Capabilities, ContributorKind};
-use tessera_protocol::{decode, encode, Identity, ToContributor, ToCoordinator};
-use tungstenite::{Message, WebSocket};
+use tessera_protocol::{Identity, ToContributor};
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// Sessions that take a lease and never read it.
 const STALLED: usize = 24;
-
-type Ws = WebSocket<TcpStream>;
 
 /// A model of about 13M parameters (52 MB of f32): big enough that copies show.
 fn model() -> tessera_compute::ModelConfig {
@@ -31,16 +27,6 @@ fn model() -> tessera_compute::ModelConfig {
     m
 }
 
-fn next(ws: &mut Ws) -> Option<ToContributor> {
-    loop {
-        match ws.read() {
-            Ok(Message::Binary(b)) => return Some(decode(&b, 64 << 20).expect("a frame")),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
-}
-
 /// Joins as `id` with a budget for a whole replica and reads up to the lease's message: the
 /// socket and the frames the lease announces.
 fn lease(port: u16, id: &Identity) -> (Ws, u32) {
@@ -50,37 +36,11 @@ fn lease(port: u16, id: &Identity) -> (Ws, u32) {
     ws.get_ref()
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let hello = ToCoordinator::Hello {
-        key: id.public(),
-        kind: ContributorKind::Native,
-        software: "lease-streams".into(),
-        capabilities: Capabilities {
-            adapter: "none".into(),
-            backend: "none".into(),
-            max_binding_bytes: 1 << 30,
-            memory_budget_bytes: 1 << 40,
-        },
-    };
-    ws.send(Message::Binary(encode(&hello).unwrap().into()))
-        .expect("Hello");
-    let Some(ToContributor::Challenge {
-        nonce, coordinator, ..
-    }) = next(&mut ws)
-    else {
-        panic!("no challenge");
-    };
-    let signature = id.sign(
-        HANDSHAKE,
-        &handshake_message(&nonce, &coordinator, &id.public()),
-    );
-    ws.send(Message::Binary(
-        encode(&ToCoordinator::Proof { signature }).unwrap().into(),
-    ))
-    .expect("Proof");
+    let mut msg = handshake(&mut ws, id, 1 << 40, "lease-streams");
     loop {
-        match next(&mut ws) {
+        match msg {
             Some(ToContributor::Lease(l)) => return (ws, l.frames),
-            Some(_) => continue,
+            Some(_) => msg = next(&mut ws),
             None => panic!("closed before a lease"),
         }
     }

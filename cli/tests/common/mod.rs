@@ -1,9 +1,11 @@
 //! Helpers for tests that run the real `tessera` binary as separate processes: free ports,
-//! child processes killed on drop, `GET /api/status` over a plain TCP socket.
+//! child processes killed on drop, `GET /api/status` over a plain TCP socket, and a
+//! contributor's handshake spoken by hand (`contributor`).
 
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod contributor;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -69,15 +69,13 @@ impl WeightStream {
             .iter()
             .map(|(_, v)| v.len().div_ceil(chunk))
             .sum::<usize>();
-        WeightStream {
-            lease,
-            version,
-            model: Arc::new(model.clone()),
-            weights: weights.clone(),
-            parts: Parts::Whole,
-            chunk,
-            frames: frames as u32,
-        }
+        Self::of(
+            model,
+            weights,
+            (lease, version),
+            (chunk, frames),
+            Parts::Whole,
+        )
     }
 
     /// The slices of `shards` of `weights` for pipeline lease `lease`. Micro-shards that do not
@@ -96,12 +94,28 @@ impl WeightStream {
             .flatten()
             .map(|(_, [r, c])| (r * c).div_ceil(chunk))
             .sum::<usize>();
+        Self::of(
+            model,
+            weights,
+            (lease, version),
+            (chunk, frames),
+            Parts::Shards(shards),
+        )
+    }
+
+    fn of(
+        model: &ModelConfig,
+        weights: &Arc<ModelParams<f32>>,
+        (lease, version): (u64, u64),
+        (chunk, frames): (usize, usize),
+        parts: Parts,
+    ) -> Self {
         WeightStream {
             lease,
             version,
             model: Arc::new(model.clone()),
             weights: weights.clone(),
-            parts: Parts::Shards(shards),
+            parts,
             chunk,
             frames: frames as u32,
         }

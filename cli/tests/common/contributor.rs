@@ -1,0 +1,57 @@
+//! A contributor's side of the WebSocket, spoken by hand: the next message, and the real
+//! handshake (Hello, Challenge, signed Proof).
+
+use std::net::TcpStream;
+
+use tessera_protocol::identity::{handshake_message, HANDSHAKE};
+use tessera_protocol::messages::{Capabilities, ContributorKind};
+use tessera_protocol::{decode, encode, Identity, ToContributor, ToCoordinator};
+use tungstenite::{Message, WebSocket};
+
+/// A contributor's socket.
+pub type Ws = WebSocket<TcpStream>;
+
+/// The next protocol message, or `None` once the socket is closed.
+pub fn next(ws: &mut Ws) -> Option<ToContributor> {
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => return Some(decode(&b, 64 << 20).expect("a frame")),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// The handshake of `id` as a native contributor (`software`) with a memory budget of
+/// `budget` bytes: Hello, then the Proof for the Challenge. Returns the first message after the
+/// Challenge (`Welcome`, or why not).
+pub fn handshake(ws: &mut Ws, id: &Identity, budget: u64, software: &str) -> Option<ToContributor> {
+    let hello = ToCoordinator::Hello {
+        key: id.public(),
+        kind: ContributorKind::Native,
+        software: software.into(),
+        capabilities: Capabilities {
+            adapter: "none".into(),
+            backend: "none".into(),
+            max_binding_bytes: 1 << 30,
+            memory_budget_bytes: budget,
+        },
+    };
+    ws.send(Message::Binary(encode(&hello).unwrap().into()))
+        .expect("send Hello");
+    let Some(ToContributor::Challenge {
+        nonce, coordinator, ..
+    }) = next(ws)
+    else {
+        panic!("no challenge");
+    };
+    let signature = id.sign(
+        HANDSHAKE,
+        &handshake_message(&nonce, &coordinator, &id.public()),
+    );
+    ws.send(Message::Binary(
+        encode(&ToCoordinator::Proof { signature }).unwrap().into(),
+    ))
+    .expect("send Proof");
+    next(ws)
+}
