@@ -22,7 +22,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::contributor::{handshake, next, Ws};
-use common::{coordinator_with, data, free_port, scratch, status, wait_for};
+use common::{coordinator_with, data, free_port, memory, scratch, status, wait_for};
 use tessera_protocol::{Code, Identity, ToContributor};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -87,16 +87,6 @@ fn attack(port: u16) -> (Code, String) {
     let sent = writer.join().expect("writer");
     assert!(sent < ANNOUNCED, "the coordinator read the whole frame");
     reason
-}
-
-/// A kernel memory figure of a process, in bytes (`VmHWM`: peak resident, `VmRSS`: now).
-fn memory(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// The real handshake of `id` on a fresh socket, too small a budget for a lease; the socket

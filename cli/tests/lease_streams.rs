@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::contributor::{handshake, next, Ws};
-use common::{coordinator_with, free_port, scratch, status, wait_for};
+use common::{coordinator_with, free_port, memory, scratch, status, wait_for};
 use tessera_protocol::{Identity, ToContributor};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -44,15 +44,6 @@ fn lease(port: u16, id: &Identity) -> (Ws, u32) {
             None => panic!("closed before a lease"),
         }
     }
-}
-
-fn memory(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or_else(|| panic!("no {field}"))
 }
 
 #[test]

@@ -237,3 +237,13 @@ pub fn flip_byte(path: &Path, from_end: usize) {
     bytes[at] ^= 0x40;
     std::fs::write(path, bytes).unwrap();
 }
+
+/// A kernel memory figure of a process, in bytes (`VmHWM`: peak resident, `VmRSS`: now).
+pub fn memory(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
