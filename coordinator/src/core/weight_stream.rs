@@ -60,22 +60,10 @@ impl WeightStream {
     pub(super) fn whole(
         model: &ModelConfig,
         weights: &Arc<ModelParams<f32>>,
-        (lease, version): (u64, u64),
+        ids: (u64, u64),
         chunk: usize,
     ) -> Self {
-        let chunk = chunk.max(1);
-        let frames = weights
-            .named()
-            .iter()
-            .map(|(_, v)| v.len().div_ceil(chunk))
-            .sum::<usize>();
-        Self::of(
-            model,
-            weights,
-            (lease, version),
-            (chunk, frames),
-            Parts::Whole,
-        )
+        Self::of(model, weights, ids, chunk, Parts::Whole)
     }
 
     /// The slices of `shards` of `weights` for pipeline lease `lease`. Micro-shards that do not
@@ -83,33 +71,33 @@ impl WeightStream {
     pub(super) fn shards(
         model: &ModelConfig,
         weights: &Arc<ModelParams<f32>>,
-        (lease, version): (u64, u64),
+        ids: (u64, u64),
         chunk: usize,
         shards: Vec<MicroShard>,
     ) -> Self {
-        let chunk = chunk.max(1);
-        let frames = shards
-            .iter()
-            .filter_map(|s| ShardTensors::shapes(model, s).ok())
-            .flatten()
-            .map(|(_, [r, c])| (r * c).div_ceil(chunk))
-            .sum::<usize>();
-        Self::of(
-            model,
-            weights,
-            (lease, version),
-            (chunk, frames),
-            Parts::Shards(shards),
-        )
+        Self::of(model, weights, ids, chunk, Parts::Shards(shards))
     }
 
+    /// The stream of `parts` of `weights` for lease `lease` at `version`, `chunk` values a
+    /// frame; its length counted from the tensors' sizes, without cutting anything.
     fn of(
         model: &ModelConfig,
         weights: &Arc<ModelParams<f32>>,
         (lease, version): (u64, u64),
-        (chunk, frames): (usize, usize),
+        chunk: usize,
         parts: Parts,
     ) -> Self {
+        let chunk = chunk.max(1);
+        let sizes: Vec<usize> = match &parts {
+            Parts::Whole => weights.named().iter().map(|(_, v)| v.len()).collect(),
+            Parts::Shards(shards) => shards
+                .iter()
+                .filter_map(|s| ShardTensors::shapes(model, s).ok())
+                .flatten()
+                .map(|(_, [r, c])| r * c)
+                .collect(),
+        };
+        let frames = sizes.iter().map(|n| n.div_ceil(chunk)).sum::<usize>();
         WeightStream {
             lease,
             version,
