@@ -6,6 +6,8 @@
 //! - a session the core closes (here: replaced by a newer session of the same identity) stops
 //!   being read: its socket closes; an identity that only joined and idled leaves nothing in
 //!   the run log;
+//! - a session whose heartbeats the connection takes itself outlives the run's silence; a mute
+//!   one is closed;
 //! - connections over the per-address limit are refused before the upgrade (503, naming the
 //!   limit) and admitted again once one closes;
 //! - HTTP requests from one address over its rate are answered 429 with `Retry-After`, and
@@ -21,9 +23,11 @@ use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::contributor::{handshake, next, Ws};
+use common::contributor::{handshake, next, say, Ws};
 use common::{coordinator_with, data, free_port, memory, scratch, status, wait_for};
-use tessera_protocol::{Code, Identity, ToContributor};
+use tessera_protocol::messages::SessionMessage;
+use tessera_protocol::{decode, Code, Identity, ToContributor};
+use tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// Sockets in the attack.
@@ -94,9 +98,69 @@ fn attack(port: u16) -> (Code, String) {
 fn join(port: u16, id: &Identity) -> Ws {
     let mut ws = connect(port);
     match handshake(&mut ws, id, 1, "frame-limits") {
-        Some(ToContributor::Welcome { .. }) => ws,
-        other => panic!("not welcomed: {other:?}"),
+        (Some(ToContributor::Welcome { .. }), _) => ws,
+        (other, _) => panic!("not welcomed: {other:?}"),
     }
+}
+
+#[test]
+fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_closes() {
+    let port = free_port();
+    let dir = scratch("heartbeats");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Silence of 3 s: the connection tells the core about heartbeats at most every second.
+    let run = dir.with_extension("toml");
+    let e2e = std::fs::read_to_string(data("e2e.toml")).unwrap();
+    std::fs::write(&run, e2e.replace("silence_secs = 30", "silence_secs = 3")).unwrap();
+    let _c = coordinator_with(&run, port, &dir, None, &[]);
+    wait_for(port, LIMIT, "the coordinator serving", |_| true);
+    let (beating, mute) = (Identity::from_seed([7; 32]), Identity::from_seed([8; 32]));
+    let mut ws = connect(port);
+    let (Some(ToContributor::Welcome { .. }), nonce) = handshake(&mut ws, &beating, 1, "hb") else {
+        panic!("not welcomed");
+    };
+    let mut quiet = join(port, &mute);
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = Instant::now();
+    let mut seq = 1;
+    while start.elapsed() < Duration::from_secs(8) {
+        say(
+            &mut ws,
+            &beating,
+            &nonce,
+            seq,
+            SessionMessage::Heartbeat {
+                log_head: Default::default(),
+            },
+        );
+        seq += 1;
+        // Whatever comes (the budget refusal) is read; a fatal error would end the session.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(700) {
+            if let Ok(Message::Binary(b)) = ws.read() {
+                if let Ok(ToContributor::Error {
+                    reason,
+                    fatal: true,
+                }) = decode(&b, 1 << 20)
+                {
+                    panic!("a heartbeating session was closed: {reason:?}");
+                }
+            }
+        }
+    }
+    // Eight seconds of heartbeats, past the 3 s of silence: the session is still listed,
+    // and the mute one is gone, its socket closed.
+    let keys: Vec<String> = status(port).expect("status")["contributors"]
+        .as_array()
+        .expect("contributors")
+        .iter()
+        .filter_map(|c| c["key"].as_str().map(String::from))
+        .collect();
+    assert_eq!(keys, vec![beating.public().to_string()], "{keys:?}");
+    while next(&mut quiet).is_some() {}
+    assert!(start.elapsed() < Duration::from_secs(30));
 }
 
 #[test]

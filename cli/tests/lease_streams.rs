@@ -36,7 +36,7 @@ fn lease(port: u16, id: &Identity) -> (Ws, u32) {
     ws.get_ref()
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let mut msg = handshake(&mut ws, id, 1 << 40, "lease-streams");
+    let (mut msg, _) = handshake(&mut ws, id, 1 << 40, "lease-streams");
     loop {
         match msg {
             Some(ToContributor::Lease(l)) => return (ws, l.frames),

@@ -4,8 +4,8 @@
 use std::net::TcpStream;
 
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
-use tessera_protocol::messages::{Capabilities, ContributorKind};
-use tessera_protocol::{decode, encode, Identity, ToContributor, ToCoordinator};
+use tessera_protocol::messages::{Capabilities, ContributorKind, SessionMessage};
+use tessera_protocol::{decode, encode, Identity, Signed, ToContributor, ToCoordinator};
 use tungstenite::{Message, WebSocket};
 
 /// A contributor's socket.
@@ -24,8 +24,13 @@ pub fn next(ws: &mut Ws) -> Option<ToContributor> {
 
 /// The handshake of `id` as a native contributor (`software`) with a memory budget of
 /// `budget` bytes: Hello, then the Proof for the Challenge. Returns the first message after the
-/// Challenge (`Welcome`, or why not).
-pub fn handshake(ws: &mut Ws, id: &Identity, budget: u64, software: &str) -> Option<ToContributor> {
+/// Challenge (`Welcome`, or why not) and the session's nonce (what its messages are signed over).
+pub fn handshake(
+    ws: &mut Ws,
+    id: &Identity,
+    budget: u64,
+    software: &str,
+) -> (Option<ToContributor>, [u8; 32]) {
     let hello = ToCoordinator::Hello {
         key: id.public(),
         kind: ContributorKind::Native,
@@ -53,5 +58,12 @@ pub fn handshake(ws: &mut Ws, id: &Identity, budget: u64, software: &str) -> Opt
         encode(&ToCoordinator::Proof { signature }).unwrap().into(),
     ))
     .expect("send Proof");
-    next(ws)
+    (next(ws), nonce)
+}
+
+/// Sends `body` as message `seq` of the session with `nonce`, signed by `id`.
+pub fn say(ws: &mut Ws, id: &Identity, nonce: &[u8; 32], seq: u64, body: SessionMessage) {
+    let m = ToCoordinator::Session(Signed::new(id, nonce, seq, body).expect("signed"));
+    ws.send(Message::Binary(encode(&m).unwrap().into()))
+        .expect("send a session message");
 }
