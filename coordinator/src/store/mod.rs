@@ -96,6 +96,24 @@ pub struct ServingLock {
     _db: Option<sqlx::AnyConnection>,
 }
 
+impl ServingLock {
+    /// Gives the run up at once: unlocks PostgreSQL's advisory lock and closes its connection
+    /// politely, so another coordinator may take the run the moment this returns. Merely
+    /// dropping the lock frees the database's side only when the server notices the socket
+    /// has closed, which may be a little later.
+    pub async fn release(self) -> Result<(), StoreError> {
+        if let Some(mut conn) = self._db {
+            let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+                .bind(ADVISORY_KEY)
+                .fetch_one(&mut conn)
+                .await?;
+            sqlx::Connection::close(conn).await?;
+        }
+        drop(self._file);
+        Ok(())
+    }
+}
+
 /// The advisory lock's key in PostgreSQL: one run per database.
 const ADVISORY_KEY: i64 = 0x0074_6573_7365_7261; // "tessera"
 
