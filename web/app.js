@@ -74,6 +74,10 @@ function onReport(r) {
       $('connection').className = 'pill ' + r.state;
       log(r.state + ': ' + r.detail);
       break;
+    case 'admission':
+      window.tessera.admission = r;
+      log('admission: solved the coordinator\'s ' + r.bits + '-bit puzzle (' + r.hashes + ' hashes) in ' + (r.ms / 1000).toFixed(2) + ' s');
+      break;
     case 'lease':
       $('run').textContent = r.run;
       $('shards').textContent = r.shards.join(', ');

@@ -71,6 +71,13 @@ pub struct Args {
     /// token sent in the clear can be read on the way.
     #[arg(long)]
     pub allow_plain_admin: bool,
+    /// The proof of work a contributor does before each connection: SHA-256 of a puzzle the
+    /// coordinator issues (`GET /api/admission`) and its key must start with this many zero
+    /// bits (about 2^N hashes: at 20 about half a second in a browser tab, a tenth on a native core; see README,
+    /// "Running a public coordinator", for what it costs an attacker). 0 turns it off; at most 40.
+    #[arg(long, default_value_t = tessera_coordinator::admission::DEFAULT_BITS,
+          value_parser = clap::value_parser!(u8).range(0..=40))]
+    pub admission_bits: u8,
 }
 
 /// How a started run is served, beyond where it listens.
@@ -90,6 +97,8 @@ pub struct Serving {
     pub origins: Vec<String>,
     /// Take admin tokens over plain HTTP from other machines.
     pub allow_plain_admin: bool,
+    /// Zero bits of the admission proof of work (0: none).
+    pub admission_bits: u8,
 }
 
 /// The administrator's token: from `file`, else `TESSERA_ADMIN_TOKEN`, else none.
@@ -132,12 +141,13 @@ pub async fn start(
         request_rate,
         origins,
         allow_plain_admin,
+        admission_bits,
     } = serving;
     let (spec, init) = cfg.resolve(base)?;
     let store = Store::open(data_dir, database).await?;
     let lock = store.lock().await?;
     let id = keys::load_or_create(&data_dir.join("coordinator.key"))?;
-    let core = match store.load(&spec.model).await? {
+    let core = match store.load(&spec.model, &lock).await? {
         Some((snap, accepted)) => {
             println!(
                 "resuming run {} at round {} ({} accepted contributions in the open round)",
@@ -212,6 +222,7 @@ pub async fn start(
         request_rate,
         origins,
         allow_plain_admin,
+        admission_bits,
     };
     let mut running = server::serve_with(core, store, listener, opts).await?;
     running.lock = Some(lock);
@@ -308,6 +319,7 @@ pub async fn run(a: Args) -> Result<()> {
             request_rate: RequestRate(a.requests_per_second),
             origins: a.allow_origins.clone(),
             allow_plain_admin: a.allow_plain_admin,
+            admission_bits: a.admission_bits,
         },
         created,
     )

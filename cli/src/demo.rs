@@ -83,6 +83,7 @@ pub async fn run(a: Args) -> Result<()> {
     let page = coordinator_cmd::web_dir(None)?;
     let serving = coordinator_cmd::Serving {
         page,
+        admission_bits: tessera_coordinator::admission::DEFAULT_BITS,
         ..Default::default()
     };
     let mut running = coordinator_cmd::start(&cfg, &dir, a.bind, &dir, None, serving, None).await?;

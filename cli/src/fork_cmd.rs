@@ -145,7 +145,8 @@ pub async fn run(a: Args) -> Result<()> {
     }
 
     let store = Store::open(&a.data_dir, a.database.as_deref()).await?;
-    if store.log_head().await?.is_some() || store.load(model).await?.is_some() {
+    let _lock = store.lock().await?;
+    if store.log_head().await?.is_some() || store.open_round().await?.is_some() {
         bail!(
             "{} already holds a run: a fork needs a new data directory",
             a.data_dir.display()

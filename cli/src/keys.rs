@@ -59,3 +59,27 @@ pub fn load_or_create(path: &Path) -> Result<Identity> {
         .with_context(|| format!("writing identity {}", path.display()))?;
     Ok(Identity::from_seed(seed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_identity_file_is_its_owners_alone_and_loads_back() {
+        let dir = std::env::temp_dir().join(format!("tessera-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("nested").join("worker.key");
+        let made = load_or_create(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "identity file mode {mode:o}");
+        }
+        assert_eq!(load_or_create(&path).unwrap().public(), made.public());
+        std::fs::write(&path, "not a key\n").unwrap();
+        let err = load_or_create(&path).unwrap_err().to_string();
+        assert!(err.contains("is not an identity file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,6 +1,7 @@
 //! `tessera`: the project's front door, one binary with subcommands.
 
 mod admin_cmd;
+mod bounded_json;
 mod calibrate_cmd;
 mod closes;
 mod coordinator_cmd;

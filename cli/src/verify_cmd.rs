@@ -132,11 +132,7 @@ fn fetch(base: &str) -> Result<LogFile> {
             "{}/api/log?from={from}&limit=1000",
             base.trim_end_matches('/')
         );
-        let page: serde_json::Value = ureq::get(&url)
-            .call()
-            .with_context(|| format!("fetching {url}"))?
-            .into_json()
-            .with_context(|| format!("reading {url}"))?;
+        let page: serde_json::Value = crate::bounded_json::get_json(&url, "a page of the log")?;
         out.coordinator = page["coordinator"].as_str().unwrap_or_default().to_string();
         let entries = page["entries"].as_array().cloned().unwrap_or_default();
         for e in &entries {

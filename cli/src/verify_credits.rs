@@ -2,7 +2,7 @@
 //! coordinator's own fold, [`Credits`]) and, for a live coordinator, holds the credits its
 //! status shows to what its log gives at the same head.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use tessera_coordinator::core::credits::Credits;
 use tessera_coordinator::server::CreditLine;
 use tessera_protocol::log::SignedEntry;
@@ -74,11 +74,7 @@ pub fn fetch_claimed(base: &str) -> Result<Claimed> {
     let base = base.trim_end_matches('/');
     let page = |from: usize| -> Result<ClaimedPage> {
         let url = format!("{base}/api/status?from={from}");
-        ureq::get(&url)
-            .call()
-            .with_context(|| format!("fetching {url}"))?
-            .into_json()
-            .with_context(|| format!("{url} does not show credits with a log head"))
+        crate::bounded_json::get_json(&url, "a page of credits with a log head")
     };
     'tries: for _ in 0..PAGE_TRIES {
         let first = page(0)?;

@@ -9,7 +9,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{coordinator_with, data, exe, free_port, scratch, status, wait_for, Proc};
+use common::{
+    coordinator_with, data, exe, free_port, scratch, status, wait_for, worker_logged, Proc,
+};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const TOKEN: &str = "correct horse battery staple";
@@ -77,21 +79,7 @@ fn admin_requests_are_authenticated_logged_and_seen_by_contributors() {
     };
     let c = coord(&dir);
     let worker_log = dir.with_extension("worker.log");
-    let _w = Proc(
-        Command::new(exe())
-            .args([
-                "worker",
-                "--coordinator",
-                &format!("ws://127.0.0.1:{port}/ws"),
-                "--quiet",
-                "--identity",
-            ])
-            .arg(dir.with_extension("w.key"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&worker_log).unwrap())
-            .spawn()
-            .expect("start a worker"),
-    );
+    let _w = worker_logged(port, &dir.with_extension("w.key"), &worker_log);
     let s = wait_for(port, LIMIT, "an accepted unit", |s| accepted(s) >= 1);
     let key = s["contributors"][0]["key"].as_str().unwrap().to_string();
 

@@ -9,7 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::browser::{build_page, target_dir, Browser, WEBGPU_FLAGS};
-use common::{coordinator_with_page, data, eval, free_port, scratch, wait_for, worker_with_budget};
+use common::{
+    coordinator_with, coordinator_with_page, data, eval, free_port, scratch, wait_for,
+    worker_with_budget,
+};
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
@@ -31,7 +34,10 @@ fn a_browser_tab_trains_a_micro_shard_beside_native_workers() {
     let dir = scratch("browser");
     let port = free_port();
     let start = Instant::now();
-    let mut c = coordinator_with_page(&data("browser.toml"), port, &dir, Some(&page));
+    // Admission at the default difficulty: every native worker and the tab solve a puzzle.
+    let bits = tessera_coordinator::admission::DEFAULT_BITS.to_string();
+    let admission: [&std::ffi::OsStr; 2] = ["--admission-bits".as_ref(), bits.as_ref()];
+    let mut c = coordinator_with(&data("browser.toml"), port, &dir, Some(&page), &admission);
     let _big = worker_with_budget(port, &dir.join("big.key"), "900KiB");
     wait_for(port, FIVE_MINUTES, "the big worker's lease", |s| {
         s["contributors"].as_array().is_some_and(|cs| cs.len() == 1)
@@ -98,6 +104,19 @@ fn a_browser_tab_trains_a_micro_shard_beside_native_workers() {
         "return Number(document.getElementById('accepted').textContent) > 0 && document.getElementById('shards').textContent.includes('Head');",
     );
     b.screenshot(&target_dir().join("screenshots/contributor-page-joined.png"));
+    let solved = b.eval("return window.tessera.admission || null;");
+    assert_eq!(
+        solved["bits"].as_u64(),
+        Some(u64::from(tessera_coordinator::admission::DEFAULT_BITS)),
+        "{solved}"
+    );
+    println!(
+        "the browser tab solved the {}-bit admission puzzle in its Web Worker: {} hashes in {:.2} s ({:.2} M hashes/s; headless Chromium, wasm)",
+        solved["bits"],
+        solved["hashes"],
+        solved["ms"].as_f64().unwrap_or(0.0) / 1000.0,
+        solved["hashes"].as_f64().unwrap_or(0.0) / solved["ms"].as_f64().unwrap_or(1.0).max(1.0) / 1000.0
+    );
     wait_for(port, FIVE_MINUTES, "a few steps", |s| {
         s["round"].as_u64() >= Some(6)
     });

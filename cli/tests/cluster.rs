@@ -8,24 +8,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use tessera_coordinator::store::Store;
+
 use common::{coordinator, data, eval, free_port, scratch, status, wait_for, worker};
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
-/// Accepted contributions of the open round that the run's store holds durably.
-fn durable_accepted(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> usize {
-    let cfg = tessera_coordinator::config::preset("tiny-byte").expect("preset");
-    rt.block_on(async {
-        let store = tessera_coordinator::store::Store::open(dir, None)
-            .await
-            .expect("open the run's store");
-        store
-            .load(&cfg)
-            .await
-            .ok()
-            .flatten()
-            .map_or(0, |(_, accepted)| accepted.len())
-    })
+/// Accepted contributions of the open round that the run's store holds durably, read without
+/// disturbing the coordinator that serves it.
+fn durable_accepted(rt: &tokio::runtime::Runtime, store: &Store) -> u64 {
+    rt.block_on(store.open_round())
+        .expect("read the run's store")
+        .map_or(0, |(_, accepted)| accepted)
 }
 
 /// Rounds committed: the highest `checkpoints/round-N` holding a model.
@@ -131,8 +125,11 @@ fn a_coordinator_killed_and_restarted_resumes_without_losing_work() {
     });
     // Kill as soon as the open round holds an accepted contribution.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = rt
+        .block_on(Store::open(&dir, None))
+        .expect("open the run's store");
     let start = Instant::now();
-    while durable_accepted(&rt, &dir) == 0 {
+    while durable_accepted(&rt, &store) == 0 {
         assert!(
             start.elapsed() < FIVE_MINUTES,
             "no contribution was ever recorded"
@@ -140,7 +137,8 @@ fn a_coordinator_killed_and_restarted_resumes_without_losing_work() {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(c); // SIGKILL
-    let durable = durable_accepted(&rt, &dir);
+    let durable = durable_accepted(&rt, &store);
+    drop(store);
     assert!(status(port).is_none(), "the coordinator is gone");
     let mut c2 = coordinator(&data("e2e.toml"), port, &dir);
     assert!(c2

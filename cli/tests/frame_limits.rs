@@ -24,7 +24,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::contributor::{handshake, next, say, Ws};
-use common::{coordinator_with, data, free_port, memory, scratch, status, wait_for};
+use common::{
+    coordinator_with, data, free_port, get_text, http_get, memory, scratch, status, wait_for,
+};
 use tessera_protocol::messages::SessionMessage;
 use tessera_protocol::{decode, Code, Identity, ToContributor};
 use tungstenite::Message;
@@ -159,6 +161,10 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
         .filter_map(|c| c["key"].as_str().map(String::from))
         .collect();
     assert_eq!(keys, vec![beating.public().to_string()], "{keys:?}");
+    // The mute one is told why before its socket closes.
+    let (code, why) = fatal_reason(&mut quiet);
+    assert_eq!(code, Code::Silent, "{why}");
+    assert!(why.contains("silent for over 3 s"), "{why}");
     while next(&mut quiet).is_some() {}
     assert!(start.elapsed() < Duration::from_secs(30));
 }
@@ -268,31 +274,9 @@ fn connections_over_the_per_address_limit_are_refused_until_one_closes() {
     }
 }
 
-/// The body of `GET path` over a fresh TCP connection.
-fn get_text(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut s, &mut text).expect("answer");
-    text.split_once("\r\n\r\n")
-        .map_or(text.clone(), |(_, b)| b.to_string())
-}
-
 /// `GET path` over a fresh TCP connection: the status code and the `Retry-After` header.
 fn get(port: u16, path: &str) -> (u16, Option<u64>) {
-    use std::io::Read;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
+    let text = http_get(port, path);
     let code = text
         .split(' ')
         .nth(1)

@@ -338,3 +338,79 @@ fn replay_cases(dir: &Path, saved: &Path) {
         "{text}"
     );
 }
+
+/// A server that answers `/api/status` with an empty status page and every other path with
+/// an endless JSON array; it counts the bytes it managed to send.
+fn endless_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                if line.contains("/api/status") {
+                    let body = r#"{"log_head":0,"credits":[]}"#;
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    return;
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{{\"coordinator\":\"\",\"entries\":["
+                );
+                let chunk = "{\"index\":0,\"signed\":\"v2:00\"},".repeat(1000);
+                while conn.write_all(chunk.as_bytes()).is_ok() {
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (base, sent)
+}
+
+#[test]
+fn a_hostile_log_is_refused_by_its_size() {
+    // A "coordinator" whose log page never ends: refused once it passes the page bound,
+    // without reading the rest.
+    let (base, sent) = endless_server();
+    let (ok, text) = verify(&["--log".as_ref(), base.as_ref()]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("sent a page of the log over 16 MiB"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 64 << 20, "the verifier was sent {sent} bytes");
+
+    // A saved log with an entry over the entry cap: refused by its length, named by its index.
+    let dir = scratch("hostile-log");
+    let file = dir.join("log.json");
+    let entry = format!("v2:{}", "ab".repeat(150_000));
+    std::fs::write(
+        &file,
+        serde_json::json!({
+            "coordinator": Identity::from_seed([1; 32]).public().to_string(),
+            "entries": [{"index": 0, "signed": entry}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, text) = verify(&["--log".as_ref(), file.as_os_str()]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("log entry 0"), "{text}");
+    assert!(text.contains("an entry of 300003 characters"), "{text}");
+}

@@ -193,18 +193,42 @@ pub async fn run(
     let mut run_name = String::new();
     let (mut busy_ms, mut start_ms) = (0.0f64, now_ms());
     let mut gflops = 0.0;
-    let connect = |generation: u64| -> Result<Session, JsValue> {
-        post(&Report::Connection {
-            state: "connecting".into(),
-            detail: url.clone(),
-        });
-        Ok(Session {
-            socket: Socket::connect(&url, generation, tx.clone())?,
-            generation,
-            open: false,
-        })
+    let key = contributor.key();
+    let connect = |generation: u64| {
+        let (url, tx) = (url.clone(), tx.clone());
+        async move {
+            post(&Report::Connection {
+                state: "connecting".into(),
+                detail: url.clone(),
+            });
+            // Without a ticket the coordinator refuses the socket (when it asks for one), and
+            // the client tries again after its backoff.
+            let to = match crate::admission::ticketed(&url, key).await {
+                Ok(s) => {
+                    if s.bits > 0 {
+                        post(&Report::Admission {
+                            bits: s.bits,
+                            hashes: s.hashes,
+                            ms: s.ms,
+                        });
+                    }
+                    s.url
+                }
+                Err(why) => {
+                    post(&Report::Note {
+                        text: format!("no admission ticket: {why}"),
+                    });
+                    url.clone()
+                }
+            };
+            Ok::<_, JsValue>(Session {
+                socket: Socket::connect(&to, generation, tx)?,
+                generation,
+                open: false,
+            })
+        }
     };
-    let mut session = Some(connect(generation)?);
+    let mut session = Some(connect(generation).await?);
     while let Some(ev) = rx.next().await {
         let send = |s: &Session, msgs: Vec<ToCoordinator>| -> bool {
             msgs.iter().all(|m| match encode(m) {
@@ -349,7 +373,7 @@ pub async fn run(
                 backoff = (backoff * 2.0).min(30_000.0);
                 if !paused {
                     generation += 1;
-                    session = Some(connect(generation)?);
+                    session = Some(connect(generation).await?);
                 }
             }
             Event::Beat => {
@@ -378,7 +402,7 @@ pub async fn run(
                 if paused {
                     paused = false;
                     generation += 1;
-                    session = Some(connect(generation)?);
+                    session = Some(connect(generation).await?);
                 }
             }
             Event::GpuShare(x) => share = x.clamp(0.05, 1.0),

@@ -6,6 +6,7 @@
 //! `run`; the client reports to the page with `postMessage` (see [`report`]) and takes
 //! `pause`, `resume`, `set_gpu_share` and `lose_device` from it.
 
+pub mod admission;
 #[cfg(target_arch = "wasm32")]
 mod client;
 pub mod report;

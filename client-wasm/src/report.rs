@@ -34,6 +34,15 @@ pub enum Report {
         /// Details for people.
         detail: String,
     },
+    /// The coordinator's admission puzzle was solved before connecting.
+    Admission {
+        /// Zero bits it asked for.
+        bits: u8,
+        /// Hashes tried.
+        hashes: u64,
+        /// Milliseconds the solving took.
+        ms: f64,
+    },
     /// The run joined and the micro-shards leased.
     Lease {
         /// Run name.

@@ -12,7 +12,7 @@ use axum::Json;
 use tokio::sync::oneshot;
 
 use crate::admin_request::{AdminErrorBody, AdminRequest, AdminResponse};
-use crate::admin_token::{AdminToken, Denied};
+use crate::admin_token::{AdminToken, AdminTransport, Denied};
 use crate::config::ConfigError;
 use crate::core::admin::AdminRefusal;
 use crate::shared::{Event, Shared};
@@ -118,15 +118,6 @@ impl IntoResponse for AdminError {
 }
 
 pub(crate) use crate::gate::peer;
-
-/// How administrators' requests reach the coordinator.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AdminTransport {
-    /// Served over TLS.
-    pub tls: bool,
-    /// Take tokens over plain HTTP from other machines too (the operator's explicit choice).
-    pub allow_plain: bool,
-}
 
 /// Whether the request from `from`, over `transport`, bears the administrator's token.
 pub(crate) fn authorize(

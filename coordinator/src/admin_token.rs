@@ -1,7 +1,8 @@
 //! The administrator's token: kept as its SHA-256 and compared in time independent of where a
 //! guess differs. Wrong guesses are throttled per address: after [`FREE_GUESSES`] wrong tokens
 //! an address waits, twice as long after each further one (up to [`MAX_WAIT`]), before its
-//! next request is even compared; a right token clears its count.
+//! next request is even compared; a right token clears its count. [`AdminTransport`] says over
+//! what the token may arrive (TLS, or plain HTTP from this machine unless allowed).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -91,6 +92,15 @@ impl AdminToken {
         }
         Err(Denied::Wrong)
     }
+}
+
+/// How administrators' requests reach the coordinator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdminTransport {
+    /// Served over TLS.
+    pub tls: bool,
+    /// Take tokens over plain HTTP from other machines too (the operator's explicit choice).
+    pub allow_plain: bool,
 }
 
 #[cfg(test)]

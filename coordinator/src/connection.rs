@@ -19,7 +19,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tessera_protocol::messages::SessionMessage;
-use tessera_protocol::{decode, Code, ProtocolError, Reason, ToCoordinator, MAX_FRAME_BYTES};
+use tessera_protocol::{
+    decode, Code, ProtocolError, PublicKey, Reason, ToCoordinator, MAX_FRAME_BYTES,
+};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -98,8 +100,52 @@ fn origin_problem(headers: &HeaderMap, allowed: &[String]) -> Option<String> {
     ))
 }
 
-/// `GET /ws`: admits the connection (see `gate.rs`), upgrades it to a guarded WebSocket and
-/// runs it.
+/// The `ticket` parameter of a `/ws` query, if any.
+fn ticket_of(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("ticket="))
+}
+
+/// The answer to an upgrade whose ticket does not admit it: 401 with the refusal's code and
+/// text and, when a ticket is what is missing or stale, a fresh puzzle (so that a native
+/// worker needs no other request).
+fn refused_admission(s: &Shared, why: &tessera_protocol::admission::AdmissionError) -> Response {
+    use tessera_protocol::admission::AdmissionError as E;
+    let status = match why {
+        E::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        E::Malformed(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let body = crate::admission::Refusal {
+        code: why.code(),
+        error: why.to_string(),
+        offer: (status == StatusCode::UNAUTHORIZED).then(|| s.admission.offer()),
+    };
+    tracing::debug!("refused an upgrade: {why}");
+    (status, axum::Json(body)).into_response()
+}
+
+/// Why a session's `Hello` may not open it on a connection its ticket admitted for `ticketed`.
+fn hello_problem(input: &Input, ticketed: Option<PublicKey>) -> Option<Reason> {
+    let (
+        Some(want),
+        Input::Message {
+            msg: ToCoordinator::Hello { key, .. },
+            ..
+        },
+    ) = (ticketed, input)
+    else {
+        return None;
+    };
+    (*key != want).then(|| {
+        Reason::new(
+            Code::Handshake,
+            format!("this connection's admission ticket is for {want}, not for the Hello's key"),
+        )
+    })
+}
+
+/// `GET /ws`: checks the upgrade's admission ticket (see `admission.rs`), admits the
+/// connection (see `gate.rs`), upgrades it to a guarded WebSocket and runs it.
 pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
     if let Some(why) = upgrade_problem(req.method(), req.headers()) {
         return (StatusCode::BAD_REQUEST, why).into_response();
@@ -107,6 +153,10 @@ pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
     if let Some(why) = origin_problem(req.headers(), &s.origins) {
         return (StatusCode::FORBIDDEN, why).into_response();
     }
+    let ticketed = match s.admission.check(ticket_of(req.uri().query())) {
+        Ok(key) => key,
+        Err(why) => return refused_admission(&s, &why),
+    };
     let admitted = match s.gate.admit(crate::gate::peer(req.extensions())) {
         Ok(a) => a,
         Err(why) => {
@@ -127,7 +177,7 @@ pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
                 let io = FrameGuard::new(TokioIo::new(upgraded), limit.clone());
                 let socket =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(codec())).await;
-                connection(s, socket, limit).await;
+                connection(s, socket, limit, ticketed).await;
                 drop(admitted);
             }
             Err(e) => tracing::debug!("a WebSocket upgrade failed: {e}"),
@@ -222,8 +272,12 @@ fn too_large(len: usize, limit: &Limit) -> Reason {
     Reason::new(Code::TooLarge, why)
 }
 
-async fn connection<S>(s: Shared, socket: WebSocketStream<S>, limit: Arc<Limit>)
-where
+async fn connection<S>(
+    s: Shared,
+    socket: WebSocketStream<S>,
+    limit: Arc<Limit>,
+    ticketed: Option<PublicKey>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -286,6 +340,10 @@ where
                     format!("the handshake was not done within {} s", HANDSHAKE_TIMEOUT.as_secs()),
                 ),
             },
+        };
+        let input = match hello_problem(&input, ticketed) {
+            Some(error) => Input::BadFrame { conn, error },
+            None => input,
         };
         let at = Instant::now();
         let Some(input) = alive.forward(input, limit.admitted(), at) else {

@@ -18,10 +18,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::admin::AdminRefusal;
 use crate::core::{Action, ConnId, Core, Input, RoundSummary};
-use crate::server::Outcome;
 use crate::shared::{Event, Outbox, Outgoing};
 use crate::status::{status_of, Status};
 use crate::store::{Store, StoreError, Write};
+
+/// How the run stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Still training.
+    Running,
+    /// Every round done.
+    Finished,
+    /// Stopped: storage failed.
+    Failed(String),
+}
 
 /// Events queued for the core's task at most: a connection whose event does not fit waits (and
 /// stops reading its socket) until the task catches up.

@@ -8,27 +8,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// A connection's peer, for the `/ws` route (plain TCP or TLS).
+/// A connection's peer, as `listen.rs` puts it in each request's `ConnectInfo`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Peer(pub(crate) std::net::SocketAddr);
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for Peer
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Peer(*s.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
-    for Peer
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        Peer(*s.remote_addr())
-    }
-}
 
 /// The address a request came from (this machine when served without connect info, as the
 /// in-process tests are): what the `/ws` gate counts and the admin throttle keys on.

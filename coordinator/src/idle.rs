@@ -37,7 +37,7 @@ pub struct Created {
 #[derive(Clone)]
 struct Idle {
     token: AdminToken,
-    transport: crate::admin_http::AdminTransport,
+    transport: crate::admin_token::AdminTransport,
     base: PathBuf,
     created: mpsc::UnboundedSender<Created>,
     taken: Arc<Mutex<bool>>,
@@ -53,7 +53,7 @@ pub async fn wait_for_create(
     base: PathBuf,
 ) -> std::io::Result<Created> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let transport = crate::admin_http::AdminTransport {
+    let transport = crate::admin_token::AdminTransport {
         tls: tls.is_some(),
         allow_plain: allow_plain_admin,
     };
@@ -64,30 +64,18 @@ pub async fn wait_for_create(
         created: tx,
         taken: Arc::new(Mutex::new(false)),
     };
-    let app = router(state).into_make_service_with_connect_info::<crate::gate::Peer>();
+    let app = router(state);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let stop = async move {
         let _ = stop_rx.await;
     };
-    let server = match tls {
-        Some(cfg) => {
-            let tls = crate::tls::TlsListener::new(listener, cfg)?;
-            tokio::spawn(async move { axum::serve(tls, app).with_graceful_shutdown(stop).await })
-        }
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }),
-    };
+    let sockets = crate::listen::socket_limits(crate::gate::ConnectionLimits::default());
+    let server = tokio::spawn(crate::listen::serve(listener, tls, sockets, app, stop));
     let created = rx.recv().await.ok_or_else(|| {
         std::io::Error::other("the idle coordinator stopped before a run was created")
     })?;
     let _ = stop_tx.send(());
-    match server.await {
-        Ok(r) => r?,
-        Err(e) => return Err(std::io::Error::other(e)),
-    }
+    server.await.map_err(std::io::Error::other)?;
     Ok(created)
 }
 

@@ -6,6 +6,7 @@
 mod admin_http;
 pub mod admin_request;
 mod admin_token;
+pub mod admission;
 pub mod config;
 mod connection;
 pub mod core;
@@ -15,6 +16,7 @@ pub mod frame_guard;
 pub mod gate;
 pub mod http_limit;
 pub mod idle;
+pub mod listen;
 pub mod server;
 mod shared;
 pub mod status;

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 pub use crate::admin_http::AdminError;
 pub use crate::admin_request::{AdminCommand, AdminRequest, AdminResponse};
 pub use crate::admin_token::AdminToken;
+pub use crate::core_task::Outcome;
 use crate::shared::Shared;
 
 use crate::status::status_of;
@@ -34,6 +35,7 @@ pub(crate) fn router(shared: Shared, extra: Option<Extra>) -> Router {
         .route("/ws", get(crate::connection::ws))
         .route("/api/status", get(api_status))
         .route("/api/log", get(api_log))
+        .route("/api/admission", get(api_admission))
         .route(
             "/api/admin",
             axum::routing::post(crate::admin_http::api_admin),
@@ -61,17 +63,6 @@ pub struct Running {
     pub lock: Option<crate::store::ServingLock>,
 }
 
-/// How the run stands.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// Still training.
-    Running,
-    /// Every round done.
-    Finished,
-    /// Stopped: storage failed.
-    Failed(String),
-}
-
 /// Extra routes (e.g. the contributor page) merged into the server.
 pub type Extra = Router;
 
@@ -93,6 +84,9 @@ pub struct ServeOptions {
     /// Take admin tokens over plain HTTP from other machines (otherwise only over TLS, or
     /// from this machine).
     pub allow_plain_admin: bool,
+    /// Zero bits of the proof of work a `/ws` upgrade must carry (0, the default here, asks
+    /// for none; `tessera coordinator` asks for [`crate::admission::DEFAULT_BITS`]).
+    pub admission_bits: u8,
 }
 
 /// Serves `core` on `listener`, persisting into `store`.
@@ -129,38 +123,31 @@ pub async fn serve_with(
         request_rate,
         origins,
         allow_plain_admin,
+        admission_bits,
     } = opts;
     let addr = listener.local_addr()?;
+    let admission = crate::admission::Admission::new(admission_bits)
+        .map_err(|e| std::io::Error::other(format!("no randomness for admission puzzles: {e}")))?;
     let (mut shared, running) = launch(core, store, admin, addr);
     shared.gate = crate::gate::Gate::new(limits);
+    shared.admission = admission;
     shared.origins = Arc::new(origins);
-    shared.admin_transport = crate::admin_http::AdminTransport {
+    shared.admin_transport = crate::admin_token::AdminTransport {
         tls: tls.is_some(),
         allow_plain: allow_plain_admin,
     };
-    let app = router(shared, extra)
-        .layer(axum::middleware::from_fn_with_state(
-            crate::http_limit::HttpLimit::new(request_rate),
-            crate::http_limit::limit,
-        ))
-        .into_make_service_with_connect_info::<crate::gate::Peer>();
-    match tls {
-        Some(cfg) => {
-            let tls = crate::tls::TlsListener::new(listener, cfg)?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(tls, app).await {
-                    tracing::error!("server stopped: {e}");
-                }
-            });
-        }
-        None => {
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!("server stopped: {e}");
-                }
-            });
-        }
-    }
+    let app = router(shared, extra).layer(axum::middleware::from_fn_with_state(
+        crate::http_limit::HttpLimit::new(request_rate),
+        crate::http_limit::limit,
+    ));
+    let sockets = crate::listen::socket_limits(limits);
+    tokio::spawn(crate::listen::serve(
+        listener,
+        tls,
+        sockets,
+        app,
+        std::future::pending(),
+    ));
     Ok(running)
 }
 
@@ -203,6 +190,7 @@ pub(crate) fn launch(
         coordinator,
         admin,
         gate: crate::gate::Gate::default(),
+        admission: crate::admission::Admission::off(),
         origins: Arc::default(),
         admin_transport: Default::default(),
         alive_every,
@@ -316,6 +304,15 @@ async fn api_log(
 struct StatusQuery {
     from: Option<usize>,
     limit: Option<usize>,
+}
+
+/// `GET /api/admission`: a fresh puzzle to solve before opening `/ws` (see `admission.rs`).
+async fn api_admission(State(s): State<Shared>) -> axum::response::Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(s.admission.offer()),
+    )
+        .into_response()
 }
 
 async fn api_status(

@@ -65,9 +65,11 @@ pub(crate) struct Shared {
     /// The administrator's token, if any.
     pub(crate) admin: Option<AdminToken>,
     /// How administrators' requests reach it.
-    pub(crate) admin_transport: crate::admin_http::AdminTransport,
+    pub(crate) admin_transport: crate::admin_token::AdminTransport,
     /// Admission of contributor connections.
     pub(crate) gate: crate::gate::Gate,
+    /// The proof of work a `/ws` upgrade must carry.
+    pub(crate) admission: crate::admission::Admission,
     /// Origins besides its own whose pages may open `/ws`.
     pub(crate) origins: Arc<Vec<String>>,
     /// How often a connection that takes heartbeats itself tells the core its session is

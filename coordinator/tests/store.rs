@@ -10,6 +10,10 @@ use tessera_protocol::log::{LogEntry, LogEvent, SignedEntry};
 use tessera_protocol::messages::{NamedTensor, Update};
 use tessera_protocol::TensorPayload;
 
+/// The PostgreSQL tests share one database, whose advisory lock is the run's serving lock: they
+/// take turns, or one test's lock would refuse the other's.
+static POSTGRES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn contribution(round: u64, slot: u64, who: u8) -> Contribution {
     Contribution {
         round,
@@ -38,6 +42,7 @@ async fn commit_record_and_reload_postgres() {
         println!("TESSERA_TEST_POSTGRES_URL is not set: PostgreSQL not exercised here");
         return;
     };
+    let _turn = POSTGRES.lock().await;
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url)
         .await
@@ -58,10 +63,12 @@ async fn exercise(name: &str, url: Option<&str>) {
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = common::tiny_model();
     let store = Store::open(&dir, url).await.unwrap();
+    let held = store.lock().await.unwrap();
     assert!(
-        store.load(&cfg).await.unwrap().is_none(),
+        store.load(&cfg, &held).await.unwrap().is_none(),
         "a fresh store holds no run"
     );
+    assert_eq!(store.open_round().await.unwrap(), None);
     let weights = tessera_compute::reference::ModelParams::random(&cfg, 4);
     let snap = Snapshot {
         moments: None,
@@ -83,9 +90,20 @@ async fn exercise(name: &str, url: Option<&str>) {
         store.record(&contribution(2, 0, 3)).await.is_err(),
         "a slot is accepted once"
     );
+    assert_eq!(
+        store.open_round().await.unwrap(),
+        Some((2, 2)),
+        "the open round and its accepted rows, read without the lock"
+    );
+    held.release().await.unwrap();
     drop(store);
     let store = Store::open(&dir, url).await.unwrap();
-    let (got, accepted) = store.load(&cfg).await.unwrap().expect("a committed run");
+    let held = store.lock().await.unwrap();
+    let (got, accepted) = store
+        .load(&cfg, &held)
+        .await
+        .unwrap()
+        .expect("a committed run");
     assert_eq!(got, snap);
     assert_eq!(accepted, vec![contribution(2, 0, 3), contribution(2, 1, 2)]);
     let per = store.accepted_per_contributor().await.unwrap();
@@ -114,12 +132,16 @@ async fn exercise(name: &str, url: Option<&str>) {
         ..snap.clone()
     };
     let ck = store.commit("t", &cfg, &piped).await.unwrap();
-    assert_eq!(store.load(&cfg).await.unwrap().expect("committed").0, piped);
+    assert_eq!(
+        store.load(&cfg, &held).await.unwrap().expect("committed").0,
+        piped
+    );
     std::fs::remove_file(ck.join("adam_v.safetensors")).unwrap();
     assert!(
-        store.load(&cfg).await.is_err(),
+        store.load(&cfg, &held).await.is_err(),
         "half a pair of moments is refused, not silently reset"
     );
+    held.release().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -209,7 +231,8 @@ async fn a_batch_is_all_or_nothing_and_orphans_are_collected() {
         .unwrap();
     drop(store);
     let store = Store::open(&dir, None).await.unwrap();
-    let (_, accepted) = store.load(&cfg).await.unwrap().expect("committed");
+    let held = store.lock().await.unwrap();
+    let (_, accepted) = store.load(&cfg, &held).await.unwrap().expect("committed");
     assert_eq!(accepted, vec![again]);
     assert_eq!(store.read_log(0, 10).await.unwrap(), vec![e0, e1]);
     assert_eq!(
@@ -292,6 +315,7 @@ async fn one_coordinator_per_postgres_database() {
         println!("TESSERA_TEST_POSTGRES_URL is not set: PostgreSQL not exercised here");
         return;
     };
+    let _turn = POSTGRES.lock().await;
     // Its own directory each time, so only the database's advisory lock can refuse the second.
     let dir = std::env::temp_dir().join(format!("tessera-pglock-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -313,7 +337,10 @@ async fn one_coordinator_per_postgres_database() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match a.lock().await {
-            Ok(_) => break,
+            Ok(last) => {
+                last.release().await.expect("giving the run up again");
+                break;
+            }
             Err(tessera_coordinator::store::StoreError::Locked { .. })
                 if std::time::Instant::now() < deadline =>
             {

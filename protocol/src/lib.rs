@@ -7,6 +7,7 @@
 //! builds unchanged for native and wasm32.
 
 pub mod activation;
+pub mod admission;
 pub mod bounded;
 pub mod error;
 pub mod frame;
@@ -19,6 +20,8 @@ pub mod pipeline;
 pub mod reason;
 pub mod signed;
 pub mod tensor;
+pub mod terms;
+pub mod update;
 
 pub use activation::{ActEncoding, Activation};
 pub use error::ProtocolError;

@@ -14,14 +14,22 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::identity::{Identity, PublicKey, Signature};
-use crate::messages::{ContributorKind, LogHead, ShardSpec};
 use crate::reason::Reason;
+use crate::terms::{ContributorKind, LogHead, ShardSpec};
 
 /// Domain of log entry hashes and signatures (version 1 used `log`).
 pub const LOG: &str = "log/2";
 
 /// The log format this build writes.
 pub const LOG_VERSION: u32 = 2;
+
+/// The most bytes one signed entry takes in its postcard encoding. Every field an entry holds
+/// is bounded (reasons by [`crate::reason::MAX_TEXT_BYTES`], an administrator's reason by the
+/// coordinator's 1,000 bytes, keys and hashes by their size, a lease's micro-shards by the
+/// model's), so the coordinator never writes a larger
+/// one; a reader refuses a larger one before it decodes it, so that a hostile store or server
+/// cannot make a verifier allocate without bound.
+pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
 /// A decision of the coordinator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -287,6 +295,12 @@ impl SignedEntry {
             hash: self.hash,
         }
     }
+
+    /// The length of its postcard encoding, in bytes (at most [`MAX_ENTRY_BYTES`] for any
+    /// entry a coordinator writes).
+    pub fn encoded_len(&self) -> usize {
+        postcard::experimental::serialized_size(self).unwrap_or(usize::MAX)
+    }
 }
 
 /// Why a log does not verify: the first bad entry, the kind of fault and what is wrong.
@@ -492,6 +506,59 @@ mod tests {
             ));
         }
         (id, out)
+    }
+
+    #[test]
+    fn the_largest_bounded_entries_fit_the_cap() {
+        use crate::reason::{Code, MAX_TEXT_BYTES};
+        let id = Identity::from_seed([3; 32]);
+        let key = Identity::from_seed([4; 32]).public();
+        let huge = "é".repeat(100_000);
+        let events = [
+            LogEvent::Left {
+                key,
+                reason: Reason::new(Code::Left, huge.clone()),
+            },
+            LogEvent::Checked {
+                key,
+                step: u64::MAX,
+                auditors: vec![key; 3],
+                outcome: CheckOutcome::Failed(Reason::new(Code::CheckFailed, huge.clone())),
+                flops: f64::MAX,
+                credited: vec![key; 3],
+            },
+            LogEvent::Admin {
+                action: AdminAction::Set {
+                    param: "silence_secs".into(),
+                    value: "9".repeat(1000),
+                },
+                reason: "r".repeat(1000),
+            },
+            LogEvent::Leased {
+                key,
+                lease: u64::MAX,
+                shards: (0..1000)
+                    .map(|_| ShardSpec::Attn {
+                        layer: u64::MAX,
+                        groups: [u64::MAX, u64::MAX],
+                    })
+                    .collect(),
+            },
+        ];
+        let mut w = LogWriter::default();
+        for (i, event) in events.into_iter().enumerate() {
+            let e = w.append(&id, u64::MAX, event);
+            let len = postcard::to_stdvec(&e).unwrap().len();
+            assert_eq!(e.encoded_len(), len);
+            assert!(len <= MAX_ENTRY_BYTES, "entry {i} takes {len} bytes");
+            if i == 0 {
+                // The reason was cut when it was made: the entry holds no more than its cap.
+                assert!(
+                    len < 2 * MAX_TEXT_BYTES,
+                    "a cut reason's entry takes {len} bytes"
+                );
+            }
+        }
     }
 
     #[test]

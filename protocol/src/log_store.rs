@@ -4,9 +4,11 @@
 //! hashes and gives it in today's types (version 1's from [`crate::log_v1`]).
 
 use crate::identity::PublicKey;
-use crate::log::{check_entry, LogError, LogFault, Sealed, SignedEntry, LOG, LOG_VERSION};
+use crate::log::{
+    check_entry, LogError, LogFault, Sealed, SignedEntry, LOG, LOG_VERSION, MAX_ENTRY_BYTES,
+};
 use crate::log_v1::SignedEntryV1;
-use crate::messages::LogHead;
+use crate::terms::LogHead;
 
 /// A log entry as stored and served: of today's format, or of version 1.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +23,10 @@ pub enum StoredEntry {
 const STORED_PREFIX: &str = "v2:";
 
 impl StoredEntry {
+    /// The most characters a stored entry takes: its prefix and the hex of an entry of at most
+    /// [`MAX_ENTRY_BYTES`] bytes. [`StoredEntry::decode`] refuses longer text unread.
+    pub const MAX_TEXT_CHARS: usize = STORED_PREFIX.len() + 2 * MAX_ENTRY_BYTES;
+
     /// Today's entry as text: `v2:` and the hex of its postcard encoding.
     pub fn encode(e: &SignedEntry) -> String {
         let bytes = postcard::to_stdvec(e).unwrap_or_default();
@@ -30,6 +36,13 @@ impl StoredEntry {
     /// A stored entry of either version.
     pub fn decode(text: &str) -> Result<StoredEntry, String> {
         let text = text.trim();
+        if text.len() > Self::MAX_TEXT_CHARS {
+            return Err(format!(
+                "an entry of {} characters (a log entry is at most {MAX_ENTRY_BYTES} bytes, {} characters stored)",
+                text.len(),
+                Self::MAX_TEXT_CHARS
+            ));
+        }
         let (v2, digits) = match text.strip_prefix(STORED_PREFIX) {
             Some(rest) => (true, rest),
             None => (false, text),
@@ -38,15 +51,22 @@ impl StoredEntry {
         let version = if v2 { LOG_VERSION } else { 1 };
         let fail =
             |e: postcard::Error| format!("does not decode as a version-{version} entry: {e}");
-        if v2 {
-            postcard::from_bytes(&bytes)
-                .map(StoredEntry::Current)
-                .map_err(fail)
+        let (entry, rest) = if v2 {
+            postcard::take_from_bytes(&bytes)
+                .map(|(e, rest)| (StoredEntry::Current(e), rest))
+                .map_err(fail)?
         } else {
-            postcard::from_bytes(&bytes)
-                .map(StoredEntry::V1)
-                .map_err(fail)
+            postcard::take_from_bytes(&bytes)
+                .map(|(e, rest)| (StoredEntry::V1(e), rest))
+                .map_err(fail)?
+        };
+        if !rest.is_empty() {
+            return Err(format!(
+                "{} bytes follow the version-{version} entry",
+                rest.len()
+            ));
         }
+        Ok(entry)
     }
 
     /// Its format version.

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::identity::{PublicKey, Signature};
 use crate::log::{AdminAction, CheckOutcome, LogEntry, LogEvent, SignedEntry};
-use crate::messages::{ContributorKind, LogHead, ShardSpec};
 use crate::reason::{Code, Reason};
+use crate::terms::{ContributorKind, LogHead, ShardSpec};
 
 /// Domain of version-1 entry hashes and signatures.
 pub const LOG_V1: &str = "log";

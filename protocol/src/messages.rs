@@ -12,15 +12,8 @@ use crate::identity::{PublicKey, Signature};
 use crate::pipeline::{AuditResult, AuditWork, PipeWork, StepGrads, UnitOutput};
 use crate::signed::Signed;
 use crate::tensor::TensorPayload;
-
-/// What kind of contributor is connecting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ContributorKind {
-    /// A native worker (`tessera worker`).
-    Native,
-    /// A browser tab.
-    Browser,
-}
+pub use crate::terms::{ContributorKind, LogHead, ShardSpec};
+pub use crate::update::{IndexedTensor, NamedTensor, SparseTensor, Update};
 
 /// The contributor's adapter and what it may hold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,15 +28,6 @@ pub struct Capabilities {
     pub max_binding_bytes: u64,
     /// Memory the contributor lets a lease use, bytes.
     pub memory_budget_bytes: u64,
-}
-
-/// The latest run-log entry a party has seen: index and hash.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogHead {
-    /// Entry index.
-    pub index: u64,
-    /// Hash of the entry.
-    pub hash: [u8; 32],
 }
 
 /// Contributor → coordinator.
@@ -114,94 +98,6 @@ pub struct Submission {
     pub result: Update,
     /// Latest log head seen.
     pub log_head: LogHead,
-}
-
-/// A set of tensor updates: dense, or SparseLoCo-compressed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Update {
-    /// Whole tensors by name.
-    Dense(#[serde(deserialize_with = "crate::bounded::list")] Vec<NamedTensor>),
-    /// Chunked top-k with 2-bit values, by name.
-    Sparse(#[serde(deserialize_with = "crate::bounded::list")] Vec<SparseTensor>),
-    /// Explicit nonzero entries, by name: how the coordinator publishes the mean of sparse
-    /// updates.
-    Indexed(#[serde(deserialize_with = "crate::bounded::list")] Vec<IndexedTensor>),
-}
-
-/// A tensor given by its nonzero entries.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct IndexedTensor {
-    /// Tensor name.
-    #[serde(deserialize_with = "crate::bounded::name")]
-    pub name: String,
-    /// Shape of the dense tensor.
-    #[serde(deserialize_with = "crate::bounded::shape")]
-    pub shape: Vec<u64>,
-    /// Flat positions, strictly increasing (u32 payload).
-    pub indices: TensorPayload,
-    /// The values at those positions (f32 payload).
-    pub values: TensorPayload,
-}
-
-/// A tensor with its Hugging Face name.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NamedTensor {
-    /// Tensor name.
-    #[serde(deserialize_with = "crate::bounded::name")]
-    pub name: String,
-    /// Values.
-    pub tensor: TensorPayload,
-}
-
-/// A SparseLoCo-compressed tensor: the tensor is tiled into chunks (64 x 64 by default); per
-/// chunk, `k` positions, their 2-bit codes (sign and magnitude level) and two magnitude levels.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SparseTensor {
-    /// Tensor name.
-    #[serde(deserialize_with = "crate::bounded::name")]
-    pub name: String,
-    /// Shape of the dense tensor.
-    #[serde(deserialize_with = "crate::bounded::shape")]
-    pub shape: Vec<u64>,
-    /// Chunk rows and columns.
-    pub chunk: [u32; 2],
-    /// Positions kept per chunk (fewer in chunks smaller than that).
-    pub k: u32,
-    /// Positions within each chunk, row-major in the chunk (u16 payload).
-    pub indices: TensorPayload,
-    /// 2-bit codes, four per byte (u8 payload).
-    pub codes: TensorPayload,
-    /// Low and high magnitude level per chunk (f32 payload `[chunks, 2]`).
-    pub levels: TensorPayload,
-}
-
-/// A micro-shard on the wire (see docs/ARCHITECTURE.md, "Words"): the kind and its half-open range.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ShardSpec {
-    /// Embedding vocabulary rows.
-    Embed {
-        /// Rows `[start, end)`.
-        rows: [u64; 2],
-    },
-    /// Attention kv groups of a layer.
-    Attn {
-        /// Layer.
-        layer: u64,
-        /// Groups `[start, end)`.
-        groups: [u64; 2],
-    },
-    /// MLP hidden columns of a layer.
-    Mlp {
-        /// Layer.
-        layer: u64,
-        /// Columns `[start, end)`.
-        cols: [u64; 2],
-    },
-    /// LM head vocabulary columns.
-    Head {
-        /// Columns `[start, end)`.
-        cols: [u64; 2],
-    },
 }
 
 /// The inner optimizer a replica runs.

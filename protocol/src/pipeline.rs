@@ -10,8 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::activation::{ActEncoding, Activation};
-use crate::messages::{LogHead, ShardSpec, Update};
 use crate::tensor::TensorPayload;
+use crate::terms::{LogHead, ShardSpec};
+use crate::update::Update;
 
 /// Direction of a pipeline unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

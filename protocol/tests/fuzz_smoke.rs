@@ -1,7 +1,9 @@
 //! A time-boxed fuzz run of every decoder untrusted bytes reach: contributors' frames
-//! (`ToCoordinator`), the coordinator's frames as a worker reads them (`ToContributor`), and
+//! (`ToCoordinator`: the handshake and every session message, pipeline outputs, gradient sums
+//! and audit results included), the coordinator's frames as a worker reads them
+//! (`ToContributor`: leases, weights, whole-model and pipeline work, audits, collects), and
 //! run-log entries as stored and served (`StoredEntry::decode`, which reads both log formats).
-//! A corpus of valid encodings of many message kinds is mutated (bit flips, random and boundary
+//! A corpus of valid encodings of every message kind is mutated (bit flips, random and boundary
 //! bytes, inserted huge lengths, truncation, splices of two inputs, repeated runs); no input may
 //! panic, whatever decodes must re-encode to what decodes to the same message, and a counting
 //! allocator holds each decode to a memory bound: at most twice the decode budget of its input
@@ -20,12 +22,16 @@ use tessera_protocol::bounded::budget_for;
 use tessera_protocol::log::{LogEntry, LogEvent, SignedEntry};
 use tessera_protocol::log_store::StoredEntry;
 use tessera_protocol::messages::{
-    Capabilities, ContributorKind, LogHead, NamedTensor, SessionMessage, ShardSpec, SparseTensor,
-    Submission, Update,
+    Capabilities, ContributorKind, InnerOptimizer, Lease, LogHead, NamedTensor, SessionMessage,
+    ShardSpec, SparseTensor, Submission, SyncMode, Update,
+};
+use tessera_protocol::pipeline::{
+    AuditResult, AuditWork, HeadBackward, HeadSlice, Pass, PipeResult, PipeWork, ShardGrads,
+    StepGrads, UnitOutput,
 };
 use tessera_protocol::{
-    decode, encode, Code, Identity, Reason, Signed, TensorPayload, ToContributor, ToCoordinator,
-    MAX_FRAME_BYTES,
+    decode, encode, ActEncoding, Activation, Code, Identity, Reason, Signed, TensorPayload,
+    ToContributor, ToCoordinator, MAX_FRAME_BYTES,
 };
 
 /// Counts live heap bytes, and the most live at once since the last reset.
@@ -104,6 +110,54 @@ fn submission(result: Update) -> Submission {
     }
 }
 
+/// An activation `[2, 4]` in `encoding`.
+fn activation(encoding: ActEncoding) -> Activation {
+    let values: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
+    Activation::encode(&[2, 4], &values, encoding)
+}
+
+/// A pipeline unit of the first block stage.
+fn pipe_work(pass: Pass) -> PipeWork {
+    PipeWork {
+        unit: 11,
+        lease: 2,
+        step: 3,
+        micro_batch: 1,
+        stages: [1, 2],
+        shards: vec![
+            ShardSpec::Attn {
+                layer: 0,
+                groups: [0, 1],
+            },
+            ShardSpec::Mlp {
+                layer: 0,
+                cols: [0, 16],
+            },
+        ],
+        pass,
+        weights: 3,
+        tokens: Some(TensorPayload::from_u32(&[2], &[5, 9])),
+        input: Some(activation(ActEncoding::Bf16)),
+        grad: (pass == Pass::Backward).then(|| activation(ActEncoding::Int8)),
+        head: (pass == Pass::Backward).then(|| HeadBackward {
+            lse: tensor(2),
+            inv_count: 0.5,
+        }),
+        output: ActEncoding::Bf16,
+    }
+}
+
+/// A micro-shard's gradient sums.
+fn shard_grads() -> ShardGrads {
+    ShardGrads {
+        shard: ShardSpec::Embed { rows: [0, 8] },
+        tensors: Update::Dense(vec![NamedTensor {
+            name: "model.embed_tokens.weight".into(),
+            tensor: tensor(8),
+        }]),
+    }
+}
+
 /// Valid frames of the messages contributors send.
 fn to_coordinator() -> Vec<Vec<u8>> {
     let nonce = [5u8; 32];
@@ -148,6 +202,74 @@ fn to_coordinator() -> Vec<Vec<u8>> {
         signed(2, SessionMessage::Submit(submission(dense))),
         signed(3, SessionMessage::Submit(submission(sparse))),
         signed(4, SessionMessage::Leave),
+        signed(
+            5,
+            SessionMessage::Ready {
+                lease: 2,
+                log_head: head(),
+            },
+        ),
+        signed(
+            6,
+            SessionMessage::Output(UnitOutput {
+                unit: 11,
+                lease: 2,
+                weights: 3,
+                result: PipeResult::Activation(activation(ActEncoding::F32)),
+                log_head: head(),
+            }),
+        ),
+        signed(
+            7,
+            SessionMessage::Output(UnitOutput {
+                unit: 12,
+                lease: 2,
+                weights: 3,
+                result: PipeResult::HeadStats(vec![HeadSlice {
+                    shard: ShardSpec::Head { cols: [0, 32] },
+                    stats: tensor(6),
+                    owned: TensorPayload::from_u8(&[2], vec![1, 0]),
+                }]),
+                log_head: head(),
+            }),
+        ),
+        signed(
+            8,
+            SessionMessage::Output(UnitOutput {
+                unit: 13,
+                lease: 2,
+                weights: 3,
+                result: PipeResult::Span(vec![
+                    activation(ActEncoding::Bf16),
+                    activation(ActEncoding::Int8),
+                ]),
+                log_head: head(),
+            }),
+        ),
+        signed(
+            9,
+            SessionMessage::Grads(StepGrads {
+                unit: 14,
+                lease: 2,
+                step: 3,
+                units: vec![11, 12, 13],
+                shards: vec![shard_grads()],
+                log_head: head(),
+            }),
+        ),
+        signed(
+            10,
+            SessionMessage::Audited(AuditResult {
+                audit: 15,
+                lease: 2,
+                outputs: vec![
+                    PipeResult::Accumulated,
+                    PipeResult::Activation(activation(ActEncoding::Bf16)),
+                ],
+                grads: vec![shard_grads()],
+                log_head: head(),
+            }),
+        ),
     ]
     .iter()
     .map(|m| encode(m).expect("encodes"))
@@ -188,6 +310,51 @@ fn to_contributor() -> Vec<Vec<u8>> {
             reason: Reason::new(Code::Budget, "a replica needs more memory"),
             fatal: true,
         },
+        ToContributor::Lease(Lease {
+            lease: 2,
+            config_json: "{\"hidden_size\": 64}".into(),
+            shards: vec![ShardSpec::Mlp {
+                layer: 1,
+                cols: [0, 32],
+            }],
+            optimizer: InnerOptimizer::AdamW {
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+            },
+            clip: Some(1.0),
+            sync: SyncMode::Sparse {
+                chunk: [64, 64],
+                k: 32,
+                beta: 0.95,
+            },
+            rows: 256,
+            version: 3,
+            frames: 4,
+            activations: Some(ActEncoding::Bf16),
+            fresh_units: false,
+        }),
+        ToContributor::Unit(Box::new(pipe_work(Pass::Forward))),
+        ToContributor::Unit(Box::new(pipe_work(Pass::Backward))),
+        ToContributor::Collect {
+            unit: 16,
+            lease: 2,
+            step: 3,
+        },
+        ToContributor::StepWeights {
+            lease: 2,
+            step: 3,
+            version: 4,
+            frames: 2,
+        },
+        ToContributor::Cancel { unit: 11 },
+        ToContributor::Audit(Box::new(AuditWork {
+            audit: 15,
+            lease: 2,
+            step: 3,
+            units: vec![pipe_work(Pass::Forward), pipe_work(Pass::Backward)],
+        })),
     ]
     .iter()
     .map(|m| encode(m).expect("encodes"))

@@ -130,3 +130,37 @@ fn texts_that_are_not_entries_are_refused() {
     assert!(StoredEntry::decode("v2:00").is_err());
     assert!(StoredEntry::decode("0").is_err());
 }
+
+#[test]
+fn an_entry_over_the_cap_is_refused_before_it_is_decoded() {
+    use tessera_protocol::log::MAX_ENTRY_BYTES;
+    let (_, current) = current_log(1);
+    let StoredEntry::Current(e) = &current[0] else {
+        panic!("today's entry");
+    };
+    let text = StoredEntry::encode(e);
+    // The largest text the cap allows is read: here an entry followed by bytes it refuses.
+    let at_cap = format!(
+        "{text}{}",
+        "0".repeat(StoredEntry::MAX_TEXT_CHARS - text.len())
+    );
+    let err = StoredEntry::decode(&at_cap).unwrap_err();
+    assert!(err.contains("bytes follow the version-2 entry"), "{err}");
+    for text in [
+        format!("{text}00"),
+        format!("v2:{}", "00".repeat(MAX_ENTRY_BYTES + 1)),
+        "f".repeat(StoredEntry::MAX_TEXT_CHARS + 1),
+    ] {
+        let err = StoredEntry::decode(&text).unwrap_err();
+        if text.len() > StoredEntry::MAX_TEXT_CHARS {
+            assert!(
+                err.contains(&format!("an entry of {} characters", text.len())),
+                "{err}"
+            );
+            assert!(err.contains("at most 65536 bytes"), "{err}");
+        } else {
+            // Within the cap: refused by what it holds, not its length.
+            assert!(!err.contains("characters stored"), "{err}");
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! session with its GPU state. The native worker wraps it in a WebSocket client; the browser
 //! client compiles the same code to wasm32.
 
+pub mod admission;
 pub mod backend;
 pub mod calibrate;
 pub mod contributor;

@@ -13,8 +13,9 @@ use tessera_compute::Gpu;
 use tessera_protocol::{decode, encode, Identity, ToContributor, ToCoordinator, MAX_FRAME_BYTES};
 use tokio::sync::watch;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error, Message};
 use tokio_tungstenite::Connector;
 
 use crate::contributor::Contributor;
@@ -110,6 +111,86 @@ pub async fn run(
     }
 }
 
+/// A failed upgrade, with the coordinator's reason when it gave one (its JSON `error`).
+fn refusal(e: Error) -> String {
+    if let Error::Http(answer) = &e {
+        let why = answer
+            .body()
+            .as_deref()
+            .and_then(|b| crate::admission::read_offer(b).ok()?.error)
+            .map(|s| s.chars().take(300).collect::<String>())
+            .or_else(|| {
+                answer
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
+            });
+        if let Some(why) = why.filter(|w| !w.is_empty()) {
+            return format!("{} ({why})", answer.status());
+        }
+    }
+    e.to_string()
+}
+
+/// The socket a session runs on.
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the WebSocket to `url`; when the coordinator asks for a proof of work (a 401 with a
+/// puzzle), solves it for `c`'s key and connects again with the ticket.
+async fn open(url: &str, tls: Option<Arc<ClientConfig>>, c: &Contributor) -> Result<Socket, End> {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
+    let connector = tls.map(Connector::Rustls);
+    let connect = |to: String| {
+        tokio_tungstenite::connect_async_tls_with_config(to, Some(config), true, connector.clone())
+    };
+    match connect(url.to_string()).await {
+        Ok((ws, _)) => Ok(ws),
+        // A coordinator that asks for a proof of work offers the puzzle in its refusal.
+        Err(Error::Http(answer)) if answer.status() == StatusCode::UNAUTHORIZED => {
+            let body = answer.body().as_deref().unwrap_or_default();
+            let puzzle = match crate::admission::read_offer(body) {
+                Ok(crate::admission::Offer {
+                    puzzle: Some(p), ..
+                }) => p,
+                Ok(offer) => {
+                    let why = offer
+                        .error
+                        .unwrap_or_else(|| "the coordinator offered no puzzle".into());
+                    return Err(End::Retry(format!("{url} refused the connection: {why}")));
+                }
+                Err(why) => return Err(End::Retry(format!("{url} refused the connection: {why}"))),
+            };
+            let (ticket, tries, secs) = crate::admission::solve(puzzle, c.key())
+                .await
+                .map_err(End::Retry)?;
+            tracing::info!(
+                bits = puzzle.bits,
+                tries,
+                secs,
+                "solved the admission puzzle"
+            );
+            eprintln!(
+                "worker: solved the coordinator's admission puzzle ({} bits, {tries} hashes) in {secs:.2} s",
+                puzzle.bits
+            );
+            match connect(crate::admission::with_ticket(url, &ticket)).await {
+                Ok((ws, _)) => Ok(ws),
+                Err(e) => Err(End::Retry(format!(
+                    "{url} refused the ticketed connection: {}",
+                    refusal(e)
+                ))),
+            }
+        }
+        Err(e) => Err(End::Retry(format!(
+            "cannot reach the coordinator at {url}: {}",
+            refusal(e)
+        ))),
+    }
+}
+
 async fn session(
     url: &str,
     tls: Option<Arc<ClientConfig>>,
@@ -118,17 +199,10 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     progress: &mut impl FnMut(&mut Contributor),
 ) -> End {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES));
-    let connector = tls.map(Connector::Rustls);
-    let (ws, _) =
-        match tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
-            .await
-        {
-            Ok(x) => x,
-            Err(e) => return End::Retry(format!("cannot reach the coordinator at {url}: {e}")),
-        };
+    let ws = match open(url, tls, c).await {
+        Ok(ws) => ws,
+        Err(end) => return end,
+    };
     let (mut sink, mut stream) = ws.split();
     let send = |m: &ToCoordinator| encode(m).map(|f| Message::Binary(f.into()));
     let hello = match send(&c.hello()) {

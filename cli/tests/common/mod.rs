@@ -96,6 +96,12 @@ pub fn coordinator_with(
     if let Some(w) = web {
         cmd.arg("--web").arg(w);
     }
+    // The proof of work is off unless a test asks for it: tests that speak the protocol by
+    // hand open sockets without tickets (admission is tested by tests/admission.rs and the
+    // browser test).
+    if !extra.iter().any(|a| *a == "--admission-bits") {
+        cmd.args(["--admission-bits", "0"]);
+    }
     cmd.args(extra);
     let child = cmd
         .stdout(log)
@@ -103,6 +109,47 @@ pub fn coordinator_with(
         .spawn()
         .expect("start the coordinator");
     Proc(child)
+}
+
+/// A quiet `tessera worker` for the coordinator on `port` with identity file `key`; what it
+/// says of itself (notices, reconnects, its admission) goes to `log`.
+pub fn worker_logged(port: u16, key: &Path, log: &Path) -> Proc {
+    Proc(
+        Command::new(exe())
+            .args([
+                "worker",
+                "--coordinator",
+                &format!("ws://127.0.0.1:{port}/ws"),
+                "--quiet",
+                "--identity",
+            ])
+            .arg(key)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("a worker's log"))
+            .spawn()
+            .expect("start a worker"),
+    )
+}
+
+/// The whole answer (status line, headers and body) to `GET path` over a fresh TCP
+/// connection.
+pub fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("answer");
+    text
+}
+
+/// The body of `GET path` over a fresh TCP connection.
+pub fn get_text(port: u16, path: &str) -> String {
+    let text = http_get(port, path);
+    text.split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, b)| b.to_string())
 }
 
 /// Starts `tessera worker`.

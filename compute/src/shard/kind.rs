@@ -62,19 +62,6 @@ impl MicroShard {
         }
     }
 
-    /// Values the shard holds: every tensor slice, its own copy of a replicated norm weight
-    /// included (what a replica keeps resident, per weight, gradient or moment).
-    pub fn parameters(&self, cfg: &ModelConfig) -> usize {
-        let units = self.units().len();
-        super::layout::tensors(cfg, self)
-            .iter()
-            .map(|l| {
-                let [r, c] = l.shape(units);
-                r * c
-            })
-            .sum()
-    }
-
     /// Checks the shard against the model.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<(), ComputeError> {
         let (r, max, what) = match self {

@@ -1,8 +1,23 @@
-//! The tensors of each micro-shard kind, as slices of the Hugging Face tensors, and how they
-//! split into pieces along the shard's units.
+//! The tensors of each micro-shard kind, as slices of the Hugging Face tensors, how they
+//! split into pieces along the shard's units, and so how many values a shard holds.
 
 use super::kind::MicroShard;
 use crate::config::ModelConfig;
+
+impl MicroShard {
+    /// Values the shard holds: every tensor slice, its own copy of a replicated norm weight
+    /// included (what a replica keeps resident, per weight, gradient or moment).
+    pub fn parameters(&self, cfg: &ModelConfig) -> usize {
+        let units = self.units().len();
+        tensors(cfg, self)
+            .iter()
+            .map(|l| {
+                let [r, c] = l.shape(units);
+                r * c
+            })
+            .sum()
+    }
+}
 
 /// Along which axis a tensor is sliced by the shard's units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,147 +4,15 @@
 //! run log, and only then applies it, from the entry (so a restarted coordinator re-applies the
 //! same acts from its log). Connected contributors receive the signed entry.
 
-use std::collections::BTreeSet;
-
 use tessera_protocol::log::{AdminAction, LogEvent, SignedEntry};
-use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
+use tessera_protocol::{Code, Reason, ToContributor};
 
+use super::admin_state::number;
+pub use super::admin_state::{
+    check_reason, AdminRefusal, AdminState, MAX_REASON_BYTES, PARAMETERS,
+};
 use super::context::Context;
 use super::{Action, ConnId, End, RunState};
-
-/// The run parameters an administrator may change while the run goes on.
-pub const PARAMETERS: [&str; 3] = ["rounds", "unit_deadline_secs", "silence_secs"];
-
-/// What the administrator's acts have left in force besides the run's state (paused or
-/// stopped, which [`RunState`] holds).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AdminState {
-    /// Identities refused.
-    pub banned: BTreeSet<PublicKey>,
-}
-
-/// Why the core refuses an administrator's act; nothing changed. The HTTP shell answers it
-/// with a 409 and its text.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AdminRefusal {
-    /// No reason given.
-    #[error("an administrator's act needs a reason: contributors see it")]
-    NoReason,
-    /// A reason over [`MAX_REASON_BYTES`].
-    #[error("the reason is longer than {MAX_REASON_BYTES} bytes")]
-    LongReason,
-    /// The run has finished or was stopped.
-    #[error("the run has ended")]
-    Ended,
-    /// `pause` of a paused run.
-    #[error("the run is already paused")]
-    AlreadyPaused,
-    /// `resume` of a run that is not paused.
-    #[error("the run is not paused")]
-    NotPaused,
-    /// `set` of something that is not one of [`PARAMETERS`].
-    #[error("{0} is not a parameter that can change during a run (these can: {params})", params = PARAMETERS.join(", "))]
-    NotAParameter(String),
-    /// `set` with a value that is not a whole number.
-    #[error("{param} takes a whole number, not {value:?}")]
-    NotANumber {
-        /// The parameter.
-        param: String,
-        /// The value given.
-        value: String,
-    },
-    /// `set rounds` at or below the rounds already closed.
-    #[error("rounds must stay above the {done} already closed (the open one is {done})")]
-    RoundsClosed {
-        /// Rounds (or steps) closed.
-        done: u64,
-    },
-    /// `set` of a time outside one second to one day.
-    #[error("{0} must be between 1 and 86400")]
-    OutOfRange(String),
-    /// `ban` of a banned identity.
-    #[error("{0} is already banned")]
-    AlreadyBanned(PublicKey),
-    /// `unban` of an identity that is not banned.
-    #[error("{0} is not banned")]
-    NotBanned(PublicKey),
-    /// `create` where a run is served already.
-    #[error("this coordinator already serves run {0}: an idle coordinator (started without a config) creates runs")]
-    RunExists(String),
-}
-
-/// The longest reason for an act, in bytes (it goes into the run log).
-pub const MAX_REASON_BYTES: usize = 1000;
-
-/// Whether `reason` can go into the run log: given, and at most [`MAX_REASON_BYTES`].
-pub fn check_reason(reason: &str) -> Result<(), AdminRefusal> {
-    if reason.trim().is_empty() {
-        return Err(AdminRefusal::NoReason);
-    }
-    if reason.len() > MAX_REASON_BYTES {
-        return Err(AdminRefusal::LongReason);
-    }
-    Ok(())
-}
-
-impl AdminState {
-    /// Whether `action` with `reason` can be applied to run `run` in `state` with `closed`
-    /// rounds or steps closed; the refusal when not (a pure decision: nothing changes).
-    pub fn check(
-        &self,
-        action: &AdminAction,
-        reason: &str,
-        state: RunState,
-        closed: u64,
-        run: &str,
-    ) -> Result<(), AdminRefusal> {
-        check_reason(reason)?;
-        if !state.is_open() {
-            return Err(AdminRefusal::Ended);
-        }
-        let paused = state == RunState::Paused;
-        match action {
-            AdminAction::Pause if paused => Err(AdminRefusal::AlreadyPaused),
-            AdminAction::Resume if !paused => Err(AdminRefusal::NotPaused),
-            AdminAction::Pause | AdminAction::Resume | AdminAction::Stop => Ok(()),
-            AdminAction::Set { param, value } => match param.as_str() {
-                "rounds" => {
-                    let done = closed;
-                    if number(param, value)? <= done {
-                        return Err(AdminRefusal::RoundsClosed { done });
-                    }
-                    Ok(())
-                }
-                "unit_deadline_secs" | "silence_secs" => {
-                    let n = number(param, value)?;
-                    if n == 0 || n > 86_400 {
-                        return Err(AdminRefusal::OutOfRange(param.clone()));
-                    }
-                    Ok(())
-                }
-                other => Err(AdminRefusal::NotAParameter(other.into())),
-            },
-            AdminAction::Ban { key } if self.banned.contains(key) => {
-                Err(AdminRefusal::AlreadyBanned(*key))
-            }
-            AdminAction::Unban { key } if !self.banned.contains(key) => {
-                Err(AdminRefusal::NotBanned(*key))
-            }
-            AdminAction::Ban { .. } | AdminAction::Unban { .. } => Ok(()),
-            AdminAction::Create { .. } => Err(AdminRefusal::RunExists(run.into())),
-        }
-    }
-}
-
-fn number(param: &str, value: &str) -> Result<u64, AdminRefusal> {
-    value
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| AdminRefusal::NotANumber {
-            param: param.into(),
-            value: value.into(),
-        })
-}
 
 /// Puts a logged act into effect on the run's state and parameters; returns the sessions a
 /// ban closes, with the reason (the dispatcher closes them through their regime).

@@ -13,8 +13,8 @@ use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{Code, Identity, PublicKey, Reason, ToContributor};
 use tessera_train::data::Sampler;
 
-use super::sessions::Session;
-use super::{admin, credits, draws, Action, ConnId, RunSpec, RunState};
+use super::session::Session;
+use super::{admin_state, credits, draws, Action, ConnId, RunSpec, RunState};
 
 /// Everything the core's parts share (see the module doc).
 pub(super) struct Context {
@@ -43,7 +43,7 @@ pub(super) struct Context {
     /// Every choice of who is checked, who checks and who holds what.
     pub(super) draws: draws::Draws,
     pub(super) log: LogWriter,
-    pub(super) admin: admin::AdminState,
+    pub(super) admin: admin_state::AdminState,
     pub(super) next_unit: u64,
     pub(super) next_lease: u64,
     /// Actions of the current tick, in order.
@@ -70,7 +70,7 @@ impl Context {
             joined: BTreeSet::new(),
             credits: credits::Credits::default(),
             log: LogWriter::default(),
-            admin: admin::AdminState::default(),
+            admin: admin_state::AdminState::default(),
             next_unit: 1,
             next_lease: 1,
             out: Vec::new(),
@@ -84,6 +84,11 @@ impl Context {
         }
         self.credits.apply(&event);
         let entry = self.log.append(&self.id, self.now, event);
+        debug_assert!(
+            entry.encoded_len() <= tessera_protocol::log::MAX_ENTRY_BYTES,
+            "a log entry of {} bytes",
+            entry.encoded_len()
+        );
         self.out.push(Action::Logged(entry.clone()));
         entry
     }
@@ -140,7 +145,7 @@ impl Context {
         (tokens, flops): (u64, f64),
     ) {
         let pending = match self.spec.pipeline {
-            Some(_) => super::pipeline::pipe_checks(&self.spec),
+            Some(_) => self.spec.pipe_checks(),
             None => self.spec.checks.is_some(),
         };
         let event = match &verdict {
@@ -199,7 +204,7 @@ impl Context {
     }
 
     /// Tells the peer why, closes the connection and forgets the session, which it returns
-    /// so that its regime can take its work back ([`super::part::Part::fatal`]).
+    /// so that its regime can take its work back (`Part::fatal`, in `part.rs`).
     pub(super) fn close(&mut self, conn: ConnId, why: Reason) -> Option<Session> {
         if !self.sessions.contains_key(&conn) {
             return None;
@@ -268,7 +273,7 @@ pub(super) mod testing {
     use tessera_protocol::messages::ContributorKind;
     use tessera_protocol::{Identity, PublicKey, ReplayGuard};
 
-    use super::super::sessions::{Session, Stage};
+    use super::super::session::{Session, Stage};
     use super::super::{ConnId, RunSpec};
     use super::Context;
 

@@ -9,6 +9,7 @@
 //! and gives the shell what it reads. See docs/ARCHITECTURE.md, "The coordinator core".
 
 pub mod admin;
+mod admin_state;
 mod arbitration;
 mod context;
 pub mod credits;
@@ -24,6 +25,7 @@ mod rounds;
 pub mod rules;
 mod run_state;
 mod samples;
+mod session;
 mod sessions;
 pub mod spec;
 mod spec_builder;
@@ -45,7 +47,7 @@ pub use io::{spelled_out, Action, Input};
 pub use replica_checks::HeldOutScore;
 pub use results::{Contribution, RoundSummary, Snapshot};
 pub use run_state::{End, Phase, RunState};
-pub use sessions::SessionView;
+pub use session::SessionView;
 pub use spec::RunSpec;
 pub use weight_stream::WeightStream;
 
@@ -283,9 +285,15 @@ impl Core {
         }
         let (cx, part) = self.split();
         for c in sessions::silent(cx) {
-            let reason = "silent for too long".into();
-            cx.out.push(Action::Close { conn: c, reason });
-            part.drop_session(cx, c, Some(Reason::new(Code::Silent, "silent")));
+            // The peer is told why (it may be alive and only slow to reach us).
+            let why = Reason::new(
+                Code::Silent,
+                format!(
+                    "silent for over {} s: no message or heartbeat arrived from this session",
+                    cx.spec.silence_ms / 1000
+                ),
+            );
+            part.fatal(cx, c, why);
         }
         let cx = &mut self.cx;
         match &mut self.regime {

@@ -7,7 +7,7 @@ use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::{PublicKey, Reason};
 
 use super::context::Context;
-use super::sessions::Session;
+use super::session::Session;
 use super::ConnId;
 
 /// A regime's state as a part of the core.

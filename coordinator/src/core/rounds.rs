@@ -12,7 +12,7 @@ use tessera_train::update::to_indexed;
 
 use super::context::Context;
 use super::part::Part;
-use super::sessions::Session;
+use super::session::Session;
 use super::{Action, ConnId, Contribution, End, Replicas, RoundSummary, RunState};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -177,23 +177,31 @@ impl Replicas {
         // Replays first: the round cannot close before they resolve.
         self.start_replays(cx);
         self.maybe_close_round(cx);
+        if !self.round.slots.contains(&Slot::Open) {
+            return;
+        }
+        // The sessions are scanned once per call, not once per open slot.
+        let mut idle: Vec<(ConnId, PublicKey)> = cx
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.ready && s.lease.is_some() && s.unit.is_none())
+            .filter_map(|(&c, s)| s.active().map(|k| (c, k)))
+            .collect();
         for slot in 0..self.round.slots.len() {
+            if idle.is_empty() {
+                return;
+            }
             if self.round.slots[slot] != Slot::Open {
                 continue;
             }
-            let mut idle = cx
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.ready && s.lease.is_some() && s.unit.is_none())
-                .filter_map(|(&c, s)| s.active().map(|k| (c, k)))
-                .peekable();
-            if idle.peek().is_none() {
-                return;
-            }
             let barred = &self.round.barred;
-            let Some((conn, _)) = idle.find(|&(_, k)| !barred.contains(&(slot as u64, k))) else {
+            let Some(at) = idle
+                .iter()
+                .position(|&(_, k)| !barred.contains(&(slot as u64, k)))
+            else {
                 continue;
             };
+            let (conn, _) = idle.remove(at);
             let round = self.round.number;
             let unit = cx.next_unit;
             cx.next_unit += 1;

@@ -151,6 +151,11 @@ impl Default for ChecksSpec {
 }
 
 impl RunSpec {
+    /// Whether the run checks pipeline work.
+    pub fn pipe_checks(&self) -> bool {
+        self.pipeline.is_some() && self.checks.is_some()
+    }
+
     /// Floating-point operations credited for a whole-model unit of `tokens` tokens (six per
     /// parameter per token, forward and backward).
     pub fn unit_flops(&self, tokens: u64) -> f64 {

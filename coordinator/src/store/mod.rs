@@ -183,7 +183,8 @@ impl Store {
     }
 
     /// Takes the run for this coordinator alone (see [`ServingLock`]), or says who holds it.
-    /// Readers (`tessera verify`, `tessera fork`) do not take it.
+    /// Readers (`tessera verify`) do not take it; writers (`tessera coordinator`, and
+    /// `tessera fork` into its new directory) do.
     pub async fn lock(&self) -> Result<ServingLock, StoreError> {
         let path = self.dir.join("coordinator.lock");
         let file = std::fs::OpenOptions::new()
@@ -353,11 +354,31 @@ impl Store {
             .collect()
     }
 
+    /// The open round and how many accepted contributions its ledger holds, if the run has
+    /// committed anything. It only reads, so it is safe beside a serving coordinator.
+    pub async fn open_round(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let Some(row) = sqlx::query("SELECT round FROM run_state WHERE id = 1")
+            .fetch_optional(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let round = row.try_get::<i64, _>("round")?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE round = $1")
+            .bind(round)
+            .fetch_one(&self.db)
+            .await?;
+        Ok(Some((round as u64, n as u64)))
+    }
+
     /// The last committed snapshot and the open round's accepted contributions, if the run has
-    /// committed anything.
+    /// committed anything. It also deletes the blobs no committed row names (a batch that never
+    /// committed may have left them), which would break a batch a serving coordinator has in
+    /// flight: hence the run's [`ServingLock`], as proof that no other coordinator is serving.
     pub async fn load(
         &self,
         cfg: &ModelConfig,
+        _held: &ServingLock,
     ) -> Result<Option<(Snapshot, Vec<Contribution>)>, StoreError> {
         let Some(row) = sqlx::query("SELECT round, version, losses, next_unit, next_lease, checkpoint FROM run_state WHERE id = 1").fetch_optional(&self.db).await? else {
             return Ok(None);

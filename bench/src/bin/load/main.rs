@@ -8,7 +8,7 @@
 //! coordinator's work per round should not grow with idle contributors.
 //!
 //! ```text
-//! cargo build --release -p tessera -p tessera-bench --bin load
+//! cargo build --release -p tessera -p tessera-bench --bin tessera --bin load
 //! target/release/load --connections 10000
 //! ```
 //!

@@ -42,6 +42,9 @@ pub fn coordinator(exe: &Path, config: &Path, port: u16, dir: &Path) -> Result<P
         .arg(config)
         .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.join("data"))
+        // The benchmark measures the coordinator; a proof of work would only cost the load's
+        // own CPU (see `tessera-bench`'s `admission` for what a ticket costs).
+        .args(["--admission-bits", "0"])
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()

@@ -9,7 +9,7 @@ use tessera_train::shards::to_wire;
 use super::{Holding, Pipe, ShardId, ShardState};
 use crate::core::context::Context;
 use crate::core::part::Part;
-use crate::core::sessions::Session;
+use crate::core::session::Session;
 use crate::core::weight_stream::WeightStream;
 use crate::core::{Action, ConnId};
 

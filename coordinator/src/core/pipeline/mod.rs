@@ -21,7 +21,6 @@ mod tasks;
 mod units;
 
 pub(in crate::core) use optimizer::{HeldByCoordinator, StepState};
-pub(in crate::core) use units::pipe_checks;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -154,6 +153,19 @@ pub(super) struct Step {
     pub(super) selected: BTreeMap<u64, bool>,
     /// Checks of the step, by the lease checked.
     pub(super) audits: BTreeMap<u64, audit::LeaseAudit>,
+    /// `(identity, micro-batch, pass, micro-shard)` that an identity ran late or was refused
+    /// for: the task goes to another ready holder this step, back to the same identity only
+    /// when no other can take it, so one slow or hostile identity cannot keep a task to itself
+    /// (a new session or lease of the same key stays barred).
+    pub(super) barred: BTreeSet<(tessera_protocol::PublicKey, usize, Pass, ShardId)>,
+    /// `(micro-batch, pass, micro-shard)` → identities whose result there was not finite. Each
+    /// is found wrong once another identity's result of the same input is accepted (the input
+    /// was sound); a poisoned input would make an honest holder's output non-finite too, so
+    /// nobody is blamed on the non-finite result alone.
+    pub(super) suspects: BTreeMap<
+        (usize, Pass, ShardId),
+        Vec<(tessera_protocol::PublicKey, tessera_protocol::Reason)>,
+    >,
 }
 
 /// The pipeline's state.

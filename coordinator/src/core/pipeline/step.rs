@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tessera_compute::reference::ops::IGNORE;
 use tessera_compute::reference::ModelParams;
 use tessera_protocol::messages::Verdict;
-use tessera_protocol::pipeline::StepGrads;
+use tessera_protocol::pipeline::{Pass, StepGrads};
 use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
 use tessera_train::data::draw_index;
 use tessera_train::shards::grads_from_wire;
@@ -16,7 +16,7 @@ use tessera_train::sparseloco::SparseConfig;
 
 use super::route::Relay;
 use super::StepState;
-use super::{Collecting, Cover, MicroBatch, Pipe, ShardState, Step};
+use super::{Collecting, Cover, MicroBatch, Pipe, ShardId, ShardState, Step};
 use crate::core::context::Context;
 use crate::core::part::Part;
 use crate::core::{Action, ConnId, End, RoundSummary, RunSpec, RunState};
@@ -37,6 +37,69 @@ impl Step {
                 }
             }
         }
+    }
+
+    /// Puts a late or refused unit's micro-shards back in the queue, and bars the identity
+    /// that ran it (when known) from running them again in this step while another ready
+    /// holder can (see [`Step::barred`]).
+    pub(super) fn reopen_barring(&mut self, unit: u64, key: Option<PublicKey>) {
+        if let (Some(u), Some(key)) = (self.units.get(&unit), key) {
+            for &cell in &u.cells {
+                self.barred.insert((key, u.mb, u.pass, cell));
+            }
+        }
+        self.reopen(unit);
+    }
+
+    /// Whether `key` ran `cell` of micro-batch `mb` in `pass` late or was refused for it.
+    pub(super) fn is_barred(&self, key: PublicKey, mb: usize, pass: Pass, cell: ShardId) -> bool {
+        !self.barred.is_empty() && self.barred.contains(&(key, mb, pass, cell))
+    }
+
+    /// Holds `key`'s non-finite result for `cells` of micro-batch `mb` in `pass` against it,
+    /// until another identity's result of the same input settles it (see [`Step::suspects`]).
+    pub(super) fn suspect(
+        &mut self,
+        mb: usize,
+        pass: Pass,
+        cells: &[ShardId],
+        key: PublicKey,
+        why: Reason,
+    ) {
+        for &cell in cells {
+            let held = self.suspects.entry((mb, pass, cell)).or_default();
+            if !held.iter().any(|(k, _)| *k == key) {
+                held.push((key, why.clone()));
+            }
+        }
+    }
+
+    /// `key`'s finite result for `cells` of micro-batch `mb` in `pass` was accepted: the other
+    /// identities whose results of the same input were not finite are wrong (each once).
+    pub(super) fn contradicted(
+        &mut self,
+        mb: usize,
+        pass: Pass,
+        cells: &[ShardId],
+        key: PublicKey,
+    ) -> Vec<(PublicKey, Reason)> {
+        let mut wrong: Vec<(PublicKey, Reason)> = Vec::new();
+        if self.suspects.is_empty() {
+            return wrong;
+        }
+        for &cell in cells {
+            for (k, why) in self.suspects.remove(&(mb, pass, cell)).unwrap_or_default() {
+                if k != key && !wrong.iter().any(|(w, _)| *w == k) {
+                    wrong.push((k, why));
+                }
+            }
+        }
+        // An identity found wrong is found wrong once: its other suspect results go too.
+        for held in self.suspects.values_mut() {
+            held.retain(|(k, _)| !wrong.iter().any(|(w, _)| w == k));
+        }
+        self.suspects.retain(|_, held| !held.is_empty());
+        wrong
     }
 
     /// Every backward of every micro-batch is done and nothing is running.
@@ -95,6 +158,8 @@ impl Step {
             contributors: BTreeSet::new(),
             selected: BTreeMap::new(),
             audits: BTreeMap::new(),
+            barred: BTreeSet::new(),
+            suspects: BTreeMap::new(),
         }
     }
 }

@@ -30,12 +30,26 @@ impl Pipe {
             .filter(|(_, s)| s.ready && s.unit.is_none() && s.active().is_some())
             .filter_map(|(&c, s)| s.lease.map(|l| (c, l)))
             .collect();
+        let holders = self.holders(cx);
         for (conn, lease) in idle {
-            if let Some((mb, stages, pass, cells)) = self.pick_task(lease) {
+            if let Some((mb, stages, pass, cells)) = self.pick_task(lease, &holders) {
                 self.assign(cx, conn, lease, mb, stages, pass, cells);
             }
         }
         self.collect_or_close(cx);
+    }
+
+    /// Each lease's identity and readiness, when some identity is barred from a task (the
+    /// scheduler reads them only then); empty otherwise, so scheduling costs no walk of every
+    /// session.
+    fn holders(&self, cx: &Context) -> super::tasks::Holders {
+        if self.step.barred.is_empty() {
+            return super::tasks::Holders::new();
+        }
+        cx.sessions
+            .values()
+            .filter_map(|s| Some((s.lease?, (s.active()?, s.ready))))
+            .collect()
     }
 
     fn assign(
@@ -186,12 +200,13 @@ impl Pipe {
         let folded = match folded {
             Ok(f) => f,
             Err(why) => {
-                self.step.reopen(unit);
-                let poison = pipe_checks(&cx.spec) && super::compare::result_non_finite(&o.result);
+                self.step.reopen_barring(unit, Some(key));
+                let poison = cx.spec.pipe_checks() && super::compare::result_non_finite(&o.result);
                 cx.reject(conn, unit, key, seq, why.clone());
                 if poison {
-                    let found = format!("it sent values that are not finite: {why}");
-                    self.found_wrong(cx, key, Reason::new(Code::NotFinite, found));
+                    let found = format!("it sent values that are not finite where another holder's result of the same input was finite: {why}");
+                    let found = Reason::new(Code::NotFinite, found);
+                    self.step.suspect(u.mb, u.pass, &u.cells, key, found);
                 }
                 return;
             }
@@ -231,10 +246,13 @@ impl Pipe {
             result_digest,
             credit,
         );
+        for (wrong, why) in self.step.contradicted(u.mb, u.pass, &u.cells, key) {
+            self.found_wrong(cx, wrong, why);
+        }
     }
 
-    /// Re-queues pipeline units and collect requests past their deadline; a lease that misses
-    /// a collect deadline is dropped (its units run again elsewhere).
+    /// Re-queues pipeline units past their deadline, to another holder where there is one; a
+    /// lease that misses a collect deadline is dropped (its units run again elsewhere).
     pub(in crate::core) fn expire(&mut self, cx: &mut Context) {
         self.expire_audits(cx, None);
         let now = cx.now;
@@ -245,8 +263,9 @@ impl Pipe {
             .filter(|(_, u)| u.deadline < now)
             .map(|(&id, u)| (id, u.conn))
             .collect();
-        for &(id, _) in &late {
-            self.step.reopen(id);
+        for &(id, conn) in &late {
+            let key = cx.sessions.get(&conn).and_then(|s| s.active());
+            self.step.reopen_barring(id, key);
         }
         let slow: Vec<ConnId> = self
             .step
@@ -271,11 +290,6 @@ impl Pipe {
             );
         }
     }
-}
-
-/// Whether the run checks pipeline work.
-pub(in crate::core) fn pipe_checks(spec: &crate::core::RunSpec) -> bool {
-    spec.pipeline.is_some() && spec.checks.is_some()
 }
 
 impl MicroBatch {
@@ -334,5 +348,174 @@ impl MicroBatch {
             }
         }
         mb.route.complete(stage, pass, last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{pipe, spec};
+    use super::super::{Holding, Pipe, ShardState};
+    use crate::core::context::testing::{active, context};
+    use crate::core::context::Context;
+    use crate::core::Action;
+    use tessera_protocol::log::{CheckOutcome, LogEvent};
+    use tessera_protocol::messages::LogHead;
+    use tessera_protocol::pipeline::{Pass, PipeResult, UnitOutput};
+    use tessera_protocol::{Activation, PublicKey};
+
+    /// Lease 1 (connection 1) holds the embedding and runs micro-batch 0's forward past its
+    /// deadline; with `second`, lease 2 (connection 2, still loading its weights) holds it too.
+    fn late_embedding(second: bool) -> (Context, Pipe) {
+        let spec = spec();
+        let mut cx = context(spec.clone());
+        let mut p = pipe(&spec, vec![(0, 0)]);
+        active(&mut cx, 1, 1, Some(1));
+        if second {
+            active(&mut cx, 2, 2, Some(2));
+            cx.sessions.get_mut(&2).expect("added").ready = false;
+            let h = Holding {
+                conn: 2,
+                shards: vec![(0, 0)],
+            };
+            p.holdings.insert(2, h);
+        }
+        p.schedule(&mut cx);
+        let late = cx.sessions[&1].unit.expect("the embedding's forward");
+        assert_eq!(
+            p.step.mbs[0].cover(0, Pass::Forward).shards[0],
+            ShardState::Pending(late)
+        );
+        cx.now += cx.spec.unit_deadline_ms + 1;
+        p.expire(&mut cx);
+        assert_eq!(cx.sessions[&1].unit, None, "the late unit is cancelled");
+        (cx, p)
+    }
+
+    #[test]
+    fn a_late_unit_goes_to_another_holder_not_back_to_the_late_one() {
+        let (mut cx, mut p) = late_embedding(true);
+        cx.sessions.get_mut(&2).expect("added").ready = true;
+        p.schedule(&mut cx);
+        let (one, two) = (cx.sessions[&1].unit, cx.sessions[&2].unit);
+        let mbs = &mut p.step.mbs;
+        assert_eq!(
+            mbs[0].cover(0, Pass::Forward).shards[0],
+            ShardState::Pending(two.expect("the other holder has work")),
+            "micro-batch 0 runs on the other holder"
+        );
+        assert_eq!(
+            mbs[1].cover(0, Pass::Forward).shards[0],
+            ShardState::Pending(one.expect("the late holder has other work")),
+            "the late holder runs another micro-batch"
+        );
+    }
+
+    #[test]
+    fn a_late_unit_with_no_other_holder_goes_back_to_its_own() {
+        let (mut cx, mut p) = late_embedding(false);
+        p.schedule(&mut cx);
+        let again = cx.sessions[&1].unit.expect("work again");
+        assert_eq!(
+            p.step.mbs[0].cover(0, Pass::Forward).shards[0],
+            ShardState::Pending(again),
+            "no holder else: the step would stall without it"
+        );
+    }
+
+    #[test]
+    fn a_new_lease_of_the_late_identity_stays_barred_while_another_identity_holds_the_task() {
+        let (mut cx, mut p) = late_embedding(true);
+        cx.sessions.get_mut(&2).expect("added").ready = true;
+        // The late identity comes back on connection 0 (scheduled first) with a new lease.
+        active(&mut cx, 0, 1, Some(3));
+        let h = Holding {
+            conn: 0,
+            shards: vec![(0, 0)],
+        };
+        p.holdings.insert(3, h);
+        p.schedule(&mut cx);
+        let two = cx.sessions[&2].unit.expect("the other identity's work");
+        assert_eq!(
+            p.step.mbs[0].cover(0, Pass::Forward).shards[0],
+            ShardState::Pending(two),
+            "the identity ran micro-batch 0 late: another identity takes it"
+        );
+        assert!(
+            cx.sessions[&0].unit.is_some(),
+            "the new lease runs other work"
+        );
+    }
+
+    /// Connection `conn`'s unit's output: an embedding activation filled with `value`.
+    fn send(cx: &mut Context, p: &mut Pipe, conn: u64, key: PublicKey, value: f32) {
+        let unit = cx.sessions[&conn].unit.expect("a unit");
+        let (seq, d) = (cx.spec.seq as usize, cx.spec.model.hidden_size);
+        let enc = cx.spec.pipeline.as_ref().expect("a pipeline").activations;
+        let o = UnitOutput {
+            unit,
+            lease: p.step.units[&unit].lease,
+            weights: cx.version,
+            result: PipeResult::Activation(Activation::encode(
+                &[seq, d],
+                &vec![value; seq * d],
+                enc,
+            )),
+            log_head: LogHead::default(),
+        };
+        p.output(cx, conn, key, 1, o);
+    }
+
+    /// Identities the log found wrong so far.
+    fn failed(cx: &Context) -> Vec<PublicKey> {
+        cx.out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Logged(e) => match &e.entry.event {
+                    LogEvent::Checked {
+                        key,
+                        outcome: CheckOutcome::Failed(_),
+                        ..
+                    } => Some(*key),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_non_finite_output_is_blamed_only_once_another_holder_s_result_of_its_input_is_finite() {
+        let mut spec = spec();
+        spec.checks = Some(Default::default());
+        let mut cx = context(spec.clone());
+        let mut p = pipe(&spec, vec![(0, 0)]);
+        let one = active(&mut cx, 1, 1, Some(1));
+        let two = active(&mut cx, 2, 2, Some(2));
+        cx.sessions.get_mut(&2).expect("added").ready = false;
+        let h = Holding {
+            conn: 2,
+            shards: vec![(0, 0)],
+        };
+        p.holdings.insert(2, h);
+        p.schedule(&mut cx);
+        send(&mut cx, &mut p, 1, one, f32::NAN);
+        assert_eq!(
+            failed(&cx),
+            vec![],
+            "a non-finite result alone blames nobody"
+        );
+        assert_eq!(
+            p.step.mbs[0].cover(0, Pass::Forward).shards[0],
+            ShardState::Open
+        );
+        cx.sessions.get_mut(&2).expect("added").ready = true;
+        p.schedule(&mut cx);
+        send(&mut cx, &mut p, 2, two, 0.5);
+        assert_eq!(
+            failed(&cx),
+            vec![one],
+            "the same input gave another holder a finite result"
+        );
+        assert!(p.step.suspects.is_empty());
     }
 }
