@@ -1,8 +1,9 @@
 //! Leases of a real coordinator process stream their weights: sessions that take a lease of a
 //! 52 MB model and then read nothing cost the coordinator about one frame each, not a copy of
 //! the model each (every lease's frames used to be queued at once, so N such sessions held N
-//! copies); a session that reads gets every frame its lease announces, and the coordinator
-//! still serves afterwards.
+//! copies); a session that reads gets every frame its lease announces; none of these
+//! identities, which took leases and did no work, is in the run log; and the coordinator still
+//! serves afterwards.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::contributor::{handshake, next, Ws};
-use common::{coordinator_with, free_port, memory, scratch, status, wait_for};
+use common::{coordinator_with, free_port, get_text, memory, scratch, status, wait_for};
 use tessera_protocol::{Identity, ToContributor};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -110,6 +111,13 @@ fn leases_stream_their_weights_so_sessions_that_do_not_read_hold_no_copy_of_the_
         }
     }
     assert_eq!(got, frames);
+    // Identities that took leases and did no work are not in the run log.
+    let log = get_text(port, "/api/log");
+    assert!(log.contains("Started"), "{log}");
+    assert!(
+        !log.contains("Joined") && !log.contains("Leased"),
+        "leases without work were logged: {log}"
+    );
     assert!(status(port).is_some(), "still serving");
     assert!(started.elapsed() < LIMIT);
     drop(stalled);

@@ -93,65 +93,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_act_is_checked_against_the_run_as_it_stands() {
-        let key = tessera_protocol::Identity::from_seed([1; 32]).public();
-        let mut st = AdminState::default();
-        let check = |st: &AdminState, a: AdminAction, state| st.check(&a, "why", state, 3, "r");
-        let set = |p: &str, v: &str| AdminAction::Set {
-            param: p.into(),
-            value: v.into(),
-        };
-        let training = RunState::Training;
-        assert_eq!(
-            st.check(&AdminAction::Pause, " ", training, 3, "r"),
-            Err(AdminRefusal::NoReason)
-        );
-        assert_eq!(check(&st, AdminAction::Pause, training), Ok(()));
-        assert_eq!(
-            check(&st, AdminAction::Pause, RunState::Paused),
-            Err(AdminRefusal::AlreadyPaused)
-        );
-        assert_eq!(
-            check(&st, AdminAction::Resume, training),
-            Err(AdminRefusal::NotPaused)
-        );
-        assert_eq!(
-            check(&st, AdminAction::Stop, RunState::Finished(End::Completed)),
-            Err(AdminRefusal::Ended)
-        );
-        assert_eq!(check(&st, set("rounds", "4"), training), Ok(()));
-        assert_eq!(
-            check(&st, set("rounds", "3"), training),
-            Err(AdminRefusal::RoundsClosed { done: 3 })
-        );
-        assert_eq!(
-            check(&st, set("silence_secs", "0"), training),
-            Err(AdminRefusal::OutOfRange("silence_secs".into()))
-        );
-        assert_eq!(
-            check(&st, set("lr", "1"), training),
-            Err(AdminRefusal::NotAParameter("lr".into()))
-        );
-        assert_eq!(
-            check(&st, AdminAction::Unban { key }, training),
-            Err(AdminRefusal::NotBanned(key))
-        );
-        st.banned.insert(key);
-        assert_eq!(
-            check(&st, AdminAction::Ban { key }, training),
-            Err(AdminRefusal::AlreadyBanned(key))
-        );
-        let create = AdminAction::Create {
-            run: "x".into(),
-            config: [0; 32],
-        };
-        assert_eq!(
-            check(&st, create, training),
-            Err(AdminRefusal::RunExists("r".into()))
-        );
-    }
-
-    #[test]
     fn an_applied_act_changes_the_run_and_a_ban_names_the_sessions_to_close() {
         use super::super::context::testing::{active, context, spec};
         let mut cx = context(spec(1));

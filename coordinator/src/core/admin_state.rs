@@ -144,3 +144,105 @@ pub(super) fn number(param: &str, value: &str) -> Result<u64, AdminRefusal> {
             value: value.into(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::End;
+    use super::*;
+
+    #[test]
+    fn each_act_is_checked_against_the_run_as_it_stands() {
+        let key = tessera_protocol::Identity::from_seed([1; 32]).public();
+        let mut st = AdminState::default();
+        let check = |st: &AdminState, a: AdminAction, state| st.check(&a, "why", state, 3, "r");
+        let set = |p: &str, v: &str| AdminAction::Set {
+            param: p.into(),
+            value: v.into(),
+        };
+        let training = RunState::Training;
+        assert_eq!(
+            st.check(&AdminAction::Pause, " ", training, 3, "r"),
+            Err(AdminRefusal::NoReason)
+        );
+        assert_eq!(check(&st, AdminAction::Pause, training), Ok(()));
+        assert_eq!(
+            check(&st, AdminAction::Pause, RunState::Paused),
+            Err(AdminRefusal::AlreadyPaused)
+        );
+        assert_eq!(
+            check(&st, AdminAction::Resume, training),
+            Err(AdminRefusal::NotPaused)
+        );
+        assert_eq!(
+            check(&st, AdminAction::Stop, RunState::Finished(End::Completed)),
+            Err(AdminRefusal::Ended)
+        );
+        assert_eq!(check(&st, set("rounds", "4"), training), Ok(()));
+        assert_eq!(
+            check(&st, set("rounds", "3"), training),
+            Err(AdminRefusal::RoundsClosed { done: 3 })
+        );
+        assert_eq!(
+            check(&st, set("silence_secs", "0"), training),
+            Err(AdminRefusal::OutOfRange("silence_secs".into()))
+        );
+        assert_eq!(
+            check(&st, set("lr", "1"), training),
+            Err(AdminRefusal::NotAParameter("lr".into()))
+        );
+        assert_eq!(
+            check(&st, AdminAction::Unban { key }, training),
+            Err(AdminRefusal::NotBanned(key))
+        );
+        st.banned.insert(key);
+        assert_eq!(
+            check(&st, AdminAction::Ban { key }, training),
+            Err(AdminRefusal::AlreadyBanned(key))
+        );
+        let create = AdminAction::Create {
+            run: "x".into(),
+            config: [0; 32],
+        };
+        assert_eq!(
+            check(&st, create, training),
+            Err(AdminRefusal::RunExists("r".into()))
+        );
+    }
+
+    #[test]
+    fn a_reason_is_given_and_bounded_and_numbers_are_whole() {
+        assert_eq!(check_reason(""), Err(AdminRefusal::NoReason));
+        assert_eq!(check_reason("x".repeat(MAX_REASON_BYTES).as_str()), Ok(()));
+        assert_eq!(
+            check_reason("x".repeat(MAX_REASON_BYTES + 1).as_str()),
+            Err(AdminRefusal::LongReason)
+        );
+        assert_eq!(number("rounds", " 12 "), Ok(12));
+        assert_eq!(
+            number("rounds", "-1"),
+            Err(AdminRefusal::NotANumber {
+                param: "rounds".into(),
+                value: "-1".into()
+            })
+        );
+        let st = AdminState::default();
+        let huge = AdminAction::Set {
+            param: "unit_deadline_secs".into(),
+            value: "86401".into(),
+        };
+        assert_eq!(
+            st.check(&huge, "why", RunState::Training, 0, "r"),
+            Err(AdminRefusal::OutOfRange("unit_deadline_secs".into()))
+        );
+        assert_eq!(
+            st.check(
+                &AdminAction::Pause,
+                "why",
+                RunState::Finished(End::Stopped),
+                0,
+                "r"
+            ),
+            Err(AdminRefusal::Ended)
+        );
+    }
+}

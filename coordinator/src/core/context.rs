@@ -8,13 +8,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_compute::reference::ModelParams;
 use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
-use tessera_protocol::messages::{LogHead, Receipt, Verdict};
+use tessera_protocol::messages::{LogHead, Receipt, ShardSpec, Verdict};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{Code, Identity, PublicKey, Reason, ToContributor};
 use tessera_train::data::Sampler;
 
 use super::session::Session;
 use super::{admin_state, credits, draws, Action, ConnId, RunSpec, RunState};
+
+/// The most leases of one session kept unlogged while its identity has had no verdict.
+pub(super) const MAX_UNLOGGED_LEASES: usize = 16;
 
 /// Everything the core's parts share (see the module doc).
 pub(super) struct Context {
@@ -38,6 +41,12 @@ pub(super) struct Context {
     /// lazily, just before the first entry its session causes (a lease, a verdict): an
     /// identity that only connects, or only idles, leaves nothing in the log.
     pub(super) joined: BTreeSet<PublicKey>,
+    /// Leases given to sessions whose identity has had no verdict yet, per connection: each is
+    /// logged (after the identity's `Joined`) just before its identity's first verdict, and
+    /// dropped if the session ends without one, so that an identity that takes leases and does
+    /// no work leaves nothing in the log and no record. At most [`MAX_UNLOGGED_LEASES`] a
+    /// session (the newest).
+    pub(super) unlogged: BTreeMap<ConnId, Vec<LogEvent>>,
     /// Every identity's record, folded from the log as it is written.
     pub(super) credits: credits::Credits,
     /// Every choice of who is checked, who checks and who holds what.
@@ -68,6 +77,7 @@ impl Context {
             aggregate: None,
             sessions: BTreeMap::new(),
             joined: BTreeSet::new(),
+            unlogged: BTreeMap::new(),
             credits: credits::Credits::default(),
             log: LogWriter::default(),
             admin: admin_state::AdminState::default(),
@@ -82,6 +92,14 @@ impl Context {
         if let Some(key) = actor(&event) {
             self.log_join(key);
         }
+        if let LogEvent::Accepted { key, .. } | LogEvent::Rejected { key, .. } = &event {
+            let key = *key;
+            for conn in self.conns_of(key) {
+                for lease in self.unlogged.remove(&conn).unwrap_or_default() {
+                    self.log(lease);
+                }
+            }
+        }
         self.credits.apply(&event);
         let entry = self.log.append(&self.id, self.now, event);
         debug_assert!(
@@ -91,6 +109,25 @@ impl Context {
         );
         self.out.push(Action::Logged(entry.clone()));
         entry
+    }
+
+    /// Records that `conn`'s session holds `lease` with `shards`: logged at once if its
+    /// identity's join is, else just before the identity's first verdict (see
+    /// [`Context::unlogged`]).
+    pub(super) fn log_lease(&mut self, conn: ConnId, lease: u64, shards: Vec<ShardSpec>) {
+        let Some(key) = self.sessions.get(&conn).and_then(|s| s.active()) else {
+            return;
+        };
+        let event = LogEvent::Leased { key, lease, shards };
+        if self.joined.contains(&key) {
+            self.log(event);
+            return;
+        }
+        let waiting = self.unlogged.entry(conn).or_default();
+        if waiting.len() >= MAX_UNLOGGED_LEASES {
+            waiting.remove(0);
+        }
+        waiting.push(event);
     }
 
     /// Logs the join of `key`'s session, unless it is logged already (or `key` has none).
@@ -227,6 +264,7 @@ impl Context {
     /// Forgets a session (logging that its identity left, and why) and returns it.
     pub(super) fn forget(&mut self, conn: ConnId, why: Option<Reason>) -> Option<Session> {
         let s = self.sessions.remove(&conn)?;
+        self.unlogged.remove(&conn);
         if let Some(key) = s.active().filter(|k| self.joined.remove(k)) {
             self.log(LogEvent::Left {
                 key,
@@ -291,7 +329,7 @@ pub(super) mod testing {
     }
 
     /// Adds an active session of the identity seeded by `seed` on `conn`, with `lease` (a
-    /// leased session's join counts as logged, as its lease's entry would have logged it).
+    /// leased session's join counts as logged, as its first verdict would have logged it).
     pub fn active(cx: &mut Context, conn: ConnId, seed: u8, lease: Option<u64>) -> PublicKey {
         let key = Identity::from_seed([seed; 32]).public();
         cx.sessions.insert(
@@ -325,6 +363,7 @@ mod tests {
 
     use super::testing::{active, context, spec};
     use super::Action;
+    use super::{Context, MAX_UNLOGGED_LEASES};
 
     #[test]
     fn a_receipt_names_the_logged_verdict_and_is_signed_by_the_coordinator() {
@@ -401,6 +440,46 @@ mod tests {
         assert!(
             matches!(&cx.out[0], Action::Logged(e) if matches!(e.entry.event, LogEvent::Joined { .. }))
         );
+    }
+
+    /// The logged events among the actions so far.
+    fn logged(cx: &Context) -> Vec<&LogEvent> {
+        cx.out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Logged(e) => Some(&e.entry.event),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lease_is_logged_only_once_its_identity_has_a_verdict() {
+        let mut cx = context(spec(1));
+        let idler = active(&mut cx, 1, 1, None);
+        let worker = active(&mut cx, 2, 2, None);
+        // More leases than a session keeps: only the newest wait.
+        for lease in 1..=MAX_UNLOGGED_LEASES as u64 + 2 {
+            cx.log_lease(1, lease, Vec::new());
+        }
+        cx.log_lease(2, 40, Vec::new());
+        assert!(logged(&cx).is_empty(), "{:?}", logged(&cx));
+        assert_eq!(cx.unlogged[&1].len(), MAX_UNLOGGED_LEASES);
+        // The idler leaves without a verdict: nothing in the log, no record.
+        cx.forget(1, None);
+        assert!(logged(&cx).is_empty());
+        assert!(!cx.unlogged.contains_key(&1));
+        assert!(cx.credits.records().get(&idler).is_none());
+        // The worker's first verdict brings its join and lease first; later leases go at once.
+        cx.reject_unopen(2, 8, worker, 4);
+        let events = logged(&cx);
+        assert!(matches!(events[0], LogEvent::Joined { key, .. } if *key == worker));
+        assert!(matches!(events[1], LogEvent::Leased { lease: 40, .. }));
+        assert!(matches!(events[2], LogEvent::Rejected { unit: 8, .. }));
+        assert_eq!(events.len(), 3, "{events:?}");
+        cx.log_lease(2, 41, Vec::new());
+        assert!(matches!(logged(&cx)[3], LogEvent::Leased { lease: 41, .. }));
+        assert!(cx.unlogged.is_empty());
     }
 
     #[test]

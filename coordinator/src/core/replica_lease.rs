@@ -1,7 +1,6 @@
 //! Whole-model leases: a contributor whose memory budget holds a replica gets a lease on the
 //! whole model (every micro-shard, logged) and the current weights as a stream of frames.
 
-use tessera_protocol::log::LogEvent;
 use tessera_protocol::messages::{Lease, ShardSpec};
 use tessera_protocol::{Code, Reason, ToContributor};
 
@@ -52,13 +51,7 @@ impl Replicas {
             (lease, cx.version),
             cx.spec.weights_frame_elems,
         );
-        if let Some(key) = cx.sessions.get(&conn).and_then(|s| s.active()) {
-            cx.log(LogEvent::Leased {
-                key,
-                lease,
-                shards: shards.clone(),
-            });
-        }
+        cx.log_lease(conn, lease, shards.clone());
         let cfg = &cx.spec.model;
         let msg = ToContributor::Lease(Lease {
             lease,

@@ -69,15 +69,8 @@ impl Pipe {
             fresh_units: false,
         });
         tracing::info!(conn, lease, shards = shards.len(), "pipeline lease");
-        if let (Some(key), ToContributor::Lease(l)) =
-            (cx.sessions.get(&conn).and_then(|s| s.active()), &msg)
-        {
-            let event = tessera_protocol::log::LogEvent::Leased {
-                key,
-                lease,
-                shards: l.shards.clone(),
-            };
-            cx.log(event);
+        if let ToContributor::Lease(l) = &msg {
+            cx.log_lease(conn, lease, l.shards.clone());
         }
         self.holdings.insert(lease, Holding { conn, shards });
         cx.send(conn, msg);

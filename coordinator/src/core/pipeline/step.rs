@@ -427,3 +427,49 @@ impl Pipe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_protocol::pipeline::Pass;
+    use tessera_protocol::{Code, Identity, Reason};
+
+    use super::super::testing::{pipe, spec};
+
+    #[test]
+    fn a_non_finite_result_is_wrong_only_once_another_identity_settles_its_input() {
+        let spec = spec();
+        let mut step = pipe(&spec, vec![(0, 0)]).step;
+        let [a, b, c] = [1u8, 2, 3].map(|s| Identity::from_seed([s; 32]).public());
+        let why = Reason::new(Code::NotFinite, "not finite");
+        let cells = [(1, 0)];
+        step.suspect(0, Pass::Forward, &cells, a, why.clone());
+        step.suspect(0, Pass::Forward, &cells, a, why.clone());
+        step.suspect(0, Pass::Forward, &cells, b, why.clone());
+        // b's result of another input is suspect too.
+        step.suspect(1, Pass::Backward, &[(2, 0)], b, why.clone());
+        // A result of another input settles nothing.
+        assert!(step.contradicted(1, Pass::Forward, &cells, c).is_empty());
+        // a's own finite result later does not blame a; b is wrong once, and its other
+        // suspect result goes with it.
+        let wrong = step.contradicted(0, Pass::Forward, &cells, a);
+        assert_eq!(wrong, vec![(b, why)]);
+        assert!(step.suspects.is_empty(), "{:?}", step.suspects);
+        assert!(step.contradicted(0, Pass::Forward, &cells, c).is_empty());
+    }
+
+    #[test]
+    fn a_bar_holds_only_the_identity_and_the_cells_it_names() {
+        let spec = spec();
+        let mut step = pipe(&spec, vec![(0, 0)]).step;
+        let [a, b] = [1u8, 2].map(|s| Identity::from_seed([s; 32]).public());
+        assert!(!step.is_barred(a, 0, Pass::Forward, (0, 0)));
+        step.barred.insert((a, 0, Pass::Forward, (0, 0)));
+        assert!(step.is_barred(a, 0, Pass::Forward, (0, 0)));
+        assert!(!step.is_barred(b, 0, Pass::Forward, (0, 0)));
+        assert!(!step.is_barred(a, 1, Pass::Forward, (0, 0)));
+        assert!(!step.is_barred(a, 0, Pass::Backward, (0, 0)));
+        // Reopening a unit the step does not know bars no one.
+        step.reopen_barring(99, Some(b));
+        assert_eq!(step.barred.len(), 1);
+    }
+}
