@@ -178,14 +178,16 @@ pub async fn run(
         let _ = beat_tx.unbounded_send(Event::Beat);
     });
     if let Ok(scope) = js_sys::global().dyn_into::<web_sys::WorkerGlobalScope>() {
+        // A tick a second; a heartbeat goes out as often as the coordinator's `Welcome` asks.
         let _ = scope.set_interval_with_callback_and_timeout_and_arguments_0(
             beat.as_ref().unchecked_ref(),
-            5000,
+            1000,
         );
     }
     beat.forget();
 
     let mut share = gpu_share.clamp(0.05, 1.0);
+    let mut last_beat = now_ms();
     let mut paused = false;
     let mut generation = 0u64;
     let mut backoff = 500.0;
@@ -377,9 +379,13 @@ pub async fn run(
                 }
             }
             Event::Beat => {
+                let due = contributor.heartbeat_every().as_secs_f64() * 1000.0;
                 if let Some(s) = session.as_ref().filter(|s| s.open) {
-                    if let Ok(hb) = contributor.heartbeat() {
-                        send(s, vec![hb]);
+                    if now_ms() - last_beat >= due {
+                        if let Ok(hb) = contributor.heartbeat() {
+                            last_beat = now_ms();
+                            send(s, vec![hb]);
+                        }
                     }
                 }
             }

@@ -234,6 +234,10 @@ pub enum ToContributor {
         run: String,
         /// Latest log head.
         log_head: LogHead,
+        /// How often the session should send a heartbeat when it sends nothing else
+        /// (milliseconds): often enough for the run's silence limit, and no oftener, since
+        /// every heartbeat of every idle contributor costs the coordinator (protocol 3).
+        heartbeat_ms: u32,
     },
     /// A lease; `frames` `Weights` messages follow.
     Lease(Lease),

@@ -287,6 +287,7 @@ fn to_contributor() -> Vec<Vec<u8>> {
         ToContributor::Welcome {
             run: "demo".into(),
             log_head: head(),
+            heartbeat_ms: 15_000,
         },
         ToContributor::Weights {
             lease: 1,

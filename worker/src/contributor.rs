@@ -102,6 +102,11 @@ impl Contributor {
         self.session.heartbeat()
     }
 
+    /// How often to send a heartbeat (see [`Session::heartbeat_every`]).
+    pub fn heartbeat_every(&self) -> std::time::Duration {
+        self.session.heartbeat_every()
+    }
+
     /// A clean goodbye.
     pub fn leave(&mut self) -> Result<ToCoordinator, WorkerError> {
         self.session.leave()

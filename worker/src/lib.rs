@@ -13,6 +13,7 @@ pub mod contributor;
 pub mod cpu;
 mod download;
 pub mod error;
+pub mod heartbeat;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 pub mod pipeline;

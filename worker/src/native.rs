@@ -212,7 +212,7 @@ async fn session(
     if let Err(e) = sink.send(hello).await {
         return End::Retry(format!("connection lost: {e}"));
     }
-    let mut beat = tokio::time::interval(Duration::from_secs(5));
+    let mut beat = tokio::time::interval(c.heartbeat_every());
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
@@ -253,6 +253,10 @@ async fn session(
             Err(e) => return End::Retry(e.to_string()),
         };
         progress(c);
+        if c.heartbeat_every() != beat.period() {
+            let every = c.heartbeat_every();
+            beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        }
         for r in replies {
             match send(&r) {
                 Ok(m) => {

@@ -132,6 +132,8 @@ pub struct Session {
     last_notice: Option<String>,
     /// Signed receipts not yet taken.
     receipts: Vec<(Receipt, Signature)>,
+    /// How often to send a heartbeat, as the coordinator's `Welcome` asked.
+    heartbeat: std::time::Duration,
 }
 
 impl Session {
@@ -152,12 +154,19 @@ impl Session {
             last_error: None,
             last_notice: None,
             receipts: Vec::new(),
+            heartbeat: crate::heartbeat::DEFAULT,
         }
     }
 
     /// The public key.
     pub fn key(&self) -> PublicKey {
         self.id.public()
+    }
+
+    /// How often to send a heartbeat: what the coordinator's `Welcome` asked (within 1 s to
+    /// 60 s), [`crate::heartbeat::DEFAULT`] before it.
+    pub fn heartbeat_every(&self) -> std::time::Duration {
+        self.heartbeat
     }
 
     /// Counters.
@@ -240,8 +249,13 @@ impl Session {
                 );
                 Ok(Reply::send(vec![ToCoordinator::Proof { signature }]))
             }
-            ToContributor::Welcome { log_head, .. } => {
+            ToContributor::Welcome {
+                log_head,
+                heartbeat_ms,
+                ..
+            } => {
                 self.log_head = log_head;
+                self.heartbeat = crate::heartbeat::every(heartbeat_ms);
                 Ok(Reply::default())
             }
             ToContributor::Lease(lease) => self.lease(lease),

@@ -157,6 +157,7 @@ pub(super) fn join(cx: &mut Context, conn: ConnId) {
     let welcome = ToContributor::Welcome {
         run: cx.spec.name.clone(),
         log_head: cx.log_head(),
+        heartbeat_ms: u32::try_from(cx.spec.alive_every_ms()).unwrap_or(u32::MAX),
     };
     cx.send(conn, welcome);
 }
@@ -301,16 +302,19 @@ mod tests {
     #[test]
     fn a_good_proof_joins_and_a_bad_one_or_a_banned_key_is_fatal() {
         let mut cx = context(spec(1));
+        cx.spec.silence_ms = 20_000;
         let id = Identity::from_seed([1; 32]);
         let (_, key) = joined(&mut cx, 1, &id);
         assert_eq!(key, id.public());
         assert_eq!(cx.sessions[&1].active(), Some(key));
+        // The welcome asks for heartbeats a quarter of the run's silence apart.
+        let want = 5_000;
         assert!(matches!(
             cx.out.last(),
             Some(Action::Send {
-                msg: ToContributor::Welcome { .. },
+                msg: ToContributor::Welcome { heartbeat_ms, .. },
                 ..
-            })
+            }) if *heartbeat_ms == want
         ));
 
         let other = Identity::from_seed([2; 32]);

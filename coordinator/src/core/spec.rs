@@ -351,7 +351,8 @@ impl RunSpec {
     }
 
     /// How often the transport tells the core that a session's heartbeats keep coming
-    /// ([`super::Input::Alive`]): a quarter of the silence allowed, between 1 and 15 s.
+    /// ([`super::Input::Alive`]), and how often a session is asked to send one (`Welcome`): a
+    /// quarter of the silence allowed, between 1 and 15 s.
     pub fn alive_every_ms(&self) -> u64 {
         (self.silence_ms / 4).clamp(1_000, 15_000)
     }

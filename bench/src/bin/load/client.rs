@@ -31,6 +31,8 @@ pub struct Session {
     pub nonce: [u8; 32],
     pub seq: u64,
     pub log_head: LogHead,
+    /// How often the coordinator asked for heartbeats.
+    pub heartbeat: Duration,
 }
 
 /// A TCP connection from `src` (any port) to the coordinator on 127.0.0.1:`port`.
@@ -98,12 +100,17 @@ pub async fn join(port: u16, src: Ipv4Addr, id: Identity) -> Result<Session> {
     );
     send(&mut ws, &ToCoordinator::Proof { signature }).await?;
     match next(&mut ws).await? {
-        ToContributor::Welcome { log_head, .. } => Ok(Session {
+        ToContributor::Welcome {
+            log_head,
+            heartbeat_ms,
+            ..
+        } => Ok(Session {
             ws,
             id,
             nonce,
             seq: 1,
             log_head,
+            heartbeat: tessera_worker::heartbeat::every(heartbeat_ms),
         }),
         other => bail!("not welcomed: {other:?}"),
     }
@@ -169,6 +176,8 @@ pub struct Crowd {
     pub first_error: Mutex<Option<String>>,
     /// Handshake times of the crowd (to the Welcome).
     pub joins: Mutex<Vec<Duration>>,
+    /// The crowd's heartbeat interval (ms; 0 until a session is welcomed).
+    pub heartbeat_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Crowd {
@@ -178,13 +187,14 @@ impl Crowd {
     }
 }
 
-/// One idle contributor: joins from `src`, releases its place in the ramp, then heartbeats every `every` (the first after
-/// `phase` of it, so the crowd's heartbeats spread evenly) until `stop` turns true, then leaves.
+/// One idle contributor: joins from `src`, releases its place in the ramp, then heartbeats every
+/// `every` (as the coordinator's `Welcome` asks when `None`; the first after `phase` of it, so
+/// the crowd's heartbeats spread evenly) until `stop` turns true, then leaves.
 pub async fn idle(
     port: u16,
     src: Ipv4Addr,
     id: Identity,
-    (every, phase): (Duration, f64),
+    (every, phase): (Option<Duration>, f64),
     crowd: Arc<Crowd>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     ramp: tokio::sync::OwnedSemaphorePermit,
@@ -206,6 +216,10 @@ pub async fn idle(
         .unwrap_or_else(|p| p.into_inner())
         .push(t.elapsed());
     crowd.held.fetch_add(1, Ordering::Relaxed);
+    let every = every.unwrap_or(s.heartbeat);
+    crowd
+        .heartbeat_ms
+        .store(every.as_millis() as u64, Ordering::Relaxed);
     let first = every.mul_f64(phase.clamp(0.0, 1.0));
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
     let outcome = loop {

@@ -1,7 +1,8 @@
 //! `load`: a real coordinator process holding N idle contributor connections beside real
 //! workers. The connections come from many 127.x source addresses (so the per-address limit
-//! stays at its default), each doing the real handshake and a signed heartbeat every few
-//! seconds; three `tessera worker`s train the end-to-end run meanwhile. Measured twice, without
+//! stays at its default), each doing the real handshake and a signed heartbeat as often as the
+//! coordinator's `Welcome` asks (`--heartbeat-secs` overrides it); three `tessera worker`s
+//! train the end-to-end run meanwhile. Measured twice, without
 //! and with the crowd: connections held, probe handshake and `/api/status` latency (p50/p99),
 //! the coordinator's CPU-seconds per closed round and its resident memory (per connection
 //! under load). The ratio of CPU per round loaded/unloaded is the figure to watch: the
@@ -32,7 +33,8 @@ const E2E: &str = include_str!("../../../../tests/data/e2e.toml");
 struct Options {
     connections: usize,
     per_address: usize,
-    heartbeat: Duration,
+    heartbeat: Option<Duration>,
+    silence_secs: u64,
     probes: usize,
     rounds: u64,
     workers: usize,
@@ -44,7 +46,8 @@ fn options() -> Result<Options> {
     let mut o = Options {
         connections: 10_000,
         per_address: 10,
-        heartbeat: Duration::from_secs(5),
+        heartbeat: None,
+        silence_secs: 60,
         probes: 40,
         rounds: 5,
         workers: 3,
@@ -57,14 +60,15 @@ fn options() -> Result<Options> {
         match a.as_str() {
             "--connections" => o.connections = value()?.parse()?,
             "--per-address" => o.per_address = value()?.parse::<usize>()?.max(1),
-            "--heartbeat-secs" => o.heartbeat = Duration::from_secs_f64(value()?.parse()?),
+            "--heartbeat-secs" => o.heartbeat = Some(Duration::from_secs_f64(value()?.parse()?)),
+            "--silence-secs" => o.silence_secs = value()?.parse::<u64>()?.max(1),
             "--probes" => o.probes = value()?.parse::<usize>()?.max(1),
             "--rounds" => o.rounds = value()?.parse::<u64>()?.max(1),
             "--workers" => o.workers = value()?.parse()?,
             "--ramp" => o.ramp = value()?.parse::<usize>()?.max(1),
             "--tessera" => o.tessera = Some(value()?.into()),
             "--help" | "-h" => {
-                println!("load [--connections N] [--per-address 10] [--heartbeat-secs 5] [--probes 40] [--rounds 5] [--workers 3] [--ramp 64] [--tessera PATH]");
+                println!("load [--connections N] [--per-address 10] [--heartbeat-secs S (default: as the coordinator asks)] [--silence-secs 60] [--probes 40] [--rounds 5] [--workers 3] [--ramp 64] [--tessera PATH]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (see --help)"),
@@ -211,7 +215,17 @@ async fn main() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("tessera-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("run.toml");
-    std::fs::write(&config, E2E.replace("rounds = 12", "rounds = 1000000"))?;
+    anyhow::ensure!(
+        E2E.contains("silence_secs = 30") && E2E.contains("rounds = 12"),
+        "tests/data/e2e.toml changed: update the load benchmark's edits of it"
+    );
+    // The end-to-end run with the default silence limit (the tests' is shorter), which sets
+    // how often the crowd is asked to heartbeat.
+    let run = E2E.replace("rounds = 12", "rounds = 1000000").replace(
+        "silence_secs = 30",
+        &format!("silence_secs = {}", o.silence_secs),
+    );
+    std::fs::write(&config, run)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -246,7 +260,9 @@ async fn main() -> Result<()> {
         crowd.failed.load(Ordering::Relaxed)
     );
     // Every connection has heartbeated at least once before the loaded phase is measured.
-    tokio::time::sleep(o.heartbeat).await;
+    let every = Duration::from_millis(crowd.heartbeat_ms.load(Ordering::Relaxed));
+    println!("  the crowd heartbeats every {:.1} s", every.as_secs_f64());
+    tokio::time::sleep(every).await;
     let loaded = measure(port, pid, &o, &crowd).await?;
     print("loaded", &loaded);
 
