@@ -363,6 +363,24 @@ mod tests {
     use tessera_protocol::pipeline::{Pass, PipeResult, UnitOutput};
     use tessera_protocol::{Activation, PublicKey};
 
+    /// An active session of the identity seeded by `seed` on `conn` with `lease`, which holds
+    /// the embedding; its identity.
+    fn embedding_holder(
+        cx: &mut Context,
+        p: &mut Pipe,
+        conn: u64,
+        seed: u8,
+        lease: u64,
+    ) -> PublicKey {
+        let key = active(cx, conn, seed, Some(lease));
+        let h = Holding {
+            conn,
+            shards: vec![(0, 0)],
+        };
+        p.holdings.insert(lease, h);
+        key
+    }
+
     /// Lease 1 (connection 1) holds the embedding and runs micro-batch 0's forward past its
     /// deadline; with `second`, lease 2 (connection 2, still loading its weights) holds it too.
     fn late_embedding(second: bool) -> (Context, Pipe) {
@@ -371,13 +389,8 @@ mod tests {
         let mut p = pipe(&spec, vec![(0, 0)]);
         active(&mut cx, 1, 1, Some(1));
         if second {
-            active(&mut cx, 2, 2, Some(2));
+            embedding_holder(&mut cx, &mut p, 2, 2, 2);
             cx.sessions.get_mut(&2).expect("added").ready = false;
-            let h = Holding {
-                conn: 2,
-                shards: vec![(0, 0)],
-            };
-            p.holdings.insert(2, h);
         }
         p.schedule(&mut cx);
         let late = cx.sessions[&1].unit.expect("the embedding's forward");
@@ -427,12 +440,7 @@ mod tests {
         let (mut cx, mut p) = late_embedding(true);
         cx.sessions.get_mut(&2).expect("added").ready = true;
         // The late identity comes back on connection 0 (scheduled first) with a new lease.
-        active(&mut cx, 0, 1, Some(3));
-        let h = Holding {
-            conn: 0,
-            shards: vec![(0, 0)],
-        };
-        p.holdings.insert(3, h);
+        embedding_holder(&mut cx, &mut p, 0, 1, 3);
         p.schedule(&mut cx);
         let two = cx.sessions[&2].unit.expect("the other identity's work");
         assert_eq!(
@@ -490,13 +498,8 @@ mod tests {
         let mut cx = context(spec.clone());
         let mut p = pipe(&spec, vec![(0, 0)]);
         let one = active(&mut cx, 1, 1, Some(1));
-        let two = active(&mut cx, 2, 2, Some(2));
+        let two = embedding_holder(&mut cx, &mut p, 2, 2, 2);
         cx.sessions.get_mut(&2).expect("added").ready = false;
-        let h = Holding {
-            conn: 2,
-            shards: vec![(0, 0)],
-        };
-        p.holdings.insert(2, h);
         p.schedule(&mut cx);
         send(&mut cx, &mut p, 1, one, f32::NAN);
         assert_eq!(
