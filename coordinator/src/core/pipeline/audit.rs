@@ -429,3 +429,54 @@ impl super::Pipe {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use tessera_protocol::log::CheckOutcome;
+    use tessera_protocol::{Code, Identity, Reason};
+
+    use super::super::testing::{pipe, spec};
+    use super::{AuditPhase, LeaseAudit};
+
+    fn audit(seed: u8, phase: AuditPhase) -> LeaseAudit {
+        LeaseAudit {
+            key: Identity::from_seed([seed; 32]).public(),
+            sent: BTreeMap::new(),
+            done: Vec::new(),
+            sums: None,
+            phase,
+            tried: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn a_step_commits_only_when_no_resolved_check_found_anything_wrong() {
+        let spec = spec();
+        let mut p = pipe(&spec, vec![(0, 0)]);
+        let why = Reason::new(Code::CheckFailed, "the gradient sums differ");
+        p.step.audits.insert(1, audit(1, AuditPhase::Recording));
+        p.step.audits.insert(
+            2,
+            audit(2, AuditPhase::Resolved(CheckOutcome::Skipped(why.clone()))),
+        );
+        p.step
+            .audits
+            .insert(3, audit(3, AuditPhase::Resolved(CheckOutcome::Passed)));
+        assert_eq!(p.audit_failure(), None, "nothing found wrong");
+        for outcome in [
+            CheckOutcome::Failed(why.clone()),
+            CheckOutcome::AuditorFailed(why.clone()),
+            CheckOutcome::Disputed(why.clone()),
+        ] {
+            p.step
+                .audits
+                .insert(4, audit(4, AuditPhase::Resolved(outcome.clone())));
+            let stop = p.audit_failure().expect("the step cannot commit");
+            assert_eq!(stop.code, Code::Discarded, "{outcome:?}");
+            let who = Identity::from_seed([4; 32]).public().fingerprint();
+            assert!(stop.text.as_str().contains(&who), "{stop:?}");
+        }
+    }
+}
