@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod harness;
+
 use tessera_compute::hf::tensor_shapes;
 use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::ModelParams;
