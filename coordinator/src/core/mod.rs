@@ -153,7 +153,7 @@ impl Core {
         let regime = match &cx.spec.pipeline {
             Some(ps) => {
                 let step = pipeline::Step::of(&cx.spec, &mut cx.sampler, snap.round);
-                let mut pipe = pipeline::Pipe::new(&cx.spec.model, ps.stages.clone(), step);
+                let mut pipe = pipeline::Pipe::new(&cx.spec.model, ps.clone(), step);
                 pipe.optimizer = pipeline::HeldByCoordinator::resume(snap.moments);
                 Regime::Pipeline(Box::new(pipe))
             }
@@ -491,7 +491,7 @@ impl Core {
                 .map(|h| {
                     h.shards
                         .iter()
-                        .map(|&(s, i)| p.stages[s][i].to_string())
+                        .map(|&(s, i)| p.spec.stages[s][i].to_string())
                         .collect()
                 })
                 .unwrap_or_default(),

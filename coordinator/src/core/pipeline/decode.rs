@@ -63,14 +63,14 @@ impl Pipe {
         &self,
         model: &ModelConfig,
         seq: usize,
-        ps: &PipelineSpec,
         u: &PipeUnit,
         r: &PipeResult,
     ) -> Result<Folded, Reason> {
-        self.fold_result(model, seq, ps, u, r).map_err(|e| match e {
-            Misfit::Shape(why) => Reason::new(Code::WrongShape, why),
-            Misfit::Value(reason) => reason,
-        })
+        self.fold_result(model, seq, &self.spec, u, r)
+            .map_err(|e| match e {
+                Misfit::Shape(why) => Reason::new(Code::WrongShape, why),
+                Misfit::Value(reason) => reason,
+            })
     }
 
     fn fold_result(
@@ -82,7 +82,7 @@ impl Pipe {
         r: &PipeResult,
     ) -> Result<Folded, Misfit> {
         let pipe = self;
-        let last = pipe.stages.len() - 1;
+        let last = pipe.spec.stages.len() - 1;
         let d = model.hidden_size;
         if u.stages.len() > 1 {
             let PipeResult::Span(parts) = r else {
@@ -131,10 +131,10 @@ impl Pipe {
                 for (slice, &i) in slices.iter().zip(&shards) {
                     let shard =
                         from_wire(&slice.shard, model).map_err(|e| Misfit::Shape(e.to_string()))?;
-                    if shard != pipe.stages[s][i] {
+                    if shard != pipe.spec.stages[s][i] {
                         return Err(Misfit::Shape(format!(
                             "statistics of {shard}, expected {}",
-                            pipe.stages[s][i]
+                            pipe.spec.stages[s][i]
                         )));
                     }
                     let MicroShard::Head { cols } = &shard else {
@@ -216,7 +216,7 @@ mod tests {
         };
         let result = |values: &[f32], enc| {
             let r = PipeResult::Activation(Activation::encode(&[seq, d], values, enc));
-            p.decode(&sp.model, seq, &ps, &u, &r).map(|_| ())
+            p.decode(&sp.model, seq, &u, &r).map(|_| ())
         };
         let ok = vec![0.5f32; seq * d];
         assert_eq!(ps.activations, ActEncoding::F32);
@@ -233,7 +233,7 @@ mod tests {
         );
         let short = PipeResult::Activation(Activation::encode(&[1, d], &ok[..d], ActEncoding::F32));
         assert_eq!(
-            code(p.decode(&sp.model, seq, &ps, &u, &short).map(|_| ())),
+            code(p.decode(&sp.model, seq, &u, &short).map(|_| ())),
             Code::WrongShape
         );
     }

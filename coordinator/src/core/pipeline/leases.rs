@@ -16,9 +16,7 @@ use crate::core::{Action, ConnId};
 impl Pipe {
     /// Gives the session a pipeline lease sized to its budget and sends its weights.
     pub(in crate::core) fn offer_lease(&mut self, cx: &mut Context, conn: ConnId) {
-        let Some(ps) = cx.spec.pipeline.as_ref() else {
-            return;
-        };
+        let ps = &self.spec;
         let Some(s) = cx.sessions.get(&conn) else {
             return;
         };
@@ -86,7 +84,7 @@ impl Pipe {
     ) -> WeightStream {
         let shards = shards
             .iter()
-            .map(|&(s, i)| self.stages[s][i].clone())
+            .map(|&(s, i)| self.spec.stages[s][i].clone())
             .collect();
         WeightStream::shards(
             &cx.spec.model,
@@ -105,9 +103,7 @@ impl Pipe {
         if reps.iter().flatten().all(|&n| n > 0) {
             return;
         }
-        let Some(ps) = cx.spec.pipeline.as_ref() else {
-            return;
-        };
+        let ps = &self.spec;
         let orphans: Vec<ShardId> = reps
             .iter()
             .enumerate()

@@ -25,11 +25,12 @@ pub(in crate::core) use optimizer::{HeldByCoordinator, StepState};
 use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_compute::reference::ModelParams;
-use tessera_compute::shard::{HeadStats, MicroShard};
+use tessera_compute::shard::HeadStats;
 use tessera_compute::ModelConfig;
 use tessera_protocol::pipeline::{Pass, PipeWork};
 use tessera_train::shards::from_wire;
 
+use super::spec::PipelineSpec;
 use super::ConnId;
 
 /// A micro-shard's place: `(stage, index within the stage)`.
@@ -170,7 +171,9 @@ pub(super) struct Step {
 
 /// The pipeline's state.
 pub(super) struct Pipe {
-    pub(super) stages: Vec<Vec<MicroShard>>,
+    /// The run's pipeline (the regime's own copy of `RunSpec::pipeline`): its stages of
+    /// micro-shards, activation and gradient encodings, and bounds.
+    pub(super) spec: PipelineSpec,
     /// Parameters of each micro-shard (for credits).
     pub(super) params: Vec<Vec<u64>>,
     pub(super) holdings: BTreeMap<u64, Holding>,
@@ -187,7 +190,8 @@ impl Pipe {
             .iter()
             .map(|spec| {
                 let shard = from_wire(spec, model).ok()?;
-                self.stages
+                self.spec
+                    .stages
                     .iter()
                     .enumerate()
                     .find_map(|(s, stage)| stage.iter().position(|x| *x == shard).map(|i| (s, i)))
@@ -217,7 +221,7 @@ impl Pipe {
 
     /// How many leases hold each micro-shard.
     pub(super) fn replicas(&self) -> Vec<Vec<usize>> {
-        let mut n: Vec<Vec<usize>> = self.stages.iter().map(|s| vec![0; s.len()]).collect();
+        let mut n: Vec<Vec<usize>> = self.spec.stages.iter().map(|s| vec![0; s.len()]).collect();
         for h in self.holdings.values() {
             for &(s, i) in &h.shards {
                 n[s][i] += 1;
@@ -261,10 +265,10 @@ pub(super) mod testing {
 
     /// The pipeline of `spec` at step 0, with lease 1 (on connection 1) holding `held`.
     pub fn pipe(spec: &RunSpec, held: Vec<ShardId>) -> Pipe {
-        let stages = spec.pipeline.as_ref().expect("a pipeline").stages.clone();
+        let ps = spec.pipeline.clone().expect("a pipeline");
         let mut sampler = Sampler::new(1, spec.tokens.len(), spec.seq as usize);
         let step = Step::of(spec, &mut sampler, 0);
-        let mut p = Pipe::new(&spec.model, stages, step);
+        let mut p = Pipe::new(&spec.model, ps, step);
         let h = Holding {
             conn: 1,
             shards: held,

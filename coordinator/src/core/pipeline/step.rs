@@ -373,7 +373,12 @@ impl Pipe {
         let held: Vec<_> = pipe
             .holdings
             .get(&g.lease)
-            .map(|h| h.shards.iter().map(|&(s, i)| &pipe.stages[s][i]).collect())
+            .map(|h| {
+                h.shards
+                    .iter()
+                    .map(|&(s, i)| &pipe.spec.stages[s][i])
+                    .collect()
+            })
             .unwrap_or_default();
         if g.shards.len() != held.len() {
             return Err(Reason::new(
@@ -408,18 +413,19 @@ impl Pipe {
         Ok(out)
     }
 
-    /// A new pipeline of `cfg` at `step`.
+    /// A new pipeline `spec` of model `cfg` at `step`.
     pub(in crate::core) fn new(
         cfg: &tessera_compute::ModelConfig,
-        stages: Vec<Vec<tessera_compute::shard::MicroShard>>,
+        spec: crate::core::spec::PipelineSpec,
         step: Step,
     ) -> Self {
-        let params = stages
+        let params = spec
+            .stages
             .iter()
             .map(|st| st.iter().map(|s| s.parameters(cfg) as u64).collect())
             .collect();
         Pipe {
-            stages,
+            spec,
             params,
             holdings: BTreeMap::new(),
             step,

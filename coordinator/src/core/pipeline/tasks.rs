@@ -36,7 +36,7 @@ impl Pipe {
         let pipe = self;
         let held = &pipe.holdings.get(&lease)?.shards;
         let key = holders.get(&lease).map(|&(k, _)| k);
-        let last = pipe.stages.len() - 1;
+        let last = pipe.spec.stages.len() - 1;
         let open = |m: usize, stage: usize, pass: Pass| -> Vec<usize> {
             let mb = &pipe.step.mbs[m];
             let cover = match pass {
@@ -56,7 +56,7 @@ impl Pipe {
         };
         // A stage the lease can run whole: it holds every micro-shard and all are open.
         let whole = |m: usize, stage: usize, pass: Pass| -> bool {
-            stage != last && open(m, stage, pass).len() == pipe.stages[stage].len()
+            stage != last && open(m, stage, pass).len() == pipe.spec.stages[stage].len()
         };
         let stages: Vec<usize> = {
             let mut v: Vec<usize> = held.iter().map(|&(s, _)| s).collect();
@@ -96,7 +96,7 @@ impl Pipe {
                         shards.iter().map(|&i| (stage, i)).collect()
                     } else {
                         span.clone()
-                            .flat_map(|s| (0..pipe.stages[s].len()).map(move |i| (s, i)))
+                            .flat_map(|s| (0..pipe.spec.stages[s].len()).map(move |i| (s, i)))
                             .collect()
                     };
                     return Some((m, span, pass, cells));
@@ -136,10 +136,10 @@ mod tests {
     /// Every micro-shard of the tiny model's pipeline, and its head's stage.
     fn every_cell() -> (Vec<ShardId>, usize) {
         let p = pipe(Vec::new());
-        let cells = (0..p.stages.len())
-            .flat_map(|s| (0..p.stages[s].len()).map(move |i| (s, i)))
+        let cells = (0..p.spec.stages.len())
+            .flat_map(|s| (0..p.spec.stages[s].len()).map(move |i| (s, i)))
             .collect();
-        (cells, p.stages.len() - 1)
+        (cells, p.spec.stages.len() - 1)
     }
 
     #[test]

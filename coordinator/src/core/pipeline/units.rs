@@ -69,12 +69,9 @@ impl Pipe {
         let unit = cx.next_unit;
         cx.next_unit += 1;
         let deadline = cx.now + cx.spec.unit_deadline_ms;
-        let Some(ps) = cx.spec.pipeline.as_ref() else {
-            return;
-        };
         let seq = cx.spec.seq as usize;
-        let last = self.stages.len() - 1;
-        let enc = ps.activations;
+        let last = self.spec.stages.len() - 1;
+        let enc = self.spec.activations;
         let step_number = self.step.number;
         let inv = if self.step.count > 0 {
             1.0 / self.step.count as f32
@@ -107,7 +104,7 @@ impl Pipe {
             stages: [stages.start as u64, stages.end as u64],
             shards: cells
                 .iter()
-                .map(|&(s, i)| to_wire(&self.stages[s][i]))
+                .map(|&(s, i)| to_wire(&self.spec.stages[s][i]))
                 .collect(),
             pass,
             weights: cx.version,
@@ -184,18 +181,14 @@ impl Pipe {
                 ),
             ))
         } else {
-            match cx.spec.pipeline.as_ref() {
-                Some(ps) => self
-                    .decode(&cx.spec.model, cx.spec.seq as usize, ps, &u, &o.result)
-                    .map_err(|why| {
-                        if super::compare::result_non_finite(&o.result) {
-                            Reason::new(Code::NotFinite, why.text.as_str())
-                        } else {
-                            why
-                        }
-                    }),
-                None => Err(Reason::new(Code::WrongRegime, "this run has no pipeline")),
-            }
+            self.decode(&cx.spec.model, cx.spec.seq as usize, &u, &o.result)
+                .map_err(|why| {
+                    if super::compare::result_non_finite(&o.result) {
+                        Reason::new(Code::NotFinite, why.text.as_str())
+                    } else {
+                        why
+                    }
+                })
         };
         let folded = match folded {
             Ok(f) => f,
@@ -218,7 +211,7 @@ impl Pipe {
                 a.done.push((w, o.result.clone()));
             }
         }
-        let last = self.stages.len() - 1;
+        let last = self.spec.stages.len() - 1;
         let mb = &mut self.step.mbs[u.mb];
         for &(s, i) in &u.cells {
             mb.cover(s, u.pass).shards[i] = ShardState::Done(u.lease);
@@ -458,7 +451,7 @@ mod tests {
     fn send(cx: &mut Context, p: &mut Pipe, conn: u64, key: PublicKey, value: f32) {
         let unit = cx.sessions[&conn].unit.expect("a unit");
         let (seq, d) = (cx.spec.seq as usize, cx.spec.model.hidden_size);
-        let enc = cx.spec.pipeline.as_ref().expect("a pipeline").activations;
+        let enc = p.spec.activations;
         let o = UnitOutput {
             unit,
             lease: p.step.units[&unit].lease,
