@@ -287,9 +287,14 @@ pub async fn run(a: Args) -> Result<()> {
             "no run yet: waiting on {} for an administrator's `tessera admin create`",
             a.bind
         );
+        let limits = ConnectionLimits {
+            total: a.max_connections,
+            per_address: a.max_connections_per_address,
+        };
         let c = tessera_coordinator::idle::wait_for_create(
             listener,
             tls.clone(),
+            limits,
             token,
             a.allow_plain_admin,
             cwd.clone(),

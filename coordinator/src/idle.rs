@@ -43,11 +43,13 @@ struct Idle {
     taken: Arc<Mutex<bool>>,
 }
 
-/// Serves the idle coordinator on `listener` until an administrator creates a run; returns it
-/// once the answer is out and the listener closed.
+/// Serves the idle coordinator on `listener` (its sockets capped as a run's would be under
+/// `limits`) until an administrator creates a run; returns it once the answer is out and the
+/// listener closed.
 pub async fn wait_for_create(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<ServerConfig>>,
+    limits: crate::gate::ConnectionLimits,
     token: AdminToken,
     allow_plain_admin: bool,
     base: PathBuf,
@@ -69,7 +71,7 @@ pub async fn wait_for_create(
     let stop = async move {
         let _ = stop_rx.await;
     };
-    let sockets = crate::listen::socket_limits(crate::gate::ConnectionLimits::default());
+    let sockets = crate::listen::socket_limits(limits);
     let server = tokio::spawn(crate::listen::serve(listener, tls, sockets, app, stop));
     let created = rx.recv().await.ok_or_else(|| {
         std::io::Error::other("the idle coordinator stopped before a run was created")
