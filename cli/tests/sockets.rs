@@ -91,6 +91,8 @@ fn sockets_over_the_per_address_cap_are_answered_503_until_one_closes() {
     let two: [&std::ffi::OsStr; 2] = ["--max-connections-per-address".as_ref(), "2".as_ref()];
     let _c = coordinator_with(&data("e2e.toml"), port, &dir, None, &two);
     wait_for(port, LIMIT, "the coordinator serving", |_| true);
+    // The status polls' sockets are closed and their places given back.
+    std::thread::sleep(Duration::from_millis(300));
     // Twice the WebSocket limit: four sockets that never send a byte.
     let mut held: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
