@@ -89,14 +89,15 @@ impl Context {
 
     /// Appends a decision to the run log (and folds it into the credits).
     pub(super) fn log(&mut self, event: LogEvent) -> SignedEntry {
-        if let Some(key) = actor(&event) {
+        // Only an identity not joined yet has leases waiting (a joined one's are logged at
+        // once), so the sessions are walked once per identity, not once per verdict.
+        if let Some(key) = actor(&event).filter(|k| !self.joined.contains(k)) {
             self.log_join(key);
-        }
-        if let LogEvent::Accepted { key, .. } | LogEvent::Rejected { key, .. } = &event {
-            let key = *key;
-            for conn in self.conns_of(key) {
-                for lease in self.unlogged.remove(&conn).unwrap_or_default() {
-                    self.log(lease);
+            if matches!(event, LogEvent::Accepted { .. } | LogEvent::Rejected { .. }) {
+                for conn in self.conns_of(key) {
+                    for lease in self.unlogged.remove(&conn).unwrap_or_default() {
+                        self.log(lease);
+                    }
                 }
             }
         }
