@@ -2,7 +2,8 @@
 //! /api/admission` offers a puzzle; a `/ws` upgrade without a ticket is refused with 401 and a
 //! puzzle in its body; malformed, forged, unsolved and reused tickets are refused before the
 //! upgrade, each with its code; a solved ticket admits the key it names only (a `Hello` with
-//! another key is closed); a real `tessera worker` solves the puzzle from the 401 and takes a lease.
+//! another key is closed); a real `tessera worker` solves the puzzle from the 401 and takes a lease;
+//! a ticket whose upgrade the connection limit refuses is not used up.
 
 mod common;
 
@@ -181,4 +182,47 @@ fn only_a_solved_ticket_for_the_hello_s_key_opens_the_socket_and_a_worker_solves
         .unwrap_or_else(|| panic!("the worker did not solve a puzzle: {text}"));
     assert!(solved.contains(&format!("({BITS} bits")), "{solved}");
     println!("{solved}");
+}
+
+#[test]
+fn a_ticket_refused_by_the_connection_limit_is_not_used_up() {
+    let port = free_port();
+    let dir = scratch("admission-gate");
+    let bits = BITS.to_string();
+    let args: [&std::ffi::OsStr; 4] = [
+        "--admission-bits".as_ref(),
+        bits.as_ref(),
+        "--max-connections-per-address".as_ref(),
+        "1".as_ref(),
+    ];
+    let _c = coordinator_with(&data("e2e.toml"), port, &dir, None, &args);
+    wait_for(port, LIMIT, "the coordinator serving", |_| true);
+    let (first, second) = (Identity::from_seed([41; 32]), Identity::from_seed([42; 32]));
+    let (t, _) = solve(offered(port), first.public());
+    let held = upgrade(port, &format!("?ticket={}", t.to_hex())).expect("the first opens");
+    // The address holds its one connection: the second's solved ticket is refused by the
+    // limit, before it is checked.
+    let (t, _) = solve(offered(port), second.public());
+    let query = format!("?ticket={}", t.to_hex());
+    let (status, body) = upgrade(port, &query)
+        .map(|_| ())
+        .expect_err("over the limit");
+    assert_eq!(status, 503, "{body}");
+    drop(held);
+    // Once the first closes, the same ticket still opens.
+    let start = std::time::Instant::now();
+    let mut ws = loop {
+        match upgrade(port, &query) {
+            Ok(ws) => break ws,
+            Err((503, _)) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("the ticket after the limit refused it: {e:?}"),
+        }
+    };
+    let (welcome, _) = handshake(&mut ws, &second, 1, "admission-gate");
+    assert!(
+        matches!(welcome, Some(ToContributor::Welcome { .. })),
+        "{welcome:?}"
+    );
 }

@@ -144,8 +144,8 @@ fn hello_problem(input: &Input, ticketed: Option<PublicKey>) -> Option<Reason> {
     })
 }
 
-/// `GET /ws`: checks the upgrade's admission ticket (see `admission.rs`), admits the
-/// connection (see `gate.rs`), upgrades it to a guarded WebSocket and runs it.
+/// `GET /ws`: admits the connection (see `gate.rs`), checks the upgrade's admission ticket
+/// (see `admission.rs`), upgrades it to a guarded WebSocket and runs it.
 pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
     if let Some(why) = upgrade_problem(req.method(), req.headers()) {
         return (StatusCode::BAD_REQUEST, why).into_response();
@@ -153,16 +153,18 @@ pub(crate) async fn ws(State(s): State<Shared>, mut req: Request) -> Response {
     if let Some(why) = origin_problem(req.headers(), &s.origins) {
         return (StatusCode::FORBIDDEN, why).into_response();
     }
-    let ticketed = match s.admission.check(ticket_of(req.uri().query())) {
-        Ok(key) => key,
-        Err(why) => return refused_admission(&s, &why),
-    };
+    // The gate first: a ticket is used up when it is checked, so a connection the gate
+    // refuses keeps its ticket for the next try.
     let admitted = match s.gate.admit(crate::gate::peer(req.extensions())) {
         Ok(a) => a,
         Err(why) => {
             tracing::info!("refused a connection: {why}");
             return (StatusCode::SERVICE_UNAVAILABLE, why.to_string()).into_response();
         }
+    };
+    let ticketed = match s.admission.check(ticket_of(req.uri().query())) {
+        Ok(key) => key,
+        Err(why) => return refused_admission(&s, &why),
     };
     let accept = req
         .headers()
