@@ -17,7 +17,7 @@ use tessera_protocol::{encode, ToContributor, MAX_FRAME_BYTES};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::admin::AdminRefusal;
-use crate::core::{Action, ConnId, Core, Input, RoundSummary};
+use crate::core::{Action, ConnId, Core, Input, Measured, RoundSummary};
 use crate::shared::{Event, Outbox, Outgoing};
 use crate::status::{status_of, Status};
 use crate::store::{Store, StoreError, Write};
@@ -69,6 +69,8 @@ pub(crate) struct CoreTask {
     stale: bool,
     /// Bytes a connection may have queued and unsent at most ([`out_budget`]).
     out_budget: usize,
+    /// Where measurements run off this task send their answers.
+    measured: mpsc::UnboundedSender<Measured>,
 }
 
 /// What one batch made of the core: its actions, the connections that went, and whether the
@@ -105,6 +107,7 @@ impl CoreTask {
             ticked: start,
             built: start,
             stale: false,
+            measured: mpsc::unbounded_channel().0,
         }
     }
 
@@ -112,6 +115,9 @@ impl CoreTask {
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Measurements run on blocking threads and answer here (one per round at most).
+        let (measured, mut answers) = mpsc::unbounded_channel();
+        self.measured = measured;
         loop {
             let mut inputs = Vec::new();
             tokio::select! {
@@ -119,6 +125,7 @@ impl CoreTask {
                     Some(ev) => self.take(ev, &mut inputs),
                     None => break,
                 },
+                Some(m) = answers.recv() => inputs.push((Input::Measured(Box::new(m)), None)),
                 _ = tick.tick() => {}
             }
             while inputs.len() < BATCH {
@@ -230,6 +237,21 @@ impl CoreTask {
                     encoded = Some((msg, frame));
                 }
                 Action::SendWeights { conn, weights } => self.send_weights(*conn, weights),
+                Action::Measure(job) => {
+                    // The CPU reference model, away from this task: every other connection is
+                    // served meanwhile, and the round waits for the answer.
+                    let (job, answer) = (job.clone(), self.measured.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let started = Instant::now();
+                        let m = job.run();
+                        tracing::debug!(
+                            round = job.round(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "measured a round's updates"
+                        );
+                        let _ = answer.send(m);
+                    });
+                }
                 Action::Close { conn, reason } => {
                     tracing::debug!(conn, "close: {reason}");
                     // The writer sends what is queued, then closes the socket and stops the

@@ -241,6 +241,7 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                     | Action::AdminDone { .. }
                     | Action::Withdrawn { .. } => {}
                     Action::SendWeights { .. } => panic!("Core::tick spells weight streams out"),
+                    Action::Measure(_) => panic!("Core::tick runs measurements itself"),
                     Action::Close { conn, .. } => {
                         if let Some(i) = by_conn.remove(&conn) {
                             let s = &mut sims[i];

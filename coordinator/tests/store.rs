@@ -97,6 +97,15 @@ async fn exercise(name: &str, url: Option<&str>) {
     );
     held.release().await.unwrap();
     drop(store);
+    // A crash between a round's checkpoint files and its rows leaves files of a version the
+    // run does not hold; loading drops them and keeps the committed one.
+    let stray = dir.join("checkpoints/round-3");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(
+        stray.join("model.safetensors"),
+        b"from a batch that never committed",
+    )
+    .unwrap();
     let store = Store::open(&dir, url).await.unwrap();
     let held = store.lock().await.unwrap();
     let (got, accepted) = store
@@ -119,6 +128,14 @@ async fn exercise(name: &str, url: Option<&str>) {
             .count(),
         0,
         "closed rounds' blobs are dropped"
+    );
+    assert!(
+        !stray.join("model.safetensors").exists(),
+        "an orphan checkpoint is dropped"
+    );
+    assert!(
+        ck.join("model.safetensors").exists(),
+        "the committed checkpoint stays"
     );
     // A pipeline run's snapshot carries the AdamW moments; they come back with it.
     let piped = Snapshot {

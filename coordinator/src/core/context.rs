@@ -346,6 +346,7 @@ pub(super) mod testing {
                 lease,
                 ready: true,
                 unit: None,
+                waiting_since: cx.now,
             },
         );
         if lease.is_some() {

@@ -47,6 +47,8 @@ pub enum Input {
     },
     /// Time passed.
     Tick,
+    /// The answer to an [`Action::Measure`].
+    Measured(Box<super::Measured>),
     /// An administrator's request, already authenticated by the shell; answered by
     /// [`Action::AdminDone`] with the same `request`.
     Admin {
@@ -99,6 +101,10 @@ pub enum Action {
         /// Replica slot.
         slot: u64,
     },
+    /// Run the CPU reference measurements a complete round's checks need, away from the event
+    /// loop ([`super::Measurement::run`]), and feed the answer back as [`Input::Measured`].
+    /// The round waits for it; everything else goes on.
+    Measure(std::sync::Arc<super::Measurement>),
     /// The answer to an administrator's request: the index of the log entry that put it into
     /// effect, or why it was refused (then nothing changed).
     AdminDone {

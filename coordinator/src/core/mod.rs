@@ -15,6 +15,7 @@ mod context;
 pub mod credits;
 mod draws;
 mod io;
+mod measure;
 mod part;
 mod pipeline;
 mod replays;
@@ -44,6 +45,7 @@ use tessera_protocol::{Code, Identity, PublicKey, Reason, ToCoordinator};
 
 pub use credits::Record;
 pub use io::{spelled_out, Action, Input};
+pub use measure::{Measured, Measurement};
 pub use replica_checks::HeldOutScore;
 pub use results::{Contribution, RoundSummary, Snapshot};
 pub use run_state::{End, Phase, RunState};
@@ -91,6 +93,8 @@ pub(super) struct Replicas {
     gains: Vec<(u64, f64)>,
     /// The latest held-out checks (at most `replica_checks::KEPT_SCORES`).
     held_out_scores: std::collections::VecDeque<replica_checks::HeldOutScore>,
+    /// The last measurement's ticket (see `measure`).
+    next_ticket: u64,
 }
 
 /// The run state machine: the regime's state beside the context its parts act through.
@@ -169,10 +173,23 @@ impl Core {
     }
 
     /// Feeds one input at time `now` (ms, monotonic) and returns the actions, in order, every
-    /// lease's weights spelled out as its `Send`s ([`spelled_out`]): what an in-process harness
-    /// carries. A server takes the weights as streams ([`Core::tick_streamed`]).
+    /// lease's weights spelled out as its `Send`s ([`spelled_out`]) and every measurement the
+    /// core asks for run at once and fed back: what an in-process harness carries. A server
+    /// takes the weights as streams and runs measurements off its event loop
+    /// ([`Core::tick_streamed`]).
     pub fn tick(&mut self, now: u64, input: Input) -> Vec<Action> {
-        spelled_out(self.tick_streamed(now, input))
+        let mut out = Vec::new();
+        let mut next = std::collections::VecDeque::from([input]);
+        while let Some(input) = next.pop_front() {
+            for a in spelled_out(self.tick_streamed(now, input)) {
+                match a {
+                    // Measured at once, in this thread: a harness has no event loop to spare.
+                    Action::Measure(job) => next.push_back(Input::Measured(Box::new(job.run()))),
+                    other => out.push(other),
+                }
+            }
+        }
+        out
     }
 
     /// Feeds one input at time `now` (ms, monotonic) and returns the actions, in order; a
@@ -192,6 +209,11 @@ impl Core {
             }
             Input::Alive { conn } => sessions::alive(&mut self.cx, conn),
             Input::Tick => self.expire(),
+            Input::Measured(m) => {
+                if let Regime::Replicas(r) = &mut self.regime {
+                    r.measured(&mut self.cx, *m);
+                }
+            }
             Input::Admin {
                 request,
                 action,

@@ -19,14 +19,17 @@
 //!
 //! A refused update's slot runs again and its identity loses its credits and is refused; a
 //! drawn update's passed check turns its identity's pending credits into verified ones.
+//!
+//! The losses are measured by the CPU reference model away from the core (`measure.rs`): the
+//! complete round asks for them once and waits for the answer.
 
-use tessera_compute::reference::model::loss;
 use tessera_compute::reference::Batch;
 use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::{Code, PublicKey, Reason};
 use tessera_train::outer::norm;
 
 use super::context::Context;
+use super::measure::{Asked, Gains, Item, Measured, Measurement, Measuring};
 use super::part::Part;
 use super::spec::ChecksSpec;
 use super::Replicas;
@@ -109,17 +112,6 @@ const HELD_OUT_MIN_SPREAD_FEEDBACK: f64 = 0.5;
 /// Held-out scores kept for [`Core::held_out_scores`].
 pub(super) const KEPT_SCORES: usize = 1024;
 
-/// One update's loss gains, each applied alone (see `Replicas::measure`).
-struct Measured {
-    slot: u64,
-    key: PublicKey,
-    drawn: bool,
-    /// Drawn updates: gain per unit of norm on its own first batch, loss before, after.
-    own: Option<(f64, f64, f64)>,
-    /// Gain per unit of norm on the held-out sequences (`None`: not measured).
-    held: Option<f64>,
-}
-
 /// An update's held-out check: its loss gain per unit of norm on the held-out sequences
 /// against the round's other updates'.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,7 +139,7 @@ pub struct HeldOutScore {
 
 /// The held-out scores of the updates among `measured` (none without held-out gains): each
 /// gain against the median and the spread of every measured update's.
-fn held_out_scores(round: u64, measured: &[Measured], min_spread: f64) -> Vec<HeldOutScore> {
+fn held_out_scores(round: u64, measured: &[Gains], min_spread: f64) -> Vec<HeldOutScore> {
     let gains: Vec<f64> = measured.iter().filter_map(|m| m.held).collect();
     if gains.len() < 3 {
         return Vec::new();
@@ -238,16 +230,16 @@ impl Replicas {
             return true;
         }
         let round = self.round.number;
-        let done: Vec<(u64, PublicKey, Vec<Vec<f32>>)> = self
+        let done: Vec<(u64, u64, PublicKey, Vec<Vec<f32>>)> = self
             .round
             .done()
             .into_iter()
-            .map(|(s, k, d)| (s, k, d.clone()))
+            .map(|(s, u, k, d)| (s, u, k, d.clone()))
             .collect();
-        let norms: Vec<f64> = done.iter().map(|(_, _, d)| norm(d)).collect();
+        let norms: Vec<f64> = done.iter().map(|(.., d)| norm(d)).collect();
         let median_norm = median(&norms);
         let mut failed: Vec<(u64, PublicKey, Reason)> = Vec::new();
-        for ((slot, key, _), n) in done.iter().zip(&norms) {
+        for ((slot, _, key, _), n) in done.iter().zip(&norms) {
             if median_norm > 0.0 && *n > SCALE_LIMIT * median_norm {
                 failed.push((
                     *slot,
@@ -262,7 +254,9 @@ impl Replicas {
                 ));
             }
         }
-        let measured = self.measure(cx, &done, &failed);
+        let Some(measured) = self.measure(cx, &done, &failed) else {
+            return false;
+        };
         let gains: Vec<(u64, PublicKey, f64, f64, f64)> = measured
             .iter()
             .filter_map(|m| m.own.map(|(g, b, a)| (m.slot, m.key, g, b, a)))
@@ -353,14 +347,16 @@ impl Replicas {
     /// The loss gains, per unit of norm, of the complete round's updates not already refused,
     /// each applied alone to the current weights at its share of the outer step: on its own
     /// first batch for drawn ones, and on every held-out sequence for all of them (when the
-    /// run holds data out, at least three updates are left and one of them is drawn).
+    /// run holds data out, at least three updates are left and one of them is drawn). The CPU
+    /// reference work runs away from the core ([`Measurement`]): `None` while it is asked
+    /// for and not answered (the round waits; the answer's input checks it again).
     fn measure(
         &mut self,
         cx: &mut Context,
-        done: &[(u64, PublicKey, Vec<Vec<f32>>)],
+        done: &[(u64, u64, PublicKey, Vec<Vec<f32>>)],
         failed: &[(u64, PublicKey, Reason)],
-    ) -> Vec<Measured> {
-        let left: Vec<&(u64, PublicKey, Vec<Vec<f32>>)> = done
+    ) -> Option<Vec<Gains>> {
+        let left: Vec<&(u64, u64, PublicKey, Vec<Vec<f32>>)> = done
             .iter()
             .filter(|(slot, ..)| !failed.iter().any(|f| f.0 == *slot))
             .collect();
@@ -369,42 +365,67 @@ impl Replicas {
             .spec
             .held_out_batch()
             .filter(|_| any_drawn && left.len() >= 3);
-        let cfg = cx.spec.model.clone();
-        let held_before = held.as_ref().map(|b| loss::<f32>(&cfg, &cx.weights, b));
-        // Its share of the outer step: the step applies the mean of the round's updates.
-        let lr = cx.spec.outer_lr / cx.spec.replicas.max(1) as f32;
-        let mut measured = Vec::new();
-        for (slot, key, dense) in left {
-            let drawn = self.round.drawn.contains(slot);
-            if !drawn && held.is_none() {
-                continue;
-            }
-            let mut moved = (*cx.weights).clone();
-            for (p, u) in moved.tensors_mut().into_iter().zip(dense) {
-                p.iter_mut().zip(u).for_each(|(a, b)| *a -= lr * b);
-            }
-            // Per unit of norm: a small honest update (a new replica's, say) gains less but
-            // as efficiently; a random one gains nothing whatever its size.
-            let n = norm(dense).max(f64::MIN_POSITIVE);
-            let own = drawn.then(|| {
-                let batch = self.first_batch(cx, *slot);
-                let before = loss::<f32>(&cfg, &cx.weights, &batch);
-                let after = loss::<f32>(&cfg, &moved, &batch);
-                ((before - after) / n, before, after)
-            });
-            let held = held
-                .as_ref()
-                .zip(held_before)
-                .map(|(b, before)| (before - loss::<f32>(&cfg, &moved, b)) / n);
-            measured.push(Measured {
-                slot: *slot,
-                key: *key,
-                drawn,
-                own,
-                held,
-            });
+        let chosen: Vec<_> = left
+            .into_iter()
+            .filter(|(slot, ..)| held.is_some() || self.round.drawn.contains(slot))
+            .collect();
+        if chosen.is_empty() {
+            return Some(Vec::new());
         }
-        measured
+        let asked: Asked = chosen
+            .iter()
+            .map(|&&(slot, unit, ..)| (slot, unit))
+            .collect();
+        if let Some(m) = &self.round.measuring {
+            if let Some(gains) = m.answer(&asked) {
+                return Some(gains.to_vec());
+            }
+            if m.waits_for(&asked) {
+                return None;
+            }
+        }
+        let items = chosen
+            .into_iter()
+            .map(|&(slot, unit, key, ref update)| Item {
+                slot,
+                unit,
+                key,
+                update: update.clone(),
+                first_batch: self
+                    .round
+                    .drawn
+                    .contains(&slot)
+                    .then(|| self.first_batch(cx, slot)),
+            })
+            .collect();
+        self.next_ticket += 1;
+        let job = Measurement {
+            ticket: self.next_ticket,
+            round: self.round.number,
+            cfg: cx.spec.model.clone(),
+            weights: cx.weights.clone(),
+            // Its share of the outer step: the step applies the mean of the round's updates.
+            lr: cx.spec.outer_lr / cx.spec.replicas.max(1) as f32,
+            held,
+            items,
+        };
+        self.round.measuring = Some(Measuring::Asked {
+            ticket: job.ticket,
+            asked,
+        });
+        cx.out
+            .push(super::Action::Measure(std::sync::Arc::new(job)));
+        None
+    }
+
+    /// A measurement's answer: kept if it answers what the round asked, and the round
+    /// checked again.
+    pub(super) fn measured(&mut self, cx: &mut Context, m: Measured) {
+        let Some(now) = self.round.measuring.as_ref().and_then(|q| q.answered(m)) else {
+            return;
+        };
+        self.round.measuring = Some(now);
+        self.maybe_close_round(cx);
     }
 
     /// The held-out checks of the latest rounds, oldest first (at most the last 1024).
@@ -445,10 +466,10 @@ mod tests {
         assert_eq!(cosine(&a, &[vec![0.0; 4], vec![0.0; 200]]), 0.0);
     }
 
-    fn measured(held: &[f64]) -> Vec<Measured> {
+    fn measured(held: &[f64]) -> Vec<Gains> {
         held.iter()
             .enumerate()
-            .map(|(i, &g)| Measured {
+            .map(|(i, &g)| Gains {
                 slot: i as u64,
                 key: PublicKey([i as u8; 32]),
                 drawn: i != 1,

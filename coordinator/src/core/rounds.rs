@@ -48,6 +48,8 @@ pub(super) struct Round {
     /// When the round opened (ms): a quorum of the slots closes it once the round's deadline
     /// has passed.
     opened: u64,
+    /// The CPU reference measurements its checks asked for, once complete.
+    pub(super) measuring: Option<super::measure::Measuring>,
 }
 
 impl Round {
@@ -60,6 +62,7 @@ impl Round {
             replays: Default::default(),
             barred: Default::default(),
             opened: now,
+            measuring: None,
         }
     }
 
@@ -103,13 +106,13 @@ impl Round {
         late
     }
 
-    /// The accepted slots: slot, contributor, dense update.
-    pub(super) fn done(&self) -> Vec<(u64, PublicKey, &Vec<Vec<f32>>)> {
+    /// The accepted slots: slot, unit, contributor, dense update.
+    pub(super) fn done(&self) -> Vec<(u64, u64, PublicKey, &Vec<Vec<f32>>)> {
         self.slots
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match s {
-                Slot::Done(c, d) => Some((i as u64, c.contributor, d)),
+                Slot::Done(c, d) => Some((i as u64, c.unit, c.contributor, d)),
                 _ => None,
             })
             .collect()
@@ -149,6 +152,7 @@ impl Replicas {
             previous_updates: Vec::new(),
             gains: Vec::new(),
             held_out_scores: Default::default(),
+            next_ticket: 0,
         }
     }
 
@@ -168,8 +172,9 @@ impl Replicas {
         }
     }
 
-    /// Gives open slots to ready, idle, leased sessions (lowest connection first) that are not
-    /// barred from the slot.
+    /// Gives open slots to ready, idle, leased sessions that are not barred from the slot: the
+    /// one that has waited longest (since it connected or last took a unit) first, so neither
+    /// an early connection nor a quick reconnect puts a contributor ahead of the queue.
     pub(super) fn schedule(&mut self, cx: &mut Context) {
         if !cx.state.hands_out_work() {
             return;
@@ -181,12 +186,13 @@ impl Replicas {
             return;
         }
         // The sessions are scanned once per call, not once per open slot.
-        let mut idle: Vec<(ConnId, PublicKey)> = cx
+        let mut idle: Vec<(u64, ConnId, PublicKey)> = cx
             .sessions
             .iter()
             .filter(|(_, s)| s.ready && s.lease.is_some() && s.unit.is_none())
-            .filter_map(|(&c, s)| s.active().map(|k| (c, k)))
+            .filter_map(|(&c, s)| s.active().map(|k| (s.waiting_since, c, k)))
             .collect();
+        idle.sort_unstable();
         for slot in 0..self.round.slots.len() {
             if idle.is_empty() {
                 return;
@@ -197,11 +203,11 @@ impl Replicas {
             let barred = &self.round.barred;
             let Some(at) = idle
                 .iter()
-                .position(|&(_, k)| !barred.contains(&(slot as u64, k)))
+                .position(|&(_, _, k)| !barred.contains(&(slot as u64, k)))
             else {
                 continue;
             };
-            let (conn, _) = idle.remove(at);
+            let (_, conn, _) = idle.remove(at);
             let round = self.round.number;
             let unit = cx.next_unit;
             cx.next_unit += 1;
@@ -217,6 +223,7 @@ impl Replicas {
             );
             let s = cx.sessions.get_mut(&conn).expect("found above");
             s.unit = Some(unit);
+            s.waiting_since = cx.now;
             let lease = s.lease.expect("leased");
             let work = super::samples::work(
                 &cx.spec,

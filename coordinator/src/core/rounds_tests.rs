@@ -134,3 +134,93 @@ fn a_lease_needs_the_budget_of_a_whole_replica() {
     assert_eq!(weights.frames().count(), lease.frames as usize);
     assert_eq!(cx.unlogged[&2].len(), 1);
 }
+
+#[test]
+fn a_complete_rounds_checks_wait_for_their_measurement_and_take_only_its_answer() {
+    use super::super::spec::ChecksSpec;
+    use super::super::Contribution;
+    use tessera_protocol::messages::Update;
+    let checks = ChecksSpec {
+        replay: false,
+        ..ChecksSpec::default()
+    };
+    let mut cx = context(spec(3).with_checks(checks));
+    let mut r = Replicas::new(0, 3);
+    let zeros: Vec<Vec<f32>> = cx
+        .weights
+        .named()
+        .iter()
+        .map(|(_, t)| vec![0.0; t.len()])
+        .collect();
+    for slot in 0..3u64 {
+        let c = Contribution {
+            round: 0,
+            slot,
+            unit: 10 + slot,
+            contributor: tessera_protocol::PublicKey([slot as u8 + 1; 32]),
+            tokens: 1,
+            loss_sum: 1.0,
+            update: Update::Dense(Vec::new()),
+        };
+        r.round.slots[slot as usize] = Slot::Done(Box::new(c), zeros.clone());
+    }
+    r.round.drawn.insert(0);
+    let measures = |cx: &mut Context| {
+        std::mem::take(&mut cx.out)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Measure(m) => Some(m),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // Complete: the measurement is asked for once, and the round waits for it.
+    r.maybe_close_round(&mut cx);
+    let asked = measures(&mut cx);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].round(), 0);
+    r.maybe_close_round(&mut cx);
+    assert!(measures(&mut cx).is_empty(), "asked twice");
+    assert_eq!(r.round.number, 0, "closed before its checks were measured");
+    // An answer to another question changes nothing.
+    let answer = asked[0].run();
+    let mut stale = answer.clone();
+    stale.ticket += 1;
+    r.measured(&mut cx, stale);
+    assert!(cx.out.is_empty() && r.round.number == 0);
+    // The answer: the drawn zero update gains nothing on its own batch and is thrown out.
+    r.measured(&mut cx, answer);
+    assert!(
+        cx.out
+            .iter()
+            .any(|a| matches!(a, Action::Withdrawn { round: 0, slot: 0 })),
+        "{:?}",
+        cx.out
+    );
+    assert_eq!(r.round.slots[0], Slot::Open);
+    assert_eq!(r.round.number, 0);
+}
+
+#[test]
+fn open_slots_go_to_the_sessions_that_have_waited_longest_not_the_lowest_connection() {
+    let mut cx = context(spec(2));
+    let mut r = Replicas::new(0, 2);
+    cx.now = 5_000;
+    for (conn, since) in [(1, 4_000), (2, 900), (3, 2_500)] {
+        active(&mut cx, conn, conn as u8, Some(conn));
+        cx.sessions.get_mut(&conn).unwrap().waiting_since = since;
+    }
+    r.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx), vec![(2, 1, 0), (3, 2, 1)]);
+    // Taking a unit puts a session at the back of the queue.
+    assert_eq!(cx.sessions[&2].waiting_since, 5_000);
+    // The next round: conn 1 has waited longest, then the two that worked, in the order
+    // they took their units.
+    let mut next = Replicas::new(1, 3);
+    for conn in [2, 3] {
+        cx.sessions.get_mut(&conn).unwrap().unit = None;
+    }
+    cx.now = 9_000;
+    next.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx), vec![(1, 3, 0), (2, 4, 1), (3, 5, 2)]);
+}

@@ -31,6 +31,9 @@ pub(super) struct Session {
     pub(super) lease: Option<u64>,
     pub(super) ready: bool,
     pub(super) unit: Option<u64>,
+    /// When it connected or was last given a whole-model unit (ms): open slots go to the
+    /// ready sessions that have waited longest, not by connection order.
+    pub(super) waiting_since: u64,
 }
 
 impl Session {

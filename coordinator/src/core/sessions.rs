@@ -46,6 +46,7 @@ pub(super) fn connected(cx: &mut Context, conn: ConnId, nonce: [u8; 32]) {
         lease: None,
         ready: false,
         unit: None,
+        waiting_since: cx.now,
     };
     cx.sessions.insert(conn, s);
 }

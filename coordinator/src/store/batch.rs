@@ -248,4 +248,28 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Drops the checkpoint files of versions after `committed`: written by a batch whose
+    /// rows never committed (its round runs again and writes them anew), so that no file in
+    /// `checkpoints/` names a version the run does not hold.
+    pub(super) async fn collect_checkpoints(&self, committed: u64) -> Result<(), StoreError> {
+        let mut listed = self.objects.list(Some(&ObjPath::from("checkpoints")));
+        let mut doomed = Vec::new();
+        while let Some(meta) = listed.next().await {
+            let meta = meta?;
+            let version = meta
+                .location
+                .as_ref()
+                .strip_prefix("checkpoints/round-")
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if version.is_some_and(|v| v > committed) {
+                doomed.push(meta.location);
+            }
+        }
+        for path in doomed {
+            self.objects.delete(&path).await?;
+        }
+        Ok(())
+    }
 }

@@ -372,8 +372,8 @@ impl Store {
     }
 
     /// The last committed snapshot and the open round's accepted contributions, if the run has
-    /// committed anything. It also deletes the blobs no committed row names (a batch that never
-    /// committed may have left them), which would break a batch a serving coordinator has in
+    /// committed anything. It also deletes the blobs no committed row names and the checkpoints
+    /// of versions after the committed one (a batch that never committed may have left them), which would break a batch a serving coordinator has in
     /// flight: hence the run's [`ServingLock`], as proof that no other coordinator is serving.
     pub async fn load(
         &self,
@@ -405,6 +405,8 @@ impl Store {
         // Blobs no row names: written by a batch that never committed, withdrawn, or of a
         // closed round whose cleanup a crash interrupted.
         self.collect_blobs(round, Some(&named)).await?;
+        let version = row.try_get::<i64, _>("version")? as u64;
+        self.collect_checkpoints(version).await?;
         let mut moments = Vec::new();
         for name in ["adam_m", "adam_v"] {
             let path = format!("{checkpoint}/{name}.safetensors");
@@ -430,7 +432,7 @@ impl Store {
         let snap = Snapshot {
             moments,
             round,
-            version: row.try_get::<i64, _>("version")? as u64,
+            version,
             weights,
             losses,
             next_unit: row.try_get::<i64, _>("next_unit")? as u64,
