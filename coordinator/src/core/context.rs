@@ -13,7 +13,7 @@ use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{Code, Identity, PublicKey, Reason, ToContributor};
 use tessera_train::data::Sampler;
 
-use super::session::Session;
+use super::session::{Session, Stage};
 use super::{admin_state, credits, draws, Action, ConnId, RunSpec, RunState};
 
 /// The most leases of one session kept unlogged while its identity has had no verdict.
@@ -37,6 +37,10 @@ pub(super) struct Context {
     /// The aggregate of the last closed round or step (what produced the current weights).
     pub(super) aggregate: Option<ModelParams<f32>>,
     pub(super) sessions: BTreeMap<ConnId, Session>,
+    /// The active sessions' connections by identity (an index of `sessions`, kept by
+    /// [`Context::activate`] and [`Context::forget`]), so that finding an identity's sessions
+    /// does not walk every connection.
+    active_by_key: BTreeMap<PublicKey, BTreeSet<ConnId>>,
     /// Identities whose current session's `Joined` entry is in the log. A join is logged
     /// lazily, just before the first entry its session causes (a lease, a verdict): an
     /// identity that only connects, or only idles, leaves nothing in the log.
@@ -76,6 +80,7 @@ impl Context {
             sampler,
             aggregate: None,
             sessions: BTreeMap::new(),
+            active_by_key: BTreeMap::new(),
             joined: BTreeSet::new(),
             unlogged: BTreeMap::new(),
             credits: credits::Credits::default(),
@@ -266,6 +271,14 @@ impl Context {
     pub(super) fn forget(&mut self, conn: ConnId, why: Option<Reason>) -> Option<Session> {
         let s = self.sessions.remove(&conn)?;
         self.unlogged.remove(&conn);
+        if let Some(key) = s.active() {
+            if let Some(conns) = self.active_by_key.get_mut(&key) {
+                conns.remove(&conn);
+                if conns.is_empty() {
+                    self.active_by_key.remove(&key);
+                }
+            }
+        }
         if let Some(key) = s.active().filter(|k| self.joined.remove(k)) {
             self.log(LogEvent::Left {
                 key,
@@ -283,13 +296,23 @@ impl Context {
             || self.credits.rejections_spent(key)
     }
 
-    /// The connections of an identity's active sessions.
+    /// The connections of an identity's active sessions, lowest first.
     pub(super) fn conns_of(&self, key: PublicKey) -> Vec<ConnId> {
-        self.sessions
-            .iter()
-            .filter(|(_, s)| s.active() == Some(key))
-            .map(|(&c, _)| c)
-            .collect()
+        self.active_by_key
+            .get(&key)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes a session whose identity is proved active (it may then take work).
+    pub(super) fn activate(&mut self, conn: ConnId) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        s.stage = Stage::Active;
+        if let Some(key) = s.key {
+            self.active_by_key.entry(key).or_default().insert(conn);
+        }
     }
 }
 
@@ -349,6 +372,7 @@ pub(super) mod testing {
                 waiting_since: cx.now,
             },
         );
+        cx.activate(conn);
         if lease.is_some() {
             cx.joined.insert(key);
         }
@@ -507,5 +531,26 @@ mod tests {
         assert!(cx.close(4, Reason::new(Code::Silent, "again")).is_none());
         assert!(cx.out.is_empty());
         assert_eq!(cx.sessions.len(), 1);
+        assert!(cx.conns_of(key).is_empty(), "the index forgets a closed session");
+    }
+
+    #[test]
+    fn an_identitys_sessions_are_found_by_its_key_once_active_and_until_forgotten() {
+        let mut cx = context(spec(1));
+        let key = active(&mut cx, 7, 2, None);
+        active(&mut cx, 3, 2, None);
+        active(&mut cx, 5, 9, None);
+        assert_eq!(cx.conns_of(key), vec![3, 7], "lowest first");
+        // A session still in its handshake is not found by the key it claims.
+        super::super::sessions::connected(&mut cx, 9, [0; 32]);
+        cx.sessions.get_mut(&9).unwrap().key = Some(key);
+        assert_eq!(cx.conns_of(key), vec![3, 7]);
+        cx.activate(9);
+        assert_eq!(cx.conns_of(key), vec![3, 7, 9]);
+        cx.forget(3, None);
+        cx.forget(9, None);
+        assert_eq!(cx.conns_of(key), vec![7]);
+        cx.forget(7, None);
+        assert!(cx.conns_of(key).is_empty() && cx.active_by_key.get(&key).is_none());
     }
 }

@@ -135,8 +135,12 @@ impl Measurement {
 /// Where a round's measurement stands.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Measuring {
-    /// Asked of the shell, not answered yet.
-    Asked { ticket: u64, asked: Asked },
+    /// Asked of the shell, not answered yet, when the round's accepted units were `done`.
+    Asked {
+        ticket: u64,
+        asked: Asked,
+        done: Asked,
+    },
     /// Answered: the gains of the updates asked about.
     Done { asked: Asked, gains: Vec<Gains> },
 }
@@ -155,11 +159,17 @@ impl Measuring {
         matches!(self, Measuring::Asked { asked, .. } if asked == of)
     }
 
+    /// Whether it was asked when the round's accepted units were `now` and is not answered
+    /// yet: nothing the checks read has changed, so they need not run again until it is.
+    pub(super) fn pending_at(&self, now: &Asked) -> bool {
+        matches!(self, Measuring::Asked { done, .. } if done == now)
+    }
+
     /// Takes an answer: the state it leaves, if the answer is to the question asked (a stale
     /// one, to a question since replaced, is dropped).
     pub(super) fn answered(&self, m: Measured) -> Option<Measuring> {
         match self {
-            Measuring::Asked { ticket, asked } if *ticket == m.ticket && *asked == m.asked => {
+            Measuring::Asked { ticket, asked, .. } if *ticket == m.ticket && *asked == m.asked => {
                 Some(Measuring::Done {
                     asked: m.asked,
                     gains: m.gains,
@@ -239,8 +249,14 @@ mod tests {
         let asked = Measuring::Asked {
             ticket: j.ticket,
             asked: j.asked(),
+            done: vec![(0, 11), (1, 5), (2, 12)],
         };
         assert!(asked.waits_for(&j.asked()) && asked.answer(&j.asked()).is_none());
+        assert!(asked.pending_at(&vec![(0, 11), (1, 5), (2, 12)]));
+        assert!(
+            !asked.pending_at(&vec![(0, 11), (2, 12)]),
+            "a slot was withdrawn since"
+        );
         let answer = j.run();
         // A stale answer (another ticket, or other units) is dropped.
         let mut stale = answer.clone();
@@ -254,5 +270,6 @@ mod tests {
             .expect("the answer asked for");
         assert_eq!(done.answer(&j.asked()), Some(&answer.gains[..]));
         assert!(done.answer(&vec![(0, 11)]).is_none() && !done.waits_for(&j.asked()));
+        assert!(!done.pending_at(&vec![(0, 11), (1, 5), (2, 12)]));
     }
 }

@@ -412,6 +412,7 @@ impl Replicas {
         self.round.measuring = Some(Measuring::Asked {
             ticket: job.ticket,
             asked,
+            done: done.iter().map(|&(slot, unit, ..)| (slot, unit)).collect(),
         });
         cx.out
             .push(super::Action::Measure(std::sync::Arc::new(job)));

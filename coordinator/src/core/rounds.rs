@@ -118,6 +118,18 @@ impl Round {
             .collect()
     }
 
+    /// The accepted slots and the units that filled them.
+    pub(super) fn done_units(&self) -> Vec<(u64, u64)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Slot::Done(c, _) => Some((i as u64, c.unit)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Opens an accepted slot again (a check threw its update out).
     pub(super) fn reopen(&mut self, slot: u64) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
@@ -342,8 +354,16 @@ impl Replicas {
         let late = cx.now >= self.round.opened.saturating_add(cx.spec.round_deadline_ms);
         let need = cx.spec.quorum.min(self.round.slots.len() as u64).max(1);
         let quorum = accepted as u64 >= need && late;
+        // While the checks' measurement is out, nothing they read has changed unless a slot's
+        // unit did: every other input (a crowd's heartbeats) skips them.
+        let waiting = self
+            .round
+            .measuring
+            .as_ref()
+            .is_some_and(|m| m.pending_at(&self.round.done_units()));
         if cx.state.is_open()
             && (full || quorum)
+            && !waiting
             && self.round.replays.resolved()
             && self.round_checks(cx)
         {

@@ -151,10 +151,10 @@ pub(super) fn replaced_by(cx: &Context, conn: ConnId, key: PublicKey) -> Vec<Con
 /// A verified session joins: welcomed with the log's head. Its `Joined` entry waits for the
 /// first entry the session causes (see `Context::joined`).
 pub(super) fn join(cx: &mut Context, conn: ConnId) {
-    let Some(s) = cx.sessions.get_mut(&conn) else {
+    if !cx.sessions.contains_key(&conn) {
         return;
-    };
-    s.stage = Stage::Active;
+    }
+    cx.activate(conn);
     let welcome = ToContributor::Welcome {
         run: cx.spec.name.clone(),
         log_head: cx.log_head(),

@@ -1,5 +1,6 @@
 //! `load`: a real coordinator process holding N idle contributor connections beside real
-//! workers. The connections come from many 127.x source addresses (so the per-address limit
+//! workers (every update checked every round, so the run's own work per round is the same in
+//! both phases). The connections come from many 127.x source addresses (so the per-address limit
 //! stays at its default), each doing the real handshake and a signed heartbeat as often as the
 //! coordinator's `Welcome` asks (`--heartbeat-secs` overrides it); three `tessera worker`s
 //! train the end-to-end run meanwhile. Measured twice, without
@@ -216,15 +217,21 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("run.toml");
     anyhow::ensure!(
-        E2E.contains("silence_secs = 30") && E2E.contains("rounds = 12"),
+        E2E.contains("silence_secs = 30")
+            && E2E.contains("rounds = 12")
+            && !E2E.contains("[checks]"),
         "tests/data/e2e.toml changed: update the load benchmark's edits of it"
     );
     // The end-to-end run with the default silence limit (the tests' is shorter), which sets
     // how often the crowd is asked to heartbeat.
+    // Every update is checked every round (the checks' share would otherwise fall as the
+    // workers' records grow, so a later phase would do less work per round than an earlier
+    // one whatever the crowd): the run's own work per round stays the same through both
+    // phases, at its heaviest.
     let run = E2E.replace("rounds = 12", "rounds = 1000000").replace(
         "silence_secs = 30",
         &format!("silence_secs = {}", o.silence_secs),
-    );
+    ) + "\n[checks]\nnew_rate = 1.0\nmin_rate = 1.0\n";
     std::fs::write(&config, run)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
