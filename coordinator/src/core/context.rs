@@ -531,7 +531,10 @@ mod tests {
         assert!(cx.close(4, Reason::new(Code::Silent, "again")).is_none());
         assert!(cx.out.is_empty());
         assert_eq!(cx.sessions.len(), 1);
-        assert!(cx.conns_of(key).is_empty(), "the index forgets a closed session");
+        assert!(
+            cx.conns_of(key).is_empty(),
+            "the index forgets a closed session"
+        );
     }
 
     #[test]
