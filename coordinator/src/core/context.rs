@@ -554,6 +554,6 @@ mod tests {
         cx.forget(9, None);
         assert_eq!(cx.conns_of(key), vec![7]);
         cx.forget(7, None);
-        assert!(cx.conns_of(key).is_empty() && cx.active_by_key.get(&key).is_none());
+        assert!(cx.conns_of(key).is_empty() && !cx.active_by_key.contains_key(&key));
     }
 }
