@@ -30,7 +30,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::core::Input;
 use crate::frame_guard::{FrameGuard, Limit, HANDSHAKE_FRAME_BYTES};
-use crate::shared::{Event, Outbox, Outgoing, Shared};
+use crate::shared::{Event, Heard, Outbox, Outgoing, Shared};
 
 /// How long a connection may take from its upgrade to the end of its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -202,37 +202,12 @@ fn is_heartbeat(input: &Input) -> bool {
         if matches!(s.body, SessionMessage::Heartbeat { .. }))
 }
 
-/// What a connection tells the core of its session's heartbeats.
-struct Liveness {
-    /// When the core last heard from this connection.
-    told: Instant,
-    every: Duration,
-}
-
-impl Liveness {
-    fn new(every: Duration) -> Self {
-        Liveness {
-            told: Instant::now(),
-            every,
-        }
-    }
-
-    /// What of `input`, received at `at`, goes to the core: a welcomed session's heartbeat
-    /// only as [`Input::Alive`], and only when the core has heard nothing of it for `every`;
-    /// anything else as it is.
-    fn forward(&mut self, input: Input, admitted: bool, at: Instant) -> Option<Input> {
-        let input = match input {
-            Input::Message { conn, .. } if admitted && is_heartbeat(&input) => {
-                if at.duration_since(self.told) < self.every {
-                    return None;
-                }
-                Input::Alive { conn }
-            }
-            other => other,
-        };
-        self.told = at;
-        Some(input)
-    }
+/// What of `input`, received at `at`, goes to the core: every frame is recorded in `heard`;
+/// a welcomed session's heartbeat goes no further (the core's task reads `heard` for the
+/// sessions the core would close as silent, see `core_task`), anything else goes as it is.
+fn forward(input: Input, admitted: bool, at: Instant, heard: &Heard) -> Option<Input> {
+    heard.set(at);
+    (!(admitted && is_heartbeat(&input))).then_some(input)
 }
 
 /// A frame's input for the core.
@@ -289,10 +264,12 @@ async fn connection<S>(
         return;
     }
     let queued = Arc::new(AtomicUsize::new(0));
+    let heard = Arc::new(Heard::default());
     let outbox = Outbox {
         frames: out_tx,
         limit: limit.clone(),
         queued: queued.clone(),
+        heard: heard.clone(),
     };
     let _ = s.events.send(Event::Register(conn, outbox)).await;
     let _ = s
@@ -306,7 +283,6 @@ async fn connection<S>(
     let closing = limit.clone();
     let writer = tokio::spawn(write(sink, out_rx, queued, closing));
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    let mut alive = Liveness::new(s.alive_every);
     loop {
         let handshake = async {
             if limit.admitted() {
@@ -348,7 +324,7 @@ async fn connection<S>(
             None => input,
         };
         let at = Instant::now();
-        let Some(input) = alive.forward(input, limit.admitted(), at) else {
+        let Some(input) = forward(input, limit.admitted(), at, &heard) else {
             continue;
         };
         let bad = matches!(input, Input::BadFrame { .. });
@@ -492,7 +468,7 @@ mod tests {
     }
 
     #[test]
-    fn a_welcomed_session_s_heartbeats_reach_the_core_as_alive_at_most_once_per_interval() {
+    fn a_welcomed_session_s_heartbeats_stop_at_the_connection_and_every_frame_is_heard() {
         use tessera_protocol::messages::LogHead;
         use tessera_protocol::{Identity, Signed};
         let id = Identity::from_seed([1; 32]);
@@ -508,23 +484,24 @@ mod tests {
                 },
             )
         };
+        let heard = Heard::default();
+        assert_eq!(heard.get(), None, "nothing heard yet");
         let t0 = Instant::now();
-        let every = Duration::from_secs(10);
-        let mut l = Liveness::new(every);
-        l.told = t0;
         // Before the handshake is done, a heartbeat goes to the core (which refuses it).
-        assert_eq!(l.forward(beat(1), false, t0), Some(beat(1)));
-        assert_eq!(l.forward(beat(2), true, t0 + Duration::from_secs(9)), None);
-        assert_eq!(
-            l.forward(beat(3), true, t0 + every),
-            Some(Input::Alive { conn: 7 })
+        assert_eq!(forward(beat(1), false, t0, &heard), Some(beat(1)));
+        let t1 = t0 + Duration::from_secs(9);
+        assert_eq!(forward(beat(2), true, t1, &heard), None);
+        let got = heard.get().expect("heard");
+        assert!(
+            got.max(t1) - got.min(t1) <= Duration::from_millis(1),
+            "{got:?}"
         );
-        // Anything else goes as it is, and counts as heard.
-        let leave = body(4, SessionMessage::Leave);
-        let t1 = t0 + Duration::from_secs(15);
-        assert_eq!(l.forward(leave.clone(), true, t1), Some(leave));
-        assert_eq!(l.forward(beat(5), true, t1 + Duration::from_secs(9)), None);
-        assert!(l.forward(beat(6), true, t1 + every).is_some());
+        // Anything else goes as it is, and is heard too; time never goes back.
+        let leave = body(3, SessionMessage::Leave);
+        let t2 = t0 + Duration::from_secs(15);
+        assert_eq!(forward(leave.clone(), true, t2, &heard), Some(leave));
+        assert_eq!(forward(beat(4), true, t1, &heard), None);
+        assert!(heard.get().expect("heard") + Duration::from_millis(1) >= t2);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::core::admin::AdminRefusal;
 use crate::core::{Action, ConnId, Core, Input, Measured, RoundSummary};
 use crate::shared::{Event, Outbox, Outgoing};
-use crate::status::{status_of, Status};
+use crate::status::{Status, StatusRows};
 use crate::store::{Store, StoreError, Write};
 
 /// How the run stands.
@@ -71,6 +71,8 @@ pub(crate) struct CoreTask {
     out_budget: usize,
     /// Where measurements run off this task send their answers.
     measured: mpsc::UnboundedSender<Measured>,
+    /// The status's contributor rows as last built (unchanged ones are kept).
+    rows: StatusRows,
 }
 
 /// What one batch made of the core: its actions, the connections that went, and whether the
@@ -108,6 +110,7 @@ impl CoreTask {
             built: start,
             stale: false,
             measured: mpsc::unbounded_channel().0,
+            rows: StatusRows::default(),
         }
     }
 
@@ -136,6 +139,7 @@ impl CoreTask {
             }
             if self.ticked.elapsed() >= TICK {
                 self.ticked = Instant::now();
+                self.heard_from_the_silent(&mut inputs);
                 inputs.push((Input::Tick, None));
             }
             if inputs.is_empty() {
@@ -150,6 +154,20 @@ impl CoreTask {
                 let _ = self.finished.send(Outcome::Failed(why));
                 return;
             }
+        }
+    }
+
+    /// Before a tick: the sessions the core would close as silent that their connections
+    /// heard from since (heartbeats stop at the connection) are alive, as of then. Only
+    /// those cost an input, at most one per session per silence period.
+    fn heard_from_the_silent(&self, inputs: &mut Vec<(Input, Option<Instant>)>) {
+        let now = self.start.elapsed().as_millis() as u64;
+        for conn in self.core.looks_silent(now) {
+            let Some(at) = self.conns.get(&conn).and_then(|o| o.heard.get()) else {
+                continue;
+            };
+            let heard = at.saturating_duration_since(self.start).as_millis() as u64;
+            inputs.push((Input::Alive { conn, heard }, None));
         }
     }
 
@@ -291,7 +309,7 @@ impl CoreTask {
             self.conns.remove(&conn);
         }
         if fed.refresh {
-            let fresh = status_of(&self.core);
+            let fresh = self.rows.build(&self.core);
             let page = fresh.first_page_json();
             if let Ok(mut s) = self.status.lock() {
                 *s = fresh;
@@ -433,6 +451,7 @@ mod tests {
                 frames,
                 limit: limit.clone(),
                 queued: queued.clone(),
+                heard: Default::default(),
             },
         );
         let msg = ToContributor::Cancel { unit: 1 };
@@ -462,6 +481,7 @@ mod tests {
                 frames,
                 limit: crate::frame_guard::Limit::new(),
                 queued: Default::default(),
+                heard: Default::default(),
             },
         );
         t.send(2, &msg, Bytes::from(vec![0u8; t.out_budget + 1]));

@@ -170,7 +170,6 @@ pub(crate) fn launch(
     });
     let (round_tx, round_rx) = mpsc::unbounded_channel();
     let coordinator = core.public_key().to_string();
-    let alive_every = std::time::Duration::from_millis(core.spec().alive_every_ms());
     tokio::spawn(
         crate::core_task::CoreTask::new(
             core,
@@ -193,7 +192,6 @@ pub(crate) fn launch(
         admission: crate::admission::Admission::off(),
         origins: Arc::default(),
         admin_transport: Default::default(),
-        alive_every,
     };
     let running = Running {
         addr,

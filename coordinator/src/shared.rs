@@ -44,6 +44,39 @@ pub(crate) struct Outbox {
     pub(crate) limit: Arc<crate::frame_guard::Limit>,
     /// Bytes of encoded frames in `frames` that its writer has not yet handed to the socket.
     pub(crate) queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// When its reader last received a frame ([`Heard`]): a welcomed session's heartbeats
+    /// only set it, and the core's task reads it for the sessions the core would close as
+    /// silent.
+    pub(crate) heard: Arc<Heard>,
+}
+
+/// When a connection last received a frame: milliseconds since the process's first call,
+/// 0 for never. Written by the connection's reader, read by the core's task.
+#[derive(Debug, Default)]
+pub(crate) struct Heard(AtomicU64);
+
+/// The instant `Heard` counts from.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl Heard {
+    /// Records a frame received at `at`.
+    pub(crate) fn set(&self, at: std::time::Instant) {
+        let ms = at.saturating_duration_since(epoch()).as_millis() as u64;
+        // 0 means never: a frame in the epoch's first millisecond counts as the next one.
+        self.0
+            .fetch_max(ms.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When the last frame was received, if one was.
+    pub(crate) fn get(&self) -> Option<std::time::Instant> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(epoch() + std::time::Duration::from_millis(ms)),
+        }
+    }
 }
 
 /// What every route of a serving coordinator shares.
@@ -72,9 +105,6 @@ pub(crate) struct Shared {
     pub(crate) admission: crate::admission::Admission,
     /// Origins besides its own whose pages may open `/ws`.
     pub(crate) origins: Arc<Vec<String>>,
-    /// How often a connection that takes heartbeats itself tells the core its session is
-    /// alive (see [`crate::core::Input::Alive`]).
-    pub(crate) alive_every: std::time::Duration,
 }
 
 impl Shared {

@@ -4,10 +4,14 @@
 //! it in pages ([`StatusPage`]: at most [`STATUS_PAGE`] contributors and credit lines each),
 //! the first page encoded once per rebuild.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use tessera_protocol::identity::hex;
 use tessera_protocol::messages::ContributorKind;
 
-use crate::core::Core;
+use crate::core::{ConnId, Core, Record, SessionView};
 
 /// `GET /api/status`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -24,7 +28,7 @@ pub struct Status {
     /// Mean training loss of each closed round.
     pub loss_history: Vec<f64>,
     /// Connected contributors.
-    pub contributors: Vec<ContributorStatus>,
+    pub contributors: Vec<Arc<ContributorStatus>>,
     /// Identities the administrator banned (hex).
     pub banned: Vec<String>,
     /// Index of the last run-log entry this status reflects.
@@ -100,31 +104,66 @@ pub struct ContributorStatus {
 
 /// The status of `core` now.
 pub(crate) fn status_of(core: &Core) -> Status {
-    let contributors = core
-        .sessions()
-        .into_iter()
-        .map(|s| {
-            let r = core.records().get(&s.key).cloned().unwrap_or_default();
-            ContributorStatus {
-                key: s.key.to_string(),
-                kind: match s.kind {
-                    ContributorKind::Native => "native".into(),
-                    ContributorKind::Browser => "browser".into(),
-                },
-                lease: s
-                    .lease
-                    .map(|l| format!("lease {l}: {}", s.shards.join(", "))),
-                shards: s.shards.clone(),
-                unit: s.unit,
-                accepted: r.accepted,
-                rejected: r.rejected,
-                tokens: r.tokens,
-                credits: r.flops / 1e9,
-                pending_credits: r.pending_flops / 1e9,
-                checks_passed: r.checks_passed,
-            }
-        })
-        .collect();
+    StatusRows::default().build(core)
+}
+
+/// A contributor's row in the status, as last built, and what it was built from.
+type Row = (SessionView, Record, Arc<ContributorStatus>);
+
+/// The rows of the last status built, by connection: a rebuild walks the sessions, but
+/// formats a row (its hex key, its strings) only where the session or its identity's record
+/// changed since, so a crowd of idle contributors costs a comparison each, not a new row.
+#[derive(Default)]
+pub(crate) struct StatusRows {
+    rows: HashMap<ConnId, Row>,
+}
+
+impl StatusRows {
+    /// The status of `core` now, reusing the unchanged rows of the last build.
+    pub(crate) fn build(&mut self, core: &Core) -> Status {
+        let mut last = std::mem::take(&mut self.rows);
+        let records = core.records();
+        let contributors = core
+            .sessions()
+            .into_iter()
+            .map(|s| {
+                let r = records.get(&s.key).cloned().unwrap_or_default();
+                let row = match last.remove(&s.conn) {
+                    Some((view, record, row)) if view == s && record == r => row,
+                    _ => Arc::new(row_of(&s, &r)),
+                };
+                self.rows.insert(s.conn, (s, r, row.clone()));
+                row
+            })
+            .collect();
+        status_with(core, contributors)
+    }
+}
+
+/// A contributor's row.
+fn row_of(s: &SessionView, r: &Record) -> ContributorStatus {
+    ContributorStatus {
+        key: hex(&s.key.0),
+        kind: match s.kind {
+            ContributorKind::Native => "native".into(),
+            ContributorKind::Browser => "browser".into(),
+        },
+        lease: s
+            .lease
+            .map(|l| format!("lease {l}: {}", s.shards.join(", "))),
+        shards: s.shards.clone(),
+        unit: s.unit,
+        accepted: r.accepted,
+        rejected: r.rejected,
+        tokens: r.tokens,
+        credits: r.flops / 1e9,
+        pending_credits: r.pending_flops / 1e9,
+        checks_passed: r.checks_passed,
+    }
+}
+
+/// The status of `core` with its contributors' rows.
+fn status_with(core: &Core, contributors: Vec<Arc<ContributorStatus>>) -> Status {
     Status {
         run: core.name().to_string(),
         phase: core.state().name().into(),
@@ -165,7 +204,7 @@ pub struct StatusPage<'a> {
     /// Mean training loss of each closed round.
     pub loss_history: &'a [f64],
     /// Connected contributors, from `from`.
-    pub contributors: &'a [ContributorStatus],
+    pub contributors: &'a [Arc<ContributorStatus>],
     /// Connected contributors in all.
     pub contributors_total: usize,
     /// Identities the administrator banned (hex).
@@ -217,6 +256,93 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{Action, Input};
+    use tessera_protocol::messages::Capabilities;
+    use tessera_protocol::{Identity, ToContributor, ToCoordinator};
+
+    /// Joins `id` on `conn` through the real handshake.
+    fn join(core: &mut Core, conn: ConnId, id: &Identity, budget: u64) {
+        core.tick(
+            0,
+            Input::Connected {
+                conn,
+                nonce: [conn as u8; 32],
+            },
+        );
+        let hello = ToCoordinator::Hello {
+            key: id.public(),
+            kind: ContributorKind::Native,
+            software: "status test".into(),
+            capabilities: Capabilities {
+                adapter: "none".into(),
+                backend: "none".into(),
+                max_binding_bytes: 1 << 30,
+                memory_budget_bytes: budget,
+            },
+        };
+        let a = core.tick(0, Input::Message { conn, msg: hello });
+        let Some((nonce, coordinator)) = a.iter().find_map(|a| match a {
+            Action::Send {
+                msg:
+                    ToContributor::Challenge {
+                        nonce, coordinator, ..
+                    },
+                ..
+            } => Some((*nonce, *coordinator)),
+            _ => None,
+        }) else {
+            panic!("no challenge: {a:?}");
+        };
+        let signature = id.sign(
+            tessera_protocol::identity::HANDSHAKE,
+            &tessera_protocol::identity::handshake_message(&nonce, &coordinator, &id.public()),
+        );
+        core.tick(
+            0,
+            Input::Message {
+                conn,
+                msg: ToCoordinator::Proof { signature },
+            },
+        );
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_rows_of_unchanged_sessions_and_makes_the_others_anew() {
+        let model = crate::config::preset("tiny-byte").expect("a preset");
+        let tokens: Vec<u32> = (0..400u32).map(|i| i % 200).collect();
+        let mut core = Core::new(
+            crate::core::RunSpec::new("rows", model.clone(), tokens),
+            Identity::from_seed([9; 32]),
+            tessera_compute::reference::ModelParams::random(&model, 1),
+        );
+        let (idle, worker) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        // One too small for a lease (it idles), one that takes the whole-model lease.
+        join(&mut core, 1, &idle, 1);
+        let mut rows = StatusRows::default();
+        let first = rows.build(&core);
+        assert_eq!(first.contributors.len(), 1);
+        assert_eq!(first.contributors[0].key, idle.public().to_string());
+        join(&mut core, 2, &worker, 1 << 40);
+        let second = rows.build(&core);
+        assert_eq!(second.contributors.len(), 2);
+        assert!(
+            Arc::ptr_eq(&first.contributors[0], &second.contributors[0]),
+            "the idle session's row is the same one"
+        );
+        let leased = &second.contributors[1];
+        assert_eq!(leased.key, worker.public().to_string());
+        assert!(leased.lease.is_some(), "{leased:?}");
+        // What a fresh build shows, row for row.
+        let fresh = status_of(&core);
+        let json = |s: &Status| serde_json::to_string(&s.contributors).expect("json");
+        assert_eq!(json(&second), json(&fresh));
+        // A session that left takes its row with it.
+        core.tick(0, Input::Disconnected { conn: 1 });
+        let third = rows.build(&core);
+        assert_eq!(third.contributors.len(), 1);
+        assert!(Arc::ptr_eq(&third.contributors[0], &second.contributors[1]));
+        assert_eq!(rows.rows.len(), 1);
+    }
 
     fn line(k: usize) -> CreditLine {
         CreditLine {

@@ -426,3 +426,33 @@ fn an_identity_that_spends_its_rejections_is_refused() {
         "bob still takes part"
     );
 }
+
+#[test]
+fn a_session_the_transport_heard_from_is_not_closed_as_silent_and_one_it_did_not_hear_is() {
+    let sp = spec(2, 3, SyncMode::Dense);
+    let silence = sp.silence_ms;
+    let mut h = Harness::new(core(sp));
+    let (mut alice, mut bob) = (Client::new(1), Client::new(2));
+    let (ca, _) = h.join_ready(&mut alice);
+    let (cb, _) = h.join_ready(&mut bob);
+    // Past the silence allowed, both would be closed by the next tick.
+    h.now += silence + 1;
+    assert_eq!(h.core.looks_silent(h.now), vec![ca, cb]);
+    // Alice's connection heard her (heartbeats it took itself) a second ago; bob's heard him
+    // last before the silence began, which does not save him.
+    let a = h.tick(Input::Alive {
+        conn: ca,
+        heard: h.now - 1_000,
+    });
+    assert!(a.is_empty(), "{a:?}");
+    h.tick(Input::Alive { conn: cb, heard: 0 });
+    assert_eq!(h.core.looks_silent(h.now), vec![cb]);
+    let t = h.tick(Input::Tick);
+    assert!(closed(&t, cb) && !closed(&t, ca));
+    // A time from after the core's now counts as now, not as a credit for later.
+    h.tick(Input::Alive {
+        conn: ca,
+        heard: u64::MAX,
+    });
+    assert_eq!(h.core.looks_silent(h.now + silence + 1), vec![ca]);
+}

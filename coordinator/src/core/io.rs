@@ -32,13 +32,16 @@ pub enum Input {
         /// Why (`MalformedFrame`, or `ProtocolVersion` for another protocol version).
         error: Reason,
     },
-    /// The connection's transport received heartbeats (which change nothing else) since the
-    /// last time it said so: the session is alive. The transport says it at most every
-    /// [`super::RunSpec::alive_every_ms`], so a crowd of idle contributors costs the core one
-    /// cheap input each per interval instead of a signature check per heartbeat.
+    /// The connection's transport received something (heartbeats, which it takes itself) at
+    /// `heard` (ms, the core's clock): the session was alive then. A transport that takes
+    /// heartbeats says so only for the sessions the core would otherwise close as silent
+    /// ([`super::Core::looks_silent`]), so a crowd of idle contributors costs the core one
+    /// cheap input each per silence period, not a message per heartbeat.
     Alive {
         /// Connection.
         conn: ConnId,
+        /// When it was last heard from (ms); a time after the core's now counts as now.
+        heard: u64,
     },
     /// The connection closed.
     Disconnected {

@@ -137,6 +137,12 @@ impl Core {
         }
     }
 
+    /// The sessions that the next tick at `now` (ms) closes as silent unless the transport
+    /// heard from them since ([`Input::Alive`]).
+    pub fn looks_silent(&self, now: u64) -> Vec<ConnId> {
+        sessions::silent(&self.cx, now.max(self.cx.now))
+    }
+
     /// The latest run-log head.
     pub fn log_head(&self) -> LogHead {
         self.cx.log_head()
@@ -207,7 +213,7 @@ impl Core {
                 let (cx, part) = self.split();
                 part.drop_session(cx, conn, None);
             }
-            Input::Alive { conn } => sessions::alive(&mut self.cx, conn),
+            Input::Alive { conn, heard } => sessions::alive(&mut self.cx, conn, heard),
             Input::Tick => self.expire(),
             Input::Measured(m) => {
                 if let Regime::Replicas(r) = &mut self.regime {
@@ -306,7 +312,7 @@ impl Core {
             r.expire_units(cx);
         }
         let (cx, part) = self.split();
-        for c in sessions::silent(cx) {
+        for c in sessions::silent(cx, cx.now) {
             // The peer is told why (it may be alive and only slow to reach us).
             let why = Reason::new(
                 Code::Silent,

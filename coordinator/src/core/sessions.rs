@@ -158,7 +158,7 @@ pub(super) fn join(cx: &mut Context, conn: ConnId) {
     let welcome = ToContributor::Welcome {
         run: cx.spec.name.clone(),
         log_head: cx.log_head(),
-        heartbeat_ms: u32::try_from(cx.spec.alive_every_ms()).unwrap_or(u32::MAX),
+        heartbeat_ms: u32::try_from(cx.spec.heartbeat_every_ms()).unwrap_or(u32::MAX),
     };
     cx.send(conn, welcome);
 }
@@ -199,22 +199,24 @@ fn session_message(cx: &mut Context, conn: ConnId, signed: Signed<SessionMessage
     }
 }
 
-/// The transport heard from an active session (heartbeats it took itself): it is not silent.
-pub(super) fn alive(cx: &mut Context, conn: ConnId) {
+/// The transport heard from an active session at `heard` (ms; heartbeats it took itself): it
+/// was not silent then.
+pub(super) fn alive(cx: &mut Context, conn: ConnId, heard: u64) {
+    let now = cx.now;
     if let Some(s) = cx
         .sessions
         .get_mut(&conn)
         .filter(|s| s.stage == Stage::Active)
     {
-        s.last_seen = cx.now;
+        s.last_seen = s.last_seen.max(heard.min(now));
     }
 }
 
-/// Sessions silent for longer than the run allows.
-pub(super) fn silent(cx: &Context) -> Vec<ConnId> {
+/// Sessions silent at `now` for longer than the run allows.
+pub(super) fn silent(cx: &Context, now: u64) -> Vec<ConnId> {
     cx.sessions
         .iter()
-        .filter(|(_, s)| cx.now.saturating_sub(s.last_seen) > cx.spec.silence_ms)
+        .filter(|(_, s)| now.saturating_sub(s.last_seen) > cx.spec.silence_ms)
         .map(|(&c, _)| c)
         .collect()
 }
@@ -412,10 +414,8 @@ mod tests {
         connected(&mut cx, 1, [1; 32]);
         cx.now = 1_500;
         connected(&mut cx, 2, [2; 32]);
-        cx.now = 2_000;
-        assert!(silent(&cx).is_empty());
-        cx.now = 2_001;
-        assert_eq!(silent(&cx), vec![1]);
+        assert!(silent(&cx, 2_000).is_empty());
+        assert_eq!(silent(&cx, 2_001), vec![1]);
     }
 
     #[test]
@@ -423,14 +423,18 @@ mod tests {
         let mut cx = context(spec(1).with_deadlines(1_000, 2_000));
         active(&mut cx, 1, 1, None);
         connected(&mut cx, 2, [2; 32]);
-        cx.now = 1_900;
-        alive(&mut cx, 1);
-        // Only a session past its handshake is kept alive by heartbeats.
-        alive(&mut cx, 2);
-        alive(&mut cx, 3);
-        cx.now = 3_000;
-        assert_eq!(silent(&cx), vec![2]);
-        cx.now = 3_901;
-        assert_eq!(silent(&cx), vec![1, 2]);
+        cx.now = 2_500;
+        // Heard at 1,900: alive then. Only a session past its handshake is kept alive so.
+        alive(&mut cx, 1, 1_900);
+        alive(&mut cx, 2, 1_900);
+        alive(&mut cx, 3, 1_900);
+        assert_eq!(silent(&cx, 3_000), vec![2]);
+        assert_eq!(silent(&cx, 3_901), vec![1, 2]);
+        // An older word changes nothing; a later one than the core's now counts as now.
+        alive(&mut cx, 1, 100);
+        assert_eq!(silent(&cx, 3_901), vec![1, 2]);
+        alive(&mut cx, 1, 9_999);
+        assert_eq!(silent(&cx, 4_500), vec![2]);
+        assert_eq!(silent(&cx, 4_501), vec![1, 2]);
     }
 }

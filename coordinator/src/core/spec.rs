@@ -350,10 +350,9 @@ impl RunSpec {
         SparseConfig::from_sync(&self.sync)
     }
 
-    /// How often the transport tells the core that a session's heartbeats keep coming
-    /// ([`super::Input::Alive`]), and how often a session is asked to send one (`Welcome`): a
-    /// quarter of the silence allowed, between 1 and 15 s.
-    pub fn alive_every_ms(&self) -> u64 {
+    /// How often a session is asked to send a heartbeat (`Welcome`): a quarter of the silence
+    /// allowed, between 1 and 15 s, so three may go missing before it counts as silent.
+    pub fn heartbeat_every_ms(&self) -> u64 {
         (self.silence_ms / 4).clamp(1_000, 15_000)
     }
 
