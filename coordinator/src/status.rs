@@ -4,6 +4,7 @@
 //! it in pages ([`StatusPage`]: at most [`STATUS_PAGE`] contributors and credit lines each),
 //! the first page encoded once per rebuild.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -107,8 +108,9 @@ pub(crate) fn status_of(core: &Core) -> Status {
     StatusRows::default().build(core)
 }
 
-/// A contributor's row in the status, as last built, and what it was built from.
-type Row = (SessionView, Record, Arc<ContributorStatus>);
+/// A contributor's row in the status, as last built, what it was built from, and the build
+/// that last listed it.
+type Row = (SessionView, Record, Arc<ContributorStatus>, u64);
 
 /// The rows of the last status built, by connection: a rebuild walks the sessions, but
 /// formats a row (its hex key, its strings) only where the session or its identity's record
@@ -116,26 +118,42 @@ type Row = (SessionView, Record, Arc<ContributorStatus>);
 #[derive(Default)]
 pub(crate) struct StatusRows {
     rows: HashMap<ConnId, Row>,
+    /// Builds so far.
+    builds: u64,
 }
 
 impl StatusRows {
     /// The status of `core` now, reusing the unchanged rows of the last build.
     pub(crate) fn build(&mut self, core: &Core) -> Status {
-        let mut last = std::mem::take(&mut self.rows);
+        self.builds += 1;
+        let build = self.builds;
         let records = core.records();
+        let none = Record::default();
         let contributors = core
             .sessions()
             .into_iter()
             .map(|s| {
-                let r = records.get(&s.key).cloned().unwrap_or_default();
-                let row = match last.remove(&s.conn) {
-                    Some((view, record, row)) if view == s && record == r => row,
-                    _ => Arc::new(row_of(&s, &r)),
-                };
-                self.rows.insert(s.conn, (s, r, row.clone()));
-                row
+                let r = records.get(&s.key).unwrap_or(&none);
+                match self.rows.entry(s.conn) {
+                    Entry::Occupied(mut o) => {
+                        let (view, record, row, seen) = o.get_mut();
+                        *seen = build;
+                        if *view != s || record != r {
+                            *row = Arc::new(row_of(&s, r));
+                            (*view, *record) = (s, r.clone());
+                        }
+                        row.clone()
+                    }
+                    Entry::Vacant(v) => {
+                        let row = Arc::new(row_of(&s, r));
+                        v.insert((s, r.clone(), row.clone(), build));
+                        row
+                    }
+                }
             })
             .collect();
+        // The rows of sessions gone since.
+        self.rows.retain(|_, (.., seen)| *seen == build);
         status_with(core, contributors)
     }
 }
