@@ -50,7 +50,7 @@ fn options() -> Result<Options> {
         heartbeat: None,
         silence_secs: 60,
         probes: 40,
-        rounds: 5,
+        rounds: 12,
         workers: 3,
         ramp: 64,
         tessera: None,
@@ -69,7 +69,7 @@ fn options() -> Result<Options> {
             "--ramp" => o.ramp = value()?.parse::<usize>()?.max(1),
             "--tessera" => o.tessera = Some(value()?.into()),
             "--help" | "-h" => {
-                println!("load [--connections N] [--per-address 10] [--heartbeat-secs S (default: as the coordinator asks)] [--silence-secs 60] [--probes 40] [--rounds 5] [--workers 3] [--ramp 64] [--tessera PATH]");
+                println!("load [--connections N] [--per-address 10] [--heartbeat-secs S (default: as the coordinator asks)] [--silence-secs 60] [--probes 40] [--rounds 12] [--workers 3] [--ramp 64] [--tessera PATH]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (see --help)"),
