@@ -213,7 +213,12 @@ impl Core {
                 let (cx, part) = self.split();
                 part.drop_session(cx, conn, None);
             }
-            Input::Alive { conn, heard } => sessions::alive(&mut self.cx, conn, heard),
+            Input::Alive { conn, heard } => {
+                // Liveness alone frees no work and asks for none: no scheduling pass (which
+                // may walk every session), however many of these a tick brings.
+                sessions::alive(&mut self.cx, conn, heard);
+                return std::mem::take(&mut self.cx.out);
+            }
             Input::Tick => self.expire(),
             Input::Measured(m) => {
                 if let Regime::Replicas(r) = &mut self.regime {
