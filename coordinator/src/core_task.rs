@@ -138,9 +138,12 @@ impl CoreTask {
                 }
             }
             if self.ticked.elapsed() >= TICK {
-                self.ticked = Instant::now();
-                self.heard_from_the_silent(&mut inputs);
-                inputs.push((Input::Tick, None));
+                // The liveness asked and the tick share one time, so no session passes its
+                // silence between the two.
+                let at = Instant::now();
+                self.ticked = at;
+                self.heard_from_the_silent(at, &mut inputs);
+                inputs.push((Input::Tick, Some(at)));
             }
             if inputs.is_empty() {
                 continue;
@@ -157,17 +160,18 @@ impl CoreTask {
         }
     }
 
-    /// Before a tick: the sessions the core would close as silent that their connections
-    /// heard from since (heartbeats stop at the connection) are alive, as of then. Only
-    /// those cost an input, at most one per session per silence period.
-    fn heard_from_the_silent(&self, inputs: &mut Vec<(Input, Option<Instant>)>) {
-        let now = self.start.elapsed().as_millis() as u64;
-        for conn in self.core.looks_silent(now) {
-            let Some(at) = self.conns.get(&conn).and_then(|o| o.heard.get()) else {
+    /// Before a tick at `at`: the sessions the core would close as silent by then (or within
+    /// the next tick) that their connections heard from since (heartbeats stop at the
+    /// connection) are alive, as of then. Only those cost an input, about one per session per
+    /// silence period.
+    fn heard_from_the_silent(&self, at: Instant, inputs: &mut Vec<(Input, Option<Instant>)>) {
+        let now = at.saturating_duration_since(self.start).as_millis() as u64;
+        for conn in self.core.looks_silent(now + TICK.as_millis() as u64) {
+            let Some(heard) = self.conns.get(&conn).and_then(|o| o.heard.get()) else {
                 continue;
             };
-            let heard = at.saturating_duration_since(self.start).as_millis() as u64;
-            inputs.push((Input::Alive { conn, heard }, None));
+            let heard = heard.saturating_duration_since(self.start).as_millis() as u64;
+            inputs.push((Input::Alive { conn, heard }, Some(at)));
         }
     }
 
