@@ -230,20 +230,22 @@ impl Replicas {
             return true;
         }
         let round = self.round.number;
-        let done: Vec<(u64, u64, PublicKey, Vec<Vec<f32>>)> = self
+        // Each accepted slot's unit, identity and norm (the updates stay in the round: a
+        // measurement's job copies those it measures, once).
+        let done: Vec<(u64, u64, PublicKey, f64)> = self
             .round
             .done()
             .into_iter()
-            .map(|(s, u, k, d)| (s, u, k, d.clone()))
+            .map(|(s, u, k, d)| (s, u, k, norm(d)))
             .collect();
-        let norms: Vec<f64> = done.iter().map(|(.., d)| norm(d)).collect();
+        let norms: Vec<f64> = done.iter().map(|&(.., n)| n).collect();
         let median_norm = median(&norms);
         let mut failed: Vec<(u64, PublicKey, Reason)> = Vec::new();
-        for ((slot, _, key, _), n) in done.iter().zip(&norms) {
-            if median_norm > 0.0 && *n > SCALE_LIMIT * median_norm {
+        for &(slot, _, key, n) in &done {
+            if median_norm > 0.0 && n > SCALE_LIMIT * median_norm {
                 failed.push((
-                    *slot,
-                    *key,
+                    slot,
+                    key,
                     Reason::new(
                         Code::NormOutlier,
                         format!(
@@ -353,10 +355,10 @@ impl Replicas {
     fn measure(
         &mut self,
         cx: &mut Context,
-        done: &[(u64, u64, PublicKey, Vec<Vec<f32>>)],
+        done: &[(u64, u64, PublicKey, f64)],
         failed: &[(u64, PublicKey, Reason)],
     ) -> Option<Vec<Gains>> {
-        let left: Vec<&(u64, u64, PublicKey, Vec<Vec<f32>>)> = done
+        let left: Vec<&(u64, u64, PublicKey, f64)> = done
             .iter()
             .filter(|(slot, ..)| !failed.iter().any(|f| f.0 == *slot))
             .collect();
@@ -384,20 +386,24 @@ impl Replicas {
                 return None;
             }
         }
-        let items = chosen
-            .into_iter()
-            .map(|&(slot, unit, key, ref update)| Item {
+        let mut items = Vec::with_capacity(chosen.len());
+        for &&(slot, unit, key, _) in &chosen {
+            let first_batch = self
+                .round
+                .drawn
+                .contains(&slot)
+                .then(|| self.first_batch(cx, slot));
+            let Some((_, update)) = self.round.slot_update(slot, unit) else {
+                continue;
+            };
+            items.push(Item {
                 slot,
                 unit,
                 key,
-                update: update.clone(),
-                first_batch: self
-                    .round
-                    .drawn
-                    .contains(&slot)
-                    .then(|| self.first_batch(cx, slot)),
-            })
-            .collect();
+                update: update.to_vec(),
+                first_batch,
+            });
+        }
         self.next_ticket += 1;
         let job = Measurement {
             ticket: self.next_ticket,
@@ -409,9 +415,10 @@ impl Replicas {
             held,
             items,
         };
+        // What the job measures (the slots chosen, each still holding its unit's update).
         self.round.measuring = Some(Measuring::Asked {
             ticket: job.ticket,
-            asked,
+            asked: job.asked(),
             done: done.iter().map(|&(slot, unit, ..)| (slot, unit)).collect(),
         });
         cx.out
