@@ -5,12 +5,13 @@
 //! the first page encoded once per rebuild.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tessera_protocol::identity::hex;
 use tessera_protocol::messages::ContributorKind;
+use tessera_protocol::PublicKey;
 
 use crate::core::{ConnId, Core, Record, SessionView};
 
@@ -125,12 +126,22 @@ pub(crate) struct StatusRows {
 impl StatusRows {
     /// The status of `core` now, reusing the unchanged rows of the last build.
     pub(crate) fn build(&mut self, core: &Core) -> Status {
+        let contributors = self.rows(core.sessions(), core.records());
+        status_with(core, contributors)
+    }
+
+    /// The rows of `sessions`, with `records`: the last build's where a session's view and
+    /// its identity's record are unchanged, new ones elsewhere; rows of sessions gone since
+    /// are forgotten.
+    fn rows(
+        &mut self,
+        sessions: Vec<SessionView>,
+        records: &BTreeMap<PublicKey, Record>,
+    ) -> Vec<Arc<ContributorStatus>> {
         self.builds += 1;
         let build = self.builds;
-        let records = core.records();
         let none = Record::default();
-        let contributors = core
-            .sessions()
+        let rows = sessions
             .into_iter()
             .map(|s| {
                 let r = records.get(&s.key).unwrap_or(&none);
@@ -152,9 +163,8 @@ impl StatusRows {
                 }
             })
             .collect();
-        // The rows of sessions gone since.
         self.rows.retain(|_, (.., seen)| *seen == build);
-        status_with(core, contributors)
+        rows
     }
 }
 
@@ -274,91 +284,55 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{Action, Input};
-    use tessera_protocol::messages::Capabilities;
-    use tessera_protocol::{Identity, ToContributor, ToCoordinator};
+    use tessera_protocol::Identity;
 
-    /// Joins `id` on `conn` through the real handshake.
-    fn join(core: &mut Core, conn: ConnId, id: &Identity, budget: u64) {
-        core.tick(
-            0,
-            Input::Connected {
-                conn,
-                nonce: [conn as u8; 32],
-            },
-        );
-        let hello = ToCoordinator::Hello {
-            key: id.public(),
+    fn view(conn: ConnId, seed: u8, lease: Option<u64>) -> SessionView {
+        SessionView {
+            conn,
+            key: Identity::from_seed([seed; 32]).public(),
             kind: ContributorKind::Native,
-            software: "status test".into(),
-            capabilities: Capabilities {
-                adapter: "none".into(),
-                backend: "none".into(),
-                max_binding_bytes: 1 << 30,
-                memory_budget_bytes: budget,
-            },
-        };
-        let a = core.tick(0, Input::Message { conn, msg: hello });
-        let Some((nonce, coordinator)) = a.iter().find_map(|a| match a {
-            Action::Send {
-                msg:
-                    ToContributor::Challenge {
-                        nonce, coordinator, ..
-                    },
-                ..
-            } => Some((*nonce, *coordinator)),
-            _ => None,
-        }) else {
-            panic!("no challenge: {a:?}");
-        };
-        let signature = id.sign(
-            tessera_protocol::identity::HANDSHAKE,
-            &tessera_protocol::identity::handshake_message(&nonce, &coordinator, &id.public()),
-        );
-        core.tick(
-            0,
-            Input::Message {
-                conn,
-                msg: ToCoordinator::Proof { signature },
-            },
-        );
+            lease,
+            unit: None,
+            shards: lease
+                .map(|_| vec!["whole model".to_string()])
+                .unwrap_or_default(),
+        }
     }
 
     #[test]
     fn a_rebuild_keeps_the_rows_of_unchanged_sessions_and_makes_the_others_anew() {
-        let model = crate::config::preset("tiny-byte").expect("a preset");
-        let tokens: Vec<u32> = (0..400u32).map(|i| i % 200).collect();
-        let mut core = Core::new(
-            crate::core::RunSpec::new("rows", model.clone(), tokens),
-            Identity::from_seed([9; 32]),
-            tessera_compute::reference::ModelParams::random(&model, 1),
-        );
-        let (idle, worker) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
-        // One too small for a lease (it idles), one that takes the whole-model lease.
-        join(&mut core, 1, &idle, 1);
+        let (idle, worker) = (view(1, 1, None), view(2, 2, Some(1)));
+        let mut records = BTreeMap::new();
         let mut rows = StatusRows::default();
-        let first = rows.build(&core);
-        assert_eq!(first.contributors.len(), 1);
-        assert_eq!(first.contributors[0].key, idle.public().to_string());
-        join(&mut core, 2, &worker, 1 << 40);
-        let second = rows.build(&core);
-        assert_eq!(second.contributors.len(), 2);
+        let first = rows.rows(vec![idle.clone()], &records);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].key, idle.key.to_string());
+        let second = rows.rows(vec![idle.clone(), worker.clone()], &records);
+        assert_eq!(second.len(), 2);
         assert!(
-            Arc::ptr_eq(&first.contributors[0], &second.contributors[0]),
+            Arc::ptr_eq(&first[0], &second[0]),
             "the idle session's row is the same one"
         );
-        let leased = &second.contributors[1];
-        assert_eq!(leased.key, worker.public().to_string());
+        let leased = &second[1];
+        assert_eq!(leased.key, worker.key.to_string());
         assert!(leased.lease.is_some(), "{leased:?}");
         // What a fresh build shows, row for row.
-        let fresh = status_of(&core);
-        let json = |s: &Status| serde_json::to_string(&s.contributors).expect("json");
+        let fresh = StatusRows::default().rows(vec![idle.clone(), worker.clone()], &records);
+        let json = |r: &[Arc<ContributorStatus>]| serde_json::to_string(r).expect("json");
         assert_eq!(json(&second), json(&fresh));
+        // A changed record makes its identity's row anew.
+        let credited = Record {
+            accepted: 1,
+            ..Record::default()
+        };
+        records.insert(worker.key, credited);
+        let third = rows.rows(vec![idle.clone(), worker.clone()], &records);
+        assert!(Arc::ptr_eq(&third[0], &second[0]) && !Arc::ptr_eq(&third[1], &second[1]));
+        assert_eq!(third[1].accepted, 1);
         // A session that left takes its row with it.
-        core.tick(0, Input::Disconnected { conn: 1 });
-        let third = rows.build(&core);
-        assert_eq!(third.contributors.len(), 1);
-        assert!(Arc::ptr_eq(&third.contributors[0], &second.contributors[1]));
+        let fourth = rows.rows(vec![worker], &records);
+        assert_eq!(fourth.len(), 1);
+        assert!(Arc::ptr_eq(&fourth[0], &third[1]));
         assert_eq!(rows.rows.len(), 1);
     }
 
