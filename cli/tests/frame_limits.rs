@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use common::contributor::{handshake, next, say, Ws};
 use common::{
-    coordinator_with, data, free_port, get_text, http_get, memory, scratch, status, wait_for,
+    coordinator_with, data, free_port, get_text, http_get, loopback_crowd, memory, scratch, status,
+    wait_for,
 };
 use tessera_protocol::messages::SessionMessage;
 use tessera_protocol::{decode, Code, Identity, ToContributor};
@@ -150,12 +151,7 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
     let run = dir.with_extension("toml");
     let e2e = std::fs::read_to_string(data("e2e.toml")).unwrap();
     std::fs::write(&run, e2e.replace("silence_secs = 30", "silence_secs = 3")).unwrap();
-    let raised: [&std::ffi::OsStr; 4] = [
-        "--max-connections-per-address".as_ref(),
-        "500".as_ref(),
-        "--requests-per-second".as_ref(),
-        "0".as_ref(),
-    ];
+    let raised = loopback_crowd("500");
     let _c = coordinator_with(&run, port, &dir, None, &raised);
     wait_for(port, LIMIT, "the coordinator serving", |_| true);
     let mute = Identity::from_seed([8; 32]);
@@ -212,12 +208,7 @@ fn oversized_frames_silence_and_closed_sessions_cost_the_coordinator_nothing() {
     let port = free_port();
     let dir = scratch("frame-limits");
     // The attack's sockets all come from 127.0.0.1: the per-address limits are raised for them.
-    let raised: [&std::ffi::OsStr; 4] = [
-        "--max-connections-per-address".as_ref(),
-        "500".as_ref(),
-        "--requests-per-second".as_ref(),
-        "0".as_ref(),
-    ];
+    let raised = loopback_crowd("500");
     let c = coordinator_with(&data("e2e.toml"), port, &dir, None, &raised);
     wait_for(port, LIMIT, "the coordinator serving", |_| true);
     let pid = c.0.id();

@@ -11,7 +11,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::contributor::{handshake, next, Ws};
-use common::{coordinator_with, free_port, get_text, memory, scratch, status, wait_for};
+use common::{
+    coordinator_with, free_port, get_text, loopback_crowd, memory, scratch, status, wait_for,
+};
 use tessera_protocol::{Identity, ToContributor};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -65,12 +67,7 @@ fn leases_stream_their_weights_so_sessions_that_do_not_read_hold_no_copy_of_the_
         ),
     )
     .unwrap();
-    let raised: [&std::ffi::OsStr; 4] = [
-        "--max-connections-per-address".as_ref(),
-        "100".as_ref(),
-        "--requests-per-second".as_ref(),
-        "0".as_ref(),
-    ];
+    let raised = loopback_crowd("100");
     let c = coordinator_with(&run, port, &dir, None, &raised);
     wait_for(port, LIMIT, "the coordinator serving", |_| true);
     let pid = c.0.id();

@@ -79,6 +79,17 @@ pub fn coordinator_with_page(config: &Path, port: u16, dir: &Path, web: Option<&
     coordinator_with(config, port, dir, web, &[])
 }
 
+/// Arguments for a coordinator whose test opens many sockets from 127.0.0.1: `per_address`
+/// connections from one address, and no limit on HTTP requests a second.
+pub fn loopback_crowd(per_address: &'static str) -> [&'static std::ffi::OsStr; 4] {
+    [
+        "--max-connections-per-address".as_ref(),
+        per_address.as_ref(),
+        "--requests-per-second".as_ref(),
+        "0".as_ref(),
+    ]
+}
+
 /// Starts `tessera coordinator` with the page from `web` and `extra` arguments.
 pub fn coordinator_with(
     config: &Path,
