@@ -313,7 +313,7 @@ impl CoreTask {
             self.conns.remove(&conn);
         }
         if fed.refresh {
-            let fresh = self.rows.build(&self.core);
+            let fresh = self.rows.build(&mut self.core);
             let page = fresh.first_page_json();
             if let Ok(mut s) = self.status.lock() {
                 *s = fresh;

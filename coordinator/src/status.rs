@@ -1,11 +1,11 @@
 //! What `GET /api/status` shows: the run's phase and progress, each connected contributor with
 //! its lease and credits, bans, and every identity's standing from the run log. The shell
-//! rebuilds it from the core on the clock's tick and after acts and closed rounds, and serves
-//! it in pages ([`StatusPage`]: at most [`STATUS_PAGE`] contributors and credit lines each),
-//! the first page encoded once per rebuild.
+//! rebuilds it from the core on the clock's tick and after acts and closed rounds, making anew
+//! only the rows of what the core marked changed ([`StatusRows`]), and serves it in pages
+//! ([`StatusPage`]: at most [`STATUS_PAGE`] contributors and credit lines each), the first page
+//! encoded once per rebuild.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -13,10 +13,10 @@ use tessera_protocol::identity::hex;
 use tessera_protocol::messages::ContributorKind;
 use tessera_protocol::PublicKey;
 
-use crate::core::{ConnId, Core, Record, SessionView};
+use crate::core::{Changes, ConnId, Core, Marks, Record, SessionView};
 
 /// `GET /api/status`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Status {
     /// Run name.
     pub run: String,
@@ -37,7 +37,7 @@ pub struct Status {
     pub log_head: u64,
     /// Every identity the log knows, with its credits as the log makes them
     /// (`tessera verify` recomputes them and holds the coordinator to these).
-    pub credits: Vec<CreditLine>,
+    pub credits: Vec<Arc<CreditLine>>,
 }
 
 /// One identity's standing, from the run log.
@@ -78,7 +78,7 @@ impl CreditLine {
 }
 
 /// One contributor in the status.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ContributorStatus {
     /// Public key (hex).
     pub key: String,
@@ -104,67 +104,97 @@ pub struct ContributorStatus {
     pub checks_passed: u64,
 }
 
-/// The status of `core` now.
-pub(crate) fn status_of(core: &Core) -> Status {
-    StatusRows::default().build(core)
+/// The status of `core` now, built whole (the core's marks of what changed are left for
+/// [`StatusRows::build`]).
+pub fn status_of(core: &Core) -> Status {
+    let mut rows = StatusRows::default();
+    rows.update(core, everything());
+    rows.status(core)
 }
 
-/// A contributor's row in the status, as last built, what it was built from, and the build
-/// that last listed it.
-type Row = (SessionView, Record, Arc<ContributorStatus>, u64);
+/// Everything changed.
+fn everything() -> Changes {
+    Changes {
+        sessions: Marks::All,
+        records: Marks::All,
+    }
+}
 
-/// The rows of the last status built, by connection: a rebuild walks the sessions, but
-/// formats a row (its hex key, its strings) only where the session or its identity's record
-/// changed since, so a crowd of idle contributors costs a comparison each, not a new row.
+/// The status as last built, row by row: a rebuild formats anew only the rows of the sessions
+/// and identities the core marked changed since ([`Core::take_changes`]), so a crowd of idle
+/// contributors costs nothing but a pointer copy each.
 #[derive(Default)]
-pub(crate) struct StatusRows {
-    rows: HashMap<ConnId, Row>,
-    /// Builds so far.
-    builds: u64,
+pub struct StatusRows {
+    /// Each active session's row, by connection.
+    rows: BTreeMap<ConnId, Arc<ContributorStatus>>,
+    /// Each identity's credit line, by key.
+    lines: BTreeMap<PublicKey, Arc<CreditLine>>,
 }
 
 impl StatusRows {
-    /// The status of `core` now, reusing the unchanged rows of the last build.
-    pub(crate) fn build(&mut self, core: &Core) -> Status {
-        let contributors = self.rows(core.sessions(), core.records());
-        status_with(core, contributors)
+    /// The status of `core` now: the last build's rows, with those of what changed since
+    /// made anew.
+    pub fn build(&mut self, core: &mut Core) -> Status {
+        let changes = core.take_changes();
+        self.update(core, changes);
+        self.status(core)
     }
 
-    /// The rows of `sessions`, with `records`: the last build's where a session's view and
-    /// its identity's record are unchanged, new ones elsewhere; rows of sessions gone since
-    /// are forgotten.
-    fn rows(
-        &mut self,
-        sessions: Vec<SessionView>,
-        records: &BTreeMap<PublicKey, Record>,
-    ) -> Vec<Arc<ContributorStatus>> {
-        self.builds += 1;
-        let build = self.builds;
+    /// Makes the rows of what `changes` names anew.
+    fn update(&mut self, core: &Core, changes: Changes) {
         let none = Record::default();
-        let rows = sessions
-            .into_iter()
-            .map(|s| {
-                let r = records.get(&s.key).unwrap_or(&none);
-                match self.rows.entry(s.conn) {
-                    Entry::Occupied(mut o) => {
-                        let (view, record, row, seen) = o.get_mut();
-                        *seen = build;
-                        if *view != s || record != r {
-                            *row = Arc::new(row_of(&s, r));
-                            (*view, *record) = (s, r.clone());
-                        }
-                        row.clone()
+        let records = core.records();
+        let row = |conn: ConnId| {
+            core.session(conn)
+                .map(|s| Arc::new(row_of(&s, records.get(&s.key).unwrap_or(&none))))
+        };
+        let line = |key: &PublicKey, r: &Record| {
+            Arc::new(CreditLine::of(key, r, core.credits().is_refused(key)))
+        };
+        let mut redo: BTreeSet<ConnId> = BTreeSet::new();
+        match changes.records {
+            Marks::All => {
+                self.lines = records.iter().map(|(k, r)| (*k, line(k, r))).collect();
+                redo.extend(self.rows.keys());
+            }
+            Marks::Some(keys) => {
+                for key in keys {
+                    if let Some(r) = records.get(&key) {
+                        self.lines.insert(key, line(&key, r));
                     }
-                    Entry::Vacant(v) => {
-                        let row = Arc::new(row_of(&s, r));
-                        v.insert((s, r.clone(), row.clone(), build));
-                        row
-                    }
+                    redo.extend(core.conns_of(key));
                 }
-            })
-            .collect();
-        self.rows.retain(|_, (.., seen)| *seen == build);
-        rows
+            }
+        }
+        match changes.sessions {
+            Marks::All => {
+                self.rows = core
+                    .sessions()
+                    .iter()
+                    .map(|s| {
+                        let r = records.get(&s.key).unwrap_or(&none);
+                        (s.conn, Arc::new(row_of(s, r)))
+                    })
+                    .collect();
+                return;
+            }
+            Marks::Some(conns) => redo.extend(conns),
+        }
+        for conn in redo {
+            match row(conn) {
+                Some(r) => self.rows.insert(conn, r),
+                None => self.rows.remove(&conn),
+            };
+        }
+    }
+
+    /// The status of `core` with the rows as they are.
+    fn status(&self, core: &Core) -> Status {
+        status_with(
+            core,
+            self.rows.values().cloned().collect(),
+            self.lines.values().cloned().collect(),
+        )
     }
 }
 
@@ -190,8 +220,12 @@ fn row_of(s: &SessionView, r: &Record) -> ContributorStatus {
     }
 }
 
-/// The status of `core` with its contributors' rows.
-fn status_with(core: &Core, contributors: Vec<Arc<ContributorStatus>>) -> Status {
+/// The status of `core` with its contributors' rows and credit lines.
+fn status_with(
+    core: &Core,
+    contributors: Vec<Arc<ContributorStatus>>,
+    credits: Vec<Arc<CreditLine>>,
+) -> Status {
     Status {
         run: core.name().to_string(),
         phase: core.state().name().into(),
@@ -206,11 +240,7 @@ fn status_with(core: &Core, contributors: Vec<Arc<ContributorStatus>>) -> Status
             .map(|k| k.to_string())
             .collect(),
         log_head: core.log_head().index,
-        credits: core
-            .records()
-            .iter()
-            .map(|(k, r)| CreditLine::of(k, r, core.credits().is_refused(k)))
-            .collect(),
+        credits,
     }
 }
 
@@ -241,7 +271,7 @@ pub struct StatusPage<'a> {
     /// build of the status).
     pub log_head: u64,
     /// Every identity's credits, from `from`.
-    pub credits: &'a [CreditLine],
+    pub credits: &'a [Arc<CreditLine>],
     /// Identities with credit lines in all.
     pub credits_total: usize,
     /// Where the next page starts, while either list goes on.
@@ -284,63 +314,12 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_protocol::Identity;
 
-    fn view(conn: ConnId, seed: u8, lease: Option<u64>) -> SessionView {
-        SessionView {
-            conn,
-            key: Identity::from_seed([seed; 32]).public(),
-            kind: ContributorKind::Native,
-            lease,
-            unit: None,
-            shards: lease
-                .map(|_| vec!["whole model".to_string()])
-                .unwrap_or_default(),
-        }
-    }
-
-    #[test]
-    fn a_rebuild_keeps_the_rows_of_unchanged_sessions_and_makes_the_others_anew() {
-        let (idle, worker) = (view(1, 1, None), view(2, 2, Some(1)));
-        let mut records = BTreeMap::new();
-        let mut rows = StatusRows::default();
-        let first = rows.rows(vec![idle.clone()], &records);
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].key, idle.key.to_string());
-        let second = rows.rows(vec![idle.clone(), worker.clone()], &records);
-        assert_eq!(second.len(), 2);
-        assert!(
-            Arc::ptr_eq(&first[0], &second[0]),
-            "the idle session's row is the same one"
-        );
-        let leased = &second[1];
-        assert_eq!(leased.key, worker.key.to_string());
-        assert!(leased.lease.is_some(), "{leased:?}");
-        // What a fresh build shows, row for row.
-        let fresh = StatusRows::default().rows(vec![idle.clone(), worker.clone()], &records);
-        let json = |r: &[Arc<ContributorStatus>]| serde_json::to_string(r).expect("json");
-        assert_eq!(json(&second), json(&fresh));
-        // A changed record makes its identity's row anew.
-        let credited = Record {
-            accepted: 1,
-            ..Record::default()
-        };
-        records.insert(worker.key, credited);
-        let third = rows.rows(vec![idle.clone(), worker.clone()], &records);
-        assert!(Arc::ptr_eq(&third[0], &second[0]) && !Arc::ptr_eq(&third[1], &second[1]));
-        assert_eq!(third[1].accepted, 1);
-        // A session that left takes its row with it.
-        let fourth = rows.rows(vec![worker], &records);
-        assert_eq!(fourth.len(), 1);
-        assert!(Arc::ptr_eq(&fourth[0], &third[1]));
-        assert_eq!(rows.rows.len(), 1);
-    }
-
-    fn line(k: usize) -> CreditLine {
-        CreditLine {
+    fn line(k: usize) -> Arc<CreditLine> {
+        Arc::new(CreditLine {
             key: format!("{k:064x}"),
             ..Default::default()
-        }
+        })
     }
 
     #[test]

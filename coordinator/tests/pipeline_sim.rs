@@ -17,6 +17,7 @@ use tessera_compute::reference::ModelParams;
 use tessera_compute::shard::{MicroShard, ShardTensors};
 use tessera_coordinator::core::spec::PipelineSpec;
 use tessera_coordinator::core::{Action, ConnId, Core, Input, Phase, RunSpec};
+use tessera_coordinator::status::{status_of, StatusRows};
 use tessera_protocol::messages::{LogHead, SessionMessage, Update, Verdict};
 use tessera_protocol::pipeline::{HeadSlice, Pass, PipeResult, PipeWork, StepGrads, UnitOutput};
 use tessera_protocol::{ActEncoding, Activation, Code, Identity, TensorPayload, ToContributor};
@@ -124,10 +125,13 @@ struct Run {
     crashes: usize,
     log: Vec<tessera_protocol::log::SignedEntry>,
     receipts: Vec<tessera_protocol::messages::Receipt>,
+    status: StatusRows,
 }
 
 impl Run {
     fn feed(&mut self, sims: &mut [Sim], input: Input) {
+        // The status built from the core's marks of what changed is the status built whole.
+        assert_eq!(self.status.build(&mut self.core), status_of(&self.core));
         let mut queue = vec![input];
         while !queue.is_empty() {
             let input = queue.remove(0);
@@ -310,6 +314,7 @@ fn churn(seed: u64) {
         crashes: 0,
         log: Vec::new(),
         receipts: Vec::new(),
+        status: StatusRows::default(),
     };
     let mut sims: Vec<Sim> = (0..16)
         .map(|i| Sim {

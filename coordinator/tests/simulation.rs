@@ -5,8 +5,8 @@
 //! late. Invariants checked
 //! throughout: no unit or lease is held by a vanished contributor, every slot of a round is
 //! accepted exactly once (so every sample is trained once per round, re-runs carrying the same
-//! samples), the accepted contribution is recorded before its receipt, and every round
-//! completes. The same seed gives the same trace; the test sweeps seeds (see `common::sweep`:
+//! samples), the accepted contribution is recorded before its receipt, the status built from
+//! the core's marks of what changed is the status built whole, and every round completes. The same seed gives the same trace; the test sweeps seeds (see `common::sweep`:
 //! `TESSERA_SIM_SEED=N` reruns one).
 
 mod common;
@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use common::{core, spec};
 use tessera_compute::reference::model::SplitMix;
 use tessera_coordinator::core::{Action, ConnId, Input, Phase};
+use tessera_coordinator::status::{status_of, StatusRows};
 use tessera_protocol::messages::{Capabilities, ContributorKind, SyncMode, Verdict};
 use tessera_protocol::{Identity, ToContributor, ToCoordinator};
 use tessera_worker::cpu::CpuBackend;
@@ -143,6 +144,7 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
     let mut accepted: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
     let mut accepted_units: BTreeSet<u64> = BTreeSet::new();
     let mut works_sent = 0usize;
+    let mut status = StatusRows::default();
     let mut now = 0u64;
     let step = 100;
     while c.phase() != Phase::Finished {
@@ -298,6 +300,15 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                     }
                 }
             }
+        }
+        // Now and then, the status as the coordinator's task builds it (from the core's
+        // marks of what changed since its last build) is the status built whole.
+        if now.is_multiple_of(2_000) {
+            assert_eq!(
+                status.build(&mut c),
+                status_of(&c),
+                "the status from marks at {now} ms"
+            );
         }
         // After this instant's inputs: no session, lease or unit on a vanished contributor.
         for v in c.sessions() {

@@ -13,7 +13,8 @@ use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{Code, Identity, PublicKey, Reason, ToContributor};
 use tessera_train::data::Sampler;
 
-use super::session::{Session, Stage};
+use super::changes::{Marks, MIN_BOUND};
+use super::session::{Session, Sessions, Stage};
 use super::{admin_state, credits, draws, Action, ConnId, RunSpec, RunState};
 
 /// The most leases of one session kept unlogged while its identity has had no verdict.
@@ -36,7 +37,7 @@ pub(super) struct Context {
     pub(super) sampler: Sampler,
     /// The aggregate of the last closed round or step (what produced the current weights).
     pub(super) aggregate: Option<ModelParams<f32>>,
-    pub(super) sessions: BTreeMap<ConnId, Session>,
+    pub(super) sessions: Sessions,
     /// The active sessions' connections by identity (an index of `sessions`, kept by
     /// [`Context::activate`] and [`Context::forget`]), so that finding an identity's sessions
     /// does not walk every connection.
@@ -53,6 +54,8 @@ pub(super) struct Context {
     pub(super) unlogged: BTreeMap<ConnId, Vec<LogEvent>>,
     /// Every identity's record, folded from the log as it is written.
     pub(super) credits: credits::Credits,
+    /// The identities whose record changed since the changes were last taken.
+    pub(super) records_changed: Marks<PublicKey>,
     /// Every choice of who is checked, who checks and who holds what.
     pub(super) draws: draws::Draws,
     pub(super) log: LogWriter,
@@ -79,7 +82,8 @@ impl Context {
             losses: Vec::new(),
             sampler,
             aggregate: None,
-            sessions: BTreeMap::new(),
+            sessions: Sessions::default(),
+            records_changed: Marks::default(),
             active_by_key: BTreeMap::new(),
             joined: BTreeSet::new(),
             unlogged: BTreeMap::new(),
@@ -106,7 +110,10 @@ impl Context {
                 }
             }
         }
-        self.credits.apply(&event);
+        for key in self.credits.apply(&event) {
+            let bound = self.credits.records().len().max(MIN_BOUND);
+            self.records_changed.mark(key, bound);
+        }
         let entry = self.log.append(&self.id, self.now, event);
         debug_assert!(
             entry.encoded_len() <= tessera_protocol::log::MAX_ENTRY_BYTES,

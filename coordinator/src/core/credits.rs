@@ -28,6 +28,8 @@ pub struct Credits {
     refused: BTreeSet<PublicKey>,
     /// The last step or round each identity's work passed a check in.
     last_clean: BTreeMap<PublicKey, u64>,
+    /// The identities whose record the entry being folded changed (empty between entries).
+    touched: Vec<PublicKey>,
 }
 
 impl Credits {
@@ -40,8 +42,13 @@ impl Credits {
         c
     }
 
-    /// Folds one more entry in.
-    pub fn apply(&mut self, event: &LogEvent) {
+    /// Folds one more entry in; returns the identities whose record it changed.
+    pub fn apply(&mut self, event: &LogEvent) -> Vec<PublicKey> {
+        self.fold(event);
+        std::mem::take(&mut self.touched)
+    }
+
+    fn fold(&mut self, event: &LogEvent) {
         match event {
             LogEvent::Joined { key, kind } => self.at(*key).kind = Some(*kind),
             LogEvent::Accepted {
@@ -96,6 +103,9 @@ impl Credits {
     }
 
     fn at(&mut self, key: PublicKey) -> &mut Record {
+        if !self.touched.contains(&key) {
+            self.touched.push(key);
+        }
         self.records.entry(key).or_default()
     }
 

@@ -11,6 +11,7 @@
 pub mod admin;
 mod admin_state;
 mod arbitration;
+mod changes;
 mod context;
 pub mod credits;
 mod draws;
@@ -43,6 +44,7 @@ use tessera_protocol::log::{AdminAction, LogEvent, LogWriter};
 use tessera_protocol::messages::{LogHead, SessionMessage};
 use tessera_protocol::{Code, Identity, PublicKey, Reason, ToCoordinator};
 
+pub use changes::{Changes, Marks};
 pub use credits::Record;
 pub use io::{spelled_out, Action, Input};
 pub use measure::{Measured, Measurement};
@@ -498,18 +500,36 @@ impl Core {
     pub fn sessions(&self) -> Vec<SessionView> {
         self.cx
             .sessions
-            .iter()
-            .filter_map(|(&conn, s)| {
-                s.active().map(|key| SessionView {
-                    conn,
-                    key,
-                    kind: s.kind,
-                    lease: s.lease,
-                    unit: s.unit,
-                    shards: self.lease_shards(s.lease),
-                })
-            })
+            .keys()
+            .filter_map(|&conn| self.session(conn))
             .collect()
+    }
+
+    /// The session of `conn`, if it is active.
+    pub fn session(&self, conn: ConnId) -> Option<SessionView> {
+        let s = self.cx.sessions.get(&conn)?;
+        s.active().map(|key| SessionView {
+            conn,
+            key,
+            kind: s.kind,
+            lease: s.lease,
+            unit: s.unit,
+            shards: self.lease_shards(s.lease),
+        })
+    }
+
+    /// The connections of `key`'s active sessions, lowest first.
+    pub fn conns_of(&self, key: PublicKey) -> Vec<ConnId> {
+        self.cx.conns_of(key)
+    }
+
+    /// What changed since this was last asked (everything, the first time): the sessions
+    /// ([`Core::session`]) and the identities' records ([`Core::records`]) to show anew.
+    pub fn take_changes(&mut self) -> Changes {
+        Changes {
+            sessions: self.cx.sessions.take_changed(),
+            records: self.cx.records_changed.take(),
+        }
     }
 
     /// The micro-shards a lease holds, by name.

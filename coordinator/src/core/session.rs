@@ -2,9 +2,13 @@
 //! liveness, lease and unit in progress), and the view of it the core shows outside. The
 //! handlers that move a session along are `sessions.rs`.
 
+use std::collections::BTreeMap;
+use std::ops::Deref;
+
 use tessera_protocol::messages::{Capabilities, ContributorKind};
 use tessera_protocol::{PublicKey, ReplayGuard};
 
+use super::changes::{Marks, MIN_BOUND};
 use super::ConnId;
 
 /// Where a session is in its life.
@@ -40,6 +44,60 @@ impl Session {
     /// The identity, once the handshake is done.
     pub(super) fn active(&self) -> Option<PublicKey> {
         (self.stage == Stage::Active).then_some(self.key).flatten()
+    }
+}
+
+/// The sessions by connection, noting which changed since the changes were last taken
+/// (`changes.rs`): every change goes through [`Sessions::insert`], [`Sessions::get_mut`] or
+/// [`Sessions::remove`], which mark the connection; reading goes through `Deref`.
+#[derive(Default)]
+pub(super) struct Sessions {
+    map: BTreeMap<ConnId, Session>,
+    changed: Marks<ConnId>,
+}
+
+impl Deref for Sessions {
+    type Target = BTreeMap<ConnId, Session>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Sessions {
+    /// Adds (or replaces) the session of `conn`.
+    pub(super) fn insert(&mut self, conn: ConnId, s: Session) -> Option<Session> {
+        self.touch(conn);
+        self.map.insert(conn, s)
+    }
+
+    /// The session of `conn`, to change.
+    pub(super) fn get_mut(&mut self, conn: &ConnId) -> Option<&mut Session> {
+        if self.map.contains_key(conn) {
+            self.touch(*conn);
+        }
+        self.map.get_mut(conn)
+    }
+
+    /// Removes the session of `conn`.
+    pub(super) fn remove(&mut self, conn: &ConnId) -> Option<Session> {
+        let s = self.map.remove(conn);
+        if s.is_some() {
+            self.touch(*conn);
+        }
+        s
+    }
+
+    /// Marks `conn`'s session changed: for what it shows that lives outside it (the
+    /// micro-shards its lease holds).
+    pub(super) fn touch(&mut self, conn: ConnId) {
+        let bound = self.map.len().max(MIN_BOUND);
+        self.changed.mark(conn, bound);
+    }
+
+    /// The connections whose session changed since last asked.
+    pub(super) fn take_changed(&mut self) -> Marks<ConnId> {
+        self.changed.take()
     }
 }
 

@@ -137,6 +137,7 @@ impl Pipe {
             "re-leasing a spare replica onto an uncovered micro-shard"
         );
         self.holdings.remove(&lease);
+        cx.sessions.touch(conn);
         self.offer_lease(cx, conn);
     }
 
@@ -144,7 +145,9 @@ impl Pipe {
     /// gradient sums it had not yet delivered.
     pub(in crate::core) fn lease_lost(&mut self, cx: &mut Context, lease: u64) {
         self.expire_audits(cx, Some(lease));
-        self.holdings.remove(&lease);
+        if let Some(h) = self.holdings.remove(&lease) {
+            cx.sessions.touch(h.conn);
+        }
         let step = &mut self.step;
         let lost: Vec<u64> = step
             .units
