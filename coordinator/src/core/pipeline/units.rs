@@ -354,7 +354,7 @@ mod tests {
     use tessera_protocol::log::{CheckOutcome, LogEvent};
     use tessera_protocol::messages::LogHead;
     use tessera_protocol::pipeline::{Pass, PipeResult, UnitOutput};
-    use tessera_protocol::{Activation, PublicKey};
+    use tessera_protocol::{Activation, Code, PublicKey};
 
     /// An active session of the identity seeded by `seed` on `conn` with `lease`, which holds
     /// the embedding; its identity.
@@ -445,6 +445,52 @@ mod tests {
             cx.sessions[&0].unit.is_some(),
             "the new lease runs other work"
         );
+    }
+
+    #[test]
+    fn an_output_for_a_unit_not_open_or_not_its_own_is_rejected_and_changes_nothing() {
+        let spec = spec();
+        let mut cx = context(spec.clone());
+        let mut p = pipe(&spec, vec![(0, 0)]);
+        let one = active(&mut cx, 1, 1, Some(1));
+        let two = embedding_holder(&mut cx, &mut p, 2, 2, 2);
+        p.schedule(&mut cx);
+        let unit = cx.sessions[&1].unit.expect("work for lease 1");
+        let before = p.step.mbs[0].cover(0, Pass::Forward).shards.clone();
+        let (seq, d) = (cx.spec.seq as usize, cx.spec.model.hidden_size);
+        let output = |unit, lease| UnitOutput {
+            unit,
+            lease,
+            weights: 0,
+            result: PipeResult::Activation(Activation::encode(
+                &[seq, d],
+                &vec![0.5; seq * d],
+                spec.pipeline.as_ref().expect("a pipeline").activations,
+            )),
+            log_head: LogHead::default(),
+        };
+        cx.out.clear();
+        // A unit that was never handed out, then lease 1's unit sent by lease 2.
+        p.output(&mut cx, 1, one, 1, output(unit + 1_000_000, 1));
+        p.output(&mut cx, 2, two, 1, output(unit, 2));
+        let codes: Vec<Code> = cx
+            .out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Logged(e) => match &e.entry.event {
+                    LogEvent::Rejected { reason, .. } => Some(reason.code),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(codes, [Code::NotOpen, Code::NotOpen]);
+        assert_eq!(
+            cx.sessions[&1].unit,
+            Some(unit),
+            "lease 1 still runs its unit"
+        );
+        assert_eq!(p.step.mbs[0].cover(0, Pass::Forward).shards, before);
     }
 
     /// Connection `conn`'s unit's output: an embedding activation filled with `value`.
