@@ -20,7 +20,7 @@ use tessera_compute::shard::{MicroShard, ShardTensors};
 use tessera_coordinator::core::spec::PipelineSpec;
 use tessera_coordinator::core::{Action, ConnId, Core, Input, Phase, RunSpec};
 use tessera_coordinator::status::{status_of, StatusRows};
-use tessera_protocol::messages::{Capabilities, ContributorKind, Update, Verdict};
+use tessera_protocol::messages::{ContributorKind, Update, Verdict};
 use tessera_protocol::pipeline::{HeadSlice, Pass, PipeResult, PipeWork};
 use tessera_protocol::{ActEncoding, Activation, Code, Identity, TensorPayload, ToContributor};
 use tessera_train::schedule::Schedule;
@@ -196,7 +196,11 @@ struct Sim {
 impl Sim {
     /// A fresh session on `conn` (a restarted worker keeps only its identity).
     fn connect(&mut self, conn: ConnId) {
-        self.session = Session::new(self.id.clone(), ContributorKind::Native, caps());
+        self.session = Session::new(
+            self.id.clone(),
+            ContributorKind::Native,
+            common::scripted_caps(1000),
+        );
         self.compute.owed.clear();
         self.compute.held.clear();
         self.inbox.clear();
@@ -205,20 +209,14 @@ impl Sim {
     }
 }
 
-/// What a simulated contributor declares: a memory budget for one micro-shard of the run.
-fn caps() -> Capabilities {
-    Capabilities {
-        adapter: "scripted".into(),
-        backend: "none".into(),
-        max_binding_bytes: 1 << 27,
-        memory_budget_bytes: 1000,
-    }
-}
-
 fn sim(i: u64, seed: u64) -> Sim {
     let id = Identity::from_seed([i as u8; 32]);
     Sim {
-        session: Session::new(id.clone(), ContributorKind::Native, caps()),
+        session: Session::new(
+            id.clone(),
+            ContributorKind::Native,
+            common::scripted_caps(1000),
+        ),
         id,
         compute: Scripted::new(seed * 1000 + i),
         conn: None,

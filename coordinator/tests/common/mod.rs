@@ -8,7 +8,6 @@ pub mod harness;
 use tessera_compute::hf::tensor_shapes;
 use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::ModelParams;
-use tessera_compute::shard::MicroShard;
 use tessera_compute::ModelConfig;
 use tessera_coordinator::core::{Core, RunSpec};
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
@@ -16,7 +15,7 @@ use tessera_protocol::messages::{
     Capabilities, ContributorKind, LogHead, NamedTensor, SessionMessage, Submission, SyncMode,
     Update, Work,
 };
-use tessera_protocol::{Identity, PublicKey, Signed, TensorPayload, ToContributor, ToCoordinator};
+use tessera_protocol::{Identity, PublicKey, Signed, TensorPayload, ToCoordinator};
 
 /// A 1-layer model small enough to simulate a thousand contributors.
 pub fn tiny_model() -> ModelConfig {
@@ -150,55 +149,15 @@ impl Client {
     }
 }
 
-/// A scripted pipeline contributor's handshake and lease download: the proof for a challenge,
-/// and `Ready` once a lease's weight frames are in (frames after a step's new weights do not
-/// re-send it). `None` for any other message.
-pub fn lease_download(
-    client: &mut Client,
-    lease: &mut Option<(u64, Vec<MicroShard>)>,
-    frames: &mut u32,
-    msg: &ToContributor,
-) -> Option<Vec<ToCoordinator>> {
-    let ready = |client: &mut Client, lease| {
-        vec![client.signed(SessionMessage::Ready {
-            lease,
-            log_head: LogHead::default(),
-        })]
-    };
-    Some(match msg {
-        ToContributor::Challenge {
-            nonce, coordinator, ..
-        } => vec![client.proof(*nonce, coordinator)],
-        ToContributor::Lease(l) => {
-            let cfg = tiny_model();
-            let shards = l
-                .shards
-                .iter()
-                .map(|x| tessera_train::shards::from_wire(x, &cfg).unwrap())
-                .collect();
-            *lease = Some((l.lease, shards));
-            *frames = l.frames;
-            if l.frames == 0 {
-                ready(client, l.lease)
-            } else {
-                vec![]
-            }
-        }
-        ToContributor::Weights { lease: l, .. } => {
-            *frames = frames.saturating_sub(1);
-            if *frames == 0 && lease.as_ref().map(|x| x.0) == Some(*l) {
-                ready(client, *l)
-            } else {
-                vec![]
-            }
-        }
-        ToContributor::StepWeights { frames: n, .. } => {
-            // The frames that follow must not re-send Ready: count them down separately.
-            *frames = n + u32::MAX / 2;
-            vec![]
-        }
-        _ => return None,
-    })
+/// What a scripted contributor over the worker's real session declares: no GPU, and a memory
+/// budget of `budget` bytes.
+pub fn scripted_caps(budget: u64) -> Capabilities {
+    Capabilities {
+        adapter: "scripted".into(),
+        backend: "none".into(),
+        max_binding_bytes: 1 << 27,
+        memory_budget_bytes: budget,
+    }
 }
 
 /// The environment variable that reruns one seed of a simulation alone.
