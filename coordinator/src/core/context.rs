@@ -149,9 +149,9 @@ impl Context {
             return;
         }
         let Some(kind) = self
-            .sessions
-            .values()
-            .find(|s| s.active() == Some(key))
+            .conns_of(key)
+            .first()
+            .and_then(|c| self.sessions.get(c))
             .map(|s| s.kind)
         else {
             return;
