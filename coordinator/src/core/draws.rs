@@ -7,7 +7,7 @@
 
 use tessera_protocol::PublicKey;
 
-use super::ConnId;
+use super::{ConnId, Share};
 
 /// A micro-shard's place: (stage, index in the stage).
 type ShardId = (usize, usize);
@@ -40,23 +40,29 @@ impl Draws {
         Draws { seed }
     }
 
-    /// A number in `[0, 1]` from `what` (which holds the seed).
-    fn uniform<T: serde::Serialize>(what: &T) -> f64 {
+    /// A 64-bit draw from `what` (which holds the seed): the first 8 bytes of its hash.
+    fn draw<T: serde::Serialize>(what: &T) -> u64 {
         let h = super::digest(what);
         let mut first = [0u8; 8];
         first.copy_from_slice(&h[..8]);
-        u64::from_le_bytes(first) as f64 / u64::MAX as f64
+        u64::from_le_bytes(first)
     }
 
     /// Whether the update `key` sent for `slot` of `round` is drawn for the checks at the
     /// round's close (and a replay, where the run replays), at `rate`.
-    pub(super) fn update_checked(&self, round: u64, slot: u64, key: PublicKey, rate: f64) -> bool {
-        Self::uniform(&("loss-check", self.seed, round, slot, key)) < rate
+    pub(super) fn update_checked(
+        &self,
+        round: u64,
+        slot: u64,
+        key: PublicKey,
+        rate: Share,
+    ) -> bool {
+        rate.takes(Self::draw(&("loss-check", self.seed, round, slot, key)))
     }
 
     /// Whether `lease`'s work (of `key`) in pipeline step `step` is audited, at `rate`.
-    pub(super) fn lease_audited(&self, step: u64, lease: u64, key: PublicKey, rate: f64) -> bool {
-        Self::uniform(&("check", self.seed, step, lease, key)) < rate
+    pub(super) fn lease_audited(&self, step: u64, lease: u64, key: PublicKey, rate: Share) -> bool {
+        rate.takes(Self::draw(&("check", self.seed, step, lease, key)))
     }
 
     /// Who replays a whole-model unit: the first free candidate (candidates come in connection
@@ -144,7 +150,7 @@ mod tests {
         let (a, b) = (Draws::new(1), Draws::new(2));
         let draws = |d: Draws| -> Vec<bool> {
             (0..64)
-                .map(|slot| d.update_checked(3, slot, key(1), 0.5))
+                .map(|slot| d.update_checked(3, slot, key(1), Share::of(0.5)))
                 .collect()
         };
         assert_eq!(
@@ -155,7 +161,7 @@ mod tests {
         assert_ne!(draws(a), draws(b), "another seed draws otherwise");
         // The two kinds of draw do not share their numbers.
         let lease: Vec<bool> = (0..64)
-            .map(|l| a.lease_audited(3, l, key(1), 0.5))
+            .map(|l| a.lease_audited(3, l, key(1), Share::of(0.5)))
             .collect();
         assert_ne!(draws(a), lease);
     }
@@ -166,7 +172,7 @@ mod tests {
         let n = 4000;
         let share = |rate: f64| {
             (0..n)
-                .filter(|&s| d.update_checked(0, s, key(2), rate))
+                .filter(|&s| d.update_checked(0, s, key(2), Share::of(rate)))
                 .count() as f64
                 / n as f64
         };
@@ -175,7 +181,7 @@ mod tests {
         let quarter = share(0.25);
         assert!((quarter - 0.25).abs() < 0.03, "{quarter}");
         let audited = (0..n)
-            .filter(|&l| d.lease_audited(5, l, key(2), 0.1))
+            .filter(|&l| d.lease_audited(5, l, key(2), Share::of(0.1)))
             .count() as f64
             / n as f64;
         assert!((audited - 0.1).abs() < 0.02, "{audited}");

@@ -29,6 +29,7 @@ mod run_state;
 mod samples;
 mod session;
 mod sessions;
+mod share;
 pub mod spec;
 mod spec_builder;
 mod validate;
@@ -52,6 +53,7 @@ pub use replica_checks::HeldOutScore;
 pub use results::{Contribution, RoundSummary, Snapshot};
 pub use run_state::{End, Phase, RunState};
 pub use session::SessionView;
+pub use share::Share;
 pub use spec::RunSpec;
 pub use weight_stream::WeightStream;
 

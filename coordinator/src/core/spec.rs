@@ -166,10 +166,11 @@ impl RunSpec {
 impl ChecksSpec {
     /// The share of work checked for an identity with `passed` clean steps (steps or rounds
     /// in which checks of its work passed): `new_rate` during its first `halving`, then halved
-    /// every `halving` more, down to `min_rate`.
-    pub fn rate(&self, passed: u64) -> f64 {
-        let halvings = (passed / self.halving.max(1)) as f64;
-        (self.new_rate * 0.5f64.powf(halvings)).max(self.min_rate)
+    /// every `halving` more, down to `min_rate`; in integers (`share.rs`), so that every
+    /// platform draws the same.
+    pub fn rate(&self, passed: u64) -> super::Share {
+        let halved = super::Share::of(self.new_rate).halved(passed / self.halving.max(1));
+        halved.max(super::Share::of(self.min_rate))
     }
 
     /// The values make sense.
