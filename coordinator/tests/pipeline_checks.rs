@@ -356,3 +356,35 @@ fn an_attacker_under_the_tolerance_biases_a_step_by_at_most_the_tolerance() {
     assert!(bias > 0.0, "the attackers did move the update");
     assert!(bias <= tol, "bias {bias:e} beyond the tolerance {tol:e}");
 }
+
+#[test]
+fn a_pair_that_disputes_every_check_cannot_stall_the_run() {
+    // Fourteen contributors, one micro-shard each: every one of the seven micro-shards has two
+    // holders, so each check is run by the other holder and no third can settle a
+    // disagreement. The second holder of the first micro-shard sends random gradient sums:
+    // the checks of that micro-shard's two leases end disputed. A disputed step runs again a
+    // bounded number of times, then commits unverified, and the run finishes.
+    let mut roles = vec![Role::Honest; 14];
+    roles[7] = Role::RandomGrads;
+    let (run, sims, _) = simulate(&roles, ChecksSpec::default());
+    let count = |f: fn(&LogEvent) -> bool| run.log.iter().filter(|e| f(&e.entry.event)).count();
+    let disputed = count(|e| {
+        matches!(
+            e,
+            LogEvent::Checked {
+                outcome: CheckOutcome::Disputed(_),
+                ..
+            }
+        )
+    });
+    let discarded = count(|e| matches!(e, LogEvent::Discarded { .. }));
+    let closed = count(|e| matches!(e, LogEvent::Closed { .. }));
+    println!("{disputed} disputed checks, {discarded} steps run again, {closed} closed");
+    assert_eq!(closed, STEPS as usize, "every step closed");
+    assert!(disputed > 0, "the checks were disputed");
+    assert!(discarded > 0, "disputed steps ran again first");
+    // Nobody was found wrong, so nobody was refused; both stay on probation.
+    for s in &sims {
+        assert!(!run.core.is_refused(&s.session.key()), "{:?}", s.role);
+    }
+}

@@ -209,7 +209,10 @@ impl Run {
 
     /// Answers every unit until the run finishes or nothing more happens.
     fn drain(&mut self) {
+        let mut answered = 0;
         while let Some((conn, w)) = self.queue.pop_front() {
+            answered += 1;
+            assert!(answered < 100_000, "the run goes on without end");
             let k = conn as usize - 1;
             if self.sims[k].dead || w.round != self.core.round() {
                 continue;
@@ -385,6 +388,25 @@ fn a_lying_auditor_is_outvoted_and_refused() {
         assert!(!r.core.is_refused(&k));
     }
     assert_eq!(r.applied.len(), 2);
+}
+
+#[test]
+fn a_pair_that_disputes_every_replay_cannot_stall_a_round() {
+    // Two contributors, two slots: each replays the other's unit, the cheat scales what it
+    // computes, and no third can settle it. Each disputed slot runs again a bounded number of
+    // times, then its update stands unverified; the run finishes and nobody is refused.
+    let r = run(2, 2, &[1.0, 1.5]);
+    assert_eq!(r.core.phase(), Phase::Finished, "the run finished");
+    let checks = checked(&r.log);
+    let disputed = checks
+        .iter()
+        .filter(|(_, _, o)| matches!(o, CheckOutcome::Disputed(_)))
+        .count();
+    println!("{disputed} disputed replays of {}", checks.len());
+    assert!(disputed > 0, "{checks:?}");
+    for k in [Client::new(40).key(), Client::new(41).key()] {
+        assert!(!r.core.is_refused(&k));
+    }
 }
 
 #[test]

@@ -101,10 +101,53 @@ pub(crate) fn nobody_left(first_disagreed: bool, skipped: &str, disputed: &str) 
     }
 }
 
+/// How many times a step (pipeline) or a slot (whole-model round) whose checks end disputed
+/// runs again; after that the work stands unverified: nobody is refused, its parties earn no
+/// verified credit for it and are on probation (`credits.rs`), so that a pair of disagreeing
+/// identities cannot make the run repeat the same work without end.
+pub(crate) const MAX_DISPUTED_RERUNS: u32 = 2;
+
+/// What comes after a step's or a slot's checks, given whether one found something (`failed`:
+/// someone was found wrong, or the checks ended disputed), whether every such finding is a
+/// dispute, and how many times the work already ran again for disputes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterChecks {
+    /// The work stands.
+    Stands,
+    /// The work stands, unverified: its checks stayed disputed after every re-run.
+    StandsDisputed,
+    /// The work runs again.
+    RunsAgain,
+}
+
+/// The pure decision of [`AfterChecks`].
+pub(crate) fn after_checks(failed: bool, only_disputed: bool, reruns: u32) -> AfterChecks {
+    match (failed, only_disputed) {
+        (false, _) => AfterChecks::Stands,
+        (true, true) if reruns >= MAX_DISPUTED_RERUNS => AfterChecks::StandsDisputed,
+        (true, _) => AfterChecks::RunsAgain,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tessera_protocol::Identity;
+
+    #[test]
+    fn disputed_work_runs_again_a_bounded_number_of_times_and_found_wrong_work_always() {
+        assert_eq!(after_checks(false, false, 0), AfterChecks::Stands);
+        assert_eq!(after_checks(false, false, 9), AfterChecks::Stands);
+        for reruns in 0..MAX_DISPUTED_RERUNS {
+            assert_eq!(after_checks(true, true, reruns), AfterChecks::RunsAgain);
+        }
+        assert_eq!(
+            after_checks(true, true, MAX_DISPUTED_RERUNS),
+            AfterChecks::StandsDisputed
+        );
+        // Someone found wrong: whatever the disputes, the work runs again.
+        assert_eq!(after_checks(true, false, 99), AfterChecks::RunsAgain);
+    }
 
     fn key(seed: u8) -> PublicKey {
         Identity::from_seed([seed; 32]).public()

@@ -90,7 +90,16 @@ impl Credits {
                         }
                     }
                     CheckOutcome::Failed(_) => self.refuse(*key),
-                    CheckOutcome::Skipped(_) | CheckOutcome::Disputed(_) => {}
+                    CheckOutcome::Disputed(_) => {
+                        // One of them is wrong and nobody could say who: every party is on
+                        // probation again (checked at the new identity's rate).
+                        for k in std::iter::once(key).chain(auditors) {
+                            if self.records.contains_key(k) {
+                                self.at(*k).clean_steps = 0;
+                            }
+                        }
+                    }
+                    CheckOutcome::Skipped(_) => {}
                 }
                 for &k in credited {
                     if !self.refused.contains(&k) {
@@ -215,6 +224,39 @@ mod tests {
             outcome,
             flops: 5.0,
         }
+    }
+
+    #[test]
+    fn a_dispute_puts_its_parties_on_probation_and_verifies_nothing() {
+        let (a, b, outsider) = (key(1), key(2), key(3));
+        let passed = |k, step| LogEvent::Checked {
+            key: k,
+            step,
+            auditors: Vec::new(),
+            outcome: CheckOutcome::Passed,
+            flops: 0.0,
+            credited: Vec::new(),
+        };
+        let mut log = vec![accepted(a, 10.0, false), accepted(b, 10.0, false)];
+        log.extend((0..5).flat_map(|s| [passed(a, s), passed(b, s)]));
+        log.push(accepted(a, 7.0, true));
+        let mut cr = Credits::from_log(&log);
+        assert_eq!((cr.clean_steps(&a), cr.clean_steps(&b)), (5, 5));
+        let why = tessera_protocol::Reason::new(tessera_protocol::Code::Disputed, "no third");
+        let touched = cr.apply(&checked(a, vec![b, outsider], CheckOutcome::Disputed(why)));
+        assert_eq!((cr.clean_steps(&a), cr.clean_steps(&b)), (0, 0));
+        assert_eq!(touched, vec![a, b], "the parties' records changed");
+        assert!(
+            !cr.records().contains_key(&outsider),
+            "no record made for a stranger"
+        );
+        let r = &cr.records()[&a];
+        assert_eq!(
+            (r.flops, r.pending_flops),
+            (10.0, 7.0),
+            "nothing verified by a dispute"
+        );
+        assert!(!cr.is_refused(&a) && !cr.is_refused(&b), "nobody refused");
     }
 
     #[test]

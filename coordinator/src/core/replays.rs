@@ -17,7 +17,7 @@ use tessera_train::drift::rel_l2;
 use tessera_train::sparseloco::{matches_compression, Compressed};
 use tessera_train::update::two_d;
 
-use super::arbitration::{arbitrate, nobody_left, Found, Ruling};
+use super::arbitration::{after_checks, arbitrate, nobody_left, AfterChecks, Found, Ruling};
 use super::context::Context;
 use super::draws::Candidate;
 use super::part::Part;
@@ -381,7 +381,19 @@ impl Replicas {
                 }
                 false
             }
-            CheckOutcome::Disputed(_) => true,
+            CheckOutcome::Disputed(_) => {
+                let reruns = self.round.disputed.entry(slot).or_default();
+                let again = after_checks(true, true, *reruns) == AfterChecks::RunsAgain;
+                *reruns += u32::from(again);
+                if !again {
+                    tracing::warn!(
+                        round,
+                        slot,
+                        "the slot's replay stayed disputed: its update stands unverified"
+                    );
+                }
+                again
+            }
             CheckOutcome::Passed | CheckOutcome::Skipped(_) => false,
         };
         if rerun && self.round.slot_update(slot, case.unit).is_some() {

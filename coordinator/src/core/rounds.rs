@@ -48,6 +48,9 @@ pub(super) struct Round {
     /// When the round opened (ms): a quorum of the slots closes it once the round's deadline
     /// has passed.
     opened: u64,
+    /// Per slot, how many times it ran again because its replay ended disputed (at most
+    /// `arbitration::MAX_DISPUTED_RERUNS`; then its update stands unverified).
+    pub(super) disputed: BTreeMap<u64, u32>,
     /// The CPU reference measurements its checks asked for, once complete.
     pub(super) measuring: Option<super::measure::Measuring>,
 }
@@ -62,6 +65,7 @@ impl Round {
             replays: Default::default(),
             barred: Default::default(),
             opened: now,
+            disputed: BTreeMap::new(),
             measuring: None,
         }
     }

@@ -415,6 +415,21 @@ impl Pipe {
 }
 
 impl super::Pipe {
+    /// Whether every resolved check that stops the step ended disputed (nobody found wrong).
+    pub(super) fn only_disputed(&self) -> bool {
+        let mut disputed = false;
+        for a in self.step.audits.values() {
+            match &a.phase {
+                AuditPhase::Resolved(CheckOutcome::Disputed(_)) => disputed = true,
+                AuditPhase::Resolved(CheckOutcome::Failed(_) | CheckOutcome::AuditorFailed(_)) => {
+                    return false
+                }
+                _ => {}
+            }
+        }
+        disputed
+    }
+
     /// Whether a resolved check means the step cannot commit, and why.
     pub(super) fn audit_failure(&self) -> Option<Reason> {
         let pipe = self;
@@ -475,6 +490,11 @@ mod tests {
                 .insert(4, audit(4, AuditPhase::Resolved(outcome.clone())));
             let stop = p.audit_failure().expect("the step cannot commit");
             assert_eq!(stop.code, Code::Discarded, "{outcome:?}");
+            assert_eq!(
+                p.only_disputed(),
+                matches!(outcome, CheckOutcome::Disputed(_)),
+                "{outcome:?}"
+            );
             let who = Identity::from_seed([4; 32]).public().fingerprint();
             assert!(stop.text.as_str().contains(&who), "{stop:?}");
         }

@@ -180,6 +180,9 @@ pub(super) struct Pipe {
     pub(super) step: Step,
     /// The optimizer state of every micro-shard, and the step that moves the weights.
     pub(super) optimizer: optimizer::HeldByCoordinator,
+    /// How many times the open step ran again because its checks ended disputed (at most
+    /// `arbitration::MAX_DISPUTED_RERUNS`; then it commits unverified).
+    pub(super) disputed_reruns: u32,
 }
 
 impl Pipe {

@@ -17,6 +17,7 @@ use tessera_train::sparseloco::SparseConfig;
 use super::route::Relay;
 use super::StepState;
 use super::{Collecting, Cover, MicroBatch, Pipe, ShardId, ShardState, Step};
+use crate::core::arbitration::{after_checks, AfterChecks};
 use crate::core::context::Context;
 use crate::core::part::Part;
 use crate::core::{Action, ConnId, End, RoundSummary, RunSpec, RunState};
@@ -195,9 +196,25 @@ impl Pipe {
         }
         let done = self.step.collecting.is_empty() && self.step.owed.values().all(Vec::is_empty);
         if done && self.audits_resolved(cx) {
-            match self.audit_failure() {
-                Some(why) => self.discard_step(cx, why),
-                None => self.close_step(cx),
+            let failure = self.audit_failure();
+            let only_disputed = self.only_disputed();
+            match (
+                after_checks(failure.is_some(), only_disputed, self.disputed_reruns),
+                failure,
+            ) {
+                (AfterChecks::RunsAgain, Some(why)) => {
+                    self.disputed_reruns += u32::from(only_disputed);
+                    self.discard_step(cx, why)
+                }
+                (AfterChecks::StandsDisputed, _) => {
+                    tracing::warn!(
+                        step,
+                        reruns = self.disputed_reruns,
+                        "the step's checks stayed disputed: it commits unverified"
+                    );
+                    self.close_step(cx)
+                }
+                _ => self.close_step(cx),
             }
         }
     }
@@ -261,6 +278,7 @@ impl Pipe {
     /// weights to every lease, next step.
     fn close_step(&mut self, cx: &mut Context) {
         let number = self.step.number;
+        self.disputed_reruns = 0;
         let grads = std::mem::replace(&mut self.step.grads, ModelParams::zeros(&cx.spec.model));
         let rule = crate::core::rules::RunRules::of(&cx.spec).step;
         let weights = std::sync::Arc::make_mut(&mut cx.weights);
@@ -430,6 +448,7 @@ impl Pipe {
             holdings: BTreeMap::new(),
             step,
             optimizer: super::HeldByCoordinator::default(),
+            disputed_reruns: 0,
         }
     }
 }
