@@ -31,6 +31,8 @@ struct Sim {
     client: Client,
     scale: f32,
     dead: bool,
+    /// Answers its next unit first, with the update of another contributor's queued unit.
+    copies: bool,
 }
 
 /// The unit trained honestly from `weights`: inner SGD on its tokens; the pseudo-gradient and
@@ -132,6 +134,7 @@ fn sims(first: u64, scales: &[f32]) -> Vec<Sim> {
             client: Client::new(first + i as u64),
             scale,
             dead: false,
+            copies: false,
         })
         .collect()
 }
@@ -210,14 +213,31 @@ impl Run {
     /// Answers every unit until the run finishes or nothing more happens.
     fn drain(&mut self) {
         let mut answered = 0;
-        while let Some((conn, w)) = self.queue.pop_front() {
+        loop {
+            // A copier answers first.
+            let first = self
+                .queue
+                .iter()
+                .position(|(c, _)| self.sims[*c as usize - 1].copies)
+                .unwrap_or(0);
+            let Some((conn, w)) = self.queue.remove(first) else {
+                break;
+            };
             answered += 1;
             assert!(answered < 100_000, "the run goes on without end");
             let k = conn as usize - 1;
             if self.sims[k].dead || w.round != self.core.round() {
                 continue;
             }
-            let (delta, loss_sum, tokens) = train(self.core.weights(), &w);
+            let victim = self
+                .queue
+                .iter()
+                .find(|(c, v)| *c != conn && v.round == w.round)
+                .map(|(_, v)| v.clone())
+                .filter(|_| self.sims[k].copies);
+            self.sims[k].copies = false;
+            let (delta, loss_sum, tokens) =
+                train(self.core.weights(), victim.as_ref().unwrap_or(&w));
             let sub = submission(
                 &w,
                 &delta,
@@ -407,6 +427,42 @@ fn a_pair_that_disputes_every_replay_cannot_stall_a_round() {
     for k in [Client::new(40).key(), Client::new(41).key()] {
         assert!(!r.core.is_refused(&k));
     }
+}
+
+#[test]
+fn a_copier_that_sends_its_victim_s_update_first_is_the_one_refused() {
+    // The copier computes the victim's unit (every input is public) and sends that update, as
+    // its own slot's, before the victim sends it. The two are near-identical: a replay of each
+    // decides which is not its slot's, not the order they came in.
+    let mut sp = spec(2, 2, SyncMode::Dense);
+    sp.checks = Some(ChecksSpec::default());
+    sp.clip_to_median = false;
+    let mut r = Run::new(core(sp), sims(40, &[1.0, 1.0, 1.0]));
+    r.sims[1].copies = true;
+    r.join_all();
+    r.drain();
+    assert_eq!(r.core.phase(), Phase::Finished);
+    let (victim, copier) = (Client::new(40).key(), Client::new(41).key());
+    let checks = checked(&r.log);
+    assert!(r.core.is_refused(&copier), "{checks:?}");
+    assert!(
+        !r.core.is_refused(&victim),
+        "the victim is not refused: {checks:?}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|(k, _, o)| *k == copier && matches!(o, CheckOutcome::Failed(_))),
+        "the copier failed its replay: {checks:?}"
+    );
+    assert!(
+        checks
+            .iter()
+            .filter(|(k, _, _)| *k == victim)
+            .all(|(_, _, o)| *o == CheckOutcome::Passed),
+        "{checks:?}"
+    );
+    assert!(r.applied.values().all(|&k| k != 1), "{:?}", r.applied);
 }
 
 #[test]

@@ -86,6 +86,11 @@ impl Replays {
         );
     }
 
+    /// Whether `slot`'s unit is drawn for a replay not yet resolved.
+    pub(super) fn has(&self, slot: u64) -> bool {
+        self.cases.contains_key(&slot)
+    }
+
     /// Whether every replay of the round is resolved.
     pub(super) fn resolved(&self) -> bool {
         self.cases.is_empty()
@@ -394,7 +399,11 @@ impl Replicas {
                 }
                 again
             }
-            CheckOutcome::Passed | CheckOutcome::Skipped(_) => false,
+            CheckOutcome::Passed => {
+                self.round.verified.insert(slot);
+                false
+            }
+            CheckOutcome::Skipped(_) => false,
         };
         if rerun && self.round.slot_update(slot, case.unit).is_some() {
             self.round.reopen(slot);

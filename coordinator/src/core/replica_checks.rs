@@ -186,33 +186,53 @@ impl Replicas {
         dense: &[Vec<f32>],
         checks: &ChecksSpec,
     ) -> Result<bool, Reason> {
-        let current = self.round.accepted_updates().count();
         let mine = top_positions(dense);
-        for (i, o) in self
-            .round
-            .accepted_updates()
-            .chain(self.previous_updates.iter())
-            .enumerate()
-        {
+        let like = |o: &Vec<Vec<f32>>| {
             let top = overlap(&mine, &top_positions(o));
-            if top < checks.copy_overlap {
-                continue;
-            }
-            let cos = cosine(dense, o);
-            if cos >= COPY_COSINE {
-                let whose = if i < current {
-                    "another accepted update of this round"
-                } else {
-                    "an update of the previous round"
-                };
+            let cos = if top < checks.copy_overlap {
+                0.0
+            } else {
+                cosine(dense, o)
+            };
+            (cos >= COPY_COSINE).then(|| {
+                format!(
+                    "{:.0}% of the largest entries shared, cosine {cos:.4}",
+                    top * 100.0
+                )
+            })
+        };
+        let replays = self.replays_on(cx);
+        let mut twins = Vec::new();
+        for (other, unit, owner, o) in self.round.done() {
+            let Some(how) = like(o) else { continue };
+            // With replays, each update is a function of its own slot's samples, so a replay
+            // of both tells which one is not its slot's (the copy: an attacker may compute
+            // another's update and send it first, to get the owner refused as the copier).
+            // Without replays, or once the other passed its replay, the later one is the copy.
+            if !replays || self.round.verified.contains(&other) {
                 return Err(Reason::new(
                     Code::Copy,
-                    format!(
-                        "a copy of {whose} ({:.0}% of the largest entries shared, cosine {cos:.4})",
-                        top * 100.0
-                    ),
+                    format!("a copy of another accepted update of this round ({how})"),
                 ));
             }
+            twins.push((other, unit, owner));
+        }
+        for o in &self.previous_updates {
+            if let Some(how) = like(o) {
+                return Err(Reason::new(
+                    Code::Copy,
+                    format!("a copy of an update of the previous round ({how})"),
+                ));
+            }
+        }
+        if !twins.is_empty() {
+            for (other, unit, owner) in twins {
+                self.round.drawn.insert(other);
+                if !self.round.replays.has(other) {
+                    self.round.replays.draw(other, unit, owner);
+                }
+            }
+            return Ok(true);
         }
         let rate = checks.rate(cx.credits.clean_steps(&key));
         Ok(cx.draws.update_checked(self.round.number, slot, key, rate))

@@ -48,6 +48,8 @@ pub(super) struct Round {
     /// When the round opened (ms): a quorum of the slots closes it once the round's deadline
     /// has passed.
     opened: u64,
+    /// Slots whose accepted update passed its replay this round.
+    pub(super) verified: std::collections::BTreeSet<u64>,
     /// Per slot, how many times it ran again because its replay ended disputed (at most
     /// `arbitration::MAX_DISPUTED_RERUNS`; then its update stands unverified).
     pub(super) disputed: BTreeMap<u64, u32>,
@@ -65,6 +67,7 @@ impl Round {
             replays: Default::default(),
             barred: Default::default(),
             opened: now,
+            verified: Default::default(),
             disputed: BTreeMap::new(),
             measuring: None,
         }
@@ -140,14 +143,7 @@ impl Round {
             *s = Slot::Open;
         }
         self.drawn.remove(&slot);
-    }
-
-    /// The accepted updates of the round (dense).
-    pub(super) fn accepted_updates(&self) -> impl Iterator<Item = &Vec<Vec<f32>>> {
-        self.slots.iter().filter_map(|s| match s {
-            Slot::Done(_, d) => Some(d),
-            _ => None,
-        })
+        self.verified.remove(&slot);
     }
 
     pub(super) fn accepted_slots(&self) -> Vec<u64> {
