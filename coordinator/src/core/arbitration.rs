@@ -49,8 +49,9 @@ pub(crate) enum Found {
         /// How the checked result differs from the third party's answer.
         why: String,
     },
-    /// The third party agrees with neither: two answers from elsewhere differ from the checked
-    /// result, which is refused; nobody is credited.
+    /// The third party agrees with neither: no two answers agree, so nobody can say who is
+    /// wrong. The regimes log it as disputed (refusing the checked result here would let any
+    /// two wrong auditors, colluding or not, get honest work refused); nobody is credited.
     NoneAgree {
         /// How the checked result differs from the third party's answer.
         why: String,

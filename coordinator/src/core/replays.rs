@@ -338,10 +338,10 @@ impl Replicas {
                         Code::CheckFailed,
                         format!("replayed twice elsewhere: {why}"),
                     )),
-                    Found::NoneAgree { why } => CheckOutcome::Failed(Reason::new(
-                        Code::CheckFailed,
+                    Found::NoneAgree { why } => CheckOutcome::Disputed(Reason::new(
+                        Code::Disputed,
                         format!(
-                            "replayed twice elsewhere: {why} (and the two replays disagree with each other)"
+                            "replayed twice elsewhere: {why}, and the two replays disagree with each other"
                         ),
                     )),
                 };

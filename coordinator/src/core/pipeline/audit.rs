@@ -312,9 +312,9 @@ impl Pipe {
                     Found::CheckedWrong { why } => {
                         CheckOutcome::Failed(Reason::new(Code::CheckFailed, why))
                     }
-                    Found::NoneAgree { why } => CheckOutcome::Failed(Reason::new(
-                        Code::CheckFailed,
-                        format!("{why} (and the two auditors disagree with each other)"),
+                    Found::NoneAgree { why } => CheckOutcome::Disputed(Reason::new(
+                        Code::Disputed,
+                        format!("{why}, and the two auditors disagree with each other"),
                     )),
                 };
                 let flops = if d.credited.is_empty() { 0.0 } else { flops };
