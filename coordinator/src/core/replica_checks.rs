@@ -1,7 +1,9 @@
 //! Checks of whole-model submissions (the Templar-style ones, which apply to whole-model
 //! leases only). As an update arrives it is compared with the round's other accepted updates
 //! and the previous round's: one whose largest entries coincide with another's and that points
-//! the same way is a copy (a freeloader's, or a stale result sent again) and is refused. When
+//! the same way is a copy (a freeloader's, or a stale result sent again) and is refused; where
+//! the run replays, two such updates of the same round are both replayed instead, since the
+//! later one may be the owner's (an attacker can compute another's unit and send it first). When
 //! every slot is in, before the round may close: an update whose norm is several times the
 //! round's median is a scaled one; a share of updates, drawn with a rate that falls with the
 //! identity's clean record, is applied alone to the current weights (at its share of the outer
@@ -175,9 +177,12 @@ fn median(v: &[f64]) -> f64 {
 }
 
 impl Replicas {
-    /// Checks an update for `slot` of the open round from `key` as it arrives: a copy of
-    /// another accepted update of this round or the last is refused (`Err` with the reason).
-    /// `Ok(true)` when the update is drawn for a loss check at the round's close.
+    /// Checks an update for `slot` of the open round from `key` as it arrives: a copy of an
+    /// update of the last round is refused (`Err` with the reason), and so is a copy of another
+    /// accepted update of this round where the run does not replay or that update already
+    /// passed its replay; otherwise both near-identical updates are drawn, and their replays
+    /// tell which one is the copy. `Ok(true)` when the update is drawn for the checks at the
+    /// round's close (and a replay, where the run replays).
     pub(super) fn check_update(
         &mut self,
         cx: &mut Context,
