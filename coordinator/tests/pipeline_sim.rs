@@ -21,10 +21,10 @@ use tessera_coordinator::core::spec::PipelineSpec;
 use tessera_coordinator::core::{Action, ConnId, Core, Input, Phase, RunSpec};
 use tessera_coordinator::status::{status_of, StatusRows};
 use tessera_protocol::messages::{ContributorKind, Update, Verdict};
-use tessera_protocol::pipeline::{HeadSlice, Pass, PipeResult, PipeWork};
+use tessera_protocol::pipeline::{Pass, PipeResult, PipeWork};
 use tessera_protocol::{ActEncoding, Activation, Code, Identity, TensorPayload, ToContributor};
 use tessera_train::schedule::Schedule;
-use tessera_train::shards::{from_wire, grads_to_wire};
+use tessera_train::shards::grads_to_wire;
 use tessera_worker::backend::{Backend, Done, Job};
 use tessera_worker::error::WorkerError;
 use tessera_worker::exchange;
@@ -131,8 +131,7 @@ impl Scripted {
             return r;
         }
         if w.pass == Pass::Backward {
-            let shards = w.shards.iter().map(|x| from_wire(x, &cfg).unwrap());
-            self.owed.push((w.unit, shards.collect()));
+            self.owed.push(common::backward_shards(w));
         }
         honest(w, d, seq)
     }
@@ -232,33 +231,9 @@ fn zeros(w: &PipeWork, d: usize, seq: usize) -> PipeResult {
 
 /// The honest result of a unit (its values do not matter to the invariant).
 fn honest(w: &PipeWork, d: usize, seq: usize) -> PipeResult {
-    let cfg = tiny_model();
     match (w.stages[0], w.pass) {
         (0, Pass::Backward) => PipeResult::Accumulated,
-        (HEAD, Pass::Forward) => {
-            let targets = w.tokens.as_ref().unwrap().to_u32().unwrap();
-            PipeResult::HeadStats(
-                w.shards
-                    .iter()
-                    .map(|sh| {
-                        let MicroShard::Head { cols } = from_wire(sh, &cfg).unwrap() else {
-                            panic!("head stage")
-                        };
-                        let mut stats = Vec::new();
-                        let mut owned = Vec::new();
-                        for &t in &targets {
-                            stats.extend([0.0, cols.len() as f32, 0.0]);
-                            owned.push(u8::from(cols.contains(&(t as usize))));
-                        }
-                        HeadSlice {
-                            shard: sh.clone(),
-                            stats: TensorPayload::from_f32(&[seq, 3], &stats),
-                            owned: TensorPayload::from_u8(&[seq], owned),
-                        }
-                    })
-                    .collect(),
-            )
-        }
+        (HEAD, Pass::Forward) => common::head_stats(w, seq, 0.0),
         _ => zeros(w, d, seq),
     }
 }

@@ -8,6 +8,7 @@ pub mod harness;
 use tessera_compute::hf::tensor_shapes;
 use tessera_compute::reference::model::SplitMix;
 use tessera_compute::reference::ModelParams;
+use tessera_compute::shard::MicroShard;
 use tessera_compute::ModelConfig;
 use tessera_coordinator::core::{Core, RunSpec};
 use tessera_protocol::identity::{handshake_message, HANDSHAKE};
@@ -15,7 +16,9 @@ use tessera_protocol::messages::{
     Capabilities, ContributorKind, LogHead, NamedTensor, SessionMessage, Submission, SyncMode,
     Update, Work,
 };
+use tessera_protocol::pipeline::{HeadSlice, PipeResult, PipeWork};
 use tessera_protocol::{Identity, PublicKey, Signed, TensorPayload, ToCoordinator};
+use tessera_train::shards::from_wire;
 
 /// A 1-layer model small enough to simulate a thousand contributors.
 pub fn tiny_model() -> ModelConfig {
@@ -158,6 +161,41 @@ pub fn scripted_caps(budget: u64) -> Capabilities {
         max_binding_bytes: 1 << 27,
         memory_budget_bytes: budget,
     }
+}
+
+/// A head-stage forward's result for the scripted pipeline contributors: for each of `w`'s
+/// head slices and each target token, the statistics `[max, columns, 0]` (a log-sum-exp of
+/// zero) and whether the slice holds the target's column.
+pub fn head_stats(w: &PipeWork, seq: usize, max: f32) -> PipeResult {
+    let targets = w.tokens.as_ref().unwrap().to_u32().unwrap();
+    PipeResult::HeadStats(
+        w.shards
+            .iter()
+            .map(|sh| {
+                let MicroShard::Head { cols } = from_wire(sh, &tiny_model()).unwrap() else {
+                    panic!("head stage")
+                };
+                let mut stats = Vec::new();
+                let mut owned = Vec::new();
+                for &t in &targets {
+                    stats.extend([max, cols.len() as f32, 0.0]);
+                    owned.push(u8::from(cols.contains(&(t as usize))));
+                }
+                HeadSlice {
+                    shard: sh.clone(),
+                    stats: TensorPayload::from_f32(&[seq, 3], &stats),
+                    owned: TensorPayload::from_u8(&[seq], owned),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// A backward unit's id and the micro-shards it ran on (what its lease then owes sums for).
+pub fn backward_shards(w: &PipeWork) -> (u64, Vec<MicroShard>) {
+    let cfg = tiny_model();
+    let shards = w.shards.iter().map(|x| from_wire(x, &cfg).unwrap());
+    (w.unit, shards.collect())
 }
 
 /// The environment variable that reruns one seed of a simulation alone.

@@ -6,9 +6,9 @@ use tessera_compute::shard::{MicroShard, ShardTensors};
 use tessera_coordinator::core::spec::ChecksSpec;
 use tessera_coordinator::core::ConnId;
 use tessera_protocol::messages::Update;
-use tessera_protocol::pipeline::{AuditWork, HeadSlice, Pass, PipeResult, PipeWork};
+use tessera_protocol::pipeline::{AuditWork, Pass, PipeResult, PipeWork};
 use tessera_protocol::{Activation, TensorPayload};
-use tessera_train::shards::{from_wire, grads_to_wire};
+use tessera_train::shards::grads_to_wire;
 use tessera_worker::backend::{Backend, Done, Job};
 use tessera_worker::session::Session;
 use tessera_worker::WorkerError;
@@ -71,7 +71,7 @@ impl RoleCompute {
             }
         }
         if w.pass == Pass::Backward {
-            self.owed.push(owed(w));
+            self.owed.push(crate::common::backward_shards(w));
         }
         r
     }
@@ -83,7 +83,7 @@ impl RoleCompute {
             .units
             .iter()
             .filter(|w| w.pass == Pass::Backward)
-            .map(owed)
+            .map(crate::common::backward_shards)
             .collect();
         let grads = sums(self, &owed);
         Done::Audited(outputs, grads)
@@ -103,13 +103,6 @@ impl RoleCompute {
         self.owed.clear();
         Done::Collected(units, shards)
     }
-}
-
-/// A backward unit's id and micro-shards.
-fn owed(w: &PipeWork) -> (u64, Vec<MicroShard>) {
-    let cfg = tiny_model();
-    let shards = w.shards.iter().map(|x| from_wire(x, &cfg).unwrap());
-    (w.unit, shards.collect())
 }
 
 impl Backend for RoleCompute {
@@ -181,32 +174,11 @@ fn result(s: &mut RoleCompute, w: &PipeWork) -> PipeResult {
     match (w.stages[0], w.pass) {
         (0, Pass::Backward) => PipeResult::Accumulated,
         (HEAD, Pass::Forward) => {
-            let targets = w.tokens.as_ref().unwrap().to_u32().unwrap();
-            PipeResult::HeadStats(
-                w.shards
-                    .iter()
-                    .map(|sh| {
-                        let MicroShard::Head { cols } = from_wire(sh, &cfg).unwrap() else {
-                            panic!("head stage")
-                        };
-                        let mut stats = Vec::new();
-                        let mut owned = Vec::new();
-                        for &t in &targets {
-                            let mut m = (1.0 + 0.01 * version as f32) * (1.0 + s.drift);
-                            if attack && matches!(s.role, Role::WrongActivations | Role::Turncoat) {
-                                m += 0.05;
-                            }
-                            stats.extend([m, cols.len() as f32, 0.0]);
-                            owned.push(u8::from(cols.contains(&(t as usize))));
-                        }
-                        HeadSlice {
-                            shard: sh.clone(),
-                            stats: TensorPayload::from_f32(&[SEQ, 3], &stats),
-                            owned: TensorPayload::from_u8(&[SEQ], owned),
-                        }
-                    })
-                    .collect(),
-            )
+            let mut max = (1.0 + 0.01 * version as f32) * (1.0 + s.drift);
+            if attack && matches!(s.role, Role::WrongActivations | Role::Turncoat) {
+                max += 0.05;
+            }
+            crate::common::head_stats(w, SEQ, max)
         }
         _ => {
             let mut v: Vec<f32> = values(w, version)
