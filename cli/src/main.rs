@@ -14,6 +14,7 @@ mod receipts;
 mod train_local;
 mod verify_cmd;
 mod verify_credits;
+mod verify_draws;
 mod verify_replay;
 mod worker_cmd;
 

@@ -1,8 +1,9 @@
 //! `tessera verify`: checks a run's log — every entry linked to the one before, hashed right and
 //! signed by the coordinator — and, given the checkpoints, that each closed round's or step's
 //! checkpoint holds exactly the weights the log recorded and that replaying the kept aggregates
-//! from a checkpoint reaches them; recomputes every identity's credits from the log (and holds
-//! a live coordinator's status to them). Names the first bad entry.
+//! from a checkpoint reaches them; recomputes every draw of who is checked from the log's draw
+//! chain, and every identity's credits (holding a live coordinator's status to them). Names the
+//! first bad entry.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -332,6 +333,8 @@ pub async fn run(a: Args) -> Result<()> {
             if starts.is_empty() { "-".into() } else { starts.join(", ") }
         );
     }
+    let draws = crate::verify_draws::check(&entries)?;
+    println!("{}", crate::verify_draws::describe(&draws));
     let credits = crate::verify_credits::recompute(&entries, None);
     crate::verify_credits::print(&credits, a.credits);
     if let Some(c) = &claimed {

@@ -3,7 +3,8 @@
 //! one; a live coordinator's credits are the ones its log gives; the log saved to a file
 //! verifies again; and any altered entry, signature, removed entry, checkpoint byte, aggregate
 //! byte or rule fails, as does a coordinator that re-signs its log around weights it did not
-//! reach by its aggregates, naming the first bad entry.
+//! reach by its aggregates or around draws its draw chain does not give, naming the first bad
+//! entry.
 
 mod common;
 
@@ -125,8 +126,13 @@ fn the_log_of_a_restarted_run_verifies_and_any_tampering_is_named() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("three workers' credits: {text}"));
     assert!(verified > 0.0, "{text}");
+    assert!(
+        text.contains("draws recomputed from the draw chain: ") && text.contains("each as logged"),
+        "the run checks work, so its log holds draws: {text}"
+    );
     let (ok, text) = verify(&["--log".as_ref(), saved.as_os_str()]);
     assert!(ok, "the saved log verifies: {text}");
+    draw_cases(&dir, &saved);
 
     let bad = dir.with_extension("bad.json");
     let case = |what: &str, edit: &dyn Fn(&mut Vec<serde_json::Value>), index: u64| {
@@ -210,23 +216,37 @@ fn a_workers_receipts_prove_what_the_coordinator_recorded_even_against_a_re_sign
     assert!(n >= 6, "three workers kept receipts for two rounds: {n}");
 
     // The coordinator (it holds its key) rewrites its history without one accepted
-    // submission and signs the new chain: the log alone verifies, the receipts do not.
+    // submission and signs the new chain: the draws made after it no longer hold.
     let (v, entries) = saved_log(&saved);
     let drop_at = entries
         .iter()
         .position(|e| matches!(e.entry.event, LogEvent::Accepted { .. }))
         .unwrap();
     let forged_path = dir.with_extension("forged.json");
-    write_resigned(
-        &dir,
-        &v,
-        &forged_path,
-        entries
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != drop_at)
-            .map(|(_, e)| (e.entry.time_ms, e.entry.event.clone())),
-    );
+    let resign = |edit: &dyn Fn(usize, &LogEvent) -> Option<LogEvent>| {
+        write_resigned(
+            &dir,
+            &v,
+            &forged_path,
+            entries
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| Some((e.entry.time_ms, edit(i, &e.entry.event)?))),
+        )
+    };
+    resign(&|i, e| (i != drop_at).then(|| e.clone()));
+    let (ok, text) = verify(&["--log".as_ref(), forged_path.as_os_str()]);
+    println!("an accepted submission removed: {}", text.trim());
+    assert!(!ok && text.contains("reveal"), "{text}");
+    // It records another result for that submission instead (its identity being new, every
+    // draw of it is drawn whatever the value): the log alone verifies, the receipts do not.
+    resign(&|i, e| {
+        let mut e = e.clone();
+        if let (true, LogEvent::Accepted { result, .. }) = (i == drop_at, &mut e) {
+            result[0] ^= 1;
+        }
+        Some(e)
+    });
     let (ok, text) = verify(&["--log".as_ref(), forged_path.as_os_str()]);
     assert!(ok, "the re-signed chain is a valid chain: {text}");
     let (ok, text) = verify(&[
@@ -242,6 +262,60 @@ fn a_workers_receipts_prove_what_the_coordinator_recorded_even_against_a_re_sign
             || text.contains("does not record this verdict"),
         "{text}"
     );
+}
+
+/// A coordinator (it holds its key) that alters its draws and re-signs the chain: one draw
+/// of who is checked turned, or a value of its choice revealed; `tessera verify` names the
+/// reveal.
+fn draw_cases(dir: &Path, saved: &Path) {
+    let (v, entries) = saved_log(saved);
+    let reveals: Vec<usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(&e.entry.event, LogEvent::Revealed { drawn, .. } if !drawn.is_empty()))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(reveals.len() >= 12, "a reveal after each accepted update");
+    let at = reveals[reveals.len() / 2];
+    type Edit<'a> = (&'a str, &'a dyn Fn(&mut LogEvent));
+    let edits: [Edit; 3] = [
+        ("a draw turned", &|e| {
+            if let LogEvent::Revealed { drawn, .. } = e {
+                drawn[0] ^= 1;
+            }
+        }),
+        ("a value of the coordinator's choice", &|e| {
+            if let LogEvent::Revealed { value, .. } = e {
+                value[0] ^= 1;
+            }
+        }),
+        ("a segment committed again", &|e| {
+            *e = LogEvent::DrawChain {
+                segment: 0,
+                tip: [0; 32],
+                rates: None,
+            }
+        }),
+    ];
+    for (what, edit) in edits {
+        let forged = dir.with_extension("forged-draws.json");
+        write_resigned(
+            dir,
+            &v,
+            &forged,
+            entries.iter().enumerate().map(|(i, e)| {
+                let mut event = e.entry.event.clone();
+                if i == at {
+                    edit(&mut event);
+                }
+                (e.entry.time_ms, event)
+            }),
+        );
+        let (ok, text) = verify(&["--log".as_ref(), forged.as_os_str()]);
+        println!("{what}: {}", text.trim());
+        assert!(!ok, "{what} is caught: {text}");
+        assert!(text.contains(&format!("log entry {at}:")), "{what}: {text}");
+    }
 }
 
 /// The replay's cases, on copies of the run's checkpoints.

@@ -155,6 +155,46 @@ pub enum LogEvent {
         /// The round or step the fork trains next.
         round: u64,
     },
+    /// A segment of the run's draw chain, committed before any of its values is revealed:
+    /// `tip` is the SHA-256 of the segment's first value, each value the SHA-256 of the next
+    /// (see [`DRAW_SEGMENT`]). The first commitment also fixes the check rates the draws use.
+    DrawChain {
+        /// Segment: it holds values `segment * DRAW_SEGMENT + 1 ..= (segment + 1) * DRAW_SEGMENT`.
+        segment: u64,
+        /// SHA-256 of the segment's first value.
+        tip: [u8; 32],
+        /// The check rates of every draw (the run's first commitment only).
+        rates: Option<DrawRates>,
+    },
+    /// The chain's next value, revealed once the work it decides about was accepted: of the
+    /// identities whose work (an `Accepted` entry with tokens) was accepted since the previous
+    /// reveal, in the order of their first such entry, `drawn` marks those whose work is
+    /// checked. Each identity's draw is the first 8 bytes of
+    /// SHA-256(`value` ‖ those entries' root ‖ its key) against its rate.
+    Revealed {
+        /// Position in the chain, from 1.
+        index: u64,
+        /// The value: its SHA-256 is the value before it (or its segment's tip).
+        value: [u8; 32],
+        /// One bit per identity (bit `i % 8` of byte `i / 8`), set when drawn.
+        drawn: Vec<u8>,
+    },
+}
+
+/// Values in one segment of the run's draw chain.
+pub const DRAW_SEGMENT: u64 = 1024;
+
+/// The check rates a run's draws use, as shares of 2^64 (see the coordinator's `Share`): a new
+/// identity's work is drawn below `new`, halved for every `halving` clean steps or rounds of
+/// its record, never below `min`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrawRates {
+    /// A new identity's share (`u64::MAX`: every draw).
+    pub new: u64,
+    /// The least share.
+    pub min: u64,
+    /// Clean steps that halve the share (at least 1).
+    pub halving: u64,
 }
 
 impl LogEvent {

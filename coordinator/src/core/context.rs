@@ -73,7 +73,7 @@ impl Context {
         let sampler = Sampler::new(spec.seed, spec.training_tokens(), spec.seq as usize);
         Context {
             state: RunState::at(round, spec.rounds),
-            draws: draws::Draws::new(spec.seed),
+            draws: draws::Draws::new(),
             spec,
             id,
             now: 0,
@@ -115,6 +115,7 @@ impl Context {
             self.records_changed.mark(key, bound);
         }
         let entry = self.log.append(&self.id, self.now, event);
+        self.draws.fold(&entry.entry.event, &self.credits);
         debug_assert!(
             entry.encoded_len() <= tessera_protocol::log::MAX_ENTRY_BYTES,
             "a log entry of {} bytes",
@@ -122,6 +123,34 @@ impl Context {
         );
         self.out.push(Action::Logged(entry.clone()));
         entry
+    }
+
+    /// Commits the draw chain (its first two segments and the run's check rates) if the run
+    /// checks work and the chain was not started: before any work is handed out, so that every
+    /// value is committed before the work it decides about.
+    pub(super) fn start_draws(&mut self) {
+        let Some(rates) = self.spec.checks.as_ref().map(|c| c.draw_rates()) else {
+            return;
+        };
+        if self.draws.started() {
+            return;
+        }
+        let owner = draws::Owner::of(&self.id, &self.spec);
+        for e in self.draws.start(&owner, rates) {
+            self.log(e);
+        }
+    }
+
+    /// Reveals the draw chain's next value: of the identities whose work was accepted since
+    /// the last reveal, those drawn for the checks (in the order of their work).
+    pub(super) fn reveal(&mut self) -> Vec<PublicKey> {
+        self.start_draws();
+        let owner = draws::Owner::of(&self.id, &self.spec);
+        let (entries, drawn) = self.draws.reveal(&owner, &self.credits);
+        for e in entries {
+            self.log(e);
+        }
+        drawn
     }
 
     /// Records that `conn`'s session holds `lease` with `shards`: logged at once if its

@@ -1,22 +1,46 @@
 //! Every choice of the core that decides who is checked, who checks and who holds what: which
-//! whole-model update is drawn for a loss check (and a replay), which lease's pipeline step is
-//! audited, which contributor replays a unit, which lease audits another, and which micro-shards
-//! a new lease gets. The core asks this part and nothing else, so where the randomness comes
-//! from (today: hashes of the run's public seed with the round or step, the slot or lease and the
-//! key) and how candidates are ranked can change here alone.
+//! identities' work is drawn for the checks (a whole-model update: a loss check and a replay;
+//! a lease's pipeline step: an audit), which contributor replays a unit, which lease audits
+//! another, and which micro-shards a new lease gets. The core asks this part and nothing else.
+//! Who is checked is drawn from the run's draw chain (`beacon.rs`): a value revealed only after
+//! the work it decides about was accepted, so nobody can know beforehand whether its work will
+//! be checked, and `tessera verify` recomputes every such draw from the log. Replayers and
+//! auditors are picked among the free candidates by the latest revealed value.
 
-use tessera_protocol::PublicKey;
+use tessera_protocol::log::{DrawRates, LogEvent, DRAW_SEGMENT};
+use tessera_protocol::{Identity, PublicKey};
 
-use super::{ConnId, Share};
+use super::beacon::{self, Beacon, Chain};
+use super::credits::Credits;
+use super::ConnId;
 
 /// A micro-shard's place: (stage, index in the stage).
 type ShardId = (usize, usize);
 
-/// The core's draws for one run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The core's draws for one run: the log's draw chain as folded so far and the coordinator's
+/// secret segment in use.
+#[derive(Clone, Debug, Default)]
 pub(super) struct Draws {
-    /// The run's seed.
-    seed: u64,
+    beacon: Beacon,
+    chain: Option<Chain>,
+}
+
+/// Who the chain belongs to: the coordinator, the run's name and its rules' digest.
+pub(super) struct Owner<'a> {
+    pub id: &'a Identity,
+    pub run: &'a str,
+    pub config: [u8; 32],
+}
+
+impl<'a> Owner<'a> {
+    /// The chain's owner in a run of `spec` coordinated by `id`.
+    pub(super) fn of(id: &'a Identity, spec: &'a super::RunSpec) -> Self {
+        Owner {
+            id,
+            run: &spec.name,
+            config: super::rules::RunRules::of(spec).digest(),
+        }
+    }
 }
 
 /// A contributor that could audit, as the core sees it.
@@ -35,50 +59,107 @@ pub(super) struct Candidate {
 }
 
 impl Draws {
-    /// The draws of a run with `seed`.
-    pub(super) fn new(seed: u64) -> Self {
-        Draws { seed }
+    /// The draws of a run whose log is empty.
+    pub(super) fn new() -> Self {
+        Self::default()
     }
 
-    /// A 64-bit draw from `what` (which holds the seed): the first 8 bytes of its hash.
-    fn draw<T: serde::Serialize>(what: &T) -> u64 {
-        let h = super::digest(what);
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&h[..8]);
-        u64::from_le_bytes(first)
+    /// Folds one of the core's own log entries. The core writes only
+    /// entries that hold; one that does not is a bug, reported and left out of the fold.
+    pub(super) fn fold(&mut self, event: &LogEvent, credits: &Credits) {
+        if let Err(e) = self.beacon.apply(event, |k| credits.clean_steps(k)) {
+            debug_assert!(false, "the core wrote a draw that does not hold: {e}");
+            tracing::error!("the core wrote a draw that does not hold: {e}");
+        }
     }
 
-    /// Whether the update `key` sent for `slot` of `round` is drawn for the checks at the
-    /// round's close (and a replay, where the run replays), at `rate`.
-    pub(super) fn update_checked(
-        &self,
-        round: u64,
-        slot: u64,
-        key: PublicKey,
-        rate: Share,
-    ) -> bool {
-        rate.takes(Self::draw(&("loss-check", self.seed, round, slot, key)))
+    /// The draw chain's first two commitments, with the run's check `rates`, when the chain
+    /// was not started yet (a new run, or a fork, before any work is handed out).
+    pub(super) fn start(&mut self, owner: &Owner, rates: DrawRates) -> Vec<LogEvent> {
+        if self.beacon.started() {
+            return Vec::new();
+        }
+        (0..2)
+            .map(|segment| LogEvent::DrawChain {
+                segment,
+                tip: Chain::derive(owner.id, owner.run, &owner.config, segment).tip(),
+                rates: (segment == 0).then_some(rates),
+            })
+            .collect()
     }
 
-    /// Whether `lease`'s work (of `key`) in pipeline step `step` is audited, at `rate`.
-    pub(super) fn lease_audited(&self, step: u64, lease: u64, key: PublicKey, rate: Share) -> bool {
-        rate.takes(Self::draw(&("check", self.seed, step, lease, key)))
-    }
-
-    /// Who replays a whole-model unit: the first free candidate (candidates come in connection
-    /// order).
-    pub(super) fn replayer(&self, candidates: &[Candidate]) -> Option<Candidate> {
-        candidates.iter().find(|c| c.free).copied()
-    }
-
-    /// Who audits a lease's step: the free candidate with the most clean steps, the lowest
-    /// lease among equals.
-    pub(super) fn auditor(&self, candidates: &[Candidate]) -> Option<Candidate> {
-        candidates
+    /// The entries of the next reveal (its segment's successor's commitment first, when the
+    /// value opens a segment) and the identities it draws, in the order of their work.
+    pub(super) fn reveal(
+        &mut self,
+        owner: &Owner,
+        credits: &Credits,
+    ) -> (Vec<LogEvent>, Vec<PublicKey>) {
+        let index = self.beacon.next_index();
+        let segment = (index - 1) / DRAW_SEGMENT;
+        let mut entries = Vec::new();
+        if !self.beacon.committed(segment + 1) {
+            let next = Chain::derive(owner.id, owner.run, &owner.config, segment + 1);
+            entries.push(LogEvent::DrawChain {
+                segment: segment + 1,
+                tip: next.tip(),
+                rates: None,
+            });
+        }
+        if self.chain.as_ref().map(Chain::segment) != Some(segment) {
+            self.chain = Some(Chain::derive(owner.id, owner.run, &owner.config, segment));
+        }
+        let value = self
+            .chain
+            .as_ref()
+            .and_then(|c| c.value(index))
+            .unwrap_or_default();
+        let bits = self.beacon.draws(&value, |k| credits.clean_steps(k));
+        let drawn = self
+            .beacon
+            .subjects()
             .iter()
-            .filter(|c| c.free)
-            .max_by_key(|c| (c.clean_steps, std::cmp::Reverse(c.lease)))
-            .copied()
+            .zip(&bits)
+            .filter(|(_, &b)| b)
+            .map(|(k, _)| *k)
+            .collect();
+        entries.push(LogEvent::Revealed {
+            index,
+            value,
+            drawn: beacon::pack(&bits),
+        });
+        (entries, drawn)
+    }
+
+    /// Whether the chain was started.
+    pub(super) fn started(&self) -> bool {
+        self.beacon.started()
+    }
+
+    /// A number for `purpose` from the latest revealed value (zero before the first).
+    fn pick(&self, purpose: &[u8]) -> u64 {
+        self.beacon
+            .latest()
+            .map_or(0, |seed| beacon::pick(&seed, purpose))
+    }
+
+    /// Who replays a whole-model unit (`purpose` names the unit and the try): a free
+    /// candidate picked by the latest revealed value.
+    pub(super) fn replayer(&self, candidates: &[Candidate], purpose: &[u8]) -> Option<Candidate> {
+        self.pick_free(candidates, purpose)
+    }
+
+    /// Who audits a lease's step (`purpose` names the lease, the step and the try): a free
+    /// candidate picked by the latest revealed value, so that which holder checks which is
+    /// known only once the step's work is in.
+    pub(super) fn auditor(&self, candidates: &[Candidate], purpose: &[u8]) -> Option<Candidate> {
+        self.pick_free(candidates, purpose)
+    }
+
+    fn pick_free(&self, candidates: &[Candidate], purpose: &[u8]) -> Option<Candidate> {
+        let free: Vec<&Candidate> = candidates.iter().filter(|c| c.free).collect();
+        let n = free.len() as u64;
+        (n > 0).then(|| *free[(self.pick(purpose) % n) as usize])
     }
 
     /// The micro-shards a new lease of `budget` bytes gets, given each micro-shard's replica
@@ -145,48 +226,6 @@ mod tests {
         Identity::from_seed([n; 32]).public()
     }
 
-    #[test]
-    fn draws_are_a_function_of_the_seed_and_what_is_drawn() {
-        let (a, b) = (Draws::new(1), Draws::new(2));
-        let draws = |d: Draws| -> Vec<bool> {
-            (0..64)
-                .map(|slot| d.update_checked(3, slot, key(1), Share::of(0.5)))
-                .collect()
-        };
-        assert_eq!(
-            draws(a),
-            draws(Draws::new(1)),
-            "the same seed draws the same"
-        );
-        assert_ne!(draws(a), draws(b), "another seed draws otherwise");
-        // The two kinds of draw do not share their numbers.
-        let lease: Vec<bool> = (0..64)
-            .map(|l| a.lease_audited(3, l, key(1), Share::of(0.5)))
-            .collect();
-        assert_ne!(draws(a), lease);
-    }
-
-    #[test]
-    fn a_rate_is_the_share_drawn() {
-        let d = Draws::new(7);
-        let n = 4000;
-        let share = |rate: f64| {
-            (0..n)
-                .filter(|&s| d.update_checked(0, s, key(2), Share::of(rate)))
-                .count() as f64
-                / n as f64
-        };
-        assert_eq!(share(0.0), 0.0);
-        assert_eq!(share(1.0), 1.0);
-        let quarter = share(0.25);
-        assert!((quarter - 0.25).abs() < 0.03, "{quarter}");
-        let audited = (0..n)
-            .filter(|&l| d.lease_audited(5, l, key(2), Share::of(0.1)))
-            .count() as f64
-            / n as f64;
-        assert!((audited - 0.1).abs() < 0.02, "{audited}");
-    }
-
     fn candidate(conn: ConnId, lease: u64, clean_steps: u64, free: bool) -> Candidate {
         Candidate {
             conn,
@@ -198,33 +237,54 @@ mod tests {
     }
 
     #[test]
-    fn the_replayer_is_the_first_free_candidate() {
-        let d = Draws::new(1);
-        let c = [
-            candidate(1, 0, 9, false),
-            candidate(2, 0, 0, true),
-            candidate(3, 0, 5, true),
-        ];
-        assert_eq!(d.replayer(&c).map(|c| c.conn), Some(2));
-        assert_eq!(d.replayer(&c[..1]), None);
-    }
-
-    #[test]
-    fn the_auditor_has_the_most_clean_steps_then_the_lowest_lease() {
-        let d = Draws::new(1);
-        let c = [
-            candidate(1, 4, 2, true),
-            candidate(2, 3, 7, false),
-            candidate(3, 9, 5, true),
-            candidate(4, 2, 5, true),
-        ];
-        assert_eq!(d.auditor(&c).map(|c| c.conn), Some(4));
-        assert_eq!(d.auditor(&c[1..2]), None);
+    fn replayers_and_auditors_are_free_candidates_picked_by_the_latest_reveal() {
+        let d = Draws::new();
+        let c: Vec<Candidate> = (1..=8).map(|i| candidate(i, i, 0, i != 3)).collect();
+        assert_eq!(d.auditor(&c[2..3], b"x"), None, "nobody free");
+        let id = Identity::from_seed([5; 32]);
+        let owner = Owner {
+            id: &id,
+            run: "run",
+            config: [0; 32],
+        };
+        let credits = Credits::default();
+        let picks = |d: &Draws| -> Vec<ConnId> {
+            (0..64u8)
+                .map(|p| d.auditor(&c, &[p]).map(|c| c.conn).unwrap())
+                .collect()
+        };
+        let mut d = Draws::new();
+        for e in d.start(
+            &owner,
+            DrawRates {
+                new: u64::MAX,
+                min: 0,
+                halving: 1,
+            },
+        ) {
+            d.fold(&e, &credits);
+        }
+        let (entries, drawn) = d.reveal(&owner, &credits);
+        assert!(drawn.is_empty());
+        for e in entries {
+            d.fold(&e, &credits);
+        }
+        let first = picks(&d);
+        assert!(!first.contains(&3), "not free");
+        let spread: std::collections::BTreeSet<ConnId> = first.iter().copied().collect();
+        assert!(spread.len() >= 5, "{first:?}");
+        assert_eq!(d.replayer(&c, &[9]), d.auditor(&c, &[9]));
+        // The next reveal: other picks.
+        let (entries, _) = d.reveal(&owner, &credits);
+        for e in entries {
+            d.fold(&e, &credits);
+        }
+        assert_ne!(picks(&d), first);
     }
 
     #[test]
     fn a_new_lease_takes_the_least_replicated_micro_shards_its_budget_holds() {
-        let d = Draws::new(1);
+        let d = Draws::new();
         // Three stages of 1, 2 and 2 micro-shards, each micro-shard 10 bytes.
         let bytes = |x: &[ShardId]| 10 * x.len() as u64;
         let none = vec![vec![0], vec![0, 0], vec![0, 0]];

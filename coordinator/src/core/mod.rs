@@ -11,6 +11,7 @@
 pub mod admin;
 mod admin_state;
 mod arbitration;
+pub mod beacon;
 mod changes;
 mod context;
 pub mod credits;
@@ -236,6 +237,10 @@ impl Core {
             } => self.admin(request, action, reason),
         }
         let cx = &mut self.cx;
+        if cx.state.hands_out_work() {
+            // The draw chain is committed before the first work goes out.
+            cx.start_draws();
+        }
         match &mut self.regime {
             Regime::Replicas(r) => r.schedule(cx),
             Regime::Pipeline(p) => p.schedule(cx),
@@ -393,6 +398,7 @@ impl Core {
                 self.apply_admin(action, reason);
             }
             self.cx.credits.apply(e);
+            self.cx.draws.fold(e, &self.cx.credits);
         }
         self.cx.out.clear();
     }

@@ -212,7 +212,14 @@ impl Replicas {
                 self.maybe_close_round(cx);
                 continue;
             }
-            let Some(Candidate { conn, key, .. }) = cx.draws.replayer(&eligible) else {
+            let purpose = super::digest(&(
+                "replay",
+                self.round.number,
+                slot,
+                case.tried.len(),
+                case.first.is_some(),
+            ));
+            let Some(Candidate { conn, key, .. }) = cx.draws.replayer(&eligible, &purpose) else {
                 continue;
             };
             let unit = cx.next_unit;

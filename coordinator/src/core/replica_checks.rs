@@ -181,13 +181,11 @@ impl Replicas {
     /// update of the last round is refused (`Err` with the reason), and so is a copy of another
     /// accepted update of this round where the run does not replay or that update already
     /// passed its replay; otherwise both near-identical updates are drawn, and their replays
-    /// tell which one is the copy. `Ok(true)` when the update is drawn for the checks at the
-    /// round's close (and a replay, where the run replays).
+    /// tell which one is the copy. `Ok(true)` when the update must be checked at the round's
+    /// close (and replayed, where the run replays) whatever the draw.
     pub(super) fn check_update(
         &mut self,
         cx: &mut Context,
-        key: PublicKey,
-        slot: u64,
         dense: &[Vec<f32>],
         checks: &ChecksSpec,
     ) -> Result<bool, Reason> {
@@ -239,8 +237,8 @@ impl Replicas {
             }
             return Ok(true);
         }
-        let rate = checks.rate(cx.credits.clean_steps(&key));
-        Ok(cx.draws.update_checked(self.round.number, slot, key, rate))
+        // Whether it is drawn is known only once it is accepted (`Replicas::draw_accepted`).
+        Ok(false)
     }
 
     /// The checks of a complete round, before it may close: an update whose norm is several

@@ -306,7 +306,7 @@ impl Replicas {
             }
         };
         if let Some(checks) = cx.spec.checks.clone() {
-            match self.check_update(cx, key, u.slot, &dense, &checks) {
+            match self.check_update(cx, &dense, &checks) {
                 Ok(true) => {
                     self.round.drawn.insert(u.slot);
                     if self.replays_on(cx) {
@@ -343,7 +343,33 @@ impl Replicas {
             result_digest,
             (sub.tokens, flops),
         );
+        if cx.spec.checks.is_some() {
+            self.draw_accepted(cx);
+        }
         self.maybe_close_round(cx);
+    }
+
+    /// Reveals the draw chain's next value now that an update is in: every accepted update of
+    /// an identity it draws is checked at the round's close (and replayed, where the run
+    /// replays). Its contributor could not know beforehand whether it would be.
+    pub(super) fn draw_accepted(&mut self, cx: &mut Context) {
+        let drawn = cx.reveal();
+        if drawn.is_empty() {
+            return;
+        }
+        let replays = self.replays_on(cx);
+        let hits: Vec<(u64, u64, PublicKey)> = self
+            .round
+            .done()
+            .into_iter()
+            .filter(|(.., key, _)| drawn.contains(key))
+            .map(|(slot, unit, key, _)| (slot, unit, key))
+            .collect();
+        for (slot, unit, key) in hits {
+            if self.round.drawn.insert(slot) && replays {
+                self.round.replays.draw(slot, unit, key);
+            }
+        }
     }
 
     /// Closes the round once every slot is accepted (or, once the round's deadline has passed,

@@ -26,6 +26,16 @@ impl Share {
         }
     }
 
+    /// The share whose threshold is `bits` (out of 2^64; `u64::MAX` takes every draw).
+    pub fn from_bits(bits: u64) -> Share {
+        Share(bits)
+    }
+
+    /// Its threshold (out of 2^64; `u64::MAX` takes every draw).
+    pub fn bits(self) -> u64 {
+        self.0
+    }
+
     /// Half the share, `times` times over (a shift: exact).
     pub fn halved(self, times: u64) -> Share {
         Share(

@@ -169,8 +169,16 @@ impl ChecksSpec {
     /// every `halving` more, down to `min_rate`; in integers (`share.rs`), so that every
     /// platform draws the same.
     pub fn rate(&self, passed: u64) -> super::Share {
-        let halved = super::Share::of(self.new_rate).halved(passed / self.halving.max(1));
-        halved.max(super::Share::of(self.min_rate))
+        super::beacon::rate(&self.draw_rates(), passed)
+    }
+
+    /// The rates as the log's draw chain commits them (shares of 2^64).
+    pub fn draw_rates(&self) -> tessera_protocol::log::DrawRates {
+        tessera_protocol::log::DrawRates {
+            new: super::Share::of(self.new_rate).bits(),
+            min: super::Share::of(self.min_rate).bits(),
+            halving: self.halving.max(1),
+        }
     }
 
     /// The values make sense.

@@ -68,38 +68,41 @@ pub(in crate::core) struct LeaseAudit {
 }
 
 impl Pipe {
-    /// Whether `lease`'s work in the open step is checked; drawn at its first unit from the
-    /// run's seed, the step and the lease, with the identity's current rate.
-    pub(super) fn audit_selected(&mut self, cx: &mut Context, lease: u64, key: PublicKey) -> bool {
-        let Some(checks) = cx.spec.checks.clone() else {
+    /// Whether `lease`'s units in the open step are recorded for a check: every lease's are,
+    /// in a run that checks work, since which ones are checked is drawn only once the step's
+    /// work is in ([`Pipe::draw_audits`]).
+    pub(super) fn audit_recorded(&mut self, cx: &mut Context, lease: u64, key: PublicKey) -> bool {
+        if cx.spec.checks.is_none() {
             return false;
-        };
-        let rate = checks.rate(cx.credits.clean_steps(&key));
-        let draws = cx.draws;
-        let step = &mut self.step;
-        if let Some(&s) = step.selected.get(&lease) {
-            return s;
         }
-        let chosen = draws.lease_audited(step.number, lease, key, rate);
-        step.selected.insert(lease, chosen);
-        if chosen {
-            step.audits.insert(
-                lease,
-                LeaseAudit {
-                    key,
-                    sent: BTreeMap::new(),
-                    done: Vec::new(),
-                    sums: None,
-                    phase: AuditPhase::Recording,
-                    tried: BTreeSet::new(),
-                },
-            );
+        self.step.audits.entry(lease).or_insert_with(|| LeaseAudit {
+            key,
+            sent: BTreeMap::new(),
+            done: Vec::new(),
+            sums: None,
+            phase: AuditPhase::Recording,
+            tried: BTreeSet::new(),
+        });
+        true
+    }
+
+    /// Reveals the draw chain's next value once the step's work and gradient sums are in:
+    /// the leases of the identities it draws are checked, the others' records dropped. Once a
+    /// step (a step run again draws anew).
+    fn draw_audits(&mut self, cx: &mut Context) {
+        if self.step.drawn {
+            return;
         }
-        chosen
+        self.step.drawn = true;
+        let drawn = cx.reveal();
+        self.step.audits.retain(|_, a| drawn.contains(&a.key));
     }
 
     /// Starts the checks of a drained, collected step; true once every one is resolved.
     pub(super) fn audits_resolved(&mut self, cx: &mut Context) -> bool {
+        if cx.spec.checks.is_some() {
+            self.draw_audits(cx);
+        }
         let waiting: Vec<u64> = self
             .step
             .audits
@@ -159,9 +162,16 @@ impl Pipe {
                 })
             })
             .collect();
+        let purpose = crate::core::digest(&(
+            "audit",
+            self.step.number,
+            lease,
+            a.tried.len(),
+            first.is_some(),
+        ));
         let auditor = cx
             .draws
-            .auditor(&candidates)
+            .auditor(&candidates, &purpose)
             .map(|c| (c.lease, c.conn, c.key));
         let Some((by, conn, key)) = auditor else {
             let outcome = nobody_left(

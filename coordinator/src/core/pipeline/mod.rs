@@ -150,9 +150,10 @@ pub(super) struct Step {
     pub(super) count: usize,
     /// Contributors whose units were accepted.
     pub(super) contributors: BTreeSet<tessera_protocol::PublicKey>,
-    /// Per lease, whether its step is checked (decided at its first unit).
-    pub(super) selected: BTreeMap<u64, bool>,
-    /// Checks of the step, by the lease checked.
+    /// Whether the step's checks were drawn (once its work and gradient sums are in).
+    pub(super) drawn: bool,
+    /// Checks of the step, by the lease checked (every lease's units are recorded until the
+    /// draw; then only the drawn leases' are kept).
     pub(super) audits: BTreeMap<u64, audit::LeaseAudit>,
     /// `(identity, micro-batch, pass, micro-shard)` that an identity ran late or was refused
     /// for: the task goes to another ready holder this step, back to the same identity only

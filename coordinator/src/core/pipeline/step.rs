@@ -157,7 +157,7 @@ impl Step {
             grads: ModelParams::zeros(&sp.model),
             count,
             contributors: BTreeSet::new(),
-            selected: BTreeMap::new(),
+            drawn: false,
             audits: BTreeMap::new(),
             barred: BTreeSet::new(),
             suspects: BTreeMap::new(),

@@ -63,7 +63,7 @@ impl Pipe {
         cells: Vec<ShardId>,
     ) {
         let audited = match cx.sessions.get(&conn).and_then(|s| s.active()) {
-            Some(key) => self.audit_selected(cx, lease, key),
+            Some(key) => self.audit_recorded(cx, lease, key),
             None => false,
         };
         let unit = cx.next_unit;
