@@ -36,7 +36,11 @@ const SEQ: usize = 8;
 const HEAD: u64 = 3;
 
 fn spec(checks: ChecksSpec) -> RunSpec {
-    let mut sp = common::spec(1, STEPS, tessera_protocol::messages::SyncMode::Dense);
+    spec_for(checks, STEPS)
+}
+
+fn spec_for(checks: ChecksSpec, steps: u64) -> RunSpec {
+    let mut sp = common::spec(1, steps, tessera_protocol::messages::SyncMode::Dense);
     let cfg = tiny_model();
     let stages = shards(
         &cfg,
@@ -123,10 +127,19 @@ fn answer(s: &mut Sim, msg: ToContributor) -> Vec<tessera_protocol::ToCoordinato
 
 /// Runs the simulation with `roles`; the run, the contributors and the weights it started from.
 fn simulate(roles: &[Role], checks: ChecksSpec) -> (Run, Vec<Sim>, ModelParams<f32>) {
+    simulate_with(roles, spec(checks), 200)
+}
+
+/// Runs `roles` in a run of `sp` whose coordinator's key is drawn from `coordinator`.
+fn simulate_with(
+    roles: &[Role],
+    sp: RunSpec,
+    coordinator: u8,
+) -> (Run, Vec<Sim>, ModelParams<f32>) {
     let cfg = tiny_model();
     let init = ModelParams::random(&cfg, 3);
     let mut run = Run {
-        core: Core::new(spec(checks), Identity::from_seed([200; 32]), init.clone()),
+        core: Core::new(sp, Identity::from_seed([coordinator; 32]), init.clone()),
         now: 0,
         next_conn: 1,
         log: Vec::new(),
@@ -151,6 +164,8 @@ fn simulate(roles: &[Role], checks: ChecksSpec) -> (Run, Vec<Sim>, ModelParams<f
                 rng: SplitMix(42 + i as u64),
                 work_units: 0,
                 audit_units: 0,
+                step: 0,
+                attacked: Default::default(),
             },
             conn: None,
             outbox: Vec::new(),
@@ -170,7 +185,7 @@ fn simulate(roles: &[Role], checks: ChecksSpec) -> (Run, Vec<Sim>, ModelParams<f
     let mut ticks = 0;
     while run.core.phase() != Phase::Finished {
         ticks += 1;
-        assert!(ticks < 20_000, "the run did not finish");
+        assert!(ticks < 200_000, "the run did not finish");
         run.now += 50;
         for k in 0..sims.len() {
             let Some(conn) = sims[k].conn else { continue };
@@ -387,4 +402,109 @@ fn a_pair_that_disputes_every_check_cannot_stall_the_run() {
     for s in &sims {
         assert!(!run.core.is_refused(&s.session.key()), "{:?}", s.role);
     }
+}
+
+#[test]
+fn patient_attackers_are_caught_as_often_as_the_draws_predict() {
+    // Six of twenty contributors behave until step 20, when their clean records have made
+    // their checks rare, then triple their gradient sums for six steps. Whether a step is
+    // checked is drawn only once its work is in, so they cannot pick unchecked steps: each
+    // attacked step is caught with the probability its identity's rate gives at that point.
+    // Eight runs, each with its own coordinator key (so its own draw chain); `TESSERA_SEED`
+    // (1..=255) reruns one. (Over 25 other keys: 128 attacked steps drawn, 120.5 predicted.)
+    use roles::{PATIENT_FOR, PATIENT_FROM};
+    use tessera_coordinator::core::beacon::{rate, Beacon};
+    use tessera_coordinator::core::credits::Credits;
+    let seeds: Vec<u8> = match std::env::var("TESSERA_SEED") {
+        Ok(s) => vec![s.parse().expect("TESSERA_SEED is a number in 1..=255")],
+        Err(_) => (201..=208).collect(),
+    };
+    let steps = PATIENT_FROM + PATIENT_FOR + 4;
+    let mut roles = vec![Role::Patient; 6];
+    roles.extend([Role::Honest; 14]);
+    let (mut predicted, mut variance, mut caught, mut draws) = (0.0, 0.0, 0u64, 0u64);
+    let mut refused = 0;
+    for seed in seeds {
+        let (run, sims, init) = simulate_with(&roles, spec_for(ChecksSpec::default(), steps), seed);
+        let attacked: BTreeMap<PublicKey, BTreeSet<u64>> = sims
+            .iter()
+            .filter(|s| s.role == Role::Patient)
+            .map(|s| (s.session.key(), s.compute.attacked.clone()))
+            .collect();
+        assert!(
+            attacked.values().all(|a| !a.is_empty()),
+            "every patient attacker attacked"
+        );
+        // The draws of the attacked steps, from the log as `tessera verify` folds it.
+        let (mut beacon, mut credits, mut rates, mut step) =
+            (Beacon::new(), Credits::default(), None, 0u64);
+        let (mut p_seed, mut caught_seed) = (0.0, 0);
+        for e in &run.log {
+            match &e.entry.event {
+                LogEvent::DrawChain { rates: Some(r), .. } => rates = Some(*r),
+                LogEvent::Revealed { drawn, .. } => {
+                    for (i, k) in beacon.subjects().iter().enumerate() {
+                        if !attacked.get(k).is_some_and(|a| a.contains(&step)) {
+                            continue;
+                        }
+                        let p = rate(&rates.expect("committed"), credits.clean_steps(k)).rate();
+                        p_seed += p;
+                        variance += p * (1.0 - p);
+                        draws += 1;
+                        caught_seed += u64::from(drawn[i / 8] >> (i % 8) & 1);
+                    }
+                }
+                LogEvent::Closed { .. } => step += 1,
+                _ => {}
+            }
+            credits.apply(&e.entry.event);
+            beacon
+                .apply(&e.entry.event, |k| credits.clean_steps(k))
+                .expect("the draws hold");
+        }
+        let records = run.core.records();
+        let refused_seed = sims
+            .iter()
+            .filter(|s| s.role == Role::Patient)
+            .filter(|s| {
+                records
+                    .get(&s.session.key())
+                    .is_some_and(|r| r.checks_failed > 0)
+            })
+            .count();
+        for s in sims.iter().filter(|s| s.role == Role::Honest) {
+            let r = records.get(&s.session.key()).cloned().unwrap_or_default();
+            assert_eq!(
+                r.checks_failed, 0,
+                "seed {seed}: an honest contributor failed a check"
+            );
+            assert!(
+                s.conn.is_some(),
+                "seed {seed}: an honest contributor was refused"
+            );
+        }
+        let want = (steps * MICRO) as f64;
+        let (lo, hi) = moved(&run.core, &init);
+        let bias = (hi - want).abs().max((lo - want).abs()) / want;
+        println!(
+            "seed {seed}: attacked steps drawn {caught_seed} of {} (the rates predict {p_seed:.2}); {refused_seed} of 6 attackers refused; the largest weight update off by {bias:.3} relative (tolerance {:.0e})",
+            attacked.values().map(BTreeSet::len).sum::<usize>(),
+            ChecksSpec::default().tolerance
+        );
+        predicted += p_seed;
+        caught += caught_seed;
+        refused += refused_seed;
+    }
+    let sd = variance.sqrt();
+    println!(
+        "in all: {caught} attacked steps drawn for a check, {predicted:.2} predicted by the rates (sd {sd:.2}), of {draws} draws; {refused} attackers refused"
+    );
+    assert!(draws > 0 && caught > 0, "the attackers were drawn");
+    assert!(
+        (caught as f64 - predicted).abs() <= 4.0 * sd + 1.0,
+        "drawn {caught} times where the rates predict {predicted:.2} (sd {sd:.2})"
+    );
+    // An attacker is also refused when, auditing an honest lease while it attacks, it
+    // disagrees with a third party.
+    assert!(refused > 0);
 }

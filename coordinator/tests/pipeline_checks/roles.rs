@@ -30,7 +30,15 @@ pub enum Role {
     Turncoat,
     /// Scales its gradient sums by 1 + tolerance / 2: under the tolerance.
     Subtle,
+    /// Honest until step [`PATIENT_FROM`], when its checks are rare, then scales its gradient
+    /// sums by 3 for [`PATIENT_FOR`] steps, then honest again.
+    Patient,
 }
+
+/// The step a patient attacker starts attacking at.
+pub const PATIENT_FROM: u64 = 20;
+/// Steps a patient attacker attacks.
+pub const PATIENT_FOR: u64 = 6;
 
 /// A contributor's compute as its role makes it: a [`Backend`] behind the worker's real
 /// protocol session, which signs and numbers what it sends.
@@ -50,6 +58,10 @@ pub struct RoleCompute {
     /// Units run for the step's work, and for checks.
     pub work_units: u64,
     pub audit_units: u64,
+    /// The step of its latest unit.
+    pub step: u64,
+    /// Steps whose gradient sums it sent altered.
+    pub attacked: std::collections::BTreeSet<u64>,
 }
 
 impl RoleCompute {
@@ -57,12 +69,14 @@ impl RoleCompute {
         match self.role {
             Role::Honest | Role::Subtle => false,
             Role::Turncoat => self.steps_seen >= 2,
+            Role::Patient => (PATIENT_FROM..PATIENT_FROM + PATIENT_FOR).contains(&self.step),
             _ => true,
         }
     }
 
     fn unit(&mut self, w: &PipeWork) -> PipeResult {
         self.work_units += 1;
+        self.step = w.step;
         let mut r = result(self, w);
         if self.role == Role::Copier {
             match &self.copy {
@@ -90,6 +104,9 @@ impl RoleCompute {
     }
 
     fn collect(&mut self) -> Done {
+        if self.role == Role::Patient && self.attacking() {
+            self.attacked.insert(self.step);
+        }
         let units = self.owed.iter().map(|o| o.0).collect();
         let mut shards = sums(self, &self.owed.clone());
         if self.role == Role::NaN {
@@ -223,7 +240,7 @@ fn sums(
                 if attacking {
                     match s.role {
                         Role::RandomGrads => *x = (s.rng.next_u64() % 1000) as f32 / 100.0 - 5.0,
-                        Role::ScaledGrads => *x *= 3.0,
+                        Role::ScaledGrads | Role::Patient => *x *= 3.0,
                         _ => {}
                     }
                 }
