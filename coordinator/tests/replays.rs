@@ -384,15 +384,18 @@ fn a_scaled_update_fails_its_replay_and_its_slot_runs_again() {
 
 #[test]
 fn a_lying_auditor_is_outvoted_and_refused() {
-    // The liar joins last: idle, it gets the first replay, and scales it.
-    let r = run(2, 1, &[1.0, 1.0, 1.5]);
+    // Four honest contributors and a liar that scales every replay it runs: replayers are
+    // picked among the idle ones by the draw chain, so it gets some. It disagrees with the
+    // unit; two more replays agree with the unit (the run's agreement of two): it is refused.
+    let r = run(2, 3, &[1.0, 1.0, 1.0, 1.0, 1.5]);
     assert_eq!(r.core.phase(), Phase::Finished);
-    let liar = Client::new(42).key();
+    let liar = Client::new(44).key();
     let checks = checked(&r.log);
     assert!(
         checks.iter().any(
             |(_, auditors, o)| matches!(o, CheckOutcome::AuditorFailed(_))
                 && auditors.first() == Some(&liar)
+                && auditors.len() == 3
         ),
         "{checks:?}"
     );
@@ -404,10 +407,10 @@ fn a_lying_auditor_is_outvoted_and_refused() {
             .map_or(0.0, |r| r.flops + r.pending_flops),
         0.0
     );
-    for k in [Client::new(40).key(), Client::new(41).key()] {
+    for k in (40..44).map(|i| Client::new(i).key()) {
         assert!(!r.core.is_refused(&k));
     }
-    assert_eq!(r.applied.len(), 2);
+    assert_eq!(r.applied.len(), 6, "three rounds of two updates");
 }
 
 #[test]

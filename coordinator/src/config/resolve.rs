@@ -95,6 +95,7 @@ pub(super) fn checks_spec(
         replay: c.replay.unwrap_or(replayable),
         round_tolerance: c.round_tolerance.unwrap_or(d.round_tolerance),
         held_out: c.held_out.unwrap_or(held_out),
+        agree: c.agree.unwrap_or(d.agree),
     };
     if spec.replay && !whole_model {
         return Err(ConfigError::WholeModelCheck("replay"));

@@ -76,6 +76,9 @@ pub struct ChecksSection {
     /// held-out loss check (default: a tenth of the data's sequences, at most 64; 0 turns
     /// the check off).
     pub held_out: Option<u64>,
+    /// Auditors that must agree with each other before anyone is refused (default 2, at most
+    /// 8).
+    pub agree: Option<u64>,
 }
 
 /// `[pipeline]`.

@@ -8,13 +8,38 @@
 use tessera_protocol::log::CheckOutcome;
 use tessera_protocol::{Code, PublicKey, Reason};
 
+/// The answers a check had after its first auditor disagreed with the checked result, by the
+/// side each took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// Every auditor that answered, in order.
+    pub order: Vec<PublicKey>,
+    /// Those whose answers agree with the checked result.
+    pub with_checked: Vec<PublicKey>,
+    /// Those whose answers agree with the first disagreeing answer (its author first), not
+    /// with the checked result.
+    pub dissent: Vec<PublicKey>,
+}
+
+impl Tally {
+    /// Whether an auditor disagreed yet (the check is past its first answer).
+    pub fn disagreed(&self) -> bool {
+        !self.dissent.is_empty()
+    }
+}
+
 /// How a check stands after an auditor's answer.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Ruling {
-    /// The first auditor disagrees with the checked result: a third party decides. `why` is the
-    /// mismatch, for the trace.
-    AskThird {
-        /// How the first auditor's answer differs from the checked result.
+    /// Not decided: another auditor answers next. `tally` is the check's new tally; `keep`
+    /// whether this answer is the first disagreeing one (which later answers are compared
+    /// with); `why` the mismatch, for the trace.
+    AskAnother {
+        /// The tally with this answer.
+        tally: Tally,
+        /// Whether to keep this answer as the dissent's.
+        keep: bool,
+        /// How this answer differs from the checked result.
         why: String,
     },
     /// The check is decided.
@@ -26,70 +51,132 @@ pub(crate) enum Ruling {
 pub(crate) struct Decision {
     /// What the check found.
     pub found: Found,
-    /// The auditors whose answers decided it, first auditor first.
+    /// Every auditor that answered, in order.
     pub auditors: Vec<PublicKey>,
     /// The auditors credited with the recomputation: those whose answers agree with the
-    /// outcome. None when no two answers agree.
+    /// outcome. None when no side reached the run's agreement.
     pub credited: Vec<PublicKey>,
 }
 
 /// What a decided check found.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Found {
-    /// The auditor agrees with the checked result.
+    /// The first auditor agrees with the checked result.
     Passed,
-    /// The third party agrees with the checked result, not with the first auditor: the first
-    /// auditor is wrong.
+    /// `agree` auditors agree with the checked result: every auditor that disagreed with it is
+    /// wrong.
     AuditorWrong {
-        /// The first auditor.
-        auditor: PublicKey,
+        /// The auditors found wrong.
+        wrong: Vec<PublicKey>,
     },
-    /// The third party agrees with the first auditor: the checked result is wrong.
+    /// `agree` auditors agree with each other, not with the checked result: it is wrong.
     CheckedWrong {
-        /// How the checked result differs from the third party's answer.
+        /// How the checked result differs from the last agreeing auditor's answer.
         why: String,
     },
-    /// The third party agrees with neither: no two answers agree, so nobody can say who is
-    /// wrong. The regimes log it as disputed (refusing the checked result here would let any
-    /// two wrong auditors, colluding or not, get honest work refused); nobody is credited.
+    /// The most auditors a check asks ([`max_auditors`]) answered and neither side reached the
+    /// run's agreement: nobody can say who is wrong. The regimes log it as disputed (refusing
+    /// on fewer agreeing answers would let that many wrong auditors, colluding or not, get
+    /// honest work refused); nobody is credited.
     NoneAgree {
-        /// How the checked result differs from the third party's answer.
+        /// How the checked result differs from the last answer.
         why: String,
     },
 }
 
-/// Settles a check after `auditor` answered. `with_checked` is whether its answer agrees with
-/// the checked result (or how it differs); `first` is, on a third party's turn, the first
-/// auditor and whether `auditor`'s answer agrees with the first auditor's.
+/// The most auditors one check asks, for a run that refuses on `agree` agreeing answers: as
+/// many as let either side reach `agree` with one answer to spare.
+pub(crate) fn max_auditors(agree: usize) -> usize {
+    2 * agree.max(1) + 1
+}
+
+/// Settles a check after `auditor` answered, in a run that refuses only on `agree` agreeing
+/// auditors. `with_checked` is whether its answer agrees with the checked result (or how it
+/// differs); `with_dissent`, once an auditor disagreed, whether it agrees with the first
+/// disagreeing answer; `tally` the answers before.
+///
+/// The first answer that agrees with the checked result passes it. Once one disagreed, more
+/// auditors answer until `agree` of them agree with the checked result (then every auditor that
+/// disagreed with it is wrong) or `agree` agree with the first disagreeing answer and not with
+/// the checked result (then the checked result is wrong), or [`max_auditors`] answered
+/// (disputed). An honest result is so refused only when `agree` auditors that agree with each
+/// other are all wrong alike before `agree` honest ones answered.
 pub(crate) fn arbitrate(
     auditor: PublicKey,
     with_checked: Result<(), String>,
-    first: Option<(PublicKey, Result<(), String>)>,
+    with_dissent: Option<Result<(), String>>,
+    tally: &Tally,
+    agree: usize,
 ) -> Ruling {
-    let decided = |found, auditors, credited| {
+    let agree = agree.max(1);
+    let mut t = tally.clone();
+    t.order.push(auditor);
+    let decided = |found, t: Tally, credited| {
         Ruling::Decided(Decision {
             found,
-            auditors,
+            auditors: t.order,
             credited,
         })
     };
-    match (first, with_checked) {
-        (None, Ok(())) => decided(Found::Passed, vec![auditor], vec![auditor]),
-        (None, Err(why)) => Ruling::AskThird { why },
-        (Some((first, _)), Ok(())) => decided(
-            Found::AuditorWrong { auditor: first },
-            vec![first, auditor],
-            vec![auditor],
-        ),
-        (Some((first, Ok(()))), Err(why)) => decided(
-            Found::CheckedWrong { why },
-            vec![first, auditor],
-            vec![first, auditor],
-        ),
-        (Some((first, Err(_))), Err(why)) => {
-            decided(Found::NoneAgree { why }, vec![first, auditor], Vec::new())
+    let why = match (with_checked, with_dissent) {
+        (Ok(()), None) => return decided(Found::Passed, t, vec![auditor]),
+        (Ok(()), Some(_)) => {
+            t.with_checked.push(auditor);
+            if t.with_checked.len() >= agree {
+                let wrong: Vec<PublicKey> = t
+                    .order
+                    .iter()
+                    .filter(|k| !t.with_checked.contains(k))
+                    .copied()
+                    .collect();
+                let credited = t.with_checked.clone();
+                return decided(Found::AuditorWrong { wrong }, t, credited);
+            }
+            String::from("this auditor agrees with the checked result")
         }
+        (Err(why), None) | (Err(why), Some(Ok(()))) => {
+            let keep = t.dissent.is_empty();
+            t.dissent.push(auditor);
+            if t.dissent.len() >= agree {
+                let credited = t.dissent.clone();
+                return decided(Found::CheckedWrong { why }, t, credited);
+            }
+            if keep {
+                return Ruling::AskAnother {
+                    tally: t,
+                    keep: true,
+                    why,
+                };
+            }
+            why
+        }
+        (Err(why), Some(Err(_))) => why,
+    };
+    if t.order.len() >= max_auditors(agree) {
+        return decided(Found::NoneAgree { why }, t, Vec::new());
     }
+    Ruling::AskAnother {
+        tally: t,
+        keep: false,
+        why,
+    }
+}
+
+/// The auditors of an `AuditorFailed` check that it found wrong: those not credited.
+pub(crate) fn wrong_auditors(auditors: &[PublicKey], credited: &[PublicKey]) -> Vec<PublicKey> {
+    auditors
+        .iter()
+        .filter(|k| !credited.contains(k))
+        .copied()
+        .collect()
+}
+
+/// Identities' short names, for a reason's text.
+pub(crate) fn fingerprints(keys: &[PublicKey]) -> String {
+    keys.iter()
+        .map(|k| k.fingerprint())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How a check ends when nobody is left to run it: skipped (`NoAuditor`, with `skipped`) while
@@ -166,78 +253,168 @@ mod tests {
         assert!(matches!(disputed, CheckOutcome::Disputed(r) if r.code == Code::Disputed));
     }
 
-    #[test]
-    fn an_agreeing_auditor_passes_the_check_and_is_credited() {
-        let a = key(1);
-        let r = arbitrate(a, Ok(()), None);
-        assert_eq!(
-            r,
-            Ruling::Decided(Decision {
-                found: Found::Passed,
-                auditors: vec![a],
-                credited: vec![a],
-            })
-        );
-    }
-
-    #[test]
-    fn a_disagreeing_first_auditor_calls_a_third_party() {
-        let r = arbitrate(key(1), off(), None);
-        assert_eq!(
-            r,
-            Ruling::AskThird {
-                why: "1e-2 apart".into()
+    /// Runs a check of `agree` through answers (agrees with the checked result, agrees with
+    /// the first dissent), auditor `i` being `key(i + 1)`; the ruling after the last.
+    fn run(agree: usize, answers: &[(bool, bool)]) -> Ruling {
+        let mut tally = Tally::default();
+        let mut last = None;
+        for (i, &(checked, dissent)) in answers.iter().enumerate() {
+            assert!(last.is_none(), "decided before answer {i}: {last:?}");
+            let with_checked = if checked { Ok(()) } else { off() };
+            let with_dissent = tally
+                .disagreed()
+                .then(|| if dissent { Ok(()) } else { off() });
+            match arbitrate(key(i as u8 + 1), with_checked, with_dissent, &tally, agree) {
+                Ruling::AskAnother { tally: t, keep, .. } => {
+                    assert_eq!(keep, !tally.disagreed() && !checked);
+                    tally = t;
+                }
+                Ruling::Decided(d) => last = Some(d),
             }
-        );
+        }
+        match last {
+            Some(d) => Ruling::Decided(d),
+            None => Ruling::AskAnother {
+                tally,
+                keep: false,
+                why: String::new(),
+            },
+        }
     }
 
-    #[test]
-    fn a_third_party_agreeing_with_the_checked_result_finds_the_first_auditor_wrong() {
-        let (first, third) = (key(1), key(2));
-        // Whether the third agrees with the first does not matter once it agrees with the
-        // checked result.
-        for with_first in [Ok(()), off()] {
-            let r = arbitrate(third, Ok(()), Some((first, with_first)));
-            assert_eq!(
-                r,
-                Ruling::Decided(Decision {
-                    found: Found::AuditorWrong { auditor: first },
-                    auditors: vec![first, third],
-                    credited: vec![third],
-                })
-            );
+    fn decision(r: Ruling) -> Decision {
+        match r {
+            Ruling::Decided(d) => d,
+            other => panic!("undecided: {other:?}"),
         }
     }
 
     #[test]
-    fn a_third_party_agreeing_with_the_first_auditor_finds_the_checked_result_wrong() {
-        let (first, third) = (key(1), key(2));
-        let r = arbitrate(third, off(), Some((first, Ok(()))));
-        assert_eq!(
-            r,
-            Ruling::Decided(Decision {
-                found: Found::CheckedWrong {
-                    why: "1e-2 apart".into()
-                },
-                auditors: vec![first, third],
-                credited: vec![first, third],
-            })
-        );
+    fn an_agreeing_first_auditor_passes_the_check_and_is_credited() {
+        for agree in 1..4 {
+            let d = decision(run(agree, &[(true, false)]));
+            assert_eq!(d.found, Found::Passed);
+            assert_eq!((d.auditors, d.credited), (vec![key(1)], vec![key(1)]));
+        }
     }
 
     #[test]
-    fn three_answers_that_all_differ_refuse_the_checked_result_and_credit_nobody() {
-        let (first, third) = (key(1), key(2));
-        let r = arbitrate(third, off(), Some((first, off())));
+    fn a_result_is_refused_only_once_agree_auditors_agree_against_it() {
+        // One disagreeing auditor is enough only where the run says so.
+        let d = decision(run(1, &[(false, false)]));
+        assert!(matches!(d.found, Found::CheckedWrong { .. }));
+        assert_eq!(d.credited, vec![key(1)]);
+        // Two (the default): the first and a second that agrees with it.
+        assert!(matches!(
+            run(2, &[(false, false)]),
+            Ruling::AskAnother { .. }
+        ));
+        let d = decision(run(2, &[(false, false), (false, true)]));
+        assert!(matches!(d.found, Found::CheckedWrong { .. }));
+        assert_eq!(d.credited, vec![key(1), key(2)]);
+        // Three: an auditor that agrees with neither does not count.
+        let d = decision(run(
+            3,
+            &[(false, false), (false, false), (false, true), (false, true)],
+        ));
+        assert!(matches!(d.found, Found::CheckedWrong { .. }));
+        assert_eq!(d.auditors, vec![key(1), key(2), key(3), key(4)]);
+        assert_eq!(d.credited, vec![key(1), key(3), key(4)]);
+    }
+
+    #[test]
+    fn auditors_are_found_wrong_only_once_agree_auditors_side_with_the_checked_result() {
+        // Today's three-party case with an agreement of two: the third alone does not refuse
+        // the first; a fourth on its side does, with every other auditor that disagreed.
+        assert!(matches!(
+            run(2, &[(false, false), (true, false)]),
+            Ruling::AskAnother { .. }
+        ));
+        let d = decision(run(
+            2,
+            &[(false, false), (true, false), (false, false), (true, false)],
+        ));
         assert_eq!(
-            r,
-            Ruling::Decided(Decision {
-                found: Found::NoneAgree {
-                    why: "1e-2 apart".into()
-                },
-                auditors: vec![first, third],
-                credited: Vec::new(),
-            })
+            d.found,
+            Found::AuditorWrong {
+                wrong: vec![key(1), key(3)]
+            }
         );
+        assert_eq!(d.credited, vec![key(2), key(4)]);
+        // With an agreement of one, the first auditor that sides with the checked result does.
+        let d = decision(run(1, &[(false, false)]));
+        assert!(matches!(d.found, Found::CheckedWrong { .. }));
+    }
+
+    #[test]
+    fn a_check_whose_sides_never_reach_the_agreement_is_disputed_after_the_most_auditors() {
+        for agree in 1..5usize {
+            assert_eq!(max_auditors(agree), 2 * agree + 1);
+        }
+        // Two on each side and three on neither, with an agreement of three: seven answers.
+        let (d, c, n) = ((false, true), (true, false), (false, false));
+        let d7 = decision(run(3, &[(false, false), c, d, c, n, n, n]));
+        assert!(matches!(d7.found, Found::NoneAgree { .. }));
+        assert_eq!(d7.auditors.len(), 7);
+        assert!(d7.credited.is_empty());
+        assert!(matches!(
+            run(3, &[(false, false), c, d, c, n, n]),
+            Ruling::AskAnother { .. }
+        ));
+        // With an agreement of two: five.
+        let d5 = decision(run(2, &[(false, false), c, n, n, n]));
+        assert!(matches!(d5.found, Found::NoneAgree { .. }));
+    }
+
+    /// The chance that a check of an honest result refuses it, when each auditor drawn is,
+    /// independently, one of a colluding group with probability `f` that answers alike and
+    /// wrong, and the others answer right: the colluders must reach `agree` answers before
+    /// honest ones do (an honest first answer passes the check at once).
+    fn framed(f: f64, agree: usize) -> f64 {
+        // Ways to draw agree - 1 more colluders before agree honest ones, after a colluding
+        // first auditor.
+        let mut p = 0.0;
+        let mut binom = 1.0;
+        for honest in 0..agree {
+            if honest > 0 {
+                binom = binom * (agree - 1 + honest - 1) as f64 / honest as f64;
+            }
+            p += binom * f.powi(agree as i32 - 1) * (1.0 - f).powi(honest as i32);
+        }
+        f * p
+    }
+
+    #[test]
+    fn the_chance_to_frame_honest_work_falls_with_the_agreement() {
+        // Simulated with the rule itself against the closed form, for shares of colluders of
+        // 20% and 40%.
+        for (f, agree) in [(0.2, 1), (0.2, 2), (0.2, 3), (0.4, 2), (0.4, 3), (0.4, 5)] {
+            let mut rng = tessera_compute::reference::model::SplitMix(7);
+            let trials = 20_000;
+            let mut refused = 0;
+            for _ in 0..trials {
+                let mut tally = Tally::default();
+                let outcome = loop {
+                    // A colluder disagrees with the checked result and agrees with the first
+                    // colluder; an honest auditor agrees with the checked result.
+                    let colluder = (rng.next_u64() % 1_000_000) as f64 / 1e6 < f;
+                    let with_checked = if colluder { off() } else { Ok(()) };
+                    let with_dissent =
+                        tally
+                            .disagreed()
+                            .then(|| if colluder { Ok(()) } else { off() });
+                    match arbitrate(key(1), with_checked, with_dissent, &tally, agree) {
+                        Ruling::AskAnother { tally: t, .. } => tally = t,
+                        Ruling::Decided(d) => break d.found,
+                    }
+                };
+                refused += u32::from(matches!(outcome, Found::CheckedWrong { .. }));
+            }
+            let seen = refused as f64 / trials as f64;
+            let want = framed(f, agree);
+            println!("colluders {f}: agreement {agree}: honest work refused in {seen:.4} of checks (closed form {want:.4})");
+            let sd = (want * (1.0 - want) / trials as f64).sqrt();
+            assert!((seen - want).abs() <= 4.0 * sd + 1e-3, "{seen} {want}");
+        }
     }
 }

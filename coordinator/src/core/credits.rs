@@ -8,10 +8,12 @@
 //! - `Accepted`: one more accepted unit, its tokens, and its FLOPs, pending when the entry says
 //!   the run checks work, verified at once otherwise.
 //! - `Rejected`: one more rejected submission.
-//! - `Checked`: passed (or the first auditor was the one wrong): the checked identity's pending
-//!   FLOPs become verified, and its first pass in that step or round adds a clean step. Failed: the checked identity loses everything and is refused. The
-//!   first auditor of an `AuditorFailed` check is refused likewise. Each identity in `credited`
-//!   gains the check's FLOPs, verified.
+//! - `Checked`: passed (or the auditors were the ones wrong): the checked identity's pending
+//!   FLOPs become verified, and its first pass in that step or round adds a clean step. Failed:
+//!   the checked identity loses everything and is refused. Every auditor of an `AuditorFailed`
+//!   check that is not in `credited` (those that disagreed with the checked result) is refused
+//!   likewise. Disputed: every party is on probation again. Each identity in `credited` gains
+//!   the check's FLOPs, verified.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -83,10 +85,10 @@ impl Credits {
                         r.checks_passed += 1;
                         r.clean_steps += u64::from(new_step);
                         r.flops += std::mem::take(&mut r.pending_flops);
-                        if let (CheckOutcome::AuditorFailed(_), Some(&liar)) =
-                            (outcome, auditors.first())
-                        {
-                            self.refuse(liar);
+                        if let CheckOutcome::AuditorFailed(_) = outcome {
+                            for liar in auditors.iter().filter(|k| !credited.contains(k)) {
+                                self.refuse(*liar);
+                            }
                         }
                     }
                     CheckOutcome::Failed(_) => self.refuse(*key),

@@ -17,13 +17,16 @@ use tessera_train::drift::rel_l2;
 use tessera_train::sparseloco::{matches_compression, Compressed};
 use tessera_train::update::two_d;
 
-use super::arbitration::{after_checks, arbitrate, nobody_left, AfterChecks, Found, Ruling};
+use super::arbitration::{
+    after_checks, arbitrate, fingerprints, nobody_left, wrong_auditors, AfterChecks, Found, Ruling,
+    Tally,
+};
 use super::context::Context;
 use super::draws::Candidate;
 use super::part::Part;
 use super::{Action, ConnId, Replicas};
 
-/// A first auditor that disagreed: who, its update and its loss sum.
+/// The first auditor that disagreed: who, its update and its loss sum.
 type FirstAnswer = (PublicKey, Vec<Vec<f32>>, f64);
 
 /// The replays of the open round.
@@ -43,8 +46,10 @@ struct Case {
     key: PublicKey,
     /// Auditors that answered, failed or vanished.
     tried: BTreeSet<PublicKey>,
-    /// The first auditor, when it disagreed.
+    /// The first auditor that disagreed, once one did.
     first: Option<FirstAnswer>,
+    /// The answers since, by side.
+    tally: Tally,
     /// The replay unit in flight.
     replay: Option<u64>,
 }
@@ -81,6 +86,7 @@ impl Replays {
                 key,
                 tried: BTreeSet::new(),
                 first: None,
+                tally: Tally::default(),
                 replay: None,
             },
         );
@@ -190,7 +196,7 @@ impl Replicas {
                     let k = s.active()?;
                     let ok = k != case.key
                         && !case.tried.contains(&k)
-                        && case.first.as_ref().is_none_or(|f| f.0 != k)
+                        && !case.tally.order.contains(&k)
                         && !cx.is_refused(&k);
                     ok.then_some(Candidate {
                         conn,
@@ -204,11 +210,12 @@ impl Replicas {
             let anyone = cx.sessions.values().any(|s| s.active().is_some());
             if eligible.is_empty() && anyone {
                 let outcome = nobody_left(
-                    case.first.is_some(),
+                    case.tally.disagreed(),
                     "no other contributor could replay it",
-                    "the replay disagrees and no third contributor was there",
+                    "the replays disagree and no further contributor was there",
                 );
-                self.resolve_replay(cx, slot, outcome, Vec::new(), Vec::new(), 0.0);
+                let auditors = case.tally.order.clone();
+                self.resolve_replay(cx, slot, outcome, auditors, Vec::new(), 0.0);
                 self.maybe_close_round(cx);
                 continue;
             }
@@ -217,7 +224,7 @@ impl Replicas {
                 self.round.number,
                 slot,
                 case.tried.len(),
-                case.first.is_some(),
+                case.tally.order.len(),
             ));
             let Some(Candidate { conn, key, .. }) = cx.draws.replayer(&eligible, &purpose) else {
                 continue;
@@ -320,35 +327,44 @@ impl Replicas {
             return;
         };
         let flops = cx.spec.unit_flops(sub.tokens);
-        let first = case
+        let with_first = case
             .first
             .as_ref()
-            .map(|(k, d, l)| (*k, agree(mine, (d, *l), tol)));
-        match arbitrate(key, with_checked, first) {
-            Ruling::AskThird { why } => {
-                tracing::info!(slot = r.slot, "replay mismatch, asking a third: {why}");
+            .map(|(_, d, l)| agree(mine, (d, *l), tol));
+        let need = cx.spec.checks.as_ref().map_or(2, |c| c.agree as usize);
+        match arbitrate(key, with_checked, with_first, &case.tally, need) {
+            Ruling::AskAnother { tally, keep, why } => {
+                tracing::info!(slot = r.slot, "replays disagree, asking another: {why}");
                 if let Some(c) = self.round.replays.cases.get_mut(&r.slot) {
-                    c.first = Some((key, dense, sub.loss_sum));
+                    c.tally = tally;
+                    if keep {
+                        c.first = Some((key, dense, sub.loss_sum));
+                    }
                 }
             }
             Ruling::Decided(d) => {
                 let outcome = match d.found {
                     Found::Passed => CheckOutcome::Passed,
-                    Found::AuditorWrong { auditor } => CheckOutcome::AuditorFailed(Reason::new(
+                    Found::AuditorWrong { wrong } => CheckOutcome::AuditorFailed(Reason::new(
                         Code::AuditorWrong,
                         format!(
-                            "the third replay agrees with the unit, not with {}",
-                            auditor.fingerprint()
+                            "{} replays agree with the unit, not with {}",
+                            d.credited.len(),
+                            fingerprints(&wrong)
                         ),
                     )),
                     Found::CheckedWrong { why } => CheckOutcome::Failed(Reason::new(
                         Code::CheckFailed,
-                        format!("replayed twice elsewhere: {why}"),
+                        format!(
+                            "{} replays elsewhere agree with each other, not with it: {why}",
+                            d.credited.len()
+                        ),
                     )),
                     Found::NoneAgree { why } => CheckOutcome::Disputed(Reason::new(
                         Code::Disputed,
                         format!(
-                            "replayed twice elsewhere: {why}, and the two replays disagree with each other"
+                            "replayed {} times elsewhere and neither side reached {need} agreeing replays: {why}",
+                            d.auditors.len()
                         ),
                     )),
                 };
@@ -374,6 +390,7 @@ impl Replicas {
             return;
         };
         let round = self.round.number;
+        let credited_keys = credited.clone();
         cx.log(LogEvent::Checked {
             key: case.key,
             step: round,
@@ -388,7 +405,7 @@ impl Replicas {
                 true
             }
             CheckOutcome::AuditorFailed(why) => {
-                if let Some(&liar) = auditors.first() {
+                for liar in wrong_auditors(&auditors, &credited_keys) {
                     self.close_refused(cx, liar, why.prefixed("a replay it ran was wrong"));
                 }
                 false

@@ -130,7 +130,14 @@ pub struct ChecksSpec {
     /// data, on which no update of a round with a drawn one may do significantly worse than
     /// the round's median update (0: the held-out check is off).
     pub held_out: u64,
+    /// Auditors that must agree with each other against a result (or, for an auditor found
+    /// wrong, with the checked result against it) before anyone is refused; see
+    /// `arbitration.rs` for the chance that colluding identities reach it.
+    pub agree: u64,
 }
+
+/// The most auditors a run may require to agree before it refuses anyone.
+pub const MAX_AGREE: u64 = 8;
 
 /// The fewest held-out sequences a held-out check compares over.
 pub const MIN_HELD_OUT: u64 = 4;
@@ -146,6 +153,7 @@ impl Default for ChecksSpec {
             replay: true,
             round_tolerance: tessera_train::drift::ROUND_TOLERANCE,
             held_out: 0,
+            agree: 2,
         }
     }
 }
@@ -202,6 +210,9 @@ impl ChecksSpec {
         if self.held_out != 0 && self.held_out < MIN_HELD_OUT {
             return Err(ChecksError::HeldOut);
         }
+        if !(1..=MAX_AGREE).contains(&self.agree) {
+            return Err(ChecksError::Agree);
+        }
         Ok(())
     }
 }
@@ -227,6 +238,9 @@ pub enum ChecksError {
     /// `held_out` too small to compare losses.
     #[error("[checks] held_out must be 0 (off) or at least {MIN_HELD_OUT} sequences")]
     HeldOut,
+    /// `agree` outside 1..=MAX_AGREE.
+    #[error("[checks] agree must be in 1..={MAX_AGREE}")]
+    Agree,
 }
 
 impl PipelineSpec {

@@ -20,14 +20,16 @@ use tessera_train::shards::grads_from_wire;
 
 use super::compare::agree;
 use super::{Pipe, ShardId};
-use crate::core::arbitration::{arbitrate, nobody_left, Found, Ruling};
+use crate::core::arbitration::{
+    arbitrate, fingerprints, nobody_left, wrong_auditors, Found, Ruling, Tally,
+};
 use crate::core::context::Context;
 use crate::core::draws::Candidate;
 use crate::core::part::Part;
 use crate::core::ConnId;
 
-/// The first auditor's identity and answer (results, gradient sums), kept while a third
-/// party runs the same check.
+/// The first disagreeing auditor's identity and answer (results, gradient sums), kept while
+/// more auditors run the same check.
 pub(in crate::core) type FirstAnswer = (PublicKey, Vec<PipeResult>, Vec<ShardTensors>);
 
 /// Where a lease's check stands.
@@ -44,7 +46,7 @@ pub(in crate::core) enum AuditPhase {
         conn: ConnId,
         key: PublicKey,
         deadline: u64,
-        /// On a third party's turn: the first auditor's answer.
+        /// Once an auditor disagreed: the first disagreeing answer.
         first: Option<FirstAnswer>,
     },
     /// Done.
@@ -63,8 +65,10 @@ pub(in crate::core) struct LeaseAudit {
     /// The lease's gradient sums, once collected (never, when the lease was lost first).
     pub(in crate::core) sums: Option<Vec<ShardTensors>>,
     pub(in crate::core) phase: AuditPhase,
-    /// Auditors' leases tried (lost or late).
+    /// Auditors' leases tried (answered, lost or late).
     pub(in crate::core) tried: BTreeSet<u64>,
+    /// The answers after the first disagreeing one, by side.
+    pub(in crate::core) tally: Tally,
 }
 
 impl Pipe {
@@ -82,6 +86,7 @@ impl Pipe {
             sums: None,
             phase: AuditPhase::Recording,
             tried: BTreeSet::new(),
+            tally: Tally::default(),
         });
         true
     }
@@ -119,8 +124,8 @@ impl Pipe {
             .all(|a| matches!(a.phase, AuditPhase::Resolved(_)))
     }
 
-    /// Sends `lease`'s units to an auditor (a third party when `first` holds the first
-    /// auditor's answer), or resolves the check when nobody can run it.
+    /// Sends `lease`'s units to an auditor (one more when `first` holds the first disagreeing
+    /// answer), or resolves the check when nobody can run it.
     fn start_audit(&mut self, cx: &mut Context, lease: u64, first: Option<FirstAnswer>) {
         let Some(a) = self.step.audits.get(&lease) else {
             return;
@@ -141,9 +146,7 @@ impl Pipe {
             .flat_map(|(w, _)| self.cells_of(&cx.spec.model, w).unwrap_or_default())
             .collect();
         let mut exclude = vec![a.key];
-        if let Some((k, ..)) = &first {
-            exclude.push(*k);
-        }
+        exclude.extend(a.tally.order.iter().copied());
         let candidates: Vec<Candidate> = self
             .holdings
             .iter()
@@ -167,7 +170,7 @@ impl Pipe {
             self.step.number,
             lease,
             a.tried.len(),
-            first.is_some(),
+            a.tally.order.len(),
         ));
         let auditor = cx
             .draws
@@ -175,11 +178,11 @@ impl Pipe {
             .map(|c| (c.lease, c.conn, c.key));
         let Some((by, conn, key)) = auditor else {
             let outcome = nobody_left(
-                first.is_some(),
+                a.tally.disagreed(),
                 "no other lease holding the same micro-shards was available",
-                "the auditor disagrees and no third lease was available",
+                "the auditors disagree and no further lease was available",
             );
-            let auditors = first.map(|f| vec![f.0]).unwrap_or_default();
+            let auditors = a.tally.order.clone();
             return self.resolve(cx, lease, outcome, auditors, Vec::new(), 0.0);
         };
         let audit = cx.next_unit;
@@ -295,38 +298,26 @@ impl Pipe {
             &units,
             tol,
         );
-        let with_first = first.as_ref().map(|(k, out, sums_first)| {
-            (
-                *k,
-                agree((&r.outputs, &sums), (out, Some(sums_first)), &units, tol),
-            )
+        let with_first = first.as_ref().map(|(_, out, sums_first)| {
+            agree((&r.outputs, &sums), (out, Some(sums_first)), &units, tol)
         });
-        match arbitrate(key, with_checked, with_first) {
-            Ruling::AskThird { why } => {
-                tracing::info!(lease, "check mismatch, asking a third party: {why}");
+        let need = cx.spec.checks.as_ref().map_or(2, |c| c.agree as usize);
+        match arbitrate(key, with_checked, with_first, &a.tally, need) {
+            Ruling::AskAnother { tally, keep, why } => {
+                tracing::info!(lease, "check mismatch, asking another auditor: {why}");
                 if let Some(a) = self.step.audits.get_mut(&lease) {
                     a.tried.insert(by);
+                    a.tally = tally;
                 }
-                self.start_audit(cx, lease, Some((key, r.outputs, sums)));
+                let first = if keep {
+                    Some((key, r.outputs, sums))
+                } else {
+                    first
+                };
+                self.start_audit(cx, lease, first);
             }
             Ruling::Decided(d) => {
-                let outcome = match d.found {
-                    Found::Passed => CheckOutcome::Passed,
-                    Found::AuditorWrong { auditor } => CheckOutcome::AuditorFailed(Reason::new(
-                        Code::AuditorWrong,
-                        format!(
-                            "the third party agrees with the checked lease, not with {}",
-                            auditor.fingerprint()
-                        ),
-                    )),
-                    Found::CheckedWrong { why } => {
-                        CheckOutcome::Failed(Reason::new(Code::CheckFailed, why))
-                    }
-                    Found::NoneAgree { why } => CheckOutcome::Disputed(Reason::new(
-                        Code::Disputed,
-                        format!("{why}, and the two auditors disagree with each other"),
-                    )),
-                };
+                let outcome = outcome_of(&d, need);
                 let flops = if d.credited.is_empty() { 0.0 } else { flops };
                 self.resolve(cx, lease, outcome, d.auditors, d.credited, flops);
             }
@@ -376,17 +367,18 @@ impl Pipe {
         };
         a.phase = AuditPhase::Resolved(outcome.clone());
         let key = a.key;
+        let wrong = wrong_auditors(&auditors, &credited);
         cx.log(LogEvent::Checked {
             key,
             step,
-            auditors: auditors.clone(),
+            auditors,
             outcome: outcome.clone(),
             flops,
             credited,
         });
         match &outcome {
             CheckOutcome::AuditorFailed(why) => {
-                if let Some(&liar) = auditors.first() {
+                for liar in wrong {
                     self.close_refused(cx, liar, why.prefixed("an audit it ran was wrong"));
                 }
             }
@@ -421,6 +413,29 @@ impl Pipe {
             }
             self.start_audit(cx, lease, first);
         }
+    }
+}
+
+/// How a decided audit is logged, in a run that refuses on `need` agreeing auditors.
+fn outcome_of(d: &crate::core::arbitration::Decision, need: usize) -> CheckOutcome {
+    match &d.found {
+        Found::Passed => CheckOutcome::Passed,
+        Found::AuditorWrong { wrong } => CheckOutcome::AuditorFailed(Reason::new(
+            Code::AuditorWrong,
+            format!(
+                "{} auditors agree with the checked lease, not with {}",
+                d.credited.len(),
+                fingerprints(wrong)
+            ),
+        )),
+        Found::CheckedWrong { why } => CheckOutcome::Failed(Reason::new(Code::CheckFailed, why)),
+        Found::NoneAgree { why } => CheckOutcome::Disputed(Reason::new(
+            Code::Disputed,
+            format!(
+                "{} auditors answered and neither side reached {need} agreeing: {why}",
+                d.auditors.len()
+            ),
+        )),
     }
 }
 
@@ -473,6 +488,7 @@ mod tests {
             sums: None,
             phase,
             tried: BTreeSet::new(),
+            tally: Default::default(),
         }
     }
 
