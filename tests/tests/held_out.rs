@@ -35,6 +35,7 @@ fn spec() -> (RunSpec, ModelParams<f32>) {
             replay: Some(false),
             round_tolerance: None,
             held_out: None,
+            agree: None,
         });
     });
     let checks = spec.checks.as_ref().expect("checks are on");

@@ -63,20 +63,20 @@ pub(crate) struct Decision {
 pub(crate) enum Found {
     /// The first auditor agrees with the checked result.
     Passed,
-    /// `agree` auditors agree with the checked result: every auditor that disagreed with it is
-    /// wrong.
+    /// `agree` auditors agree with the checked result and none with the first disagreeing
+    /// answer: every auditor that disagreed with it is wrong.
     AuditorWrong {
         /// The auditors found wrong.
         wrong: Vec<PublicKey>,
     },
-    /// `agree` auditors agree with each other, not with the checked result: it is wrong.
+    /// `agree` auditors agree with each other, none with the checked result: it is wrong.
     CheckedWrong {
         /// How the checked result differs from the last agreeing auditor's answer.
         why: String,
     },
-    /// The most auditors a check asks ([`max_auditors`]) answered and neither side reached the
-    /// run's agreement: nobody can say who is wrong. The regimes log it as disputed (refusing
-    /// on fewer agreeing answers would let that many wrong auditors, colluding or not, get
+    /// Auditors agree with each side, or the most auditors a check asks ([`max_auditors`])
+    /// answered and no side was unanimous: nobody can say who is wrong. The regimes log it as
+    /// disputed (refusing on a split vote would let wrong auditors, colluding or not, get
     /// honest work refused); nobody is credited.
     NoneAgree {
         /// How the checked result differs from the last answer.
@@ -96,11 +96,13 @@ pub(crate) fn max_auditors(agree: usize) -> usize {
 /// disagreeing answer; `tally` the answers before.
 ///
 /// The first answer that agrees with the checked result passes it. Once one disagreed, more
-/// auditors answer until `agree` of them agree with the checked result (then every auditor that
-/// disagreed with it is wrong) or `agree` agree with the first disagreeing answer and not with
-/// the checked result (then the checked result is wrong), or [`max_auditors`] answered
-/// (disputed). An honest result is so refused only when `agree` auditors that agree with each
-/// other are all wrong alike before `agree` honest ones answered.
+/// auditors answer, and a side is found wrong only by a unanimous other side: the checked
+/// result once `agree` auditors agree with the first disagreeing answer and none with the
+/// checked result; the auditors that disagreed once `agree` agree with the checked result and
+/// none with the first disagreeing answer. An answer on each side makes the check disputed, and
+/// so does reaching [`max_auditors`]. Honest work is so refused only when the first `agree`
+/// auditors drawn are all wrong alike (a colluding share `f` of the candidates: `f^agree`), and
+/// an honest auditor only when the `agree` drawn after it all side with a wrong result.
 pub(crate) fn arbitrate(
     auditor: PublicKey,
     with_checked: Result<(), String>,
@@ -122,6 +124,15 @@ pub(crate) fn arbitrate(
         (Ok(()), None) => return decided(Found::Passed, t, vec![auditor]),
         (Ok(()), Some(_)) => {
             t.with_checked.push(auditor);
+            if t.dissent.len() > 1 {
+                return decided(
+                    Found::NoneAgree {
+                        why: "auditors agree with each side".into(),
+                    },
+                    t,
+                    Vec::new(),
+                );
+            }
             if t.with_checked.len() >= agree {
                 let wrong: Vec<PublicKey> = t
                     .order
@@ -137,6 +148,15 @@ pub(crate) fn arbitrate(
         (Err(why), None) | (Err(why), Some(Ok(()))) => {
             let keep = t.dissent.is_empty();
             t.dissent.push(auditor);
+            if !t.with_checked.is_empty() && t.dissent.len() > 1 {
+                return decided(
+                    Found::NoneAgree {
+                        why: format!("auditors agree with each side: {why}"),
+                    },
+                    t,
+                    Vec::new(),
+                );
+            }
             if t.dissent.len() >= agree {
                 let credited = t.dissent.clone();
                 return decided(Found::CheckedWrong { why }, t, credited);
@@ -324,26 +344,28 @@ mod tests {
 
     #[test]
     fn auditors_are_found_wrong_only_once_agree_auditors_side_with_the_checked_result() {
+        let (c, d, n) = ((true, false), (false, true), (false, false));
         // Today's three-party case with an agreement of two: the third alone does not refuse
         // the first; a fourth on its side does, with every other auditor that disagreed.
-        assert!(matches!(
-            run(2, &[(false, false), (true, false)]),
-            Ruling::AskAnother { .. }
-        ));
-        let d = decision(run(
-            2,
-            &[(false, false), (true, false), (false, false), (true, false)],
-        ));
+        assert!(matches!(run(2, &[n, c]), Ruling::AskAnother { .. }));
+        let r = decision(run(2, &[n, c, n, c]));
         assert_eq!(
-            d.found,
+            r.found,
             Found::AuditorWrong {
                 wrong: vec![key(1), key(3)]
             }
         );
-        assert_eq!(d.credited, vec![key(2), key(4)]);
-        // With an agreement of one, the first auditor that sides with the checked result does.
-        let d = decision(run(1, &[(false, false)]));
-        assert!(matches!(d.found, Found::CheckedWrong { .. }));
+        assert_eq!(r.credited, vec![key(2), key(4)]);
+        // An answer on each side: disputed, whichever comes first.
+        for answers in [&[n, c, d][..], &[n, d, c][..]] {
+            let r = run(3, answers);
+            let r = decision(r);
+            assert!(matches!(r.found, Found::NoneAgree { .. }), "{answers:?}");
+            assert!(r.credited.is_empty());
+        }
+        // With an agreement of one, the first auditor that disagrees decides.
+        let r = decision(run(1, &[n]));
+        assert!(matches!(r.found, Found::CheckedWrong { .. }));
     }
 
     #[test]
@@ -351,44 +373,42 @@ mod tests {
         for agree in 1..5usize {
             assert_eq!(max_auditors(agree), 2 * agree + 1);
         }
-        // Two on each side and three on neither, with an agreement of three: seven answers.
-        let (d, c, n) = ((false, true), (true, false), (false, false));
-        let d7 = decision(run(3, &[(false, false), c, d, c, n, n, n]));
-        assert!(matches!(d7.found, Found::NoneAgree { .. }));
-        assert_eq!(d7.auditors.len(), 7);
-        assert!(d7.credited.is_empty());
+        // With an agreement of three: one on the checked side, the rest on neither: seven.
+        let (c, n) = ((true, false), (false, false));
+        let r = decision(run(3, &[n, c, n, n, n, n, n]));
+        assert!(matches!(r.found, Found::NoneAgree { .. }));
+        assert_eq!(r.auditors.len(), 7);
+        assert!(r.credited.is_empty());
         assert!(matches!(
-            run(3, &[(false, false), c, d, c, n, n]),
+            run(3, &[n, c, n, n, n, n]),
             Ruling::AskAnother { .. }
         ));
         // With an agreement of two: five.
-        let d5 = decision(run(2, &[(false, false), c, n, n, n]));
-        assert!(matches!(d5.found, Found::NoneAgree { .. }));
+        let r = decision(run(2, &[n, c, n, n, n]));
+        assert!(matches!(r.found, Found::NoneAgree { .. }));
     }
 
     /// The chance that a check of an honest result refuses it, when each auditor drawn is,
     /// independently, one of a colluding group with probability `f` that answers alike and
-    /// wrong, and the others answer right: the colluders must reach `agree` answers before
-    /// honest ones do (an honest first answer passes the check at once).
+    /// wrong, and the others answer right: the first `agree` auditors must all collude (an
+    /// honest first answer passes the check, a later one makes it disputed).
     fn framed(f: f64, agree: usize) -> f64 {
-        // Ways to draw agree - 1 more colluders before agree honest ones, after a colluding
-        // first auditor.
-        let mut p = 0.0;
-        let mut binom = 1.0;
-        for honest in 0..agree {
-            if honest > 0 {
-                binom = binom * (agree - 1 + honest - 1) as f64 / honest as f64;
-            }
-            p += binom * f.powi(agree as i32 - 1) * (1.0 - f).powi(honest as i32);
-        }
-        f * p
+        f.powi(agree as i32)
     }
 
     #[test]
     fn the_chance_to_frame_honest_work_falls_with_the_agreement() {
         // Simulated with the rule itself against the closed form, for shares of colluders of
         // 20% and 40%.
-        for (f, agree) in [(0.2, 1), (0.2, 2), (0.2, 3), (0.4, 2), (0.4, 3), (0.4, 5)] {
+        for (f, agree) in [
+            (0.2, 1),
+            (0.2, 2),
+            (0.2, 3),
+            (0.4, 2),
+            (0.4, 3),
+            (0.4, 5),
+            (0.4, 8),
+        ] {
             let mut rng = tessera_compute::reference::model::SplitMix(7);
             let trials = 20_000;
             let mut refused = 0;
