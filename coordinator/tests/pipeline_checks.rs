@@ -12,6 +12,8 @@
 mod common;
 #[path = "pipeline_checks/roles.rs"]
 mod roles;
+#[path = "pipeline_checks/sybils.rs"]
+mod sybils;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

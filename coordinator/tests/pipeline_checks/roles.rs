@@ -33,6 +33,10 @@ pub enum Role {
     /// Honest until step [`PATIENT_FROM`], when its checks are rare, then scales its gradient
     /// sums by 3 for [`PATIENT_FOR`] steps, then honest again.
     Patient,
+    /// One of a group of sybils: triples its gradient sums in its own work and in every
+    /// audit it runs, so its fellows agree with it (colluding when they audit one another,
+    /// framing when they audit honest leases).
+    Sybil,
 }
 
 /// The step a patient attacker starts attacking at.
@@ -68,6 +72,7 @@ impl RoleCompute {
     fn attacking(&self) -> bool {
         match self.role {
             Role::Honest | Role::Subtle => false,
+            Role::Sybil => true,
             Role::Turncoat => self.steps_seen >= 2,
             Role::Patient => (PATIENT_FROM..PATIENT_FROM + PATIENT_FOR).contains(&self.step),
             _ => true,
@@ -240,7 +245,7 @@ fn sums(
                 if attacking {
                     match s.role {
                         Role::RandomGrads => *x = (s.rng.next_u64() % 1000) as f32 / 100.0 - 5.0,
-                        Role::ScaledGrads | Role::Patient => *x *= 3.0,
+                        Role::ScaledGrads | Role::Patient | Role::Sybil => *x *= 3.0,
                         _ => {}
                     }
                 }
