@@ -154,6 +154,11 @@ impl Beacon {
         self.tips.contains_key(&segment)
     }
 
+    /// The check rates the chain's first commitment fixed.
+    pub fn rates(&self) -> Option<DrawRates> {
+        self.rates
+    }
+
     /// Whether the chain was started (its first segment committed).
     pub fn started(&self) -> bool {
         self.rates.is_some()

@@ -7,9 +7,16 @@
 //! - `Joined`: the identity's kind.
 //! - `Accepted`: one more accepted unit, its tokens, and its FLOPs, pending when the entry says
 //!   the run checks work, verified at once otherwise.
+//! - `Revealed` (runs with a draw chain): each identity's pending work since the last reveal
+//!   is drawn for a check or not. Work not drawn leaves `pending_flops` and is never credited:
+//!   no check covers it. Drawn work waits for its check and is worth its FLOPs over the rate it
+//!   was drawn at, so an identity's expected credit is the work it did, and only work a check
+//!   covered earns any.
 //! - `Rejected`: one more rejected submission.
-//! - `Checked`: passed (or the auditors were the ones wrong): the checked identity's pending
-//!   FLOPs become verified, and its first pass in that step or round adds a clean step. Failed:
+//! - `Checked`: passed (or the auditors were the ones wrong): the checked identity's drawn
+//!   work is credited (in a log without a draw chain: all its pending FLOPs), and its first
+//!   pass in that step or round adds a clean step. Disputed: its drawn work is not credited
+//!   (skipped: it waits for the next passed check). Failed:
 //!   the checked identity loses everything and is refused. Every auditor of an `AuditorFailed`
 //!   check that is not in `credited` (those that disagreed with the checked result) is refused
 //!   likewise. Disputed: every party is on probation again. Each identity in `credited` gains
@@ -19,6 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::PublicKey;
+
+use super::beacon::{self, Beacon};
 
 use serde::{Deserialize, Serialize};
 use tessera_protocol::messages::ContributorKind;
@@ -32,6 +41,13 @@ pub struct Credits {
     last_clean: BTreeMap<PublicKey, u64>,
     /// The identities whose record the entry being folded changed (empty between entries).
     touched: Vec<PublicKey>,
+    /// The draw chain as the log so far makes it (credit goes only to work a check covered).
+    beacon: Beacon,
+    /// Work accepted since the last reveal and not yet drawn, by identity (FLOPs).
+    awaiting: BTreeMap<PublicKey, f64>,
+    /// Work drawn for a check and not yet checked, by identity: its FLOPs and the credit a
+    /// passed check gives (its FLOPs over the rate it was drawn at).
+    drawn: BTreeMap<PublicKey, (f64, f64)>,
 }
 
 impl Credits {
@@ -51,6 +67,61 @@ impl Credits {
     }
 
     fn fold(&mut self, event: &LogEvent) {
+        self.fold_event(event);
+        // The beacon's own check of the chain is `tessera verify`'s (`verify_draws.rs`); here
+        // it only follows the subjects of each reveal.
+        let records = &self.records;
+        let clean = |k: &PublicKey| records.get(k).map_or(0, |r| r.clean_steps);
+        let _ = self.beacon.apply(event, clean);
+    }
+
+    /// A reveal: each identity's work since the last is drawn for a check or not; work not
+    /// drawn leaves `pending_flops` uncredited (no check covers it), drawn work waits for its
+    /// check, worth its FLOPs over the rate it was drawn at.
+    fn revealed(&mut self, bits: &[u8]) {
+        let subjects = self.beacon.subjects().to_vec();
+        let rates = self.beacon.rates();
+        for (i, k) in subjects.iter().enumerate() {
+            let face = self.awaiting.remove(k).unwrap_or(0.0);
+            let drawn = bits.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1);
+            match rates {
+                Some(rates) if drawn => {
+                    let p = beacon::rate(&rates, self.clean_steps(k)).rate();
+                    let d = self.drawn.entry(*k).or_default();
+                    d.0 += face;
+                    d.1 += if p > 0.0 { face / p } else { 0.0 };
+                }
+                _ => self.uncredited(*k, face),
+            }
+        }
+        for (k, face) in std::mem::take(&mut self.awaiting) {
+            self.uncredited(k, face);
+        }
+    }
+
+    /// `face` FLOPs of `key`'s pending work that no check will cover.
+    fn uncredited(&mut self, key: PublicKey, face: f64) {
+        if face > 0.0 {
+            let r = self.at(key);
+            r.pending_flops = (r.pending_flops - face).max(0.0);
+        }
+    }
+
+    /// What a passed check of `key` verifies: with a draw chain, the drawn work it covered
+    /// (at its FLOPs over its rate); without one (a log from before draws), all pending work.
+    fn verified(&mut self, key: PublicKey) {
+        if self.beacon.started() {
+            let (face, credit) = self.drawn.remove(&key).unwrap_or_default();
+            let r = self.at(key);
+            r.pending_flops = (r.pending_flops - face).max(0.0);
+            r.flops += credit;
+        } else {
+            let r = self.at(key);
+            r.flops += std::mem::take(&mut r.pending_flops);
+        }
+    }
+
+    fn fold_event(&mut self, event: &LogEvent) {
         match event {
             LogEvent::Joined { key, kind } => self.at(*key).kind = Some(*kind),
             LogEvent::Accepted {
@@ -65,10 +136,14 @@ impl Credits {
                 r.tokens += tokens;
                 if *pending {
                     r.pending_flops += flops;
+                    if self.beacon.started() {
+                        *self.awaiting.entry(*key).or_default() += flops;
+                    }
                 } else {
                     r.flops += flops;
                 }
             }
+            LogEvent::Revealed { drawn, .. } => self.revealed(drawn),
             LogEvent::Rejected { key, .. } => self.at(*key).rejected += 1,
             LogEvent::Checked {
                 key,
@@ -81,10 +156,10 @@ impl Credits {
                 match outcome {
                     CheckOutcome::Passed | CheckOutcome::AuditorFailed(_) => {
                         let new_step = self.last_clean.insert(*key, *step) != Some(*step);
+                        self.verified(*key);
                         let r = self.at(*key);
                         r.checks_passed += 1;
                         r.clean_steps += u64::from(new_step);
-                        r.flops += std::mem::take(&mut r.pending_flops);
                         if let CheckOutcome::AuditorFailed(_) = outcome {
                             for liar in auditors.iter().filter(|k| !credited.contains(k)) {
                                 self.refuse(*liar);
@@ -93,13 +168,11 @@ impl Credits {
                     }
                     CheckOutcome::Failed(_) => self.refuse(*key),
                     CheckOutcome::Disputed(_) => {
-                        // One of them is wrong and nobody could say who: every party is on
-                        // probation again (checked at the new identity's rate).
-                        for k in std::iter::once(key).chain(auditors) {
-                            if self.records.contains_key(k) {
-                                self.at(*k).clean_steps = 0;
-                            }
+                        // The drawn work stands unverified: no credit for it.
+                        if let Some((face, _)) = self.drawn.remove(key) {
+                            self.uncredited(*key, face);
                         }
+                        self.probation(key, auditors);
                     }
                     CheckOutcome::Skipped(_) => {}
                 }
@@ -120,8 +193,20 @@ impl Credits {
         self.records.entry(key).or_default()
     }
 
+    /// A disputed check: one of its parties is wrong and nobody could say who, so every one is
+    /// on probation again (checked at the new identity's rate).
+    fn probation(&mut self, key: &PublicKey, auditors: &[PublicKey]) {
+        for k in std::iter::once(key).chain(auditors) {
+            if self.records.contains_key(k) {
+                self.at(*k).clean_steps = 0;
+            }
+        }
+    }
+
     /// Found wrong: everything is lost, and the identity is refused from then on.
     fn refuse(&mut self, key: PublicKey) {
+        self.awaiting.remove(&key);
+        self.drawn.remove(&key);
         let r = self.at(key);
         r.checks_failed += 1;
         r.flops = 0.0;
@@ -174,10 +259,12 @@ pub struct Record {
     pub tokens: u64,
     /// Credits: floating-point operations of verified work (estimated from the model shape:
     /// two per parameter per token forward, six forward and backward). Where the run checks
-    /// work, accepted work waits in `pending_flops` until the identity passes a check (or
-    /// its results agree with another's in a check it ran); a failed check takes everything.
+    /// work, accepted work waits in `pending_flops`; work drawn for a check is credited when
+    /// the check passes, at its FLOPs over the rate it was drawn at, work not drawn never (and
+    /// an auditor whose results agree is credited for the check it ran); a failed check takes
+    /// everything.
     pub flops: f64,
-    /// Accepted work not yet verified.
+    /// Accepted work awaiting its draw or its check.
     pub pending_flops: f64,
     /// Checks of its work passed.
     pub checks_passed: u64,
@@ -333,5 +420,90 @@ mod tests {
             (cr.records()[&a].flops, cr.records()[&a].pending_flops),
             (7.0, 0.0)
         );
+    }
+
+    /// A log with a draw chain of check rate one half: each of `n` identities' `face` FLOPs,
+    /// then a reveal; the log and which identities it drew.
+    fn drawn_log(n: u8, face: f64) -> (Vec<LogEvent>, Vec<(PublicKey, bool)>) {
+        use super::super::beacon::{pack, Chain};
+        let id = Identity::from_seed([9; 32]);
+        let rates = tessera_protocol::log::DrawRates {
+            new: 1 << 63,
+            min: 1 << 63,
+            halving: 4,
+        };
+        let mut log: Vec<LogEvent> = (0..2)
+            .map(|s| LogEvent::DrawChain {
+                segment: s,
+                tip: Chain::derive(&id, "run", &[0; 32], s).tip(),
+                rates: (s == 0).then_some(rates),
+            })
+            .collect();
+        log.extend((1..=n).map(|i| accepted(key(i), face, true)));
+        let mut b = Beacon::new();
+        for e in &log {
+            b.apply(e, |_| 0).unwrap();
+        }
+        let value = Chain::derive(&id, "run", &[0; 32], 0).value(1).unwrap();
+        let bits = b.draws(&value, |_| 0);
+        log.push(LogEvent::Revealed {
+            index: 1,
+            value,
+            drawn: pack(&bits),
+        });
+        let who = b.subjects().iter().copied().zip(bits).collect();
+        (log, who)
+    }
+
+    #[test]
+    fn only_work_a_check_covered_earns_credit_at_its_flops_over_its_rate() {
+        let (mut log, who) = drawn_log(16, 10.0);
+        assert!(
+            who.iter().any(|w| w.1) && who.iter().any(|w| !w.1),
+            "{who:?}"
+        );
+        let cr = Credits::from_log(&log);
+        for (k, drawn) in &who {
+            // Drawn work waits for its check; work not drawn is never credited.
+            let want = if *drawn { 10.0 } else { 0.0 };
+            assert_eq!(
+                (cr.records()[k].flops, cr.records()[k].pending_flops),
+                (0.0, want)
+            );
+        }
+        // Each drawn identity's check: the first passes, the second is disputed.
+        let drawn: Vec<PublicKey> = who.iter().filter(|w| w.1).map(|w| w.0).collect();
+        log.push(checked(drawn[0], vec![key(99)], CheckOutcome::Passed));
+        if let Some(&other) = drawn.get(1) {
+            log.push(checked(
+                other,
+                vec![key(99)],
+                CheckOutcome::Disputed(tessera_protocol::Reason::new(
+                    tessera_protocol::Code::Disputed,
+                    "x",
+                )),
+            ));
+            let cr = Credits::from_log(&log);
+            assert_eq!(
+                (
+                    cr.records()[&other].flops,
+                    cr.records()[&other].pending_flops
+                ),
+                (0.0, 0.0)
+            );
+        }
+        let cr = Credits::from_log(&log);
+        // Drawn at one half: a passed check is worth twice the work it covered.
+        assert_eq!(
+            (
+                cr.records()[&drawn[0]].flops,
+                cr.records()[&drawn[0]].pending_flops
+            ),
+            (20.0, 0.0)
+        );
+        // Work accepted after the reveal waits for the next.
+        log.push(accepted(drawn[0], 3.0, true));
+        let cr = Credits::from_log(&log);
+        assert_eq!(cr.records()[&drawn[0]].pending_flops, 3.0);
     }
 }
