@@ -1,0 +1,222 @@
+//! `false_positives`: how often each check refuses honest work. Runs long, honest-only runs in
+//! process on this machine's adapter (real GPU contributors, the real coordinator core): a
+//! whole-model run of the end-to-end configuration with dense sync (so replays are on) and a
+//! pipeline run of the end-to-end pipeline configuration, every contributor honest. Any check
+//! that fails, disputes or refuses here is a false positive. Prints, per check, how many times
+//! it judged honest work and how many of those it got wrong, with a 95% upper bound on the
+//! false-positive rate (the "rule of three" when none was wrong).
+//!
+//! ```text
+//! cargo run --release -p tessera-bench --bin false_positives -- --rounds 200 --steps 100
+//! ```
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use tessera_compute::Gpu;
+use tessera_coordinator::core::{Core, Phase, RunSpec};
+use tessera_e2e::{data_run, Control, Message};
+use tessera_protocol::log::{CheckOutcome, LogEvent, SignedEntry};
+use tessera_protocol::{Code, Identity, ToContributor};
+
+/// Judgements of one check over honest work: how many, and how many were wrong.
+#[derive(Debug, Default, Clone, Copy)]
+struct Judged {
+    judged: u64,
+    wrong: u64,
+}
+
+impl Judged {
+    /// The 95% upper bound on the rate of wrong judgements (exact for none: 3/n).
+    fn upper(&self) -> f64 {
+        if self.judged == 0 {
+            return 1.0;
+        }
+        let n = self.judged as f64;
+        let p = self.wrong as f64 / n;
+        if self.wrong == 0 {
+            3.0 / n
+        } else {
+            (p + 1.96 * (p * (1.0 - p) / n).sqrt()).min(1.0)
+        }
+    }
+}
+
+fn arg(name: &str, default: u64) -> Result<u64> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .with_context(|| format!("{name} needs a number"))?
+            .parse()
+            .with_context(|| format!("{name} needs a number")),
+        None => Ok(default),
+    }
+}
+
+/// Runs `spec` with `n` honest contributors of `budget` bytes to its end; the log.
+fn run(
+    gpu: &Gpu,
+    spec: RunSpec,
+    init: tessera_compute::reference::ModelParams<f32>,
+    n: usize,
+    budget: u64,
+    what: &str,
+) -> Result<Vec<SignedEntry>> {
+    let total = spec.rounds;
+    let mut core = Core::new(spec, Identity::from_seed([77; 32]), init);
+    let mut clients = tessera_e2e::with_budgets(gpu, &vec![budget; n]);
+    let started = std::time::Instant::now();
+    let mut last = u64::MAX;
+    let ran = tessera_e2e::run_tampered(
+        gpu,
+        &mut core,
+        &mut clients,
+        |m, _| {
+            let closed = match m {
+                Message::Down(ToContributor::OuterStep { round, .. }) => Some(*round),
+                Message::Down(ToContributor::StepWeights { step, .. }) => Some(*step),
+                _ => None,
+            };
+            if let Some(c) = closed.filter(|&c| c != last && (c + 1) % 10 == 0) {
+                eprintln!(
+                    "{what}: {} of {total} closed ({:.0} s)",
+                    c + 1,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            if let Some(c) = closed {
+                last = c;
+            }
+            Control::Go
+        },
+        |_, _| {},
+    )
+    .context("a contributor failed")?;
+    if core.phase() != Phase::Finished {
+        bail!("the {what} run did not finish");
+    }
+    Ok(ran.log)
+}
+
+/// Which check a whole-model failure came from, by its reason's code.
+fn whole_model_check(code: Code) -> &'static str {
+    match code {
+        Code::NormOutlier => "norm (5x the round's median)",
+        Code::LossCheck => "own-batch loss gain",
+        Code::HeldOut => "held-out gain",
+        Code::Copy => "copy",
+        _ => "replay",
+    }
+}
+
+/// Tallies the whole-model run's judgements.
+fn whole_model(log: &[SignedEntry]) -> BTreeMap<&'static str, Judged> {
+    let mut t: BTreeMap<&'static str, Judged> = BTreeMap::new();
+    let mut updates_in_rounds = 0u64;
+    let mut accepted = 0u64;
+    for e in log {
+        match &e.entry.event {
+            LogEvent::Accepted { tokens, .. } if *tokens > 0 => accepted += 1,
+            LogEvent::Rejected { reason, .. } if reason.code == Code::Copy => {
+                let j = t.entry("copy").or_default();
+                j.judged += 1;
+                j.wrong += 1;
+            }
+            LogEvent::Checked {
+                auditors, outcome, ..
+            } => {
+                let check = match (outcome, auditors.is_empty()) {
+                    (CheckOutcome::Failed(r), true) => whole_model_check(r.code),
+                    (_, true) => "own-batch loss gain",
+                    (_, false) => "replay",
+                };
+                let j = t.entry(check).or_default();
+                if check != "norm (5x the round's median)" && check != "held-out gain" {
+                    j.judged += 1;
+                }
+                j.wrong += u64::from(!matches!(
+                    outcome,
+                    CheckOutcome::Passed | CheckOutcome::Skipped(_)
+                ));
+            }
+            LogEvent::Closed { .. } => updates_in_rounds = accepted,
+            _ => {}
+        }
+    }
+    // The norm check judges every update of a closing round, the held-out check every update of
+    // a round with a drawn one (here: every round, since new identities are drawn at rate one
+    // until their records grow), the copy check every update on arrival.
+    t.entry("norm (5x the round's median)").or_default().judged += updates_in_rounds;
+    t.entry("held-out gain").or_default().judged += updates_in_rounds;
+    t.entry("copy").or_default().judged += accepted;
+    t
+}
+
+/// Tallies the pipeline run's audits.
+fn pipeline(log: &[SignedEntry]) -> Judged {
+    let mut j = Judged::default();
+    for e in log {
+        if let LogEvent::Checked { outcome, .. } = &e.entry.event {
+            if !matches!(outcome, CheckOutcome::Skipped(_)) {
+                j.judged += 1;
+                j.wrong += u64::from(!matches!(outcome, CheckOutcome::Passed));
+            }
+        }
+    }
+    j
+}
+
+fn print(name: &str, j: &Judged) {
+    println!(
+        "{name:<32} {:>8} {:>6} {:>10.4} {:>12.4}",
+        j.judged,
+        j.wrong,
+        if j.judged > 0 {
+            j.wrong as f64 / j.judged as f64
+        } else {
+            0.0
+        },
+        j.upper()
+    );
+}
+
+fn main() -> Result<()> {
+    let rounds = arg("--rounds", 200)?;
+    let steps = arg("--steps", 100)?;
+    let workers = arg("--workers", 6)? as usize;
+    let gpu = tessera_e2e::gpu();
+    let (spec, init) = data_run("e2e.toml", |cfg| {
+        cfg.rounds = rounds;
+        cfg.train.replicas = 4;
+        cfg.train.sync = tessera_coordinator::config::Sync::Dense;
+    });
+    let whole = run(&gpu, spec, init, workers, 1 << 30, "whole-model")?;
+    let (spec, init) = data_run("pipeline.toml", |cfg| cfg.rounds = steps);
+    let budget = {
+        let p = spec.pipeline.as_ref().context("a pipeline run")?;
+        (0..p.stages.len())
+            .flat_map(|s| (0..p.stages[s].len()).map(move |i| (s, i)))
+            .map(|c| p.lease_bytes(&[c]))
+            .max()
+            .unwrap_or(0)
+    };
+    let leases = spec
+        .pipeline
+        .as_ref()
+        .map_or(0, |p| p.stages.iter().map(Vec::len).sum::<usize>());
+    let piped = run(&gpu, spec, init, 2 * leases, budget, "pipeline")?;
+    println!("adapter: {}", gpu.adapter());
+    println!(
+        "honest work judged by each check: a whole-model run of {rounds} rounds ({workers} workers, 4 replicas, dense sync) and a pipeline run of {steps} steps (two holders of each micro-shard)"
+    );
+    println!(
+        "{:<32} {:>8} {:>6} {:>10} {:>12}",
+        "check", "judged", "wrong", "rate", "95% bound"
+    );
+    for (name, j) in whole_model(&whole) {
+        print(name, &j);
+    }
+    print("pipeline audit", &pipeline(&piped));
+    Ok(())
+}
