@@ -68,6 +68,29 @@ impl Drop for Workers {
     }
 }
 
+/// Resolves when the process is asked to terminate (SIGTERM or SIGHUP), so that the demo
+/// stops its workers then as on Ctrl-C; never where there are no such signals.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(mut term), Ok(mut hup)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
+}
+
 /// Runs the demo.
 pub async fn run(a: Args) -> Result<()> {
     let dir = a.data_dir.unwrap_or_else(|| {
@@ -141,6 +164,7 @@ pub async fn run(a: Args) -> Result<()> {
             }
         }
         _ = tokio::signal::ctrl_c() => println!("stopped"),
+        _ = terminated() => println!("stopped (terminated)"),
     }
     drop(workers);
     let status = running.status.lock().map(|s| s.clone()).unwrap_or_default();

@@ -65,13 +65,27 @@ fn multi_thread() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn main() -> Result<()> {
+/// Runs the command; an error is printed as its chain of causes on one line (never a
+/// backtrace, whatever `RUST_BACKTRACE` says) and the process exits with status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,wgpu_hal::gles=off".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Demo(a) => multi_thread()?.block_on(demo::run(a)),

@@ -122,7 +122,19 @@ struct Line {
     signed: String,
 }
 
-fn fetch(base: &str) -> Result<LogFile> {
+/// A coordinator's base URL from what a user may give: the base itself, or a URL of its log
+/// or status (`http://host:port/api/log`, with or without a query or trailing slash).
+pub fn base_url(given: &str) -> &str {
+    let no_query = given.split(['?', '#']).next().unwrap_or(given);
+    let trimmed = no_query.trim_end_matches('/');
+    ["/api/log", "/api/status", "/api/credits"]
+        .iter()
+        .find_map(|tail| trimmed.strip_suffix(tail))
+        .unwrap_or(trimmed)
+}
+
+fn fetch(given: &str) -> Result<LogFile> {
+    let base = base_url(given);
     let mut out = LogFile {
         coordinator: String::new(),
         entries: Vec::new(),
@@ -291,7 +303,7 @@ pub async fn run(a: Args) -> Result<()> {
     let live = src.log.starts_with("http://") || src.log.starts_with("https://");
     // What the coordinator claims is read before its log, so the log holds the claimed head.
     let claimed = if live {
-        Some(crate::verify_credits::fetch_claimed(&src.log)?)
+        Some(crate::verify_credits::fetch_claimed(base_url(&src.log))?)
     } else {
         None
     };
@@ -371,4 +383,24 @@ pub async fn run(a: Args) -> Result<()> {
         None => println!("log verified: empty"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_url;
+
+    #[test]
+    fn a_coordinator_is_found_from_its_base_or_its_log_or_status_url() {
+        for given in [
+            "http://h:1",
+            "http://h:1/",
+            "http://h:1/api/log",
+            "http://h:1/api/log/",
+            "http://h:1/api/log?from=5&limit=10",
+            "http://h:1/api/status",
+        ] {
+            assert_eq!(base_url(given), "http://h:1", "{given}");
+        }
+        assert_eq!(base_url("https://h/run/api/log"), "https://h/run");
+    }
 }

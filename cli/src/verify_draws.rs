@@ -49,7 +49,7 @@ pub fn check(entries: &[SignedEntry]) -> Result<DrawsChecked> {
 /// One line for people.
 pub fn describe(d: &DrawsChecked) -> String {
     if d.segments == 0 {
-        "no draw chain: the run does not check work".into()
+        "no draw chain in the log: the run does not check work (or its log predates draws)".into()
     } else {
         format!(
             "draws recomputed from the draw chain: {} values revealed ({} segments committed), {} draws of who is checked, {} drawn; each as logged",

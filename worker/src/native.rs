@@ -97,10 +97,6 @@ pub async fn run(
             End::Shutdown => return Ok(contributor),
             End::Retry(why) => {
                 tracing::warn!("{why}; reconnecting in {:.1} s", backoff.as_secs_f64());
-                eprintln!(
-                    "worker: {why}; reconnecting in {:.1} s",
-                    backoff.as_secs_f64()
-                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return Ok(contributor),

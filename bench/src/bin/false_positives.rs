@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tessera_compute::Gpu;
 use tessera_coordinator::core::{Core, Phase, RunSpec};
 use tessera_e2e::{data_run, Control, Message};
@@ -94,7 +94,29 @@ fn run(
     )
     .context("a contributor failed")?;
     if core.phase() != Phase::Finished {
-        bail!("the {what} run did not finish");
+        // Nothing left in flight and the run not over: a round or step waits for what only a
+        // clock would bring (a quorum's deadline), say because checks refused too many.
+        println!(
+            "the {what} run stalled at {} of {total} (below: what its checks found)",
+            core.round()
+        );
+    }
+    for e in &ran.log {
+        let found = match &e.entry.event {
+            LogEvent::Checked {
+                key, step, outcome, ..
+            } => match outcome {
+                CheckOutcome::Passed | CheckOutcome::Skipped(_) => None,
+                other => Some(format!("{} at {step}: {other:?}", key.fingerprint())),
+            },
+            LogEvent::Rejected { key, reason, .. } if reason.code == Code::Copy => {
+                Some(format!("{}: {reason}", key.fingerprint()))
+            }
+            _ => None,
+        };
+        if let Some(f) = found {
+            println!("{what}: {f}");
+        }
     }
     Ok(ran.log)
 }

@@ -16,6 +16,7 @@ mod changes;
 mod context;
 pub mod credits;
 mod draws;
+mod held_out;
 mod io;
 mod measure;
 mod part;
@@ -48,9 +49,9 @@ use tessera_protocol::{Code, Identity, PublicKey, Reason, ToCoordinator};
 
 pub use changes::{Changes, Marks};
 pub use credits::Record;
+pub use held_out::HeldOutScore;
 pub use io::{spelled_out, Action, Input};
 pub use measure::{Measured, Measurement};
-pub use replica_checks::HeldOutScore;
 pub use results::{Contribution, RoundSummary, Snapshot};
 pub use run_state::{End, Phase, RunState};
 pub use session::SessionView;
@@ -96,8 +97,8 @@ pub(super) struct Replicas {
     /// Loss gains of the updates that passed a loss check, by round (this round's and the
     /// last's are kept).
     gains: Vec<(u64, f64)>,
-    /// The latest held-out checks (at most `replica_checks::KEPT_SCORES`).
-    held_out_scores: std::collections::VecDeque<replica_checks::HeldOutScore>,
+    /// The latest held-out checks (at most `held_out::KEPT_SCORES`).
+    held_out_scores: std::collections::VecDeque<held_out::HeldOutScore>,
     /// The last measurement's ticket (see `measure`).
     next_ticket: u64,
 }

@@ -31,6 +31,10 @@ use tessera_protocol::{Code, PublicKey, Reason};
 use tessera_train::outer::norm;
 
 use super::context::Context;
+use super::held_out::{
+    held_out_scores, HeldOutScore, HELD_OUT_MIN_SPREAD, HELD_OUT_MIN_SPREAD_FEEDBACK, HELD_OUT_Z,
+    KEPT_SCORES,
+};
 use super::measure::{Asked, Gains, Item, Measured, Measurement, Measuring};
 use super::part::Part;
 use super::spec::ChecksSpec;
@@ -95,82 +99,8 @@ const GAIN_SHARE: f64 = 0.1;
 /// How many times the median norm of the round's updates an update may reach.
 const SCALE_LIMIT: f64 = 5.0;
 
-/// How many spreads (robust standard deviations of the round's updates' held-out gains) below
-/// the round's median update's held-out gain an update's may lie before it is refused.
-const HELD_OUT_Z: f64 = 4.0;
-
-/// The least spread, as a share of the median held-out gain, where updates carry no private
-/// state (dense sync, or units started fresh): a round of a few close updates does not make a
-/// small difference count (an honest SparseLoCo slot was 4% under two close ones).
-const HELD_OUT_MIN_SPREAD: f64 = 0.05;
-
-/// The least spread where updates carry each contributor's private error feedback (SparseLoCo
-/// without fresh units): the residual of earlier rounds makes honest updates differ widely (an
-/// honest one gained -0.0010 where the round's median gained 0.0185, late in a run), so only an
-/// update that raises the held-out loss by about as much as the median update lowers it is
-/// refused.
-const HELD_OUT_MIN_SPREAD_FEEDBACK: f64 = 0.5;
-
-/// Held-out scores kept for [`Core::held_out_scores`].
-pub(super) const KEPT_SCORES: usize = 1024;
-
-/// An update's held-out check: its loss gain per unit of norm on the held-out sequences
-/// against the round's other updates'.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HeldOutScore {
-    /// The round.
-    pub round: u64,
-    /// The update's slot.
-    pub slot: u64,
-    /// Whether the update was drawn for the round's checks (the own-batch check too); the
-    /// others are measured for the round's median and held to the same bound.
-    pub drawn: bool,
-    /// Whose update.
-    pub key: PublicKey,
-    /// Its held-out loss gain per unit of norm.
-    pub gain: f64,
-    /// The median of the round's updates' gains.
-    pub median: f64,
-    /// Their spread: 1.4826 times the median absolute deviation (a standard deviation, were
-    /// they normal), at least a share of the median (`HELD_OUT_MIN_SPREAD`, or
-    /// `HELD_OUT_MIN_SPREAD_FEEDBACK` where updates carry private error feedback).
-    pub spread: f64,
-    /// How many spreads the gain lies above (positive) or below (negative) the median.
-    pub z: f64,
-}
-
-/// The held-out scores of the updates among `measured` (none without held-out gains): each
-/// gain against the median and the spread of every measured update's.
-fn held_out_scores(round: u64, measured: &[Gains], min_spread: f64) -> Vec<HeldOutScore> {
-    let gains: Vec<f64> = measured.iter().filter_map(|m| m.held).collect();
-    if gains.len() < 3 {
-        return Vec::new();
-    }
-    let mid = median(&gains);
-    let deviations: Vec<f64> = gains.iter().map(|g| (g - mid).abs()).collect();
-    let spread = (1.4826 * median(&deviations))
-        .max(min_spread * mid.abs())
-        .max(f64::MIN_POSITIVE);
-    measured
-        .iter()
-        .filter_map(|m| {
-            let gain = m.held?;
-            Some(HeldOutScore {
-                round,
-                slot: m.slot,
-                drawn: m.drawn,
-                key: m.key,
-                gain,
-                median: mid,
-                spread,
-                z: (gain - mid) / spread,
-            })
-        })
-        .collect()
-}
-
 /// The median (0 for none).
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s.get(s.len() / 2).copied().unwrap_or(0.0)
@@ -315,23 +245,15 @@ impl Replicas {
         } else {
             HELD_OUT_MIN_SPREAD
         };
-        for score in held_out_scores(round, &measured, min_spread) {
+        let scores = held_out_scores(round, &measured, min_spread);
+        if self.replay_held_out_outliers(cx, &scores, &done, &failed) {
+            return false;
+        }
+        for score in scores {
             tracing::debug!(?score, "held-out check");
-            if score.z < -HELD_OUT_Z && !failed.iter().any(|f| f.0 == score.slot) {
-                failed.push((
-                    score.slot,
-                    score.key,
-                    Reason::new(
-                        Code::HeldOut,
-                        format!(
-                            "applied alone it lowers the held-out loss by {:.4} per unit of norm, where the round's median update lowers it by {:.4}: {:.1} spreads of the round's updates ({:.4}) below, beyond the {HELD_OUT_Z} allowed",
-                            score.gain,
-                            score.median,
-                            -score.z,
-                            score.spread
-                        ),
-                    ),
-                ));
+            let outlier = score.z < -HELD_OUT_Z && !self.round.verified.contains(&score.slot);
+            if outlier && !failed.iter().any(|f| f.0 == score.slot) {
+                failed.push((score.slot, score.key, score.refusal()));
             }
             if self.held_out_scores.len() == KEPT_SCORES {
                 self.held_out_scores.pop_front();

@@ -55,6 +55,8 @@ pub(super) struct Round {
     pub(super) disputed: BTreeMap<u64, u32>,
     /// The CPU reference measurements its checks asked for, once complete.
     pub(super) measuring: Option<super::measure::Measuring>,
+    /// Units replayed because their held-out gain lay far below the round's (once each).
+    pub(super) held_out_replayed: std::collections::BTreeSet<u64>,
 }
 
 impl Round {
@@ -70,6 +72,7 @@ impl Round {
             verified: Default::default(),
             disputed: BTreeMap::new(),
             measuring: None,
+            held_out_replayed: Default::default(),
         }
     }
 

@@ -1,0 +1,73 @@
+//! `tessera demo` asked to terminate (SIGTERM, as a service manager or `kill` asks) stops the
+//! worker processes it started, as Ctrl-C does: none is left reconnecting to a coordinator that
+//! is gone, or joining the next demo on the same port.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{exe, free_port, scratch, wait_for, Proc};
+
+/// The processes whose command line names `needle`.
+fn processes_naming(needle: &Path) -> Vec<u32> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        // A zombie (exited, not yet reaped) has an empty command line.
+        if cmd.contains(&needle) && cmd.contains(" worker ") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_terminated_demo_stops_its_workers() {
+    let dir = scratch("demo-term");
+    let port = free_port();
+    let mut demo = Proc(
+        Command::new(exe())
+            .args(["demo", "--rounds", "100000", "--workers", "2", "--bind"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tessera demo starts"),
+    );
+    wait_for(port, Duration::from_secs(300), "two workers", |s| {
+        s["contributors"].as_array().is_some_and(|c| c.len() == 2)
+    });
+    let workers = processes_naming(&dir);
+    assert_eq!(workers.len(), 2, "the demo's two workers: {workers:?}");
+    let pid = demo.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let status = demo.wait_exit(Duration::from_secs(60), "the demo to stop");
+    assert!(
+        status.success(),
+        "a terminated demo exits cleanly: {status}"
+    );
+    let start = Instant::now();
+    while !processes_naming(&dir).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "workers left running after the demo stopped: {:?}",
+            processes_naming(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
