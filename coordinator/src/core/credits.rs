@@ -48,6 +48,9 @@ pub struct Credits {
     /// Work drawn for a check and not yet checked, by identity: its FLOPs and the credit a
     /// passed check gives (its FLOPs over the rate it was drawn at).
     drawn: BTreeMap<PublicKey, (f64, f64)>,
+    /// Pending work from before the log's draw chain started (a run resumed across the
+    /// change), by identity: its next passed check verifies it, as before draws.
+    before_draws: BTreeMap<PublicKey, f64>,
 }
 
 impl Credits {
@@ -111,7 +114,11 @@ impl Credits {
     /// (at its FLOPs over its rate); without one (a log from before draws), all pending work.
     fn verified(&mut self, key: PublicKey) {
         if self.beacon.started() {
-            let (face, credit) = self.drawn.remove(&key).unwrap_or_default();
+            let (mut face, mut credit) = self.drawn.remove(&key).unwrap_or_default();
+            if let Some(old) = self.before_draws.remove(&key) {
+                face += old;
+                credit += old;
+            }
             let r = self.at(key);
             r.pending_flops = (r.pending_flops - face).max(0.0);
             r.flops += credit;
@@ -144,6 +151,15 @@ impl Credits {
                 }
             }
             LogEvent::Revealed { drawn, .. } => self.revealed(drawn),
+            LogEvent::DrawChain { rates: Some(_), .. } if !self.beacon.started() => {
+                // The chain starts: what is pending now was accepted before draws.
+                self.before_draws = self
+                    .records
+                    .iter()
+                    .filter(|(_, r)| r.pending_flops > 0.0)
+                    .map(|(k, r)| (*k, r.pending_flops))
+                    .collect();
+            }
             LogEvent::Rejected { key, .. } => self.at(*key).rejected += 1,
             LogEvent::Checked {
                 key,
@@ -206,6 +222,7 @@ impl Credits {
     /// Found wrong: everything is lost, and the identity is refused from then on.
     fn refuse(&mut self, key: PublicKey) {
         self.awaiting.remove(&key);
+        self.before_draws.remove(&key);
         self.drawn.remove(&key);
         let r = self.at(key);
         r.checks_failed += 1;
@@ -425,6 +442,15 @@ mod tests {
     /// A log with a draw chain of check rate one half: each of `n` identities' `face` FLOPs,
     /// then a reveal; the log and which identities it drew.
     fn drawn_log(n: u8, face: f64) -> (Vec<LogEvent>, Vec<(PublicKey, bool)>) {
+        drawn_log_after(Vec::new(), n, face)
+    }
+
+    /// [`drawn_log`] after the entries `before` (which come before the chain starts).
+    fn drawn_log_after(
+        before: Vec<LogEvent>,
+        n: u8,
+        face: f64,
+    ) -> (Vec<LogEvent>, Vec<(PublicKey, bool)>) {
         use super::super::beacon::{pack, Chain};
         let id = Identity::from_seed([9; 32]);
         let rates = tessera_protocol::log::DrawRates {
@@ -432,13 +458,12 @@ mod tests {
             min: 1 << 63,
             halving: 4,
         };
-        let mut log: Vec<LogEvent> = (0..2)
-            .map(|s| LogEvent::DrawChain {
-                segment: s,
-                tip: Chain::derive(&id, "run", &[0; 32], s).tip(),
-                rates: (s == 0).then_some(rates),
-            })
-            .collect();
+        let mut log = before;
+        log.extend((0..2).map(|s| LogEvent::DrawChain {
+            segment: s,
+            tip: Chain::derive(&id, "run", &[0; 32], s).tip(),
+            rates: (s == 0).then_some(rates),
+        }));
         log.extend((1..=n).map(|i| accepted(key(i), face, true)));
         let mut b = Beacon::new();
         for e in &log {
@@ -505,5 +530,28 @@ mod tests {
         log.push(accepted(drawn[0], 3.0, true));
         let cr = Credits::from_log(&log);
         assert_eq!(cr.records()[&drawn[0]].pending_flops, 3.0);
+    }
+
+    #[test]
+    fn work_pending_before_the_draw_chain_started_is_verified_by_the_next_passed_check() {
+        // A run resumed across the change: pending work, then the chain, a reveal, a check.
+        let old = key(50);
+        let (mut log, who) = drawn_log_after(vec![accepted(old, 7.0, true)], 4, 10.0);
+        assert!(
+            who.iter().any(|w| w.0 == old),
+            "a subject of the first reveal"
+        );
+        let cr = Credits::from_log(&log);
+        assert_eq!(
+            cr.records()[&old].pending_flops,
+            7.0,
+            "still pending, drawn or not"
+        );
+        log.push(checked(old, vec![key(99)], CheckOutcome::Passed));
+        let cr = Credits::from_log(&log);
+        assert_eq!(
+            (cr.records()[&old].flops, cr.records()[&old].pending_flops),
+            (7.0, 0.0)
+        );
     }
 }
