@@ -1,11 +1,10 @@
 //! `tessera verify`'s draws: folds the log's draw chain as the coordinator does (the core's
-//! own [`Beacon`]), so every revealed value must hash to the one before it and to a tip
+//! own credits fold and the `Beacon` in it), so every revealed value must hash to the one before it and to a tip
 //! committed before, and every draw of who is checked must be the one the value, the work
 //! accepted before it and each identity's rate give (the rate from the credits folded from the
 //! same log, so from the identity's record at that point).
 
 use anyhow::{anyhow, Result};
-use tessera_coordinator::core::beacon::Beacon;
 use tessera_coordinator::core::credits::Credits;
 use tessera_protocol::log::{LogEvent, SignedEntry};
 
@@ -25,13 +24,12 @@ pub struct DrawsChecked {
 /// Recomputes every draw of the log; an error names the first entry whose draw does not hold.
 pub fn check(entries: &[SignedEntry]) -> Result<DrawsChecked> {
     let mut credits = Credits::default();
-    let mut beacon = Beacon::new();
     let mut out = DrawsChecked::default();
     for e in entries {
         let event = &e.entry.event;
-        credits.apply(event);
-        beacon
-            .apply(event, |k| credits.clean_steps(k))
+        credits
+            .apply_drawn(event)
+            .1
             .map_err(|why| anyhow!("log entry {}: {why}", e.entry.index))?;
         match event {
             LogEvent::DrawChain { .. } => out.segments += 1,
@@ -42,7 +40,7 @@ pub fn check(entries: &[SignedEntry]) -> Result<DrawsChecked> {
             _ => {}
         }
     }
-    out.draws = beacon.checked;
+    out.draws = credits.beacon().checked;
     Ok(out)
 }
 

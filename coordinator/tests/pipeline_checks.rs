@@ -415,7 +415,7 @@ fn patient_attackers_are_caught_as_often_as_the_draws_predict() {
     // Eight runs, each with its own coordinator key (so its own draw chain); `TESSERA_SEED`
     // (1..=255) reruns one. (Over 25 other keys: 128 attacked steps drawn, 120.5 predicted.)
     use roles::{PATIENT_FOR, PATIENT_FROM};
-    use tessera_coordinator::core::beacon::{rate, Beacon};
+    use tessera_coordinator::core::beacon::rate;
     use tessera_coordinator::core::credits::Credits;
     let seeds: Vec<u8> = match std::env::var("TESSERA_SEED") {
         Ok(s) => vec![s.parse().expect("TESSERA_SEED is a number in 1..=255")],
@@ -438,18 +438,18 @@ fn patient_attackers_are_caught_as_often_as_the_draws_predict() {
             "every patient attacker attacked"
         );
         // The draws of the attacked steps, from the log as `tessera verify` folds it.
-        let (mut beacon, mut credits, mut rates, mut step) =
-            (Beacon::new(), Credits::default(), None, 0u64);
+        let (mut credits, mut step) = (Credits::default(), 0u64);
         let (mut p_seed, mut caught_seed) = (0.0, 0);
         for e in &run.log {
             match &e.entry.event {
-                LogEvent::DrawChain { rates: Some(r), .. } => rates = Some(*r),
                 LogEvent::Revealed { drawn, .. } => {
+                    let beacon = credits.beacon();
                     for (i, k) in beacon.subjects().iter().enumerate() {
                         if !attacked.get(k).is_some_and(|a| a.contains(&step)) {
                             continue;
                         }
-                        let p = rate(&rates.expect("committed"), credits.clean_steps(k)).rate();
+                        let rates = beacon.rates().expect("committed");
+                        let p = rate(&rates, credits.clean_steps(k)).rate();
                         p_seed += p;
                         variance += p * (1.0 - p);
                         draws += 1;
@@ -459,9 +459,9 @@ fn patient_attackers_are_caught_as_often_as_the_draws_predict() {
                 LogEvent::Closed { .. } => step += 1,
                 _ => {}
             }
-            credits.apply(&e.entry.event);
-            beacon
-                .apply(&e.entry.event, |k| credits.clean_steps(k))
+            credits
+                .apply_drawn(&e.entry.event)
+                .1
                 .expect("the draws hold");
         }
         let records = run.core.records();

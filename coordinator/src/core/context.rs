@@ -110,12 +110,17 @@ impl Context {
                 }
             }
         }
-        for key in self.credits.apply(&event) {
+        let (touched, drawn) = self.credits.apply_drawn(&event);
+        if let Err(e) = drawn {
+            // The core writes only draws that hold: one that does not is a bug.
+            debug_assert!(false, "the core wrote a draw that does not hold: {e}");
+            tracing::error!("the core wrote a draw that does not hold: {e}");
+        }
+        for key in touched {
             let bound = self.credits.records().len().max(MIN_BOUND);
             self.records_changed.mark(key, bound);
         }
         let entry = self.log.append(&self.id, self.now, event);
-        self.draws.fold(&entry.entry.event, &self.credits);
         debug_assert!(
             entry.encoded_len() <= tessera_protocol::log::MAX_ENTRY_BYTES,
             "a log entry of {} bytes",
@@ -132,11 +137,11 @@ impl Context {
         let Some(rates) = self.spec.checks.as_ref().map(|c| c.draw_rates()) else {
             return;
         };
-        if self.draws.started() {
+        if self.credits.beacon().started() {
             return;
         }
         let owner = draws::Owner::of(&self.id, &self.spec);
-        for e in self.draws.start(&owner, rates) {
+        for e in draws::Draws::start(&owner, rates) {
             self.log(e);
         }
     }

@@ -41,7 +41,8 @@ pub struct Credits {
     last_clean: BTreeMap<PublicKey, u64>,
     /// The identities whose record the entry being folded changed (empty between entries).
     touched: Vec<PublicKey>,
-    /// The draw chain as the log so far makes it (credit goes only to work a check covered).
+    /// The draw chain as the log so far makes it: who each reveal decides about, so credit
+    /// goes only to work a check covered (the coordinator's draws read it too).
     beacon: Beacon,
     /// Work accepted since the last reveal and not yet drawn, by identity (FLOPs).
     awaiting: BTreeMap<PublicKey, f64>,
@@ -65,17 +66,28 @@ impl Credits {
 
     /// Folds one more entry in; returns the identities whose record it changed.
     pub fn apply(&mut self, event: &LogEvent) -> Vec<PublicKey> {
-        self.fold(event);
-        std::mem::take(&mut self.touched)
+        self.apply_drawn(event).0
     }
 
-    fn fold(&mut self, event: &LogEvent) {
+    /// Folds one more entry in; returns the identities whose record it changed and whether
+    /// the entry holds as a step of the log's draw chain (see [`Beacon::apply`]: an entry that
+    /// does not leaves the chain as it was). The coordinator reports a fault as its own bug;
+    /// `tessera verify` refuses the log.
+    pub fn apply_drawn(
+        &mut self,
+        event: &LogEvent,
+    ) -> (Vec<PublicKey>, Result<(), beacon::DrawError>) {
         self.fold_event(event);
-        // The beacon's own check of the chain is `tessera verify`'s (`verify_draws.rs`); here
-        // it only follows the subjects of each reveal.
         let records = &self.records;
         let clean = |k: &PublicKey| records.get(k).map_or(0, |r| r.clean_steps);
-        let _ = self.beacon.apply(event, clean);
+        let drawn = self.beacon.apply(event, clean);
+        (std::mem::take(&mut self.touched), drawn)
+    }
+
+    /// The log's draw chain as folded so far (who each reveal decides about, the rates, the
+    /// latest value).
+    pub fn beacon(&self) -> &Beacon {
+        &self.beacon
     }
 
     /// A reveal: each identity's work since the last is drawn for a check or not; work not

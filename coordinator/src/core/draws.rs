@@ -17,29 +17,30 @@ use super::ConnId;
 /// A micro-shard's place: (stage, index in the stage).
 type ShardId = (usize, usize);
 
-/// The core's draws for one run: the log's draw chain as folded so far and the coordinator's
-/// secret segment in use.
+/// The core's draws for one run: the coordinator's secret segment of the draw chain in use
+/// (the chain as the log makes it is the credits' [`Beacon`], the one fold of the log).
 #[derive(Clone, Debug, Default)]
 pub(super) struct Draws {
-    beacon: Beacon,
     chain: Option<Chain>,
 }
 
-/// Who the chain belongs to: the coordinator, the run's name and its rules' digest.
+/// Who the chain belongs to: the coordinator and its run (whose name and rules' digest each
+/// segment's secret is derived with).
 pub(super) struct Owner<'a> {
     pub id: &'a Identity,
-    pub run: &'a str,
-    pub config: [u8; 32],
+    pub spec: &'a super::RunSpec,
 }
 
 impl<'a> Owner<'a> {
-    /// The chain's owner in a run of `spec` coordinated by `id`.
+    /// The chain of the run of `spec` coordinated by `id`.
     pub(super) fn of(id: &'a Identity, spec: &'a super::RunSpec) -> Self {
-        Owner {
-            id,
-            run: &spec.name,
-            config: super::rules::RunRules::of(spec).digest(),
-        }
+        Owner { id, spec }
+    }
+
+    /// Segment `segment` of the chain (derived: once per segment and run start).
+    fn chain(&self, segment: u64) -> Chain {
+        let config = super::rules::RunRules::of(self.spec).digest();
+        Chain::derive(self.id, &self.spec.name, &config, segment)
     }
 }
 
@@ -64,25 +65,13 @@ impl Draws {
         Self::default()
     }
 
-    /// Folds one of the core's own log entries. The core writes only
-    /// entries that hold; one that does not is a bug, reported and left out of the fold.
-    pub(super) fn fold(&mut self, event: &LogEvent, credits: &Credits) {
-        if let Err(e) = self.beacon.apply(event, |k| credits.clean_steps(k)) {
-            debug_assert!(false, "the core wrote a draw that does not hold: {e}");
-            tracing::error!("the core wrote a draw that does not hold: {e}");
-        }
-    }
-
-    /// The draw chain's first two commitments, with the run's check `rates`, when the chain
-    /// was not started yet (a new run, or a fork, before any work is handed out).
-    pub(super) fn start(&mut self, owner: &Owner, rates: DrawRates) -> Vec<LogEvent> {
-        if self.beacon.started() {
-            return Vec::new();
-        }
+    /// The draw chain's first two commitments, with the run's check `rates` (for a new run,
+    /// or a fork, before any work is handed out).
+    pub(super) fn start(owner: &Owner, rates: DrawRates) -> Vec<LogEvent> {
         (0..2)
             .map(|segment| LogEvent::DrawChain {
                 segment,
-                tip: Chain::derive(owner.id, owner.run, &owner.config, segment).tip(),
+                tip: owner.chain(segment).tip(),
                 rates: (segment == 0).then_some(rates),
             })
             .collect()
@@ -95,28 +84,27 @@ impl Draws {
         owner: &Owner,
         credits: &Credits,
     ) -> (Vec<LogEvent>, Vec<PublicKey>) {
-        let index = self.beacon.next_index();
+        let beacon = credits.beacon();
+        let index = beacon.next_index();
         let segment = (index - 1) / DRAW_SEGMENT;
         let mut entries = Vec::new();
-        if !self.beacon.committed(segment + 1) {
-            let next = Chain::derive(owner.id, owner.run, &owner.config, segment + 1);
+        if !beacon.committed(segment + 1) {
             entries.push(LogEvent::DrawChain {
                 segment: segment + 1,
-                tip: next.tip(),
+                tip: owner.chain(segment + 1).tip(),
                 rates: None,
             });
         }
         if self.chain.as_ref().map(Chain::segment) != Some(segment) {
-            self.chain = Some(Chain::derive(owner.id, owner.run, &owner.config, segment));
+            self.chain = Some(owner.chain(segment));
         }
         let value = self
             .chain
             .as_ref()
             .and_then(|c| c.value(index))
             .unwrap_or_default();
-        let bits = self.beacon.draws(&value, |k| credits.clean_steps(k));
-        let drawn = self
-            .beacon
+        let bits = beacon.draws(&value, |k| credits.clean_steps(k));
+        let drawn = beacon
             .subjects()
             .iter()
             .zip(&bits)
@@ -131,35 +119,25 @@ impl Draws {
         (entries, drawn)
     }
 
-    /// Whether the chain was started.
-    pub(super) fn started(&self) -> bool {
-        self.beacon.started()
-    }
-
-    /// A number for `purpose` from the latest revealed value (zero before the first).
-    fn pick(&self, purpose: &[u8]) -> u64 {
-        self.beacon
-            .latest()
-            .map_or(0, |seed| beacon::pick(&seed, purpose))
-    }
-
     /// Who replays a whole-model unit (`purpose` names the unit and the try): a free
-    /// candidate picked by the latest revealed value.
-    pub(super) fn replayer(&self, candidates: &[Candidate], purpose: &[u8]) -> Option<Candidate> {
-        self.pick_free(candidates, purpose)
+    /// candidate picked by the latest value `beacon` revealed.
+    pub(super) fn replayer(
+        beacon: &Beacon,
+        candidates: &[Candidate],
+        purpose: &[u8],
+    ) -> Option<Candidate> {
+        pick_free(beacon, candidates, purpose)
     }
 
     /// Who audits a lease's step (`purpose` names the lease, the step and the try): a free
-    /// candidate picked by the latest revealed value, so that which holder checks which is
-    /// known only once the step's work is in.
-    pub(super) fn auditor(&self, candidates: &[Candidate], purpose: &[u8]) -> Option<Candidate> {
-        self.pick_free(candidates, purpose)
-    }
-
-    fn pick_free(&self, candidates: &[Candidate], purpose: &[u8]) -> Option<Candidate> {
-        let free: Vec<&Candidate> = candidates.iter().filter(|c| c.free).collect();
-        let n = free.len() as u64;
-        (n > 0).then(|| *free[(self.pick(purpose) % n) as usize])
+    /// candidate picked by the latest value `beacon` revealed, so that which holder checks
+    /// which is known only once the step's work is in.
+    pub(super) fn auditor(
+        beacon: &Beacon,
+        candidates: &[Candidate],
+        purpose: &[u8],
+    ) -> Option<Candidate> {
+        pick_free(beacon, candidates, purpose)
     }
 
     /// The micro-shards a new lease of `budget` bytes gets, given each micro-shard's replica
@@ -217,6 +195,17 @@ impl Draws {
     }
 }
 
+/// A free candidate picked by a number for `purpose` from the latest value `beacon` revealed
+/// (zero before the first).
+fn pick_free(beacon: &Beacon, candidates: &[Candidate], purpose: &[u8]) -> Option<Candidate> {
+    let free: Vec<&Candidate> = candidates.iter().filter(|c| c.free).collect();
+    let n = free.len() as u64;
+    let number = beacon
+        .latest()
+        .map_or(0, |seed| beacon::pick(&seed, purpose));
+    (n > 0).then(|| *free[(number % n) as usize])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,48 +227,53 @@ mod tests {
 
     #[test]
     fn replayers_and_auditors_are_free_candidates_picked_by_the_latest_reveal() {
-        let d = Draws::new();
         let c: Vec<Candidate> = (1..=8).map(|i| candidate(i, i, 0, i != 3)).collect();
-        assert_eq!(d.auditor(&c[2..3], b"x"), None, "nobody free");
+        let mut credits = Credits::default();
+        assert_eq!(
+            Draws::auditor(credits.beacon(), &c[2..3], b"x"),
+            None,
+            "nobody free"
+        );
         let id = Identity::from_seed([5; 32]);
-        let owner = Owner {
-            id: &id,
-            run: "run",
-            config: [0; 32],
-        };
-        let credits = Credits::default();
-        let picks = |d: &Draws| -> Vec<ConnId> {
+        let spec = super::super::context::testing::spec(1);
+        let owner = Owner::of(&id, &spec);
+        let picks = |credits: &Credits| -> Vec<ConnId> {
             (0..64u8)
-                .map(|p| d.auditor(&c, &[p]).map(|c| c.conn).unwrap())
+                .map(|p| {
+                    Draws::auditor(credits.beacon(), &c, &[p])
+                        .map(|c| c.conn)
+                        .unwrap()
+                })
                 .collect()
         };
-        let mut d = Draws::new();
-        for e in d.start(
-            &owner,
-            DrawRates {
-                new: u64::MAX,
-                min: 0,
-                halving: 1,
-            },
-        ) {
-            d.fold(&e, &credits);
+        let rates = DrawRates {
+            new: u64::MAX,
+            min: 0,
+            halving: 1,
+        };
+        for e in Draws::start(&owner, rates) {
+            credits.apply_drawn(&e).1.unwrap();
         }
+        let mut d = Draws::new();
         let (entries, drawn) = d.reveal(&owner, &credits);
         assert!(drawn.is_empty());
         for e in entries {
-            d.fold(&e, &credits);
+            credits.apply_drawn(&e).1.unwrap();
         }
-        let first = picks(&d);
+        let first = picks(&credits);
         assert!(!first.contains(&3), "not free");
         let spread: std::collections::BTreeSet<ConnId> = first.iter().copied().collect();
         assert!(spread.len() >= 5, "{first:?}");
-        assert_eq!(d.replayer(&c, &[9]), d.auditor(&c, &[9]));
+        assert_eq!(
+            Draws::replayer(credits.beacon(), &c, &[9]),
+            Draws::auditor(credits.beacon(), &c, &[9])
+        );
         // The next reveal: other picks.
         let (entries, _) = d.reveal(&owner, &credits);
         for e in entries {
-            d.fold(&e, &credits);
+            credits.apply_drawn(&e).1.unwrap();
         }
-        assert_ne!(picks(&d), first);
+        assert_ne!(picks(&credits), first);
     }
 
     #[test]

@@ -399,7 +399,6 @@ impl Core {
                 self.apply_admin(action, reason);
             }
             self.cx.credits.apply(e);
-            self.cx.draws.fold(e, &self.cx.credits);
         }
         self.cx.out.clear();
     }

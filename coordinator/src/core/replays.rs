@@ -226,7 +226,9 @@ impl Replicas {
                 case.tried.len(),
                 case.tally.order.len(),
             ));
-            let Some(Candidate { conn, key, .. }) = cx.draws.replayer(&eligible, &purpose) else {
+            let Some(Candidate { conn, key, .. }) =
+                super::draws::Draws::replayer(cx.credits.beacon(), &eligible, &purpose)
+            else {
                 continue;
             };
             let unit = cx.next_unit;

@@ -172,10 +172,9 @@ impl Pipe {
             a.tried.len(),
             a.tally.order.len(),
         ));
-        let auditor = cx
-            .draws
-            .auditor(&candidates, &purpose)
-            .map(|c| (c.lease, c.conn, c.key));
+        let auditor =
+            crate::core::draws::Draws::auditor(cx.credits.beacon(), &candidates, &purpose)
+                .map(|c| (c.lease, c.conn, c.key));
         let Some((by, conn, key)) = auditor else {
             let outcome = nobody_left(
                 a.tally.disagreed(),
