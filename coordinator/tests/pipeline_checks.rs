@@ -200,6 +200,34 @@ fn simulate_with(
     (run, sims, init)
 }
 
+/// How far the weights' update after `steps` steps lies, relative, from the one the honest
+/// gradient sums alone make (each weight moved by steps x micro-batches).
+fn bias(core: &Core, init: &ModelParams<f32>, steps: u64) -> f64 {
+    let want = (steps * MICRO) as f64;
+    let (lo, hi) = moved(core, init);
+    (hi - want).abs().max((lo - want).abs()) / want
+}
+
+/// Every honest contributor of the run with coordinator key `seed` passed its checks and is
+/// still connected.
+fn honest_stayed(run: &Run, sims: &[Sim], seed: u8) {
+    for s in sims.iter().filter(|s| s.role == Role::Honest) {
+        let failed = run
+            .core
+            .records()
+            .get(&s.session.key())
+            .map_or(0, |r| r.checks_failed);
+        assert_eq!(
+            failed, 0,
+            "seed {seed}: an honest contributor failed a check"
+        );
+        assert!(
+            s.conn.is_some(),
+            "seed {seed}: an honest contributor was refused"
+        );
+    }
+}
+
 /// How far every weight moved, per element (one value when the run was exact).
 fn moved(core: &Core, init: &ModelParams<f32>) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::MAX, f64::MIN);
@@ -355,9 +383,7 @@ fn an_attacker_under_the_tolerance_biases_a_step_by_at_most_the_tolerance() {
     let mut roles = vec![Role::Subtle; 4];
     roles.extend([Role::Honest; 14]);
     let (run, sims, init) = simulate(&roles, ChecksSpec::default());
-    let want = (STEPS * MICRO) as f64;
-    let (lo, hi) = moved(&run.core, &init);
-    let bias = (hi - want).abs().max((lo - want).abs()) / want;
+    let bias = bias(&run.core, &init, STEPS);
     println!(
         "4 of 18 contributors scale their gradient sums by 1 + {:.1e}: undetected; the weights' update is off by at most {bias:.2e} relative (tolerance {tol:.0e})",
         tol / 2.0
@@ -474,20 +500,8 @@ fn patient_attackers_are_caught_as_often_as_the_draws_predict() {
                     .is_some_and(|r| r.checks_failed > 0)
             })
             .count();
-        for s in sims.iter().filter(|s| s.role == Role::Honest) {
-            let r = records.get(&s.session.key()).cloned().unwrap_or_default();
-            assert_eq!(
-                r.checks_failed, 0,
-                "seed {seed}: an honest contributor failed a check"
-            );
-            assert!(
-                s.conn.is_some(),
-                "seed {seed}: an honest contributor was refused"
-            );
-        }
-        let want = (steps * MICRO) as f64;
-        let (lo, hi) = moved(&run.core, &init);
-        let bias = (hi - want).abs().max((lo - want).abs()) / want;
+        honest_stayed(&run, &sims, seed);
+        let bias = bias(&run.core, &init, steps);
         println!(
             "seed {seed}: attacked steps drawn {caught_seed} of {} (the rates predict {p_seed:.2}); {refused_seed} of 6 attackers refused; the largest weight update off by {bias:.3} relative (tolerance {:.0e})",
             attacked.values().map(BTreeSet::len).sum::<usize>(),

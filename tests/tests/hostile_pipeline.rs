@@ -64,12 +64,7 @@ fn spec() -> (RunSpec, ModelParams<f32>) {
 
 /// The budget that fits the largest single micro-shard's lease.
 fn budget(spec: &RunSpec) -> u64 {
-    let p = spec.pipeline.as_ref().unwrap();
-    (0..p.stages.len())
-        .flat_map(|s| (0..p.stages[s].len()).map(move |i| (s, i)))
-        .map(|c| p.lease_bytes(&[c]))
-        .max()
-        .unwrap()
+    spec.pipeline.as_ref().unwrap().single_shard_budget()
 }
 
 /// A unit as the watcher saw it go down.

@@ -215,14 +215,11 @@ fn main() -> Result<()> {
     });
     let whole = run(&gpu, spec, init, workers, 1 << 30, "whole-model")?;
     let (spec, init) = data_run("pipeline.toml", |cfg| cfg.rounds = steps);
-    let budget = {
-        let p = spec.pipeline.as_ref().context("a pipeline run")?;
-        (0..p.stages.len())
-            .flat_map(|s| (0..p.stages[s].len()).map(move |i| (s, i)))
-            .map(|c| p.lease_bytes(&[c]))
-            .max()
-            .unwrap_or(0)
-    };
+    let budget = spec
+        .pipeline
+        .as_ref()
+        .context("a pipeline run")?
+        .single_shard_budget();
     let leases = spec
         .pipeline
         .as_ref()

@@ -333,7 +333,7 @@ impl Replicas {
             .first
             .as_ref()
             .map(|(_, d, l)| agree(mine, (d, *l), tol));
-        let need = cx.spec.checks.as_ref().map_or(2, |c| c.agree as usize);
+        let need = cx.spec.agreement();
         match arbitrate(key, with_checked, with_first, &case.tally, need) {
             Ruling::AskAnother { tally, keep, why } => {
                 tracing::info!(slot = r.slot, "replays disagree, asking another: {why}");

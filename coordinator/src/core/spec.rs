@@ -164,6 +164,14 @@ impl RunSpec {
         self.pipeline.is_some() && self.checks.is_some()
     }
 
+    /// Auditors that must agree before a check refuses anyone (`ChecksSpec::agree`; the
+    /// default where the run does not check).
+    pub fn agreement(&self) -> usize {
+        self.checks
+            .as_ref()
+            .map_or(ChecksSpec::default().agree, |c| c.agree) as usize
+    }
+
     /// Floating-point operations credited for a whole-model unit of `tokens` tokens (six per
     /// parameter per token, forward and backward).
     pub fn unit_flops(&self, tokens: u64) -> f64 {
@@ -282,6 +290,16 @@ impl PipelineSpec {
             .max()
             .unwrap_or(0);
         resident + work
+    }
+
+    /// The smallest budget that holds a lease of any single micro-shard: the largest
+    /// one-micro-shard lease.
+    pub fn single_shard_budget(&self) -> u64 {
+        (0..self.stages.len())
+            .flat_map(|s| (0..self.stages[s].len()).map(move |i| (s, i)))
+            .map(|c| self.lease_bytes(&[c]))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Checks the stages against the model: each stage's micro-shards are of one kind and

@@ -18,7 +18,7 @@ use tessera_protocol::log::{CheckOutcome, LogEvent};
 use tessera_protocol::PublicKey;
 
 use super::roles::Role;
-use super::{moved, simulate_with, spec_for, MICRO};
+use super::{bias, honest_stayed, simulate_with, spec_for};
 
 /// Micro-shards of the simulated model (one per contributor's lease).
 const SHARDS: usize = 7;
@@ -139,24 +139,8 @@ fn run(sybils: usize, agree: u64, seed: u8) -> (Tally, f64) {
             }
         }
     }
-    for s in sims.iter().filter(|s| s.role == Role::Honest) {
-        let failed = run
-            .core
-            .records()
-            .get(&s.session.key())
-            .map_or(0, |r| r.checks_failed);
-        assert_eq!(
-            failed, 0,
-            "seed {seed}: an honest contributor was found wrong"
-        );
-        assert!(
-            s.conn.is_some(),
-            "seed {seed}: an honest contributor was refused"
-        );
-    }
-    let want = (STEPS * MICRO) as f64;
-    let (lo, hi) = moved(&run.core, &init);
-    let bias = (hi - want).abs().max((lo - want).abs()) / want;
+    honest_stayed(&run, &sims, seed);
+    let bias = bias(&run.core, &init, STEPS);
     (t, bias)
 }
 

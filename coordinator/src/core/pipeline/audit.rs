@@ -300,7 +300,7 @@ impl Pipe {
         let with_first = first.as_ref().map(|(_, out, sums_first)| {
             agree((&r.outputs, &sums), (out, Some(sums_first)), &units, tol)
         });
-        let need = cx.spec.checks.as_ref().map_or(2, |c| c.agree as usize);
+        let need = cx.spec.agreement();
         match arbitrate(key, with_checked, with_first, &a.tally, need) {
             Ruling::AskAnother { tally, keep, why } => {
                 tracing::info!(lease, "check mismatch, asking another auditor: {why}");
