@@ -132,14 +132,14 @@ impl Context {
 
     /// Commits the draw chain (its first two segments and the run's check rates) if the run
     /// checks work and the chain was not started: before any work is handed out, so that every
-    /// value is committed before the work it decides about.
+    /// value is committed before the work it decides about. Every tick asks: cheap once started.
     pub(super) fn start_draws(&mut self) {
-        let Some(rates) = self.spec.checks.as_ref().map(|c| c.draw_rates()) else {
-            return;
-        };
         if self.credits.beacon().started() {
             return;
         }
+        let Some(rates) = self.spec.checks.as_ref().map(|c| c.draw_rates()) else {
+            return;
+        };
         let owner = draws::Owner::of(&self.id, &self.spec);
         for e in draws::Draws::start(&owner, rates) {
             self.log(e);
