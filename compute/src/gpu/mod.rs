@@ -225,13 +225,22 @@ impl Gpu {
 
     /// Submits everything recorded so far.
     pub fn flush(&self) {
-        let enc = self.pending.lock().ok().and_then(|mut p| p.take());
+        if let Ok(mut pending) = self.pending.lock() {
+            self.submit(&mut pending);
+        }
+    }
+
+    /// Submits the encoder in `pending` (the locked [`Gpu::pending`]), if any. The lock is held
+    /// through the submission, so that a write to a buffer from another thread sharing this
+    /// device ([`Gpu::write`]) can never land in the queue between the encoder's taking and its
+    /// submission, where it would run before the commands recorded ahead of it.
+    pub(crate) fn submit(&self, pending: &mut Option<wgpu::CommandEncoder>) {
         let dispatches = self
             .pending_count
             .lock()
             .map(|mut n| std::mem::take(&mut *n))
             .unwrap_or(0);
-        if let Some(enc) = enc {
+        if let Some(enc) = pending.take() {
             self.queue.submit([enc.finish()]);
             // Learn how long a batch takes from submission to completion.
             let (pacing, t0) = (self.pacing.clone(), pacing::now_ms());

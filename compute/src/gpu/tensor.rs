@@ -110,7 +110,13 @@ impl Gpu {
                 t.shape
             )));
         }
-        self.flush();
+        // Submitted and written under one hold of the encoder's lock: no command recorded
+        // before this call, on any thread sharing the device, can run after the write.
+        let mut pending = self
+            .pending
+            .lock()
+            .map_err(|_| ComputeError::Gpu("encoder poisoned".into()))?;
+        self.submit(&mut pending);
         if !data.is_empty() {
             self.queue
                 .write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
