@@ -57,7 +57,7 @@ pub async fn run(a: Args) -> Result<()> {
         max_binding_bytes: gpu.max_binding_bytes(),
         memory_budget_bytes: budget,
     };
-    let contributor = Contributor::new(id, ContributorKind::Native, caps);
+    let mut contributor = Contributor::new(id, ContributorKind::Native, caps);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -80,7 +80,8 @@ pub async fn run(a: Args) -> Result<()> {
         None => None,
     };
     let mut receipts_failed = false;
-    let c = tessera_worker::native::run(&a.coordinator, tls, &gpu, contributor, rx, |c| {
+    let (session, mut backend) = contributor.parts(&gpu);
+    tessera_worker::native::run(&a.coordinator, tls, session, &mut backend, rx, |c| {
         if let Some(path) = &a.receipts {
             if let Err(e) = crate::receipts::append(path, &c.take_receipts()) {
                 if !receipts_failed {
@@ -104,7 +105,7 @@ pub async fn run(a: Args) -> Result<()> {
     })
     .await?;
     bar.finish_and_clear();
-    let s = c.stats();
+    let s = contributor.stats();
     println!(
         "worker stopped: {} units accepted, {} tokens",
         s.accepted, s.tokens

@@ -6,7 +6,7 @@ use tessera_compute::Gpu;
 use tessera_protocol::messages::{Capabilities, ContributorKind, Receipt};
 use tessera_protocol::{Identity, PublicKey, Signature, ToContributor, ToCoordinator};
 
-use crate::backend::{Backend, GpuState};
+use crate::backend::{Backend, GpuState, OnGpu};
 use crate::error::WorkerError;
 use crate::pipeline::PipeReplica;
 use crate::replica::Replica;
@@ -55,6 +55,12 @@ impl Contributor {
     /// The protocol session.
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// The protocol session and the backend that runs its jobs on `gpu`, apart (what
+    /// [`crate::native::run`] drives).
+    pub fn parts<'a>(&'a mut self, gpu: &'a Gpu) -> (&'a mut Session, OnGpu<'a>) {
+        (&mut self.session, self.state.on(gpu))
     }
 
     /// The public key.

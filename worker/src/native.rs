@@ -1,6 +1,8 @@
 //! The native worker's transport: a WebSocket client (`ws://`, or `wss://` over rustls) around
-//! [`Contributor`] that reconnects with exponential backoff, sends heartbeats while idle, and
-//! leaves cleanly on shutdown.
+//! a protocol [`Session`] and the [`Backend`] that runs its jobs (the GPU's for `tessera
+//! worker`; tests wrap it to play hostile contributors over the same transport), that
+//! reconnects with exponential backoff, sends heartbeats while idle, and leaves cleanly on
+//! shutdown.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,8 +11,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use tessera_compute::Gpu;
-use tessera_protocol::{decode, encode, Identity, ToContributor, ToCoordinator, MAX_FRAME_BYTES};
+use tessera_protocol::{
+    decode, encode, Identity, PublicKey, ToContributor, ToCoordinator, MAX_FRAME_BYTES,
+};
 use tokio::sync::watch;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -18,8 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error, Message};
 use tokio_tungstenite::Connector;
 
-use crate::contributor::Contributor;
+use crate::backend::Backend;
+use crate::contributor::exchange;
 use crate::error::WorkerError;
+use crate::session::Session;
 
 /// A TLS client configuration trusting the public web's roots and, when given, the
 /// certificates in the PEM file `extra_ca` (e.g. a coordinator's self-signed certificate).
@@ -63,17 +68,18 @@ enum End {
     Retry(String),
 }
 
-/// Runs until `shutdown` turns true: connects to `url` (`ws://host:port/ws`), contributes, and
+/// Runs until `shutdown` turns true: connects to `url` (`ws://host:port/ws`), contributes with
+/// `session`, its jobs run on `backend` (for a GPU: [`crate::Contributor::parts`]), and
 /// reconnects with backoff (0.5 s doubling to 30 s) whenever the connection drops. `progress`
-/// sees the contributor (its counters, its new receipts) after every message.
-pub async fn run(
+/// sees the session (its counters, its new receipts) after every message.
+pub async fn run<B: Backend>(
     url: &str,
     tls: Option<Arc<ClientConfig>>,
-    gpu: &Gpu,
-    mut contributor: Contributor,
+    contributor: &mut Session,
+    backend: &mut B,
     mut shutdown: watch::Receiver<bool>,
-    mut progress: impl FnMut(&mut Contributor),
-) -> Result<Contributor, WorkerError> {
+    mut progress: impl FnMut(&mut Session),
+) -> Result<(), WorkerError> {
     let tls = match (tls, url.starts_with("wss://")) {
         (Some(t), _) => Some(t),
         (None, true) => Some(tls_config(None)?),
@@ -82,24 +88,24 @@ pub async fn run(
     let mut backoff = Duration::from_millis(500);
     loop {
         if *shutdown.borrow() {
-            return Ok(contributor);
+            return Ok(());
         }
         match session(
             url,
             tls.clone(),
-            gpu,
-            &mut contributor,
+            contributor,
+            backend,
             &mut shutdown,
             &mut progress,
         )
         .await
         {
-            End::Shutdown => return Ok(contributor),
+            End::Shutdown => return Ok(()),
             End::Retry(why) => {
                 tracing::warn!("{why}; reconnecting in {:.1} s", backoff.as_secs_f64());
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return Ok(contributor),
+                    _ = shutdown.changed() => return Ok(()),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -133,8 +139,8 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens the WebSocket to `url`; when the coordinator asks for a proof of work (a 401 with a
-/// puzzle), solves it for `c`'s key and connects again with the ticket.
-async fn open(url: &str, tls: Option<Arc<ClientConfig>>, c: &Contributor) -> Result<Socket, End> {
+/// puzzle), solves it for `key` and connects again with the ticket.
+async fn open(url: &str, tls: Option<Arc<ClientConfig>>, key: PublicKey) -> Result<Socket, End> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
@@ -159,7 +165,7 @@ async fn open(url: &str, tls: Option<Arc<ClientConfig>>, c: &Contributor) -> Res
                 }
                 Err(why) => return Err(End::Retry(format!("{url} refused the connection: {why}"))),
             };
-            let (ticket, tries, secs) = crate::admission::solve(puzzle, c.key())
+            let (ticket, tries, secs) = crate::admission::solve(puzzle, key)
                 .await
                 .map_err(End::Retry)?;
             tracing::info!(
@@ -187,15 +193,15 @@ async fn open(url: &str, tls: Option<Arc<ClientConfig>>, c: &Contributor) -> Res
     }
 }
 
-async fn session(
+async fn session<B: Backend>(
     url: &str,
     tls: Option<Arc<ClientConfig>>,
-    gpu: &Gpu,
-    c: &mut Contributor,
+    c: &mut Session,
+    backend: &mut B,
     shutdown: &mut watch::Receiver<bool>,
-    progress: &mut impl FnMut(&mut Contributor),
+    progress: &mut impl FnMut(&mut Session),
 ) -> End {
-    let ws = match open(url, tls, c).await {
+    let ws = match open(url, tls, c.key()).await {
         Ok(ws) => ws,
         Err(end) => return end,
     };
@@ -244,7 +250,7 @@ async fn session(
             Ok(m) => m,
             Err(e) => return End::Retry(format!("undecodable frame from the coordinator: {e}")),
         };
-        let replies = match c.handle(gpu, incoming).await {
+        let replies = match exchange(c, backend, incoming).await {
             Ok(r) => r,
             Err(e) => return End::Retry(e.to_string()),
         };
