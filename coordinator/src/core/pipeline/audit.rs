@@ -37,6 +37,14 @@ pub(in crate::core) type FirstAnswer = (PublicKey, Vec<PipeResult>, Vec<ShardTen
 pub(in crate::core) enum AuditPhase {
     /// Its units are being recorded.
     Recording,
+    /// No holder that could run them is free yet (one is loading its lease or busy): the
+    /// check waits for one until `until`, then ends as nobody being left.
+    Waiting {
+        /// When the wait ends.
+        until: u64,
+        /// Once an auditor disagreed: the first disagreeing answer.
+        first: Option<FirstAnswer>,
+    },
     /// Another lease runs them again.
     Running {
         /// Audit id.
@@ -176,6 +184,21 @@ impl Pipe {
             crate::core::draws::Draws::auditor(cx.credits.beacon(), &candidates, &purpose)
                 .map(|c| (c.lease, c.conn, c.key));
         let Some((by, conn, key)) = auditor else {
+            // A holder that is only not ready yet (loading its lease, or busy) is waited for,
+            // for as long as a unit may take; then the check ends as nobody being left.
+            let could = candidates
+                .iter()
+                .any(|c| !exclude.contains(&c.key) && !cx.credits.is_refused(&c.key));
+            let until = match &a.phase {
+                AuditPhase::Waiting { until, .. } => *until,
+                _ => cx.now + cx.spec.unit_deadline_ms,
+            };
+            if could && cx.now < until {
+                if let Some(a) = self.step.audits.get_mut(&lease) {
+                    a.phase = AuditPhase::Waiting { until, first };
+                }
+                return;
+            }
             let outcome = nobody_left(
                 a.tally.disagreed(),
                 "no other lease holding the same micro-shards was available",
@@ -388,9 +411,23 @@ impl Pipe {
         }
     }
 
-    /// Audits whose auditor is gone or late run elsewhere.
+    /// Audits whose auditor is gone or late run elsewhere; audits waiting for a free auditor
+    /// look for one again (every tick).
     pub(in crate::core) fn expire_audits(&mut self, cx: &mut Context, lost: Option<u64>) {
         let now = cx.now;
+        // Checks waiting for a free auditor look again.
+        let waiting: Vec<(u64, Option<FirstAnswer>)> = self
+            .step
+            .audits
+            .iter()
+            .filter_map(|(&l, a)| match &a.phase {
+                AuditPhase::Waiting { first, .. } => Some((l, first.clone())),
+                _ => None,
+            })
+            .collect();
+        for (lease, first) in waiting {
+            self.start_audit(cx, lease, first);
+        }
         let redo: Vec<(u64, u64, Option<FirstAnswer>)> = self
             .step
             .audits
@@ -476,8 +513,17 @@ mod tests {
     use tessera_protocol::log::CheckOutcome;
     use tessera_protocol::{Code, Identity, Reason};
 
+    use tessera_protocol::pipeline::{Pass, PipeResult, PipeWork};
+    use tessera_protocol::ToContributor;
+    use tessera_train::shards::to_wire;
+
     use super::super::testing::{pipe, spec};
-    use super::{AuditPhase, LeaseAudit};
+    use super::super::Holding;
+    use super::{AuditPhase, LeaseAudit, Pipe};
+    use crate::core::context::testing::{active, context};
+    use crate::core::context::Context;
+    use crate::core::spec::ChecksSpec;
+    use crate::core::{Action, ConnId};
 
     fn audit(seed: u8, phase: AuditPhase) -> LeaseAudit {
         LeaseAudit {
@@ -489,6 +535,99 @@ mod tests {
             tried: BTreeSet::new(),
             tally: Default::default(),
         }
+    }
+
+    /// The pipeline of `spec` at step 0 with a check of lease 1 (connection 1, holding the
+    /// embedding) that recorded one unit, and lease 2 (connection 2) holding the embedding
+    /// too, its weights still loading.
+    fn waiting_for_a_loading_holder() -> (Context, Pipe) {
+        let spec = spec().with_checks(ChecksSpec::default());
+        let mut cx = context(spec.clone());
+        let mut p = pipe(&spec, vec![(0, 0)]);
+        let key = active(&mut cx, 1, 1, Some(1));
+        active(&mut cx, 2, 2, Some(2));
+        cx.sessions.get_mut(&2).unwrap().ready = false;
+        p.holdings.insert(
+            2,
+            Holding {
+                conn: 2,
+                shards: vec![(0, 0)],
+            },
+        );
+        let unit = PipeWork {
+            unit: 7,
+            lease: 1,
+            step: 0,
+            micro_batch: 0,
+            stages: [0, 1],
+            shards: vec![to_wire(&p.spec.stages[0][0])],
+            pass: Pass::Forward,
+            weights: 0,
+            tokens: None,
+            input: None,
+            grad: None,
+            head: None,
+            output: p.spec.activations,
+        };
+        let mut a = audit(1, AuditPhase::Recording);
+        a.key = key;
+        a.done.push((unit, PipeResult::Accumulated));
+        p.step.audits.insert(1, a);
+        (cx, p)
+    }
+
+    fn audits_sent(cx: &Context) -> Vec<ConnId> {
+        cx.out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    conn,
+                    msg: ToContributor::Audit(_),
+                } => Some(*conn),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_check_waits_a_unit_deadline_for_a_holder_still_loading_its_lease() {
+        // The holder becomes ready within the wait: it audits.
+        let (mut cx, mut p) = waiting_for_a_loading_holder();
+        p.start_audit(&mut cx, 1, None);
+        let until = cx.now + cx.spec.unit_deadline_ms;
+        assert_eq!(
+            p.step.audits[&1].phase,
+            AuditPhase::Waiting { until, first: None }
+        );
+        assert!(audits_sent(&cx).is_empty());
+        cx.now = until - 1;
+        p.expire_audits(&mut cx, None);
+        assert!(matches!(
+            p.step.audits[&1].phase,
+            AuditPhase::Waiting { .. }
+        ));
+        cx.sessions.get_mut(&2).unwrap().ready = true;
+        p.expire_audits(&mut cx, None);
+        assert!(
+            matches!(
+                p.step.audits[&1].phase,
+                AuditPhase::Running { lease: 2, .. }
+            ),
+            "{:?}",
+            p.step.audits[&1].phase
+        );
+        assert_eq!(audits_sent(&cx), vec![2]);
+
+        // It never becomes ready: once the wait is over, nobody is left.
+        let (mut cx, mut p) = waiting_for_a_loading_holder();
+        p.start_audit(&mut cx, 1, None);
+        cx.now += cx.spec.unit_deadline_ms;
+        p.expire_audits(&mut cx, None);
+        let AuditPhase::Resolved(CheckOutcome::Skipped(why)) = &p.step.audits[&1].phase else {
+            panic!("{:?}", p.step.audits[&1].phase);
+        };
+        assert_eq!(why.code, Code::NoAuditor);
+        assert!(audits_sent(&cx).is_empty());
     }
 
     #[test]
