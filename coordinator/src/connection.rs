@@ -210,8 +210,11 @@ fn forward(input: Input, admitted: bool, at: Instant, heard: &Heard) -> Option<I
     (!(admitted && is_heartbeat(&input))).then_some(input)
 }
 
-/// A frame's input for the core.
-fn input_of(conn: u64, msg: Message) -> Option<Input> {
+/// A frame's input for the core (counted in `metrics`).
+fn input_of(conn: u64, msg: Message, metrics: &crate::metrics::Metrics) -> Option<Input> {
+    if let Message::Binary(b) = &msg {
+        metrics.received(b.len());
+    }
     Some(match msg {
         Message::Binary(b) => match decode::<ToCoordinator>(&b, MAX_FRAME_BYTES) {
             Ok(msg) => Input::Message { conn, msg },
@@ -281,7 +284,7 @@ async fn connection<S>(
         .await;
     let (sink, mut stream) = socket.split();
     let closing = limit.clone();
-    let writer = tokio::spawn(write(sink, out_rx, queued, closing));
+    let writer = tokio::spawn(write(sink, out_rx, queued, closing, s.metrics.clone()));
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
         let handshake = async {
@@ -293,7 +296,7 @@ async fn connection<S>(
         };
         let input = tokio::select! {
             msg = stream.next() => match msg {
-                Some(Ok(msg)) => match input_of(conn, msg) {
+                Some(Ok(msg)) => match input_of(conn, msg, &s.metrics) {
                     Some(input) => input,
                     None => continue,
                 },
@@ -376,13 +379,17 @@ async fn write<S>(
     mut out_rx: mpsc::UnboundedReceiver<Outgoing>,
     queued: Arc<AtomicUsize>,
     closing: Arc<Limit>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) where
     S: futures_util::Sink<Message> + Unpin,
 {
     let send = async |sink: &mut S, frame: bytes::Bytes| -> bool {
         let len = frame.len();
         match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Binary(frame))).await {
-            Ok(Ok(())) => true,
+            Ok(Ok(())) => {
+                metrics.sent(len);
+                true
+            }
             Ok(Err(_)) => false,
             Err(_) => {
                 closing.slow_reader(len);

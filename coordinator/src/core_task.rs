@@ -73,6 +73,8 @@ pub(crate) struct CoreTask {
     measured: mpsc::UnboundedSender<Measured>,
     /// The status's contributor rows as last built (unchanged ones are kept).
     rows: StatusRows,
+    /// What `GET /metrics` shows.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What one batch made of the core: its actions, the connections that went, and whether the
@@ -111,7 +113,14 @@ impl CoreTask {
             stale: false,
             measured: mpsc::unbounded_channel().0,
             rows: StatusRows::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (what `GET /metrics` shows).
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until every sender of events is gone, or storage fails.
@@ -296,6 +305,7 @@ impl CoreTask {
                             .as_ref()
                             .map_or_else(String::new, |c| c.display().to_string())
                     );
+                    self.metrics.closed(sum.loss);
                     let _ = self.rounds.send(sum.clone());
                 }
                 Action::Finished => {
@@ -306,7 +316,8 @@ impl CoreTask {
                         let _ = reply.send(result.clone());
                     }
                 }
-                Action::Logged(_) | Action::Accepted(_) | Action::Withdrawn { .. } => {}
+                Action::Logged(entry) => self.metrics.logged(&entry.entry.event),
+                Action::Accepted(_) | Action::Withdrawn { .. } => {}
             }
         }
         for conn in fed.gone {
@@ -314,6 +325,7 @@ impl CoreTask {
         }
         if fed.refresh {
             let fresh = self.rows.build(&mut self.core);
+            self.metrics.status(&fresh);
             let page = fresh.first_page_json();
             if let Ok(mut s) = self.status.lock() {
                 *s = fresh;

@@ -17,6 +17,7 @@ pub mod gate;
 pub mod http_limit;
 pub mod idle;
 pub mod listen;
+mod metrics;
 pub mod server;
 mod shared;
 pub mod status;

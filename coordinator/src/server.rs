@@ -36,6 +36,7 @@ pub(crate) fn router(shared: Shared, extra: Option<Extra>) -> Router {
         .route("/api/status", get(api_status))
         .route("/api/log", get(api_log))
         .route("/api/admission", get(api_admission))
+        .route("/metrics", get(crate::metrics::api_metrics))
         .route(
             "/api/admin",
             axum::routing::post(crate::admin_http::api_admin),
@@ -170,6 +171,7 @@ pub(crate) fn launch(
     });
     let (round_tx, round_rx) = mpsc::unbounded_channel();
     let coordinator = core.public_key().to_string();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     tokio::spawn(
         crate::core_task::CoreTask::new(
             core,
@@ -178,6 +180,7 @@ pub(crate) fn launch(
             fin_tx,
             round_tx,
         )
+        .with_metrics(metrics.clone())
         .run(rx),
     );
     let shared = Shared {
@@ -192,6 +195,7 @@ pub(crate) fn launch(
         admission: crate::admission::Admission::off(),
         origins: Arc::default(),
         admin_transport: Default::default(),
+        metrics,
     };
     let running = Running {
         addr,

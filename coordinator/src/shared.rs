@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     pub(crate) admission: crate::admission::Admission,
     /// Origins besides its own whose pages may open `/ws`.
     pub(crate) origins: Arc<Vec<String>>,
+    /// What `GET /metrics` shows (the core's task and the connections count into it).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
