@@ -4,6 +4,7 @@
 //! it; deterministic simulations drive it directly.
 
 mod admin_http;
+mod admin_page;
 pub mod admin_request;
 mod admin_token;
 pub mod admission;

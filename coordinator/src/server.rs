@@ -37,6 +37,7 @@ pub(crate) fn router(shared: Shared, extra: Option<Extra>) -> Router {
         .route("/api/log", get(api_log))
         .route("/api/admission", get(api_admission))
         .route("/metrics", get(crate::metrics::api_metrics))
+        .merge(crate::admin_page::routes())
         .route(
             "/api/admin",
             axum::routing::post(crate::admin_http::api_admin),

@@ -84,6 +84,9 @@ pub struct ContributorStatus {
     pub key: String,
     /// `native` or `browser`.
     pub kind: String,
+    /// Its adapter's name as the contributor reported it: the contributor's own text (at most
+    /// the protocol's name bound), to be shown as text, never as markup.
+    pub adapter: String,
     /// Lease held, with the shards it covers.
     pub lease: Option<String>,
     /// The micro-shards of the lease (`["whole model"]` for a whole-model replica).
@@ -206,6 +209,7 @@ fn row_of(s: &SessionView, r: &Record) -> ContributorStatus {
             ContributorKind::Native => "native".into(),
             ContributorKind::Browser => "browser".into(),
         },
+        adapter: s.adapter.clone(),
         lease: s
             .lease
             .map(|l| format!("lease {l}: {}", s.shards.join(", "))),

@@ -523,6 +523,11 @@ impl Core {
             lease: s.lease,
             unit: s.unit,
             shards: self.lease_shards(s.lease),
+            adapter: s
+                .caps
+                .as_ref()
+                .map(|c| c.adapter.clone())
+                .unwrap_or_default(),
         })
     }
 

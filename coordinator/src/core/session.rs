@@ -116,4 +116,6 @@ pub struct SessionView {
     pub unit: Option<u64>,
     /// The micro-shards of its lease (every one for a whole-model lease).
     pub shards: Vec<String>,
+    /// Its adapter's name as it reported it (a contributor's text, bounded by the protocol).
+    pub adapter: String,
 }
