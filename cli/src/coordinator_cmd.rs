@@ -36,7 +36,8 @@ pub struct Args {
     #[arg(long)]
     pub database: Option<String>,
     /// Serve the contributor page from this directory (what `scripts/build-web` writes; default:
-    /// `target/web-dist` when it holds a built page).
+    /// the page this binary embedded when it was built, else `target/web-dist` when it holds a
+    /// built page).
     #[arg(long)]
     pub web: Option<PathBuf>,
     /// Serve HTTPS and WSS with this certificate chain (PEM); needs `--tls-key`. Browsers only
@@ -83,8 +84,8 @@ pub struct Args {
 /// How a started run is served, beyond where it listens.
 #[derive(Default)]
 pub struct Serving {
-    /// The contributor page's directory.
-    pub page: Option<PathBuf>,
+    /// The contributor page (`None`: `/` explains how to build one).
+    pub page: Option<web::PageSource>,
     /// HTTPS and WSS.
     pub tls: Option<Arc<ServerConfig>>,
     /// The administrator's token.
@@ -108,17 +109,22 @@ pub fn admin_token(file: Option<&Path>) -> Result<Option<AdminToken>> {
         .transpose()
 }
 
-/// The page directory to serve: the one given, else `target/web-dist` when built.
-pub fn web_dir(given: Option<&Path>) -> Result<Option<PathBuf>> {
+/// The contributor page to serve: the directory given, else the copy this binary embedded when
+/// it was built, else `target/web-dist` when it holds a built page; `None` when there is none
+/// (`/` then explains how to build it).
+pub fn web_page(given: Option<&Path>) -> Result<Option<web::PageSource>> {
     match given {
-        Some(d) if web::is_built(d) => Ok(Some(d.to_path_buf())),
+        Some(d) if web::is_built(d) => Ok(Some(web::PageSource::Dir(d.to_path_buf()))),
         Some(d) => anyhow::bail!(
             "{} does not hold a built contributor page: run scripts/build-web",
             d.display()
         ),
         None => {
+            if let Some(files) = crate::page::EMBEDDED {
+                return Ok(Some(web::PageSource::Embedded(files)));
+            }
             let d = PathBuf::from("target/web-dist");
-            Ok(web::is_built(&d).then_some(d))
+            Ok(web::is_built(&d).then_some(web::PageSource::Dir(d)))
         }
     }
 }
@@ -215,7 +221,7 @@ pub async fn start(
     };
     let admin_on = admin.is_some();
     let opts = ServeOptions {
-        extra: page.map(web::page),
+        extra: Some(page.map_or_else(web::not_built, web::page)),
         tls,
         admin,
         limits,
@@ -238,13 +244,18 @@ pub async fn start(
             "contributor page: {http}://{} (open it in a browser with WebGPU)",
             running.addr
         );
+    } else {
+        println!(
+            "no contributor page in this build ({http}://{}/ says how to build one); native workers can join",
+            running.addr
+        );
     }
     Ok(running)
 }
 
 /// Runs until the run finishes or Ctrl-C.
 pub async fn run(a: Args) -> Result<()> {
-    let page = web_dir(a.web.as_deref())?;
+    let page = web_page(a.web.as_deref())?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some(tls::server_config(c, k)?),
         _ => None,

@@ -103,7 +103,7 @@ pub async fn run(a: Args) -> Result<()> {
     } else {
         demo_config(a.rounds)
     };
-    let page = coordinator_cmd::web_dir(None)?;
+    let page = coordinator_cmd::web_page(None)?;
     let serving = coordinator_cmd::Serving {
         page,
         admission_bits: tessera_coordinator::admission::DEFAULT_BITS,

@@ -9,6 +9,10 @@ mod demo;
 mod eval;
 mod fork_cmd;
 mod keys;
+/// The contributor page as `build.rs` embedded it (or not).
+mod page {
+    include!(concat!(env!("OUT_DIR"), "/page.rs"));
+}
 mod plan_cmd;
 mod receipts;
 mod train_local;

@@ -1,8 +1,9 @@
 //! The contributor page over HTTP: the files `scripts/build-web` writes (the page, its script,
-//! the Web Worker and the wasm client), served from a directory by name from a fixed list, so
-//! nothing else on the disk is reachable. Every file goes out with a Content-Security-Policy
-//! (the page's own scripts, wasm and styles; fetches and WebSockets to its own host; no
-//! framing), `nosniff` and no referrer.
+//! the Web Worker and the wasm client), served by name from a fixed list — from a directory, so
+//! nothing else on the disk is reachable, or from the copies the `tessera` binary embedded when
+//! it was built — or, when there is no page, a `/` that says how to build one. Every file goes
+//! out with a Content-Security-Policy (the page's own scripts, wasm and styles; fetches and
+//! WebSockets to its own host; no framing), `nosniff` and no referrer.
 
 use std::path::PathBuf;
 
@@ -13,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 
 /// The page's files and their content types.
-const FILES: [(&str, &str); 6] = [
+pub const FILES: [(&str, &str); 6] = [
     ("index.html", "text/html; charset=utf-8"),
     ("app.js", "text/javascript; charset=utf-8"),
     ("worker.js", "text/javascript; charset=utf-8"),
@@ -22,17 +23,51 @@ const FILES: [(&str, &str); 6] = [
     ("style.css", "text/css; charset=utf-8"),
 ];
 
-/// Routes `/` and the page's files from `dir`.
-pub fn page(dir: PathBuf) -> Router {
+/// Where the page's files come from.
+#[derive(Clone, Debug)]
+pub enum PageSource {
+    /// A directory `scripts/build-web` wrote.
+    Dir(PathBuf),
+    /// Files compiled into the binary, by name.
+    Embedded(&'static [(&'static str, &'static [u8])]),
+}
+
+/// What `/` answers when the coordinator has no page to serve.
+const NOT_BUILT: &str = "This coordinator serves no contributor page: it was built without one.
+
+Native workers can still contribute: tessera worker --coordinator ws://HOST:PORT/ws
+
+To serve the page, build it and then the binary, from the repository's root:
+    npm ci --prefix web && scripts/build-web     (needs the wasm32 target and wasm-bindgen-cli)
+    cargo build --release -p tessera             (embeds target/web-dist in the binary)
+or point a coordinator at a built page: tessera coordinator --web DIR
+";
+
+/// Routes `/` and the page's files from `source`.
+pub fn page(source: PageSource) -> Router {
     Router::new()
         .route(
             "/",
-            get(|s: State<PathBuf>, h: axum::http::HeaderMap| {
+            get(|s: State<PageSource>, h: axum::http::HeaderMap| {
                 file(s, Path("index.html".into()), h)
             }),
         )
         .route("/{name}", get(file))
-        .with_state(dir)
+        .with_state(source)
+}
+
+/// Routes `/` to an explanation of how to build the page, for a coordinator without one.
+pub fn not_built() -> Router {
+    Router::new().route(
+        "/",
+        get(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                NOT_BUILT,
+            )
+        }),
+    )
 }
 
 /// Whether `dir` holds a built page.
@@ -56,7 +91,7 @@ fn policy(host: &str) -> String {
 }
 
 async fn file(
-    State(dir): State<PathBuf>,
+    State(source): State<PageSource>,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
@@ -67,7 +102,18 @@ async fn file(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    match tokio::fs::read(dir.join(name)).await {
+    let bytes = match &source {
+        PageSource::Dir(dir) => tokio::fs::read(dir.join(name))
+            .await
+            .map(axum::body::Bytes::from)
+            .map_err(|e| e.to_string()),
+        PageSource::Embedded(files) => files
+            .iter()
+            .find(|(f, _)| f == name)
+            .map(|(_, b)| axum::body::Bytes::from_static(b))
+            .ok_or_else(|| "not embedded".to_string()),
+    };
+    match bytes {
         Ok(bytes) => (
             [
                 (header::CONTENT_TYPE, mime.to_string()),
@@ -119,6 +165,44 @@ mod tests {
         );
     }
 
+    async fn get(router: Router, uri: &str) -> (StatusCode, Vec<u8>) {
+        let req = Request::get(uri)
+            .header(header::HOST, "127.0.0.1:8080")
+            .body(Body::empty())
+            .unwrap();
+        let r = router.oneshot(req).await.unwrap();
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, body.to_vec())
+    }
+
+    #[tokio::test]
+    async fn an_embedded_page_serves_its_files_and_nothing_else() {
+        static FILES_IN: [(&str, &[u8]); 2] = [("index.html", b"<p>page</p>"), ("app.js", b"1")];
+        let router = || page(PageSource::Embedded(&FILES_IN));
+        assert_eq!(
+            get(router(), "/").await,
+            (StatusCode::OK, b"<p>page</p>".to_vec())
+        );
+        assert_eq!(
+            get(router(), "/app.js").await,
+            (StatusCode::OK, b"1".to_vec())
+        );
+        assert_eq!(get(router(), "/worker.js").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get(router(), "/Cargo.toml").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn without_a_page_the_root_says_how_to_build_one() {
+        let (status, body) = get(not_built(), "/").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.contains("scripts/build-web") && text.contains("--web DIR"),
+            "{text}"
+        );
+    }
+
     #[tokio::test]
     async fn every_file_of_the_page_goes_out_with_the_security_headers() {
         let dir = std::env::temp_dir().join(format!("tessera-page-{}", std::process::id()));
@@ -131,7 +215,10 @@ mod tests {
                 .header(header::HOST, "127.0.0.1:8080")
                 .body(Body::empty())
                 .unwrap();
-            let r = page(dir.clone()).oneshot(req).await.unwrap();
+            let r = page(PageSource::Dir(dir.clone()))
+                .oneshot(req)
+                .await
+                .unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{uri}");
             let h = r.headers();
             let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
