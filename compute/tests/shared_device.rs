@@ -2,6 +2,8 @@
 //! thread's writes, recorded copies and reads stay in the order that thread made them. A
 //! write used to be able to slip into the queue between another thread's taking of the pending
 //! command encoder and its submission, and so run before the commands recorded ahead of it.
+//! Native only: on the web a device belongs to one thread.
+#![cfg(not(target_arch = "wasm32"))]
 
 use tessera_compute::{Gpu, GpuOptions};
 
