@@ -121,7 +121,9 @@ pub async fn run(a: Args) -> Result<()> {
     };
     let mut workers = Workers(Vec::new());
     for (i, budget) in budgets.iter().enumerate() {
-        let child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        dies_with_this_process(&mut cmd);
+        let child = cmd
             .args([
                 "worker",
                 "--coordinator",
@@ -178,3 +180,32 @@ pub async fn run(a: Args) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes the process `cmd` starts end (SIGTERM) when this one does, however it ends (a crash or
+/// SIGKILL included): Linux's parent-death signal. A worker whose demo is gone would otherwise
+/// reconnect forever, and join the next demo on the same port. (The signal follows the thread
+/// that started the child: the demo starts its workers from a runtime worker thread, which lives
+/// as long as the demo.)
+#[cfg(target_os = "linux")]
+fn dies_with_this_process(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The demo may have died between the fork and the prctl.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere the workers are stopped when the demo stops cleanly (see [`Workers`]).
+#[cfg(not(target_os = "linux"))]
+fn dies_with_this_process(_: &mut Command) {}

@@ -1,6 +1,7 @@
 //! `tessera demo` asked to terminate (SIGTERM, as a service manager or `kill` asks) stops the
 //! worker processes it started, as Ctrl-C does: none is left reconnecting to a coordinator that
-//! is gone, or joining the next demo on the same port.
+//! is gone, or joining the next demo on the same port. Killed outright (SIGKILL, or a crash), it
+//! takes them with it too (their parent-death signal).
 
 mod common;
 
@@ -30,16 +31,15 @@ fn processes_naming(needle: &Path) -> Vec<u32> {
     out
 }
 
-#[test]
-fn a_terminated_demo_stops_its_workers() {
-    let dir = scratch("demo-term");
-    let port = free_port();
-    let mut demo = Proc(
+/// Starts a demo of two workers in `dir` on `port` and waits until both joined; the demo and
+/// its workers' pids.
+fn demo_with_two_workers(dir: &Path, port: u16) -> (Proc, Vec<u32>) {
+    let demo = Proc(
         Command::new(exe())
             .args(["demo", "--rounds", "100000", "--workers", "2", "--bind"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
-            .arg(&dir)
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -48,8 +48,32 @@ fn a_terminated_demo_stops_its_workers() {
     wait_for(port, Duration::from_secs(300), "two workers", |s| {
         s["contributors"].as_array().is_some_and(|c| c.len() == 2)
     });
-    let workers = processes_naming(&dir);
+    let workers = processes_naming(dir);
     assert_eq!(workers.len(), 2, "the demo's two workers: {workers:?}");
+    (demo, workers)
+}
+
+/// Waits up to 10 s for the workers of the demo in `dir` to be gone.
+fn workers_gone(dir: &Path) {
+    let start = Instant::now();
+    while !processes_naming(dir).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "workers left running after the demo stopped: {:?}",
+            processes_naming(dir)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "workers gone {:.1} s after the demo",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_terminated_demo_stops_its_workers() {
+    let dir = scratch("demo-term");
+    let (mut demo, _) = demo_with_two_workers(&dir, free_port());
     let pid = demo.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -61,13 +85,14 @@ fn a_terminated_demo_stops_its_workers() {
         status.success(),
         "a terminated demo exits cleanly: {status}"
     );
-    let start = Instant::now();
-    while !processes_naming(&dir).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "workers left running after the demo stopped: {:?}",
-            processes_naming(&dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    workers_gone(&dir);
+}
+
+#[test]
+fn a_killed_demo_takes_its_workers_with_it() {
+    let dir = scratch("demo-kill");
+    let (mut demo, _) = demo_with_two_workers(&dir, free_port());
+    demo.0.kill().expect("SIGKILL the demo");
+    demo.wait_exit(Duration::from_secs(10), "the killed demo");
+    workers_gone(&dir);
 }
