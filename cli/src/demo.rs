@@ -91,8 +91,8 @@ async fn terminated() {
     std::future::pending::<()>().await
 }
 
-/// Runs the demo.
-pub async fn run(a: Args) -> Result<()> {
+/// Runs the demo; its workers write their logs in `log_format` too.
+pub async fn run(a: Args, log_format: crate::LogFormat) -> Result<()> {
     let dir = a.data_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("tessera-demo-{}", std::process::id()))
     });
@@ -134,6 +134,10 @@ pub async fn run(a: Args) -> Result<()> {
                 "--identity",
             ])
             .arg(dir.join(format!("worker-{i}.key")))
+            .args(match log_format {
+                crate::LogFormat::Json => &["--log-format", "json"][..],
+                crate::LogFormat::Text => &[],
+            })
             .stdout(Stdio::null())
             .spawn()
             .context("starting a worker")?;

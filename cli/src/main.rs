@@ -29,8 +29,22 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "tessera", version, about)]
 struct Cli {
+    /// How log events are written to standard error: `text` for people (colours only on a
+    /// terminal) or `json`, one object a line, for machines. `RUST_LOG` picks which (default:
+    /// warnings).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log events are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +86,8 @@ fn multi_thread() -> Result<tokio::runtime::Runtime> {
 /// Runs the command; an error is printed as its chain of causes on one line (never a
 /// backtrace, whatever `RUST_BACKTRACE` says) and the process exits with status 1.
 fn main() -> std::process::ExitCode {
+    #[cfg(target_os = "linux")]
+    quiet_mesa();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -81,18 +97,45 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Gives Mesa's Vulkan drivers a runtime directory when the environment has none (a service, a
+/// container, a login without a session): without one they print `error: XDG_RUNTIME_DIR is
+/// invalid or not set` on every device they open, outside the log's format. The directory is
+/// the user's own under the temporary folder, used only if it is theirs and private.
+#[cfg(target_os = "linux")]
+fn quiet_mesa() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir()) {
+        return;
+    }
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("tessera-runtime-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let private = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
+    if private {
+        // SAFETY: the first thing `main` does, before any thread is started.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    }
+}
+
 fn run() -> Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,wgpu_hal::gles=off".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
         // Colour codes only for a person at a terminal, not in a log file or a pipe.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
-        Command::Demo(a) => multi_thread()?.block_on(demo::run(a)),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
+    match cli.command {
+        Command::Demo(a) => multi_thread()?.block_on(demo::run(a, cli.log_format)),
         Command::Coordinator(a) => multi_thread()?.block_on(coordinator_cmd::run(a)),
         // GPU work blocks its thread while the driver computes: one thread is enough.
         Command::Worker(a) => tokio::runtime::Builder::new_current_thread()

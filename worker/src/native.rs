@@ -172,10 +172,7 @@ async fn open(url: &str, tls: Option<Arc<ClientConfig>>, key: PublicKey) -> Resu
                 bits = puzzle.bits,
                 tries,
                 secs,
-                "solved the admission puzzle"
-            );
-            eprintln!(
-                "worker: solved the coordinator's admission puzzle ({} bits, {tries} hashes) in {secs:.2} s",
+                "solved the coordinator's admission puzzle ({} bits, {tries} hashes) in {secs:.2} s",
                 puzzle.bits
             );
             match connect(crate::admission::with_ticket(url, &ticket)).await {

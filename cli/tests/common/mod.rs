@@ -123,7 +123,7 @@ pub fn coordinator_with(
 }
 
 /// A quiet `tessera worker` for the coordinator on `port` with identity file `key`; what it
-/// says of itself (notices, reconnects, its admission) goes to `log`.
+/// says of itself at level info (notices, reconnects, its admission) goes to `log`.
 pub fn worker_logged(port: u16, key: &Path, log: &Path) -> Proc {
     Proc(
         Command::new(exe())
@@ -135,6 +135,7 @@ pub fn worker_logged(port: u16, key: &Path, log: &Path) -> Proc {
                 "--identity",
             ])
             .arg(key)
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).expect("a worker's log"))
             .spawn()
