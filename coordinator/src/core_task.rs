@@ -325,7 +325,6 @@ impl CoreTask {
         }
         if fed.refresh {
             let fresh = self.rows.build(&mut self.core);
-            self.metrics.status(&fresh);
             let page = fresh.first_page_json();
             if let Ok(mut s) = self.status.lock() {
                 *s = fresh;

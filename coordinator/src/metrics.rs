@@ -1,7 +1,8 @@
 //! `GET /metrics`: the coordinator's counters and gauges for Prometheus, in the OpenMetrics
 //! text format (the `prometheus-client` crate encodes them). They are folded from what the
-//! core's task already sees — the log entries it persists, the rounds or steps it closes, the
-//! status it builds — plus the bytes the connections read and write. Every label comes from a
+//! core's task already sees — the log entries it persists, the rounds or steps it closes —
+//! plus the bytes the connections read and write; the gauges the status holds (contributors,
+//! round, log head) are read from it when scraped. Every label comes from a
 //! bounded enum (an entry's kind, a reason's code, a check's outcome, a contributor's kind, a
 //! direction): never a key, an address or any text a contributor chose. Counters start at zero
 //! with each coordinator process, as Prometheus expects of counters.
@@ -130,8 +131,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Every metric at zero, registered under the `tessera_` prefix.
     pub(crate) fn new() -> Self {
-        let mut registry = Registry::with_prefix("tessera");
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("tessera"),
             entries: Family::default(),
             units_accepted: Counter::default(),
             tokens: Counter::default(),
@@ -145,74 +146,73 @@ impl Metrics {
             log_head: Gauge::default(),
             bytes: Family::default(),
             frames: Family::default(),
-            registry: Registry::default(),
         };
-        registry.register(
+        m.registry.register(
             "log_entries",
             "Entries appended to the run log, by kind",
             m.entries.clone(),
         );
-        registry.register(
+        m.registry.register(
             "units_accepted",
             "Work units accepted (whole-model updates, pipeline results, replays)",
             m.units_accepted.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tokens",
             "Tokens trained on in accepted work",
             m.tokens.clone(),
         );
-        registry.register(
+        m.registry.register(
             "units_rejected",
             "Submissions rejected, by reason code",
             m.units_rejected.clone(),
         );
-        registry.register(
+        m.registry.register(
             "departures",
             "Identities that left or were closed, by reason code",
             m.departures.clone(),
         );
-        registry.register(
+        m.registry.register(
             "checks",
             "Checks of contributed work, by outcome",
             m.checks.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rounds_closed",
             "Rounds (whole-model) or steps (pipeline) closed",
             m.rounds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "round",
             "The open round or step (= rounds or steps closed in the run)",
             m.round.clone(),
         );
-        registry.register(
+        m.registry.register(
             "loss",
             "Mean training loss of the last closed round or step",
             m.loss.clone(),
         );
-        registry.register(
+        m.registry.register(
             "contributors",
             "Connected contributors, by kind",
             m.contributors.clone(),
         );
-        registry.register(
+        m.registry.register(
             "log_head",
             "Index of the last run-log entry",
             m.log_head.clone(),
         );
-        registry.register(
+        m.registry.register(
             "bytes",
             "WebSocket frame bytes, received from and sent to contributors",
             m.bytes.clone(),
         );
-        registry.register(
+        m.registry.register(
             "frames",
             "WebSocket frames, received from and sent to contributors",
             m.frames.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// A log entry the core appended.
@@ -238,9 +238,8 @@ impl Metrics {
                     .inc();
                 EntryKind::Rejected
             }
-            LogEvent::Closed { round, .. } => {
+            LogEvent::Closed { .. } => {
                 self.rounds.inc();
-                self.round.set(round.saturating_add(1) as i64);
                 EntryKind::Closed
             }
             LogEvent::Checked { outcome, .. } => {
@@ -269,12 +268,19 @@ impl Metrics {
     }
 
     /// The gauges the status holds: contributors by kind, the open round, the log's head.
-    pub(crate) fn status(&self, s: &Status) {
-        let count = |kind: &str| s.contributors.iter().filter(|c| c.kind == kind).count() as i64;
-        for (kind, name) in [(Kind::Native, "native"), (Kind::Browser, "browser")] {
+    /// Read when scraped (counting the contributors walks them all: once a scrape, not once
+    /// every time the core's task rebuilds the status).
+    fn status(&self, s: &Status) {
+        let browsers = s
+            .contributors
+            .iter()
+            .filter(|c| c.kind == "browser")
+            .count();
+        let native = s.contributors.len() - browsers;
+        for (kind, n) in [(Kind::Native, native), (Kind::Browser, browsers)] {
             self.contributors
                 .get_or_create(&KindLabels { kind })
-                .set(count(name));
+                .set(n as i64);
         }
         self.round.set(s.round as i64);
         self.log_head.set(s.log_head as i64);
@@ -306,6 +312,9 @@ impl Metrics {
 
 /// `GET /metrics`.
 pub(crate) async fn api_metrics(State(s): State<Shared>) -> axum::response::Response {
+    if let Ok(status) = s.status.lock() {
+        s.metrics.status(&status);
+    }
     match s.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "metrics did not encode").into_response(),
