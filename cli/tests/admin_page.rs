@@ -12,12 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::browser::{target_dir, Browser, WEBGPU_FLAGS};
-use common::contributor::{next, say};
+use common::contributor::{handshake_as, say};
 use common::{coordinator_with, data, free_port, scratch, status, wait_for, worker};
-use tessera_protocol::identity::{handshake_message, HANDSHAKE};
-use tessera_protocol::messages::{Capabilities, ContributorKind, SessionMessage};
-use tessera_protocol::{encode, Identity, ToContributor, ToCoordinator};
-use tungstenite::Message;
+use tessera_protocol::messages::SessionMessage;
+use tessera_protocol::{Identity, ToContributor};
 
 const LIMIT: Duration = Duration::from_secs(300);
 const TOKEN: &str = "correct horse battery staple";
@@ -29,43 +27,17 @@ const HOSTILE: &str = "<img src=x onerror=\"window.pwned=1\"><script>window.pwne
 fn hostile(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("a timeout");
         let (mut ws, _) =
             tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream).expect("upgrade");
         let id = Identity::from_seed([66; 32]);
-        let hello = ToCoordinator::Hello {
-            key: id.public(),
-            kind: ContributorKind::Native,
-            software: "admin-page test".into(),
-            capabilities: Capabilities {
-                adapter: HOSTILE.into(),
-                backend: "none".into(),
-                max_binding_bytes: 1 << 30,
-                memory_budget_bytes: 1,
-            },
-        };
-        ws.send(Message::Binary(encode(&hello).unwrap().into()))
-            .expect("send Hello");
-        let nonce = loop {
-            match next(&mut ws) {
-                Some(ToContributor::Challenge {
-                    nonce, coordinator, ..
-                }) => {
-                    let signature = id.sign(
-                        HANDSHAKE,
-                        &handshake_message(&nonce, &coordinator, &id.public()),
-                    );
-                    let proof = ToCoordinator::Proof { signature };
-                    ws.send(Message::Binary(encode(&proof).unwrap().into()))
-                        .expect("send Proof");
-                    break nonce;
-                }
-                Some(_) => continue,
-                None => continue,
-            }
-        };
+        let (welcome, nonce) = handshake_as(&mut ws, &id, HOSTILE, 1, "admin-page test");
+        assert!(
+            matches!(welcome, Some(ToContributor::Welcome { .. })),
+            "{welcome:?}"
+        );
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("a timeout");
         let mut seq = 1;
         while !stop.load(Ordering::Relaxed) {
             let beat = SessionMessage::Heartbeat {

@@ -24,7 +24,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ use tessera_worker::session::Session;
 use tessera_worker::{Contributor, WorkerError};
 use tokio::sync::watch;
 
-use common::contributor::{handshake, say};
+use common::contributor::{handshake, try_say};
 use common::{coordinator_with, data, eval, free_port, loopback_crowd, scratch, verify_dir};
 
 /// How long either run may take.
@@ -180,20 +180,26 @@ fn worker(
             loop {
                 let mut c = Contributor::new(identity(k), ContributorKind::Native, caps(gpu));
                 let (session, gpu_backend) = c.parts(gpu);
-                let ran = if role.honest() {
-                    let mut b = gpu_backend;
-                    let up = Duration::from_millis(3000 + rng.next_u64() % 6000);
-                    let up = if role == Role::Churner { up } else { LIMIT * 2 };
-                    let run = contribute(&url, session, &mut b, stop.clone());
-                    tokio::time::timeout(up, run).await
-                } else {
-                    let mut b = Played {
-                        inner: gpu_backend,
-                        role,
-                        trained: 0,
-                        rng: SplitMix(k as u64),
-                    };
-                    Ok(contribute(&url, session, &mut b, stop.clone()).await)
+                let ran = match role {
+                    Role::Churner => {
+                        let up = Duration::from_millis(3000 + rng.next_u64() % 6000);
+                        let mut b = gpu_backend;
+                        let run = contribute(&url, session, &mut b, stop.clone());
+                        tokio::time::timeout(up, run).await
+                    }
+                    Role::Honest => {
+                        let mut b = gpu_backend;
+                        Ok(contribute(&url, session, &mut b, stop.clone()).await)
+                    }
+                    _ => {
+                        let mut b = Played {
+                            inner: gpu_backend,
+                            role,
+                            trained: 0,
+                            rng: SplitMix(k as u64),
+                        };
+                        Ok(contribute(&url, session, &mut b, stop.clone()).await)
+                    }
                 };
                 match ran {
                     Ok(r) => {
@@ -262,7 +268,9 @@ fn staller(port: u16, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
                                     lease: lease.lease,
                                     log_head,
                                 };
-                                say(&mut ws, &id, &nonce, seq, ready);
+                                if !try_say(&mut ws, &id, &nonce, seq, ready) {
+                                    break;
+                                }
                                 seq += 1;
                             }
                             Ok(ToContributor::Work(_)) => held += 1,
@@ -282,13 +290,7 @@ fn staller(port: u16, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
                 if beat.elapsed() > Duration::from_secs(1) {
                     beat = Instant::now();
                     let hb = SessionMessage::Heartbeat { log_head };
-                    let m = tessera_protocol::Signed::new(&id, &nonce, seq, hb).expect("signed");
-                    if ws
-                        .send(tungstenite::Message::Binary(
-                            encode(&ToCoordinator::Session(m)).expect("a frame").into(),
-                        ))
-                        .is_err()
-                    {
+                    if !try_say(&mut ws, &id, &nonce, seq, hb) {
                         break;
                     }
                     seq += 1;
@@ -387,18 +389,18 @@ fn train(name: &str, gpu: &'static Gpu, roles: &[Role], attacked: bool) -> Ran {
         .collect();
     let raw = attacked.then(|| (staller(port, stop.clone()), flooder(port, stop.clone())));
     // The rounds as they close, with the seconds each took.
-    let closed = AtomicU64::new(0);
+    let mut closed = 0;
     let mut last = Instant::now();
     let status = loop {
         let s = common::status(port);
         if let Some(s) = &s {
             let round = s["round"].as_u64().unwrap_or(0);
-            if round > closed.load(Ordering::Relaxed) {
+            if round > closed {
                 println!(
                     "{name}: round {round} closed after {:.1} s",
                     last.elapsed().as_secs_f64()
                 );
-                closed.store(round, Ordering::Relaxed);
+                closed = round;
                 last = Instant::now();
             }
             if s["phase"] == "finished" {

@@ -31,12 +31,23 @@ pub fn handshake(
     budget: u64,
     software: &str,
 ) -> (Option<ToContributor>, [u8; 32]) {
+    handshake_as(ws, id, "none", budget, software)
+}
+
+/// [`handshake`] with the adapter name `adapter` in the Hello's capabilities.
+pub fn handshake_as(
+    ws: &mut Ws,
+    id: &Identity,
+    adapter: &str,
+    budget: u64,
+    software: &str,
+) -> (Option<ToContributor>, [u8; 32]) {
     let hello = ToCoordinator::Hello {
         key: id.public(),
         kind: ContributorKind::Native,
         software: software.into(),
         capabilities: Capabilities {
-            adapter: "none".into(),
+            adapter: adapter.into(),
             backend: "none".into(),
             max_binding_bytes: 1 << 30,
             memory_budget_bytes: budget,
@@ -63,7 +74,17 @@ pub fn handshake(
 
 /// Sends `body` as message `seq` of the session with `nonce`, signed by `id`.
 pub fn say(ws: &mut Ws, id: &Identity, nonce: &[u8; 32], seq: u64, body: SessionMessage) {
+    assert!(try_say(ws, id, nonce, seq, body), "send a session message");
+}
+
+/// [`say`], for a socket the coordinator may have closed: whether it was sent.
+pub fn try_say(
+    ws: &mut Ws,
+    id: &Identity,
+    nonce: &[u8; 32],
+    seq: u64,
+    body: SessionMessage,
+) -> bool {
     let m = ToCoordinator::Session(Signed::new(id, nonce, seq, body).expect("signed"));
-    ws.send(Message::Binary(encode(&m).unwrap().into()))
-        .expect("send a session message");
+    ws.send(Message::Binary(encode(&m).unwrap().into())).is_ok()
 }

@@ -197,17 +197,22 @@ pub fn worker_at(url: &str, key: &Path, budget: &str, extra: &[&std::ffi::OsStr]
 
 /// `GET /api/status`, or `None` while nothing answers.
 pub fn status(port: u16) -> Option<serde_json::Value> {
+    serde_json::from_str(&try_get(port, "/api/status")?).ok()
+}
+
+/// The body of `GET path` (a text one) over a fresh TCP connection, or `None` while nothing
+/// answers there.
+pub fn try_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
-    let body = buf.split("\r\n\r\n").nth(1)?;
-    serde_json::from_str(body).ok()
+    Some(buf.split_once("\r\n\r\n")?.1.to_string())
 }
 
 /// Polls the status until `done` holds, failing after `limit`.
