@@ -169,7 +169,17 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
     assert_eq!(h.core.spec().rounds, 5);
     log.extend(acts);
 
-    // Stop: the run ends; nothing more can be done to it.
+    // Stop with the round in progress: the run is stopping (work for the round may finish);
+    // a second stop ends it at once; then nothing more can be done to it.
+    let (r, acts) = admin(&mut h, AdminAction::Stop, "after this round");
+    r.expect("stopping");
+    assert!(!acts.iter().any(|a| matches!(a, Action::Finished)));
+    assert_eq!(h.core.state(), RunState::Stopping);
+    log.extend(acts);
+    assert_eq!(
+        admin(&mut h, AdminAction::Pause, "wait").0,
+        Err(AdminRefusal::Stopping)
+    );
     let (r, acts) = admin(&mut h, AdminAction::Stop, "done for today");
     r.expect("stopped");
     assert!(acts.iter().any(|a| matches!(a, Action::Finished)));
@@ -194,4 +204,57 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
     assert!(again.admin_state().banned.contains(&bob.key()));
     assert_eq!(again.state(), RunState::Finished(End::Stopped));
     assert_eq!(again.phase(), Phase::Finished);
+}
+
+#[test]
+fn a_stopped_round_in_progress_closes_and_ends_the_run() {
+    let sp = spec(2, 3, SyncMode::Dense);
+    let cfg = sp.model.clone();
+    let run = sp.clone();
+    let mut h = Harness::new(core(sp));
+    let mut log = Vec::new();
+    let (mut alice, mut bob) = (Client::new(1), Client::new(2));
+    let (ca, a) = h.join_ready(&mut alice);
+    let wa = works(&a)[0].1.clone();
+    log.extend(a);
+    let (cb, b) = h.join_ready(&mut bob);
+    let wb = works(&b)[0].1.clone();
+    log.extend(b);
+
+    let (r, acts) = admin(&mut h, AdminAction::Stop, "after this round");
+    r.expect("stopping");
+    assert_eq!(h.core.state(), RunState::Stopping);
+    assert_eq!(h.core.phase(), Phase::Training);
+    log.extend(acts);
+    // The round's work still comes in; its close ends the run instead of opening round 1.
+    let sub = alice.submission(&cfg, &wa, 0.5);
+    let s = h.submit(&mut alice, ca, sub);
+    assert_eq!(verdicts(&s), vec![Verdict::Accepted]);
+    assert!(!s.iter().any(|a| matches!(a, Action::Finished)));
+    log.extend(s);
+    let sub = bob.submission(&cfg, &wb, 0.25);
+    let s = h.submit(&mut bob, cb, sub);
+    assert_eq!(verdicts(&s), vec![Verdict::Accepted]);
+    assert!(s.iter().any(|a| matches!(a, Action::Finished)));
+    assert!(works(&s).is_empty(), "no round after the stop");
+    let events: Vec<LogEvent> = log
+        .iter()
+        .chain(&s)
+        .filter_map(|a| match a {
+            Action::Logged(e) => Some(e.entry.event.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(events.last(), Some(LogEvent::Closed { round: 0, .. })),
+        "the round closed after the stop: {:?}",
+        events.last()
+    );
+    assert_eq!(h.core.state(), RunState::Finished(End::Stopped));
+    assert_eq!(h.core.round(), 1);
+
+    // A restarted coordinator finds the run stopped.
+    let mut again = core(run);
+    again.restore_from_log(&events);
+    assert_eq!(again.state(), RunState::Finished(End::Stopped));
 }

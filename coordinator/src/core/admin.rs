@@ -16,7 +16,13 @@ use super::{Action, ConnId, End, RunState};
 
 /// Puts a logged act into effect on the run's state and parameters; returns the sessions a
 /// ban closes, with the reason (the dispatcher closes them through their regime).
-pub(super) fn apply(cx: &mut Context, action: &AdminAction, reason: &str) -> Vec<(ConnId, Reason)> {
+/// `in_progress`: the open round or step has work out or in, which a stop lets finish.
+pub(super) fn apply(
+    cx: &mut Context,
+    action: &AdminAction,
+    reason: &str,
+    in_progress: bool,
+) -> Vec<(ConnId, Reason)> {
     match action {
         AdminAction::Pause => {
             if cx.state == RunState::Training {
@@ -28,12 +34,14 @@ pub(super) fn apply(cx: &mut Context, action: &AdminAction, reason: &str) -> Vec
                 cx.state = RunState::Training;
             }
         }
-        AdminAction::Stop => {
-            if cx.state.is_open() {
+        AdminAction::Stop => match cx.state {
+            RunState::Training if in_progress => cx.state = RunState::Stopping,
+            RunState::Finished(_) => {}
+            _ => {
+                cx.state = RunState::Finished(End::Stopped);
                 cx.out.push(Action::Finished);
             }
-            cx.state = RunState::Finished(End::Stopped);
-        }
+        },
         AdminAction::Set { param, value } => {
             let Ok(n) = number(param, value) else {
                 return Vec::new();
@@ -100,26 +108,43 @@ mod tests {
             param: p.into(),
             value: v.into(),
         };
-        assert!(apply(&mut cx, &AdminAction::Pause, "why").is_empty());
+        assert!(apply(&mut cx, &AdminAction::Pause, "why", false).is_empty());
         assert_eq!(cx.state, RunState::Paused);
-        apply(&mut cx, &AdminAction::Resume, "why");
+        apply(&mut cx, &AdminAction::Resume, "why", false);
         assert_eq!(cx.state, RunState::Training);
-        apply(&mut cx, &set("silence_secs", "7"), "why");
-        apply(&mut cx, &set("rounds", "9"), "why");
+        apply(&mut cx, &set("silence_secs", "7"), "why", false);
+        apply(&mut cx, &set("rounds", "9"), "why", false);
         assert_eq!((cx.spec.silence_ms, cx.spec.rounds), (7_000, 9));
         let key = active(&mut cx, 4, 1, None);
         active(&mut cx, 5, 2, None);
-        let closes = apply(&mut cx, &AdminAction::Ban { key }, "spam");
+        let closes = apply(&mut cx, &AdminAction::Ban { key }, "spam", false);
         assert_eq!(closes.len(), 1);
         assert_eq!(closes[0].0, 4);
         assert_eq!(closes[0].1.code, Code::Banned);
         assert!(closes[0].1.text.as_str().contains("spam"));
         assert!(cx.is_refused(&key));
-        apply(&mut cx, &AdminAction::Unban { key }, "ok");
+        apply(&mut cx, &AdminAction::Unban { key }, "ok", false);
         assert!(!cx.is_refused(&key));
         assert!(cx.out.is_empty());
-        apply(&mut cx, &AdminAction::Stop, "done");
+        apply(&mut cx, &AdminAction::Stop, "done", false);
         assert_eq!(cx.state, RunState::Finished(End::Stopped));
         assert!(matches!(cx.out[..], [Action::Finished]));
+    }
+
+    #[test]
+    fn a_stop_lets_the_round_in_progress_finish_and_a_second_stop_ends_the_run_now() {
+        use super::super::context::testing::{context, spec};
+        let mut cx = context(spec(1));
+        apply(&mut cx, &AdminAction::Stop, "after this round", true);
+        assert_eq!(cx.state, RunState::Stopping);
+        assert!(cx.out.is_empty(), "the run has not ended yet");
+        apply(&mut cx, &AdminAction::Stop, "now", true);
+        assert_eq!(cx.state, RunState::Finished(End::Stopped));
+        assert!(matches!(cx.out[..], [Action::Finished]));
+        // A paused run hands out no work, so its round cannot finish: it ends at once.
+        let mut cx = context(spec(1));
+        apply(&mut cx, &AdminAction::Pause, "wait", true);
+        apply(&mut cx, &AdminAction::Stop, "done", true);
+        assert_eq!(cx.state, RunState::Finished(End::Stopped));
     }
 }

@@ -34,6 +34,11 @@ pub enum AdminRefusal {
     /// The run has finished or was stopped.
     #[error("the run has ended")]
     Ended,
+    /// `pause` or `resume` of a run that is stopping.
+    #[error(
+        "the run is stopping: the round or step in progress ends it (stop again to end it now)"
+    )]
+    Stopping,
     /// `pause` of a paused run.
     #[error("the run is already paused")]
     AlreadyPaused,
@@ -102,6 +107,9 @@ impl AdminState {
         }
         let paused = state == RunState::Paused;
         match action {
+            AdminAction::Pause | AdminAction::Resume if state == RunState::Stopping => {
+                Err(AdminRefusal::Stopping)
+            }
             AdminAction::Pause if paused => Err(AdminRefusal::AlreadyPaused),
             AdminAction::Resume if !paused => Err(AdminRefusal::NotPaused),
             AdminAction::Pause | AdminAction::Resume | AdminAction::Stop => Ok(()),
@@ -177,6 +185,11 @@ mod tests {
             check(&st, AdminAction::Stop, RunState::Finished(End::Completed)),
             Err(AdminRefusal::Ended)
         );
+        let stopping = RunState::Stopping;
+        for act in [AdminAction::Pause, AdminAction::Resume] {
+            assert_eq!(check(&st, act, stopping), Err(AdminRefusal::Stopping));
+        }
+        assert_eq!(check(&st, AdminAction::Stop, stopping), Ok(()));
         assert_eq!(check(&st, set("rounds", "4"), training), Ok(()));
         assert_eq!(
             check(&st, set("rounds", "3"), training),

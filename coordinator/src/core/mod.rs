@@ -39,7 +39,6 @@ mod weight_stream;
 
 use std::collections::BTreeMap;
 
-use pipeline::StepState;
 use serde::Serialize;
 use sessions::Handled;
 use tessera_compute::reference::ModelParams;
@@ -170,7 +169,7 @@ impl Core {
             Some(ps) => {
                 let step = pipeline::Step::of(&cx.spec, &mut cx.sampler, snap.round);
                 let mut pipe = pipeline::Pipe::new(&cx.spec.model, ps.clone(), step);
-                pipe.optimizer = pipeline::HeldByCoordinator::resume(snap.moments);
+                pipe.optimizer = Box::new(pipeline::HeldByCoordinator::resume(snap.moments));
                 Regime::Pipeline(Box::new(pipe))
             }
             None => Regime::Replicas(Box::new(Replicas::new(snap.round, cx.spec.replicas))),
@@ -368,7 +367,8 @@ impl Core {
 
     /// Puts a logged act into effect (a ban closes the identity's sessions).
     fn apply_admin(&mut self, action: &AdminAction, reason: &str) {
-        let closes = admin::apply(&mut self.cx, action, reason);
+        let in_progress = self.split().1.in_progress();
+        let closes = admin::apply(&mut self.cx, action, reason, in_progress);
         let (cx, part) = self.split();
         for (conn, why) in closes {
             part.fatal(cx, conn, why);

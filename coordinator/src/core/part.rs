@@ -15,6 +15,10 @@ pub(super) trait Part {
     /// The open round or step.
     fn number(&self) -> u64;
 
+    /// Whether the open round or step has work out or in (an administrator's stop lets it
+    /// finish; without any, the run stops at once).
+    fn in_progress(&self) -> bool;
+
     /// A session is gone (closed, left, silent or replaced): its work goes back to the queue.
     fn session_lost(&mut self, cx: &mut Context, s: Session);
 

@@ -13,7 +13,7 @@ use tessera_train::update::to_indexed;
 use super::context::Context;
 use super::part::Part;
 use super::session::Session;
-use super::{Action, ConnId, Contribution, End, Replicas, RoundSummary, RunState};
+use super::{Action, ConnId, Contribution, Replicas, RoundSummary};
 
 #[derive(Clone, Debug, PartialEq)]
 enum Slot {
@@ -519,8 +519,8 @@ impl Replicas {
             cx.send(u.conn, ToContributor::Cancel { unit: id });
         }
         self.round = Round::new(closed + 1, cx.spec.replicas, cx.now);
-        if self.round.number >= cx.spec.rounds {
-            cx.state = RunState::Finished(End::Completed);
+        cx.state = cx.state.after_close(self.round.number >= cx.spec.rounds);
+        if !cx.state.is_open() {
             cx.out.push(Action::Finished);
         }
     }
@@ -529,6 +529,10 @@ impl Replicas {
 impl Part for Replicas {
     fn number(&self) -> u64 {
         self.round.number
+    }
+
+    fn in_progress(&self) -> bool {
+        !self.round.units.is_empty() || self.round.slots.iter().any(|s| !matches!(s, Slot::Open))
     }
 
     /// Its unit in progress goes back to the queue at once (a replay is given to someone else).

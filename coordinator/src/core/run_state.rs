@@ -1,8 +1,9 @@
-//! Where a run stands: training, paused by its administrator, or finished (every round done,
-//! or stopped by its administrator). One value, changed only by the core's dispatcher, the
-//! close of the last round or step, and the administrator's acts; everything that asks "may
-//! work go out?" or "is the run over?" asks it. (A coordinator without a run yet is the idle
-//! shell, `crate::idle`, which has no core.)
+//! Where a run stands: training, paused by its administrator, stopping (an administrator's stop
+//! waits for the round or step in progress), or finished (every round done, or stopped). One
+//! value, changed only by the core's dispatcher, the close of a round or step, and the
+//! administrator's acts; everything that asks "may work go out?" or "is the run over?" asks it.
+//! (Before a run exists the coordinator is idle: that state is the idle shell, `crate::idle`,
+//! which has no core and answers `/api/status` with the state `idle`.)
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,10 @@ pub enum RunState {
     /// An administrator paused the run: no new work goes out; work in flight may still be
     /// submitted, and a round or step whose work is all in still closes.
     Paused,
+    /// An administrator stopped the run while a round or step was in progress: work for that
+    /// round or step still goes out and comes in, and its close ends the run
+    /// ([`End::Stopped`]); no later one opens. A second stop ends it at once.
+    Stopping,
     /// The run is over.
     Finished(End),
 }
@@ -49,7 +54,16 @@ impl RunState {
 
     /// Whether new work may be handed out.
     pub fn hands_out_work(self) -> bool {
-        self == RunState::Training
+        matches!(self, RunState::Training | RunState::Stopping)
+    }
+
+    /// The state once the open round or step has closed (`last`: it was the run's last).
+    pub fn after_close(self, last: bool) -> Self {
+        match self {
+            _ if last => RunState::Finished(End::Completed),
+            RunState::Stopping => RunState::Finished(End::Stopped),
+            other => other,
+        }
     }
 
     /// Whether rounds and steps still close (training or paused).
@@ -60,16 +74,17 @@ impl RunState {
     /// Training or finished, as the run's phase.
     pub fn phase(self) -> Phase {
         match self {
-            RunState::Training | RunState::Paused => Phase::Training,
+            RunState::Training | RunState::Paused | RunState::Stopping => Phase::Training,
             RunState::Finished(_) => Phase::Finished,
         }
     }
 
-    /// Its name in `/api/status`: `training`, `paused`, `finished` or `stopped`.
+    /// Its name in `/api/status`: `training`, `paused`, `stopping`, `finished` or `stopped`.
     pub fn name(self) -> &'static str {
         match self {
             RunState::Training => "training",
             RunState::Paused => "paused",
+            RunState::Stopping => "stopping",
             RunState::Finished(End::Completed) => "finished",
             RunState::Finished(End::Stopped) => "stopped",
         }
@@ -91,16 +106,31 @@ mod tests {
         let all = [
             RunState::Training,
             RunState::Paused,
+            RunState::Stopping,
             RunState::Finished(End::Completed),
             RunState::Finished(End::Stopped),
         ];
         let work: Vec<bool> = all.iter().map(|s| s.hands_out_work()).collect();
         let open: Vec<bool> = all.iter().map(|s| s.is_open()).collect();
-        assert_eq!(work, [true, false, false, false]);
-        assert_eq!(open, [true, true, false, false]);
+        assert_eq!(work, [true, false, true, false, false]);
+        assert_eq!(open, [true, true, true, false, false]);
         let names: Vec<&str> = all.iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["training", "paused", "finished", "stopped"]);
+        assert_eq!(
+            names,
+            ["training", "paused", "stopping", "finished", "stopped"]
+        );
         assert_eq!(RunState::Paused.phase(), Phase::Training);
+        assert_eq!(RunState::Stopping.phase(), Phase::Training);
         assert_eq!(RunState::Finished(End::Stopped).phase(), Phase::Finished);
+    }
+
+    #[test]
+    fn a_close_ends_a_stopping_run_and_the_last_close_any_run() {
+        use RunState::*;
+        assert_eq!(Training.after_close(false), Training);
+        assert_eq!(Paused.after_close(false), Paused);
+        assert_eq!(Stopping.after_close(false), Finished(End::Stopped));
+        assert_eq!(Training.after_close(true), Finished(End::Completed));
+        assert_eq!(Stopping.after_close(true), Finished(End::Completed));
     }
 }

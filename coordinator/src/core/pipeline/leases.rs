@@ -175,6 +175,10 @@ impl Part for Pipe {
         self.step.number
     }
 
+    fn in_progress(&self) -> bool {
+        !self.step.units.is_empty() || !self.step.contributors.is_empty()
+    }
+
     /// Its lease's running units and uncollected backward units run again elsewhere.
     fn session_lost(&mut self, cx: &mut Context, s: Session) {
         if let Some(lease) = s.lease {

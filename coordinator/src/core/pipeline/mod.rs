@@ -70,12 +70,12 @@ impl Cover {
 }
 
 /// A micro-batch of the open step.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) struct MicroBatch {
     pub(super) ids: Vec<u32>,
     pub(super) targets: Vec<u32>,
     /// Its activations and gradients between stages.
-    pub(super) route: route::Relay,
+    pub(super) route: Box<dyn route::Route>,
     pub(super) fwd: Vec<Cover>,
     pub(super) bwd: Vec<Cover>,
     /// Head statistics per head micro-shard.
@@ -135,7 +135,7 @@ pub(super) struct Holding {
 }
 
 /// The open step.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) struct Step {
     pub(super) number: u64,
     pub(super) mbs: Vec<MicroBatch>,
@@ -180,7 +180,7 @@ pub(super) struct Pipe {
     pub(super) holdings: BTreeMap<u64, Holding>,
     pub(super) step: Step,
     /// The optimizer state of every micro-shard, and the step that moves the weights.
-    pub(super) optimizer: optimizer::HeldByCoordinator,
+    pub(super) optimizer: Box<dyn StepState>,
     /// How many times the open step ran again because its checks ended disputed (at most
     /// `arbitration::MAX_DISPUTED_RERUNS`; then it commits unverified).
     pub(super) disputed_reruns: u32,

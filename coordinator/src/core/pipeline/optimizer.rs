@@ -15,7 +15,7 @@ use crate::core::rules::{apply, StepRule};
 pub(in crate::core) type Moments = (ModelParams<f32>, ModelParams<f32>);
 
 /// Where a pipeline run's optimizer state lives and how a step moves the weights.
-pub(in crate::core) trait StepState {
+pub(in crate::core) trait StepState: std::fmt::Debug + Send + Sync {
     /// Takes step `number` of `rule` on `weights` with the step's gradient sums `grads`;
     /// returns the global-norm clip scale it used (1 when nothing was clipped).
     fn step(

@@ -33,7 +33,7 @@ pub(in crate::core) struct Directions {
 }
 
 /// How a micro-batch's tensors reach the units that need them.
-pub(in crate::core) trait Route {
+pub(in crate::core) trait Route: std::fmt::Debug + Send + Sync {
     /// Whether the tensor a unit of `stage` and `pass` takes is available: the stage input for
     /// a forward, the output gradient for a backward (the head's backward needs no tensor
     /// gradient; its log-sum-exp is the loss's, kept by the caller).
@@ -307,6 +307,7 @@ mod tests {
     }
 
     /// A route that never sees the bytes: names only, as a peer-to-peer route keeps them.
+    #[derive(Debug)]
     struct NamesOnly(Ledger);
 
     impl Route for NamesOnly {

@@ -15,12 +15,11 @@ use tessera_train::shards::grads_from_wire;
 use tessera_train::sparseloco::SparseConfig;
 
 use super::route::Relay;
-use super::StepState;
 use super::{Collecting, Cover, MicroBatch, Pipe, ShardId, ShardState, Step};
 use crate::core::arbitration::{after_checks, AfterChecks};
 use crate::core::context::Context;
 use crate::core::part::Part;
-use crate::core::{Action, ConnId, End, RoundSummary, RunSpec, RunState};
+use crate::core::{Action, ConnId, RoundSummary, RunSpec};
 use tessera_train::data::Sampler;
 
 impl Step {
@@ -140,7 +139,7 @@ impl Step {
             mbs.push(MicroBatch {
                 ids,
                 targets,
-                route: Relay::new(stages.len(), [seq, d], enc),
+                route: Box::new(Relay::new(stages.len(), [seq, d], enc)),
                 fwd: stages.iter().map(|&n| Cover::new(n)).collect(),
                 bwd: stages.iter().map(|&n| Cover::new(n)).collect(),
                 head: vec![None; head],
@@ -330,8 +329,8 @@ impl Pipe {
         }
         let next = Step::of(&cx.spec, &mut cx.sampler, number + 1);
         self.step = next;
-        if number + 1 >= cx.spec.rounds {
-            cx.state = RunState::Finished(End::Completed);
+        cx.state = cx.state.after_close(number + 1 >= cx.spec.rounds);
+        if !cx.state.is_open() {
             cx.out.push(Action::Finished);
         }
     }
@@ -447,7 +446,7 @@ impl Pipe {
             params,
             holdings: BTreeMap::new(),
             step,
-            optimizer: super::HeldByCoordinator::default(),
+            optimizer: Box::new(super::HeldByCoordinator::default()),
             disputed_reruns: 0,
         }
     }

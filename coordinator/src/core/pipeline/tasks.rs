@@ -8,7 +8,6 @@ use std::ops::Range;
 use tessera_protocol::pipeline::Pass;
 use tessera_protocol::PublicKey;
 
-use super::route::Route;
 use super::{MicroBatch, Pipe, ShardId, ShardState};
 
 /// A task: the micro-batch, the stages, the pass and the micro-shards to run.

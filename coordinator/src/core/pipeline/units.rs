@@ -9,7 +9,7 @@ use tessera_protocol::{Code, PublicKey, Reason, TensorPayload, ToContributor};
 use tessera_train::shards::to_wire;
 
 use super::decode::Folded;
-use super::route::{Route, Sent};
+use super::route::Sent;
 use super::{MicroBatch, Owed, Pipe, PipeUnit, ShardId, ShardState};
 use crate::core::context::Context;
 use crate::core::part::Part;
