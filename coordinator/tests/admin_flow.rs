@@ -6,9 +6,11 @@ mod common;
 
 use common::harness::{closed, sends, verdicts, works, Harness};
 use common::{core, spec, Client};
+use tessera_compute::ModelConfig;
 use tessera_coordinator::core::admin::AdminRefusal;
-use tessera_coordinator::core::{Action, End, Input, Phase, RunState};
+use tessera_coordinator::core::{Action, ConnId, End, Input, Phase, RunSpec, RunState};
 use tessera_protocol::log::{AdminAction, LogEvent};
+use tessera_protocol::messages::Work;
 use tessera_protocol::messages::{SyncMode, Verdict};
 use tessera_protocol::{Code, ToContributor};
 
@@ -48,17 +50,32 @@ fn logged_admin(actions: &[Action]) -> Vec<AdminAction> {
         .collect()
 }
 
-#[test]
-fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
-    let sp = spec(2, 3, SyncMode::Dense);
-    let cfg = sp.model.clone();
-    let run = sp.clone();
-    let mut h = Harness::new(core(sp));
-    let mut log = Vec::new();
-    let (mut alice, mut bob) = (Client::new(1), Client::new(2));
+/// A run of 2 slots and 3 rounds with alice joined and working on her slot: the harness, the
+/// run, its model, alice, bob, alice's connection and work, and the actions so far.
+type Start = (
+    Harness,
+    RunSpec,
+    ModelConfig,
+    Client,
+    Client,
+    ConnId,
+    Work,
+    Vec<Action>,
+);
+
+fn start() -> Start {
+    let run = spec(2, 3, SyncMode::Dense);
+    let mut h = Harness::new(core(run.clone()));
+    let mut alice = Client::new(1);
     let (ca, a) = h.join_ready(&mut alice);
     let wa = works(&a)[0].1.clone();
-    log.extend(a);
+    let cfg = run.model.clone();
+    (h, run, cfg, alice, Client::new(2), ca, wa, a)
+}
+
+#[test]
+fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
+    let (mut h, run, cfg, mut alice, mut bob, ca, wa, mut log) = start();
 
     // Refusals: each answered, nothing logged, nothing changed.
     for (action, reason, why) in [
@@ -208,15 +225,7 @@ fn admin_acts_take_effect_through_the_log_and_refusals_change_nothing() {
 
 #[test]
 fn a_stopped_round_in_progress_closes_and_ends_the_run() {
-    let sp = spec(2, 3, SyncMode::Dense);
-    let cfg = sp.model.clone();
-    let run = sp.clone();
-    let mut h = Harness::new(core(sp));
-    let mut log = Vec::new();
-    let (mut alice, mut bob) = (Client::new(1), Client::new(2));
-    let (ca, a) = h.join_ready(&mut alice);
-    let wa = works(&a)[0].1.clone();
-    log.extend(a);
+    let (mut h, run, cfg, mut alice, mut bob, ca, wa, mut log) = start();
     let (cb, b) = h.join_ready(&mut bob);
     let wb = works(&b)[0].1.clone();
     log.extend(b);
