@@ -68,16 +68,20 @@ pub struct Args {
     #[arg(long)]
     pub credits: bool,
     /// A worker's receipts file (`tessera worker --receipts`): each receipt must be signed by
-    /// the coordinator and name the log entry that records its verdict, unchanged. A receipt
-    /// the log contradicts proves the coordinator dropped or rewrote that submission's record.
+    /// the coordinator and name the log entry that records its verdict, unchanged (a
+    /// rejection before the identity's first accepted work is not logged: its receipt names
+    /// the log as it stood). A receipt the log contradicts proves the coordinator dropped or
+    /// rewrote that submission's record.
     #[arg(long)]
     pub receipts: Option<PathBuf>,
 }
 
-/// Each receipt against the verified log; the number checked, or the first contradiction.
-fn check_receipts(entries: &[SignedEntry], key: &PublicKey, path: &Path) -> Result<usize> {
+/// Each receipt against the verified log; the number checked and how many of them are
+/// rejections not logged (of an identity with no accepted work), or the first contradiction.
+fn check_receipts(entries: &[SignedEntry], key: &PublicKey, path: &Path) -> Result<(usize, usize)> {
     use tessera_protocol::messages::Verdict;
     let receipts = crate::receipts::read(path)?;
+    let mut unlogged_rejections = 0;
     for (line, r, sig) in &receipts {
         let what = format!(
             "receipt on line {line} (unit {}, submission {} by {})",
@@ -101,11 +105,18 @@ fn check_receipts(entries: &[SignedEntry], key: &PublicKey, path: &Path) -> Resu
             }
             _ => false,
         };
-        if !recorded {
+        // The coordinator does not log the rejections of an identity with no accepted work
+        // (such an identity leaves nothing permanent): its receipt names the log as it stood.
+        let unlogged = matches!(r.verdict, Verdict::Rejected(_))
+            && !entries.iter().take_while(|e| e.entry.index <= at).any(
+                |e| matches!(&e.entry.event, LogEvent::Accepted { key, .. } if *key == r.contributor),
+            );
+        if !recorded && !unlogged {
             bail!("{what}: log entry {at} does not record this verdict");
         }
+        unlogged_rejections += usize::from(!recorded);
     }
-    Ok(receipts.len())
+    Ok((receipts.len(), unlogged_rejections))
 }
 
 /// The log as a file: the coordinator's key and every signed entry as stored (see
@@ -361,8 +372,11 @@ pub async fn run(a: Args) -> Result<()> {
         .filter(|e| matches!(e.entry.event, LogEvent::Closed { .. }))
         .count();
     if let Some(path) = &a.receipts {
-        let n = check_receipts(&entries, &key, path)?;
+        let (n, unlogged) = check_receipts(&entries, &key, path)?;
         println!("{n} receipts match the log");
+        if unlogged > 0 {
+            println!("{unlogged} of them are rejections before the identity's first accepted work, which the log does not hold");
+        }
     }
     for e in &entries {
         if let LogEvent::Admin { action, reason } = &e.entry.event {
@@ -387,7 +401,61 @@ pub async fn run(a: Args) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::base_url;
+    use super::{base_url, check_receipts};
+    use tessera_protocol::log::{LogEvent, LogWriter};
+    use tessera_protocol::messages::{Receipt, Verdict};
+    use tessera_protocol::signed::{signing_bytes, RECEIPT};
+    use tessera_protocol::{Code, Identity, Reason};
+
+    /// A rejection receipt the log does not hold passes only while its identity had no
+    /// accepted work in the log: afterwards the coordinator logs every verdict.
+    #[test]
+    fn a_rejection_is_missing_from_the_log_only_before_the_identitys_first_accepted_work() {
+        let coordinator = Identity::from_seed([7; 32]);
+        let (other, worker) = (
+            Identity::from_seed([1; 32]).public(),
+            Identity::from_seed([2; 32]).public(),
+        );
+        let accepted = |key, unit| LogEvent::Accepted {
+            key,
+            unit,
+            seq: unit,
+            result: [0; 32],
+            tokens: 1,
+            flops: 1.0,
+            pending: false,
+        };
+        let mut log = LogWriter::after(None);
+        let first = log.append(&coordinator, 0, accepted(other, 1));
+        let second = log.append(&coordinator, 0, accepted(worker, 2));
+        let entries = [first.clone(), second.clone()];
+        let path = std::env::temp_dir().join(format!(
+            "tessera-receipts-{}-{:?}.jsonl",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let check = |unit: u64, head: tessera_protocol::messages::LogHead| {
+            let receipt = Receipt {
+                unit,
+                contributor: worker,
+                seq: unit,
+                verdict: Verdict::Rejected(Reason::new(Code::NotOpen, "late")),
+                log_head: head,
+            };
+            let signature = coordinator.sign(RECEIPT, &signing_bytes(&receipt).unwrap());
+            let _ = std::fs::remove_file(&path);
+            crate::receipts::append(&path, &[(receipt, signature)]).unwrap();
+            check_receipts(&entries, &coordinator.public(), &path)
+        };
+        let head = |e: &tessera_protocol::log::SignedEntry| tessera_protocol::messages::LogHead {
+            index: e.entry.index,
+            hash: e.hash,
+        };
+        assert_eq!(check(5, head(&first)).unwrap(), (1, 1));
+        let err = check(6, head(&second)).unwrap_err().to_string();
+        assert!(err.contains("does not record this verdict"), "{err}");
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn a_coordinator_is_found_from_its_base_or_its_log_or_status_url() {

@@ -10,7 +10,9 @@ use common::{core, spec, Client};
 use tessera_compute::hf::tensor_shapes;
 use tessera_coordinator::core::{Action, Core, Input, Phase};
 use tessera_protocol::log::LogEvent;
-use tessera_protocol::messages::{LogHead, NamedTensor, SessionMessage, SyncMode, Update, Verdict};
+use tessera_protocol::messages::{
+    LogHead, NamedTensor, SessionMessage, SyncMode, Update, Verdict, Work,
+};
 use tessera_protocol::{Code, Signed, TensorPayload, ToContributor, ToCoordinator};
 
 #[test]
@@ -106,19 +108,46 @@ fn replays_and_forged_signatures_are_refused() {
     }
 }
 
+/// Alice and bob (the run's two slots) join and finish round 0, accepted; their connections
+/// and units of round 1.
+fn accepted_round(
+    h: &mut Harness,
+    alice: &mut Client,
+    bob: &mut Client,
+) -> ((u64, Work), (u64, Work)) {
+    let cfg = h.core.spec().model.clone();
+    let (ca, a) = h.join_ready(alice);
+    let (cb, b) = h.join_ready(bob);
+    let mut next = Vec::new();
+    for (cl, conn, w) in [(alice, ca, works(&a)), (bob, cb, works(&b))] {
+        let sub = cl.submission(&cfg, &w[0].1, 0.5);
+        let s = h.submit(cl, conn, sub);
+        assert_eq!(verdicts(&s), vec![Verdict::Accepted]);
+        next.extend(works(&s));
+    }
+    let of = |conn| {
+        next.iter()
+            .find(|(c, _)| *c == conn)
+            .expect("round 1")
+            .1
+            .clone()
+    };
+    ((ca, of(ca)), (cb, of(cb)))
+}
+
 #[test]
 fn bad_submissions_are_rejected_and_change_nothing() {
     let sp = spec(2, 3, SyncMode::Dense);
     let cfg = sp.model.clone();
-    type Spoil = Box<dyn Fn(&mut tessera_protocol::messages::Submission)>;
+    // Each spoils alice's submission, knowing bob's unit.
+    type Spoil = Box<dyn Fn(&mut tessera_protocol::messages::Submission, u64)>;
     let dense = |f: fn(&mut Vec<NamedTensor>)| -> Spoil {
-        Box::new(move |s: &mut tessera_protocol::messages::Submission| {
+        Box::new(move |s: &mut tessera_protocol::messages::Submission, _| {
             if let Update::Dense(ts) = &mut s.result {
                 f(ts)
             }
         })
     };
-    // Bob's unit is the second handed out (unit 2).
     let cases: Vec<(Code, Spoil)> = vec![
         (
             Code::WrongShape,
@@ -138,12 +167,12 @@ fn bad_submissions_are_rejected_and_change_nothing() {
             Code::WrongShape,
             dense(|ts| ts[0].name = "ATTACKER-CHOSEN-TEXT ".repeat(12)),
         ),
-        (Code::WrongShape, Box::new(|s| s.tokens += 1)),
-        (Code::WrongVersion, Box::new(|s| s.weights += 1)),
-        (Code::NotOpen, Box::new(|s| s.unit = 2)),
+        (Code::WrongShape, Box::new(|s, _| s.tokens += 1)),
+        (Code::WrongVersion, Box::new(|s, _| s.weights += 1)),
+        (Code::NotOpen, Box::new(|s, bob| s.unit = bob)),
         (
             Code::WrongShape,
-            Box::new(|s| {
+            Box::new(|s, _| {
                 s.result = Update::Dense(vec![NamedTensor {
                     name: "x".into(),
                     tensor: TensorPayload::from_f32(&[1], &[1.0]),
@@ -154,19 +183,21 @@ fn bad_submissions_are_rejected_and_change_nothing() {
     for (why, spoil) in cases {
         let mut h = Harness::new(core(sp.clone()));
         let (mut alice, mut bob) = (Client::new(1), Client::new(2));
-        let (ca, a) = h.join_ready(&mut alice);
-        let (_cb, b) = h.join_ready(&mut bob);
-        let wa = works(&a)[0].1.clone();
-        assert_eq!(works(&b)[0].1.unit, 2);
+        // Alice has accepted work, so her rejections are logged (an identity with none
+        // leaves nothing in the log: `an_identity_that_spends_its_rejections_is_refused`).
+        let ((ca, wa), (_, wb)) = accepted_round(&mut h, &mut alice, &mut bob);
         let before = h.core.weights().clone();
         let mut sub = alice.submission(&cfg, &wa, 0.5);
-        spoil(&mut sub);
+        spoil(&mut sub, wb.unit);
         let a = h.submit(&mut alice, ca, sub);
         match verdicts(&a).as_slice() {
             [Verdict::Rejected(r)] => assert_eq!(r.code, why, "{r}"),
             other => panic!("{why:?}: {other:?}"),
         }
         assert!(!a.iter().any(|x| matches!(x, Action::Accepted(_))));
+        assert!(a.iter().any(
+            |x| matches!(x, Action::Logged(e) if matches!(e.entry.event, LogEvent::Rejected { .. }))
+        ));
         for x in &a {
             if let Action::Logged(e) = x {
                 let text = format!("{:?}", e.entry.event);
@@ -179,6 +210,7 @@ fn bad_submissions_are_rejected_and_change_nothing() {
         assert_eq!(h.core.weights(), &before);
         assert_eq!(h.core.accepted_slots(), Vec::<u64>::new());
         assert_eq!(h.core.records()[&alice.key()].rejected, 1);
+        assert_eq!(h.core.records()[&alice.key()].accepted, 1);
         // A refused unit's slot goes back to the queue, but not to alice this round (she
         // still holds her own unit when she sent someone else's).
         assert!(works(&a).is_empty(), "{why:?}: {:?}", works(&a));
@@ -377,46 +409,50 @@ fn a_slot_held_and_never_delivered_cannot_hold_a_round_open_past_its_quorum_dead
 
 /// An identity cannot fill the log with rejections: once 64 of its results were rejected (and
 /// more than were accepted) its sessions close with `Refused`, the log holds those 64 entries
-/// and no more, and its next handshake is refused; another identity is not touched.
+/// and no more, and its next handshake is refused; another identity is not touched. An
+/// identity with no accepted work is closed after as many, and leaves nothing in the log.
 #[test]
 fn an_identity_that_spends_its_rejections_is_refused() {
     use tessera_coordinator::core::credits::MAX_REJECTED;
     let sp = spec(2, 3, SyncMode::Dense);
     let cfg = sp.model.clone();
     let mut h = Harness::new(core(sp));
-    let (mut alice, mut bob) = (Client::new(1), Client::new(2));
-    let (ca, a) = h.join_ready(&mut alice);
-    let (_cb, _) = h.join_ready(&mut bob);
-    let wa = works(&a)[0].1.clone();
-    let mut logged_rejections = 0;
-    let mut closed_at = None;
-    for k in 1..=MAX_REJECTED + 5 {
-        let mut sub = alice.submission(&cfg, &wa, 0.5);
-        sub.unit = 999; // never open
-        let a = h.submit(&mut alice, ca, sub);
-        logged_rejections += a
-            .iter()
-            .filter(|x| matches!(x, Action::Logged(e) if matches!(e.entry.event, LogEvent::Rejected { .. })))
-            .count() as u64;
-        if closed(&a, ca) {
-            let refusal = sends(&a, ca).into_iter().find_map(|m| match m {
-                ToContributor::Error {
-                    reason,
-                    fatal: true,
-                } => Some(reason),
-                _ => None,
-            });
-            let r = refusal.expect("a fatal error");
-            assert_eq!(r.code, Code::Refused);
-            assert!(r.to_string().contains("were rejected"), "{r}");
-            closed_at = Some(k);
-            break;
+    let (mut alice, mut bob, mut carol) = (Client::new(1), Client::new(2), Client::new(3));
+    let ((ca, wa), _) = accepted_round(&mut h, &mut alice, &mut bob);
+    let (cc, _) = h.join_ready(&mut carol);
+    for (who, conn, logged) in [(&mut carol, cc, 0), (&mut alice, ca, MAX_REJECTED)] {
+        let mut logged_rejections = 0;
+        let mut closed_at = None;
+        for k in 1..=MAX_REJECTED + 5 {
+            let mut sub = who.submission(&cfg, &wa, 0.5);
+            sub.unit = 999; // never open
+            let a = h.submit(who, conn, sub);
+            assert_eq!(verdicts(&a).len(), 1, "a signed receipt each time");
+            logged_rejections += a
+                .iter()
+                .filter(|x| matches!(x, Action::Logged(e) if matches!(e.entry.event, LogEvent::Rejected { .. })))
+                .count() as u64;
+            if closed(&a, conn) {
+                let refusal = sends(&a, conn).into_iter().find_map(|m| match m {
+                    ToContributor::Error {
+                        reason,
+                        fatal: true,
+                    } => Some(reason),
+                    _ => None,
+                });
+                let r = refusal.expect("a fatal error");
+                assert_eq!(r.code, Code::Refused);
+                assert!(r.to_string().contains("were rejected"), "{r}");
+                closed_at = Some(k);
+                break;
+            }
         }
+        assert_eq!(closed_at, Some(MAX_REJECTED), "closed at the cap");
+        assert_eq!(logged_rejections, logged, "entries in the log");
     }
-    assert_eq!(closed_at, Some(MAX_REJECTED), "closed at the cap");
-    assert_eq!(
-        logged_rejections, MAX_REJECTED,
-        "no more entries than the cap"
+    assert!(
+        h.core.records().get(&carol.key()).is_none(),
+        "carol left no record"
     );
     let mut again = Client::new(1);
     let (c2, a) = h.join(&mut again, 1 << 30);

@@ -43,13 +43,15 @@ pub(super) struct Context {
     /// does not walk every connection.
     active_by_key: BTreeMap<PublicKey, BTreeSet<ConnId>>,
     /// Identities whose current session's `Joined` entry is in the log. A join is logged
-    /// lazily, just before the first entry its session causes (a lease, a verdict): an
-    /// identity that only connects, or only idles, leaves nothing in the log.
+    /// lazily, just before the first entry its session causes (a lease, a logged verdict): an
+    /// identity that only connects, idles, or has only rejected results leaves nothing in the
+    /// log.
     pub(super) joined: BTreeSet<PublicKey>,
-    /// Leases given to sessions whose identity has had no verdict yet, per connection: each is
-    /// logged (after the identity's `Joined`) just before its identity's first verdict, and
-    /// dropped if the session ends without one, so that an identity that takes leases and does
-    /// no work leaves nothing in the log and no record. At most [`MAX_UNLOGGED_LEASES`] a
+    /// Leases given to sessions whose identity has had no logged verdict yet, per connection:
+    /// each is logged (after the identity's `Joined`) just before its identity's first logged
+    /// verdict (an acceptance, or a rejection once it has accepted work), and dropped if the
+    /// session ends without one, so that an identity that takes leases and does no accepted
+    /// work leaves nothing in the log and no record. At most [`MAX_UNLOGGED_LEASES`] a
     /// session (the newest).
     pub(super) unlogged: BTreeMap<ConnId, Vec<LogEvent>>,
     /// Every identity's record, folded from the log as it is written.
@@ -159,7 +161,7 @@ impl Context {
     }
 
     /// Records that `conn`'s session holds `lease` with `shards`: logged at once if its
-    /// identity's join is, else just before the identity's first verdict (see
+    /// identity's join is, else just before the identity's first logged verdict (see
     /// [`Context::unlogged`]).
     pub(super) fn log_lease(&mut self, conn: ConnId, lease: u64, shards: Vec<ShardSpec>) {
         let Some(key) = self.sessions.get(&conn).and_then(|s| s.active()) else {
@@ -216,7 +218,10 @@ impl Context {
     }
 
     /// Logs a verdict (an acceptance with the work's credit: `(tokens, flops)`) and sends the
-    /// signed receipt naming the entry.
+    /// signed receipt naming the entry. A rejection of an identity with no accepted work is
+    /// not logged (it is counted on the session, see [`Context::rejections_spent`]), so that
+    /// such an identity leaves no permanent state; its receipt names the log as it stands,
+    /// which `tessera verify --receipts` accepts for an identity with no accepted work there.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn receipt(
         &mut self,
@@ -232,6 +237,18 @@ impl Context {
             Some(_) => self.spec.pipe_checks(),
             None => self.spec.checks.is_some(),
         };
+        let logged = match &verdict {
+            Verdict::Accepted => true,
+            Verdict::Rejected(_) => self.has_accepted_work(&contributor),
+        };
+        if !logged {
+            // An identity with no accepted work leaves nothing permanent: its rejection is
+            // counted on its session, and its receipt names the log as it stands.
+            if let Some(s) = self.sessions.get_mut(&conn) {
+                s.unlogged_rejections += 1;
+            }
+            return self.send_receipt(conn, unit, contributor, seq, verdict);
+        }
         let event = match &verdict {
             Verdict::Accepted => LogEvent::Accepted {
                 key: contributor,
@@ -250,6 +267,39 @@ impl Context {
             },
         };
         self.log(event);
+        self.send_receipt(conn, unit, contributor, seq, verdict);
+    }
+
+    /// Whether `key` has accepted work in the log (then its rejections are logged too, where
+    /// they count against its accepted work).
+    fn has_accepted_work(&self, key: &PublicKey) -> bool {
+        self.joined.contains(key)
+            || self
+                .credits
+                .records()
+                .get(key)
+                .is_some_and(|r| r.accepted > 0)
+    }
+
+    /// Whether `conn`'s session (identity `key`) spent its rejections: in the log, or as
+    /// rejections not logged because its identity had no accepted work.
+    pub(super) fn rejections_spent(&self, conn: ConnId, key: &PublicKey) -> bool {
+        self.credits.rejections_spent(key)
+            || self
+                .sessions
+                .get(&conn)
+                .is_some_and(|s| s.unlogged_rejections >= super::credits::MAX_REJECTED)
+    }
+
+    /// Signs and sends the receipt of a verdict, naming the log as it stands.
+    fn send_receipt(
+        &mut self,
+        conn: ConnId,
+        unit: u64,
+        contributor: PublicKey,
+        seq: u64,
+        verdict: Verdict,
+    ) {
         let receipt = Receipt {
             unit,
             contributor,
@@ -411,6 +461,7 @@ pub(super) mod testing {
                 ready: true,
                 unit: None,
                 waiting_since: cx.now,
+                unlogged_rejections: 0,
             },
         );
         cx.activate(conn);
@@ -422,179 +473,5 @@ pub(super) mod testing {
 }
 
 #[cfg(test)]
-mod tests {
-    use tessera_protocol::log::LogEvent;
-    use tessera_protocol::messages::Verdict;
-    use tessera_protocol::signed::{signing_bytes, RECEIPT};
-    use tessera_protocol::{Code, Reason, ToContributor};
-
-    use super::testing::{active, context, spec};
-    use super::Action;
-    use super::{Context, MAX_UNLOGGED_LEASES};
-
-    #[test]
-    fn a_receipt_names_the_logged_verdict_and_is_signed_by_the_coordinator() {
-        let mut cx = context(spec(1));
-        let key = active(&mut cx, 1, 1, Some(1));
-        cx.receipt(1, 7, key, 3, Verdict::Accepted, [5; 32], (8, 2.0));
-        let [Action::Logged(entry), Action::Send { conn: 1, msg }] = &cx.out[..] else {
-            panic!("{:?}", cx.out);
-        };
-        assert!(matches!(
-            entry.entry.event,
-            LogEvent::Accepted {
-                unit: 7,
-                seq: 3,
-                tokens: 8,
-                pending: false,
-                ..
-            }
-        ));
-        let ToContributor::Receipt { receipt, signature } = msg else {
-            panic!("{msg:?}");
-        };
-        assert_eq!(receipt.log_head, cx.log_head());
-        let bytes = signing_bytes(receipt).unwrap();
-        assert!(cx.id.public().verify(RECEIPT, &bytes, signature).is_ok());
-        cx.out.clear();
-        cx.reject_unopen(1, 8, key, 4);
-        assert!(matches!(
-            &cx.out[0],
-            Action::Logged(e) if matches!(&e.entry.event, LogEvent::Rejected { reason, .. } if reason.code == Code::NotOpen)
-        ));
-    }
-
-    #[test]
-    fn a_join_is_logged_before_the_first_entry_its_session_causes_and_an_idle_one_leaves_nothing() {
-        let mut cx = context(spec(1));
-        let idle = active(&mut cx, 1, 1, None);
-        let worker = active(&mut cx, 2, 2, None);
-        let shards = Vec::new();
-        cx.log(LogEvent::Leased {
-            key: worker,
-            lease: 1,
-            shards,
-        });
-        cx.log(LogEvent::Leased {
-            key: worker,
-            lease: 2,
-            shards: Vec::new(),
-        });
-        cx.forget(1, None);
-        cx.forget(2, None);
-        let events: Vec<&LogEvent> = cx
-            .out
-            .iter()
-            .filter_map(|a| match a {
-                Action::Logged(e) => Some(&e.entry.event),
-                _ => None,
-            })
-            .collect();
-        assert!(matches!(events[0], LogEvent::Joined { key, .. } if *key == worker));
-        assert!(matches!(events[1], LogEvent::Leased { lease: 1, .. }));
-        assert!(matches!(events[2], LogEvent::Leased { lease: 2, .. }));
-        assert!(matches!(events[3], LogEvent::Left { key, .. } if *key == worker));
-        assert_eq!(events.len(), 4, "{events:?}");
-        assert!(cx.credits.records().get(&idle).is_none());
-        // A new session of the same identity is logged again once it does something.
-        active(&mut cx, 3, 2, None);
-        cx.out.clear();
-        cx.log(LogEvent::Leased {
-            key: worker,
-            lease: 3,
-            shards: Vec::new(),
-        });
-        assert!(
-            matches!(&cx.out[0], Action::Logged(e) if matches!(e.entry.event, LogEvent::Joined { .. }))
-        );
-    }
-
-    /// The logged events among the actions so far.
-    fn logged(cx: &Context) -> Vec<&LogEvent> {
-        cx.out
-            .iter()
-            .filter_map(|a| match a {
-                Action::Logged(e) => Some(&e.entry.event),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_lease_is_logged_only_once_its_identity_has_a_verdict() {
-        let mut cx = context(spec(1));
-        let idler = active(&mut cx, 1, 1, None);
-        let worker = active(&mut cx, 2, 2, None);
-        // More leases than a session keeps: only the newest wait.
-        for lease in 1..=MAX_UNLOGGED_LEASES as u64 + 2 {
-            cx.log_lease(1, lease, Vec::new());
-        }
-        cx.log_lease(2, 40, Vec::new());
-        assert!(logged(&cx).is_empty(), "{:?}", logged(&cx));
-        assert_eq!(cx.unlogged[&1].len(), MAX_UNLOGGED_LEASES);
-        // The idler leaves without a verdict: nothing in the log, no record.
-        cx.forget(1, None);
-        assert!(logged(&cx).is_empty());
-        assert!(!cx.unlogged.contains_key(&1));
-        assert!(cx.credits.records().get(&idler).is_none());
-        // The worker's first verdict brings its join and lease first; later leases go at once.
-        cx.reject_unopen(2, 8, worker, 4);
-        let events = logged(&cx);
-        assert!(matches!(events[0], LogEvent::Joined { key, .. } if *key == worker));
-        assert!(matches!(events[1], LogEvent::Leased { lease: 40, .. }));
-        assert!(matches!(events[2], LogEvent::Rejected { unit: 8, .. }));
-        assert_eq!(events.len(), 3, "{events:?}");
-        cx.log_lease(2, 41, Vec::new());
-        assert!(matches!(logged(&cx)[3], LogEvent::Leased { lease: 41, .. }));
-        assert!(cx.unlogged.is_empty());
-    }
-
-    #[test]
-    fn closing_a_session_tells_the_peer_logs_that_it_left_and_hands_it_back_once() {
-        let mut cx = context(spec(1));
-        let key = active(&mut cx, 4, 2, Some(1));
-        active(&mut cx, 5, 3, None);
-        assert_eq!(cx.conns_of(key), vec![4]);
-        let s = cx
-            .close(4, Reason::new(Code::Silent, "late"))
-            .expect("open");
-        assert_eq!(s.lease, Some(1));
-        assert!(matches!(
-            &cx.out[0],
-            Action::Send { conn: 4, msg: ToContributor::Error { fatal: true, reason } } if reason.code == Code::Silent
-        ));
-        assert!(matches!(&cx.out[1], Action::Close { conn: 4, .. }));
-        assert!(matches!(
-            &cx.out[2],
-            Action::Logged(e) if matches!(&e.entry.event, LogEvent::Left { reason, .. } if reason.code == Code::Silent)
-        ));
-        cx.out.clear();
-        assert!(cx.close(4, Reason::new(Code::Silent, "again")).is_none());
-        assert!(cx.out.is_empty());
-        assert_eq!(cx.sessions.len(), 1);
-        assert!(
-            cx.conns_of(key).is_empty(),
-            "the index forgets a closed session"
-        );
-    }
-
-    #[test]
-    fn an_identitys_sessions_are_found_by_its_key_once_active_and_until_forgotten() {
-        let mut cx = context(spec(1));
-        let key = active(&mut cx, 7, 2, None);
-        active(&mut cx, 3, 2, None);
-        active(&mut cx, 5, 9, None);
-        assert_eq!(cx.conns_of(key), vec![3, 7], "lowest first");
-        // A session still in its handshake is not found by the key it claims.
-        super::super::sessions::connected(&mut cx, 9, [0; 32]);
-        cx.sessions.get_mut(&9).unwrap().key = Some(key);
-        assert_eq!(cx.conns_of(key), vec![3, 7]);
-        cx.activate(9);
-        assert_eq!(cx.conns_of(key), vec![3, 7, 9]);
-        cx.forget(3, None);
-        cx.forget(9, None);
-        assert_eq!(cx.conns_of(key), vec![7]);
-        cx.forget(7, None);
-        assert!(cx.conns_of(key).is_empty() && !cx.active_by_key.contains_key(&key));
-    }
-}
+#[path = "context_tests.rs"]
+mod tests;

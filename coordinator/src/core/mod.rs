@@ -284,7 +284,7 @@ impl Core {
             }
             Handled::Work { key, seq, body } => {
                 self.work(conn, key, seq, body);
-                if self.cx.credits.rejections_spent(&key) {
+                if self.cx.rejections_spent(conn, &key) {
                     let (cx, part) = self.split();
                     part.close_refused(cx, key, sessions::spent_rejections());
                 }

@@ -38,6 +38,11 @@ pub(super) struct Session {
     /// When it connected or was last given a whole-model unit (ms): open slots go to the
     /// ready sessions that have waited longest, not by connection order.
     pub(super) waiting_since: u64,
+    /// Its results rejected while its identity had no accepted work: not logged (such an
+    /// identity leaves nothing permanent), so counted here against [`MAX_REJECTED`] instead.
+    ///
+    /// [`MAX_REJECTED`]: super::credits::MAX_REJECTED
+    pub(super) unlogged_rejections: u64,
 }
 
 impl Session {

@@ -47,6 +47,7 @@ pub(super) fn connected(cx: &mut Context, conn: ConnId, nonce: [u8; 32]) {
         ready: false,
         unit: None,
         waiting_since: cx.now,
+        unlogged_rejections: 0,
     };
     cx.sessions.insert(conn, s);
 }
