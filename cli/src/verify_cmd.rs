@@ -30,8 +30,9 @@ pub struct LogSource {
     /// `/api/log`), a run's data directory, or a file written with `tessera verify --save`.
     #[arg(long)]
     pub log: String,
-    /// The checkpoints (`round-N/`, `rules.json`): each closed round's or step's checkpoint is
-    /// checked against the weights the log recorded, and its aggregate (`round-N/aggregate`)
+    /// The checkpoints (`round-N-HASH/`, `rules.json`): each closed round's or step's
+    /// checkpoint is checked against the weights the log recorded, and its aggregate
+    /// (`round-N-HASH/aggregate`)
     /// replayed from the checkpoint before it by the run's rules to reach them (default:
     /// `checkpoints/` of a data directory given as `--log`).
     #[arg(long)]
@@ -228,7 +229,7 @@ pub fn check_checkpoints(entries: &[SignedEntry], dir: &Path) -> Result<usize> {
     }
     let mut checked = 0;
     for (version, &(index, weights)) in &last {
-        let ck = dir.join(format!("round-{version}"));
+        let ck = crate::closes::checkpoint_dir(dir, *version, Some(&weights))?;
         let cfg_text = std::fs::read_to_string(ck.join("config.json")).with_context(|| {
             format!("log entry {}: reading {}/config.json", index, ck.display())
         })?;

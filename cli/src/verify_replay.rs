@@ -57,9 +57,15 @@ pub type State = (
     Option<(ModelParams<f32>, ModelParams<f32>)>,
 );
 
-/// The weights (and AdamW moments) of checkpoint `version`, if it is there.
-pub fn checkpoint(cfg: &ModelConfig, dir: &Path, version: u64) -> Result<Option<State>> {
-    let ck = dir.join(format!("round-{version}"));
+/// The weights (and AdamW moments) of checkpoint `version` (whose weights digest the log
+/// recorded as `weights`, where it did), if it is there.
+pub fn checkpoint(
+    cfg: &ModelConfig,
+    dir: &Path,
+    version: u64,
+    weights: Option<&[u8; 32]>,
+) -> Result<Option<State>> {
+    let ck = crate::closes::checkpoint_dir(dir, version, weights)?;
     let Some(w) = load(cfg, &ck.join("model.safetensors"))? else {
         return Ok(None);
     };
@@ -83,14 +89,16 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
     let cfg = rules.model_config().map_err(anyhow::Error::msg)?;
     let mut out = Replayed::default();
     let mut state: Option<State> = None;
-    for (version, close) in crate::closes::closes(entries) {
+    let closes = crate::closes::closes(entries);
+    for (&version, close) in &closes {
         let (index, number) = (close.head.index, close.round);
         let (weights, aggregate) = (close.weights, close.aggregate);
         let Some(before) = version.checked_sub(1) else {
             bail!("log entry {index}: a round closed into version 0");
         };
         if state.as_ref().map(|s| s.0) != Some(before) {
-            state = checkpoint(&cfg, dir, before)?;
+            let known = closes.get(&before).map(|c| &c.weights);
+            state = checkpoint(&cfg, dir, before, known)?;
             match &state {
                 Some(_) => out.starts.push(before),
                 None => bail!(
@@ -99,7 +107,8 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
                 ),
             }
         }
-        let path = dir.join(format!("round-{version}/aggregate.safetensors"));
+        let path = crate::closes::checkpoint_dir(dir, version, Some(&weights))?
+            .join("aggregate.safetensors");
         let Some(agg) = load(&cfg, &path)? else {
             bail!(
                 "log entry {index}: {} is missing: version {version} cannot be replayed",

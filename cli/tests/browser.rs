@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::browser::{build_page, target_dir, Browser, WEBGPU_FLAGS};
 use common::{
-    coordinator_with, coordinator_with_page, data, eval, free_port, scratch, wait_for,
+    checkpoint, coordinator_with, coordinator_with_page, data, eval, free_port, scratch, wait_for,
     worker_with_budget,
 };
 
@@ -128,8 +128,8 @@ fn a_browser_tab_trains_a_micro_shard_beside_native_workers() {
     b.screenshot(&target_dir().join("screenshots/contributor-page-training.png"));
     assert!(c.wait_exit(FIVE_MINUTES, "the run to finish").success());
     let held_out = data("held-out.txt");
-    let before = eval(&dir.join("checkpoints/round-0"), &held_out);
-    let after = eval(&dir.join("checkpoints/round-30"), &held_out);
+    let before = eval(&checkpoint(&dir.join("checkpoints"), 0), &held_out);
+    let after = eval(&checkpoint(&dir.join("checkpoints"), 30), &held_out);
     println!(
         "held-out loss {before:.4} -> {after:.4} in {:.1} s",
         start.elapsed().as_secs_f64()

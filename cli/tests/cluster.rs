@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tessera_coordinator::store::Store;
 
-use common::{coordinator, data, eval, free_port, scratch, status, wait_for, worker};
+use common::{checkpoint, coordinator, data, eval, free_port, scratch, status, wait_for, worker};
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
@@ -22,17 +22,15 @@ fn durable_accepted(rt: &tokio::runtime::Runtime, store: &Store) -> u64 {
         .map_or(0, |(_, accepted)| accepted)
 }
 
-/// Rounds committed: the highest `checkpoints/round-N` holding a model.
+/// Rounds committed: the highest `checkpoints/round-N-HASH` holding a model.
 fn rounds_done(dir: &std::path::Path) -> Option<usize> {
     std::fs::read_dir(dir.join("checkpoints"))
         .ok()?
         .flatten()
         .filter(|e| e.path().join("model.safetensors").exists())
         .filter_map(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .strip_prefix("round-")
-                .and_then(|n| n.parse().ok())
+            let name = e.file_name().to_string_lossy().into_owned();
+            tessera_coordinator::store::parse_checkpoint_name(&name).map(|(v, _)| v as usize)
         })
         .max()
 }
@@ -65,8 +63,8 @@ fn three_workers_train_and_the_checkpoint_evaluates() {
     assert!(c.wait_exit(FIVE_MINUTES, "the run to finish").success());
     assert_eq!(rounds_done(&dir), Some(12));
     let held = data("held-out.txt");
-    let before = eval(&dir.join("checkpoints/round-0"), &held);
-    let after = eval(&dir.join("checkpoints/round-12"), &held);
+    let before = eval(&checkpoint(&dir.join("checkpoints"), 0), &held);
+    let after = eval(&checkpoint(&dir.join("checkpoints"), 12), &held);
     println!(
         "held-out loss {before:.4} -> {after:.4} in {:.1} s",
         start.elapsed().as_secs_f64()

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    coordinator, copy_dir, data, eval, flip_byte, free_port, scratch, tessera, verify_dir, worker,
+    checkpoint, coordinator, copy_dir, data, eval, flip_byte, free_port, scratch, tessera,
+    verify_dir, worker,
 };
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
@@ -69,7 +70,7 @@ fn a_fork_of_a_verified_checkpoint_trains_on_under_its_own_log() {
     // Refused: a parent whose checkpoint 1 was altered (the replay to version 2 passes it).
     let bad = root.join("bad-checkpoints");
     copy_dir(&parent.join("checkpoints"), &bad);
-    flip_byte(&bad.join("round-1/model.safetensors"), 5);
+    flip_byte(&checkpoint(&bad, 1).join("model.safetensors"), 5);
     let (ok, text) = fork(
         &parent,
         "2",
@@ -109,8 +110,8 @@ fn a_fork_of_a_verified_checkpoint_trains_on_under_its_own_log() {
     assert_ne!(parent_key, child_key, "the fork signs with its own key");
 
     let held_out = data("held-out.txt");
-    let at_fork = eval(&parent.join("checkpoints/round-2"), &held_out);
-    let after = eval(&child.join("checkpoints/round-5"), &held_out);
+    let at_fork = eval(&checkpoint(&parent.join("checkpoints"), 2), &held_out);
+    let after = eval(&checkpoint(&child.join("checkpoints"), 5), &held_out);
     println!("held-out loss at the fork {at_fork:.4}, after three more rounds {after:.4}");
     assert!(after < at_fork, "{at_fork} -> {after}");
 }

@@ -147,7 +147,9 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
     std::fs::create_dir_all(&dir).unwrap();
     // Silence of 3 s; heartbeats stop at the connection, and the core hears of them only when
     // it would close a session as silent. 120 sessions, each heartbeating for 8 s, pass that
-    // point about twice each: none may be closed.
+    // point about twice each: none may be closed. A mute session holding a lease is closed
+    // after 3 s; a mute one holding none (it has nothing the run waits for) after the idle
+    // silence, four idle heartbeats of four heartbeats each (16 s).
     let run = dir.with_extension("toml");
     let e2e = std::fs::read_to_string(data("e2e.toml")).unwrap();
     std::fs::write(&run, e2e.replace("silence_secs = 30", "silence_secs = 3")).unwrap();
@@ -155,6 +157,7 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
     let _c = coordinator_with(&run, port, &dir, None, &raised);
     wait_for(port, LIMIT, "the coordinator serving", |_| true);
     let mute = Identity::from_seed([8; 32]);
+    let idle = Identity::from_seed([9; 32]);
     let beating: Vec<Identity> = (0..120u8)
         .map(|i| {
             let mut seed = [7u8; 32];
@@ -162,8 +165,13 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
             Identity::from_seed(seed)
         })
         .collect();
-    let mut quiet = join(port, &mute);
     let start = Instant::now();
+    let mut quiet = connect(port);
+    let (Some(ToContributor::Welcome { .. }), _) = handshake(&mut quiet, &mute, 1 << 30, "mute")
+    else {
+        panic!("not welcomed");
+    };
+    let mut idle_ws = join(port, &idle);
     let crowd: Vec<_> = beating
         .iter()
         .map(|id| {
@@ -184,7 +192,7 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
         .map(|t| t.join().expect("a heartbeating session"))
         .collect();
     // Eight seconds of heartbeats, past the 3 s of silence: every session is still listed,
-    // and the mute one is gone, its socket closed.
+    // the idle mute one too, and the leased mute one is gone, its socket closed.
     let mut keys: Vec<String> = status(port).expect("status")["contributors"]
         .as_array()
         .expect("contributors")
@@ -192,14 +200,23 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
         .filter_map(|c| c["key"].as_str().map(String::from))
         .collect();
     keys.sort();
-    let mut want: Vec<String> = beating.iter().map(|id| id.public().to_string()).collect();
+    let mut want: Vec<String> = beating
+        .iter()
+        .chain([&idle])
+        .map(|id| id.public().to_string())
+        .collect();
     want.sort();
     assert_eq!(keys, want);
-    // The mute one is told why before its socket closes.
+    // The mute ones are told why before their sockets close.
     let (code, why) = fatal_reason(&mut quiet);
     assert_eq!(code, Code::Silent, "{why}");
     assert!(why.contains("silent for over 3 s"), "{why}");
     while next(&mut quiet).is_some() {}
+    let (code, why) = fatal_reason(&mut idle_ws);
+    let idle_for = start.elapsed();
+    assert_eq!(code, Code::Silent, "{why}");
+    assert!(why.contains("silent for over 16 s"), "{why}");
+    assert!(idle_for >= Duration::from_secs(16), "{idle_for:?}");
     assert!(start.elapsed() < Duration::from_secs(40));
 }
 

@@ -10,7 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{coordinator, data, eval, free_port, scratch, wait_for, worker_with_budget};
+use common::{
+    checkpoint, coordinator, data, eval, free_port, scratch, wait_for, worker_with_budget,
+};
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
@@ -74,8 +76,8 @@ fn mixed_budget_workers_train_a_sliced_pipeline() {
     }
     assert!(c.wait_exit(FIVE_MINUTES, "the run to finish").success());
     let held_out = data("held-out.txt");
-    let before = eval(&dir.join("checkpoints/round-0"), &held_out);
-    let after = eval(&dir.join("checkpoints/round-24"), &held_out);
+    let before = eval(&checkpoint(&dir.join("checkpoints"), 0), &held_out);
+    let after = eval(&checkpoint(&dir.join("checkpoints"), 24), &held_out);
     println!(
         "held-out loss {before:.4} -> {after:.4} in {:.1} s",
         start.elapsed().as_secs_f64()

@@ -440,7 +440,7 @@ fn train(name: &str, gpu: &'static Gpu, roles: &[Role], attacked: bool) -> Ran {
     );
     let text = verify_dir(&dir);
     println!("{name}: {}", text.lines().last().unwrap_or_default());
-    let checkpoint = dir.join(format!("checkpoints/round-{rounds}"));
+    let checkpoint = common::checkpoint(&dir.join("checkpoints"), rounds);
     let loss = eval(&checkpoint, &data("held-out.txt"));
     let _ = std::fs::remove_dir_all(&dir);
     Ran { loss, status, secs }

@@ -11,7 +11,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{coordinator, copy_dir, data, flip_byte, free_port, scratch, wait_for, worker};
+use common::{
+    checkpoint, coordinator, copy_dir, data, flip_byte, free_port, scratch, wait_for, worker,
+};
 use tessera_protocol::identity::parse_hex32;
 use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
 use tessera_protocol::log_store::StoredEntry;
@@ -167,7 +169,10 @@ fn the_log_of_a_restarted_run_verifies_and_any_tampering_is_named() {
     replay_cases(&dir, &saved);
 
     // A checkpoint byte altered: the entry that closed that version is named.
-    flip_byte(&dir.join("checkpoints/round-5/model.safetensors"), 7);
+    flip_byte(
+        &checkpoint(&dir.join("checkpoints"), 5).join("model.safetensors"),
+        7,
+    );
     let (ok, text) = verify(&["--log".as_ref(), dir.as_os_str()]);
     println!("an altered checkpoint: {}", text.trim());
     assert!(
@@ -348,7 +353,7 @@ fn replay_cases(dir: &Path, saved: &Path) {
     // An aggregate byte altered.
     let copy = dir.with_extension("ck-aggregate");
     copy_dir(&checkpoints, &copy);
-    flip_byte(&copy.join("round-7/aggregate.safetensors"), 9);
+    flip_byte(&checkpoint(&copy, 7).join("aggregate.safetensors"), 9);
     let (ok, text) = run(saved, &copy, &[]);
     println!("an altered aggregate: {}", text.trim());
     assert!(!ok, "{text}");
@@ -380,7 +385,7 @@ fn replay_cases(dir: &Path, saved: &Path) {
     // the replay of the recorded aggregates does not reach those weights.
     let copy = dir.with_extension("ck-forged");
     copy_dir(&checkpoints, &copy);
-    let ck = copy.join("round-5");
+    let ck = checkpoint(&copy, 5);
     flip_byte(&ck.join("model.safetensors"), 11);
     let cfg = ModelConfig::from_hf_json(&std::fs::read_to_string(ck.join("config.json")).unwrap())
         .unwrap();
@@ -388,6 +393,12 @@ fn replay_cases(dir: &Path, saved: &Path) {
         &params_from_safetensors(&cfg, &std::fs::read(ck.join("model.safetensors")).unwrap())
             .unwrap(),
     );
+    // Its folder is named by its weights: the forger renames it too.
+    let renamed = copy.join(tessera_coordinator::store::checkpoint_name(
+        5,
+        &forged_weights,
+    ));
+    std::fs::rename(&ck, &renamed).unwrap();
     let at = closing(5);
     let forged_log = dir.with_extension("forged-weights.json");
     write_resigned(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use tessera_coordinator::core::{Contribution, Snapshot};
+use tessera_coordinator::core::{weights_digest, Contribution, Snapshot};
 use tessera_coordinator::store::{Store, Write};
 use tessera_protocol::log::{LogEntry, LogEvent, SignedEntry};
 use tessera_protocol::messages::{NamedTensor, Update};
@@ -84,6 +84,9 @@ async fn exercise(name: &str, url: Option<&str>) {
     store.record(&contribution(1, 0, 1)).await.unwrap();
     let ck = store.commit("t", &cfg, &snap).await.unwrap();
     assert!(ck.join("model.safetensors").exists() && ck.join("config.json").exists());
+    // Named by its version and its weights' digest.
+    let name = tessera_coordinator::store::checkpoint_name(2, &weights_digest(&weights));
+    assert_eq!(ck.file_name().and_then(|n| n.to_str()), Some(name.as_str()));
     store.record(&contribution(2, 1, 2)).await.unwrap();
     store.record(&contribution(2, 0, 3)).await.unwrap();
     assert!(
@@ -98,14 +101,18 @@ async fn exercise(name: &str, url: Option<&str>) {
     held.release().await.unwrap();
     drop(store);
     // A crash between a round's checkpoint files and its rows leaves files of a version the
-    // run does not hold; loading drops them and keeps the committed one.
-    let stray = dir.join("checkpoints/round-3");
-    std::fs::create_dir_all(&stray).unwrap();
-    std::fs::write(
-        stray.join("model.safetensors"),
-        b"from a batch that never committed",
-    )
-    .unwrap();
+    // run does not hold, or of the committed version under another name (a round that ran
+    // again after such a crash); loading drops them and keeps the committed one.
+    let stray = dir.join("checkpoints/round-3-0011223344556677");
+    let twin = dir.join("checkpoints/round-2-0011223344556677");
+    for d in [&stray, &twin] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(
+            d.join("model.safetensors"),
+            b"from a batch that never committed",
+        )
+        .unwrap();
+    }
     let store = Store::open(&dir, url).await.unwrap();
     let held = store.lock().await.unwrap();
     let (got, accepted) = store
@@ -130,7 +137,7 @@ async fn exercise(name: &str, url: Option<&str>) {
         "closed rounds' blobs are dropped"
     );
     assert!(
-        !stray.join("model.safetensors").exists(),
+        !stray.join("model.safetensors").exists() && !twin.join("model.safetensors").exists(),
         "an orphan checkpoint is dropped"
     );
     assert!(
@@ -158,6 +165,14 @@ async fn exercise(name: &str, url: Option<&str>) {
         store.load(&cfg, &held).await.is_err(),
         "half a pair of moments is refused, not silently reset"
     );
+    // Weights that are not the ones the checkpoint's name records are refused.
+    let model = ck.join("model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&model, bytes).unwrap();
+    let err = store.load(&cfg, &held).await.unwrap_err().to_string();
+    assert!(err.contains("not the ones its name records"), "{err}");
     held.release().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

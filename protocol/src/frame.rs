@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::ProtocolError;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Default hard limit on a frame (parameter and gradient payloads included): 64 MiB.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -26,7 +26,8 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
 
 /// The oldest protocol version whose encoding of work and its results (units, results, tensors,
 /// calibration records) is today's: version 2 changed only refusals and the run log, version 3
-/// only the `Welcome` (its heartbeat interval). Files of
+/// only the `Welcome` (its heartbeat interval), version 4 only the `Welcome` again (the idle
+/// heartbeat interval). Files of
 /// those types written since then (calibration files, unit fixtures) decode with
 /// [`decode_since`].
 pub const WORK_FORMAT_SINCE: u32 = 1;

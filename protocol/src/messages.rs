@@ -235,9 +235,13 @@ pub enum ToContributor {
         /// Latest log head.
         log_head: LogHead,
         /// How often the session should send a heartbeat when it sends nothing else
-        /// (milliseconds): often enough for the run's silence limit, and no oftener, since
-        /// every heartbeat of every idle contributor costs the coordinator (protocol 3).
+        /// (milliseconds) while it holds a lease: often enough for the run's silence limit,
+        /// and no oftener, since every heartbeat costs the coordinator (protocol 3).
         heartbeat_ms: u32,
+        /// How often while it holds no lease (milliseconds): such a session has nothing the
+        /// run would wait for, so it is given a longer silence and heartbeats rarer; a crowd
+        /// of idle contributors costs the coordinator that much less (protocol 4).
+        idle_heartbeat_ms: u32,
     },
     /// A lease; `frames` `Weights` messages follow.
     Lease(Lease),

@@ -288,6 +288,7 @@ fn to_contributor() -> Vec<Vec<u8>> {
             run: "demo".into(),
             log_head: head(),
             heartbeat_ms: 15_000,
+            idle_heartbeat_ms: 60_000,
         },
         ToContributor::Weights {
             lease: 1,

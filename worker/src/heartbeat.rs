@@ -1,5 +1,6 @@
 //! How often a contributor sends a heartbeat: as often as the coordinator's `Welcome` asks
-//! (a quarter of the run's silence limit), held to 1 s to 60 s, and every 5 s before it asks.
+//! (holding a lease, a quarter of the run's silence limit; holding none, four times rarer),
+//! held to 1 s to 60 s, and every 5 s before it asks.
 //! Every heartbeat of every idle contributor costs the coordinator a frame to read, so they go
 //! no oftener than the run needs.
 
@@ -18,7 +19,9 @@ pub fn every(ms: u32) -> Duration {
 mod tests {
     use std::time::Duration;
 
-    use tessera_protocol::messages::{Capabilities, ContributorKind, LogHead};
+    use tessera_protocol::messages::{
+        Capabilities, ContributorKind, InnerOptimizer, Lease, LogHead, ShardSpec, SyncMode,
+    };
     use tessera_protocol::{Identity, ToContributor};
 
     use super::{every, DEFAULT};
@@ -41,8 +44,29 @@ mod tests {
             run: "r".into(),
             log_head: LogHead::default(),
             heartbeat_ms: 7_500,
+            idle_heartbeat_ms: 30_000,
         })
         .expect("a welcome is taken");
+        // No lease yet: the idle pace; a lease (its weights on their way): the run's pace.
+        assert_eq!(s.heartbeat_every(), Duration::from_secs(30));
+        let cfg = tessera_compute::ModelConfig::tiny();
+        let lease = Lease {
+            lease: 1,
+            config_json: cfg.to_hf_json(),
+            shards: vec![ShardSpec::Embed {
+                rows: [0, cfg.vocab_size as u64],
+            }],
+            optimizer: InnerOptimizer::Sgd,
+            clip: None,
+            sync: SyncMode::Dense,
+            rows: 8,
+            version: 0,
+            frames: 1,
+            activations: None,
+            fresh_units: false,
+        };
+        s.handle(ToContributor::Lease(lease))
+            .expect("a lease is taken");
         assert_eq!(s.heartbeat_every(), Duration::from_millis(7_500));
     }
 }

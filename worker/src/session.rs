@@ -132,8 +132,10 @@ pub struct Session {
     last_notice: Option<String>,
     /// Signed receipts not yet taken.
     receipts: Vec<(Receipt, Signature)>,
-    /// How often to send a heartbeat, as the coordinator's `Welcome` asked.
+    /// How often to send a heartbeat holding a lease, as the coordinator's `Welcome` asked.
     heartbeat: std::time::Duration,
+    /// How often holding none, as the `Welcome` asked.
+    idle_heartbeat: std::time::Duration,
 }
 
 impl Session {
@@ -155,6 +157,7 @@ impl Session {
             last_notice: None,
             receipts: Vec::new(),
             heartbeat: crate::heartbeat::DEFAULT,
+            idle_heartbeat: crate::heartbeat::DEFAULT,
         }
     }
 
@@ -164,9 +167,14 @@ impl Session {
     }
 
     /// How often to send a heartbeat: what the coordinator's `Welcome` asked (within 1 s to
-    /// 60 s), [`crate::heartbeat::DEFAULT`] before it.
+    /// 60 s) for a session holding a lease, or holding none, [`crate::heartbeat::DEFAULT`]
+    /// before it.
     pub fn heartbeat_every(&self) -> std::time::Duration {
-        self.heartbeat
+        if self.pending.is_some() || self.loaded.is_some() {
+            self.heartbeat
+        } else {
+            self.idle_heartbeat
+        }
     }
 
     /// Counters.
@@ -252,10 +260,12 @@ impl Session {
             ToContributor::Welcome {
                 log_head,
                 heartbeat_ms,
+                idle_heartbeat_ms,
                 ..
             } => {
                 self.log_head = log_head;
                 self.heartbeat = crate::heartbeat::every(heartbeat_ms);
+                self.idle_heartbeat = crate::heartbeat::every(idle_heartbeat_ms);
                 Ok(Reply::default())
             }
             ToContributor::Lease(lease) => self.lease(lease),

@@ -1,13 +1,15 @@
 //! `false_positives`: how often each check refuses honest work. Runs long, honest-only runs in
 //! process on this machine's adapter (real GPU contributors, the real coordinator core): a
-//! whole-model run of the end-to-end configuration with dense sync (so replays are on) and a
-//! pipeline run of the end-to-end pipeline configuration, every contributor honest. Any check
-//! that fails, disputes or refuses here is a false positive. Prints, per check, how many times
-//! it judged honest work and how many of those it got wrong, with a 95% upper bound on the
-//! false-positive rate (the "rule of three" when none was wrong).
+//! whole-model run of the end-to-end configuration with dense sync (so replays are on), one
+//! with SparseLoCo and no replays where every update is checked every round (so the
+//! statistics decide alone), and a pipeline run of the end-to-end pipeline configuration,
+//! every contributor honest. Any check that fails, disputes or withholds here is a false
+//! positive. Prints, per check, how many times it judged honest work and how many of those it
+//! got wrong, with a 95% upper bound on the false-positive rate (the "rule of three" when none
+//! was wrong), and how many honest identities each run refused.
 //!
 //! ```text
-//! cargo run --release -p tessera-bench --bin false_positives -- --rounds 200 --steps 100
+//! cargo run --release -p tessera-bench --bin false_positives -- --rounds 200 --sparse-rounds 100 --steps 100
 //! ```
 
 use std::collections::BTreeMap;
@@ -149,7 +151,9 @@ fn whole_model(log: &[SignedEntry]) -> BTreeMap<&'static str, Judged> {
                 auditors, outcome, ..
             } => {
                 let check = match (outcome, auditors.is_empty()) {
-                    (CheckOutcome::Failed(r), true) => whole_model_check(r.code),
+                    (CheckOutcome::Failed(r) | CheckOutcome::Disputed(r), true) => {
+                        whole_model_check(r.code)
+                    }
                     (_, true) => "own-batch loss gain",
                     (_, false) => "replay",
                 };
@@ -189,6 +193,14 @@ fn pipeline(log: &[SignedEntry]) -> Judged {
     j
 }
 
+/// Identities a run's log refused (failed checks).
+fn refused(log: &[SignedEntry]) -> usize {
+    log.iter()
+        .filter_map(|e| e.entry.event.failed_check().map(|(k, _)| k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
 fn print(name: &str, j: &Judged) {
     println!(
         "{name:<32} {:>8} {:>6} {:>10.4} {:>12.4}",
@@ -214,6 +226,23 @@ fn main() -> Result<()> {
         cfg.train.sync = tessera_coordinator::config::Sync::Dense;
     });
     let whole = run(&gpu, spec, init, workers, 1 << 30, "whole-model")?;
+    let sparse_rounds = arg("--sparse-rounds", 100)?;
+    let (spec, init) = data_run("e2e.toml", |cfg| {
+        cfg.rounds = sparse_rounds;
+        cfg.checks = Some(tessera_coordinator::config::ChecksSection {
+            enabled: true,
+            tolerance: None,
+            new_rate: Some(1.0),
+            min_rate: Some(1.0),
+            halving: None,
+            copy_overlap: None,
+            replay: Some(false),
+            round_tolerance: None,
+            held_out: None,
+            agree: None,
+        });
+    });
+    let sparse = run(&gpu, spec, init, 3, 1 << 30, "sparse")?;
     let (spec, init) = data_run("pipeline.toml", |cfg| cfg.rounds = steps);
     let budget = spec
         .pipeline
@@ -236,6 +265,15 @@ fn main() -> Result<()> {
     for (name, j) in whole_model(&whole) {
         print(name, &j);
     }
+    println!("identities refused: {}", refused(&whole));
+    println!(
+        "a whole-model run of {sparse_rounds} rounds (3 workers, 3 replicas, SparseLoCo, no replays, every update checked every round; a wrong judgement withholds the update)"
+    );
+    for (name, j) in whole_model(&sparse) {
+        print(name, &j);
+    }
+    println!("identities refused: {}", refused(&sparse));
     print("pipeline audit", &pipeline(&piped));
+    println!("identities refused: {}", refused(&piped));
     Ok(())
 }

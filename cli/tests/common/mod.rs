@@ -238,6 +238,31 @@ pub fn wait_for(
 }
 
 /// `tessera eval` on a checkpoint; the printed loss.
+/// The folder of checkpoint `version` in a run's `checkpoints/` folder (or a copy of it): the
+/// one `round-N-HASH` (named by its version and weights digest) of that version.
+#[allow(dead_code)]
+pub fn checkpoint(checkpoints: &Path, version: u64) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(checkpoints)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", checkpoints.display()))
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(tessera_coordinator::store::parse_checkpoint_name)
+                .is_some_and(|(v, hash)| v == version && hash.is_some())
+        })
+        .map(|e| e.path())
+        .collect();
+    match <[PathBuf; 1]>::try_from(found) {
+        Ok([one]) => one,
+        Err(found) => panic!(
+            "{} holds {} checkpoints of version {version}: {found:?}",
+            checkpoints.display(),
+            found.len()
+        ),
+    }
+}
+
 pub fn eval(checkpoint: &Path, data: &Path) -> f64 {
     let out = Command::new(exe())
         .args(["eval", "--checkpoint"])

@@ -462,6 +462,7 @@ pub(super) mod testing {
                 unit: None,
                 waiting_since: cx.now,
                 unlogged_rejections: 0,
+                leased_at: 0,
             },
         );
         cx.activate(conn);

@@ -19,13 +19,14 @@
 //!   (skipped: it waits for the next passed check). Failed:
 //!   the checked identity loses everything and is refused. Every auditor of an `AuditorFailed`
 //!   check that is not in `credited` (those that disagreed with the checked result) is refused
-//!   likewise. Disputed: every party is on probation again. Each identity in `credited` gains
-//!   the check's FLOPs, verified.
+//!   likewise. Disputed: every party is on probation again (a `HeldOut` or `LossCheck`
+//!   dispute is a statistical outlier the round withheld: its round is kept, see
+//!   [`Credits::outliers`]). Each identity in `credited` gains the check's FLOPs, verified.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_protocol::log::{CheckOutcome, LogEvent};
-use tessera_protocol::PublicKey;
+use tessera_protocol::{Code, PublicKey};
 
 use super::beacon::{self, Beacon};
 
@@ -52,7 +53,14 @@ pub struct Credits {
     /// Pending work from before the log's draw chain started (a run resumed across the
     /// change), by identity: its next passed check verifies it, as before draws.
     before_draws: BTreeMap<PublicKey, f64>,
+    /// The rounds of each identity's latest updates a statistical check withheld (a
+    /// `Disputed` outcome with the `HeldOut` or `LossCheck` code), at most
+    /// [`KEPT_OUTLIERS`] each: `held_out::refuses_outlier` decides from them.
+    outliers: BTreeMap<PublicKey, Vec<u64>>,
 }
+
+/// Withheld outliers kept per identity (see [`Credits::outliers`]).
+pub const KEPT_OUTLIERS: usize = 4;
 
 impl Credits {
     /// The records a whole log makes.
@@ -195,12 +203,19 @@ impl Credits {
                         }
                     }
                     CheckOutcome::Failed(_) => self.refuse(*key),
-                    CheckOutcome::Disputed(_) => {
+                    CheckOutcome::Disputed(why) => {
                         // The drawn work stands unverified: no credit for it.
                         if let Some((face, _)) = self.drawn.remove(key) {
                             self.uncredited(*key, face);
                         }
                         self.probation(key, auditors);
+                        if matches!(why.code, Code::HeldOut | Code::LossCheck) {
+                            let rounds = self.outliers.entry(*key).or_default();
+                            if rounds.len() == KEPT_OUTLIERS {
+                                rounds.remove(0);
+                            }
+                            rounds.push(*step);
+                        }
                     }
                     CheckOutcome::Skipped(_) => {}
                 }
@@ -262,6 +277,11 @@ impl Credits {
         self.records
             .get(key)
             .is_some_and(|r| r.rejected >= MAX_REJECTED && r.rejected > r.accepted)
+    }
+
+    /// The rounds of `key`'s latest updates a statistical check withheld, oldest first.
+    pub fn outliers(&self, key: &PublicKey) -> &[u64] {
+        self.outliers.get(key).map_or(&[], Vec::as_slice)
     }
 
     /// Distinct steps or rounds in which `key`'s work passed checks (its probation).

@@ -27,6 +27,31 @@ pub(super) const HELD_OUT_MIN_SPREAD: f64 = 0.05;
 /// refused.
 pub(super) const HELD_OUT_MIN_SPREAD_FEEDBACK: f64 = 0.5;
 
+/// Statistical outliers (an update's held-out gain far below the round's, or its own-batch
+/// gain under the round's floor) within [`OUTLIER_WINDOW`] rounds at which an identity is
+/// refused; before that each is withheld (see [`refuses_outlier`]).
+pub(super) const OUTLIER_STRIKES: usize = 3;
+
+/// Rounds within which [`OUTLIER_STRIKES`] outliers refuse an identity.
+pub(super) const OUTLIER_WINDOW: u64 = 10;
+
+/// Whether an update that a statistical check (held-out or own-batch gain) finds an outlier
+/// in `round` refuses its identity, given the rounds of its earlier withheld outliers
+/// (`Credits::outliers`): at its [`OUTLIER_STRIKES`]th within [`OUTLIER_WINDOW`] rounds.
+/// Before that the update is withheld (its slot runs again without it, on someone else) and
+/// the identity is put on probation. A statistic weighs one update against a round's few
+/// others, so an honest update of atypical samples can fail it (a long honest run refused
+/// every one of its three workers by round 55); an update that fails is never applied, so
+/// waiting for a repeat costs the run nothing but the slot, and a worker that cheats every
+/// round it is checked is refused at its third.
+pub(super) fn refuses_outlier(earlier: &[u64], round: u64) -> bool {
+    let recent = earlier
+        .iter()
+        .filter(|&&r| r <= round && round - r < OUTLIER_WINDOW)
+        .count();
+    recent + 1 >= OUTLIER_STRIKES
+}
+
 /// Held-out scores kept for [`Core::held_out_scores`].
 pub(super) const KEPT_SCORES: usize = 1024;
 
@@ -148,5 +173,27 @@ impl Replicas {
             drew = true;
         }
         drew
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{refuses_outlier, OUTLIER_STRIKES, OUTLIER_WINDOW};
+
+    #[test]
+    fn an_identity_is_refused_at_its_third_outlier_within_the_window_and_not_before() {
+        assert_eq!((OUTLIER_STRIKES, OUTLIER_WINDOW), (3, 10));
+        assert!(!refuses_outlier(&[], 5), "a first outlier is withheld");
+        assert!(!refuses_outlier(&[5], 6), "a second too");
+        assert!(
+            refuses_outlier(&[5, 6], 7),
+            "the third within 10 rounds refuses"
+        );
+        assert!(refuses_outlier(&[0, 9], 9));
+        // Outliers that lie 10 rounds back or more no longer count.
+        assert!(!refuses_outlier(&[0, 9], 10));
+        assert!(!refuses_outlier(&[1, 2, 3], 30));
+        // A round the log has not reached (nothing could write one) counts for nothing.
+        assert!(!refuses_outlier(&[40, 41], 30));
     }
 }

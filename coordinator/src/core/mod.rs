@@ -328,11 +328,15 @@ impl Core {
         let (cx, part) = self.split();
         for c in sessions::silent(cx, cx.now) {
             // The peer is told why (it may be alive and only slow to reach us).
+            let limit = cx
+                .sessions
+                .get(&c)
+                .map_or(0, |s| sessions::silence_of(cx, s).1);
             let why = Reason::new(
                 Code::Silent,
                 format!(
                     "silent for over {} s: no message or heartbeat arrived from this session",
-                    cx.spec.silence_ms / 1000
+                    limit / 1000
                 ),
             );
             part.fatal(cx, c, why);

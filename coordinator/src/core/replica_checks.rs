@@ -32,8 +32,8 @@ use tessera_train::outer::norm;
 
 use super::context::Context;
 use super::held_out::{
-    held_out_scores, HeldOutScore, HELD_OUT_MIN_SPREAD, HELD_OUT_MIN_SPREAD_FEEDBACK, HELD_OUT_Z,
-    KEPT_SCORES,
+    held_out_scores, refuses_outlier, HeldOutScore, HELD_OUT_MIN_SPREAD,
+    HELD_OUT_MIN_SPREAD_FEEDBACK, HELD_OUT_Z, KEPT_SCORES, OUTLIER_STRIKES, OUTLIER_WINDOW,
 };
 use super::measure::{Asked, Gains, Item, Measured, Measurement, Measuring};
 use super::part::Part;
@@ -276,19 +276,50 @@ impl Replicas {
         }
         self.round.drawn.clear();
         for (slot, key, why) in &failed {
-            cx.log(LogEvent::Checked {
-                key: *key,
-                step: round,
-                auditors: Vec::new(),
-                outcome: CheckOutcome::Failed(why.clone()),
-                flops: 0.0,
-                credited: Vec::new(),
-            });
-            self.round.reopen(*slot);
-            cx.out.push(super::Action::Withdrawn { round, slot: *slot });
-            self.close_refused(cx, *key, why.prefixed("its update failed a check"));
+            self.fail_update(cx, *slot, *key, why);
         }
         failed.is_empty()
+    }
+
+    /// An update of `slot` by `key` that failed a check in the round: it is withdrawn (its slot
+    /// runs again) and its identity refused, or, where a statistic decided and it is the
+    /// identity's first or second outlier within `held_out::OUTLIER_WINDOW` rounds, withheld:
+    /// the slot runs again on someone else, the identity is told and put on probation.
+    fn fail_update(&mut self, cx: &mut Context, slot: u64, key: PublicKey, why: &Reason) {
+        let round = self.round.number;
+        let statistical = matches!(why.code, Code::HeldOut | Code::LossCheck);
+        let refused = !statistical || refuses_outlier(cx.credits.outliers(&key), round);
+        let (outcome, why) = if refused {
+            let prefix = if statistical {
+                format!("{OUTLIER_STRIKES} statistical outliers within {OUTLIER_WINDOW} rounds")
+            } else {
+                "its update failed a check".to_string()
+            };
+            (CheckOutcome::Failed(why.clone()), why.prefixed(&prefix))
+        } else {
+            let why = why.prefixed(&format!(
+                "withheld from round {round}, not refused (an identity is refused at {OUTLIER_STRIKES} outliers within {OUTLIER_WINDOW} rounds)"
+            ));
+            (CheckOutcome::Disputed(why.clone()), why)
+        };
+        cx.log(LogEvent::Checked {
+            key,
+            step: round,
+            auditors: Vec::new(),
+            outcome,
+            flops: 0.0,
+            credited: Vec::new(),
+        });
+        self.round.reopen(slot);
+        cx.out.push(super::Action::Withdrawn { round, slot });
+        if refused {
+            self.close_refused(cx, key, why);
+        } else {
+            self.round.bar(slot, key);
+            for conn in cx.conns_of(key) {
+                cx.refuse(conn, why.clone());
+            }
+        }
     }
 
     /// The loss gains, per unit of norm, of the complete round's updates not already refused,

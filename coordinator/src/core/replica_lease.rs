@@ -23,6 +23,7 @@ impl Replicas {
         let lease = cx.next_lease;
         cx.next_lease += 1;
         s.lease = Some(lease);
+        s.leased_at = cx.now;
         s.ready = false;
         let cfg = &cx.spec.model;
         let shards: Vec<ShardSpec> = vec![ShardSpec::Embed {

@@ -141,6 +141,11 @@ impl Round {
     }
 
     /// Opens an accepted slot again (a check threw its update out).
+    /// Bars `key` from `slot` for the rest of the round (its update there was withheld).
+    pub(super) fn bar(&mut self, slot: u64, key: PublicKey) {
+        self.barred.insert((slot, key));
+    }
+
     pub(super) fn reopen(&mut self, slot: u64) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
             *s = Slot::Open;

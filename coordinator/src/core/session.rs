@@ -43,6 +43,9 @@ pub(super) struct Session {
     ///
     /// [`MAX_REJECTED`]: super::credits::MAX_REJECTED
     pub(super) unlogged_rejections: u64,
+    /// When it was last given a lease (ms): it heartbeats at the idle pace until it hears of
+    /// the lease, so its silence counts from then at the soonest.
+    pub(super) leased_at: u64,
 }
 
 impl Session {

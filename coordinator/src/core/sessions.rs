@@ -48,6 +48,7 @@ pub(super) fn connected(cx: &mut Context, conn: ConnId, nonce: [u8; 32]) {
         unit: None,
         waiting_since: cx.now,
         unlogged_rejections: 0,
+        leased_at: 0,
     };
     cx.sessions.insert(conn, s);
 }
@@ -160,6 +161,7 @@ pub(super) fn join(cx: &mut Context, conn: ConnId) {
         run: cx.spec.name.clone(),
         log_head: cx.log_head(),
         heartbeat_ms: u32::try_from(cx.spec.heartbeat_every_ms()).unwrap_or(u32::MAX),
+        idle_heartbeat_ms: u32::try_from(cx.spec.idle_heartbeat_every_ms()).unwrap_or(u32::MAX),
     };
     cx.send(conn, welcome);
 }
@@ -217,9 +219,25 @@ pub(super) fn alive(cx: &mut Context, conn: ConnId, heard: u64) {
 pub(super) fn silent(cx: &Context, now: u64) -> Vec<ConnId> {
     cx.sessions
         .iter()
-        .filter(|(_, s)| now.saturating_sub(s.last_seen) > cx.spec.silence_ms)
+        .filter(|(_, s)| {
+            let (since, limit) = silence_of(cx, s);
+            now.saturating_sub(since) > limit
+        })
         .map(|(&c, _)| c)
         .collect()
+}
+
+/// Since when a session counts as silent, and for how long it may be: a session in its
+/// handshake or holding a lease or a unit, the run's silence from when it was last heard from
+/// or leased (a lease tells it to heartbeat faster); an active one holding neither, the longer
+/// idle silence
+/// ([`RunSpec::idle_silence_ms`](super::RunSpec::idle_silence_ms)).
+pub(super) fn silence_of(cx: &Context, s: &Session) -> (u64, u64) {
+    if s.active().is_none() || s.lease.is_some() || s.unit.is_some() {
+        (s.last_seen.max(s.leased_at), cx.spec.silence_ms)
+    } else {
+        (s.last_seen, cx.spec.idle_silence_ms())
+    }
 }
 
 /// Why an identity that spent its rejections is refused.
@@ -304,6 +322,34 @@ mod tests {
     }
 
     #[test]
+    fn a_session_without_a_lease_may_be_silent_longer_and_a_lease_restarts_the_count() {
+        let mut cx = context(spec(1));
+        cx.spec.silence_ms = 20_000;
+        assert_eq!(cx.spec.idle_silence_ms(), 80_000);
+        let (_, key) = joined(&mut cx, 1, &Identity::from_seed([1; 32]));
+        let joined_at = cx.sessions[&1].last_seen;
+        assert!(
+            silent(&cx, joined_at + 79_999).is_empty(),
+            "idle: 80 s allowed"
+        );
+        assert_eq!(silent(&cx, joined_at + 80_001), vec![1]);
+        // Leased 60 s in (it heard of the lease at the idle pace): 20 s from then.
+        let leased = joined_at + 60_000;
+        let s = cx.sessions.get_mut(&1).expect("session");
+        (s.lease, s.leased_at) = (Some(1), leased);
+        assert!(silent(&cx, leased + 20_000).is_empty());
+        assert_eq!(silent(&cx, leased + 20_001), vec![1]);
+        // Heard from later: from then.
+        cx.sessions.get_mut(&1).expect("session").last_seen = leased + 10_000;
+        assert!(silent(&cx, leased + 30_000).is_empty());
+        assert_eq!(silent(&cx, leased + 30_001), vec![1]);
+        assert_eq!(cx.conns_of(key), vec![1]);
+        // A silence limit above four idle heartbeats stays the idle one.
+        cx.spec.silence_ms = 600_000;
+        assert_eq!(cx.spec.idle_silence_ms(), 600_000);
+    }
+
+    #[test]
     fn a_good_proof_joins_and_a_bad_one_or_a_banned_key_is_fatal() {
         let mut cx = context(spec(1));
         cx.spec.silence_ms = 20_000;
@@ -311,14 +357,18 @@ mod tests {
         let (_, key) = joined(&mut cx, 1, &id);
         assert_eq!(key, id.public());
         assert_eq!(cx.sessions[&1].active(), Some(key));
-        // The welcome asks for heartbeats a quarter of the run's silence apart.
-        let want = 5_000;
+        // The welcome asks for heartbeats a quarter of the run's silence apart, and four
+        // times rarer while the session holds no lease.
         assert!(matches!(
             cx.out.last(),
             Some(Action::Send {
-                msg: ToContributor::Welcome { heartbeat_ms, .. },
+                msg: ToContributor::Welcome {
+                    heartbeat_ms: 5_000,
+                    idle_heartbeat_ms: 20_000,
+                    ..
+                },
                 ..
-            }) if *heartbeat_ms == want
+            })
         ));
 
         let other = Identity::from_seed([2; 32]);
@@ -422,7 +472,7 @@ mod tests {
     #[test]
     fn the_transport_s_word_that_heartbeats_came_keeps_an_active_session_alive() {
         let mut cx = context(spec(1).with_deadlines(1_000, 2_000));
-        active(&mut cx, 1, 1, None);
+        active(&mut cx, 1, 1, Some(1));
         connected(&mut cx, 2, [2; 32]);
         cx.now = 2_500;
         // Heard at 1,900: alive then. Only a session past its handshake is kept alive so.

@@ -397,6 +397,19 @@ impl RunSpec {
         (self.silence_ms / 4).clamp(1_000, 15_000)
     }
 
+    /// How often a session holding no lease is asked to heartbeat (`Welcome`): four times
+    /// less often than a leased one, at most once a minute (as often as a contributor goes
+    /// at its rarest).
+    pub fn idle_heartbeat_every_ms(&self) -> u64 {
+        (self.heartbeat_every_ms() * 4).min(60_000)
+    }
+
+    /// How long a session holding no lease may be silent: the run's silence, or four idle
+    /// heartbeats if longer (three may go missing). It holds nothing the run waits for.
+    pub fn idle_silence_ms(&self) -> u64 {
+        self.silence_ms.max(self.idle_heartbeat_every_ms() * 4)
+    }
+
     /// Bytes a whole-model replica needs: weights, gradients, optimizer moments and a copy of
     /// the round-start weights (f32), plus activations for one micro-batch (rough upper bound).
     pub fn replica_bytes(&self) -> u64 {

@@ -16,7 +16,12 @@ use tessera_protocol::log::SignedEntry;
 use tessera_protocol::log_store::StoredEntry;
 use tessera_protocol::signed::signing_bytes;
 
-use super::{corrupt, Store, StoreError};
+use super::{checkpoint_name, corrupt, Store, StoreError};
+
+/// Where the checkpoint of `version` with weights digest `weights` lies in the object store.
+fn checkpoint_path(version: u64, weights: &[u8; 32]) -> String {
+    format!("checkpoints/{}", checkpoint_name(version, weights))
+}
 use crate::core::{Action, Contribution, Snapshot};
 
 /// Where a contribution's update is kept until its round closes: named by its round and its
@@ -102,13 +107,15 @@ impl Store {
 
     /// Writes a checkpoint's files durably (see [`Store::put`]): the Hugging Face checkpoint of
     /// a snapshot, with the AdamW moments of pipeline runs and the aggregate that produced it
-    /// (for replays); returns its directory.
+    /// (for replays), in the folder its version and weights name; returns the folder, as a
+    /// path and as the object store names it.
     async fn write_checkpoint(
         &self,
         cfg: &ModelConfig,
         snap: &Snapshot,
-    ) -> Result<PathBuf, StoreError> {
-        let base = format!("checkpoints/round-{}", snap.version);
+    ) -> Result<(PathBuf, String), StoreError> {
+        let digest = crate::core::weights_digest(&snap.weights);
+        let base = checkpoint_path(snap.version, &digest);
         let st = params_to_safetensors(cfg, &snap.weights).map_err(|e| corrupt(&base, e))?;
         self.put(&format!("{base}/model.safetensors"), st).await?;
         self.put(
@@ -126,7 +133,7 @@ impl Store {
             let st = params_to_safetensors(cfg, t).map_err(|e| corrupt(&path, e))?;
             self.put(&path, st).await?;
         }
-        Ok(self.dir.join(base))
+        Ok((self.dir.join(&base), base))
     }
 
     /// Makes a batch of writes durable, all or nothing: first the blobs the rows will name
@@ -150,8 +157,9 @@ impl Store {
                     Some(path)
                 }
                 Write::Commit { cfg, snap, .. } => {
-                    checkpoints.push(self.write_checkpoint(cfg, snap).await?);
-                    None
+                    let (dir, name) = self.write_checkpoint(cfg, snap).await?;
+                    checkpoints.push(dir);
+                    Some(name)
                 }
                 Write::Log(_) | Write::Withdraw { .. } => None,
             });
@@ -186,6 +194,7 @@ impl Store {
                         .await?;
                 }
                 Write::Commit { run, snap, .. } => {
+                    let checkpoint = blob;
                     let losses =
                         serde_json::to_string(&snap.losses).map_err(|e| corrupt("losses", e))?;
                     sqlx::query(
@@ -201,7 +210,7 @@ impl Store {
                     .bind(losses)
                     .bind(snap.next_unit as i64)
                     .bind(snap.next_lease as i64)
-                    .bind(format!("checkpoints/round-{}", snap.version))
+                    .bind(checkpoint.as_deref().unwrap_or_default())
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -249,21 +258,31 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the checkpoint files of versions after `committed`: written by a batch whose
-    /// rows never committed (its round runs again and writes them anew), so that no file in
-    /// `checkpoints/` names a version the run does not hold.
-    pub(super) async fn collect_checkpoints(&self, committed: u64) -> Result<(), StoreError> {
+    /// Drops the checkpoint files of versions after `committed`, and those of version
+    /// `committed` outside `named` (the state row's checkpoint): written by a batch whose rows
+    /// never committed (its round runs again and writes another), so that no folder in
+    /// `checkpoints/` holds a version the run does not hold.
+    pub(super) async fn collect_checkpoints(
+        &self,
+        committed: u64,
+        named: &str,
+    ) -> Result<(), StoreError> {
         let mut listed = self.objects.list(Some(&ObjPath::from("checkpoints")));
         let mut doomed = Vec::new();
         while let Some(meta) = listed.next().await {
             let meta = meta?;
-            let version = meta
+            let Some(folder) = meta
                 .location
                 .as_ref()
-                .strip_prefix("checkpoints/round-")
-                .and_then(|rest| rest.split('/').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if version.is_some_and(|v| v > committed) {
+                .strip_prefix("checkpoints/")
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(folder, _)| folder)
+            else {
+                continue;
+            };
+            let version = super::parse_checkpoint_name(folder).map(|(v, _)| v);
+            let outside = format!("checkpoints/{folder}") != named;
+            if version.is_some_and(|v| v > committed || (v == committed && outside)) {
                 doomed.push(meta.location);
             }
         }

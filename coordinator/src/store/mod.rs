@@ -1,7 +1,8 @@
 //! Durable run state. The run's state row and a permanent ledger of accepted contributions live
 //! in SQL (SQLite file in the run directory by default, PostgreSQL by URL, through sqlx); the
 //! blobs (each contribution's update until its round commits, and a Hugging Face checkpoint per
-//! closed round: `checkpoints/round-N/model.safetensors` + `config.json`) live in an object
+//! closed round: `checkpoints/round-N-HASH/model.safetensors` + `config.json`, named by its
+//! version and its weights' digest, [`checkpoint_name`]) live in an object
 //! store (the run directory by default, via `object_store`). A coordinator killed mid-round
 //! resumes from the last committed round plus the open round's accepted contributions.
 //!
@@ -31,6 +32,29 @@ use crate::core::{Contribution, Snapshot};
 
 mod batch;
 pub use batch::Write;
+
+/// The name of the checkpoint of weights `version` whose weights digest
+/// (`core::weights_digest`) is `weights`, under `checkpoints/`: `round-N-` and the digest's
+/// first 8 bytes in hex. Named by its content, a checkpoint's folder is never written twice
+/// with different weights (a round that runs again after a crash writes another, and the one
+/// no row names is collected), so whoever reads a name reads what the log recorded for it.
+pub fn checkpoint_name(version: u64, weights: &[u8; 32]) -> String {
+    format!(
+        "round-{version}-{}",
+        tessera_protocol::identity::hex(&weights[..8])
+    )
+}
+
+/// The version a checkpoint's folder name (`round-N-HASH`, or `round-N` as runs named them
+/// before their names carried the digest) holds, and the digest prefix (hex) it names.
+pub fn parse_checkpoint_name(name: &str) -> Option<(u64, Option<&str>)> {
+    let rest = name.strip_prefix("round-")?;
+    let (version, hash) = match rest.split_once('-') {
+        Some((v, h)) => (v, Some(h)),
+        None => (rest, None),
+    };
+    Some((version.parse().ok()?, hash))
+}
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -389,6 +413,19 @@ impl Store {
             .map_err(|e| corrupt("losses", e))?;
         let bytes = self.get(&format!("{checkpoint}/model.safetensors")).await?;
         let weights = params_from_safetensors(cfg, &bytes).map_err(|e| corrupt(&checkpoint, e))?;
+        let named = checkpoint
+            .rsplit('/')
+            .next()
+            .and_then(parse_checkpoint_name);
+        if let Some((version, Some(hash))) = named {
+            let digest = crate::core::weights_digest(&weights);
+            if checkpoint_name(version, &digest).rsplit('-').next() != Some(hash) {
+                return Err(corrupt(
+                    &checkpoint,
+                    "its weights are not the ones its name records",
+                ));
+            }
+        }
         let rows = sqlx::query("SELECT blob FROM ledger WHERE round = $1 ORDER BY slot")
             .bind(round as i64)
             .fetch_all(&self.db)
@@ -406,7 +443,7 @@ impl Store {
         // closed round whose cleanup a crash interrupted.
         self.collect_blobs(round, Some(&named)).await?;
         let version = row.try_get::<i64, _>("version")? as u64;
-        self.collect_checkpoints(version).await?;
+        self.collect_checkpoints(version, &checkpoint).await?;
         let mut moments = Vec::new();
         for name in ["adam_m", "adam_v"] {
             let path = format!("{checkpoint}/{name}.safetensors");

@@ -100,9 +100,10 @@ pub async fn join(port: u16, src: Ipv4Addr, id: Identity) -> Result<Session> {
     );
     send(&mut ws, &ToCoordinator::Proof { signature }).await?;
     match next(&mut ws).await? {
+        // The crowd holds no lease: it heartbeats at the idle pace.
         ToContributor::Welcome {
             log_head,
-            heartbeat_ms,
+            idle_heartbeat_ms,
             ..
         } => Ok(Session {
             ws,
@@ -110,7 +111,7 @@ pub async fn join(port: u16, src: Ipv4Addr, id: Identity) -> Result<Session> {
             nonce,
             seq: 1,
             log_head,
-            heartbeat: tessera_worker::heartbeat::every(heartbeat_ms),
+            heartbeat: tessera_worker::heartbeat::every(idle_heartbeat_ms),
         }),
         other => bail!("not welcomed: {other:?}"),
     }

@@ -46,6 +46,7 @@ impl Pipe {
         cx.next_lease += 1;
         if let Some(s) = cx.sessions.get_mut(&conn) {
             s.lease = Some(lease);
+            s.leased_at = cx.now;
             s.ready = false;
         }
         let weights = self.weight_stream(cx, lease, &shards);
