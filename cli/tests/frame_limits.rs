@@ -124,7 +124,8 @@ fn beat(ws: &mut Ws, id: &Identity, nonce: &[u8; 32], how_long: Duration) {
             },
         );
         seq += 1;
-        // Whatever comes (the budget refusal) is read; a fatal error would end the session.
+        // Whatever comes (a lease and its weights, or a budget refusal) is read; a fatal error
+        // would end the session.
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(700) {
             if let Ok(Message::Binary(b)) = ws.read() {
@@ -145,14 +146,16 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
     let port = free_port();
     let dir = scratch("heartbeats");
     std::fs::create_dir_all(&dir).unwrap();
-    // Silence of 3 s; heartbeats stop at the connection, and the core hears of them only when
-    // it would close a session as silent. 120 sessions, each heartbeating for 8 s, pass that
-    // point about twice each: none may be closed. A mute session holding a lease is closed
-    // after 3 s; a mute one holding none (it has nothing the run waits for) after the idle
-    // silence, four idle heartbeats of four heartbeats each (16 s).
+    // Silence of 6 s; heartbeats stop at the connection, and the core hears of them only when
+    // it would close a session as silent. 120 leased sessions, each heartbeating for 8 s, pass
+    // that point: none may be closed. A mute session holding a lease is closed after 6 s; a
+    // mute one holding none (it has nothing the run waits for) after the idle silence, four
+    // idle heartbeats of four heartbeats each (24 s), which is past the handshake's 20 s: a
+    // welcomed session that sends nothing is not taken for one that never finished its
+    // handshake.
     let run = dir.with_extension("toml");
     let e2e = std::fs::read_to_string(data("e2e.toml")).unwrap();
-    std::fs::write(&run, e2e.replace("silence_secs = 30", "silence_secs = 3")).unwrap();
+    std::fs::write(&run, e2e.replace("silence_secs = 30", "silence_secs = 6")).unwrap();
     let raised = loopback_crowd("500");
     let _c = coordinator_with(&run, port, &dir, None, &raised);
     wait_for(port, LIMIT, "the coordinator serving", |_| true);
@@ -178,7 +181,8 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
             let id = id.clone();
             std::thread::spawn(move || {
                 let mut ws = connect(port);
-                let (Some(ToContributor::Welcome { .. }), nonce) = handshake(&mut ws, &id, 1, "hb")
+                let (Some(ToContributor::Welcome { .. }), nonce) =
+                    handshake(&mut ws, &id, 1 << 30, "hb")
                 else {
                     panic!("not welcomed");
                 };
@@ -191,7 +195,7 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
         .into_iter()
         .map(|t| t.join().expect("a heartbeating session"))
         .collect();
-    // Eight seconds of heartbeats, past the 3 s of silence: every session is still listed,
+    // Eight seconds of heartbeats, past the 6 s of silence: every session is still listed,
     // the idle mute one too, and the leased mute one is gone, its socket closed.
     let mut keys: Vec<String> = status(port).expect("status")["contributors"]
         .as_array()
@@ -210,13 +214,13 @@ fn heartbeats_taken_by_the_transport_keep_a_session_alive_and_silence_still_clos
     // The mute ones are told why before their sockets close.
     let (code, why) = fatal_reason(&mut quiet);
     assert_eq!(code, Code::Silent, "{why}");
-    assert!(why.contains("silent for over 3 s"), "{why}");
+    assert!(why.contains("silent for over 6 s"), "{why}");
     while next(&mut quiet).is_some() {}
     let (code, why) = fatal_reason(&mut idle_ws);
     let idle_for = start.elapsed();
     assert_eq!(code, Code::Silent, "{why}");
-    assert!(why.contains("silent for over 16 s"), "{why}");
-    assert!(idle_for >= Duration::from_secs(16), "{idle_for:?}");
+    assert!(why.contains("silent for over 24 s"), "{why}");
+    assert!(idle_for >= Duration::from_secs(24), "{idle_for:?}");
     assert!(start.elapsed() < Duration::from_secs(40));
 }
 

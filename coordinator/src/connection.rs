@@ -287,11 +287,15 @@ async fn connection<S>(
     let writer = tokio::spawn(write(sink, out_rx, queued, closing, s.metrics.clone()));
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
+        // The core admits the session (its `Welcome`) while this loop waits for the next
+        // frame, which a welcomed session may not send for a while (an idle one heartbeats
+        // once a minute): so admission is looked at again when the deadline comes.
         let handshake = async {
+            if !limit.admitted() {
+                tokio::time::sleep_until(deadline).await;
+            }
             if limit.admitted() {
                 std::future::pending::<()>().await
-            } else {
-                tokio::time::sleep_until(deadline).await
             }
         };
         let input = tokio::select! {
