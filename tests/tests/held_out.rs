@@ -26,16 +26,8 @@ fn spec() -> (RunSpec, ModelParams<f32>) {
         cfg.train.replicas = 6;
         cfg.train.sync = tessera_coordinator::config::Sync::Dense;
         cfg.checks = Some(ChecksSection {
-            enabled: true,
-            tolerance: None,
-            new_rate: None,
-            min_rate: None,
-            halving: None,
-            copy_overlap: None,
             replay: Some(false),
-            round_tolerance: None,
-            held_out: None,
-            agree: None,
+            ..ChecksSection::on()
         });
     });
     let checks = spec.checks.as_ref().expect("checks are on");

@@ -230,16 +230,10 @@ fn main() -> Result<()> {
     let (spec, init) = data_run("e2e.toml", |cfg| {
         cfg.rounds = sparse_rounds;
         cfg.checks = Some(tessera_coordinator::config::ChecksSection {
-            enabled: true,
-            tolerance: None,
             new_rate: Some(1.0),
             min_rate: Some(1.0),
-            halving: None,
-            copy_overlap: None,
             replay: Some(false),
-            round_tolerance: None,
-            held_out: None,
-            agree: None,
+            ..tessera_coordinator::config::ChecksSection::on()
         });
     });
     let sparse = run(&gpu, spec, init, 3, 1 << 30, "sparse")?;

@@ -81,6 +81,25 @@ pub struct ChecksSection {
     pub agree: Option<u64>,
 }
 
+impl ChecksSection {
+    /// Checks on, every choice at its default (as `[checks]` alone reads): for a section
+    /// built in code, `ChecksSection { replay: Some(false), ..ChecksSection::on() }`.
+    pub fn on() -> Self {
+        ChecksSection {
+            enabled: true,
+            tolerance: None,
+            new_rate: None,
+            min_rate: None,
+            halving: None,
+            copy_overlap: None,
+            replay: None,
+            round_tolerance: None,
+            held_out: None,
+            agree: None,
+        }
+    }
+}
+
 /// `[pipeline]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

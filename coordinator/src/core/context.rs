@@ -237,20 +237,8 @@ impl Context {
             Some(_) => self.spec.pipe_checks(),
             None => self.spec.checks.is_some(),
         };
-        let logged = match &verdict {
-            Verdict::Accepted => true,
-            Verdict::Rejected(_) => self.has_accepted_work(&contributor),
-        };
-        if !logged {
-            // An identity with no accepted work leaves nothing permanent: its rejection is
-            // counted on its session, and its receipt names the log as it stands.
-            if let Some(s) = self.sessions.get_mut(&conn) {
-                s.unlogged_rejections += 1;
-            }
-            return self.send_receipt(conn, unit, contributor, seq, verdict);
-        }
         let event = match &verdict {
-            Verdict::Accepted => LogEvent::Accepted {
+            Verdict::Accepted => Some(LogEvent::Accepted {
                 key: contributor,
                 unit,
                 seq,
@@ -258,16 +246,39 @@ impl Context {
                 tokens,
                 flops,
                 pending,
-            },
-            Verdict::Rejected(reason) => LogEvent::Rejected {
-                key: contributor,
-                unit,
-                seq,
-                reason: reason.clone(),
-            },
+            }),
+            Verdict::Rejected(reason) if self.has_accepted_work(&contributor) => {
+                Some(LogEvent::Rejected {
+                    key: contributor,
+                    unit,
+                    seq,
+                    reason: reason.clone(),
+                })
+            }
+            Verdict::Rejected(_) => None,
         };
-        self.log(event);
-        self.send_receipt(conn, unit, contributor, seq, verdict);
+        match event {
+            Some(event) => {
+                self.log(event);
+            }
+            // An identity with no accepted work leaves nothing permanent: its rejection is
+            // counted on its session, and its receipt names the log as it stands.
+            None => {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.unlogged_rejections += 1;
+                }
+            }
+        }
+        let receipt = Receipt {
+            unit,
+            contributor,
+            seq,
+            verdict,
+            log_head: self.log.head(),
+        };
+        let bytes = signing_bytes(&receipt).unwrap_or_default();
+        let signature = self.id.sign(RECEIPT, &bytes);
+        self.send(conn, ToContributor::Receipt { receipt, signature });
     }
 
     /// Whether `key` has accepted work in the log (then its rejections are logged too, where
@@ -289,27 +300,6 @@ impl Context {
                 .sessions
                 .get(&conn)
                 .is_some_and(|s| s.unlogged_rejections >= super::credits::MAX_REJECTED)
-    }
-
-    /// Signs and sends the receipt of a verdict, naming the log as it stands.
-    fn send_receipt(
-        &mut self,
-        conn: ConnId,
-        unit: u64,
-        contributor: PublicKey,
-        seq: u64,
-        verdict: Verdict,
-    ) {
-        let receipt = Receipt {
-            unit,
-            contributor,
-            seq,
-            verdict,
-            log_head: self.log.head(),
-        };
-        let bytes = signing_bytes(&receipt).unwrap_or_default();
-        let signature = self.id.sign(RECEIPT, &bytes);
-        self.send(conn, ToContributor::Receipt { receipt, signature });
     }
 
     /// Logs and sends a rejection of `unit`'s result.
