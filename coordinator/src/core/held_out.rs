@@ -39,11 +39,13 @@ pub(super) const OUTLIER_WINDOW: u64 = 10;
 /// in `round` refuses its identity, given the rounds of its earlier withheld outliers
 /// (`Credits::outliers`): at its [`OUTLIER_STRIKES`]th within [`OUTLIER_WINDOW`] rounds.
 /// Before that the update is withheld (its slot runs again without it, on someone else) and
-/// the identity is put on probation. A statistic weighs one update against a round's few
-/// others, so an honest update of atypical samples can fail it (a long honest run refused
-/// every one of its three workers by round 55); an update that fails is never applied, so
-/// waiting for a repeat costs the run nothing but the slot, and a worker that cheats every
-/// round it is checked is refused at its third.
+/// the identity is put on probation. This holds where updates carry private error feedback
+/// (SparseLoCo without replays): there a statistic weighs one update against a round's few
+/// others that differ widely, so honest updates fail it (a long honest run refused every one
+/// of its three workers by round 55); an update that fails is never applied, so waiting for a
+/// repeat costs the run nothing but the slot, and a worker that cheats every round it is
+/// checked is refused at its third. Elsewhere (dense updates without replays) the honest
+/// spread is narrow and an outlier refuses at once; with replays, an outlier is replayed.
 pub(super) fn refuses_outlier(earlier: &[u64], round: u64) -> bool {
     let recent = earlier
         .iter()

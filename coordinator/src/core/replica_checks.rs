@@ -282,12 +282,15 @@ impl Replicas {
     }
 
     /// An update of `slot` by `key` that failed a check in the round: it is withdrawn (its slot
-    /// runs again) and its identity refused, or, where a statistic decided and it is the
-    /// identity's first or second outlier within `held_out::OUTLIER_WINDOW` rounds, withheld:
-    /// the slot runs again on someone else, the identity is told and put on probation.
+    /// runs again) and its identity refused, or, where a statistic decided about updates that
+    /// carry private error feedback (SparseLoCo without replays, whose honest updates differ
+    /// widely) and it is the identity's first or second outlier within
+    /// `held_out::OUTLIER_WINDOW` rounds, withheld: the slot runs again on someone else, the
+    /// identity is told and put on probation.
     fn fail_update(&mut self, cx: &mut Context, slot: u64, key: PublicKey, why: &Reason) {
         let round = self.round.number;
-        let statistical = matches!(why.code, Code::HeldOut | Code::LossCheck);
+        let feedback = cx.spec.sparse().is_some() && !self.replays_on(cx);
+        let statistical = feedback && matches!(why.code, Code::HeldOut | Code::LossCheck);
         let refused = !statistical || refuses_outlier(cx.credits.outliers(&key), round);
         let (outcome, why) = if refused {
             let prefix = if statistical {
