@@ -132,9 +132,8 @@ pub async fn run(a: Args) -> Result<()> {
     }
     let model = &spec.model;
     let ck = crate::closes::checkpoint_dir(&dir, point.version, point.weights.as_ref())?;
-    let (_, weights, moments) =
-        crate::verify_replay::checkpoint(model, &dir, point.version, point.weights.as_ref())?
-            .with_context(|| format!("{} holds no weights", ck.display()))?;
+    let (_, weights, moments) = crate::verify_replay::checkpoint(model, &ck, point.version)?
+        .with_context(|| format!("{} holds no weights", ck.display()))?;
     // A whole-model fork has no use for a pipeline parent's AdamW moments.
     let moments = moments.filter(|_| spec.pipeline.is_some());
     let digest = weights_digest(&weights);
@@ -180,6 +179,7 @@ pub async fn run(a: Args) -> Result<()> {
         round: point.round,
         version: point.version,
         weights,
+        digest,
         losses: Vec::new(),
         next_unit: 1,
         next_lease: 1,

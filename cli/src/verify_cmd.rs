@@ -82,6 +82,13 @@ pub struct Args {
 fn check_receipts(entries: &[SignedEntry], key: &PublicKey, path: &Path) -> Result<(usize, usize)> {
     use tessera_protocol::messages::Verdict;
     let receipts = crate::receipts::read(path)?;
+    // Each identity's first accepted work in the log (its index), found in one pass.
+    let mut first_accepted: BTreeMap<PublicKey, u64> = BTreeMap::new();
+    for e in entries {
+        if let LogEvent::Accepted { key, .. } = &e.entry.event {
+            first_accepted.entry(*key).or_insert(e.entry.index);
+        }
+    }
     let mut unlogged_rejections = 0;
     for (line, r, sig) in &receipts {
         let what = format!(
@@ -109,9 +116,9 @@ fn check_receipts(entries: &[SignedEntry], key: &PublicKey, path: &Path) -> Resu
         // The coordinator does not log the rejections of an identity with no accepted work
         // (such an identity leaves nothing permanent): its receipt names the log as it stood.
         let unlogged = matches!(r.verdict, Verdict::Rejected(_))
-            && !entries.iter().take_while(|e| e.entry.index <= at).any(
-                |e| matches!(&e.entry.event, LogEvent::Accepted { key, .. } if *key == r.contributor),
-            );
+            && first_accepted
+                .get(&r.contributor)
+                .is_none_or(|&first| first > at);
         if !recorded && !unlogged {
             bail!("{what}: log entry {at} does not record this verdict");
         }

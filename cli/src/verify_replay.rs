@@ -57,15 +57,9 @@ pub type State = (
     Option<(ModelParams<f32>, ModelParams<f32>)>,
 );
 
-/// The weights (and AdamW moments) of checkpoint `version` (whose weights digest the log
-/// recorded as `weights`, where it did), if it is there.
-pub fn checkpoint(
-    cfg: &ModelConfig,
-    dir: &Path,
-    version: u64,
-    weights: Option<&[u8; 32]>,
-) -> Result<Option<State>> {
-    let ck = crate::closes::checkpoint_dir(dir, version, weights)?;
+/// The weights (and AdamW moments) of checkpoint `version` in its folder `ck`
+/// (`closes::checkpoint_dir`), if it is there.
+pub fn checkpoint(cfg: &ModelConfig, ck: &Path, version: u64) -> Result<Option<State>> {
     let Some(w) = load(cfg, &ck.join("model.safetensors"))? else {
         return Ok(None);
     };
@@ -98,7 +92,8 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
         };
         if state.as_ref().map(|s| s.0) != Some(before) {
             let known = closes.get(&before).map(|c| &c.weights);
-            state = checkpoint(&cfg, dir, before, known)?;
+            let ck = crate::closes::checkpoint_dir(dir, before, known)?;
+            state = checkpoint(&cfg, &ck, before)?;
             match &state {
                 Some(_) => out.starts.push(before),
                 None => bail!(

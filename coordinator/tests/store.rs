@@ -76,6 +76,7 @@ async fn exercise(name: &str, url: Option<&str>) {
         round: 2,
         version: 2,
         weights: weights.clone(),
+        digest: weights_digest(&weights),
         losses: vec![5.0, 4.0],
         next_unit: 9,
         next_lease: 4,
@@ -215,12 +216,14 @@ async fn a_batch_is_all_or_nothing_and_orphans_are_collected() {
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = common::tiny_model();
     let store = Store::open(&dir, None).await.unwrap();
+    let weights = tessera_compute::reference::ModelParams::random(&cfg, 4);
     let snap = Snapshot {
         moments: None,
         aggregate: None,
         round: 1,
         version: 0,
-        weights: tessera_compute::reference::ModelParams::random(&cfg, 4),
+        digest: weights_digest(&weights),
+        weights,
         losses: vec![],
         next_unit: 1,
         next_lease: 1,

@@ -30,6 +30,9 @@ pub(super) struct Context {
     /// Current weights, shared with the weight streams of leases still being sent (changed
     /// through `Arc::make_mut`: copied only while a stream of the old version reads them).
     pub(super) weights: std::sync::Arc<ModelParams<f32>>,
+    /// The weights' digest (`weights_digest`), taken once where they change (a close logs it,
+    /// a snapshot names its checkpoint by it).
+    pub(super) digest: [u8; 32],
     /// The weights' version (one per closed round or step).
     pub(super) version: u64,
     /// Loss of each closed round or step.
@@ -69,9 +72,14 @@ pub(super) struct Context {
 }
 
 impl Context {
-    /// A run's context at the start of `round`, with `weights` (version 0, no losses), no
-    /// sessions, an empty log and nothing to send.
-    pub(super) fn new(spec: RunSpec, id: Identity, weights: ModelParams<f32>, round: u64) -> Self {
+    /// A run's context at the start of `round`, with `weights` and their `digest` (version 0,
+    /// no losses), no sessions, an empty log and nothing to send.
+    pub(super) fn new(
+        spec: RunSpec,
+        id: Identity,
+        (weights, digest): (ModelParams<f32>, [u8; 32]),
+        round: u64,
+    ) -> Self {
         let sampler = Sampler::new(spec.seed, spec.training_tokens(), spec.seq as usize);
         Context {
             state: RunState::at(round, spec.rounds),
@@ -80,6 +88,7 @@ impl Context {
             id,
             now: 0,
             weights: std::sync::Arc::new(weights),
+            digest,
             version: 0,
             losses: Vec::new(),
             sampler,
@@ -430,7 +439,8 @@ pub(super) mod testing {
     /// The context of `spec` at its start, signed by a fixed coordinator key.
     pub fn context(spec: RunSpec) -> Context {
         let weights = ModelParams::random(&spec.model, 1);
-        Context::new(spec, Identity::from_seed([9; 32]), weights, 0)
+        let digest = crate::core::weights_digest(&weights);
+        Context::new(spec, Identity::from_seed([9; 32]), (weights, digest), 0)
     }
 
     /// Adds an active session of the identity seeded by `seed` on `conn`, with `lease` (a

@@ -116,6 +116,7 @@ impl Core {
         let snap = Snapshot {
             round: 0,
             version: 0,
+            digest: weights_digest(&weights),
             weights,
             losses: Vec::new(),
             next_unit: 1,
@@ -160,7 +161,7 @@ impl Core {
         snap: Snapshot,
         accepted: Vec<Contribution>,
     ) -> Self {
-        let mut cx = context::Context::new(spec, id, snap.weights, snap.round);
+        let mut cx = context::Context::new(spec, id, (snap.weights, snap.digest), snap.round);
         cx.version = snap.version;
         cx.losses = snap.losses;
         cx.next_unit = snap.next_unit;
@@ -500,6 +501,7 @@ impl Core {
             round: self.round(),
             version: self.cx.version,
             weights: (*self.cx.weights).clone(),
+            digest: self.cx.digest,
             losses: self.cx.losses.clone(),
             next_unit: self.cx.next_unit,
             next_lease: self.cx.next_lease,

@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub version: u64,
     /// Weights at that version.
     pub weights: ModelParams<f32>,
+    /// Their digest (`core::weights_digest`), as the log's `Closed` entry records it: it
+    /// names the checkpoint (`store::checkpoint_name`).
+    pub digest: [u8; 32],
     /// Loss of each closed round.
     pub losses: Vec<f64>,
     /// Next unit id.

@@ -140,12 +140,12 @@ impl Round {
             .collect()
     }
 
-    /// Opens an accepted slot again (a check threw its update out).
     /// Bars `key` from `slot` for the rest of the round (its update there was withheld).
     pub(super) fn bar(&mut self, slot: u64, key: PublicKey) {
         self.barred.insert((slot, key));
     }
 
+    /// Opens an accepted slot again (a check threw its update out).
     pub(super) fn reopen(&mut self, slot: u64) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
             *s = Slot::Open;
@@ -485,10 +485,11 @@ impl Replicas {
                     .collect(),
             )
         };
+        cx.digest = super::weights_digest(&cx.weights);
         cx.log(LogEvent::Closed {
             round: closed,
             version: cx.version,
-            weights: super::weights_digest(&cx.weights),
+            weights: cx.digest,
             aggregate: aggregate_digest,
         });
         cx.out.push(Action::RoundClosed(RoundSummary {

@@ -17,12 +17,12 @@ use tessera_protocol::log_store::StoredEntry;
 use tessera_protocol::signed::signing_bytes;
 
 use super::{checkpoint_name, corrupt, Store, StoreError};
+use crate::core::{Action, Contribution, Snapshot};
 
 /// Where the checkpoint of `version` with weights digest `weights` lies in the object store.
 fn checkpoint_path(version: u64, weights: &[u8; 32]) -> String {
     format!("checkpoints/{}", checkpoint_name(version, weights))
 }
-use crate::core::{Action, Contribution, Snapshot};
 
 /// Where a contribution's update is kept until its round closes: named by its round and its
 /// content, so a blob once written is never overwritten (a slot that runs again after a
@@ -114,8 +114,7 @@ impl Store {
         cfg: &ModelConfig,
         snap: &Snapshot,
     ) -> Result<(PathBuf, String), StoreError> {
-        let digest = crate::core::weights_digest(&snap.weights);
-        let base = checkpoint_path(snap.version, &digest);
+        let base = checkpoint_path(snap.version, &snap.digest);
         let st = params_to_safetensors(cfg, &snap.weights).map_err(|e| corrupt(&base, e))?;
         self.put(&format!("{base}/model.safetensors"), st).await?;
         self.put(

@@ -413,13 +413,12 @@ impl Store {
             .map_err(|e| corrupt("losses", e))?;
         let bytes = self.get(&format!("{checkpoint}/model.safetensors")).await?;
         let weights = params_from_safetensors(cfg, &bytes).map_err(|e| corrupt(&checkpoint, e))?;
-        let named = checkpoint
-            .rsplit('/')
-            .next()
-            .and_then(parse_checkpoint_name);
-        if let Some((version, Some(hash))) = named {
-            let digest = crate::core::weights_digest(&weights);
-            if checkpoint_name(version, &digest).rsplit('-').next() != Some(hash) {
+        let digest = crate::core::weights_digest(&weights);
+        // A folder named by its digest (runs before that carried only the version) holds
+        // those weights.
+        let folder = checkpoint.rsplit('/').next().unwrap_or_default();
+        if let Some((version, Some(_))) = parse_checkpoint_name(folder) {
+            if checkpoint_name(version, &digest) != folder {
                 return Err(corrupt(
                     &checkpoint,
                     "its weights are not the ones its name records",
@@ -471,6 +470,7 @@ impl Store {
             round,
             version,
             weights,
+            digest,
             losses,
             next_unit: row.try_get::<i64, _>("next_unit")? as u64,
             next_lease: row.try_get::<i64, _>("next_lease")? as u64,

@@ -299,11 +299,11 @@ impl Pipe {
             0.0
         };
         cx.losses.push(loss);
-        let weights = crate::core::weights_digest(&cx.weights);
+        cx.digest = crate::core::weights_digest(&cx.weights);
         cx.log(tessera_protocol::log::LogEvent::Closed {
             round: number,
             version: cx.version,
-            weights,
+            weights: cx.digest,
             aggregate,
         });
         cx.out.push(Action::RoundClosed(RoundSummary {
