@@ -2,12 +2,12 @@
 //! (byte-level: the file's UTF-8 bytes are the token ids), over non-overlapping sequences of
 //! the model's context length, the remainder dropped. The last line printed is the number.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use tessera_compute::hf::params_from_safetensors;
 use tessera_compute::model::{GpuModel, Slicing};
-use tessera_compute::reference::Batch;
+use tessera_compute::reference::{Batch, ModelParams};
 use tessera_compute::{Gpu, GpuOptions, ModelConfig};
 
 /// Options of `eval`.
@@ -21,22 +21,38 @@ pub struct Args {
     pub data: PathBuf,
 }
 
-/// Mean loss over all predicted positions.
-pub async fn evaluate(checkpoint: &std::path::Path, text: &[u8]) -> Result<(f64, usize)> {
+/// A checkpoint directory's shape and weights (`config.json` + `model.safetensors`).
+pub fn load_checkpoint(checkpoint: &Path) -> Result<(ModelConfig, ModelParams<f32>)> {
     let cfg_text = std::fs::read_to_string(checkpoint.join("config.json"))
         .with_context(|| format!("reading {}/config.json", checkpoint.display()))?;
-    let cfg = ModelConfig::from_hf_json(&cfg_text)?;
+    let cfg = ModelConfig::from_hf_json(&cfg_text)
+        .with_context(|| format!("{}/config.json", checkpoint.display()))?;
     let bytes = std::fs::read(checkpoint.join("model.safetensors"))
         .with_context(|| format!("reading {}/model.safetensors", checkpoint.display()))?;
-    let params = params_from_safetensors(&cfg, &bytes)?;
-    let seq = cfg.max_position_embeddings;
+    let params = params_from_safetensors(&cfg, &bytes)
+        .with_context(|| format!("{}/model.safetensors", checkpoint.display()))?;
+    Ok((cfg, params))
+}
+
+/// A text's bytes as token ids of the byte-level tokenizer, refused where one falls outside the
+/// model's vocabulary.
+pub fn byte_ids(text: &[u8], cfg: &ModelConfig) -> Result<Vec<u32>> {
     let tokens: Vec<u32> = text.iter().map(|&b| b as u32).collect();
     if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
         bail!(
-            "token {t} is outside the model's vocabulary of {}",
+            "byte {t} is outside the model's vocabulary of {} (the tokenizer is byte-level: \
+             every byte of the text is a token)",
             cfg.vocab_size
         );
     }
+    Ok(tokens)
+}
+
+/// Mean loss over all predicted positions.
+pub async fn evaluate(checkpoint: &Path, text: &[u8]) -> Result<(f64, usize)> {
+    let (cfg, params) = load_checkpoint(checkpoint)?;
+    let seq = cfg.max_position_embeddings;
+    let tokens = byte_ids(text, &cfg)?;
     let n = tokens.len() / seq;
     if n == 0 || seq < 2 {
         bail!(

@@ -8,6 +8,7 @@ mod coordinator_cmd;
 mod demo;
 mod eval;
 mod fork_cmd;
+mod generate_cmd;
 mod keys;
 /// The contributor page as `build.rs` embedded it (or not).
 mod page {
@@ -58,6 +59,9 @@ enum Command {
     Worker(worker_cmd::Args),
     /// Mean next-token cross-entropy of a checkpoint on a text file.
     Eval(eval::Args),
+    /// Continue a prompt with a checkpoint on this machine's GPU (key/value cache; greedy, or
+    /// sampled at a temperature with top-p and a seed).
+    Generate(generate_cmd::Args),
     /// Check a run's log (chain, hashes, the coordinator's signatures) and its checkpoints
     /// against it, replay its aggregates and recompute its credits; names the first bad entry.
     Verify(verify_cmd::Args),
@@ -143,6 +147,7 @@ fn run() -> Result<()> {
             .build()?
             .block_on(worker_cmd::run(a)),
         Command::Eval(a) => pollster::block_on(eval::run(a)),
+        Command::Generate(a) => pollster::block_on(generate_cmd::run(a)),
         Command::TrainLocal(a) => train_local::run(a),
         Command::Verify(a) => multi_thread()?.block_on(verify_cmd::run(a)),
         Command::Fork(a) => multi_thread()?.block_on(fork_cmd::run(a)),

@@ -8,10 +8,12 @@ pub mod rope_table;
 
 pub use config::ModelConfig;
 pub use error::ComputeError;
+pub mod generate;
 pub mod gpu;
 pub mod hf;
 pub mod kernels;
 pub mod model;
+pub mod sampling;
 pub mod shaders;
 pub mod shard;
 pub mod tiles;

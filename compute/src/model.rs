@@ -85,8 +85,8 @@ pub fn shards(cfg: &ModelConfig, s: Slicing) -> Result<Vec<Vec<MicroShard>>, Com
 
 /// A whole model resident on one GPU as micro-shards.
 pub struct GpuModel {
-    cfg: ModelConfig,
-    stages: Vec<Vec<GpuShard>>,
+    pub(crate) cfg: ModelConfig,
+    pub(crate) stages: Vec<Vec<GpuShard>>,
 }
 
 impl GpuModel {
@@ -137,7 +137,11 @@ impl GpuModel {
         self.stages.iter().flatten()
     }
 
-    fn sum(gpu: &Gpu, base: Option<&Tensor>, parts: Vec<Tensor>) -> Result<Tensor, ComputeError> {
+    pub(crate) fn sum(
+        gpu: &Gpu,
+        base: Option<&Tensor>,
+        parts: Vec<Tensor>,
+    ) -> Result<Tensor, ComputeError> {
         let mut parts = parts.into_iter();
         let acc = match base {
             Some(b) => {

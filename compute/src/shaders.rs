@@ -33,6 +33,10 @@ pub const KERNELS: &[(&str, &str)] = &[
         include_str!("../../shaders/attention_forward.wgsl"),
     ),
     (
+        "attention_cached",
+        include_str!("../../shaders/attention_cached.wgsl"),
+    ),
+    (
         "attention_delta",
         include_str!("../../shaders/attention_delta.wgsl"),
     ),
@@ -135,6 +139,11 @@ pub fn example_constants(name: &str) -> Vec<Const> {
                 Const::U32("BKV", 8),
             ]
         }
+        "attention_cached" => vec![
+            Const::U32("HD", 128),
+            Const::U32("WG", 64),
+            Const::U32("ACC", 2),
+        ],
         "sum_squares" => vec![Const::U32("WG", 256), Const::U32("ITEMS", 8)],
         _ => vec![Const::U32("WG", 256)],
     }

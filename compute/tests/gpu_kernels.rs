@@ -6,6 +6,7 @@ mod common;
 
 use common::{checks, close, gpu, gpu_with, read, run_check};
 use tessera_compute::kernels::attention::AttnDims;
+use tessera_compute::kernels::attention_cached::CachedDims;
 use tessera_compute::kernels::embedding::RowIndex;
 use tessera_compute::kernels::rope::GpuRope;
 use tessera_compute::kernels::{Layout, View};
@@ -214,6 +215,71 @@ fn rope_forward_and_inverse() {
     );
     g.rope(&t, &gt, rows, heads, hd, seq, true).unwrap();
     close("rope inverse restores", &read(&g, &t), &x, 1e-6);
+    // Rows after an offset (a generation's new rows) get the offset's positions.
+    let (off, n) = (30, 5);
+    let w = heads * hd;
+    let full = ops::rope(&x[..seq * w], heads, hd, seq, &table, false);
+    let t = g.upload(&x[off * w..(off + n) * w], &[n, w]).unwrap();
+    g.rope_at(&t, &gt, n, heads, hd, n, off, false).unwrap();
+    close(
+        "rope at an offset",
+        &read(&g, &t),
+        &full[off * w..(off + n) * w],
+        1e-6,
+    );
+    assert!(g
+        .rope_at(&t, &gt, n, heads, hd, n, seq - n + 1, false)
+        .is_err());
+}
+
+/// New queries at positions `past..past + n` against a cache of `past + n` keys equal the last
+/// `n` rows of full causal attention.
+fn attention_cached_case(past: usize, n: usize, heads: usize, kv_heads: usize, hd: usize) {
+    let g = gpu();
+    let mut r = SplitMix(40 + past as u64);
+    let seq = past + n;
+    let s = AttnShape {
+        seq,
+        heads,
+        kv_heads,
+        head_dim: hd,
+    };
+    let (qw, kw) = (heads * hd, kv_heads * hd);
+    let q: Vec<f32> = r.vec(seq * qw, 1.5);
+    let k: Vec<f32> = r.vec(seq * kw, 1.5);
+    let v: Vec<f32> = r.vec(seq * kw, 1.0);
+    let (o, _) = ops::attention(&q, &k, &v, s);
+    // A cache longer than what is written: rows past the end must not be read.
+    let mut kc = k.clone();
+    let mut vc = v.clone();
+    kc.extend(std::iter::repeat_n(1e30f32, 3 * kw));
+    vc.extend(std::iter::repeat_n(1e30f32, 3 * kw));
+    let up = |x: &[f32]| g.upload(x, &[x.len()]).unwrap();
+    let (tq, tk, tv) = (up(&q[past * qw..]), up(&kc), up(&vc));
+    let to = g.zeros(&[n * qw]).unwrap();
+    let dims = CachedDims {
+        n,
+        past,
+        heads,
+        kv_heads,
+        hd,
+    };
+    g.attention_cached(&tq, &tk, &tv, &to, dims).unwrap();
+    let tag = format!("past {past} n {n} heads {heads}/{kv_heads} hd {hd}");
+    close(
+        &format!("cached attention ({tag})"),
+        &read(&g, &to),
+        &o[past * qw..],
+        1e-5,
+    );
+}
+
+#[test]
+fn attention_cached_prefill_and_single_tokens() {
+    attention_cached_case(0, 37, 4, 2, 6);
+    attention_cached_case(36, 1, 4, 2, 6);
+    attention_cached_case(130, 1, 2, 1, 64);
+    attention_cached_case(129, 3, 3, 1, 130);
 }
 
 fn attention_case(seq: usize, sequences: usize, heads: usize, kv_heads: usize, hd: usize) {

@@ -144,6 +144,29 @@ impl Gpu {
         self.with_encoder(|e| e.copy_buffer_to_buffer(&src.buf, 0, &dst.buf, 0, bytes))
     }
 
+    /// Records a copy of `len` elements of `src` from element `from` into `dst` at element
+    /// `to` (a row of a key/value cache, the last row of a hidden state).
+    pub fn copy_region(
+        &self,
+        src: &Tensor,
+        from: usize,
+        dst: &Tensor,
+        to: usize,
+        len: usize,
+    ) -> Result<(), ComputeError> {
+        if from.saturating_add(len) > src.len() || to.saturating_add(len) > dst.len() {
+            return Err(ComputeError::Shape(format!(
+                "copy of {len} elements from {from} of {:?} to {to} of {:?}",
+                src.shape, dst.shape
+            )));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let (from, to, bytes) = ((from * 4) as u64, (to * 4) as u64, (len * 4) as u64);
+        self.with_encoder(|e| e.copy_buffer_to_buffer(&src.buf, from, &dst.buf, to, bytes))
+    }
+
     /// Downloads a tensor's contents.
     pub async fn read(&self, t: &Tensor) -> Result<Vec<f32>, ComputeError> {
         let n = t.len();

@@ -25,7 +25,7 @@ impl AttnDims {
     fn rows(&self) -> usize {
         self.seq * self.sequences
     }
-    fn check(&self) -> Result<(), ComputeError> {
+    pub(crate) fn check(&self) -> Result<(), ComputeError> {
         if self.kv_heads == 0
             || !self.heads.is_multiple_of(self.kv_heads)
             || self.seq == 0

@@ -2,6 +2,7 @@
 //! before recording, so a bad call is an error, not a GPU fault.
 
 pub mod attention;
+pub mod attention_cached;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;

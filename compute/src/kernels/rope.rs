@@ -42,12 +42,30 @@ impl Gpu {
         seq: usize,
         inverse: bool,
     ) -> Result<(), ComputeError> {
+        self.rope_at(x, table, rows, heads, hd, seq, 0, inverse)
+    }
+
+    /// [`Gpu::rope`] with positions `offset + row % seq`: the new rows of a generation, after
+    /// `offset` cached ones.
+    pub fn rope_at(
+        &self,
+        x: &Tensor,
+        table: &GpuRope,
+        rows: usize,
+        heads: usize,
+        hd: usize,
+        seq: usize,
+        offset: usize,
+        inverse: bool,
+    ) -> Result<(), ComputeError> {
         need("rope x", x, rows * heads * hd)?;
-        if hd != 2 * table.half || seq > table.seq || seq == 0 {
+        if hd != 2 * table.half || seq == 0 || offset.saturating_add(seq) > table.seq {
             return Err(ComputeError::Shape(format!(
-                "rope table for head width {} and {} positions, called with {hd} and {seq}",
+                "rope table for head width {} and {} positions, called with {hd} and positions \
+                 {offset}..{}",
                 2 * table.half,
-                table.seq
+                table.seq,
+                offset.saturating_add(seq)
             )));
         }
         let p = Params::new()
@@ -55,7 +73,8 @@ impl Gpu {
             .u(u32_of("heads", heads)?)
             .u(u32_of("hd", hd)?)
             .u(u32_of("seq", seq)?)
-            .u(inverse as u32);
+            .u(inverse as u32)
+            .u(u32_of("offset", offset)?);
         let n = rows * heads * table.half;
         self.dispatch(
             "rope",

@@ -6,6 +6,7 @@
 //! adapter's binding limit; the split is invisible to callers.
 
 mod attn;
+mod attn_cached;
 mod embed;
 mod head;
 mod kind;
@@ -14,6 +15,7 @@ mod mlp;
 mod params;
 mod pre_norm;
 
+pub use attn_cached::ShardCache;
 pub use head::{combine, HeadStats};
 pub use kind::{MicroShard, Rows};
 pub use layout::{Axis, TensorLayout};
