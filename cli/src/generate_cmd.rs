@@ -14,7 +14,9 @@ use tessera_compute::model::{GpuModel, Slicing};
 use tessera_compute::sampling::Sampling;
 use tessera_compute::{Gpu, GpuOptions};
 
-use crate::eval::{byte_ids, load_checkpoint};
+use tessera_coordinator::data::Tokenizer;
+
+use crate::eval::load_checkpoint;
 
 /// Options of `generate`.
 #[derive(clap::Args, Debug)]
@@ -38,55 +40,79 @@ pub struct Args {
     /// Seed of the draws when sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A Hugging Face `tokenizer.json` (default: the checkpoint's `tokenizer.json` when it has
+    /// one, else byte-level: every UTF-8 byte is a token, as in the built-in runs).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// Print the new tokens' ids, space-separated, instead of the text.
     #[arg(long)]
     pub ids: bool,
 }
 
-/// Bytes to text as they come: whole UTF-8 characters are printed at once, a character's first
-/// bytes wait for the rest, and bytes that cannot start or continue one print as U+FFFD.
-#[derive(Default)]
-struct Utf8Stream {
-    pending: Vec<u8>,
+/// Token ids to text as they come: the text of the prompt and the new tokens is decoded again
+/// after each token and its new end printed, so a tokenizer that merges pieces (or bytes
+/// forming one character) prints whole characters; an unfinished character waits.
+struct TextOut<'a> {
+    tok: &'a Tokenizer,
+    ids: Vec<u32>,
+    printed: String,
 }
 
-impl Utf8Stream {
-    /// The text that `byte` completes (possibly empty).
-    fn push(&mut self, byte: u8) -> String {
-        self.pending.push(byte);
-        let mut out = String::new();
-        loop {
-            match std::str::from_utf8(&self.pending) {
-                Ok(s) => {
-                    out.push_str(s);
-                    self.pending.clear();
-                    return out;
-                }
-                Err(e) => {
-                    let good = e.valid_up_to();
-                    // Checked by `from_utf8`: the first `good` bytes are whole characters.
-                    out.push_str(&String::from_utf8_lossy(&self.pending[..good]));
-                    match e.error_len() {
-                        None => {
-                            self.pending.drain(..good);
-                            return out;
-                        }
-                        Some(bad) => {
-                            out.push(char::REPLACEMENT_CHARACTER);
-                            self.pending.drain(..good + bad);
-                        }
-                    }
-                }
-            }
-        }
+impl<'a> TextOut<'a> {
+    /// Starts after `prompt`; returns the prompt's text as the tokenizer decodes it.
+    fn new(tok: &'a Tokenizer, prompt: &[u32]) -> Result<(Self, String)> {
+        let printed = tok.decode(prompt)?;
+        let first = printed.clone();
+        let out = TextOut {
+            tok,
+            ids: prompt.to_vec(),
+            printed,
+        };
+        Ok((out, first))
     }
 
-    /// What is left at the end: an unfinished character as U+FFFD.
-    fn finish(&mut self) -> String {
-        let s = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        s
+    /// The text that `id` adds (possibly empty, while a character is unfinished).
+    fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tok.decode(&self.ids)?;
+        if text.ends_with(char::REPLACEMENT_CHARACTER) {
+            return Ok(String::new());
+        }
+        Ok(self.advance(text))
     }
+
+    /// What is left at the end (an unfinished character as U+FFFD).
+    fn finish(&mut self) -> Result<String> {
+        let text = self.tok.decode(&self.ids)?;
+        Ok(self.advance(text))
+    }
+
+    fn advance(&mut self, text: String) -> String {
+        match text.strip_prefix(self.printed.as_str()) {
+            Some(new) => {
+                let new = new.to_string();
+                self.printed = text;
+                new
+            }
+            // Decoding changed text already printed: wait for the end.
+            None => String::new(),
+        }
+    }
+}
+
+/// The tokenizer: `--tokenizer`, else the checkpoint's `tokenizer.json`, else byte-level.
+fn tokenizer(a: &Args) -> Result<(Tokenizer, String)> {
+    let file = a
+        .tokenizer
+        .clone()
+        .or_else(|| Some(a.checkpoint.join("tokenizer.json")).filter(|p| p.is_file()));
+    Ok(match file {
+        Some(f) => (
+            Tokenizer::from_file(&f)?,
+            format!("tokenizer {}", f.display()),
+        ),
+        None => (Tokenizer::Bytes, "byte-level tokens".to_string()),
+    })
 }
 
 /// Runs `generate`.
@@ -97,21 +123,31 @@ pub async fn run(a: Args) -> Result<()> {
     };
     sampling.validate()?;
     let (cfg, params) = load_checkpoint(&a.checkpoint)?;
-    let prompt = byte_ids(a.prompt.as_bytes(), &cfg)?;
+    let (tok, tok_name) = tokenizer(&a)?;
+    if a.prompt.is_empty() {
+        bail!("the prompt is empty: give at least one character to continue");
+    }
+    let prompt = tok.encode(std::slice::from_ref(&a.prompt))?;
+    if let Some(t) = prompt.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+        bail!(
+            "token {t} of the prompt ({tok_name}) is outside the model's vocabulary of {}",
+            cfg.vocab_size
+        );
+    }
     let ctx = cfg.max_position_embeddings;
     if prompt.is_empty() {
-        bail!("the prompt is empty: give at least one character to continue");
+        bail!("the prompt makes no tokens under {tok_name}");
     }
     if prompt.len() >= ctx {
         bail!(
-            "the prompt is {} tokens (bytes) long; the model's context is {ctx} positions, so \
-             it must be shorter than that to leave room for new tokens",
+            "the prompt is {} tokens long; the model's context is {ctx} positions, so it must \
+             be shorter than that to leave room for new tokens",
             prompt.len()
         );
     }
     let gpu = Gpu::new(GpuOptions::default()).await?;
     eprintln!(
-        "generating up to {} tokens on {} ({})",
+        "generating up to {} tokens on {} ({tok_name}, {})",
         a.max_tokens,
         gpu.adapter(),
         if a.temperature == 0.0 {
@@ -131,34 +167,35 @@ pub async fn run(a: Args) -> Result<()> {
         seed: a.seed,
     };
     let mut stdout = std::io::stdout().lock();
-    let mut text = Utf8Stream::default();
+    let (mut text, shown) = TextOut::new(&tok, &prompt)?;
     let mut first = true;
     if !a.ids {
-        write!(stdout, "{}", a.prompt)?;
+        write!(stdout, "{shown}")?;
         stdout.flush()?;
     }
-    let mut failed = None;
+    let mut failed: Option<anyhow::Error> = None;
     let start = Instant::now();
     let out = model
         .generate(&gpu, &mut cache, &prompt, opts, |t| {
             let piece = if a.ids {
                 let sep = if first { "" } else { " " };
-                format!("{sep}{t}")
+                Ok(format!("{sep}{t}"))
             } else {
-                // Byte-level: every id the model can emit here is below its vocabulary,
-                // and the byte tokenizer's are below 256.
-                u8::try_from(t).map_or_else(|_| "\u{fffd}".to_string(), |b| text.push(b))
+                text.push(t)
             };
             first = false;
-            if let Err(e) = write!(stdout, "{piece}").and_then(|()| stdout.flush()) {
+            let written =
+                piece.and_then(|p| Ok(write!(stdout, "{p}").and_then(|()| stdout.flush())?));
+            if let Err(e) = written {
                 failed.get_or_insert(e);
             }
         })
         .await?;
     if let Some(e) = failed {
-        return Err(e.into());
+        return Err(e);
     }
-    writeln!(stdout, "{}", text.finish())?;
+    let rest = if a.ids { String::new() } else { text.finish()? };
+    writeln!(stdout, "{rest}")?;
     let secs = start.elapsed().as_secs_f64();
     let stop = if out.len() < opts.max_tokens {
         " (the model's context is full)"
@@ -176,24 +213,26 @@ pub async fn run(a: Args) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Utf8Stream;
+    use super::{TextOut, Tokenizer};
 
     #[test]
     fn whole_characters_print_at_once_and_broken_ones_as_replacements() {
-        let mut s = Utf8Stream::default();
+        let tok = Tokenizer::Bytes;
+        let (mut t, shown) = TextOut::new(&tok, &[b'>' as u32]).unwrap();
+        assert_eq!(shown, ">");
         let mut out = String::new();
         for b in "aé€".bytes() {
-            out.push_str(&s.push(b));
+            out.push_str(&t.push(b as u32).unwrap());
         }
         assert_eq!(out, "aé€");
         // A two-byte character's first byte waits; a stray continuation byte is replaced.
-        assert_eq!(s.push(0xC3), "");
-        assert_eq!(s.push(0xA9), "é");
-        assert_eq!(s.push(0x80), "\u{fffd}");
-        // A lead byte followed by an ASCII byte: the lead is replaced, the ASCII printed.
-        assert_eq!(s.push(0xE2), "");
-        assert_eq!(s.push(b'x'), "\u{fffd}x");
-        assert_eq!(s.push(0xF0), "");
-        assert_eq!(s.finish(), "\u{fffd}");
+        assert_eq!(t.push(0xC3).unwrap(), "");
+        assert_eq!(t.push(0xA9).unwrap(), "é");
+        assert_eq!(t.push(0x80).unwrap(), "");
+        assert_eq!(t.push(b'x' as u32).unwrap(), "\u{fffd}x");
+        // An unfinished character at the end prints as a replacement.
+        assert_eq!(t.push(0xF0).unwrap(), "");
+        assert_eq!(t.finish().unwrap(), "\u{fffd}");
+        assert_eq!(t.finish().unwrap(), "");
     }
 }

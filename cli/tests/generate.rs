@@ -68,6 +68,58 @@ fn greedy_ids_and_text_equal_the_fixture() {
     assert_eq!(out.stdout, want);
 }
 
+/// A word-level `tokenizer.json` whose word `wI` is token I, for the golden model's 67 ids.
+fn word_tokenizer(dir: &std::path::Path) -> std::path::PathBuf {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..67)
+        .map(|i| (format!("w{i}"), serde_json::json!(i)))
+        .collect();
+    let t = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, t.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn a_hugging_face_tokenizer_encodes_the_prompt_and_decodes_the_tokens() {
+    let (prompt, tokens) = fixture();
+    let dir = std::env::temp_dir().join(format!("tessera-generate-{}", std::process::id()));
+    let tok = word_tokenizer(&dir);
+    // The fixture's prompt bytes as words: the same ids, so the same greedy tokens.
+    let words: Vec<String> = prompt.bytes().map(|b| format!("w{b}")).collect();
+    let n = tokens.len().to_string();
+    let args = [
+        "--prompt",
+        &words.join(" "),
+        "--max-tokens",
+        &n,
+        "--tokenizer",
+        tok.to_str().unwrap(),
+    ];
+    let out = generate(&[&args[..], &["--ids"]].concat());
+    assert!(out.status.success());
+    let ids: Vec<u32> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(ids, tokens);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"));
+    let out = generate(&args);
+    assert!(out.status.success());
+    let all: Vec<String> = words
+        .into_iter()
+        .chain(tokens.iter().map(|t| format!("w{t}")))
+        .collect();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), all.join(" ") + "\n");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn sampling_repeats_by_seed() {
     let run = |seed: &str| {
@@ -93,7 +145,7 @@ fn sampling_repeats_by_seed() {
 fn bad_input_is_a_clear_error() {
     let cases: [(&[&str], &str); 5] = [
         // Byte 'x' (120) is outside the golden model's vocabulary of 67.
-        (&["--prompt", "xyz"], "outside the model's vocabulary of 67"),
+        (&["--prompt", "xyz"], "token 120 of the prompt (byte-level tokens) is outside"),
         (&["--prompt", ""], "the prompt is empty"),
         (
             &["--prompt", &"1".repeat(64)],

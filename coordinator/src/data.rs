@@ -162,6 +162,22 @@ impl Tokenizer {
         }
     }
 
+    /// The text of `ids` (special tokens left out; bytes that form no character as U+FFFD).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+        match self {
+            Tokenizer::Bytes => {
+                let bytes: Vec<u8> = ids
+                    .iter()
+                    .map(|&i| u8::try_from(i).unwrap_or(0xFF))
+                    .collect();
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Tokenizer::Hf(t) => t
+                .decode(ids, true)
+                .map_err(|e| DataError::Tokenizer(e.to_string())),
+        }
+    }
+
     /// Token ids of the documents, concatenated.
     pub fn encode(&self, docs: &[String]) -> Result<Vec<u32>, DataError> {
         let mut out = Vec::new();
