@@ -53,6 +53,7 @@ pub fn model_tokens_per_second(gpu: &Gpu, iters: usize) -> Result<(f64, f64)> {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         max_position_embeddings: 256,
+        tie_word_embeddings: false,
     };
     let seq = 256;
     let params: ModelParams<f32> = ModelParams::random(&cfg, 7);

@@ -93,6 +93,7 @@ pub fn run(a: Args) -> Result<()> {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         max_position_embeddings: a.seq,
+        tie_word_embeddings: false,
     };
     cfg.validate()?;
     let slicing = parse_slices(&a.slices)?;

@@ -104,7 +104,7 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
         }
         let path = crate::closes::checkpoint_dir(dir, version, Some(&weights))?
             .join("aggregate.safetensors");
-        let Some(agg) = load(&cfg, &path)? else {
+        let Some(agg) = load(&cfg.untied(), &path)? else {
             bail!(
                 "log entry {index}: {} is missing: version {version} cannot be replayed",
                 path.display()
@@ -119,7 +119,14 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
         let Some((_, w, moments)) = state.as_mut() else {
             continue;
         };
-        rules::apply(&rules.step, number, w, moments, &agg);
+        rules::apply(
+            &rules.step,
+            number,
+            w,
+            moments,
+            &agg,
+            cfg.tie_word_embeddings,
+        );
         if weights_digest(w) != weights {
             bail!(
                 "log entry {index}: applying the recorded aggregate to version {before} does not give the weights the log recorded for version {version}"

@@ -145,7 +145,10 @@ fn sampling_repeats_by_seed() {
 fn bad_input_is_a_clear_error() {
     let cases: [(&[&str], &str); 5] = [
         // Byte 'x' (120) is outside the golden model's vocabulary of 67.
-        (&["--prompt", "xyz"], "token 120 of the prompt (byte-level tokens) is outside"),
+        (
+            &["--prompt", "xyz"],
+            "token 120 of the prompt (byte-level tokens) is outside",
+        ),
         (&["--prompt", ""], "the prompt is empty"),
         (
             &["--prompt", &"1".repeat(64)],

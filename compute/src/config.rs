@@ -25,6 +25,11 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     /// Longest sequence the model is trained on.
     pub max_position_embeddings: usize,
+    /// Whether the head is the embedding matrix (`lm_head.weight` is
+    /// `model.embed_tokens.weight`): Llama 3.2 1B/3B, SmolLM2. Tessera keeps both tensors, equal
+    /// at every step: the one matrix's gradient is the sum of its embedding and head parts,
+    /// counted once in the global norm, and one optimizer state moves both.
+    pub tie_word_embeddings: bool,
 }
 
 impl ModelConfig {
@@ -41,6 +46,15 @@ impl ModelConfig {
     /// Width of the concatenated key (or value) heads.
     pub fn kv_width(&self) -> usize {
         self.num_key_value_heads * self.head_dim
+    }
+
+    /// The same shape with the head as a tensor of its own: how gradients and aggregates of a
+    /// model with tied embeddings are stored, since their embedding and head parts differ.
+    pub fn untied(&self) -> Self {
+        ModelConfig {
+            tie_word_embeddings: false,
+            ..self.clone()
+        }
     }
 
     /// Checks that the shape is internally consistent.
@@ -78,13 +92,14 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Total number of parameters (untied embedding and head, no biases).
+    /// Total number of parameters (a tied embedding and head counted once; no biases).
     pub fn parameter_count(&self) -> u64 {
         let d = self.hidden_size as u64;
         let attn = d * (self.q_width() as u64) * 2 + d * (self.kv_width() as u64) * 2;
         let mlp = 3 * d * self.intermediate_size as u64;
         let layer = attn + mlp + 2 * d;
-        2 * self.vocab_size as u64 * d + self.num_hidden_layers as u64 * layer + d
+        let tables = if self.tie_word_embeddings { 1 } else { 2 };
+        tables * self.vocab_size as u64 * d + self.num_hidden_layers as u64 * layer + d
     }
 
     /// The Covenant-72B shape (docs/ARCHITECTURE.md, "The 72B plan on paper"): 80 layers, d=8192, 64
@@ -102,6 +117,7 @@ impl ModelConfig {
             rms_norm_eps: 1e-5,
             rope_theta: 500_000.0,
             max_position_embeddings: 2048,
+            tie_word_embeddings: false,
         }
     }
 
@@ -118,6 +134,7 @@ impl ModelConfig {
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
             max_position_embeddings: 64,
+            tie_word_embeddings: false,
         }
     }
 }

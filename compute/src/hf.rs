@@ -18,7 +18,7 @@ fn bad(msg: impl Into<String>) -> ComputeError {
 impl ModelConfig {
     /// Reads a transformers `config.json` of a LLaMA model. `rope_theta` is read at the top level
     /// (transformers 4.x) or under `rope_parameters` (5.x). Features this model does not have
-    /// (biases, tied embeddings, RoPE scaling) are refused rather than ignored.
+    /// (biases, RoPE scaling) are refused rather than ignored.
     pub fn from_hf_json(text: &str) -> Result<Self, ComputeError> {
         let v: Value =
             serde_json::from_str(text).map_err(|e| bad(format!("config.json is not JSON: {e}")))?;
@@ -41,11 +41,24 @@ impl ModelConfig {
                 )));
             }
         }
-        for flag in ["attention_bias", "mlp_bias", "tie_word_embeddings"] {
+        for flag in ["attention_bias", "mlp_bias"] {
             if v.get(flag).and_then(Value::as_bool) == Some(true) {
-                return Err(bad(format!("config.json: {flag} = true is not supported (Tessera's LLaMA has untied embeddings and no biases)")));
+                return Err(bad(format!(
+                    "config.json: {flag} = true is not supported (Tessera's LLaMA has no biases)"
+                )));
             }
         }
+        // transformers' default is tied (`PretrainedConfig`), but `LlamaConfig` defaults to
+        // untied, and every LLaMA config.json names it.
+        let tie = match v.get("tie_word_embeddings") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(bad(
+                    "config.json: tie_word_embeddings must be true or false",
+                ))
+            }
+        };
         if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
                 return Err(bad(format!(
@@ -91,6 +104,7 @@ impl ModelConfig {
                 .unwrap_or(1e-6),
             rope_theta: theta,
             max_position_embeddings: int("max_position_embeddings")?.unwrap_or(2048),
+            tie_word_embeddings: tie,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -115,7 +129,7 @@ impl ModelConfig {
             "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
             "attention_bias": false,
             "mlp_bias": false,
-            "tie_word_embeddings": false,
+            "tie_word_embeddings": self.tie_word_embeddings,
             "torch_dtype": "float32",
             "dtype": "float32",
         });
@@ -211,8 +225,12 @@ pub fn decode_f32(dtype: Dtype, data: &[u8]) -> Result<Vec<f32>, ComputeError> {
     }
 }
 
+/// The head's tensor name, which a checkpoint of a model with tied embeddings leaves out.
+const HEAD: &str = "lm_head.weight";
+
 /// Reads every parameter of the model from `model.safetensors` bytes (f32, bf16 or f16).
-/// Missing, extra-shaped or non-finite tensors are errors.
+/// Missing, extra-shaped or non-finite tensors are errors. With tied embeddings the head is the
+/// embedding (a checkpoint that holds `lm_head.weight` anyway must hold the same values).
 pub fn params_from_safetensors(
     cfg: &ModelConfig,
     bytes: &[u8],
@@ -220,6 +238,9 @@ pub fn params_from_safetensors(
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("model.safetensors: {e}")))?;
     let mut params = ModelParams::<f32>::zeros(cfg);
     for ((name, shape), slot) in tensor_shapes(cfg).into_iter().zip(params.tensors_mut()) {
+        if cfg.tie_word_embeddings && name == HEAD && st.tensor(&name).is_err() {
+            continue;
+        }
         let t = st
             .tensor(&name)
             .map_err(|_| bad(format!("model.safetensors has no tensor {name}")))?;
@@ -234,6 +255,15 @@ pub fn params_from_safetensors(
             return Err(bad(format!("{name} holds NaN or infinity")));
         }
         *slot = v;
+    }
+    if cfg.tie_word_embeddings {
+        if st.tensor(HEAD).is_ok() && params.head != params.embed {
+            return Err(bad(
+                "the config ties the embeddings, but lm_head.weight differs from \
+                 model.embed_tokens.weight",
+            ));
+        }
+        params.tie();
     }
     Ok(params)
 }
@@ -258,7 +288,8 @@ impl View for F32View<'_> {
     }
 }
 
-/// Writes every parameter as f32 `model.safetensors` bytes in Hugging Face naming.
+/// Writes every parameter as f32 `model.safetensors` bytes in Hugging Face naming (with tied
+/// embeddings, without `lm_head.weight`, as transformers writes such a model).
 pub fn params_to_safetensors(
     cfg: &ModelConfig,
     params: &ModelParams<f32>,
@@ -266,6 +297,7 @@ pub fn params_to_safetensors(
     let views: Vec<(String, F32View)> = tensor_shapes(cfg)
         .into_iter()
         .zip(params.named())
+        .filter(|((name, _), _)| !(cfg.tie_word_embeddings && name == HEAD))
         .map(|((name, shape), (_, data))| (name, F32View { shape, data }))
         .collect();
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);

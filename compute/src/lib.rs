@@ -16,6 +16,7 @@ pub mod model;
 pub mod sampling;
 pub mod shaders;
 pub mod shard;
+mod tied;
 pub mod tiles;
 
 pub use gpu::{AdapterSummary, Gpu, GpuOptions, Tensor};

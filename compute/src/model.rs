@@ -332,8 +332,9 @@ impl GpuModel {
             .for_each(GpuShard::reset_moments);
     }
 
-    /// Ends a step: sums replicated partial gradients, clips to the global norm across every
-    /// shard when `max_norm` is given, and applies AdamW at 1-based `step`. Returns the global
+    /// Ends a step: sums replicated partial gradients (and, with tied embeddings, the head's
+    /// gradient into the embedding's), clips to the global norm across every shard when
+    /// `max_norm` is given, and applies AdamW at 1-based `step`. Returns the global
     /// gradient norm before clipping when it was computed.
     pub async fn optimizer_step(
         &mut self,
@@ -342,6 +343,9 @@ impl GpuModel {
         step: u32,
         max_norm: Option<f64>,
     ) -> Result<Option<f64>, ComputeError> {
+        if self.cfg.tie_word_embeddings {
+            self.fold_tied_grads(gpu)?;
+        }
         self.sum_replicated(gpu)?;
         let norm = match max_norm {
             Some(m) => Some(gpu.clip_global_norm(&self.distinct_grads(), m).await?),
@@ -352,6 +356,9 @@ impl GpuModel {
             .iter_mut()
             .flatten()
             .try_for_each(|s| s.optimizer_step(gpu, opt, step))?;
+        if self.cfg.tie_word_embeddings {
+            self.retie(gpu)?;
+        }
         gpu.check()?;
         Ok(norm)
     }

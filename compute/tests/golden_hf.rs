@@ -87,13 +87,22 @@ fn config_reads_transformers_4_and_5_layouts() {
     let c4 = ModelConfig::from_hf_json(v4).unwrap();
     assert_eq!(c4.rope_theta, 500000.0);
     assert_eq!(ModelConfig::from_hf_json(&c4.to_hf_json()).unwrap(), c4);
+    let tied = v4.replace(
+        "\"tie_word_embeddings\":false",
+        "\"tie_word_embeddings\":true",
+    );
+    let ct = ModelConfig::from_hf_json(&tied).unwrap();
+    assert!(ct.tie_word_embeddings && !c4.tie_word_embeddings);
+    assert_eq!(ModelConfig::from_hf_json(&ct.to_hf_json()).unwrap(), ct);
+    assert_eq!(
+        c4.parameter_count() - ct.parameter_count(),
+        (c4.vocab_size * c4.hidden_size) as u64,
+        "a tied matrix counts once"
+    );
     for (bad, why) in [
         (
-            v4.replace(
-                "\"tie_word_embeddings\":false",
-                "\"tie_word_embeddings\":true",
-            ),
-            "tie_word_embeddings",
+            v4.replace("\"tie_word_embeddings\":false", "\"tie_word_embeddings\":1"),
+            "tie_word_embeddings must be true or false",
         ),
         (
             v4.replace(
@@ -130,6 +139,38 @@ fn safetensors_round_trip_is_exact() {
         params_from_safetensors(&wider, &bytes).is_err(),
         "shape mismatch"
     );
+}
+
+/// A tied checkpoint is written without `lm_head.weight`, as transformers writes one, and read
+/// back with the head equal to the embedding; one that holds a different head is refused.
+#[test]
+fn tied_checkpoints_leave_out_the_head() {
+    let g = load();
+    let cfg = ModelConfig {
+        tie_word_embeddings: true,
+        ..g.cfg.clone()
+    };
+    let mut p = g.params.clone();
+    p.tie();
+    let bytes = params_to_safetensors(&cfg, &p).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert!(st.tensor("lm_head.weight").is_err());
+    assert!(st.tensor("model.embed_tokens.weight").is_ok());
+    assert_eq!(params_from_safetensors(&cfg, &bytes).unwrap(), p);
+    // The untied golden file holds a head that differs from its embedding.
+    let untied = std::fs::read(format!("{DIR}/model.safetensors")).unwrap();
+    let e = params_from_safetensors(&cfg, &untied)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lm_head.weight differs"), "{e}");
+    // One that holds an equal head (some tools write both) is read.
+    let both = params_to_safetensors(&g.cfg, &p).unwrap();
+    assert_eq!(params_from_safetensors(&cfg, &both).unwrap(), p);
+    // An untied model still needs its head.
+    assert!(params_from_safetensors(&g.cfg, &bytes)
+        .unwrap_err()
+        .to_string()
+        .contains("no tensor lm_head.weight"));
 }
 
 #[test]

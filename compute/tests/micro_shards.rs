@@ -135,8 +135,27 @@ fn lowered_binding_limit_splits_shards_into_pieces() {
 /// replicated norm weight's summed gradient once and every slice applies the clipped sum.
 #[test]
 fn training_steps_match_unsliced_and_reference_adamw_with_global_clipping() {
-    let cfg = cfg();
+    three_clipped_adamw_steps(&cfg(), 2);
+}
+
+/// The same with tied embeddings, the head cut differently from the embedding (3 slices and 2,
+/// so pieces overlap across boundaries): the matrix's gradient is the sum of its embedding and
+/// head parts, counted once by the global norm; the head stays equal to the embedding bit for
+/// bit.
+#[test]
+fn tied_embeddings_train_as_one_matrix() {
+    let cfg = ModelConfig {
+        tie_word_embeddings: true,
+        ..cfg()
+    };
+    three_clipped_adamw_steps(&cfg, 3);
+}
+
+fn three_clipped_adamw_steps(cfg: &ModelConfig, head_slices: usize) {
+    let cfg = cfg.clone();
+    let tied = cfg.tie_word_embeddings;
     let p: ModelParams<f32> = ModelParams::random(&cfg, 25);
+    assert_eq!(p.head == p.embed, tied);
     let h = AdamW {
         lr: 1e-2,
         ..AdamW::default()
@@ -150,7 +169,7 @@ fn training_steps_match_unsliced_and_reference_adamw_with_global_clipping() {
             embed: 2,
             attn: 2,
             mlp: 2,
-            head: 2,
+            head: head_slices,
         },
         16,
     )
@@ -173,6 +192,9 @@ fn training_steps_match_unsliced_and_reference_adamw_with_global_clipping() {
             );
         }
         let (ref_loss, mut gr) = model::loss_and_grads(&cfg, &q, &b);
+        if tied {
+            gr.fold_tied();
+        }
         let ref_norm = ops::global_norm(
             &gr.named()
                 .iter()
@@ -193,6 +215,9 @@ fn training_steps_match_unsliced_and_reference_adamw_with_global_clipping() {
         {
             ops::adamw_step(pt, gt, mt, vt, h, step);
         }
+        if tied {
+            q.tie();
+        }
         println!("step {step}: loss sliced {:.6} unsliced {:.6} ref {ref_loss:.6}; grad norm sliced {:.6} unsliced {:.6} ref {ref_norm:.6}", losses[0], losses[1], norms[0], norms[1]);
         assert!((losses[0] - losses[1]).abs() / losses[1] < 1e-6);
         assert!(
@@ -204,6 +229,13 @@ fn training_steps_match_unsliced_and_reference_adamw_with_global_clipping() {
     }
     let got_sliced = pollster::block_on(sliced.read_params(&g)).unwrap();
     let got_whole = pollster::block_on(whole.read_params(&g)).unwrap();
+    for got in [&got_sliced, &got_whole] {
+        assert_eq!(
+            got.head == got.embed,
+            tied,
+            "a tied head equals the embedding"
+        );
+    }
     compare(
         "sliced vs unsliced params after 3 steps",
         &got_sliced,

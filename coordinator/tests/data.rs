@@ -141,6 +141,7 @@ fn hugging_face_tokenizer_json() {
     let cfg_json = tessera_compute::ModelConfig {
         vocab_size: 16,
         max_position_embeddings: 4,
+        tie_word_embeddings: false,
         ..tessera_compute::ModelConfig::tiny()
     }
     .to_hf_json();

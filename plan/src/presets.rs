@@ -31,6 +31,7 @@ fn byte_level(d: usize, layers: usize) -> ModelConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         max_position_embeddings: 64,
+        tie_word_embeddings: false,
     }
 }
 

@@ -40,6 +40,7 @@ fn model() -> ModelConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         max_position_embeddings: 8,
+        tie_word_embeddings: false,
     }
 }
 
@@ -94,7 +95,10 @@ fn lr() -> Schedule {
 }
 
 fn spec(clip: Option<f32>) -> RunSpec {
-    let cfg = model();
+    spec_of(model(), clip)
+}
+
+fn spec_of(cfg: ModelConfig, clip: Option<f32>) -> RunSpec {
     let mut r = SplitMix(5);
     let tokens: Vec<u32> = (0..3000).map(|_| (r.next_u64() % 96) as u32).collect();
     RunSpec::new("pipeline-exact", cfg.clone(), tokens)
@@ -147,8 +151,17 @@ fn watch(seen: &mut Seen, m: &Message, k: usize) {
 
 /// Single-device AdamW on the same data order, with the same kernels, unsliced.
 fn reference(g: &Gpu, init: &ModelParams<f32>, seen: &Seen, clip: Option<f32>) -> ModelParams<f32> {
-    let cfg = model();
-    let mut m = GpuModel::new(g, &cfg, init, Slicing::whole(), SEQ * MICRO as usize).unwrap();
+    reference_of(g, &model(), init, seen, clip)
+}
+
+fn reference_of(
+    g: &Gpu,
+    cfg: &ModelConfig,
+    init: &ModelParams<f32>,
+    seen: &Seen,
+    clip: Option<f32>,
+) -> ModelParams<f32> {
+    let mut m = GpuModel::new(g, cfg, init, Slicing::whole(), SEQ * MICRO as usize).unwrap();
     for step in 0..STEPS {
         let mut ids = Vec::new();
         let mut targets = Vec::new();
@@ -262,6 +275,46 @@ fn one_replica_per_micro_shard_equals_single_device_adamw_with_clipping() {
         let p = c.pipeline().expect("a pipeline lease");
         assert_eq!(p.version(), STEPS);
     }
+}
+
+/// Tied embeddings: the embedding and head micro-shards are held by different leases, whose
+/// gradient sums the coordinator adds into the one matrix's gradient (counted once by the
+/// clip) before its one AdamW step; the weights equal single-device AdamW of the tied model and
+/// every lease of a head micro-shard holds the embedding's rows.
+#[test]
+fn tied_embeddings_held_by_different_leases_equal_single_device_adamw() {
+    let g = gpu();
+    let cfg = ModelConfig {
+        tie_word_embeddings: true,
+        ..model()
+    };
+    let init: ModelParams<f32> = ModelParams::random(&cfg, 23);
+    assert_eq!(init.head, init.embed);
+    let clip = Some(0.5f32);
+    let mut core = Core::new(
+        spec_of(cfg.clone(), clip),
+        Identity::from_seed([9; 32]),
+        init.clone(),
+    );
+    let n = pipeline(&cfg).stages.iter().map(Vec::len).sum::<usize>();
+    let mut clients = tessera_e2e::with_budgets(&g, &vec![small_budget(&cfg); n]);
+    let mut seen = Seen::default();
+    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
+        watch(&mut seen, m, k);
+        Control::Go
+    })
+    .unwrap();
+    assert_eq!(core.phase(), Phase::Finished);
+    assert_eq!(core.weights().head, core.weights().embed);
+    let want = reference_of(&g, &cfg, &init, &seen, clip);
+    compare("tied pipeline, 12 leases, clip 0.5", core.weights(), &want);
+    // Untied training from the same start on the same data ends elsewhere: the tie mattered.
+    let untied = reference_of(&g, &model(), &init, &seen, clip);
+    let e = tessera_e2e::rel(&untied.embed, &want.embed);
+    assert!(
+        e > 1e-3,
+        "untied training moves the embedding differently ({e:.2e})"
+    );
 }
 
 #[test]

@@ -56,9 +56,40 @@ impl Gpu {
         alpha: f32,
         n: usize,
     ) -> Result<(), ComputeError> {
-        need("add x", x, n)?;
-        need("add y", y, n)?;
-        let p = Params::new().u(u32_of("n", n)?).f(alpha);
+        self.add_region_scaled(y, 0, x, 0, alpha, n)
+    }
+
+    /// `y[y_off..y_off + n] += x[x_off..x_off + n]`.
+    pub fn add_region(
+        &self,
+        y: &Tensor,
+        y_off: usize,
+        x: &Tensor,
+        x_off: usize,
+        n: usize,
+    ) -> Result<(), ComputeError> {
+        self.add_region_scaled(y, y_off, x, x_off, 1.0, n)
+    }
+
+    fn add_region_scaled(
+        &self,
+        y: &Tensor,
+        y_off: usize,
+        x: &Tensor,
+        x_off: usize,
+        alpha: f32,
+        n: usize,
+    ) -> Result<(), ComputeError> {
+        need("add x", x, x_off.saturating_add(n))?;
+        need("add y", y, y_off.saturating_add(n))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let p = Params::new()
+            .u(u32_of("n", n)?)
+            .f(alpha)
+            .u(u32_of("x offset", x_off)?)
+            .u(u32_of("y offset", y_off)?);
         self.dispatch(
             "add",
             &self.wg_consts(),

@@ -141,11 +141,36 @@ impl<F: Float> ModelParams<F> {
                 ),
             })
             .collect();
-        ModelParams {
-            embed: r.vec(cfg.vocab_size * d, 1.0),
+        // A tied matrix serves as the head too: drawn at the head's scale.
+        let embed = r.vec(
+            cfg.vocab_size * d,
+            if cfg.tie_word_embeddings { s } else { 1.0 },
+        );
+        let mut p = ModelParams {
+            embed,
             layers,
             final_norm: norm(&mut r),
             head: r.vec(cfg.vocab_size * d, s),
+        };
+        if cfg.tie_word_embeddings {
+            p.tie();
+        }
+        p
+    }
+
+    /// Makes the head the embedding again (a model with tied embeddings after anything that
+    /// may have moved the two copies apart).
+    pub fn tie(&mut self) {
+        self.head.clone_from(&self.embed);
+    }
+
+    /// Turns gradients of a model with tied embeddings into those of its one matrix: the head's
+    /// part is added to the embedding's and the head's is zeroed, so a global norm counts the
+    /// matrix once. After the step, [`ModelParams::tie`] copies the matrix back to the head.
+    pub fn fold_tied(&mut self) {
+        for (e, h) in self.embed.iter_mut().zip(self.head.iter_mut()) {
+            *e = *e + *h;
+            *h = F::zero();
         }
     }
 

@@ -19,4 +19,5 @@ pub use attn_cached::ShardCache;
 pub use head::{combine, HeadStats};
 pub use kind::{MicroShard, Rows};
 pub use layout::{Axis, TensorLayout};
+pub(crate) use params::Piece;
 pub use params::{GpuShard, Optimizer, ShardTensor, ShardTensors};

@@ -210,7 +210,7 @@ pub enum Optimizer {
 pub(crate) struct Slot {
     pub(crate) w: Tensor,
     pub(crate) g: Tensor,
-    adam: Option<(Tensor, Tensor)>,
+    pub(crate) adam: Option<(Tensor, Tensor)>,
 }
 
 /// The tensors of a range of the shard's units, each within the binding limit.

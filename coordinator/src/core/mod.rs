@@ -170,7 +170,10 @@ impl Core {
             Some(ps) => {
                 let step = pipeline::Step::of(&cx.spec, &mut cx.sampler, snap.round);
                 let mut pipe = pipeline::Pipe::new(&cx.spec.model, ps.clone(), step);
-                pipe.optimizer = Box::new(pipeline::HeldByCoordinator::resume(snap.moments));
+                pipe.optimizer = Box::new(pipeline::HeldByCoordinator::resume(
+                    snap.moments,
+                    cx.spec.model.tie_word_embeddings,
+                ));
                 Regime::Pipeline(Box::new(pipe))
             }
             None => Regime::Replicas(Box::new(Replicas::new(snap.round, cx.spec.replicas))),

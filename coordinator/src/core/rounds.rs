@@ -452,7 +452,8 @@ impl Replicas {
         let closed = self.round.number;
         let rule = super::rules::RunRules::of(&cx.spec).step;
         let weights = std::sync::Arc::make_mut(&mut cx.weights);
-        super::rules::apply(&rule, closed, weights, &mut None, &aggregate);
+        let tied = cx.spec.model.tie_word_embeddings;
+        super::rules::apply(&rule, closed, weights, &mut None, &aggregate, tied);
         let aggregate_digest = super::weights_digest(&aggregate);
         cx.aggregate = Some(aggregate);
         cx.version += 1;

@@ -82,14 +82,21 @@ impl RunRules {
 /// Moves `weights` (and, for AdamW, `moments`, created at zero on the first step) one version
 /// on by `aggregate`, as step or round `number` does. Returns the scale the clip applied (1
 /// when none).
+///
+/// With `tied` embeddings (the model's `tie_word_embeddings`) the head is the embedding: an
+/// outer step moves the embedding and copies it to the head (whatever the aggregate's head part
+/// says); an optimizer step takes the matrix's gradient as the sum of the aggregate's embedding
+/// and head parts, counted once by the global-norm clip, and copies the embedding's weights and
+/// moments to the head after it.
 pub fn apply(
     rule: &StepRule,
     number: u64,
     weights: &mut ModelParams<f32>,
     moments: &mut Option<(ModelParams<f32>, ModelParams<f32>)>,
     aggregate: &ModelParams<f32>,
+    tied: bool,
 ) -> f64 {
-    match *rule {
+    let scale = match *rule {
         StepRule::Outer { lr } => {
             for (p, (_, u)) in weights.tensors_mut().into_iter().zip(aggregate.named()) {
                 tessera_train::outer::apply(std::slice::from_mut(p), std::slice::from_ref(u), lr);
@@ -100,14 +107,60 @@ pub fn apply(
             optimizer,
             lr,
             clip,
-        } => tessera_train::optimizer::step(
-            optimizer,
-            lr.at(number + 1),
-            clip,
-            number as u32 + 1,
-            weights,
-            moments,
-            aggregate,
-        ),
+        } => {
+            let folded;
+            let grads = if tied {
+                let mut g = aggregate.clone();
+                g.fold_tied();
+                folded = g;
+                &folded
+            } else {
+                aggregate
+            };
+            tessera_train::optimizer::step(
+                optimizer,
+                lr.at(number + 1),
+                clip,
+                number as u32 + 1,
+                weights,
+                moments,
+                grads,
+            )
+        }
+    };
+    if tied {
+        weights.tie();
+        if let Some((m, v)) = moments.as_mut() {
+            m.tie();
+            v.tie();
+        }
+    }
+    scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An outer step moves a tied model's embedding by the aggregate's embedding part and
+    /// copies it to the head, whatever the aggregate's head part says.
+    #[test]
+    fn an_outer_step_of_a_tied_model_moves_the_head_with_the_embedding() {
+        let cfg = ModelConfig {
+            tie_word_embeddings: true,
+            ..ModelConfig::tiny()
+        };
+        let w0 = ModelParams::random(&cfg, 1);
+        let agg = ModelParams::random(&ModelConfig::tiny(), 2);
+        assert_ne!(agg.head, agg.embed);
+        let rule = StepRule::Outer { lr: 0.5 };
+        let mut w = w0.clone();
+        assert_eq!(apply(&rule, 0, &mut w, &mut None, &agg, true), 1.0);
+        assert_eq!(w.head, w.embed);
+        let mut untied = w0.clone();
+        apply(&rule, 0, &mut untied, &mut None, &agg, false);
+        assert_eq!(untied.embed, w.embed);
+        assert_eq!(untied.layers, w.layers);
+        assert_ne!(untied.head, w.head, "untied, the head part moves the head");
     }
 }

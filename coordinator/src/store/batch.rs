@@ -122,12 +122,15 @@ impl Store {
             cfg.to_hf_json().into_bytes(),
         )
         .await?;
+        // Moments move like the weights (a tied head's equal the embedding's); an aggregate's
+        // head part is its own.
+        let untied = cfg.untied();
         let kept = snap
             .moments
             .iter()
-            .flat_map(|(m, v)| [("adam_m", m), ("adam_v", v)])
-            .chain(snap.aggregate.iter().map(|a| ("aggregate", a)));
-        for (name, t) in kept {
+            .flat_map(|(m, v)| [("adam_m", m, cfg), ("adam_v", v, cfg)])
+            .chain(snap.aggregate.iter().map(|a| ("aggregate", a, &untied)));
+        for (name, t, cfg) in kept {
             let path = format!("{base}/{name}.safetensors");
             let st = params_to_safetensors(cfg, t).map_err(|e| corrupt(&path, e))?;
             self.put(&path, st).await?;

@@ -33,6 +33,7 @@ pub fn tiny_model() -> ModelConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         max_position_embeddings: 8,
+        tie_word_embeddings: false,
     }
 }
 

@@ -33,12 +33,22 @@ pub(in crate::core) trait StepState: std::fmt::Debug + Send + Sync {
 #[derive(Clone, Debug, Default)]
 pub(in crate::core) struct HeldByCoordinator {
     moments: Option<Moments>,
+    /// Whether the model's head is its embedding (`tie_word_embeddings`).
+    tied: bool,
 }
 
 impl HeldByCoordinator {
+    /// A fresh state for a model whose head is its embedding when `tied`.
+    pub(in crate::core) fn new(tied: bool) -> Self {
+        HeldByCoordinator {
+            moments: None,
+            tied,
+        }
+    }
+
     /// The state a snapshot kept.
-    pub(in crate::core) fn resume(moments: Option<Moments>) -> Self {
-        HeldByCoordinator { moments }
+    pub(in crate::core) fn resume(moments: Option<Moments>, tied: bool) -> Self {
+        HeldByCoordinator { moments, tied }
     }
 }
 
@@ -50,7 +60,7 @@ impl StepState for HeldByCoordinator {
         weights: &mut ModelParams<f32>,
         grads: &ModelParams<f32>,
     ) -> f64 {
-        apply(rule, number, weights, &mut self.moments, grads)
+        apply(rule, number, weights, &mut self.moments, grads, self.tied)
     }
 
     fn moments(&self) -> Option<&Moments> {
@@ -82,7 +92,7 @@ mod tests {
         let cfg = tessera_compute::ModelConfig::tiny();
         let w0 = ModelParams::random(&cfg, 3);
         let grads = ModelParams::random(&cfg, 4);
-        let mut held = HeldByCoordinator::default();
+        let mut held = HeldByCoordinator::new(false);
         assert!(held.moments().is_none());
         let mut w = w0.clone();
         let scale = held.step(&adamw(), 0, &mut w, &grads);
@@ -90,11 +100,44 @@ mod tests {
         assert_ne!(w, w0);
         let kept = held.moments().cloned().expect("moments after a step");
         // A state resumed from the snapshot takes the next step as the original does.
-        let mut resumed = HeldByCoordinator::resume(Some(kept));
+        let mut resumed = HeldByCoordinator::resume(Some(kept), false);
         let (mut a, mut b) = (w.clone(), w.clone());
         held.step(&adamw(), 1, &mut a, &grads);
         resumed.step(&adamw(), 1, &mut b, &grads);
         assert_eq!(a, b);
         assert_eq!(held.moments(), resumed.moments());
+    }
+
+    /// With tied embeddings the one matrix steps on the sum of its embedding and head gradient
+    /// parts, clipped with the matrix counted once, and the head follows it bit for bit.
+    #[test]
+    fn a_tied_matrix_steps_on_the_sum_of_its_parts() {
+        let cfg = tessera_compute::ModelConfig {
+            tie_word_embeddings: true,
+            ..tessera_compute::ModelConfig::tiny()
+        };
+        let w0 = ModelParams::random(&cfg, 3);
+        assert_eq!(w0.head, w0.embed);
+        let grads = ModelParams::random(&tessera_compute::ModelConfig::tiny(), 4);
+        assert_ne!(grads.head, grads.embed);
+        let mut held = HeldByCoordinator::new(true);
+        let mut w = w0.clone();
+        let scale = held.step(&adamw(), 0, &mut w, &grads);
+        assert_eq!(w.head, w.embed);
+        let (m, v) = held.moments().expect("moments");
+        assert_eq!((&m.head, &v.head), (&m.embed, &v.embed));
+        // The same step on the folded gradients by hand, untied.
+        let mut folded = grads.clone();
+        folded.fold_tied();
+        let mut by_hand = HeldByCoordinator::new(false);
+        let mut w2 = w0.clone();
+        let scale2 = by_hand.step(&adamw(), 0, &mut w2, &folded);
+        assert_eq!(scale, scale2, "the clip counts the matrix once");
+        assert_eq!(w.embed, w2.embed);
+        assert_eq!(w.layers, w2.layers);
+        // Untied, the head part would have been counted (and moved the head) on its own.
+        let mut untied = HeldByCoordinator::new(false);
+        let mut w3 = w0.clone();
+        assert_ne!(untied.step(&adamw(), 0, &mut w3, &grads), scale);
     }
 }

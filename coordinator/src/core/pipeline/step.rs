@@ -446,7 +446,7 @@ impl Pipe {
             params,
             holdings: BTreeMap::new(),
             step,
-            optimizer: Box::new(super::HeldByCoordinator::default()),
+            optimizer: Box::new(super::HeldByCoordinator::new(cfg.tie_word_embeddings)),
             disputed_reruns: 0,
         }
     }
