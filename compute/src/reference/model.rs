@@ -169,7 +169,7 @@ impl<F: Float> ModelParams<F> {
     /// matrix once. After the step, [`ModelParams::tie`] copies the matrix back to the head.
     pub fn fold_tied(&mut self) {
         for (e, h) in self.embed.iter_mut().zip(self.head.iter_mut()) {
-            *e = *e + *h;
+            *e += *h;
             *h = F::zero();
         }
     }
