@@ -1,6 +1,6 @@
 //! The administrator's dashboard (`GET /admin`) in headless Chromium, against a real
 //! `tessera coordinator` with three `tessera worker` processes and a hand-spoken contributor whose
-//! adapter name is markup meant to run in the page: the page shows the run, its loss curve and
+//! adapter name is markup meant to run in the page: the page shows the run, its training and held-out loss curves and
 //! its contributors (the hostile name as text, nothing of it run), refuses an act with a wrong
 //! token, pauses and resumes the run with the right one, and lists the acts among the log's
 //! latest entries. Screenshots land in `target/screenshots/`.
@@ -75,15 +75,27 @@ fn the_dashboard_shows_the_run_as_text_and_steers_it_with_the_token() {
     wait_for(port, LIMIT, "four contributors and a closed round", |s| {
         s["round"].as_u64() >= Some(1) && s["contributors"].as_array().is_some_and(|c| c.len() == 4)
     });
+    let s = wait_for(port, LIMIT, "two held-out losses", |s| {
+        s["held_out_history"]
+            .as_array()
+            .is_some_and(|h| h.len() >= 2)
+    });
+    let held = s["held_out_history"].as_array().unwrap();
+    assert_eq!(
+        held[0][0], 0,
+        "the first point is the initial weights': {held:?}"
+    );
 
     let b = Browser::start(&WEBGPU_FLAGS, &dir.join("chromium-profile"));
     b.open(&format!("http://127.0.0.1:{port}/admin"));
     b.wait(
-        "the contributors and the loss curve",
+        "the contributors and the training and held-out loss curves",
         Duration::from_secs(30),
         "return window.tessera && window.tessera.contributors === 4 \
-         && window.tessera.losses.length >= 1 \
-         && document.querySelectorAll('#curve polyline').length === 1;",
+         && window.tessera.losses.length >= 1 && window.tessera.held.length >= 2 \
+         && document.querySelectorAll('#curve polyline.train').length === 1 \
+         && document.querySelectorAll('#curve polyline.held').length === 1 \
+         && document.getElementById('held-loss').textContent !== '–';",
     );
     let shown = b.eval(&format!(
         "return [...document.querySelectorAll('#contributors td')].some(td => td.textContent === {});",

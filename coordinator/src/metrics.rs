@@ -116,6 +116,7 @@ pub(crate) struct Metrics {
     rounds: Counter,
     round: Gauge,
     loss: Gauge<f64, AtomicU64>,
+    held_out_loss: Gauge<f64, AtomicU64>,
     contributors: Family<KindLabels, Gauge>,
     log_head: Gauge,
     bytes: Family<DirectionLabels, Counter>,
@@ -142,6 +143,7 @@ impl Metrics {
             rounds: Counter::default(),
             round: Gauge::default(),
             loss: Gauge::default(),
+            held_out_loss: Gauge::default(),
             contributors: Family::default(),
             log_head: Gauge::default(),
             bytes: Family::default(),
@@ -191,6 +193,11 @@ impl Metrics {
             "loss",
             "Mean training loss of the last closed round or step",
             m.loss.clone(),
+        );
+        m.registry.register(
+            "held_out_loss",
+            "Held-out loss of the latest weights the held-out check measured (whole-model runs)",
+            m.held_out_loss.clone(),
         );
         m.registry.register(
             "contributors",
@@ -267,7 +274,8 @@ impl Metrics {
         self.loss.set(loss);
     }
 
-    /// The gauges the status holds: contributors by kind, the open round, the log's head.
+    /// The gauges the status holds: contributors by kind, the open round, the log's head, the
+    /// latest held-out loss.
     /// Read when scraped (counting the contributors walks them all: once a scrape, not once
     /// every time the core's task rebuilds the status).
     fn status(&self, s: &Status) {
@@ -284,6 +292,9 @@ impl Metrics {
         }
         self.round.set(s.round as i64);
         self.log_head.set(s.log_head as i64);
+        if let Some(&(_, loss)) = s.held_out_history.last() {
+            self.held_out_loss.set(loss);
+        }
     }
 
     /// A frame of `len` bytes received from a contributor.
@@ -354,6 +365,10 @@ mod tests {
             credited: vec![],
         });
         m.closed(2.5);
+        m.status(&Status {
+            held_out_history: vec![(0, 5.5), (1, 4.25)],
+            ..Default::default()
+        });
         m.received(100);
         m.sent(40);
         m.sent(2);
@@ -365,6 +380,7 @@ mod tests {
             "tessera_checks_total{outcome=\"Passed\"} 1",
             "tessera_log_entries_total{kind=\"Accepted\"} 1",
             "tessera_loss 2.5",
+            "tessera_held_out_loss 4.25",
             "tessera_bytes_total{direction=\"In\"} 100",
             "tessera_bytes_total{direction=\"Out\"} 42",
             "tessera_frames_total{direction=\"Out\"} 2",

@@ -29,6 +29,10 @@ pub struct Status {
     pub rounds: u64,
     /// Mean training loss of each closed round.
     pub loss_history: Vec<f64>,
+    /// `[version, loss]`: the held-out loss of each version the held-out check measured since
+    /// the coordinator started (whole-model runs with held-out checks; version `v` is the
+    /// weights after `v` rounds).
+    pub held_out_history: Vec<(u64, f64)>,
     /// Connected contributors.
     pub contributors: Vec<Arc<ContributorStatus>>,
     /// Identities the administrator banned (hex).
@@ -236,6 +240,7 @@ fn status_with(
         round: core.round(),
         rounds: core.spec().rounds,
         loss_history: core.losses().to_vec(),
+        held_out_history: core.held_out_losses().to_vec(),
         contributors,
         banned: core
             .admin_state()
@@ -265,6 +270,8 @@ pub struct StatusPage<'a> {
     pub rounds: u64,
     /// Mean training loss of each closed round.
     pub loss_history: &'a [f64],
+    /// See [`Status::held_out_history`].
+    pub held_out_history: &'a [(u64, f64)],
     /// Connected contributors, from `from`.
     pub contributors: &'a [Arc<ContributorStatus>],
     /// Connected contributors in all.
@@ -297,6 +304,7 @@ impl Status {
             round: self.round,
             rounds: self.rounds,
             loss_history: &self.loss_history,
+            held_out_history: &self.held_out_history,
             contributors: &self.contributors[c],
             contributors_total: self.contributors.len(),
             banned: &self.banned,

@@ -8,7 +8,7 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-const state = { tokens: null, losses: [], log: [], contributors: 0 };
+const state = { tokens: null, losses: [], held: [], log: [], contributors: 0 };
 window.tessera = state;
 
 function cell(text, cls) {
@@ -37,25 +37,37 @@ async function json(url) {
   return r.json();
 }
 
-function curve(losses) {
+// The training loss of round i at x = i, and the held-out loss of version v (the weights after
+// v rounds, which round v trains from) at x = v, on one scale.
+function curve(losses, held) {
   const svg = $("curve");
   while (svg.firstChild) svg.removeChild(svg.firstChild);
-  if (losses.length === 0) return;
+  const series = [
+    { cls: "train", points: losses.map((v, i) => [i, v]) },
+    { cls: "held", points: held.filter((p) => Array.isArray(p) && p.length === 2) },
+  ].filter((s) => s.points.length > 0);
+  if (series.length === 0) return;
+  const all = series.flatMap((s) => s.points);
   const w = 600, h = 160, pad = 48;
-  const hi = Math.max(...losses), lo = Math.min(...losses);
+  const hi = Math.max(...all.map((p) => p[1])), lo = Math.min(...all.map((p) => p[1]));
+  const last = Math.max(...all.map((p) => p[0]));
   const span = hi - lo || 1;
-  const x = (i) => pad + (losses.length === 1 ? 0 : (i * (w - 2 * pad)) / (losses.length - 1));
+  const x = (i) => pad + (last === 0 ? 0 : (i * (w - 2 * pad)) / last);
   const y = (v) => h - pad - ((v - lo) * (h - 2 * pad)) / span;
-  const line = document.createElementNS(SVG, "polyline");
-  line.setAttribute("points", losses.map((v, i) => `${x(i)},${y(v)}`).join(" "));
-  svg.appendChild(line);
-  losses.forEach((v, i) => {
-    const dot = document.createElementNS(SVG, "circle");
-    dot.setAttribute("cx", String(x(i)));
-    dot.setAttribute("cy", String(y(v)));
-    dot.setAttribute("r", "3");
-    svg.appendChild(dot);
-  });
+  for (const s of series) {
+    const line = document.createElementNS(SVG, "polyline");
+    line.setAttribute("class", s.cls);
+    line.setAttribute("points", s.points.map(([i, v]) => `${x(i)},${y(v)}`).join(" "));
+    svg.appendChild(line);
+    for (const [i, v] of s.points) {
+      const dot = document.createElementNS(SVG, "circle");
+      dot.setAttribute("class", s.cls);
+      dot.setAttribute("cx", String(x(i)));
+      dot.setAttribute("cy", String(y(v)));
+      dot.setAttribute("r", "3");
+      svg.appendChild(dot);
+    }
+  }
   for (const [v, at] of [[hi, y(hi)], [lo, y(lo)]]) {
     const t = document.createElementNS(SVG, "text");
     t.setAttribute("x", "2");
@@ -75,9 +87,12 @@ function showStatus(s) {
   p.value = Math.min(s.round, s.rounds);
   $("rounds").textContent = `${s.round} / ${s.rounds} closed`;
   const losses = s.loss_history || [];
+  const held = s.held_out_history || [];
   state.losses = losses;
+  state.held = held;
   $("loss").textContent = losses.length ? num(losses[losses.length - 1], 4) : "–";
-  curve(losses);
+  $("held-loss").textContent = held.length ? num(held[held.length - 1][1], 4) : "–";
+  curve(losses, held);
   const cs = s.contributors || [];
   state.contributors = cs.length;
   $("native").textContent = String(cs.filter((c) => c.kind === "native").length);

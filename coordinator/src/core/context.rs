@@ -37,6 +37,8 @@ pub(super) struct Context {
     pub(super) version: u64,
     /// Loss of each closed round or step.
     pub(super) losses: Vec<f64>,
+    /// The held-out loss of each measured version (whole-model runs with held-out checks).
+    pub(super) held_out: super::held_out_curve::HeldOutCurve,
     pub(super) sampler: Sampler,
     /// The aggregate of the last closed round or step (what produced the current weights).
     pub(super) aggregate: Option<ModelParams<f32>>,
@@ -91,6 +93,7 @@ impl Context {
             digest,
             version: 0,
             losses: Vec::new(),
+            held_out: Default::default(),
             sampler,
             aggregate: None,
             sessions: Sessions::default(),

@@ -48,6 +48,8 @@ pub(super) struct Item {
 pub struct Measurement {
     pub(super) ticket: u64,
     pub(super) round: u64,
+    /// The version of `weights`.
+    pub(super) version: u64,
     pub(super) cfg: ModelConfig,
     /// The weights the round's updates apply to (shared with the core until it changes them).
     pub(super) weights: Arc<ModelParams<f32>>,
@@ -75,6 +77,9 @@ pub struct Measured {
     pub(super) ticket: u64,
     pub(super) asked: Asked,
     pub(super) gains: Vec<Gains>,
+    /// The held-out loss of the weights the updates apply to, and their version (where the
+    /// round measures held-out sequences).
+    pub(super) held_loss: Option<(u64, f64)>,
 }
 
 impl Measurement {
@@ -128,6 +133,7 @@ impl Measurement {
             ticket: self.ticket,
             asked: self.asked(),
             gains,
+            held_loss: held_before.map(|l| (self.version, l)),
         }
     }
 }
@@ -207,6 +213,7 @@ mod tests {
         Measurement {
             ticket: 4,
             round: 2,
+            version: 2,
             cfg,
             weights: Arc::new(weights),
             lr: 0.05,
@@ -239,8 +246,12 @@ mod tests {
         assert!(m.gains[0].drawn && !m.gains[1].drawn);
         assert!(m.gains[1].own.is_none());
         assert!(m.gains.iter().all(|g| g.held.is_some_and(f64::is_finite)));
+        // The weights' own held-out loss, with their version.
+        let (version, loss) = m.held_loss.expect("held-out loss");
+        assert!(version == 2 && loss.is_finite() && loss > 0.0);
         // Without held-out data nothing is measured there.
-        assert!(job(false).run().gains.iter().all(|g| g.held.is_none()));
+        let none = job(false).run();
+        assert!(none.gains.iter().all(|g| g.held.is_none()) && none.held_loss.is_none());
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod context;
 pub mod credits;
 mod draws;
 mod held_out;
+mod held_out_curve;
 mod io;
 mod measure;
 mod part;
@@ -481,6 +482,12 @@ impl Core {
     /// Loss of each closed round.
     pub fn losses(&self) -> &[f64] {
         &self.cx.losses
+    }
+
+    /// The held-out loss of each version the held-out check measured since this process
+    /// started (whole-model runs with held-out checks).
+    pub fn held_out_losses(&self) -> &[(u64, f64)] {
+        self.cx.held_out.points()
     }
 
     /// Current weights.

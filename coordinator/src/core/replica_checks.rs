@@ -387,6 +387,7 @@ impl Replicas {
         let job = Measurement {
             ticket: self.next_ticket,
             round: self.round.number,
+            version: cx.version,
             cfg: cx.spec.model.clone(),
             weights: cx.weights.clone(),
             // Its share of the outer step: the step applies the mean of the round's updates.
@@ -408,6 +409,9 @@ impl Replicas {
     /// A measurement's answer: kept if it answers what the round asked, and the round
     /// checked again.
     pub(super) fn measured(&mut self, cx: &mut Context, m: Measured) {
+        if let Some((version, loss)) = m.held_loss {
+            cx.held_out.record(version, loss);
+        }
         let Some(now) = self.round.measuring.as_ref().and_then(|q| q.answered(m)) else {
             return;
         };
