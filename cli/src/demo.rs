@@ -112,6 +112,11 @@ pub async fn run(a: Args, log_format: crate::LogFormat) -> Result<()> {
     let mut running = coordinator_cmd::start(&cfg, &dir, a.bind, &dir, None, serving, None).await?;
     let exe = std::env::current_exe().context("locating the tessera binary")?;
     let url = format!("ws://{}/ws", running.addr);
+    // The workers work for this coordinator only: one left over from an earlier demo on the
+    // same port (pinned to that demo's key) gets nothing signed here and exits.
+    let key = crate::keys::load_or_create(&dir.join("coordinator.key"))?
+        .public()
+        .to_string();
     let budgets: Vec<&str> = if a.pipeline {
         std::iter::once("900KiB")
             .chain(std::iter::repeat_n("220KiB", 6))
@@ -131,6 +136,8 @@ pub async fn run(a: Args, log_format: crate::LogFormat) -> Result<()> {
                 "--memory-budget",
                 budget,
                 "--quiet",
+                "--coordinator-key",
+                &key,
                 "--identity",
             ])
             .arg(dir.join(format!("worker-{i}.key")))

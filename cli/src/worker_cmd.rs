@@ -35,11 +35,26 @@ pub struct Args {
     /// this worker's submissions.
     #[arg(long)]
     pub receipts: Option<PathBuf>,
+    /// Work only for the coordinator with this public key (64 hex digits, as its log and
+    /// status name it): a coordinator with another key at the address gets nothing signed and
+    /// the worker exits (`tessera demo` pins its workers to its own coordinator this way).
+    #[arg(long)]
+    pub coordinator_key: Option<String>,
 }
 
 /// Runs until Ctrl-C.
 pub async fn run(a: Args) -> Result<()> {
     let budget = tessera_plan::units::parse_bytes(&a.memory_budget)?;
+    let pinned = match &a.coordinator_key {
+        Some(hex) => Some(tessera_protocol::PublicKey(
+            tessera_protocol::identity::parse_hex32(hex).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--coordinator-key must be 64 hex digits (a public key), not {hex:?}"
+                )
+            })?,
+        )),
+        None => None,
+    };
     let path = match a.identity {
         Some(p) => p,
         None => std::env::var_os("HOME")
@@ -81,6 +96,9 @@ pub async fn run(a: Args) -> Result<()> {
     };
     let mut receipts_failed = false;
     let (session, mut backend) = contributor.parts(&gpu);
+    if let Some(key) = pinned {
+        session.expect_coordinator(key);
+    }
     tessera_worker::native::run(&a.coordinator, tls, session, &mut backend, rx, |c| {
         if let Some(path) = &a.receipts {
             if let Err(e) = crate::receipts::append(path, &c.take_receipts()) {

@@ -96,3 +96,69 @@ fn a_killed_demo_takes_its_workers_with_it() {
     demo.wait_exit(Duration::from_secs(10), "the killed demo");
     workers_gone(&dir);
 }
+
+/// A process's command line, argument by argument.
+fn cmdline(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).expect("a command line");
+    raw.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// A demo's workers work only for its coordinator: a worker started exactly as an earlier
+/// demo's was (a stray that outlived it, where nothing killed it) is refused by the next demo on
+/// the same port: it signs nothing for it, never shows among its contributors, and exits saying
+/// why.
+#[test]
+fn a_stray_of_an_earlier_demo_is_refused_by_the_next() {
+    let port = free_port();
+    let first = scratch("demo-stray-1");
+    let (mut demo, workers) = demo_with_two_workers(&first, port);
+    let stray_args = cmdline(workers[0]);
+    let key = std::fs::read_to_string(first.join("coordinator.key")).unwrap();
+    let key = tessera_protocol::Identity::from_seed(
+        tessera_protocol::identity::parse_hex32(key.trim()).unwrap(),
+    )
+    .public()
+    .to_string();
+    assert!(
+        stray_args
+            .windows(2)
+            .any(|w| w[0] == "--coordinator-key" && w[1] == key),
+        "the demo pins its workers to its coordinator: {stray_args:?}"
+    );
+    demo.0.kill().expect("SIGKILL the first demo");
+    demo.wait_exit(Duration::from_secs(10), "the first demo");
+    workers_gone(&first);
+
+    let second = scratch("demo-stray-2");
+    let (_demo2, _) = demo_with_two_workers(&second, port);
+    let log = second.with_extension("stray.log");
+    let mut stray = Proc(
+        Command::new(&stray_args[0])
+            .args(&stray_args[1..])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the stray starts"),
+    );
+    let start = Instant::now();
+    let status = stray.wait_exit(Duration::from_secs(120), "the stray to exit");
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    println!(
+        "the stray exited after {:.1} s: {stderr}",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("not the expected {key}")),
+        "{stderr}"
+    );
+    let s = common::status(port).expect("the second demo's status");
+    assert_eq!(
+        s["contributors"].as_array().map(Vec::len),
+        Some(2),
+        "only the second demo's own workers: {s}"
+    );
+}

@@ -28,12 +28,31 @@ pub enum WorkerError {
     /// `Refused` and `Banned` identities are not taken back).
     #[error("coordinator: {0}")]
     Refused(tessera_protocol::Reason),
+    /// The coordinator at the address is not the one this contributor was told to work for
+    /// (its key differs): nothing was signed for it, and connecting again cannot help.
+    #[error(
+        "the coordinator at this address has key {got} (run {run:?}), not the expected {expected}: \
+         this worker contributes only to the coordinator it was started for"
+    )]
+    WrongCoordinator {
+        /// The key the contributor was told to expect.
+        expected: tessera_protocol::PublicKey,
+        /// The key the coordinator's challenge named.
+        got: tessera_protocol::PublicKey,
+        /// The run the challenge named (bounded by the protocol's string limit).
+        run: String,
+    },
 }
 
 impl WorkerError {
     /// The coordinator sent something that cannot be acted on, of kind `code`.
     pub fn unexpected(code: Code, text: impl Into<String>) -> Self {
         WorkerError::Unexpected(Reason::new(code, text))
+    }
+
+    /// Whether connecting again cannot help (the coordinator is not the expected one).
+    pub fn is_final(&self) -> bool {
+        matches!(self, WorkerError::WrongCoordinator { .. })
     }
 
     /// The refusal code, for errors about the coordinator's messages.

@@ -66,6 +66,8 @@ enum End {
     Shutdown,
     /// Connection lost or refused; try again.
     Retry(String),
+    /// Connecting again cannot help ([`WorkerError::is_final`]).
+    Final(WorkerError),
 }
 
 /// Runs until `shutdown` turns true: connects to `url` (`ws://host:port/ws`), contributes with
@@ -101,6 +103,7 @@ pub async fn run<B: Backend>(
         .await
         {
             End::Shutdown => return Ok(()),
+            End::Final(e) => return Err(e),
             End::Retry(why) => {
                 tracing::warn!("{why}; reconnecting in {:.1} s", backoff.as_secs_f64());
                 tokio::select! {
@@ -249,6 +252,7 @@ async fn session<B: Backend>(
         };
         let replies = match exchange(c, backend, incoming).await {
             Ok(r) => r,
+            Err(e) if e.is_final() => return End::Final(e),
             Err(e) => return End::Retry(e.to_string()),
         };
         progress(c);

@@ -122,6 +122,8 @@ pub struct Session {
     caps: Capabilities,
     nonce: Option<[u8; 32]>,
     coordinator: Option<PublicKey>,
+    /// The only coordinator this contributor works for, when it was told one.
+    expect: Option<PublicKey>,
     seq: u64,
     log_head: LogHead,
     pending: Option<Download>,
@@ -147,6 +149,7 @@ impl Session {
             caps,
             nonce: None,
             coordinator: None,
+            expect: None,
             seq: 0,
             log_head: LogHead::default(),
             pending: None,
@@ -164,6 +167,12 @@ impl Session {
     /// The public key.
     pub fn key(&self) -> PublicKey {
         self.id.public()
+    }
+
+    /// Works only for the coordinator whose key is `key`: a challenge from any other is
+    /// answered with nothing and ends the session with [`WorkerError::WrongCoordinator`].
+    pub fn expect_coordinator(&mut self, key: PublicKey) {
+        self.expect = Some(key);
     }
 
     /// How often to send a heartbeat: what the coordinator's `Welcome` asked (within 1 s to
@@ -247,8 +256,17 @@ impl Session {
         }
         match msg {
             ToContributor::Challenge {
-                nonce, coordinator, ..
+                nonce,
+                coordinator,
+                run,
             } => {
+                if let Some(expected) = self.expect.filter(|&k| k != coordinator) {
+                    return Err(WorkerError::WrongCoordinator {
+                        expected,
+                        got: coordinator,
+                        run,
+                    });
+                }
                 self.nonce = Some(nonce);
                 self.coordinator = Some(coordinator);
                 let signature = self.id.sign(
@@ -595,5 +613,48 @@ fn done_kind(d: &Done) -> &'static str {
         Done::Unit(_) => "a unit's result",
         Done::Audited(..) => "an audit",
         Done::Collected(..) => "gradient sums",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        let caps = Capabilities {
+            adapter: "test".into(),
+            backend: "test".into(),
+            max_binding_bytes: 1 << 20,
+            memory_budget_bytes: 1 << 20,
+        };
+        Session::new(Identity::from_seed([1; 32]), ContributorKind::Native, caps)
+    }
+
+    fn challenge(coordinator: PublicKey) -> ToContributor {
+        ToContributor::Challenge {
+            nonce: [7; 32],
+            coordinator,
+            run: "r".into(),
+        }
+    }
+
+    #[test]
+    fn a_pinned_session_answers_only_its_coordinator() {
+        let ours = Identity::from_seed([2; 32]).public();
+        let other = Identity::from_seed([3; 32]).public();
+        let mut s = session();
+        s.expect_coordinator(ours);
+        let e = s.handle(challenge(other)).unwrap_err();
+        assert!(e.is_final(), "{e}");
+        assert!(
+            e.to_string().contains(&format!("not the expected {ours}")),
+            "{e}"
+        );
+        assert!(s.heartbeat().is_err(), "nothing was signed: no session");
+        let r = s.handle(challenge(ours)).unwrap();
+        assert!(matches!(r.send.as_slice(), [ToCoordinator::Proof { .. }]));
+        // Unpinned, any coordinator gets the proof.
+        let r = session().handle(challenge(other)).unwrap();
+        assert!(matches!(r.send.as_slice(), [ToCoordinator::Proof { .. }]));
     }
 }
