@@ -240,7 +240,8 @@ impl Replicas {
             ));
         }
         // Private error feedback: compressed updates of a run whose units do not start fresh.
-        let min_spread = if cx.spec.sparse().is_some() && !self.replays_on(cx) {
+        let feedback = cx.spec.sparse().is_some() && !self.replays_on(cx);
+        let min_spread = if feedback {
             HELD_OUT_MIN_SPREAD_FEEDBACK
         } else {
             HELD_OUT_MIN_SPREAD
@@ -251,7 +252,7 @@ impl Replicas {
         }
         for score in scores {
             tracing::debug!(?score, "held-out check");
-            let outlier = score.z < -HELD_OUT_Z && !self.round.verified.contains(&score.slot);
+            let outlier = score.outlier(feedback) && !self.round.verified.contains(&score.slot);
             if outlier && !failed.iter().any(|f| f.0 == score.slot) {
                 failed.push((score.slot, score.key, score.refusal()));
             }
@@ -537,6 +538,16 @@ mod tests {
         };
         assert!(feedback(-0.0010) > -HELD_OUT_Z);
         assert!(feedback(-0.0200) < -HELD_OUT_Z);
+        // Where every update raises the held-out loss (the run overfits), the same scores are no
+        // verdict on updates with private error feedback, and stay one on dense updates.
+        let slot3 = worse.iter().find(|s| s.slot == 3).unwrap();
+        assert!(slot3.outlier(false) && !slot3.outlier(true));
+        let fb = held_out_scores(
+            0,
+            &measured(&[-0.0200, 0.0185, 0.0190, 0.0180]),
+            HELD_OUT_MIN_SPREAD_FEEDBACK,
+        );
+        assert!(fb[0].outlier(true), "a round whose median update gains still judges");
         assert!(held_out_scores(0, &measured(&[0.1, 0.0]), HELD_OUT_MIN_SPREAD).is_empty());
     }
 }
