@@ -119,14 +119,18 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
         let Some((_, w, moments)) = state.as_mut() else {
             continue;
         };
-        rules::apply(
+        if let Err(e) = rules::apply(
             &rules.step,
             number,
             w,
             moments,
             &agg,
             cfg.tie_word_embeddings,
-        );
+        ) {
+            bail!(
+                "log entry {index}: the recorded aggregate of version {version} cannot be applied to version {before}: {e}"
+            );
+        }
         if weights_digest(w) != weights {
             bail!(
                 "log entry {index}: applying the recorded aggregate to version {before} does not give the weights the log recorded for version {version}"

@@ -47,7 +47,8 @@ impl CpuReplica {
                 &mut params,
                 &mut self.moments,
                 &grads,
-            );
+            )
+            .map_err(|e| WorkerError::Local(format!("inner step {}: {e}", r.steps)))?;
         }
         Ok(r.result(w, &samples, &params, loss_sum))
     }

@@ -33,7 +33,7 @@ use tessera_train::outer::norm;
 use super::context::Context;
 use super::held_out::{
     held_out_scores, refuses_outlier, HeldOutScore, HELD_OUT_MIN_SPREAD,
-    HELD_OUT_MIN_SPREAD_FEEDBACK, HELD_OUT_Z, KEPT_SCORES, OUTLIER_STRIKES, OUTLIER_WINDOW,
+    HELD_OUT_MIN_SPREAD_FEEDBACK, KEPT_SCORES, OUTLIER_STRIKES, OUTLIER_WINDOW,
 };
 use super::measure::{Asked, Gains, Item, Measured, Measurement, Measuring};
 use super::part::Part;
@@ -439,6 +439,7 @@ impl Replicas {
 
 #[cfg(test)]
 mod tests {
+    use super::super::held_out::HELD_OUT_Z;
     use super::*;
 
     #[test]
@@ -547,7 +548,10 @@ mod tests {
             &measured(&[-0.0200, 0.0185, 0.0190, 0.0180]),
             HELD_OUT_MIN_SPREAD_FEEDBACK,
         );
-        assert!(fb[0].outlier(true), "a round whose median update gains still judges");
+        assert!(
+            fb[0].outlier(true),
+            "a round whose median update gains still judges"
+        );
         assert!(held_out_scores(0, &measured(&[0.1, 0.0]), HELD_OUT_MIN_SPREAD).is_empty());
     }
 }

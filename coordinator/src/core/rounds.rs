@@ -453,7 +453,8 @@ impl Replicas {
         let rule = super::rules::RunRules::of(&cx.spec).step;
         let weights = std::sync::Arc::make_mut(&mut cx.weights);
         let tied = cx.spec.model.tie_word_embeddings;
-        super::rules::apply(&rule, closed, weights, &mut None, &aggregate, tied);
+        // An outer step is a sum and a product per element: it cannot be refused.
+        let _ = super::rules::apply(&rule, closed, weights, &mut None, &aggregate, tied);
         let aggregate_digest = super::weights_digest(&aggregate);
         cx.aggregate = Some(aggregate);
         cx.version += 1;

@@ -81,7 +81,8 @@ impl RunRules {
 
 /// Moves `weights` (and, for AdamW, `moments`, created at zero on the first step) one version
 /// on by `aggregate`, as step or round `number` does. Returns the scale the clip applied (1
-/// when none).
+/// when none). An optimizer step is all or nothing: where a value is not finite or the step
+/// overflows, nothing changes and the error says where (`tessera-step`).
 ///
 /// With `tied` embeddings (the model's `tie_word_embeddings`) the head is the embedding: an
 /// outer step moves the embedding and copies it to the head (whatever the aggregate's head part
@@ -95,7 +96,7 @@ pub fn apply(
     moments: &mut Option<(ModelParams<f32>, ModelParams<f32>)>,
     aggregate: &ModelParams<f32>,
     tied: bool,
-) -> f64 {
+) -> Result<f64, tessera_step::StepError> {
     let scale = match *rule {
         StepRule::Outer { lr } => {
             for (p, (_, u)) in weights.tensors_mut().into_iter().zip(aggregate.named()) {
@@ -125,7 +126,7 @@ pub fn apply(
                 weights,
                 moments,
                 grads,
-            )
+            )?
         }
     };
     if tied {
@@ -135,7 +136,7 @@ pub fn apply(
             v.tie();
         }
     }
-    scale
+    Ok(scale)
 }
 
 #[cfg(test)]
@@ -155,10 +156,10 @@ mod tests {
         assert_ne!(agg.head, agg.embed);
         let rule = StepRule::Outer { lr: 0.5 };
         let mut w = w0.clone();
-        assert_eq!(apply(&rule, 0, &mut w, &mut None, &agg, true), 1.0);
+        assert_eq!(apply(&rule, 0, &mut w, &mut None, &agg, true), Ok(1.0));
         assert_eq!(w.head, w.embed);
         let mut untied = w0.clone();
-        apply(&rule, 0, &mut untied, &mut None, &agg, false);
+        apply(&rule, 0, &mut untied, &mut None, &agg, false).unwrap();
         assert_eq!(untied.embed, w.embed);
         assert_eq!(untied.layers, w.layers);
         assert_ne!(untied.head, w.head, "untied, the head part moves the head");

@@ -17,14 +17,15 @@ pub(in crate::core) type Moments = (ModelParams<f32>, ModelParams<f32>);
 /// Where a pipeline run's optimizer state lives and how a step moves the weights.
 pub(in crate::core) trait StepState: std::fmt::Debug + Send + Sync {
     /// Takes step `number` of `rule` on `weights` with the step's gradient sums `grads`;
-    /// returns the global-norm clip scale it used (1 when nothing was clipped).
+    /// returns the global-norm clip scale it used (1 when nothing was clipped). A refused step
+    /// (a value not finite, an overflow) changes nothing.
     fn step(
         &mut self,
         rule: &StepRule,
         number: u64,
         weights: &mut ModelParams<f32>,
         grads: &ModelParams<f32>,
-    ) -> f64;
+    ) -> Result<f64, tessera_step::StepError>;
     /// The moments a snapshot keeps (`None` before the first AdamW step).
     fn moments(&self) -> Option<&Moments>;
 }
@@ -59,7 +60,7 @@ impl StepState for HeldByCoordinator {
         number: u64,
         weights: &mut ModelParams<f32>,
         grads: &ModelParams<f32>,
-    ) -> f64 {
+    ) -> Result<f64, tessera_step::StepError> {
         apply(rule, number, weights, &mut self.moments, grads, self.tied)
     }
 
@@ -95,15 +96,15 @@ mod tests {
         let mut held = HeldByCoordinator::new(false);
         assert!(held.moments().is_none());
         let mut w = w0.clone();
-        let scale = held.step(&adamw(), 0, &mut w, &grads);
+        let scale = held.step(&adamw(), 0, &mut w, &grads).unwrap();
         assert!(scale < 1.0, "random gradients are clipped to 1e-3: {scale}");
         assert_ne!(w, w0);
         let kept = held.moments().cloned().expect("moments after a step");
         // A state resumed from the snapshot takes the next step as the original does.
         let mut resumed = HeldByCoordinator::resume(Some(kept), false);
         let (mut a, mut b) = (w.clone(), w.clone());
-        held.step(&adamw(), 1, &mut a, &grads);
-        resumed.step(&adamw(), 1, &mut b, &grads);
+        held.step(&adamw(), 1, &mut a, &grads).unwrap();
+        resumed.step(&adamw(), 1, &mut b, &grads).unwrap();
         assert_eq!(a, b);
         assert_eq!(held.moments(), resumed.moments());
     }
@@ -122,7 +123,7 @@ mod tests {
         assert_ne!(grads.head, grads.embed);
         let mut held = HeldByCoordinator::new(true);
         let mut w = w0.clone();
-        let scale = held.step(&adamw(), 0, &mut w, &grads);
+        let scale = held.step(&adamw(), 0, &mut w, &grads).unwrap();
         assert_eq!(w.head, w.embed);
         let (m, v) = held.moments().expect("moments");
         assert_eq!((&m.head, &v.head), (&m.embed, &v.embed));
@@ -131,13 +132,13 @@ mod tests {
         folded.fold_tied();
         let mut by_hand = HeldByCoordinator::new(false);
         let mut w2 = w0.clone();
-        let scale2 = by_hand.step(&adamw(), 0, &mut w2, &folded);
+        let scale2 = by_hand.step(&adamw(), 0, &mut w2, &folded).unwrap();
         assert_eq!(scale, scale2, "the clip counts the matrix once");
         assert_eq!(w.embed, w2.embed);
         assert_eq!(w.layers, w2.layers);
         // Untied, the head part would have been counted (and moved the head) on its own.
         let mut untied = HeldByCoordinator::new(false);
         let mut w3 = w0.clone();
-        assert_ne!(untied.step(&adamw(), 0, &mut w3, &grads), scale);
+        assert_ne!(untied.step(&adamw(), 0, &mut w3, &grads).unwrap(), scale);
     }
 }

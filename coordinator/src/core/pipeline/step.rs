@@ -277,11 +277,21 @@ impl Pipe {
     /// weights to every lease, next step.
     fn close_step(&mut self, cx: &mut Context) {
         let number = self.step.number;
-        self.disputed_reruns = 0;
         let grads = std::mem::replace(&mut self.step.grads, ModelParams::zeros(&cx.spec.model));
         let rule = crate::core::rules::RunRules::of(&cx.spec).step;
-        let weights = std::sync::Arc::make_mut(&mut cx.weights);
-        let scale = self.optimizer.step(&rule, number, weights, &grads);
+        let mut weights = (*cx.weights).clone();
+        let scale = match self.optimizer.step(&rule, number, &mut weights, &grads) {
+            Ok(scale) => scale,
+            // Nothing changed: the step runs again from the same weights (sums that overflow
+            // on an honest run's data are the run diverging, which its administrator sees in
+            // the log and stops).
+            Err(e) => {
+                let why = format!("the optimizer step refused the step's gradient sums: {e}");
+                return self.discard_step(cx, Reason::new(Code::NotFinite, why));
+            }
+        };
+        self.disputed_reruns = 0;
+        cx.weights = std::sync::Arc::new(weights);
         let loss_sum: f64 = self.step.mbs.iter().map(|m| m.loss_sum).sum();
         let count = self.step.count;
         let contributors = self.step.contributors.iter().copied().collect();
