@@ -25,6 +25,15 @@ fn generate(args: &[&str]) -> Output {
     out
 }
 
+/// The ids a successful `--ids` run printed.
+fn ids_of(out: &Output) -> Vec<u32> {
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect()
+}
+
 fn fixture() -> (String, Vec<u32>) {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
@@ -43,13 +52,7 @@ fn greedy_ids_and_text_equal_the_fixture() {
     let (prompt, tokens) = fixture();
     let n = tokens.len().to_string();
     let out = generate(&["--prompt", &prompt, "--max-tokens", &n, "--ids"]);
-    assert!(out.status.success());
-    let ids: Vec<u32> = String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .map(|t| t.parse().unwrap())
-        .collect();
-    assert_eq!(ids, tokens);
+    assert_eq!(ids_of(&out), tokens);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("greedy"), "says how it chooses: {stderr}");
     assert!(
@@ -102,13 +105,7 @@ fn a_hugging_face_tokenizer_encodes_the_prompt_and_decodes_the_tokens() {
         tok.to_str().unwrap(),
     ];
     let out = generate(&[&args[..], &["--ids"]].concat());
-    assert!(out.status.success());
-    let ids: Vec<u32> = String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .map(|t| t.parse().unwrap())
-        .collect();
-    assert_eq!(ids, tokens);
+    assert_eq!(ids_of(&out), tokens);
     assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"));
     let out = generate(&args);
     assert!(out.status.success());

@@ -91,11 +91,7 @@ impl GpuModel {
             sequences: 1,
         };
         let last = self.stages.len() - 1;
-        let embed: Vec<Tensor> = self.stages[0]
-            .iter()
-            .map(|s| s.embed_forward(gpu, ids))
-            .collect::<Result<_, _>>()?;
-        let mut h = Self::sum(gpu, None, embed)?;
+        let mut h = self.embed(gpu, ids)?;
         for (stage, caches) in self.stages[1..last].iter().zip(&cache.shards[1..last]) {
             let parts: Vec<Tensor> = stage
                 .iter()

@@ -171,6 +171,15 @@ impl GpuModel {
         })
     }
 
+    /// The embedding stage's output for `ids`: its slices' rows summed.
+    pub(crate) fn embed(&self, gpu: &Gpu, ids: &[u32]) -> Result<Tensor, ComputeError> {
+        let parts: Vec<Tensor> = self.stages[0]
+            .iter()
+            .map(|s| s.embed_forward(gpu, ids))
+            .collect::<Result<_, _>>()?;
+        Self::sum(gpu, None, parts)
+    }
+
     /// Forward through embedding and every block: the final hidden state and each block
     /// stage's input.
     fn trunk(
@@ -180,11 +189,7 @@ impl GpuModel {
         rows: Rows,
     ) -> Result<(Tensor, Vec<Tensor>), ComputeError> {
         let last = self.stages.len() - 1;
-        let embed: Vec<Tensor> = self.stages[0]
-            .iter()
-            .map(|s| s.embed_forward(gpu, ids))
-            .collect::<Result<_, _>>()?;
-        let mut h = Self::sum(gpu, None, embed)?;
+        let mut h = self.embed(gpu, ids)?;
         let mut inputs = Vec::with_capacity(last);
         for stage in &self.stages[1..last] {
             let parts: Vec<Tensor> = stage

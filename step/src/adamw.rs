@@ -2,7 +2,7 @@
 //! operations: the clip's product, the decay's, the moments' updates, the bias corrections'
 //! divisions, the update's division by `sqrt(v̂) + eps`.
 
-use crate::error::{finite, length, StepError};
+use crate::error::{all_finite, finite, length, StepError};
 use crate::norm::subnormals_kept;
 use crate::scalars::StepScalars;
 
@@ -36,14 +36,11 @@ fn ready(p: &[f32], g: &[f32], moments: &[(&'static str, &[f32])]) -> Result<(),
 
 /// Fails on the first output that overflowed.
 fn overflowed(what: &'static str, x: &[f32]) -> Result<(), StepError> {
-    match x.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(StepError::Overflow {
-            what,
-            index,
-            value: x[index],
-        }),
-        None => Ok(()),
-    }
+    all_finite(what, x, |what, index, value| StepError::Overflow {
+        what,
+        index,
+        value,
+    })
 }
 
 /// One AdamW step on weights `p` with gradient `g` (multiplied by `s.clip` first) and moments

@@ -38,16 +38,26 @@ pub enum StepError {
     FlushesSubnormals,
 }
 
-/// Fails on the first value of `x` that is not finite.
-pub(crate) fn finite(what: &'static str, x: &[f32]) -> Result<(), StepError> {
+/// Fails on the first value of `x` that is not finite, with the error `kind` makes of it
+/// ([`StepError::NotFinite`] for an input, [`StepError::Overflow`] for an output).
+pub(crate) fn all_finite(
+    what: &'static str,
+    x: &[f32],
+    kind: fn(&'static str, usize, f32) -> StepError,
+) -> Result<(), StepError> {
     match x.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(StepError::NotFinite {
-            what,
-            index,
-            value: x[index],
-        }),
+        Some(index) => Err(kind(what, index, x[index])),
         None => Ok(()),
     }
+}
+
+/// Fails on the first input of `x` that is not finite.
+pub(crate) fn finite(what: &'static str, x: &[f32]) -> Result<(), StepError> {
+    all_finite(what, x, |what, index, value| StepError::NotFinite {
+        what,
+        index,
+        value,
+    })
 }
 
 /// Fails unless `x` has `want` values.

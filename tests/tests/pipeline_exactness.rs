@@ -216,23 +216,43 @@ fn small_budget(cfg: &ModelConfig) -> u64 {
     largest
 }
 
+/// A finished run of model `cfg` from `init` with one small lease per micro-shard, what it
+/// handed out, and its contributors.
+fn small_leases(
+    g: &Gpu,
+    cfg: &ModelConfig,
+    init: &ModelParams<f32>,
+    clip: Option<f32>,
+) -> (Core, Seen, Vec<tessera_worker::contributor::Contributor>) {
+    let mut core = Core::new(
+        spec_of(cfg.clone(), clip),
+        Identity::from_seed([9; 32]),
+        init.clone(),
+    );
+    let n = pipeline(cfg).stages.iter().map(Vec::len).sum::<usize>();
+    let mut clients = tessera_e2e::with_budgets(g, &vec![small_budget(cfg); n]);
+    let mut seen = Seen::default();
+    tessera_e2e::run_with(g, &mut core, &mut clients, |m, k| {
+        watch(&mut seen, m, k);
+        Control::Go
+    })
+    .unwrap();
+    assert_eq!(core.phase(), Phase::Finished);
+    (core, seen, clients)
+}
+
 #[test]
 fn one_replica_per_micro_shard_equals_single_device_adamw_with_clipping() {
     let g = gpu();
     let cfg = model();
     let init: ModelParams<f32> = ModelParams::random(&cfg, 23);
     let clip = Some(0.5f32);
-    let mut core = Core::new(spec(clip), Identity::from_seed([9; 32]), init.clone());
-    let n = pipeline(&cfg).stages.iter().map(Vec::len).sum::<usize>();
-    assert_eq!(n, 12, "six stages, each cut in two");
-    let mut clients = tessera_e2e::with_budgets(&g, &vec![small_budget(&cfg); n]);
-    let mut seen = Seen::default();
-    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
-        watch(&mut seen, m, k);
-        Control::Go
-    })
-    .unwrap();
-    assert_eq!(core.phase(), Phase::Finished);
+    assert_eq!(
+        pipeline(&cfg).stages.iter().map(Vec::len).sum::<usize>(),
+        12,
+        "six stages, each cut in two"
+    );
+    let (core, seen, clients) = small_leases(&g, &cfg, &init, clip);
     for s in core.sessions() {
         assert_eq!(
             s.shards.len(),
@@ -291,20 +311,7 @@ fn tied_embeddings_held_by_different_leases_equal_single_device_adamw() {
     let init: ModelParams<f32> = ModelParams::random(&cfg, 23);
     assert_eq!(init.head, init.embed);
     let clip = Some(0.5f32);
-    let mut core = Core::new(
-        spec_of(cfg.clone(), clip),
-        Identity::from_seed([9; 32]),
-        init.clone(),
-    );
-    let n = pipeline(&cfg).stages.iter().map(Vec::len).sum::<usize>();
-    let mut clients = tessera_e2e::with_budgets(&g, &vec![small_budget(&cfg); n]);
-    let mut seen = Seen::default();
-    tessera_e2e::run_with(&g, &mut core, &mut clients, |m, k| {
-        watch(&mut seen, m, k);
-        Control::Go
-    })
-    .unwrap();
-    assert_eq!(core.phase(), Phase::Finished);
+    let (core, seen, _) = small_leases(&g, &cfg, &init, clip);
     assert_eq!(core.weights().head, core.weights().embed);
     let want = reference_of(&g, &cfg, &init, &seen, clip);
     compare("tied pipeline, 12 leases, clip 0.5", core.weights(), &want);

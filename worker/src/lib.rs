@@ -19,6 +19,7 @@ pub mod native;
 pub mod pipeline;
 pub mod replica;
 pub mod session;
+mod stats;
 
 pub use contributor::{exchange, Contributor};
 pub use error::WorkerError;

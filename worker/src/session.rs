@@ -10,7 +10,7 @@ use tessera_protocol::log::{LogEvent, SignedEntry, LOG};
 use tessera_protocol::messages::{
     Capabilities, ContributorKind, Lease, LogHead, Receipt, SessionMessage, Submission, Verdict,
 };
-use tessera_protocol::pipeline::{AuditResult, Pass, PipeWork, StepGrads, UnitOutput};
+use tessera_protocol::pipeline::{AuditResult, PipeWork, StepGrads, UnitOutput};
 use tessera_protocol::signed::{signing_bytes, RECEIPT};
 use tessera_protocol::{
     Code, Identity, PublicKey, Signature, Signed, ToContributor, ToCoordinator,
@@ -19,42 +19,8 @@ use tessera_protocol::{
 use crate::backend::{no_lease, Done, Job};
 use crate::download::Download;
 use crate::error::WorkerError;
-
-/// Tokens a pipeline unit processed: a forward unit's sequence length (backward units redo the
-/// same tokens and are not counted again).
-fn self_tokens(w: &PipeWork) -> u64 {
-    if w.pass != Pass::Forward {
-        return 0;
-    }
-    w.tokens
-        .as_ref()
-        .map(|t| t.shape.iter().product())
-        .or_else(|| {
-            w.input
-                .as_ref()
-                .and_then(|a| a.tensor.shape.first().copied())
-        })
-        .unwrap_or(0)
-}
-
-/// Counters a user interface shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Weight frames received of the current download.
-    pub frames_received: u32,
-    /// Weight frames in the current download.
-    pub frames_total: u32,
-    /// Units finished and submitted.
-    pub submitted: u64,
-    /// Units accepted.
-    pub accepted: u64,
-    /// Units rejected.
-    pub rejected: u64,
-    /// Tokens trained.
-    pub tokens: u64,
-    /// Audits of other leases' work run.
-    pub audits: u64,
-}
+use crate::stats::self_tokens;
+pub use crate::stats::Stats;
 
 /// The lease the backend holds, as the session knows it.
 #[derive(Clone, Debug)]
@@ -617,44 +583,5 @@ fn done_kind(d: &Done) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session() -> Session {
-        let caps = Capabilities {
-            adapter: "test".into(),
-            backend: "test".into(),
-            max_binding_bytes: 1 << 20,
-            memory_budget_bytes: 1 << 20,
-        };
-        Session::new(Identity::from_seed([1; 32]), ContributorKind::Native, caps)
-    }
-
-    fn challenge(coordinator: PublicKey) -> ToContributor {
-        ToContributor::Challenge {
-            nonce: [7; 32],
-            coordinator,
-            run: "r".into(),
-        }
-    }
-
-    #[test]
-    fn a_pinned_session_answers_only_its_coordinator() {
-        let ours = Identity::from_seed([2; 32]).public();
-        let other = Identity::from_seed([3; 32]).public();
-        let mut s = session();
-        s.expect_coordinator(ours);
-        let e = s.handle(challenge(other)).unwrap_err();
-        assert!(e.is_final(), "{e}");
-        assert!(
-            e.to_string().contains(&format!("not the expected {ours}")),
-            "{e}"
-        );
-        assert!(s.heartbeat().is_err(), "nothing was signed: no session");
-        let r = s.handle(challenge(ours)).unwrap();
-        assert!(matches!(r.send.as_slice(), [ToCoordinator::Proof { .. }]));
-        // Unpinned, any coordinator gets the proof.
-        let r = session().handle(challenge(other)).unwrap();
-        assert!(matches!(r.send.as_slice(), [ToCoordinator::Proof { .. }]));
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;
