@@ -183,6 +183,12 @@ pub async fn start(
             store
                 .write_rules(&tessera_coordinator::core::rules::RunRules::of(core.spec()))
                 .await?;
+            if let Some(t) = &cfg.data.tokenizer {
+                let path = base.join(t);
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("reading the tokenizer {}", path.display()))?;
+                store.write_tokenizer(bytes).await?;
+            }
             // Committed at once, in one transaction: the log's first entries, the state row
             // and the initial checkpoint, so that a coordinator stopped before its first round
             // closes resumes this run (and its log) instead of starting a second one.

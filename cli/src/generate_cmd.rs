@@ -40,8 +40,9 @@ pub struct Args {
     /// Seed of the draws when sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// A Hugging Face `tokenizer.json` (default: the checkpoint's `tokenizer.json` when it has
-    /// one, else byte-level: every UTF-8 byte is a token, as in the built-in runs).
+    /// A Hugging Face `tokenizer.json` (default: the checkpoint's `tokenizer.json`, or the one
+    /// a run trained with a tokenizer keeps beside its checkpoints, else byte-level: every UTF-8
+    /// byte is a token, as in the built-in runs).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Print the new tokens' ids, space-separated, instead of the text.
@@ -100,12 +101,17 @@ impl<'a> TextOut<'a> {
     }
 }
 
-/// The tokenizer: `--tokenizer`, else the checkpoint's `tokenizer.json`, else byte-level.
+/// The tokenizer: `--tokenizer`, else the checkpoint's `tokenizer.json`, else the one a run
+/// keeps beside its checkpoints (`checkpoints/tokenizer.json`), else byte-level.
 fn tokenizer(a: &Args) -> Result<(Tokenizer, String)> {
+    let beside = [
+        Some(a.checkpoint.join("tokenizer.json")),
+        a.checkpoint.parent().map(|d| d.join("tokenizer.json")),
+    ];
     let file = a
         .tokenizer
         .clone()
-        .or_else(|| Some(a.checkpoint.join("tokenizer.json")).filter(|p| p.is_file()));
+        .or_else(|| beside.into_iter().flatten().find(|p| p.is_file()));
     Ok(match file {
         Some(f) => (
             Tokenizer::from_file(&f)?,

@@ -276,6 +276,12 @@ impl Store {
         self.put("checkpoints/rules.json", text.into_bytes()).await
     }
 
+    /// Keeps the run's Hugging Face tokenizer beside its checkpoints
+    /// (`checkpoints/tokenizer.json`), where `tessera generate` finds it.
+    pub async fn write_tokenizer(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.put("checkpoints/tokenizer.json", bytes).await
+    }
+
     /// Commits a round boundary on its own (see [`Store::write`]): the checkpoint, then the
     /// state row pointing at it; then the closed rounds' update blobs are dropped (their ledger
     /// rows stay).
