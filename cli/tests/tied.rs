@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{checkpoint, coordinator, data, free_port, scratch, worker};
+use common::{checkpoint, data, scratch, train_to_the_end};
 
 const ROUNDS: u64 = 6;
 
@@ -42,17 +40,7 @@ fn a_tied_model_trains_checkpoints_verifies_evaluates_and_generates() {
          [data]\nbuiltin = true\n[train]\nreplicas = 3\ninner_steps = 4\nbatch = 4\nseq = 64\n\
          sync = \"sparse\"\nunit_deadline_secs = 60\nsilence_secs = 30\n"
     );
-    let toml = dir.join("run.toml");
-    std::fs::write(&toml, run).unwrap();
-    let data_dir = dir.join("data");
-    let port = free_port();
-    let mut c = coordinator(&toml, port, &data_dir);
-    let _w: Vec<_> = (0..3)
-        .map(|i| worker(port, &dir.join(format!("w{i}.key"))))
-        .collect();
-    assert!(c
-        .wait_exit(Duration::from_secs(600), "the tied run to finish")
-        .success());
+    let data_dir = train_to_the_end(&dir, &run);
 
     let checkpoints = data_dir.join("checkpoints");
     let last = checkpoint(&checkpoints, ROUNDS);

@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{checkpoint, coordinator, free_port, scratch, worker};
+use common::{checkpoint, scratch, train_to_the_end};
 
 const ROUNDS: u64 = 3;
 
@@ -42,17 +40,7 @@ fn generate_finds_the_runs_tokenizer_beside_its_checkpoints() {
          [data]\npath = \"corpus.txt\"\ntokenizer = \"tokenizer.json\"\n[train]\nreplicas = 3\n\
          inner_steps = 2\nbatch = 2\nseq = 16\nunit_deadline_secs = 60\nsilence_secs = 30\n"
     );
-    let toml = dir.join("run.toml");
-    std::fs::write(&toml, run).unwrap();
-    let data_dir = dir.join("data");
-    let port = free_port();
-    let mut c = coordinator(&toml, port, &data_dir);
-    let _w: Vec<_> = (0..3)
-        .map(|i| worker(port, &dir.join(format!("w{i}.key"))))
-        .collect();
-    assert!(c
-        .wait_exit(Duration::from_secs(600), "the run to finish")
-        .success());
+    let data_dir = train_to_the_end(&dir, &run);
 
     let checkpoints = data_dir.join("checkpoints");
     assert_eq!(

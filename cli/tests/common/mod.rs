@@ -336,3 +336,21 @@ pub fn memory(pid: u32, field: &str) -> u64 {
         .map(|kb| kb * 1024)
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
+
+/// Writes `run` (a run configuration) as `dir/run.toml`, trains it to the end with a
+/// `tessera coordinator` and three `tessera worker` processes (within ten minutes), and returns
+/// its data directory (`dir/data`).
+pub fn train_to_the_end(dir: &Path, run: &str) -> PathBuf {
+    let toml = dir.join("run.toml");
+    std::fs::write(&toml, run).expect("the run configuration");
+    let data_dir = dir.join("data");
+    let port = free_port();
+    let mut c = coordinator(&toml, port, &data_dir);
+    let _w: Vec<_> = (0..3)
+        .map(|i| worker(port, &dir.join(format!("w{i}.key"))))
+        .collect();
+    assert!(c
+        .wait_exit(Duration::from_secs(600), "the run to finish")
+        .success());
+    data_dir
+}
