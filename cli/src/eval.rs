@@ -34,25 +34,24 @@ pub fn load_checkpoint(checkpoint: &Path) -> Result<(ModelConfig, ModelParams<f3
     Ok((cfg, params))
 }
 
-/// A text's bytes as token ids of the byte-level tokenizer, refused where one falls outside the
-/// model's vocabulary.
-pub fn byte_ids(text: &[u8], cfg: &ModelConfig) -> Result<Vec<u32>> {
-    let tokens: Vec<u32> = text.iter().map(|&b| b as u32).collect();
+/// Fails on the first of `tokens` (those of `what`) outside the model's vocabulary.
+pub fn in_vocabulary(tokens: &[u32], cfg: &ModelConfig, what: &str) -> Result<()> {
     if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
         bail!(
-            "byte {t} is outside the model's vocabulary of {} (the tokenizer is byte-level: \
-             every byte of the text is a token)",
+            "token {t} of {what} is outside the model's vocabulary of {}",
             cfg.vocab_size
         );
     }
-    Ok(tokens)
+    Ok(())
 }
 
 /// Mean loss over all predicted positions.
 pub async fn evaluate(checkpoint: &Path, text: &[u8]) -> Result<(f64, usize)> {
     let (cfg, params) = load_checkpoint(checkpoint)?;
     let seq = cfg.max_position_embeddings;
-    let tokens = byte_ids(text, &cfg)?;
+    // Byte-level: every byte of the text is a token.
+    let tokens: Vec<u32> = text.iter().map(|&b| b as u32).collect();
+    in_vocabulary(&tokens, &cfg, "the data (byte-level tokens)")?;
     let n = tokens.len() / seq;
     if n == 0 || seq < 2 {
         bail!(

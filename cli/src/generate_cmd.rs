@@ -1,8 +1,9 @@
 //! `tessera generate`: text from a checkpoint on this machine's GPU, with a key/value cache
-//! (the prompt is run once, then each new token costs one position). The tokenizer is
-//! byte-level: the prompt's UTF-8 bytes are its tokens and the new tokens are bytes, printed
-//! as text as soon as they form whole characters (or as ids with `--ids`). Greedy unless a
-//! temperature is given; a seed repeats a sampled run exactly.
+//! (the prompt is run once, then each new token costs one position). The tokenizer is a
+//! Hugging Face `tokenizer.json` (given, in the checkpoint's folder, or beside the run's
+//! checkpoints) or byte-level (the prompt's UTF-8 bytes are its tokens); the new tokens are
+//! printed as text as soon as they form whole characters (or as ids with `--ids`). Greedy
+//! unless a temperature is given; a seed repeats a sampled run exactly.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use tessera_compute::{Gpu, GpuOptions};
 
 use tessera_coordinator::data::Tokenizer;
 
-use crate::eval::load_checkpoint;
+use crate::eval::{in_vocabulary, load_checkpoint};
 
 /// Options of `generate`.
 #[derive(clap::Args, Debug)]
@@ -134,12 +135,7 @@ pub async fn run(a: Args) -> Result<()> {
         bail!("the prompt is empty: give at least one character to continue");
     }
     let prompt = tok.encode(std::slice::from_ref(&a.prompt))?;
-    if let Some(t) = prompt.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-        bail!(
-            "token {t} of the prompt ({tok_name}) is outside the model's vocabulary of {}",
-            cfg.vocab_size
-        );
-    }
+    in_vocabulary(&prompt, &cfg, &format!("the prompt ({tok_name})"))?;
     let ctx = cfg.max_position_embeddings;
     if prompt.is_empty() {
         bail!("the prompt makes no tokens under {tok_name}");

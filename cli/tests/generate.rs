@@ -3,6 +3,8 @@
 //! (`compute/tests/fixtures/generate/greedy.json`, whose every step has a top-1/top-2 margin
 //! the compute tests assert), as ids and as text; bad input is a clear error.
 
+mod common;
+
 use std::process::{Command, Output};
 
 const GOLDEN: &str = concat!(
@@ -73,25 +75,15 @@ fn greedy_ids_and_text_equal_the_fixture() {
 
 /// A word-level `tokenizer.json` whose word `wI` is token I, for the golden model's 67 ids.
 fn word_tokenizer(dir: &std::path::Path) -> std::path::PathBuf {
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..67)
-        .map(|i| (format!("w{i}"), serde_json::json!(i)))
-        .collect();
-    let t = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
-    });
-    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("tokenizer.json");
-    std::fs::write(&path, t.to_string()).unwrap();
+    std::fs::write(&path, common::word_tokenizer_json(67)).unwrap();
     path
 }
 
 #[test]
 fn a_hugging_face_tokenizer_encodes_the_prompt_and_decodes_the_tokens() {
     let (prompt, tokens) = fixture();
-    let dir = std::env::temp_dir().join(format!("tessera-generate-{}", std::process::id()));
+    let dir = common::scratch("generate-tokenizer");
     let tok = word_tokenizer(&dir);
     // The fixture's prompt bytes as words: the same ids, so the same greedy tokens.
     let words: Vec<String> = prompt.bytes().map(|b| format!("w{b}")).collect();

@@ -13,16 +13,7 @@ const ROUNDS: u64 = 3;
 #[test]
 fn generate_finds_the_runs_tokenizer_beside_its_checkpoints() {
     let dir = scratch("tokenizer-run");
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..16)
-        .map(|i| (format!("w{i}"), serde_json::json!(i)))
-        .collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
-    })
-    .to_string();
+    let tokenizer = common::word_tokenizer_json(16);
     std::fs::write(dir.join("tokenizer.json"), &tokenizer).unwrap();
     let model = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",

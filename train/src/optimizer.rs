@@ -97,6 +97,16 @@ pub fn step(
 mod tests {
     use super::*;
 
+    /// AdamW with β₁ 0.9, β₂ 0.95, ε 1e-8 and `weight_decay`.
+    fn adamw(weight_decay: f32) -> InnerOptimizer {
+        InnerOptimizer::AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+
     #[test]
     fn sgd_moves_against_the_gradient_and_clip_scales_it() {
         let cfg = tessera_compute::ModelConfig::tiny();
@@ -128,13 +138,8 @@ mod tests {
         let mut w = ModelParams::random(&cfg, 1);
         let g = ModelParams::random(&cfg, 2);
         let mut m = None;
-        let adamw = InnerOptimizer::AdamW {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
-        step(adamw, 1e-2, None, 1, &mut w, &mut m, &g).unwrap();
+        let opt = adamw(0.0);
+        step(opt, 1e-2, None, 1, &mut w, &mut m, &g).unwrap();
         let (m1, v1) = m.clone().expect("moments");
         assert_ne!(m1, w.zeros_like());
         assert_ne!(v1, w.zeros_like());
@@ -150,12 +155,7 @@ mod tests {
         let mut want = w.clone();
         let (mut m1, mut m2) = (w.zeros_like(), w.zeros_like());
         let mut moments = None;
-        let opt = InnerOptimizer::AdamW {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        };
+        let opt = adamw(0.1);
         for n in 1..=3u32 {
             let g = ModelParams::random(&cfg, 10 + n as u64);
             let lr = 3e-3 * n as f64;
@@ -193,12 +193,7 @@ mod tests {
         let w0 = ModelParams::random(&cfg, 1);
         let mut g = ModelParams::random(&cfg, 2);
         g.layers[1].q[5] = f32::NAN;
-        let opt = InnerOptimizer::AdamW {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        };
+        let opt = adamw(0.1);
         let (mut w, mut m) = (w0.clone(), None);
         let e = step(opt, 1e-2, None, 1, &mut w, &mut m, &g).unwrap_err();
         assert!(e.to_string().contains("gradient[5] is NaN"), "{e}");

@@ -354,3 +354,18 @@ pub fn train_to_the_end(dir: &Path, run: &str) -> PathBuf {
         .success());
     data_dir
 }
+
+/// A word-level Hugging Face `tokenizer.json` (whitespace pre-tokenization, no decoder: decoded
+/// tokens are joined by spaces) whose word `wI` is token I, for `words` words.
+pub fn word_tokenizer_json(words: usize) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..words)
+        .map(|i| (format!("w{i}"), serde_json::json!(i)))
+        .collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    })
+    .to_string()
+}

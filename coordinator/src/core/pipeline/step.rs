@@ -279,19 +279,18 @@ impl Pipe {
         let number = self.step.number;
         let grads = std::mem::replace(&mut self.step.grads, ModelParams::zeros(&cx.spec.model));
         let rule = crate::core::rules::RunRules::of(&cx.spec).step;
-        let mut weights = (*cx.weights).clone();
-        let scale = match self.optimizer.step(&rule, number, &mut weights, &grads) {
+        // A refused step changes nothing (`tessera_train::optimizer::step` is all or nothing):
+        // it runs again from the same weights (sums that overflow on an honest run's data are
+        // the run diverging, which its administrator sees in the log and stops).
+        let weights = std::sync::Arc::make_mut(&mut cx.weights);
+        let scale = match self.optimizer.step(&rule, number, weights, &grads) {
             Ok(scale) => scale,
-            // Nothing changed: the step runs again from the same weights (sums that overflow
-            // on an honest run's data are the run diverging, which its administrator sees in
-            // the log and stops).
             Err(e) => {
                 let why = format!("the optimizer step refused the step's gradient sums: {e}");
                 return self.discard_step(cx, Reason::new(Code::NotFinite, why));
             }
         };
         self.disputed_reruns = 0;
-        cx.weights = std::sync::Arc::new(weights);
         let loss_sum: f64 = self.step.mbs.iter().map(|m| m.loss_sum).sum();
         let count = self.step.count;
         let contributors = self.step.contributors.iter().copied().collect();
