@@ -14,6 +14,7 @@ use tessera_coordinator::http_limit::RequestRate;
 use tessera_coordinator::server::{self, AdminToken, Outcome, Running, ServeOptions};
 use tessera_coordinator::store::{Store, Write};
 use tessera_coordinator::{tls, web};
+use tessera_protocol::log::LogEvent;
 use tokio_rustls::rustls::ServerConfig;
 
 use crate::keys;
@@ -155,6 +156,20 @@ pub async fn start(
     let id = keys::load_or_create(&data_dir.join("coordinator.key"))?;
     let core = match store.load(&spec.model, &lock).await? {
         Some((snap, accepted)) => {
+            // The run goes on only under the rules its log started with: its draws, its
+            // rounds' counts and its steps all follow from them.
+            let started = store.read_log(0, 1).await?;
+            let rules = tessera_coordinator::core::rules::RunRules::of(&spec);
+            if let Some(LogEvent::Started { config, .. }) = started.first().map(|e| &e.entry.event)
+            {
+                if *config != rules.digest() {
+                    anyhow::bail!(
+                        "the run in {} started under other rules than this configuration gives (the digest its log's first entry commits differs; compare {} with the configuration it started with): restart it with that configuration, or fork it (tessera fork) to change them",
+                        data_dir.display(),
+                        data_dir.join("checkpoints").join("rules.json").display()
+                    );
+                }
+            }
             println!(
                 "resuming run {} at round {} ({} accepted contributions in the open round)",
                 spec.name,

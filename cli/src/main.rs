@@ -21,6 +21,7 @@ mod verify_cmd;
 mod verify_credits;
 mod verify_draws;
 mod verify_replay;
+mod verify_rounds;
 mod worker_cmd;
 
 use anyhow::Result;

@@ -354,8 +354,23 @@ pub async fn run(a: Args) -> Result<()> {
         Some(dir) => check_checkpoints(&entries, dir)?,
         None => 0,
     };
+    // The run's rules, where its checkpoints folder is at hand.
+    let rules = match &checkpoints {
+        Some(dir) if dir.join("rules.json").exists() => {
+            Some(crate::verify_replay::rules(&entries, dir)?)
+        }
+        _ => None,
+    };
+    let rounds =
+        crate::verify_rounds::check(&entries, rules.as_ref().and_then(|r| r.rounds_of.as_ref()))?;
+    if let Some(line) = crate::verify_rounds::describe(&rounds) {
+        println!("{line}");
+    }
     if let (Some(dir), false) = (&checkpoints, a.no_replay) {
-        let rules = crate::verify_replay::rules(&entries, dir)?;
+        let rules = match rules {
+            Some(r) => r,
+            None => crate::verify_replay::rules(&entries, dir)?,
+        };
         let r = crate::verify_replay::replay(&entries, dir, &rules)?;
         let starts: Vec<String> = r.starts.iter().map(|v| v.to_string()).collect();
         println!(

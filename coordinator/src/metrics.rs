@@ -42,6 +42,7 @@ enum EntryKind {
     Forked,
     DrawChain,
     Revealed,
+    Aggregated,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,6 +116,7 @@ pub(crate) struct Metrics {
     checks: Family<OutcomeLabels, Counter>,
     rounds: Counter,
     round: Gauge,
+    replicas: Gauge,
     loss: Gauge<f64, AtomicU64>,
     held_out_loss: Gauge<f64, AtomicU64>,
     contributors: Family<KindLabels, Gauge>,
@@ -142,6 +144,7 @@ impl Metrics {
             checks: Family::default(),
             rounds: Counter::default(),
             round: Gauge::default(),
+            replicas: Gauge::default(),
             loss: Gauge::default(),
             held_out_loss: Gauge::default(),
             contributors: Family::default(),
@@ -188,6 +191,11 @@ impl Metrics {
             "round",
             "The open round or step (= rounds or steps closed in the run)",
             m.round.clone(),
+        );
+        m.registry.register(
+            "round_replicas",
+            "Updates the last closed whole-model round averaged (its count follows the contributors)",
+            m.replicas.clone(),
         );
         m.registry.register(
             "loss",
@@ -248,6 +256,10 @@ impl Metrics {
             LogEvent::Closed { .. } => {
                 self.rounds.inc();
                 EntryKind::Closed
+            }
+            LogEvent::Aggregated { updates, .. } => {
+                self.replicas.set(updates.len() as i64);
+                EntryKind::Aggregated
             }
             LogEvent::Checked { outcome, .. } => {
                 let outcome = match outcome {

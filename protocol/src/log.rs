@@ -179,6 +179,29 @@ pub enum LogEvent {
         /// One bit per identity (bit `i % 8` of byte `i / 8`), set when drawn.
         drawn: Vec<u8>,
     },
+    /// A whole-model round's outer step is about to close it (the `Closed` entry follows): the
+    /// updates it averages, whose they are and how each was weighed. The round's count follows
+    /// its contributors between the run's least and most replicas; the aggregate is
+    /// `sum(scale_i * update_i) / updates.len()`.
+    Aggregated {
+        /// The round.
+        round: u64,
+        /// Each averaged update, in slot order.
+        updates: Vec<Weighed>,
+    },
+}
+
+/// One update of a round's outer step (see [`LogEvent::Aggregated`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Weighed {
+    /// Whose update.
+    pub key: PublicKey,
+    /// The unit that produced it (its `Accepted` entry names it).
+    pub unit: u64,
+    /// Its replica slot in the round.
+    pub slot: u64,
+    /// The factor its median-norm clip scaled it by (1: not clipped).
+    pub scale: f64,
 }
 
 /// Values in one segment of the run's draw chain.

@@ -91,6 +91,9 @@ pub enum Code {
     OutOfRange,
     /// The run is invite-only and this identity is not invited.
     NotInvited,
+    /// No work for this contributor in the round in progress (the round is at the run's most
+    /// replicas, or at its share for identities still on probation): it waits for the next.
+    NoSlot,
 }
 
 /// A text of at most [`MAX_TEXT_BYTES`] bytes.

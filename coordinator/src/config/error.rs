@@ -57,6 +57,17 @@ pub enum ConfigError {
         /// The replicas per round.
         replicas: u64,
     },
+    /// `[train] max_replicas` below `replicas` or above the most a round may have.
+    #[error(
+        "run config: [train] max_replicas = {max} must be between replicas = {replicas} and {}",
+        crate::core::spec::MAX_REPLICAS
+    )]
+    MaxReplicas {
+        /// The most asked for.
+        max: u64,
+        /// The least.
+        replicas: u64,
+    },
     /// A count that must be positive is zero.
     #[error("run config: {0} must be positive")]
     NotPositive(&'static str),

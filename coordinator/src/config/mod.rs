@@ -13,7 +13,8 @@
 //! field = "text"              # JSON Lines / Parquet text field
 //! tokenizer = "tokenizer.json" # optional; byte-level by default
 //! [train]
-//! replicas = 3
+//! replicas = 3               # slots a round opens with (its least)
+//! max_replicas = 16           # slots it grows to, one per further ready contributor
 //! inner_steps = 4
 //! sync = "sparse"             # or "dense"
 //! optimizer = "adamw"         # or "sgd"
@@ -62,6 +63,10 @@ pub use sections::{
     TrainSection,
 };
 
+/// The most replica slots a round grows to where `[train] max_replicas` is not set (or
+/// `replicas`, when that is more).
+pub const DEFAULT_MAX_REPLICAS: u64 = 16;
+
 impl RunConfig {
     /// Parses the TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
@@ -89,6 +94,15 @@ impl RunConfig {
         if quorum == 0 || quorum > t.replicas {
             return Err(ConfigError::Quorum {
                 quorum,
+                replicas: t.replicas,
+            });
+        }
+        let max_replicas = t
+            .max_replicas
+            .unwrap_or_else(|| t.replicas.max(DEFAULT_MAX_REPLICAS));
+        if max_replicas < t.replicas || max_replicas > crate::core::spec::MAX_REPLICAS {
+            return Err(ConfigError::MaxReplicas {
+                max: max_replicas,
                 replicas: t.replicas,
             });
         }
@@ -123,6 +137,7 @@ impl RunConfig {
             seed: self.seed,
             rounds: self.rounds,
             replicas: t.replicas,
+            max_replicas,
             inner_steps: t.inner_steps,
             batch: t.batch,
             seq: t.seq,

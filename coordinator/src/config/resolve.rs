@@ -96,6 +96,7 @@ pub(super) fn checks_spec(
         round_tolerance: c.round_tolerance.unwrap_or(d.round_tolerance),
         held_out: c.held_out.unwrap_or(held_out),
         agree: c.agree.unwrap_or(d.agree),
+        probation_share: c.probation_share.unwrap_or(d.probation_share),
     };
     if spec.replay && !whole_model {
         return Err(ConfigError::WholeModelCheck("replay"));

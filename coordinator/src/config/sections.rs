@@ -79,6 +79,9 @@ pub struct ChecksSection {
     /// Auditors that must agree with each other before anyone is refused (default 2, at most
     /// 8).
     pub agree: Option<u64>,
+    /// Whole-model runs: the largest share of a round's slots for identities still on
+    /// probation, once the run has `replicas` established contributors (default 0.4).
+    pub probation_share: Option<f64>,
 }
 
 impl ChecksSection {
@@ -96,6 +99,7 @@ impl ChecksSection {
             round_tolerance: None,
             held_out: None,
             agree: None,
+            probation_share: None,
         }
     }
 }
@@ -181,8 +185,11 @@ impl Default for DataSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
-    /// Replica slots per round.
+    /// Replica slots a round opens with (the least it has).
     pub replicas: u64,
+    /// Most replica slots a round grows to, one for each further ready contributor (default
+    /// 16, or `replicas` when more; `replicas` for a fixed count).
+    pub max_replicas: Option<u64>,
     /// Inner steps per replica per round.
     pub inner_steps: u64,
     /// Sequences per inner step.
@@ -232,6 +239,7 @@ impl Default for TrainSection {
     fn default() -> Self {
         TrainSection {
             replicas: 3,
+            max_replicas: None,
             inner_steps: 4,
             batch: 4,
             seq: 64,

@@ -26,6 +26,7 @@ mod replays;
 mod replica_checks;
 mod replica_lease;
 mod results;
+mod round_size;
 mod rounds;
 pub mod rules;
 mod run_state;

@@ -392,7 +392,7 @@ impl Replicas {
             cfg: cx.spec.model.clone(),
             weights: cx.weights.clone(),
             // Its share of the outer step: the step applies the mean of the round's updates.
-            lr: cx.spec.outer_lr / cx.spec.replicas.max(1) as f32,
+            lr: cx.spec.outer_lr / self.round.slot_count().max(1) as f32,
             held,
             items,
         };

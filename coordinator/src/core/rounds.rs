@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use tessera_protocol::log::LogEvent;
+use tessera_protocol::log::{LogEvent, Weighed};
 use tessera_protocol::messages::{NamedTensor, Submission, Update, Verdict};
 use tessera_protocol::{Code, PublicKey, Reason, TensorPayload, ToContributor};
 use tessera_train::outer;
@@ -12,6 +12,7 @@ use tessera_train::update::to_indexed;
 
 use super::context::Context;
 use super::part::Part;
+use super::round_size;
 use super::session::Session;
 use super::{Action, ConnId, Contribution, Replicas, RoundSummary};
 
@@ -29,6 +30,7 @@ enum Slot {
 struct Unit {
     slot: u64,
     conn: ConnId,
+    key: PublicKey,
     deadline: u64,
 }
 
@@ -57,6 +59,10 @@ pub(super) struct Round {
     pub(super) measuring: Option<super::measure::Measuring>,
     /// Units replayed because their held-out gain lay far below the round's (once each).
     pub(super) held_out_replayed: std::collections::BTreeSet<u64>,
+    /// Identities given a unit of this round: a round grows a slot only for one not in it.
+    served: std::collections::BTreeSet<PublicKey>,
+    /// Identities told this round why they got no slot (once each).
+    told: std::collections::BTreeSet<PublicKey>,
 }
 
 impl Round {
@@ -73,6 +79,39 @@ impl Round {
             disputed: BTreeMap::new(),
             measuring: None,
             held_out_replayed: Default::default(),
+            served: Default::default(),
+            told: Default::default(),
+        }
+    }
+
+    /// How many slots the round has now.
+    pub(super) fn slot_count(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    /// Whether the round still computes: some slot not accepted, its deadline not passed (a
+    /// round grows only then).
+    fn computing(&self, now: u64, deadline_ms: u64) -> bool {
+        now < self.opened.saturating_add(deadline_ms)
+            && self.slots.iter().any(|s| !matches!(s, Slot::Done(..)))
+    }
+
+    /// The identities holding a slot of the round (a unit in progress or an accepted update).
+    fn holders(&self) -> std::collections::BTreeSet<PublicKey> {
+        let mut keys: std::collections::BTreeSet<PublicKey> =
+            self.units.values().map(|u| u.key).collect();
+        for s in &self.slots {
+            if let Slot::Done(c, _) = s {
+                keys.insert(c.contributor);
+            }
+        }
+        keys
+    }
+
+    /// The slot a restored contribution goes back to, grown to reach it.
+    fn grow_to(&mut self, slot: u64) {
+        while self.slots.len() as u64 <= slot {
+            self.slots.push(Slot::Open);
         }
     }
 
@@ -192,9 +231,13 @@ impl Replicas {
         }
     }
 
-    /// Gives open slots to ready, idle, leased sessions that are not barred from the slot: the
-    /// one that has waited longest (since it connected or last took a unit) first, so neither
-    /// an early connection nor a quick reconnect puts a contributor ahead of the queue.
+    /// Gives slots to ready, idle, leased sessions: an open slot to one that is not barred from
+    /// it, and, while the round computes, a new slot to one that holds no unit of the round yet
+    /// (up to the run's most replicas; identities on probation within their share, see
+    /// `round_size.rs`). Who comes first: those with no unit of the round, then established
+    /// identities, then the one that has waited longest (since it connected or last took a
+    /// unit), so neither an early connection nor a quick reconnect puts a contributor ahead of
+    /// the queue. One left without work is told why, once a round.
     pub(super) fn schedule(&mut self, cx: &mut Context) {
         if !cx.state.hands_out_work() {
             return;
@@ -202,57 +245,121 @@ impl Replicas {
         // Replays first: the round cannot close before they resolve.
         self.start_replays(cx);
         self.maybe_close_round(cx);
-        if !self.round.slots.contains(&Slot::Open) {
-            return;
-        }
+        let probation = cx.spec.checks.as_ref().map(|c| c.halving);
+        let on_probation = |cx: &Context, k: &PublicKey| {
+            probation.is_some_and(|halving| cx.credits.clean_steps(k) < halving)
+        };
         // The sessions are scanned once per call, not once per open slot.
-        let mut idle: Vec<(u64, ConnId, PublicKey)> = cx
+        let mut idle: Vec<(bool, bool, u64, ConnId, PublicKey)> = cx
             .sessions
             .iter()
             .filter(|(_, s)| s.ready && s.lease.is_some() && s.unit.is_none())
-            .filter_map(|(&c, s)| s.active().map(|k| (s.waiting_since, c, k)))
+            .filter_map(|(&c, s)| s.active().map(|k| (c, s.waiting_since, k)))
+            .map(|(c, since, k)| {
+                let served = self.round.served.contains(&k);
+                (served, on_probation(cx, &k), since, c, k)
+            })
             .collect();
+        if idle.is_empty() {
+            return;
+        }
         idle.sort_unstable();
-        for slot in 0..self.round.slots.len() {
-            if idle.is_empty() {
-                return;
-            }
-            if self.round.slots[slot] != Slot::Open {
-                continue;
+        let mut holders = self.round.holders();
+        let mut veterans: std::collections::BTreeSet<PublicKey> = holders
+            .iter()
+            .filter(|k| !on_probation(cx, k))
+            .copied()
+            .collect();
+        veterans.extend(idle.iter().filter(|i| !i.1).map(|i| i.4));
+        let mut newcomers = holders.iter().filter(|k| on_probation(cx, k)).count() as u64;
+        let share = cx
+            .spec
+            .checks
+            .as_ref()
+            .map_or(1000, |c| round_size::permille(c.probation_share));
+        let least = cx.spec.replicas;
+        for (served, newcomer, _, conn, key) in idle {
+            if newcomer {
+                let v = veterans.len() as u64;
+                if let Err(why) = round_size::newcomer_may_join(newcomers, v, least, share) {
+                    self.tell(cx, conn, key, why);
+                    continue;
+                }
             }
             let barred = &self.round.barred;
-            let Some(at) = idle
-                .iter()
-                .position(|&(_, _, k)| !barred.contains(&(slot as u64, k)))
-            else {
-                continue;
+            let open = (0..self.round.slots.len())
+                .find(|&i| self.round.slots[i] == Slot::Open && !barred.contains(&(i as u64, key)));
+            let slot = match open {
+                Some(slot) => slot,
+                None if served => continue,
+                None => {
+                    let computing = self.round.computing(cx.now, cx.spec.round_deadline_ms);
+                    let grow = round_size::may_grow(
+                        self.round.slot_count(),
+                        cx.spec.max_replicas,
+                        computing,
+                    );
+                    if let Err(why) = grow {
+                        self.tell(cx, conn, key, why);
+                        continue;
+                    }
+                    self.round.slots.push(Slot::Open);
+                    self.round.slots.len() - 1
+                }
             };
-            let (_, conn, _) = idle.remove(at);
-            let round = self.round.number;
-            let unit = cx.next_unit;
-            cx.next_unit += 1;
-            let deadline = cx.now + cx.spec.unit_deadline_ms;
-            self.round.slots[slot] = Slot::Assigned(unit);
-            self.round.units.insert(
-                unit,
-                Unit {
-                    slot: slot as u64,
-                    conn,
-                    deadline,
+            if holders.insert(key) && newcomer {
+                newcomers += 1;
+            }
+            self.round.served.insert(key);
+            self.assign(cx, conn, key, slot as u64);
+        }
+    }
+
+    /// Tells a ready contributor, once a round, why it got no slot.
+    fn tell(&mut self, cx: &mut Context, conn: ConnId, key: PublicKey, why: round_size::NoSlot) {
+        if self.round.told.insert(key) {
+            let reason = Reason::new(Code::NoSlot, why.text());
+            cx.send(
+                conn,
+                ToContributor::Error {
+                    reason,
+                    fatal: false,
                 },
             );
-            let s = cx.sessions.get_mut(&conn).expect("found above");
-            s.unit = Some(unit);
-            s.waiting_since = cx.now;
-            let lease = s.lease.expect("leased");
-            let work = super::samples::work(
-                &cx.spec,
-                &mut cx.sampler,
-                (round, cx.version),
-                (unit, lease, slot as u64),
-            );
-            cx.send(conn, ToContributor::Work(work));
         }
+    }
+
+    /// Gives `slot` to the session on `conn`: a new unit, sent as its work.
+    fn assign(&mut self, cx: &mut Context, conn: ConnId, key: PublicKey, slot: u64) {
+        let round = self.round.number;
+        let unit = cx.next_unit;
+        cx.next_unit += 1;
+        let deadline = cx.now + cx.spec.unit_deadline_ms;
+        self.round.slots[slot as usize] = Slot::Assigned(unit);
+        self.round.units.insert(
+            unit,
+            Unit {
+                slot,
+                conn,
+                key,
+                deadline,
+            },
+        );
+        let Some(s) = cx.sessions.get_mut(&conn) else {
+            return;
+        };
+        s.unit = Some(unit);
+        s.waiting_since = cx.now;
+        let Some(lease) = s.lease else {
+            return;
+        };
+        let work = super::samples::work(
+            &cx.spec,
+            &mut cx.sampler,
+            (round, cx.version),
+            (unit, lease, slot),
+        );
+        cx.send(conn, ToContributor::Work(work));
     }
 
     /// Rejects a whole-model submission; one carrying NaN or infinities, in a run that checks
@@ -407,11 +514,13 @@ impl Replicas {
 
     /// Puts an accepted contribution back after a restart.
     pub(super) fn restore_contribution(&mut self, cx: &mut Context, c: Contribution) {
-        if c.round != self.round.number || c.slot >= cx.spec.replicas {
+        if c.round != self.round.number || c.slot >= cx.spec.max_replicas {
             return;
         }
         if let Ok(dense) = super::validate::dense_update(&cx.spec, &c.update) {
             let slot = c.slot as usize;
+            self.round.grow_to(c.slot);
+            self.round.served.insert(c.contributor);
             cx.next_unit = cx.next_unit.max(c.unit + 1);
             // Whether it was drawn before the restart is not kept: a restored contribution is
             // checked (loss check, and replay where the run replays).
@@ -432,16 +541,32 @@ impl Replicas {
         let slots = std::mem::take(&mut self.round.slots);
         let mut updates = Vec::new();
         let mut contributors = Vec::new();
+        let mut weighed = Vec::new();
         let (mut tokens, mut loss_sum) = (0u64, 0.0f64);
-        for s in slots {
+        for (slot, s) in slots.into_iter().enumerate() {
             if let Slot::Done(c, d) = s {
                 tokens += c.tokens;
                 loss_sum += c.loss_sum;
                 contributors.push(c.contributor);
+                weighed.push((c.contributor, c.unit, slot as u64));
                 updates.push(d);
             }
         }
         let (mean, clip_scales) = outer::aggregate(&updates, cx.spec.clip_to_median);
+        // What the outer step averages, and how each update was weighed, before its close.
+        cx.log(LogEvent::Aggregated {
+            round: self.round.number,
+            updates: weighed
+                .into_iter()
+                .zip(&clip_scales)
+                .map(|((key, unit, slot), &scale)| Weighed {
+                    key,
+                    unit,
+                    slot,
+                    scale,
+                })
+                .collect(),
+        });
         self.previous_updates = updates;
         let closed_round = self.round.number;
         self.gains.retain(|&(r, _)| r == closed_round);

@@ -224,3 +224,120 @@ fn open_slots_go_to_the_sessions_that_have_waited_longest_not_the_lowest_connect
     next.schedule(&mut cx);
     assert_eq!(sent_work(&mut cx), vec![(1, 3, 0), (2, 4, 1), (3, 5, 2)]);
 }
+
+/// The `NoSlot` notices sent in the tick so far, by connection.
+fn told(cx: &Context) -> Vec<u64> {
+    cx.out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                conn,
+                msg: ToContributor::Error { reason, fatal },
+            } if reason.code == tessera_protocol::Code::NoSlot => {
+                assert!(!fatal, "a notice ends nobody's session");
+                Some(*conn)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_round_grows_a_slot_for_each_further_ready_contributor_up_to_its_most() {
+    let mut cx = context(spec(2).with_replica_range(2, 4));
+    let mut r = Replicas::new(0, 2);
+    for conn in 1..=5 {
+        active(&mut cx, conn, conn as u8, Some(conn));
+    }
+    r.schedule(&mut cx);
+    // Two slots it opened with, two it grew to; the fifth contributor is told why it waits.
+    assert_eq!(told(&cx), vec![5]);
+    assert_eq!(
+        sent_work(&mut cx),
+        vec![(1, 1, 0), (2, 2, 1), (3, 3, 2), (4, 4, 3)]
+    );
+    assert_eq!(r.round.slot_count(), 4);
+    // Told once a round, however often the round schedules.
+    r.schedule(&mut cx);
+    assert!(told(&cx).is_empty());
+    // A contributor that had a unit of the round gets no slot of its own again: a lost
+    // session's slot reopens for whoever is idle, the fifth first.
+    let s = cx.sessions.remove(&2).unwrap();
+    r.session_lost(&mut cx, s);
+    cx.sessions.get_mut(&1).unwrap().unit = None;
+    r.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx), vec![(5, 5, 1)]);
+    assert_eq!(r.round.slot_count(), 4);
+}
+
+#[test]
+fn a_contributor_ready_mid_round_gets_a_slot_while_the_round_computes() {
+    let mut cx = context(spec(1).with_replica_range(1, 8).with_quorum(1, 10_000));
+    let mut r = Replicas::new(0, 1);
+    active(&mut cx, 1, 1, Some(1));
+    r.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx), vec![(1, 1, 0)]);
+    cx.now = 4_000;
+    active(&mut cx, 2, 2, Some(2));
+    r.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx), vec![(2, 2, 1)]);
+    // Past the round's deadline it no longer grows: a quorum may close it any moment.
+    cx.now = 10_000;
+    active(&mut cx, 3, 3, Some(3));
+    r.schedule(&mut cx);
+    assert_eq!(told(&cx), vec![3]);
+    assert!(sent_work(&mut cx).is_empty());
+    assert_eq!(r.round.slot_count(), 2);
+}
+
+#[test]
+fn identities_on_probation_hold_at_most_their_share_of_an_established_runs_round() {
+    use super::super::spec::ChecksSpec;
+    use tessera_protocol::log::{CheckOutcome, LogEvent};
+    let checks = ChecksSpec {
+        replay: false,
+        halving: 2,
+        probation_share: 0.4,
+        ..ChecksSpec::default()
+    };
+    let mut cx = context(spec(3).with_replica_range(3, 16).with_checks(checks));
+    // Six fresh identities in a young run: every one gets a slot (no cap before the run has
+    // three established contributors).
+    let mut young = Replicas::new(0, 3);
+    for conn in 1..=6 {
+        active(&mut cx, conn, conn as u8, Some(conn));
+    }
+    young.schedule(&mut cx);
+    assert_eq!(sent_work(&mut cx).len(), 6);
+    // Three of them pass two rounds of checks: established.
+    for seed in 1..=3u8 {
+        let key = tessera_protocol::Identity::from_seed([seed; 32]).public();
+        for round in 0..2 {
+            cx.credits.apply(&LogEvent::Checked {
+                key,
+                step: round,
+                auditors: vec![],
+                outcome: CheckOutcome::Passed,
+                flops: 0.0,
+                credited: vec![],
+            });
+        }
+        assert_eq!(cx.credits.clean_steps(&key), 2);
+    }
+    // The next round: the three established ones, then two of the newcomers (0.4 of five);
+    // the third newcomer is told why, and the established ones came first although they
+    // waited least.
+    for conn in 1..=6 {
+        let s = cx.sessions.get_mut(&conn).unwrap();
+        s.unit = None;
+        s.waiting_since = 10 - conn;
+    }
+    cx.out.clear();
+    let mut next = Replicas::new(1, 3);
+    next.schedule(&mut cx);
+    assert_eq!(told(&cx), vec![4]);
+    let conns: Vec<u64> = sent_work(&mut cx).iter().map(|w| w.0).collect();
+    assert_eq!(conns, vec![3, 2, 1, 6, 5]);
+    // A fourth established identity makes room for no more than 4 * 0.4 / 0.6 = 2 newcomers.
+    assert_eq!(super::super::round_size::newcomer_cap(4, 3, 400), Some(2));
+}

@@ -27,6 +27,32 @@ pub struct RunRules {
     pub rounds: u64,
     /// How an aggregate is applied.
     pub step: StepRule,
+    /// Whole-model runs: how many updates a round averages and how each is weighed (absent
+    /// in pipeline runs and in the rules of runs started before rounds followed their
+    /// contributors; left out of the encoding when absent, so those runs' digests stand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds_of: Option<RoundRules>,
+}
+
+/// How many updates a whole-model round averages and how (each round's `Aggregated` log
+/// entry shows what it did).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundRules {
+    /// Slots a round opens with: a full round has at least this many.
+    pub least: u64,
+    /// Slots a round grows to at most.
+    pub most: u64,
+    /// Accepted updates that close a round once its deadline has passed.
+    pub quorum: u64,
+    /// Each update clipped to the round's median norm before the mean.
+    pub clip_to_median: bool,
+}
+
+impl RoundRules {
+    /// The fewest updates a closed round may average: a full round's least, or its quorum.
+    pub fn fewest(&self) -> u64 {
+        self.least.min(self.quorum).max(1)
+    }
 }
 
 /// How one closed round or step applies its aggregate.
@@ -64,6 +90,15 @@ impl RunRules {
                     clip: spec.inner_clip,
                 },
                 None => StepRule::Outer { lr: spec.outer_lr },
+            },
+            rounds_of: match spec.pipeline {
+                Some(_) => None,
+                None => Some(RoundRules {
+                    least: spec.replicas,
+                    most: spec.max_replicas,
+                    quorum: spec.quorum.min(spec.replicas),
+                    clip_to_median: spec.clip_to_median,
+                }),
             },
         }
     }

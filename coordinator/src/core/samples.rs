@@ -21,7 +21,7 @@ pub(super) fn slot_sample(
     let n = draw_index(
         round,
         slot,
-        spec.replicas,
+        spec.max_replicas,
         step,
         spec.inner_steps,
         mb,

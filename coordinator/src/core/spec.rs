@@ -24,8 +24,14 @@ pub struct RunSpec {
     pub seed: u64,
     /// Rounds (outer steps) to train; the run finishes after the last.
     pub rounds: u64,
-    /// Replica slots per round.
+    /// Replica slots a round opens with: the least it has (see [`RunSpec::max_replicas`]).
     pub replicas: u64,
+    /// Most replica slots a round grows to: while a round computes, every ready contributor
+    /// that has no unit of it yet gets a slot of its own, up to this many (and, in a run that
+    /// checks work, within [`ChecksSpec::probation_share`]); `replicas` for a fixed count. Each
+    /// round's data draws are laid out for this many slots (`samples.rs`), so a round's slot
+    /// draws the same samples however many slots the round reached.
+    pub max_replicas: u64,
     /// Inner steps per replica per round (H).
     pub inner_steps: u64,
     /// Sequences per inner step.
@@ -134,7 +140,20 @@ pub struct ChecksSpec {
     /// wrong, with the checked result against it) before anyone is refused; see
     /// `arbitration.rs` for the chance that colluding identities reach it.
     pub agree: u64,
+    /// Whole-model runs: the largest share of a round's slots that identities still on
+    /// probation (fewer than `halving` clean rounds) may hold once the run has at least
+    /// `replicas` established contributors ready, so that fresh keys cannot fill a round; a
+    /// younger run, which has only newcomers, is not capped (`round_size.rs`).
+    pub probation_share: f64,
 }
+
+/// The default [`ChecksSpec::probation_share`]: identities on probation stay a minority of a
+/// round (two for three established ones), so the median-norm clip and the checks' round
+/// medians stand on established contributors.
+pub const DEFAULT_PROBATION_SHARE: f64 = 0.4;
+
+/// The most replica slots a round may have (each is a line of its `Aggregated` log entry).
+pub const MAX_REPLICAS: u64 = 1024;
 
 /// The most auditors a run may require to agree before it refuses anyone.
 pub const MAX_AGREE: u64 = 8;
@@ -154,6 +173,7 @@ impl Default for ChecksSpec {
             round_tolerance: tessera_train::drift::ROUND_TOLERANCE,
             held_out: 0,
             agree: 2,
+            probation_share: DEFAULT_PROBATION_SHARE,
         }
     }
 }
@@ -221,6 +241,9 @@ impl ChecksSpec {
         if !(1..=MAX_AGREE).contains(&self.agree) {
             return Err(ChecksError::Agree);
         }
+        if !(self.probation_share > 0.0 && self.probation_share <= 1.0) {
+            return Err(ChecksError::ProbationShare);
+        }
         Ok(())
     }
 }
@@ -249,6 +272,9 @@ pub enum ChecksError {
     /// `agree` outside 1..=MAX_AGREE.
     #[error("[checks] agree must be in 1..={MAX_AGREE}")]
     Agree,
+    /// `probation_share` outside (0, 1].
+    #[error("[checks] probation_share must be in (0, 1]")]
+    ProbationShare,
 }
 
 impl PipelineSpec {

@@ -23,6 +23,7 @@ impl RunSpec {
             seed: 1,
             rounds: 1,
             replicas: 1,
+            max_replicas: 1,
             inner_steps: 1,
             batch: 1,
             seq: 8,
@@ -55,9 +56,17 @@ impl RunSpec {
         self
     }
 
-    /// Replica slots per round (a round closes only when all are accepted).
+    /// Replica slots per round, a fixed count (a round closes only when all are accepted).
     pub fn with_replicas(mut self, replicas: u64) -> Self {
         self.replicas = replicas;
+        self.max_replicas = replicas;
+        self
+    }
+
+    /// Replica slots per round between `least` and `most`, following the ready contributors.
+    pub fn with_replica_range(mut self, least: u64, most: u64) -> Self {
+        self.replicas = least;
+        self.max_replicas = most;
         self
     }
 
