@@ -26,6 +26,7 @@ mod replays;
 mod replica_checks;
 mod replica_lease;
 mod results;
+mod round;
 mod round_size;
 mod rounds;
 pub mod rules;
@@ -92,7 +93,7 @@ enum Regime {
 /// The whole-model regime's state.
 pub(super) struct Replicas {
     /// The open round.
-    round: rounds::Round,
+    round: round::Round,
     /// The previous round's accepted updates (dense), to catch stale results sent again.
     previous_updates: Vec<Vec<Vec<f32>>>,
     /// Loss gains of the updates that passed a loss check, by round (this round's and the

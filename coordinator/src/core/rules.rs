@@ -178,6 +178,48 @@ pub fn apply(
 mod tests {
     use super::*;
 
+    /// The rules of a run started before rounds followed their contributors (its
+    /// `rules.json` without `rounds_of`) keep the digest its log's first entry committed; a
+    /// whole-model run's rules now carry its round rules, and they change the digest.
+    #[test]
+    fn rules_without_round_rules_keep_their_earlier_digest() {
+        #[derive(Serialize)]
+        struct Earlier {
+            run: String,
+            model: String,
+            seed: u64,
+            rounds: u64,
+            step: StepRule,
+        }
+        let spec = RunSpec::new("r", ModelConfig::tiny(), vec![1u32; 64]).with_replica_range(3, 16);
+        let now = RunRules::of(&spec);
+        assert_eq!(
+            now.rounds_of,
+            Some(RoundRules {
+                least: 3,
+                most: 16,
+                quorum: 3,
+                clip_to_median: false
+            })
+        );
+        let earlier = Earlier {
+            run: now.run.clone(),
+            model: now.model.clone(),
+            seed: now.seed,
+            rounds: now.rounds,
+            step: now.step,
+        };
+        let json = serde_json::to_string(&earlier).unwrap();
+        let read: RunRules = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.rounds_of, None);
+        assert_eq!(read.digest(), super::super::digest(&earlier));
+        assert_ne!(now.digest(), read.digest());
+        // Written and read back, the rules are the same rules.
+        let again: RunRules = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
+        assert_eq!(again, now);
+        assert_eq!(again.rounds_of.unwrap().fewest(), 3);
+    }
+
     /// An outer step moves a tied model's embedding by the aggregate's embedding part and
     /// copies it to the head, whatever the aggregate's head part says.
     #[test]
