@@ -6,8 +6,11 @@
 //! throughout: no unit or lease is held by a vanished contributor, every slot of a round is
 //! accepted exactly once (so every sample is trained once per round, re-runs carrying the same
 //! samples), the accepted contribution is recorded before its receipt, the status built from
-//! the core's marks of what changed is the status built whole, and every round completes. The same seed gives the same trace; the test sweeps seeds (see `common::sweep`:
-//! `TESSERA_SIM_SEED=N` reruns one).
+//! the core's marks of what changed is the status built whole, and every round completes.
+//! Rounds of a fixed count, and elastic rounds (a slot more for each further ready
+//! contributor, up to the most) whose every grown slot is accepted once. The same seed gives
+//! the same trace; the tests sweep seeds (see `common::sweep`: `TESSERA_SIM_SEED=N` reruns
+//! one).
 
 mod common;
 
@@ -108,10 +111,13 @@ struct Outcome {
     rounds: u64,
     accepted: usize,
     reassigned: usize,
+    /// Updates each closed round averaged.
+    sizes: Vec<usize>,
 }
 
-fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
-    let sp = spec(replicas, rounds, SyncMode::Dense);
+/// Runs the simulation; rounds of `least..=most` replica slots (one count: a fixed round).
+fn run(seed: u64, contributors: usize, (least, most): (u64, u64), rounds: u64) -> Outcome {
+    let sp = spec(least, rounds, SyncMode::Dense).with_replica_range(least, most);
     let mut c = core(sp);
     let coord_key = c.public_key();
     let mut rng = SplitMix(seed);
@@ -144,6 +150,7 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
     let mut accepted: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
     let mut accepted_units: BTreeSet<u64> = BTreeSet::new();
     let mut works_sent = 0usize;
+    let mut sizes: Vec<usize> = Vec::new();
     let mut status = StatusRows::default();
     let mut now = 0u64;
     let step = 100;
@@ -230,13 +237,26 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
                         pending_accept = Some(contrib.unit);
                     }
                     Action::RoundClosed(sum) => {
+                        let n = sum.contributors.len();
                         assert_eq!(
                             accepted.get(&sum.round).map(|s| s.len()),
-                            Some(replicas as usize),
+                            Some(n),
                             "round {} closed without every slot",
                             sum.round
                         );
-                        assert_eq!(sum.contributors.len(), replicas as usize);
+                        assert!(
+                            (least as usize..=most as usize).contains(&n),
+                            "round {} averaged {n} updates",
+                            sum.round
+                        );
+                        // Every accepted slot is one the round had: 0..n.
+                        assert_eq!(
+                            accepted[&sum.round].iter().next_back(),
+                            Some(&(n as u64 - 1)),
+                            "round {}'s slots",
+                            sum.round
+                        );
+                        sizes.push(n);
                     }
                     Action::Finished
                     | Action::Logged(_)
@@ -325,6 +345,7 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
         rounds: c.round(),
         accepted: accepted_units.len(),
         reassigned: works_sent - accepted_units.len(),
+        sizes,
     }
 }
 
@@ -332,7 +353,7 @@ fn run(seed: u64, contributors: usize, replicas: u64, rounds: u64) -> Outcome {
 fn thousand_contributors_churning() {
     // Three seeds by default; `TESSERA_SIM_SEED=N` reruns one, `TESSERA_SIM_SEEDS=N` sweeps N.
     common::sweep(1, 3, |seed| {
-        let out = run(seed, 1000, 16, 12);
+        let out = run(seed, 1000, (16, 16), 12);
         println!(
             "rounds {} accepted units {} re-run or abandoned units {}",
             out.rounds, out.accepted, out.reassigned
@@ -341,7 +362,32 @@ fn thousand_contributors_churning() {
         assert_eq!(out.accepted, 16 * 12);
         assert!(out.reassigned > 0, "churn must have forced re-assignment");
         assert_eq!(
-            run(seed, 1000, 16, 12).trace,
+            run(seed, 1000, (16, 16), 12).trace,
+            out.trace,
+            "same seed, same trace"
+        );
+    });
+}
+
+#[test]
+fn elastic_rounds_follow_churning_contributors() {
+    // Forty contributors joining over 20 s, leaving, crashing and going silent; rounds open
+    // with 3 slots and grow to 24: every round still closes with every slot it grew to
+    // accepted once, the first (few joined yet) small, later ones large.
+    common::sweep(1, 3, |seed| {
+        let out = run(seed, 40, (3, 24), 10);
+        println!("updates per round: {:?}", out.sizes);
+        assert_eq!(out.rounds, 10);
+        assert_eq!(out.sizes.len(), 10);
+        assert_eq!(out.accepted, out.sizes.iter().sum::<usize>());
+        let most = *out.sizes.iter().max().expect("rounds");
+        assert!(
+            most > 3 && most <= 24,
+            "the rounds grew with their contributors: {:?}",
+            out.sizes
+        );
+        assert_eq!(
+            run(seed, 40, (3, 24), 10).trace,
             out.trace,
             "same seed, same trace"
         );

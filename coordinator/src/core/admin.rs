@@ -91,7 +91,7 @@ pub(super) fn announce(cx: &mut Context, entry: &SignedEntry) {
 pub(super) fn created(cx: &Context, reason: String) -> LogEvent {
     let action = AdminAction::Create {
         run: cx.spec.name.clone(),
-        config: super::rules::RunRules::of(&cx.spec).digest(),
+        config: cx.rules_digest,
     };
     LogEvent::Admin { action, reason }
 }
@@ -129,6 +129,42 @@ mod tests {
         apply(&mut cx, &AdminAction::Stop, "done", false);
         assert_eq!(cx.state, RunState::Finished(End::Stopped));
         assert!(matches!(cx.out[..], [Action::Finished]));
+    }
+
+    /// An administrator's `set rounds` changes the run's rules as `RunRules::of` reads them,
+    /// but not the chain its draws derive from: a coordinator restarted after the act (its
+    /// draws derived afresh) reveals values that hash to the tips the run committed.
+    #[test]
+    fn a_set_leaves_the_draw_chain_the_run_started_with() {
+        use super::super::context::testing::{context, spec};
+        use super::super::spec::ChecksSpec;
+        use tessera_protocol::log::LogEvent;
+        let mut cx = context(spec(1).with_checks(ChecksSpec::default()));
+        cx.start_draws();
+        let started = cx.rules_digest;
+        let set = AdminAction::Set {
+            param: "rounds".into(),
+            value: "9".into(),
+        };
+        apply(&mut cx, &set, "longer", false);
+        assert_ne!(
+            super::super::rules::RunRules::of(&cx.spec).digest(),
+            started
+        );
+        assert_eq!(cx.rules_digest, started);
+        cx.draws = super::super::draws::Draws::new();
+        cx.reveal();
+        let mut fold = super::super::credits::Credits::default();
+        let mut revealed = 0;
+        for a in &cx.out {
+            if let Action::Logged(e) = a {
+                revealed += usize::from(matches!(e.entry.event, LogEvent::Revealed { .. }));
+                fold.apply_drawn(&e.entry.event)
+                    .1
+                    .expect("every draw holds against the committed chain");
+            }
+        }
+        assert_eq!(revealed, 1);
     }
 
     #[test]

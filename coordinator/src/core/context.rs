@@ -23,6 +23,9 @@ pub(super) const MAX_UNLOGGED_LEASES: usize = 16;
 /// Everything the core's parts share (see the module doc).
 pub(super) struct Context {
     pub(super) spec: RunSpec,
+    /// The digest of the rules the run started under (the `config` of its `Started` entry),
+    /// taken before any administrator's act changes `spec`: the draw chain derives from it.
+    pub(super) rules_digest: [u8; 32],
     pub(super) id: Identity,
     /// The latest input's time (ms, monotonic).
     pub(super) now: u64,
@@ -83,7 +86,9 @@ impl Context {
         round: u64,
     ) -> Self {
         let sampler = Sampler::new(spec.seed, spec.training_tokens(), spec.seq as usize);
+        let rules_digest = super::rules::RunRules::of(&spec).digest();
         Context {
+            rules_digest,
             state: RunState::at(round, spec.rounds),
             draws: draws::Draws::new(),
             spec,
@@ -154,7 +159,7 @@ impl Context {
         let Some(rates) = self.spec.checks.as_ref().map(|c| c.draw_rates()) else {
             return;
         };
-        let owner = draws::Owner::of(&self.id, &self.spec);
+        let owner = draws::Owner::of(&self.id, &self.spec.name, self.rules_digest);
         for e in draws::Draws::start(&owner, rates) {
             self.log(e);
         }
@@ -164,7 +169,7 @@ impl Context {
     /// the last reveal, those drawn for the checks (in the order of their work).
     pub(super) fn reveal(&mut self) -> Vec<PublicKey> {
         self.start_draws();
-        let owner = draws::Owner::of(&self.id, &self.spec);
+        let owner = draws::Owner::of(&self.id, &self.spec.name, self.rules_digest);
         let (entries, drawn) = self.draws.reveal(&owner, &self.credits);
         for e in entries {
             self.log(e);

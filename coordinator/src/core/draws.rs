@@ -25,22 +25,25 @@ pub(super) struct Draws {
 }
 
 /// Who the chain belongs to: the coordinator and its run (whose name and rules' digest each
-/// segment's secret is derived with).
+/// segment's secret is derived with: the digest the log's `Started` entry commits, which an
+/// administrator's later `set` does not change, so a restarted coordinator derives the same
+/// chain).
 pub(super) struct Owner<'a> {
     pub id: &'a Identity,
-    pub spec: &'a super::RunSpec,
+    pub run: &'a str,
+    pub config: [u8; 32],
 }
 
 impl<'a> Owner<'a> {
-    /// The chain of the run of `spec` coordinated by `id`.
-    pub(super) fn of(id: &'a Identity, spec: &'a super::RunSpec) -> Self {
-        Owner { id, spec }
+    /// The chain of run `run`, started under the rules of digest `config`, coordinated by
+    /// `id`.
+    pub(super) fn of(id: &'a Identity, run: &'a str, config: [u8; 32]) -> Self {
+        Owner { id, run, config }
     }
 
     /// Segment `segment` of the chain (derived: once per segment and run start).
     fn chain(&self, segment: u64) -> Chain {
-        let config = super::rules::RunRules::of(self.spec).digest();
-        Chain::derive(self.id, &self.spec.name, &config, segment)
+        Chain::derive(self.id, self.run, &self.config, segment)
     }
 }
 
@@ -236,7 +239,8 @@ mod tests {
         );
         let id = Identity::from_seed([5; 32]);
         let spec = super::super::context::testing::spec(1);
-        let owner = Owner::of(&id, &spec);
+        let config = super::super::rules::RunRules::of(&spec).digest();
+        let owner = Owner::of(&id, &spec.name, config);
         let picks = |credits: &Credits| -> Vec<ConnId> {
             (0..64u8)
                 .map(|p| {

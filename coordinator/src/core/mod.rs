@@ -137,7 +137,7 @@ impl Core {
     pub fn continue_log(&mut self, head: Option<LogHead>) {
         self.cx.log = LogWriter::after(head);
         if head.is_none() {
-            let config = rules::RunRules::of(&self.cx.spec).digest();
+            let config = self.cx.rules_digest;
             self.cx.log(LogEvent::Started {
                 run: self.cx.spec.name.clone(),
                 coordinator: self.cx.id.public(),

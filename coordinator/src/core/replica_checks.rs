@@ -391,8 +391,9 @@ impl Replicas {
             version: cx.version,
             cfg: cx.spec.model.clone(),
             weights: cx.weights.clone(),
-            // Its share of the outer step: the step applies the mean of the round's updates.
-            lr: cx.spec.outer_lr / self.round.slot_count().max(1) as f32,
+            // Its share of the outer step: the step applies the mean of the round's accepted
+            // updates (however many the round grew to, or its quorum).
+            lr: cx.spec.outer_lr / self.round.accepted().max(1) as f32,
             held,
             items,
         };
