@@ -130,6 +130,18 @@ pub fn web_page(given: Option<&Path>) -> Result<Option<web::PageSource>> {
     }
 }
 
+/// Keeps the Hugging Face tokenizer of the run `cfg` configures (relative to `base`) beside
+/// its checkpoints, where `tessera generate` finds it (nothing for a byte-level run).
+pub async fn keep_tokenizer(cfg: &RunConfig, base: &Path, store: &Store) -> Result<()> {
+    if let Some(t) = &cfg.data.tokenizer {
+        let path = base.join(t);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("reading the tokenizer {}", path.display()))?;
+        store.write_tokenizer(bytes).await?;
+    }
+    Ok(())
+}
+
 /// Opens (or resumes) the run in `data_dir` and starts serving it.
 pub async fn start(
     cfg: &RunConfig,
@@ -198,12 +210,7 @@ pub async fn start(
             store
                 .write_rules(&tessera_coordinator::core::rules::RunRules::of(core.spec()))
                 .await?;
-            if let Some(t) = &cfg.data.tokenizer {
-                let path = base.join(t);
-                let bytes = std::fs::read(&path)
-                    .with_context(|| format!("reading the tokenizer {}", path.display()))?;
-                store.write_tokenizer(bytes).await?;
-            }
+            keep_tokenizer(cfg, base, &store).await?;
             // Committed at once, in one transaction: the log's first entries, the state row
             // and the initial checkpoint, so that a coordinator stopped before its first round
             // closes resumes this run (and its log) instead of starting a second one.

@@ -175,6 +175,7 @@ pub async fn run(a: Args) -> Result<()> {
         },
     );
     store.write_rules(&rules).await?;
+    crate::coordinator_cmd::keep_tokenizer(&cfg, &base, &store).await?;
     let snap = Snapshot {
         round: point.round,
         version: point.version,

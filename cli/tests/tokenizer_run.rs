@@ -1,6 +1,7 @@
 //! A run trained with a Hugging Face tokenizer keeps it beside its checkpoints
 //! (`checkpoints/tokenizer.json`), and `tessera generate` on any of its checkpoints finds it
-//! there: the prompt is encoded and the new tokens decoded with the run's own vocabulary.
+//! there: the prompt is encoded and the new tokens decoded with the run's own vocabulary. A
+//! fork of the run keeps the tokenizer its configuration names beside its own checkpoints.
 //! Real `tessera coordinator` and three `tessera worker` processes train a one-layer model whose
 //! 16-word vocabulary is a word-level tokenizer's.
 
@@ -62,5 +63,31 @@ fn generate_finds_the_runs_tokenizer_beside_its_checkpoints() {
             .and_then(|n| n.parse::<u32>().ok())
             .is_some_and(|n| n < 16)),
         "every token decodes to a word of the vocabulary: {written:?}"
+    );
+
+    // A fork from version 2 (its configuration names the same tokenizer, as its data needs).
+    let fork_toml = dir.join("fork.toml");
+    std::fs::write(
+        &fork_toml,
+        run.replace("name = \"words\"", "name = \"words-fork\""),
+    )
+    .unwrap();
+    let forked = dir.join("forked");
+    let (ok, text) = common::tessera(&[
+        "fork".as_ref(),
+        "--log".as_ref(),
+        data_dir.as_os_str(),
+        "--at".as_ref(),
+        "2".as_ref(),
+        "--config".as_ref(),
+        fork_toml.as_os_str(),
+        "--data-dir".as_ref(),
+        forked.as_os_str(),
+    ]);
+    assert!(ok, "{text}");
+    assert_eq!(
+        std::fs::read_to_string(forked.join("checkpoints/tokenizer.json")).unwrap(),
+        tokenizer,
+        "the fork keeps its tokenizer beside its checkpoints: {text}"
     );
 }
