@@ -51,7 +51,7 @@ async fn only_a_valid_create_is_accepted_and_hands_the_run_over() {
     assert_eq!(status["phase"], "idle");
 
     let create = |config: &str, reason: &str| serde_json::json!({"action": "create", "config": config, "reason": reason});
-    let good = "name = \"made\"\nrounds = 1\n[train]\nreplicas = 1\n";
+    let good = "name = \"made\"\nrounds = 1\n[train]\nreplicas = 3\n";
     for (body, want, code) in [
         (
             serde_json::json!({"action": "pause", "reason": "x"}),

@@ -1,7 +1,8 @@
 //! The `[checks]` section: replays default to on for whole-model runs with dense sync and off
 //! with SparseLoCo (which may ask for them), asking for them in a pipeline run is a clear error,
 //! and bad tolerances are refused; held-out sequences for the held-out loss check are kept out
-//! of training (a tenth of the data by default, none for pipelines). The `[admission]`
+//! of training (a tenth of the data by default, none for pipelines); a checked whole-model
+//! round averages at least three updates. The `[admission]`
 //! section: an invite list makes a run invite-only.
 
 use tessera_coordinator::config::{ConfigError, RunConfig};
@@ -131,8 +132,8 @@ fn held_out_sequences_are_kept_out_of_training() {
 fn a_round_s_quorum_defaults_to_every_replica_and_must_fit_them() {
     let s = spec("replicas = 3\nunit_deadline_secs = 30", "").unwrap();
     assert_eq!((s.quorum, s.round_deadline_ms), (3, 60_000));
-    let s = spec("replicas = 3\nquorum = 2\nround_deadline_secs = 90", "").unwrap();
-    assert_eq!((s.quorum, s.round_deadline_ms), (2, 90_000));
+    let s = spec("replicas = 4\nquorum = 3\nround_deadline_secs = 90", "").unwrap();
+    assert_eq!((s.quorum, s.round_deadline_ms), (3, 90_000));
     for q in [0, 4] {
         let e = spec(&format!("replicas = 3\nquorum = {q}"), "").unwrap_err();
         assert!(
@@ -140,6 +141,26 @@ fn a_round_s_quorum_defaults_to_every_replica_and_must_fit_them() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn a_checked_whole_model_round_averages_at_least_three_updates() {
+    // Rounds of fewer updates (opening with fewer slots, or closing on a smaller quorum) are
+    // refused where work is checked, and allowed where it is not or in a pipeline run.
+    for (train, replicas, quorum) in [
+        ("replicas = 2", 2, 2),
+        ("replicas = 1", 1, 1),
+        ("replicas = 4\nquorum = 2", 4, 2),
+    ] {
+        let e = spec(train, "").unwrap_err();
+        assert!(
+            matches!(e, ConfigError::TooFewChecked { replicas: r, quorum: q } if (r, q) == (replicas, quorum)),
+            "{train}: {e}"
+        );
+        assert!(e.to_string().contains("enabled = false"), "{e}");
+        assert!(spec(train, "[checks]\nenabled = false").is_ok(), "{train}");
+    }
+    assert_eq!(spec("replicas = 3", "").unwrap().replicas, 3);
 }
 
 #[test]

@@ -68,6 +68,14 @@ pub enum ConfigError {
         /// The least.
         replicas: u64,
     },
+    /// A whole-model run that checks work with rounds of fewer than three updates.
+    #[error("run config: a whole-model run that checks work needs [train] replicas and quorum of at least {} (its checks compare each update with the round's median, which says nothing of fewer; they are {replicas} and {quorum}); [checks] enabled = false trains without checks", super::MIN_CHECKED_REPLICAS)]
+    TooFewChecked {
+        /// The replicas a round opens with.
+        replicas: u64,
+        /// The quorum.
+        quorum: u64,
+    },
     /// A count that must be positive is zero.
     #[error("run config: {0} must be positive")]
     NotPositive(&'static str),

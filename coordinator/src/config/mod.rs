@@ -19,7 +19,7 @@
 //! sync = "sparse"             # or "dense"
 //! optimizer = "adamw"         # or "sgd"
 //! unit_deadline_secs = 120    # a unit not delivered by then runs elsewhere
-//! quorum = 2                  # optional: accepted slots that close a round once
+//! quorum = 3                  # optional: accepted slots that close a round once
 //! round_deadline_secs = 240   #   this long has passed (default: every replica; 2 x units)
 //! ```
 //!
@@ -62,6 +62,10 @@ pub use sections::{
     AdmissionSection, ChecksSection, DataSection, ModelSection, PipelineSection, RunConfig,
     TrainSection,
 };
+
+/// The fewest updates a whole-model round that checks work may average (`replicas` and
+/// `quorum`): the checks compare each with the round's median.
+pub const MIN_CHECKED_REPLICAS: u64 = 3;
 
 /// The most replica slots a round grows to where `[train] max_replicas` is not set (or
 /// `replicas`, when that is more).
@@ -124,6 +128,15 @@ impl RunConfig {
             Sampler::count(tokens.len(), t.seq as usize) as u64,
             t.batch,
         )?;
+        // Checks compare each update with its round's median: of fewer than three, a median
+        // says nothing, so a checked whole-model round has at least three (a full one and a
+        // quorum alike).
+        if pipeline.is_none() && checks.is_some() && t.replicas.min(quorum) < MIN_CHECKED_REPLICAS {
+            return Err(ConfigError::TooFewChecked {
+                replicas: t.replicas,
+                quorum,
+            });
+        }
         let invited = resolve::invited(&self.admission)?;
         let total = if pipeline.is_some() {
             self.rounds
