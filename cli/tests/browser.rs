@@ -52,14 +52,12 @@ fn a_browser_tab_trains_a_micro_shard_beside_native_workers() {
     });
     let b = Browser::start(&WEBGPU_FLAGS, &dir.join("chromium-profile"));
     let opened = Instant::now();
-    b.open(&format!("http://127.0.0.1:{port}/"));
-    b.wait(
-        "WebGPU detected",
-        Duration::from_secs(30),
-        "return window.tessera && window.tessera.webGpu === true;",
-    );
     // A 215 KiB budget holds one head slice and nothing more.
-    b.eval("document.getElementById('budget').value = String(215 / 1024); document.getElementById('start').click(); return true;");
+    b.contribute(
+        &format!("http://127.0.0.1:{port}/"),
+        Duration::from_secs(30),
+        Some(215.0 / 1024.0),
+    );
     wait_for(
         port,
         FIVE_MINUTES,
@@ -211,13 +209,11 @@ fn long_run(name: &str) -> Long {
 /// returns once the browser has accepted work.
 fn join(l: &Long) -> Browser {
     let b = Browser::start(&WEBGPU_FLAGS, &l.dir.join("chromium-profile"));
-    b.open(&format!("http://127.0.0.1:{}/", l.port));
-    b.wait(
-        "WebGPU detected",
+    b.contribute(
+        &format!("http://127.0.0.1:{}/", l.port),
         Duration::from_secs(30),
-        "return window.tessera && window.tessera.webGpu === true;",
+        Some(215.0 / 1024.0),
     );
-    b.eval("document.getElementById('budget').value = String(215 / 1024); document.getElementById('start').click(); return true;");
     wait_for(l.port, FIVE_MINUTES, "the browser's accepted work", |s| {
         browser_contributors(s)
             .iter()
@@ -348,13 +344,11 @@ fn the_identity_key_stays_across_visits() {
     let _c = coordinator_with_page(&data("browser.toml"), port, &dir, Some(&page));
     wait_for(port, Duration::from_secs(60), "the coordinator", |_| true);
     let key = |b: &Browser| -> String {
-        b.open(&format!("http://127.0.0.1:{port}/"));
-        b.wait(
-            "WebGPU detected",
+        b.contribute(
+            &format!("http://127.0.0.1:{port}/"),
             Duration::from_secs(30),
-            "return window.tessera && window.tessera.webGpu === true;",
+            None,
         );
-        b.eval("document.getElementById('start').click(); return true;");
         b.wait(
             "the identity",
             Duration::from_secs(30),

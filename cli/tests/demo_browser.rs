@@ -7,14 +7,12 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::browser::{build_page, target_dir, Browser, WEBGPU_FLAGS};
-use common::{exe, free_port, scratch, status, wait_for, Proc};
+use common::{exe, free_port, page_url, scratch, status, wait_for, Proc};
 use tessera_protocol::log::LogEvent;
 use tessera_protocol::log_store::StoredEntry;
 
@@ -70,24 +68,7 @@ fn a_tab_opening_the_demos_url_trains_in_every_round_it_is_ready_for() {
         .expect("tessera demo starts");
     let out = child.stdout.take().expect("the demo's output");
     let mut demo = Proc(child);
-    let (lines, seen) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            println!("demo: {line}");
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let start = Instant::now();
-    let url = loop {
-        let line = seen
-            .recv_timeout(FIVE_MINUTES.saturating_sub(start.elapsed()))
-            .expect("the demo prints its page's URL");
-        if let Some(rest) = line.strip_prefix("contributor page: ") {
-            break rest.split_whitespace().next().expect("a URL").to_string();
-        }
-    };
+    let url = page_url(out, "demo", FIVE_MINUTES);
     assert_eq!(url, format!("http://127.0.0.1:{port}"), "{page:?}");
     wait_for(
         port,
@@ -101,13 +82,7 @@ fn a_tab_opening_the_demos_url_trains_in_every_round_it_is_ready_for() {
     );
     let b = Browser::start(&WEBGPU_FLAGS, &dir.join("chromium-profile"));
     let opened = Instant::now();
-    b.open(&url);
-    b.wait(
-        "WebGPU detected",
-        Duration::from_secs(60),
-        "return window.tessera && window.tessera.webGpu === true;",
-    );
-    b.eval("document.getElementById('start').click(); return true;");
+    b.contribute(&url, Duration::from_secs(60), None);
     let browser = |s: &serde_json::Value| -> Option<serde_json::Value> {
         s["contributors"]
             .as_array()?

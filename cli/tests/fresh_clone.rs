@@ -9,14 +9,12 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::browser::{target_dir, Browser, WEBGPU_FLAGS};
-use common::{free_port, scratch, wait_for, Proc};
+use common::{free_port, page_url, scratch, wait_for, Proc};
 
 /// Sends SIGTERM to the process group `pgid`.
 fn terminate_group(pgid: u32) {
@@ -53,39 +51,16 @@ fn a_fresh_clone_runs_the_readme_command_and_a_browser_contributes() {
     let pgid = child.id();
     let out = child.stdout.take().expect("the script's output");
     let mut demo = Proc(child);
-    let (lines, seen) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            println!("scripts/demo: {line}");
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
     // Set-up and builds first: generous, a fresh machine compiles the workspace.
     let start = Instant::now();
-    let limit = Duration::from_secs(40 * 60);
-    let url = loop {
-        let line = seen
-            .recv_timeout(limit.saturating_sub(start.elapsed()))
-            .expect("the demo prints its page's URL");
-        if let Some(rest) = line.strip_prefix("contributor page: ") {
-            break rest.split_whitespace().next().expect("a URL").to_string();
-        }
-    };
+    let url = page_url(out, "scripts/demo", Duration::from_secs(40 * 60));
     println!(
         "scripts/demo: set up, built and serving after {:.0} s",
         start.elapsed().as_secs_f64()
     );
     let b = Browser::start(&WEBGPU_FLAGS, &dir.join("chromium-profile"));
     let opened = Instant::now();
-    b.open(&url);
-    b.wait(
-        "WebGPU detected",
-        Duration::from_secs(60),
-        "return window.tessera && window.tessera.webGpu === true;",
-    );
-    b.eval("document.getElementById('start').click(); return true;");
+    b.contribute(&url, Duration::from_secs(60), None);
     wait_for(
         port,
         Duration::from_secs(120).saturating_sub(opened.elapsed()),

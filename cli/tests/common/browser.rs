@@ -107,6 +107,23 @@ impl Browser {
         self.post("execute/sync", json!({ "script": script, "args": [] }))
     }
 
+    /// Opens the contributor page at `url`, waits up to `limit` for it to find WebGPU, sets the
+    /// budget field to `budget_mib` (MiB) when given, and presses Start.
+    pub fn contribute(&self, url: &str, limit: Duration, budget_mib: Option<f64>) {
+        self.open(url);
+        self.wait(
+            "WebGPU detected",
+            limit,
+            "return window.tessera && window.tessera.webGpu === true;",
+        );
+        let budget = budget_mib
+            .map(|b| format!("document.getElementById('budget').value = String({b}); "))
+            .unwrap_or_default();
+        self.eval(&format!(
+            "{budget}document.getElementById('start').click(); return true;"
+        ));
+    }
+
     /// Polls `script` until it returns true.
     pub fn wait(&self, what: &str, limit: Duration, script: &str) {
         let start = Instant::now();

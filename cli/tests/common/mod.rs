@@ -195,6 +195,29 @@ pub fn worker_at(url: &str, key: &Path, budget: &str, extra: &[&std::ffi::OsStr]
     Proc(child)
 }
 
+/// Echoes a child's output lines as `label: LINE` from a thread and returns the URL of the line
+/// `contributor page: URL` that `tessera demo` prints, waiting at most `limit` for it.
+pub fn page_url(out: impl Read + Send + 'static, label: &'static str, limit: Duration) -> String {
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{label}: {line}");
+            // Keep echoing after the URL line was taken.
+            let _ = lines.send(line);
+        }
+    });
+    let start = Instant::now();
+    loop {
+        let line = seen
+            .recv_timeout(limit.saturating_sub(start.elapsed()))
+            .unwrap_or_else(|e| panic!("{label} prints its page's URL within {limit:?}: {e}"));
+        if let Some(rest) = line.strip_prefix("contributor page: ") {
+            return rest.split_whitespace().next().expect("a URL").to_string();
+        }
+    }
+}
+
 /// `GET /api/status`, or `None` while nothing answers.
 pub fn status(port: u16) -> Option<serde_json::Value> {
     serde_json::from_str(&try_get(port, "/api/status")?).ok()
