@@ -363,6 +363,8 @@ pub async fn run(a: Args) -> Result<()> {
     };
     let rounds =
         crate::verify_rounds::check(&entries, rules.as_ref().and_then(|r| r.rounds_of.as_ref()))?;
+    let picks =
+        crate::verify_draws::picks_required(&entries, rules.as_ref().map(|r| r.picks_logged));
     if let Some(line) = crate::verify_rounds::describe(&rounds) {
         println!("{line}");
     }
@@ -379,7 +381,7 @@ pub async fn run(a: Args) -> Result<()> {
             if starts.is_empty() { "-".into() } else { starts.join(", ") }
         );
     }
-    let draws = crate::verify_draws::check(&entries)?;
+    let draws = crate::verify_draws::check(&entries, picks)?;
     println!("{}", crate::verify_draws::describe(&draws));
     let credits = crate::verify_credits::recompute(&entries, None);
     crate::verify_credits::print(&credits, a.credits);

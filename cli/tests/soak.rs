@@ -17,7 +17,8 @@
 //!   on fresh connections all run long.
 //!
 //! Every round must close; no honest identity may be refused; the log must verify
-//! (`tessera verify`, draws included); and the held-out loss of the final checkpoint must end
+//! (`tessera verify`, draws and picks of replayers included, and a re-signed log with a forged
+//! pick must not); and the held-out loss of the final checkpoint must end
 //! within 2% of the same run trained by honest workers alone.
 
 mod common;
@@ -440,6 +441,10 @@ fn train(name: &str, gpu: &'static Gpu, roles: &[Role], attacked: bool) -> Ran {
     );
     let text = verify_dir(&dir);
     println!("{name}: {}", text.lines().last().unwrap_or_default());
+    if attacked {
+        // Replays were picked by the draw chain, and forged picks are refused.
+        common::log_files::pick_cases(&dir);
+    }
     let checkpoint = common::checkpoint(&dir.join("checkpoints"), rounds);
     let loss = eval(&checkpoint, &data("held-out.txt"));
     let _ = std::fs::remove_dir_all(&dir);

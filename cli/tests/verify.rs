@@ -11,13 +11,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::log_files::{saved_log, write_resigned};
 use common::{
     checkpoint, coordinator, copy_dir, data, flip_byte, free_port, scratch, wait_for, worker,
 };
-use tessera_protocol::identity::parse_hex32;
-use tessera_protocol::log::{LogEvent, LogWriter, SignedEntry};
-use tessera_protocol::log_store::StoredEntry;
-use tessera_protocol::Identity;
+use tessera_protocol::log::LogEvent;
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
@@ -25,47 +23,6 @@ fn verify(args: &[&std::ffi::OsStr]) -> (bool, String) {
     let mut all = vec![std::ffi::OsStr::new("verify")];
     all.extend(args);
     common::tessera(&all)
-}
-
-/// A log saved by `tessera verify --save`: the file and its decoded entries.
-fn saved_log(path: &Path) -> (serde_json::Value, Vec<SignedEntry>) {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let entries = v["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            StoredEntry::decode(e["signed"].as_str().unwrap())
-                .unwrap()
-                .upgrade()
-        })
-        .collect();
-    (v, entries)
-}
-
-/// What a coordinator holding its key can do: sign `events` (with their times) as a new
-/// chain and save it as a log file at `path`, naming the coordinator of `saved`.
-fn write_resigned(
-    dir: &Path,
-    saved: &serde_json::Value,
-    path: &Path,
-    events: impl Iterator<Item = (u64, LogEvent)>,
-) {
-    let key = std::fs::read_to_string(dir.join("coordinator.key")).unwrap();
-    let id = Identity::from_seed(parse_hex32(&key).unwrap());
-    let mut w = LogWriter::default();
-    let entries: Vec<serde_json::Value> = events
-        .map(|(time, event)| {
-            let s = w.append(&id, time, event);
-            serde_json::json!({"index": s.entry.index, "signed": StoredEntry::encode(&s)})
-        })
-        .collect();
-    std::fs::write(
-        path,
-        serde_json::json!({"coordinator": saved["coordinator"], "entries": entries}).to_string(),
-    )
-    .unwrap();
 }
 
 fn tampered(saved: &Path, to: &Path, edit: impl Fn(&mut Vec<serde_json::Value>)) {
@@ -492,7 +449,7 @@ fn a_hostile_log_is_refused_by_its_size() {
     std::fs::write(
         &file,
         serde_json::json!({
-            "coordinator": Identity::from_seed([1; 32]).public().to_string(),
+            "coordinator": tessera_protocol::Identity::from_seed([1; 32]).public().to_string(),
             "entries": [{"index": 0, "signed": entry}],
         })
         .to_string(),

@@ -42,6 +42,7 @@ enum EntryKind {
     Forked,
     DrawChain,
     Revealed,
+    Picked,
     Aggregated,
 }
 
@@ -277,6 +278,7 @@ impl Metrics {
             LogEvent::Forked { .. } => EntryKind::Forked,
             LogEvent::DrawChain { .. } => EntryKind::DrawChain,
             LogEvent::Revealed { .. } => EntryKind::Revealed,
+            LogEvent::Picked { .. } => EntryKind::Picked,
         };
         self.entries.get_or_create(&EntryLabels { kind }).inc();
     }

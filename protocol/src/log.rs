@@ -189,6 +189,54 @@ pub enum LogEvent {
         /// Each averaged update, in slot order.
         updates: Vec<Weighed>,
     },
+    /// Who runs a check, drawn once the checked work is in: the free contributors that may run
+    /// it (not `subject`, not refused, not picked for this check before) ranked by the first 8
+    /// bytes of SHA-256(the latest reveal's seed ‖ SHA-256 of (`check`, `nth`) ‖ key), lowest
+    /// first (ties by key). The first is picked; the list holds at most [`MAX_PICK_LIST`] of
+    /// them, the lowest numbers, so that anyone passed over can see it and `tessera verify`
+    /// recomputes the order.
+    Picked {
+        /// The check the pick is for.
+        check: CheckOf,
+        /// Picks made for that check before this one.
+        nth: u32,
+        /// Whose work is checked.
+        subject: PublicKey,
+        /// The candidates, ranked: the first is picked.
+        candidates: Vec<PublicKey>,
+    },
+}
+
+/// The most candidates a [`LogEvent::Picked`] entry lists.
+pub const MAX_PICK_LIST: usize = 16;
+
+/// What a pick of a checker is for (see [`LogEvent::Picked`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CheckOf {
+    /// A replay of a whole-model unit of a round.
+    Replay {
+        /// The round.
+        round: u64,
+        /// The unit replayed (its `Accepted` entry names whose it is).
+        unit: u64,
+    },
+    /// An audit of a lease's step.
+    Audit {
+        /// The step.
+        step: u64,
+        /// The lease audited (its `Leased` entry names whose it is).
+        lease: u64,
+    },
+}
+
+impl CheckOf {
+    /// The round or step the check belongs to (a `Checked` entry's `step`).
+    pub fn round(&self) -> u64 {
+        match self {
+            CheckOf::Replay { round, .. } => *round,
+            CheckOf::Audit { step, .. } => *step,
+        }
+    }
 }
 
 /// One update of a round's outer step (see [`LogEvent::Aggregated`]).

@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod contributor;
+pub mod log_files;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

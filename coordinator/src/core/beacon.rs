@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tessera_protocol::log::{DrawRates, LogEvent, DRAW_SEGMENT};
 use tessera_protocol::{Identity, PublicKey};
 
+pub use super::picks::{PickError, Picks};
 use super::Share;
 
 /// Domain of the signature a segment's secret is derived from.
@@ -64,6 +65,9 @@ pub enum DrawError {
         /// Identities with work since the last reveal.
         identities: usize,
     },
+    /// A pick of a checker that does not hold.
+    #[error(transparent)]
+    Pick(#[from] PickError),
     /// The draws marked are not the draws the value gives.
     #[error("reveal {index} marks {logged} of {subjects} identities drawn where its value gives {recomputed}")]
     Altered {
@@ -95,12 +99,14 @@ pub struct Beacon {
     seen: BTreeSet<PublicKey>,
     /// SHA-256(value ‖ root) of the last reveal: what the picks that follow it draw from.
     latest: Option<[u8; 32]>,
+    /// The picks of checkers logged so far.
+    pub picks: Picks,
     /// Draws recomputed and found as logged.
     pub checked: u64,
 }
 
 /// SHA-256 of the concatenation of `parts`.
-fn sha(parts: &[&[u8]]) -> [u8; 32] {
+pub(super) fn sha(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p);
@@ -109,7 +115,7 @@ fn sha(parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// The first 8 bytes of `h`, little-endian.
-fn number(h: &[u8; 32]) -> u64 {
+pub(super) fn number(h: &[u8; 32]) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&h[..8]);
     u64::from_le_bytes(first)
@@ -212,6 +218,8 @@ impl Beacon {
                     identities: self.subjects.len(),
                 });
             }
+            LogEvent::Closed { round, .. } => self.picks.closed(*round),
+            LogEvent::Picked { .. } => self.picks.apply(self.latest, event)?,
             LogEvent::DrawChain {
                 segment,
                 tip,
@@ -275,12 +283,6 @@ impl Beacon {
         }
         Ok(())
     }
-}
-
-/// A number drawn from `seed` (a reveal's, [`Beacon::latest`]) for `purpose`: who replays
-/// or audits, say, among candidates in a known order.
-pub fn pick(seed: &[u8; 32], purpose: &[u8]) -> u64 {
-    number(&sha(&[seed, purpose]))
 }
 
 /// The coordinator's secret side of the chain: one segment's values, derived when needed.

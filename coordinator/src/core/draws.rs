@@ -5,9 +5,10 @@
 //! Who is checked is drawn from the run's draw chain (`beacon.rs`): a value revealed only after
 //! the work it decides about was accepted, so nobody can know beforehand whether its work will
 //! be checked, and `tessera verify` recomputes every such draw from the log. Replayers and
-//! auditors are picked among the free candidates by the latest revealed value.
+//! auditors are picked among the free candidates by the latest revealed value, and each pick
+//! is logged (`Picked`) with its ranking, which `tessera verify` recomputes too.
 
-use tessera_protocol::log::{DrawRates, LogEvent, DRAW_SEGMENT};
+use tessera_protocol::log::{CheckOf, DrawRates, LogEvent, DRAW_SEGMENT};
 use tessera_protocol::{Identity, PublicKey};
 
 use super::beacon::{self, Beacon, Chain};
@@ -122,25 +123,24 @@ impl Draws {
         (entries, drawn)
     }
 
-    /// Who replays a whole-model unit (`purpose` names the unit and the try): a free
-    /// candidate picked by the latest value `beacon` revealed.
-    pub(super) fn replayer(
+    /// Who runs `check` of `subject`'s work (its `nth` pick): of the free candidates, the
+    /// one the latest revealed value ranks first (a replayer of a whole-model unit, an
+    /// auditor of a lease's step), so who checks whom is known only once the work is in; with
+    /// the `Picked` entry that shows the ranking. An identity with several free sessions or
+    /// leases counts once, by the first of them in `candidates`.
+    pub(super) fn checker(
         beacon: &Beacon,
         candidates: &[Candidate],
-        purpose: &[u8],
-    ) -> Option<Candidate> {
-        pick_free(beacon, candidates, purpose)
-    }
-
-    /// Who audits a lease's step (`purpose` names the lease, the step and the try): a free
-    /// candidate picked by the latest value `beacon` revealed, so that which holder checks
-    /// which is known only once the step's work is in.
-    pub(super) fn auditor(
-        beacon: &Beacon,
-        candidates: &[Candidate],
-        purpose: &[u8],
-    ) -> Option<Candidate> {
-        pick_free(beacon, candidates, purpose)
+        check: CheckOf,
+        nth: u32,
+        subject: PublicKey,
+    ) -> Option<(Candidate, LogEvent)> {
+        let free = candidates.iter().filter(|c| c.free && c.key != subject);
+        let ranked =
+            super::picks::ranked(beacon.latest(), &check, nth, free.clone().map(|c| c.key));
+        let first = *ranked.first()?;
+        let chosen = free.clone().find(|c| c.key == first)?;
+        Some((*chosen, super::picks::picked(check, nth, subject, ranked)?))
     }
 
     /// The micro-shards a new lease of `budget` bytes gets, given each micro-shard's replica
@@ -198,17 +198,6 @@ impl Draws {
     }
 }
 
-/// A free candidate picked by a number for `purpose` from the latest value `beacon` revealed
-/// (zero before the first).
-fn pick_free(beacon: &Beacon, candidates: &[Candidate], purpose: &[u8]) -> Option<Candidate> {
-    let free: Vec<&Candidate> = candidates.iter().filter(|c| c.free).collect();
-    let n = free.len() as u64;
-    let number = beacon
-        .latest()
-        .map_or(0, |seed| beacon::pick(&seed, purpose));
-    (n > 0).then(|| *free[(number % n) as usize])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,24 +218,50 @@ mod tests {
     }
 
     #[test]
-    fn replayers_and_auditors_are_free_candidates_picked_by_the_latest_reveal() {
+    fn checkers_are_free_candidates_ranked_by_the_latest_reveal_and_logged() {
         let c: Vec<Candidate> = (1..=8).map(|i| candidate(i, i, 0, i != 3)).collect();
+        let subject = key(8);
         let mut credits = Credits::default();
+        let audit = |step| CheckOf::Audit { step, lease: 1 };
         assert_eq!(
-            Draws::auditor(credits.beacon(), &c[2..3], b"x"),
+            Draws::checker(credits.beacon(), &c[2..3], audit(1), 0, subject),
             None,
             "nobody free"
+        );
+        assert_eq!(
+            Draws::checker(credits.beacon(), &c[7..8], audit(1), 0, subject),
+            None,
+            "the subject does not check itself"
         );
         let id = Identity::from_seed([5; 32]);
         let spec = super::super::context::testing::spec(1);
         let config = super::super::rules::RunRules::of(&spec).digest();
         let owner = Owner::of(&id, &spec.name, config);
         let picks = |credits: &Credits| -> Vec<ConnId> {
-            (0..64u8)
-                .map(|p| {
-                    Draws::auditor(credits.beacon(), &c, &[p])
-                        .map(|c| c.conn)
-                        .unwrap()
+            (0..64u64)
+                .map(|step| {
+                    let (chosen, entry) =
+                        Draws::checker(credits.beacon(), &c, audit(step), 0, subject).unwrap();
+                    let LogEvent::Picked {
+                        candidates, nth, ..
+                    } = entry
+                    else {
+                        panic!("a Picked entry")
+                    };
+                    assert_eq!(nth, 0);
+                    assert_eq!(candidates[0], chosen.key, "the first ranked is picked");
+                    assert_eq!(candidates.len(), 6, "the free ones but the subject");
+                    assert_eq!(
+                        candidates,
+                        super::super::picks::ranked(
+                            credits.beacon().latest(),
+                            &audit(step),
+                            0,
+                            candidates.iter().rev().copied()
+                        ),
+                        "the ranking does not depend on the candidates' order"
+                    );
+                    chosen.conn
                 })
                 .collect()
         };
@@ -266,12 +281,9 @@ mod tests {
         }
         let first = picks(&credits);
         assert!(!first.contains(&3), "not free");
+        assert!(!first.contains(&8), "the subject");
         let spread: std::collections::BTreeSet<ConnId> = first.iter().copied().collect();
         assert!(spread.len() >= 5, "{first:?}");
-        assert_eq!(
-            Draws::replayer(credits.beacon(), &c, &[9]),
-            Draws::auditor(credits.beacon(), &c, &[9])
-        );
         // The next reveal: other picks.
         let (entries, _) = d.reveal(&owner, &credits);
         for e in entries {

@@ -21,6 +21,7 @@ mod held_out_curve;
 mod io;
 mod measure;
 mod part;
+mod picks;
 mod pipeline;
 mod replays;
 mod replica_checks;

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tessera_protocol::log::{CheckOutcome, LogEvent};
+use tessera_protocol::log::{CheckOf, CheckOutcome, LogEvent};
 use tessera_protocol::messages::Update;
 use tessera_protocol::messages::{Submission, Verdict};
 use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
@@ -219,23 +219,23 @@ impl Replicas {
                 self.maybe_close_round(cx);
                 continue;
             }
-            let purpose = super::digest(&(
-                "replay",
-                self.round.number,
-                slot,
-                case.tried.len(),
-                case.tally.order.len(),
-            ));
-            let Some(Candidate { conn, key, .. }) =
-                super::draws::Draws::replayer(cx.credits.beacon(), &eligible, &purpose)
+            let check = CheckOf::Replay {
+                round: self.round.number,
+                unit: case.unit,
+            };
+            let nth = cx.credits.beacon().picks.of(&check);
+            let beacon = cx.credits.beacon();
+            let Some((Candidate { conn, key, .. }, picked)) =
+                super::draws::Draws::checker(beacon, &eligible, check, nth, case.key)
             else {
                 continue;
             };
-            let unit = cx.next_unit;
-            cx.next_unit += 1;
             let Some(lease) = cx.sessions.get(&conn).and_then(|s| s.lease) else {
                 continue;
             };
+            cx.log(picked);
+            let unit = cx.next_unit;
+            cx.next_unit += 1;
             if let Some(s) = cx.sessions.get_mut(&conn) {
                 s.unit = Some(unit);
             }

@@ -32,6 +32,11 @@ pub struct RunRules {
     /// contributors; left out of the encoding when absent, so those runs' digests stand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rounds_of: Option<RoundRules>,
+    /// Whether every replayer and auditor is picked by a logged draw (a `Picked` entry before
+    /// the work it checks goes out), so that `tessera verify` refuses a check by anyone else
+    /// (false, and left out of the encoding, in the rules of runs started before).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub picks_logged: bool,
 }
 
 /// How many updates a whole-model round averages and how (each round's `Aggregated` log
@@ -100,6 +105,7 @@ impl RunRules {
                     clip_to_median: spec.clip_to_median,
                 }),
             },
+            picks_logged: true,
         }
     }
 

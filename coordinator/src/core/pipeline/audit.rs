@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_compute::shard::ShardTensors;
-use tessera_protocol::log::{CheckOutcome, LogEvent};
+use tessera_protocol::log::{CheckOf, CheckOutcome, LogEvent};
 use tessera_protocol::messages::Verdict;
 use tessera_protocol::pipeline::{AuditResult, AuditWork, PipeResult, PipeWork};
 use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
@@ -169,21 +169,27 @@ impl Pipe {
                     key,
                     lease: l,
                     clean_steps: cx.credits.clean_steps(&key),
-                    free: s.ready && !exclude.contains(&key) && !cx.credits.is_refused(&key),
+                    free: s.ready && !exclude.contains(&key) && !cx.is_refused(&key),
                 })
             })
             .collect();
-        let purpose = crate::core::digest(&(
-            "audit",
-            self.step.number,
+        let check = CheckOf::Audit {
+            step: self.step.number,
             lease,
-            a.tried.len(),
-            a.tally.order.len(),
-        ));
-        let auditor =
-            crate::core::draws::Draws::auditor(cx.credits.beacon(), &candidates, &purpose)
-                .map(|c| (c.lease, c.conn, c.key));
-        let Some((by, conn, key)) = auditor else {
+        };
+        let nth = cx.credits.beacon().picks.of(&check);
+        let beacon = cx.credits.beacon();
+        let auditor = crate::core::draws::Draws::checker(beacon, &candidates, check, nth, a.key);
+        let Some((
+            Candidate {
+                lease: by,
+                conn,
+                key,
+                ..
+            },
+            picked,
+        )) = auditor
+        else {
             // A holder that is only not ready yet (loading its lease, or busy) is waited for,
             // for as long as a unit may take; then the check ends as nobody being left.
             let could = candidates
@@ -207,6 +213,7 @@ impl Pipe {
             let auditors = a.tally.order.clone();
             return self.resolve(cx, lease, outcome, auditors, Vec::new(), 0.0);
         };
+        cx.log(picked);
         let audit = cx.next_unit;
         cx.next_unit += 1;
         let deadline = cx.now + cx.spec.unit_deadline_ms;
