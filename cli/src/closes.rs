@@ -21,6 +21,9 @@ pub struct Close {
     pub weights: [u8; 32],
     /// SHA-256 of the aggregate that produced them.
     pub aggregate: [u8; 32],
+    /// A pipeline step's scalars as its `Stepped` entry (right before the close) records them,
+    /// with that entry's index.
+    pub scalars: Option<(u64, [u32; 5])>,
 }
 
 /// Where the checkpoint of `version` lies in `dir` (a run's `checkpoints/` folder): the
@@ -73,7 +76,13 @@ pub fn checkpoint_dir(dir: &Path, version: u64, weights: Option<&[u8; 32]>) -> R
 /// crashed after logging a close but before committing its checkpoint redoes that round).
 pub fn closes(entries: &[SignedEntry]) -> BTreeMap<u64, Close> {
     let mut out = BTreeMap::new();
+    let mut stepped = None;
     for e in entries {
+        if let LogEvent::Stepped { step, scalars } = &e.entry.event {
+            stepped = Some((*step, e.entry.index, *scalars));
+            continue;
+        }
+        let before = stepped.take();
         if let LogEvent::Closed {
             round,
             version,
@@ -86,6 +95,9 @@ pub fn closes(entries: &[SignedEntry]) -> BTreeMap<u64, Close> {
                 round: *round,
                 weights: *weights,
                 aggregate: *aggregate,
+                scalars: before
+                    .filter(|(step, ..)| step == round)
+                    .map(|(_, index, bits)| (index, bits)),
             };
             out.insert(*version, close);
         }

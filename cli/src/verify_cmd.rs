@@ -364,7 +364,7 @@ pub async fn run(a: Args) -> Result<()> {
     let rounds =
         crate::verify_rounds::check(&entries, rules.as_ref().and_then(|r| r.rounds_of.as_ref()))?;
     let picks =
-        crate::verify_draws::picks_required(&entries, rules.as_ref().map(|r| r.picks_logged));
+        crate::verify_draws::picks_required(&entries, rules.as_ref().map(|r| r.records >= 1));
     if let Some(line) = crate::verify_rounds::describe(&rounds) {
         println!("{line}");
     }
@@ -376,9 +376,14 @@ pub async fn run(a: Args) -> Result<()> {
         let r = crate::verify_replay::replay(&entries, dir, &rules)?;
         let starts: Vec<String> = r.starts.iter().map(|v| v.to_string()).collect();
         println!(
-            "replayed {} closed versions from checkpoint {} by the run's rules: each reaches the weights the log recorded",
+            "replayed {} closed versions from checkpoint {} by the run's rules: each reaches the weights the log recorded{}",
             r.versions,
-            if starts.is_empty() { "-".into() } else { starts.join(", ") }
+            if starts.is_empty() { "-".into() } else { starts.join(", ") },
+            if r.scalars > 0 {
+                format!(", and each of {} steps used the scalars its Stepped entry records", r.scalars)
+            } else {
+                String::new()
+            }
         );
     }
     let draws = crate::verify_draws::check(&entries, picks)?;

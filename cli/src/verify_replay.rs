@@ -20,6 +20,8 @@ pub struct Replayed {
     pub versions: usize,
     /// The checkpoints replays started from.
     pub starts: Vec<u64>,
+    /// Steps whose logged scalars (`Stepped`) were the ones the replay computed.
+    pub scalars: usize,
 }
 
 /// The run's rules from `dir/rules.json`, held to the log's `Started` entry.
@@ -119,7 +121,7 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
         let Some((_, w, moments)) = state.as_mut() else {
             continue;
         };
-        if let Err(e) = rules::apply(
+        let scalars = match rules::apply(
             &rules.step,
             number,
             w,
@@ -127,9 +129,22 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
             &agg,
             cfg.tie_word_embeddings,
         ) {
-            bail!(
+            Ok(s) => s.map(|s| s.to_bits()),
+            Err(e) => bail!(
                 "log entry {index}: the recorded aggregate of version {version} cannot be applied to version {before}: {e}"
-            );
+            ),
+        };
+        match (scalars, close.scalars) {
+            (Some(want), Some((at, logged))) if want != logged => bail!(
+                "log entry {at}: step {number}'s logged scalars {} are not the ones its rules and gradient sums give ({})",
+                bits_text(&logged),
+                bits_text(&want)
+            ),
+            (Some(_), None) if rules.records >= 1 => bail!(
+                "log entry {index}: step {number} closed without a Stepped entry of the scalars its holders used"
+            ),
+            (Some(_), Some(_)) => out.scalars += 1,
+            _ => {}
         }
         if weights_digest(w) != weights {
             bail!(
@@ -142,4 +157,13 @@ pub fn replay(entries: &[SignedEntry], dir: &Path, rules: &RunRules) -> Result<R
         out.versions += 1;
     }
     Ok(out)
+}
+
+/// A step's scalars for people: each f32 (lr, decay, bias corrections, clip) with its bits.
+fn bits_text(bits: &[u32; 5]) -> String {
+    let parts: Vec<String> = bits
+        .iter()
+        .map(|&b| format!("{:e} ({b:#010x})", f32::from_bits(b)))
+        .collect();
+    format!("[{}]", parts.join(", "))
 }

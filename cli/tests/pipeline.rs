@@ -8,11 +8,15 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::log_files::{saved_log, write_resigned};
 use common::{
     checkpoint, coordinator, data, eval, free_port, scratch, wait_for, worker_with_budget,
 };
+
+use tessera_protocol::log::LogEvent;
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
@@ -94,5 +98,81 @@ fn mixed_budget_workers_train_a_sliced_pipeline() {
     assert!(
         text.contains("replayed 24 closed versions from checkpoint 0"),
         "{text}"
+    );
+    stepped_cases(&dir);
+}
+
+/// Each step's scalars are in the log (`Stepped`, right before its `Closed`), and verify's
+/// replay holds them to what the rules and the kept gradient sums give: a re-signed log with a
+/// learning rate's bit turned, or without a step's scalars, is named at the entry.
+fn stepped_cases(dir: &Path) {
+    let saved = dir.with_extension("log.json");
+    let (ok, text) = common::tessera(&[
+        "verify".as_ref(),
+        "--log".as_ref(),
+        dir.as_os_str(),
+        "--no-replay".as_ref(),
+        "--save".as_ref(),
+        saved.as_os_str(),
+    ]);
+    assert!(ok, "{text}");
+    let (v, entries) = saved_log(&saved);
+    let stepped: Vec<usize> = (0..entries.len())
+        .filter(|&i| matches!(entries[i].entry.event, LogEvent::Stepped { .. }))
+        .collect();
+    assert_eq!(stepped.len(), 24, "a Stepped entry a step");
+    for &i in &stepped {
+        assert!(
+            matches!(entries[i + 1].entry.event, LogEvent::Closed { .. }),
+            "its Closed follows"
+        );
+    }
+    let at = stepped[stepped.len() / 2];
+    let forged = dir.with_extension("forged-steps.json");
+    let checkpoints = dir.join("checkpoints");
+    let check = |what: &str, events: Vec<(u64, LogEvent)>, named: usize, says: &str| {
+        write_resigned(dir, &v, &forged, events.into_iter());
+        let (ok, text) = common::tessera(&[
+            "verify".as_ref(),
+            "--log".as_ref(),
+            forged.as_os_str(),
+            "--checkpoints".as_ref(),
+            checkpoints.as_os_str(),
+        ]);
+        println!("{what}: {}", text.trim());
+        assert!(!ok, "{what} is caught");
+        assert!(
+            text.contains(&format!("log entry {named}:")) && text.contains(says),
+            "{what}: {text}"
+        );
+    };
+    let events = || {
+        entries
+            .iter()
+            .map(|e| (e.entry.time_ms, e.entry.event.clone()))
+    };
+    check(
+        "a learning rate's bit turned",
+        events()
+            .enumerate()
+            .map(|(i, (t, mut e))| {
+                if let (true, LogEvent::Stepped { scalars, .. }) = (i == at, &mut e) {
+                    scalars[0] ^= 1;
+                }
+                (t, e)
+            })
+            .collect(),
+        at,
+        "logged scalars",
+    );
+    check(
+        "a step without its scalars",
+        events()
+            .enumerate()
+            .filter(|(i, _)| *i != at)
+            .map(|(_, e)| e)
+            .collect(),
+        at,
+        "closed without a Stepped entry",
     );
 }

@@ -43,6 +43,7 @@ enum EntryKind {
     DrawChain,
     Revealed,
     Picked,
+    Stepped,
     Aggregated,
 }
 
@@ -279,6 +280,7 @@ impl Metrics {
             LogEvent::DrawChain { .. } => EntryKind::DrawChain,
             LogEvent::Revealed { .. } => EntryKind::Revealed,
             LogEvent::Picked { .. } => EntryKind::Picked,
+            LogEvent::Stepped { .. } => EntryKind::Stepped,
         };
         self.entries.get_or_create(&EntryLabels { kind }).inc();
     }

@@ -205,6 +205,17 @@ pub enum LogEvent {
         /// The candidates, ranked: the first is picked.
         candidates: Vec<PublicKey>,
     },
+    /// A pipeline step's optimizer scalars, as the coordinator computed them once for every
+    /// holder (the `Closed` entry follows): the bits of the learning rate, the decay factor
+    /// `1 - lr * weight_decay`, AdamW's bias corrections `1 - beta1^t` and `1 - beta2^t`, and
+    /// the global-norm clip coefficient, in that order (f32). A holder's step uses only these
+    /// and `+ - * / sqrt` (the `tessera-step` crate), so every holder reaches the same state.
+    Stepped {
+        /// The step.
+        step: u64,
+        /// The scalars' f32 bits.
+        scalars: [u32; 5],
+    },
 }
 
 /// The most candidates a [`LogEvent::Picked`] entry lists.

@@ -38,8 +38,9 @@ pub fn scalars(optimizer: InnerOptimizer, lr: f64, number: u32, clip: f64) -> St
 
 /// Step `number` (1-based) of `optimizer` at rate `lr` on `weights` with gradients `grads`,
 /// clipped first to global norm `clip`; AdamW's moments are created at the first step. Returns
-/// the clip scale (1 when nothing was clipped). All or nothing: where a value is not finite,
-/// or the step overflows, nothing changes and the error says where.
+/// the step's scalars (their `clip` the clip scale, 1 when nothing was clipped). All or
+/// nothing: where a value is not finite, or the step overflows, nothing changes and the error
+/// says where.
 pub fn step(
     optimizer: InnerOptimizer,
     lr: f64,
@@ -48,7 +49,7 @@ pub fn step(
     weights: &mut ModelParams<f32>,
     moments: &mut Option<Moments>,
     grads: &ModelParams<f32>,
-) -> Result<f64, StepError> {
+) -> Result<StepScalars, StepError> {
     let norm = {
         let views: Vec<&[f32]> = grads
             .named()
@@ -90,7 +91,7 @@ pub fn step(
             *moments = Some((m, v));
         }
     }
-    Ok(scale)
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -114,7 +115,7 @@ mod tests {
         let g = ModelParams::random(&cfg, 2);
         let mut w = w0.clone();
         let scale = step(InnerOptimizer::Sgd, 0.5, None, 1, &mut w, &mut None, &g).unwrap();
-        assert_eq!(scale, 1.0);
+        assert_eq!(scale.clip, 1.0);
         let (a, b, d) = (&w0.named()[0].1[0], &w.named()[0].1[0], &g.named()[0].1[0]);
         assert_eq!(*b, a - 0.5 * d);
         let mut c = w0.clone();
@@ -128,7 +129,7 @@ mod tests {
             &g,
         )
         .unwrap();
-        assert!(scale < 1.0);
+        assert!(scale.clip < 1.0);
         assert!((c.named()[0].1[0] - a).abs() < (b - a).abs());
     }
 
@@ -160,7 +161,7 @@ mod tests {
             let g = ModelParams::random(&cfg, 10 + n as u64);
             let lr = 3e-3 * n as f64;
             let scale = step(opt, lr, Some(1.0), n, &mut w, &mut moments, &g).unwrap();
-            assert!(scale < 1.0, "the clip bites: {scale}");
+            assert!(scale.clip < 1.0, "the clip bites: {}", scale.clip);
             let h = AdamW {
                 lr,
                 beta1: 0.9f32 as f64,
@@ -170,7 +171,7 @@ mod tests {
             };
             let mut clipped = g.clone();
             for t in clipped.tensors_mut() {
-                t.iter_mut().for_each(|x| *x *= scale as f32);
+                t.iter_mut().for_each(|x| *x *= scale.clip);
             }
             for (((p, g), m), v) in want
                 .tensors_mut()

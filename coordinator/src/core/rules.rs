@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tessera_compute::reference::ModelParams;
 use tessera_compute::ModelConfig;
 use tessera_protocol::messages::InnerOptimizer;
+use tessera_step::StepScalars;
 use tessera_train::schedule::Schedule;
 
 use super::RunSpec;
@@ -32,11 +33,20 @@ pub struct RunRules {
     /// contributors; left out of the encoding when absent, so those runs' digests stand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rounds_of: Option<RoundRules>,
-    /// Whether every replayer and auditor is picked by a logged draw (a `Picked` entry before
-    /// the work it checks goes out), so that `tessera verify` refuses a check by anyone else
-    /// (false, and left out of the encoding, in the rules of runs started before).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub picks_logged: bool,
+    /// What the run's log records beyond what every run's does ([`RECORDS`] for runs started
+    /// now; 0, and left out of the encoding, in the rules of runs started before): from 1,
+    /// every replayer and auditor is picked by a logged draw (a `Picked` entry before the work
+    /// it checks goes out) and every pipeline step's optimizer scalars are logged (`Stepped`),
+    /// so `tessera verify` refuses a check by anyone not picked, or a step without its scalars.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub records: u32,
+}
+
+/// What the logs of runs started now record (see [`RunRules::records`]).
+pub const RECORDS: u32 = 1;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How many updates a whole-model round averages and how (each round's `Aggregated` log
@@ -105,7 +115,7 @@ impl RunRules {
                     clip_to_median: spec.clip_to_median,
                 }),
             },
-            picks_logged: true,
+            records: RECORDS,
         }
     }
 
@@ -121,8 +131,9 @@ impl RunRules {
 }
 
 /// Moves `weights` (and, for AdamW, `moments`, created at zero on the first step) one version
-/// on by `aggregate`, as step or round `number` does. Returns the scale the clip applied (1
-/// when none). An optimizer step is all or nothing: where a value is not finite or the step
+/// on by `aggregate`, as step or round `number` does. Returns an optimizer step's scalars
+/// (what its `Stepped` log entry records; their `clip` the scale the clip applied, 1 when
+/// none), or `None` for an outer step. An optimizer step is all or nothing: where a value is not finite or the step
 /// overflows, nothing changes and the error says where (`tessera-step`).
 ///
 /// With `tied` embeddings (the model's `tie_word_embeddings`) the head is the embedding: an
@@ -137,13 +148,13 @@ pub fn apply(
     moments: &mut Option<(ModelParams<f32>, ModelParams<f32>)>,
     aggregate: &ModelParams<f32>,
     tied: bool,
-) -> Result<f64, tessera_step::StepError> {
-    let scale = match *rule {
+) -> Result<Option<StepScalars>, tessera_step::StepError> {
+    let scalars = match *rule {
         StepRule::Outer { lr } => {
             for (p, (_, u)) in weights.tensors_mut().into_iter().zip(aggregate.named()) {
                 tessera_train::outer::apply(std::slice::from_mut(p), std::slice::from_ref(u), lr);
             }
-            1.0
+            None
         }
         StepRule::Optimizer {
             optimizer,
@@ -159,7 +170,7 @@ pub fn apply(
             } else {
                 aggregate
             };
-            tessera_train::optimizer::step(
+            Some(tessera_train::optimizer::step(
                 optimizer,
                 lr.at(number + 1),
                 clip,
@@ -167,7 +178,7 @@ pub fn apply(
                 weights,
                 moments,
                 grads,
-            )?
+            )?)
         }
     };
     if tied {
@@ -177,7 +188,7 @@ pub fn apply(
             v.tie();
         }
     }
-    Ok(scale)
+    Ok(scalars)
 }
 
 #[cfg(test)]
@@ -239,7 +250,7 @@ mod tests {
         assert_ne!(agg.head, agg.embed);
         let rule = StepRule::Outer { lr: 0.5 };
         let mut w = w0.clone();
-        assert_eq!(apply(&rule, 0, &mut w, &mut None, &agg, true), Ok(1.0));
+        assert_eq!(apply(&rule, 0, &mut w, &mut None, &agg, true), Ok(None));
         assert_eq!(w.head, w.embed);
         let mut untied = w0.clone();
         apply(&rule, 0, &mut untied, &mut None, &agg, false).unwrap();

@@ -9,6 +9,8 @@
 
 use tessera_compute::reference::ModelParams;
 
+use tessera_step::StepScalars;
+
 use crate::core::rules::{apply, StepRule};
 
 /// AdamW's first and second moments, tensor by tensor as the weights.
@@ -17,15 +19,16 @@ pub(in crate::core) type Moments = (ModelParams<f32>, ModelParams<f32>);
 /// Where a pipeline run's optimizer state lives and how a step moves the weights.
 pub(in crate::core) trait StepState: std::fmt::Debug + Send + Sync {
     /// Takes step `number` of `rule` on `weights` with the step's gradient sums `grads`;
-    /// returns the global-norm clip scale it used (1 when nothing was clipped). A refused step
-    /// (a value not finite, an overflow) changes nothing.
+    /// returns the scalars it used (its `clip` the global-norm clip scale, 1 when nothing was
+    /// clipped; `None` for a rule without an optimizer). A refused step (a value not finite, an
+    /// overflow) changes nothing.
     fn step(
         &mut self,
         rule: &StepRule,
         number: u64,
         weights: &mut ModelParams<f32>,
         grads: &ModelParams<f32>,
-    ) -> Result<f64, tessera_step::StepError>;
+    ) -> Result<Option<StepScalars>, tessera_step::StepError>;
     /// The moments a snapshot keeps (`None` before the first AdamW step).
     fn moments(&self) -> Option<&Moments>;
 }
@@ -60,7 +63,7 @@ impl StepState for HeldByCoordinator {
         number: u64,
         weights: &mut ModelParams<f32>,
         grads: &ModelParams<f32>,
-    ) -> Result<f64, tessera_step::StepError> {
+    ) -> Result<Option<StepScalars>, tessera_step::StepError> {
         apply(rule, number, weights, &mut self.moments, grads, self.tied)
     }
 
@@ -96,7 +99,11 @@ mod tests {
         let mut held = HeldByCoordinator::new(false);
         assert!(held.moments().is_none());
         let mut w = w0.clone();
-        let scale = held.step(&adamw(), 0, &mut w, &grads).unwrap();
+        let scale = held
+            .step(&adamw(), 0, &mut w, &grads)
+            .unwrap()
+            .unwrap()
+            .clip;
         assert!(scale < 1.0, "random gradients are clipped to 1e-3: {scale}");
         assert_ne!(w, w0);
         let kept = held.moments().cloned().expect("moments after a step");
@@ -123,7 +130,11 @@ mod tests {
         assert_ne!(grads.head, grads.embed);
         let mut held = HeldByCoordinator::new(true);
         let mut w = w0.clone();
-        let scale = held.step(&adamw(), 0, &mut w, &grads).unwrap();
+        let scale = held
+            .step(&adamw(), 0, &mut w, &grads)
+            .unwrap()
+            .unwrap()
+            .clip;
         assert_eq!(w.head, w.embed);
         let (m, v) = held.moments().expect("moments");
         assert_eq!((&m.head, &v.head), (&m.embed, &v.embed));
@@ -132,13 +143,24 @@ mod tests {
         folded.fold_tied();
         let mut by_hand = HeldByCoordinator::new(false);
         let mut w2 = w0.clone();
-        let scale2 = by_hand.step(&adamw(), 0, &mut w2, &folded).unwrap();
+        let scale2 = by_hand
+            .step(&adamw(), 0, &mut w2, &folded)
+            .unwrap()
+            .unwrap()
+            .clip;
         assert_eq!(scale, scale2, "the clip counts the matrix once");
         assert_eq!(w.embed, w2.embed);
         assert_eq!(w.layers, w2.layers);
         // Untied, the head part would have been counted (and moved the head) on its own.
         let mut untied = HeldByCoordinator::new(false);
         let mut w3 = w0.clone();
-        assert_ne!(untied.step(&adamw(), 0, &mut w3, &grads).unwrap(), scale);
+        assert_ne!(
+            untied
+                .step(&adamw(), 0, &mut w3, &grads)
+                .unwrap()
+                .unwrap()
+                .clip,
+            scale
+        );
     }
 }

@@ -283,8 +283,8 @@ impl Pipe {
         // it runs again from the same weights (sums that overflow on an honest run's data are
         // the run diverging, which its administrator sees in the log and stops).
         let weights = std::sync::Arc::make_mut(&mut cx.weights);
-        let scale = match self.optimizer.step(&rule, number, weights, &grads) {
-            Ok(scale) => scale,
+        let scalars = match self.optimizer.step(&rule, number, weights, &grads) {
+            Ok(scalars) => scalars,
             Err(e) => {
                 let why = format!("the optimizer step refused the step's gradient sums: {e}");
                 return self.discard_step(cx, Reason::new(Code::NotFinite, why));
@@ -309,6 +309,12 @@ impl Pipe {
         };
         cx.losses.push(loss);
         cx.digest = crate::core::weights_digest(&cx.weights);
+        if let Some(s) = &scalars {
+            cx.log(tessera_protocol::log::LogEvent::Stepped {
+                step: number,
+                scalars: s.to_bits(),
+            });
+        }
         cx.log(tessera_protocol::log::LogEvent::Closed {
             round: number,
             version: cx.version,
@@ -321,7 +327,7 @@ impl Pipe {
             loss,
             tokens: count as u64,
             contributors,
-            clip_scales: vec![scale],
+            clip_scales: vec![scalars.map_or(1.0, |s| f64::from(s.clip))],
         }));
         for (lease, conn, shards) in holdings {
             let weights = self.weight_stream(cx, lease, &shards);
