@@ -79,7 +79,7 @@ fn admin_requests_are_authenticated_logged_and_seen_by_contributors() {
     };
     let c = coord(&dir);
     let worker_log = dir.with_extension("worker.log");
-    let _w = worker_logged(port, &dir.with_extension("w.key"), &worker_log);
+    let mut w = worker_logged(port, &dir.with_extension("w.key"), &worker_log);
     let s = wait_for(port, LIMIT, "an accepted unit", |s| accepted(s) >= 1);
     let key = s["contributors"][0]["key"].as_str().unwrap().to_string();
 
@@ -182,22 +182,23 @@ fn admin_requests_are_authenticated_logged_and_seen_by_contributors() {
         s["contributors"].as_array().is_some_and(|c| c.is_empty())
     });
     assert_eq!(s["banned"][0], key.as_str());
-    // The worker reads the refusal once its unit in flight is done, then reconnects.
-    let start = std::time::Instant::now();
-    let heard = loop {
-        let heard = std::fs::read_to_string(&worker_log).unwrap();
-        let done = heard.contains("banned by the run's administrator: sent garbage")
-            && heard.contains("this identity is banned");
-        if done || start.elapsed() > LIMIT {
-            break heard;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // The worker reads the refusal once its unit in flight is done and stops: connecting
+    // again cannot help a banned identity.
+    let st = w.wait_exit(LIMIT, "the banned worker to stop");
+    assert!(!st.success(), "a banned worker exits with an error");
+    let heard = std::fs::read_to_string(&worker_log).unwrap();
     assert!(
         heard.contains("banned by the run's administrator: sent garbage"),
         "{heard}"
     );
+    // Started again with the same key, it is refused at its handshake and stops at once.
+    let again_log = dir.with_extension("worker-again.log");
+    let mut again = worker_logged(port, &dir.with_extension("w.key"), &again_log);
+    let st = again.wait_exit(LIMIT, "the banned identity's new worker to stop");
+    assert!(!st.success());
+    let heard = std::fs::read_to_string(&again_log).unwrap();
     assert!(heard.contains("this identity is banned"), "{heard}");
+    assert!(!heard.contains("reconnecting"), "no retry: {heard}");
 
     // A restarted coordinator keeps the acts in force.
     drop(c); // SIGKILL

@@ -204,7 +204,14 @@ fn worker(
                 };
                 match ran {
                     Ok(r) => {
-                        r.expect("a worker ends only when told to");
+                        match r {
+                            Ok(()) => {}
+                            // A cheat refused from the run stops: connecting again cannot help.
+                            Err(e) if !role.honest() && e.is_final() => {
+                                println!("worker {k} ({role:?}) stopped: {e}");
+                            }
+                            Err(e) => panic!("worker {k} ({role:?}) ended untold: {e}"),
+                        }
                         return cuts;
                     }
                     Err(_) => cuts += 1,

@@ -50,9 +50,18 @@ impl WorkerError {
         WorkerError::Unexpected(Reason::new(code, text))
     }
 
-    /// Whether connecting again cannot help (the coordinator is not the expected one).
+    /// Whether connecting again cannot help: the coordinator is not the expected one, or it
+    /// ended the session for good (this identity refused by a check, banned, not invited to an
+    /// invite-only run, or speaking another protocol version).
     pub fn is_final(&self) -> bool {
-        matches!(self, WorkerError::WrongCoordinator { .. })
+        match self {
+            WorkerError::WrongCoordinator { .. } => true,
+            WorkerError::Refused(r) => matches!(
+                r.code,
+                Code::Refused | Code::Banned | Code::NotInvited | Code::ProtocolVersion
+            ),
+            _ => false,
+        }
     }
 
     /// The refusal code, for errors about the coordinator's messages.
@@ -61,5 +70,27 @@ impl WorkerError {
             WorkerError::Unexpected(r) | WorkerError::Refused(r) => Some(r.code),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_that_a_new_connection_cannot_change_are_final() {
+        let refused = |code| WorkerError::Refused(Reason::new(code, "x"));
+        for code in [
+            Code::Refused,
+            Code::Banned,
+            Code::NotInvited,
+            Code::ProtocolVersion,
+        ] {
+            assert!(refused(code).is_final(), "{code:?}");
+        }
+        for code in [Code::Replaced, Code::Silent, Code::Budget, Code::TimedOut] {
+            assert!(!refused(code).is_final(), "{code:?}");
+        }
+        assert!(!WorkerError::unexpected(Code::Banned, "x").is_final());
     }
 }
