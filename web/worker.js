@@ -25,6 +25,7 @@ function identitySeed() {
 }
 
 let started = false;
+let loaded = false;
 self.onmessage = async (e) => {
   const m = e.data;
   if (m.cmd === 'start') {
@@ -34,10 +35,15 @@ self.onmessage = async (e) => {
     }
     started = true;
     try {
-      await wasm_bindgen('tessera-client-wasm_bg.wasm');
+      if (!loaded) {
+        await wasm_bindgen('tessera-client-wasm_bg.wasm');
+        loaded = true;
+      }
       const seed = await identitySeed();
       await wasm_bindgen.run(m.url, seed, m.budget, m.share);
     } catch (err) {
+      // Start may try again (a refused identity stays refused, but the page says why).
+      started = false;
       self.postMessage(JSON.stringify({ type: 'fatal', text: String(err && err.message || err) }));
     }
   } else if (m.cmd === 'pause') {

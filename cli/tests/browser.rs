@@ -376,3 +376,75 @@ fn the_identity_key_stays_across_visits() {
     assert_ne!(other, first);
     println!("identity {first} kept across visits; another profile got {other}");
 }
+
+#[test]
+fn a_banned_tab_stops_and_says_why() {
+    let page = build_page();
+    let dir = scratch("browser-banned");
+    let port = free_port();
+    let token = dir.with_extension("token");
+    std::fs::write(&token, "correct horse battery staple\n").expect("the token file");
+    let _c = coordinator_with(
+        &data("browser.toml"),
+        port,
+        &dir,
+        Some(&page),
+        &["--admin-token-file".as_ref(), token.as_os_str()],
+    );
+    wait_for(port, Duration::from_secs(60), "the coordinator", |_| true);
+    let url = format!("http://127.0.0.1:{port}");
+    let b = Browser::start(&WEBGPU_FLAGS, &dir.join("chromium-profile"));
+    b.contribute(&format!("{url}/"), Duration::from_secs(30), None);
+    b.wait(
+        "the identity",
+        Duration::from_secs(30),
+        "return window.tessera.state.key !== null;",
+    );
+    let key = b
+        .eval("return window.tessera.state.key;")
+        .as_str()
+        .expect("a key")
+        .to_string();
+    let listed = |s: &serde_json::Value| {
+        browser_contributors(s)
+            .iter()
+            .any(|c| c["key"].as_str() == Some(key.as_str()))
+    };
+    wait_for(port, Duration::from_secs(60), "the tab connected", listed);
+    let (ok, text) = common::tessera(&[
+        "admin".as_ref(),
+        "--coordinator".as_ref(),
+        url.as_ref(),
+        "--token-file".as_ref(),
+        token.as_os_str(),
+        "--reason".as_ref(),
+        "testing a ban".as_ref(),
+        "ban".as_ref(),
+        key.as_ref(),
+    ]);
+    assert!(ok, "{text}");
+    b.wait(
+        "the page to stop",
+        Duration::from_secs(60),
+        "return document.getElementById('connection').textContent === 'stopped';",
+    );
+    // It stays stopped: no reconnection, and the page says why.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = b
+        .eval("return document.getElementById('log').textContent;")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    println!("the banned page's log: {log}");
+    assert!(
+        log.contains("banned by the run's administrator: testing a ban"),
+        "{log}"
+    );
+    assert!(!log.contains("reconnecting"), "{log}");
+    assert_eq!(
+        b.eval("return document.getElementById('connection').textContent;"),
+        serde_json::Value::String("stopped".into())
+    );
+    assert!(!listed(&common::status(port).expect("the status")));
+    b.screenshot(&target_dir().join("screenshots/banned-tab.png"));
+}

@@ -312,6 +312,17 @@ pub async fn run(
                     }
                     Err(e) => {
                         s.socket.close();
+                        if e.is_final() {
+                            // Refused by a check, banned, not invited, another protocol
+                            // version: connecting again cannot help.
+                            post(&Report::Connection {
+                                state: "stopped".into(),
+                                detail: e.to_string(),
+                            });
+                            return Err(JsValue::from_str(&format!(
+                                "the coordinator ended this contributor's part in the run: {e}"
+                            )));
+                        }
                         if lost(&gpu, &e) {
                             post(&Report::Note {
                                 text: format!("the GPU was lost ({e}); acquiring it again"),

@@ -29,7 +29,8 @@ pub enum Report {
     },
     /// Where the connection stands.
     Connection {
-        /// `connecting`, `connected`, `reconnecting` or `paused`.
+        /// `connecting`, `connected`, `reconnecting`, `paused`, or `stopped` (the coordinator
+        /// ended this contributor's part: it does not connect again).
         state: String,
         /// Details for people.
         detail: String,
