@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use tessera_compute::hf::params_from_safetensors;
+use tessera_compute::hf_shards::{index_files, params_from_shards, INDEX};
 use tessera_compute::model::{GpuModel, Slicing};
 use tessera_compute::reference::{Batch, ModelParams};
 use tessera_compute::{Gpu, GpuOptions, ModelConfig};
@@ -13,7 +14,8 @@ use tessera_compute::{Gpu, GpuOptions, ModelConfig};
 /// Options of `eval`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint directory (`config.json` + `model.safetensors`).
+    /// Checkpoint directory (`config.json` + `model.safetensors`, or the files of
+    /// `model.safetensors.index.json`).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Text file to evaluate on.
@@ -21,12 +23,32 @@ pub struct Args {
     pub data: PathBuf,
 }
 
-/// A checkpoint directory's shape and weights (`config.json` + `model.safetensors`).
+/// A checkpoint directory's shape and weights: `config.json` and `model.safetensors`, or the
+/// files `model.safetensors.index.json` names (a checkpoint cut into several, as Hugging Face
+/// writes large models and `tessera export` writes above its file size).
 pub fn load_checkpoint(checkpoint: &Path) -> Result<(ModelConfig, ModelParams<f32>)> {
     let cfg_text = std::fs::read_to_string(checkpoint.join("config.json"))
         .with_context(|| format!("reading {}/config.json", checkpoint.display()))?;
     let cfg = ModelConfig::from_hf_json(&cfg_text)
         .with_context(|| format!("{}/config.json", checkpoint.display()))?;
+    let index = checkpoint.join(INDEX);
+    if index.exists() {
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("reading {}", index.display()))?;
+        let files = index_files(&text).with_context(|| format!("{}", index.display()))?;
+        let files = files
+            .into_iter()
+            .map(|f| {
+                let path = checkpoint.join(&f);
+                std::fs::read(&path)
+                    .with_context(|| format!("reading {}", path.display()))
+                    .map(|b| (f, b))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let params = params_from_shards(&cfg, &files)
+            .with_context(|| format!("the checkpoint {}", checkpoint.display()))?;
+        return Ok((cfg, params));
+    }
     let bytes = std::fs::read(checkpoint.join("model.safetensors"))
         .with_context(|| format!("reading {}/model.safetensors", checkpoint.display()))?;
     let params = params_from_safetensors(&cfg, &bytes)

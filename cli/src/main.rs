@@ -7,6 +7,7 @@ mod closes;
 mod coordinator_cmd;
 mod demo;
 mod eval;
+mod export_cmd;
 mod fork_cmd;
 mod generate_cmd;
 mod keys;
@@ -60,6 +61,9 @@ enum Command {
     Worker(worker_cmd::Args),
     /// Mean next-token cross-entropy of a checkpoint on a text file.
     Eval(eval::Args),
+    /// Write a checkpoint as a Hugging Face LLaMA checkpoint folder (config.json, safetensors
+    /// cut into files above a size with their index, the run's tokenizer).
+    Export(export_cmd::Args),
     /// Continue a prompt with a checkpoint on this machine's GPU (key/value cache; greedy, or
     /// sampled at a temperature with top-p and a seed).
     Generate(generate_cmd::Args),
@@ -148,6 +152,7 @@ fn run() -> Result<()> {
             .build()?
             .block_on(worker_cmd::run(a)),
         Command::Eval(a) => pollster::block_on(eval::run(a)),
+        Command::Export(a) => export_cmd::run(a),
         Command::Generate(a) => pollster::block_on(generate_cmd::run(a)),
         Command::TrainLocal(a) => train_local::run(a),
         Command::Verify(a) => multi_thread()?.block_on(verify_cmd::run(a)),

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use serde_json::{json, Value};
 
 use crate::config::ModelConfig;
@@ -226,7 +226,7 @@ pub fn decode_f32(dtype: Dtype, data: &[u8]) -> Result<Vec<f32>, ComputeError> {
 }
 
 /// The head's tensor name, which a checkpoint of a model with tied embeddings leaves out.
-const HEAD: &str = "lm_head.weight";
+pub(crate) const HEAD: &str = "lm_head.weight";
 
 /// Reads every parameter of the model from `model.safetensors` bytes (f32, bf16 or f16).
 /// Missing, extra-shaped or non-finite tensors are errors. With tied embeddings the head is the
@@ -236,14 +236,23 @@ pub fn params_from_safetensors(
     bytes: &[u8],
 ) -> Result<ModelParams<f32>, ComputeError> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("model.safetensors: {e}")))?;
+    params_from_tensors(cfg, "model.safetensors", |name| Ok(st.tensor(name).ok()))
+}
+
+/// Every parameter of the model from the tensors `lookup` finds by name (`None`: not there) in
+/// the checkpoint `what` names, as [`params_from_safetensors`] reads them.
+pub(crate) fn params_from_tensors<'a>(
+    cfg: &ModelConfig,
+    what: &str,
+    lookup: impl Fn(&str) -> Result<Option<TensorView<'a>>, ComputeError>,
+) -> Result<ModelParams<f32>, ComputeError> {
     let mut params = ModelParams::<f32>::zeros(cfg);
     for ((name, shape), slot) in tensor_shapes(cfg).into_iter().zip(params.tensors_mut()) {
-        if cfg.tie_word_embeddings && name == HEAD && st.tensor(&name).is_err() {
+        let found = lookup(&name)?;
+        if cfg.tie_word_embeddings && name == HEAD && found.is_none() {
             continue;
         }
-        let t = st
-            .tensor(&name)
-            .map_err(|_| bad(format!("model.safetensors has no tensor {name}")))?;
+        let t = found.ok_or_else(|| bad(format!("{what} has no tensor {name}")))?;
         if t.shape() != shape.as_slice() {
             return Err(bad(format!(
                 "{name} has shape {:?}, the config says {shape:?}",
@@ -257,7 +266,7 @@ pub fn params_from_safetensors(
         *slot = v;
     }
     if cfg.tie_word_embeddings {
-        if st.tensor(HEAD).is_ok() && params.head != params.embed {
+        if lookup(HEAD)?.is_some() && params.head != params.embed {
             return Err(bad(
                 "the config ties the embeddings, but lm_head.weight differs from \
                  model.embed_tokens.weight",
@@ -268,9 +277,9 @@ pub fn params_from_safetensors(
     Ok(params)
 }
 
-struct F32View<'a> {
-    shape: Vec<usize>,
-    data: &'a [f32],
+pub(crate) struct F32View<'a> {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: &'a [f32],
 }
 
 impl View for F32View<'_> {

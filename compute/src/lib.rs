@@ -11,6 +11,7 @@ pub use error::ComputeError;
 pub mod generate;
 pub mod gpu;
 pub mod hf;
+pub mod hf_shards;
 pub mod kernels;
 pub mod model;
 pub mod sampling;
