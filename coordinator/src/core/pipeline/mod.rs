@@ -184,6 +184,10 @@ pub(super) struct Pipe {
     /// How many times the open step ran again because its checks ended disputed (at most
     /// `arbitration::MAX_DISPUTED_RERUNS`; then it commits unverified).
     pub(super) disputed_reruns: u32,
+    /// How many times in a row the optimizer refused the open step's gradient sums (a step
+    /// run again from the same weights and data gives the same sums: after
+    /// `step::MAX_REFUSED_STEPS` the run pauses for its administrator).
+    pub(super) refused_steps: u32,
 }
 
 impl Pipe {

@@ -19,8 +19,14 @@ use super::{Collecting, Cover, MicroBatch, Pipe, ShardId, ShardState, Step};
 use crate::core::arbitration::{after_checks, AfterChecks};
 use crate::core::context::Context;
 use crate::core::part::Part;
+use crate::core::run_state::RunState;
 use crate::core::{Action, ConnId, RoundSummary, RunSpec};
 use tessera_train::data::Sampler;
+
+/// Refusals in a row of one step's gradient sums by the optimizer (an overflow: the run
+/// diverging, or sums nobody checked) after which the run pauses instead of running the step
+/// again.
+pub(super) const MAX_REFUSED_STEPS: u32 = 3;
 
 impl Step {
     /// Puts a running unit's micro-shards back in the queue.
@@ -286,11 +292,23 @@ impl Pipe {
         let scalars = match self.optimizer.step(&rule, number, weights, &grads) {
             Ok(scalars) => scalars,
             Err(e) => {
-                let why = format!("the optimizer step refused the step's gradient sums: {e}");
+                self.refused_steps += 1;
+                let mut why = format!("the optimizer step refused the step's gradient sums: {e}");
+                if self.refused_steps >= MAX_REFUSED_STEPS && cx.state == RunState::Training {
+                    // The same weights and data give the same sums: running the step again
+                    // and again would only fill the log. The administrator decides (resume
+                    // to try once more, stop, or fork with other settings).
+                    why.push_str(&format!(
+                        " ({} times in a row: the run is paused for its administrator)",
+                        self.refused_steps
+                    ));
+                    cx.state = RunState::Paused;
+                }
                 return self.discard_step(cx, Reason::new(Code::NotFinite, why));
             }
         };
         self.disputed_reruns = 0;
+        self.refused_steps = 0;
         let loss_sum: f64 = self.step.mbs.iter().map(|m| m.loss_sum).sum();
         let count = self.step.count;
         let contributors = self.step.contributors.iter().copied().collect();
@@ -463,6 +481,7 @@ impl Pipe {
             step,
             optimizer: Box::new(super::HeldByCoordinator::new(cfg.tie_word_embeddings)),
             disputed_reruns: 0,
+            refused_steps: 0,
         }
     }
 }
@@ -494,6 +513,55 @@ mod tests {
         assert_eq!(wrong, vec![(b, why)]);
         assert!(step.suspects.is_empty(), "{:?}", step.suspects);
         assert!(step.contradicted(0, Pass::Forward, &cells, c).is_empty());
+    }
+
+    #[test]
+    fn a_step_the_optimizer_refuses_runs_again_then_pauses_the_run() {
+        use crate::core::run_state::RunState;
+        use tessera_protocol::log::LogEvent;
+        let mut spec = spec();
+        spec.optimizer = tessera_protocol::messages::InnerOptimizer::AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut cx = crate::core::context::testing::context(spec.clone());
+        let mut p = pipe(&spec, vec![(0, 0)]);
+        let before = cx.weights.clone();
+        for n in 1..=super::MAX_REFUSED_STEPS {
+            // Sums whose squares overflow f32: AdamW's second moment cannot take them.
+            for t in p.step.grads.tensors_mut() {
+                t.iter_mut().for_each(|x| *x = 1e30);
+            }
+            p.close_step(&mut cx);
+            assert_eq!(p.refused_steps, n);
+            assert_eq!(p.step.number, 0, "the step runs again");
+            let paused = n == super::MAX_REFUSED_STEPS;
+            assert_eq!(cx.state == RunState::Paused, paused, "refusal {n}");
+        }
+        assert_eq!(cx.weights, before, "nothing moved");
+        let discarded: Vec<String> = cx
+            .out
+            .iter()
+            .filter_map(|a| match a {
+                crate::core::Action::Logged(e) => match &e.entry.event {
+                    LogEvent::Discarded { reason, .. } => Some(reason.to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(discarded.len(), 3);
+        assert!(
+            discarded[2].contains("3 times in a row: the run is paused"),
+            "{discarded:?}"
+        );
+        // Sums it takes close the step and clear the count.
+        cx.state = RunState::Training;
+        p.step.grads = tessera_compute::reference::ModelParams::zeros(&spec.model);
+        p.close_step(&mut cx);
+        assert_eq!((p.refused_steps, p.step.number), (0, 1));
     }
 
     #[test]
