@@ -190,8 +190,8 @@ pub enum LogEvent {
         updates: Vec<Weighed>,
     },
     /// Who runs a check, drawn once the checked work is in: the free contributors that may run
-    /// it (not `subject`, not refused, not picked for this check before) ranked by the first 8
-    /// bytes of SHA-256(the latest reveal's seed ‖ SHA-256 of (`check`, `nth`) ‖ key), lowest
+    /// it (not `subject`, not refused) ranked by the first 8 bytes of SHA-256(the latest
+    /// reveal's seed ‖ SHA-256 of the postcard encoding of (`check`, `nth`) ‖ key), lowest
     /// first (ties by key). The first is picked; the list holds at most [`MAX_PICK_LIST`] of
     /// them, the lowest numbers, so that anyone passed over can see it and `tessera verify`
     /// recomputes the order.

@@ -15,7 +15,9 @@
 //! [`Beacon`] is the fold of the log that the coordinator keeps and `tessera verify` runs: it
 //! checks that each revealed value hashes to the one before, that its segment was committed
 //! before, and that the draws marked are the ones the value, the root and each identity's rate
-//! (from the credits folded from the same log) give. [`Chain`] is the coordinator's secret side.
+//! (from the credits folded from the same log) give, and folds the picks of who checks
+//! ([`Picks`], `picks.rs`) against the latest reveal. [`Chain`] is the coordinator's secret
+//! side.
 
 use std::collections::{BTreeMap, BTreeSet};
 
