@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use tessera_compute::hf_shards::{params_to_shards, INDEX};
-use tessera_plan::units::parse_bytes;
 
 use crate::eval::load_checkpoint;
 
@@ -25,12 +24,8 @@ pub struct Args {
     pub out: PathBuf,
     /// Largest weights file; a larger model is cut into several (a tensor larger than this
     /// alone in its file).
-    #[arg(long, value_parser = bytes, default_value = "5GB")]
+    #[arg(long, value_parser = crate::plan_cmd::budget, default_value = "5GB")]
     pub max_file_size: u64,
-}
-
-fn bytes(s: &str) -> Result<u64, String> {
-    parse_bytes(s).map_err(|e| e.to_string())
 }
 
 /// The tokenizer a checkpoint goes with: its own folder's, else the one a run keeps beside its

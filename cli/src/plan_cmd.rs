@@ -51,7 +51,8 @@ pub struct Args {
     pub binding_limit: u64,
 }
 
-fn budget(s: &str) -> Result<u64, String> {
+/// A byte size argument (`0.6GiB`, `5GB`, ...), for clap.
+pub(crate) fn budget(s: &str) -> Result<u64, String> {
     parse_bytes(s).map_err(|e| e.to_string())
 }
 

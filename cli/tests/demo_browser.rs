@@ -22,14 +22,7 @@ const FIVE_MINUTES: Duration = Duration::from_secs(300);
 /// passing `tessera verify`).
 fn rounds_of(dir: &Path) -> Vec<(u64, Vec<String>)> {
     let saved = dir.join("log.json");
-    let (ok, text) = common::tessera(&[
-        "verify".as_ref(),
-        "--log".as_ref(),
-        dir.as_os_str(),
-        "--save".as_ref(),
-        saved.as_os_str(),
-    ]);
-    assert!(ok, "the demo's log verifies: {text}");
+    let text = common::log_files::verify_saving(dir, &saved, &[]);
     assert!(text.contains("rounds' aggregates checked"), "{text}");
     let file: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&saved).expect("the saved log")).expect("json");

@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{checkpoint, coordinator, data, eval, free_port, scratch, tessera, wait_for};
@@ -22,14 +24,20 @@ fn a_checkpoint_exports_whole_or_cut_and_evaluates_alike() {
     let held_out = data("held-out.txt");
     let want = eval(&ck, &held_out);
 
+    // `tessera export` of the checkpoint into `out`, with `more` arguments.
+    let export = |out: &Path, more: &[&str]| -> (bool, String) {
+        let mut args: Vec<&OsStr> = vec![
+            "export".as_ref(),
+            "--checkpoint".as_ref(),
+            ck.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        args.extend(more.iter().map(OsStr::new));
+        tessera(&args)
+    };
     let whole = dir.with_extension("whole");
-    let (ok, text) = tessera(&[
-        "export".as_ref(),
-        "--checkpoint".as_ref(),
-        ck.as_os_str(),
-        "--out".as_ref(),
-        whole.as_os_str(),
-    ]);
+    let (ok, text) = export(&whole, &[]);
     println!("{text}");
     assert!(ok, "{text}");
     assert!(text.contains("1 weights file of"), "{text}");
@@ -45,15 +53,7 @@ fn a_checkpoint_exports_whole_or_cut_and_evaluates_alike() {
     // The run's tokenizer (kept beside its checkpoints) goes with it; the weights are cut.
     std::fs::write(dir.join("checkpoints/tokenizer.json"), b"{\"model\":{}}").unwrap();
     let cut = dir.with_extension("cut");
-    let (ok, text) = tessera(&[
-        "export".as_ref(),
-        "--checkpoint".as_ref(),
-        ck.as_os_str(),
-        "--out".as_ref(),
-        cut.as_os_str(),
-        "--max-file-size".as_ref(),
-        "64KiB".as_ref(),
-    ]);
+    let (ok, text) = export(&cut, &["--max-file-size", "64KiB"]);
     println!("{text}");
     assert!(ok, "{text}");
     let files: Vec<String> = std::fs::read_dir(&cut)
@@ -98,23 +98,9 @@ fn a_checkpoint_exports_whole_or_cut_and_evaluates_alike() {
     assert!(!ok && text.contains(&gone.display().to_string()), "{text}");
 
     // A folder in the way: refused, left as it was.
-    let (ok, text) = tessera(&[
-        "export".as_ref(),
-        "--checkpoint".as_ref(),
-        ck.as_os_str(),
-        "--out".as_ref(),
-        whole.as_os_str(),
-    ]);
+    let (ok, text) = export(&whole, &[]);
     assert!(!ok && text.contains("is not empty"), "{text}");
     assert!(whole.join("model.safetensors").is_file());
-    let (ok, text) = tessera(&[
-        "export".as_ref(),
-        "--checkpoint".as_ref(),
-        ck.as_os_str(),
-        "--out".as_ref(),
-        dir.with_extension("zero").as_os_str(),
-        "--max-file-size".as_ref(),
-        "0".as_ref(),
-    ]);
+    let (ok, text) = export(&dir.with_extension("zero"), &["--max-file-size", "0"]);
     assert!(!ok && text.contains("must be a positive"), "{text}");
 }

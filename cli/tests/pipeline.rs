@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::log_files::{saved_log, write_resigned};
+use common::log_files::{saved_log, verify_saving, write_edited, write_resigned};
 use common::{
     checkpoint, coordinator, data, eval, free_port, scratch, wait_for, worker_with_budget,
 };
@@ -107,15 +107,7 @@ fn mixed_budget_workers_train_a_sliced_pipeline() {
 /// learning rate's bit turned, or without a step's scalars, is named at the entry.
 fn stepped_cases(dir: &Path) {
     let saved = dir.with_extension("log.json");
-    let (ok, text) = common::tessera(&[
-        "verify".as_ref(),
-        "--log".as_ref(),
-        dir.as_os_str(),
-        "--no-replay".as_ref(),
-        "--save".as_ref(),
-        saved.as_os_str(),
-    ]);
-    assert!(ok, "{text}");
+    verify_saving(dir, &saved, &["--no-replay"]);
     let (v, entries) = saved_log(&saved);
     let stepped: Vec<usize> = (0..entries.len())
         .filter(|&i| matches!(entries[i].entry.event, LogEvent::Stepped { .. }))
@@ -130,8 +122,8 @@ fn stepped_cases(dir: &Path) {
     let at = stepped[stepped.len() / 2];
     let forged = dir.with_extension("forged-steps.json");
     let checkpoints = dir.join("checkpoints");
-    let check = |what: &str, events: Vec<(u64, LogEvent)>, named: usize, says: &str| {
-        write_resigned(dir, &v, &forged, events.into_iter());
+    // Verify the forged log: refused at entry `named`, saying `says`.
+    let check = |what: &str, named: usize, says: &str| {
         let (ok, text) = common::tessera(&[
             "verify".as_ref(),
             "--log".as_ref(),
@@ -146,32 +138,20 @@ fn stepped_cases(dir: &Path) {
             "{what}: {text}"
         );
     };
-    let events = || {
-        entries
-            .iter()
-            .map(|e| (e.entry.time_ms, e.entry.event.clone()))
-    };
-    check(
-        "a learning rate's bit turned",
-        events()
-            .enumerate()
-            .map(|(i, (t, mut e))| {
-                if let (true, LogEvent::Stepped { scalars, .. }) = (i == at, &mut e) {
-                    scalars[0] ^= 1;
-                }
-                (t, e)
-            })
-            .collect(),
-        at,
-        "logged scalars",
-    );
+    write_edited(dir, &v, &forged, &entries, at, &|e| {
+        if let LogEvent::Stepped { scalars, .. } = e {
+            scalars[0] ^= 1;
+        }
+    });
+    check("a learning rate's bit turned", at, "logged scalars");
+    let without = entries
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != at)
+        .map(|(_, e)| (e.entry.time_ms, e.entry.event.clone()));
+    write_resigned(dir, &v, &forged, without);
     check(
         "a step without its scalars",
-        events()
-            .enumerate()
-            .filter(|(i, _)| *i != at)
-            .map(|(_, e)| e)
-            .collect(),
         at,
         "closed without a Stepped entry",
     );

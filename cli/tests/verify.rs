@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::log_files::{saved_log, write_resigned};
+use common::log_files::{saved_log, write_edited, write_resigned};
 use common::{
     checkpoint, coordinator, copy_dir, data, flip_byte, free_port, scratch, wait_for, worker,
 };
@@ -265,18 +265,7 @@ fn draw_cases(dir: &Path, saved: &Path) {
     ];
     for (what, edit) in edits {
         let forged = dir.with_extension("forged-draws.json");
-        write_resigned(
-            dir,
-            &v,
-            &forged,
-            entries.iter().enumerate().map(|(i, e)| {
-                let mut event = e.entry.event.clone();
-                if i == at {
-                    edit(&mut event);
-                }
-                (e.entry.time_ms, event)
-            }),
-        );
+        write_edited(dir, &v, &forged, &entries, at, edit);
         let (ok, text) = verify(&["--log".as_ref(), forged.as_os_str()]);
         println!("{what}: {}", text.trim());
         assert!(!ok, "{what} is caught: {text}");
@@ -362,18 +351,11 @@ fn replay_cases(dir: &Path, saved: &Path) {
     std::fs::rename(&ck, &renamed).unwrap();
     let at = closing(5);
     let forged_log = dir.with_extension("forged-weights.json");
-    write_resigned(
-        dir,
-        &v,
-        &forged_log,
-        entries.iter().enumerate().map(|(i, e)| {
-            let mut event = e.entry.event.clone();
-            if let (true, LogEvent::Closed { weights, .. }) = (i == at, &mut event) {
-                *weights = forged_weights;
-            }
-            (e.entry.time_ms, event)
-        }),
-    );
+    write_edited(dir, &v, &forged_log, &entries, at, &|e| {
+        if let LogEvent::Closed { weights, .. } = e {
+            *weights = forged_weights;
+        }
+    });
     let (ok, text) = run(&forged_log, &copy, &["--no-replay"]);
     assert!(ok, "the checkpoints alone match the re-signed log: {text}");
     let (ok, text) = run(&forged_log, &copy, &[]);

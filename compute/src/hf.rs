@@ -278,7 +278,7 @@ pub(crate) fn params_from_tensors<'a>(
 }
 
 pub(crate) struct F32View<'a> {
-    pub(crate) shape: Vec<usize>,
+    shape: Vec<usize>,
     pub(crate) data: &'a [f32],
 }
 
@@ -303,12 +303,25 @@ pub fn params_to_safetensors(
     cfg: &ModelConfig,
     params: &ModelParams<f32>,
 ) -> Result<Vec<u8>, ComputeError> {
-    let views: Vec<(String, F32View)> = tensor_shapes(cfg)
+    serialize_f32(f32_views(cfg, params))
+}
+
+/// Every parameter as a named f32 view in Hugging Face naming, in model order (with tied
+/// embeddings, without `lm_head.weight`).
+pub(crate) fn f32_views<'a>(
+    cfg: &ModelConfig,
+    params: &'a ModelParams<f32>,
+) -> Vec<(String, F32View<'a>)> {
+    tensor_shapes(cfg)
         .into_iter()
         .zip(params.named())
         .filter(|((name, _), _)| !(cfg.tie_word_embeddings && name == HEAD))
         .map(|((name, shape), (_, data))| (name, F32View { shape, data }))
-        .collect();
+        .collect()
+}
+
+/// `views` as safetensors bytes, with the metadata transformers writes (`format: pt`).
+pub(crate) fn serialize_f32(views: Vec<(String, F32View)>) -> Result<Vec<u8>, ComputeError> {
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize(views, Some(meta)).map_err(|e| bad(e.to_string()))
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::config::ModelConfig;
 use crate::error::ComputeError;
-use crate::hf::{params_from_tensors, tensor_shapes, F32View, HEAD};
+use crate::hf::{f32_views, params_from_tensors, serialize_f32, F32View};
 use crate::reference::ModelParams;
 
 /// The index file of a checkpoint cut into several files.
@@ -42,12 +42,7 @@ pub fn params_to_shards(
     params: &ModelParams<f32>,
     max_file_bytes: u64,
 ) -> Result<Sharded, ComputeError> {
-    let tensors: Vec<(String, F32View)> = tensor_shapes(cfg)
-        .into_iter()
-        .zip(params.named())
-        .filter(|((name, _), _)| !(cfg.tie_word_embeddings && name == HEAD))
-        .map(|((name, shape), (_, data))| (name, F32View { shape, data }))
-        .collect();
+    let tensors = f32_views(cfg, params);
     let mut groups: Vec<Vec<(String, F32View)>> = vec![Vec::new()];
     let mut size = 0u64;
     let mut total = 0u64;
@@ -63,7 +58,6 @@ pub fn params_to_shards(
         groups.last_mut().expect("a group").push((name, view));
     }
     let n = groups.len();
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     let mut files = Vec::with_capacity(n);
     let mut map = BTreeMap::new();
     for (i, group) in groups.into_iter().enumerate() {
@@ -75,9 +69,7 @@ pub fn params_to_shards(
         for (name, _) in &group {
             map.insert(name.clone(), file.clone());
         }
-        let bytes =
-            safetensors::serialize(group, Some(meta.clone())).map_err(|e| bad(e.to_string()))?;
-        files.push((file, bytes));
+        files.push((file, serialize_f32(group)?));
     }
     let index = (n > 1)
         .then(|| json!({ "metadata": { "total_size": total }, "weight_map": map }).to_string());
@@ -152,6 +144,7 @@ pub fn params_from_shards(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hf::{tensor_shapes, HEAD};
 
     #[test]
     fn a_model_cut_into_files_reads_back_as_it_was() {

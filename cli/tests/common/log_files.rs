@@ -1,6 +1,7 @@
-//! Saved run logs for the tests of `tessera verify`: read one that `verify --save` wrote, and
+//! Saved run logs for the tests of `tessera verify`: save one (`verify_saving`), read it, and
 //! write one re-signed with the coordinator's own key, as a coordinator that rewrites its log
-//! could; and the cases of forged picks of who checks (`pick_cases`).
+//! could (whole, or with one entry edited); and the cases of forged picks of who checks
+//! (`pick_cases`).
 
 use std::path::Path;
 
@@ -50,21 +51,42 @@ pub fn write_resigned(
     .unwrap();
 }
 
+/// Runs `tessera verify --log DIR ARGS --save SAVED`, which must pass; what it printed.
+pub fn verify_saving(dir: &Path, saved: &Path, args: &[&str]) -> String {
+    let mut all: Vec<&std::ffi::OsStr> = vec!["verify".as_ref(), "--log".as_ref(), dir.as_ref()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    all.extend(["--save".as_ref(), saved.as_os_str()]);
+    let (ok, text) = super::tessera(&all);
+    assert!(ok, "the run's log verifies: {text}");
+    text
+}
+
+/// [`write_resigned`] of the saved log `entries` with entry `at`'s event changed by `edit`.
+pub fn write_edited(
+    dir: &Path,
+    saved: &serde_json::Value,
+    path: &Path,
+    entries: &[SignedEntry],
+    at: usize,
+    edit: &dyn Fn(&mut LogEvent),
+) {
+    let events = entries.iter().enumerate().map(|(i, e)| {
+        let mut event = e.entry.event.clone();
+        if i == at {
+            edit(&mut event);
+        }
+        (e.entry.time_ms, event)
+    });
+    write_resigned(dir, saved, path, events);
+}
+
 /// Verify's checks of who replays or audits: the run's log (in `dir`) holds `Picked` entries
 /// and a check whose auditors were picked, and a coordinator that re-signs its log around a pick out of turn, a pick listing
 /// the identity it checks, a ranking the latest reveal does not give, or a check by an auditor
 /// it never picked is named at the first bad entry.
 pub fn pick_cases(dir: &Path) {
     let saved = dir.with_extension("log.json");
-    let (ok, text) = super::tessera(&[
-        "verify".as_ref(),
-        "--log".as_ref(),
-        dir.as_os_str(),
-        "--no-replay".as_ref(),
-        "--save".as_ref(),
-        saved.as_os_str(),
-    ]);
-    assert!(ok, "{text}");
+    let text = verify_saving(dir, &saved, &["--no-replay"]);
     let (v, entries) = saved_log(&saved);
     let picks: Vec<usize> = (0..entries.len())
         .filter(|&i| matches!(entries[i].entry.event, LogEvent::Picked { .. }))
@@ -87,18 +109,7 @@ pub fn pick_cases(dir: &Path) {
         .collect();
     let forged = dir.with_extension("forged-picks.json");
     let refused_at = |at: usize, edit: &dyn Fn(&mut LogEvent)| -> Option<String> {
-        write_resigned(
-            dir,
-            &v,
-            &forged,
-            entries.iter().enumerate().map(|(i, e)| {
-                let mut event = e.entry.event.clone();
-                if i == at {
-                    edit(&mut event);
-                }
-                (e.entry.time_ms, event)
-            }),
-        );
+        write_edited(dir, &v, &forged, &entries, at, edit);
         let (ok, text) = super::tessera(&["verify".as_ref(), "--log".as_ref(), forged.as_os_str()]);
         (!ok).then_some(text)
     };

@@ -123,7 +123,8 @@ impl Draws {
         (entries, drawn)
     }
 
-    /// Who runs `check` of `subject`'s work (its `nth` pick): of the free candidates, the
+    /// Who runs `check` of `subject`'s work (its next pick, by the log's count of its earlier
+    /// ones): of the free candidates, the
     /// one the latest revealed value ranks first (a replayer of a whole-model unit, an
     /// auditor of a lease's step), so who checks whom is known only once the work is in; with
     /// the `Picked` entry that shows the ranking. An identity with several free sessions or
@@ -132,9 +133,9 @@ impl Draws {
         beacon: &Beacon,
         candidates: &[Candidate],
         check: CheckOf,
-        nth: u32,
         subject: PublicKey,
     ) -> Option<(Candidate, LogEvent)> {
+        let nth = beacon.picks.of(&check);
         let free = candidates.iter().filter(|c| c.free && c.key != subject);
         let ranked =
             super::picks::ranked(beacon.latest(), &check, nth, free.clone().map(|c| c.key));
@@ -224,12 +225,12 @@ mod tests {
         let mut credits = Credits::default();
         let audit = |step| CheckOf::Audit { step, lease: 1 };
         assert_eq!(
-            Draws::checker(credits.beacon(), &c[2..3], audit(1), 0, subject),
+            Draws::checker(credits.beacon(), &c[2..3], audit(1), subject),
             None,
             "nobody free"
         );
         assert_eq!(
-            Draws::checker(credits.beacon(), &c[7..8], audit(1), 0, subject),
+            Draws::checker(credits.beacon(), &c[7..8], audit(1), subject),
             None,
             "the subject does not check itself"
         );
@@ -241,7 +242,7 @@ mod tests {
             (0..64u64)
                 .map(|step| {
                     let (chosen, entry) =
-                        Draws::checker(credits.beacon(), &c, audit(step), 0, subject).unwrap();
+                        Draws::checker(credits.beacon(), &c, audit(step), subject).unwrap();
                     let LogEvent::Picked {
                         candidates, nth, ..
                     } = entry

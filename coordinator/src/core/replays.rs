@@ -223,10 +223,9 @@ impl Replicas {
                 round: self.round.number,
                 unit: case.unit,
             };
-            let nth = cx.credits.beacon().picks.of(&check);
             let beacon = cx.credits.beacon();
             let Some((Candidate { conn, key, .. }, picked)) =
-                super::draws::Draws::checker(beacon, &eligible, check, nth, case.key)
+                super::draws::Draws::checker(beacon, &eligible, check, case.key)
             else {
                 continue;
             };

@@ -177,9 +177,8 @@ impl Pipe {
             step: self.step.number,
             lease,
         };
-        let nth = cx.credits.beacon().picks.of(&check);
         let beacon = cx.credits.beacon();
-        let auditor = crate::core::draws::Draws::checker(beacon, &candidates, check, nth, a.key);
+        let auditor = crate::core::draws::Draws::checker(beacon, &candidates, check, a.key);
         let Some((
             Candidate {
                 lease: by,
