@@ -41,6 +41,10 @@ pub struct Args {
     /// Compare two files and run nothing.
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     pub compare: Option<Vec<PathBuf>>,
+    /// Use the GPU adapter whose name contains this text (ignoring case; `tessera adapters`
+    /// lists them) instead of the one the system prefers.
+    #[arg(long)]
+    pub adapter: Option<String>,
 }
 
 /// How much larger than the largest honest drift measured the suggested tolerance is.
@@ -99,7 +103,10 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     };
-    let gpu = pollster::block_on(Gpu::new(GpuOptions::default()))?;
+    let gpu = pollster::block_on(Gpu::new(GpuOptions {
+        adapter: a.adapter.clone(),
+        ..Default::default()
+    }))?;
     eprintln!("calibrating on {}", gpu.adapter().name);
     let started = std::time::Instant::now();
     let mine = pollster::block_on(calibrate(&gpu, &spec, |name| {

@@ -1,5 +1,6 @@
 //! `tessera`: the project's front door, one binary with subcommands.
 
+mod adapters_cmd;
 mod admin_cmd;
 mod bounded_json;
 mod calibrate_cmd;
@@ -81,6 +82,9 @@ enum Command {
     /// Measure how far this GPU drifts from another on the same work, to set the tolerance of
     /// the coordinator's checks.
     Calibrate(calibrate_cmd::Args),
+    /// List this machine's GPU adapters, as `--adapter` of `worker` and `calibrate` matches
+    /// them.
+    Adapters(adapters_cmd::Args),
     /// Act as a run's administrator: pause, resume, stop, change a parameter, ban or unban;
     /// every act goes into the run log with its reason.
     Admin(admin_cmd::Args),
@@ -159,6 +163,7 @@ fn run() -> Result<()> {
         Command::Fork(a) => multi_thread()?.block_on(fork_cmd::run(a)),
         Command::Plan(a) => plan_cmd::run(a),
         Command::Calibrate(a) => calibrate_cmd::run(a),
+        Command::Adapters(a) => adapters_cmd::run(a),
         Command::Admin(a) => admin_cmd::run(a),
     }
 }

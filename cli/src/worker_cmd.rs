@@ -40,6 +40,10 @@ pub struct Args {
     /// the worker exits (`tessera demo` pins its workers to its own coordinator this way).
     #[arg(long)]
     pub coordinator_key: Option<String>,
+    /// Use the GPU adapter whose name contains this text (ignoring case; `tessera adapters`
+    /// lists them) instead of the one the system prefers.
+    #[arg(long)]
+    pub adapter: Option<String>,
 }
 
 /// Runs until Ctrl-C.
@@ -64,7 +68,11 @@ pub async fn run(a: Args) -> Result<()> {
             .join("worker.key"),
     };
     let id = keys::load_or_create(&path)?;
-    let gpu = Gpu::new(GpuOptions::default()).await?;
+    let gpu = Gpu::new(GpuOptions {
+        adapter: a.adapter.clone(),
+        ..Default::default()
+    })
+    .await?;
     println!("worker {} on {}", id.public().fingerprint(), gpu.adapter());
     let caps = Capabilities {
         adapter: gpu.adapter().name.clone(),

@@ -20,6 +20,56 @@ pub fn gpu() -> Gpu {
     g
 }
 
+/// Chromium's SwiftShader Vulkan driver (its manifest) as Debian's `chromium` package installs
+/// it: the CPU adapter a browser tab without a GPU computes on, here opened natively.
+pub const SWIFTSHADER_ICD: &str = "/usr/lib/chromium/vk_swiftshader_icd.json";
+
+/// Adds SwiftShader to the Vulkan drivers this process may open (`VK_ADD_DRIVER_FILES`, which
+/// the loader reads when an instance is created, so call it before any adapter is opened), once.
+pub fn add_swiftshader() -> Result<(), String> {
+    static ADDED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    ADDED
+        .get_or_init(|| {
+            if !std::path::Path::new(SWIFTSHADER_ICD).exists() {
+                return Err(format!(
+                    "{SWIFTSHADER_ICD} is missing: install Debian's chromium package (scripts/test-all does)"
+                ));
+            }
+            let files = match std::env::var("VK_ADD_DRIVER_FILES") {
+                Ok(v) if !v.is_empty() => format!("{v}:{SWIFTSHADER_ICD}"),
+                _ => SWIFTSHADER_ICD.to_string(),
+            };
+            std::env::set_var("VK_ADD_DRIVER_FILES", files);
+            Ok(())
+        })
+        .clone()
+}
+
+/// Opens the adapter whose name contains `name` (see `GpuOptions::adapter`), named on stdout.
+pub fn gpu_named(name: &str) -> Result<Gpu, String> {
+    let g = pollster::block_on(Gpu::new(tessera_compute::GpuOptions {
+        adapter: Some(name.to_string()),
+        ..Default::default()
+    }))
+    .map_err(|e| e.to_string())?;
+    println!("adapter: {}", g.adapter());
+    Ok(g)
+}
+
+/// Two different adapters side by side: the first one this machine lists that is not
+/// SwiftShader (lavapipe without a GPU) and SwiftShader, so that one run's checks compare work
+/// across the two adapters honest contributors most often differ by (a native worker's, a
+/// browser tab's).
+pub fn two_adapters() -> Result<[Gpu; 2], String> {
+    add_swiftshader()?;
+    let all = pollster::block_on(Gpu::adapters());
+    let other = all
+        .iter()
+        .find(|a| !a.name.to_lowercase().contains("swiftshader"))
+        .ok_or_else(|| format!("no adapter beside SwiftShader among {all:?}"))?;
+    Ok([gpu_named(&other.to_string())?, gpu_named("swiftshader")?])
+}
+
 /// ‖a − b‖ / ‖b‖.
 pub fn rel(a: &[f32], b: &[f32]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
@@ -77,10 +127,18 @@ pub fn contributors(gpu: &Gpu, n: usize) -> Vec<Contributor> {
 
 /// Native contributors on `gpu` with distinct fixed identities, one per memory budget.
 pub fn with_budgets(gpu: &Gpu, budgets: &[u64]) -> Vec<Contributor> {
+    with_budgets_on(gpu, budgets)
+}
+
+/// Native contributors with distinct fixed identities, one per memory budget, contributor `k`
+/// naming the adapter `devices` gives it.
+pub fn with_budgets_on<'a>(devices: impl Into<Devices<'a>>, budgets: &[u64]) -> Vec<Contributor> {
+    let devices = devices.into();
     budgets
         .iter()
         .enumerate()
         .map(|(i, &b)| {
+            let gpu = devices.of(i);
             let caps = Capabilities {
                 adapter: gpu.adapter().name.clone(),
                 backend: gpu.adapter().backend.clone(),
@@ -141,12 +199,46 @@ pub struct Ran {
     pub applied: Vec<Contribution>,
 }
 
+/// The adapters a run's contributors compute on, so that one run may mix adapters (lavapipe
+/// and SwiftShader, say) and its checks compare results across them.
+#[derive(Clone, Copy)]
+pub enum Devices<'a> {
+    /// Every contributor on one adapter.
+    One(&'a Gpu),
+    /// Contributor `k` (0-based) on `gpus[k]`: one entry per contributor.
+    Each(&'a [&'a Gpu]),
+}
+
+impl<'a> Devices<'a> {
+    /// Contributor `k`'s adapter.
+    pub fn of(&self, k: usize) -> &'a Gpu {
+        match self {
+            Devices::One(g) => g,
+            Devices::Each(all) => all
+                .get(k)
+                .unwrap_or_else(|| panic!("no adapter given for contributor {k}")),
+        }
+    }
+}
+
+impl<'a> From<&'a Gpu> for Devices<'a> {
+    fn from(g: &'a Gpu) -> Self {
+        Devices::One(g)
+    }
+}
+
+impl<'a> From<&'a [&'a Gpu]> for Devices<'a> {
+    fn from(all: &'a [&'a Gpu]) -> Self {
+        Devices::Each(all)
+    }
+}
+
 /// Like [`run_with`], with hostile contributors: `tamper` sees every session message contributor
 /// `k` (0-based, with the identity [`identity`]`(k)`) is about to send and may rewrite it; a
 /// rewritten message is signed again with that contributor's key, as a hostile contributor signs
 /// whatever it sends, so the coordinator has to judge its content.
-pub fn run_tampered(
-    gpu: &Gpu,
+pub fn run_tampered<'a>(
+    gpu: impl Into<Devices<'a>>,
     core: &mut Core,
     clients: &mut [Contributor],
     watch: impl FnMut(&Message, usize) -> Control,
@@ -158,14 +250,15 @@ pub fn run_tampered(
 /// Like [`run_tampered`], and `mislead` may also rewrite what contributor `k` receives before
 /// it handles it (after `watch` saw the original): a hostile contributor that, say, trains on
 /// other tokens than its work's.
-pub fn run_misled(
-    gpu: &Gpu,
+pub fn run_misled<'a>(
+    gpu: impl Into<Devices<'a>>,
     core: &mut Core,
     clients: &mut [Contributor],
     mut watch: impl FnMut(&Message, usize) -> Control,
     mut mislead: impl FnMut(usize, &mut ToContributor),
     mut tamper: impl FnMut(usize, &mut SessionMessage),
 ) -> Result<Ran, WorkerError> {
+    let devices = gpu.into();
     let mut log = Vec::new();
     let mut standing: BTreeMap<(u64, u64), Contribution> = BTreeMap::new();
     let mut applied = Vec::new();
@@ -248,7 +341,7 @@ pub fn run_misled(
                     continue;
                 }
                 mislead(k, &mut msg);
-                let replies = pollster::block_on(clients[k].handle(gpu, msg))?;
+                let replies = pollster::block_on(clients[k].handle(devices.of(k), msg))?;
                 for mut msg in replies {
                     if let (ToCoordinator::Session(signed), Some(nonce)) = (&msg, nonces[k]) {
                         let mut body = signed.body.clone();

@@ -2,6 +2,7 @@
 //! pipeline cache. Builds for native (Vulkan/Metal/DX12, lavapipe without a GPU) and wasm32
 //! (the browser's WebGPU).
 
+mod choice;
 mod dispatch;
 mod pacing;
 mod tensor;
@@ -31,6 +32,9 @@ pub struct GpuOptions {
     /// With `limits` unset: start from the WebGPU defaults and raise the binding and buffer
     /// sizes to what the adapter supports (up to 1 GiB), never beyond it.
     pub raise_limits: bool,
+    /// Open the adapter whose name contains this text (ignoring case; an exact name wins)
+    /// instead of the one the platform prefers; [`Gpu::adapters`] lists those it chooses among.
+    pub adapter: Option<String>,
 }
 
 impl Default for GpuOptions {
@@ -41,6 +45,7 @@ impl Default for GpuOptions {
             high_performance: true,
             submit_budget_ms: 50.0,
             raise_limits: false,
+            adapter: None,
         }
     }
 }
@@ -65,6 +70,18 @@ impl std::fmt::Display for AdapterSummary {
             write!(f, ", {}", self.driver)?;
         }
         write!(f, ")")
+    }
+}
+
+fn summary_of(adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
     }
 }
 
@@ -93,30 +110,31 @@ impl Gpu {
     pub async fn new(opts: GpuOptions) -> Result<Self, ComputeError> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: if opts.high_performance {
-                    wgpu::PowerPreference::HighPerformance
-                } else {
-                    wgpu::PowerPreference::LowPower
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                ComputeError::NoAdapter(format!(
-                    "{e}. On Linux without a GPU install mesa-vulkan-drivers (lavapipe); in a browser enable WebGPU or use one that has it"
-                ))
-            })?;
-        let info = adapter.get_info();
-        let summary = AdapterSummary {
-            name: info.name.clone(),
-            backend: format!("{:?}", info.backend),
-            device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info)
-                .trim()
-                .to_string(),
+        let adapter = match &opts.adapter {
+            Some(wanted) => {
+                let mut all = instance.enumerate_adapters(wgpu::Backends::PRIMARY).await;
+                let names: Vec<String> = all.iter().map(|a| summary_of(a).to_string()).collect();
+                let i = choice::choose(&names, wanted).map_err(ComputeError::NoAdapter)?;
+                all.swap_remove(i)
+            }
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: if opts.high_performance {
+                        wgpu::PowerPreference::HighPerformance
+                    } else {
+                        wgpu::PowerPreference::LowPower
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    ComputeError::NoAdapter(format!(
+                        "{e}. On Linux without a GPU install mesa-vulkan-drivers (lavapipe); in a browser enable WebGPU or use one that has it"
+                    ))
+                })?,
         };
+        let info = adapter.get_info();
+        let summary = summary_of(&adapter);
         let supported = adapter.limits();
         let wanted = match (&opts.limits, opts.raise_limits) {
             (Some(l), _) => l.clone(),
@@ -179,6 +197,15 @@ impl Gpu {
             pending_count: Mutex::new(0),
             pacing: pacing::Pacing::new(opts.submit_budget_ms),
         })
+    }
+
+    /// Every adapter this machine offers on the primary backends (Vulkan, Metal, DX12, the
+    /// browser's WebGPU): what [`GpuOptions::adapter`] chooses among.
+    pub async fn adapters() -> Vec<AdapterSummary> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let all = instance.enumerate_adapters(wgpu::Backends::PRIMARY).await;
+        all.iter().map(summary_of).collect()
     }
 
     /// The adapter this device runs on.
