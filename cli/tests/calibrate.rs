@@ -1,6 +1,8 @@
 //! `tessera calibrate` end to end: this machine's adapter reruns the calibration work an NVIDIA
 //! H100 ran (`tests/fixtures/calibration-h100-small-byte.bin`), every output drifts less than
-//! the default check tolerances, and comparing a file with itself shows no drift.
+//! the default check tolerances, and comparing a file with itself shows no drift; SwiftShader
+//! (Chromium's CPU Vulkan driver, chosen with `--adapter`) stays within them too, against the
+//! H100 and against this machine's adapter.
 
 use std::process::Command;
 
@@ -11,9 +13,17 @@ const H100: &str = concat!(
     "/../tests/fixtures/calibration-h100-small-byte.bin"
 );
 
+/// Chromium's SwiftShader Vulkan driver as Debian's `chromium` package installs it.
+const SWIFTSHADER_ICD: &str = "/usr/lib/chromium/vk_swiftshader_icd.json";
+
 fn tessera(args: &[&str]) -> String {
+    tessera_with(args, &[])
+}
+
+fn tessera_with(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run tessera");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -73,6 +83,82 @@ fn this_adapter_stays_within_the_default_tolerances_of_an_h100() {
     let zero = tessera(&["calibrate", "--compare", H100, H100]);
     assert!(drifts(&zero).iter().all(|(_, e)| *e == 0.0));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// SwiftShader (a browser tab's adapter without a GPU), chosen with `--adapter` beside this
+/// machine's own, drifts from the H100 and from this machine's adapter within the defaults.
+#[test]
+fn swiftshader_stays_within_the_default_tolerances_of_an_h100_and_of_this_adapter() {
+    assert!(
+        std::path::Path::new(SWIFTSHADER_ICD).exists(),
+        "{SWIFTSHADER_ICD} is missing: install Debian's chromium package (scripts/test-all does)"
+    );
+    let env = [("VK_ADD_DRIVER_FILES", SWIFTSHADER_ICD)];
+    let listed = tessera_with(&["adapters"], &env);
+    assert!(
+        listed.lines().any(|l| l.contains("SwiftShader")),
+        "{listed}"
+    );
+    let dir = std::env::temp_dir().join(format!("tessera-calibrate-ss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ss = dir.join("swiftshader.bin");
+    let report = tessera_with(
+        &[
+            "calibrate",
+            "--adapter",
+            "swiftshader",
+            "--against",
+            H100,
+            "--out",
+            ss.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(report.contains("SwiftShader"), "{report}");
+    let here = dir.join("here.bin");
+    let first = listed
+        .lines()
+        .find(|l| !l.contains("SwiftShader"))
+        .expect("an adapter beside SwiftShader");
+    let against_here = tessera_with(
+        &[
+            "calibrate",
+            "--adapter",
+            first,
+            "--against",
+            ss.to_str().unwrap(),
+            "--out",
+            here.to_str().unwrap(),
+        ],
+        &env,
+    );
+    for (report, against) in [(&report, "the H100"), (&against_here, first)] {
+        let d = drifts(report);
+        assert_eq!(d.len(), 13, "every output is compared");
+        for (name, e) in &d {
+            let tol = if name.starts_with("replica/") {
+                ROUND_TOLERANCE
+            } else {
+                UNIT_TOLERANCE
+            };
+            assert!(
+                *e <= tol,
+                "SwiftShader against {against}: {name} drifts {e:e}, over the default {tol:e}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn an_adapter_no_name_matches_is_refused_with_the_list() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["calibrate", "--adapter", "no such adapter 7f3a"])
+        .output()
+        .expect("run tessera");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no adapter's name contains"), "{stderr}");
 }
 
 #[test]

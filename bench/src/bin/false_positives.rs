@@ -8,8 +8,15 @@
 //! got wrong, with a 95% upper bound on the false-positive rate (the "rule of three" when none
 //! was wrong), and how many honest identities each run refused.
 //!
+//! `--adapter NAME` (repeatable; a part of the name as `tessera adapters` lists it) spreads the
+//! contributors over several adapters so the checks compare their work across them: whole-model
+//! workers alternate adapters, and a pipeline run's holders of each micro-shard sit on different
+//! ones. A name holding `swiftshader` adds Chromium's SwiftShader driver (Debian's `chromium`
+//! package), the adapter of a browser tab without a GPU, beside this machine's.
+//!
 //! ```text
 //! cargo run --release -p tessera-bench --bin false_positives -- --rounds 200 --sparse-rounds 100 --steps 100
+//! cargo run --release -p tessera-bench --bin false_positives -- --adapter llvmpipe --adapter swiftshader
 //! ```
 
 use std::collections::BTreeMap;
@@ -19,7 +26,7 @@ use tessera_compute::Gpu;
 use tessera_coordinator::core::{Core, Phase, RunSpec};
 use tessera_e2e::{data_run, Control, Message};
 use tessera_protocol::log::{CheckOutcome, LogEvent, SignedEntry};
-use tessera_protocol::{Code, Identity, ToContributor};
+use tessera_protocol::{Code, Identity, PublicKey, ToContributor};
 
 /// Judgements of one check over honest work: how many, and how many were wrong.
 #[derive(Debug, Default, Clone, Copy)]
@@ -56,22 +63,44 @@ fn arg(name: &str, default: u64) -> Result<u64> {
     }
 }
 
-/// Runs `spec` with `n` honest contributors of `budget` bytes to its end; the log.
+/// Every `--adapter` given.
+fn adapter_names() -> Result<Vec<String>> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut names = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        if a == "--adapter" {
+            names.push(
+                args.get(i + 1)
+                    .context("--adapter needs a name (tessera adapters lists them)")?
+                    .clone(),
+            );
+        }
+    }
+    Ok(names)
+}
+
+/// Runs `spec` with `n` honest contributors of `budget` bytes to its end, contributor `k` on
+/// `gpus[on(k)]`; the log, and which adapter each identity was on.
 fn run(
-    gpu: &Gpu,
+    gpus: &[Gpu],
+    on: impl Fn(usize) -> usize,
     spec: RunSpec,
     init: tessera_compute::reference::ModelParams<f32>,
     n: usize,
     budget: u64,
     what: &str,
-) -> Result<Vec<SignedEntry>> {
+) -> Result<(Vec<SignedEntry>, Adapters)> {
     let total = spec.rounds;
     let mut core = Core::new(spec, Identity::from_seed([77; 32]), init);
-    let mut clients = tessera_e2e::with_budgets(gpu, &vec![budget; n]);
+    let adapters: Adapters = (0..n)
+        .map(|k| (tessera_e2e::identity(k).public(), on(k)))
+        .collect();
+    let gpus: Vec<&Gpu> = (0..n).map(|k| &gpus[on(k)]).collect();
+    let mut clients = tessera_e2e::with_budgets_on(gpus.as_slice(), &vec![budget; n]);
     let started = std::time::Instant::now();
     let mut last = u64::MAX;
     let ran = tessera_e2e::run_tampered(
-        gpu,
+        gpus.as_slice(),
         &mut core,
         &mut clients,
         |m, _| {
@@ -120,7 +149,33 @@ fn run(
             println!("{what}: {f}");
         }
     }
-    Ok(ran.log)
+    Ok((ran.log, adapters))
+}
+
+/// Which adapter (an index into the `--adapter` list) each identity computed on.
+type Adapters = BTreeMap<PublicKey, usize>;
+
+/// Of the checks that others ran (replays, audits), how many, and how many of them compared
+/// work of one adapter with another's (some auditor on another adapter than the checked).
+fn across(log: &[SignedEntry], on: &Adapters) -> (u64, u64) {
+    let (mut run_by_others, mut across) = (0, 0);
+    for e in log {
+        if let LogEvent::Checked { key, auditors, .. } = &e.entry.event {
+            if auditors.is_empty() {
+                continue;
+            }
+            run_by_others += 1;
+            if auditors.iter().any(|a| on.get(a) != on.get(key)) {
+                across += 1;
+            }
+        }
+    }
+    (run_by_others, across)
+}
+
+fn print_across(what: &str, log: &[SignedEntry], on: &Adapters) {
+    let (all, across) = across(log, on);
+    println!("{what}: {across} of the {all} replays or audits compared two adapters");
 }
 
 /// Which check a whole-model failure came from, by its reason's code.
@@ -219,13 +274,38 @@ fn main() -> Result<()> {
     let rounds = arg("--rounds", 200)?;
     let steps = arg("--steps", 100)?;
     let workers = arg("--workers", 6)? as usize;
-    let gpu = tessera_e2e::gpu();
+    let names = adapter_names()?;
+    if names
+        .iter()
+        .any(|n| n.to_lowercase().contains("swiftshader"))
+    {
+        tessera_e2e::add_swiftshader().map_err(anyhow::Error::msg)?;
+    }
+    let gpus: Vec<Gpu> = if names.is_empty() {
+        vec![tessera_e2e::gpu()]
+    } else {
+        names
+            .iter()
+            .map(|n| tessera_e2e::gpu_named(n).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?
+    };
+    let a = gpus.len();
+    // Whole-model workers alternate adapters.
+    let alternate = |k: usize| k % a;
     let (spec, init) = data_run("e2e.toml", |cfg| {
         cfg.rounds = rounds;
         cfg.train.replicas = 4;
         cfg.train.sync = tessera_coordinator::config::Sync::Dense;
     });
-    let whole = run(&gpu, spec, init, workers, 1 << 30, "whole-model")?;
+    let (whole, whole_on) = run(
+        &gpus,
+        alternate,
+        spec,
+        init,
+        workers,
+        1 << 30,
+        "whole-model",
+    )?;
     let sparse_rounds = arg("--sparse-rounds", 100)?;
     let (spec, init) = data_run("e2e.toml", |cfg| {
         cfg.rounds = sparse_rounds;
@@ -236,7 +316,7 @@ fn main() -> Result<()> {
             ..tessera_coordinator::config::ChecksSection::on()
         });
     });
-    let sparse = run(&gpu, spec, init, 3, 1 << 30, "sparse")?;
+    let (sparse, sparse_on) = run(&gpus, alternate, spec, init, 3, 1 << 30, "sparse")?;
     let (spec, init) = data_run("pipeline.toml", |cfg| cfg.rounds = steps);
     let budget = spec
         .pipeline
@@ -247,8 +327,20 @@ fn main() -> Result<()> {
         .pipeline
         .as_ref()
         .map_or(0, |p| p.stages.iter().map(Vec::len).sum::<usize>());
-    let piped = run(&gpu, spec, init, 2 * leases, budget, "pipeline")?;
-    println!("adapter: {}", gpu.adapter());
+    // Leases go out in join order, fewest replicas first: the first holder of each micro-shard
+    // on one adapter, the second on the next.
+    let (piped, piped_on) = run(
+        &gpus,
+        |k| (k / leases.max(1)) % a,
+        spec,
+        init,
+        2 * leases,
+        budget,
+        "pipeline",
+    )?;
+    for g in &gpus {
+        println!("adapter: {}", g.adapter());
+    }
     println!(
         "honest work judged by each check: a whole-model run of {rounds} rounds ({workers} workers, 4 replicas, dense sync) and a pipeline run of {steps} steps (two holders of each micro-shard)"
     );
@@ -260,6 +352,9 @@ fn main() -> Result<()> {
         print(name, &j);
     }
     println!("identities refused: {}", refused(&whole));
+    if a > 1 {
+        print_across("whole-model", &whole, &whole_on);
+    }
     println!(
         "a whole-model run of {sparse_rounds} rounds (3 workers, 3 replicas, SparseLoCo, no replays, every update checked every round; a wrong judgement withholds the update)"
     );
@@ -267,7 +362,13 @@ fn main() -> Result<()> {
         print(name, &j);
     }
     println!("identities refused: {}", refused(&sparse));
+    if a > 1 {
+        print_across("sparse", &sparse, &sparse_on);
+    }
     print("pipeline audit", &pipeline(&piped));
     println!("identities refused: {}", refused(&piped));
+    if a > 1 {
+        print_across("pipeline", &piped, &piped_on);
+    }
     Ok(())
 }

@@ -15,7 +15,12 @@
 //! ```
 //!
 //! Everything runs on this machine: the crowd, the workers (on its wgpu adapter) and the
-//! coordinator share its cores, so absolute times say little; compare the two phases.
+//! coordinator share it, so absolute times say little; compare the two phases. `--pin` (two
+//! CPUs or more) puts the coordinator alone on the first and everything else on the others
+//! (`taskset`), so that the crowd's clients, which a public coordinator would not host, do not
+//! take the coordinator's CPU in the loaded phase only; its rounds are slower then (the workers
+//! share fewer CPUs). Besides the ratio per round, the benchmark prints what the crowd costs the
+//! coordinator per second, which does not depend on how long a round takes.
 
 mod client;
 mod procs;
@@ -41,6 +46,7 @@ struct Options {
     workers: usize,
     ramp: usize,
     tessera: Option<PathBuf>,
+    pin: bool,
 }
 
 fn options() -> Result<Options> {
@@ -54,6 +60,7 @@ fn options() -> Result<Options> {
         workers: 3,
         ramp: 64,
         tessera: None,
+        pin: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -68,8 +75,9 @@ fn options() -> Result<Options> {
             "--workers" => o.workers = value()?.parse()?,
             "--ramp" => o.ramp = value()?.parse::<usize>()?.max(1),
             "--tessera" => o.tessera = Some(value()?.into()),
+            "--pin" => o.pin = true,
             "--help" | "-h" => {
-                println!("load [--connections N] [--per-address 10] [--heartbeat-secs S (default: as the coordinator asks)] [--silence-secs 60] [--probes 40] [--rounds 12] [--workers 3] [--ramp 64] [--tessera PATH]");
+                println!("load [--connections N] [--per-address 10] [--heartbeat-secs S (default: as the coordinator asks)] [--silence-secs 60] [--probes 40] [--rounds 12] [--workers 3] [--ramp 64] [--tessera PATH] [--pin]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (see --help)"),
@@ -236,7 +244,21 @@ async fn main() -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let coordinator = procs::coordinator(&exe, &config, port, &dir)?;
+    let pins = procs::pinning(o.pin);
+    if let Some(p) = &pins {
+        procs::pin_self(&p.rest)?;
+        println!(
+            "pinned: the coordinator on CPU {}, the workers and the crowd on CPUs {}",
+            p.coordinator, p.rest
+        );
+    }
+    let coordinator = procs::coordinator(
+        &exe,
+        &config,
+        port,
+        &dir,
+        pins.as_ref().map(|p| p.coordinator.as_str()),
+    )?;
     let pid = coordinator.0.id();
     println!(
         "coordinator pid {pid} on 127.0.0.1:{port}, data and log in {}",
@@ -246,7 +268,7 @@ async fn main() -> Result<()> {
         .await
         .context("the coordinator did not serve (see its log)")?;
     let _workers: Vec<procs::Proc> = (0..o.workers)
-        .map(|n| procs::worker(&exe, port, &dir, n))
+        .map(|n| procs::worker(&exe, port, &dir, n, pins.as_ref().map(|p| p.rest.as_str())))
         .collect::<Result<_>>()?;
     println!("{} workers training; waiting for round 2", o.workers);
     until_round(port, 2, Duration::from_secs(600)).await?;
@@ -293,6 +315,16 @@ async fn main() -> Result<()> {
         "loaded/unloaded: CPU per round {cpu_ratio:.2}, round time {:.2}; resident {:.1} KiB per held connection",
         loaded.secs_per_round / unloaded.secs_per_round,
         per_conn / 1024.0
+    );
+    // CPU per second of each phase: the crowd's cost whatever a round's length.
+    let per_sec = |p: &Phase| p.cpu_per_round / p.secs_per_round;
+    let extra = per_sec(&loaded) - per_sec(&unloaded);
+    println!(
+        "coordinator CPU per second: unloaded {:.1} ms/s, loaded {:.1} ms/s; the crowd's {:.1} ms/s is {:.2} ms/s per 1,000 held connections",
+        per_sec(&unloaded) * 1e3,
+        per_sec(&loaded) * 1e3,
+        extra * 1e3,
+        extra * 1e3 / (loaded.held.max(1) as f64 / 1000.0)
     );
     println!(
         "the crowd left: {:.1} s later the status lists {} contributors; {dropped} crowd sessions were closed by the coordinator{}",

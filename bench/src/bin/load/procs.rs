@@ -34,10 +34,67 @@ pub fn tessera_exe(explicit: Option<PathBuf>) -> Result<PathBuf> {
     Ok(exe)
 }
 
+/// Which CPUs each side runs on when pinned (util-linux's `taskset`): the coordinator alone
+/// on the first, the workers and this process (the crowd's clients) on the others, so that the
+/// crowd's own CPU does not land on the coordinator's core and count as the coordinator's
+/// slowdown (as it would not on a public coordinator, whose contributors are elsewhere).
+#[derive(Clone, Debug)]
+pub struct Pinning {
+    /// The coordinator's CPU list.
+    pub coordinator: String,
+    /// Everyone else's.
+    pub rest: String,
+}
+
+/// The pinning for this machine: none when asked for none or with one CPU.
+pub fn pinning(wanted: bool) -> Option<Pinning> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (wanted && n >= 2).then(|| Pinning {
+        coordinator: "0".into(),
+        rest: if n == 2 {
+            "1".into()
+        } else {
+            format!("1-{}", n - 1)
+        },
+    })
+}
+
+/// Pins every thread of this process (and so the threads it starts later) to `cpus`.
+pub fn pin_self(cpus: &str) -> Result<()> {
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (util-linux) to pin the benchmark; --no-pin runs without it")?
+        .success();
+    if !ok {
+        bail!("taskset could not pin the benchmark to CPUs {cpus}");
+    }
+    Ok(())
+}
+
+/// `exe`, run on `cpus` through `taskset` (which execs it: the child's pid is `exe`'s).
+fn command(exe: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(c) => {
+            let mut k = Command::new("taskset");
+            k.args(["-c", c]).arg(exe);
+            k
+        }
+        None => Command::new(exe),
+    }
+}
+
 /// `tessera coordinator` on 127.0.0.1:`port` with `config`, data in `dir`, its log beside it.
-pub fn coordinator(exe: &Path, config: &Path, port: u16, dir: &Path) -> Result<Proc> {
+pub fn coordinator(
+    exe: &Path,
+    config: &Path,
+    port: u16,
+    dir: &Path,
+    cpus: Option<&str>,
+) -> Result<Proc> {
     let log = std::fs::File::create(dir.join("coordinator.log"))?;
-    let child = Command::new(exe)
+    let child = command(exe, cpus)
         .args(["coordinator", "--config"])
         .arg(config)
         .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
@@ -53,8 +110,8 @@ pub fn coordinator(exe: &Path, config: &Path, port: u16, dir: &Path) -> Result<P
 }
 
 /// A `tessera worker` with its identity in `dir`.
-pub fn worker(exe: &Path, port: u16, dir: &Path, n: usize) -> Result<Proc> {
-    let child = Command::new(exe)
+pub fn worker(exe: &Path, port: u16, dir: &Path, n: usize, cpus: Option<&str>) -> Result<Proc> {
+    let child = command(exe, cpus)
         .args([
             "worker",
             "--coordinator",
