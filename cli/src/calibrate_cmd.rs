@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use tessera_compute::{Gpu, GpuOptions};
+use tessera_compute::GpuOptions;
 use tessera_protocol::{decode_since, encode, WORK_FORMAT_SINCE};
 use tessera_worker::calibrate::{calibrate, compare, Calibration, CalibrationSpec};
 
@@ -45,6 +45,13 @@ pub struct Args {
     /// lists them) instead of the one the system prefers.
     #[arg(long)]
     pub adapter: Option<String>,
+    /// Matmul tiling as a worker would use it: `auto` the tuned one (tuning an adapter the
+    /// cache does not know first), `off` the adapter type's defaults, `again` tuned anew.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tune: crate::tuning::TuneMode,
+    /// The tuning cache (default `~/.tessera/tuning.json`).
+    #[arg(long)]
+    pub tuning: Option<PathBuf>,
 }
 
 /// How much larger than the largest honest drift measured the suggested tolerance is.
@@ -103,11 +110,17 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     };
-    let gpu = pollster::block_on(Gpu::new(GpuOptions {
+    let cache = a.tuning.clone().unwrap_or_else(crate::tuning::default_path);
+    let opts = GpuOptions {
         adapter: a.adapter.clone(),
         ..Default::default()
-    }))?;
-    eprintln!("calibrating on {}", gpu.adapter().name);
+    };
+    let gpu = pollster::block_on(crate::tuning::open(opts, a.tune, &cache))?;
+    eprintln!(
+        "calibrating on {} (matmul {:?})",
+        gpu.adapter().name,
+        gpu.tiles().matmul
+    );
     let started = std::time::Instant::now();
     let mine = pollster::block_on(calibrate(&gpu, &spec, |name| {
         eprintln!("  {name} ({:.1} s)", started.elapsed().as_secs_f64())

@@ -124,6 +124,17 @@ pub async fn run(a: Args, log_format: crate::LogFormat) -> Result<()> {
     } else {
         vec!["1GiB"; a.workers]
     };
+    // Tuned once here (on a first run), so that the workers find the choice cached instead
+    // of each measuring at once.
+    let tuned = crate::tuning::open(
+        tessera_compute::GpuOptions::default(),
+        crate::tuning::TuneMode::Auto,
+        &crate::tuning::default_path(),
+    )
+    .await;
+    if let Err(e) = tuned {
+        tracing::warn!("tuning the kernels: {e:#}");
+    }
     let mut workers = Workers(Vec::new());
     for (i, budget) in budgets.iter().enumerate() {
         let mut cmd = Command::new(&exe);

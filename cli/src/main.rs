@@ -19,6 +19,8 @@ mod page {
 mod plan_cmd;
 mod receipts;
 mod train_local;
+mod tune_cmd;
+mod tuning;
 mod verify_cmd;
 mod verify_credits;
 mod verify_draws;
@@ -85,6 +87,9 @@ enum Command {
     /// List this machine's GPU adapters, as `--adapter` of `worker` and `calibrate` matches
     /// them.
     Adapters(adapters_cmd::Args),
+    /// Time this GPU's matmul kernel tilings on a model layer's matmuls, print the table and
+    /// cache the fastest correct one for `tessera worker`.
+    Tune(tune_cmd::Args),
     /// Act as a run's administrator: pause, resume, stop, change a parameter, ban or unban;
     /// every act goes into the run log with its reason.
     Admin(admin_cmd::Args),
@@ -164,6 +169,7 @@ fn run() -> Result<()> {
         Command::Plan(a) => plan_cmd::run(a),
         Command::Calibrate(a) => calibrate_cmd::run(a),
         Command::Adapters(a) => adapters_cmd::run(a),
+        Command::Tune(a) => tune_cmd::run(a),
         Command::Admin(a) => admin_cmd::run(a),
     }
 }

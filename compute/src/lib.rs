@@ -19,6 +19,7 @@ pub mod shaders;
 pub mod shard;
 mod tied;
 pub mod tiles;
+pub mod tune;
 
 pub use gpu::{AdapterSummary, Gpu, GpuOptions, Tensor};
 pub use tiles::{MatmulKernel, MatmulTiles, Tiles};

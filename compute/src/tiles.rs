@@ -4,7 +4,7 @@
 use crate::error::ComputeError;
 
 /// Which matmul kernel runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum MatmulKernel {
     /// `matmul.wgsl`: operands staged through workgroup memory in `bk` steps (GPUs).
     Shared,
@@ -19,7 +19,7 @@ pub enum MatmulKernel {
 
 /// Register-blocked matmul tiling: a workgroup computes `bm x bn` of C, each invocation
 /// `tm x tn`, stepping `bk` along the reduction through workgroup memory (shared kernel only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MatmulTiles {
     /// Kernel variant.
     pub kernel: MatmulKernel,

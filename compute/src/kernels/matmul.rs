@@ -8,7 +8,7 @@ use crate::shaders::Const;
 use crate::tiles::MatmulKernel;
 
 /// Operand layouts of `C[m,n] = op(A) op(B)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Layout {
     /// `A[m,k] * B[n,k]^T`: a linear layer with weights stored `[out, in]`.
     NT,
