@@ -54,6 +54,23 @@ async function checkWebGpu() {
   }
 }
 
+// The kernel tuning a visit measured, kept for the next ones (per origin).
+function keptTuning() {
+  try {
+    return localStorage.getItem('tessera-tuning');
+  } catch (e) {
+    return null;
+  }
+}
+
+function keepTuning(value) {
+  try {
+    localStorage.setItem('tessera-tuning', value);
+  } catch (e) {
+    log('could not keep the kernel tuning: ' + e.message);
+  }
+}
+
 function onReport(r) {
   window.tessera.reports.push(r);
   switch (r.type) {
@@ -93,6 +110,14 @@ function onReport(r) {
       $('busy').textContent = Math.round(100 * r.busy) + '%';
       $('submit').textContent = r.longest_submit_ms.toFixed(1) + ' ms (' + r.dispatches_per_submit + ' dispatches per submission)';
       break;
+    case 'tuning':
+      if (r.candidate === 1) log('tuning the GPU\'s matmul kernels (once in this browser): ' + r.of + ' candidates');
+      $('connection').textContent = 'tuning ' + r.candidate + '/' + r.of;
+      break;
+    case 'tuned':
+      keepTuning(r.keep);
+      log('kernels tuned: ' + r.tiles + ', ' + r.gflops.toFixed(2) + ' GFLOP/s');
+      break;
     case 'note':
       log(r.text);
       break;
@@ -114,6 +139,7 @@ function start() {
     url: wsUrl,
     budget: Number($('budget').value) * 1024 * 1024,
     share: Number($('share').value) / 100,
+    tuned: keptTuning(),
   });
   state.running = true;
   $('start').disabled = true;

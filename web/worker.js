@@ -40,7 +40,7 @@ self.onmessage = async (e) => {
         loaded = true;
       }
       const seed = await identitySeed();
-      await wasm_bindgen.run(m.url, seed, m.budget, m.share);
+      await wasm_bindgen.run(m.url, seed, m.budget, m.share, m.tuned || undefined);
     } catch (err) {
       // Start may try again (a refused identity stays refused, but the page says why).
       started = false;

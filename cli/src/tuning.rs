@@ -72,13 +72,6 @@ pub fn store(path: &Path, t: &Tuning) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
-/// The matmuls tuned when nothing names a model: a layer of the `small-byte` preset over 256
-/// tokens (a browser-sized shard).
-pub fn default_cases() -> Vec<Case> {
-    let cfg = tessera_plan::presets::preset("small-byte").expect("the small-byte preset");
-    Case::of_layer(&cfg, 256)
-}
-
 fn now_ms() -> f64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START
@@ -128,7 +121,7 @@ pub async fn open(opts: GpuOptions, mode: TuneMode, cache: &Path) -> Result<Gpu>
                 cache.display()
             );
             drop(gpu);
-            let t = measure(&opts, &default_cases(), MIN_MS).await?;
+            let t = measure(&opts, &Case::default_set(), MIN_MS).await?;
             if let Err(e) = store(cache, &t) {
                 tracing::warn!("could not cache the tuning: {e:#}");
             }

@@ -337,6 +337,7 @@ fn closing_the_page_mid_unit_frees_its_work_at_once() {
     });
 }
 
+/// The identity, and the kernel tuning of the first visit, stay across visits.
 #[test]
 fn the_identity_key_stays_across_visits() {
     let page = build_page();
@@ -360,12 +361,38 @@ fn the_identity_key_stays_across_visits() {
             .expect("a key")
             .to_string()
     };
+    let reported = |b: &Browser, kind: &str| -> bool {
+        b.eval(&format!(
+            "return window.tessera.reports.some(r => r.type === '{kind}');"
+        ))
+        .as_bool()
+        .unwrap_or(false)
+    };
     let profile = dir.join("chromium-profile");
     let first = {
         let b = Browser::start(&WEBGPU_FLAGS, &profile);
         let k = key(&b);
-        // A reload in the same browser keeps it.
+        // The first visit tunes the kernels and the page keeps the choice.
+        b.wait(
+            "the kernel tuning",
+            Duration::from_secs(180),
+            "return window.tessera.reports.some(r => r.type === 'tuned');",
+        );
+        let tuned = b.eval("return window.tessera.reports.find(r => r.type === 'tuned');");
+        println!("the tab tuned its kernels: {}", tuned["tiles"]);
+        print!("{}", tuned["table"].as_str().unwrap_or_default());
+        // A reload in the same browser keeps the key, and the tuning: it connects without
+        // measuring again.
         assert_eq!(key(&b), k, "the same key after a reload");
+        b.wait(
+            "the reloaded page to connect",
+            Duration::from_secs(60),
+            "return window.tessera.reports.some(r => r.type === 'connection');",
+        );
+        assert!(
+            !reported(&b, "tuning"),
+            "the kept tuning is used, not measured again"
+        );
         k
     };
     // The browser closed and opened again on the same profile: still the same key.

@@ -55,7 +55,7 @@ pub fn lose_device() {
     control(Event::LoseDevice);
 }
 
-fn post(r: &Report) {
+pub(crate) fn post(r: &Report) {
     if let Ok(scope) = js_sys::global().dyn_into::<web_sys::DedicatedWorkerGlobalScope>() {
         let _ = scope.post_message(&JsValue::from_str(&r.to_json()));
     }
@@ -105,14 +105,21 @@ fn shard_params(cfg: &ModelConfig, s: &tessera_protocol::messages::ShardSpec) ->
     Some(shard.parameters(cfg))
 }
 
-/// Opens the GPU and reports its adapter and limits.
-async fn acquire() -> Result<Gpu, String> {
-    let gpu = Gpu::new(GpuOptions {
+/// How the tab opens its GPU, with `tiles` (the tuned matmul tiling) when known.
+fn options(tiles: Option<tessera_compute::MatmulTiles>) -> GpuOptions {
+    GpuOptions {
         raise_limits: true,
+        tiles: tiles.map(|matmul| tessera_compute::Tiles {
+            matmul,
+            ..Default::default()
+        }),
         ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    }
+}
+
+/// Opens the GPU and reports its adapter and limits.
+async fn acquire(tiles: Option<tessera_compute::MatmulTiles>) -> Result<Gpu, String> {
+    let gpu = Gpu::new(options(tiles)).await.map_err(|e| e.to_string())?;
     post(&Report::Adapter {
         name: gpu.adapter().name.clone(),
         backend: gpu.adapter().backend.clone(),
@@ -141,25 +148,29 @@ struct Session {
 
 /// Contributes this browser's GPU to the run at `url` (`ws://host:port/ws` or `wss://...`)
 /// with the identity derived from the 32-byte `seed`, leasing at most `memory_budget` bytes, until
-/// the worker is terminated. Reports every event to the page (see [`Report`]).
+/// the worker is terminated. `tuned` is what an earlier visit's kernel tuning left (a `Tuned`
+/// report's `keep`); without it, or for another adapter, the tab tunes first. Reports every
+/// event to the page (see [`Report`]).
 #[wasm_bindgen]
 pub async fn run(
     url: String,
     seed: Vec<u8>,
     memory_budget: f64,
     gpu_share: f64,
+    tuned: Option<String>,
 ) -> Result<(), JsValue> {
     let seed: [u8; 32] = seed
         .as_slice()
         .try_into()
         .map_err(|_| JsValue::from_str("the identity seed must be 32 bytes"))?;
-    let mut gpu = match acquire().await {
+    let mut gpu = match acquire(None).await {
         Ok(g) => g,
         Err(e) => {
             post(&Report::NoGpu { message: e.clone() });
             return Err(JsValue::from_str(&e));
         }
     };
+
     let caps = Capabilities {
         adapter: gpu.adapter().name.clone(),
         backend: gpu.adapter().backend.clone(),
@@ -171,6 +182,17 @@ pub async fn run(
     post(&Report::Identity {
         key: contributor.key().to_string(),
     });
+    // Tuned before connecting (the tiling changes no capability the coordinator sees).
+    let tiles = crate::tuned::tiles_for(&gpu, &options(None), tuned.as_deref()).await;
+    if tiles.is_some_and(|t| t != gpu.tiles().matmul) {
+        gpu = match acquire(tiles).await {
+            Ok(g) => g,
+            Err(e) => {
+                post(&Report::NoGpu { message: e.clone() });
+                return Err(JsValue::from_str(&e));
+            }
+        };
+    }
     let (tx, mut rx) = unbounded::<Event>();
     CONTROL.with(|c| *c.borrow_mut() = Some(tx.clone()));
     let beat_tx = tx.clone();
@@ -329,7 +351,7 @@ pub async fn run(
                             });
                             // Keep trying: a lost device may take a moment to come back.
                             gpu = loop {
-                                match acquire().await {
+                                match acquire(tiles).await {
                                     Ok(g) => break g,
                                     Err(why) => {
                                         post(&Report::Note {

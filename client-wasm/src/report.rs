@@ -17,6 +17,24 @@ pub enum Report {
         /// Largest buffer, bytes.
         max_buffer_bytes: u64,
     },
+    /// Kernel tuning in progress: candidate tiling `candidate` of `of` is being timed.
+    Tuning {
+        /// Which candidate (from 1).
+        candidate: u32,
+        /// How many.
+        of: u32,
+    },
+    /// Kernel tuning done: the page keeps `keep` and hands it back on later visits.
+    Tuned {
+        /// What to keep (JSON: the adapter and the winning tiling).
+        keep: String,
+        /// The winner, for people.
+        tiles: String,
+        /// Its GFLOP/s over the tuned matmuls.
+        gflops: f64,
+        /// Every candidate's figures (`tessera tune`'s table).
+        table: String,
+    },
     /// The contributor's public key (hex): how the run's status and log name it.
     Identity {
         /// The key.

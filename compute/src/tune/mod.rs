@@ -75,6 +75,25 @@ impl Case {
         ]
     }
 
+    /// The matmuls tuned when nothing names a model: a layer of the `small-byte` preset (128
+    /// wide, 344 MLP columns) over 256 tokens, a browser-sized shard.
+    pub fn default_set() -> Vec<Case> {
+        let cfg = ModelConfig {
+            vocab_size: 256,
+            hidden_size: 128,
+            intermediate_size: 344,
+            num_hidden_layers: 1,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 32,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            max_position_embeddings: 256,
+            tie_word_embeddings: false,
+        };
+        Case::of_layer(&cfg, 256)
+    }
+
     /// Floating-point operations of one run.
     pub fn flops(&self) -> f64 {
         2.0 * (self.m * self.n * self.k) as f64
