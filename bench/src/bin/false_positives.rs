@@ -95,12 +95,12 @@ fn run(
     let adapters: Adapters = (0..n)
         .map(|k| (tessera_e2e::identity(k).public(), on(k)))
         .collect();
-    let gpus: Vec<&Gpu> = (0..n).map(|k| &gpus[on(k)]).collect();
-    let mut clients = tessera_e2e::with_budgets_on(gpus.as_slice(), &vec![budget; n]);
+    let each: Vec<&Gpu> = (0..n).map(|k| &gpus[on(k)]).collect();
+    let mut clients = tessera_e2e::with_budgets_on(each.as_slice(), &vec![budget; n]);
     let started = std::time::Instant::now();
     let mut last = u64::MAX;
     let ran = tessera_e2e::run_tampered(
-        gpus.as_slice(),
+        each.as_slice(),
         &mut core,
         &mut clients,
         |m, _| {
@@ -132,19 +132,29 @@ fn run(
             core.round()
         );
     }
+    let on_adapter = |k: &PublicKey| {
+        adapters
+            .get(k)
+            .map_or("?".to_string(), |&i| gpus[i].adapter().name.clone())
+    };
     for e in &ran.log {
-        let found = match &e.entry.event {
-            LogEvent::Checked {
-                key, step, outcome, ..
-            } => match outcome {
-                CheckOutcome::Passed | CheckOutcome::Skipped(_) => None,
-                other => Some(format!("{} at {step}: {other:?}", key.fingerprint())),
-            },
-            LogEvent::Rejected { key, reason, .. } if reason.code == Code::Copy => {
-                Some(format!("{}: {reason}", key.fingerprint()))
-            }
-            _ => None,
-        };
+        let found =
+            match &e.entry.event {
+                LogEvent::Checked {
+                    key, step, outcome, ..
+                } => match outcome {
+                    CheckOutcome::Passed | CheckOutcome::Skipped(_) => None,
+                    other => Some(format!(
+                        "{} (on {}) at {step}: {other:?}",
+                        key.fingerprint(),
+                        on_adapter(key)
+                    )),
+                },
+                LogEvent::Rejected { key, reason, .. } if reason.code == Code::Copy => Some(
+                    format!("{} (on {}): {reason}", key.fingerprint(), on_adapter(key)),
+                ),
+                _ => None,
+            };
         if let Some(f) = found {
             println!("{what}: {f}");
         }

@@ -305,6 +305,27 @@ impl Gpu {
         self.check()
     }
 
+    /// Waits until the GPU has finished everything submitted, on the web too (the queue's
+    /// completion, not a read): what timing a kernel needs.
+    pub async fn idle(&self) -> Result<(), ComputeError> {
+        self.flush();
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| ComputeError::Gpu(e.to_string()))?;
+        if rx.await.is_err() {
+            self.check()?;
+            return Err(ComputeError::DeviceLost(
+                "the queue's completion was cancelled".into(),
+            ));
+        }
+        self.check()
+    }
+
     pub(crate) async fn map(&self, buf: &wgpu::Buffer) -> Result<(), ComputeError> {
         let (tx, rx) = futures_channel::oneshot::channel();
         buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {

@@ -286,7 +286,7 @@ async fn time_case(
     while runs < 2 || clock() - start < min_ms {
         gpu.matmul(c.layout, &ta, &tb, &tc, c.m, c.n, c.k, false)
             .map_err(err)?;
-        gpu.finish().await.map_err(err)?;
+        gpu.idle().await.map_err(err)?;
         runs += 1;
     }
     Ok((clock() - start) / 1e3 / runs as f64)
