@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use tessera_compute::GpuOptions;
 use tessera_protocol::{decode_since, encode, WORK_FORMAT_SINCE};
 use tessera_worker::calibrate::{calibrate, compare, Calibration, CalibrationSpec};
 
@@ -41,17 +40,9 @@ pub struct Args {
     /// Compare two files and run nothing.
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     pub compare: Option<Vec<PathBuf>>,
-    /// Use the GPU adapter whose name contains this text (ignoring case; `tessera adapters`
-    /// lists them) instead of the one the system prefers.
-    #[arg(long)]
-    pub adapter: Option<String>,
-    /// Matmul tiling as a worker would use it: `auto` the tuned one (tuning an adapter the
-    /// cache does not know first), `off` the adapter type's defaults, `again` tuned anew.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub tune: crate::tuning::TuneMode,
-    /// The tuning cache (default `~/.tessera/tuning.json`).
-    #[arg(long)]
-    pub tuning: Option<PathBuf>,
+    /// The GPU and its matmul tiling (a worker's, for calibrate).
+    #[command(flatten)]
+    pub gpu: crate::tuning::GpuArgs,
 }
 
 /// How much larger than the largest honest drift measured the suggested tolerance is.
@@ -110,12 +101,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     };
-    let cache = a.tuning.clone().unwrap_or_else(crate::tuning::default_path);
-    let opts = GpuOptions {
-        adapter: a.adapter.clone(),
-        ..Default::default()
-    };
-    let gpu = pollster::block_on(crate::tuning::open(opts, a.tune, &cache))?;
+    let gpu = pollster::block_on(a.gpu.open())?;
     eprintln!(
         "calibrating on {} (matmul {:?})",
         gpu.adapter().name,

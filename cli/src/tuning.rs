@@ -28,6 +28,35 @@ pub enum TuneMode {
     Again,
 }
 
+/// Which GPU a command opens and with which matmul tiling (`worker`, `calibrate`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct GpuArgs {
+    /// Use the GPU adapter whose name contains this text (ignoring case; `tessera adapters`
+    /// lists them) instead of the one the system prefers.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Matmul kernel tuning: `auto` uses the tiling cached for this adapter and measures one
+    /// the cache does not know first (a few seconds, once); `off` keeps the adapter type's
+    /// defaults; `again` measures anew.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tune: TuneMode,
+    /// The tuning cache (default `~/.tessera/tuning.json`; `tessera tune` writes it too).
+    #[arg(long)]
+    pub tuning: Option<PathBuf>,
+}
+
+impl GpuArgs {
+    /// Opens the GPU these arguments name (see [`open`]).
+    pub async fn open(&self) -> Result<Gpu> {
+        let opts = GpuOptions {
+            adapter: self.adapter.clone(),
+            ..Default::default()
+        };
+        let cache = self.tuning.clone().unwrap_or_else(default_path);
+        open(opts, self.tune, &cache).await
+    }
+}
+
 /// The default cache file: `~/.tessera/tuning.json`.
 pub fn default_path() -> PathBuf {
     std::env::var_os("HOME")

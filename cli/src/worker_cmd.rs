@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use tessera_compute::GpuOptions;
 use tessera_protocol::messages::{Capabilities, ContributorKind};
 use tessera_worker::contributor::Contributor;
 use tokio::sync::watch;
@@ -40,18 +39,9 @@ pub struct Args {
     /// the worker exits (`tessera demo` pins its workers to its own coordinator this way).
     #[arg(long)]
     pub coordinator_key: Option<String>,
-    /// Use the GPU adapter whose name contains this text (ignoring case; `tessera adapters`
-    /// lists them) instead of the one the system prefers.
-    #[arg(long)]
-    pub adapter: Option<String>,
-    /// Matmul kernel tuning: `auto` uses the tiling cached for this adapter and measures one
-    /// the cache does not know first (a few seconds, once); `off` keeps the adapter type's
-    /// defaults; `again` measures anew.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub tune: crate::tuning::TuneMode,
-    /// The tuning cache (default `~/.tessera/tuning.json`; `tessera tune` writes it too).
-    #[arg(long)]
-    pub tuning: Option<PathBuf>,
+    /// The GPU and its matmul tiling (a worker's, for calibrate).
+    #[command(flatten)]
+    pub gpu: crate::tuning::GpuArgs,
 }
 
 /// Runs until Ctrl-C.
@@ -76,12 +66,7 @@ pub async fn run(a: Args) -> Result<()> {
             .join("worker.key"),
     };
     let id = keys::load_or_create(&path)?;
-    let opts = GpuOptions {
-        adapter: a.adapter.clone(),
-        ..Default::default()
-    };
-    let cache = a.tuning.clone().unwrap_or_else(crate::tuning::default_path);
-    let gpu = crate::tuning::open(opts, a.tune, &cache).await?;
+    let gpu = a.gpu.open().await?;
     println!("worker {} on {}", id.public().fingerprint(), gpu.adapter());
     let caps = Capabilities {
         adapter: gpu.adapter().name.clone(),

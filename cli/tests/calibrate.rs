@@ -49,6 +49,25 @@ fn drifts(report: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// Every output of `report` compared, each within the default tolerance of its kind; the
+/// drifts.
+fn within_defaults(report: &str, what: &str) -> Vec<(String, f64)> {
+    let d = drifts(report);
+    assert_eq!(d.len(), 13, "{what}: every output is compared");
+    for (name, e) in &d {
+        let tol = if name.starts_with("replica/") {
+            ROUND_TOLERANCE
+        } else {
+            UNIT_TOLERANCE
+        };
+        assert!(
+            *e <= tol,
+            "{what}: {name} drifts {e:e}, over the default {tol:e}"
+        );
+    }
+    d
+}
+
 #[test]
 fn this_adapter_stays_within_the_default_tolerances_of_an_h100() {
     let dir = std::env::temp_dir().join(format!("tessera-calibrate-{}", std::process::id()));
@@ -62,16 +81,7 @@ fn this_adapter_stays_within_the_default_tolerances_of_an_h100() {
         mine.to_str().unwrap(),
     ]);
     assert!(report.contains("B: NVIDIA H100 80GB HBM3 (Vulkan"));
-    let d = drifts(&report);
-    assert_eq!(d.len(), 13, "every output is compared");
-    for (name, e) in &d {
-        let tol = if name.starts_with("replica/") {
-            ROUND_TOLERANCE
-        } else {
-            UNIT_TOLERANCE
-        };
-        assert!(*e <= tol, "{name}: drift {e:e} over the default {tol:e}");
-    }
+    let d = within_defaults(&report, "this adapter against the H100");
     // Another adapter does not agree bit for bit: a tolerance is needed.
     assert!(d.iter().any(|(_, e)| *e > 0.0));
     let same = tessera(&["calibrate", "--compare", mine.to_str().unwrap(), H100]);
@@ -132,21 +142,8 @@ fn swiftshader_stays_within_the_default_tolerances_of_an_h100_and_of_this_adapte
         ],
         &env,
     );
-    for (report, against) in [(&report, "the H100"), (&against_here, first)] {
-        let d = drifts(report);
-        assert_eq!(d.len(), 13, "every output is compared");
-        for (name, e) in &d {
-            let tol = if name.starts_with("replica/") {
-                ROUND_TOLERANCE
-            } else {
-                UNIT_TOLERANCE
-            };
-            assert!(
-                *e <= tol,
-                "SwiftShader against {against}: {name} drifts {e:e}, over the default {tol:e}"
-            );
-        }
-    }
+    within_defaults(&report, "SwiftShader against the H100");
+    within_defaults(&against_here, &format!("{first} against SwiftShader"));
     std::fs::remove_dir_all(&dir).ok();
 }
 
