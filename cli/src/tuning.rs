@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tessera_compute::tune::{tune, Case, Tuning};
-use tessera_compute::{Gpu, GpuOptions, Tiles};
+use tessera_compute::tune::{tune, with_matmul, Case, Tuning};
+use tessera_compute::{Gpu, GpuOptions};
 
 /// The largest cache file read (a few KiB an adapter).
 const MAX_CACHE_BYTES: u64 = 4 << 20;
@@ -135,6 +135,8 @@ pub async fn open(opts: GpuOptions, mode: TuneMode, cache: &Path) -> Result<Gpu>
         return Ok(gpu);
     }
     let adapter = gpu.adapter().to_string();
+    // Kept when the cached tiling is the one it opened with (no second device for nothing).
+    let mut gpu = Some(gpu);
     let cached = match load(cache) {
         Ok(all) => all.get(&adapter).cloned(),
         Err(e) => {
@@ -149,7 +151,7 @@ pub async fn open(opts: GpuOptions, mode: TuneMode, cache: &Path) -> Result<Gpu>
                 "tuning the matmul kernels of {adapter} (once; cached in {})",
                 cache.display()
             );
-            drop(gpu);
+            gpu = None;
             let t = measure(&opts, &Case::default_set(), MIN_MS).await?;
             if let Err(e) = store(cache, &t) {
                 tracing::warn!("could not cache the tuning: {e:#}");
@@ -159,17 +161,16 @@ pub async fn open(opts: GpuOptions, mode: TuneMode, cache: &Path) -> Result<Gpu>
     };
     let Some(matmul) = tuning.choice() else {
         tracing::warn!("no tuned tiling for {adapter}: the adapter type's defaults");
-        return Gpu::new(opts).await.map_err(Into::into);
+        return match gpu {
+            Some(g) => Ok(g),
+            None => Gpu::new(opts).await.map_err(Into::into),
+        };
     };
     tracing::info!("matmul tiling {matmul:?}, tuned for {adapter} (tessera tune prints the table)");
-    let tiles = Tiles {
-        matmul,
-        ..opts.tiles.unwrap_or_default()
-    };
-    Gpu::new(GpuOptions {
-        tiles: Some(tiles),
-        ..opts
-    })
-    .await
-    .map_err(Into::into)
+    if let Some(g) = gpu.filter(|g| g.tiles().matmul == matmul) {
+        return Ok(g);
+    }
+    Gpu::new(with_matmul(&opts, matmul))
+        .await
+        .map_err(Into::into)
 }

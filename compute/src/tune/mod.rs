@@ -191,6 +191,17 @@ impl Tuning {
     }
 }
 
+/// `base` with the matmul tiling `matmul` (its other sizes as `base` has them).
+pub fn with_matmul(base: &GpuOptions, matmul: MatmulTiles) -> GpuOptions {
+    GpuOptions {
+        tiles: Some(Tiles {
+            matmul,
+            ..base.tiles.unwrap_or_default()
+        }),
+        ..base.clone()
+    }
+}
+
 /// Operands of a case, seeded, and the CPU reference's result.
 fn operands(c: &Case, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut r = SplitMix(seed);
@@ -237,14 +248,7 @@ async fn measure(
         excluded: None,
         confirmed: None,
     };
-    let opts = GpuOptions {
-        tiles: Some(Tiles {
-            matmul: tiles,
-            ..base.tiles.unwrap_or_default()
-        }),
-        ..base.clone()
-    };
-    let gpu = match Gpu::new(opts).await {
+    let gpu = match Gpu::new(with_matmul(base, tiles)).await {
         Ok(g) => g,
         Err(e) => {
             m.excluded = Some(format!("not on this adapter: {e}"));
@@ -323,14 +327,7 @@ async fn confirm(
     }
     let mut open = Vec::new();
     for &i in &picked {
-        let opts = GpuOptions {
-            tiles: Some(Tiles {
-                matmul: rows[i].tiles,
-                ..base.tiles.unwrap_or_default()
-            }),
-            ..base.clone()
-        };
-        match Gpu::new(opts).await {
+        match Gpu::new(with_matmul(base, rows[i].tiles)).await {
             Ok(g) => open.push((i, g)),
             Err(_) => return,
         }
@@ -379,10 +376,7 @@ pub async fn tune(
     let mut best: Vec<Option<f64>> = vec![None; cases.len()];
     for (i, tiles) in all.into_iter().enumerate() {
         progress(i, candidates().len(), &tiles);
-        let t = Tiles {
-            matmul: tiles,
-            ..base.tiles.unwrap_or_default()
-        };
+        let t = with_matmul(base, tiles).tiles.unwrap_or_default();
         let row = match t.validate(&limits) {
             Err(e) => Measured {
                 tiles,
