@@ -23,6 +23,7 @@ use tessera_protocol::messages::{
     LogHead, NamedTensor, SessionMessage, Submission, SyncMode, Update, Work,
 };
 use tessera_protocol::{PublicKey, TensorPayload, ToContributor};
+use tessera_train::sparse_wire::pack;
 use tessera_train::sparseloco::{compress, SparseConfig};
 use tessera_train::update::two_d;
 
@@ -81,13 +82,14 @@ fn submission(
         .iter()
         .map(|d| d.iter().map(|x| x * scale).collect::<Vec<f32>>());
     let result = match sparse {
-        Some(sc) if !w.dense => Update::Sparse(
-            tensor_shapes(&cfg)
+        Some(sc) if !w.dense => Update::Sparse(Box::new(pack(
+            &tensor_shapes(&cfg)
                 .into_iter()
                 .zip(scaled)
-                .map(|((name, shape), d)| compress(&d, two_d(&shape), &sc).to_wire(&name))
-                .collect(),
-        ),
+                .map(|((_, shape), d)| compress(&d, two_d(&shape), &sc))
+                .collect::<Vec<_>>(),
+            &sc,
+        ))),
         _ => Update::Dense(
             tensor_shapes(&cfg)
                 .into_iter()

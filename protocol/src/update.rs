@@ -11,8 +11,8 @@ use crate::tensor::TensorPayload;
 pub enum Update {
     /// Whole tensors by name.
     Dense(#[serde(deserialize_with = "crate::bounded::list")] Vec<NamedTensor>),
-    /// Chunked top-k with 2-bit values, by name.
-    Sparse(#[serde(deserialize_with = "crate::bounded::list")] Vec<SparseTensor>),
+    /// Chunked top-k with 2-bit values, packed, in the receiver's tensor order.
+    Sparse(Box<SparseUpdate>),
     /// Explicit nonzero entries, by name: how the coordinator publishes the mean of sparse
     /// updates.
     Indexed(#[serde(deserialize_with = "crate::bounded::list")] Vec<IndexedTensor>),
@@ -43,24 +43,36 @@ pub struct NamedTensor {
     pub tensor: TensorPayload,
 }
 
-/// A SparseLoCo-compressed tensor: the tensor is tiled into chunks (64 x 64 by default); per
-/// chunk, `k` positions, their 2-bit codes (sign and magnitude level) and two magnitude levels.
+/// SparseLoCo-compressed tensors, packed for the wire: every tensor the receiver expects (the
+/// model's or the micro-shard's, in its order; no names), each tiled into chunks (64 x 64 by
+/// default), per chunk the `k` kept positions, their 2-bit codes (sign and magnitude level) and
+/// two magnitude levels. A chunk that keeps all its entries sends no positions; the others send
+/// their positions ascending as Rice-coded gaps (about 8 bits each for 64 of 4096, against 16 as
+/// plain `u16`s). The receiver's tensor list gives every count, so nothing here is trusted to size
+/// anything.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SparseTensor {
-    /// Tensor name.
-    #[serde(deserialize_with = "crate::bounded::name")]
-    pub name: String,
-    /// Shape of the dense tensor.
-    #[serde(deserialize_with = "crate::bounded::shape")]
-    pub shape: Vec<u64>,
+pub struct SparseUpdate {
     /// Chunk rows and columns.
     pub chunk: [u32; 2],
-    /// Positions kept per chunk (fewer in chunks smaller than that).
+    /// Positions kept per chunk (all of a chunk smaller than that).
     pub k: u32,
-    /// Positions within each chunk, row-major in the chunk (u16 payload).
-    pub indices: TensorPayload,
-    /// 2-bit codes, four per byte (u8 payload).
-    pub codes: TensorPayload,
-    /// Low and high magnitude level per chunk (f32 payload `[chunks, 2]`).
+    /// Low and high magnitude level of every chunk, tensor after tensor (f32 `[chunks, 2]`).
     pub levels: TensorPayload,
+    /// 2-bit codes of every kept entry in position order, four per byte (bit 0: negative; bit 1:
+    /// the high level), padded with zeros.
+    #[serde(
+        serialize_with = "serde_bytes::serialize",
+        deserialize_with = "crate::bounded::bytes"
+    )]
+    pub codes: Vec<u8>,
+    /// The kept positions of the chunks that keep fewer than all entries, ascending within each
+    /// chunk: the gap before each (one less than the distance from the previous, or the position
+    /// itself for the first) Rice-coded with the parameter `floor(log2(chunk entries / kept))`,
+    /// quotient in unary (ones ended by a zero) then the remainder's low bits, least significant
+    /// bit first, padded with zeros.
+    #[serde(
+        serialize_with = "serde_bytes::serialize",
+        deserialize_with = "crate::bounded::bytes"
+    )]
+    pub positions: Vec<u8>,
 }

@@ -23,7 +23,7 @@ use tessera_protocol::log::{LogEntry, LogEvent, SignedEntry};
 use tessera_protocol::log_store::StoredEntry;
 use tessera_protocol::messages::{
     Capabilities, ContributorKind, InnerOptimizer, Lease, LogHead, NamedTensor, SessionMessage,
-    ShardSpec, SparseTensor, Submission, SyncMode, Update,
+    ShardSpec, SparseUpdate, Submission, SyncMode, Update,
 };
 use tessera_protocol::pipeline::{
     AuditResult, AuditWork, HeadBackward, HeadSlice, Pass, PipeResult, PipeWork, ShardGrads,
@@ -174,15 +174,13 @@ fn to_coordinator() -> Vec<Vec<u8>> {
             tensor: tensor(4),
         },
     ]);
-    let sparse = Update::Sparse(vec![SparseTensor {
-        name: "model.layers.0.mlp.up_proj.weight".into(),
-        shape: vec![8, 8],
+    let sparse = Update::Sparse(Box::new(SparseUpdate {
         chunk: [4, 4],
         k: 2,
-        indices: TensorPayload::from_u16(&[8], &[0, 3, 1, 2, 5, 6, 7, 4]),
-        codes: TensorPayload::from_u8(&[2], vec![0b1110_0100, 0b0001_1011]),
         levels: tensor(8),
-    }]);
+        codes: vec![0b1110_0100, 0b0001_1011],
+        positions: vec![0b1011_0010, 0b0110_1101, 0b0000_0101],
+    }));
     [
         ToCoordinator::Hello {
             key: id(1).public(),

@@ -15,12 +15,16 @@ const CHEAT: usize = 2;
 
 fn scale_levels(u: &mut Update, by: f32) {
     match u {
-        Update::Sparse(ts) => {
-            for t in ts {
-                let n = t.levels.shape.iter().product::<u64>() as usize;
-                let v: Vec<f32> = t.levels.to_f32().unwrap().iter().map(|x| x * by).collect();
-                t.levels = TensorPayload::from_f32(&[n], &v);
-            }
+        Update::Sparse(packed) => {
+            let n = packed.levels.shape[0] as usize;
+            let v: Vec<f32> = packed
+                .levels
+                .to_f32()
+                .unwrap()
+                .iter()
+                .map(|x| x * by)
+                .collect();
+            packed.levels = TensorPayload::from_f32(&[n, 2], &v);
         }
         Update::Dense(ts) => {
             for t in ts {

@@ -4,6 +4,7 @@
 //! schedules, and the deterministic assignment of samples to
 //! replicas and steps.
 
+mod bits;
 pub mod data;
 pub mod drift;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod optimizer;
 pub mod outer;
 pub mod schedule;
 pub mod shards;
+pub mod sparse_wire;
 pub mod sparseloco;
 pub mod update;
 

@@ -91,13 +91,14 @@ impl GradFeedback {
     pub fn compress(&mut self, t: &ShardTensors) -> ShardGrads {
         ShardGrads {
             shard: to_wire(&t.shard),
-            tensors: Update::Sparse(
-                t.tensors
+            tensors: Update::Sparse(Box::new(crate::sparse_wire::pack(
+                &t.tensors
                     .iter()
                     .zip(&mut self.tensors)
-                    .map(|(x, ef)| ef.step(&x.data, &self.cfg).to_wire(&x.name))
-                    .collect(),
-            ),
+                    .map(|(x, ef)| ef.step(&x.data, &self.cfg))
+                    .collect::<Vec<_>>(),
+                &self.cfg,
+            ))),
         }
     }
 }

@@ -4,8 +4,7 @@
 //! in an error-feedback buffer `e = beta * e + delta`, from which the sent part is subtracted.
 
 use serde::{Deserialize, Serialize};
-use tessera_protocol::messages::{SparseTensor, SyncMode};
-use tessera_protocol::TensorPayload;
+use tessera_protocol::messages::SyncMode;
 
 use crate::error::TrainError;
 
@@ -64,14 +63,15 @@ impl SparseConfig {
 
 /// One chunk of a `[rows, cols]` tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Chunk {
+pub(crate) struct Chunk {
     r0: usize,
     c0: usize,
     h: usize,
     w: usize,
 }
 
-fn chunks(shape: [usize; 2], chunk: [usize; 2]) -> Vec<Chunk> {
+/// The chunks of a `[rows, cols]` tensor, row after row of chunks.
+pub(crate) fn chunks(shape: [usize; 2], chunk: [usize; 2]) -> Vec<Chunk> {
     let [rows, cols] = shape;
     let mut out = Vec::new();
     for r0 in (0..rows).step_by(chunk[0]) {
@@ -91,7 +91,7 @@ impl Chunk {
     fn at(&self, cols: usize, i: usize) -> usize {
         (self.r0 + i / self.w) * cols + self.c0 + i % self.w
     }
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.h * self.w
     }
 }
@@ -105,7 +105,8 @@ pub struct Compressed {
     pub chunk: [usize; 2],
     /// Entries per full chunk.
     pub k: usize,
-    /// Positions within chunks, chunk after chunk.
+    /// Positions within chunks (row-major in the chunk), ascending within each, chunk after
+    /// chunk.
     pub indices: Vec<u16>,
     /// 2-bit codes packed four per byte: bit 0 negative, bit 1 high level.
     pub codes: Vec<u8>,
@@ -113,7 +114,8 @@ pub struct Compressed {
     pub levels: Vec<[f32; 2]>,
 }
 
-fn kept(k: usize, c: &Chunk) -> usize {
+/// Entries kept in chunk `c`: `k`, or all of a smaller chunk.
+pub(crate) fn kept(k: usize, c: &Chunk) -> usize {
     k.min(c.len())
 }
 
@@ -140,7 +142,10 @@ pub fn compress(e: &[f32], shape: [usize; 2], cfg: &SparseConfig) -> Compressed 
                 .total_cmp(&e[c.at(cols, a)].abs())
                 .then(a.cmp(&b))
         });
-        let top = &order[..kept(cfg.k, &c)];
+        let top = &mut order[..kept(cfg.k, &c)];
+        // Sent in position order (the wire form codes the gaps between positions).
+        top.sort_unstable();
+        let top = &*top;
         let mags: Vec<f32> = top.iter().map(|&i| e[c.at(cols, i)].abs()).collect();
         let (lo_m, hi_m) = (
             mags.iter().cloned().fold(f32::INFINITY, f32::min),
@@ -180,7 +185,7 @@ impl Compressed {
         for (ci, c) in chunks(self.shape, self.chunk).iter().enumerate() {
             let [lo, hi] = self.levels[ci];
             for _ in 0..kept(self.k, c) {
-                let code = (self.codes[entry / 4] >> (2 * (entry % 4))) & 3;
+                let code = self.code(entry);
                 let mag = if code & 2 != 0 { hi } else { lo };
                 let v = if code & 1 != 0 { -mag } else { mag };
                 out[c.at(cols, self.indices[entry] as usize)] += scale * v;
@@ -196,91 +201,9 @@ impl Compressed {
         out
     }
 
-    /// Bytes on the wire (indices, codes, levels).
-    pub fn wire_bytes(&self) -> usize {
-        self.indices.len() * 2 + self.codes.len() + self.levels.len() * 8
-    }
-
-    /// The wire form.
-    pub fn to_wire(&self, name: &str) -> SparseTensor {
-        let levels: Vec<f32> = self.levels.iter().flat_map(|l| l.iter().copied()).collect();
-        SparseTensor {
-            name: name.to_string(),
-            shape: vec![self.shape[0] as u64, self.shape[1] as u64],
-            chunk: [self.chunk[0] as u32, self.chunk[1] as u32],
-            k: self.k as u32,
-            indices: TensorPayload::from_u16(&[self.indices.len()], &self.indices),
-            codes: TensorPayload::from_u8(&[self.codes.len()], self.codes.clone()),
-            levels: TensorPayload::from_f32(&[self.levels.len(), 2], &levels),
-        }
-    }
-
-    /// Reads and checks the wire form against the shape the receiver expects and the run's
-    /// compression parameters: every count, position and level must fit, positions must be
-    /// distinct within a chunk, levels finite and non-negative.
-    pub fn from_wire(
-        t: &SparseTensor,
-        shape: [usize; 2],
-        cfg: &SparseConfig,
-    ) -> Result<Self, TrainError> {
-        let bad = |why: String| TrainError::BadUpdate {
-            name: t.name.clone(),
-            why,
-        };
-        if t.shape != [shape[0] as u64, shape[1] as u64] {
-            return Err(bad(format!("shape {:?}, expected {shape:?}", t.shape)));
-        }
-        if t.chunk != [cfg.chunk[0] as u32, cfg.chunk[1] as u32] || t.k != cfg.k as u32 {
-            return Err(bad(format!(
-                "chunk {:?} k {}, the run uses {:?} k {}",
-                t.chunk, t.k, cfg.chunk, cfg.k
-            )));
-        }
-        let cs = chunks(shape, cfg.chunk);
-        let entries: usize = cs.iter().map(|c| kept(cfg.k, c)).sum();
-        let indices = t.indices.to_u16()?;
-        let codes = t.codes.to_u8()?.to_vec();
-        let flat = t.levels.to_f32()?;
-        if indices.len() != entries
-            || codes.len() != entries.div_ceil(4)
-            || flat.len() != 2 * cs.len()
-        {
-            return Err(bad(format!(
-                "{} positions, {} code bytes, {} levels for {entries} entries in {} chunks",
-                indices.len(),
-                codes.len(),
-                flat.len(),
-                cs.len()
-            )));
-        }
-        if flat.iter().any(|&l| l < 0.0) {
-            return Err(bad("negative magnitude level".into()));
-        }
-        let mut start = 0;
-        let mut seen = Vec::new();
-        for c in &cs {
-            let n = kept(cfg.k, c);
-            seen.clear();
-            seen.resize(c.len(), false);
-            for &i in &indices[start..start + n] {
-                let i = i as usize;
-                if i >= c.len() || std::mem::replace(&mut seen[i], true) {
-                    return Err(bad(format!(
-                        "position {i} is repeated or outside its chunk of {}",
-                        c.len()
-                    )));
-                }
-            }
-            start += n;
-        }
-        Ok(Compressed {
-            shape,
-            chunk: cfg.chunk,
-            k: cfg.k,
-            indices,
-            codes,
-            levels: flat.chunks_exact(2).map(|l| [l[0], l[1]]).collect(),
-        })
+    /// Entry `e`'s 2-bit code (bit 0: negative; bit 1: the high level).
+    pub fn code(&self, e: usize) -> u8 {
+        (self.codes[e / 4] >> (2 * (e % 4))) & 3
     }
 }
 
@@ -312,7 +235,7 @@ pub fn matches_compression(sent: &Compressed, dense: &[f32], eps: f32) -> Result
         let picked: Vec<(f32, f32, bool)> = (entry..entry + n)
             .map(|e| {
                 let v = dense[c.at(cols, sent.indices[e] as usize)];
-                let code = (sent.codes[e / 4] >> (2 * (e % 4))) & 3;
+                let code = sent.code(e);
                 (v, if code & 1 != 0 { -1.0 } else { 1.0 }, code & 2 != 0)
             })
             .collect();

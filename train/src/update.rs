@@ -7,7 +7,8 @@ use tessera_protocol::messages::{IndexedTensor, Update};
 use tessera_protocol::TensorPayload;
 
 use crate::error::TrainError;
-use crate::sparseloco::{Compressed, SparseConfig};
+use crate::sparse_wire::unpack;
+use crate::sparseloco::SparseConfig;
 
 /// A tensor shape as the `[rows, cols]` the chunking sees (a vector is one row).
 pub fn two_d(shape: &[usize]) -> [usize; 2] {
@@ -47,7 +48,8 @@ pub fn to_dense(
     };
     let count = match u {
         Update::Dense(ts) => ts.len(),
-        Update::Sparse(ts) => ts.len(),
+        // Packed: the receiver's tensors in order, the counts checked as it is read.
+        Update::Sparse(_) => shapes.len(),
         Update::Indexed(ts) => ts.len(),
     };
     if count != shapes.len() {
@@ -110,15 +112,12 @@ pub fn to_dense(
                 Ok(d)
             })
             .collect(),
-        Update::Sparse(ts) => {
+        Update::Sparse(packed) => {
             let cfg = sparse.ok_or_else(|| bad("update", "this run syncs dense updates".into()))?;
-            ts.iter()
-                .zip(shapes)
-                .map(|(t, (name, shape))| {
-                    check_name(&t.name, name)?;
-                    Ok(Compressed::from_wire(t, two_d(shape), cfg)?.to_dense())
-                })
-                .collect()
+            Ok(unpack(packed, shapes, cfg)?
+                .iter()
+                .map(|t| t.to_dense())
+                .collect())
         }
     }
 }

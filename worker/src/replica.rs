@@ -13,6 +13,7 @@ use tessera_compute::shard::Optimizer;
 use tessera_compute::{Gpu, ModelConfig};
 use tessera_protocol::messages::{InnerOptimizer, Lease, NamedTensor, Update, Work};
 use tessera_protocol::{Code, TensorPayload};
+use tessera_train::sparse_wire::pack;
 use tessera_train::sparseloco::{ErrorFeedback, SparseConfig};
 use tessera_train::update::{to_dense, two_d};
 
@@ -153,14 +154,14 @@ impl Rounds {
             .map(|((_, s), (_, e))| s.iter().zip(e).map(|(a, b)| a - b).collect())
             .collect();
         let update = match (&mut self.sparse, w.dense && self.fresh) {
-            (Some((sc, feedback)), false) => Update::Sparse(
-                shapes
+            (Some((sc, feedback)), false) => {
+                let sent: Vec<_> = deltas
                     .iter()
-                    .zip(&deltas)
                     .zip(feedback.iter_mut())
-                    .map(|(((name, _), d), ef)| ef.step(d, sc).to_wire(name))
-                    .collect(),
-            ),
+                    .map(|(d, ef)| ef.step(d, sc))
+                    .collect();
+                Update::Sparse(Box::new(pack(&sent, sc)))
+            }
             _ => Update::Dense(
                 shapes
                     .iter()

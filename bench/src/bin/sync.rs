@@ -1,10 +1,12 @@
 //! `sync`: SparseLoCo against dense synchronisation on the same run (the tiny byte-level model,
-//! the built-in corpus, 3 replicas, the demo's settings), in process on this machine's adapter.
-//! Prints the bytes each replica uploads per round in both modes (and their ratio), and the
-//! final held-out loss of each.
+//! the built-in corpus, 3 replicas, the demo's settings), in process on this machine's adapter,
+//! over several seeds (each seed draws the initial weights and the data order). Prints per seed
+//! and as mean and spread: the bytes each replica uploads per round in both modes (and their
+//! ratio), and the final held-out loss of each (and the relative gap); then the outer step's
+//! download per replica per round at several replica counts.
 //!
 //! ```text
-//! cargo run --release -p tessera-bench --bin sync -- --rounds 12
+//! cargo run --release -p tessera-bench --bin sync -- --rounds 12 --seeds 3
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -25,11 +27,11 @@ struct Outcome {
     train_loss: f64,
 }
 
-fn run(gpu: &Gpu, sync: &str, rounds: u64, extra: &str) -> Result<Outcome> {
+fn run(gpu: &Gpu, sync: &str, rounds: u64, seed: u64, extra: &str) -> Result<Outcome> {
     let mut cfg = RunConfig::from_toml(&format!(
         "name = \"bench\"\nrounds = {rounds}\n[train]\nsync = \"{sync}\"\n{extra}"
     ))?;
-    cfg.seed = 5;
+    cfg.seed = seed;
     let (spec, init) = cfg.resolve(std::path::Path::new("."))?;
     let model_cfg = spec.model.clone();
     let replicas = spec.replicas as usize;
@@ -67,49 +69,164 @@ fn run(gpu: &Gpu, sync: &str, rounds: u64, extra: &str) -> Result<Outcome> {
     })
 }
 
-fn main() -> Result<()> {
-    let mut rounds = 12;
-    let mut extra = String::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--rounds" => {
-                rounds = args
-                    .next()
-                    .context("--rounds needs a number")?
+/// Mean and sample standard deviation.
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+struct Args {
+    rounds: u64,
+    seeds: Vec<u64>,
+    both: String,
+    sparse: String,
+    downloads: Vec<u64>,
+    download_rounds: u64,
+}
+
+fn args() -> Result<Option<Args>> {
+    let mut a = Args {
+        rounds: 12,
+        seeds: vec![1, 2, 3],
+        both: String::new(),
+        sparse: String::new(),
+        downloads: vec![3, 16, 64],
+        download_rounds: 2,
+    };
+    let mut it = std::env::args().skip(1);
+    let number = |v: Option<String>, what: &str| -> Result<u64> {
+        v.with_context(|| format!("{what} needs a number"))?
+            .parse()
+            .with_context(|| format!("{what} takes a number"))
+    };
+    let list = |v: Option<String>, what: &str| -> Result<Vec<u64>> {
+        let v = v.with_context(|| format!("{what} needs a list like 3,16,64"))?;
+        if v.is_empty() || v == "none" {
+            return Ok(Vec::new());
+        }
+        v.split(',')
+            .map(|x| {
+                x.trim()
                     .parse()
-                    .context("--rounds takes a number")?
+                    .with_context(|| format!("{what}: {x} is not a number"))
+            })
+            .collect()
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--rounds" => a.rounds = number(it.next(), "--rounds")?,
+            "--seeds" => {
+                let n = number(it.next(), "--seeds")?;
+                a.seeds = (1..=n.max(1)).collect();
             }
-            "--set" => {
-                extra.push_str(
-                    &args
-                        .next()
-                        .context("--set needs key=value (a [train] setting)")?,
-                );
-                extra.push('\n');
+            "--seed" => a.seeds = list(it.next(), "--seed")?,
+            "--set" | "--sparse" => {
+                let kv = it
+                    .next()
+                    .with_context(|| format!("{arg} needs key=value (a [train] setting)"))?;
+                let to = if arg == "--set" {
+                    &mut a.both
+                } else {
+                    &mut a.sparse
+                };
+                to.push_str(&kv);
+                to.push('\n');
             }
+            "--downloads" => a.downloads = list(it.next(), "--downloads")?,
+            "--download-rounds" => a.download_rounds = number(it.next(), "--download-rounds")?,
             "-h" | "--help" => {
-                println!("sync [--rounds 12] [--set key=value ...]: SparseLoCo vs dense on the demo run ([train] settings, e.g. --set k=256)");
-                return Ok(());
+                println!(
+                    "sync [--rounds 12] [--seeds 3 | --seed 1,5,9] [--set key=value ...] [--sparse key=value ...]\n     [--downloads 3,16,64 | none] [--download-rounds 2]\n\
+                     SparseLoCo vs dense on the demo run. --set: a [train] setting for both runs (e.g. --set inner_steps=8);\n\
+                     --sparse: for the SparseLoCo run only (e.g. --sparse k=32 --sparse outer_lr=3.0).\n\
+                     --downloads: replica counts at which to measure the outer step's download (SparseLoCo, --download-rounds rounds)."
+                );
+                return Ok(None);
             }
-            other => bail!("unknown argument {other}"),
+            other => bail!("unknown argument {other} (--help lists them)"),
         }
     }
+    if a.seeds.is_empty() {
+        bail!("no seeds to run");
+    }
+    Ok(Some(a))
+}
+
+fn main() -> Result<()> {
+    let Some(a) = args()? else { return Ok(()) };
     let gpu = pollster::block_on(Gpu::new(GpuOptions::default()))?;
     println!("adapter: {}", gpu.adapter());
-    let dense = run(&gpu, "dense", rounds, &extra)?;
-    let sparse = run(&gpu, "sparse", rounds, &extra)?;
-    println!("upload per replica per round: dense {:.0} bytes, sparseloco {:.0} bytes, ratio dense/sparse {:.1}x", dense.upload_per_replica_round, sparse.upload_per_replica_round, dense.upload_per_replica_round / sparse.upload_per_replica_round);
     println!(
-        "outer step download per replica per round: dense {:.0} bytes, sparseloco {:.0} bytes, ratio {:.1}x",
-        dense.download_per_replica_round,
-        sparse.download_per_replica_round,
-        dense.download_per_replica_round / sparse.download_per_replica_round
+        "{} rounds, seeds {:?}{}{}",
+        a.rounds,
+        a.seeds,
+        if a.both.is_empty() {
+            String::new()
+        } else {
+            format!(", both: {}", a.both.trim().replace('\n', " "))
+        },
+        if a.sparse.is_empty() {
+            String::new()
+        } else {
+            format!(", sparse only: {}", a.sparse.trim().replace('\n', " "))
+        },
+    );
+    let (mut ratios, mut gaps, mut dense_losses, mut sparse_losses) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut dense_download = 0.0;
+    for &seed in &a.seeds {
+        let dense = run(&gpu, "dense", a.rounds, seed, &a.both)?;
+        let sparse = run(
+            &gpu,
+            "sparse",
+            a.rounds,
+            seed,
+            &format!("{}{}", a.both, a.sparse),
+        )?;
+        let ratio = dense.upload_per_replica_round / sparse.upload_per_replica_round;
+        let gap = (sparse.held_out - dense.held_out) / dense.held_out;
+        println!(
+            "seed {seed}: upload per replica per round dense {:.0} B, sparseloco {:.0} B ({ratio:.1}x); download dense {:.0} B, sparseloco {:.0} B; train loss dense {:.4}, sparseloco {:.4}; held-out dense {:.4}, sparseloco {:.4} ({:+.2}%)",
+            dense.upload_per_replica_round,
+            sparse.upload_per_replica_round,
+            dense.download_per_replica_round,
+            sparse.download_per_replica_round,
+            dense.train_loss,
+            sparse.train_loss,
+            dense.held_out,
+            sparse.held_out,
+            100.0 * gap
+        );
+        dense_download = dense.download_per_replica_round;
+        ratios.push(ratio);
+        gaps.push(100.0 * gap);
+        dense_losses.push(dense.held_out);
+        sparse_losses.push(sparse.held_out);
+    }
+    let (r, r_sd) = mean_sd(&ratios);
+    let (g, g_sd) = mean_sd(&gaps);
+    let (d, d_sd) = mean_sd(&dense_losses);
+    let (s, s_sd) = mean_sd(&sparse_losses);
+    println!(
+        "upload ratio dense/sparseloco over {} seeds: {r:.1}x (sd {r_sd:.1})",
+        a.seeds.len()
     );
     println!(
-        "final training loss: dense {:.4}, sparseloco {:.4}",
-        dense.train_loss, sparse.train_loss
+        "final held-out loss after {} rounds: dense {d:.4} (sd {d_sd:.4}), sparseloco {s:.4} (sd {s_sd:.4}); gap (sparse - dense) / dense {g:+.2}% (sd {g_sd:.2}, min {:+.2}%, max {:+.2}%)",
+        a.rounds,
+        gaps.iter().cloned().fold(f64::INFINITY, f64::min),
+        gaps.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
     );
-    println!("final held-out loss after {rounds} rounds: dense {:.4}, sparseloco {:.4}, difference (sparse - dense) {:+.4} nats", dense.held_out, sparse.held_out, sparse.held_out - dense.held_out);
+    for &replicas in &a.downloads {
+        let extra = format!("{}{}replicas = {replicas}\n", a.both, a.sparse);
+        let sparse = run(&gpu, "sparse", a.download_rounds, a.seeds[0], &extra)?;
+        println!(
+            "{replicas} replicas: outer step download per replica per round {:.0} B sparseloco, {dense_download:.0} B dense ({:.1}x less)",
+            sparse.download_per_replica_round,
+            dense_download / sparse.download_per_replica_round
+        );
+    }
     Ok(())
 }

@@ -14,8 +14,8 @@ use tessera_protocol::messages::Update;
 use tessera_protocol::messages::{Submission, Verdict};
 use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
 use tessera_train::drift::rel_l2;
-use tessera_train::sparseloco::{matches_compression, Compressed};
-use tessera_train::update::two_d;
+use tessera_train::sparse_wire::unpack;
+use tessera_train::sparseloco::matches_compression;
 
 use super::arbitration::{
     after_checks, arbitrate, fingerprints, nobody_left, wrong_auditors, AfterChecks, Found, Ruling,
@@ -131,13 +131,13 @@ fn agrees_with_checked(
     tol: f64,
 ) -> Result<(), String> {
     let (c, checked_dense) = checked;
-    let (Some(cfg), Update::Sparse(ts)) = (spec.sparse(), &c.update) else {
+    let (Some(cfg), Update::Sparse(packed)) = (spec.sparse(), &c.update) else {
         return agree(replay, (checked_dense, c.loss_sum), tol);
     };
     let shapes = tessera_compute::hf::tensor_shapes(&spec.model);
-    for ((t, (_, shape)), d) in ts.iter().zip(&shapes).zip(replay.0) {
-        let sent = Compressed::from_wire(t, two_d(shape), &cfg).map_err(|e| e.to_string())?;
-        matches_compression(&sent, d, tol as f32).map_err(|e| format!("{}: {e}", t.name))?;
+    let sent = unpack(packed, &shapes, &cfg).map_err(|e| e.to_string())?;
+    for ((t, (name, _)), d) in sent.iter().zip(&shapes).zip(replay.0) {
+        matches_compression(t, d, tol as f32).map_err(|e| format!("{name}: {e}"))?;
     }
     agree((&[], replay.1), (&[], c.loss_sum), tol)
 }

@@ -75,7 +75,7 @@ pub(super) fn update_refusal(u: &Update, why: impl std::fmt::Display) -> Reason 
 pub(super) fn update_non_finite(u: &Update) -> bool {
     match u {
         Update::Dense(ts) => ts.iter().any(|t| payload_non_finite(&t.tensor)),
-        Update::Sparse(ts) => ts.iter().any(|t| payload_non_finite(&t.levels)),
+        Update::Sparse(u) => payload_non_finite(&u.levels),
         Update::Indexed(ts) => ts.iter().any(|t| payload_non_finite(&t.values)),
     }
 }
