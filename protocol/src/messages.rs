@@ -13,7 +13,7 @@ use crate::pipeline::{AuditResult, AuditWork, PipeWork, StepGrads, UnitOutput};
 use crate::signed::Signed;
 use crate::tensor::TensorPayload;
 pub use crate::terms::{ContributorKind, LogHead, ShardSpec};
-pub use crate::update::{IndexedTensor, NamedTensor, SparseUpdate, Update};
+pub use crate::update::{IndexedTensor, NamedTensor, SparseMean, SparseUpdate, Update};
 
 /// The contributor's adapter and what it may hold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

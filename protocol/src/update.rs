@@ -14,8 +14,23 @@ pub enum Update {
     /// Chunked top-k with 2-bit values, packed, in the receiver's tensor order.
     Sparse(Box<SparseUpdate>),
     /// Explicit nonzero entries, by name: how the coordinator publishes the mean of sparse
-    /// updates.
+    /// updates when that is smaller than [`Update::SparseMean`].
     Indexed(#[serde(deserialize_with = "crate::bounded::list")] Vec<IndexedTensor>),
+    /// The mean of SparseLoCo updates given by the updates themselves: how the coordinator
+    /// publishes an outer step while that is smaller than its explicit entries (a few replicas).
+    SparseMean(Box<SparseMean>),
+}
+
+/// The weighted mean of packed SparseLoCo updates, `sum_r scale_r * part_r / parts`, summed in
+/// f64 in the order given, so every receiver computes the same f32 mean as the coordinator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SparseMean {
+    /// Each part's weight (its median-norm clip scale, in `(0, 1]`).
+    #[serde(deserialize_with = "crate::bounded::list")]
+    pub scales: Vec<f64>,
+    /// The replicas' updates as they sent them.
+    #[serde(deserialize_with = "crate::bounded::list")]
+    pub parts: Vec<SparseUpdate>,
 }
 
 /// A tensor given by its nonzero entries.

@@ -33,7 +33,7 @@ fn scale_levels(u: &mut Update, by: f32) {
                 t.tensor = TensorPayload::from_f32(&shape, &v);
             }
         }
-        Update::Indexed(_) => {}
+        Update::Indexed(_) | Update::SparseMean(_) => {}
     }
 }
 

@@ -40,21 +40,48 @@ pub fn aggregate(updates: &[Vec<Vec<f32>>], clip_to_median: bool) -> (Vec<Vec<f3
             }
         })
         .collect();
-    let r = updates.len() as f64;
-    let mut mean: Vec<Vec<f64>> = first.iter().map(|t| vec![0.0; t.len()]).collect();
-    for (u, s) in updates.iter().zip(&scales) {
-        for (m, t) in mean.iter_mut().zip(u) {
-            for (a, &b) in m.iter_mut().zip(t) {
-                *a += s * b as f64;
-            }
+    let mut mean = Mean::new(first);
+    for (u, &s) in updates.iter().zip(&scales) {
+        mean.add(u, s);
+    }
+    (mean.finish(), scales)
+}
+
+/// A weighted mean built one update at a time, `sum_r scale_r * update_r / count`, in f64 in
+/// the order added: the coordinator's outer step and a replica reading the published parts
+/// ([`tessera_protocol::messages::SparseMean`]) get the same bits.
+pub struct Mean {
+    sum: Vec<Vec<f64>>,
+    count: usize,
+}
+
+impl Mean {
+    /// A zero sum over tensors shaped like `like`.
+    pub fn new(like: &[Vec<f32>]) -> Self {
+        Mean {
+            sum: like.iter().map(|t| vec![0.0; t.len()]).collect(),
+            count: 0,
         }
     }
-    (
-        mean.into_iter()
+
+    /// Adds `scale * update`.
+    pub fn add(&mut self, update: &[Vec<f32>], scale: f64) {
+        for (m, t) in self.sum.iter_mut().zip(update) {
+            for (a, &b) in m.iter_mut().zip(t) {
+                *a += scale * b as f64;
+            }
+        }
+        self.count += 1;
+    }
+
+    /// The mean, as f32.
+    pub fn finish(self) -> Vec<Vec<f32>> {
+        let r = self.count as f64;
+        self.sum
+            .into_iter()
             .map(|t| t.into_iter().map(|x| (x / r) as f32).collect())
-            .collect(),
-        scales,
-    )
+            .collect()
+    }
 }
 
 /// Outer SGD: `theta -= lr * update`, tensor by tensor.

@@ -10,7 +10,7 @@ use tessera_protocol::TensorPayload;
 
 use crate::error::TrainError;
 use crate::sparseloco::{ErrorFeedback, SparseConfig};
-use crate::update::{to_dense, two_d};
+use crate::update::{from_contributor, two_d};
 
 /// The wire form of a micro-shard.
 pub fn to_wire(s: &MicroShard) -> ShardSpec {
@@ -118,7 +118,7 @@ pub fn grads_from_wire(
         .iter()
         .map(|t| (t.name.clone(), t.shape.to_vec()))
         .collect();
-    let dense = to_dense(&g.tensors, &shapes, sparse)?;
+    let dense = from_contributor(&g.tensors, &shapes, sparse)?;
     let tensors = want
         .tensors
         .into_iter()

@@ -7,6 +7,7 @@ use tessera_protocol::messages::{IndexedTensor, Update};
 use tessera_protocol::TensorPayload;
 
 use crate::error::TrainError;
+use crate::outer::Mean;
 use crate::sparse_wire::unpack;
 use crate::sparseloco::SparseConfig;
 
@@ -35,6 +36,25 @@ pub fn to_indexed(name: &str, shape: &[usize], values: &[f32]) -> IndexedTensor 
     }
 }
 
+/// A contributor's update as dense tensors ([`to_dense`]): dense or SparseLoCo-compressed only.
+/// Explicit entries and means of parts are how the coordinator publishes outer steps; from a
+/// contributor they would skip the compression's checks (or cost one decode per part).
+pub fn from_contributor(
+    u: &Update,
+    shapes: &[(String, Vec<usize>)],
+    sparse: Option<&SparseConfig>,
+) -> Result<Vec<Vec<f32>>, TrainError> {
+    match u {
+        Update::Dense(_) | Update::Sparse(_) => to_dense(u, shapes, sparse),
+        Update::Indexed(_) | Update::SparseMean(_) => Err(TrainError::BadUpdate {
+            name: "update".into(),
+            why:
+                "explicit entries or a mean of parts: the coordinator's forms, not a contributor's"
+                    .into(),
+        }),
+    }
+}
+
 /// The update as dense tensors in the order of `shapes` (name, shape), or why it does not fit.
 /// `sparse` is the run's compression, `None` when the run syncs dense updates.
 pub fn to_dense(
@@ -49,7 +69,7 @@ pub fn to_dense(
     let count = match u {
         Update::Dense(ts) => ts.len(),
         // Packed: the receiver's tensors in order, the counts checked as it is read.
-        Update::Sparse(_) => shapes.len(),
+        Update::Sparse(_) | Update::SparseMean(_) => shapes.len(),
         Update::Indexed(ts) => ts.len(),
     };
     if count != shapes.len() {
@@ -118,6 +138,36 @@ pub fn to_dense(
                 .iter()
                 .map(|t| t.to_dense())
                 .collect())
+        }
+        Update::SparseMean(m) => {
+            let cfg = sparse.ok_or_else(|| bad("update", "this run syncs dense updates".into()))?;
+            if m.parts.is_empty()
+                || m.scales.len() != m.parts.len()
+                || m.scales.iter().any(|s| !(*s > 0.0 && *s <= 1.0))
+            {
+                return Err(bad(
+                    "update",
+                    format!(
+                        "{} scales for {} parts: one each, within (0, 1], and at least one part",
+                        m.scales.len(),
+                        m.parts.len()
+                    ),
+                ));
+            }
+            let zeros: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|(_, s)| vec![0.0; s.iter().product()])
+                .collect();
+            let mut mean = Mean::new(&zeros);
+            drop(zeros);
+            for (part, &scale) in m.parts.iter().zip(&m.scales) {
+                let dense: Vec<Vec<f32>> = unpack(part, shapes, cfg)?
+                    .iter()
+                    .map(|t| t.to_dense())
+                    .collect();
+                mean.add(&dense, scale);
+            }
+            Ok(mean.finish())
         }
     }
 }

@@ -313,6 +313,79 @@ fn indexed_updates_round_trip_and_are_checked() {
 }
 
 #[test]
+fn a_mean_of_parts_reads_as_the_coordinators_mean_bit_for_bit() {
+    use tessera_protocol::messages::{SparseMean, Update};
+    use tessera_train::update::{from_contributor, to_dense};
+    let cfg = SparseConfig::default();
+    let shapes = vec![
+        ("w".to_string(), vec![70, 130]),
+        ("norm".to_string(), vec![64]),
+    ];
+    // Three replicas' compressed updates, one much larger (so the median clip scales it).
+    let parts: Vec<_> = (0..3u64)
+        .map(|r| {
+            let ts: Vec<Compressed> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, (_, s))| {
+                    let n = s.iter().product();
+                    let big = if r == 2 { 10.0 } else { 1.0 };
+                    let v: Vec<f32> = rand(n, 40 + 7 * r + i as u64)
+                        .iter()
+                        .map(|x| x * big)
+                        .collect();
+                    compress(&v, two_d(s), &cfg)
+                })
+                .collect();
+            pack(&ts, &cfg)
+        })
+        .collect();
+    let dense: Vec<Vec<Vec<f32>>> = parts
+        .iter()
+        .map(|p| to_dense(&Update::Sparse(Box::new(p.clone())), &shapes, Some(&cfg)).unwrap())
+        .collect();
+    let (mean, scales) = aggregate(&dense, true);
+    assert!(scales[2] < 1.0 && scales[0] == 1.0);
+    let published = Update::SparseMean(Box::new(SparseMean {
+        scales: scales.clone(),
+        parts: parts.clone(),
+    }));
+    let read = to_dense(&published, &shapes, Some(&cfg)).unwrap();
+    let bits = |t: &[Vec<f32>]| -> Vec<u32> { t.iter().flatten().map(|x| x.to_bits()).collect() };
+    assert_eq!(bits(&read), bits(&mean));
+    // Malformed means are refused: scales that do not match the parts or fall outside (0, 1],
+    // no parts, a dense run.
+    for (scales, parts) in [
+        (scales[..2].to_vec(), parts.clone()),
+        (vec![1.0, 0.0, 1.0], parts.clone()),
+        (vec![1.0, 1.5, 1.0], parts.clone()),
+        (vec![1.0, f64::NAN, 1.0], parts.clone()),
+        (vec![], vec![]),
+    ] {
+        let m = Update::SparseMean(Box::new(SparseMean { scales, parts }));
+        assert!(to_dense(&m, &shapes, Some(&cfg)).is_err());
+    }
+    assert!(to_dense(&published, &shapes, None).is_err());
+    // From a contributor, the coordinator's forms are refused outright.
+    let e = from_contributor(&published, &shapes, Some(&cfg)).unwrap_err();
+    assert!(e.to_string().contains("not a contributor's"), "{e}");
+    let indexed = Update::Indexed(
+        shapes
+            .iter()
+            .zip(&mean)
+            .map(|((n, s), v)| tessera_train::update::to_indexed(n, s, v))
+            .collect(),
+    );
+    assert!(from_contributor(&indexed, &shapes, Some(&cfg)).is_err());
+    assert!(from_contributor(
+        &Update::Sparse(Box::new(parts[0].clone())),
+        &shapes,
+        Some(&cfg)
+    )
+    .is_ok());
+}
+
+#[test]
 fn a_compressed_update_is_checked_against_a_replay_up_to_drift_only() {
     use tessera_train::sparseloco::matches_compression;
     let cfg = SparseConfig {

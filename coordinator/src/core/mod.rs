@@ -20,6 +20,7 @@ mod held_out;
 mod held_out_curve;
 mod io;
 mod measure;
+mod outer_step;
 mod part;
 mod picks;
 mod pipeline;

@@ -3,10 +3,9 @@
 //! lost session leaves (`Replicas`' `Part`). The round itself is `round.rs`.
 
 use tessera_protocol::log::{LogEvent, Weighed};
-use tessera_protocol::messages::{NamedTensor, Submission, Update, Verdict};
-use tessera_protocol::{Code, PublicKey, Reason, TensorPayload, ToContributor};
+use tessera_protocol::messages::{Submission, Update, Verdict};
+use tessera_protocol::{Code, PublicKey, Reason, ToContributor};
 use tessera_train::outer;
-use tessera_train::update::to_indexed;
 
 use super::context::Context;
 use super::part::Part;
@@ -354,9 +353,16 @@ impl Replicas {
         let mut updates = Vec::new();
         let mut contributors = Vec::new();
         let mut weighed = Vec::new();
+        // The updates as sent, while every one is compressed: the outer step may be published
+        // as them (see below).
+        let mut parts = Some(Vec::new());
         let (mut tokens, mut loss_sum) = (0u64, 0.0f64);
         for (slot, s) in slots.into_iter().enumerate() {
             if let Slot::Done(c, d) = s {
+                match (&c.update, parts.as_mut()) {
+                    (Update::Sparse(p), Some(ps)) => ps.push((**p).clone()),
+                    _ => parts = None,
+                }
                 tokens += c.tokens;
                 loss_sum += c.loss_sum;
                 contributors.push(c.contributor);
@@ -401,29 +407,14 @@ impl Replicas {
             0.0
         };
         cx.losses.push(loss);
-        // Dense runs publish the dense mean; SparseLoCo runs publish its nonzero entries (the
-        // union of the replicas' top-k positions).
         let shapes = tessera_compute::hf::tensor_shapes(&cx.spec.model);
-        let update = if cx.spec.sparse().is_some() {
-            Update::Indexed(
-                shapes
-                    .iter()
-                    .zip(&mean)
-                    .map(|((name, shape), v)| to_indexed(name, shape, v))
-                    .collect(),
-            )
-        } else {
-            Update::Dense(
-                shapes
-                    .iter()
-                    .zip(&mean)
-                    .map(|((name, shape), v)| NamedTensor {
-                        name: name.clone(),
-                        tensor: TensorPayload::from_f32(shape, v),
-                    })
-                    .collect(),
-            )
-        };
+        let update = super::outer_step::publish(
+            &shapes,
+            &mean,
+            cx.spec.sparse().is_some(),
+            parts,
+            &clip_scales,
+        );
         cx.digest = super::weights_digest(&cx.weights);
         cx.log(LogEvent::Closed {
             round: closed,

@@ -1,17 +1,17 @@
 //! Checking an update from a contributor against the model before it may touch anything (see
-//! [`tessera_train::update::to_dense`]).
+//! [`tessera_train::update::from_contributor`]).
 
 use tessera_compute::hf::tensor_shapes;
 use tessera_protocol::messages::{Submission, Update};
 use tessera_protocol::{Code, Reason};
-use tessera_train::update::to_dense;
+use tessera_train::update::from_contributor;
 use tessera_train::TrainError;
 
 use super::RunSpec;
 
 /// Update `u` of a run `spec` as dense tensors in model order, or why it does not fit.
 pub(super) fn dense_update(spec: &RunSpec, u: &Update) -> Result<Vec<Vec<f32>>, TrainError> {
-    to_dense(u, &tensor_shapes(&spec.model), spec.sparse().as_ref())
+    from_contributor(u, &tensor_shapes(&spec.model), spec.sparse().as_ref())
 }
 
 /// What is wrong with a whole-model submission's figures for a round of `spec` on weights
@@ -77,5 +77,6 @@ pub(super) fn update_non_finite(u: &Update) -> bool {
         Update::Dense(ts) => ts.iter().any(|t| payload_non_finite(&t.tensor)),
         Update::Sparse(u) => payload_non_finite(&u.levels),
         Update::Indexed(ts) => ts.iter().any(|t| payload_non_finite(&t.values)),
+        Update::SparseMean(m) => m.parts.iter().any(|p| payload_non_finite(&p.levels)),
     }
 }
