@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::ProtocolError;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Default hard limit on a frame (parameter and gradient payloads included): 64 MiB.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -24,10 +24,18 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
     postcard::to_extend(msg, out).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
+/// The length of `msg`'s frame, without encoding it.
+pub fn encoded_len<T: Serialize>(msg: &T) -> Result<usize, ProtocolError> {
+    postcard::experimental::serialized_size(msg)
+        .map(|n| HEADER + n)
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
 /// The oldest protocol version whose encoding of work and its results (units, results, tensors,
 /// calibration records) is today's: version 2 changed only refusals and the run log, version 3
 /// only the `Welcome` (its heartbeat interval), version 4 only the `Welcome` again (the idle
-/// heartbeat interval). Files of
+/// heartbeat interval), version 5 only updates (SparseLoCo's packed form, and outer steps
+/// published as the replicas' compressed updates), which no stored file holds. Files of
 /// those types written since then (calibration files, unit fixtures) decode with
 /// [`decode_since`].
 pub const WORK_FORMAT_SINCE: u32 = 1;

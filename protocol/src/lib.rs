@@ -26,7 +26,7 @@ pub mod update;
 pub use activation::{ActEncoding, Activation};
 pub use error::ProtocolError;
 pub use frame::{
-    decode, decode_since, encode, MAX_FRAME_BYTES, PROTOCOL_VERSION, WORK_FORMAT_SINCE,
+    decode, decode_since, encode, encoded_len, MAX_FRAME_BYTES, PROTOCOL_VERSION, WORK_FORMAT_SINCE,
 };
 pub use identity::{Identity, PublicKey, Signature};
 pub use messages::{ToContributor, ToCoordinator};

@@ -334,3 +334,12 @@ fn a_frame_cannot_decode_to_much_more_memory_than_its_size() {
     assert!(named("w".repeat(257), vec![2, 2]).is_err());
     assert!(named("w".into(), vec![1; 9]).is_err());
 }
+
+#[test]
+fn a_frames_length_is_known_without_encoding_it() {
+    let t = tessera_protocol::TensorPayload::from_f32(&[3, 5], &[0.25; 15]);
+    assert_eq!(
+        tessera_protocol::encoded_len(&t).unwrap(),
+        encode(&t).unwrap().len()
+    );
+}

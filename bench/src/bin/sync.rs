@@ -84,6 +84,7 @@ struct Args {
     sparse: String,
     downloads: Vec<u64>,
     download_rounds: u64,
+    variants: Vec<String>,
 }
 
 fn args() -> Result<Option<Args>> {
@@ -94,6 +95,7 @@ fn args() -> Result<Option<Args>> {
         sparse: String::new(),
         downloads: vec![3, 16, 64],
         download_rounds: 2,
+        variants: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     let number = |v: Option<String>, what: &str| -> Result<u64> {
@@ -135,12 +137,17 @@ fn args() -> Result<Option<Args>> {
                 to.push('\n');
             }
             "--downloads" => a.downloads = list(it.next(), "--downloads")?,
+            "--variant" => a.variants.push(
+                it.next()
+                    .context("--variant needs settings like 'k=32 beta=0.9'")?,
+            ),
             "--download-rounds" => a.download_rounds = number(it.next(), "--download-rounds")?,
             "-h" | "--help" => {
                 println!(
-                    "sync [--rounds 12] [--seeds 3 | --seed 1,5,9] [--set key=value ...] [--sparse key=value ...]\n     [--downloads 3,16,64 | none] [--download-rounds 2]\n\
+                    "sync [--rounds 12] [--seeds 3 | --seed 1,5,9] [--set key=value ...] [--sparse key=value ...]\n     [--variant 'key=value ...' ...] [--downloads 3,16,64 | none] [--download-rounds 2]\n\
                      SparseLoCo vs dense on the demo run. --set: a [train] setting for both runs (e.g. --set inner_steps=8);\n\
                      --sparse: for the SparseLoCo run only (e.g. --sparse k=32 --sparse outer_lr=3.0).\n\
+                     --variant 'k=32 beta=0.9': a SparseLoCo run with these settings (over --sparse), repeatable; each seed's dense run is shared.\n\
                      --downloads: replica counts at which to measure the outer step's download (SparseLoCo, --download-rounds rounds)."
                 );
                 return Ok(None);
@@ -173,52 +180,70 @@ fn main() -> Result<()> {
             format!(", sparse only: {}", a.sparse.trim().replace('\n', " "))
         },
     );
-    let (mut ratios, mut gaps, mut dense_losses, mut sparse_losses) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The SparseLoCo settings each variant runs with (the --sparse ones, then its own).
+    let variants: Vec<(String, String)> = if a.variants.is_empty() {
+        vec![("as set".to_string(), a.sparse.clone())]
+    } else {
+        a.variants
+            .iter()
+            .map(|v| {
+                let lines: String = v.split_whitespace().map(|kv| format!("{kv}\n")).collect();
+                (v.clone(), format!("{}{lines}", a.sparse))
+            })
+            .collect()
+    };
+    let mut dense_losses = Vec::new();
+    let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
     let mut dense_download = 0.0;
     for &seed in &a.seeds {
         let dense = run(&gpu, "dense", a.rounds, seed, &a.both)?;
-        let sparse = run(
-            &gpu,
-            "sparse",
-            a.rounds,
-            seed,
-            &format!("{}{}", a.both, a.sparse),
-        )?;
-        let ratio = dense.upload_per_replica_round / sparse.upload_per_replica_round;
-        let gap = (sparse.held_out - dense.held_out) / dense.held_out;
         println!(
-            "seed {seed}: upload per replica per round dense {:.0} B, sparseloco {:.0} B ({ratio:.1}x); download dense {:.0} B, sparseloco {:.0} B; train loss dense {:.4}, sparseloco {:.4}; held-out dense {:.4}, sparseloco {:.4} ({:+.2}%)",
+            "seed {seed}: dense upload per replica per round {:.0} B, download {:.0} B, train loss {:.4}, held-out {:.4}",
             dense.upload_per_replica_round,
-            sparse.upload_per_replica_round,
             dense.download_per_replica_round,
-            sparse.download_per_replica_round,
             dense.train_loss,
-            sparse.train_loss,
-            dense.held_out,
-            sparse.held_out,
-            100.0 * gap
+            dense.held_out
         );
         dense_download = dense.download_per_replica_round;
-        ratios.push(ratio);
-        gaps.push(100.0 * gap);
         dense_losses.push(dense.held_out);
-        sparse_losses.push(sparse.held_out);
+        for ((name, settings), out) in variants.iter().zip(&mut results) {
+            let sparse = run(
+                &gpu,
+                "sparse",
+                a.rounds,
+                seed,
+                &format!("{}{settings}", a.both),
+            )?;
+            let ratio = dense.upload_per_replica_round / sparse.upload_per_replica_round;
+            let gap = (sparse.held_out - dense.held_out) / dense.held_out;
+            println!(
+                "seed {seed} sparseloco [{name}]: upload {:.0} B ({ratio:.1}x less), download {:.0} B, train loss {:.4}, held-out {:.4} ({:+.2}% against dense)",
+                sparse.upload_per_replica_round,
+                sparse.download_per_replica_round,
+                sparse.train_loss,
+                sparse.held_out,
+                100.0 * gap
+            );
+            out.push((ratio, 100.0 * gap));
+        }
     }
-    let (r, r_sd) = mean_sd(&ratios);
-    let (g, g_sd) = mean_sd(&gaps);
     let (d, d_sd) = mean_sd(&dense_losses);
-    let (s, s_sd) = mean_sd(&sparse_losses);
     println!(
-        "upload ratio dense/sparseloco over {} seeds: {r:.1}x (sd {r_sd:.1})",
+        "after {} rounds over {} seeds: dense held-out {d:.4} (sd {d_sd:.4})",
+        a.rounds,
         a.seeds.len()
     );
-    println!(
-        "final held-out loss after {} rounds: dense {d:.4} (sd {d_sd:.4}), sparseloco {s:.4} (sd {s_sd:.4}); gap (sparse - dense) / dense {g:+.2}% (sd {g_sd:.2}, min {:+.2}%, max {:+.2}%)",
-        a.rounds,
-        gaps.iter().cloned().fold(f64::INFINITY, f64::min),
-        gaps.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-    );
+    for ((name, _), out) in variants.iter().zip(&results) {
+        let ratios: Vec<f64> = out.iter().map(|r| r.0).collect();
+        let gaps: Vec<f64> = out.iter().map(|r| r.1).collect();
+        let (r, _) = mean_sd(&ratios);
+        let (g, g_sd) = mean_sd(&gaps);
+        println!(
+            "sparseloco [{name}]: upload ratio {r:.1}x; held-out gap (sparse - dense) / dense {g:+.2}% (sd {g_sd:.2}, min {:+.2}%, max {:+.2}%)",
+            gaps.iter().cloned().fold(f64::INFINITY, f64::min),
+            gaps.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        );
+    }
     for &replicas in &a.downloads {
         let extra = format!("{}{}replicas = {replicas}\n", a.both, a.sparse);
         let sparse = run(&gpu, "sparse", a.download_rounds, a.seeds[0], &extra)?;

@@ -46,7 +46,7 @@ pub(super) fn publish(
             parts,
         })));
     }
-    let size = |u: &Update| tessera_protocol::encode(u).map_or(usize::MAX, |b| b.len());
+    let size = |u: &Update| tessera_protocol::encoded_len(u).unwrap_or(usize::MAX);
     // The last of equal sizes: the parts, then the entries, over the dense form.
     forms
         .into_iter()
