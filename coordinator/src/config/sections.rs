@@ -219,7 +219,9 @@ pub struct TrainSection {
     pub chunk: u32,
     /// SparseLoCo entries per chunk.
     pub k: u32,
-    /// SparseLoCo error-feedback decay.
+    /// SparseLoCo error-feedback decay (default 0.8: on the sync benchmark, 3 seeds, the held-out
+    /// gap to dense was 6.2% at 0.8 against 9.9% at Covenant-72B's 0.95 after 24 rounds of 4
+    /// inner steps, 3.2% against 3.9% after 48 rounds of 2; 0.6 and lower were worse).
     pub beta: f32,
     /// Clip replicas' pseudo-gradients to the median norm.
     pub clip_to_median: bool,
@@ -253,7 +255,7 @@ impl Default for TrainSection {
             sync: Sync::Sparse,
             chunk: 64,
             k: 64,
-            beta: 0.95,
+            beta: 0.8,
             clip_to_median: true,
             unit_deadline_secs: 120,
             silence_secs: 60,
