@@ -3,11 +3,13 @@
 //! error feedback is carried from round to round. The end-to-end configuration (tiny byte-level
 //! model, built-in corpus, three slots a round, SparseLoCo) trains twelve rounds on real GPU
 //! replicas with replays off (the default) and on; both must learn, no worker (all honest) may
-//! fail a check, and the held-out losses are printed side by side.
+//! fail a check, and the held-out losses are printed side by side. Outer steps go out as the
+//! replicas' compressed updates, and every replica ends with the coordinator's weights.
 
 use tessera_coordinator::core::{Core, Phase};
 use tessera_e2e::{data_run, gpu, held_out_loss};
-use tessera_protocol::Identity;
+use tessera_protocol::messages::Update;
+use tessera_protocol::{Identity, ToContributor};
 
 #[test]
 fn sparse_runs_learn_with_and_without_replays_and_the_price_is_printed() {
@@ -20,8 +22,25 @@ fn sparse_runs_learn_with_and_without_replays_and_the_price_is_printed() {
         let before = held_out_loss(&spec, &init);
         let mut core = Core::new(spec.clone(), Identity::from_seed([9; 32]), init);
         let mut clients = tessera_e2e::contributors(&g, 5);
-        tessera_e2e::run(&g, &mut core, &mut clients, |_| {}).unwrap();
+        let mut by_parts = 0;
+        tessera_e2e::run(&g, &mut core, &mut clients, |m| {
+            if let tessera_e2e::Message::Down(ToContributor::OuterStep { update, .. }) = m {
+                by_parts += usize::from(matches!(**update, Update::SparseMean(_)));
+            }
+        })
+        .unwrap();
         assert_eq!(core.phase(), Phase::Finished);
+        // Outer steps went out as the replicas' compressed updates (the smallest form with
+        // three slots), and every replica summed them to the coordinator's weights, bit for bit.
+        assert!(by_parts > 0, "outer steps published as parts");
+        let same = clients
+            .iter()
+            .filter(|c| c.replica().is_some_and(|r| r.weights() == core.weights()))
+            .count();
+        assert!(
+            same >= 3,
+            "{same} replicas hold the coordinator's final weights"
+        );
         // Every worker is honest: none fails a check (the held-out one included, on updates
         // carrying error feedback).
         let zs: Vec<f64> = core.held_out_scores().map(|s| s.z).collect();
