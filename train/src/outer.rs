@@ -40,7 +40,7 @@ pub fn aggregate(updates: &[Vec<Vec<f32>>], clip_to_median: bool) -> (Vec<Vec<f3
             }
         })
         .collect();
-    let mut mean = Mean::new(first);
+    let mut mean = Mean::new(first.iter().map(Vec::len));
     for (u, &s) in updates.iter().zip(&scales) {
         mean.add(u, s);
     }
@@ -56,10 +56,10 @@ pub struct Mean {
 }
 
 impl Mean {
-    /// A zero sum over tensors shaped like `like`.
-    pub fn new(like: &[Vec<f32>]) -> Self {
+    /// A zero sum over tensors of these lengths.
+    pub fn new(lens: impl IntoIterator<Item = usize>) -> Self {
         Mean {
-            sum: like.iter().map(|t| vec![0.0; t.len()]).collect(),
+            sum: lens.into_iter().map(|n| vec![0.0; n]).collect(),
             count: 0,
         }
     }

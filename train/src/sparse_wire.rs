@@ -146,15 +146,7 @@ mod tests {
     use crate::sparseloco::compress;
 
     fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
+        tessera_compute::reference::model::SplitMix(seed).vec(n, 1.0)
     }
 
     type Shapes = Vec<(String, Vec<usize>)>;
@@ -205,6 +197,10 @@ mod tests {
         };
         assert!(unpack(&u, &shapes, &other).is_err(), "another chunk");
         assert!(unpack(&u, &shapes[..1], &cfg).is_err(), "a tensor too many");
+        // The receiver's shapes size everything: one with other chunks reads other counts.
+        let mut wider = shapes.clone();
+        wider[0].1 = vec![100, 200];
+        assert!(unpack(&u, &wider, &cfg).is_err(), "shape mismatch");
         let mut short = u.clone();
         short.codes.pop();
         assert!(refused(&short).contains("code bytes"));

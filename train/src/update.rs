@@ -3,7 +3,7 @@
 //! against the run's compression parameters. Used by the coordinator on submissions and by
 //! replicas on outer steps.
 
-use tessera_protocol::messages::{IndexedTensor, Update};
+use tessera_protocol::messages::{IndexedTensor, SparseUpdate, Update};
 use tessera_protocol::TensorPayload;
 
 use crate::error::TrainError;
@@ -134,10 +134,7 @@ pub fn to_dense(
             .collect(),
         Update::Sparse(packed) => {
             let cfg = sparse.ok_or_else(|| bad("update", "this run syncs dense updates".into()))?;
-            Ok(unpack(packed, shapes, cfg)?
-                .iter()
-                .map(|t| t.to_dense())
-                .collect())
+            unpack_dense(packed, shapes, cfg)
         }
         Update::SparseMean(m) => {
             let cfg = sparse.ok_or_else(|| bad("update", "this run syncs dense updates".into()))?;
@@ -154,20 +151,23 @@ pub fn to_dense(
                     ),
                 ));
             }
-            let zeros: Vec<Vec<f32>> = shapes
-                .iter()
-                .map(|(_, s)| vec![0.0; s.iter().product()])
-                .collect();
-            let mut mean = Mean::new(&zeros);
-            drop(zeros);
+            let mut mean = Mean::new(shapes.iter().map(|(_, s)| s.iter().product()));
             for (part, &scale) in m.parts.iter().zip(&m.scales) {
-                let dense: Vec<Vec<f32>> = unpack(part, shapes, cfg)?
-                    .iter()
-                    .map(|t| t.to_dense())
-                    .collect();
-                mean.add(&dense, scale);
+                mean.add(&unpack_dense(part, shapes, cfg)?, scale);
             }
             Ok(mean.finish())
         }
     }
+}
+
+/// A packed SparseLoCo update read against `shapes`, as dense tensors.
+fn unpack_dense(
+    packed: &SparseUpdate,
+    shapes: &[(String, Vec<usize>)],
+    cfg: &SparseConfig,
+) -> Result<Vec<Vec<f32>>, TrainError> {
+    Ok(unpack(packed, shapes, cfg)?
+        .iter()
+        .map(|t| t.to_dense())
+        .collect())
 }

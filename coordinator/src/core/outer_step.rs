@@ -57,6 +57,7 @@ pub(super) fn publish(
 
 #[cfg(test)]
 mod tests {
+    use tessera_compute::reference::model::SplitMix;
     use tessera_train::outer::aggregate;
     use tessera_train::sparse_wire::pack;
     use tessera_train::sparseloco::{compress, SparseConfig};
@@ -67,13 +68,7 @@ mod tests {
     fn parts(replicas: u64, cfg: &SparseConfig) -> Vec<SparseUpdate> {
         (0..replicas)
             .map(|r| {
-                let mut s = r + 1;
-                let v: Vec<f32> = (0..64 * 64)
-                    .map(|_| {
-                        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
-                        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                    })
-                    .collect();
+                let v: Vec<f32> = SplitMix(r + 1).vec(64 * 64, 1.0);
                 pack(&[compress(&v, [64, 64], cfg)], cfg)
             })
             .collect()
